@@ -1,0 +1,108 @@
+/* Emulated storage types and the fp16/bf16 conversions (round to nearest
+ * even, NaN kept quiet, overflow to infinity). */
+#include <math.h>
+#include <string.h>
+
+#include "emu/emu.h"
+
+static const struct {
+    const char *name;
+    size_t size;
+} emu_dtypes[EMU_DTYPE__COUNT] = {
+    [EMU_DTYPE_FP32] = {"fp32", 4},
+    [EMU_DTYPE_FP16] = {"fp16", 2},
+    [EMU_DTYPE_BF16] = {"bf16", 2},
+    [EMU_DTYPE_INT32] = {"int32", 4},
+};
+
+size_t emu_dtype_size(emu_dtype_t dt) { return emu_dtypes[dt].size; }
+
+const char *emu_dtype_name(emu_dtype_t dt) { return emu_dtypes[dt].name; }
+
+bool emu_dtype_parse(const char *s, emu_dtype_t *out)
+{
+    static const struct {
+        const char *alias;
+        emu_dtype_t dt;
+    } aliases[] = {
+        {"fp32", EMU_DTYPE_FP32},     {"float32", EMU_DTYPE_FP32},
+        {"float", EMU_DTYPE_FP32},    {"fp16", EMU_DTYPE_FP16},
+        {"float16", EMU_DTYPE_FP16},  {"half", EMU_DTYPE_FP16},
+        {"bf16", EMU_DTYPE_BF16},     {"bfloat16", EMU_DTYPE_BF16},
+    };
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+        if (strcmp(s, aliases[i].alias) == 0) {
+            *out = aliases[i].dt;
+            return true;
+        }
+    return false;
+}
+
+static uint32_t f32_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+uint16_t emu_f32_to_bf16(float x)
+{
+    uint32_t u = f32_bits(x);
+    if (isnan(x)) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+float emu_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t emu_f32_to_f16(float x)
+{
+    uint32_t u = f32_bits(x);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffff;
+    if (a > 0x7f800000) return sign | 0x7e00; /* NaN */
+    if (a >= 0x477ff000) return sign | 0x7c00; /* rounds to >= 65520: inf */
+    if (a < 0x38800000) {                      /* below 2^-14: subnormal */
+        /* a value of 2^-25 or less rounds to zero, ties to even (zero) */
+        if (a <= 0x33000000) return sign;
+        uint32_t m = (a & 0x7fffff) | 0x800000;
+        int sh = 126 - (int)(a >> 23); /* value / 2^-24 = m * 2^(e - 126) */
+        uint32_t r = m >> sh;
+        uint32_t rem = m & ((1u << sh) - 1);
+        uint32_t half = 1u << (sh - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return sign | (uint16_t)r;
+    }
+    /* normal: rebias exponent 127 -> 15, round 13 dropped bits */
+    uint32_t r = a - 0x38000000;
+    r += 0xfff + ((r >> 13) & 1);
+    return sign | (uint16_t)(r >> 13);
+}
+
+float emu_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return bits_f32(sign | 0x7f800000 | (m << 13));
+    if (e == 0) { /* zero or subnormal: m * 2^-24 */
+        float v = (float)m * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+float emu_dtype_round(emu_dtype_t dt, float x)
+{
+    switch (dt) {
+    case EMU_DTYPE_FP16: return emu_f16_to_f32(emu_f32_to_f16(x));
+    case EMU_DTYPE_BF16: return emu_bf16_to_f32(emu_f32_to_bf16(x));
+    default: return x;
+    }
+}

@@ -1,0 +1,60 @@
+/* safetensors: read (memory-mapped) and write files in the safetensors
+ * format: an 8-byte little-endian header length N, N bytes of JSON
+ * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+ * "__metadata__": {...}}, then the data. */
+#ifndef MOEMU_SAFETENSORS_H
+#define MOEMU_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emu/emu.h"
+
+#define ST_MAX_DIMS 8
+
+typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_OTHER } st_dtype_t;
+
+typedef struct {
+    const char *name;
+    st_dtype_t dtype;
+    char dtype_name[16];      /* as written in the file */
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data;         /* into the mapping */
+    size_t nbytes;
+} st_tensor_t;
+
+typedef struct st_file st_file_t;
+
+/* Map and validate a whole file: header length within the file, JSON
+ * well-formed, every tensor's offsets inside the data and consistent with
+ * its dtype and shape. A bad file is MOEMU_ERR_FORMAT (MOEMU_ERR_IO if it
+ * cannot be opened) with a message naming the file and the problem. */
+moemu_status_t st_open(const char *path, st_file_t **out);
+void st_close(st_file_t *f);
+int st_count(const st_file_t *f);
+const st_tensor_t *st_at(const st_file_t *f, int i);
+const st_tensor_t *st_find(const st_file_t *f, const char *name); /* or NULL */
+
+/* Look up name, check its shape equals shape[0..ndim) and convert it to
+ * fp32 into out (the product of shape elements). F32, F16 and BF16 are
+ * accepted. Missing tensor, wrong shape or unsupported dtype: an error
+ * naming the tensor and the numbers. */
+moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, float *out);
+
+/* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16
+ * or ST_BF16, rounded to nearest even). The file appears complete or not at
+ * all: data goes to a temporary file beside path that is renamed at the
+ * end. */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const float *data;
+} st_write_tensor_t;
+
+moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
+                        int n, st_dtype_t dtype);
+
+#endif

@@ -1,0 +1,28 @@
+# MOEMU_CHECK_DEPS: every dependency is required; a missing one stops
+# configure with one line naming the Debian package that provides it.
+AC_DEFUN([MOEMU_CHECK_DEPS], [
+  PKG_PROG_PKG_CONFIG
+  PKG_CHECK_MODULES([OPENBLAS], [openblas], [],
+    [AC_MSG_ERROR([OpenBLAS (cblas) not found: apt-get install libopenblas-dev])])
+  save_CFLAGS=$CFLAGS; CFLAGS="$CFLAGS $OPENBLAS_CFLAGS"
+  save_LIBS=$LIBS; LIBS="$LIBS $OPENBLAS_LIBS"
+  AC_CHECK_HEADER([cblas.h], [],
+    [AC_MSG_ERROR([cblas.h not found: apt-get install libopenblas-dev])])
+  AC_CHECK_FUNC([cblas_sgemm], [],
+    [AC_MSG_ERROR([cblas_sgemm not found in OpenBLAS: apt-get install libopenblas-dev])])
+  CFLAGS=$save_CFLAGS; LIBS=$save_LIBS
+
+  PKG_CHECK_MODULES([HWLOC], [hwloc >= 2.0], [],
+    [AC_MSG_ERROR([hwloc >= 2.0 not found: apt-get install libhwloc-dev])])
+  PKG_CHECK_MODULES([JANSSON], [jansson >= 2.10], [],
+    [AC_MSG_ERROR([jansson not found: apt-get install libjansson-dev])])
+  PKG_CHECK_MODULES([CRITERION], [criterion], [],
+    [AC_MSG_ERROR([Criterion (needed by make check) not found: apt-get install libcriterion-dev])])
+
+  save_LIBS=$LIBS
+  AC_SEARCH_LIBS([pthread_create], [pthread], [],
+    [AC_MSG_ERROR([pthreads not found: apt-get install libc6-dev])])
+  PTHREAD_LIBS=$LIBS; LIBS=$save_LIBS
+  AC_SUBST([PTHREAD_LIBS])
+  AC_SEARCH_LIBS([sqrt], [m])
+])
