@@ -1,4 +1,5 @@
-/* A virtual device: clock, per-kind work counters, memory by category. */
+/* A virtual device: clock, per-kind work counters, memory by category,
+ * communication counters. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,14 +29,25 @@ double emu_kernel_time(const emu_spec_t *spec, double flops, double bytes)
     return spec->launch_s + (tc > tm ? tc : tm);
 }
 
-moemu_status_t emu_dev_create(const emu_spec_t *spec, int rank, bool no_limit,
-                              emu_dev_t **out)
+void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
+                  bool no_limit)
 {
-    emu_dev_t *dev = calloc(1, sizeof *dev);
-    if (!dev) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate device %d", rank);
+    memset(dev, 0, sizeof *dev);
     dev->spec = *spec;
     dev->rank = rank;
     dev->no_limit = no_limit;
+    /* a standalone device is alone on its node; links are never used */
+    dev->topo = (emu_topo_t){.devices_per_node = 1, .nodes = 1,
+                             .intra_bw = 1, .inter_bw = 1};
+    atomic_init(&dev->done, false);
+}
+
+moemu_status_t emu_dev_create(const emu_spec_t *spec, int rank, bool no_limit,
+                              emu_dev_t **out)
+{
+    emu_dev_t *dev = malloc(sizeof *dev);
+    if (!dev) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate device %d", rank);
+    emu_dev_init(dev, spec, rank, no_limit);
     *out = dev;
     return MOEMU_OK;
 }
@@ -47,6 +59,24 @@ int emu_dev_rank(const emu_dev_t *dev) { return dev->rank; }
 const emu_spec_t *emu_dev_spec(const emu_dev_t *dev) { return &dev->spec; }
 
 double emu_dev_clock(const emu_dev_t *dev) { return dev->clock; }
+
+emu_cluster_t *emu_dev_cluster(const emu_dev_t *dev) { return dev->cluster; }
+
+int emu_dev_node(const emu_dev_t *dev) { return dev->node; }
+
+int emu_dev_local_rank(const emu_dev_t *dev) { return dev->local_rank; }
+
+const emu_topo_t *emu_dev_topo(const emu_dev_t *dev) { return &dev->topo; }
+
+bool emu_dev_done(const emu_dev_t *dev)
+{
+    return atomic_load_explicit(&dev->done, memory_order_acquire);
+}
+
+bool emu_dev_aborting(const emu_dev_t *dev)
+{
+    return dev->cluster && emu_cluster_aborting(dev->cluster);
+}
 
 void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
 {
@@ -62,6 +92,7 @@ void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
     double t = s->launch_s + (tc > tm ? tc : tm);
     k->time += t;
     dev->clock += t;
+    emu_dev_pace(dev);
 }
 
 const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
@@ -70,22 +101,69 @@ const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
     return &dev->kernels[kind];
 }
 
+const emu_comm_stats_t *emu_dev_comm_stats(const emu_dev_t *dev,
+                                           emu_coll_t kind, emu_link_t link)
+{
+    return &dev->comm[kind][link];
+}
+
+double emu_dev_kernel_time(const emu_dev_t *dev)
+{
+    double t = 0;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) t += dev->kernels[k].time;
+    return t;
+}
+
+double emu_dev_comm_time(const emu_dev_t *dev)
+{
+    double t = 0;
+    for (int k = 0; k < EMU_COLL__COUNT; k++)
+        for (int l = 0; l < EMU_LINK__COUNT; l++) t += dev->comm[k][l].time;
+    return t;
+}
+
+double emu_dev_idle_time(const emu_dev_t *dev)
+{
+    double t = 0;
+    for (int k = 0; k < EMU_COLL__COUNT; k++)
+        for (int l = 0; l < EMU_LINK__COUNT; l++) t += dev->comm[k][l].idle;
+    return t;
+}
+
+char *emu_fmt_bytes(double bytes, char buf[32])
+{
+    static const char *const units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+    double v = bytes < 0 ? -bytes : bytes;
+    int u = 0;
+    while (v >= 1000 && u < 5) {
+        v /= 1000;
+        u++;
+    }
+    if (bytes < 0) v = -v;
+    if (u == 0) snprintf(buf, 32, "%.0f B", v);
+    else snprintf(buf, 32, "%.*f %s", v < 10 ? 2 : v < 100 ? 1 : 0, v,
+                  units[u]);
+    return buf;
+}
+
 moemu_status_t emu_mem_reserve(emu_dev_t *dev, emu_mem_t cat, double bytes)
 {
     double total = emu_mem_total(dev);
     if (!dev->no_limit && total + bytes > dev->spec.mem_capacity) {
-        char use[512];
+        char use[512], b[32];
         size_t n = 0;
-        for (int c = 0; c < EMU_MEM__COUNT; c++)
-            n += (size_t)snprintf(use + n, sizeof use - n, "%s%s %.3f GB",
+        for (int c = 0; c < EMU_MEM__COUNT && n < sizeof use; c++)
+            n += (size_t)snprintf(use + n, sizeof use - n, "%s%s %s",
                                   c ? ", " : "", emu_mem_names[c],
-                                  dev->mem[c] / 1e9);
+                                  emu_fmt_bytes(dev->mem[c], b));
+        char req[32], tot[32], cap[32];
         return moemu_fail(MOEMU_ERR_OOM,
-                          "device %d out of memory: %s request of %.3f GB "
-                          "on top of %.3f GB in use (%s) exceeds the "
-                          "capacity of %.3f GB",
-                          dev->rank, emu_mem_names[cat], bytes / 1e9,
-                          total / 1e9, use, dev->spec.mem_capacity / 1e9);
+                          "device %d out of memory: %s request of %s "
+                          "on top of %s in use (%s) exceeds the "
+                          "capacity of %s",
+                          dev->rank, emu_mem_names[cat],
+                          emu_fmt_bytes(bytes, req), emu_fmt_bytes(total, tot),
+                          use, emu_fmt_bytes(dev->spec.mem_capacity, cap));
     }
     dev->mem[cat] += bytes;
     if (dev->mem[cat] > dev->mem_peak[cat]) dev->mem_peak[cat] = dev->mem[cat];
@@ -110,3 +188,30 @@ double emu_mem_total(const emu_dev_t *dev)
 }
 
 double emu_mem_total_peak(const emu_dev_t *dev) { return dev->mem_total_peak; }
+
+moemu_status_t emu_alloc(emu_dev_t *dev, emu_mem_t cat, size_t host_bytes,
+                         double dev_bytes, void **out)
+{
+    *out = NULL;
+    MOEMU_CHECK(emu_mem_reserve(dev, cat, dev_bytes));
+    void *p = NULL;
+    /* 64 bytes: a cache line, and what AVX-512 loads like */
+    if (posix_memalign(&p, 64, host_bytes ? host_bytes : 1) != 0) {
+        emu_mem_release(dev, cat, dev_bytes);
+        char b[32];
+        return moemu_fail(MOEMU_ERR_NOMEM,
+                          "device %d: host cannot allocate %s for %s",
+                          dev->rank, emu_fmt_bytes((double)host_bytes, b),
+                          emu_mem_names[cat]);
+    }
+    memset(p, 0, host_bytes);
+    *out = p;
+    return MOEMU_OK;
+}
+
+void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
+{
+    if (!p) return;
+    free(p);
+    emu_mem_release(dev, cat, dev_bytes);
+}

@@ -140,4 +140,243 @@ double emu_mem_peak(const emu_dev_t *dev, emu_mem_t cat);  /* per category */
 double emu_mem_total(const emu_dev_t *dev);                /* current, all */
 double emu_mem_total_peak(const emu_dev_t *dev);           /* peak of total */
 
+/* Allocate a host buffer of host_bytes (64-byte aligned, zeroed) that the
+ * device holds as dev_bytes of category cat (the emulated dtype's bytes;
+ * the host keeps fp32). The capacity check is emu_mem_reserve's. The caller
+ * frees it with emu_free and the same sizes. */
+moemu_status_t emu_alloc(emu_dev_t *dev, emu_mem_t cat, size_t host_bytes,
+                         double dev_bytes, void **out);
+void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes);
+
+/* Byte counts for messages: "512 B", "1.50 KB", "64.0 MB", "80.0 GB"
+ * (decimal units). Returns buf. */
+char *emu_fmt_bytes(double bytes, char buf[32]);
+
+/* ---- Topology: nodes of devices_per_node devices; device d lies on node
+ * d / devices_per_node. Bandwidths are per device and per direction (a
+ * device sends at bw while it receives at bw): NVLink's datasheet figure,
+ * which adds both directions, is halved; a NIC's line rate is per
+ * direction already. The inter-node figures are one device's NIC. */
+typedef struct {
+    int devices_per_node; /* >= 1 */
+    int nodes;            /* >= 1; 0 in a preset: as many as a run needs */
+    double intra_bw;      /* bytes/s per direction, inside a node */
+    double intra_lat;     /* seconds per message or ring step */
+    double inter_bw;      /* bytes/s per direction of one device's NIC */
+    double inter_lat;     /* seconds */
+} emu_topo_t;
+
+/* Link classes: which links a transfer crosses. */
+typedef enum {
+    EMU_LINK_INTRA = 0, /* inside a node (NVLink) */
+    EMU_LINK_INTER,     /* between nodes (the device's NIC) */
+    EMU_LINK__COUNT
+} emu_link_t;
+
+const char *emu_link_name(emu_link_t l); /* "intra-node", "inter-node" */
+int emu_topo_node(const emu_topo_t *t, int rank);
+emu_link_t emu_topo_link(const emu_topo_t *t, int a, int b);
+/* The slowest class a group of global ranks crosses: inter-node as soon as
+ * its members span two nodes. A group of one is intra-node. */
+emu_link_t emu_topo_group_link(const emu_topo_t *t, const int *ranks, int n);
+double emu_topo_bw(const emu_topo_t *t, emu_link_t l);
+double emu_topo_lat(const emu_topo_t *t, emu_link_t l);
+
+/* Check a spec or topology: every bandwidth, FLOP rate and capacity > 0,
+ * mfu and bw_util in (0, 1], latencies and launch >= 0. origin names the
+ * source in the message (a file, "--hw", ...). */
+moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin);
+moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin);
+
+/* ---- Hardware presets: a device spec and the topology of its usual node,
+ * with a name and a comment that cites the sources of the figures. */
+typedef struct {
+    char name[64];
+    char comment[2048];
+    emu_spec_t spec;
+    emu_topo_t topo; /* nodes is 0 unless the file sets it */
+} emu_hw_t;
+
+/* Load a preset by name ("h100-sxm"), or a JSON file when the argument
+ * holds a '/' or ends in ".json". Built-in presets are compiled into the
+ * library; a name not built in is looked for as <pkgdatadir>/hw/NAME.json.
+ * Unknown keys are ignored; a missing key, a wrong type or an impossible
+ * value is an error naming the key and the file. */
+moemu_status_t emu_hw_load(const char *name_or_path, emu_hw_t *out);
+/* Parse JSON text; origin names it in messages. */
+moemu_status_t emu_hw_parse(const char *json, const char *origin,
+                            emu_hw_t *out);
+int emu_hw_preset_count(void);
+const char *emu_hw_preset_name(int i); /* built-in presets, in order */
+
+/* The host as hwloc sees it (for `moemu hw` and thread placement). */
+typedef struct {
+    int packages, numa_nodes, cores, pus; /* usable by this process */
+    char cpu_model[128];                   /* "" if unknown */
+} emu_host_t;
+
+moemu_status_t emu_host_query(emu_host_t *out);
+
+/* ---- Collectives' cost model. Each algorithm's time is a closed form of
+ * the group size p, the bytes B of the whole buffer in the emulated dtype
+ * and the latency alpha (s) and bandwidth beta (bytes/s) of the slowest
+ * link class the group crosses (docs/emulation.md derives each):
+ *   all-reduce     ring      2(p-1) alpha + 2(p-1)/p B/beta   (default)
+ *                  tree      2 ceil(log2 p) alpha + 2 B/beta
+ *   reduce-scatter ring      (p-1) alpha + (p-1)/p B/beta
+ *   all-gather     ring      (p-1) alpha + (p-1)/p B/beta
+ *   broadcast      pipeline  (p-1) alpha + B/beta              (default)
+ *                  binomial  ceil(log2 p) (alpha + B/beta)
+ *   barrier        dissemination  ceil(log2 p) alpha
+ * All-to-all (pairwise exchange) and send/recv cost each pair over its own
+ * link class; see emu_coll_alltoall and emu_p2p_send. */
+typedef enum {
+    EMU_COLL_ALLREDUCE = 0,
+    EMU_COLL_REDUCE_SCATTER,
+    EMU_COLL_ALLGATHER,
+    EMU_COLL_BROADCAST,
+    EMU_COLL_ALLTOALL,
+    EMU_COLL_SEND,
+    EMU_COLL_RECV,
+    EMU_COLL_BARRIER,
+    EMU_COLL__COUNT
+} emu_coll_t;
+
+const char *emu_coll_name(emu_coll_t k); /* "all-reduce", ... */
+
+/* An algorithm is an index into its collective's table; 0 is the default.
+ * emu_coll_algo_parse returns -1 (and names the choices in the message)
+ * for a name the collective does not have. */
+int emu_coll_algo_count(emu_coll_t k);
+const char *emu_coll_algo_name(emu_coll_t k, int algo);
+int emu_coll_algo_parse(emu_coll_t k, const char *name);
+/* Closed-form time of algorithm algo of collective k (one of the closed
+ * forms above; 0 for p <= 1). */
+double emu_coll_cost(emu_coll_t k, int algo, int p, double bytes, double alpha,
+                     double beta);
+
+/* ---- A cluster: devices that run as threads, one per device, on the host
+ * cores that hwloc finds. Nothing is global: clusters are independent. */
+typedef struct emu_cluster emu_cluster_t;
+
+typedef struct {
+    bool no_limit; /* lift every device's memory capacity */
+    double pace;   /* > 0: a device sleeps so that its wall time since the
+                    * run started is at least pace x its virtual time */
+    bool no_pin;   /* leave device threads unpinned */
+} emu_cluster_opts_t;
+
+/* ndev devices of the given spec laid out on topo (device d on node
+ * d / devices_per_node). topo->nodes == 0 takes as many nodes as needed;
+ * otherwise ndev must fit in nodes x devices_per_node. opts may be NULL. */
+moemu_status_t emu_cluster_create(const emu_spec_t *spec,
+                                  const emu_topo_t *topo, int ndev,
+                                  const emu_cluster_opts_t *opts,
+                                  emu_cluster_t **out);
+/* Frees the devices too. Not while a run is going; destroy the cluster's
+ * communicators first (a late one is detached, but its devices are gone). */
+void emu_cluster_destroy(emu_cluster_t *c);
+
+int emu_cluster_size(const emu_cluster_t *c);
+const emu_topo_t *emu_cluster_topo(const emu_cluster_t *c); /* nodes set */
+emu_dev_t *emu_cluster_dev(emu_cluster_t *c, int rank);
+int emu_cluster_host_cores(const emu_cluster_t *c);
+
+/* One device's work. It returns MOEMU_OK or the status of a moemu_fail in
+ * its own thread. */
+typedef moemu_status_t (*emu_dev_fn)(emu_dev_t *dev, void *arg);
+
+/* Start one thread per device calling fn(dev, arg), wait for all of them.
+ * While it runs, OpenBLAS uses max(1, cores / ndev) threads (never more
+ * than it was set to before the run; restored afterwards). The first
+ * device to fail aborts the run: every device waiting in a collective is
+ * released with MOEMU_ERR_PEER. Returns the first failure's status; its
+ * message, prefixed "device N: ", is then the calling thread's
+ * moemu_errmsg(). Clocks and counters carry over from run to run. */
+moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg);
+
+/* ---- A device's place and communication counters. */
+emu_cluster_t *emu_dev_cluster(const emu_dev_t *dev); /* NULL: standalone */
+int emu_dev_node(const emu_dev_t *dev);
+int emu_dev_local_rank(const emu_dev_t *dev); /* index inside its node */
+const emu_topo_t *emu_dev_topo(const emu_dev_t *dev);
+/* True once the run is aborting: long loops may stop early. */
+bool emu_dev_aborting(const emu_dev_t *dev);
+
+/* Per collective kind and link class, what one device did. */
+typedef struct {
+    uint64_t calls;
+    double bytes; /* sent by this device, emulated dtype */
+    double time;  /* virtual seconds communicating */
+    double idle;  /* virtual seconds waiting for the last member (or the
+                   * sender of a message) to arrive */
+} emu_comm_stats_t;
+
+const emu_comm_stats_t *emu_dev_comm_stats(const emu_dev_t *dev,
+                                           emu_coll_t kind, emu_link_t link);
+/* The clock decomposes (up to rounding) as
+ * clock = kernel_time + comm_time + idle_time. */
+double emu_dev_kernel_time(const emu_dev_t *dev);
+double emu_dev_comm_time(const emu_dev_t *dev);
+double emu_dev_idle_time(const emu_dev_t *dev);
+
+/* ---- Charging communication, for the collectives module. Every member
+ * of a group passes the same arrival clocks (clocks[i] of group member i,
+ * global ranks in ranks[]); the result depends on nothing else.
+ * A collective that moves no bytes costs nothing and waits for nobody
+ * (NCCL returns at once on count 0); a barrier always synchronises. */
+
+/* kind is a closed-form collective (not all-to-all, send or recv), dev is
+ * member me, root the broadcast's root (ignored otherwise) and bytes is B
+ * above. Charges the start (the latest arrival) minus dev's clock as idle,
+ * the closed form as communication, and the bytes this member sends under
+ * the algorithm. Returns the time charged as communication. */
+double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
+                       const int *ranks, int p, int me, int root,
+                       const double *clocks, double bytes);
+/* Bytes that member me sends in algorithm algo of collective k. */
+double emu_coll_sent(emu_coll_t k, int algo, int p, int me, int root,
+                     double bytes);
+/* Pairwise all-to-all: bytes[i * p + j] go from member i to member j. At
+ * step s = 1..p-1 member r sends to (r+s)%p and receives from (r-s)%p at
+ * the same time; the step costs the slower direction, alpha + bytes/beta
+ * of that pair's link class (a direction with no bytes costs nothing).
+ * Every member finishes at start + the largest sum of steps. Returns the
+ * time charged. */
+double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
+                         const double *clocks, const double *bytes);
+
+/* Send, eager: the sender pays nothing in time; the message leaves when
+ * the device's outgoing link of that class is free (messages queue behind
+ * each other) and arrives alpha + bytes/beta later. Returns the departure
+ * and arrival times for the receiver. */
+typedef struct {
+    double depart, arrive;
+} emu_msg_time_t;
+
+emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes);
+/* The receiver's clock becomes max(clock, arrive): idle until the message
+ * departs, communicating while it is in flight. */
+void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t);
+
+/* ---- Waiting inside a cluster, for the collectives module: a mutex and a
+ * condition variable that the cluster broadcasts when a run aborts or a
+ * device's function returns, so that no waiter hangs. reset (may be NULL)
+ * is called with arg before each run, from the thread that runs it, to
+ * clear state that an aborted run left behind. */
+typedef struct emu_sync emu_sync_t;
+
+moemu_status_t emu_sync_create(emu_cluster_t *c, void (*reset)(void *),
+                               void *arg, emu_sync_t **out);
+void emu_sync_destroy(emu_sync_t *s);
+void emu_sync_lock(emu_sync_t *s);
+void emu_sync_unlock(emu_sync_t *s);
+void emu_sync_broadcast(emu_sync_t *s);
+/* With the lock held: wait for a broadcast (spurious wake-ups happen;
+ * check the condition again). */
+void emu_sync_wait(emu_sync_t *s);
+bool emu_cluster_aborting(const emu_cluster_t *c);
+/* True once dev's function has returned in the current run. */
+bool emu_dev_done(const emu_dev_t *dev);
+
 #endif

@@ -1,8 +1,12 @@
-/* emu private: the device structure, shared by the emu sources only. */
+/* emu private: the device, cluster and sync structures, shared by the emu
+ * sources only. */
 #ifndef MOEMU_EMU_IMPL_H
 #define MOEMU_EMU_IMPL_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "emu/emu.h"
 
@@ -15,6 +19,64 @@ struct emu_dev {
     double mem[EMU_MEM__COUNT];
     double mem_peak[EMU_MEM__COUNT];
     double mem_total_peak;
+
+    /* place: a standalone device is node 0 of a one-device topology */
+    emu_cluster_t *cluster;
+    emu_topo_t topo;
+    int node, local_rank;
+    emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
+    double egress_free[EMU_LINK__COUNT]; /* eager sends queue behind */
+
+    /* run state, written by the device's thread, read by others */
+    atomic_bool done;
+    moemu_status_t status;
+    char errmsg[1024];
+    double run_clock0;           /* clock when the current run started */
+    pthread_t thread;
 };
+
+struct emu_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    emu_cluster_t *cluster;
+    void (*reset)(void *);
+    void *arg;
+    emu_sync_t *next; /* the cluster's list, under cluster->mu */
+};
+
+struct emu_cluster {
+    emu_spec_t spec;
+    emu_topo_t topo;
+    emu_cluster_opts_t opts;
+    int ndev;
+    emu_dev_t *devs; /* ndev, one block */
+
+    int host_cores;
+    void *hwloc;     /* hwloc_topology_t, NULL if unpinned */
+
+    /* run state */
+    pthread_mutex_t mu;   /* guards syncs, first failure, running */
+    pthread_cond_t pace_cv; /* paced sleeps wait here, woken on abort */
+    atomic_bool aborting;
+    bool running;
+    int fail_rank;        /* first failure, -1 if none */
+    emu_sync_t *syncs;
+    struct timespec run_start;
+};
+
+/* The built-in presets, generated from hw/NAME.json at build time. */
+typedef struct {
+    const char *name;
+    const char *text;
+} emu_hw_text_t;
+
+extern const emu_hw_text_t emu_hw_presets[]; /* ends with {NULL, NULL} */
+
+/* Common to device.c and cluster.c. */
+void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
+                  bool no_limit);
+/* After dev's clock moved: sleep while the cluster paces and the wall
+ * time since the run started is below pace x the virtual time of the run. */
+void emu_dev_pace(emu_dev_t *dev);
 
 #endif

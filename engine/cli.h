@@ -1,9 +1,30 @@
-/* The moemu command's subcommands. Each returns the process exit status. */
+/* The moemu command: subcommands and the option handling they share. */
 #ifndef MOEMU_CLI_H
 #define MOEMU_CLI_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "engine/model.h"
 
 int cli_run_main(int argc, char **argv);  /* moemu run */
 int cli_info_main(int argc, char **argv); /* moemu info */
 int cli_hw_main(int argc, char **argv);   /* moemu hw */
+
+/* Exit statuses: 0 success, 1 a check that did not pass, 2 an error. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };
+
+/* Print "moemu: error: <this thread's message>" and return CLI_EXIT_ERROR. */
+int cli_error(void);
+/* Parse a whole decimal number into *out within [lo, hi], naming flag. */
+moemu_status_t cli_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
+moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* Write JSON to path through a temporary file and a rename. */
+moemu_status_t cli_write_json(const char *path, json_t *root);
+/* Progress on stderr, for model_opts_t.progress, when stderr is a tty. */
+void cli_progress(void *arg, const char *phase, int step, int steps, int layer,
+                  int layers);
+void cli_progress_done(void);
 
 #endif

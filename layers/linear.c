@@ -1,0 +1,32 @@
+/* Dense products through OpenBLAS. */
+#include <cblas.h>
+
+#include "layers/layers.h"
+
+layer_work_t layer_linear_work(int T, int n_in, int n_out, emu_dtype_t dt)
+{
+    double s = (double)emu_dtype_size(dt);
+    return (layer_work_t){
+        .flops = 2.0 * T * n_in * n_out,
+        .bytes = s * ((double)T * n_in + (double)n_in * n_out + (double)T * n_out),
+    };
+}
+
+void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
+                  const float *in, const float *w, int T, int n_in, int n_out,
+                  int ldw, bool accumulate)
+{
+    layer_work_t wk = layer_linear_work(T, n_in, n_out, c->dtype);
+    if (accumulate) wk.bytes += (double)emu_dtype_size(c->dtype) * T * n_out;
+    if (c->math && T > 0 && n_out > 0) {
+        if (n_in == 0) {
+            if (!accumulate)
+                for (int64_t i = 0; i < (int64_t)T * n_out; i++) out[i] = 0.0f;
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in,
+                        1.0f, in, n_in, w, ldw, accumulate ? 1.0f : 0.0f, out,
+                        n_out);
+        }
+    }
+    emu_charge(c->dev, kind, wk.flops, wk.bytes);
+}

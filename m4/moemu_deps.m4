@@ -26,3 +26,16 @@ AC_DEFUN([MOEMU_CHECK_DEPS], [
   AC_SUBST([PTHREAD_LIBS])
   AC_SEARCH_LIBS([sqrt], [m])
 ])
+
+# MOEMU_CHECK_VECTORIZE: let -O2 vectorize loops that need an epilogue
+# (the kernels' exp and activation loops); only where the compiler takes it.
+AC_DEFUN([MOEMU_CHECK_VECTORIZE], [
+  VECTORIZE_CFLAGS=
+  save_CFLAGS=$CFLAGS; CFLAGS="$CFLAGS -Werror -fvect-cost-model=dynamic"
+  AC_MSG_CHECKING([whether $CC accepts -fvect-cost-model=dynamic])
+  AC_COMPILE_IFELSE([AC_LANG_PROGRAM([], [])],
+    [VECTORIZE_CFLAGS=-fvect-cost-model=dynamic; AC_MSG_RESULT([yes])],
+    [AC_MSG_RESULT([no])])
+  CFLAGS=$save_CFLAGS
+  AC_SUBST([VECTORIZE_CFLAGS])
+])

@@ -1,0 +1,1060 @@
+/* The fast kernels of layers/layers.h against the double-precision
+ * reference of layers/layers_ref.h, on seeded random data and odd shapes;
+ * exact expectations where the semantics are exact (router ties, capacity,
+ * argmax, copies); the device charges of every kernel; dry runs
+ * (math = false) that touch no tensor and charge the same.
+ *
+ * Tolerance: for a float result y against the double reference r, each
+ * element's error is |y - r| / (|r| + rms(r)): relative for the large
+ * elements, relative to the tensor's scale for those near zero (a dot
+ * product's rounding error scales with its terms, not with its value).
+ * The bound grows with the reduction length: 1e-5 up to a few hundred
+ * terms, 3e-5 to 1e-4 for thousands. With `--verbose` each case logs its
+ * worst element; a failure prints it. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+
+#include "layers/layers.h"
+#include "layers/layers_ref.h"
+
+/* ---- Seeded random data (splitmix64). */
+typedef struct {
+    uint64_t s;
+} rng_t;
+
+static uint64_t rng_next(rng_t *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [-a, a). */
+static float rng_sym(rng_t *r, float a)
+{
+    return (float)(((double)(rng_next(r) >> 11) / 9007199254740992.0) * 2 - 1) *
+           a;
+}
+
+static void fill(rng_t *r, float *x, size_t n, float a)
+{
+    for (size_t i = 0; i < n; i++) x[i] = rng_sym(r, a);
+}
+
+static void fill_const(float *x, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    cr_assert(p, "out of host memory (%zu bytes)", n);
+    return p;
+}
+
+#define NEW(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
+
+static const float SENTINEL = -12345.678f;
+
+/* ---- A standalone device and the context of the fast kernels. */
+static emu_dev_t *dev_new(void)
+{
+    emu_spec_t spec = {.peak_flops = 989e12, .mfu = 0.5, .mem_bw = 3.35e12,
+                       .bw_util = 0.8, .mem_capacity = 80e9, .launch_s = 5e-6};
+    emu_dev_t *dev = NULL;
+    cr_assert_eq(emu_dev_create(&spec, 0, true, &dev), MOEMU_OK);
+    return dev;
+}
+
+static layer_ctx_t ctx_of(emu_dev_t *dev, bool math)
+{
+    return (layer_ctx_t){.dev = dev, .dtype = EMU_DTYPE_FP16, .math = math};
+}
+
+/* Totals over every kernel kind. */
+static emu_kernel_stats_t dev_total(const emu_dev_t *dev)
+{
+    emu_kernel_stats_t t = {0};
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+        const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, k);
+        t.flops += s->flops;
+        t.bytes += s->bytes;
+        t.time += s->time;
+        t.launches += s->launches;
+    }
+    return t;
+}
+
+/* Two devices charged the same, kind by kind (dry run vs real run). */
+static void assert_same_charges(const emu_dev_t *a, const emu_dev_t *b,
+                                const char *what)
+{
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+        const emu_kernel_stats_t *x = emu_dev_kernel_stats(a, k);
+        const emu_kernel_stats_t *y = emu_dev_kernel_stats(b, k);
+        cr_assert(x->flops == y->flops && x->bytes == y->bytes &&
+                      x->launches == y->launches && x->time == y->time,
+                  "%s: math=true charged %s flops %.17g bytes %.17g launches "
+                  "%llu, math=false flops %.17g bytes %.17g launches %llu",
+                  what, emu_kernel_name(k), x->flops, x->bytes,
+                  (unsigned long long)x->launches, y->flops, y->bytes,
+                  (unsigned long long)y->launches);
+    }
+    cr_assert(emu_dev_clock(a) == emu_dev_clock(b),
+              "%s: clocks differ: %.17g vs %.17g", what, emu_dev_clock(a),
+              emu_dev_clock(b));
+}
+
+static void assert_untouched(const float *x, size_t n, float v,
+                             const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        cr_assert(memcmp(&x[i], &v, sizeof v) == 0,
+                  "%s: math=false wrote element %zu (%.9g)", what, i, x[i]);
+}
+
+/* ---- Comparison with the reference; returns the worst error. */
+static double check_close(const char *what, const float *got,
+                          const double *ref, size_t n, double tol)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += ref[i] * ref[i];
+    double rms = n ? sqrt(ss / (double)n) : 0;
+    double worst = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        double den = fabs(ref[i]) + rms;
+        double e;
+        if (isnan(got[i]) || isinf(got[i])) e = INFINITY;
+        else if (den == 0) e = d == 0 ? 0 : INFINITY;
+        else e = d / den;
+        if (e > worst) worst = e, wi = i;
+    }
+    cr_log_info("%s: worst error %.3g (tol %.3g) at [%zu]", what, worst, tol,
+                wi);
+    if (!(worst <= tol))
+        cr_assert_fail("%s: worst error %.3g > tol %.3g at element %zu: got "
+                       "%.9g, reference %.12g (rms of reference %.6g)",
+                       what, worst, tol, wi, n ? got[wi] : 0.0,
+                       n ? ref[wi] : 0.0, rms);
+    return worst;
+}
+
+static double *to_double(const float *x, size_t n)
+{
+    double *d = NEW(double, n);
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+/* ======================================================================
+ * Self-checks of the reference on hand-computed values. */
+
+Test(reference, hand_values)
+{
+    /* linear: [1 2; 3 4] @ [[1 0],[0 1],[1 1]]^T with ldw 3 */
+    float in[4] = {1, 2, 3, 4};
+    float w[9] = {1, 0, 99, 0, 1, 99, 1, 1, 99};
+    double out[6];
+    ref_linear(out, in, w, 2, 2, 3, 3, false);
+    double want[6] = {1, 2, 3, 3, 4, 7};
+    for (int i = 0; i < 6; i++) cr_assert_eq(out[i], want[i]);
+
+    /* rmsnorm of a constant vector is w (eps 0) */
+    float c[4] = {3, 3, 3, 3}, g[4] = {1, 2, 3, 4};
+    double n[4];
+    ref_rmsnorm(n, c, g, 1, 4, 0);
+    for (int i = 0; i < 4; i++) cr_assert_float_eq(n[i], (double)g[i], 1e-15);
+
+    /* rope at position 0 is the identity */
+    float x[4] = {1, 2, 3, 4};
+    double r[4];
+    int p0 = 0;
+    ref_rope(r, x, &p0, 1, 1, 4, 10000);
+    for (int i = 0; i < 4; i++) cr_assert_eq(r[i], (double)x[i]);
+    /* hd = 2 at position 1: a rotation by 1 radian of (x0, x1) */
+    int p1 = 1;
+    ref_rope(r, x, &p1, 1, 1, 2, 10000);
+    cr_assert_float_eq(r[0], (double)(float)cos(1.0) * 1 -
+                                 (double)(float)sin(1.0) * 2, 1e-15);
+
+    /* one visible key: out = v, lse = score */
+    float q[2] = {1, 2}, k[2] = {3, 4}, v[2] = {5, 6};
+    double o[2], l;
+    ref_attention(o, &l, q, k, v, 1, 0, 0, 1, 1, 1, 2, 1);
+    cr_assert_eq(o[0], 5);
+    cr_assert_eq(o[1], 6);
+    cr_assert_float_eq(l, 11 / sqrt(2.0), 1e-15);
+
+    /* the fp32 rounding of the rope angle matters at large positions, so
+     * a test at such positions tells the rule from a double angle */
+    float a, cf, sf;
+    ref_rope_angle(&a, &cf, &sf, 100003, 1, 64, 10000);
+    double exact = 100003 * pow(10000, -2.0 / 64);
+    cr_assert(fabs(cos(exact) - cf) > 1e-4,
+              "the fp32 angle should move cos by more than 1e-4 here");
+
+    cr_assert_eq(ref_capacity(1.1, 10, 2, 22), 1);
+    cr_assert_eq(ref_capacity(1.2, 100, 2, 16), 15);
+    cr_assert_eq(ref_capacity(0.3, 10, 1, 3), 1);
+    cr_assert_eq(ref_capacity(0, 10, 1, 3), INT64_MAX);
+    cr_assert_eq(ref_attention_pairs(3, 0, 0, 3), 6);
+    cr_assert_eq(ref_attention_pairs(7, 10, 13, 20), 10);
+}
+
+Test(reference, attention_merge_is_whole)
+{
+    rng_t r = {7};
+    int T = 9, q0 = 4, k0 = 0, k1 = 13, H = 2, Hkv = 1, hd = 4, m = 8;
+    float *q = NEW(float, T * H * hd), *k = NEW(float, k1 * hd),
+          *v = NEW(float, k1 * hd);
+    fill(&r, q, T * H * hd, 2), fill(&r, k, k1 * hd, 1), fill(&r, v, k1 * hd, 1);
+    double o[72], l[18], o1[72], l1[18], o2[72], l2[18];
+    ref_attention(o, l, q, k, v, T, q0, k0, k1, H, Hkv, hd, k1);
+    ref_attention(o1, l1, q, k, v, T, q0, k0, m, H, Hkv, hd, k1);
+    ref_attention(o2, l2, q, k + m * hd, v + m * hd, T, q0, m, k1, H, Hkv, hd,
+                  k1);
+    for (int i = 0; i < T * H; i++) {
+        double L = fmax(l1[i], l2[i]);
+        double a = exp(l1[i] - L), b = exp(l2[i] - L);
+        cr_assert_float_eq(L + log(a + b), l[i], 1e-12);
+        for (int j = 0; j < hd; j++)
+            cr_assert_float_eq((a * o1[i * hd + j] + b * o2[i * hd + j]) /
+                                   (a + b),
+                               o[i * hd + j], 1e-12);
+    }
+    free(q), free(k), free(v);
+}
+
+/* ======================================================================
+ * linear */
+
+typedef struct {
+    int T, n_in, n_out, ldw;
+    bool acc;
+    double tol;
+} linear_case_t;
+
+static const linear_case_t linear_cases[] = {
+    {1, 1, 1, 1, false, 1e-6},       {1, 33, 17, 33, false, 1e-5},
+    {7, 33, 17, 33, false, 1e-5},    {7, 33, 17, 50, false, 1e-5},
+    {7, 33, 17, 50, true, 1e-5},     {300, 64, 96, 64, false, 1e-5},
+    {300, 64, 96, 129, true, 1e-5},  {5, 2048, 33, 2100, true, 3e-5},
+    {1, 4096, 7, 4096, false, 1e-4}, {64, 256, 512, 256, false, 1e-5},
+};
+
+Test(linear, matches_reference_and_charges)
+{
+    rng_t r = {1};
+    for (size_t ci = 0; ci < sizeof linear_cases / sizeof *linear_cases; ci++) {
+        const linear_case_t *lc = &linear_cases[ci];
+        int T = lc->T, n_in = lc->n_in, n_out = lc->n_out, ldw = lc->ldw;
+        char what[128];
+        snprintf(what, sizeof what, "linear T=%d n_in=%d n_out=%d ldw=%d acc=%d",
+                 T, n_in, n_out, ldw, lc->acc);
+        float *in = NEW(float, T * n_in), *w = NEW(float, n_out * ldw),
+              *out = NEW(float, T * n_out);
+        fill(&r, in, (size_t)T * n_in, 1);
+        /* the columns beyond n_in belong to other slices: NaN, never read */
+        for (int o = 0; o < n_out; o++)
+            for (int i = 0; i < ldw; i++)
+                w[(size_t)o * ldw + i] = i < n_in ? rng_sym(&r, 1) : NAN;
+        fill(&r, out, (size_t)T * n_out, 1);
+        double *ref = to_double(out, (size_t)T * n_out);
+        ref_linear(ref, in, w, T, n_in, n_out, ldw, lc->acc);
+
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        emu_kernel_t kind = ci % 2 ? EMU_KERNEL_EXPERT : EMU_KERNEL_GEMM;
+        layer_linear(&c, kind, out, in, w, T, n_in, n_out, ldw, lc->acc);
+        check_close(what, out, ref, (size_t)T * n_out, lc->tol);
+
+        const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, kind);
+        layer_work_t wk = layer_linear_work(T, n_in, n_out, EMU_DTYPE_FP16);
+        double flops = 2.0 * T * n_in * n_out;
+        cr_assert(s->flops == flops, "%s: charged %.17g flops to %s, want "
+                  "2*T*n_in*n_out = %.17g", what, s->flops,
+                  emu_kernel_name(kind), flops);
+        cr_assert(wk.flops == flops, "%s: layer_linear_work flops %.17g, "
+                  "want %.17g", what, wk.flops, flops);
+        /* layer_linear_work has no accumulate flag: an accumulating call
+         * may also count reading out (T, n_out) */
+        double acc_bytes = lc->acc ? (double)T * n_out * 2 : 0;
+        cr_assert(s->bytes == wk.bytes || s->bytes == wk.bytes + acc_bytes,
+                  "%s: charged %.17g bytes, layer_linear_work says %.17g "
+                  "(+ %.17g to read out when accumulating)", what, s->bytes,
+                  wk.bytes, acc_bytes);
+        if (lc->acc && s->bytes != wk.bytes)
+            cr_log_info("%s: charged %.17g bytes, layer_linear_work says "
+                        "%.17g", what, s->bytes, wk.bytes);
+        cr_assert(s->bytes >= 2.0 * n_in * n_out, "%s: %.17g bytes is less "
+                  "than the fp16 weights (%d x %d)", what, s->bytes, n_out, n_in);
+        cr_assert_eq(s->launches, 1, "%s: %llu launches", what,
+                     (unsigned long long)s->launches);
+        emu_kernel_stats_t tot = dev_total(dev);
+        cr_assert(tot.flops == flops && tot.bytes == s->bytes,
+                  "%s: charges outside kind %s", what, emu_kernel_name(kind));
+        layer_work_t w32 = layer_linear_work(T, n_in, n_out, EMU_DTYPE_FP32);
+        cr_assert(w32.bytes > wk.bytes, "%s: fp32 bytes %.17g not above fp16 "
+                  "bytes %.17g", what, w32.bytes, wk.bytes);
+        emu_dev_destroy(dev);
+        free(in), free(w), free(out), free(ref);
+    }
+}
+
+/* ======================================================================
+ * embed, rmsnorm, rope, add */
+
+Test(embed, copies_rows_and_charges)
+{
+    rng_t r = {2};
+    int V = 50, d = 33, T = 7;
+    int tok[7] = {0, 49, 3, 3, 17, 0, 48};
+    float *emb = NEW(float, V * d), *out = NEW(float, T * d),
+          *ref = NEW(float, T * d);
+    fill(&r, emb, (size_t)V * d, 1);
+    ref_embed(ref, tok, emb, T, d);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_embed(&c, out, tok, emb, T, d);
+    cr_assert(memcmp(out, ref, sizeof(float) * T * d) == 0,
+              "embed: rows differ from emb[tok]");
+    const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_EMBED);
+    cr_assert(s->bytes > 0 && s->launches >= 1,
+              "embed: charged %.17g bytes, %llu launches to embed", s->bytes,
+              (unsigned long long)s->launches);
+    emu_dev_destroy(dev);
+    free(emb), free(out), free(ref);
+}
+
+typedef struct {
+    int T, d;
+    float eps;
+    bool inplace;
+    double tol;
+} norm_case_t;
+
+Test(rmsnorm, matches_reference_and_charges)
+{
+    static const norm_case_t cases[] = {
+        {1, 1, 1e-5f, false, 1e-6}, {7, 33, 1e-5f, false, 1e-5},
+        {7, 33, 1e-6f, true, 1e-5}, {3, 4096, 1e-5f, false, 3e-5},
+        {300, 64, 1e-6f, true, 1e-5},
+    };
+    rng_t r = {3};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const norm_case_t *nc = &cases[ci];
+        int T = nc->T, d = nc->d;
+        char what[96];
+        snprintf(what, sizeof what, "rmsnorm T=%d d=%d eps=%g inplace=%d", T,
+                 d, nc->eps, nc->inplace);
+        float *in = NEW(float, T * d), *w = NEW(float, d),
+              *out = NEW(float, T * d);
+        fill(&r, in, (size_t)T * d, 2);
+        fill(&r, w, d, 1.5f);
+        double *ref = NEW(double, T * d);
+        ref_rmsnorm(ref, in, w, T, d, nc->eps);
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        float *dst = nc->inplace ? in : out;
+        layer_rmsnorm(&c, dst, in, w, T, d, nc->eps);
+        check_close(what, dst, ref, (size_t)T * d, nc->tol);
+        const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_NORM);
+        cr_assert(s->flops > 0 && s->bytes > 0, "%s: charged %.17g flops, "
+                  "%.17g bytes to norm", what, s->flops, s->bytes);
+        emu_dev_destroy(dev);
+        free(in), free(w), free(out), free(ref);
+    }
+}
+
+typedef struct {
+    int T, nh, hd, maxpos;
+    double theta;
+} rope_case_t;
+
+Test(rope, matches_reference_and_charges)
+{
+    static const rope_case_t cases[] = {
+        {1, 1, 2, 10, 10000},       {7, 3, 2, 100, 10000},
+        {7, 6, 64, 200000, 10000},  {300, 2, 128, 4096, 1e6},
+        {33, 8, 16, 1000000, 5e5},
+    };
+    rng_t r = {4};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const rope_case_t *rc = &cases[ci];
+        int T = rc->T, nh = rc->nh, hd = rc->hd;
+        size_t n = (size_t)T * nh * hd;
+        char what[96];
+        snprintf(what, sizeof what, "rope T=%d nh=%d hd=%d theta=%g", T, nh,
+                 hd, rc->theta);
+        float *x = NEW(float, n);
+        int *pos = NEW(int, T);
+        fill(&r, x, n, 2);
+        for (int t = 0; t < T; t++)
+            pos[t] = (int)(rng_next(&r) % (uint64_t)(rc->maxpos + 1));
+        pos[0] = 0;
+        if (T > 1) pos[T - 1] = rc->maxpos;
+        double *ref = NEW(double, n);
+        ref_rope(ref, x, pos, T, nh, hd, rc->theta);
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        layer_rope(&c, x, pos, T, nh, hd, rc->theta);
+        /* two fp32 products and a sum: a few ulp of the operands */
+        check_close(what, x, ref, n, 1e-6);
+        const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ROPE);
+        cr_assert(s->flops > 0 && s->bytes > 0, "%s: charged %.17g flops, "
+                  "%.17g bytes to rope", what, s->flops, s->bytes);
+        emu_dev_destroy(dev);
+        free(x), free(pos), free(ref);
+    }
+}
+
+Test(add, exact_and_charges)
+{
+    rng_t r = {5};
+    int64_t n = 7 * 33;
+    float *x = NEW(float, n), *y = NEW(float, n);
+    fill(&r, x, n, 3), fill(&r, y, n, 3);
+    double *ref = NEW(double, n);
+    ref_add(ref, x, y, n);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_add(&c, x, y, n);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(x[i] == (float)ref[i], "add: element %lld is %.9g, want %.9g",
+                  (long long)i, x[i], (float)ref[i]);
+    const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ELEMWISE);
+    cr_assert(s->flops > 0 && s->bytes > 0, "add: charged %.17g flops, %.17g "
+              "bytes to elementwise", s->flops, s->bytes);
+    emu_dev_destroy(dev);
+    free(x), free(y), free(ref);
+}
+
+/* ======================================================================
+ * attention */
+
+typedef struct {
+    int T, q0, k0, k1, H, Hkv, hd, ldc_extra;
+    double tol;
+} attn_case_t;
+
+static const attn_case_t attn_cases[] = {
+    {1, 0, 0, 1, 1, 1, 2, 0, 1e-5},         /* one query, one key */
+    {7, 0, 0, 7, 6, 3, 2, 0, 1e-5},         /* prefill, hd = 2 */
+    {7, 0, 0, 7, 6, 1, 16, 3, 1e-5},        /* multi-query */
+    {7, 0, 0, 7, 6, 6, 16, 0, 1e-5},        /* multi-head */
+    {1, 699, 0, 700, 6, 3, 64, 0, 3e-5},    /* decode over 700 rows */
+    {300, 400, 0, 700, 4, 2, 64, 13, 5e-5}, /* long, crosses blocks */
+    {300, 0, 0, 300, 6, 2, 32, 0, 5e-5},    /* long causal prefill */
+    {7, 10, 13, 20, 6, 3, 8, 5, 1e-5},      /* queries 10..12 see nothing */
+    {5, 0, 10, 20, 2, 1, 4, 0, 1e-5},       /* no query sees anything */
+    {9, 5, 0, 3, 2, 2, 4, 1, 1e-5},         /* every key in the past */
+    {33, 100, 40, 160, 6, 2, 32, 7, 2e-5},  /* mixed, keys past the queries */
+    {130, 70, 60, 331, 6, 3, 2, 0, 3e-5},   /* hd = 2 across blocks */
+};
+
+/* q (T,H,hd) scaled so scores spread over a few units; kc, vc (Hkv,ldc,hd)
+ * with NaN in the rows past k1 - k0 (never read). */
+static void attn_data(rng_t *r, const attn_case_t *ac, float **q, float **kc,
+                      float **vc, int *ldc)
+{
+    int nk = ac->k1 - ac->k0;
+    *ldc = nk + ac->ldc_extra;
+    size_t nq = (size_t)ac->T * ac->H * ac->hd;
+    size_t nc = (size_t)ac->Hkv * *ldc * ac->hd;
+    *q = NEW(float, nq);
+    *kc = NEW(float, nc);
+    *vc = NEW(float, nc);
+    fill(r, *q, nq, 3);
+    for (int g = 0; g < ac->Hkv; g++)
+        for (int row = 0; row < *ldc; row++)
+            for (int i = 0; i < ac->hd; i++) {
+                size_t at = ((size_t)g * *ldc + row) * ac->hd + i;
+                (*kc)[at] = row < nk ? rng_sym(r, 1) : NAN;
+                (*vc)[at] = row < nk ? rng_sym(r, 1) : NAN;
+            }
+}
+
+static void check_lse(const char *what, const float *got, const double *ref,
+                      size_t n, double tol)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ref[i] == -INFINITY) {
+            cr_assert(got[i] == -INFINITY, "%s: lse[%zu] = %.9g, want -inf "
+                      "(no visible key)", what, i, got[i]);
+            continue;
+        }
+        double e = fabs(got[i] - ref[i]) / (1 + fabs(ref[i]));
+        cr_assert(e <= tol, "%s: lse[%zu] = %.9g, reference %.12g (error "
+                  "%.3g > %.3g)", what, i, got[i], ref[i], e, tol);
+    }
+}
+
+/* Where the reference has no visible key (lse -inf), out must be exactly 0. */
+static void check_empty_rows(const char *what, const float *out,
+                             const double *lse, int T, int H, int hd)
+{
+    for (int i = 0; i < T * H; i++)
+        if (lse[i] == -INFINITY)
+            for (int j = 0; j < hd; j++)
+                cr_assert(out[(size_t)i * hd + j] == 0.0f, "%s: token %d head "
+                          "%d sees no key but out[%d] = %.9g", what, i / H,
+                          i % H, j, out[(size_t)i * hd + j]);
+}
+
+Test(attention, matches_reference_and_charges)
+{
+    rng_t r = {6};
+    for (size_t ci = 0; ci < sizeof attn_cases / sizeof *attn_cases; ci++) {
+        const attn_case_t *ac = &attn_cases[ci];
+        int T = ac->T, H = ac->H, hd = ac->hd, ldc;
+        char what[160];
+        snprintf(what, sizeof what, "attention T=%d q0=%d k0=%d k1=%d H=%d "
+                 "Hkv=%d hd=%d ldc+%d", T, ac->q0, ac->k0, ac->k1, H, ac->Hkv,
+                 hd, ac->ldc_extra);
+        float *q, *kc, *vc;
+        attn_data(&r, ac, &q, &kc, &vc, &ldc);
+        size_t no = (size_t)T * H * hd, nl = (size_t)T * H;
+        double *ref = NEW(double, no), *rlse = NEW(double, nl);
+        ref_attention(ref, rlse, q, kc, vc, T, ac->q0, ac->k0, ac->k1, H,
+                      ac->Hkv, hd, ldc);
+        float *out = NEW(float, no), *lse = NEW(float, nl),
+              *out2 = NEW(float, no);
+        fill_const(out, no, SENTINEL);
+        fill_const(out2, no, SENTINEL);
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        layer_attention(&c, out, lse, q, kc, vc, T, ac->q0, ac->k0, ac->k1, H,
+                        ac->Hkv, hd, ldc);
+        check_close(what, out, ref, no, ac->tol);
+        check_lse(what, lse, rlse, nl, 1e-5);
+        check_empty_rows(what, out, rlse, T, H, hd);
+
+        int64_t pairs = layer_attention_pairs(T, ac->q0, ac->k0, ac->k1);
+        int64_t rpairs = ref_attention_pairs(T, ac->q0, ac->k0, ac->k1);
+        cr_assert_eq(pairs, rpairs, "%s: layer_attention_pairs %lld, want "
+                     "%lld", what, (long long)pairs, (long long)rpairs);
+        const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ATTN);
+        /* layers.h gives no formula: at least the two matrix products over
+         * the visible pairs (q.k and p.v, 2 flops per multiply-add) */
+        double low = 4.0 * hd * H * (double)pairs;
+        cr_log_info("%s: charged %.17g flops (4*hd*H*pairs = %.17g), %.17g "
+                    "bytes", what, s->flops, low, s->bytes);
+        cr_assert(s->flops >= low && (pairs == 0 || s->flops > 0),
+                  "%s: charged %.17g flops, below 4*hd*H*pairs = %.17g", what,
+                  s->flops, low);
+        cr_assert(s->bytes > 0, "%s: charged no bytes", what);
+
+        /* the same without lse */
+        layer_attention(&c, out2, NULL, q, kc, vc, T, ac->q0, ac->k0, ac->k1,
+                        H, ac->Hkv, hd, ldc);
+        check_close(what, out2, ref, no, ac->tol);
+        emu_dev_destroy(dev);
+        free(q), free(kc), free(vc), free(ref), free(rlse), free(out),
+            free(lse), free(out2);
+    }
+}
+
+Test(attention, pairs_grid)
+{
+    for (int T = 0; T <= 5; T++)
+        for (int q0 = 0; q0 <= 6; q0 += 3)
+            for (int k0 = 0; k0 <= 9; k0 += 2)
+                for (int k1 = k0; k1 <= k0 + 8; k1 += 3)
+                    cr_assert_eq(layer_attention_pairs(T, q0, k0, k1),
+                                 ref_attention_pairs(T, q0, k0, k1),
+                                 "pairs(T=%d, q0=%d, k0=%d, k1=%d)", T, q0, k0,
+                                 k1);
+}
+
+/* Merge two partial attentions over disjoint key ranges by their lse. */
+static void attn_merge(float *out, float *lse, const float *o1, const float *l1,
+                       const float *o2, const float *l2, int rows, int hd)
+{
+    for (int i = 0; i < rows; i++) {
+        double L = fmax(l1[i], l2[i]);
+        if (L == -INFINITY) {
+            lse[i] = -INFINITY;
+            for (int j = 0; j < hd; j++) out[(size_t)i * hd + j] = 0;
+            continue;
+        }
+        double a = exp(l1[i] - L), b = exp(l2[i] - L);
+        lse[i] = (float)(L + log(a + b));
+        for (int j = 0; j < hd; j++)
+            out[(size_t)i * hd + j] = (float)((a * o1[(size_t)i * hd + j] +
+                                               b * o2[(size_t)i * hd + j]) /
+                                              (a + b));
+    }
+}
+
+Test(attention, lse_merge_equals_whole)
+{
+    rng_t r = {8};
+    /* split points: inside the past, so that some queries see nothing of
+     * the second part, and at the range's ends (one part empty) */
+    static const int splits[] = {20, 60, 70, 0, 87};
+    attn_case_t ac = {37, 50, 0, 87, 6, 2, 32, 4, 2e-5};
+    int T = ac.T, H = ac.H, hd = ac.hd, ldc;
+    float *q, *kc, *vc;
+    attn_data(&r, &ac, &q, &kc, &vc, &ldc);
+    size_t no = (size_t)T * H * hd, nl = (size_t)T * H;
+    double *ref = NEW(double, no), *rlse = NEW(double, nl);
+    ref_attention(ref, rlse, q, kc, vc, T, ac.q0, ac.k0, ac.k1, H, ac.Hkv, hd,
+                  ldc);
+    float *ow = NEW(float, no), *lw = NEW(float, nl);
+    float *o1 = NEW(float, no), *l1 = NEW(float, nl);
+    float *o2 = NEW(float, no), *l2 = NEW(float, nl);
+    float *om = NEW(float, no), *lm = NEW(float, nl);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_attention(&c, ow, lw, q, kc, vc, T, ac.q0, ac.k0, ac.k1, H, ac.Hkv,
+                    hd, ldc);
+    for (size_t si = 0; si < sizeof splits / sizeof *splits; si++) {
+        int m = splits[si];
+        char what[64];
+        snprintf(what, sizeof what, "lse merge at key %d", m);
+        layer_attention(&c, o1, l1, q, kc, vc, T, ac.q0, ac.k0, m, H, ac.Hkv,
+                        hd, ldc);
+        layer_attention(&c, o2, l2, q, kc + (size_t)(m - ac.k0) * hd,
+                        vc + (size_t)(m - ac.k0) * hd, T, ac.q0, m, ac.k1, H,
+                        ac.Hkv, hd, ldc);
+        attn_merge(om, lm, o1, l1, o2, l2, T * H, hd);
+        check_close(what, om, ref, no, ac.tol);
+        check_lse(what, lm, rlse, nl, 1e-5);
+        double *whole = to_double(ow, no);
+        check_close(what, om, whole, no, ac.tol);
+        free(whole);
+    }
+    emu_dev_destroy(dev);
+    free(q), free(kc), free(vc), free(ref), free(rlse), free(ow), free(lw),
+        free(o1), free(l1), free(o2), free(l2), free(om), free(lm);
+}
+
+/* ======================================================================
+ * router */
+
+typedef struct {
+    int T, d, E, k;
+} router_case_t;
+
+Test(router, matches_reference_and_charges)
+{
+    static const router_case_t cases[] = {
+        {1, 33, 5, 1}, {7, 33, 5, 1}, {7, 33, 5, 2}, {7, 33, 5, 5},
+        {300, 64, 8, 2}, {17, 16, 22, 6}, {1, 1, 2, 1},
+    };
+    rng_t r = {9};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const router_case_t *rc = &cases[ci];
+        int T = rc->T, d = rc->d, E = rc->E, k = rc->k;
+        char what[96];
+        snprintf(what, sizeof what, "router T=%d d=%d E=%d k=%d", T, d, E, k);
+        float *x = NEW(float, T * d), *wg = NEW(float, E * d),
+              *logits = NEW(float, T * E), *w = NEW(float, T * k);
+        int *idx = NEW(int, T * k), *ridx = NEW(int, T * k);
+        fill(&r, x, (size_t)T * d, 1);
+        fill(&r, wg, (size_t)E * d, 1);
+        double *rw = NEW(double, T * k), *p = NEW(double, T * E);
+        ref_router(ridx, rw, p, x, wg, T, d, E, k);
+        /* precondition: no near ties in this data, so that fp32 and double
+         * rank the experts alike */
+        for (int t = 0; t < T; t++)
+            for (int a = 0; a < E; a++)
+                for (int b = a + 1; b < E; b++) {
+                    double pa = p[(size_t)t * E + a], pb = p[(size_t)t * E + b];
+                    cr_assert(fabs(pa - pb) > 1e-5 * fmax(pa, pb),
+                              "%s: test data has a near tie (token %d, experts "
+                              "%d %d); change the seed", what, t, a, b);
+                }
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        layer_router(&c, idx, w, logits, x, wg, T, d, E, k);
+        for (int i = 0; i < T * k; i++)
+            cr_assert_eq(idx[i], ridx[i], "%s: token %d choice %d is expert "
+                         "%d, want %d", what, i / k, i % k, idx[i], ridx[i]);
+        check_close(what, w, rw, (size_t)T * k, 1e-5);
+        for (int t = 0; t < T; t++) {
+            double s = 0;
+            for (int j = 0; j < k; j++) s += w[(size_t)t * k + j];
+            cr_assert(fabs(s - 1) < 1e-6, "%s: token %d weights sum to %.9g",
+                      what, t, s);
+        }
+        emu_kernel_stats_t tot = dev_total(dev);
+        const emu_kernel_stats_t *s =
+            emu_dev_kernel_stats(dev, EMU_KERNEL_ROUTER);
+        cr_assert(s->launches >= 1, "%s: nothing charged to router", what);
+        cr_assert(tot.flops >= 2.0 * T * d * E && tot.bytes > 0,
+                  "%s: charged %.17g flops (logits alone are 2*T*d*E = %.17g) "
+                  "and %.17g bytes", what, tot.flops, 2.0 * T * d * E,
+                  tot.bytes);
+        emu_dev_destroy(dev);
+        free(x), free(wg), free(logits), free(w), free(idx), free(ridx),
+            free(rw), free(p);
+    }
+}
+
+/* Equal logits, built exactly: x = (1, 0), wg[e] = (l_e, 0). */
+static void router_logits(layer_ctx_t *c, int *idx, float *w, const float *l,
+                          int E, int k)
+{
+    float x[2] = {1, 0}, wg[2 * 16], logits[16];
+    for (int e = 0; e < E; e++) wg[2 * e] = l[e], wg[2 * e + 1] = 0;
+    layer_router(c, idx, w, logits, x, wg, 1, 2, E, k);
+}
+
+Test(router, ties_to_lower_index)
+{
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    int idx[6];
+    float w[6];
+
+    const float l1[6] = {0.5f, 2, 1, 2, 2, -1};
+    router_logits(&c, idx, w, l1, 6, 2);
+    cr_assert(idx[0] == 1 && idx[1] == 3, "tie of three: got %d %d, want 1 3",
+              idx[0], idx[1]);
+    cr_assert_float_eq(w[0], 0.5f, 1e-6);
+    cr_assert_float_eq(w[1], 0.5f, 1e-6);
+    router_logits(&c, idx, w, l1, 6, 4);
+    cr_assert(idx[0] == 1 && idx[1] == 3 && idx[2] == 4 && idx[3] == 2,
+              "k=4: got %d %d %d %d, want 1 3 4 2", idx[0], idx[1], idx[2],
+              idx[3]);
+
+    /* the tie is at the cut: the lower index is kept */
+    const float l2[4] = {1, 3, 1, 1};
+    router_logits(&c, idx, w, l2, 4, 2);
+    cr_assert(idx[0] == 1 && idx[1] == 0, "cut tie: got %d %d, want 1 0",
+              idx[0], idx[1]);
+    const float l3[5] = {-2, 0, 0, 5, 0};
+    router_logits(&c, idx, w, l3, 5, 3);
+    cr_assert(idx[0] == 3 && idx[1] == 1 && idx[2] == 2,
+              "cut tie: got %d %d %d, want 3 1 2", idx[0], idx[1], idx[2]);
+
+    /* all equal: 0..k-1 with equal weights */
+    const float l4[5] = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f};
+    router_logits(&c, idx, w, l4, 5, 5);
+    for (int j = 0; j < 5; j++) {
+        cr_assert_eq(idx[j], j, "all equal: choice %d is %d", j, idx[j]);
+        cr_assert_float_eq(w[j], 0.2f, 1e-6);
+    }
+    emu_dev_destroy(dev);
+}
+
+/* ======================================================================
+ * capacity */
+
+Test(capacity, design_examples)
+{
+    cr_assert_eq(layer_capacity(1.1, 10, 2, 22), 1, "cf=1.1 T=10 k=2 E=22: %lld",
+                 (long long)layer_capacity(1.1, 10, 2, 22));
+    cr_assert_eq(layer_capacity(1.2, 100, 2, 16), 15,
+                 "cf=1.2 T=100 k=2 E=16: %lld",
+                 (long long)layer_capacity(1.2, 100, 2, 16));
+    cr_assert_eq(layer_capacity(0, 100, 2, 16), INT64_MAX, "cf=0 is dropless");
+    cr_assert_eq(layer_capacity(0.0, 1, 1, 1), INT64_MAX, "cf=0 is dropless");
+    /* whole numbers in decimal that are not in binary */
+    cr_assert_eq(layer_capacity(0.3, 10, 1, 3), 1);
+    cr_assert_eq(layer_capacity(0.7, 10, 3, 7), 3);
+    cr_assert_eq(layer_capacity(1.15, 20, 2, 46), 1);
+    /* and values just above a whole number are rounded up */
+    cr_assert_eq(layer_capacity(1.000000001, 10, 2, 20), 2);
+    cr_assert_eq(layer_capacity(1.0, 7, 2, 5), 3);
+    cr_assert_eq(layer_capacity(1.0, 0, 2, 5), 0);
+}
+
+Test(capacity, grid_matches_reference)
+{
+    for (int ci = 1; ci <= 400; ci++) {
+        double cf = ci * 0.01;
+        for (int T = 1; T <= 130; T += 7)
+            for (int k = 1; k <= 4; k++)
+                for (int E = k; E <= 24; E += 3)
+                    cr_assert_eq(layer_capacity(cf, T, k, E),
+                                 ref_capacity(cf, T, k, E),
+                                 "cf=%.2f T=%d k=%d E=%d: got %lld want %lld",
+                                 cf, T, k, E,
+                                 (long long)layer_capacity(cf, T, k, E),
+                                 (long long)ref_capacity(cf, T, k, E));
+    }
+    cr_assert_eq(layer_capacity(1.25, 1000000, 8, 64),
+                 ref_capacity(1.25, 1000000, 8, 64));
+}
+
+Test(capacity, apply_in_group_order)
+{
+    /* token 0 picks (0, 1), token 1 picks (1, 2): with cap 1, token 0's
+     * second choice (expert 1) is taken before token 1's first choice */
+    int idx[4] = {0, 1, 1, 2};
+    uint8_t keep[4];
+    int64_t count[3];
+    int64_t dropped = layer_apply_capacity(keep, count, idx, 2, 2, 3, 1);
+    cr_assert_eq(dropped, 1);
+    cr_assert(keep[0] == 1 && keep[1] == 1 && keep[2] == 0 && keep[3] == 1,
+              "keep %d %d %d %d, want 1 1 0 1", keep[0], keep[1], keep[2],
+              keep[3]);
+    cr_assert(count[0] == 1 && count[1] == 1 && count[2] == 1);
+
+    /* cap 0 drops everything; dropless keeps everything; count may be NULL */
+    cr_assert_eq(layer_apply_capacity(keep, NULL, idx, 2, 2, 3, 0), 4);
+    for (int i = 0; i < 4; i++) cr_assert_eq(keep[i], 0);
+    cr_assert_eq(layer_apply_capacity(keep, NULL, idx, 2, 2, 3, INT64_MAX), 0);
+    for (int i = 0; i < 4; i++) cr_assert_eq(keep[i], 1);
+}
+
+Test(capacity, apply_matches_reference)
+{
+    rng_t r = {10};
+    static const int shapes[][3] = {{1, 1, 1}, {7, 2, 5}, {10, 2, 22},
+                                    {100, 2, 16}, {300, 5, 5}, {64, 3, 8}};
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int T = shapes[si][0], k = shapes[si][1], E = shapes[si][2];
+        int *idx = NEW(int, T * k);
+        /* distinct experts per token, skewed towards the low ones */
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < k; j++) {
+                int e;
+                bool dup;
+                do {
+                    uint64_t u = rng_next(&r);
+                    /* half the draws among the lower half of the experts */
+                    int span = u % 2 ? E : (E + 1) / 2;
+                    e = (int)((u >> 8) % (uint64_t)span);
+                    dup = false;
+                    for (int i = 0; i < j; i++)
+                        dup |= idx[(size_t)t * k + i] == e;
+                } while (dup);
+                idx[(size_t)t * k + j] = e;
+            }
+        int64_t caps[] = {0, 1, 2, 3, layer_capacity(1.0, T, k, E),
+                          layer_capacity(1.25, T, k, E), INT64_MAX};
+        for (size_t c = 0; c < sizeof caps / sizeof *caps; c++) {
+            uint8_t *keep = NEW(uint8_t, T * k), *rkeep = NEW(uint8_t, T * k);
+            int64_t *count = NEW(int64_t, E), *rcount = NEW(int64_t, E);
+            int64_t d = layer_apply_capacity(keep, count, idx, T, k, E, caps[c]);
+            int64_t rd = ref_apply_capacity(rkeep, rcount, idx, T, k, E, caps[c]);
+            cr_assert_eq(d, rd, "T=%d k=%d E=%d cap=%lld: dropped %lld, want "
+                         "%lld", T, k, E, (long long)caps[c], (long long)d,
+                         (long long)rd);
+            for (int i = 0; i < T * k; i++)
+                cr_assert_eq(keep[i], rkeep[i], "T=%d k=%d E=%d cap=%lld: "
+                             "keep[%d][%d] = %d, want %d", T, k, E,
+                             (long long)caps[c], i / k, i % k, keep[i],
+                             rkeep[i]);
+            for (int e = 0; e < E; e++)
+                cr_assert_eq(count[e], rcount[e]);
+            free(keep), free(rkeep), free(count), free(rcount);
+        }
+        free(idx);
+    }
+}
+
+/* ======================================================================
+ * expert */
+
+typedef struct {
+    int n, d, F, ldw2;
+    layer_act_t act;
+    bool acc, w3_null;
+    double tol;
+} expert_case_t;
+
+static const expert_case_t expert_cases[] = {
+    {1, 1, 1, 1, LAYER_ACT_SILU, false, false, 1e-5},
+    {1, 33, 17, 17, LAYER_ACT_SILU, false, false, 1e-5},
+    {7, 33, 17, 17, LAYER_ACT_SILU, false, false, 1e-5},
+    {7, 33, 17, 24, LAYER_ACT_SILU, true, false, 1e-5},
+    {7, 33, 17, 17, LAYER_ACT_GELU, false, false, 1e-5},
+    {7, 33, 17, 30, LAYER_ACT_GELU, true, true, 1e-5},
+    {64, 256, 512, 600, LAYER_ACT_SILU, false, false, 2e-5},
+    {300, 64, 96, 96, LAYER_ACT_GELU, true, false, 1e-5},
+    {5, 1024, 1408, 2816, LAYER_ACT_SILU, true, false, 5e-5},
+};
+
+Test(expert, matches_reference_and_charges)
+{
+    rng_t r = {11};
+    for (size_t ci = 0; ci < sizeof expert_cases / sizeof *expert_cases; ci++) {
+        const expert_case_t *ec = &expert_cases[ci];
+        int n = ec->n, d = ec->d, F = ec->F, ldw2 = ec->ldw2;
+        char what[128];
+        snprintf(what, sizeof what, "expert n=%d d=%d F=%d ldw2=%d %s acc=%d",
+                 n, d, F, ldw2, ec->act == LAYER_ACT_SILU ? "silu" : "gelu",
+                 ec->acc);
+        float *x = NEW(float, n * d), *w1 = NEW(float, F * d),
+              *w3 = NEW(float, F * d), *w2 = NEW(float, d * ldw2),
+              *out = NEW(float, n * d), *h = NEW(float, 2 * n * F);
+        fill(&r, x, (size_t)n * d, 2);
+        /* scaled so that W1 x spreads over the activation's curve */
+        fill(&r, w1, (size_t)F * d, 3 / sqrtf((float)d));
+        if (ec->act == LAYER_ACT_SILU) fill(&r, w3, (size_t)F * d, 1);
+        else fill_const(w3, (size_t)F * d, NAN); /* ignored */
+        for (int o = 0; o < d; o++)
+            for (int f = 0; f < ldw2; f++)
+                w2[(size_t)o * ldw2 + f] = f < F ? rng_sym(&r, 1) : NAN;
+        fill(&r, out, (size_t)n * d, 1);
+        double *ref = to_double(out, (size_t)n * d);
+        ref_expert(ref, x, w1, w3, w2, n, d, F, ldw2, ec->act, ec->acc);
+
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        layer_expert(&c, out, h, x, w1, ec->w3_null ? NULL : w3, w2, n, d, F,
+                     ldw2, ec->act, ec->acc);
+        check_close(what, out, ref, (size_t)n * d, ec->tol);
+
+        layer_work_t wk = layer_expert_work(n, d, F, ec->act, EMU_DTYPE_FP16);
+        emu_kernel_stats_t tot = dev_total(dev);
+        /* layer_expert_work has no accumulate flag: an accumulating call
+         * may also count reading out (n, d) */
+        double acc_bytes = ec->acc ? (double)n * d * 2 : 0;
+        cr_assert(tot.flops == wk.flops &&
+                      (tot.bytes == wk.bytes ||
+                       tot.bytes == wk.bytes + acc_bytes),
+                  "%s: charged %.17g flops %.17g bytes; layer_expert_work says "
+                  "%.17g flops %.17g bytes (+ %.17g to read out when "
+                  "accumulating)", what, tot.flops, tot.bytes, wk.flops,
+                  wk.bytes, acc_bytes);
+        double mats = ec->act == LAYER_ACT_SILU ? 3 : 2;
+        cr_assert(wk.flops >= 2.0 * mats * n * d * F, "%s: %.17g flops is "
+                  "below the %g matrix products (%.17g)", what, wk.flops, mats,
+                  2.0 * mats * n * d * F);
+        cr_assert(wk.bytes > 0);
+        cr_assert(emu_dev_kernel_stats(dev, EMU_KERNEL_EXPERT)->launches >= 1,
+                  "%s: nothing charged to expert", what);
+        emu_dev_destroy(dev);
+        free(x), free(w1), free(w3), free(w2), free(out), free(h), free(ref);
+    }
+}
+
+/* ======================================================================
+ * argmax */
+
+Test(argmax, ties_and_nan)
+{
+    const float a[] = {1, 3, 3, 2};
+    cr_assert_eq(layer_argmax(a, 4), 1);
+    const float b[] = {NAN, 1, NAN, 1};
+    cr_assert_eq(layer_argmax(b, 4), 1);
+    const float c[] = {NAN, -INFINITY};
+    cr_assert_eq(layer_argmax(c, 2), 1);
+    const float d[] = {-INFINITY, -INFINITY, -INFINITY};
+    cr_assert_eq(layer_argmax(d, 3), 0);
+    const float e[] = {NAN, 5, 7, NAN, 7};
+    cr_assert_eq(layer_argmax(e, 5), 2);
+    const float f[] = {-0.0f, 0.0f};
+    cr_assert_eq(layer_argmax(f, 2), 0);
+    const float g[] = {2, NAN, 3, INFINITY, NAN, INFINITY};
+    cr_assert_eq(layer_argmax(g, 6), 3);
+    const float h[] = {-7};
+    cr_assert_eq(layer_argmax(h, 1), 0);
+    const float i[] = {1, 2, NAN};
+    cr_assert_eq(layer_argmax(i, 3), 1);
+    const float nan3[] = {NAN, NAN, NAN};
+    int k = layer_argmax(nan3, 3);
+    cr_assert(k >= 0 && k < 3, "all NaN: %d is out of range", k);
+
+    rng_t r = {12};
+    float v[1000];
+    for (int rep = 0; rep < 50; rep++) {
+        /* few distinct values, so ties are common */
+        for (int j = 0; j < 1000; j++)
+            v[j] = (float)(int)(rng_next(&r) % 17) - (rep % 3 ? 0 : 20);
+        if (rep % 2) v[rng_next(&r) % 1000] = NAN;
+        cr_assert_eq(layer_argmax(v, 1000), ref_argmax(v, 1000), "rep %d", rep);
+    }
+}
+
+/* ======================================================================
+ * Dry runs: math = false writes nothing and charges what math = true does. */
+
+Test(dry_run, touches_nothing_and_charges_the_same)
+{
+    rng_t r = {13};
+    emu_dev_t *dreal = dev_new(), *ddry = dev_new();
+    layer_ctx_t real = ctx_of(dreal, true), dry = ctx_of(ddry, false);
+    const size_t N = 1 << 16;
+    float *a = NEW(float, N), *b = NEW(float, N), *o = NEW(float, N),
+          *o2 = NEW(float, N), *w = NEW(float, N), *w3 = NEW(float, N),
+          *w2 = NEW(float, N), *s = NEW(float, N);
+    fill(&r, a, N, 1), fill(&r, b, N, 1), fill(&r, w, N, 0.2f);
+    fill(&r, w3, N, 0.2f), fill(&r, w2, N, 0.2f);
+
+#define DRY(what, n_out, call_real, call_dry)                                  \
+    do {                                                                       \
+        call_real;                                                             \
+        fill_const(s, N, SENTINEL);                                            \
+        call_dry;                                                              \
+        assert_untouched(s, (n_out), SENTINEL, what);                          \
+        assert_same_charges(dreal, ddry, what);                                \
+    } while (0)
+
+    DRY("linear", 7 * 17,
+        layer_linear(&real, EMU_KERNEL_GEMM, o, a, w, 7, 33, 17, 40, false),
+        layer_linear(&dry, EMU_KERNEL_GEMM, s, a, w, 7, 33, 17, 40, false));
+    DRY("linear accumulate", 7 * 17,
+        layer_linear(&real, EMU_KERNEL_GEMM, o, a, w, 7, 33, 17, 33, true),
+        layer_linear(&dry, EMU_KERNEL_GEMM, s, a, w, 7, 33, 17, 33, true));
+    int tok[7] = {0, 1, 2, 3, 4, 5, 6};
+    DRY("embed", 7 * 33, layer_embed(&real, o, tok, w, 7, 33),
+        layer_embed(&dry, s, tok, w, 7, 33));
+    DRY("rmsnorm", 7 * 33, layer_rmsnorm(&real, o, a, w, 7, 33, 1e-5f),
+        layer_rmsnorm(&dry, s, a, w, 7, 33, 1e-5f));
+    DRY("rmsnorm in place", 7 * 33, layer_rmsnorm(&real, o, o, w, 7, 33, 1e-5f),
+        layer_rmsnorm(&dry, s, s, w, 7, 33, 1e-5f));
+    int pos[7] = {0, 1, 2, 3, 4, 5, 600};
+    memcpy(o, a, sizeof(float) * 7 * 6 * 64);
+    DRY("rope", 7 * 6 * 64, layer_rope(&real, o, pos, 7, 6, 64, 1e4),
+        layer_rope(&dry, s, pos, 7, 6, 64, 1e4));
+    DRY("add", 7 * 33, layer_add(&real, o, a, 7 * 33),
+        layer_add(&dry, s, a, 7 * 33));
+
+    /* attention: 7 queries at 10.., keys 5..30 (H=6, Hkv=3, hd=16) */
+    float *lse = NEW(float, 7 * 6);
+    float *lsed = NEW(float, 7 * 6);
+    fill_const(lsed, 7 * 6, SENTINEL);
+    DRY("attention", 7 * 6 * 16,
+        layer_attention(&real, o, lse, a, b, w, 7, 10, 5, 30, 6, 3, 16, 27),
+        layer_attention(&dry, s, lsed, a, b, w, 7, 10, 5, 30, 6, 3, 16, 27));
+    assert_untouched(lsed, 7 * 6, SENTINEL, "attention lse");
+
+    /* router: idx, w and the logits scratch untouched */
+    int idx[7 * 2], idxd[7 * 2];
+    float rw[7 * 2], rwd[7 * 2];
+    memset(idxd, 0x5a, sizeof idxd);
+    fill_const(rwd, 7 * 2, SENTINEL);
+    int idxd0[7 * 2];
+    memcpy(idxd0, idxd, sizeof idxd);
+    DRY("router", 7 * 5,
+        layer_router(&real, idx, rw, o, a, w, 7, 33, 5, 2),
+        layer_router(&dry, idxd, rwd, s, a, w, 7, 33, 5, 2));
+    assert_untouched(rwd, 7 * 2, SENTINEL, "router weights");
+    cr_assert(memcmp(idxd, idxd0, sizeof idxd) == 0,
+              "router: math=false wrote idx");
+
+    /* expert: out and the scratch h untouched */
+    float *hd_ = NEW(float, 2 * 7 * 17), *hr = NEW(float, 2 * 7 * 17);
+    fill_const(hd_, 2 * 7 * 17, SENTINEL);
+    DRY("expert silu", 7 * 33,
+        layer_expert(&real, o, hr, a, w, w3, w2, 7, 33, 17, 20,
+                     LAYER_ACT_SILU, false),
+        layer_expert(&dry, s, hd_, a, w, w3, w2, 7, 33, 17, 20,
+                     LAYER_ACT_SILU, false));
+    assert_untouched(hd_, 2 * 7 * 17, SENTINEL, "expert scratch");
+    DRY("expert gelu accumulate", 7 * 33,
+        layer_expert(&real, o, hr, a, w, w3, w2, 7, 33, 17, 17,
+                     LAYER_ACT_GELU, true),
+        layer_expert(&dry, s, hd_, a, w, w3, w2, 7, 33, 17, 17,
+                     LAYER_ACT_GELU, true));
+#undef DRY
+
+    emu_dev_destroy(dreal), emu_dev_destroy(ddry);
+    free(a), free(b), free(o), free(o2), free(w), free(w3), free(w2), free(s),
+        free(lse), free(lsed), free(hd_), free(hr);
+}

@@ -1,0 +1,726 @@
+/* safetensors: round trips in each stored dtype, the exact file layout,
+ * hand-made files (unaligned data, padded headers, other dtypes), every
+ * malformed-file case with the facts its message must give, and the
+ * all-or-nothing behaviour of st_write. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/safetensors.h"
+
+/* ---- a fresh directory per test (Criterion runs each in its own process) */
+
+static char g_dir[] = "/tmp/moemu-st-XXXXXX";
+
+static void rm_rf(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[512];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            rm_rf(sub);
+        }
+        closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static void setup(void) { cr_assert_not_null(mkdtemp(g_dir)); }
+static void teardown(void) { rm_rf(g_dir); }
+
+TestSuite(st, .init = setup, .fini = teardown);
+
+/* g_dir/name, in one of a few rotating buffers. */
+static const char *tpath(const char *name)
+{
+    static char bufs[4][512];
+    static int k;
+    char *b = bufs[k++ % 4];
+    snprintf(b, 512, "%s/%s", g_dir, name);
+    return b;
+}
+
+static int dir_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "opendir %s", path);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
+}
+
+static long file_size(const char *path)
+{
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0, "stat %s", path);
+    return (long)sb.st_size;
+}
+
+/* An 8-byte little-endian length hlen, then hbytes of header, then data. */
+static void write_raw(const char *path, uint64_t hlen, const char *header,
+                      size_t hbytes, const void *data, size_t ndata)
+{
+    FILE *fp = fopen(path, "wb");
+    cr_assert_not_null(fp, "fopen %s", path);
+    uint8_t lb[8];
+    for (int i = 0; i < 8; i++) lb[i] = (uint8_t)(hlen >> (8 * i));
+    cr_assert_eq(fwrite(lb, 1, 8, fp), 8);
+    if (hbytes) cr_assert_eq(fwrite(header, 1, hbytes, fp), hbytes);
+    if (ndata) cr_assert_eq(fwrite(data, 1, ndata, fp), ndata);
+    cr_assert_eq(fclose(fp), 0);
+}
+
+/* A well-framed file with this header and ndata zero bytes of data. */
+static const char *write_header(const char *name, const char *header,
+                                size_t ndata)
+{
+    const char *path = tpath(name);
+    void *zeros = calloc(1, ndata + 1);
+    write_raw(path, strlen(header), header, strlen(header), zeros, ndata);
+    free(zeros);
+    return path;
+}
+
+static void expect_msg(const char *sub)
+{
+    cr_expect_not_null(strstr(moemu_errmsg(), sub),
+                       "message \"%s\" should contain \"%s\"", moemu_errmsg(),
+                       sub);
+}
+
+/* st_open must fail with st, leave *out NULL and name the file and each of
+ * subs (NULL-terminated). */
+static void expect_open_fails(const char *path, moemu_status_t want,
+                              const char *const *subs)
+{
+    st_file_t *f = (st_file_t *)&f; /* must be reset to NULL */
+    moemu_errclear();
+    moemu_status_t st = st_open(path, &f);
+    cr_assert_eq(st, want, "st_open(%s) gave %d (%s), want %d", path, st,
+                 moemu_errmsg(), want);
+    cr_expect_null(f);
+    expect_msg(path);
+    for (; subs && *subs; subs++) expect_msg(*subs);
+    cr_expect_null(strchr(moemu_errmsg(), '\n'), "one line");
+}
+
+#define SUBS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* Deterministic values in [-8, 8) with specials mixed in, rounded to what
+ * dt can hold so that they must round-trip exactly. */
+static void fill(float *x, size_t n, uint32_t seed, emu_dtype_t dt)
+{
+    static const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f,
+                                     0x1p-24f, -0x1p-14f, 1e30f, 3.0e-39f};
+    uint32_t s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        float v = ((float)(s >> 8) / 16777216.0f - 0.5f) * 16.0f;
+        if (i % 7 == 3) v = specials[(i / 7) % (sizeof specials / 4)];
+        /* f16 cannot hold 1e30 or bf16's tiny normals: leave them to the
+         * rounding test */
+        if (dt == EMU_DTYPE_FP16 && (v == 1e30f || v == 3.0e-39f)) v = 0.5f;
+        x[i] = emu_dtype_round(dt, v);
+    }
+}
+
+/* ---- round trips */
+
+static void roundtrip(st_dtype_t sdt, emu_dtype_t edt, const char *dtname,
+                      size_t esz)
+{
+    enum { NT = 4 };
+    static const char *names[NT] = {"model.embed_tokens.weight", "b",
+                                    "scalar", "c"};
+    const int ndims[NT] = {2, 1, 0, 3};
+    const int64_t shapes[NT][3] = {{7, 5}, {3}, {0}, {2, 3, 4}};
+    const size_t counts[NT] = {35, 3, 1, 24};
+    float *vals[NT];
+    st_write_tensor_t wt[NT];
+    for (int i = 0; i < NT; i++) {
+        vals[i] = malloc(counts[i] * sizeof(float));
+        fill(vals[i], counts[i], (uint32_t)i, edt);
+        wt[i] = (st_write_tensor_t){.name = names[i], .ndim = ndims[i],
+                                    .data = vals[i]};
+        memcpy(wt[i].shape, shapes[i], sizeof shapes[i]);
+    }
+    const char *path = tpath("rt.safetensors");
+    cr_assert_eq(st_write(path, wt, NT, sdt), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(dir_entries(g_dir), 1, "no temporary file left");
+
+    st_file_t *f = NULL;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(st_count(f), NT);
+    for (int i = 0; i < NT; i++) {
+        const st_tensor_t *t = st_at(f, i);
+        cr_assert_not_null(t);
+        cr_expect_str_eq(t->name, names[i], "order kept");
+        cr_expect_eq(st_find(f, names[i]), t);
+        cr_expect_eq(t->dtype, sdt);
+        cr_expect_str_eq(t->dtype_name, dtname);
+        cr_assert_eq(t->ndim, ndims[i]);
+        for (int d = 0; d < ndims[i]; d++)
+            cr_expect_eq(t->shape[d], shapes[i][d]);
+        cr_expect_eq(t->nbytes, counts[i] * esz);
+
+        float *got = malloc(counts[i] * sizeof(float));
+        cr_assert_eq(st_read_f32(f, names[i], ndims[i], shapes[i], got),
+                     MOEMU_OK, "%s", moemu_errmsg());
+        for (size_t k = 0; k < counts[i]; k++)
+            cr_expect_eq(memcmp(&got[k], &vals[i][k], 4), 0,
+                         "%s[%zu]: got %a want %a", names[i], k, got[k],
+                         vals[i][k]);
+        free(got);
+    }
+    cr_expect_null(st_at(f, NT));
+    cr_expect_null(st_at(f, -1));
+    cr_expect_null(st_find(f, "absent"));
+    st_close(f);
+    for (int i = 0; i < NT; i++) free(vals[i]);
+}
+
+Test(st, roundtrip_f32) { roundtrip(ST_F32, EMU_DTYPE_FP32, "F32", 4); }
+Test(st, roundtrip_f16) { roundtrip(ST_F16, EMU_DTYPE_FP16, "F16", 2); }
+Test(st, roundtrip_bf16) { roundtrip(ST_BF16, EMU_DTYPE_BF16, "BF16", 2); }
+
+/* Arbitrary fp32 values come back rounded to nearest even, across several
+ * conversion chunks. */
+Test(st, stored_values_round_like_emu)
+{
+    const size_t n = 100003;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    fill(x, n, 42, EMU_DTYPE_FP32);
+    x[5] = 1e30f;   /* f16: inf */
+    x[6] = 1e-30f;  /* f16: 0 */
+    x[9] = 1.0f + 0x1p-11f; /* f16 tie: to even, 1.0 */
+    static const struct {
+        st_dtype_t sdt;
+        emu_dtype_t edt;
+    } cases[] = {{ST_F16, EMU_DTYPE_FP16}, {ST_BF16, EMU_DTYPE_BF16}};
+    for (size_t c = 0; c < 2; c++) {
+        st_write_tensor_t wt = {.name = "w", .ndim = 1, .shape = {(int64_t)n},
+                                .data = x};
+        const char *path = tpath("round.safetensors");
+        cr_assert_eq(st_write(path, &wt, 1, cases[c].sdt), MOEMU_OK);
+        st_file_t *f;
+        cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+        int64_t shape = (int64_t)n;
+        cr_assert_eq(st_read_f32(f, "w", 1, &shape, y), MOEMU_OK);
+        for (size_t i = 0; i < n; i++) {
+            float want = emu_dtype_round(cases[c].edt, x[i]);
+            cr_assert_eq(memcmp(&y[i], &want, 4), 0, "[%zu] %a -> %a, want %a",
+                         i, x[i], y[i], want);
+        }
+        st_close(f);
+    }
+    cr_expect_eq(y[9], 1.0f);
+    free(x);
+    free(y);
+}
+
+Test(st, zero_element_tensors)
+{
+    float one[2] = {1.5f, -2.5f};
+    st_write_tensor_t wt[3] = {
+        {.name = "empty_rows", .ndim = 2, .shape = {0, 5}, .data = NULL},
+        {.name = "x", .ndim = 1, .shape = {2}, .data = one},
+        {.name = "empty_cols", .ndim = 2, .shape = {3, 0}, .data = NULL},
+    };
+    const char *path = tpath("zero.safetensors");
+    cr_assert_eq(st_write(path, wt, 3, ST_BF16), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(st_count(f), 3);
+    cr_expect_eq(st_find(f, "empty_rows")->nbytes, 0);
+    cr_expect_eq(st_find(f, "empty_cols")->nbytes, 0);
+    float out[2] = {7, 7};
+    int64_t s05[2] = {0, 5}, s2 = 2;
+    cr_expect_eq(st_read_f32(f, "empty_rows", 2, s05, out), MOEMU_OK);
+    cr_expect_eq(out[0], 7.0f, "nothing written for 0 elements");
+    cr_expect_eq(st_read_f32(f, "x", 1, &s2, out), MOEMU_OK);
+    cr_expect_eq(out[0], 1.5f);
+    cr_expect_eq(out[1], -2.5f);
+    st_close(f);
+
+    /* No tensors at all is a valid file too. */
+    const char *empty = tpath("none.safetensors");
+    cr_assert_eq(st_write(empty, NULL, 0, ST_F32), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    cr_assert_eq(st_open(empty, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(st_count(f), 0);
+    cr_expect_null(st_find(f, "x"));
+    st_close(f);
+}
+
+/* The bytes st_write produces: length, compact JSON in the given order with
+ * metadata, space padding to 8, contiguous little-endian data. */
+Test(st, written_layout)
+{
+    float z[3] = {1.0f, 2.0f, 3.0f}, a[1] = {-1.0f};
+    st_write_tensor_t wt[2] = {
+        {.name = "zeta", .ndim = 1, .shape = {3}, .data = z},
+        {.name = "alpha", .ndim = 2, .shape = {1, 1}, .data = a},
+    };
+    const char *path = tpath("layout.safetensors");
+    cr_assert_eq(st_write(path, wt, 2, ST_F32), MOEMU_OK);
+    long size = file_size(path);
+    FILE *fp = fopen(path, "rb");
+    cr_assert_not_null(fp);
+    uint8_t *b = malloc((size_t)size + 1);
+    cr_assert_eq(fread(b, 1, (size_t)size, fp), (size_t)size);
+    fclose(fp);
+    b[size] = 0;
+
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
+    cr_expect_eq(hlen % 8, 0, "header length %llu padded to 8",
+                 (unsigned long long)hlen);
+    cr_assert_eq((long)(8 + hlen + 16), size);
+    char *h = strndup((const char *)b + 8, hlen);
+    size_t end = strlen(h);
+    while (end && h[end - 1] == ' ') end--;
+    cr_expect(hlen - end < 8, "at most 7 spaces of padding");
+    h[end] = 0;
+    cr_expect_str_eq(h, "{\"__metadata__\":{\"format\":\"pt\"},"
+                        "\"zeta\":{\"dtype\":\"F32\",\"shape\":[3],"
+                        "\"data_offsets\":[0,12]},"
+                        "\"alpha\":{\"dtype\":\"F32\",\"shape\":[1,1],"
+                        "\"data_offsets\":[12,16]}}");
+    const uint8_t one_le[4] = {0x00, 0x00, 0x80, 0x3f};
+    cr_expect_eq(memcmp(b + 8 + hlen, one_le, 4), 0, "little endian 1.0f");
+    const uint8_t minus_one_le[4] = {0x00, 0x00, 0x80, 0xbf};
+    cr_expect_eq(memcmp(b + 8 + hlen + 12, minus_one_le, 4), 0);
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_expect_eq(sb.st_mode & 0777, 0644, "not mkstemp's 0600");
+    free(h);
+    free(b);
+}
+
+/* A file from another writer: header length not a multiple of 8, trailing
+ * spaces, metadata, and tensors at odd offsets in the mapping. */
+Test(st, handmade_unaligned)
+{
+    const char *hdr =
+        "{\"__metadata__\":{\"source\":\"hand\"},"
+        "\"flag\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+        "\"f32\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[1,9]},"
+        "\"f16\":{\"dtype\":\"F16\",\"shape\":[1,2],\"data_offsets\":[9,13]},"
+        "\"bf16\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[13,17]}}";
+    uint8_t data[17] = {0xaa};
+    float v[2] = {1.5f, -2.25f};
+    memcpy(data + 1, v, 8); /* the test host is little endian */
+    const uint8_t h16[4] = {0x00, 0x3c, 0x00, 0xc0};  /* 1.0, -2.0 */
+    const uint8_t hb16[4] = {0x80, 0x3f, 0x49, 0x40}; /* 1.0, 3.140625 */
+    memcpy(data + 9, h16, 4);
+    memcpy(data + 13, hb16, 4);
+    /* trailing spaces until every tensor but the first is misaligned */
+    char padded[512];
+    snprintf(padded, sizeof padded, "%s ", hdr);
+    while (strlen(padded) % 8 != 2) strcat(padded, " ");
+    size_t hl = strlen(padded);
+    const char *path = tpath("hand.safetensors");
+    write_raw(path, hl, padded, hl, data, sizeof data);
+
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(st_count(f), 4);
+    cr_expect_neq((uintptr_t)st_find(f, "f32")->data % 4, 0, "unaligned");
+    cr_expect_str_eq(st_at(f, 0)->name, "flag");
+    cr_expect_eq(st_at(f, 0)->dtype, ST_OTHER);
+    cr_expect_str_eq(st_at(f, 0)->dtype_name, "U8");
+    cr_expect_eq(*(const uint8_t *)st_at(f, 0)->data, 0xaa);
+    float out[2];
+    int64_t s2 = 2, s12[2] = {1, 2};
+    cr_assert_eq(st_read_f32(f, "f32", 1, &s2, out), MOEMU_OK);
+    cr_expect(out[0] == 1.5f && out[1] == -2.25f);
+    cr_assert_eq(st_read_f32(f, "f16", 2, s12, out), MOEMU_OK);
+    cr_expect(out[0] == 1.0f && out[1] == -2.0f, "%g %g", out[0], out[1]);
+    cr_assert_eq(st_read_f32(f, "bf16", 1, &s2, out), MOEMU_OK);
+    cr_expect(out[0] == 1.0f && out[1] == 3.140625f, "%g %g", out[0], out[1]);
+    st_close(f);
+}
+
+/* Other dtypes may sit in a file (their sizes are still checked where
+ * known), but only F32/F16/BF16 convert to fp32. */
+Test(st, other_dtypes)
+{
+    const char *path = write_header(
+        "other.safetensors",
+        "{\"i32\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+        "\"i64\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[8,16]},"
+        "\"f64\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[16,24]},"
+        "\"mask\":{\"dtype\":\"BOOL\",\"shape\":[3],\"data_offsets\":[24,27]},"
+        "\"fp8\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],"
+        "\"data_offsets\":[27,29]},"
+        "\"odd\":{\"dtype\":\"F4\",\"shape\":[4],\"data_offsets\":[29,31]}}",
+        31);
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(st_count(f), 6);
+    cr_expect_eq(st_find(f, "i32")->dtype, ST_I32);
+    cr_expect_eq(st_find(f, "i64")->dtype, ST_I64);
+    cr_expect_eq(st_find(f, "f64")->dtype, ST_OTHER);
+    cr_expect_str_eq(st_find(f, "f64")->dtype_name, "F64");
+    cr_expect_str_eq(st_find(f, "fp8")->dtype_name, "F8_E4M3");
+    cr_expect_eq(st_find(f, "odd")->nbytes, 2);
+    float out[2];
+    int64_t s2 = 2, s1 = 1;
+    cr_expect_eq(st_read_f32(f, "i32", 1, &s2, out), MOEMU_ERR_FORMAT);
+    expect_msg("'i32'");
+    expect_msg("I32");
+    expect_msg(path);
+    cr_expect_eq(st_read_f32(f, "f64", 1, &s1, out), MOEMU_ERR_FORMAT);
+    expect_msg("F64");
+    st_close(f);
+
+    /* a known size is enforced: F64 [2] needs 16 bytes, not 8 */
+    expect_open_fails(
+        write_header("f64bad.safetensors",
+                     "{\"d\":{\"dtype\":\"F64\",\"shape\":[2],"
+                     "\"data_offsets\":[0,8]}}",
+                     8),
+        MOEMU_ERR_FORMAT, SUBS("'d'", "16", "8"));
+}
+
+/* ---- malformed files */
+
+Test(st, nonexistent_file)
+{
+    expect_open_fails(tpath("missing.safetensors"), MOEMU_ERR_IO,
+                      SUBS("No such file"));
+}
+
+Test(st, directory_is_not_a_file)
+{
+    expect_open_fails(g_dir, MOEMU_ERR_IO, SUBS("not a regular file"));
+}
+
+Test(st, shorter_than_8_bytes)
+{
+    const char *p = tpath("short.safetensors");
+    FILE *fp = fopen(p, "wb");
+    fwrite("\x05\0\0\0\0", 1, 5, fp);
+    fclose(fp);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("5 bytes"));
+    const char *e = tpath("empty.safetensors");
+    fclose(fopen(e, "wb"));
+    expect_open_fails(e, MOEMU_ERR_FORMAT, SUBS("0 bytes"));
+}
+
+Test(st, header_length_beyond_file)
+{
+    const char *hdr = "{}";
+    const char *p = tpath("hlen.safetensors");
+    write_raw(p, 1000, hdr, 2, "0123456789abcdefghij", 18);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("1000", "28 bytes"));
+    /* lengths that would overflow 8 + hlen */
+    write_raw(p, UINT64_MAX, hdr, 2, NULL, 0);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("18446744073709551615"));
+    write_raw(p, UINT64_MAX - 7, hdr, 2, NULL, 0);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("header length"));
+    /* inside a (sparse) file but beyond any sane header */
+    write_raw(p, 150000000, hdr, 2, NULL, 0);
+    cr_assert_eq(truncate(p, 150000100), 0);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("150000000", "limit"));
+}
+
+Test(st, malformed_json)
+{
+    expect_open_fails(write_header("bad.safetensors", "{\"a\": {\"dtype\"", 0),
+                      MOEMU_ERR_FORMAT, SUBS("not valid JSON"));
+    expect_open_fails(write_header("zero.safetensors", "", 0),
+                      MOEMU_ERR_FORMAT, SUBS("not valid JSON"));
+    /* the format forbids duplicate names */
+    expect_open_fails(
+        write_header("dup.safetensors",
+                     "{\"a\":{\"dtype\":\"F32\",\"shape\":[],"
+                     "\"data_offsets\":[0,4]},"
+                     "\"a\":{\"dtype\":\"F32\",\"shape\":[],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("not valid JSON", "duplicate"));
+}
+
+Test(st, json_not_an_object)
+{
+    expect_open_fails(write_header("arr.safetensors", "[1, 2]", 0),
+                      MOEMU_ERR_FORMAT, SUBS("not an object"));
+    expect_open_fails(write_header("ent.safetensors", "{\"w\": 3}", 0),
+                      MOEMU_ERR_FORMAT, SUBS("'w'", "not an object"));
+}
+
+Test(st, missing_fields)
+{
+    expect_open_fails(
+        write_header("nodt.safetensors",
+                     "{\"w\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "dtype"));
+    expect_open_fails(
+        write_header("noshape.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "shape"));
+    expect_open_fails(
+        write_header("nooff.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "data_offsets"));
+}
+
+Test(st, bad_fields)
+{
+    expect_open_fails(
+        write_header("dtnum.safetensors",
+                     "{\"w\":{\"dtype\":7,\"shape\":[1],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "dtype"));
+    expect_open_fails(
+        write_header("neg.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,-1],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "shape[1]"));
+    expect_open_fails(
+        write_header("frac.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[2.5],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "shape[0]"));
+    expect_open_fails(
+        write_header("dims.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "9 dimensions", "8"));
+    expect_open_fails(
+        write_header("off3.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],"
+                     "\"data_offsets\":[0,4,8]}}",
+                     8),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "data_offsets"));
+    expect_open_fails(
+        write_header("offneg.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],"
+                     "\"data_offsets\":[-4,0]}}",
+                     8),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "data_offsets"));
+    expect_open_fails(
+        write_header("huge.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":"
+                     "[4294967296,4294967296],\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "[4294967296, 4294967296]"));
+}
+
+Test(st, offsets_out_of_range)
+{
+    expect_open_fails(
+        write_header("rev.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[0],"
+                     "\"data_offsets\":[8,4]}}",
+                     8),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "[8, 4]"));
+    /* consistent with the shape, but past the 4 bytes of data: the file
+     * would need 8 + header + 12 bytes */
+    const char *hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],"
+                      "\"data_offsets\":[4,12]}}";
+    const char *p = write_header("past.safetensors", hdr, 4);
+    char need[32], have[32];
+    snprintf(need, sizeof need, "needs %zu bytes", 8 + strlen(hdr) + 12);
+    snprintf(have, sizeof have, "has %zu bytes", 8 + strlen(hdr) + 4);
+    expect_open_fails(p, MOEMU_ERR_FORMAT, SUBS("'w'", need, have));
+}
+
+Test(st, size_disagrees_with_shape)
+{
+    expect_open_fails(
+        write_header("size.safetensors",
+                     "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],"
+                     "\"data_offsets\":[0,20]}}",
+                     20),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "20 bytes", "[2, 3]", "F32", "24"));
+    expect_open_fails(
+        write_header("size16.safetensors",
+                     "{\"w\":{\"dtype\":\"BF16\",\"shape\":[3],"
+                     "\"data_offsets\":[0,12]}}",
+                     12),
+        MOEMU_ERR_FORMAT, SUBS("'w'", "12 bytes", "BF16", "needs 6"));
+}
+
+Test(st, truncated_data)
+{
+    float v[64] = {0};
+    st_write_tensor_t wt[2] = {
+        {.name = "a", .ndim = 1, .shape = {32}, .data = v},
+        {.name = "b", .ndim = 2, .shape = {4, 8}, .data = v + 32},
+    };
+    const char *p = tpath("trunc.safetensors");
+    cr_assert_eq(st_write(p, wt, 2, ST_F32), MOEMU_OK);
+    long size = file_size(p);
+    cr_assert_eq(truncate(p, size - 4), 0);
+    char need[48], have[48];
+    snprintf(need, sizeof need, "needs %ld bytes", size);
+    snprintf(have, sizeof have, "has %ld bytes", size - 4);
+    expect_open_fails(p, MOEMU_ERR_FORMAT,
+                      SUBS("truncated", need, have, "'b'"));
+}
+
+/* ---- st_read_f32's checks */
+
+Test(st, read_errors)
+{
+    float v[12] = {0}, out[12];
+    st_write_tensor_t wt = {.name = "m", .ndim = 2, .shape = {3, 4},
+                            .data = v};
+    const char *p = tpath("read.safetensors");
+    cr_assert_eq(st_write(p, &wt, 1, ST_F16), MOEMU_OK);
+    st_file_t *f;
+    cr_assert_eq(st_open(p, &f), MOEMU_OK);
+
+    int64_t s43[2] = {4, 3}, s12 = 12, s34[2] = {3, 4};
+    cr_expect_eq(st_read_f32(f, "nope", 2, s34, out), MOEMU_ERR_FORMAT);
+    char want[600];
+    snprintf(want, sizeof want, "tensor 'nope' not found in %s", p);
+    expect_msg(want);
+
+    cr_expect_eq(st_read_f32(f, "m", 2, s43, out), MOEMU_ERR_FORMAT);
+    expect_msg("'m'");
+    expect_msg(p);
+    expect_msg("has shape [3, 4], expected [4, 3]");
+
+    cr_expect_eq(st_read_f32(f, "m", 1, &s12, out), MOEMU_ERR_FORMAT);
+    expect_msg("[3, 4], expected [12]");
+
+    cr_expect_eq(st_read_f32(f, "m", 2, s34, out), MOEMU_OK);
+    st_close(f);
+}
+
+/* ---- st_write: errors and atomicity */
+
+Test(st, write_into_missing_directory)
+{
+    float v[1] = {1};
+    st_write_tensor_t wt = {.name = "x", .ndim = 1, .shape = {1}, .data = v};
+    const char *p = tpath("no/such/dir/x.safetensors");
+    cr_expect_eq(st_write(p, &wt, 1, ST_F32), MOEMU_ERR_IO);
+    expect_msg(p);
+    expect_msg(strerror(ENOENT));
+    cr_expect_eq(dir_entries(g_dir), 0, "nothing left behind");
+}
+
+/* rename onto a directory fails after the data is written: the temporary
+ * file must go. */
+Test(st, write_failure_removes_temporary)
+{
+    float v[1] = {1};
+    st_write_tensor_t wt = {.name = "x", .ndim = 1, .shape = {1}, .data = v};
+    const char *p = tpath("adir");
+    cr_assert_eq(mkdir(p, 0755), 0);
+    cr_expect_eq(st_write(p, &wt, 1, ST_F32), MOEMU_ERR_IO);
+    expect_msg(p);
+    expect_msg(strerror(EISDIR));
+    cr_expect_eq(dir_entries(g_dir), 1, "only the directory itself");
+    cr_expect_eq(dir_entries(p), 0);
+}
+
+Test(st, write_invalid_arguments)
+{
+    float v[4] = {0};
+    st_write_tensor_t dup[3] = {
+        {.name = "w", .ndim = 1, .shape = {1}, .data = v},
+        {.name = "u", .ndim = 1, .shape = {1}, .data = v},
+        {.name = "w", .ndim = 1, .shape = {2}, .data = v},
+    };
+    const char *p = tpath("inv.safetensors");
+    cr_expect_eq(st_write(p, dup, 3, ST_F32), MOEMU_ERR_INVALID);
+    expect_msg("'w'");
+    expect_msg("duplicate");
+    expect_msg(p);
+
+    st_write_tensor_t meta = {.name = "__metadata__", .ndim = 1,
+                              .shape = {1}, .data = v};
+    cr_expect_eq(st_write(p, &meta, 1, ST_F32), MOEMU_ERR_INVALID);
+    expect_msg("reserved");
+
+    st_write_tensor_t neg = {.name = "n", .ndim = 2, .shape = {2, -1},
+                             .data = v};
+    cr_expect_eq(st_write(p, &neg, 1, ST_F32), MOEMU_ERR_INVALID);
+    expect_msg("[2, -1]");
+
+    st_write_tensor_t nodata = {.name = "d", .ndim = 1, .shape = {4}};
+    cr_expect_eq(st_write(p, &nodata, 1, ST_F32), MOEMU_ERR_INVALID);
+    expect_msg("'d'");
+
+    st_write_tensor_t ok = {.name = "o", .ndim = 1, .shape = {1}, .data = v};
+    cr_expect_eq(st_write(p, &ok, 1, ST_I32), MOEMU_ERR_INVALID);
+    cr_expect_eq(st_write(p, &ok, -1, ST_F32), MOEMU_ERR_INVALID);
+    cr_expect_eq(dir_entries(g_dir), 0, "no file for a refused write");
+}
+
+/* Rewriting a file replaces it whole; a reader that had it open keeps the
+ * old contents. */
+Test(st, overwrite_replaces_whole_file)
+{
+    float v1[4] = {1, 2, 3, 4}, v2[2] = {9, 8}, out[4];
+    const char *p = tpath("over.safetensors");
+    st_write_tensor_t w1 = {.name = "t", .ndim = 1, .shape = {4}, .data = v1};
+    cr_assert_eq(st_write(p, &w1, 1, ST_F32), MOEMU_OK);
+    st_file_t *old;
+    cr_assert_eq(st_open(p, &old), MOEMU_OK);
+
+    st_write_tensor_t w2 = {.name = "t", .ndim = 1, .shape = {2}, .data = v2};
+    cr_assert_eq(st_write(p, &w2, 1, ST_BF16), MOEMU_OK);
+    cr_expect_eq(dir_entries(g_dir), 1);
+
+    int64_t s4 = 4, s2 = 2;
+    cr_expect_eq(st_read_f32(old, "t", 1, &s4, out), MOEMU_OK);
+    cr_expect_arr_eq(out, v1, sizeof v1);
+    st_close(old);
+
+    st_file_t *f;
+    cr_assert_eq(st_open(p, &f), MOEMU_OK);
+    cr_expect_eq(st_read_f32(f, "t", 1, &s2, out), MOEMU_OK);
+    cr_expect(out[0] == 9 && out[1] == 8);
+    st_close(f);
+}
+
+/* Many tensors: lookup by name stays right (st_find sorts an index). */
+Test(st, many_tensors_find)
+{
+    enum { N = 500 };
+    static char names[N][32];
+    static float vals[N];
+    st_write_tensor_t wt[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "model.layers.%d.w", (i * 37) % N);
+        vals[i] = (float)i;
+        wt[i] = (st_write_tensor_t){.name = names[i], .ndim = 0,
+                                    .data = &vals[i]};
+    }
+    const char *p = tpath("many.safetensors");
+    cr_assert_eq(st_write(p, wt, N, ST_F32), MOEMU_OK, "%s", moemu_errmsg());
+    st_file_t *f;
+    cr_assert_eq(st_open(p, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(st_count(f), N);
+    for (int i = 0; i < N; i++) {
+        float x = -1;
+        cr_assert_eq(st_read_f32(f, names[i], 0, NULL, &x), MOEMU_OK);
+        cr_assert_eq(x, (float)i, "%s", names[i]);
+        cr_assert_str_eq(st_at(f, i)->name, names[i]);
+    }
+    st_close(f);
+}

@@ -1,0 +1,165 @@
+/* Generated weights: the counter-based generator, slices against the whole
+ * tensor, and the safetensors round trip of whole models. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/safetensors.h"
+#include "engine/weights.h"
+
+static char dir[64];
+
+static void setup(void)
+{
+    strcpy(dir, "/tmp/moemu-wts-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(weights, .init = setup, .fini = teardown);
+
+Test(weights, philox_known_answer)
+{
+    /* Random123's known answer for philox4x32_10: counter 0, key 0 */
+    const uint32_t want[4] = {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8};
+    for (int i = 0; i < 4; i++) cr_assert_eq(wts_philox(0, 0, (uint64_t)i), want[i]);
+}
+
+Test(weights, slices_equal_the_whole)
+{
+    const int64_t n = 10007; /* not a multiple of the 4-word block */
+    emu_dtype_t dts[] = {EMU_DTYPE_FP32, EMU_DTYPE_FP16, EMU_DTYPE_BF16};
+    const char *names[] = {"model.layers.3.self_attn.q_proj.weight",
+                           "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"};
+    float *whole = malloc(sizeof(float) * n), *part = malloc(sizeof(float) * n);
+    for (size_t d = 0; d < 3; d++)
+        for (size_t k = 0; k < 3; k++) {
+            wts_generate(whole, 42, names[k], 97, 0, n, dts[d]);
+            int64_t cuts[] = {0, 1, 3, 4, 5, 1000, 4097, 9999, n};
+            for (size_t c = 0; c + 1 < sizeof cuts / sizeof cuts[0]; c++) {
+                int64_t a = cuts[c], b = cuts[c + 1];
+                wts_generate(part, 42, names[k], 97, a, b - a, dts[d]);
+                cr_assert_eq(memcmp(part, whole + a, sizeof(float) * (size_t)(b - a)), 0,
+                             "%s [%lld, %lld) in %s differs from the whole", names[k],
+                             (long long)a, (long long)b, emu_dtype_name(dts[d]));
+            }
+            for (int64_t i = 0; i < n; i++)
+                cr_assert_eq(whole[i], emu_dtype_round(dts[d], whole[i]),
+                             "element %lld is not representable in %s", (long long)i,
+                             emu_dtype_name(dts[d]));
+        }
+    /* another seed or name gives another tensor */
+    wts_generate(part, 43, names[0], 97, 0, n, EMU_DTYPE_FP32);
+    wts_generate(whole, 42, names[0], 97, 0, n, EMU_DTYPE_FP32);
+    cr_assert_neq(memcmp(part, whole, sizeof(float) * n), 0);
+    free(whole);
+    free(part);
+}
+
+Test(weights, init_laws)
+{
+    float v[4096];
+    wts_generate(v, 7, "model.layers.0.post_attention_layernorm.weight", 64, 0, 4096,
+                 EMU_DTYPE_FP32);
+    for (int i = 0; i < 4096; i++) cr_assert(v[i] >= 0.75f && v[i] < 1.25f);
+    wts_generate(v, 7, "model.layers.0.block_sparse_moe.experts.1.w2.weight", 256, 0, 4096,
+                 EMU_DTYPE_FP32);
+    double mx = 0;
+    for (int i = 0; i < 4096; i++) mx = fabs(v[i]) > mx ? fabs(v[i]) : mx;
+    cr_assert(mx <= 1.0 / 16 && mx > 0.9 / 16, "bound 1/sqrt(fan_in), got max %g", mx);
+}
+
+/* Every tensor of a model generated whole equals wts_generate of it, and
+ * a dump loads back bit for bit. */
+static void roundtrip(const char *json)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, json, "test"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t w, r;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 5), MOEMU_OK, "%s", moemu_errmsg());
+    char path[128];
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    cr_assert_eq(wts_dump(&w, path), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_OK, "%s", moemu_errmsg());
+    int n = wts_tensor_count(&w), seen = 0;
+    for (int i = 0; i < n; i++) {
+        wts_tensor_t a, b;
+        wts_tensor_at(&w, i, &a);
+        wts_tensor_at(&r, i, &b);
+        cr_assert_str_eq(a.name, b.name);
+        if (!a.data) continue;
+        int64_t cnt = a.shape[0] * (a.ndim == 2 ? a.shape[1] : 1);
+        float *g = malloc(sizeof(float) * (size_t)cnt);
+        wts_generate(g, 5, a.name, a.fan_in, 0, cnt, cfg.dtype);
+        cr_assert_eq(memcmp(g, a.data, sizeof(float) * (size_t)cnt), 0, "%s", a.name);
+        cr_assert_eq(memcmp(a.data, b.data, sizeof(float) * (size_t)cnt), 0, "%s", a.name);
+        free(g);
+        seen++;
+    }
+    cr_assert_gt(seen, 10);
+    if (cfg.tie_word_embeddings) cr_assert_eq(w.lm_head, w.embed);
+    wts_free(&w);
+    wts_free(&r);
+}
+
+#define BASE "\"vocab_size\":50,\"hidden_size\":16,\"intermediate_size\":24," \
+             "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2," \
+             "\"num_local_experts\":4,\"num_experts_per_tok\":2"
+
+Test(weights, dump_and_load_fp16) { roundtrip("{" BASE "}"); }
+Test(weights, dump_and_load_bf16_tied) { roundtrip("{" BASE ",\"dtype\":\"bf16\",\"tie_word_embeddings\":true}"); }
+Test(weights, dump_and_load_fp32_gelu_shared)
+{
+    roundtrip("{" BASE ",\"dtype\":\"fp32\",\"hidden_act\":\"gelu\",\"num_shared_experts\":2,"
+              "\"shared_expert_intermediate_size\":8}");
+}
+
+Test(weights, load_errors_name_the_tensor)
+{
+    cfg_model_t cfg, wide;
+    cr_assert_eq(cfg_parse(&cfg, "{" BASE "}", "a"), MOEMU_OK);
+    wts_t w, r;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 1), MOEMU_OK);
+    char path[128];
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    cr_assert_eq(wts_dump(&w, path), MOEMU_OK);
+
+    /* another shape of the same names */
+    cr_assert_eq(cfg_parse(&wide, "{\"vocab_size\":50,\"hidden_size\":32,\"intermediate_size\":24,"
+                                  "\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                                  "\"num_key_value_heads\":2,\"head_dim\":4,"
+                                  "\"num_local_experts\":4,\"num_experts_per_tok\":2}", "b"),
+                 MOEMU_OK);
+    cr_assert_neq(wts_load(&r, &wide, path), MOEMU_OK);
+    cr_assert(strstr(moemu_errmsg(), "model.embed_tokens.weight"), "%s", moemu_errmsg());
+    cr_assert(strstr(moemu_errmsg(), "32"), "%s", moemu_errmsg());
+
+    /* a third layer the file lacks */
+    cfg_model_t deep = cfg;
+    deep.num_hidden_layers = 3;
+    cr_assert_neq(wts_load(&r, &deep, path), MOEMU_OK);
+    cr_assert(strstr(moemu_errmsg(), "model.layers.2."), "%s", moemu_errmsg());
+
+    /* a truncated file */
+    cr_assert_eq(truncate(path, 1000), 0);
+    cr_assert_neq(wts_load(&r, &cfg, path), MOEMU_OK);
+    cr_assert(strstr(moemu_errmsg(), path), "%s", moemu_errmsg());
+    wts_free(&w);
+}
+
+Test(weights, host_memory_check_names_both_figures)
+{
+    cr_assert_eq(wts_check_host_memory(1e18, "a huge model"), MOEMU_ERR_NOMEM);
+    cr_assert(strstr(moemu_errmsg(), "a huge model needs 1000000000.00 GB"), "%s",
+              moemu_errmsg());
+    cr_assert_eq(wts_check_host_memory(1e3, "a small one"), MOEMU_OK);
+}

@@ -1,0 +1,344 @@
+/* A cluster of virtual devices: one thread per device, pinned over the
+ * host cores that hwloc finds; the first failure aborts the run and wakes
+ * every waiter so that nothing hangs. */
+#include <cblas.h>
+#include <errno.h>
+#include <hwloc.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "emu/emu_impl.h"
+
+static void emu_now(struct timespec *ts) { clock_gettime(CLOCK_MONOTONIC, ts); }
+
+/* Cores usable by this process; hwloc's topology restricts itself to the
+ * allowed cpuset by default. */
+static int emu_hwloc_cores(hwloc_topology_t topo)
+{
+    int n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+    if (n <= 0) n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
+    return n;
+}
+
+moemu_status_t emu_cluster_create(const emu_spec_t *spec,
+                                  const emu_topo_t *topo, int ndev,
+                                  const emu_cluster_opts_t *opts,
+                                  emu_cluster_t **out)
+{
+    *out = NULL;
+    MOEMU_CHECK(emu_spec_check(spec, "cluster"));
+    MOEMU_CHECK(emu_topo_check(topo, "cluster"));
+    emu_cluster_opts_t o = opts ? *opts : (emu_cluster_opts_t){0};
+    if (ndev < 1)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "a cluster needs at least one device (got %d)", ndev);
+    if (!(o.pace >= 0) || !isfinite(o.pace))
+        return moemu_fail(MOEMU_ERR_INVALID, "pace must be >= 0 (got %g)",
+                          o.pace);
+    emu_topo_t t = *topo;
+    int need = (ndev + t.devices_per_node - 1) / t.devices_per_node;
+    if (t.nodes == 0) t.nodes = need;
+    else if (t.nodes < need)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "%d devices do not fit on %d node%s of %d devices",
+                          ndev, t.nodes, t.nodes == 1 ? "" : "s",
+                          t.devices_per_node);
+
+    emu_cluster_t *c = calloc(1, sizeof *c);
+    emu_dev_t *devs = c ? calloc((size_t)ndev, sizeof *devs) : NULL;
+    if (!devs) {
+        free(c);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate a cluster of %d "
+                                           "devices", ndev);
+    }
+    c->spec = *spec;
+    c->topo = t;
+    c->opts = o;
+    c->ndev = ndev;
+    c->devs = devs;
+    c->fail_rank = -1;
+    atomic_init(&c->aborting, false);
+    for (int d = 0; d < ndev; d++) {
+        emu_dev_t *dev = &devs[d];
+        emu_dev_init(dev, spec, d, o.no_limit);
+        dev->cluster = c;
+        dev->topo = t;
+        dev->node = d / t.devices_per_node;
+        dev->local_rank = d % t.devices_per_node;
+    }
+
+    hwloc_topology_t ht;
+    if (hwloc_topology_init(&ht) == 0) {
+        if (hwloc_topology_load(ht) == 0) c->hwloc = ht;
+        else hwloc_topology_destroy(ht);
+    }
+    c->host_cores = c->hwloc ? emu_hwloc_cores(c->hwloc) : 0;
+    if (c->host_cores <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c->host_cores = n > 0 ? (int)n : 1;
+    }
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->pace_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    *out = c;
+    return MOEMU_OK;
+}
+
+void emu_cluster_destroy(emu_cluster_t *c)
+{
+    if (!c) return;
+    /* a sync that outlives its cluster (a communicator destroyed late)
+     * must not touch it */
+    for (emu_sync_t *s = c->syncs; s; s = s->next) s->cluster = NULL;
+    if (c->hwloc) hwloc_topology_destroy(c->hwloc);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->pace_cv);
+    free(c->devs);
+    free(c);
+}
+
+int emu_cluster_size(const emu_cluster_t *c) { return c->ndev; }
+
+const emu_topo_t *emu_cluster_topo(const emu_cluster_t *c) { return &c->topo; }
+
+emu_dev_t *emu_cluster_dev(emu_cluster_t *c, int rank)
+{
+    return rank >= 0 && rank < c->ndev ? &c->devs[rank] : NULL;
+}
+
+int emu_cluster_host_cores(const emu_cluster_t *c) { return c->host_cores; }
+
+bool emu_cluster_aborting(const emu_cluster_t *c)
+{
+    return atomic_load(&((emu_cluster_t *)c)->aborting);
+}
+
+/* ---- syncs */
+
+moemu_status_t emu_sync_create(emu_cluster_t *c, void (*reset)(void *),
+                               void *arg, emu_sync_t **out)
+{
+    emu_sync_t *s = calloc(1, sizeof *s);
+    if (!s) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate a sync");
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->cluster = c;
+    s->reset = reset;
+    s->arg = arg;
+    pthread_mutex_lock(&c->mu);
+    s->next = c->syncs;
+    c->syncs = s;
+    pthread_mutex_unlock(&c->mu);
+    *out = s;
+    return MOEMU_OK;
+}
+
+void emu_sync_destroy(emu_sync_t *s)
+{
+    if (!s) return;
+    emu_cluster_t *c = s->cluster;
+    if (c) {
+        pthread_mutex_lock(&c->mu);
+        for (emu_sync_t **p = &c->syncs; *p; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+void emu_sync_lock(emu_sync_t *s) { pthread_mutex_lock(&s->mu); }
+void emu_sync_unlock(emu_sync_t *s) { pthread_mutex_unlock(&s->mu); }
+void emu_sync_broadcast(emu_sync_t *s) { pthread_cond_broadcast(&s->cv); }
+void emu_sync_wait(emu_sync_t *s) { pthread_cond_wait(&s->cv, &s->mu); }
+
+/* With c->mu held: wake every waiter of every sync so it looks again at
+ * the abort flag and at which devices are done. */
+static void emu_wake_all(emu_cluster_t *c)
+{
+    for (emu_sync_t *s = c->syncs; s; s = s->next) {
+        pthread_mutex_lock(&s->mu);
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    pthread_cond_broadcast(&c->pace_cv);
+}
+
+/* Record device d's failure; the first one aborts the run. */
+static void emu_cluster_fail(emu_cluster_t *c, int d)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->fail_rank < 0) {
+        c->fail_rank = d;
+        atomic_store(&c->aborting, true);
+    }
+    emu_wake_all(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- pacing */
+
+void emu_dev_pace(emu_dev_t *dev)
+{
+    emu_cluster_t *c = dev->cluster;
+    if (!c || c->opts.pace <= 0) return;
+    double wall = c->opts.pace * (dev->clock - dev->run_clock0);
+    struct timespec until = c->run_start;
+    double whole = floor(wall);
+    until.tv_sec += (time_t)whole;
+    until.tv_nsec += (long)((wall - whole) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    struct timespec now;
+    emu_now(&now);
+    if (now.tv_sec > until.tv_sec ||
+        (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+        return;
+    pthread_mutex_lock(&c->mu);
+    while (!atomic_load(&c->aborting) &&
+           pthread_cond_timedwait(&c->pace_cv, &c->mu, &until) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- runs */
+
+typedef struct {
+    emu_cluster_t *c;
+    emu_dev_t *dev;
+    emu_dev_fn fn;
+    void *arg;
+    hwloc_bitmap_t cpus; /* NULL: unpinned */
+} emu_thread_arg_t;
+
+static void *emu_dev_thread(void *p)
+{
+    emu_thread_arg_t *a = p;
+    emu_dev_t *dev = a->dev;
+    /* a failed pin only costs speed */
+    if (a->cpus) hwloc_set_cpubind(a->c->hwloc, a->cpus, HWLOC_CPUBIND_THREAD);
+    moemu_errclear();
+    moemu_status_t st = a->fn(dev, a->arg);
+    if (st != MOEMU_OK) {
+        const char *m = moemu_errmsg();
+        snprintf(dev->errmsg, sizeof dev->errmsg, "%s",
+                 m[0] ? m : moemu_strerror(st));
+        dev->status = st;
+        emu_cluster_fail(a->c, dev->rank);
+    }
+    atomic_store_explicit(&dev->done, true, memory_order_release);
+    /* waiters on this device must learn that it will not come */
+    pthread_mutex_lock(&a->c->mu);
+    emu_wake_all(a->c);
+    pthread_mutex_unlock(&a->c->mu);
+    return NULL;
+}
+
+/* Device d's cores: a share of them when devices are fewer than cores,
+ * else one core, round robin. */
+static hwloc_bitmap_t emu_dev_cpus(emu_cluster_t *c, int d)
+{
+    if (!c->hwloc || c->opts.no_pin) return NULL;
+    hwloc_obj_type_t type =
+        hwloc_get_nbobjs_by_type(c->hwloc, HWLOC_OBJ_CORE) > 0 ? HWLOC_OBJ_CORE
+                                                               : HWLOC_OBJ_PU;
+    int cores = c->host_cores;
+    int share = c->ndev < cores ? cores / c->ndev : 1;
+    int first = c->ndev < cores ? d * share : d % cores;
+    hwloc_bitmap_t set = hwloc_bitmap_alloc();
+    if (!set) return NULL;
+    for (int i = first; i < first + share; i++) {
+        hwloc_obj_t o = hwloc_get_obj_by_type(c->hwloc, type, (unsigned)i);
+        if (o && o->cpuset) hwloc_bitmap_or(set, set, o->cpuset);
+    }
+    if (hwloc_bitmap_iszero(set)) {
+        hwloc_bitmap_free(set);
+        return NULL;
+    }
+    return set;
+}
+
+moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
+{
+    pthread_mutex_lock(&c->mu);
+    bool busy = c->running;
+    c->running = true;
+    pthread_mutex_unlock(&c->mu);
+    if (busy)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "this cluster is already running");
+
+    emu_thread_arg_t *ta = calloc((size_t)c->ndev, sizeof *ta);
+    if (!ta) {
+        pthread_mutex_lock(&c->mu);
+        c->running = false;
+        pthread_mutex_unlock(&c->mu);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d device threads",
+                          c->ndev);
+    }
+    /* no device thread exists yet: plain writes are safe */
+    atomic_store(&c->aborting, false);
+    c->fail_rank = -1;
+    emu_now(&c->run_start);
+    for (emu_sync_t *s = c->syncs; s; s = s->next)
+        if (s->reset) s->reset(s->arg);
+    for (int d = 0; d < c->ndev; d++) {
+        emu_dev_t *dev = &c->devs[d];
+        atomic_store(&dev->done, false);
+        dev->status = MOEMU_OK;
+        dev->errmsg[0] = '\0';
+        dev->run_clock0 = dev->clock;
+        ta[d] = (emu_thread_arg_t){c, dev, fn, arg, emu_dev_cpus(c, d)};
+    }
+
+    /* BLAS threads: the devices share the cores, never more threads than
+     * cores, and never more than the process had asked for */
+    int blas_prev = openblas_get_num_threads();
+    int blas = c->host_cores / c->ndev;
+    if (blas < 1) blas = 1;
+    if (blas > blas_prev) blas = blas_prev;
+    if (blas != blas_prev) openblas_set_num_threads(blas);
+
+    int started = 0;
+    for (; started < c->ndev; started++) {
+        int e = pthread_create(&c->devs[started].thread, NULL, emu_dev_thread,
+                               &ta[started]);
+        if (e != 0) {
+            emu_dev_t *dev = &c->devs[started];
+            snprintf(dev->errmsg, sizeof dev->errmsg,
+                     "cannot start its thread: %s", strerror(e));
+            dev->status = MOEMU_ERR_NOMEM;
+            atomic_store(&dev->done, true);
+            emu_cluster_fail(c, started);
+            break;
+        }
+    }
+    for (int d = 0; d < started; d++) pthread_join(c->devs[d].thread, NULL);
+    /* devices that never started never come */
+    for (int d = started; d < c->ndev; d++) atomic_store(&c->devs[d].done, true);
+
+    if (blas != blas_prev) openblas_set_num_threads(blas_prev);
+    for (int d = 0; d < c->ndev; d++)
+        if (ta[d].cpus) hwloc_bitmap_free(ta[d].cpus);
+    free(ta);
+
+    pthread_mutex_lock(&c->mu);
+    c->running = false;
+    int f = c->fail_rank;
+    pthread_mutex_unlock(&c->mu);
+    if (f < 0) return MOEMU_OK;
+    return moemu_fail(c->devs[f].status, "device %d: %s", f,
+                      c->devs[f].errmsg);
+}

@@ -1,0 +1,82 @@
+/* What the subcommands share: errors, number parsing, output files,
+ * progress. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/cli.h"
+
+int cli_error(void)
+{
+    cli_progress_done();
+    fprintf(stderr, "moemu: error: %s\n", moemu_errmsg());
+    return CLI_EXIT_ERROR;
+}
+
+moemu_status_t cli_parse_int(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a whole number in [%ld, %ld]",
+                          flag, s, lo, hi);
+    *out = v;
+    return MOEMU_OK;
+}
+
+moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end != '\0' || errno != 0 || s[0] == '-')
+        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a non-negative whole number",
+                          flag, s);
+    *out = v;
+    return MOEMU_OK;
+}
+
+moemu_status_t cli_write_json(const char *path, json_t *root)
+{
+    size_t n = strlen(path);
+    char *tmp = malloc(n + 16);
+    if (!tmp) return moemu_fail(MOEMU_ERR_NOMEM, "cannot write %s", path);
+    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        moemu_status_t st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    int rc = json_dumpfd(root, fd, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    if (rc == 0 && write(fd, "\n", 1) != 1) rc = -1;
+    if (close(fd) != 0) rc = -1;
+    if (rc == 0 && rename(tmp, path) != 0) rc = -1;
+    moemu_status_t st = MOEMU_OK;
+    if (rc != 0) {
+        st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    return st;
+}
+
+static bool progress_shown;
+
+void cli_progress(void *arg, const char *phase, int step, int steps, int layer, int layers)
+{
+    (void)arg;
+    if (!isatty(STDERR_FILENO)) return;
+    fprintf(stderr, "\r%s %d/%d, layer %d/%d   ", phase, step, steps, layer + 1, layers);
+    fflush(stderr);
+    progress_shown = true;
+}
+
+void cli_progress_done(void)
+{
+    if (progress_shown) fprintf(stderr, "\r%60s\r", "");
+    progress_shown = false;
+}

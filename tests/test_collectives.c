@@ -1,0 +1,953 @@
+/* parallel: every collective against a serial computation, determinism
+ * under random delays, virtual time against hand-computed closed forms,
+ * argument errors, and failures that must end the run quickly. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "emu/emu.h"
+#include "parallel/par.h"
+
+static const emu_spec_t spec = {
+    .peak_flops = 100e12, .mfu = 0.5, .mem_bw = 1e12, .bw_util = 0.5,
+    .mem_capacity = 1e9, .launch_s = 1e-6};
+static const emu_topo_t topo4 = {.devices_per_node = 4, .intra_bw = 100e9,
+                                 .intra_lat = 1e-6, .inter_bw = 10e9,
+                                 .inter_lat = 10e-6};
+
+#define ASSERT_NEAR(a, b)                                                      \
+    cr_assert(fabs((double)(a) - (double)(b)) <= 1e-12 * fabs((double)(b)) + 1e-18, \
+              "%s = %.17g, expected %.17g", #a, (double)(a), (double)(b))
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- one case: a communicator, a count, a dtype, and every buffer */
+
+enum { B_IN, B_AR, B_MX, B_RS, B_RSI, B_AG, B_AGI, B_BC, B_A2A, B_A2AV, B_SR,
+       B__COUNT };
+
+typedef struct {
+    par_comm_t *comm;
+    int p;
+    size_t n;
+    emu_dtype_t dt;
+    bool integer;   /* integer-valued floats */
+    int root;
+    unsigned delay_us; /* random delay before each call, 0: none */
+    uint64_t seed;
+    void **buf[B__COUNT]; /* [kind][comm rank] */
+    size_t *cnt;          /* p x p all-to-all-v counts */
+    moemu_status_t *st;   /* per comm rank */
+} case_t;
+
+typedef struct {
+    int ncases;
+    case_t *cases;
+} job_t;
+
+static size_t buf_len(const case_t *k, int kind)
+{
+    size_t n = k->n, p = (size_t)k->p, big = n * (p > 2 ? p : 2);
+    switch (kind) {
+    case B_AR: case B_MX: case B_BC: return n;
+    case B_RS: return n;
+    case B_SR: return 2 * n;
+    case B_A2AV: {
+        size_t m = 0;
+        for (size_t i = 0; i < p * p; i++) m += k->cnt[i];
+        return m; /* more than any rank needs */
+    }
+    default: return big;
+    }
+}
+
+static void case_init(case_t *k, par_comm_t *comm, size_t n, emu_dtype_t dt,
+                      bool integer, uint64_t seed)
+{
+    memset(k, 0, sizeof *k);
+    k->comm = comm;
+    k->p = par_comm_size(comm);
+    k->n = n;
+    k->dt = dt;
+    k->integer = integer;
+    k->root = (k->p - 1) / 2;
+    k->seed = seed;
+    uint64_t s = seed | 1;
+    int p = k->p;
+    k->cnt = calloc((size_t)p * p, sizeof *k->cnt);
+    for (int i = 0; i < p * p; i++) k->cnt[i] = rng_next(&s) % (n + 1);
+    k->st = calloc((size_t)p, sizeof *k->st);
+    for (int b = 0; b < B__COUNT; b++) {
+        k->buf[b] = calloc((size_t)p, sizeof(void *));
+        for (int r = 0; r < p; r++)
+            k->buf[b][r] = calloc(buf_len(k, b) + 1, 4);
+    }
+    for (int r = 0; r < p; r++) {
+        size_t len = buf_len(k, B_IN);
+        float *f = k->buf[B_IN][r];
+        int32_t *i32 = k->buf[B_IN][r];
+        for (size_t i = 0; i < len; i++) {
+            uint64_t x = rng_next(&s);
+            if (dt == EMU_DTYPE_INT32) i32[i] = (int32_t)(x >> 32);
+            else if (integer) f[i] = (float)((int)(x % 2001) - 1000);
+            else /* varied magnitudes, so rounding differs with order */
+                f[i] = (float)((double)(x >> 11) * 0x1p-53 - 0.5) *
+                       ldexpf(1.0f, (int)((x >> 3) % 20) - 10);
+        }
+    }
+}
+
+static void case_clear_outputs(case_t *k)
+{
+    for (int b = B_AR; b < B__COUNT; b++)
+        for (int r = 0; r < k->p; r++)
+            memset(k->buf[b][r], 0xA5, (buf_len(k, b) + 1) * 4);
+}
+
+static void case_free(case_t *k)
+{
+    for (int b = 0; b < B__COUNT; b++) {
+        for (int r = 0; r < k->p; r++) free(k->buf[b][r]);
+        free(k->buf[b]);
+    }
+    free(k->cnt);
+    free(k->st);
+}
+
+static void delay(case_t *k, uint64_t *s)
+{
+    if (k->delay_us) usleep((useconds_t)(rng_next(s) % k->delay_us));
+}
+
+/* Every collective once, in a fixed order, by comm rank r. */
+static moemu_status_t case_run(case_t *k, int r, emu_dev_t *dev)
+{
+    par_comm_t *c = k->comm;
+    int p = k->p;
+    size_t n = k->n;
+    emu_dtype_t dt = k->dt;
+    uint64_t s = k->seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(emu_dev_rank(dev) + 1));
+    char *in = k->buf[B_IN][r];
+
+    delay(k, &s);
+    MOEMU_CHECK(par_allreduce(in, k->buf[B_AR][r], n, dt, PAR_OP_SUM, c, dev));
+    delay(k, &s);
+    memcpy(k->buf[B_MX][r], in, n * 4);
+    MOEMU_CHECK(par_allreduce(k->buf[B_MX][r], k->buf[B_MX][r], n, dt,
+                              PAR_OP_MAX, c, dev));
+    delay(k, &s);
+    MOEMU_CHECK(par_reduce_scatter(in, k->buf[B_RS][r], n, dt, PAR_OP_SUM, c, dev));
+    delay(k, &s);
+    char *rsi = k->buf[B_RSI][r];
+    memcpy(rsi, in, n * p * 4);
+    MOEMU_CHECK(par_reduce_scatter(rsi, rsi + r * n * 4, n, dt, PAR_OP_SUM, c, dev));
+    delay(k, &s);
+    MOEMU_CHECK(par_allgather(in, k->buf[B_AG][r], n, dt, c, dev));
+    delay(k, &s);
+    char *agi = k->buf[B_AGI][r];
+    memcpy(agi + r * n * 4, in, n * 4);
+    MOEMU_CHECK(par_allgather(agi + r * n * 4, agi, n, dt, c, dev));
+    delay(k, &s);
+    if (r == k->root) memcpy(k->buf[B_BC][r], in, n * 4);
+    MOEMU_CHECK(par_broadcast(r == k->root ? k->buf[B_BC][r] : NULL,
+                              k->buf[B_BC][r], n, dt, k->root, c, dev));
+    delay(k, &s);
+    MOEMU_CHECK(par_alltoall(in, k->buf[B_A2A][r], n, dt, c, dev));
+    delay(k, &s);
+    /* v: packed send blocks; receive blocks in reverse rank order */
+    size_t sc[64], sd[64], rc[64], rd[64], off = 0;
+    for (int q = 0; q < p; q++) {
+        sc[q] = k->cnt[r * p + q];
+        sd[q] = off;
+        off += sc[q];
+        rc[q] = k->cnt[q * p + r];
+    }
+    off = 0;
+    for (int q = p - 1; q >= 0; q--) {
+        rd[q] = off;
+        off += rc[q];
+    }
+    MOEMU_CHECK(par_alltoallv(in, sc, sd, k->buf[B_A2AV][r], rc, rd, dt, c, dev));
+    delay(k, &s);
+    MOEMU_CHECK(par_send(in, n, dt, (r + 1) % p, c, dev));
+    MOEMU_CHECK(par_send(in + n * 4, n, dt, (r + 1) % p, c, dev));
+    delay(k, &s);
+    char *sr = k->buf[B_SR][r];
+    MOEMU_CHECK(par_recv(sr, n, dt, (r + p - 1) % p, c, dev));
+    MOEMU_CHECK(par_recv(sr + n * 4, n, dt, (r + p - 1) % p, c, dev));
+    delay(k, &s);
+    return par_barrier(c, dev);
+}
+
+static moemu_status_t job_fn(emu_dev_t *dev, void *arg)
+{
+    job_t *j = arg;
+    for (int i = 0; i < j->ncases; i++) {
+        case_t *k = &j->cases[i];
+        int r = par_comm_rank(k->comm, dev);
+        if (r < 0) continue;
+        k->st[r] = case_run(k, r, dev);
+        MOEMU_CHECK(k->st[r]);
+    }
+    return MOEMU_OK;
+}
+
+/* The serial reference: element i reduced left to right over ranks. */
+static uint32_t ref_elem(const case_t *k, size_t i, par_op_t op)
+{
+    if (k->dt == EMU_DTYPE_INT32) {
+        uint32_t acc = ((uint32_t *)k->buf[B_IN][0])[i];
+        for (int q = 1; q < k->p; q++) {
+            int32_t x = ((int32_t *)k->buf[B_IN][q])[i];
+            if (op == PAR_OP_SUM) acc += (uint32_t)x;
+            else if (x > (int32_t)acc) acc = (uint32_t)x;
+        }
+        return acc;
+    }
+    float acc = ((float *)k->buf[B_IN][0])[i];
+    for (int q = 1; q < k->p; q++) {
+        float x = ((float *)k->buf[B_IN][q])[i];
+        if (op == PAR_OP_SUM) acc += x;
+        else if (x > acc) acc = x;
+    }
+    uint32_t u;
+    memcpy(&u, &acc, 4);
+    return u;
+}
+
+static uint32_t at(void *b, size_t i) { return ((uint32_t *)b)[i]; }
+
+#define CHECK_ELEM(got, want, what)                                            \
+    cr_assert_eq(got, want,                                                    \
+                 "p=%d n=%zu %s %s rank %d index %zu: got 0x%08x want 0x%08x", \
+                 k->p, k->n, emu_dtype_name(k->dt), what, r, i, got, want)
+
+static void case_check(const case_t *k)
+{
+    int p = k->p;
+    size_t n = k->n;
+    for (int r = 0; r < p; r++)
+        cr_assert_eq(k->st[r], MOEMU_OK, "p=%d rank %d status %d", p, r, k->st[r]);
+    for (int r = 0; r < p; r++) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t sum = ref_elem(k, i, PAR_OP_SUM);
+            CHECK_ELEM(at(k->buf[B_AR][r], i), sum, "all-reduce sum");
+            CHECK_ELEM(at(k->buf[B_MX][r], i), ref_elem(k, i, PAR_OP_MAX),
+                       "all-reduce max in place");
+            uint32_t rs = ref_elem(k, (size_t)r * n + i, PAR_OP_SUM);
+            CHECK_ELEM(at(k->buf[B_RS][r], i), rs, "reduce-scatter");
+            CHECK_ELEM(at(k->buf[B_RSI][r], (size_t)r * n + i), rs,
+                       "reduce-scatter in place");
+            CHECK_ELEM(at(k->buf[B_BC][r], i), at(k->buf[B_IN][k->root], i),
+                       "broadcast");
+            int from = (r + p - 1) % p;
+            CHECK_ELEM(at(k->buf[B_SR][r], i), at(k->buf[B_IN][from], i),
+                       "send/recv 1");
+            CHECK_ELEM(at(k->buf[B_SR][r], n + i),
+                       at(k->buf[B_IN][from], n + i), "send/recv 2");
+        }
+        for (int q = 0; q < p; q++)
+            for (size_t i = 0; i < n; i++) {
+                uint32_t x = at(k->buf[B_IN][q], i);
+                CHECK_ELEM(at(k->buf[B_AG][r], (size_t)q * n + i), x,
+                           "all-gather");
+                CHECK_ELEM(at(k->buf[B_AGI][r], (size_t)q * n + i), x,
+                           "all-gather in place");
+                CHECK_ELEM(at(k->buf[B_A2A][r], (size_t)q * n + i),
+                           at(k->buf[B_IN][q], (size_t)r * n + i), "all-to-all");
+            }
+        /* all-to-all-v: blocks from q land in reverse rank order */
+        size_t roff = 0;
+        for (int q = p - 1; q >= 0; q--) {
+            size_t soff = 0;
+            for (int j = 0; j < r; j++) soff += k->cnt[q * p + j];
+            for (size_t i = 0; i < k->cnt[q * p + r]; i++)
+                CHECK_ELEM(at(k->buf[B_A2AV][r], roff + i),
+                           at(k->buf[B_IN][q], soff + i), "all-to-all-v");
+            roff += k->cnt[q * p + r];
+        }
+    }
+}
+
+static emu_cluster_t *make_cluster(int ndev, const emu_topo_t *t)
+{
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, t, ndev, NULL, &c), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    return c;
+}
+
+/* ---- every collective against the serial computation */
+
+static const int sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 16};
+static const size_t counts[] = {0, 1, 3, 257, 1003};
+
+Test(collectives, against_serial_all_sizes)
+{
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        int p = sizes[si];
+        emu_cluster_t *c = make_cluster(p, &topo4);
+        par_comm_t *w;
+        cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+        enum { NC = 5 * 3 };
+        case_t cases[NC];
+        int nc = 0;
+        for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+            case_init(&cases[nc++], w, counts[ci], EMU_DTYPE_FP32, false,
+                      1000 + ci);
+            case_init(&cases[nc++], w, counts[ci], EMU_DTYPE_BF16, true,
+                      2000 + ci);
+            case_init(&cases[nc++], w, counts[ci], EMU_DTYPE_INT32, false,
+                      3000 + ci);
+        }
+        for (int i = 0; i < nc; i++) case_clear_outputs(&cases[i]);
+        job_t j = {nc, cases};
+        cr_assert_eq(emu_cluster_run(c, job_fn, &j), MOEMU_OK, "p=%d: %s", p,
+                     moemu_errmsg());
+        for (int i = 0; i < nc; i++) {
+            case_check(&cases[i]);
+            case_free(&cases[i]);
+        }
+        par_comm_destroy(w);
+        emu_cluster_destroy(c);
+    }
+}
+
+Test(collectives, sub_communicators_at_once)
+{
+    emu_cluster_t *c = make_cluster(8, &topo4);
+    par_comm_t *w, *odd, *pair, *sub;
+    cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){1, 3, 5, 7}, 4, &odd), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){2, 0}, 2, &pair), MOEMU_OK);
+    /* ranks 3 and 1 of odd: devices 7 and 3 */
+    cr_assert_eq(par_comm_create_sub(odd, (int[]){3, 1}, 2, &sub), MOEMU_OK);
+    cr_assert_eq(par_comm_global_rank(sub, 0), 7);
+    cr_assert_eq(par_comm_global_rank(sub, 1), 3);
+    cr_assert_eq(par_comm_link(odd), EMU_LINK_INTER);
+    cr_assert_eq(par_comm_link(pair), EMU_LINK_INTRA);
+    cr_assert_eq(par_comm_rank(odd, emu_cluster_dev(c, 5)), 2);
+    cr_assert_eq(par_comm_rank(odd, emu_cluster_dev(c, 4)), -1);
+    case_t cases[5];
+    case_init(&cases[0], odd, 301, EMU_DTYPE_FP32, false, 11);
+    case_init(&cases[1], pair, 77, EMU_DTYPE_FP16, false, 12);
+    case_init(&cases[2], sub, 50, EMU_DTYPE_INT32, false, 13);
+    case_init(&cases[3], w, 33, EMU_DTYPE_FP32, true, 14);
+    case_init(&cases[4], pair, 0, EMU_DTYPE_FP32, false, 15);
+    for (int i = 0; i < 5; i++) case_clear_outputs(&cases[i]);
+    job_t j = {5, cases};
+    cr_assert_eq(emu_cluster_run(c, job_fn, &j), MOEMU_OK, "%s", moemu_errmsg());
+    for (int i = 0; i < 5; i++) {
+        case_check(&cases[i]);
+        case_free(&cases[i]);
+    }
+    par_comm_destroy(sub);
+    par_comm_destroy(pair);
+    par_comm_destroy(odd);
+    par_comm_destroy(w);
+    emu_cluster_destroy(c);
+}
+
+Test(collectives, comm_create_errors)
+{
+    emu_cluster_t *c = make_cluster(4, &topo4);
+    par_comm_t *x;
+    cr_assert_eq(par_comm_create(c, (int[]){0, 4}, 2, &x), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "device 4"), "%s", moemu_errmsg());
+    cr_assert_eq(par_comm_create(c, (int[]){1, 1}, 2, &x), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "twice"), "%s", moemu_errmsg());
+    cr_assert_eq(par_comm_create(c, (int[]){0}, 0, &x), MOEMU_ERR_INVALID);
+    cr_assert_eq(par_comm_create_world(c, &x), MOEMU_OK);
+    cr_assert_eq(par_comm_set_algo(x, EMU_COLL_ALLREDUCE, "tree"), MOEMU_OK);
+    cr_assert_eq(par_comm_set_algo(x, EMU_COLL_ALLREDUCE, "magic"),
+                 MOEMU_ERR_INVALID);
+    par_comm_destroy(x);
+    emu_cluster_destroy(c);
+}
+
+/* ---- the same bits whatever the arrival order, and the same clocks */
+
+Test(collectives, deterministic_under_random_delays)
+{
+    enum { RUNS = 20, P = 8 };
+    void *first[B__COUNT][P];
+    double clocks[P];
+    for (int run = 0; run < RUNS; run++) {
+        emu_cluster_t *c = make_cluster(P, &topo4);
+        par_comm_t *w, *half;
+        cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+        cr_assert_eq(par_comm_create(c, (int[]){6, 1, 4, 3}, 4, &half), MOEMU_OK);
+        case_t k[2];
+        case_init(&k[0], w, 1003, EMU_DTYPE_FP32, false, 77);
+        case_init(&k[1], half, 129, EMU_DTYPE_BF16, false, 78);
+        for (int i = 0; i < 2; i++) {
+            case_clear_outputs(&k[i]);
+            k[i].delay_us = 300;
+            k[i].seed ^= (uint64_t)run << 32; /* delays differ per run */
+        }
+        /* same data every run: regenerate with the base seed */
+        job_t j = {2, k};
+        cr_assert_eq(emu_cluster_run(c, job_fn, &j), MOEMU_OK, "%s",
+                     moemu_errmsg());
+        /* data is generated from the seed, so compare against run 0 */
+        for (int r = 0; r < P; r++) {
+            for (int b = B_AR; b < B__COUNT; b++) {
+                size_t len = buf_len(&k[0], b) * 4;
+                if (run == 0) {
+                    first[b][r] = malloc(len);
+                    memcpy(first[b][r], k[0].buf[b][r], len);
+                } else
+                    cr_assert_eq(memcmp(first[b][r], k[0].buf[b][r], len), 0,
+                                 "run %d rank %d buffer %d differs", run, r, b);
+            }
+            /* the same bits on every rank */
+            cr_assert_eq(memcmp(k[0].buf[B_AR][r], k[0].buf[B_AR][0], 1003 * 4), 0);
+            double ck = emu_dev_clock(emu_cluster_dev(c, r));
+            if (run == 0) clocks[r] = ck;
+            else cr_assert_eq(ck, clocks[r], "run %d device %d clock %.17g vs %.17g",
+                              run, r, ck, clocks[r]);
+        }
+        case_check(&k[0]);
+        case_check(&k[1]);
+        for (int i = 0; i < 2; i++) case_free(&k[i]);
+        par_comm_destroy(half);
+        par_comm_destroy(w);
+        emu_cluster_destroy(c);
+    }
+    for (int r = 0; r < P; r++)
+        for (int b = B_AR; b < B__COUNT; b++) free(first[b][r]);
+}
+
+/* ---- virtual time */
+
+typedef struct {
+    par_comm_t *comm;
+    size_t n;
+    emu_dtype_t dt;
+    double bytes; /* for emu_coll_charge */
+    float *buf[16];
+} vt_t;
+
+/* Device r computes for r ms (plus a launch); device 0 does nothing. */
+static double ms_flops(const emu_spec_t *s, int r)
+{
+    return s->peak_flops * s->mfu * 1e-3 * r;
+}
+
+static void stagger(emu_dev_t *dev, int r)
+{
+    if (r) emu_charge(dev, EMU_KERNEL_GEMM, ms_flops(emu_dev_spec(dev), r), 0);
+}
+
+static double staggered_clock(const emu_spec_t *s, int r)
+{
+    return r ? emu_kernel_time(s, ms_flops(s, r), 0) : 0;
+}
+
+/* Stagger clocks, then one all-reduce. */
+static moemu_status_t vt_allreduce_fn(emu_dev_t *dev, void *arg)
+{
+    vt_t *v = arg;
+    int r = par_comm_rank(v->comm, dev);
+    stagger(dev, r);
+    return par_allreduce(v->buf[r], v->buf[r], v->n, v->dt, PAR_OP_SUM,
+                         v->comm, dev);
+}
+
+static moemu_status_t vt_charge_fn(emu_dev_t *dev, void *arg)
+{
+    vt_t *v = arg;
+    int p = par_comm_size(v->comm), ranks[16];
+    double clocks[16] = {0};
+    for (int i = 0; i < p; i++) ranks[i] = par_comm_global_rank(v->comm, i);
+    emu_coll_charge(dev, EMU_COLL_ALLREDUCE, 0, ranks, p,
+                    par_comm_rank(v->comm, dev), -1, clocks, v->bytes);
+    return MOEMU_OK;
+}
+
+static void allreduce_time_case(int dpn, double t64, double t2)
+{
+    emu_hw_t hw;
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    hw.topo.devices_per_node = dpn;
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&hw.spec, &hw.topo, 8, NULL, &c), MOEMU_OK);
+    par_comm_t *w;
+    cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+
+    /* 64 MiB of fp16 through the cost function parallel calls */
+    vt_t v = {.comm = w, .bytes = 64.0 * 1024 * 1024};
+    cr_assert_eq(emu_cluster_run(c, vt_charge_fn, &v), MOEMU_OK);
+    for (int r = 0; r < 8; r++)
+        ASSERT_NEAR(emu_dev_clock(emu_cluster_dev(c, r)), t64);
+    par_comm_destroy(w);
+    emu_cluster_destroy(c);
+
+    /* 2 MiB of fp16 through par_allreduce, arrivals staggered */
+    cr_assert_eq(emu_cluster_create(&hw.spec, &hw.topo, 8, NULL, &c), MOEMU_OK);
+    cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+    v = (vt_t){.comm = w, .n = 1024 * 1024, .dt = EMU_DTYPE_FP16};
+    for (int r = 0; r < 8; r++) v.buf[r] = calloc(v.n, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_allreduce_fn, &v), MOEMU_OK);
+    double start = staggered_clock(&hw.spec, 7);
+    emu_link_t l = dpn == 8 ? EMU_LINK_INTRA : EMU_LINK_INTER;
+    for (int r = 0; r < 8; r++) {
+        emu_dev_t *d = emu_cluster_dev(c, r);
+        ASSERT_NEAR(emu_dev_clock(d), start + t2);
+        const emu_comm_stats_t *s = emu_dev_comm_stats(d, EMU_COLL_ALLREDUCE, l);
+        cr_assert_eq(s->calls, 1);
+        ASSERT_NEAR(s->time, t2);
+        ASSERT_NEAR(s->bytes, 2.0 * 7 / 8 * 2 * 1024 * 1024);
+        ASSERT_NEAR(s->idle, start - staggered_clock(&hw.spec, r));
+        free(v.buf[r]);
+    }
+    par_comm_destroy(w);
+    emu_cluster_destroy(c);
+}
+
+Test(virtual_time, ring_allreduce_one_node)
+{
+    /* 14 x 2 us + 1.75 x 64 MiB / 600 GB/s, and with 2 MiB */
+    allreduce_time_case(8, 0.00022373418666666667, 3.4116693333333336e-05);
+}
+
+Test(virtual_time, ring_allreduce_two_nodes)
+{
+    /* 14 x 5 us + 1.75 x 64 MiB / 25 GB/s, and with 2 MiB */
+    allreduce_time_case(4, 0.00476762048, 0.00021680064);
+}
+
+typedef struct {
+    par_comm_t *comm;
+    float *sbuf, *rbuf[4];
+} a2a_t;
+
+static moemu_status_t vt_a2a_fn(emu_dev_t *dev, void *arg)
+{
+    a2a_t *a = arg;
+    int r = emu_dev_rank(dev);
+    /* 0 -> 1: 1e6 bytes (intra); 2 -> 0: 1e5 bytes (inter) */
+    size_t cnt[4][4] = {{0, 250000, 0, 0}, {0}, {25000, 0, 0, 0}, {0}};
+    size_t sc[4], sd[4], rc[4], rd[4], off = 0;
+    for (int q = 0; q < 4; q++) {
+        sc[q] = cnt[r][q];
+        sd[q] = 0;
+        rc[q] = cnt[q][r];
+        rd[q] = off;
+        off += rc[q];
+    }
+    stagger(dev, r);
+    return par_alltoallv(a->sbuf, sc, sd, a->rbuf[r], rc, rd, EMU_DTYPE_FP32,
+                         a->comm, dev);
+}
+
+Test(virtual_time, alltoall_mixes_link_classes)
+{
+    emu_topo_t t = topo4;
+    t.devices_per_node = 2;
+    emu_cluster_t *c = make_cluster(4, &t);
+    a2a_t a;
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    a.sbuf = calloc(250000, 4);
+    for (int r = 0; r < 4; r++) a.rbuf[r] = calloc(250000, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_a2a_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
+    /* rank 0: step 1 sends 1e6 intra: 1 us + 10 us; step 2 receives 1e5
+     * inter: 10 us + 10 us; step 3 nothing. Rank 0 is the slowest. */
+    double start = staggered_clock(&spec, 3), tmax = 31e-6;
+    double intra[4] = {11e-6, 11e-6, 0, 0}, inter[4] = {20e-6, 20e-6, 31e-6, 31e-6};
+    double sent_intra[4] = {1e6, 0, 0, 0}, sent_inter[4] = {0, 0, 1e5, 0};
+    for (int r = 0; r < 4; r++) {
+        emu_dev_t *d = emu_cluster_dev(c, r);
+        const emu_comm_stats_t *si = emu_dev_comm_stats(d, EMU_COLL_ALLTOALL, EMU_LINK_INTRA);
+        const emu_comm_stats_t *se = emu_dev_comm_stats(d, EMU_COLL_ALLTOALL, EMU_LINK_INTER);
+        ASSERT_NEAR(emu_dev_clock(d), start + tmax);
+        ASSERT_NEAR(si->time, intra[r]);
+        ASSERT_NEAR(se->time, inter[r]);
+        ASSERT_NEAR(si->bytes, sent_intra[r]);
+        ASSERT_NEAR(se->bytes, sent_inter[r]);
+        cr_assert_eq(se->calls, 1);
+        cr_assert_eq(si->calls, 0);
+        ASSERT_NEAR(se->idle, start - staggered_clock(&spec, r));
+        free(a.rbuf[r]);
+    }
+    free(a.sbuf);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
+static moemu_status_t vt_uniform_fn(emu_dev_t *dev, void *arg)
+{
+    a2a_t *a = arg;
+    int r = emu_dev_rank(dev);
+    return par_alltoall(a->sbuf, a->rbuf[r], 1000, EMU_DTYPE_BF16, a->comm, dev);
+}
+
+Test(virtual_time, alltoall_uniform_matches_closed_form)
+{
+    emu_topo_t t = topo4;
+    t.devices_per_node = 1; /* every pair crosses nodes */
+    emu_cluster_t *c = make_cluster(4, &t);
+    a2a_t a;
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    a.sbuf = calloc(4000, 4);
+    for (int r = 0; r < 4; r++) a.rbuf[r] = calloc(4000, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_uniform_fn, &a), MOEMU_OK);
+    double want = emu_coll_cost(EMU_COLL_ALLTOALL, 0, 4, 4 * 2000, 10e-6, 10e9);
+    ASSERT_NEAR(want, 3 * (10e-6 + 2000 / 10e9));
+    for (int r = 0; r < 4; r++) {
+        ASSERT_NEAR(emu_dev_clock(emu_cluster_dev(c, r)), want);
+        free(a.rbuf[r]);
+    }
+    free(a.sbuf);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
+typedef struct {
+    par_comm_t *comm;
+    float *buf[4];
+} p2p_t;
+
+static moemu_status_t vt_p2p_fn(emu_dev_t *dev, void *arg)
+{
+    p2p_t *a = arg;
+    int r = emu_dev_rank(dev);
+    if (r == 0) {
+        emu_charge(dev, EMU_KERNEL_GEMM, 50e12 * 1e-3, 0); /* 1 ms + launch */
+        MOEMU_CHECK(par_send(a->buf[0], 250000, EMU_DTYPE_FP32, 2, a->comm, dev));
+        MOEMU_CHECK(par_send(a->buf[0], 250000, EMU_DTYPE_FP32, 2, a->comm, dev));
+        MOEMU_CHECK(par_send(a->buf[0], 250000, EMU_DTYPE_FP32, 1, a->comm, dev));
+    } else if (r == 2) {
+        MOEMU_CHECK(par_recv(a->buf[2], 250000, EMU_DTYPE_FP32, 0, a->comm, dev));
+        MOEMU_CHECK(par_recv(a->buf[2], 250000, EMU_DTYPE_FP32, 0, a->comm, dev));
+    } else if (r == 1) {
+        emu_charge(dev, EMU_KERNEL_GEMM, 50e12 * 5e-3, 0);
+        MOEMU_CHECK(par_recv(a->buf[1], 250000, EMU_DTYPE_FP32, 0, a->comm, dev));
+    }
+    return MOEMU_OK;
+}
+
+Test(virtual_time, send_recv_one_hop_eager)
+{
+    emu_topo_t t = topo4;
+    t.devices_per_node = 2;
+    emu_cluster_t *c = make_cluster(4, &t);
+    p2p_t a;
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    for (int r = 0; r < 4; r++) a.buf[r] = calloc(250000, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_p2p_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
+    double t0 = 1e-3 + 1e-6, hop_e = 10e-6 + 1e6 / 10e9, wire_e = 1e6 / 10e9;
+    emu_dev_t *d0 = emu_cluster_dev(c, 0), *d1 = emu_cluster_dev(c, 1),
+              *d2 = emu_cluster_dev(c, 2);
+    /* the sender pays nothing */
+    ASSERT_NEAR(emu_dev_clock(d0), t0);
+    ASSERT_NEAR(emu_dev_comm_stats(d0, EMU_COLL_SEND, EMU_LINK_INTER)->bytes, 2e6);
+    ASSERT_NEAR(emu_dev_comm_stats(d0, EMU_COLL_SEND, EMU_LINK_INTRA)->bytes, 1e6);
+    ASSERT_NEAR(emu_dev_comm_time(d0), 0);
+    /* the second message leaves when the first is on the wire */
+    ASSERT_NEAR(emu_dev_clock(d2), t0 + wire_e + hop_e);
+    const emu_comm_stats_t *s2 = emu_dev_comm_stats(d2, EMU_COLL_RECV, EMU_LINK_INTER);
+    ASSERT_NEAR(s2->idle, t0);
+    ASSERT_NEAR(s2->time, wire_e + hop_e);
+    cr_assert_eq(s2->calls, 2);
+    /* a late receiver finds the message there: no time */
+    double t1 = 5e-3 + 1e-6;
+    ASSERT_NEAR(emu_dev_clock(d1), t1);
+    ASSERT_NEAR(emu_dev_comm_stats(d1, EMU_COLL_RECV, EMU_LINK_INTRA)->time, 0);
+    for (int r = 0; r < 4; r++) free(a.buf[r]);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
+typedef struct {
+    par_comm_t *comm, *solo;
+    float *buf[8], *big[8];
+} misc_t;
+
+static moemu_status_t vt_misc_fn(emu_dev_t *dev, void *arg)
+{
+    misc_t *a = arg;
+    int r = emu_dev_rank(dev);
+    stagger(dev, r);
+    /* count 0 costs nothing and waits for nobody */
+    MOEMU_CHECK(par_allreduce(NULL, NULL, 0, EMU_DTYPE_FP32, PAR_OP_SUM, a->comm, dev));
+    if (a->solo && r == 0)
+        MOEMU_CHECK(par_allreduce(a->buf[0], a->buf[0], 100, EMU_DTYPE_FP32,
+                                  PAR_OP_SUM, a->solo, dev));
+    MOEMU_CHECK(par_reduce_scatter(a->big[r], a->buf[r], 1000, EMU_DTYPE_FP16,
+                                   PAR_OP_SUM, a->comm, dev));
+    MOEMU_CHECK(par_allgather(a->buf[r], a->big[r], 1000, EMU_DTYPE_BF16, a->comm, dev));
+    MOEMU_CHECK(par_broadcast(a->buf[r], a->buf[r], 1000, EMU_DTYPE_FP32, 2, a->comm, dev));
+    return par_barrier(a->comm, dev);
+}
+
+Test(virtual_time, other_collectives)
+{
+    emu_cluster_t *c = make_cluster(6, &topo4); /* 2 nodes: inter-node */
+    misc_t a = {0};
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){0}, 1, &a.solo), MOEMU_OK);
+    for (int r = 0; r < 6; r++) {
+        a.buf[r] = calloc(1000, 4);
+        a.big[r] = calloc(6000, 4);
+    }
+    cr_assert_eq(emu_cluster_run(c, vt_misc_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
+    double al = 10e-6, be = 10e9;
+    double start = staggered_clock(&spec, 5);
+    double rs = 5 * al + 5.0 / 6 * 6000 * 2 / be;
+    double ag = 5 * al + 5.0 / 6 * 6000 * 2 / be;
+    double bc = 5 * al + 4000 / be;
+    double ba = 3 * al;
+    for (int r = 0; r < 6; r++) {
+        emu_dev_t *d = emu_cluster_dev(c, r);
+        ASSERT_NEAR(emu_dev_clock(d), start + rs + ag + bc + ba);
+        cr_assert_eq(emu_dev_comm_stats(d, EMU_COLL_ALLREDUCE, EMU_LINK_INTER)->calls, 1);
+        ASSERT_NEAR(emu_dev_comm_stats(d, EMU_COLL_ALLREDUCE, EMU_LINK_INTER)->time, 0);
+        ASSERT_NEAR(emu_dev_comm_stats(d, EMU_COLL_REDUCE_SCATTER, EMU_LINK_INTER)->bytes,
+                    5.0 / 6 * 12000);
+        /* pipeline from root 2: rank 1 is the chain's end */
+        ASSERT_NEAR(emu_dev_comm_stats(d, EMU_COLL_BROADCAST, EMU_LINK_INTER)->bytes,
+                    r == 1 ? 0 : 4000);
+        ASSERT_NEAR(emu_dev_kernel_time(d) + emu_dev_comm_time(d) + emu_dev_idle_time(d),
+                    emu_dev_clock(d));
+    }
+    /* a group of one costs nothing */
+    cr_assert_eq(emu_dev_comm_stats(emu_cluster_dev(c, 0), EMU_COLL_ALLREDUCE,
+                                    EMU_LINK_INTRA)->calls, 1);
+    ASSERT_NEAR(emu_dev_comm_stats(emu_cluster_dev(c, 0), EMU_COLL_ALLREDUCE,
+                                   EMU_LINK_INTRA)->time, 0);
+    for (int r = 0; r < 6; r++) {
+        free(a.buf[r]);
+        free(a.big[r]);
+    }
+    par_comm_destroy(a.solo);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
+/* ---- argument errors: INVALID at once, nobody waits */
+
+typedef struct {
+    par_comm_t *pair; /* devices {0, 1} of 3 */
+    moemu_status_t st[16];
+    char msg[16][256];
+} bad_t;
+
+#define BAD(i, call)                                                           \
+    do {                                                                       \
+        b->st[i] = (call);                                                     \
+        snprintf(b->msg[i], sizeof b->msg[i], "%s", moemu_errmsg());           \
+    } while (0)
+
+static moemu_status_t bad_fn(emu_dev_t *dev, void *arg)
+{
+    bad_t *b = arg;
+    float x[8] = {0};
+    int r = emu_dev_rank(dev);
+    if (r == 2) {
+        BAD(0, par_allreduce(x, x, 8, EMU_DTYPE_FP32, PAR_OP_SUM, b->pair, dev));
+        return MOEMU_OK;
+    }
+    if (r == 1) return MOEMU_OK;
+    BAD(1, par_allreduce(NULL, x, 8, EMU_DTYPE_FP32, PAR_OP_SUM, b->pair, dev));
+    BAD(2, par_allreduce(x, NULL, 8, EMU_DTYPE_FP32, PAR_OP_SUM, b->pair, dev));
+    BAD(3, par_allreduce(x, x, 8, EMU_DTYPE__COUNT, PAR_OP_SUM, b->pair, dev));
+    BAD(4, par_allreduce(x, x, 8, EMU_DTYPE_FP32, (par_op_t)7, b->pair, dev));
+    BAD(5, par_broadcast(x, x, 8, EMU_DTYPE_FP32, 2, b->pair, dev));
+    BAD(6, par_send(x, 8, EMU_DTYPE_FP32, -1, b->pair, dev));
+    BAD(7, par_recv(NULL, 8, EMU_DTYPE_FP32, 1, b->pair, dev));
+    BAD(8, par_alltoall(x, x, 4, EMU_DTYPE_FP32, b->pair, dev));
+    BAD(9, par_allgather(x, NULL, 1, EMU_DTYPE_FP32, b->pair, dev));
+    BAD(10, par_reduce_scatter(NULL, x, 1, EMU_DTYPE_FP32, PAR_OP_MAX, b->pair, dev));
+    BAD(11, par_alltoallv(x, NULL, NULL, x, NULL, NULL, EMU_DTYPE_FP32, b->pair, dev));
+    BAD(12, par_barrier(NULL, dev));
+    return MOEMU_OK;
+}
+
+Test(errors, bad_arguments)
+{
+    emu_cluster_t *c = make_cluster(3, &topo4);
+    bad_t b;
+    memset(&b, 0, sizeof b);
+    cr_assert_eq(par_comm_create(c, (int[]){0, 1}, 2, &b.pair), MOEMU_OK);
+    cr_assert_eq(emu_cluster_run(c, bad_fn, &b), MOEMU_OK);
+    const char *want[13] = {"not a member", "NULL send buffer",
+                            "NULL receive buffer", "bad dtype", "bad op",
+                            "root 2", "peer -1", "NULL receive buffer",
+                            "never in place", "NULL receive buffer",
+                            "NULL send buffer", "NULL counts",
+                            "NULL communicator"};
+    for (int i = 0; i < 13; i++) {
+        cr_assert_eq(b.st[i], MOEMU_ERR_INVALID, "case %d: %d", i, b.st[i]);
+        cr_assert(strstr(b.msg[i], want[i]), "case %d: %s", i, b.msg[i]);
+    }
+    par_comm_destroy(b.pair);
+    emu_cluster_destroy(c);
+}
+
+/* Members that disagree all fail with the same message. */
+typedef struct {
+    par_comm_t *w;
+    int variant;
+    moemu_status_t st[4];
+} mis_t;
+
+static moemu_status_t mismatch_fn(emu_dev_t *dev, void *arg)
+{
+    mis_t *m = arg;
+    int r = emu_dev_rank(dev);
+    float x[64] = {0}, y[256];
+    size_t sc[4] = {1, 1, 1, 1}, sd[4] = {0, 1, 2, 3}, rc[4] = {1, 1, 1, 1};
+    switch (m->variant) {
+    case 0:
+        m->st[r] = r == 3 ? par_allgather(x, y, 4, EMU_DTYPE_FP32, m->w, dev)
+                          : par_allreduce(x, y, 4, EMU_DTYPE_FP32, PAR_OP_SUM,
+                                          m->w, dev);
+        break;
+    case 1:
+        m->st[r] = par_allreduce(x, y, r == 2 ? 5 : 4, EMU_DTYPE_FP32,
+                                 PAR_OP_SUM, m->w, dev);
+        break;
+    case 2:
+        if (r == 1) rc[2] = 2;
+        m->st[r] = par_alltoallv(x, sc, sd, y, rc, sd, EMU_DTYPE_FP32, m->w, dev);
+        break;
+    }
+    return m->st[r];
+}
+
+Test(errors, members_disagree)
+{
+    emu_cluster_t *c = make_cluster(4, &topo4);
+    mis_t m = {0};
+    cr_assert_eq(par_comm_create_world(c, &m.w), MOEMU_OK);
+    const char *want[3] = {"disagree on the collective", "disagree on the count",
+                           "rank 2 (device 2) sends 1 elements to rank 1"};
+    for (int v = 0; v < 3; v++) {
+        m.variant = v;
+        cr_assert_eq(emu_cluster_run(c, mismatch_fn, &m), MOEMU_ERR_INVALID);
+        cr_assert(strstr(moemu_errmsg(), want[v]), "%s", moemu_errmsg());
+        for (int r = 0; r < 4; r++)
+            cr_assert(m.st[r] == MOEMU_ERR_INVALID, "variant %d rank %d: %d", v,
+                      r, m.st[r]);
+    }
+    par_comm_destroy(m.w);
+    emu_cluster_destroy(c);
+}
+
+/* ---- failures end the run quickly */
+
+typedef struct {
+    par_comm_t *w, *sub;
+    int bad;   /* the device that fails */
+    int where; /* what the others wait in */
+} fail_t;
+
+static moemu_status_t fail_fn(emu_dev_t *dev, void *arg)
+{
+    fail_t *f = arg;
+    int r = emu_dev_rank(dev), p = par_comm_size(f->w);
+    float x[64] = {0}, y[64 * 16];
+    MOEMU_CHECK(par_allreduce(x, y, 64, EMU_DTYPE_FP32, PAR_OP_SUM, f->w, dev));
+    if (r == f->bad) {
+        usleep(30000); /* let the others block first */
+        if (f->where == 4) return MOEMU_OK; /* leaves without joining */
+        return emu_mem_reserve(dev, EMU_MEM_ACT, 1e12);
+    }
+    for (int i = 0; i < 3; i++) {
+        switch (f->where) {
+        case 0:
+        case 4:
+            MOEMU_CHECK(par_allreduce(x, y, 64, EMU_DTYPE_FP32, PAR_OP_SUM, f->w, dev));
+            break;
+        case 1:
+            MOEMU_CHECK(par_recv(y, 4, EMU_DTYPE_FP32, f->bad, f->w, dev));
+            break;
+        case 2:
+            MOEMU_CHECK(par_alltoall(x, y, 1, EMU_DTYPE_FP32, f->w, dev));
+            break;
+        case 3: /* some wait in a sub-communicator without the bad device */
+            if (f->sub && par_comm_rank(f->sub, dev) >= 0 && r % 2)
+                MOEMU_CHECK(par_barrier(f->sub, dev));
+            MOEMU_CHECK(par_barrier(f->w, dev));
+            break;
+        }
+    }
+    (void)p;
+    return MOEMU_OK;
+}
+
+Test(errors, failure_releases_everyone_quickly)
+{
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        int p = sizes[si];
+        emu_cluster_t *c = make_cluster(p, &topo4);
+        fail_t f = {.bad = p / 2};
+        cr_assert_eq(par_comm_create_world(c, &f.w), MOEMU_OK);
+        int others[16], no = 0;
+        for (int r = 0; r < p; r++)
+            if (r != f.bad) others[no++] = r;
+        if (no > 0) cr_assert_eq(par_comm_create(c, others, no, &f.sub), MOEMU_OK);
+        for (f.where = 0; f.where < 5; f.where++) {
+            double t0 = wall_now();
+            moemu_status_t st = emu_cluster_run(c, fail_fn, &f);
+            double dt = wall_now() - t0;
+            char want[64];
+            snprintf(want, sizeof want, "device %d: device %d out of memory",
+                     f.bad, f.bad);
+            if (f.where == 4) {
+                cr_assert_eq(st, p == 1 ? MOEMU_OK : MOEMU_ERR_INVALID,
+                             "p=%d: %s", p, moemu_errmsg());
+                if (p > 1)
+                    cr_assert(strstr(moemu_errmsg(), "returned without joining"),
+                              "p=%d: %s", p, moemu_errmsg());
+            } else {
+                cr_assert_eq(st, MOEMU_ERR_OOM, "p=%d where=%d: %s", p, f.where,
+                             moemu_errmsg());
+                cr_assert(strstr(moemu_errmsg(), want), "p=%d: %s", p,
+                          moemu_errmsg());
+            }
+            cr_assert_lt(dt, 1.0, "p=%d where=%d took %.3f s", p, f.where, dt);
+        }
+        par_comm_destroy(f.sub);
+        par_comm_destroy(f.w);
+        emu_cluster_destroy(c);
+    }
+}
+
+/* After an aborted run, the communicators work again. */
+Test(errors, next_run_after_abort)
+{
+    emu_cluster_t *c = make_cluster(4, &topo4);
+    fail_t f = {.bad = 1, .where = 2};
+    cr_assert_eq(par_comm_create_world(c, &f.w), MOEMU_OK);
+    cr_assert_eq(emu_cluster_run(c, fail_fn, &f), MOEMU_ERR_OOM);
+    case_t k;
+    case_init(&k, f.w, 100, EMU_DTYPE_FP32, false, 5);
+    case_clear_outputs(&k);
+    job_t j = {1, &k};
+    cr_assert_eq(emu_cluster_run(c, job_fn, &j), MOEMU_OK, "%s", moemu_errmsg());
+    case_check(&k);
+    case_free(&k);
+    par_comm_destroy(f.w);
+    emu_cluster_destroy(c);
+}

@@ -1,0 +1,2 @@
+/* Criterion stand-in for ThreadSanitizer builds: see criterion.h. */
+#include <criterion/criterion.h>
