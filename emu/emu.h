@@ -159,7 +159,7 @@ char *emu_fmt_bytes(double bytes, char buf[32]);
  * direction already. The inter-node figures are one device's NIC. */
 typedef struct {
     int devices_per_node; /* >= 1 */
-    int nodes;            /* >= 1; 0 in a preset: as many as a run needs */
+    int nodes;            /* 0: as many as the devices need */
     double intra_bw;      /* bytes/s per direction, inside a node */
     double intra_lat;     /* seconds per message or ring step */
     double inter_bw;      /* bytes/s per direction of one device's NIC */

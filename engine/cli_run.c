@@ -1,19 +1,39 @@
 /* moemu run: build the model and the workload, prefill, decode greedily,
  * print a summary; optionally dump logits, weights and a JSON record. */
 #include <getopt.h>
+#include <math.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "engine/cli.h"
+#include "engine/check.h"
 #include "engine/safetensors.h"
 
 static const char run_help[] =
     "usage: moemu run [OPTIONS]\n"
     "\n"
-    "Run a batch of prompts through the model on one device: prefill, then\n"
-    "greedy decoding, and print tokens, wall time, tokens/s and GFLOP/s.\n"
+    "Run a batch of prompts through the model: prefill, then greedy decoding,\n"
+    "and print tokens, wall time, tokens/s and GFLOP/s. With --strategy the\n"
+    "work runs on emulated devices, one thread each, and each device's\n"
+    "virtual time is printed too.\n"
+    "\n";
+
+static const char check_help[] =
+    "usage: moemu check --strategy S [OPTIONS]\n"
     "\n"
+    "Run the single-device baseline and the strategy on the same model,\n"
+    "weights, prompts and routing groups, and compare: the logits of every\n"
+    "prompt position and of every generated token (max absolute error, max\n"
+    "relative error, relative L2 error), the greedy tokens, the router's\n"
+    "decisions and the dropped assignments. Exit status 0 when the relative\n"
+    "L2 error is within --rtol and the tokens are identical, 1 otherwise, 2 on\n"
+    "an error.\n"
+    "\n"
+    "  --rtol X               tolerance of the relative L2 error (default 1e-5)\n";
+
+static const char common_help[] =
     "model and weights:\n"
     "  --model NAME|FILE      built-in model (tiny, moe-10b-plan, moe-30b-plan)\n"
     "                         or a Hugging Face config.json (default moe-10b-plan)\n"
@@ -38,20 +58,39 @@ static const char run_help[] =
     "  --dump-weights FILE    write the weights (safetensors, Mixtral names,\n"
     "                         in the model's dtype)\n"
     "  --json FILE            the generated token ids and the summary\n"
+    "emulated devices:\n"
+    "  --strategy S           parallel strategy: e.g. dp2-tp2-ep4, EP8_TP2_PP1_DP1,\n"
+    "                         'dp4 pp4 ep16 sp', or JSON {\"tp\":2,\"ep\":4}\n"
+    "                         (docs/strategies.md)\n"
+    "  --devices N            devices (default: PP*DP*CP*TP of the strategy)\n"
+    "  --pp-layers a,b,...    layers per pipeline stage, an uneven split\n"
+    "  --micro-batches M      micro-batches per DP replica (default 1)\n"
+    "  --hw NAME|FILE         hardware preset or JSON file (default\n"
+    "                         card-400tf-64gb; `moemu hw` lists them)\n"
+    "  --nodes K              nodes (default: as many as the devices need)\n"
+    "  --devices-per-node D   override the preset's devices per node\n"
+    "  --no-memory-limit      lift the devices' memory capacity\n"
+    "  --pace X               sleep so that wall time >= X x virtual time\n"
     "  --help                 this text\n";
 
 typedef struct {
+    bool check;
     const char *model;
     const char *weights;
     uint64_t seed;
     wl_opts_t wl;
     const char *dump_logits, *dump_weights, *json;
+    const char *strategy, *pp_layers, *hw;
+    int devices, micro_batches, nodes, devices_per_node;
+    bool no_memory_limit;
+    double pace, rtol;
 } run_opts_t;
 
 enum {
     OPT_MODEL = 256, OPT_SEED, OPT_WEIGHTS, OPT_BATCH, OPT_PROMPT_LEN, OPT_PROMPT_LENS,
     OPT_PROMPT_RANGE, OPT_TOKENS, OPT_DECODE, OPT_DUMP_LOGITS, OPT_DUMP_WEIGHTS, OPT_JSON,
-    OPT_HELP
+    OPT_HELP, OPT_STRATEGY, OPT_DEVICES, OPT_PP_LAYERS, OPT_MICRO, OPT_HW, OPT_NODES, OPT_DPN,
+    OPT_NO_LIMIT, OPT_PACE, OPT_RTOL
 };
 
 static const struct option run_options[] = {
@@ -68,12 +107,34 @@ static const struct option run_options[] = {
     {"dump-weights", required_argument, NULL, OPT_DUMP_WEIGHTS},
     {"json", required_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, OPT_HELP},
+    {"strategy", required_argument, NULL, OPT_STRATEGY},
+    {"devices", required_argument, NULL, OPT_DEVICES},
+    {"pp-layers", required_argument, NULL, OPT_PP_LAYERS},
+    {"micro-batches", required_argument, NULL, OPT_MICRO},
+    {"hw", required_argument, NULL, OPT_HW},
+    {"nodes", required_argument, NULL, OPT_NODES},
+    {"devices-per-node", required_argument, NULL, OPT_DPN},
+    {"no-memory-limit", no_argument, NULL, OPT_NO_LIMIT},
+    {"pace", required_argument, NULL, OPT_PACE},
+    {"rtol", required_argument, NULL, OPT_RTOL},
     {NULL, 0, NULL, 0},
 };
 
-static moemu_status_t parse(run_opts_t *o, int argc, char **argv, bool *help)
+static moemu_status_t parse_double(const char *flag, const char *s, double lo, double *out)
 {
-    *o = (run_opts_t){.model = "moe-10b-plan", .wl = {.decode = 16}};
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || !(v >= lo) || !isfinite(v))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a number >= %g", flag, s, lo);
+    *out = v;
+    return MOEMU_OK;
+}
+
+static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bool *help)
+{
+    *o = (run_opts_t){.check = check, .model = "moe-10b-plan", .wl = {.decode = 16},
+                      .hw = "card-400tf-64gb", .micro_batches = 1, .rtol = 1e-5};
+    const char *cmd = check ? "moemu check" : "moemu run";
     bool batch_set = false;
     long v;
     opterr = 0;
@@ -104,13 +165,46 @@ static moemu_status_t parse(run_opts_t *o, int argc, char **argv, bool *help)
         case OPT_DUMP_WEIGHTS: o->dump_weights = optarg; break;
         case OPT_JSON: o->json = optarg; break;
         case OPT_HELP: *help = true; return MOEMU_OK;
+        case OPT_STRATEGY: o->strategy = optarg; break;
+        case OPT_PP_LAYERS: o->pp_layers = optarg; break;
+        case OPT_HW: o->hw = optarg; break;
+        case OPT_NO_LIMIT: o->no_memory_limit = true; break;
+        case OPT_PACE: MOEMU_CHECK(parse_double("--pace", optarg, 0.0, &o->pace)); break;
+        case OPT_RTOL:
+            if (!check)
+                return moemu_fail(MOEMU_ERR_INVALID, "--rtol belongs to moemu check");
+            MOEMU_CHECK(parse_double("--rtol", optarg, 0.0, &o->rtol));
+            break;
+        case OPT_DEVICES:
+            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &v));
+            o->devices = (int)v;
+            break;
+        case OPT_MICRO:
+            MOEMU_CHECK(cli_parse_int("--micro-batches", optarg, 1, 1 << 20, &v));
+            o->micro_batches = (int)v;
+            break;
+        case OPT_NODES:
+            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &v));
+            o->nodes = (int)v;
+            break;
+        case OPT_DPN:
+            MOEMU_CHECK(cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &v));
+            o->devices_per_node = (int)v;
+            break;
         default:
-            return moemu_fail(MOEMU_ERR_INVALID, "moemu run: unknown or incomplete option '%s' "
-                                                 "(see moemu run --help)", argv[optind - 1]);
+            return moemu_fail(MOEMU_ERR_INVALID, "%s: unknown or incomplete option '%s' "
+                                                 "(see %s --help)", cmd, argv[optind - 1], cmd);
         }
     }
     if (optind < argc)
-        return moemu_fail(MOEMU_ERR_INVALID, "moemu run: unexpected argument '%s'", argv[optind]);
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: unexpected argument '%s'", cmd, argv[optind]);
+    if (check && !o->strategy)
+        return moemu_fail(MOEMU_ERR_INVALID, "moemu check: --strategy is required");
+    if (!o->strategy && (o->devices || o->pp_layers || o->micro_batches != 1 || o->nodes ||
+                         o->devices_per_node || o->pace > 0))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: --devices, --pp-layers, --micro-batches, "
+                                             "--nodes, --devices-per-node and --pace need "
+                                             "--strategy", cmd);
     if (!batch_set && !o->wl.lens && !o->wl.tokens_file) o->wl.batch = 4;
     o->wl.seed = o->seed;
     return MOEMU_OK;
@@ -124,8 +218,110 @@ static moemu_status_t dump_logits(const char *path, const model_out_t *out, cons
     return st_write(path, &t, 1, ST_F32);
 }
 
-static moemu_status_t write_json(const char *path, const cfg_model_t *cfg, const wl_t *wl,
-                                 const model_out_t *out, json_t *summary)
+static double device_flops(const emu_dev_t *dev)
+{
+    double f = 0;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) f += emu_dev_kernel_stats(dev, k)->flops;
+    return f;
+}
+
+static double cluster_flops(emu_cluster_t *cl)
+{
+    double f = 0;
+    for (int r = 0; r < emu_cluster_size(cl); r++) f += device_flops(emu_cluster_dev(cl, r));
+    return f;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The strategy, the hardware and the cluster options from the flags. */
+static moemu_status_t dist_setup(dist_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
+{
+    memset(d, 0, sizeof *d);
+    MOEMU_CHECK(par_strategy_parse(o->strategy, &d->strategy));
+    if (o->pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&d->strategy, o->pp_layers));
+    par_dims_t dims;
+    dist_dims(cfg, &dims);
+    int world = par_strategy_world(&d->strategy);
+    MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->devices ? o->devices : world));
+    MOEMU_CHECK(emu_hw_load(o->hw, &d->hw));
+    if (o->devices_per_node) d->hw.topo.devices_per_node = o->devices_per_node;
+    if (o->nodes) d->hw.topo.nodes = o->nodes;
+    d->micro_batches = o->micro_batches;
+    d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
+    return MOEMU_OK;
+}
+
+static void print_summary(const char *label, const wl_t *wl, const model_out_t *out,
+                          double flops, double wall)
+{
+    int64_t ptok = wl_prompt_tokens(wl), gtok = (int64_t)wl->batch * wl->decode;
+    printf("%s: %lld tokens in, %lld out, %.3f s wall, %.1f tokens/s, %.1f GFLOP/s achieved\n",
+           label, (long long)ptok, (long long)gtok, wall, (ptok + gtok) / wall,
+           flops / wall / 1e9);
+    if (out->dropped)
+        printf("  routing: %lld of %lld expert assignments dropped by the capacity factor\n",
+               (long long)out->dropped, (long long)out->assignments);
+}
+
+static void print_devices(emu_cluster_t *cl)
+{
+    int n = emu_cluster_size(cl);
+    double mx = 0;
+    printf("virtual time per device (ms): clock = kernels + communication + idle\n");
+    for (int r = 0; r < n; r++) {
+        emu_dev_t *dev = emu_cluster_dev(cl, r);
+        double t = emu_dev_clock(dev);
+        mx = t > mx ? t : mx;
+        printf("  device %3d (node %d): %10.3f = %10.3f + %9.3f + %9.3f\n", r, emu_dev_node(dev),
+               1e3 * t, 1e3 * emu_dev_kernel_time(dev), 1e3 * emu_dev_comm_time(dev),
+               1e3 * emu_dev_idle_time(dev));
+    }
+    printf("  end to end: %.3f ms\n", 1e3 * mx);
+}
+
+/* Print the comparison and add it to js. */
+static void report_check(const check_result_t *r, const wl_t *wl, const model_out_t *base,
+                         const model_out_t *str, json_t *js)
+{
+    int N = wl->decode;
+    printf("check against the single-device baseline (%lld logits compared)\n",
+           (long long)r->compared);
+    printf("  logits max abs error   %.3e\n", r->max_abs);
+    printf("  logits max rel error   %.3e  (relative to max(|baseline|, rms(baseline)))\n",
+           r->max_rel);
+    printf("  logits rel L2 error    %.3e  (tolerance %.1e)\n", r->rel_l2, r->rtol);
+    if (r->first_seq < 0)
+        printf("  greedy tokens          identical (%d sequences x %d)\n", wl->batch, N);
+    else
+        printf("  greedy tokens          differ: first at sequence %d, generated token %d "
+               "(%d vs %d)\n", r->first_seq, r->first_token,
+               base->generated[(size_t)r->first_seq * N + r->first_token],
+               str->generated[(size_t)r->first_seq * N + r->first_token]);
+    printf("  router decisions       %lld of %lld (token, layer) differ\n",
+           (long long)r->route_differ, (long long)r->routed);
+    printf("  dropped assignments    baseline %lld, strategy %lld (of %lld)\n",
+           (long long)r->dropped_base, (long long)r->dropped_strategy,
+           (long long)r->assignments);
+    printf("  verdict                %s\n", r->pass ? "PASS" : "FAIL");
+    json_object_set_new(
+        js, "check",
+        json_pack("{s:I, s:f, s:f, s:f, s:f, s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:b}",
+                  "logits_compared", (json_int_t)r->compared, "max_abs_error", r->max_abs,
+                  "max_rel_error", r->max_rel, "rel_l2_error", r->rel_l2, "rtol", r->rtol,
+                  "tokens_identical", r->first_seq < 0, "first_diff_sequence", r->first_seq,
+                  "first_diff_token", r->first_token, "router_decisions_differ",
+                  (json_int_t)r->route_differ, "tokens_routed", (json_int_t)r->routed,
+                  "dropped_baseline", (json_int_t)r->dropped_base, "dropped_strategy",
+                  (json_int_t)r->dropped_strategy, "pass", r->pass));
+}
+
+static json_t *generated_json(const wl_t *wl, const model_out_t *out)
 {
     json_t *gen = json_array();
     for (int b = 0; b < wl->batch; b++) {
@@ -134,18 +330,7 @@ static moemu_status_t write_json(const char *path, const cfg_model_t *cfg, const
             json_array_append_new(seq, json_integer(out->generated[(int64_t)b * wl->decode + i]));
         json_array_append_new(gen, seq);
     }
-    json_t *root = json_pack("{s:s, s:o, s:O}", "model", cfg->name, "generated", gen,
-                             "summary", summary);
-    moemu_status_t st = cli_write_json(path, root);
-    json_decref(root);
-    return st;
-}
-
-static double device_flops(const emu_dev_t *dev)
-{
-    double f = 0;
-    for (int k = 0; k < EMU_KERNEL__COUNT; k++) f += emu_dev_kernel_stats(dev, k)->flops;
-    return f;
+    return gen;
 }
 
 static int run(const run_opts_t *o)
@@ -154,64 +339,87 @@ static int run(const run_opts_t *o)
     wl_t wl = {0};
     wts_t w = {0};
     model_out_t out = {0};
+    check_t chk = {0};
     emu_dev_t *dev = NULL;
-    json_t *summary = NULL;
+    emu_cluster_t *cl = NULL;
+    json_t *js = json_object();
+    dist_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
-    if (cfg_load(&cfg, o->model) != MOEMU_OK) return cli_error();
-    if (wl_make(&wl, &o->wl, &cfg) != MOEMU_OK) return cli_error();
-    moemu_status_t st = o->weights ? wts_load(&w, &cfg, o->weights)
-                                   : wts_generate_all(&w, &cfg, o->seed);
+    moemu_status_t st = cfg_load(&cfg, o->model);
+    if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
+    if (st == MOEMU_OK && o->strategy) st = dist_setup(&dopt, o, &cfg);
+    if (st == MOEMU_OK)
+        st = o->weights ? wts_load(&w, &cfg, o->weights) : wts_generate_all(&w, &cfg, o->seed);
     if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights);
-    /* one device with no emulated limits: the budgets do not matter here */
-    emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
-                       .mem_capacity = 1e15, .launch_s = 0};
-    if (st == MOEMU_OK) st = emu_dev_create(&spec, 0, true, &dev);
-    model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .progress = cli_progress};
-    if (st == MOEMU_OK) st = model_generate(&out, &w, &wl, dev, &mo);
-    cli_progress_done();
-    if (st != MOEMU_OK) {
-        cli_error();
-        goto done;
-    }
-    double flops = device_flops(dev);
-    int64_t ptok = wl_prompt_tokens(&wl), gtok = (int64_t)wl.batch * wl.decode;
-    double wall = out.wall_prefill + out.wall_decode;
+    if (st != MOEMU_OK) goto fail;
+
     cfg_figures_t fig;
     cfg_figures(&cfg, &fig);
-    printf("model    %s: %.4g parameters (%.4g active per token), %s\n", cfg.name,
-           (double)fig.total, (double)fig.active_per_token, emu_dtype_name(cfg.dtype));
     int min_len = wl.max_len;
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
-    printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per sequence\n",
-           wl.batch, min_len, wl.max_len, (long long)ptok, wl.decode);
-    printf("prefill  %lld tokens in %.3f s: %.1f tokens/s\n", (long long)ptok, out.wall_prefill,
-           ptok / out.wall_prefill);
-    if (wl.decode > 1)
-        printf("decode   %lld tokens in %.3f s: %.1f tokens/s\n",
-               (long long)wl.batch * (wl.decode - 1), out.wall_decode,
-               wl.batch * (wl.decode - 1) / out.wall_decode);
-    printf("total    %lld tokens in, %lld out, %.3f s, %.1f tokens/s, %.1f GFLOP/s achieved\n",
-           (long long)ptok, (long long)gtok, wall, (ptok + gtok) / wall, flops / wall / 1e9);
-    if (out.dropped)
-        printf("routing  %lld of %lld expert assignments dropped by capacity factor %g\n",
-               (long long)out.dropped, (long long)out.assignments, cfg.capacity_factor);
-    summary = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I}", "prompt_tokens",
-                        (json_int_t)ptok, "generated_tokens", (json_int_t)gtok,
-                        "wall_prefill_s", out.wall_prefill, "wall_decode_s", out.wall_decode,
-                        "tokens_per_s", (ptok + gtok) / wall, "gflops_per_s",
-                        flops / wall / 1e9, "assignments", (json_int_t)out.assignments,
-                        "dropped", (json_int_t)out.dropped);
-    if (o->dump_logits && dump_logits(o->dump_logits, &out, &wl, cfg.vocab_size) != MOEMU_OK) {
-        cli_error();
-        goto done;
+    printf("model    %s: %.4g parameters (%.4g active per token), %s\n", cfg.name,
+           (double)fig.total, (double)fig.active_per_token, emu_dtype_name(cfg.dtype));
+    printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
+           "sequence\n", wl.batch, min_len, wl.max_len, (long long)wl_prompt_tokens(&wl), wl.decode);
+    json_object_set_new(js, "model", json_string(cfg.name));
+    if (o->strategy) {
+        char canon[256];
+        par_strategy_format(&dopt.strategy, canon, sizeof canon);
+        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica\n", canon,
+               par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
+               dopt.micro_batches == 1 ? "" : "es");
+        json_object_set_new(js, "strategy", json_string(canon));
     }
-    if (o->json && write_json(o->json, &cfg, &wl, &out, summary) != MOEMU_OK) {
-        cli_error();
-        goto done;
+
+    const model_out_t *shown = &out;
+    if (o->check) {
+        st = check_run(&chk, &w, &wl, &dopt, o->rtol, cli_progress);
+        cli_progress_done();
+        if (st != MOEMU_OK) goto fail;
+        print_summary("baseline", &wl, &chk.base, chk.flops_base, chk.wall_base);
+        cl = chk.cluster;
+        shown = &chk.strategy;
+    } else if (o->strategy) {
+        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .progress = cli_progress};
+        double t0 = now();
+        st = dist_generate(&out, &cl, &w, &wl, &dopt, &mo);
+        double wall = now() - t0;
+        cli_progress_done();
+        if (st != MOEMU_OK) goto fail;
+        print_summary("strategy", &wl, &out, cluster_flops(cl), wall);
+    } else {
+        /* one device of no limits: its budgets do not matter here */
+        emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
+                           .mem_capacity = 1e15};
+        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .progress = cli_progress};
+        if ((st = emu_dev_create(&spec, 0, true, &dev)) != MOEMU_OK) goto fail;
+        st = model_generate(&out, &w, &wl, dev, &mo);
+        cli_progress_done();
+        if (st != MOEMU_OK) goto fail;
+        if (wl.decode > 1)
+            printf("prefill  %lld tokens in %.3f s; decode %lld tokens in %.3f s\n",
+                   (long long)wl_prompt_tokens(&wl), out.wall_prefill,
+                   (long long)wl.batch * (wl.decode - 1), out.wall_decode);
+        print_summary("total   ", &wl, &out, device_flops(dev), out.wall_prefill + out.wall_decode);
     }
+    if (o->check) print_summary("strategy", &wl, &chk.strategy, cluster_flops(cl), chk.wall_strategy);
+    if (cl) print_devices(cl);
+    json_object_set_new(js, "generated", generated_json(&wl, shown));
     rc = CLI_EXIT_OK;
+    if (o->check) {
+        report_check(&chk.r, &wl, &chk.base, &chk.strategy, js);
+        if (!chk.r.pass) rc = CLI_EXIT_MISMATCH;
+    }
+    if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
+        goto fail;
+    if (o->json && (st = cli_write_json(o->json, js)) != MOEMU_OK) goto fail;
+    goto done;
+fail:
+    rc = cli_error();
 done:
-    json_decref(summary);
+    json_decref(js);
+    if (o->check) check_free(&chk);
+    else emu_cluster_destroy(cl);
     model_out_free(&out);
     emu_dev_destroy(dev);
     wts_free(&w);
@@ -219,14 +427,19 @@ done:
     return rc;
 }
 
-int cli_run_main(int argc, char **argv)
+static int main_of(bool check, int argc, char **argv)
 {
     run_opts_t o;
     bool help = false;
-    if (parse(&o, argc, argv, &help) != MOEMU_OK) return cli_error();
+    if (parse(&o, check, argc, argv, &help) != MOEMU_OK) return cli_error();
     if (help) {
-        fputs(run_help, stdout);
+        fputs(check ? check_help : run_help, stdout);
+        fputs(common_help, stdout);
         return CLI_EXIT_OK;
     }
     return run(&o);
 }
+
+int cli_run_main(int argc, char **argv) { return main_of(false, argc, argv); }
+
+int cli_check_main(int argc, char **argv) { return main_of(true, argc, argv); }

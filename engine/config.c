@@ -19,12 +19,13 @@
 static const cfg_model_t cfg_builtins[] = {
     /* Small enough for fast tests, yet every path runs: grouped-query
      * attention (Hkv < H), head_dim given apart from d / H, top-2 of 8.
-     * V = 97 is prime so that tensor parallelism never divides it. */
+     * V = 97 is prime so that tensor parallelism never divides it; four
+     * layers make room for four pipeline stages. */
     {.name = "tiny",
      .vocab_size = 97,
      .hidden_size = 64,
      .intermediate_size = 96,
-     .num_hidden_layers = 2,
+     .num_hidden_layers = 4,
      .num_attention_heads = 4,
      .num_key_value_heads = 2,
      .head_dim = 16,

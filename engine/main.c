@@ -10,8 +10,10 @@ static const struct {
     const char *what;
 } commands[] = {
     {"run", cli_run_main, "run a workload: prefill, then greedy decoding"},
+    {"check", cli_check_main, "compare a strategy with the single-device baseline"},
     {"info", cli_info_main, "a model's parameters, bytes and FLOPs per token"},
     {"hw", cli_hw_main, "hardware presets and the host topology"},
+    {"layout", cli_layout_main, "a parallel strategy's checks, device layout and groups"},
 };
 
 static void usage(FILE *f)

@@ -19,6 +19,7 @@ typedef struct {
     int64_t *kv_off;      /* (batch) offset of sequence b inside a layer */
     int64_t kv_layer;     /* floats per layer */
     int64_t assignments, dropped;
+    int batch, route_pos; /* shape of the route record */
 } model_t;
 
 /* Scratch for a pass over T tokens: one allocation. */
@@ -70,7 +71,7 @@ static moemu_status_t scratch_alloc(scratch_t *s, const cfg_model_t *c, int T)
 /* The mixture of experts on normalised rows n (T, d) into moe (T, d).
  * Routing groups are token ranges gtok[0..ng]. */
 static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
-                      const int *gtok, int ng)
+                      const int *gtok, int ng, int layer, const int *seq, const int *pos)
 {
     const cfg_model_t *c = m->c;
     layer_ctx_t *x = &m->ctx;
@@ -85,6 +86,15 @@ static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
                                            s->idx + (int64_t)a * k, b - a, k, E, cap);
     }
     m->assignments += (int64_t)T * k;
+    if (m->o->route) {
+        int B = m->batch, P = m->route_pos;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < k; j++) {
+                int64_t a = (int64_t)t * k + j;
+                m->o->route[(((int64_t)layer * B + seq[t]) * P + pos[t]) * k + j] =
+                    s->keep[a] ? s->idx[a] : -1 - s->idx[a];
+            }
+    }
     /* each expert: gather its kept rows, run it, scatter to (token, slot) */
     for (int e = 0; e < E; e++) {
         int n = 0;
@@ -171,7 +181,7 @@ static void forward(model_t *m, scratch_t *s, const int *tok, const int *seq,
         layer_linear(x, EMU_KERNEL_GEMM, s->n, s->att, L->wo, T, qd, d, qd, false);
         layer_add(x, s->x, s->n, (int64_t)T * d);
         layer_rmsnorm(x, s->n, s->x, L->moe_norm, T, d, eps);
-        moe_block(m, L, s, T, gtok, ng);
+        moe_block(m, L, s, T, gtok, ng, l, seq, pos);
         layer_add(x, s->x, s->moe, (int64_t)T * d);
     }
     for (int r = 0; r < nl; r++)
@@ -185,6 +195,21 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int model_route_positions(const wl_t *wl)
+{
+    return wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
+}
+
+void model_routing_groups(int batch, int dp, int mb, int *group_start)
+{
+    for (int r = 0; r < dp; r++) {
+        int lo = (int)((int64_t)r * batch / dp), hi = (int)((int64_t)(r + 1) * batch / dp);
+        for (int m = 0; m < mb; m++)
+            group_start[r * mb + m] = lo + (int)((int64_t)m * (hi - lo) / mb);
+    }
+    group_start[dp * mb] = batch;
 }
 
 void model_out_free(model_out_t *out)
@@ -209,6 +234,8 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
                           gseq[0], gseq[ng], B);
     model_t m = {.w = w, .c = c, .o = o,
                  .ctx = {.dev = dev, .dtype = c->dtype, .math = true}};
+    m.batch = B;
+    m.route_pos = model_route_positions(wl);
     int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
     double sz = (double)emu_dtype_size(c->dtype);
 
@@ -278,6 +305,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
                 if (o->prompt_logits || p == wl->len[b] - 1) lrow[nl++] = T;
             }
         }
+        if (T == 0) continue; /* an empty group: nothing to route */
         gtok[0] = 0;
         gtok[1] = T;
         forward(&m, &s, tok, seq, pos, T, gtok, 1, lrow, nl, lbuf, "prefill", g + 1, ng);

@@ -17,6 +17,9 @@ typedef struct {
     const int *group_start;
     bool prompt_logits; /* keep the logits of every prompt position */
     bool gen_logits;    /* keep the logits each generated token came from */
+    /* If not NULL, (layers, batch, model_route_positions(wl), k): the
+     * expert of every choice of every token, -1 - expert when dropped. */
+    int *route;
     /* Called at each layer of each pass, from the running thread. */
     void (*progress)(void *arg, const char *phase, int step, int steps,
                      int layer, int layers);
@@ -37,5 +40,11 @@ typedef struct {
 moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
                               emu_dev_t *dev, const model_opts_t *o);
 void model_out_free(model_out_t *out);
+/* Positions per sequence in a route record: longest prompt + decode - 1. */
+int model_route_positions(const wl_t *wl);
+/* The routing groups of DP replicas x micro-batches (DESIGN.md): group
+ * r * mb + m holds the sequences [group_start[g], group_start[g+1]);
+ * group_start has dp * mb + 1 entries. */
+void model_routing_groups(int batch, int dp, int mb, int *group_start);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "emu/emu.h"
+#include "parallel/par.h"
 
 typedef struct {
     emu_dev_t *dev;    /* charged for every kernel; never NULL */
@@ -98,5 +99,67 @@ layer_work_t layer_expert_work(int n, int d, int F, layer_act_t act,
 /* Greedy pick: the index of the highest of logits (n); ties to the lowest
  * index; NaN never wins. */
 int layer_argmax(const float *logits, int n);
+
+/* ---- Sharded forms (layers/shard.c): a device's part of a layer under
+ * tensor (TP, SP), context (CP) and expert (EP, ETP) parallelism. A group
+ * of one has a NULL communicator: every helper below then works locally. */
+typedef struct {
+    par_comm_t *tp, *cp, *ep, *etp, *replica; /* replica: the CP x TP devices
+                                                 of one DP replica, one stage */
+    int tp_size, tp_rank, cp_size, cp_rank;
+    int ep_size, ep_rank, etp_size, etp_rank, replica_size, replica_rank;
+    bool sp;
+} layer_shard_t;
+
+/* Rows of width floats from every member, in rank order: member q gives
+ * counts[q] rows, out receives sum(counts) rows. Uneven counts are padded to
+ * the largest on the wire (as a real implementation pads). */
+moemu_status_t layer_gather_rows(layer_ctx_t *c, float *out, const float *in,
+                                 const int *counts, int width, par_comm_t *comm);
+/* The sum over members of in (sum(counts) rows, member q's slice at its
+ * offset), of which this member keeps its own counts[me] rows in out. */
+moemu_status_t layer_reduce_scatter_rows(layer_ctx_t *c, float *out,
+                                         const float *in, const int *counts,
+                                         int width, par_comm_t *comm);
+/* buf (n) summed over the members, in place. */
+moemu_status_t layer_allreduce(layer_ctx_t *c, float *buf, int64_t n,
+                               par_comm_t *comm);
+
+/* Merge attention over disjoint key ranges: parts (n, T, H, hd) with their
+ * lse (n, T, H) from layer_attention, combined in part order into
+ * out (T, H, hd). */
+void layer_attention_merge(layer_ctx_t *c, float *out, const float *parts,
+                           const float *lse, int n, int T, int H, int hd);
+
+/* Capacity of one routing group spread over the members of comm: member q
+ * routed counts[q] tokens whose places in group order are gpos (all
+ * members' lists, concatenated in rank order, T in all). Every member
+ * gathers the decisions and applies layer_apply_capacity to the whole
+ * group; keep (n, k) receives this member's flags. Returns the drops among
+ * this member's tokens in *dropped. */
+moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
+                                    int64_t *dropped, const int *idx, int n,
+                                    const int *counts, const int *gpos, int T,
+                                    int k, int E, double cf, par_comm_t *comm);
+
+/* Experts as one device holds them: the full matrices of all E (host,
+ * Hugging Face layout), of which it computes experts [e0, e1) on the
+ * intermediate slice [f0, f1). w3 is NULL with GELU. */
+typedef struct {
+    float *const *w1, *const *w3, *const *w2;
+    int E, k, d, F, e0, e1, f0, f1;
+    layer_act_t act;
+} layer_experts_t;
+
+/* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):
+ * each kept choice travels over the EP group to the rank holding its
+ * expert (counts first, then rows, with all-to-all), is gathered over the
+ * ETP group, computed on each member's intermediate slice, reduced back,
+ * and returned; routed (n, d) = sum over kept choices, in choice order, of
+ * w * expert(x). */
+moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
+                                float *routed, const float *x, const int *idx,
+                                const float *w, const uint8_t *keep, int n,
+                                const layer_experts_t *ex);
 
 #endif

@@ -17,10 +17,6 @@
 #define PAR_ELEM 4
 /* Elements reduced at a time: the partial sums stay in L1. */
 #define PAR_CHUNK 2048
-/* A collective whose outputs (all members together) reach this size
- * writes them with non-temporal stores: they would not stay in the cache
- * anyway, and streaming skips reading each line before writing it. */
-#define PAR_STREAM_BYTES ((size_t)64 << 20)
 
 /* memcpy, or with non-temporal stores when stream is set. The caller
  * fences (par_fence) before others may read dst. */
@@ -267,7 +263,7 @@ moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
         size_t hi = count * (size_t)(r + 1) / (size_t)p;
         for (int q = 0; q < p; q++) dst[q] = comm->slots[q].recv;
         par_reduce_range(comm, lo, hi, dst, p, 0,
-                         count * PAR_ELEM * (size_t)p >= PAR_STREAM_BYTES);
+                         count * PAR_ELEM * (size_t)p >= comm->stream_bytes);
         st = par_leave(comm, r, dev, EMU_COLL_ALLREDUCE, -1,
                        (double)count * emu_dtype_size(dtype));
     }
@@ -292,7 +288,7 @@ moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
     size_t lo = recvcount * (size_t)r;
     void *dst = recvbuf;
     par_reduce_range(comm, lo, lo + recvcount, &dst, 1, -(ptrdiff_t)lo,
-                     recvcount * PAR_ELEM * (size_t)comm->n >= PAR_STREAM_BYTES);
+                     recvcount * PAR_ELEM * (size_t)comm->n >= comm->stream_bytes);
     return par_leave(comm, r, dev, EMU_COLL_REDUCE_SCATTER, -1,
                      (double)recvcount * comm->n * emu_dtype_size(dtype));
 }
@@ -312,7 +308,7 @@ moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
     /* pull every block into our own buffer; in place, block r is already
      * there */
     size_t blk = sendcount * PAR_ELEM;
-    bool stream = blk * (size_t)comm->n * (size_t)comm->n >= PAR_STREAM_BYTES;
+    bool stream = blk * (size_t)comm->n * (size_t)comm->n >= comm->stream_bytes;
     for (int q = 0; q < comm->n; q++) {
         char *to = (char *)recvbuf + (size_t)q * blk;
         if (blk && to != comm->slots[q].send)
@@ -338,7 +334,7 @@ moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
                           count, count, &r));
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     const void *from = comm->slots[root].send;
-    bool stream = count * PAR_ELEM * (size_t)comm->n >= PAR_STREAM_BYTES;
+    bool stream = count * PAR_ELEM * (size_t)comm->n >= comm->stream_bytes;
     if (count && recvbuf != from) par_copy(recvbuf, from, count * PAR_ELEM, stream);
     par_fence(stream);
     return par_leave(comm, r, dev, EMU_COLL_BROADCAST, root,
@@ -418,7 +414,7 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
         /* pull what each member sends us */
         double all = 0;
         for (size_t i = 0; i < (size_t)p * p; i++) all += bytes[i];
-        bool stream = all / w * PAR_ELEM >= (double)PAR_STREAM_BYTES;
+        bool stream = all / w * PAR_ELEM >= (double)comm->stream_bytes;
         for (int q = 0; q < p; q++) {
             const par_slot_t *s = &comm->slots[q];
             size_t n = a2a_scount(s, r);

@@ -87,6 +87,7 @@ moemu_status_t par_comm_create(emu_cluster_t *cluster, const int *ranks, int n,
         c->devs[r] = emu_cluster_dev(cluster, g);
     }
     c->link = emu_topo_group_link(emu_cluster_topo(cluster), c->granks, n);
+    c->stream_bytes = PAR_STREAM_BYTES_DEFAULT;
     if (emu_sync_create(cluster, par_comm_reset, c, &c->sync) != MOEMU_OK) {
         par_comm_destroy(c);
         return MOEMU_ERR_NOMEM;
@@ -132,7 +133,10 @@ moemu_status_t par_comm_create_sub(const par_comm_t *parent, const int *ranks,
         g[i] = parent->granks[ranks[i]];
     }
     moemu_status_t st = par_comm_create(parent->cluster, g, n, out);
-    if (st == MOEMU_OK) memcpy((*out)->algo, parent->algo, sizeof parent->algo);
+    if (st == MOEMU_OK) {
+        memcpy((*out)->algo, parent->algo, sizeof parent->algo);
+        (*out)->stream_bytes = parent->stream_bytes;
+    }
     free(g);
     return st;
 }
@@ -177,6 +181,11 @@ moemu_status_t par_comm_set_algo(par_comm_t *c, emu_coll_t kind,
     if (a < 0) return MOEMU_ERR_INVALID;
     c->algo[kind] = a;
     return MOEMU_OK;
+}
+
+void par_comm_set_stream_bytes(par_comm_t *c, size_t bytes)
+{
+    c->stream_bytes = bytes;
 }
 
 /* With the lock held: the first member that has not arrived at episode ep

@@ -70,6 +70,13 @@ emu_link_t par_comm_link(const par_comm_t *comm);
  * Before the run, from one thread. */
 moemu_status_t par_comm_set_algo(par_comm_t *comm, emu_coll_t kind,
                                  const char *name);
+/* Host tuning, no effect on results or virtual time: a collective whose
+ * outputs (all members together) reach this many bytes writes them with
+ * non-temporal stores, which skip the cache (they would not stay there)
+ * and the read before each write. 0: always; SIZE_MAX: never. Before the
+ * run, from one thread. */
+#define PAR_STREAM_BYTES_DEFAULT ((size_t)64 << 20)
+void par_comm_set_stream_bytes(par_comm_t *comm, size_t bytes);
 
 /* recvbuf (count) = op over ranks of sendbuf (count). */
 moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
@@ -111,5 +118,131 @@ moemu_status_t par_send(const void *buf, size_t count, emu_dtype_t dtype,
 moemu_status_t par_recv(void *buf, size_t count, emu_dtype_t dtype, int peer,
                         par_comm_t *comm, emu_dev_t *dev);
 moemu_status_t par_barrier(par_comm_t *comm, emu_dev_t *dev);
+
+/* ---- Strategies and rank layout (parallel/strategy.c, parallel/layout.c).
+ * DESIGN.md's "Parallel strategy": attention and dense parts use
+ * world = PP x DP x CP x TP; MoE layers fold each stage's DP x CP x TP
+ * devices into EDP x EP x ETP. docs/strategies.md states the grammar, the
+ * rules with their messages and every layout formula. parallel/ knows
+ * nothing of models: the sizes the rules need come in par_dims_t. */
+
+/* The model sizes a strategy is checked against. */
+typedef struct {
+    int layers, heads, kv_heads, experts, expert_ffn, shared_experts,
+        shared_ffn, vocab;
+} par_dims_t;
+
+#define PAR_MAX_PP 256        /* stages of an uneven split */
+#define PAR_MAX_DEGREE 32768  /* largest degree the parser accepts */
+#define PAR_STRATEGY_STRLEN 2048 /* enough for par_strategy_format */
+
+typedef struct {
+    int tp, cp, dp, pp, ep, etp; /* >= 1; missing dimensions are 1 */
+    int edp;                     /* 0 = derived (DP*CP*TP / (EP*ETP)); if
+                                    given, validation checks it */
+    bool sp;                     /* sequence parallel over the TP group */
+    int n_pp_layers;             /* 0 = even split; else == pp */
+    int pp_layers[PAR_MAX_PP];   /* layers per stage, uneven split */
+} par_strategy_t;
+
+/* Every degree 1, no SP, EDP derived, even stage split. */
+void par_strategy_default(par_strategy_t *s);
+/* A strategy string (`EP8_TP2_PP1_DP1`, `tp2-ep4-pp2`, `dp4 pp4 ep16 sp`,
+ * `pp3=6/5/5-tp2`: case-insensitive <dim><n> tokens joined by '_', '-',
+ * '.', ',' or white space) or a JSON object (`{"tp":2,"sp":true,
+ * "pp_layers":[5,4,4,3]}`). Errors are MOEMU_ERR_INVALID naming the
+ * token or key; *out is written only on success. */
+moemu_status_t par_strategy_parse(const char *text, par_strategy_t *out);
+/* An uneven stage split "5,4,4,3" (',' or '/' between whole numbers >= 0;
+ * validation checks them against PP and the layers). */
+moemu_status_t par_strategy_set_pp_layers(par_strategy_t *s, const char *list);
+/* Check s against the model m and the device count; every broken rule is
+ * reported, "; "-joined, in one MOEMU_ERR_INVALID message that starts
+ * "strategy <canonical form>: ". m NULL skips the model's rules, devices 0
+ * the device count. */
+moemu_status_t par_strategy_validate(const par_strategy_t *s,
+                                     const par_dims_t *m, int devices);
+/* Canonical form, re-parseable: pp dp cp tp sp ep etp edp in this order,
+ * '-'-joined, degrees of 1 left out ("tp1" when nothing else is left, and
+ * before "sp"), "sp" when on, an uneven split as "pp3=6/5/5", edp only
+ * when given. E.g. "dp2-tp2-ep4", "pp4-dp4-ep16", "tp1". Truncated to n
+ * bytes like snprintf (PAR_STRATEGY_STRLEN always fits). */
+void par_strategy_format(const par_strategy_t *s, char *buf, size_t n);
+/* PP*DP*CP*TP (INT_MAX if it overflows an int). */
+int par_strategy_world(const par_strategy_t *s);
+/* The given EDP, else DP*CP*TP / (EP*ETP) (0 if EP*ETP does not divide). */
+int par_strategy_edp(const par_strategy_t *s);
+
+/* Layers [l0, l1) of a stage: the uneven split if given, else an even one
+ * in which the first (layers % PP) stages hold one layer more. */
+void par_stage_layers(const par_strategy_t *s, int layers, int stage, int *l0,
+                      int *l1);
+/* Part i of n items split into parts: [floor(i*n/parts),
+ * floor((i+1)*n/parts)) (DESIGN.md's DP rule; micro-batches too). */
+void par_split(int n, int parts, int i, int *lo, int *hi);
+/* CP rank c's positions of a sequence of L: 2*CP chunks of
+ * ceil(L/(2*CP)) (the last ones shorter or empty); rank c holds chunks c
+ * and 2*CP-1-c (load-balanced causal split). ranges[k] = {lo, hi}, empty
+ * when lo == hi. CP == 1: {0, L} and the empty {L, L}. */
+void par_cp_ranges(int L, int cp, int c, int ranges[2][2]);
+/* SP: TP rank t's tokens [lo, hi) of T: slices of ceil(T/TP), the last ones
+ * shorter or empty. */
+void par_sp_range(int T, int tp, int t, int *lo, int *hi);
+/* The vocabulary padded for TP: ceil(V/TP)*TP rows. */
+int par_vocab_padded(int vocab, int tp);
+
+/* What one device holds. Ranges are [lo, hi). */
+typedef struct {
+    int rank, pp, dp, cp, tp, edp, ep, etp;
+    int layer0, layer1;           /* layers of its stage */
+    int head0, head1;             /* query heads: H/TP contiguous */
+    int kv_head0, kv_head1;       /* kv heads: Hkv/TP when TP divides Hkv,
+                                     else those its query heads read
+                                     (h / (H/Hkv)), replicated */
+    int expert0, expert1;         /* E/EP experts */
+    int ffn0, ffn1;               /* slice of each expert's F: F/ETP */
+    int shared_ffn0, shared_ffn1; /* slice of each shared expert's F: F/TP
+                                     (0, 0 without shared experts) */
+    int vocab0, vocab1;           /* embedding and lm_head rows of the padded
+                                     vocabulary Vp = ceil(V/TP)*TP: TP rank
+                                     tp holds [tp*Vp/TP, (tp+1)*Vp/TP); rows
+                                     >= V are padding */
+    bool has_embed, has_lm_head;  /* first and last stage */
+    bool kv_replicated;           /* TP does not divide Hkv */
+} par_place_t;
+
+/* Coordinates and holdings of a rank: attention ranks are
+ * rank = ((pp*DP + dp)*CP + cp)*TP + tp; inside a stage, device
+ * s = (dp*CP + cp)*TP + tp is (edp*EP + ep)*ETP + etp for the MoE layers.
+ * s must be valid for m (par_strategy_validate). */
+void par_layout_place(const par_strategy_t *s, const par_dims_t *m, int rank,
+                      par_place_t *out);
+int par_layout_rank(const par_strategy_t *s, int pp, int dp, int cp, int tp);
+
+typedef enum {
+    PAR_GROUP_TP = 0,
+    PAR_GROUP_CP,
+    PAR_GROUP_DP,
+    PAR_GROUP_PP,
+    PAR_GROUP_EP,
+    PAR_GROUP_ETP,
+    PAR_GROUP_EDP,
+    PAR_GROUP_REPLICA, /* the CP*TP devices of one DP replica in one stage,
+                          in (cp, tp) order */
+    PAR_GROUP_STAGE,   /* the DP*CP*TP devices of one stage */
+    PAR_GROUP__COUNT
+} par_group_t;
+
+const char *par_group_name(par_group_t g); /* "tp", ..., "replica", "stage" */
+/* The global ranks of the group of kind g that holds rank, in group-rank
+ * order (TP by tp, CP by cp, DP by dp, PP by stage, EP by ep, ETP by etp,
+ * EDP by edp); ranks must hold the world size. Returns the group's size,
+ * 0 for a rank outside the world or an EP/ETP/EDP group of a strategy
+ * whose EP*ETP does not divide DP*CP*TP. */
+int par_layout_group(const par_strategy_t *s, par_group_t g, int rank,
+                     int *ranks);
+/* The rank of a device inside its group of kind g (its tp, cp, ...; for
+ * REPLICA cp*TP + tp, for STAGE its index in the stage). */
+int par_layout_group_rank(const par_strategy_t *s, par_group_t g, int rank);
 
 #endif

@@ -39,6 +39,7 @@ struct par_comm {
     emu_dev_t **devs;
     emu_link_t link;
     int algo[EMU_COLL__COUNT];
+    size_t stream_bytes; /* outputs this large are written streaming */
     par_slot_t *slots; /* n */
 
     emu_sync_t *sync; /* guards what follows */

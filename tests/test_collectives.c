@@ -301,13 +301,14 @@ static emu_cluster_t *make_cluster(int ndev, const emu_topo_t *t)
 static const int sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 16};
 static const size_t counts[] = {0, 1, 3, 257, 1003};
 
-Test(collectives, against_serial_all_sizes)
+static void against_serial(const int *sz, size_t nsz, size_t stream_bytes)
 {
-    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
-        int p = sizes[si];
+    for (size_t si = 0; si < nsz; si++) {
+        int p = sz[si];
         emu_cluster_t *c = make_cluster(p, &topo4);
         par_comm_t *w;
         cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+        par_comm_set_stream_bytes(w, stream_bytes);
         enum { NC = 5 * 3 };
         case_t cases[NC];
         int nc = 0;
@@ -330,6 +331,20 @@ Test(collectives, against_serial_all_sizes)
         par_comm_destroy(w);
         emu_cluster_destroy(c);
     }
+}
+
+Test(collectives, against_serial_all_sizes)
+{
+    against_serial(sizes, sizeof sizes / sizeof *sizes,
+                   PAR_STREAM_BYTES_DEFAULT);
+}
+
+/* The same with every output written by non-temporal stores, at offsets
+ * of every alignment. */
+Test(collectives, against_serial_streaming)
+{
+    static const int sz[] = {1, 2, 3, 5, 8, 13};
+    against_serial(sz, sizeof sz / sizeof *sz, 0);
 }
 
 Test(collectives, sub_communicators_at_once)
@@ -871,12 +886,15 @@ static moemu_status_t fail_fn(emu_dev_t *dev, void *arg)
     if (r == f->bad) {
         usleep(30000); /* let the others block first */
         if (f->where == 4) return MOEMU_OK; /* leaves without joining */
+        if (f->where == 5) /* fails inside the collective the others wait in */
+            return par_allreduce(NULL, y, 64, EMU_DTYPE_FP32, PAR_OP_SUM, f->w, dev);
         return emu_mem_reserve(dev, EMU_MEM_ACT, 1e12);
     }
     for (int i = 0; i < 3; i++) {
         switch (f->where) {
         case 0:
         case 4:
+        case 5:
             MOEMU_CHECK(par_allreduce(x, y, 64, EMU_DTYPE_FP32, PAR_OP_SUM, f->w, dev));
             break;
         case 1:
@@ -907,7 +925,7 @@ Test(errors, failure_releases_everyone_quickly)
         for (int r = 0; r < p; r++)
             if (r != f.bad) others[no++] = r;
         if (no > 0) cr_assert_eq(par_comm_create(c, others, no, &f.sub), MOEMU_OK);
-        for (f.where = 0; f.where < 5; f.where++) {
+        for (f.where = 0; f.where < 6; f.where++) {
             double t0 = wall_now();
             moemu_status_t st = emu_cluster_run(c, fail_fn, &f);
             double dt = wall_now() - t0;
@@ -920,6 +938,12 @@ Test(errors, failure_releases_everyone_quickly)
                 if (p > 1)
                     cr_assert(strstr(moemu_errmsg(), "returned without joining"),
                               "p=%d: %s", p, moemu_errmsg());
+            } else if (f.where == 5) {
+                snprintf(want, sizeof want, "device %d: all-reduce on device %d: "
+                         "NULL send buffer", f.bad, f.bad);
+                cr_assert_eq(st, MOEMU_ERR_INVALID, "p=%d: %s", p, moemu_errmsg());
+                cr_assert(strstr(moemu_errmsg(), want), "p=%d: %s", p,
+                          moemu_errmsg());
             } else {
                 cr_assert_eq(st, MOEMU_ERR_OOM, "p=%d where=%d: %s", p, f.where,
                              moemu_errmsg());

@@ -77,7 +77,7 @@ Test(config_builtin, tiny_values)
     cr_assert_eq(c.vocab_size, 97);
     cr_assert_eq(c.hidden_size, 64);
     cr_assert_eq(c.intermediate_size, 96);
-    cr_assert_eq(c.num_hidden_layers, 2);
+    cr_assert_eq(c.num_hidden_layers, 4);
     cr_assert_eq(c.num_attention_heads, 4);
     cr_assert_eq(c.num_key_value_heads, 2);
     cr_assert_eq(c.head_dim, 16);
@@ -196,18 +196,18 @@ Test(config_figures, tiny_by_hand)
     cfg_figures_t f;
     cr_assert_eq(cfg_load(&c, "tiny"), MOEMU_OK);
     cfg_figures(&c, &f);
-    /* V=97 d=64 F=96 L=2 H=4 Hkv=2 hd=16 E=8 k=2 */
+    /* V=97 d=64 F=96 L=4 H=4 Hkv=2 hd=16 E=8 k=2 */
     const int64_t emb = 97 * 64;                               /* 6208 */
-    const int64_t att = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64); /* 24576 */
-    const int64_t rtr = 2 * 8 * 64;                            /* 1024 */
-    const int64_t exp = 2 * 8 * 3 * 64 * 96;                   /* 294912 */
-    const int64_t nrm = 2 * 2 * 64 + 64;                       /* 320 */
+    const int64_t att = 4 * (64 * 64 + 2 * 64 * 32 + 64 * 64); /* 49152 */
+    const int64_t rtr = 4 * 8 * 64;                            /* 2048 */
+    const int64_t exp = 4 * 8 * 3 * 64 * 96;                   /* 589824 */
+    const int64_t nrm = 2 * 4 * 64 + 64;                       /* 576 */
     cr_assert_eq(f.total, emb + att + rtr + exp + nrm + emb);
-    cr_assert_eq(f.total, 333248);
+    cr_assert_eq(f.total, 654016);
     cr_assert_eq(f.active_per_token, att + rtr + exp / 4 + nrm + emb);
     cr_assert_eq(f.flops_per_token, 2.0 * (att + rtr + exp / 4 + emb));
-    cr_assert_eq(f.attn_flops_per_pair, 4.0 * 4 * 16 * 2);
-    cr_assert_eq(f.weight_bytes, 2.0 * 333248);
+    cr_assert_eq(f.attn_flops_per_pair, 4.0 * 4 * 16 * 4);
+    cr_assert_eq(f.weight_bytes, 2.0 * 654016);
 }
 
 Test(config_figures, tied_gelu_shared_fp32)
