@@ -489,6 +489,11 @@ moemu_status_t par_strategy_validate(const par_strategy_t *s, const par_dims_t *
                     m->expert_ffn);
         if (m->heads % s->tp != 0)
             problem(&p, "TP=%d does not divide the %d query heads", s->tp, m->heads);
+        /* a rank's query heads must share whole kv heads, or one kv head:
+         * Megatron-Core's rule for grouped-query attention */
+        else if (m->kv_heads % s->tp != 0 && s->tp % m->kv_heads != 0)
+            problem(&p, "TP=%d neither divides nor is a multiple of the %d key/value heads",
+                    s->tp, m->kv_heads);
         if (m->shared_experts > 0 && m->shared_ffn % s->tp != 0)
             problem(&p, "TP=%d does not divide the shared experts' intermediate size %d", s->tp,
                     m->shared_ffn);

@@ -227,7 +227,7 @@ Test(config_figures, tied_gelu_shared_fp32)
     cfg_figures(&t, &g);
     cr_assert_eq(g.lm_head, 0);
     cr_assert_eq(g.experts, f.experts / 3 * 2);  /* w1, w2 only */
-    cr_assert_eq(g.shared, 2 * 2 * 2 * 64 * 40); /* L * S * 2 * d * Fs */
+    cr_assert_eq(g.shared, 4 * 2 * 2 * 64 * 40); /* L * S * 2 * d * Fs */
     cr_assert_eq(g.total, g.embedding + g.attention + g.router + g.experts +
                               g.shared + g.norms);
     /* The tied matrix still serves as the output projection. */

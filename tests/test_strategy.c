@@ -739,16 +739,24 @@ Test(layout, kv_heads_split_or_replicated)
         cr_assert(p.kv_head0 == r && p.kv_head1 == r + 1);
         cr_assert_not(p.kv_replicated);
     }
-    /* 12 heads over 3 kv heads (groups of 4), TP=4: 3 query heads each */
+    /* 12 heads over 3 kv heads (groups of 4), TP=4: a rank's 3 query heads
+     * would straddle two kv heads, which the kernels (and Megatron-Core)
+     * do not allow */
     m.heads = 12;
     m.kv_heads = 3;
     s = parse_ok("tp4");
-    const int want[4][2] = {{0, 1}, {0, 2}, {1, 3}, {2, 3}};
+    cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "strategy tp4: TP=4 neither divides nor is a multiple "
+                                     "of the 3 key/value heads");
+    /* 12 heads over 2 kv heads, TP=4: each rank's heads inside one kv head */
+    m.kv_heads = 2;
+    cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_OK, "%s", moemu_errmsg());
+    const int want[4] = {0, 0, 1, 1};
     for (int r = 0; r < 4; r++) {
         par_place_t p;
         par_layout_place(&s, &m, r, &p);
-        cr_assert(p.kv_head0 == want[r][0] && p.kv_head1 == want[r][1], "rank %d: kv [%d,%d)",
-                  r, p.kv_head0, p.kv_head1);
+        cr_assert(p.kv_head0 == want[r] && p.kv_head1 == want[r] + 1, "rank %d: kv [%d,%d)", r,
+                  p.kv_head0, p.kv_head1);
     }
 }
 
