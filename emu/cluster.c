@@ -63,6 +63,8 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
     for (int d = 0; d < ndev; d++) {
         emu_dev_t *dev = &devs[d];
         emu_dev_init(dev, spec, d, o.no_limit);
+        dev->trace = o.trace;
+        dev->nodata = o.nodata;
         dev->cluster = c;
         dev->topo = t;
         dev->node = d / t.devices_per_node;
@@ -99,6 +101,7 @@ void emu_cluster_destroy(emu_cluster_t *c)
     if (c->hwloc) hwloc_topology_destroy(c->hwloc);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->pace_cv);
+    for (int d = 0; d < c->ndev; d++) emu_dev_fini(&c->devs[d]);
     free(c->devs);
     free(c);
 }

@@ -1,7 +1,9 @@
 /* A virtual device: clock, per-kind work counters, memory by category,
- * communication counters. */
+ * communication counters, the trace of its timeline, no-data buffers. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "emu/emu_impl.h"
 
@@ -39,7 +41,18 @@ void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
     /* a standalone device is alone on its node; links are never used */
     dev->topo = (emu_topo_t){.devices_per_node = 1, .nodes = 1,
                              .intra_bw = 1, .inter_bw = 1};
+    dev->layer = -1;
     atomic_init(&dev->done, false);
+}
+
+static void emu_maps_unmap_all(emu_dev_t *dev);
+
+void emu_dev_fini(emu_dev_t *dev)
+{
+    free(dev->spans);
+    dev->spans = NULL;
+    dev->nspans = dev->spans_cap = 0;
+    emu_maps_unmap_all(dev);
 }
 
 moemu_status_t emu_dev_create(const emu_spec_t *spec, int rank, bool no_limit,
@@ -52,7 +65,12 @@ moemu_status_t emu_dev_create(const emu_spec_t *spec, int rank, bool no_limit,
     return MOEMU_OK;
 }
 
-void emu_dev_destroy(emu_dev_t *dev) { free(dev); }
+void emu_dev_destroy(emu_dev_t *dev)
+{
+    if (!dev) return;
+    emu_dev_fini(dev);
+    free(dev);
+}
 
 int emu_dev_rank(const emu_dev_t *dev) { return dev->rank; }
 
@@ -91,8 +109,88 @@ void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
     else k->memory_time += s->launch_s + tm;
     double t = s->launch_s + (tc > tm ? tc : tm);
     k->time += t;
+    double t0 = dev->clock;
     dev->clock += t;
+    if (dev->trace)
+        emu_span_add(dev, EMU_SPAN_KERNEL, kind, EMU_LINK_INTRA, t0,
+                     dev->clock, flops, bytes);
     emu_dev_pace(dev);
+}
+
+/* ---- tracing */
+
+static const char *const emu_span_cat_names[EMU_SPAN__COUNT] = {
+    [EMU_SPAN_KERNEL] = "kernel", [EMU_SPAN_COMM] = "comm",
+    [EMU_SPAN_IDLE] = "idle",
+};
+
+static const char *const emu_wait_names[EMU_COLL__COUNT] = {
+    [EMU_COLL_ALLREDUCE] = "wait: all-reduce",
+    [EMU_COLL_REDUCE_SCATTER] = "wait: reduce-scatter",
+    [EMU_COLL_ALLGATHER] = "wait: all-gather",
+    [EMU_COLL_BROADCAST] = "wait: broadcast",
+    [EMU_COLL_ALLTOALL] = "wait: all-to-all",
+    [EMU_COLL_SEND] = "wait: send",
+    [EMU_COLL_RECV] = "wait: recv",
+    [EMU_COLL_BARRIER] = "wait: barrier",
+};
+
+const char *emu_span_cat_name(emu_span_cat_t c)
+{
+    return (unsigned)c < EMU_SPAN__COUNT ? emu_span_cat_names[c] : "?";
+}
+
+const char *emu_span_name(const emu_span_t *s)
+{
+    switch (s->cat) {
+    case EMU_SPAN_KERNEL:
+        return s->kind < EMU_KERNEL__COUNT ? emu_kernel_names[s->kind] : "?";
+    case EMU_SPAN_COMM:
+        return s->kind < EMU_COLL__COUNT ? emu_coll_name(s->kind) : "?";
+    case EMU_SPAN_IDLE:
+        return s->kind < EMU_COLL__COUNT ? emu_wait_names[s->kind] : "?";
+    default: return "?";
+    }
+}
+
+void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
+                  emu_link_t link, double start, double end, double flops,
+                  double bytes)
+{
+    if (dev->nspans == dev->spans_cap) {
+        size_t cap = dev->spans_cap ? 2 * dev->spans_cap : 1024;
+        emu_span_t *s = cap <= SIZE_MAX / sizeof *s
+                            ? realloc(dev->spans, cap * sizeof *s)
+                            : NULL;
+        if (!s) {
+            dev->spans_lost++;
+            return;
+        }
+        dev->spans = s;
+        dev->spans_cap = cap;
+    }
+    dev->spans[dev->nspans++] = (emu_span_t){
+        .start = start, .end = end, .flops = flops, .bytes = bytes,
+        .layer = dev->layer, .cat = (uint8_t)cat, .kind = (uint8_t)kind,
+        .link = (uint8_t)link};
+}
+
+void emu_dev_set_trace(emu_dev_t *dev, bool on) { dev->trace = on; }
+
+bool emu_dev_tracing(const emu_dev_t *dev) { return dev->trace; }
+
+void emu_dev_set_layer(emu_dev_t *dev, int layer)
+{
+    dev->layer = layer < 0 ? -1 : layer;
+}
+
+int emu_dev_layer(const emu_dev_t *dev) { return dev->layer; }
+
+size_t emu_dev_span_count(const emu_dev_t *dev) { return dev->nspans; }
+
+const emu_span_t *emu_dev_span(const emu_dev_t *dev, size_t i)
+{
+    return i < dev->nspans ? &dev->spans[i] : NULL;
 }
 
 const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
@@ -189,11 +287,105 @@ double emu_mem_total(const emu_dev_t *dev)
 
 double emu_mem_total_peak(const emu_dev_t *dev) { return dev->mem_total_peak; }
 
+/* ---- no-data mode: untouched host mappings, remembered by address */
+
+void emu_dev_set_nodata(emu_dev_t *dev, bool on) { dev->nodata = on; }
+
+bool emu_dev_nodata(const emu_dev_t *dev) { return dev->nodata; }
+
+static size_t emu_map_slot(const emu_dev_t *dev, const void *p)
+{
+    uint64_t h = (uint64_t)((uintptr_t)p >> 12) * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 32) & (dev->maps_cap - 1);
+}
+
+/* Insert p (not present); false if the table cannot grow. */
+static bool emu_maps_put(emu_dev_t *dev, void *p, size_t len)
+{
+    if (2 * (dev->nmaps + 1) > dev->maps_cap) { /* load <= 1/2 */
+        size_t cap = dev->maps_cap ? 2 * dev->maps_cap : 64;
+        struct emu_map *old = dev->maps, *m = calloc(cap, sizeof *m);
+        if (!m) return false;
+        size_t oldcap = dev->maps_cap;
+        dev->maps = m;
+        dev->maps_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].p) {
+                size_t j = emu_map_slot(dev, old[i].p);
+                while (m[j].p) j = (j + 1) & (cap - 1);
+                m[j] = old[i];
+            }
+        free(old);
+    }
+    size_t j = emu_map_slot(dev, p);
+    while (dev->maps[j].p) j = (j + 1) & (dev->maps_cap - 1);
+    dev->maps[j] = (struct emu_map){p, len};
+    dev->nmaps++;
+    return true;
+}
+
+/* Remove p and return its length; 0 if it is not a mapping of ours. */
+static size_t emu_maps_take(emu_dev_t *dev, const void *p)
+{
+    if (!dev->nmaps) return 0;
+    size_t mask = dev->maps_cap - 1, i = emu_map_slot(dev, p);
+    while (dev->maps[i].p != p) {
+        if (!dev->maps[i].p) return 0;
+        i = (i + 1) & mask;
+    }
+    size_t len = dev->maps[i].len;
+    /* backward-shift deletion keeps every probe chain unbroken */
+    for (size_t j = (i + 1) & mask; dev->maps[j].p; j = (j + 1) & mask) {
+        size_t home = emu_map_slot(dev, dev->maps[j].p);
+        /* j's entry may move to the hole i unless home lies in (i, j] */
+        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            dev->maps[i] = dev->maps[j];
+            i = j;
+        }
+    }
+    dev->maps[i] = (struct emu_map){NULL, 0};
+    dev->nmaps--;
+    return len;
+}
+
+static void emu_maps_unmap_all(emu_dev_t *dev)
+{
+    for (size_t i = 0; i < dev->maps_cap; i++)
+        if (dev->maps[i].p) munmap(dev->maps[i].p, dev->maps[i].len);
+    free(dev->maps);
+    dev->maps = NULL;
+    dev->nmaps = dev->maps_cap = 0;
+}
+
+static moemu_status_t emu_alloc_nodata(emu_dev_t *dev, emu_mem_t cat,
+                                       size_t host_bytes, double dev_bytes,
+                                       void **out)
+{
+    size_t len = host_bytes ? host_bytes : 1;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED || !emu_maps_put(dev, p, len)) {
+        int e = p == MAP_FAILED ? errno : ENOMEM;
+        if (p != MAP_FAILED) munmap(p, len);
+        emu_mem_release(dev, cat, dev_bytes);
+        char b[32];
+        return moemu_fail(MOEMU_ERR_NOMEM,
+                          "device %d: host cannot map %s of address space "
+                          "for %s (no-data mode): %s",
+                          dev->rank, emu_fmt_bytes((double)host_bytes, b),
+                          emu_mem_names[cat], strerror(e));
+    }
+    *out = p;
+    return MOEMU_OK;
+}
+
 moemu_status_t emu_alloc(emu_dev_t *dev, emu_mem_t cat, size_t host_bytes,
                          double dev_bytes, void **out)
 {
     *out = NULL;
     MOEMU_CHECK(emu_mem_reserve(dev, cat, dev_bytes));
+    if (dev->nodata) return emu_alloc_nodata(dev, cat, host_bytes, dev_bytes, out);
     void *p = NULL;
     /* 64 bytes: a cache line, and what AVX-512 loads like */
     if (posix_memalign(&p, 64, host_bytes ? host_bytes : 1) != 0) {
@@ -212,6 +404,8 @@ moemu_status_t emu_alloc(emu_dev_t *dev, emu_mem_t cat, size_t host_bytes,
 void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
 {
     if (!p) return;
-    free(p);
+    size_t len = emu_maps_take(dev, p);
+    if (len) munmap(p, len);
+    else free(p);
     emu_mem_release(dev, cat, dev_bytes);
 }

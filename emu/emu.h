@@ -143,10 +143,74 @@ double emu_mem_total_peak(const emu_dev_t *dev);           /* peak of total */
 /* Allocate a host buffer of host_bytes (64-byte aligned, zeroed) that the
  * device holds as dev_bytes of category cat (the emulated dtype's bytes;
  * the host keeps fp32). The capacity check is emu_mem_reserve's. The caller
- * frees it with emu_free and the same sizes. */
+ * frees it with emu_free and the same sizes. In no-data mode (below) the
+ * buffer is a page-aligned mapping that is neither zeroed nor backed by
+ * host memory: its addresses are valid, its bytes must not be touched. */
 moemu_status_t emu_alloc(emu_dev_t *dev, emu_mem_t cat, size_t host_bytes,
                          double dev_bytes, void **out);
 void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes);
+
+/* ---- No-data mode, for dry runs: the same schedule, the same
+ * collectives and the same cost accounting, without computing or storing
+ * tensors. emu_alloc checks and counts the device bytes exactly as with
+ * data, but maps the host buffer with mmap(MAP_NORESERVE) and never
+ * touches it (it costs address space, no host memory; emu_free unmaps
+ * it). Collectives of members in no-data mode synchronise, check and
+ * charge exactly as with data (virtual times and counters are the same
+ * bits) but move no data and accept NULL buffers; the members of a
+ * communicator must all be in the same mode. Off by default; a cluster
+ * turns it on for every device with opts.nodata. Set it between runs. A
+ * buffer allocated in one mode may be freed in the other. */
+void emu_dev_set_nodata(emu_dev_t *dev, bool on);
+bool emu_dev_nodata(const emu_dev_t *dev);
+
+/* ---- Tracing: a log of the spans of a device's virtual timeline, off by
+ * default (then it costs one branch per charge). While on, every charge
+ * records what moved the clock: a kernel (emu_charge), the wait for the
+ * last member of a collective or for a message's departure (idle, only
+ * when > 0), and the communication itself (only when it takes time; sends
+ * take none). A device's spans never overlap, are in time order, and tile
+ * its clock from the first recorded span on: each starts where the
+ * previous ended and the last ends at the clock. Spans belong with the
+ * clock: they carry over from run to run, and go with the device. */
+typedef enum {
+    EMU_SPAN_KERNEL = 0,
+    EMU_SPAN_COMM,
+    EMU_SPAN_IDLE,
+    EMU_SPAN__COUNT
+} emu_span_cat_t;
+
+const char *emu_span_cat_name(emu_span_cat_t c); /* "kernel", "comm", "idle" */
+
+typedef struct {
+    double start, end; /* virtual seconds; the duration is end - start */
+    double flops;      /* kernels; 0 for the others */
+    double bytes;      /* kernels: bytes moved; comm: bytes this device
+                        * sent (its emu_comm_stats_t share), but a recv:
+                        * the message's bytes; idle: 0 */
+    int32_t layer;     /* the device's layer tag at the time, -1: none */
+    uint8_t cat;       /* emu_span_cat_t */
+    uint8_t kind;      /* kernels: emu_kernel_t; comm, idle: emu_coll_t */
+    uint8_t link;      /* comm, idle: emu_link_t of the collective (the
+                        * group's class; a recv: the pair's); kernels: 0 */
+} emu_span_t;
+
+/* The span's name as the trace shows it: the kernel kind ("gemm"), the
+ * collective ("all-reduce", "recv") or the wait ("wait: all-gather"). */
+const char *emu_span_name(const emu_span_t *s);
+
+/* Record spans from now on (or stop; recorded spans stay). Between runs,
+ * or from the device's own thread. A cluster turns it on for every device
+ * with opts.trace. */
+void emu_dev_set_trace(emu_dev_t *dev, bool on);
+bool emu_dev_tracing(const emu_dev_t *dev);
+/* The layer tag recorded with each span from now on; -1 (the default):
+ * none. From the device's own thread. */
+void emu_dev_set_layer(emu_dev_t *dev, int layer);
+int emu_dev_layer(const emu_dev_t *dev);
+size_t emu_dev_span_count(const emu_dev_t *dev);
+/* Span i (0 <= i < count), oldest first; valid until the next charge. */
+const emu_span_t *emu_dev_span(const emu_dev_t *dev, size_t i);
 
 /* Byte counts for messages: "512 B", "1.50 KB", "64.0 MB", "80.0 GB"
  * (decimal units). Returns buf. */
@@ -264,6 +328,8 @@ typedef struct {
     double pace;   /* > 0: a device sleeps so that its wall time since the
                     * run started is at least pace x its virtual time */
     bool no_pin;   /* leave device threads unpinned */
+    bool trace;    /* every device records its spans (emu_trace_write) */
+    bool nodata;   /* every device in no-data mode (emu_dev_set_nodata) */
 } emu_cluster_opts_t;
 
 /* ndev devices of the given spec laid out on topo (device d on node
@@ -324,7 +390,9 @@ double emu_dev_idle_time(const emu_dev_t *dev);
  * of a group passes the same arrival clocks (clocks[i] of group member i,
  * global ranks in ranks[]); the result depends on nothing else.
  * A collective that moves no bytes costs nothing and waits for nobody
- * (NCCL returns at once on count 0); a barrier always synchronises. */
+ * (NCCL returns at once on count 0); a barrier always synchronises.
+ * A tracing device records the wait (idle) and the communication as
+ * spans; emu_p2p_send records none (it takes no time). */
 
 /* kind is a closed-form collective (not all-to-all, send or recv), dev is
  * member me, root the broadcast's root (ignored otherwise) and bytes is B
@@ -352,12 +420,30 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
  * and arrival times for the receiver. */
 typedef struct {
     double depart, arrive;
+    double bytes; /* the message's, for the receiver's trace */
 } emu_msg_time_t;
 
 emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes);
 /* The receiver's clock becomes max(clock, arrive): idle until the message
  * departs, communicating while it is in flight. */
 void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t);
+
+/* ---- Writing traces: a Chrome trace-event JSON file (the "JSON Object
+ * Format") that Perfetto and chrome://tracing open: one process per node
+ * ("node N"), one thread per device ("device R"), every span a complete
+ * event ("ph":"X") whose "ts" and "dur" are microseconds of virtual time,
+ * "name" emu_span_name's, "cat" emu_span_cat_name's, and "args" flops,
+ * bytes, layer (when tagged) and link (comm and idle).
+ * docs/emulation.md shows the format. The file is written under a
+ * temporary name and renamed, so a failure leaves no partial file; title
+ * (may be NULL) goes to "otherData". MOEMU_ERR_IO when the file cannot be
+ * written, MOEMU_ERR_NOMEM when a device lost spans for want of host
+ * memory. Call it between runs. */
+moemu_status_t emu_trace_write(const emu_cluster_t *c, const char *path,
+                               const char *title);
+/* The same for any devices (standalone ones: node 0, thread = rank). */
+moemu_status_t emu_trace_write_devs(const emu_dev_t *const *devs, int n,
+                                    const char *path, const char *title);
 
 /* ---- Waiting inside a cluster, for the collectives module: a mutex and a
  * condition variable that the cluster broadcasts when a run aborts or a

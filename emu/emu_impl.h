@@ -27,6 +27,19 @@ struct emu_dev {
     emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
     double egress_free[EMU_LINK__COUNT]; /* eager sends queue behind */
 
+    /* tracing: spans[0..nspans), grown by doubling */
+    bool trace;
+    int layer;
+    emu_span_t *spans;
+    size_t nspans, spans_cap;
+    uint64_t spans_lost; /* not recorded: the host was out of memory */
+
+    /* no-data mode: the host mappings emu_alloc made, by address (open
+     * addressing, linear probing; munmap needs their lengths) */
+    bool nodata;
+    struct emu_map { void *p; size_t len; } *maps;
+    size_t nmaps, maps_cap; /* maps_cap: 0 or a power of two */
+
     /* run state, written by the device's thread, read by others */
     atomic_bool done;
     moemu_status_t status;
@@ -75,6 +88,13 @@ extern const emu_hw_text_t emu_hw_presets[]; /* ends with {NULL, NULL} */
 /* Common to device.c and cluster.c. */
 void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
                   bool no_limit);
+/* Free what a device owns (spans, no-data mappings), not the device. */
+void emu_dev_fini(emu_dev_t *dev);
+/* With dev->trace set: append a span [start, end) tagged with the device's
+ * layer. A span the host has no memory for is counted in spans_lost. */
+void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
+                  emu_link_t link, double start, double end, double flops,
+                  double bytes);
 /* After dev's clock moved: sleep while the cluster paces and the wall
  * time since the run started is below pace x the virtual time of the run. */
 void emu_dev_pace(emu_dev_t *dev);

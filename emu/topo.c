@@ -230,6 +230,16 @@ double emu_coll_sent(emu_coll_t k, int algo, int p, int me, int root,
 
 /* ---- charging a device */
 
+/* The spans of a communication charge: idle over [t0, start), then the
+ * communication over [start, clock); each only when it takes time. */
+static void emu_trace_comm(emu_dev_t *dev, emu_coll_t kind, emu_link_t link,
+                           double t0, double start, double bytes)
+{
+    if (start > t0) emu_span_add(dev, EMU_SPAN_IDLE, kind, link, t0, start, 0, 0);
+    if (dev->clock > start)
+        emu_span_add(dev, EMU_SPAN_COMM, kind, link, start, dev->clock, 0, bytes);
+}
+
 static double emu_max_clock(const double *clocks, int p, double own)
 {
     double start = own;
@@ -249,10 +259,13 @@ double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
     double start = emu_max_clock(clocks, p, dev->clock);
     double t = emu_coll_cost(kind, algo, p, bytes, emu_topo_lat(&dev->topo, link),
                              emu_topo_bw(&dev->topo, link));
+    double sent = emu_coll_sent(kind, algo, p, me, root, bytes);
+    double t0 = dev->clock;
     st->idle += start - dev->clock;
     st->time += t;
-    st->bytes += emu_coll_sent(kind, algo, p, me, root, bytes);
+    st->bytes += sent;
     dev->clock = start + t;
+    if (dev->trace) emu_trace_comm(dev, kind, link, t0, start, sent);
     emu_dev_pace(dev);
     return t;
 }
@@ -306,11 +319,16 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
     dev->comm[EMU_COLL_ALLTOALL][glink].idle += start - dev->clock;
     for (int l = 0; l < EMU_LINK__COUNT; l++)
         dev->comm[EMU_COLL_ALLTOALL][l].time += mine[l];
+    double sent = 0;
     for (int j = 0; j < p; j++)
-        if (j != me)
+        if (j != me) {
             dev->comm[EMU_COLL_ALLTOALL][emu_topo_link(t, ranks[me], ranks[j])]
                 .bytes += bytes[(size_t)me * p + j];
+            sent += bytes[(size_t)me * p + j];
+        }
+    double t0 = dev->clock;
     dev->clock = start + tmax;
+    if (dev->trace) emu_trace_comm(dev, EMU_COLL_ALLTOALL, glink, t0, start, sent);
     emu_dev_pace(dev);
     return tmax;
 }
@@ -321,13 +339,14 @@ emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes)
     emu_comm_stats_t *st = &dev->comm[EMU_COLL_SEND][l];
     st->calls++;
     if (peer_rank == dev->rank) /* a local copy */
-        return (emu_msg_time_t){dev->clock, dev->clock};
+        return (emu_msg_time_t){dev->clock, dev->clock, bytes};
     st->bytes += bytes;
     double wire = bytes / emu_topo_bw(&dev->topo, l);
     double depart = dev->clock > dev->egress_free[l] ? dev->clock
                                                      : dev->egress_free[l];
     dev->egress_free[l] = depart + wire;
-    return (emu_msg_time_t){depart, depart + emu_topo_lat(&dev->topo, l) + wire};
+    return (emu_msg_time_t){depart, depart + emu_topo_lat(&dev->topo, l) + wire,
+                            bytes};
 }
 
 void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t)
@@ -339,6 +358,8 @@ void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t)
     st->calls++;
     st->idle += start - dev->clock;
     st->time += end - start;
+    double t0 = dev->clock;
     dev->clock = end;
+    if (dev->trace) emu_trace_comm(dev, EMU_COLL_RECV, l, t0, start, t.bytes);
     emu_dev_pace(dev);
 }

@@ -110,6 +110,10 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const dist_
     c->wall_strategy = now() - t0;
     c->r.rtol = rtol;
     compare_all(&c->r, cfg, wl, &c->base, &c->strategy, route, route + nroute);
+    /* keep the strategy's record for the report's scaling run */
+    c->route_strategy = malloc(sizeof(int) * (nroute + 1));
+    if (!c->route_strategy) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot keep the routing record");
+    else memcpy(c->route_strategy, route + nroute, sizeof(int) * nroute);
 done:
     emu_dev_destroy(dev);
     free(gs);
@@ -124,4 +128,6 @@ void check_free(check_t *c)
     model_out_free(&c->strategy);
     emu_cluster_destroy(c->cluster);
     c->cluster = NULL;
+    free(c->route_strategy);
+    c->route_strategy = NULL;
 }

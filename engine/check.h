@@ -24,6 +24,7 @@ typedef struct {
     emu_cluster_t *cluster; /* the strategy's devices */
     double wall_base, wall_strategy;
     double flops_base; /* charged to the baseline's device */
+    int *route_strategy; /* the strategy's routing record (L, B, P, k) */
     check_result_t r;
 } check_t;
 

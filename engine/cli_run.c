@@ -9,6 +9,7 @@
 
 #include "engine/cli.h"
 #include "engine/check.h"
+#include "engine/report.h"
 #include "engine/safetensors.h"
 
 static const char run_help[] =
@@ -71,6 +72,15 @@ static const char common_help[] =
     "  --devices-per-node D   override the preset's devices per node\n"
     "  --no-memory-limit      lift the devices' memory capacity\n"
     "  --pace X               sleep so that wall time >= X x virtual time\n"
+    "report (runs on emulated devices end with one; docs/report.md):\n"
+    "  --math real|skip       skip: a dry run, the same schedule, collectives and\n"
+    "                         costs without tensors (default real)\n"
+    "  --routing SPEC         a dry run's router: uniform (default), zipf:S, or\n"
+    "                         replay:FILE from --record-routing\n"
+    "  --record-routing FILE  write the router's decisions (safetensors, I32)\n"
+    "  --trace FILE           Chrome trace-event JSON of every device's virtual\n"
+    "                         timeline (Perfetto, chrome://tracing)\n"
+    "  --csv FILE             the report, one row per device\n"
     "  --help                 this text\n";
 
 typedef struct {
@@ -82,15 +92,16 @@ typedef struct {
     const char *dump_logits, *dump_weights, *json;
     const char *strategy, *pp_layers, *hw;
     int devices, micro_batches, nodes, devices_per_node;
-    bool no_memory_limit;
+    bool no_memory_limit, dry;
     double pace, rtol;
+    const char *routing, *record_routing, *trace, *csv;
 } run_opts_t;
 
 enum {
     OPT_MODEL = 256, OPT_SEED, OPT_WEIGHTS, OPT_BATCH, OPT_PROMPT_LEN, OPT_PROMPT_LENS,
     OPT_PROMPT_RANGE, OPT_TOKENS, OPT_DECODE, OPT_DUMP_LOGITS, OPT_DUMP_WEIGHTS, OPT_JSON,
     OPT_HELP, OPT_STRATEGY, OPT_DEVICES, OPT_PP_LAYERS, OPT_MICRO, OPT_HW, OPT_NODES, OPT_DPN,
-    OPT_NO_LIMIT, OPT_PACE, OPT_RTOL
+    OPT_NO_LIMIT, OPT_PACE, OPT_RTOL, OPT_MATH, OPT_ROUTING, OPT_RECORD, OPT_TRACE, OPT_CSV
 };
 
 static const struct option run_options[] = {
@@ -117,6 +128,11 @@ static const struct option run_options[] = {
     {"no-memory-limit", no_argument, NULL, OPT_NO_LIMIT},
     {"pace", required_argument, NULL, OPT_PACE},
     {"rtol", required_argument, NULL, OPT_RTOL},
+    {"math", required_argument, NULL, OPT_MATH},
+    {"routing", required_argument, NULL, OPT_ROUTING},
+    {"record-routing", required_argument, NULL, OPT_RECORD},
+    {"trace", required_argument, NULL, OPT_TRACE},
+    {"csv", required_argument, NULL, OPT_CSV},
     {NULL, 0, NULL, 0},
 };
 
@@ -169,6 +185,15 @@ static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bo
         case OPT_PP_LAYERS: o->pp_layers = optarg; break;
         case OPT_HW: o->hw = optarg; break;
         case OPT_NO_LIMIT: o->no_memory_limit = true; break;
+        case OPT_MATH:
+            if (strcmp(optarg, "skip") && strcmp(optarg, "real"))
+                return moemu_fail(MOEMU_ERR_INVALID, "--math '%s': expected real or skip", optarg);
+            o->dry = strcmp(optarg, "skip") == 0;
+            break;
+        case OPT_ROUTING: o->routing = optarg; break;
+        case OPT_RECORD: o->record_routing = optarg; break;
+        case OPT_TRACE: o->trace = optarg; break;
+        case OPT_CSV: o->csv = optarg; break;
         case OPT_PACE: MOEMU_CHECK(parse_double("--pace", optarg, 0.0, &o->pace)); break;
         case OPT_RTOL:
             if (!check)
@@ -200,6 +225,19 @@ static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bo
         return moemu_fail(MOEMU_ERR_INVALID, "%s: unexpected argument '%s'", cmd, argv[optind]);
     if (check && !o->strategy)
         return moemu_fail(MOEMU_ERR_INVALID, "moemu check: --strategy is required");
+    if (check && o->dry)
+        return moemu_fail(MOEMU_ERR_INVALID, "moemu check compares real math: drop --math skip");
+    if (o->routing && !o->dry)
+        return moemu_fail(MOEMU_ERR_INVALID, "--routing chooses a dry run's router: add "
+                                             "--math skip");
+    if (o->dry && (o->weights || o->dump_weights || o->dump_logits))
+        return moemu_fail(MOEMU_ERR_INVALID, "a dry run (--math skip) has no weights or "
+                                             "logits: drop --weights, --dump-weights and "
+                                             "--dump-logits");
+    if (o->dry && !o->strategy) o->strategy = "tp1"; /* one emulated device */
+    if (!o->strategy && (o->trace || o->csv))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: --trace and --csv report on emulated "
+                                             "devices: add --strategy", cmd);
     if (!o->strategy && (o->devices || o->pp_layers || o->micro_batches != 1 || o->nodes ||
                          o->devices_per_node || o->pace > 0))
         return moemu_fail(MOEMU_ERR_INVALID, "%s: --devices, --pp-layers, --micro-batches, "
@@ -269,22 +307,6 @@ static void print_summary(const char *label, const wl_t *wl, const model_out_t *
                (long long)out->dropped, (long long)out->assignments);
 }
 
-static void print_devices(emu_cluster_t *cl)
-{
-    int n = emu_cluster_size(cl);
-    double mx = 0;
-    printf("virtual time per device (ms): clock = kernels + communication + idle\n");
-    for (int r = 0; r < n; r++) {
-        emu_dev_t *dev = emu_cluster_dev(cl, r);
-        double t = emu_dev_clock(dev);
-        mx = t > mx ? t : mx;
-        printf("  device %3d (node %d): %10.3f = %10.3f + %9.3f + %9.3f\n", r, emu_dev_node(dev),
-               1e3 * t, 1e3 * emu_dev_kernel_time(dev), 1e3 * emu_dev_comm_time(dev),
-               1e3 * emu_dev_idle_time(dev));
-    }
-    printf("  end to end: %.3f ms\n", 1e3 * mx);
-}
-
 /* Print the comparison and add it to js. */
 static void report_check(const check_result_t *r, const wl_t *wl, const model_out_t *base,
                          const model_out_t *str, json_t *js)
@@ -333,6 +355,48 @@ static json_t *generated_json(const wl_t *wl, const model_out_t *out)
     return gen;
 }
 
+/* The same workload's virtual time on one device of the same kind, no
+ * memory limit, replaying the run's routing: the scaling reference. */
+static moemu_status_t one_device_time(double *t1, const wts_t *w, const wl_t *wl,
+                                      const dist_opts_t *main, int *record)
+{
+    dist_opts_t o = {.micro_batches = main->strategy.dp * main->micro_batches, .hw = main->hw,
+                     .cluster = {.no_limit = true, .nodata = true}, .dry = true};
+    par_strategy_default(&o.strategy);
+    route_src_t src;
+    route_replay_record(&src, record, &w->cfg, wl);
+    o.routing = &src;
+    model_opts_t mo = {0};
+    model_out_t out;
+    emu_cluster_t *cl;
+    MOEMU_CHECK(dist_generate(&out, &cl, w, wl, &o, &mo));
+    *t1 = emu_dev_clock(emu_cluster_dev(cl, 0));
+    model_out_free(&out);
+    emu_cluster_destroy(cl);
+    return MOEMU_OK;
+}
+
+/* Report, trace and CSV of a run on emulated devices. */
+static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, const model_out_t *out,
+                                    const wts_t *w, const wl_t *wl, const dist_opts_t *dopt,
+                                    int *record, json_t *js)
+{
+    double t1 = 0;
+    MOEMU_CHECK(one_device_time(&t1, w, wl, dopt, record));
+    report_t r;
+    MOEMU_CHECK(report_build(&r, cl, out, &w->cfg, wl, dopt, t1));
+    report_print(&r, stdout);
+    json_object_set_new(js, "report", report_json(&r));
+    moemu_status_t st = MOEMU_OK;
+    if (o->csv) st = report_csv(&r, o->csv);
+    report_free(&r);
+    if (st == MOEMU_OK && o->trace) st = emu_trace_write(cl, o->trace, "moemu");
+    if (st == MOEMU_OK && o->record_routing)
+        st = route_save(o->record_routing, record, w->cfg.num_hidden_layers, wl->batch,
+                        model_route_positions(wl), w->cfg.num_experts_per_tok);
+    return st;
+}
+
 static int run(const run_opts_t *o)
 {
     cfg_model_t cfg;
@@ -342,14 +406,25 @@ static int run(const run_opts_t *o)
     check_t chk = {0};
     emu_dev_t *dev = NULL;
     emu_cluster_t *cl = NULL;
+    route_src_t src = {0};
+    int *record = NULL;
     json_t *js = json_object();
     dist_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cfg_load(&cfg, o->model);
     if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
     if (st == MOEMU_OK && o->strategy) st = dist_setup(&dopt, o, &cfg);
+    if (st == MOEMU_OK && o->dry) {
+        st = route_open(&src, o->routing ? o->routing : "uniform", &cfg, &wl, o->seed);
+        dopt.dry = true;
+        dopt.routing = &src;
+        dopt.cluster.nodata = true;
+    }
+    if (st == MOEMU_OK && o->strategy) dopt.cluster.trace = o->trace != NULL;
     if (st == MOEMU_OK)
-        st = o->weights ? wts_load(&w, &cfg, o->weights) : wts_generate_all(&w, &cfg, o->seed);
+        st = o->dry      ? wts_address_only(&w, &cfg)
+             : o->weights ? wts_load(&w, &cfg, o->weights)
+                          : wts_generate_all(&w, &cfg, o->seed);
     if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights);
     if (st != MOEMU_OK) goto fail;
 
@@ -363,11 +438,11 @@ static int run(const run_opts_t *o)
            "sequence\n", wl.batch, min_len, wl.max_len, (long long)wl_prompt_tokens(&wl), wl.decode);
     json_object_set_new(js, "model", json_string(cfg.name));
     if (o->strategy) {
-        char canon[256];
+        char canon[PAR_STRATEGY_STRLEN];
         par_strategy_format(&dopt.strategy, canon, sizeof canon);
-        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica\n", canon,
+        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s\n", canon,
                par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
-               dopt.micro_batches == 1 ? "" : "es");
+               dopt.micro_batches == 1 ? "" : "es", o->dry ? ", dry run (--math skip)" : "");
         json_object_set_new(js, "strategy", json_string(canon));
     }
 
@@ -379,19 +454,34 @@ static int run(const run_opts_t *o)
         print_summary("baseline", &wl, &chk.base, chk.flops_base, chk.wall_base);
         cl = chk.cluster;
         shown = &chk.strategy;
+        print_summary("strategy", &wl, &chk.strategy, cluster_flops(cl), chk.wall_strategy);
+        record = chk.route_strategy;
     } else if (o->strategy) {
-        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .progress = cli_progress};
+        size_t n;
+        if (!(record = route_record_new(&cfg, &wl, &n))) {
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+            goto fail;
+        }
+        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
+                           .progress = cli_progress};
         double t0 = now();
         st = dist_generate(&out, &cl, &w, &wl, &dopt, &mo);
         double wall = now() - t0;
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
-        print_summary("strategy", &wl, &out, cluster_flops(cl), wall);
+        if (!o->dry) print_summary("strategy", &wl, &out, cluster_flops(cl), wall);
+        else printf("dry run: %.3f s wall\n", wall);
     } else {
         /* one device of no limits: its budgets do not matter here */
         emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
                            .mem_capacity = 1e15};
-        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .progress = cli_progress};
+        size_t n;
+        if (o->record_routing && !(record = route_record_new(&cfg, &wl, &n))) {
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+            goto fail;
+        }
+        model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
+                           .progress = cli_progress};
         if ((st = emu_dev_create(&spec, 0, true, &dev)) != MOEMU_OK) goto fail;
         st = model_generate(&out, &w, &wl, dev, &mo);
         cli_progress_done();
@@ -401,15 +491,19 @@ static int run(const run_opts_t *o)
                    (long long)wl_prompt_tokens(&wl), out.wall_prefill,
                    (long long)wl.batch * (wl.decode - 1), out.wall_decode);
         print_summary("total   ", &wl, &out, device_flops(dev), out.wall_prefill + out.wall_decode);
+        if (o->record_routing &&
+            (st = route_save(o->record_routing, record, cfg.num_hidden_layers, wl.batch,
+                             model_route_positions(&wl), cfg.num_experts_per_tok)) != MOEMU_OK)
+            goto fail;
     }
-    if (o->check) print_summary("strategy", &wl, &chk.strategy, cluster_flops(cl), chk.wall_strategy);
-    if (cl) print_devices(cl);
-    json_object_set_new(js, "generated", generated_json(&wl, shown));
+    if (!o->dry) json_object_set_new(js, "generated", generated_json(&wl, shown));
     rc = CLI_EXIT_OK;
     if (o->check) {
         report_check(&chk.r, &wl, &chk.base, &chk.strategy, js);
         if (!chk.r.pass) rc = CLI_EXIT_MISMATCH;
     }
+    if (cl && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record, js)) != MOEMU_OK)
+        goto fail;
     if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
         goto fail;
     if (o->json && (st = cli_write_json(o->json, js)) != MOEMU_OK) goto fail;
@@ -419,7 +513,11 @@ fail:
 done:
     json_decref(js);
     if (o->check) check_free(&chk);
-    else emu_cluster_destroy(cl);
+    else {
+        emu_cluster_destroy(cl);
+        free(record);
+    }
+    route_close(&src);
     model_out_free(&out);
     emu_dev_destroy(dev);
     wts_free(&w);

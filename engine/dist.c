@@ -38,6 +38,7 @@ typedef struct {
     par_comm_t **comm;  /* (world, C__COUNT), NULL for a group of one */
     model_out_t *out;
     int64_t *assign, *dropped; /* (world) */
+    int64_t *load;             /* (world, layers, experts) */
 } dist_t;
 
 typedef struct {
@@ -151,7 +152,7 @@ static moemu_status_t kv_append(worker_t *v, int l, int b, int t)
                           cap);
     float *K = kv_k(v, l, b), *Vc = K + (size_t)v->kvl * cap * v->hd;
     int kvd = v->kvl * v->hd;
-    for (int g = 0; g < v->kvl; g++) {
+    for (int g = 0; g < v->kvl && v->x.math; g++) {
         size_t dst = ((size_t)g * cap + *n) * v->hd;
         memcpy(K + dst, v->kk + (size_t)t * kvd + g * v->hd, sizeof(float) * v->hd);
         memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * v->hd, sizeof(float) * v->hd);
@@ -317,11 +318,14 @@ static moemu_status_t moe(worker_t *v, const pass_t *ps, rows_t *r, int l)
     layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, L->moe_norm, R, d, (float)c->rms_norm_eps);
     const float *nM_rows = v->na + (size_t)r->m0 * d;
     layer_router(x, v->idx, v->wts, v->rlog, nM_rows, L->gate, nM, d, E, k);
+    if (D->o->dry)
+        for (int j = 0; j < nM; j++)
+            route_choose(D->o->routing, l, r->seq[r->m0 + j], r->pos[r->m0 + j], v->idx + j * k);
     int64_t dropped;
     MOEMU_CHECK(capacity(v, ps, r, nM, &dropped));
     D->dropped[v->rank] += dropped;
     D->assign[v->rank] += (int64_t)nM * k;
-    if (D->mo->route && x->math)
+    if (D->mo->route)
         for (int j = 0; j < nM; j++) {
             int t = r->m0 + j;
             for (int s = 0; s < k; s++) {
@@ -332,7 +336,8 @@ static moemu_status_t moe(worker_t *v, const pass_t *ps, rows_t *r, int l)
         }
     layer_experts_t ex = {.w1 = L->w1, .w3 = L->w3, .w2 = L->w2, .E = E, .k = k, .d = d,
                           .F = c->intermediate_size, .e0 = v->pl.expert0, .e1 = v->pl.expert1,
-                          .f0 = v->pl.ffn0, .f1 = v->pl.ffn1, .act = c->hidden_act};
+                          .f0 = v->pl.ffn0, .f1 = v->pl.ffn1, .act = c->hidden_act,
+                          .load = D->load + ((size_t)v->rank * c->num_hidden_layers + l) * E};
     MOEMU_CHECK(layer_moe_routed(x, &v->sh, v->moe + (size_t)r->m0 * d, nM_rows, v->idx, v->wts,
                                  v->keep, nM, &ex));
     /* routed outputs back to the residual rows */
@@ -466,6 +471,7 @@ static moemu_status_t head(worker_t *v, const pass_t *ps, const rows_t *r)
         int step = ps->decode ? ps->step : 0;
         if (writer && N > 0) {
             out->generated[(size_t)b * N + step] = tok;
+            out->token_time[(size_t)b * N + step] = emu_dev_clock(v->dev);
             if (out->gen_logits && x->math)
                 memcpy(out->gen_logits + ((size_t)b * N + step) * V, row, sizeof(float) * V);
         }
@@ -505,9 +511,11 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
                             ps->decode ? ps->step : 1, ps->decode ? D->wl->decode - 1 : 1, l,
                             D->c->num_hidden_layers);
         if (emu_dev_aborting(v->dev)) return moemu_fail(MOEMU_ERR_PEER, "stopped");
+        emu_dev_set_layer(v->dev, l);
         MOEMU_CHECK(attention(v, ps, &r, l));
         MOEMU_CHECK(moe(v, ps, &r, l));
     }
+    emu_dev_set_layer(v->dev, -1);
     if (v->stage < v->P - 1)
         return par_send(v->xr, (size_t)R * d, v->x.dtype, v->stage + 1, pp, v->dev);
     return head(v, ps, &r);
@@ -556,7 +564,7 @@ static moemu_status_t dev_setup(worker_t *v)
                           .ep_rank = v->pl.ep, .etp_size = s->etp, .etp_rank = v->pl.etp,
                           .replica_size = s->cp * s->tp,
                           .replica_rank = v->pl.cp * s->tp + v->pl.tp, .sp = s->sp};
-    v->x = (layer_ctx_t){.dev = v->dev, .dtype = c->dtype, .math = true};
+    v->x = (layer_ctx_t){.dev = v->dev, .dtype = c->dtype, .math = !D->o->dry};
     v->P = s->pp;
     v->stage = v->pl.pp;
     v->d = c->hidden_size;
@@ -701,9 +709,19 @@ moemu_status_t dist_generate(model_out_t *out, emu_cluster_t **cluster, const wt
     D.dropped = calloc((size_t)D.world, sizeof(int64_t));
     int *ranks = malloc(sizeof(int) * (size_t)D.world);
     out->generated = calloc((size_t)B * (N > 0 ? N : 1), sizeof(int));
+    out->token_time = calloc((size_t)B * (N > 0 ? N : 1), sizeof(double));
+    out->expert_load = calloc((size_t)c->num_hidden_layers * c->num_local_experts, sizeof(int64_t));
+    out->device_rows = calloc((size_t)D.world, sizeof(int64_t));
+    out->n_devices = D.world;
+    D.load = calloc((size_t)D.world * c->num_hidden_layers * c->num_local_experts, sizeof(int64_t));
+    if (o->dry && !o->routing) {
+        st = moemu_fail(MOEMU_ERR_INVALID, "a dry run needs a routing source");
+        goto done;
+    }
     if (mo->prompt_logits) out->prompt_logits = malloc(sizeof(float) * (size_t)B * wl->max_len * V);
     if (mo->gen_logits && N > 0) out->gen_logits = malloc(sizeof(float) * (size_t)B * N * V);
-    if (!D.comm || !D.assign || !D.dropped || !ranks || !out->generated ||
+    if (!D.comm || !D.assign || !D.dropped || !ranks || !out->generated || !out->token_time ||
+        !out->expert_load || !out->device_rows || !D.load ||
         (mo->prompt_logits && !out->prompt_logits) || (mo->gen_logits && N > 0 && !out->gen_logits)) {
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);
         goto done;
@@ -721,9 +739,14 @@ moemu_status_t dist_generate(model_out_t *out, emu_cluster_t **cluster, const wt
             for (int i = 0; i < n; i++) D.comm[(size_t)ranks[i] * C__COUNT + g] = cm;
         }
     if (st == MOEMU_OK) st = emu_cluster_run(cl, dev_main, &D);
+    size_t LE = (size_t)c->num_hidden_layers * c->num_local_experts;
     for (int i = 0; i < D.world; i++) {
         out->assignments += D.assign[i];
         out->dropped += D.dropped[i];
+        for (size_t j = 0; j < LE; j++) {
+            out->expert_load[j] += D.load[i * LE + j];
+            out->device_rows[i] += D.load[i * LE + j];
+        }
     }
 done:
     /* each communicator once: at its lowest member */
@@ -738,6 +761,7 @@ done:
     free(D.comm);
     free(D.assign);
     free(D.dropped);
+    free(D.load);
     free(ranks);
     if (st != MOEMU_OK) {
         model_out_free(out);

@@ -6,12 +6,18 @@
 #define MOEMU_DIST_H
 
 #include "engine/model.h"
+#include "engine/routing.h"
 
 typedef struct {
     par_strategy_t strategy;
     int micro_batches;       /* per DP replica, >= 1 */
     emu_hw_t hw;             /* device spec and topology */
     emu_cluster_opts_t cluster;
+    /* Dry run: the same schedule, collectives and cost accounting without
+     * the math (weights may be wts_address_only; cluster.nodata should be
+     * set); the router's decisions come from routing. */
+    bool dry;
+    const route_src_t *routing;
 } dist_opts_t;
 
 /* The model's dimensions as the strategy module sees them. */

@@ -20,6 +20,7 @@ typedef struct {
     int64_t kv_layer;     /* floats per layer */
     int64_t assignments, dropped;
     int batch, route_pos; /* shape of the route record */
+    int64_t *load;        /* (layers, E) */
 } model_t;
 
 /* Scratch for a pass over T tokens: one allocation. */
@@ -86,6 +87,7 @@ static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
                                            s->idx + (int64_t)a * k, b - a, k, E, cap);
     }
     m->assignments += (int64_t)T * k;
+    int64_t *load = m->load + (size_t)layer * E;
     if (m->o->route) {
         int B = m->batch, P = m->route_pos;
         for (int t = 0; t < T; t++)
@@ -100,6 +102,7 @@ static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
         int n = 0;
         for (int64_t a = 0; a < (int64_t)T * k; a++)
             if (s->idx[a] == e && s->keep[a]) s->rows[n++] = (int)a;
+        load[e] += n;
         if (n == 0) continue;
         for (int r = 0; r < n; r++)
             memcpy(s->xe + (int64_t)r * d, s->n + (int64_t)(s->rows[r] / k) * d,
@@ -217,6 +220,9 @@ void model_out_free(model_out_t *out)
     free(out->generated);
     free(out->prompt_logits);
     free(out->gen_logits);
+    free(out->token_time);
+    free(out->expert_load);
+    free(out->device_rows);
     memset(out, 0, sizeof *out);
 }
 
@@ -262,9 +268,15 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
     tok = malloc(sizeof(int) * (size_t)Tmax * 4 + sizeof(int) * (size_t)(ng + 1));
     lbuf = malloc(sizeof(float) * (size_t)lrows_max * V);
     out->generated = calloc((size_t)B * (N > 0 ? N : 1), sizeof(int));
+    out->token_time = calloc((size_t)B * (N > 0 ? N : 1), sizeof(double));
+    out->expert_load = calloc((size_t)c->num_hidden_layers * c->num_local_experts, sizeof(int64_t));
+    out->device_rows = calloc(1, sizeof(int64_t));
+    out->n_devices = 1;
+    m.load = out->expert_load;
     if (o->prompt_logits) out->prompt_logits = malloc(sizeof(float) * (size_t)B * Lmax * V);
     if (o->gen_logits && N > 0) out->gen_logits = malloc(sizeof(float) * (size_t)B * N * V);
-    if (!m.cap || !m.kv_off || !tok || !lbuf || !out->generated ||
+    if (!m.cap || !m.kv_off || !tok || !lbuf || !out->generated || !out->token_time ||
+        !out->expert_load || !out->device_rows ||
         (o->prompt_logits && !out->prompt_logits) || (o->gen_logits && N > 0 && !out->gen_logits)) {
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);
         goto done;
@@ -316,6 +328,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
                 memcpy(out->prompt_logits + ((int64_t)b * Lmax + p) * V, row, sizeof(float) * V);
             if (p == wl->len[b] - 1 && N > 0) {
                 out->generated[(int64_t)b * N] = layer_argmax(row, V);
+                out->token_time[(int64_t)b * N] = emu_dev_clock(dev);
                 if (out->gen_logits)
                     memcpy(out->gen_logits + (int64_t)b * N * V, row, sizeof(float) * V);
             }
@@ -337,6 +350,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
         for (int b = 0; b < B; b++) {
             const float *row = lbuf + (int64_t)b * V;
             out->generated[(int64_t)b * N + step] = layer_argmax(row, V);
+            out->token_time[(int64_t)b * N + step] = emu_dev_clock(dev);
             if (out->gen_logits)
                 memcpy(out->gen_logits + ((int64_t)b * N + step) * V, row, sizeof(float) * V);
         }
@@ -344,6 +358,8 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
     out->wall_decode = now() - t0;
     out->assignments = m.assignments;
     out->dropped = m.dropped;
+    for (size_t i = 0; i < (size_t)c->num_hidden_layers * c->num_local_experts; i++)
+        out->device_rows[0] += out->expert_load[i];
 done:
     free(s.block);
     free(m.kv);

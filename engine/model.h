@@ -32,6 +32,11 @@ typedef struct {
     float *gen_logits;    /* (batch, decode, V) */
     int64_t assignments;  /* routed (token, choice) pairs, all layers */
     int64_t dropped;      /* of which dropped by the capacity factor */
+    double *token_time;   /* (batch, decode) virtual time at which each
+                             generated token was picked */
+    int64_t *expert_load; /* (layers, experts) kept assignments computed */
+    int64_t *device_rows; /* (devices) expert rows each device computed */
+    int n_devices;
     double wall_prefill, wall_decode; /* host seconds */
 } model_out_t;
 

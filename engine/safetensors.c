@@ -444,6 +444,33 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
     return MOEMU_OK;
 }
 
+moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, int32_t *out)
+{
+    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
+        return moemu_fail(MOEMU_ERR_INVALID, "st_read_i32: bad arguments");
+    const st_tensor_t *t = st_find(f, name);
+    if (!t) return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s", name, f->path);
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[256], want[256];
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has shape %s, expected %s", name,
+                          f->path, st_shape_str(have, sizeof have, t->ndim, t->shape),
+                          st_shape_str(want, sizeof want, ndim, shape));
+    }
+    if (t->dtype != ST_I32)
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected I32", name,
+                          f->path, t->dtype_name);
+    const uint8_t *p = t->data;
+    for (size_t i = 0; i < t->nbytes / 4; i++) {
+        const uint8_t *q = p + 4 * i;
+        out[i] = (int32_t)((uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
+                           (uint32_t)q[3] << 24);
+    }
+    return MOEMU_OK;
+}
+
 /* ---- writing */
 
 /* Elements converted per fwrite: large enough that stdio overhead vanishes,
@@ -453,15 +480,16 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
 static bool st_put_tensor(FILE *fp, const st_write_tensor_t *t, size_t count,
                           st_dtype_t dtype, uint8_t *buf)
 {
-    if (dtype == ST_F32 && ST_HOST_LE)
+    bool word = dtype == ST_F32 || dtype == ST_I32; /* 4 bytes as they are */
+    if (word && ST_HOST_LE)
         return fwrite(t->data, 4, count, fp) == count;
-    size_t esz = dtype == ST_F32 ? 4 : 2;
+    size_t esz = word ? 4 : 2;
     for (size_t off = 0; off < count; off += ST_CHUNK) {
         size_t m = count - off < ST_CHUNK ? count - off : ST_CHUNK;
         const float *src = t->data + off;
         for (size_t i = 0; i < m; i++) {
             uint32_t u;
-            if (dtype == ST_F32)
+            if (word)
                 memcpy(&u, &src[i], 4);
             else
                 u = dtype == ST_F16 ? emu_f32_to_f16(src[i])
@@ -481,8 +509,8 @@ static moemu_status_t st_build_header(const char *path,
                                       char **out)
 {
     static const char *const names[] = {[ST_F32] = "F32", [ST_F16] = "F16",
-                                        [ST_BF16] = "BF16"};
-    size_t esz = dtype == ST_F32 ? 4 : 2;
+                                        [ST_BF16] = "BF16", [ST_I32] = "I32"};
+    size_t esz = dtype == ST_F32 || dtype == ST_I32 ? 4 : 2;
     moemu_status_t st = MOEMU_OK;
     json_t *root = json_object(), *meta = json_object();
     if (!root || !meta || json_object_set_new(meta, "format",
@@ -588,10 +616,10 @@ moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_write: bad arguments (path %s, n %d)",
                           path ? path : "NULL", n);
-    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16 && dtype != ST_I32)
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_write %s: dtype %d cannot be written; use "
-                          "ST_F32, ST_F16 or ST_BF16",
+                          "ST_F32, ST_F16, ST_BF16 or ST_I32",
                           path, (int)dtype);
 
     size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);

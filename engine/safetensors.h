@@ -43,8 +43,13 @@ const st_tensor_t *st_find(const st_file_t *f, const char *name); /* or NULL */
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out);
 
+/* The same for an I32 tensor, read as it is. */
+moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, int32_t *out);
+
 /* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16
- * or ST_BF16, rounded to nearest even). The file appears complete or not at
+ * or ST_BF16, rounded to nearest even), or, with ST_I32, data points to
+ * int32 values stored as they are. The file appears complete or not at
  * all: data goes to a temporary file beside path that is renamed at the
  * end. */
 typedef struct {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "engine/safetensors.h"
@@ -202,7 +203,9 @@ moemu_status_t wts_check_host_memory(double bytes, const char *what)
     return MOEMU_OK;
 }
 
-static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg)
+/* Lay the tensors out in one block: host memory, or with only_address an
+ * address range that is never touched (dry runs). */
+static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_address)
 {
     memset(w, 0, sizeof *w);
     w->cfg = *cfg;
@@ -210,10 +213,17 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg)
     char what[128];
     snprintf(what, sizeof what, "model %s (%.3g parameters in fp32)", cfg->name,
              (double)n);
-    MOEMU_CHECK(wts_check_host_memory(4.0 * (double)n, what));
+    if (!only_address) MOEMU_CHECK(wts_check_host_memory(4.0 * (double)n, what));
     int L = cfg->num_hidden_layers, E = cfg->num_local_experts,
         S = cfg->num_shared_experts;
-    w->block = malloc(sizeof(float) * (size_t)n);
+    if (only_address) {
+        void *p = mmap(NULL, sizeof(float) * (size_t)n, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        w->block = p == MAP_FAILED ? NULL : p;
+        w->mapped = w->block != NULL;
+    } else {
+        w->block = malloc(sizeof(float) * (size_t)n);
+    }
     w->layers = calloc((size_t)L, sizeof *w->layers);
     w->ptrs = calloc((size_t)L * 3 * (E + S) + 1, sizeof(float *));
     if (!w->block || !w->layers || !w->ptrs) {
@@ -303,7 +313,7 @@ static void *gen_worker(void *arg)
 
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
 {
-    MOEMU_CHECK(wts_alloc(w, cfg));
+    MOEMU_CHECK(wts_alloc(w, cfg, false));
     int n = wts_tensor_count(w);
     gen_job_t job = {.w = w, .seed = seed, .n_tensors = n};
     atomic_init(&job.next, 0);
@@ -334,7 +344,7 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
 {
     st_file_t *f;
     MOEMU_CHECK(st_open(path, &f));
-    moemu_status_t st = wts_alloc(w, cfg);
+    moemu_status_t st = wts_alloc(w, cfg, false);
     if (st != MOEMU_OK) {
         st_close(f);
         return st;
@@ -380,9 +390,15 @@ moemu_status_t wts_dump(const wts_t *w, const char *path)
     return st;
 }
 
+moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg)
+{
+    return wts_alloc(w, cfg, true);
+}
+
 void wts_free(wts_t *w)
 {
-    free(w->block);
+    if (w->mapped) munmap(w->block, sizeof(float) * (size_t)w->n_floats);
+    else free(w->block);
     free(w->layers);
     free(w->ptrs);
     memset(w, 0, sizeof *w);

@@ -40,6 +40,7 @@ typedef struct {
     float *block;      /* one allocation holding every tensor */
     int64_t n_floats;
     float **ptrs;      /* the per-expert pointer arrays */
+    bool mapped;       /* block is an untouched address range (dry runs) */
 } wts_t;
 
 /* One tensor of the model by Hugging Face name, for loading and dumping. */
@@ -58,6 +59,9 @@ void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
+/* The layout without the values, for dry runs: an address range that is
+ * never read or written, so it takes no host memory. */
+moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 /* Write every tensor in the emulated dtype (fp32 as F32). */
 moemu_status_t wts_dump(const wts_t *w, const char *path);
 void wts_free(wts_t *w);

@@ -23,7 +23,7 @@ int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
     return n;
 }
 
-void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
+LAYER_HOT void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
                      const float *kc, const float *vc, int T, int q0, int k0,
                      int k1, int H, int Hkv, int hd, int ldc)
 {
@@ -72,13 +72,11 @@ void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
                         memset(sr, 0, sizeof(float) * nk_b);
                         continue;
                     }
-                    float mx = m[r];
-                    for (int j = 0; j < vis; j++) mx = sr[j] > mx ? sr[j] : mx;
+                    float mx = layer_row_max(sr, vis, m[r]);
                     /* m[r] = -inf: nothing accumulated yet, corr = 0 */
                     float corr = m[r] == -INFINITY ? 0.0f : layer_exp(m[r] - mx);
                     for (int j = 0; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
-                    float sum = 0.0f;
-                    for (int j = 0; j < vis; j++) sum += sr[j];
+                    float sum = layer_row_sum(sr, vis);
                     for (int j = vis; j < nk_b; j++) sr[j] = 0.0f;
                     l[r] = l[r] * corr + sum;
                     m[r] = mx;

@@ -149,6 +149,8 @@ typedef struct {
     float *const *w1, *const *w3, *const *w2;
     int E, k, d, F, e0, e1, f0, f1;
     layer_act_t act;
+    int64_t *load; /* (E), if not NULL: += the rows each expert computed
+                      here (counted on ETP rank 0) */
 } layer_experts_t;
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):

@@ -5,12 +5,24 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Hot loops built twice on x86-64, for AVX2 and the baseline, the better
+ * picked at load time (GCC's target_clones): the same results either way,
+ * since the code is the same and only the vector width differs. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define LAYER_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define LAYER_HOT
+#endif
+
 /* exp(x) to about 1 ulp for x in [-87.3, 88.3] (clamped outside): Cody-Waite
  * reduction and Cephes' expf polynomial. Branch-free so that loops over it
  * vectorize, and the same bits on every host, unlike libm's expf. */
 static inline float layer_exp(float x)
 {
-    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;
+    /* two selects, not branches, so that loops over it vectorize */
+    x = x > 88.3f ? 88.3f : x;
+    x = x < -87.3f ? -87.3f : x;
     /* n = round(x / ln 2) by the 1.5 * 2^23 trick: exact for |n| < 2^22 */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -25,6 +37,32 @@ static inline float layer_exp(float x)
     float s;
     memcpy(&s, &e, 4);
     return p * s;
+}
+
+/* max(init, x[0..n)) and the sum of x[0..n) with eight independent lanes,
+ * so that the loop runs at the width of the vector unit instead of the
+ * latency of one chain (the lanes fix the order: the same bits on every
+ * host). */
+static inline float layer_row_max(const float *x, int n, float init)
+{
+    float m[8] = {init, init, init, init, init, init, init, init};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; u++) m[u] = x[j + u] > m[u] ? x[j + u] : m[u];
+    for (; j < n; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
+    float r = m[0];
+    for (int u = 1; u < 8; u++) r = m[u] > r ? m[u] : r;
+    return r;
+}
+
+static inline float layer_row_sum(const float *x, int n)
+{
+    float s[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; u++) s[u] += x[j + u];
+    for (; j < n; j++) s[0] += x[j];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
 #endif

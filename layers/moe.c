@@ -4,7 +4,7 @@
 #include "layers/layers.h"
 #include "layers/layers_impl.h"
 
-void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
+LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
                   const float *x, const float *wg, int T, int d, int E, int k)
 {
     layer_linear(c, EMU_KERNEL_ROUTER, logits, x, wg, T, d, E, d, false);
@@ -80,7 +80,7 @@ layer_work_t layer_expert_work(int n, int d, int F, layer_act_t act,
     };
 }
 
-void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x,
+LAYER_HOT void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x,
                   const float *w1, const float *w3, const float *w2, int n,
                   int d, int F, int ldw2, layer_act_t act, bool accumulate)
 {

@@ -32,7 +32,7 @@ static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
 {
     int p = comm_size(comm);
     if (p == 1) {
-        if (c->math && out != in && counts[0] > 0)
+        if ((c->math || dt == EMU_DTYPE_INT32) && out != in && counts[0] > 0)
             memmove(out, in, 4 * (size_t)counts[0] * width);
         return MOEMU_OK;
     }
@@ -43,9 +43,12 @@ static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, 4 * n * (p + 1),
                           (double)(n * (p + 1)) * emu_dtype_size(dt), (void **)&buf));
     float *send = buf + n * p;
-    if (c->math) memcpy(send, in, 4 * (size_t)counts[me] * width);
+    /* int32 rows are metadata (routing, counts): they travel even when the
+     * math is skipped */
+    bool data = c->math || dt == EMU_DTYPE_INT32;
+    if (data) memcpy(send, in, 4 * (size_t)counts[me] * width);
     moemu_status_t st = par_allgather(send, buf, n, dt, comm, c->dev);
-    if (st == MOEMU_OK && c->math) {
+    if (st == MOEMU_OK && data) {
         char *o = out;
         for (int q = 0; q < p; q++) {
             memcpy(o, buf + n * q, 4 * (size_t)counts[q] * width);
@@ -134,7 +137,7 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
 {
     *dropped = 0;
     if (cf <= 0.0) { /* dropless: nothing to agree on */
-        if (c->math) memset(keep, 1, (size_t)n * k);
+        memset(keep, 1, (size_t)n * k);
         return MOEMU_OK;
     }
     int p = comm_size(comm), me = comm ? par_comm_rank(comm, c->dev) : 0;
@@ -153,7 +156,7 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
         return nomem(sizeof(int) * all_n * 2, "the routing decisions of a group");
     }
     moemu_status_t st = gather_rows(c, all, idx, counts, k, EMU_DTYPE_INT32, comm);
-    if (st == MOEMU_OK && c->math) {
+    if (st == MOEMU_OK) { /* routing is metadata: decided in dry runs too */
         /* into group order, then the first cap choices of each expert */
         for (int64_t j = 0; j < T; j++)
             memcpy(group + (int64_t)gpos[j] * k, all + j * k, sizeof(int) * k);
@@ -342,6 +345,9 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
         for (int j = 0; j < EP * Eper; j++) lcount[i] += pl.lists_c[i * EP * Eper + j];
         nlist += lcount[i];
     }
+    if (ex->load && s->etp_rank == 0) /* the ETP members share these rows */
+        for (int i = 0; i < ETP * EP; i++)
+            for (int j = 0; j < Eper; j++) ex->load[ex->e0 + j] += pl.lists_c[i * Eper + j];
     lb = (size_t)nlist * d;
     if ((st = emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * lb + 1), 2.0 * sz * (double)lb,
                         (void **)&lists)) != MOEMU_OK)

@@ -27,14 +27,17 @@ AC_DEFUN([MOEMU_CHECK_DEPS], [
   AC_SEARCH_LIBS([sqrt], [m])
 ])
 
-# MOEMU_CHECK_VECTORIZE: let -O2 vectorize loops that need an epilogue
-# (the kernels' exp and activation loops); only where the compiler takes it.
+# MOEMU_CHECK_VECTORIZE: let -O2 vectorize loops that need an epilogue and
+# loops with selects (the kernels' exp, softmax and activation loops):
+# -fno-trapping-math lets GCC turn a float select into a blend; it changes
+# no result. Only where the compiler takes the flags.
 AC_DEFUN([MOEMU_CHECK_VECTORIZE], [
   VECTORIZE_CFLAGS=
-  save_CFLAGS=$CFLAGS; CFLAGS="$CFLAGS -Werror -fvect-cost-model=dynamic"
-  AC_MSG_CHECKING([whether $CC accepts -fvect-cost-model=dynamic])
+  flags="-fvect-cost-model=dynamic -fno-trapping-math"
+  save_CFLAGS=$CFLAGS; CFLAGS="$CFLAGS -Werror $flags"
+  AC_MSG_CHECKING([whether $CC accepts $flags])
   AC_COMPILE_IFELSE([AC_LANG_PROGRAM([], [])],
-    [VECTORIZE_CFLAGS=-fvect-cost-model=dynamic; AC_MSG_RESULT([yes])],
+    [VECTORIZE_CFLAGS=$flags; AC_MSG_RESULT([yes])],
     [AC_MSG_RESULT([no])])
   CFLAGS=$save_CFLAGS
   AC_SUBST([VECTORIZE_CFLAGS])

@@ -2,7 +2,8 @@
  * publish their buffers and clocks, meet, move data straight between each
  * other's buffers (every element written once, by one member), meet again
  * so that nobody returns while others still touch its buffers, then
- * charge virtual time from the published clocks alone. */
+ * charge virtual time from the published clocks alone. In no-data mode
+ * everything happens but the data movement. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,14 @@ typedef struct {
     bool op, root, peer;
 } par_needs_t;
 
+/* In no-data mode float payloads stay behind; int32 ones (token ids,
+ * routing decisions, counts: the metadata a dry run's schedule needs) still
+ * travel. */
+static bool par_skip_payload(const emu_dev_t *dev, emu_dtype_t dtype)
+{
+    return emu_dev_nodata(dev) && dtype != EMU_DTYPE_INT32;
+}
+
 static moemu_status_t par_check(const char *what, par_comm_t *c,
                                 const emu_dev_t *dev, const par_slot_t *a,
                                 par_needs_t need, size_t sendn, size_t recvn,
@@ -72,6 +81,8 @@ static moemu_status_t par_check(const char *what, par_comm_t *c,
     if (!c || !dev)
         return moemu_fail(MOEMU_ERR_INVALID, "%s: NULL %s", what,
                           c ? "device" : "communicator");
+    /* no-data mode moves no float payload: buffers may be NULL */
+    if (par_skip_payload(dev, a->dtype)) need.send = need.recv = false;
     int r = par_comm_rank(c, dev);
     if (r < 0)
         return moemu_fail(MOEMU_ERR_INVALID,
@@ -125,6 +136,8 @@ static moemu_status_t par_agree(const par_comm_t *c, int r)
             field = "op";
         else if (s->kind == EMU_COLL_BROADCAST && s->root != s0->root)
             field = "root";
+        else if (s->nodata != s0->nodata)
+            field = "no-data mode";
         if (field)
             return moemu_fail(
                 MOEMU_ERR_INVALID,
@@ -147,6 +160,7 @@ static moemu_status_t par_enter(par_comm_t *c, int r, const par_slot_t *a,
 {
     c->slots[r] = *a;
     c->slots[r].clock = emu_dev_clock(dev);
+    c->slots[r].nodata = par_skip_payload(dev, a->dtype);
     MOEMU_CHECK(par_meet(c, r, true));
     moemu_status_t st = par_agree(c, r);
     /* others may still read the slots: leave together (a meeting that
@@ -262,8 +276,9 @@ moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
         size_t lo = count * (size_t)r / (size_t)p;
         size_t hi = count * (size_t)(r + 1) / (size_t)p;
         for (int q = 0; q < p; q++) dst[q] = comm->slots[q].recv;
-        par_reduce_range(comm, lo, hi, dst, p, 0,
-                         count * PAR_ELEM * (size_t)p >= comm->stream_bytes);
+        if (!comm->slots[r].nodata)
+            par_reduce_range(comm, lo, hi, dst, p, 0,
+                             count * PAR_ELEM * (size_t)p >= comm->stream_bytes);
         st = par_leave(comm, r, dev, EMU_COLL_ALLREDUCE, -1,
                        (double)count * emu_dtype_size(dtype));
     }
@@ -287,8 +302,10 @@ moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     size_t lo = recvcount * (size_t)r;
     void *dst = recvbuf;
-    par_reduce_range(comm, lo, lo + recvcount, &dst, 1, -(ptrdiff_t)lo,
-                     recvcount * PAR_ELEM * (size_t)comm->n >= comm->stream_bytes);
+    if (!comm->slots[r].nodata)
+        par_reduce_range(comm, lo, lo + recvcount, &dst, 1, -(ptrdiff_t)lo,
+                         recvcount * PAR_ELEM * (size_t)comm->n >=
+                             comm->stream_bytes);
     return par_leave(comm, r, dev, EMU_COLL_REDUCE_SCATTER, -1,
                      (double)recvcount * comm->n * emu_dtype_size(dtype));
 }
@@ -309,7 +326,7 @@ moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
      * there */
     size_t blk = sendcount * PAR_ELEM;
     bool stream = blk * (size_t)comm->n * (size_t)comm->n >= comm->stream_bytes;
-    for (int q = 0; q < comm->n; q++) {
+    for (int q = 0; q < comm->n && !comm->slots[r].nodata; q++) {
         char *to = (char *)recvbuf + (size_t)q * blk;
         if (blk && to != comm->slots[q].send)
             par_copy(to, comm->slots[q].send, blk, stream);
@@ -335,7 +352,8 @@ moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     const void *from = comm->slots[root].send;
     bool stream = count * PAR_ELEM * (size_t)comm->n >= comm->stream_bytes;
-    if (count && recvbuf != from) par_copy(recvbuf, from, count * PAR_ELEM, stream);
+    if (count && recvbuf != from && !comm->slots[r].nodata)
+        par_copy(recvbuf, from, count * PAR_ELEM, stream);
     par_fence(stream);
     return par_leave(comm, r, dev, EMU_COLL_BROADCAST, root,
                      (double)count * emu_dtype_size(dtype));
@@ -415,7 +433,7 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
         double all = 0;
         for (size_t i = 0; i < (size_t)p * p; i++) all += bytes[i];
         bool stream = all / w * PAR_ELEM >= (double)comm->stream_bytes;
-        for (int q = 0; q < p; q++) {
+        for (int q = 0; q < p && !comm->slots[r].nodata; q++) {
             const par_slot_t *s = &comm->slots[q];
             size_t n = a2a_scount(s, r);
             if (n)
@@ -479,17 +497,19 @@ moemu_status_t par_send(const void *buf, size_t count, emu_dtype_t dtype,
     MOEMU_CHECK(par_check("send", comm, dev, &a,
                           (par_needs_t){.send = true, .peer = true}, count, 0,
                           &r));
+    bool nodata = par_skip_payload(dev, dtype); /* no payload */
     par_msg_t *m = malloc(sizeof *m);
-    void *data = count ? malloc(count * PAR_ELEM) : NULL;
-    if (!m || (count && !data)) {
+    void *data = count && !nodata ? malloc(count * PAR_ELEM) : NULL;
+    if (!m || (count && !nodata && !data)) {
         free(m);
         free(data);
         return moemu_fail(MOEMU_ERR_NOMEM,
                           "send on device %d: no host memory for %zu elements",
                           emu_dev_rank(dev), count);
     }
-    if (count) memcpy(data, buf, count * PAR_ELEM);
-    *m = (par_msg_t){.src = r, .count = count, .dtype = dtype, .data = data,
+    if (data) memcpy(data, buf, count * PAR_ELEM);
+    *m = (par_msg_t){.src = r, .count = count, .dtype = dtype,
+                     .nodata = nodata, .data = data,
                      .t = emu_p2p_send(dev, comm->granks[peer],
                                        (double)count * emu_dtype_size(dtype))};
     emu_sync_lock(comm->sync);
@@ -539,14 +559,23 @@ moemu_status_t par_recv(void *buf, size_t count, emu_dtype_t dtype, int peer,
     }
     emu_sync_unlock(comm->sync);
     if (st != MOEMU_OK) return st;
+    bool nodata = par_skip_payload(dev, dtype);
     if (m->count != count || m->dtype != dtype)
         st = moemu_fail(MOEMU_ERR_INVALID,
                         "device %d receives %zu %s from device %d, which sent "
                         "%zu %s",
                         comm->granks[r], count, emu_dtype_name(dtype),
                         comm->granks[peer], m->count, emu_dtype_name(m->dtype));
+    else if (m->nodata != nodata)
+        st = moemu_fail(MOEMU_ERR_INVALID,
+                        "device %d receives %s from device %d, which sent "
+                        "%s (both must be in the same mode)",
+                        comm->granks[r],
+                        nodata ? "in no-data mode" : "data",
+                        comm->granks[peer],
+                        m->nodata ? "in no-data mode" : "data");
     else {
-        if (count) memcpy(buf, m->data, count * PAR_ELEM);
+        if (count && !nodata) memcpy(buf, m->data, count * PAR_ELEM);
         emu_p2p_recv(dev, comm->granks[peer], m->t);
     }
     free(m->data);

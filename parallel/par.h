@@ -27,6 +27,16 @@
  * member's function returned without joining, MOEMU_ERR_INVALID. After an
  * error the communicator is unusable until the cluster's next run.
  *
+ * No-data mode (emu_dev_set_nodata, a cluster's opts.nodata): everything
+ * above happens (meetings, checks, agreement, virtual time and counters,
+ * bit for bit as with data) but no float payload moves: send buffers are
+ * not read, receive buffers not written, and NULL buffers are accepted.
+ * EMU_DTYPE_INT32 payloads (token ids, routing decisions, counts: the
+ * metadata a dry run's schedule depends on) still move. Members must
+ * all be in the same mode (else MOEMU_ERR_INVALID on every member); a
+ * message sent in no-data mode has no payload and needs a receiver in
+ * no-data mode.
+ *
  * Virtual time: emu's cost model (emu_coll_charge, emu_coll_alltoall,
  * emu_p2p_send/recv): a collective starts at its members' latest clock and
  * costs its algorithm's closed form over the slowest link class the group

@@ -19,6 +19,7 @@ typedef struct {
     int root;
     const size_t *scounts, *sdispls, *rcounts, *rdispls; /* all-to-all-v */
     double clock;
+    bool nodata; /* the member is in no-data mode: nothing moves */
 } par_slot_t;
 
 /* An eager message, queued on its receiver's mailbox. */
@@ -28,6 +29,7 @@ typedef struct par_msg {
     size_t count;
     emu_dtype_t dtype;
     emu_msg_time_t t;
+    bool nodata; /* sent in no-data mode: no payload */
     void *data;
 } par_msg_t;
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -973,5 +974,249 @@ Test(errors, next_run_after_abort)
     case_check(&k);
     case_free(&k);
     par_comm_destroy(f.w);
+    emu_cluster_destroy(c);
+}
+
+/* ---- no-data mode: the same clocks and counters, bit for bit, and no
+ * byte of any buffer read or written */
+
+enum { ND_DATA, ND_SENTINEL, ND_NOACCESS, ND_NULL, ND__COUNT };
+#define ND_P 6
+#define ND_LEN 8192 /* floats per buffer */
+
+typedef struct {
+    par_comm_t *w, *sub, *solo; /* world; {1, 2, 5} (tree, binomial); {3} */
+    float *buf[ND_P][3];        /* send, receive, second receive */
+} nd_t;
+
+/* p + k, NULL stays NULL (no arithmetic on a null pointer) */
+static float *nd_at(float *p, size_t k) { return p ? p + k : NULL; }
+
+static moemu_status_t nd_fn(emu_dev_t *dev, void *arg)
+{
+    nd_t *a = arg;
+    int r = emu_dev_rank(dev), p = ND_P, sr = par_comm_rank(a->sub, dev);
+    float *s = a->buf[r][0], *x = a->buf[r][1], *y = a->buf[r][2];
+    par_comm_t *w = a->w;
+    stagger(dev, (r * 5) % p);
+    MOEMU_CHECK(par_allreduce(s, x, 1000, EMU_DTYPE_FP32, PAR_OP_SUM, w, dev));
+    emu_charge(dev, EMU_KERNEL_ATTN, ms_flops(&spec, p - r), 1e6);
+    MOEMU_CHECK(par_allreduce(s, x, 777, EMU_DTYPE_BF16, PAR_OP_MAX, w, dev));
+    if (sr >= 0)
+        MOEMU_CHECK(par_allreduce(s, x, 3000, EMU_DTYPE_FP16, PAR_OP_SUM,
+                                  a->sub, dev));
+    if (r == 3)
+        MOEMU_CHECK(par_allreduce(s, x, 100, EMU_DTYPE_FP32, PAR_OP_SUM,
+                                  a->solo, dev));
+    MOEMU_CHECK(par_reduce_scatter(s, x, 500, EMU_DTYPE_FP32, PAR_OP_SUM, w, dev));
+    stagger(dev, r % 3);
+    MOEMU_CHECK(par_allgather(s, x, 400, EMU_DTYPE_BF16, w, dev));
+    MOEMU_CHECK(par_broadcast(s, x, 2000, EMU_DTYPE_FP32, 4, w, dev));
+    if (sr >= 0)
+        MOEMU_CHECK(par_broadcast(s, y, 900, EMU_DTYPE_BF16, 2, a->sub, dev));
+    MOEMU_CHECK(par_alltoall(s, x, 300, EMU_DTYPE_BF16, w, dev));
+    size_t sc[ND_P], sd[ND_P], rc[ND_P], rd[ND_P], so = 0, ro = 0;
+    for (int q = 0; q < p; q++) {
+        sc[q] = (size_t)((r + 2 * q) % 4) * 40;
+        rc[q] = (size_t)((q + 2 * r) % 4) * 40;
+        sd[q] = so, rd[q] = ro;
+        so += sc[q], ro += rc[q];
+    }
+    MOEMU_CHECK(par_alltoallv(s, sc, sd, y, rc, rd, EMU_DTYPE_FP16, w, dev));
+    MOEMU_CHECK(par_allgather(NULL, NULL, 0, EMU_DTYPE_FP32, w, dev));
+    emu_charge(dev, EMU_KERNEL_NORM, 0, 1e8 * ((r * 3) % p + 1));
+    MOEMU_CHECK(par_send(s, 1500, EMU_DTYPE_BF16, (r + 2) % p, w, dev));
+    MOEMU_CHECK(par_send(nd_at(s, 1500), 700, EMU_DTYPE_FP32, (r + 3) % p, w, dev));
+    MOEMU_CHECK(par_send(s, 10, EMU_DTYPE_FP32, r, w, dev));
+    MOEMU_CHECK(par_recv(x, 1500, EMU_DTYPE_BF16, (r + p - 2) % p, w, dev));
+    MOEMU_CHECK(par_recv(y, 700, EMU_DTYPE_FP32, (r + p - 3) % p, w, dev));
+    MOEMU_CHECK(par_recv(nd_at(y, 1000), 10, EMU_DTYPE_FP32, r, w, dev));
+    return par_barrier(w, dev);
+}
+
+static void nd_run(int mode, emu_cluster_t **out, nd_t *a)
+{
+    emu_cluster_opts_t o = {.no_pin = true, .nodata = mode != ND_DATA};
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, &topo4, ND_P, &o, &c), MOEMU_OK);
+    memset(a, 0, sizeof *a);
+    cr_assert_eq(par_comm_create_world(c, &a->w), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){1, 2, 5}, 3, &a->sub), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){3}, 1, &a->solo), MOEMU_OK);
+    cr_assert_eq(par_comm_set_algo(a->sub, EMU_COLL_ALLREDUCE, "tree"), MOEMU_OK);
+    cr_assert_eq(par_comm_set_algo(a->sub, EMU_COLL_BROADCAST, "binomial"),
+                 MOEMU_OK);
+    for (int r = 0; r < ND_P && mode != ND_NULL; r++)
+        for (int k = 0; k < 3; k++) {
+            void *b = mmap(NULL, ND_LEN * 4,
+                           mode == ND_NOACCESS ? PROT_NONE
+                                               : PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            cr_assert_neq(b, MAP_FAILED);
+            a->buf[r][k] = b;
+            if (mode == ND_SENTINEL) memset(b, 0xA5, ND_LEN * 4);
+            if (mode == ND_DATA)
+                for (int i = 0; i < ND_LEN; i++)
+                    a->buf[r][k][i] = (float)(k == 0 ? r + i % 7 : -1);
+        }
+    cr_assert_eq(emu_cluster_run(c, nd_fn, a), MOEMU_OK, "mode %d: %s", mode,
+                 moemu_errmsg());
+    *out = c;
+}
+
+static void nd_free(emu_cluster_t *c, nd_t *a)
+{
+    for (int r = 0; r < ND_P; r++)
+        for (int k = 0; k < 3; k++)
+            if (a->buf[r][k]) munmap(a->buf[r][k], ND_LEN * 4);
+    par_comm_destroy(a->w);
+    par_comm_destroy(a->sub);
+    par_comm_destroy(a->solo);
+    emu_cluster_destroy(c);
+}
+
+#define SAME(x, y, what, r)                                                    \
+    cr_assert((x) == (y), "mode %d device %d: %s %.17g with data, %.17g "     \
+              "without", mode, r, what, (double)(y), (double)(x))
+
+Test(nodata, same_time_and_counters_no_data_moved)
+{
+    emu_cluster_t *c0, *c;
+    nd_t a0, a;
+    nd_run(ND_DATA, &c0, &a0);
+    /* with data, the last receives landed (send buffers hold r + i % 7) */
+    for (int r = 0; r < ND_P; r++) {
+        cr_assert_eq(a0.buf[r][1][0], (r + 4) % 6);
+        cr_assert_eq(a0.buf[r][2][0], (r + 3) % 6 + 1500 % 7);
+        cr_assert_eq(a0.buf[r][2][1000], r);
+    }
+    for (int mode = ND_SENTINEL; mode < ND__COUNT; mode++) {
+        nd_run(mode, &c, &a);
+        for (int r = 0; r < ND_P; r++) {
+            emu_dev_t *d = emu_cluster_dev(c, r), *d0 = emu_cluster_dev(c0, r);
+            cr_assert(emu_dev_nodata(d));
+            cr_assert_not(emu_dev_nodata(d0));
+            SAME(emu_dev_clock(d), emu_dev_clock(d0), "clock", r);
+            for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+                const emu_kernel_stats_t *x = emu_dev_kernel_stats(d, k),
+                                         *y = emu_dev_kernel_stats(d0, k);
+                SAME(x->time, y->time, emu_kernel_name(k), r);
+                SAME(x->launches, y->launches, emu_kernel_name(k), r);
+                SAME(x->flops, y->flops, emu_kernel_name(k), r);
+                SAME(x->bytes, y->bytes, emu_kernel_name(k), r);
+            }
+            for (int k = 0; k < EMU_COLL__COUNT; k++)
+                for (int l = 0; l < EMU_LINK__COUNT; l++) {
+                    const emu_comm_stats_t *x = emu_dev_comm_stats(d, k, l),
+                                           *y = emu_dev_comm_stats(d0, k, l);
+                    SAME(x->calls, y->calls, emu_coll_name(k), r);
+                    SAME(x->bytes, y->bytes, emu_coll_name(k), r);
+                    SAME(x->time, y->time, emu_coll_name(k), r);
+                    SAME(x->idle, y->idle, emu_coll_name(k), r);
+                }
+            if (mode == ND_SENTINEL)
+                for (int k = 0; k < 3; k++) {
+                    const unsigned char *b = (const unsigned char *)a.buf[r][k];
+                    for (size_t i = 0; i < ND_LEN * 4; i++)
+                        cr_assert_eq(b[i], 0xA5, "device %d buffer %d byte %zu "
+                                     "was written", r, k, i);
+                }
+        }
+        /* the run did wait and communicate */
+        cr_assert_gt(emu_dev_idle_time(emu_cluster_dev(c, 0)), 0);
+        cr_assert_gt(emu_dev_comm_stats(emu_cluster_dev(c, 0), EMU_COLL_RECV,
+                                        EMU_LINK_INTER)->calls, 0);
+        nd_free(c, &a);
+    }
+    nd_free(c0, &a0);
+}
+
+typedef struct {
+    par_comm_t *w;
+    moemu_status_t st[4];
+    char msg[4][512];
+} ndmix_t;
+
+static moemu_status_t ndmix_coll_fn(emu_dev_t *dev, void *arg)
+{
+    ndmix_t *m = arg;
+    int r = emu_dev_rank(dev);
+    float x[4] = {0};
+    m->st[r] = par_allreduce(x, x, 4, EMU_DTYPE_FP32, PAR_OP_SUM, m->w, dev);
+    snprintf(m->msg[r], sizeof m->msg[r], "%s", moemu_errmsg());
+    return MOEMU_OK;
+}
+
+static moemu_status_t ndmix_p2p_fn(emu_dev_t *dev, void *arg)
+{
+    ndmix_t *m = arg;
+    int r = emu_dev_rank(dev);
+    float x[4] = {0};
+    if (r == 0) m->st[r] = par_send(x, 4, EMU_DTYPE_FP32, 1, m->w, dev);
+    else m->st[r] = par_recv(x, 4, EMU_DTYPE_FP32, 0, m->w, dev);
+    snprintf(m->msg[r], sizeof m->msg[r], "%s", moemu_errmsg());
+    return MOEMU_OK;
+}
+
+/* Members of a communicator must all be in the same mode. */
+Test(nodata, members_must_agree)
+{
+    emu_cluster_t *c = make_cluster(3, &topo4);
+    ndmix_t m = {0};
+    cr_assert_eq(par_comm_create_world(c, &m.w), MOEMU_OK);
+    emu_dev_set_nodata(emu_cluster_dev(c, 1), true);
+    cr_assert_eq(emu_cluster_run(c, ndmix_coll_fn, &m), MOEMU_OK);
+    for (int r = 0; r < 3; r++) {
+        cr_assert_eq(m.st[r], MOEMU_ERR_INVALID, "device %d", r);
+        cr_assert(strstr(m.msg[r], "disagree on the no-data mode"), "%s",
+                  m.msg[r]);
+    }
+    /* a message sent in no-data mode to a device with data */
+    emu_dev_set_nodata(emu_cluster_dev(c, 1), false);
+    emu_dev_set_nodata(emu_cluster_dev(c, 0), true);
+    memset(&m.st, 0, sizeof m.st);
+    cr_assert_eq(emu_cluster_run(c, ndmix_p2p_fn, &m), MOEMU_OK);
+    cr_assert_eq(m.st[0], MOEMU_OK);
+    cr_assert_eq(m.st[1], MOEMU_ERR_INVALID);
+    cr_assert(strstr(m.msg[1], "no-data mode"), "%s", m.msg[1]);
+    par_comm_destroy(m.w);
+    emu_cluster_destroy(c);
+}
+
+/* In no-data mode int32 payloads (token ids, routing, counts) still move:
+ * a dry run's schedule depends on them. */
+static moemu_status_t nd_meta_fn(emu_dev_t *dev, void *arg)
+{
+    par_comm_t *w = arg;
+    int r = emu_dev_rank(dev);
+    int32_t mine[2] = {r, 10 * r}, all[8] = {0};
+    MOEMU_CHECK(par_allgather(mine, all, 2, EMU_DTYPE_INT32, w, dev));
+    for (int q = 0; q < 4; q++)
+        if (all[2 * q] != q || all[2 * q + 1] != 10 * q)
+            return moemu_fail(MOEMU_ERR_INTERNAL, "device %d got %d from %d", r, all[2 * q], q);
+    int32_t tok = 100 + r, got = -1;
+    MOEMU_CHECK(par_send(&tok, 1, EMU_DTYPE_INT32, (r + 1) % 4, w, dev));
+    MOEMU_CHECK(par_recv(&got, 1, EMU_DTYPE_INT32, (r + 3) % 4, w, dev));
+    if (got != 100 + (r + 3) % 4)
+        return moemu_fail(MOEMU_ERR_INTERNAL, "device %d received %d", r, got);
+    /* and float payloads do not */
+    float f = 1.0f, g[4] = {-7, -7, -7, -7};
+    MOEMU_CHECK(par_allgather(&f, g, 1, EMU_DTYPE_FP32, w, dev));
+    if (g[0] != -7 || g[3] != -7)
+        return moemu_fail(MOEMU_ERR_INTERNAL, "device %d: a float payload moved", r);
+    return MOEMU_OK;
+}
+
+Test(nodata, int32_metadata_moves)
+{
+    emu_topo_t topo = {.devices_per_node = 4, .intra_bw = 1e11, .intra_lat = 1e-6,
+                       .inter_bw = 1e10, .inter_lat = 5e-6};
+    emu_cluster_opts_t opts = {.nodata = true, .no_pin = true};
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, &topo, 4, &opts, &c), MOEMU_OK);
+    par_comm_t *w;
+    cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+    cr_assert_eq(emu_cluster_run(c, nd_meta_fn, w), MOEMU_OK, "%s", moemu_errmsg());
+    par_comm_destroy(w);
     emu_cluster_destroy(c);
 }

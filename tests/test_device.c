@@ -114,6 +114,109 @@ Test(memory, over_capacity_names_everything)
     emu_dev_destroy(d);
 }
 
+/* Resident host memory of this process, bytes. */
+static double rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, res = 0;
+    cr_assert_not_null(f);
+    cr_assert_eq(fscanf(f, "%ld %ld", &size, &res), 2);
+    fclose(f);
+    return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+Test(memory, nodata_counts_without_host_memory)
+{
+    emu_dev_t *d;
+    cr_assert_eq(emu_dev_create(&spec, 2, true, &d), MOEMU_OK);
+    cr_assert_not(emu_dev_nodata(d));
+    emu_dev_set_nodata(d, true);
+    cr_assert(emu_dev_nodata(d));
+    double rss0 = rss_bytes();
+    /* 64 GB of fp32 on the host, held as 32 GB of bf16 */
+    void *big;
+    size_t host = (size_t)64e9;
+    cr_assert_eq(emu_alloc(d, EMU_MEM_WEIGHTS, host, 32e9, &big), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    cr_assert_not_null(big);
+    ASSERT_NEAR(emu_mem_used(d, EMU_MEM_WEIGHTS), 32e9);
+    /* many more, to grow the table of mappings; freed in a scrambled order */
+    enum { N = 700 };
+    void *p[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(emu_alloc(d, EMU_MEM_ACT, (size_t)(i + 1) << 20, 1e6, &p[i]),
+                     MOEMU_OK);
+        cr_assert_eq((uintptr_t)p[i] % 64, 0);
+    }
+    void *zero;
+    cr_assert_eq(emu_alloc(d, EMU_MEM_OTHER, 0, 0, &zero), MOEMU_OK);
+    cr_assert_not_null(zero);
+    ASSERT_NEAR(emu_mem_used(d, EMU_MEM_ACT), N * 1e6);
+    double rss1 = rss_bytes();
+    cr_assert_lt(rss1 - rss0, 64e6, "no-data buffers took %.0f MB of host memory",
+                 (rss1 - rss0) / 1e6);
+    for (int i = 0; i < N; i++) {
+        int k = (int)(((long)i * 367) % N); /* 367 is prime to 700 */
+        emu_free(d, EMU_MEM_ACT, p[k], 1e6);
+    }
+    emu_free(d, EMU_MEM_OTHER, zero, 0);
+    emu_free(d, EMU_MEM_WEIGHTS, big, 32e9);
+    ASSERT_NEAR(emu_mem_total(d), 0);
+    ASSERT_NEAR(emu_mem_peak(d, EMU_MEM_WEIGHTS), 32e9);
+
+    /* a buffer may change mode between its alloc and its free */
+    void *with, *without;
+    emu_dev_set_nodata(d, false);
+    cr_assert_eq(emu_alloc(d, EMU_MEM_KV, 4096, 2048, &with), MOEMU_OK);
+    cr_assert_eq(((unsigned char *)with)[4095], 0);
+    emu_dev_set_nodata(d, true);
+    cr_assert_eq(emu_alloc(d, EMU_MEM_KV, 4096, 2048, &without), MOEMU_OK);
+    emu_free(d, EMU_MEM_KV, with, 2048);
+    emu_dev_set_nodata(d, false);
+    emu_free(d, EMU_MEM_KV, without, 2048);
+    ASSERT_NEAR(emu_mem_used(d, EMU_MEM_KV), 0);
+    /* destroying the device unmaps what is left */
+    emu_dev_set_nodata(d, true);
+    cr_assert_eq(emu_alloc(d, EMU_MEM_KV, 1 << 20, 2048, &without), MOEMU_OK);
+    emu_dev_destroy(d);
+
+    /* the capacity still holds, with the same message */
+    cr_assert_eq(emu_dev_create(&spec, 5, false, &d), MOEMU_OK);
+    emu_dev_set_nodata(d, true);
+    void *q = (void *)1;
+    cr_assert_eq(emu_alloc(d, EMU_MEM_ACT, 16, 1.5e9, &q), MOEMU_ERR_OOM);
+    cr_assert_null(q);
+    cr_assert(strstr(moemu_errmsg(), "activations request of 1.50 GB"), "%s",
+              moemu_errmsg());
+    ASSERT_NEAR(emu_mem_total(d), 0);
+    emu_dev_destroy(d);
+}
+
+static moemu_status_t nodata_fn(emu_dev_t *dev, void *arg)
+{
+    void **p = arg;
+    return emu_alloc(dev, EMU_MEM_WEIGHTS, (size_t)8e9, 4e9,
+                     &p[emu_dev_rank(dev)]);
+}
+
+Test(memory, cluster_nodata_option)
+{
+    emu_cluster_t *c;
+    emu_cluster_opts_t o = {.nodata = true, .no_limit = true};
+    cr_assert_eq(emu_cluster_create(&spec, &topo, 4, &o, &c), MOEMU_OK);
+    void *p[4] = {0};
+    double rss0 = rss_bytes();
+    cr_assert_eq(emu_cluster_run(c, nodata_fn, p), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_lt(rss_bytes() - rss0, 64e6);
+    for (int r = 0; r < 4; r++) {
+        emu_dev_t *d = emu_cluster_dev(c, r);
+        cr_assert(emu_dev_nodata(d));
+        ASSERT_NEAR(emu_mem_used(d, EMU_MEM_WEIGHTS), 4e9);
+        if (r % 2) emu_free(d, EMU_MEM_WEIGHTS, p[r], 4e9);
+    }
+    emu_cluster_destroy(c); /* unmaps the others */
+}
+
 static moemu_status_t oom_fn(emu_dev_t *dev, void *arg)
 {
     (void)arg;

@@ -666,7 +666,7 @@ Test(st, write_invalid_arguments)
     expect_msg("'d'");
 
     st_write_tensor_t ok = {.name = "o", .ndim = 1, .shape = {1}, .data = v};
-    cr_expect_eq(st_write(p, &ok, 1, ST_I32), MOEMU_ERR_INVALID);
+    cr_expect_eq(st_write(p, &ok, 1, ST_I64), MOEMU_ERR_INVALID);
     cr_expect_eq(st_write(p, &ok, -1, ST_F32), MOEMU_ERR_INVALID);
     cr_expect_eq(dir_entries(g_dir), 0, "no file for a refused write");
 }
