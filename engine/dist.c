@@ -73,6 +73,7 @@ typedef struct {
     float *xr, *na, *q, *kk, *vv, *att, *o, *moe, *sh_out, *rlog, *lse, *wts, *parts, *kvall,
         *kfull, *logits, *lgath;
     int *idx, *seqbuf, *posbuf, *allseq, *allpos, *counts, *gpos, *ibuf;
+    layer_attn_seq_t *seqs; /* (2 * sequences) a pass's batched attention */
     uint8_t *keep;
     void *block;
     double block_bytes;
@@ -190,6 +191,7 @@ static moemu_status_t attention(worker_t *v, const pass_t *ps, rows_t *r, int l)
     layer_rope(x, v->kk, r->pos, TA, kvl, hd, c->rope_theta);
     double sz = (double)emu_dtype_size(c->dtype);
 
+    int ns = 0; /* the pass's attention, one batched kernel */
     if (!ps->decode && D->s->cp == 1) {
         /* a sequence's rows are its positions 0..len-1, in order */
         for (int t0 = 0; t0 < TA;) {
@@ -197,11 +199,13 @@ static moemu_status_t attention(worker_t *v, const pass_t *ps, rows_t *r, int l)
             while (t1 < TA && r->seq[t1] == b) MOEMU_CHECK(kv_append(v, l, b, t1++));
             int *n, cap = *kv_slot(v, l, b, &n);
             float *K = kv_k(v, l, b);
-            layer_attention(x, v->att + (size_t)t0 * qd, NULL, v->q + (size_t)t0 * qd, K,
-                            K + (size_t)kvl * cap * hd, t1 - t0, 0, 0, t1 - t0, Hl, kvl, hd, cap);
+            v->seqs[ns++] = (layer_attn_seq_t){
+                .out = v->att + (size_t)t0 * qd, .q = v->q + (size_t)t0 * qd, .kc = K,
+                .vc = K + (size_t)kvl * cap * hd, .T = t1 - t0, .k1 = t1 - t0, .ldc = cap};
             t0 = t1;
         }
         emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvd);
+        layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd);
     } else if (!ps->decode) {
         /* CP prefill: gather every rank's keys and values, attend with the
          * whole causal prefix, keep only this rank's rows in the cache */
@@ -217,9 +221,14 @@ static moemu_status_t attention(worker_t *v, const pass_t *ps, rows_t *r, int l)
         MOEMU_CHECK(layer_gather_rows(x, kall, v->kk, cnt, kvd, v->sh.cp));
         MOEMU_CHECK(layer_gather_rows(x, vall, v->vv, cnt, kvd, v->sh.cp));
         for (int t = 0; t < TA; t++) MOEMU_CHECK(kv_append(v, l, r->seq[t], t));
+        /* each sequence's keys and values in position order, side by side */
+        size_t off = 0;
+        double assembled = 0;
         for (int t0 = 0; t0 < TA;) {
             int b = r->seq[t0], L_b = D->wl->len[b];
-            float *Kf = v->kfull, *Vf = v->kfull + (size_t)kvl * L_b * hd;
+            float *Kf = v->kfull + off, *Vf = Kf + (size_t)kvl * L_b * hd;
+            off += 2 * (size_t)kvl * L_b * hd;
+            assembled += L_b;
             if (x->math)
                 for (int j = 0; j < tot; j++)
                     if (o.seq[j] == b)
@@ -228,18 +237,20 @@ static moemu_status_t attention(worker_t *v, const pass_t *ps, rows_t *r, int l)
                             memcpy(Kf + dst, kall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
                             memcpy(Vf + dst, vall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
                         }
-            emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * L_b * kvd);
             /* runs of consecutive positions: at most two per sequence */
             int t1 = t0;
             while (t1 < TA && r->seq[t1] == b) {
                 int u = t1 + 1;
                 while (u < TA && r->seq[u] == b && r->pos[u] == r->pos[u - 1] + 1) u++;
-                layer_attention(x, v->att + (size_t)t1 * qd, NULL, v->q + (size_t)t1 * qd, Kf, Vf,
-                                u - t1, r->pos[t1], 0, r->pos[u - 1] + 1, Hl, kvl, hd, L_b);
+                v->seqs[ns++] = (layer_attn_seq_t){
+                    .out = v->att + (size_t)t1 * qd, .q = v->q + (size_t)t1 * qd, .kc = Kf,
+                    .vc = Vf, .T = u - t1, .q0 = r->pos[t1], .k1 = r->pos[u - 1] + 1, .ldc = L_b};
                 t1 = u;
             }
             t0 = t1;
         }
+        emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * assembled * kvd);
+        layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd);
     } else {
         /* decode: the new token's keys and values stay on one CP rank; each
          * rank attends over its part of the cache */
@@ -249,10 +260,12 @@ static moemu_status_t attention(worker_t *v, const pass_t *ps, rows_t *r, int l)
             if (r->pos[t] % CP == v->sh.cp_rank) MOEMU_CHECK(kv_append(v, l, b, t));
             int *n, cap = *kv_slot(v, l, b, &n);
             float *K = kv_k(v, l, b);
-            layer_attention(x, v->att + (size_t)t * qd, v->lse + (size_t)t * Hl,
-                            v->q + (size_t)t * qd, K, K + (size_t)kvl * cap * hd, 1, *n - 1, 0,
-                            *n, Hl, kvl, hd, cap);
+            v->seqs[ns++] = (layer_attn_seq_t){
+                .out = v->att + (size_t)t * qd, .lse = v->lse + (size_t)t * Hl,
+                .q = v->q + (size_t)t * qd, .kc = K, .vc = K + (size_t)kvl * cap * hd, .T = 1,
+                .q0 = *n - 1, .k1 = *n, .ldc = cap};
         }
+        layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd);
         emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvd / CP);
         if (CP > 1) {
             for (int cp = 0; cp < CP; cp++) cnt[cp] = TA;
@@ -365,10 +378,13 @@ static moemu_status_t moe(worker_t *v, const pass_t *ps, rows_t *r, int l)
         int Fs = c->shared_expert_intermediate_size, f0 = v->pl.shared_ffn0,
             Fl = v->pl.shared_ffn1 - v->pl.shared_ffn0;
         if (x->math) memset(v->sh_out, 0, sizeof(float) * (size_t)TA * d);
-        for (int j = 0; j < c->num_shared_experts; j++)
-            layer_expert(x, v->sh_out, v->parts, v->na, L->sw1[j] + (size_t)f0 * d,
-                         L->sw3[j] ? L->sw3[j] + (size_t)f0 * d : NULL, L->sw2[j] + f0, TA, d, Fl,
-                         Fs, c->hidden_act, true);
+        int S = c->num_shared_experts;
+        layer_expert_job_t jobs[S];
+        for (int j = 0; j < S; j++)
+            jobs[j] = (layer_expert_job_t){
+                .out = v->sh_out, .x = v->na, .w1 = L->sw1[j] + (size_t)f0 * d,
+                .w3 = L->sw3[j] ? L->sw3[j] + (size_t)f0 * d : NULL, .w2 = L->sw2[j] + f0, .n = TA};
+        layer_expert_group(x, jobs, S, v->parts, d, Fl, Fs, c->hidden_act, true);
         if (D->s->sp) {
             tp_counts(v, TA, cnt);
             MOEMU_CHECK(layer_reduce_scatter_rows(x, v->sh_out, v->sh_out, cnt, d, v->sh.tp));
@@ -547,6 +563,7 @@ static void dev_free(worker_t *v)
     free(v->kv_off);
     free(v->kv_cap);
     free(v->kv_n);
+    free(v->seqs);
 }
 
 static moemu_status_t dev_setup(worker_t *v)
@@ -586,7 +603,8 @@ static moemu_status_t dev_setup(worker_t *v)
     v->kv_off = calloc((size_t)nl * nseq + 1, sizeof(int64_t));
     v->kv_cap = calloc((size_t)nl * nseq + 1, sizeof(int));
     v->kv_n = calloc((size_t)nl * nseq + 1, sizeof(int));
-    if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n)
+    v->seqs = calloc(2 * (size_t)nseq + 1, sizeof *v->seqs);
+    if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->seqs)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences", nseq);
     for (int m = 0; m <= v->nmb; m++) {
         int lo, hi;
@@ -595,7 +613,7 @@ static moemu_status_t dev_setup(worker_t *v)
     }
     /* the cache: this rank's prefill positions and its share of decode */
     int64_t kvf = 0;
-    int kvd = v->kvl * v->hd, Tmax = nseq, Ttot = 0, Lmax = 1;
+    int kvd = v->kvl * v->hd, Tmax = nseq, Ttot = 0;
     for (int m = 0; m < v->nmb; m++) {
         int tot = 0;
         for (int b = v->mb[m]; b < v->mb[m + 1]; b++) tot += wl->len[b];
@@ -608,7 +626,6 @@ static moemu_status_t dev_setup(worker_t *v)
         v->kv_cap[i] = (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]) + dec;
         v->kv_off[i] = kvf;
         kvf += 2LL * kvd * v->kv_cap[i];
-        Lmax = wl->len[b] > Lmax ? wl->len[b] : Lmax;
     }
     /* prefill rows of this rank are at most the micro-batch's tokens */
     Tmax = Ttot > Tmax ? Ttot : Tmax;
@@ -625,7 +642,7 @@ static moemu_status_t dev_setup(worker_t *v)
     int64_t nlog = D->mo->prompt_logits ? Tmax : nseq;
     size_t nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + E + k + v->Hl) +
                 (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl) + 2 * (size_t)Tmax * Fsl +
-                2 * (size_t)Ttot * kvd + 2 * (size_t)Lmax * kvd + 2 * (size_t)nlog * Vp;
+                4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * Vp;
     size_t ni = (size_t)Tmax * (k + 2) + 2 * (size_t)Ttot + (size_t)s->cp * s->tp + (size_t)Ttot +
                 (size_t)Tmax + (size_t)nseq;
     size_t bytes = sizeof(float) * nf + sizeof(int) * ni + (size_t)Tmax * k + 64;
@@ -651,7 +668,7 @@ static moemu_status_t dev_setup(worker_t *v)
     v->parts = TAKE(np);
     p += (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl) + 2 * (size_t)Tmax * Fsl - np;
     v->kvall = TAKE(2 * (size_t)Ttot * kvd);
-    v->kfull = TAKE(2 * (size_t)Lmax * kvd);
+    v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
     v->logits = TAKE((size_t)nlog * Vp);
     v->lgath = TAKE((size_t)nlog * Vp);
 #undef TAKE

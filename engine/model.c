@@ -21,12 +21,13 @@ typedef struct {
     int64_t assignments, dropped;
     int batch, route_pos; /* shape of the route record */
     int64_t *load;        /* (layers, E) */
+    layer_attn_seq_t *seqs; /* (batch) one pass's sequences */
 } model_t;
 
 /* Scratch for a pass over T tokens: one allocation. */
 typedef struct {
-    float *x, *n, *q, *k, *v, *att, *moe, *rlog, *yk, *xe, *ye, *h, *wts;
-    int *idx, *rows;
+    float *x, *n, *q, *k, *v, *att, *moe, *rlog, *xe, *ye, *h, *wts;
+    int *idx, *where;
     uint8_t *keep;
     void *block;
 } scratch_t;
@@ -39,7 +40,7 @@ static moemu_status_t scratch_alloc(scratch_t *s, const cfg_model_t *c, int T)
     int64_t F = c->intermediate_size > c->shared_expert_intermediate_size
                     ? c->intermediate_size
                     : c->shared_expert_intermediate_size;
-    int64_t nf = 4 * T * d + 2 * T * qd + 2 * T * kvd + T * E + T * k * d + T * d +
+    int64_t nf = 3 * T * d + 2 * T * qd + 2 * T * kvd + T * E + 2 * T * k * d +
                  2 * T * F + T * k;
     int64_t ni = 2 * T * k;
     size_t bytes = sizeof(float) * (size_t)nf + sizeof(int) * (size_t)ni + (size_t)(T * k);
@@ -57,15 +58,14 @@ static moemu_status_t scratch_alloc(scratch_t *s, const cfg_model_t *c, int T)
     s->k = TAKE(T * kvd);
     s->v = TAKE(T * kvd);
     s->rlog = TAKE(T * E);
-    s->yk = TAKE(T * k * d);
-    s->xe = TAKE(T * d); /* an expert's gathered rows: at most T */
-    s->ye = TAKE(T * d);
+    s->xe = TAKE(T * k * d); /* the kept choices' rows, in expert order */
+    s->ye = TAKE(T * k * d);
     s->h = TAKE(2 * T * F);
     s->wts = TAKE(T * k);
 #undef TAKE
     s->idx = (int *)p;
-    s->rows = s->idx + T * k;
-    s->keep = (uint8_t *)(s->rows + T * k);
+    s->where = s->idx + T * k;
+    s->keep = (uint8_t *)(s->where + T * k);
     return MOEMU_OK;
 }
 
@@ -97,24 +97,25 @@ static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
                     s->keep[a] ? s->idx[a] : -1 - s->idx[a];
             }
     }
-    /* each expert: gather its kept rows, run it, scatter to (token, slot) */
+    /* every expert's kept rows, gathered in expert order and run as one
+     * grouped kernel */
+    int64_t nrows = 0;
+    layer_expert_job_t jobs[E];
     for (int e = 0; e < E; e++) {
-        int n = 0;
+        int64_t first = nrows;
         for (int64_t a = 0; a < (int64_t)T * k; a++)
-            if (s->idx[a] == e && s->keep[a]) s->rows[n++] = (int)a;
-        load[e] += n;
-        if (n == 0) continue;
-        for (int r = 0; r < n; r++)
-            memcpy(s->xe + (int64_t)r * d, s->n + (int64_t)(s->rows[r] / k) * d,
-                   sizeof(float) * d);
-        emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * n * d);
-        layer_expert(x, s->ye, s->h, s->xe, L->w1[e], L->w3[e], L->w2[e], n, d, F, F,
-                     c->hidden_act, false);
-        for (int r = 0; r < n; r++)
-            memcpy(s->yk + (int64_t)s->rows[r] * d, s->ye + (int64_t)r * d,
-                   sizeof(float) * d);
-        emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * n * d);
+            if (s->idx[a] == e && s->keep[a]) {
+                s->where[a] = (int)nrows;
+                memcpy(s->xe + nrows * d, s->n + (a / k) * d, sizeof(float) * d);
+                nrows++;
+            }
+        load[e] += nrows - first;
+        jobs[e] = (layer_expert_job_t){.out = s->ye + first * d, .x = s->xe + first * d,
+                                       .w1 = L->w1[e], .w3 = L->w3[e], .w2 = L->w2[e],
+                                       .n = (int)(nrows - first)};
     }
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)nrows * d);
+    layer_expert_group(x, jobs, E, s->h, d, F, F, c->hidden_act, false);
     /* combine in choice order; a dropped assignment contributes 0 */
     for (int t = 0; t < T; t++) {
         float *o = s->moe + (int64_t)t * d;
@@ -122,15 +123,18 @@ static void moe_block(model_t *m, const wts_layer_t *L, scratch_t *s, int T,
         for (int j = 0; j < k; j++) {
             int64_t a = (int64_t)t * k + j;
             if (!s->keep[a]) continue;
-            const float *y = s->yk + a * d;
+            const float *y = s->ye + (int64_t)s->where[a] * d;
             for (int i = 0; i < d; i++) o[i] += s->wts[a] * y[i];
         }
     }
-    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 2.0 * T * k * d, sz * ((double)T * k * d + (double)T * d));
-    int Fs = c->shared_expert_intermediate_size;
-    for (int j = 0; j < c->num_shared_experts; j++)
-        layer_expert(x, s->moe, s->h, s->n, L->sw1[j], L->sw3[j], L->sw2[j], T, d, Fs, Fs,
-                     c->hidden_act, true);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 2.0 * T * k * d,
+               sz * ((double)nrows * d + (double)T * d));
+    int S = c->num_shared_experts, Fs = c->shared_expert_intermediate_size;
+    layer_expert_job_t shared[S > 0 ? S : 1];
+    for (int j = 0; j < S; j++)
+        shared[j] = (layer_expert_job_t){.out = s->moe, .x = s->n, .w1 = L->sw1[j],
+                                         .w3 = L->sw3[j], .w2 = L->sw2[j], .n = T};
+    layer_expert_group(x, shared, S, s->h, d, Fs, Fs, c->hidden_act, true);
 }
 
 /* One pass over T tokens: token t is sequence seq[t] at position pos[t];
@@ -172,15 +176,18 @@ static void forward(model_t *m, scratch_t *s, const int *tok, const int *seq,
             }
         }
         emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * T * kvd);
-        for (int t0 = 0; t0 < T;) {
+        int nseq = 0;
+        for (int t0 = 0; t0 < T; nseq++) {
             int b = seq[t0], t1 = t0;
             while (t1 < T && seq[t1] == b) t1++;
-            float *K = kvl + m->kv_off[b], *Vc = K + (int64_t)Hkv * m->cap[b] * hd;
-            layer_attention(x, s->att + (int64_t)t0 * qd, NULL, s->q + (int64_t)t0 * qd, K,
-                            Vc, t1 - t0, pos[t0], 0, pos[t0] + (t1 - t0), H, Hkv, hd,
-                            m->cap[b]);
+            float *K = kvl + m->kv_off[b];
+            m->seqs[nseq] = (layer_attn_seq_t){
+                .out = s->att + (int64_t)t0 * qd, .q = s->q + (int64_t)t0 * qd, .kc = K,
+                .vc = K + (int64_t)Hkv * m->cap[b] * hd, .T = t1 - t0, .q0 = pos[t0], .k0 = 0,
+                .k1 = pos[t0] + (t1 - t0), .ldc = m->cap[b]};
             t0 = t1;
         }
+        layer_attention_batch(x, m->seqs, nseq, H, Hkv, hd);
         layer_linear(x, EMU_KERNEL_GEMM, s->n, s->att, L->wo, T, qd, d, qd, false);
         layer_add(x, s->x, s->n, (int64_t)T * d);
         layer_rmsnorm(x, s->n, s->x, L->moe_norm, T, d, eps);
@@ -264,6 +271,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
     float *lbuf = NULL;
     int lrows_max = o->prompt_logits ? Tmax : B;
     m.cap = calloc((size_t)B, sizeof(int));
+    m.seqs = calloc((size_t)B + 1, sizeof *m.seqs);
     m.kv_off = calloc((size_t)B, sizeof(int64_t));
     tok = malloc(sizeof(int) * (size_t)Tmax * 4 + sizeof(int) * (size_t)(ng + 1));
     lbuf = malloc(sizeof(float) * (size_t)lrows_max * V);
@@ -275,7 +283,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
     m.load = out->expert_load;
     if (o->prompt_logits) out->prompt_logits = malloc(sizeof(float) * (size_t)B * Lmax * V);
     if (o->gen_logits && N > 0) out->gen_logits = malloc(sizeof(float) * (size_t)B * N * V);
-    if (!m.cap || !m.kv_off || !tok || !lbuf || !out->generated || !out->token_time ||
+    if (!m.cap || !m.seqs || !m.kv_off || !tok || !lbuf || !out->generated || !out->token_time ||
         !out->expert_load || !out->device_rows ||
         (o->prompt_logits && !out->prompt_logits) || (o->gen_logits && N > 0 && !out->gen_logits)) {
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);
@@ -364,6 +372,7 @@ done:
     free(s.block);
     free(m.kv);
     free(m.cap);
+    free(m.seqs);
     free(m.kv_off);
     free(tok);
     free(lbuf);

@@ -23,17 +23,12 @@ int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
     return n;
 }
 
-LAYER_HOT void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
-                     const float *kc, const float *vc, int T, int q0, int k0,
-                     int k1, int H, int Hkv, int hd, int ldc)
+LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd)
 {
-    int64_t pairs = layer_attention_pairs(T, q0, k0, k1);
-    int kend_all = q0 + T < k1 ? q0 + T : k1; /* keys past the last query: unseen */
-    double nk = kend_all > k0 ? kend_all - k0 : 0;
-    double s = (double)emu_dtype_size(c->dtype);
-    emu_charge(c->dev, EMU_KERNEL_ATTN, 4.0 * hd * H * (double)pairs,
-               s * (2.0 * T * H * hd + 2.0 * nk * Hkv * hd));
-    if (!c->math || T == 0) return;
+    float *out = sq->out, *lse = sq->lse;
+    const float *q = sq->q, *kc = sq->kc, *vc = sq->vc;
+    int T = sq->T, q0 = sq->q0, k0 = sq->k0, k1 = sq->k1, ldc = sq->ldc;
+    if (T == 0) return;
 
     int G = H / Hkv;                 /* query heads per kv head */
     int QB = ATTN_ROWS / G > 0 ? ATTN_ROWS / G : 1; /* queries per block */
@@ -97,4 +92,35 @@ LAYER_HOT void layer_attention(layer_ctx_t *c, float *out, float *lse, const flo
                 }
         }
     }
+}
+
+/* The work of one sequence: 4 hd FLOPs per visible pair and head (QK^T and
+ * PV); q, out and the keys and values up to the last query read once. */
+static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, emu_dtype_t dt,
+                      double *flops, double *bytes)
+{
+    int64_t pairs = layer_attention_pairs(s->T, s->q0, s->k0, s->k1);
+    int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
+    double nk = kend > s->k0 ? kend - s->k0 : 0;
+    *flops += 4.0 * hd * H * (double)pairs;
+    *bytes += (double)emu_dtype_size(dt) * (2.0 * s->T * H * hd + 2.0 * nk * Hkv * hd);
+}
+
+void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
+                           int hd)
+{
+    double flops = 0, bytes = 0;
+    for (int i = 0; i < n; i++) attn_work(&s[i], H, Hkv, hd, c->dtype, &flops, &bytes);
+    if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
+    if (c->math)
+        for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd);
+}
+
+void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q, const float *kc,
+                     const float *vc, int T, int q0, int k0, int k1, int H, int Hkv, int hd,
+                     int ldc)
+{
+    layer_attn_seq_t s = {.out = out, .lse = lse, .q = q, .kc = kc, .vc = vc, .T = T,
+                          .q0 = q0, .k0 = k0, .k1 = k1, .ldc = ldc};
+    layer_attention_batch(c, &s, 1, H, Hkv, hd);
 }

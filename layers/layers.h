@@ -60,6 +60,17 @@ void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
 void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
                      const float *kc, const float *vc, int T, int q0, int k0,
                      int k1, int H, int Hkv, int hd, int ldc);
+/* One sequence of a batched call: the arguments of layer_attention. */
+typedef struct {
+    float *out, *lse;
+    const float *q, *kc, *vc;
+    int T, q0, k0, k1, ldc;
+} layer_attn_seq_t;
+
+/* Several sequences as one kernel, as a varlen flash-attention kernel
+ * serves a batch: one launch, the sum of the sequences' work. */
+void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n,
+                           int H, int Hkv, int hd);
 /* Number of (query, key) pairs visible in the call above. */
 int64_t layer_attention_pairs(int T, int q0, int k0, int k1);
 
@@ -93,8 +104,22 @@ int64_t layer_apply_capacity(uint8_t *keep, int64_t *count, const int *idx,
 void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x,
                   const float *w1, const float *w3, const float *w2, int n,
                   int d, int F, int ldw2, layer_act_t act, bool accumulate);
-layer_work_t layer_expert_work(int n, int d, int F, layer_act_t act,
-                               emu_dtype_t dt);
+
+/* One expert's rows in a grouped call. */
+typedef struct {
+    float *out;
+    const float *x, *w1, *w3, *w2;
+    int n;
+} layer_expert_job_t;
+
+/* Several experts as grouped kernels, as a grouped GEMM serves an MoE
+ * layer: one launch per weight matrix and one for the activation, the sum
+ * of the experts' work (each expert's weights read once). Jobs of no rows
+ * cost nothing. h is scratch of 2 * max(n) * F floats; sizes as in
+ * layer_expert. */
+void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs,
+                        int njobs, float *h, int d, int F, int ldw2,
+                        layer_act_t act, bool accumulate);
 
 /* Greedy pick: the index of the highest of logits (n); ties to the lowest
  * index; NaN never wins. */

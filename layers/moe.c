@@ -1,4 +1,5 @@
 /* The mixture of experts: router, capacity, one expert's products. */
+#include <cblas.h>
 #include <math.h>
 
 #include "layers/layers.h"
@@ -67,38 +68,52 @@ int64_t layer_apply_capacity(uint8_t *keep, int64_t *count, const int *idx,
     return dropped;
 }
 
-layer_work_t layer_expert_work(int n, int d, int F, layer_act_t act,
-                               emu_dtype_t dt)
+/* Grouped experts: the work is charged per matrix over all jobs; then each
+ * job runs its products. */
+LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs, int njobs,
+                                  float *h, int d, int F, int ldw2, layer_act_t act,
+                                  bool accumulate)
 {
-    int mats = act == LAYER_ACT_SILU ? 3 : 2;
-    layer_work_t in = layer_linear_work(n, d, F, dt);
-    layer_work_t o = layer_linear_work(n, F, d, dt);
-    double s = (double)emu_dtype_size(dt), nf = (double)n * F;
-    return (layer_work_t){
-        .flops = (mats - 1) * in.flops + o.flops + (mats == 3 ? 6.0 : 8.0) * nf,
-        .bytes = (mats - 1) * in.bytes + o.bytes + s * (mats == 3 ? 3.0 : 2.0) * nf,
-    };
+    double rows = 0, experts = 0, s = (double)emu_dtype_size(c->dtype);
+    for (int i = 0; i < njobs; i++)
+        if (jobs[i].n > 0) rows += jobs[i].n, experts++;
+    if (experts == 0) return;
+    bool silu = act == LAYER_ACT_SILU;
+    /* w1 (and w3): rows x d in, F x d weights, rows x F out */
+    double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + experts * F * d + rows * F);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
+    if (silu) emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, (silu ? 6.0 : 8.0) * rows * F,
+               (silu ? 3.0 : 2.0) * s * rows * F);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, 2.0 * rows * F * d,
+               s * (rows * F + experts * d * F + rows * d * (accumulate ? 2.0 : 1.0)));
+    if (!c->math) return;
+    for (int i = 0; i < njobs; i++) {
+        const layer_expert_job_t *j = &jobs[i];
+        if (j->n == 0) continue;
+        int n = j->n;
+        int64_t nf = (int64_t)n * F;
+        float *h1 = h, *h3 = h + nf;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w1, d,
+                    0.0f, h1, F);
+        if (silu) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w3,
+                        d, 0.0f, h3, F);
+            for (int64_t k = 0; k < nf; k++)
+                h1[k] = h1[k] / (1.0f + layer_exp(-h1[k])) * h3[k];
+        } else {
+            for (int64_t k = 0; k < nf; k++)
+                h1[k] = 0.5f * h1[k] * (1.0f + erff(h1[k] * (float)M_SQRT1_2));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, F, 1.0f, h1, F, j->w2, ldw2,
+                    accumulate ? 1.0f : 0.0f, j->out, d);
+    }
 }
 
-LAYER_HOT void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x,
-                  const float *w1, const float *w3, const float *w2, int n,
-                  int d, int F, int ldw2, layer_act_t act, bool accumulate)
+void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x, const float *w1,
+                  const float *w3, const float *w2, int n, int d, int F, int ldw2,
+                  layer_act_t act, bool accumulate)
 {
-    float *h1 = h, *h3 = h + (int64_t)n * F;
-    int64_t nf = (int64_t)n * F;
-    layer_linear(c, EMU_KERNEL_EXPERT, h1, x, w1, n, d, F, d, false);
-    double s = (double)emu_dtype_size(c->dtype);
-    if (act == LAYER_ACT_SILU) {
-        layer_linear(c, EMU_KERNEL_EXPERT, h3, x, w3, n, d, F, d, false);
-        if (c->math)
-            for (int64_t i = 0; i < nf; i++)
-                h1[i] = h1[i] / (1.0f + layer_exp(-h1[i])) * h3[i];
-        emu_charge(c->dev, EMU_KERNEL_EXPERT, 6.0 * nf, 3.0 * s * nf);
-    } else {
-        if (c->math)
-            for (int64_t i = 0; i < nf; i++)
-                h1[i] = 0.5f * h1[i] * (1.0f + erff(h1[i] * (float)M_SQRT1_2));
-        emu_charge(c->dev, EMU_KERNEL_EXPERT, 8.0 * nf, 2.0 * s * nf);
-    }
-    layer_linear(c, EMU_KERNEL_EXPERT, out, h1, w2, n, F, d, ldw2, accumulate);
+    layer_expert_job_t j = {.out = out, .x = x, .w1 = w1, .w3 = w3, .w2 = w2, .n = n};
+    layer_expert_group(c, &j, 1, h, d, F, ldw2, act, accumulate);
 }

@@ -200,7 +200,8 @@ static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t 
 /* Run the local experts over the ETP members' lists: rows (ntot, d) made of
  * list i's rows (counts lc[i * EP * Eper + q * Eper + j] for source q and
  * expert j, in (q, j) order). out (ntot, d) gets each row's partial output
- * on this member's intermediate slice. */
+ * on this member's intermediate slice. The rows are gathered in expert
+ * order and run as one grouped kernel. */
 static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
                                   const int *lc, int nlists, int EP, int Eper,
                                   const layer_experts_t *ex)
@@ -213,44 +214,49 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
         for (int i = 0; i < nlists * EP; i++) ne += lc[i * Eper + j];
         maxe = ne > maxe ? ne : maxe;
     }
-    if (maxe == 0) return MOEMU_OK;
-    size_t nf = (size_t)maxe * d * 2 + (size_t)maxe * Floc * 2;
-    float *xe = malloc(sizeof(float) * nf);
-    int64_t *at = malloc(sizeof(int64_t) * (size_t)maxe);
-    if (!xe || !at) {
+    if (ntot == 0) return MOEMU_OK;
+    /* the rows on the host only when the math runs: a dry run needs counts */
+    size_t nf = c->math ? 2 * (size_t)ntot * d + 2 * (size_t)maxe * Floc : 0;
+    float *xe = c->math ? malloc(sizeof(float) * nf) : NULL;
+    int64_t *at = malloc(sizeof(int64_t) * (size_t)ntot);
+    layer_expert_job_t *jobs = malloc(sizeof *jobs * (size_t)Eper);
+    if ((c->math && !xe) || !at || !jobs) {
         free(xe);
         free(at);
-        return nomem(sizeof(float) * nf, "an expert's rows");
+        free(jobs);
+        return nomem(sizeof(float) * nf, "the experts' rows");
     }
-    float *ye = xe + (size_t)maxe * d, *h = ye + (size_t)maxe * d;
-    double sz = (double)emu_dtype_size(c->dtype);
+    float *ye = xe ? xe + (size_t)ntot * d : NULL, *h = ye ? ye + (size_t)ntot * d : NULL;
+    int64_t ne = 0;
     for (int j = 0; j < Eper; j++) {
         /* rows of expert j: in list i, block (q, j) starts after the blocks
          * before it */
-        int64_t ne = 0, base = 0;
+        int64_t first = ne, base = 0;
         for (int i = 0; i < nlists * EP; i++) {
             int64_t off = base;
             for (int jj = 0; jj < j; jj++) off += lc[i * Eper + jj];
             for (int r = 0; r < lc[i * Eper + j]; r++) at[ne++] = off + r;
             for (int jj = 0; jj < Eper; jj++) base += lc[i * Eper + jj];
         }
-        if (ne == 0) continue;
-        if (c->math)
-            for (int64_t r = 0; r < ne; r++)
-                memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
-        emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ne * d);
         int e = ex->e0 + j;
-        layer_expert(c, ye, h, xe, ex->w1[e] + (size_t)ex->f0 * d,
-                     ex->w3 ? ex->w3[e] + (size_t)ex->f0 * d : NULL, ex->w2[e] + ex->f0,
-                     (int)ne, d, Floc, ex->F, ex->act, false);
+        jobs[j] = (layer_expert_job_t){.n = (int)(ne - first)};
         if (c->math)
-            for (int64_t r = 0; r < ne; r++)
-                memcpy(out + at[r] * d, ye + r * d, sizeof(float) * d);
-        emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ne * d);
+            jobs[j] = (layer_expert_job_t){
+                .out = ye + first * d, .x = xe + first * d, .w1 = ex->w1[e] + (size_t)ex->f0 * d,
+                .w3 = ex->w3 ? ex->w3[e] + (size_t)ex->f0 * d : NULL, .w2 = ex->w2[e] + ex->f0,
+                .n = (int)(ne - first)};
     }
-    (void)ntot;
+    if (c->math)
+        for (int64_t r = 0; r < ntot; r++) memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
+    double sz = (double)emu_dtype_size(c->dtype);
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
+    layer_expert_group(c, jobs, Eper, h, d, Floc, ex->F, ex->act, false);
+    if (c->math)
+        for (int64_t r = 0; r < ntot; r++) memcpy(out + at[r] * d, ye + r * d, sizeof(float) * d);
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
     free(xe);
     free(at);
+    free(jobs);
     return MOEMU_OK;
 }
 

@@ -909,23 +909,18 @@ Test(expert, matches_reference_and_charges)
                      ldw2, ec->act, ec->acc);
         check_close(what, out, ref, (size_t)n * d, ec->tol);
 
-        layer_work_t wk = layer_expert_work(n, d, F, ec->act, EMU_DTYPE_FP16);
+        /* the work documented in layers.h: w1 (and w3) products, the
+         * activation, the w2 product; fp16 bytes, each weight read once */
         emu_kernel_stats_t tot = dev_total(dev);
-        /* layer_expert_work has no accumulate flag: an accumulating call
-         * may also count reading out (n, d) */
-        double acc_bytes = ec->acc ? (double)n * d * 2 : 0;
-        cr_assert(tot.flops == wk.flops &&
-                      (tot.bytes == wk.bytes ||
-                       tot.bytes == wk.bytes + acc_bytes),
-                  "%s: charged %.17g flops %.17g bytes; layer_expert_work says "
-                  "%.17g flops %.17g bytes (+ %.17g to read out when "
-                  "accumulating)", what, tot.flops, tot.bytes, wk.flops,
-                  wk.bytes, acc_bytes);
-        double mats = ec->act == LAYER_ACT_SILU ? 3 : 2;
-        cr_assert(wk.flops >= 2.0 * mats * n * d * F, "%s: %.17g flops is "
-                  "below the %g matrix products (%.17g)", what, wk.flops, mats,
-                  2.0 * mats * n * d * F);
-        cr_assert(wk.bytes > 0);
+        double mats = ec->act == LAYER_ACT_SILU ? 3 : 2, nf = (double)n * F;
+        double want_flops = 2.0 * mats * n * d * F + (mats == 3 ? 6.0 : 8.0) * nf;
+        double want_bytes = 2.0 * ((mats - 1) * ((double)n * d + (double)F * d + nf) +
+                                   (mats == 3 ? 3.0 : 2.0) * nf +
+                                   (nf + (double)d * F + (double)n * d * (ec->acc ? 2 : 1)));
+        cr_assert(tot.flops == want_flops && tot.bytes == want_bytes,
+                  "%s: charged %.17g flops %.17g bytes, expected %.17g and %.17g", what,
+                  tot.flops, tot.bytes, want_flops, want_bytes);
+        cr_assert_eq(emu_dev_kernel_stats(dev, EMU_KERNEL_EXPERT)->launches, (uint64_t)(mats + 1));
         cr_assert(emu_dev_kernel_stats(dev, EMU_KERNEL_EXPERT)->launches >= 1,
                   "%s: nothing charged to expert", what);
         emu_dev_destroy(dev);
@@ -1057,4 +1052,83 @@ Test(dry_run, touches_nothing_and_charges_the_same)
     emu_dev_destroy(dreal), emu_dev_destroy(ddry);
     free(a), free(b), free(o), free(o2), free(w), free(w3), free(w2), free(s),
         free(lse), free(lsed), free(hd_), free(hr);
+}
+
+/* ======================================================================
+ * grouped forms: one launch, the sum of the work, the same outputs */
+
+Test(grouped, attention_batch_is_one_launch)
+{
+    rng_t r = {7};
+    enum { H = 4, Hkv = 2, hd = 8 };
+    const int T[3] = {5, 1, 9}, q0[3] = {0, 6, 3}, k1[3] = {5, 7, 12};
+    float *q[3], *k[3], *v[3], *o1[3], *o2[3];
+    layer_attn_seq_t s[3];
+    emu_dev_t *one = dev_new(), *many = dev_new();
+    layer_ctx_t c1 = ctx_of(one, true), cm = ctx_of(many, true);
+    for (int i = 0; i < 3; i++) {
+        q[i] = malloc(sizeof(float) * T[i] * H * hd);
+        k[i] = malloc(sizeof(float) * k1[i] * Hkv * hd);
+        v[i] = malloc(sizeof(float) * k1[i] * Hkv * hd);
+        o1[i] = malloc(sizeof(float) * T[i] * H * hd);
+        o2[i] = malloc(sizeof(float) * T[i] * H * hd);
+        fill(&r, q[i], (size_t)T[i] * H * hd, 1);
+        fill(&r, k[i], (size_t)k1[i] * Hkv * hd, 1);
+        fill(&r, v[i], (size_t)k1[i] * Hkv * hd, 1);
+        s[i] = (layer_attn_seq_t){.out = o1[i], .q = q[i], .kc = k[i], .vc = v[i], .T = T[i],
+                                  .q0 = q0[i], .k1 = k1[i], .ldc = k1[i]};
+        layer_attention(&cm, o2[i], NULL, q[i], k[i], v[i], T[i], q0[i], 0, k1[i], H, Hkv, hd,
+                        k1[i]);
+    }
+    layer_attention_batch(&c1, s, 3, H, Hkv, hd);
+    const emu_kernel_stats_t *a = emu_dev_kernel_stats(one, EMU_KERNEL_ATTN),
+                             *b = emu_dev_kernel_stats(many, EMU_KERNEL_ATTN);
+    cr_assert_eq(a->launches, 1);
+    cr_assert_eq(b->launches, 3);
+    cr_assert_eq(a->flops, b->flops);
+    cr_assert_eq(a->bytes, b->bytes);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(memcmp(o1[i], o2[i], sizeof(float) * T[i] * H * hd), 0, "sequence %d", i);
+        free(q[i]), free(k[i]), free(v[i]), free(o1[i]), free(o2[i]);
+    }
+    emu_dev_destroy(one);
+    emu_dev_destroy(many);
+}
+
+Test(grouped, experts_one_launch_per_matrix)
+{
+    rng_t r = {8};
+    enum { d = 12, F = 10, E = 3 };
+    const int n[E] = {4, 0, 7};
+    float *w1[E], *w3[E], *w2[E], *x[E], *y1[E], *y2[E], h[2 * 7 * F];
+    layer_expert_job_t jobs[E];
+    emu_dev_t *one = dev_new(), *many = dev_new();
+    layer_ctx_t c1 = ctx_of(one, true), cm = ctx_of(many, true);
+    for (int e = 0; e < E; e++) {
+        w1[e] = malloc(sizeof(float) * F * d);
+        w3[e] = malloc(sizeof(float) * F * d);
+        w2[e] = malloc(sizeof(float) * d * F);
+        x[e] = malloc(sizeof(float) * (n[e] + 1) * d);
+        y1[e] = malloc(sizeof(float) * (n[e] + 1) * d);
+        y2[e] = malloc(sizeof(float) * (n[e] + 1) * d);
+        fill(&r, w1[e], F * d, 1), fill(&r, w3[e], F * d, 1), fill(&r, w2[e], F * d, 1);
+        fill(&r, x[e], (size_t)n[e] * d, 1);
+        jobs[e] = (layer_expert_job_t){.out = y1[e], .x = x[e], .w1 = w1[e], .w3 = w3[e],
+                                       .w2 = w2[e], .n = n[e]};
+        if (n[e]) layer_expert(&cm, y2[e], h, x[e], w1[e], w3[e], w2[e], n[e], d, F, F,
+                               LAYER_ACT_SILU, false);
+    }
+    layer_expert_group(&c1, jobs, E, h, d, F, F, LAYER_ACT_SILU, false);
+    const emu_kernel_stats_t *a = emu_dev_kernel_stats(one, EMU_KERNEL_EXPERT),
+                             *b = emu_dev_kernel_stats(many, EMU_KERNEL_EXPERT);
+    cr_assert_eq(a->launches, 4, "w1, w3, the activation, w2");
+    cr_assert_eq(b->launches, 8);
+    cr_assert_eq(a->flops, b->flops);
+    cr_assert_eq(a->bytes, b->bytes);
+    for (int e = 0; e < E; e++) {
+        if (n[e]) cr_assert_eq(memcmp(y1[e], y2[e], sizeof(float) * n[e] * d), 0, "expert %d", e);
+        free(w1[e]), free(w3[e]), free(w2[e]), free(x[e]), free(y1[e]), free(y2[e]);
+    }
+    emu_dev_destroy(one);
+    emu_dev_destroy(many);
 }
