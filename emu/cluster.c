@@ -13,6 +13,19 @@
 
 static void emu_now(struct timespec *ts) { clock_gettime(CLOCK_MONOTONIC, ts); }
 
+/* The device whose function this thread runs, NULL in any other thread:
+ * emu_sync_lock jitters the device that enters a meeting. */
+static _Thread_local emu_dev_t *emu_self;
+
+/* SplitMix64 (Steele, Lea, Flood 2014): the jitter's generator. */
+static uint64_t emu_splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
 /* Cores usable by this process; hwloc's topology restricts itself to the
  * allowed cpuset by default. */
 static int emu_hwloc_cores(hwloc_topology_t topo)
@@ -69,6 +82,9 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
         dev->topo = t;
         dev->node = d / t.devices_per_node;
         dev->local_rank = d % t.devices_per_node;
+        dev->jitter_us = o.jitter_us;
+        uint64_t seed = o.jitter_seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(d + 1));
+        dev->jitter_state = emu_splitmix(&seed);
     }
 
     hwloc_topology_t ht;
@@ -160,7 +176,12 @@ void emu_sync_destroy(emu_sync_t *s)
     free(s);
 }
 
-void emu_sync_lock(emu_sync_t *s) { pthread_mutex_lock(&s->mu); }
+void emu_sync_lock(emu_sync_t *s)
+{
+    /* every collective, send and receive enters here: jitter before */
+    if (emu_self && emu_self->jitter_us) emu_dev_jitter(emu_self);
+    pthread_mutex_lock(&s->mu);
+}
 void emu_sync_unlock(emu_sync_t *s) { pthread_mutex_unlock(&s->mu); }
 void emu_sync_broadcast(emu_sync_t *s) { pthread_cond_broadcast(&s->cv); }
 void emu_sync_wait(emu_sync_t *s) { pthread_cond_wait(&s->cv, &s->mu); }
@@ -216,6 +237,18 @@ void emu_dev_pace(emu_dev_t *dev)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* ---- jitter */
+
+void emu_dev_jitter(emu_dev_t *dev)
+{
+    if (!dev->jitter_us || (dev->cluster && atomic_load(&dev->cluster->aborting))) return;
+    uint64_t us = emu_splitmix(&dev->jitter_state) % ((uint64_t)dev->jitter_us + 1);
+    if (!us) return;
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 /* ---- runs */
 
 typedef struct {
@@ -233,7 +266,9 @@ static void *emu_dev_thread(void *p)
     /* a failed pin only costs speed */
     if (a->cpus) hwloc_set_cpubind(a->c->hwloc, a->cpus, HWLOC_CPUBIND_THREAD);
     moemu_errclear();
+    emu_self = dev;
     moemu_status_t st = a->fn(dev, a->arg);
+    emu_self = NULL;
     if (st != MOEMU_OK) {
         const char *m = moemu_errmsg();
         snprintf(dev->errmsg, sizeof dev->errmsg, "%s",

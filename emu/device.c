@@ -115,6 +115,10 @@ void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
         emu_span_add(dev, EMU_SPAN_KERNEL, kind, EMU_LINK_INTRA, t0,
                      dev->clock, flops, bytes);
     emu_dev_pace(dev);
+    if (dev->jitter_us && ++dev->jitter_n == 16) {
+        dev->jitter_n = 0;
+        emu_dev_jitter(dev);
+    }
 }
 
 /* ---- tracing */

@@ -330,6 +330,15 @@ typedef struct {
     bool no_pin;   /* leave device threads unpinned */
     bool trace;    /* every device records its spans (emu_trace_write) */
     bool nodata;   /* every device in no-data mode (emu_dev_set_nodata) */
+    /* > 0: each device sleeps a pseudo-random 0 to jitter_us microseconds
+     * of wall time at the entry of every collective, send and receive (and
+     * of their second meeting) and at every 16th kernel charge, so that
+     * tests can vary how the device threads interleave on the host.
+     * Virtual time never depends on it. Each device draws from its own
+     * generator, seeded with jitter_seed and its rank when the cluster is
+     * created: another seed gives other delays. */
+    unsigned jitter_us;
+    uint64_t jitter_seed;
 } emu_cluster_opts_t;
 
 /* ndev devices of the given spec laid out on topo (device d on node

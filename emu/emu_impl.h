@@ -40,6 +40,12 @@ struct emu_dev {
     struct emu_map { void *p; size_t len; } *maps;
     size_t nmaps, maps_cap; /* maps_cap: 0 or a power of two */
 
+    /* jitter (emu_cluster_opts_t.jitter_us): the device's own generator,
+     * touched by its thread only during runs */
+    unsigned jitter_us;
+    uint32_t jitter_n; /* kernel charges since the last jittered one */
+    uint64_t jitter_state;
+
     /* run state, written by the device's thread, read by others */
     atomic_bool done;
     moemu_status_t status;
@@ -98,5 +104,9 @@ void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
 /* After dev's clock moved: sleep while the cluster paces and the wall
  * time since the run started is below pace x the virtual time of the run. */
 void emu_dev_pace(emu_dev_t *dev);
+/* With dev->jitter_us > 0: sleep a pseudo-random 0 to jitter_us
+ * microseconds of wall time (none once the run aborts). Virtual time is
+ * untouched. */
+void emu_dev_jitter(emu_dev_t *dev);
 
 #endif

@@ -13,6 +13,8 @@ int cli_info_main(int argc, char **argv); /* moemu info */
 int cli_hw_main(int argc, char **argv);   /* moemu hw */
 int cli_layout_main(int argc, char **argv); /* moemu layout */
 int cli_check_main(int argc, char **argv);  /* moemu check */
+int cli_sweep_main(int argc, char **argv);  /* moemu sweep */
+int cli_plan_main(int argc, char **argv);   /* moemu plan */
 
 /* Exit statuses: 0 success, 1 a check that did not pass, 2 an error. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };

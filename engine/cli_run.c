@@ -355,34 +355,13 @@ static json_t *generated_json(const wl_t *wl, const model_out_t *out)
     return gen;
 }
 
-/* The same workload's virtual time on one device of the same kind, no
- * memory limit, replaying the run's routing: the scaling reference. */
-static moemu_status_t one_device_time(double *t1, const wts_t *w, const wl_t *wl,
-                                      const dist_opts_t *main, int *record)
-{
-    dist_opts_t o = {.micro_batches = main->strategy.dp * main->micro_batches, .hw = main->hw,
-                     .cluster = {.no_limit = true, .nodata = true}, .dry = true};
-    par_strategy_default(&o.strategy);
-    route_src_t src;
-    route_replay_record(&src, record, &w->cfg, wl);
-    o.routing = &src;
-    model_opts_t mo = {0};
-    model_out_t out;
-    emu_cluster_t *cl;
-    MOEMU_CHECK(dist_generate(&out, &cl, w, wl, &o, &mo));
-    *t1 = emu_dev_clock(emu_cluster_dev(cl, 0));
-    model_out_free(&out);
-    emu_cluster_destroy(cl);
-    return MOEMU_OK;
-}
-
 /* Report, trace and CSV of a run on emulated devices. */
 static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, const model_out_t *out,
                                     const wts_t *w, const wl_t *wl, const dist_opts_t *dopt,
                                     int *record, json_t *js)
 {
     double t1 = 0;
-    MOEMU_CHECK(one_device_time(&t1, w, wl, dopt, record));
+    MOEMU_CHECK(report_one_device(&t1, w, wl, dopt, record));
     report_t r;
     MOEMU_CHECK(report_build(&r, cl, out, &w->cfg, wl, dopt, t1));
     report_print(&r, stdout);

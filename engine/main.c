@@ -13,7 +13,9 @@ static const struct {
     {"check", cli_check_main, "compare a strategy with the single-device baseline"},
     {"info", cli_info_main, "a model's parameters, bytes and FLOPs per token"},
     {"hw", cli_hw_main, "hardware presets and the host topology"},
+    {"plan", cli_plan_main, "check a deployment plan's claims"},
     {"layout", cli_layout_main, "a parallel strategy's checks, device layout and groups"},
+    {"sweep", cli_sweep_main, "every strategy on N devices, run dry, ranked, Pareto front"},
 };
 
 static void usage(FILE *f)

@@ -255,4 +255,38 @@ int par_layout_group(const par_strategy_t *s, par_group_t g, int rank,
  * REPLICA cp*TP + tp, for STAGE its index in the stage). */
 int par_layout_group_rank(const par_strategy_t *s, par_group_t g, int rank);
 
+/* ---- Enumerating strategies (parallel/enumerate.c; docs/sweep.md). */
+
+typedef enum {
+    PAR_ENUM_SP_BOTH = 0, /* off, and on when TP > 1 */
+    PAR_ENUM_SP_OFF,      /* never */
+    PAR_ENUM_SP_ON        /* always (so TP > 1 only) */
+} par_enum_sp_t;
+
+/* Restrictions of the enumeration; all zero: none. */
+typedef struct {
+    int max_pp, max_dp, max_cp, max_tp, max_ep, max_etp; /* 0: no limit */
+    par_enum_sp_t sp;
+    bool even_only; /* no uneven stage split */
+} par_enum_opts_t;
+
+/* Every strategy valid (par_strategy_validate) for m on exactly devices
+ * devices: each (PP, DP, CP, TP) whose product is devices; for each, SP
+ * off and (TP > 1) on; every EP dividing the experts and ETP dividing the
+ * expert intermediate size with EP*ETP dividing DP*CP*TP; the even stage
+ * split and, when PP divides the layers into stages of 2 or more, the
+ * split whose last stage (it holds lm_head) has one layer fewer and the
+ * first one more. EDP is left derived. Order: ascending PP, then DP, CP,
+ * TP, SP off before on, EP, ETP, the even split before the other. opts
+ * may be NULL. The first min(count, max) go to out (out may be NULL with
+ * max 0); returns the count, which may be more than max. */
+int par_strategy_enumerate(const par_dims_t *m, int devices, const par_enum_opts_t *opts,
+                           par_strategy_t *out, int max);
+
+/* How far apart two strategies are, to name the nearest valid ones:
+ * sum over PP, DP, CP, TP, EP and ETP of |log2(a / b)|, + 0.5 when SP
+ * differs (degrees below 1 count as 1; stage splits and EDP do not
+ * count). tp2 to tp4-sp is 1.5. */
+double par_strategy_distance(const par_strategy_t *a, const par_strategy_t *b);
+
 #endif
