@@ -508,7 +508,8 @@ static moemu_status_t head(worker_t *v, const pass_t *ps, const rows_t *r)
 static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
 {
     dist_t *D = v->D;
-    if (ps->b1 <= ps->b0) return MOEMU_OK;
+    /* a pass with no sequence still runs: its replica's experts serve the
+     * other replicas in the same EP group */
     rows_t r = {.seq = v->seqbuf, .pos = v->posbuf};
     pass_rows(v, ps, v->sh.cp_rank, v->sh.tp_rank, &r);
     int R = r.r1 - r.r0, d = v->d;

@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/sweep.h"
@@ -307,7 +308,11 @@ moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
     if (st == MOEMU_OK) st = route_table(&x);
     for (int i = 0; i < total && st == MOEMU_OK; i++) {
         sweep_row_t *r = &rows[i];
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         st = run_one(r, &x);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        r->host_s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         if (st != MOEMU_OK) break;
         sweep_judge(r, o);
         out->ran++;
@@ -427,16 +432,16 @@ moemu_status_t sweep_csv(const sweep_t *s, const char *path)
     fprintf(f, "rank,strategy,micro_batches,fate,ttft_ms,tokens_per_ms_per_device,"
                "prefill_tokens_per_ms_per_device,decode_tokens_per_ms_per_device,e2e_ms,"
                "memory_peak_gb,memory_capacity_gb,memory_fraction,comm_share,bubble,"
-               "expert_max_over_mean,busiest_device_vs_mean,pareto,reason\n");
+               "expert_max_over_mean,busiest_device_vs_mean,pareto,host_s,reason\n");
     for (int i = 0; i < s->n_rows; i++) {
         const sweep_row_t *r = &s->rows[i];
         fprintf(f, "%d,%s,%d,", r->rank, r->name, r->micro_batches);
         csv_field(f, sweep_fate_name(r->fate));
-        fprintf(f, ",%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.6g,%.6g,%d,", 1e3 * r->ttft,
-                r->tpms_dev, r->prefill_tpms_dev, r->decode_tpms_dev, 1e3 * r->e2e,
+        fprintf(f, ",%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.6g,%.6g,%.6g,%d,%.3f,",
+                1e3 * r->ttft, r->tpms_dev, r->prefill_tpms_dev, r->decode_tpms_dev, 1e3 * r->e2e,
                 r->mem_peak / 1e9, r->capacity / 1e9,
                 r->capacity > 0 ? r->mem_peak / r->capacity : 0, r->comm_share, r->bubble,
-                r->imbalance, r->busiest, r->pareto);
+                r->imbalance, r->busiest, r->pareto, r->host_s);
         csv_field(f, r->why);
         fputc('\n', f);
     }

@@ -52,6 +52,7 @@ typedef struct {
     double bubble;      /* mean over stages of the bubble fraction */
     double imbalance;   /* expert load max/mean over (layer, expert) */
     double busiest;     /* expert rows of the busiest device / mean */
+    double host_s;      /* wall seconds the dry run took on the host */
     int rank;           /* 1 = best among the kept; 0 when dropped */
     bool pareto;        /* on the front among the kept */
 } sweep_row_t;

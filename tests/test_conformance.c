@@ -100,3 +100,40 @@ ParameterizedTest(case_t *k, conformance, matrix)
     wts_free(&w);
     wl_free(&wl);
 }
+
+/* Replicas and micro-batches with no sequence still take part: their
+ * devices hold experts that the other replicas' tokens visit. */
+Test(conformance, empty_replicas_and_micro_batches)
+{
+    static const struct {
+        const char *s, *lens;
+        int mb;
+    } cases[] = {
+        {"dp2-ep2", "5", 1},         /* replica 1 empty, EP across replicas */
+        {"dp2-ep2", "5,4,6", 2},     /* replica 0's second micro-batch empty */
+        {"pp2-dp4-ep4", "5,7", 3},   /* two replicas empty, most micro-batches empty */
+        {"dp4-cp2-ep8", "5,1,7", 2}, /* a one-token prompt under CP */
+    };
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    cfg.capacity_factor = 1.0;
+    wts_t w;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        wl_opts_t wo = {.lens = cases[i].lens, .decode = 4, .seed = 5};
+        wl_t wl;
+        cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
+        dist_opts_t o = {.micro_batches = cases[i].mb};
+        cr_assert_eq(par_strategy_parse(cases[i].s, &o.strategy), MOEMU_OK);
+        cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+        check_t c;
+        cr_assert_eq(check_run(&c, &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s: %s", cases[i].s,
+                     moemu_errmsg());
+        cr_expect(c.r.pass, "%s with prompts %s: rel L2 %g, tokens differ at %d", cases[i].s,
+                  cases[i].lens, c.r.rel_l2, c.r.first_seq);
+        cr_expect_eq(c.r.dropped_strategy, c.r.dropped_base);
+        check_free(&c);
+        wl_free(&wl);
+    }
+    wts_free(&w);
+}

@@ -136,7 +136,7 @@ static dist_opts_t make_opts(const char *strategy, int micro_batches, emu_hw_t h
 /* ==== The hand computation ==== */
 
 enum { HM_MAXDEV = 8, HM_MAXROWS = 32, HM_MAXE = 8, HM_MAXQ = 64, HM_MAXLE = 64,
-       HM_MAXBN = 64 };
+       HM_MAXBN = 64, HM_MAXREC = 4096 };
 
 typedef struct {
     double calls, bytes, time, idle;
@@ -158,7 +158,7 @@ typedef struct {
     /* the current pass */
     int b0, b1, TA, a, z, nsend;
     int seq[HM_MAXROWS], pos[HM_MAXROWS];
-    int sendc[HM_MAXE], recv_rows[HM_MAXE];
+    int sendc[HM_MAXE];
 } hd_t;
 
 typedef struct {
@@ -173,7 +173,7 @@ typedef struct {
     hd_t dev[HM_MAXDEV];
     int64_t load[HM_MAXLE];
     int64_t assign, dropped;
-    int keep_rec[HM_MAXLE * 64 * 2]; /* (L, B, P, k) the record a run writes */
+    int keep_rec[HM_MAXREC]; /* (L, B, P, k): the record the run writes */
     double ttime[HM_MAXBN]; /* (B, N) */
 } hm_t;
 
@@ -413,7 +413,7 @@ static int hm_choice(const hm_t *m, int l, int b, int pos, int s)
 
 /* The MoE layer l of a pass on the devices of a stage (dist.c moe() and
  * layers/shard.c layer_moe_routed, EP = 1 or an all-to-all group). */
-static void hm_moe(hm_t *m, int stage, int l, bool decode)
+static void hm_moe(hm_t *m, int stage, int l)
 {
     const cfg_model_t *c = m->c;
     int S = m->S, d = c->hidden_size, k = c->num_experts_per_tok, E = c->num_local_experts;
@@ -487,7 +487,6 @@ static void hm_moe(hm_t *m, int stage, int l, bool decode)
             for (int jj = 0; jj < Eper; jj++) {
                 int rows = 0;
                 for (int q = 0; q < EP; q++) rows += m->dev[r[q]].sendc[h->e0 + jj];
-                h->recv_rows[jj] = rows;
                 ntot += rows;
                 experts += rows > 0;
                 m->load[(size_t)l * E + h->e0 + jj] += rows;
@@ -530,7 +529,6 @@ static void hm_moe(hm_t *m, int stage, int l, bool decode)
         hm_tp_gather(m, stage, g, (slice < TA ? slice : TA) * d);
     }
     for (int i = 0; i < S; i++) hk_add(m, &D[i], (double)D[i].TA * d);
-    (void)decode;
 }
 
 /* One pass (micro-batch mbi, prefill or decode step) on stage s. */
@@ -585,7 +583,7 @@ static void hm_pass(hm_t *m, int s, int mbi, bool decode, int step)
         }
         hm_tp_allreduce(m, s);
         for (int i = 0; i < S; i++) hk_add(m, &D[i], (double)D[i].TA * d);
-        hm_moe(m, s, l, decode);
+        hm_moe(m, s, l);
     }
     if (s < m->pp - 1) {
         for (int i = 0; i < S; i++) hm_send(m, &D[i], D[i].rank + S, (double)D[i].TA * d * sz);
@@ -625,6 +623,7 @@ static void hm_run(hm_t *m)
     cr_assert_leq(L * E, HM_MAXLE);
     cr_assert_leq(m->B * N, HM_MAXBN);
     cr_assert_leq(E, HM_MAXE);
+    cr_assert_leq(k, 2);
     m->P = 0;
     for (int b = 0; b < m->B; b++) m->P = m->lens[b] > m->P ? m->lens[b] : m->P;
     m->P += N > 1 ? N - 1 : 0;
@@ -930,6 +929,39 @@ static void check_json(const report_t *r, const char *label)
     json_decref(j);
 }
 
+/* The CSV: a header and one row per device, its figures to 9 digits. */
+static void check_csv(const report_t *r, const char *label)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moemu-report-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(report_csv(r, path), MOEMU_OK, "%s", moemu_errmsg());
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    cr_expect_eq(strncmp(line, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,", 57), 0,
+                 "%s: header %s", label, line);
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        int rank, node, stage;
+        double clock, compute, memory, comm, idle;
+        cr_assert_eq(sscanf(line, "%d,%d,%d,%lf,%lf,%lf,%lf,%lf", &rank, &node, &stage, &clock,
+                            &compute, &memory, &comm, &idle), 8, "%s: %s", label, line);
+        cr_assert_eq(rank, rows, "%s", label);
+        const report_dev_t *v = &r->dev[rows++];
+        cr_expect_eq(node, v->node, "%s", label);
+        cr_expect_eq(stage, v->stage, "%s", label);
+        cr_expect(fabs(clock - v->clock) <= 1e-8 * v->clock, "%s: CSV clock %.17g", label, clock);
+        cr_expect(fabs(idle - v->idle) <= 1e-8 * v->clock, "%s: CSV idle %.17g", label, idle);
+    }
+    fclose(f);
+    unlink(path);
+    cr_expect_eq(rows, r->devices, "%s: %d CSV rows", label, rows);
+}
+
 /* ==== Closed forms ==== */
 
 /* (a) one device, one layer: every kernel by hand; the one-device time is
@@ -1030,6 +1062,7 @@ Test(closed_form, pp2_four_micro_batches)
     cr_expect_gt(x.r.bubble[0], 0);
     cr_expect_gt(x.r.bubble[1], 0);
     check_json(&x.r, label);
+    check_csv(&x.r, label);
     run_free(&x, &o);
     wl_free(&wl);
 }
@@ -1116,7 +1149,7 @@ static const addup_t addup_cases[] = {
     {"tiny", "tp2-etp2", "", 1, 8, 0, 0, 4, "7,12,5", 0},
     {"tiny", "dp2-cp2-tp2-ep2-etp2-sp", "", 2, 4, 0, 0, 3, "7,12,5,9", 1.0},
     {"tiny", "pp4", "", 3, 2, 0, 0, 3, "7,12,5,9", 1.0},
-    {"moe-10b-plan", "tp2-ep8-dp4-pp2", "zipf:1", 1, 8, 8, 64, 4, "", -1},
+    {"moe-10b-plan", "tp2-ep8-dp4-pp2", "zipf:1", 1, 8, 8, 64, 3, "", -1},
     {"moe-10b-plan", "pp2-dp2-tp2-sp-ep4", "uniform", 2, 4, 8, 64, 4, "", -1},
 };
 
@@ -1403,7 +1436,7 @@ Test(trace, dry_run_plan)
 {
     cfg_model_t cfg;
     cr_assert_eq(cfg_load(&cfg, "moe-10b-plan"), MOEMU_OK);
-    wl_opts_t wo = {.batch = 8, .prompt_len = 64, .decode = 4, .seed = 3};
+    wl_opts_t wo = {.batch = 8, .prompt_len = 64, .decode = 2, .seed = 3};
     wl_t wl;
     cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
     emu_hw_t hw;
@@ -1469,6 +1502,7 @@ Test(jitter, leaves_virtual_time_alone)
     emu_hw_t hw = round_hw(2);
     emu_dev_t *ref[4];
     emu_cluster_t *cl[3];
+    /* 12 x (4 meetings + 1 charge) draws of 0 to 400 us per device */
     double wall[3];
     for (int run = 0; run < 3; run++) {
         emu_cluster_opts_t co = {.jitter_us = run ? 400 : 0, .jitter_seed = (uint64_t)run};
@@ -1496,13 +1530,37 @@ Test(jitter, leaves_virtual_time_alone)
                     cr_expect_arr_eq(emu_dev_comm_stats(v, k, l), emu_dev_comm_stats(ref[d], k, l),
                                      sizeof(emu_comm_stats_t));
         }
-    /* the delays were there: 12 x (4 meetings + 1 charge) draws of 0 to 400
-     * us per device, about 12 ms each */
     cr_log_info("jitter: wall %.1f ms without, %.1f and %.1f ms with", 1e3 * wall[0],
                 1e3 * wall[1], 1e3 * wall[2]);
-    cr_expect_gt(wall[1], 4e-3, "jitter did not sleep (%.3f ms)", 1e3 * wall[1]);
-    cr_expect_gt(wall[2], 4e-3, "jitter did not sleep (%.3f ms)", 1e3 * wall[2]);
     for (int run = 0; run < 3; run++) emu_cluster_destroy(cl[run]);
+}
+
+static moemu_status_t charges_fn(emu_dev_t *dev, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 160; i++) emu_charge(dev, EMU_KERNEL_ELEMWISE, 1, 1);
+    return MOEMU_OK;
+}
+
+/* Every 16th charge sleeps: 10 draws of 0 to 3000 us, which add to 13.9 ms
+ * for seed 42 (the generator is deterministic), and nothing else moves. */
+Test(jitter, sleeps_at_every_16th_charge)
+{
+    emu_hw_t hw = round_hw(1);
+    double clock[2];
+    for (int run = 0; run < 2; run++) {
+        emu_cluster_opts_t co = {.jitter_us = run ? 3000 : 0, .jitter_seed = 42};
+        emu_cluster_t *cl;
+        cr_assert_eq(emu_cluster_create(&hw.spec, &hw.topo, 1, &co, &cl), MOEMU_OK);
+        double t0 = wall_now();
+        cr_assert_eq(emu_cluster_run(cl, charges_fn, NULL), MOEMU_OK);
+        double wall = wall_now() - t0;
+        clock[run] = emu_dev_clock(emu_cluster_dev(cl, 0));
+        if (run) cr_expect_geq(wall, 10e-3, "the jitter slept %.3f ms in all", 1e3 * wall);
+        emu_cluster_destroy(cl);
+    }
+    cr_expect_eq(clock[0], clock[1]);
+    cr_expect(REL(clock[0], 160 * emu_kernel_time(&hw.spec, 1, 1), 1e-12));
 }
 
 /* Whole reports, bit for bit, across runs whose device threads are
