@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 
 #include "emu/emu_impl.h"
@@ -21,6 +22,13 @@ static const char *const emu_mem_names[EMU_MEM__COUNT] = {
 };
 
 const char *emu_kernel_name(emu_kernel_t k) { return emu_kernel_names[k]; }
+
+double emu_host_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 const char *emu_mem_name(emu_mem_t m) { return emu_mem_names[m]; }
 

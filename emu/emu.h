@@ -77,6 +77,10 @@ typedef enum {
 
 const char *emu_kernel_name(emu_kernel_t k);
 
+/* The host's monotonic clock in seconds, for wall-time figures (never for
+ * virtual time). */
+double emu_host_seconds(void);
+
 /* ---- A device spec: the budgets of one emulated GPU. */
 typedef struct {
     double peak_flops;   /* FLOP/s, dense fp16/bf16 */

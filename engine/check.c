@@ -2,16 +2,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine/check.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Accumulate the errors of a against the baseline b where b is a number
  * (NaN marks padding). */
@@ -99,15 +91,15 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const dist_
     model_opts_t mb = {.n_groups = ng, .group_start = gs, .prompt_logits = true,
                        .gen_logits = true, .route = route, .progress = progress};
     if ((st = emu_dev_create(&spec, 0, true, &dev)) != MOEMU_OK) goto done;
-    double t0 = now();
+    double t0 = emu_host_seconds();
     if ((st = model_generate(&c->base, w, wl, dev, &mb)) != MOEMU_OK) goto done;
-    c->wall_base = now() - t0;
+    c->wall_base = emu_host_seconds() - t0;
     for (int k = 0; k < EMU_KERNEL__COUNT; k++) c->flops_base += emu_dev_kernel_stats(dev, k)->flops;
     model_opts_t ms = {.prompt_logits = true, .gen_logits = true, .route = route + nroute,
                        .progress = progress};
-    t0 = now();
+    t0 = emu_host_seconds();
     if ((st = dist_generate(&c->strategy, &c->cluster, w, wl, o, &ms)) != MOEMU_OK) goto done;
-    c->wall_strategy = now() - t0;
+    c->wall_strategy = emu_host_seconds() - t0;
     c->r.rtol = rtol;
     compare_all(&c->r, cfg, wl, &c->base, &c->strategy, route, route + nroute);
     /* keep the strategy's record for the report's scaling run */

@@ -2,7 +2,6 @@
  * print a summary; optionally dump logits, weights and a JSON record. */
 #include <getopt.h>
 #include <math.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -270,13 +269,6 @@ static double cluster_flops(emu_cluster_t *cl)
     return f;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The strategy, the hardware and the cluster options from the flags. */
 static moemu_status_t dist_setup(dist_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
 {
@@ -443,9 +435,9 @@ static int run(const run_opts_t *o)
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
                            .progress = cli_progress};
-        double t0 = now();
+        double t0 = emu_host_seconds();
         st = dist_generate(&out, &cl, &w, &wl, &dopt, &mo);
-        double wall = now() - t0;
+        double wall = emu_host_seconds() - t0;
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
         if (!o->dry) print_summary("strategy", &wl, &out, cluster_flops(cl), wall);

@@ -51,17 +51,24 @@ static const char sweep_help[] =
     "  --objective O          throughput (tokens/ms per device, highest first; the\n"
     "                         default), ttft (lowest first) or latency (end to end,\n"
     "                         lowest first)\n"
-    "what is enumerated (defaults keep a sweep of moe-10b-plan on 16 devices\n"
-    "under 5 minutes on 2 cores; docs/sweep.md says why):\n"
+    "what is enumerated (the defaults keep a sweep of moe-10b-plan on 16 devices,\n"
+    "batch 128 x 1024 tokens, under 5 minutes on 2 cores; docs/sweep.md says\n"
+    "why each one loses nothing that could win):\n"
     "  --max-pp N, --max-dp N, --max-cp N, --max-tp N, --max-ep N\n"
     "                         largest degree of each (default: no limit)\n"
     "  --max-etp N            largest ETP (default 2; 0: no limit)\n"
-    "  --sp both|on|off       SP off and on (default both), only on, only off\n"
-    "  --even-split           no uneven pipeline stage split\n"
-    "  --micro-batches LIST   micro-batch counts tried when PP > 1, e.g. 1,2,4,8\n"
-    "                         (default 1,PP,2PP; `pow2`: 1, 2, 4, ... up to a\n"
-    "                         replica's sequences); counts over a replica's\n"
-    "                         sequences are left out\n"
+    "  --sp auto|both|on|off  auto: SP on whenever TP > 1 (the default; SP is never\n"
+    "                         slower or larger in moemu's cost model); both: off\n"
+    "                         and on; on: SP strategies only; off: never\n"
+    "  --uneven auto|on|off   the uneven stage split (the last stage, which holds\n"
+    "                         lm_head, one layer lighter, when PP divides the\n"
+    "                         layers); auto: tried when lm_head weighs at least a\n"
+    "                         layer (default)\n"
+    "  --micro-batches pp|pow2|a,b,...\n"
+    "                         micro-batch counts tried when PP > 1: pp: 1, PP and\n"
+    "                         2*PP (the default); pow2: 1, 2, 4, ...; or a list\n"
+    "                         (1 is always tried); counts over the sequences of\n"
+    "                         a DP replica are left out\n"
     "outputs:\n"
     "  --top K                rows in the table (default 20; 0: every kept one)\n"
     "  --csv FILE             every candidate, one row each\n"
@@ -80,6 +87,7 @@ typedef struct {
     double ttft_max, headroom;
     sweep_objective_t objective;
     par_enum_opts_t en;
+    sweep_uneven_t uneven;
     sweep_mb_t mb;
     int mb_list[32], n_mb; /* --micro-batches a,b,c */
 } sweep_cli_t;
@@ -88,7 +96,7 @@ enum {
     OPT_MODEL = 256, OPT_HW, OPT_DEVICES, OPT_NODES, OPT_DPN, OPT_BATCH, OPT_PROMPT_LEN,
     OPT_PROMPT_LENS, OPT_PROMPT_RANGE, OPT_DECODE, OPT_SEED, OPT_ROUTING, OPT_TTFT_MAX,
     OPT_HEADROOM, OPT_OBJECTIVE, OPT_MAX_PP, OPT_MAX_DP, OPT_MAX_CP, OPT_MAX_TP, OPT_MAX_EP,
-    OPT_MAX_ETP, OPT_SP, OPT_EVEN, OPT_MICRO, OPT_TOP, OPT_CSV, OPT_JSON, OPT_PLOT, OPT_HELP
+    OPT_MAX_ETP, OPT_SP, OPT_UNEVEN, OPT_MICRO, OPT_TOP, OPT_CSV, OPT_JSON, OPT_PLOT, OPT_HELP
 };
 
 static const struct option sweep_options[] = {
@@ -114,7 +122,7 @@ static const struct option sweep_options[] = {
     {"max-ep", required_argument, NULL, OPT_MAX_EP},
     {"max-etp", required_argument, NULL, OPT_MAX_ETP},
     {"sp", required_argument, NULL, OPT_SP},
-    {"even-split", no_argument, NULL, OPT_EVEN},
+    {"uneven", required_argument, NULL, OPT_UNEVEN},
     {"micro-batches", required_argument, NULL, OPT_MICRO},
     {"top", required_argument, NULL, OPT_TOP},
     {"csv", required_argument, NULL, OPT_CSV},
@@ -172,7 +180,8 @@ static moemu_status_t parse_micro(sweep_cli_t *o, const char *s)
 static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
 {
     *o = (sweep_cli_t){.model = "moe-10b-plan", .hw = SWEEP_DEFAULT_HW, .wl = {.decode = 16},
-                       .top = SWEEP_DEFAULT_TOP, .en = {.max_etp = 2},
+                       .top = SWEEP_DEFAULT_TOP,
+                       .en = {.max_etp = 2, .sp = PAR_ENUM_SP_WITH_TP},
                        .mb = SWEEP_MB_PP};
     bool batch_set = false;
     long v;
@@ -226,14 +235,22 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
         case OPT_MAX_EP: MOEMU_CHECK(parse_degree("--max-ep", optarg, &o->en.max_ep)); break;
         case OPT_MAX_ETP: MOEMU_CHECK(parse_degree("--max-etp", optarg, &o->en.max_etp)); break;
         case OPT_SP:
-            if (!strcmp(optarg, "both")) o->en.sp = PAR_ENUM_SP_BOTH;
+            if (!strcmp(optarg, "auto")) o->en.sp = PAR_ENUM_SP_WITH_TP;
+            else if (!strcmp(optarg, "both")) o->en.sp = PAR_ENUM_SP_BOTH;
             else if (!strcmp(optarg, "on")) o->en.sp = PAR_ENUM_SP_ON;
             else if (!strcmp(optarg, "off")) o->en.sp = PAR_ENUM_SP_OFF;
             else
-                return moemu_fail(MOEMU_ERR_INVALID, "--sp '%s': expected both, on or off",
+                return moemu_fail(MOEMU_ERR_INVALID, "--sp '%s': expected auto, both, on or off",
                                   optarg);
             break;
-        case OPT_EVEN: o->en.even_only = true; break;
+        case OPT_UNEVEN:
+            if (!strcmp(optarg, "auto")) o->uneven = SWEEP_UNEVEN_AUTO;
+            else if (!strcmp(optarg, "on")) o->uneven = SWEEP_UNEVEN_ON;
+            else if (!strcmp(optarg, "off")) o->uneven = SWEEP_UNEVEN_OFF;
+            else
+                return moemu_fail(MOEMU_ERR_INVALID, "--uneven '%s': expected auto, on or off",
+                                  optarg);
+            break;
         case OPT_MICRO: MOEMU_CHECK(parse_micro(o, optarg)); break;
         case OPT_TOP:
             MOEMU_CHECK(cli_parse_int("--top", optarg, 0, 1 << 30, &v));
@@ -361,6 +378,7 @@ static int run(const sweep_cli_t *o)
                        .memory_headroom = o->headroom, .objective = o->objective,
                        .routing = o->routing, .seed = o->seed, .progress = progress,
                        .progress_arg = &pr};
+    so.uneven = o->uneven;
     so.mb = o->mb;
     so.micro_batches = o->mb_list;
     so.n_micro_batches = o->n_mb;

@@ -4,7 +4,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine/model.h"
 
@@ -200,13 +199,6 @@ static void forward(model_t *m, scratch_t *s, const int *tok, const int *seq,
     layer_linear(x, EMU_KERNEL_GEMM, logits, s->n, w->lm_head, nl, d, V, d, false);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int model_route_positions(const wl_t *wl)
 {
     return wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
@@ -314,7 +306,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
         for (int64_t i = 0; i < (int64_t)B * Lmax * V; i++) out->prompt_logits[i] = NAN;
 
     /* prefill, one routing group at a time */
-    double t0 = now();
+    double t0 = emu_host_seconds();
     for (int g = 0; g < ng; g++) {
         int T = 0, nl = 0;
         for (int b = gseq[g]; b < gseq[g + 1]; b++) {
@@ -342,10 +334,10 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
             }
         }
     }
-    out->wall_prefill = now() - t0;
+    out->wall_prefill = emu_host_seconds() - t0;
 
     /* decode: feed the last generated token of every sequence */
-    t0 = now();
+    t0 = emu_host_seconds();
     for (int g = 0; g <= ng; g++) gtok[g] = gseq[g];
     for (int step = 1; step < N; step++) {
         for (int b = 0; b < B; b++) {
@@ -363,7 +355,7 @@ moemu_status_t model_generate(model_out_t *out, const wts_t *w, const wl_t *wl,
                 memcpy(out->gen_logits + ((int64_t)b * N + step) * V, row, sizeof(float) * V);
         }
     }
-    out->wall_decode = now() - t0;
+    out->wall_decode = emu_host_seconds() - t0;
     out->assignments = m.assignments;
     out->dropped = m.dropped;
     for (size_t i = 0; i < (size_t)c->num_hidden_layers * c->num_local_experts; i++)

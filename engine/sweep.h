@@ -69,8 +69,20 @@ typedef enum {
     SWEEP_MB_LIST      /* the given list (and 1) */
 } sweep_mb_t;
 
+/* The uneven stage split par_strategy_enumerate offers (the last stage,
+ * which holds lm_head, one layer lighter). */
+typedef enum {
+    SWEEP_UNEVEN_AUTO = 0, /* tried when lm_head and the final norm hold at
+                              least the weight bytes of one layer: only then
+                              can it lighten the heaviest stage */
+    SWEEP_UNEVEN_ON,       /* always tried */
+    SWEEP_UNEVEN_OFF       /* never */
+} sweep_uneven_t;
+
 typedef struct {
-    par_enum_opts_t enumerate;  /* restrictions of the strategies */
+    par_enum_opts_t enumerate;  /* restrictions of the strategies (its
+                                   even_only is set by uneven) */
+    sweep_uneven_t uneven;
     sweep_mb_t mb;
     const int *micro_batches;   /* SWEEP_MB_LIST: (n_micro_batches) */
     int n_micro_batches;
@@ -92,6 +104,10 @@ typedef struct {
     int no_fit, missed, kept;
     sweep_objective_t objective;
 } sweep_t;
+
+/* Whether lm_head and the final norm hold at least one layer's weight
+ * bytes (SWEEP_UNEVEN_AUTO's test). */
+bool sweep_uneven_helps(const cfg_model_t *cfg);
 
 /* The micro-batch counts of a strategy under o for a batch of B
  * sequences, ascending, into mb (room for 32); returns how many. */

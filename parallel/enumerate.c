@@ -53,7 +53,8 @@ int par_strategy_enumerate(const par_dims_t *m, int devices, const par_enum_opts
                 if (!within(tp, o.max_tp)) continue;
                 for (int sp = 0; sp < 2; sp++) {
                     if (sp && (tp == 1 || o.sp == PAR_ENUM_SP_OFF)) continue;
-                    if (!sp && o.sp == PAR_ENUM_SP_ON) continue;
+                    if (!sp && (o.sp == PAR_ENUM_SP_ON || (o.sp == PAR_ENUM_SP_WITH_TP && tp > 1)))
+                        continue;
                     for (int ep = 1; ep <= stage; ep++) {
                         if (stage % ep || m->experts % ep || !within(ep, o.max_ep)) continue;
                         for (int etp = 1; etp <= stage / ep; etp++) {

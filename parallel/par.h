@@ -259,6 +259,7 @@ int par_layout_group_rank(const par_strategy_t *s, par_group_t g, int rank);
 
 typedef enum {
     PAR_ENUM_SP_BOTH = 0, /* off, and on when TP > 1 */
+    PAR_ENUM_SP_WITH_TP,  /* on exactly when TP > 1 */
     PAR_ENUM_SP_OFF,      /* never */
     PAR_ENUM_SP_ON        /* always (so TP > 1 only) */
 } par_enum_sp_t;
