@@ -72,9 +72,9 @@ typedef enum {
 /* The uneven stage split par_strategy_enumerate offers (the last stage,
  * which holds lm_head, one layer lighter). */
 typedef enum {
-    SWEEP_UNEVEN_AUTO = 0, /* tried when lm_head and the final norm hold at
-                              least the weight bytes of one layer: only then
-                              can it lighten the heaviest stage */
+    SWEEP_UNEVEN_AUTO = 0, /* tried when lm_head and the final norm hold
+                              more weights than one layer: only then can it
+                              lighten the heaviest stage */
     SWEEP_UNEVEN_ON,       /* always tried */
     SWEEP_UNEVEN_OFF       /* never */
 } sweep_uneven_t;
@@ -89,6 +89,8 @@ typedef struct {
     double ttft_max;            /* seconds; 0: no limit */
     double memory_headroom;     /* [0, 1): peak <= (1 - F) x capacity */
     sweep_objective_t objective;
+    int jobs;                   /* > 1: run candidates in this many worker
+                                   processes at a time (fork); else here */
     const char *routing;        /* --routing spec; NULL: uniform */
     uint64_t seed;              /* the routing's seed */
     sweep_progress_fn progress; /* may be NULL */
@@ -105,8 +107,8 @@ typedef struct {
     sweep_objective_t objective;
 } sweep_t;
 
-/* Whether lm_head and the final norm hold at least one layer's weight
- * bytes (SWEEP_UNEVEN_AUTO's test). */
+/* Whether lm_head and the final norm hold more weights than one layer
+ * (SWEEP_UNEVEN_AUTO's test; docs/sweep.md). */
 bool sweep_uneven_helps(const cfg_model_t *cfg);
 
 /* The micro-batch counts of a strategy under o for a batch of B
@@ -145,5 +147,8 @@ json_t *sweep_json(const sweep_t *s);
  * (Debian's gnuplot-nox): FILE.svg or FILE.png, written complete or not
  * at all. title may be NULL. */
 moemu_status_t sweep_plot(const sweep_t *s, const char *path, const char *title);
+/* What sweep_plot checks first: the name's extension, and gnuplot on
+ * PATH (else an error naming the package); to fail before a long sweep. */
+moemu_status_t sweep_plot_check(const char *path);
 
 #endif

@@ -274,6 +274,28 @@ Test(sweep, figures_equal_dry_runs_one_by_one, .timeout = 600)
         report_free(&r);
     }
 
+    /* worker processes give the same rows, bit for bit */
+    sweep_opts_t oj = o;
+    oj.jobs = 3;
+    sweep_t sj;
+    cr_assert_eq(sweep_run(&sj, &s.cfg, &s.wl, &s.hw, 8, &oj), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(sj.n_rows, sw.n_rows);
+    cr_assert(sj.ran == sw.ran && sj.kept == sw.kept && sj.strategies == sw.strategies);
+    for (int i = 0; i < sw.n_rows; i++) {
+        const sweep_row_t *a = &sw.rows[i], *b = &sj.rows[i];
+        cr_expect_str_eq(a->name, b->name, "row %d", i);
+        cr_expect(a->micro_batches == b->micro_batches && a->index == b->index &&
+                      a->fate == b->fate && a->rank == b->rank && a->pareto == b->pareto,
+                  "row %d: %s", i, a->name);
+        cr_expect(a->ttft == b->ttft && a->tpms_dev == b->tpms_dev && a->e2e == b->e2e &&
+                      a->mem_peak == b->mem_peak && a->comm_share == b->comm_share &&
+                      a->bubble == b->bubble && a->imbalance == b->imbalance &&
+                      a->busiest == b->busiest,
+                  "row %d: %s x%d differs with workers", i, a->name, a->micro_batches);
+        cr_expect_eq(memcmp(&a->strategy, &b->strategy, sizeof a->strategy), 0);
+    }
+    sweep_free(&sj);
+
     /* the other objectives order the same rows */
     cr_assert_eq(sweep_rank(sw.rows, sw.n_rows, SWEEP_OBJ_TTFT), MOEMU_OK);
     for (int i = 1; i < sw.n_rows; i++) cr_assert_leq(sw.rows[i - 1].ttft, sw.rows[i].ttft);
@@ -454,6 +476,20 @@ Test(sweep, constraints_and_memory, .timeout = 600)
     cr_assert_eq(moemu_errmsg()[0], '\0', "the sweep left a message: %s", moemu_errmsg());
     sweep_free(&t);
 
+    /* a failure other than memory stops the sweep with its message, in
+     * this process or in a worker */
+    emu_hw_t cramped = s.hw;
+    cramped.topo.nodes = 1;
+    cramped.topo.devices_per_node = 2;
+    for (int jobs = 0; jobs <= 2; jobs += 2) {
+        o.jobs = jobs;
+        cr_assert_eq(sweep_run(&t, &s.cfg, &s.wl, &cramped, 4, &o), MOEMU_ERR_INVALID);
+        cr_expect(strstr(moemu_errmsg(), "4 devices do not fit on 1 node of 2 devices"), "%s",
+                  moemu_errmsg());
+        cr_assert_null(t.rows);
+    }
+    o.jobs = 0;
+
     /* bad settings */
     o.memory_headroom = 1;
     cr_assert_eq(sweep_run(&t, &s.cfg, &s.wl, &s.hw, 4, &o), MOEMU_ERR_INVALID);
@@ -587,6 +623,12 @@ Test(sweep_output, csv_json_and_plot)
     cr_expect(strstr(moemu_errmsg(), ".svg or .png"), "%s", moemu_errmsg());
     snprintf(path, sizeof path, "%s/no/s.png", dir);
     cr_assert_eq(sweep_plot(&s, path, NULL), MOEMU_ERR_IO);
+    cr_expect_eq(entries(dir), 1);
+    /* no gnuplot on PATH: an error that names the package */
+    snprintf(path, sizeof path, "%s/s.svg", dir);
+    cr_assert_eq(setenv("PATH", "/nonexistent", 1), 0);
+    cr_assert_eq(sweep_plot(&s, path, NULL), MOEMU_ERR_INVALID);
+    cr_expect(strstr(moemu_errmsg(), "gnuplot-nox"), "%s", moemu_errmsg());
     cr_expect_eq(entries(dir), 1);
     snprintf(path, sizeof path, "%s/s.csv", dir);
     unlink(path);
