@@ -363,6 +363,8 @@ static size_t emu_maps_take(emu_dev_t *dev, const void *p)
 
 static void emu_maps_unmap_all(emu_dev_t *dev)
 {
+    for (int i = 0; i < dev->nspare; i++) munmap(dev->spare[i].p, dev->spare[i].len);
+    dev->nspare = 0;
     for (size_t i = 0; i < dev->maps_cap; i++)
         if (dev->maps[i].p) munmap(dev->maps[i].p, dev->maps[i].len);
     free(dev->maps);
@@ -375,8 +377,20 @@ static moemu_status_t emu_alloc_nodata(emu_dev_t *dev, emu_mem_t cat,
                                        void **out)
 {
     size_t len = host_bytes ? host_bytes : 1;
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* the smallest spare mapping that is large enough */
+    int best = -1;
+    for (int i = 0; i < dev->nspare; i++)
+        if (dev->spare[i].len >= len && (best < 0 || dev->spare[i].len < dev->spare[best].len))
+            best = i;
+    void *p;
+    if (best >= 0) {
+        p = dev->spare[best].p;
+        len = dev->spare[best].len;
+        dev->spare[best] = dev->spare[--dev->nspare];
+    } else {
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+    }
     if (p == MAP_FAILED || !emu_maps_put(dev, p, len)) {
         int e = p == MAP_FAILED ? errno : ENOMEM;
         if (p != MAP_FAILED) munmap(p, len);
@@ -417,7 +431,11 @@ void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
 {
     if (!p) return;
     size_t len = emu_maps_take(dev, p);
-    if (len) munmap(p, len);
-    else free(p);
+    if (len && dev->nspare < (int)(sizeof dev->spare / sizeof dev->spare[0]))
+        dev->spare[dev->nspare++] = (struct emu_map){p, len};
+    else if (len)
+        munmap(p, len);
+    else
+        free(p);
     emu_mem_release(dev, cat, dev_bytes);
 }

@@ -19,7 +19,7 @@ expect() {
     got=$?
     if [ "$got" -ne "$want" ]; then
         bad "$* exited $got, expected $want: $out"
-    elif ! printf '%s' "$out" | grep -q -- "$pat"; then
+    elif ! printf "%s" "$out" | grep -qF -- "$pat"; then
         bad "$*: output lacks '$pat': $out"
     else
         ok
@@ -64,7 +64,7 @@ b=$(grep -v '_s"\|per_s' "$tmp/b.json" | tr -d ' \n' | sed 's/"summary".*//')
 printf '[[1,2,3],[4,5]]' >"$tmp/t.json"
 expect 0 "prompts of 2..3 tokens" "$moemu" run --model tiny --tokens "$tmp/t.json" --decode 2
 printf '[[1,2,300]]' >"$tmp/t.json"
-expect 2 "not a token id in \[0, 97)" "$moemu" run --model tiny --tokens "$tmp/t.json"
+expect 2 "not a token id in [0, 97)" "$moemu" run --model tiny --tokens "$tmp/t.json"
 
 # bad weights files: truncated, another model's
 head -c 5000 "$tmp/w.st" >"$tmp/trunc.st"
@@ -82,7 +82,7 @@ expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 
 expect 0 "--memory-headroom F" "$moemu" sweep --help
 expect 2 "--objective 'fast': expected throughput, ttft or latency" \
     "$moemu" sweep --model tiny --devices 2 --objective fast
-expect 2 "--memory-headroom '1': expected a number in \[0, 1)" \
+expect 2 "--memory-headroom '1': expected a number in [0, 1)" \
     "$moemu" sweep --model tiny --devices 2 --memory-headroom 1
 expect 2 "--memory-headroom 'lots': expected a number" \
     "$moemu" sweep --model tiny --devices 2 --memory-headroom lots
@@ -96,6 +96,48 @@ expect 0 "on the Pareto front" "$moemu" sweep --model tiny --devices 2 --batch 2
 grep -q '"do_not_fit": 0' "$tmp/s.json" && ok || bad "sweep JSON lacks its counts"
 expect 0 "dp2-ep2 x1" "$moemu" sweep --model tiny --devices 2 --batch 2 --prompt-len 8 \
     --decode 2 --objective ttft --ttft-max 10 --memory-headroom 0.5
+
+# emulated devices: check, report, dry runs, traces, pacing, layout
+expect 0 "verdict                PASS" "$moemu" check --model tiny --strategy tp2-ep2 \
+    --batch 2 --prompt-lens 5,9 --decode 3
+expect 2 "--strategy is required" "$moemu" check --model tiny
+expect 2 "moemu check compares real math" "$moemu" check --model tiny --strategy tp2 --math skip
+expect 2 "--rtol belongs to moemu check" "$moemu" run --model tiny --rtol 1e-3
+expect 2 "EP=8 needs 8 devices in a pipeline stage" "$moemu" run --model tiny --strategy tp2-ep8
+expect 2 "PP*DP*CP*TP = 1*1*1*2 = 2 devices, but 4 are given" \
+    "$moemu" run --model tiny --strategy tp2 --devices 4
+expect 2 "need --strategy" "$moemu" run --model tiny --micro-batches 2
+expect 2 "--routing chooses a dry run's router" "$moemu" run --model tiny --strategy tp2 \
+    --routing uniform
+expect 2 "--routing 'bogus': expected uniform, zipf:S or replay:FILE" "$moemu" run \
+    --model tiny --strategy tp2 --math skip --routing bogus
+expect 2 "--math 'maybe'" "$moemu" run --model tiny --math maybe
+expect 2 "has no weights or logits" "$moemu" run --model tiny --math skip --dump-logits "$tmp/x"
+expect 0 "pipeline bubble per stage" "$moemu" run --model tiny --strategy pp2-tp2-ep2 \
+    --micro-batches 2 --batch 3 --prompt-len 6 --decode 3 --record-routing "$tmp/r.st" \
+    --trace "$tmp/t.json" --csv "$tmp/d.csv" --json "$tmp/real.json"
+grep -q '"traceEvents"' "$tmp/t.json" && ok || bad "no trace events"
+[ "$(wc -l <"$tmp/d.csv")" -eq 5 ] && ok || bad "CSV of 4 devices: $(cat "$tmp/d.csv")"
+expect 0 "dry run (--math skip)" "$moemu" run --model tiny --strategy pp2-tp2-ep2 \
+    --micro-batches 2 --batch 3 --prompt-len 6 --decode 3 --math skip \
+    --routing "replay:$tmp/r.st" --json "$tmp/dry.json"
+real=$(tr -d ' \n' <"$tmp/real.json" | sed 's/.*"report"://')
+dry=$(tr -d ' \n' <"$tmp/dry.json" | sed 's/.*"report"://')
+[ "$real" = "$dry" ] && ok || bad "a replayed dry run's report differs from the real run's"
+expect 2 "replay:$tmp/w.st" "$moemu" run --model tiny --strategy tp2 --math skip \
+    --routing "replay:$tmp/w.st"
+expect 0 "time to first token" "$moemu" run --model tiny --strategy tp2 --batch 1 \
+    --prompt-len 4 --decode 2 --pace 1
+expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --math skip --batch 8 \
+    --prompt-len 64 --decode 2 --routing zipf:1.2
+expect 2 "TP=3 does not divide the 4 query heads" "$moemu" layout --model tiny --strategy tp3
+
+# moemu plan: a tiny plan whose claims do not all hold exits 1
+printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
+expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"
+grep -q '"verdict": "holds"' "$tmp/plan.out" && ok || bad "plan JSON lacks a claim that holds"
+expect 2 "give one plan file" "$moemu" plan
+expect 2 "plan key 'model' is missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
