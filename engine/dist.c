@@ -641,8 +641,11 @@ static moemu_status_t dev_setup(worker_t *v)
     int d = v->d, qd = v->Hl * v->hd, k = v->k, E = c->num_local_experts, CP = s->cp;
     int Vp = v->Vl * s->tp, Fsl = v->pl.shared_ffn1 - v->pl.shared_ffn0;
     int64_t nlog = D->mo->prompt_logits ? Tmax : nseq;
-    size_t nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + E + k + v->Hl) +
-                (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl) + 2 * (size_t)Tmax * Fsl +
+    /* one buffer serves the decode merge's parts and the shared experts'
+     * scratch, which never live at the same time */
+    size_t np = (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl);
+    if (np < 2 * (size_t)Tmax * Fsl) np = 2 * (size_t)Tmax * Fsl;
+    size_t nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + E + k + v->Hl) + np +
                 4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * Vp;
     size_t ni = (size_t)Tmax * (k + 2) + 2 * (size_t)Ttot + (size_t)s->cp * s->tp + (size_t)Ttot +
                 (size_t)Tmax + (size_t)nseq;
@@ -663,11 +666,7 @@ static moemu_status_t dev_setup(worker_t *v)
     v->rlog = TAKE((size_t)Tmax * E);
     v->wts = TAKE((size_t)Tmax * k);
     v->lse = TAKE((size_t)Tmax * v->Hl);
-    /* merge parts in decode; the shared experts' scratch in a layer */
-    size_t np = (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl);
-    if (np < 2 * (size_t)Tmax * Fsl) np = 2 * (size_t)Tmax * Fsl;
     v->parts = TAKE(np);
-    p += (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + v->Hl) + 2 * (size_t)Tmax * Fsl - np;
     v->kvall = TAKE(2 * (size_t)Ttot * kvd);
     v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
     v->logits = TAKE((size_t)nlog * Vp);
