@@ -201,9 +201,8 @@ moemu_status_t plan_load(plan_t *p, const char *path)
         goto out;
     }
     if ((st = load_model(p, v)) != MOEMU_OK) goto out;
-    if ((st = load_hw(p, (v = json_object_get(root, "hardware")) ? v
-                                                                 : json_string("card-400tf-64gb"))))
-        goto out;
+    v = json_object_get(root, "hardware");
+    if ((st = v ? load_hw(p, v) : emu_hw_load("card-400tf-64gb", &p->hw)) != MOEMU_OK) goto out;
     json_t *topo = json_object_get(root, "topology");
     if (topo) {
         if (!json_is_object(topo)) {
