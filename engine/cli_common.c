@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine/cli.h"
+#include "engine/outfile.h"
 
 int cli_error(void)
 {
@@ -41,27 +42,12 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
 
 moemu_status_t cli_write_json(const char *path, json_t *root)
 {
-    size_t n = strlen(path);
-    char *tmp = malloc(n + 16);
-    if (!tmp) return moemu_fail(MOEMU_ERR_NOMEM, "cannot write %s", path);
-    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        moemu_status_t st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        free(tmp);
-        return st;
-    }
-    int rc = json_dumpfd(root, fd, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
-    if (rc == 0 && write(fd, "\n", 1) != 1) rc = -1;
-    if (close(fd) != 0) rc = -1;
-    if (rc == 0 && rename(tmp, path) != 0) rc = -1;
-    moemu_status_t st = MOEMU_OK;
-    if (rc != 0) {
-        st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    return st;
+    char *tmp;
+    FILE *f;
+    MOEMU_CHECK(outfile_open(path, &tmp, &f));
+    bool ok = json_dumpf(root, f, JSON_INDENT(1) | JSON_REAL_PRECISION(17)) == 0 &&
+              fputc('\n', f) != EOF;
+    return outfile_commit(path, tmp, f, ok);
 }
 
 static bool progress_shown;

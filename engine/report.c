@@ -1,11 +1,10 @@
 /* The performance report: figures from the devices' clocks and counters,
  * the tokens' times and the experts' load. */
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "engine/outfile.h"
 #include "engine/report.h"
 
 static double sum_kernels(const emu_dev_t *d, int what)
@@ -356,21 +355,9 @@ json_t *report_json(const report_t *r)
 
 moemu_status_t report_csv(const report_t *r, const char *path)
 {
-    size_t n = strlen(path);
-    char *tmp = malloc(n + 16);
-    if (!tmp) return moemu_fail(MOEMU_ERR_NOMEM, "cannot write %s", path);
-    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (!f) {
-        moemu_status_t st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-            unlink(tmp);
-        }
-        free(tmp);
-        return st;
-    }
+    char *tmp;
+    FILE *f;
+    MOEMU_CHECK(outfile_open(path, &tmp, &f));
     fprintf(f, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,flops,bytes,mfu,"
                "bw_util,weights_bytes,kv_bytes,activations_bytes,comm_bytes,other_bytes,"
                "peak_bytes,capacity_bytes,expert_rows\n");
@@ -383,14 +370,5 @@ moemu_status_t report_csv(const report_t *r, const char *path)
                 v->mem[EMU_MEM_KV], v->mem[EMU_MEM_ACT], v->mem[EMU_MEM_COMM],
                 v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows);
     }
-    bool ok = !ferror(f);
-    ok &= fclose(f) == 0;
-    ok = ok && rename(tmp, path) == 0;
-    moemu_status_t st = MOEMU_OK;
-    if (!ok) {
-        st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    return st;
+    return outfile_commit(path, tmp, f, true);
 }

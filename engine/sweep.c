@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engine/outfile.h"
 #include "engine/sweep.h"
 
 /* A routing table larger than this is not precomputed: candidates then
@@ -584,52 +585,11 @@ static void csv_field(FILE *f, const char *s)
     fputc('"', f);
 }
 
-/* Open a temporary file beside path for writing. */
-static moemu_status_t tmp_open(const char *path, char **tmp, FILE **f)
-{
-    size_t n = strlen(path);
-    *f = NULL;
-    if (!(*tmp = malloc(n + 16))) return moemu_fail(MOEMU_ERR_NOMEM, "cannot write %s", path);
-    snprintf(*tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(*tmp);
-    if (fd >= 0) {
-        /* mkstemp's 0600, widened to what the umask allows a new file */
-        mode_t mask = umask(0);
-        umask(mask);
-        fchmod(fd, 0666 & ~mask);
-    }
-    *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (*f) return MOEMU_OK;
-    moemu_status_t st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    if (fd >= 0) {
-        close(fd);
-        unlink(*tmp);
-    }
-    free(*tmp);
-    *tmp = NULL;
-    return st;
-}
-
-/* Close f and rename tmp to path, or remove tmp; frees tmp. */
-static moemu_status_t tmp_commit(const char *path, char *tmp, FILE *f, bool ok)
-{
-    ok &= !ferror(f);
-    ok &= fclose(f) == 0;
-    ok = ok && rename(tmp, path) == 0;
-    moemu_status_t st = MOEMU_OK;
-    if (!ok) {
-        st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    return st;
-}
-
 moemu_status_t sweep_csv(const sweep_t *s, const char *path)
 {
     char *tmp;
     FILE *f;
-    MOEMU_CHECK(tmp_open(path, &tmp, &f));
+    MOEMU_CHECK(outfile_open(path, &tmp, &f));
     fprintf(f, "rank,strategy,micro_batches,fate,ttft_ms,tokens_per_ms_per_device,"
                "prefill_tokens_per_ms_per_device,decode_tokens_per_ms_per_device,e2e_ms,"
                "memory_peak_gb,memory_capacity_gb,memory_fraction,comm_share,bubble,"
@@ -646,7 +606,7 @@ moemu_status_t sweep_csv(const sweep_t *s, const char *path)
         csv_field(f, r->why);
         fputc('\n', f);
     }
-    return tmp_commit(path, tmp, f, true);
+    return outfile_commit(path, tmp, f, true);
 }
 
 json_t *sweep_json(const sweep_t *s)
@@ -813,7 +773,7 @@ moemu_status_t sweep_plot(const sweep_t *s, const char *path, const char *title)
      * path, renamed when gnuplot succeeded */
     char *tmp;
     FILE *out;
-    MOEMU_CHECK(tmp_open(path, &tmp, &out));
+    MOEMU_CHECK(outfile_open(path, &tmp, &out));
     fclose(out);
     char script[] = "/tmp/moemu-plot-XXXXXX";
     int fd = mkstemp(script);
