@@ -22,7 +22,7 @@ enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };
 /* Print "moemu: error: <this thread's message>" and return CLI_EXIT_ERROR. */
 int cli_error(void);
 /* Parse a whole decimal number into *out within [lo, hi], naming flag. */
-moemu_status_t cli_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
+moemu_status_t cli_parse_int(const char *flag, const char *s, int lo, int hi, int *out);
 moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out);
 /* Write JSON to path through a temporary file and a rename. */
 moemu_status_t cli_write_json(const char *path, json_t *root);

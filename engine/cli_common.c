@@ -16,15 +16,15 @@ int cli_error(void)
     return CLI_EXIT_ERROR;
 }
 
-moemu_status_t cli_parse_int(const char *flag, const char *s, long lo, long hi, long *out)
+moemu_status_t cli_parse_int(const char *flag, const char *s, int lo, int hi, int *out)
 {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (end == s || *end != '\0' || errno != 0 || v < lo || v > hi)
-        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a whole number in [%ld, %ld]",
+        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a whole number in [%d, %d]",
                           flag, s, lo, hi);
-    *out = v;
+    *out = (int)v;
     return MOEMU_OK;
 }
 

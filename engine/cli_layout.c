@@ -64,7 +64,6 @@ static moemu_status_t parse_opts(layout_opts_t *o, int argc, char **argv, bool *
 {
     *o = (layout_opts_t){.model = "moe-10b-plan", .hw = LAYOUT_DEFAULT_HW, .batch = 1,
                          .prompt_len = 128};
-    long v;
     opterr = 0;
     optind = 1;
     int c;
@@ -76,24 +75,20 @@ static moemu_status_t parse_opts(layout_opts_t *o, int argc, char **argv, bool *
         case OPT_PP_LAYERS: o->pp_layers = optarg; break;
         case OPT_JSON: o->json = optarg; break;
         case OPT_DEVICES:
-            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &v));
-            o->devices = (int)v;
+            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &o->devices));
             break;
         case OPT_NODES:
-            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &v));
-            o->nodes = (int)v;
+            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &o->nodes));
             break;
         case OPT_DPN:
-            MOEMU_CHECK(cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &v));
-            o->devices_per_node = (int)v;
+            MOEMU_CHECK(
+                cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &o->devices_per_node));
             break;
         case OPT_BATCH:
-            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &v));
-            o->batch = (int)v;
+            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &o->batch));
             break;
         case OPT_PROMPT_LEN:
-            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &v));
-            o->prompt_len = (int)v;
+            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &o->prompt_len));
             break;
         case OPT_HELP: *help = true; return MOEMU_OK;
         default:

@@ -151,7 +151,6 @@ static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bo
                       .hw = "card-400tf-64gb", .micro_batches = 1, .rtol = 1e-5};
     const char *cmd = check ? "moemu check" : "moemu run";
     bool batch_set = false;
-    long v;
     opterr = 0;
     optind = 1;
     int c;
@@ -161,20 +160,17 @@ static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bo
         case OPT_SEED: MOEMU_CHECK(cli_parse_u64("--seed", optarg, &o->seed)); break;
         case OPT_WEIGHTS: o->weights = optarg; break;
         case OPT_BATCH:
-            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &v));
-            o->wl.batch = (int)v;
+            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &o->wl.batch));
             batch_set = true;
             break;
         case OPT_PROMPT_LEN:
-            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &v));
-            o->wl.prompt_len = (int)v;
+            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &o->wl.prompt_len));
             break;
         case OPT_PROMPT_LENS: o->wl.lens = optarg; break;
         case OPT_PROMPT_RANGE: o->wl.range = optarg; break;
         case OPT_TOKENS: o->wl.tokens_file = optarg; break;
         case OPT_DECODE:
-            MOEMU_CHECK(cli_parse_int("--decode", optarg, 0, 1 << 20, &v));
-            o->wl.decode = (int)v;
+            MOEMU_CHECK(cli_parse_int("--decode", optarg, 0, 1 << 20, &o->wl.decode));
             break;
         case OPT_DUMP_LOGITS: o->dump_logits = optarg; break;
         case OPT_DUMP_WEIGHTS: o->dump_weights = optarg; break;
@@ -200,20 +196,17 @@ static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bo
             MOEMU_CHECK(parse_double("--rtol", optarg, 0.0, &o->rtol));
             break;
         case OPT_DEVICES:
-            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &v));
-            o->devices = (int)v;
+            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &o->devices));
             break;
         case OPT_MICRO:
-            MOEMU_CHECK(cli_parse_int("--micro-batches", optarg, 1, 1 << 20, &v));
-            o->micro_batches = (int)v;
+            MOEMU_CHECK(cli_parse_int("--micro-batches", optarg, 1, 1 << 20, &o->micro_batches));
             break;
         case OPT_NODES:
-            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &v));
-            o->nodes = (int)v;
+            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &o->nodes));
             break;
         case OPT_DPN:
-            MOEMU_CHECK(cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &v));
-            o->devices_per_node = (int)v;
+            MOEMU_CHECK(
+                cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &o->devices_per_node));
             break;
         default:
             return moemu_fail(MOEMU_ERR_INVALID, "%s: unknown or incomplete option '%s' "

@@ -145,14 +145,6 @@ static moemu_status_t parse_number(const char *flag, const char *s, double lo, d
     return MOEMU_OK;
 }
 
-static moemu_status_t parse_degree(const char *flag, const char *s, int *out)
-{
-    long v;
-    MOEMU_CHECK(cli_parse_int(flag, s, 0, PAR_MAX_DEGREE, &v));
-    *out = (int)v;
-    return MOEMU_OK;
-}
-
 static moemu_status_t parse_micro(sweep_cli_t *o, const char *s)
 {
     o->n_mb = 0;
@@ -170,9 +162,8 @@ static moemu_status_t parse_micro(sweep_cli_t *o, const char *s)
                                                  "to 32 whole numbers joined by ','", s);
         memcpy(num, p, n);
         num[n] = '\0';
-        long v;
-        MOEMU_CHECK(cli_parse_int("--micro-batches", num, 1, 1 << 20, &v));
-        o->mb_list[o->n_mb++] = (int)v;
+        MOEMU_CHECK(cli_parse_int("--micro-batches", num, 1, 1 << 20, &o->mb_list[o->n_mb]));
+        o->n_mb++;
         if (!e) return MOEMU_OK;
         p = e + 1;
     }
@@ -185,7 +176,6 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
                        .en = {.max_etp = 2, .sp = PAR_ENUM_SP_WITH_TP},
                        .mb = SWEEP_MB_PP};
     bool batch_set = false;
-    long v;
     opterr = 0;
     optind = 1;
     int c;
@@ -194,31 +184,26 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
         case OPT_MODEL: o->model = optarg; break;
         case OPT_HW: o->hw = optarg; break;
         case OPT_DEVICES:
-            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &v));
-            o->devices = (int)v;
+            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &o->devices));
             break;
         case OPT_NODES:
-            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &v));
-            o->nodes = (int)v;
+            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &o->nodes));
             break;
         case OPT_DPN:
-            MOEMU_CHECK(cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &v));
-            o->devices_per_node = (int)v;
+            MOEMU_CHECK(
+                cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &o->devices_per_node));
             break;
         case OPT_BATCH:
-            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &v));
-            o->wl.batch = (int)v;
+            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &o->wl.batch));
             batch_set = true;
             break;
         case OPT_PROMPT_LEN:
-            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &v));
-            o->wl.prompt_len = (int)v;
+            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &o->wl.prompt_len));
             break;
         case OPT_PROMPT_LENS: o->wl.lens = optarg; break;
         case OPT_PROMPT_RANGE: o->wl.range = optarg; break;
         case OPT_DECODE:
-            MOEMU_CHECK(cli_parse_int("--decode", optarg, 0, 1 << 20, &v));
-            o->wl.decode = (int)v;
+            MOEMU_CHECK(cli_parse_int("--decode", optarg, 0, 1 << 20, &o->wl.decode));
             break;
         case OPT_SEED: MOEMU_CHECK(cli_parse_u64("--seed", optarg, &o->seed)); break;
         case OPT_ROUTING: o->routing = optarg; break;
@@ -229,12 +214,24 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
             MOEMU_CHECK(parse_number("--memory-headroom", optarg, 0, 1, true, &o->headroom));
             break;
         case OPT_OBJECTIVE: MOEMU_CHECK(sweep_objective_parse(optarg, &o->objective)); break;
-        case OPT_MAX_PP: MOEMU_CHECK(parse_degree("--max-pp", optarg, &o->en.max_pp)); break;
-        case OPT_MAX_DP: MOEMU_CHECK(parse_degree("--max-dp", optarg, &o->en.max_dp)); break;
-        case OPT_MAX_CP: MOEMU_CHECK(parse_degree("--max-cp", optarg, &o->en.max_cp)); break;
-        case OPT_MAX_TP: MOEMU_CHECK(parse_degree("--max-tp", optarg, &o->en.max_tp)); break;
-        case OPT_MAX_EP: MOEMU_CHECK(parse_degree("--max-ep", optarg, &o->en.max_ep)); break;
-        case OPT_MAX_ETP: MOEMU_CHECK(parse_degree("--max-etp", optarg, &o->en.max_etp)); break;
+        case OPT_MAX_PP:
+            MOEMU_CHECK(cli_parse_int("--max-pp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_pp));
+            break;
+        case OPT_MAX_DP:
+            MOEMU_CHECK(cli_parse_int("--max-dp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_dp));
+            break;
+        case OPT_MAX_CP:
+            MOEMU_CHECK(cli_parse_int("--max-cp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_cp));
+            break;
+        case OPT_MAX_TP:
+            MOEMU_CHECK(cli_parse_int("--max-tp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_tp));
+            break;
+        case OPT_MAX_EP:
+            MOEMU_CHECK(cli_parse_int("--max-ep", optarg, 0, PAR_MAX_DEGREE, &o->en.max_ep));
+            break;
+        case OPT_MAX_ETP:
+            MOEMU_CHECK(cli_parse_int("--max-etp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_etp));
+            break;
         case OPT_SP:
             if (!strcmp(optarg, "auto")) o->en.sp = PAR_ENUM_SP_WITH_TP;
             else if (!strcmp(optarg, "both")) o->en.sp = PAR_ENUM_SP_BOTH;
@@ -254,12 +251,10 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
             break;
         case OPT_MICRO: MOEMU_CHECK(parse_micro(o, optarg)); break;
         case OPT_JOBS:
-            MOEMU_CHECK(cli_parse_int("--jobs", optarg, 1, 1024, &v));
-            o->jobs = (int)v;
+            MOEMU_CHECK(cli_parse_int("--jobs", optarg, 1, 1024, &o->jobs));
             break;
         case OPT_TOP:
-            MOEMU_CHECK(cli_parse_int("--top", optarg, 0, 1 << 30, &v));
-            o->top = (int)v;
+            MOEMU_CHECK(cli_parse_int("--top", optarg, 0, 1 << 30, &o->top));
             break;
         case OPT_CSV: o->csv = optarg; break;
         case OPT_JSON: o->json = optarg; break;
