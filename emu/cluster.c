@@ -51,13 +51,7 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
         return moemu_fail(MOEMU_ERR_INVALID, "pace must be >= 0 (got %g)",
                           o.pace);
     emu_topo_t t = *topo;
-    int need = (ndev + t.devices_per_node - 1) / t.devices_per_node;
-    if (t.nodes == 0) t.nodes = need;
-    else if (t.nodes < need)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%d devices do not fit on %d node%s of %d devices",
-                          ndev, t.nodes, t.nodes == 1 ? "" : "s",
-                          t.devices_per_node);
+    MOEMU_CHECK(emu_topo_nodes(topo, ndev, &t.nodes));
 
     emu_cluster_t *c = calloc(1, sizeof *c);
     emu_dev_t *devs = c ? calloc((size_t)ndev, sizeof *devs) : NULL;

@@ -255,6 +255,9 @@ double emu_topo_lat(const emu_topo_t *t, emu_link_t l);
  * source in the message (a file, "--hw", ...). */
 moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin);
 moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin);
+/* The nodes ndev devices occupy on t: t->nodes, or as many as they need
+ * when it is 0; MOEMU_ERR_INVALID naming the numbers when they do not fit. */
+moemu_status_t emu_topo_nodes(const emu_topo_t *t, int ndev, int *nodes);
 
 /* ---- Hardware presets: a device spec and the topology of its usual node,
  * with a name and a comment that cites the sources of the figures. */

@@ -363,3 +363,13 @@ void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t)
     if (dev->trace) emu_trace_comm(dev, EMU_COLL_RECV, l, t0, start, t.bytes);
     emu_dev_pace(dev);
 }
+
+moemu_status_t emu_topo_nodes(const emu_topo_t *t, int ndev, int *nodes)
+{
+    int need = (ndev + t->devices_per_node - 1) / t->devices_per_node;
+    if (t->nodes > 0 && t->nodes < need)
+        return moemu_fail(MOEMU_ERR_INVALID, "%d devices do not fit on %d node%s of %d devices",
+                          ndev, t->nodes, t->nodes == 1 ? "" : "s", t->devices_per_node);
+    *nodes = t->nodes > 0 ? t->nodes : need;
+    return MOEMU_OK;
+}

@@ -24,6 +24,11 @@ int cli_error(void);
 /* Parse a whole decimal number into *out within [lo, hi], naming flag. */
 moemu_status_t cli_parse_int(const char *flag, const char *s, int lo, int hi, int *out);
 moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* A hardware preset or file with --nodes / --devices-per-node applied (0:
+ * the preset's), checked to hold devices; *used (may be NULL) receives the
+ * nodes they occupy. */
+moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
+                           emu_hw_t *out, int *used);
 /* Write JSON to path through a temporary file and a rename. */
 moemu_status_t cli_write_json(const char *path, json_t *root);
 /* Progress on stderr, for model_opts_t.progress, when stderr is a tty. */

@@ -40,6 +40,16 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
     return MOEMU_OK;
 }
 
+moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
+                           emu_hw_t *out, int *used)
+{
+    MOEMU_CHECK(emu_hw_load(name, out));
+    if (devices_per_node) out->topo.devices_per_node = devices_per_node;
+    if (nodes) out->topo.nodes = nodes;
+    int n;
+    return emu_topo_nodes(&out->topo, devices, used ? used : &n);
+}
+
 moemu_status_t cli_write_json(const char *path, json_t *root)
 {
     char *tmp;

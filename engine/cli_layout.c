@@ -377,16 +377,8 @@ static moemu_status_t layout_build(layout_t *L, const layout_opts_t *o)
     L->world = devices;
     L->edp = par_strategy_edp(&L->s);
 
-    MOEMU_CHECK(emu_hw_load(o->hw, &L->hw));
+    MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, devices, &L->hw, &L->nodes));
     L->topo = L->hw.topo;
-    if (o->devices_per_node) L->topo.devices_per_node = o->devices_per_node;
-    if (o->nodes) L->topo.nodes = o->nodes;
-    int dpn = L->topo.devices_per_node;
-    if (L->topo.nodes > 0 && (long)L->topo.nodes * dpn < devices)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "moemu layout: %d devices do not fit in %d node%s of %d devices", devices,
-                          L->topo.nodes, L->topo.nodes == 1 ? "" : "s", dpn);
-    L->nodes = L->topo.nodes > 0 ? L->topo.nodes : (devices + dpn - 1) / dpn;
 
     L->place = calloc((size_t)devices, sizeof *L->place);
     L->node = calloc((size_t)devices, sizeof *L->node);

@@ -272,9 +272,7 @@ static moemu_status_t dist_setup(dist_opts_t *d, const run_opts_t *o, const cfg_
     dist_dims(cfg, &dims);
     int world = par_strategy_world(&d->strategy);
     MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->devices ? o->devices : world));
-    MOEMU_CHECK(emu_hw_load(o->hw, &d->hw));
-    if (o->devices_per_node) d->hw.topo.devices_per_node = o->devices_per_node;
-    if (o->nodes) d->hw.topo.nodes = o->nodes;
+    MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, world, &d->hw, NULL));
     d->micro_batches = o->micro_batches;
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
     return MOEMU_OK;

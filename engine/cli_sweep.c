@@ -350,17 +350,9 @@ static int run(const sweep_cli_t *o)
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cfg_load(&cfg, o->model);
     if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
-    if (st == MOEMU_OK) st = emu_hw_load(o->hw, &hw);
+    if (st == MOEMU_OK)
+        st = cli_load_hw(o->hw, o->nodes, o->devices_per_node, o->devices, &hw, NULL);
     if (st != MOEMU_OK) goto fail;
-    if (o->devices_per_node) hw.topo.devices_per_node = o->devices_per_node;
-    if (o->nodes) hw.topo.nodes = o->nodes;
-    int need = (o->devices + hw.topo.devices_per_node - 1) / hw.topo.devices_per_node;
-    if (hw.topo.nodes && hw.topo.nodes < need) {
-        st = moemu_fail(MOEMU_ERR_INVALID, "%d devices do not fit on %d node%s of %d devices",
-                        o->devices, hw.topo.nodes, hw.topo.nodes == 1 ? "" : "s",
-                        hw.topo.devices_per_node);
-        goto fail;
-    }
     /* a plot that cannot be drawn fails before the long part */
     if (o->plot && (st = sweep_plot_check(o->plot)) != MOEMU_OK) goto fail;
 

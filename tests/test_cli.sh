@@ -131,6 +131,12 @@ expect 0 "time to first token" "$moemu" run --model tiny --strategy tp2 --batch 
 expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --math skip --batch 8 \
     --prompt-len 64 --decode 2 --routing zipf:1.2
 expect 2 "TP=3 does not divide the 4 query heads" "$moemu" layout --model tiny --strategy tp3
+for cmd in run layout; do
+    expect 2 "4 devices do not fit on 1 node of 2 devices" "$moemu" $cmd --model tiny \
+        --strategy tp4 --nodes 1 --devices-per-node 2
+done
+expect 2 "4 devices do not fit on 1 node of 2 devices" "$moemu" sweep --model tiny \
+    --devices 4 --nodes 1 --devices-per-node 2
 
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
