@@ -1,0 +1,39 @@
+/* The moemu command: subcommands and the option handling they share. */
+#ifndef MOEMU_CLI_H
+#define MOEMU_CLI_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "engine/run/model.h"
+
+int cli_run_main(int argc, char **argv);  /* moemu run */
+int cli_info_main(int argc, char **argv); /* moemu info */
+int cli_hw_main(int argc, char **argv);   /* moemu hw */
+int cli_layout_main(int argc, char **argv); /* moemu layout */
+int cli_check_main(int argc, char **argv);  /* moemu check */
+int cli_sweep_main(int argc, char **argv);  /* moemu sweep */
+int cli_plan_main(int argc, char **argv);   /* moemu plan */
+
+/* Exit statuses: 0 success, 1 a check that did not pass, 2 an error. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };
+
+/* Print "moemu: error: <this thread's message>" and return CLI_EXIT_ERROR. */
+int cli_error(void);
+/* Parse a whole decimal number into *out within [lo, hi], naming flag. */
+moemu_status_t cli_parse_int(const char *flag, const char *s, int lo, int hi, int *out);
+moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* A hardware preset or file with --nodes / --devices-per-node applied (0:
+ * the preset's), checked to hold devices; *used (may be NULL) receives the
+ * nodes they occupy. */
+moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
+                           emu_hw_t *out, int *used);
+/* Write JSON to path through a temporary file and a rename. */
+moemu_status_t cli_write_json(const char *path, json_t *root);
+/* Progress on stderr, for model_opts_t.progress, when stderr is a tty. */
+void cli_progress(void *arg, const char *phase, int step, int steps, int layer,
+                  int layers);
+void cli_progress_done(void);
+
+#endif

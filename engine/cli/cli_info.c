@@ -1,0 +1,85 @@
+/* moemu info: a model's true size and cost. */
+#include <getopt.h>
+#include <string.h>
+
+#include "engine/cli/cli.h"
+
+static const char info_help[] =
+    "usage: moemu info [--model NAME|FILE] [--json FILE]\n"
+    "\n"
+    "Print the model's configuration, its exact parameter count (total and\n"
+    "active per token, by part), its weight bytes in the emulated dtype and\n"
+    "its forward FLOPs per token.\n"
+    "  --model NAME|FILE  built-in model or config.json (default moe-10b-plan)\n"
+    "  --json FILE        the same figures as JSON\n"
+    "  --help             this text\n";
+
+int cli_info_main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"json", required_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *model = "moe-10b-plan", *json = NULL;
+    int c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'm') model = optarg;
+        else if (c == 'j') json = optarg;
+        else if (c == 'h') {
+            fputs(info_help, stdout);
+            return CLI_EXIT_OK;
+        } else {
+            moemu_fail(MOEMU_ERR_INVALID, "moemu info: unknown or incomplete option '%s'",
+                       argv[optind - 1]);
+            return cli_error();
+        }
+    }
+    if (optind < argc) {
+        moemu_fail(MOEMU_ERR_INVALID, "moemu info: unexpected argument '%s'", argv[optind]);
+        return cli_error();
+    }
+    cfg_model_t m;
+    if (cfg_load(&m, model) != MOEMU_OK) return cli_error();
+    cfg_figures_t f;
+    cfg_figures(&m, &f);
+    printf("model %s\n", m.name);
+    printf("  vocab %d, hidden %d, %d layers, %d heads (%d kv) of %d, %d experts of %d "
+           "(top-%d, %s), %d shared of %d\n",
+           m.vocab_size, m.hidden_size, m.num_hidden_layers, m.num_attention_heads,
+           m.num_key_value_heads, m.head_dim, m.num_local_experts, m.intermediate_size,
+           m.num_experts_per_tok, m.hidden_act == LAYER_ACT_SILU ? "silu" : "gelu",
+           m.num_shared_experts, m.shared_expert_intermediate_size);
+    printf("  capacity factor %g%s, dtype %s, rope theta %g, tied embeddings %s\n",
+           m.capacity_factor, m.capacity_factor == 0 ? " (dropless)" : "",
+           emu_dtype_name(m.dtype), m.rope_theta, m.tie_word_embeddings ? "yes" : "no");
+    printf("parameters         %15lld  (%.4g)\n", (long long)f.total, (double)f.total);
+    printf("  embedding        %15lld\n", (long long)f.embedding);
+    printf("  attention        %15lld\n", (long long)f.attention);
+    printf("  router           %15lld\n", (long long)f.router);
+    printf("  routed experts   %15lld\n", (long long)f.experts);
+    printf("  shared experts   %15lld\n", (long long)f.shared);
+    printf("  norms            %15lld\n", (long long)f.norms);
+    printf("  lm_head          %15lld\n", (long long)f.lm_head);
+    printf("active per token   %15lld  (%.4g)\n", (long long)f.active_per_token,
+           (double)f.active_per_token);
+    printf("weight bytes       %15.0f  (%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9,
+           emu_dtype_name(m.dtype));
+    printf("FLOPs per token    %15.0f  (%.4g; + %.4g per visible (query, key) pair for "
+           "attention)\n", f.flops_per_token, f.flops_per_token, f.attn_flops_per_pair);
+    if (json) {
+        json_t *root = json_pack(
+            "{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:f, s:f, s:f}", "model",
+            m.name, "parameters", "total", (json_int_t)f.total, "active_per_token",
+            (json_int_t)f.active_per_token, "embedding", (json_int_t)f.embedding, "attention",
+            (json_int_t)f.attention, "router", (json_int_t)f.router, "experts",
+            (json_int_t)f.experts, "shared", (json_int_t)f.shared, "norms", (json_int_t)f.norms,
+            "lm_head", (json_int_t)f.lm_head, "weight_bytes", f.weight_bytes,
+            "flops_per_token", f.flops_per_token, "attn_flops_per_pair", f.attn_flops_per_pair);
+        moemu_status_t st = cli_write_json(json, root);
+        json_decref(root);
+        if (st != MOEMU_OK) return cli_error();
+    }
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,50 @@
+/* moemu: the command's entry point and subcommand dispatch. */
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/cli/cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} commands[] = {
+    {"run", cli_run_main, "run a workload: prefill, then greedy decoding"},
+    {"check", cli_check_main, "compare a strategy with the single-device baseline"},
+    {"info", cli_info_main, "a model's parameters, bytes and FLOPs per token"},
+    {"hw", cli_hw_main, "hardware presets and the host topology"},
+    {"plan", cli_plan_main, "check a deployment plan's claims"},
+    {"layout", cli_layout_main, "a parallel strategy's checks, device layout and groups"},
+    {"sweep", cli_sweep_main, "every strategy on N devices, run dry, ranked, Pareto front"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moemu COMMAND [OPTIONS]\n\n"
+               "moemu is a CPU reference engine for Mixture-of-Experts transformers\n"
+               "(Mixtral semantics) that emulates GPUs with threads.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-6s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\n`moemu COMMAND --help` lists a command's options.\n"
+               "  --help     this text\n  --version  the version\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_ERROR;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("moemu %s\n", PACKAGE_VERSION);
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moemu: error: unknown command '%s' (see moemu --help)\n", argv[1]);
+    return CLI_EXIT_ERROR;
+}

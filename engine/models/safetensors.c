@@ -1,0 +1,695 @@
+/* safetensors: a memory-mapped reader that validates the whole header up
+ * front, and a writer that goes through a temporary file and rename so a
+ * reader never sees half a file. Multi-byte values in the file are little
+ * endian; loads go through bytes or memcpy because tensor data need not be
+ * aligned in the mapping. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "engine/models/safetensors.h"
+
+/* Far beyond any real header (Mixtral's are ~100 KB); guards against a
+ * garbage length making us parse the whole file as JSON. */
+#define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define ST_HOST_LE 0
+#else
+#define ST_HOST_LE 1
+#endif
+
+struct st_file {
+    char *path;
+    const uint8_t *map; /* the whole file */
+    size_t map_size;
+    int n;
+    st_tensor_t *tensors;          /* header order */
+    const st_tensor_t **by_name;   /* sorted by name, for st_find */
+    char *names;                   /* one block holding every name */
+};
+
+/* ---- dtypes */
+
+static const struct {
+    const char *name;
+    st_dtype_t dtype;
+    size_t size; /* 0: unknown (sub-byte or unlisted), size not checked */
+} st_dtypes[] = {
+    {"F32", ST_F32, 4},       {"F16", ST_F16, 2},
+    {"BF16", ST_BF16, 2},     {"I32", ST_I32, 4},
+    {"I64", ST_I64, 8},       {"F64", ST_OTHER, 8},
+    {"U64", ST_OTHER, 8},     {"U32", ST_OTHER, 4},
+    {"I16", ST_OTHER, 2},     {"U16", ST_OTHER, 2},
+    {"I8", ST_OTHER, 1},      {"U8", ST_OTHER, 1},
+    {"BOOL", ST_OTHER, 1},    {"F8_E4M3", ST_OTHER, 1},
+    {"F8_E5M2", ST_OTHER, 1}, {"F8_E8M0", ST_OTHER, 1},
+    {"C64", ST_OTHER, 8},
+};
+
+static void st_dtype_lookup(const char *name, st_dtype_t *dt, size_t *size)
+{
+    for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
+        if (strcmp(name, st_dtypes[i].name) == 0) {
+            *dt = st_dtypes[i].dtype;
+            *size = st_dtypes[i].size;
+            return;
+        }
+    *dt = ST_OTHER;
+    *size = 0;
+}
+
+/* "[32000, 512]" into buf (256 bytes is enough for ST_MAX_DIMS dims). */
+static const char *st_shape_str(char *buf, size_t cap, int ndim,
+                                const int64_t *shape)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    len += (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%lld",
+                                i ? ", " : "", (long long)shape[i]);
+    if (len < cap) snprintf(buf + len, cap - len, "]");
+    return buf;
+}
+
+/* ---- reading */
+
+static uint64_t st_load_u64le(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+void st_close(st_file_t *f)
+{
+    if (!f) return;
+    if (f->map) munmap((void *)f->map, f->map_size);
+    free(f->tensors);
+    free(f->by_name);
+    free(f->names);
+    free(f->path);
+    free(f);
+}
+
+static int st_cmp_name(const void *a, const void *b)
+{
+    const st_tensor_t *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+/* Non-negative JSON integer, or false. */
+static bool st_json_uint(const json_t *v, uint64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0) return false;
+    *out = (uint64_t)json_integer_value(v);
+    return true;
+}
+
+/* Fill t (all but data) from one header entry; begin/end are data-section
+ * offsets. Errors name the file and the tensor. */
+static moemu_status_t st_parse_entry(const char *path, const char *name,
+                                     const json_t *e, st_tensor_t *t,
+                                     uint64_t *begin, uint64_t *end)
+{
+    if (!json_is_object(e))
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': header entry is not an object",
+                          path, name);
+
+    const json_t *jdt = json_object_get(e, "dtype");
+    if (!json_is_string(jdt))
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': missing or non-string \"dtype\"",
+                          path, name);
+    const char *dts = json_string_value(jdt);
+    if (strlen(dts) >= sizeof t->dtype_name)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': dtype \"%.32s\" is too long "
+                          "(at most %zu characters)",
+                          path, name, dts, sizeof t->dtype_name - 1);
+    strcpy(t->dtype_name, dts);
+    size_t elsize;
+    st_dtype_lookup(dts, &t->dtype, &elsize);
+
+    const json_t *jshape = json_object_get(e, "shape");
+    if (!json_is_array(jshape))
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': missing or non-array \"shape\"",
+                          path, name);
+    size_t nd = json_array_size(jshape);
+    if (nd > ST_MAX_DIMS)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': shape has %zu dimensions, at most "
+                          "%d are supported",
+                          path, name, nd, ST_MAX_DIMS);
+    t->ndim = (int)nd;
+    uint64_t count = 1;
+    bool overflow = false;
+    for (size_t i = 0; i < nd; i++) {
+        uint64_t dim;
+        if (!st_json_uint(json_array_get(jshape, i), &dim))
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: tensor '%s': shape[%zu] is not a "
+                              "non-negative integer",
+                              path, name, i);
+        t->shape[i] = (int64_t)dim;
+        overflow |= __builtin_mul_overflow(count, dim, &count);
+    }
+    char sbuf[256];
+    if (overflow)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': shape %s has too many elements",
+                          path, name, st_shape_str(sbuf, sizeof sbuf, t->ndim,
+                                                   t->shape));
+
+    const json_t *joff = json_object_get(e, "data_offsets");
+    if (!json_is_array(joff) || json_array_size(joff) != 2 ||
+        !st_json_uint(json_array_get(joff, 0), begin) ||
+        !st_json_uint(json_array_get(joff, 1), end))
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': missing \"data_offsets\" or not "
+                          "[begin, end] with non-negative integers",
+                          path, name);
+    if (*begin > *end)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: tensor '%s': data_offsets [%llu, %llu] end "
+                          "before they begin",
+                          path, name, (unsigned long long)*begin,
+                          (unsigned long long)*end);
+    uint64_t nbytes = *end - *begin, want;
+    if (elsize) {
+        if (__builtin_mul_overflow(count, (uint64_t)elsize, &want))
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: tensor '%s': shape %s of %s is too large",
+                              path, name,
+                              st_shape_str(sbuf, sizeof sbuf, t->ndim,
+                                           t->shape),
+                              dts);
+        if (nbytes != want)
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: tensor '%s': data_offsets [%llu, %llu] "
+                              "hold %llu bytes but shape %s of %s needs %llu",
+                              path, name, (unsigned long long)*begin,
+                              (unsigned long long)*end,
+                              (unsigned long long)nbytes,
+                              st_shape_str(sbuf, sizeof sbuf, t->ndim,
+                                           t->shape),
+                              dts, (unsigned long long)want);
+    }
+    t->nbytes = (size_t)nbytes;
+    return MOEMU_OK;
+}
+
+/* Parse and check the header of a mapped file into f. */
+static moemu_status_t st_parse(st_file_t *f)
+{
+    const char *path = f->path;
+    uint64_t size = f->map_size;
+    if (size < 8)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: file has %llu bytes, too short for the 8-byte "
+                          "safetensors header length",
+                          path, (unsigned long long)size);
+    uint64_t hlen = st_load_u64le(f->map);
+    if (hlen > size - 8)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: header length %llu goes beyond the file of "
+                          "%llu bytes: not a safetensors file, or truncated",
+                          path, (unsigned long long)hlen,
+                          (unsigned long long)size);
+    if (hlen > ST_MAX_HEADER)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: header length %llu is over the limit of %llu "
+                          "bytes: not a safetensors file?",
+                          path, (unsigned long long)hlen,
+                          (unsigned long long)ST_MAX_HEADER);
+    const uint8_t *data = f->map + 8 + hlen;
+    uint64_t data_size = size - 8 - hlen;
+
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)f->map + 8, (size_t)hlen,
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: header is not valid JSON: %s (line %d, "
+                          "column %d)",
+                          path, jerr.text, jerr.line, jerr.column);
+    moemu_status_t st = MOEMU_OK;
+    if (!json_is_object(root)) {
+        st = moemu_fail(MOEMU_ERR_FORMAT,
+                        "%s: header JSON is not an object", path);
+        goto out;
+    }
+
+    /* Count first so the tensors and names are two allocations. */
+    size_t n = 0, name_bytes = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) continue;
+        n++;
+        name_bytes += strlen(key) + 1;
+    }
+    if (n > (size_t)INT32_MAX) {
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: %zu tensors is too many",
+                        path, n);
+        goto out;
+    }
+    f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
+    f->by_name = calloc(n ? n : 1, sizeof *f->by_name);
+    f->names = malloc(name_bytes ? name_bytes : 1);
+    if (!f->tensors || !f->by_name || !f->names) {
+        st = moemu_fail(MOEMU_ERR_NOMEM,
+                        "%s: out of memory for %zu tensor entries", path, n);
+        goto out;
+    }
+
+    /* The tensor reaching furthest into the data decides whether the file
+     * is complete. */
+    uint64_t max_end = 0;
+    const char *max_name = NULL;
+    char *np = f->names;
+    int i = 0;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) continue;
+        st_tensor_t *t = &f->tensors[i];
+        size_t kl = strlen(key) + 1;
+        memcpy(np, key, kl);
+        t->name = np;
+        np += kl;
+        uint64_t begin, end;
+        st = st_parse_entry(path, t->name, val, t, &begin, &end);
+        if (st != MOEMU_OK) goto out;
+        if (end > max_end || !max_name) {
+            max_end = end;
+            max_name = t->name;
+        }
+        /* Only dereferenced once the range is known to be in the file. */
+        t->data = (const void *)((uintptr_t)data + (uintptr_t)begin);
+        f->by_name[i] = t;
+        i++;
+    }
+    f->n = i;
+    if (max_end > data_size) {
+        st = moemu_fail(MOEMU_ERR_FORMAT,
+                        "%s: truncated or bad offsets: the header needs "
+                        "%llu bytes (tensor '%s' ends at data offset %llu) "
+                        "but the file has %llu bytes",
+                        path, (unsigned long long)(8 + hlen + max_end),
+                        max_name, (unsigned long long)max_end,
+                        (unsigned long long)size);
+        goto out;
+    }
+    qsort(f->by_name, (size_t)f->n, sizeof *f->by_name, st_cmp_name);
+out:
+    json_decref(root);
+    return st;
+}
+
+moemu_status_t st_open(const char *path, st_file_t **out)
+{
+    if (!path || !out)
+        return moemu_fail(MOEMU_ERR_INVALID, "st_open: NULL %s",
+                          path ? "out" : "path");
+    *out = NULL;
+    st_file_t *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) {
+        free(f);
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    }
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        st_close(f);
+        return moemu_fail(MOEMU_ERR_IO, "cannot open %s: %s", path,
+                          strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        st_close(f);
+        return moemu_fail(MOEMU_ERR_IO, "cannot stat %s: %s", path,
+                          strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        st_close(f);
+        return moemu_fail(MOEMU_ERR_IO, "%s: not a regular file", path);
+    }
+    f->map_size = (size_t)sb.st_size;
+    if (f->map_size >= 8) { /* shorter files are refused by st_parse */
+        void *m = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            st_close(f);
+            return moemu_fail(MOEMU_ERR_IO, "cannot map %s (%zu bytes): %s",
+                              path, (size_t)sb.st_size, strerror(e));
+        }
+        f->map = m;
+    }
+    close(fd); /* the mapping keeps the file */
+
+    moemu_status_t st = st_parse(f);
+    if (st != MOEMU_OK) {
+        st_close(f);
+        return st;
+    }
+    *out = f;
+    return MOEMU_OK;
+}
+
+int st_count(const st_file_t *f) { return f ? f->n : 0; }
+
+const st_tensor_t *st_at(const st_file_t *f, int i)
+{
+    if (!f || i < 0 || i >= f->n) return NULL;
+    return &f->tensors[i];
+}
+
+const st_tensor_t *st_find(const st_file_t *f, const char *name)
+{
+    if (!f || !name || f->n == 0) return NULL;
+    st_tensor_t key = {.name = name};
+    const st_tensor_t *kp = &key;
+    const st_tensor_t **hit = bsearch(&kp, f->by_name, (size_t)f->n,
+                                      sizeof *f->by_name, st_cmp_name);
+    return hit ? *hit : NULL;
+}
+
+moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, float *out)
+{
+    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_read_f32: bad arguments (file %p, name %s, "
+                          "ndim %d)",
+                          (const void *)f, name ? name : "NULL", ndim);
+    const st_tensor_t *t = st_find(f, name);
+    if (!t)
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s",
+                          name, f->path);
+
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[256], want[256];
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "tensor '%s' in %s has shape %s, expected %s", name,
+                          f->path,
+                          st_shape_str(have, sizeof have, t->ndim, t->shape),
+                          st_shape_str(want, sizeof want, ndim, shape));
+    }
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "tensor '%s' in %s has dtype %s; only F32, F16 and "
+                          "BF16 can be read as fp32",
+                          name, f->path, t->dtype_name);
+    if (t->nbytes && !out)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_read_f32: NULL output for tensor '%s'", name);
+
+    const uint8_t *p = t->data;
+    if (t->dtype == ST_F32) {
+        size_t count = t->nbytes / 4;
+        if (ST_HOST_LE) {
+            if (count) memcpy(out, p, t->nbytes);
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                const uint8_t *q = p + 4 * i;
+                uint32_t u = (uint32_t)q[0] | (uint32_t)q[1] << 8 |
+                             (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+                memcpy(&out[i], &u, 4);
+            }
+        }
+    } else {
+        size_t count = t->nbytes / 2;
+        bool half = t->dtype == ST_F16;
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h = (uint16_t)(p[2 * i] | p[2 * i + 1] << 8);
+            out[i] = half ? emu_f16_to_f32(h) : emu_bf16_to_f32(h);
+        }
+    }
+    return MOEMU_OK;
+}
+
+moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, int32_t *out)
+{
+    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
+        return moemu_fail(MOEMU_ERR_INVALID, "st_read_i32: bad arguments");
+    const st_tensor_t *t = st_find(f, name);
+    if (!t) return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s", name, f->path);
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[256], want[256];
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has shape %s, expected %s", name,
+                          f->path, st_shape_str(have, sizeof have, t->ndim, t->shape),
+                          st_shape_str(want, sizeof want, ndim, shape));
+    }
+    if (t->dtype != ST_I32)
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected I32", name,
+                          f->path, t->dtype_name);
+    const uint8_t *p = t->data;
+    for (size_t i = 0; i < t->nbytes / 4; i++) {
+        const uint8_t *q = p + 4 * i;
+        out[i] = (int32_t)((uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
+                           (uint32_t)q[3] << 24);
+    }
+    return MOEMU_OK;
+}
+
+/* ---- writing */
+
+/* Elements converted per fwrite: large enough that stdio overhead vanishes,
+ * small enough not to double the memory of a large tensor. */
+#define ST_CHUNK 32768
+
+static bool st_put_tensor(FILE *fp, const st_write_tensor_t *t, size_t count,
+                          st_dtype_t dtype, uint8_t *buf)
+{
+    bool word = dtype == ST_F32 || dtype == ST_I32; /* 4 bytes as they are */
+    if (word && ST_HOST_LE)
+        return fwrite(t->data, 4, count, fp) == count;
+    size_t esz = word ? 4 : 2;
+    for (size_t off = 0; off < count; off += ST_CHUNK) {
+        size_t m = count - off < ST_CHUNK ? count - off : ST_CHUNK;
+        const float *src = t->data + off;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t u;
+            if (word)
+                memcpy(&u, &src[i], 4);
+            else
+                u = dtype == ST_F16 ? emu_f32_to_f16(src[i])
+                                    : emu_f32_to_bf16(src[i]);
+            for (size_t b = 0; b < esz; b++)
+                buf[i * esz + b] = (uint8_t)(u >> (8 * b));
+        }
+        if (fwrite(buf, esz, m, fp) != m) return false;
+    }
+    return true;
+}
+
+/* Build the header JSON; counts[i] receives tensor i's element count. */
+static moemu_status_t st_build_header(const char *path,
+                                      const st_write_tensor_t *tensors, int n,
+                                      st_dtype_t dtype, size_t *counts,
+                                      char **out)
+{
+    static const char *const names[] = {[ST_F32] = "F32", [ST_F16] = "F16",
+                                        [ST_BF16] = "BF16", [ST_I32] = "I32"};
+    size_t esz = dtype == ST_F32 || dtype == ST_I32 ? 4 : 2;
+    moemu_status_t st = MOEMU_OK;
+    json_t *root = json_object(), *meta = json_object();
+    if (!root || !meta || json_object_set_new(meta, "format",
+                                              json_string("pt")) != 0 ||
+        json_object_set(root, "__metadata__", meta) != 0) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
+        goto out;
+    }
+    uint64_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        const st_write_tensor_t *t = &tensors[i];
+        if (!t->name || t->ndim < 0 || t->ndim > ST_MAX_DIMS) {
+            st = moemu_fail(MOEMU_ERR_INVALID,
+                            "st_write %s: tensor %d has %s", path, i,
+                            t->name ? "a bad ndim" : "no name");
+            goto out;
+        }
+        if (strcmp(t->name, "__metadata__") == 0 ||
+            json_object_get(root, t->name)) {
+            st = moemu_fail(MOEMU_ERR_INVALID,
+                            "st_write %s: tensor %d's name '%s' is %s", path,
+                            i, t->name,
+                            strcmp(t->name, "__metadata__") == 0
+                                ? "reserved"
+                                : "a duplicate");
+            goto out;
+        }
+        char sbuf[256];
+        uint64_t count = 1, nbytes, end;
+        bool overflow = false;
+        for (int d = 0; d < t->ndim; d++) {
+            if (t->shape[d] < 0) {
+                st = moemu_fail(MOEMU_ERR_INVALID,
+                                "st_write %s: tensor '%s' has a negative "
+                                "dimension in shape %s",
+                                path, t->name,
+                                st_shape_str(sbuf, sizeof sbuf, t->ndim,
+                                             t->shape));
+                goto out;
+            }
+            overflow |= __builtin_mul_overflow(count, (uint64_t)t->shape[d],
+                                               &count);
+        }
+        overflow |= __builtin_mul_overflow(count, (uint64_t)esz, &nbytes);
+        overflow |= __builtin_add_overflow(offset, nbytes, &end);
+        if (overflow || end > (uint64_t)INT64_MAX || count > SIZE_MAX) {
+            st = moemu_fail(MOEMU_ERR_INVALID,
+                            "st_write %s: tensor '%s' of shape %s is too "
+                            "large",
+                            path, t->name,
+                            st_shape_str(sbuf, sizeof sbuf, t->ndim,
+                                         t->shape));
+            goto out;
+        }
+        if (count && !t->data) {
+            st = moemu_fail(MOEMU_ERR_INVALID,
+                            "st_write %s: tensor '%s' has NULL data", path,
+                            t->name);
+            goto out;
+        }
+
+        /* The *_new calls steal their value even on failure (and with a
+         * NULL container), so one check at the end covers every step. */
+        json_t *ent = json_object(), *shape = json_array(),
+               *offs = json_array();
+        int bad = 0;
+        for (int d = 0; d < t->ndim; d++)
+            bad |= json_array_append_new(shape, json_integer(t->shape[d]));
+        bad |= json_array_append_new(offs, json_integer((json_int_t)offset));
+        bad |= json_array_append_new(offs, json_integer((json_int_t)end));
+        bad |= json_object_set_new(ent, "dtype", json_string(names[dtype]));
+        bad |= json_object_set_new(ent, "shape", shape);
+        bad |= json_object_set_new(ent, "data_offsets", offs);
+        if (bad) {
+            json_decref(ent);
+            st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory",
+                            path);
+            goto out;
+        }
+        if (json_object_set_new(root, t->name, ent) != 0) {
+            st = moemu_fail(MOEMU_ERR_INVALID,
+                            "st_write %s: tensor %d's name is not valid "
+                            "UTF-8",
+                            path, i);
+            goto out;
+        }
+        counts[i] = (size_t)count;
+        offset = end;
+    }
+    *out = json_dumps(root, JSON_COMPACT);
+    if (!*out) st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory",
+                               path);
+out:
+    json_decref(meta);
+    json_decref(root);
+    return st;
+}
+
+moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
+                        int n, st_dtype_t dtype)
+{
+    if (!path || n < 0 || (n > 0 && !tensors))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_write: bad arguments (path %s, n %d)",
+                          path ? path : "NULL", n);
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16 && dtype != ST_I32)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_write %s: dtype %d cannot be written; use "
+                          "ST_F32, ST_F16, ST_BF16 or ST_I32",
+                          path, (int)dtype);
+
+    size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);
+    char *header = NULL, *tmp = NULL;
+    uint8_t *buf = NULL;
+    FILE *fp = NULL;
+    int fd = -1;
+    bool created = false; /* tmp exists on disk and must go on failure */
+    moemu_status_t st;
+    if (!counts) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
+        goto out;
+    }
+    st = st_build_header(path, tensors, n, dtype, counts, &header);
+    if (st != MOEMU_OK) goto out;
+
+    size_t plen = strlen(path);
+    tmp = malloc(plen + sizeof ".tmp.XXXXXX");
+    buf = malloc((size_t)ST_CHUNK * 4);
+    if (!tmp || !buf) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
+        goto out;
+    }
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = moemu_fail(MOEMU_ERR_IO,
+                        "cannot create a temporary file for %s: %s", path,
+                        strerror(errno));
+        goto out;
+    }
+    created = true;
+    errno = 0; /* a short fwrite need not set it */
+    /* mkstemp creates 0600; a weights file is meant to be shared. */
+    if (fchmod(fd, 0644) != 0) goto io_error;
+    fp = fdopen(fd, "wb");
+    if (!fp) goto io_error;
+    fd = -1; /* owned by fp now */
+
+    /* Pad the header with spaces so the data starts 8-byte aligned. */
+    size_t hlen = strlen(header), padded = (hlen + 7) & ~(size_t)7;
+    uint8_t lenbuf[8];
+    for (int b = 0; b < 8; b++)
+        lenbuf[b] = (uint8_t)((uint64_t)padded >> (8 * b));
+    static const char spaces[] = "       "; /* at most 7 are needed */
+    if (fwrite(lenbuf, 1, 8, fp) != 8 || fwrite(header, 1, hlen, fp) != hlen ||
+        fwrite(spaces, 1, padded - hlen, fp) != padded - hlen)
+        goto io_error;
+    for (int i = 0; i < n; i++)
+        if (counts[i] && !st_put_tensor(fp, &tensors[i], counts[i], dtype, buf))
+            goto io_error;
+    FILE *done = fp;
+    fp = NULL;
+    if (fclose(done) != 0) goto io_error;
+    if (rename(tmp, path) != 0) goto io_error;
+    created = false;
+    st = MOEMU_OK;
+    goto out;
+
+io_error:
+    st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path,
+                    strerror(errno ? errno : EIO));
+out:
+    if (fp) fclose(fp);
+    if (fd >= 0) close(fd);
+    if (created) unlink(tmp);
+    free(tmp);
+    free(buf);
+    free(header);
+    free(counts);
+    return st;
+}

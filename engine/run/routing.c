@@ -1,0 +1,169 @@
+/* Routing sources for dry runs. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/run/routing.h"
+#include "engine/models/safetensors.h"
+#include "engine/models/weights.h"
+
+/* A uniform double in [0, 1) from two words of the stream. */
+static double unit(uint64_t seed, uint64_t stream, uint64_t i)
+{
+    uint64_t hi = wts_philox(seed, stream, 2 * i), lo = wts_philox(seed, stream, 2 * i + 1);
+    return (double)((hi << 21) ^ (lo >> 11)) * 0x1p-53;
+}
+
+moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
+                          const wl_t *wl, uint64_t seed)
+{
+    memset(r, 0, sizeof *r);
+    r->seed = seed;
+    r->L = cfg->num_hidden_layers;
+    r->B = wl->batch;
+    r->P = wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
+    r->k = cfg->num_experts_per_tok;
+    r->E = cfg->num_local_experts;
+    if (strcmp(spec, "uniform") == 0) {
+        r->kind = ROUTE_UNIFORM;
+        return MOEMU_OK;
+    }
+    if (strncmp(spec, "zipf:", 5) == 0) {
+        char *end;
+        r->zipf_s = strtod(spec + 5, &end);
+        if (end == spec + 5 || *end || !(r->zipf_s >= 0) || !isfinite(r->zipf_s))
+            return moemu_fail(MOEMU_ERR_INVALID, "--routing %s: expected zipf:S with S >= 0",
+                              spec);
+        r->kind = ROUTE_ZIPF;
+        r->cdf = malloc(sizeof(double) * (size_t)r->E);
+        if (!r->cdf) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing table");
+        double tot = 0;
+        for (int i = 0; i < r->E; i++) r->cdf[i] = (tot += pow(i + 1.0, -r->zipf_s));
+        /* popularity ranks to experts: a seeded permutation per layer, so
+         * the hot experts differ between layers */
+        r->perm = malloc(sizeof(int) * (size_t)r->L * r->E);
+        if (!r->perm) {
+            route_close(r);
+            return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing table");
+        }
+        for (int l = 0; l < r->L; l++) {
+            int *perm = r->perm + (size_t)l * r->E;
+            uint64_t ps = wts_stream("routing-permutation") ^ (uint64_t)l;
+            for (int i = 0; i < r->E; i++) perm[i] = i;
+            for (int i = r->E - 1; i > 0; i--) {
+                int q = (int)(((uint64_t)wts_philox(seed, ps, (uint64_t)i) * (uint64_t)(i + 1)) >> 32);
+                int t = perm[i];
+                perm[i] = perm[q];
+                perm[q] = t;
+            }
+        }
+        return MOEMU_OK;
+    }
+    if (strncmp(spec, "replay:", 7) == 0) {
+        const char *path = spec + 7;
+        st_file_t *f;
+        MOEMU_CHECK(st_open(path, &f));
+        int64_t shape[4] = {r->L, r->B, r->P, r->k};
+        size_t n = (size_t)r->L * r->B * r->P * r->k;
+        r->kind = ROUTE_REPLAY;
+        r->replay = malloc(sizeof(int) * (n + 1));
+        moemu_status_t st = r->replay ? st_read_i32(f, "routing", 4, shape, r->replay)
+                                      : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %s", path);
+        st_close(f);
+        if (st != MOEMU_OK) {
+            route_close(r);
+            moemu_fail(st, "--routing %s: %s (record the same model and workload with "
+                           "--record-routing)", spec, moemu_errmsg());
+            return st;
+        }
+        for (size_t i = 0; i < n; i++) {
+            int e = r->replay[i] < 0 ? -1 - r->replay[i] : r->replay[i];
+            if (r->replay[i] != INT32_MIN && e >= r->E) {
+                route_close(r);
+                return moemu_fail(MOEMU_ERR_FORMAT, "--routing %s: expert %d in a model of %d",
+                                  spec, e, r->E);
+            }
+        }
+        return MOEMU_OK;
+    }
+    return moemu_fail(MOEMU_ERR_INVALID,
+                      "--routing '%s': expected uniform, zipf:S or replay:FILE", spec);
+}
+
+void route_replay_record(route_src_t *r, int *record, const cfg_model_t *cfg, const wl_t *wl)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = ROUTE_REPLAY;
+    r->L = cfg->num_hidden_layers;
+    r->B = wl->batch;
+    r->P = wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
+    r->k = cfg->num_experts_per_tok;
+    r->E = cfg->num_local_experts;
+    r->replay = record;
+    r->borrowed = true;
+}
+
+int *route_record_new(const cfg_model_t *cfg, const wl_t *wl, size_t *count)
+{
+    size_t n = (size_t)cfg->num_hidden_layers * wl->batch *
+               (wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0)) * cfg->num_experts_per_tok;
+    int *rec = malloc(sizeof(int) * (n + 1));
+    for (size_t i = 0; rec && i < n; i++) rec[i] = INT32_MIN;
+    *count = n;
+    return rec;
+}
+
+void route_close(route_src_t *r)
+{
+    if (!r->borrowed) free(r->replay);
+    free(r->cdf);
+    free(r->perm);
+    memset(r, 0, sizeof *r);
+}
+
+void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
+{
+    int k = r->k, E = r->E;
+    if (r->kind == ROUTE_REPLAY) {
+        const int *rec = r->replay + (((size_t)layer * r->B + b) * r->P + pos) * k;
+        for (int j = 0; j < k; j++) {
+            int x = rec[j];
+            /* a position the record never routed (it cannot happen for the
+             * same workload) falls back to expert j */
+            idx[j] = x == INT32_MIN ? j % E : x < 0 ? -1 - x : x;
+        }
+        return;
+    }
+    uint64_t stream = wts_stream("routing") ^ ((uint64_t)layer << 40);
+    uint64_t tok = ((uint64_t)b << 24) ^ (uint64_t)pos;
+    for (int j = 0; j < k; j++) {
+        double u = unit(r->seed, stream, tok * 64 + (uint64_t)j);
+        /* draw among the experts not taken yet */
+        double tot = 0;
+        for (int i = 0; i < E; i++) {
+            bool taken = false;
+            for (int q = 0; q < j; q++) taken |= idx[q] == i;
+            if (!taken) tot += r->kind == ROUTE_ZIPF ? r->cdf[i] - (i ? r->cdf[i - 1] : 0) : 1.0;
+        }
+        double x = u * tot, acc = 0;
+        int pick = -1;
+        for (int i = 0; i < E; i++) {
+            bool taken = false;
+            for (int q = 0; q < j; q++) taken |= idx[q] == i;
+            if (taken) continue;
+            pick = i;
+            acc += r->kind == ROUTE_ZIPF ? r->cdf[i] - (i ? r->cdf[i - 1] : 0) : 1.0;
+            if (x < acc) break;
+        }
+        idx[j] = pick;
+    }
+    if (r->kind == ROUTE_ZIPF)
+        for (int j = 0; j < k; j++) idx[j] = r->perm[(size_t)layer * E + idx[j]];
+}
+
+moemu_status_t route_save(const char *path, const int *route, int L, int B, int P, int k)
+{
+    st_write_tensor_t t = {.name = "routing", .ndim = 4, .shape = {L, B, P, k},
+                           .data = (const float *)(const void *)route};
+    return st_write(path, &t, 1, ST_I32);
+}

@@ -1,0 +1,193 @@
+/* Workloads: prompt lengths and tokens, seeded or read from a file. */
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/models/weights.h"
+#include "engine/run/workload.h"
+
+int64_t wl_prompt_tokens(const wl_t *wl) { return wl->start[wl->batch]; }
+
+void wl_free(wl_t *wl)
+{
+    free(wl->len);
+    free(wl->start);
+    free(wl->tokens);
+    memset(wl, 0, sizeof *wl);
+}
+
+static bool parse_int(const char *s, char **end, long *v)
+{
+    errno = 0;
+    *v = strtol(s, end, 10);
+    return *end != s && errno == 0 && *v > 0 && *v <= INT32_MAX;
+}
+
+/* Lengths from exactly one of --prompt-len, --prompt-lens, --prompt-len-range
+ * (default 128), or from the tokens file. */
+static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
+{
+    int given = (o->prompt_len > 0) + (o->lens != NULL) + (o->range != NULL);
+    if (given > 1)
+        return moemu_fail(MOEMU_ERR_INVALID, "give only one of --prompt-len, "
+                                             "--prompt-lens and --prompt-len-range");
+    if (o->lens) {
+        int n = 1;
+        for (const char *p = o->lens; *p; p++) n += *p == ',';
+        if (o->batch > 0 && o->batch != n)
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "--prompt-lens gives %d lengths but --batch is %d", n,
+                              o->batch);
+        wl->batch = n;
+        wl->len = calloc((size_t)n, sizeof(int));
+        if (!wl->len) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths", n);
+        const char *p = o->lens;
+        for (int i = 0; i < n; i++) {
+            char *end;
+            long v;
+            if (!parse_int(p, &end, &v) || (*end != ',' && *end != '\0'))
+                return moemu_fail(MOEMU_ERR_INVALID,
+                                  "--prompt-lens '%s': length %d is not a positive "
+                                  "integer", o->lens, i + 1);
+            wl->len[i] = (int)v;
+            p = end + (*end == ',');
+        }
+        return MOEMU_OK;
+    }
+    wl->batch = o->batch > 0 ? o->batch : 1;
+    wl->len = calloc((size_t)wl->batch, sizeof(int));
+    if (!wl->len) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths", wl->batch);
+    if (o->range) {
+        char *end;
+        long lo, hi;
+        if (!parse_int(o->range, &end, &lo) || *end != ':' ||
+            !parse_int(end + 1, &end, &hi) || *end != '\0' || lo > hi)
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "--prompt-len-range '%s': expected MIN:MAX with "
+                              "0 < MIN <= MAX", o->range);
+        uint64_t stream = wts_stream("prompt_len");
+        for (int b = 0; b < wl->batch; b++) {
+            uint64_t r = wts_philox(o->seed, stream, (uint64_t)b);
+            wl->len[b] = (int)(lo + (int64_t)((r * (uint64_t)(hi - lo + 1)) >> 32));
+        }
+        return MOEMU_OK;
+    }
+    for (int b = 0; b < wl->batch; b++) wl->len[b] = o->prompt_len > 0 ? o->prompt_len : 128;
+    return MOEMU_OK;
+}
+
+static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
+{
+    json_error_t err;
+    json_t *root = json_load_file(o->tokens_file, 0, &err);
+    if (!root)
+        return moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: %s (line %d, column %d)",
+                          o->tokens_file, err.text, err.line, err.column);
+    moemu_status_t st = MOEMU_OK;
+    size_t n = json_is_array(root) ? json_array_size(root) : 0;
+    if (n == 0) {
+        st = moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: expected a non-empty JSON "
+                                          "list of lists of token ids", o->tokens_file);
+        goto out;
+    }
+    if (o->batch > 0 && (size_t)o->batch != n) {
+        st = moemu_fail(MOEMU_ERR_INVALID, "--tokens %s holds %zu sequences but "
+                                           "--batch is %d", o->tokens_file, n, o->batch);
+        goto out;
+    }
+    if (o->prompt_len > 0 || o->lens || o->range) {
+        st = moemu_fail(MOEMU_ERR_INVALID, "--tokens sets the prompt lengths: drop "
+                                           "--prompt-len, --prompt-lens and --prompt-len-range");
+        goto out;
+    }
+    wl->batch = (int)n;
+    wl->len = calloc(n, sizeof(int));
+    wl->start = calloc(n + 1, sizeof(int64_t));
+    if (!wl->len || !wl->start) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the workload");
+        goto out;
+    }
+    for (size_t b = 0; b < n; b++) {
+        json_t *seq = json_array_get(root, b);
+        size_t m = json_is_array(seq) ? json_array_size(seq) : 0;
+        if (m == 0) {
+            st = moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: sequence %zu is not a "
+                                              "non-empty list", o->tokens_file, b);
+            goto out;
+        }
+        wl->len[b] = (int)m;
+        wl->start[b + 1] = wl->start[b] + (int64_t)m;
+    }
+    wl->tokens = malloc(sizeof(int) * (size_t)wl->start[n]);
+    if (!wl->tokens) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tokens");
+        goto out;
+    }
+    for (size_t b = 0; b < n; b++) {
+        json_t *seq = json_array_get(root, b);
+        for (int i = 0; i < wl->len[b]; i++) {
+            json_t *v = json_array_get(seq, (size_t)i);
+            json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
+            if (id < 0 || id >= cfg->vocab_size) {
+                st = moemu_fail(MOEMU_ERR_INVALID,
+                                "--tokens %s: sequence %zu position %d is not a token "
+                                "id in [0, %d)", o->tokens_file, b, i, cfg->vocab_size);
+                goto out;
+            }
+            wl->tokens[wl->start[b] + i] = (int)id;
+        }
+    }
+out:
+    json_decref(root);
+    return st;
+}
+
+moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
+{
+    memset(wl, 0, sizeof *wl);
+    moemu_status_t st;
+    if (o->decode < 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "--decode %d: must be >= 0", o->decode);
+    if (o->batch < 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "--batch %d: must be > 0", o->batch);
+    if (o->tokens_file) {
+        st = read_tokens(wl, o, cfg);
+    } else {
+        st = make_lengths(wl, o);
+        if (st == MOEMU_OK) {
+            wl->start = calloc((size_t)wl->batch + 1, sizeof(int64_t));
+            if (!wl->start) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the workload");
+        }
+        if (st == MOEMU_OK) {
+            for (int b = 0; b < wl->batch; b++) wl->start[b + 1] = wl->start[b] + wl->len[b];
+            wl->tokens = malloc(sizeof(int) * (size_t)(wl->start[wl->batch] + 1));
+            if (!wl->tokens) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tokens");
+        }
+        if (st == MOEMU_OK) {
+            uint64_t stream = wts_stream("tokens");
+            for (int64_t i = 0; i < wl->start[wl->batch]; i++)
+                wl->tokens[i] = (int)(((uint64_t)wts_philox(o->seed, stream, (uint64_t)i) *
+                                       (uint64_t)cfg->vocab_size) >> 32);
+        }
+    }
+    if (st != MOEMU_OK) {
+        wl_free(wl);
+        return st;
+    }
+    wl->decode = o->decode;
+    for (int b = 0; b < wl->batch; b++) {
+        if (wl->len[b] > wl->max_len) wl->max_len = wl->len[b];
+        /* the last generated token is never fed back: len + decode - 1 positions */
+        int64_t need = (int64_t)wl->len[b] + (wl->decode > 0 ? wl->decode - 1 : 0);
+        if (need > cfg->max_position_embeddings) {
+            moemu_fail(MOEMU_ERR_INVALID,
+                       "sequence %d needs %lld positions (prompt %d + decode %d - 1) but "
+                       "the model's max_position_embeddings is %d",
+                       b, (long long)need, wl->len[b], o->decode, cfg->max_position_embeddings);
+            wl_free(wl);
+            return MOEMU_ERR_INVALID;
+        }
+    }
+    return MOEMU_OK;
+}

@@ -1,0 +1,37 @@
+/* check: a strategy against the single-device baseline, on the same
+ * weights, prompts and routing groups. */
+#ifndef MOEMU_CHECK_H
+#define MOEMU_CHECK_H
+
+#include "engine/run/dist.h"
+
+typedef struct {
+    int64_t compared;      /* logits compared: every prompt position and
+                              every generated token's, padding excluded */
+    double max_abs;        /* max |strategy - baseline| */
+    double max_rel;        /* max |s - b| / max(|b|, rms(b)) */
+    double rel_l2;         /* ||s - b|| / ||b|| */
+    double rtol;
+    int first_seq, first_token; /* first greedy token that differs, -1 */
+    int64_t routed;        /* (token, layer) pairs routed */
+    int64_t route_differ;  /* of which the experts chosen differ */
+    int64_t dropped_base, dropped_strategy, assignments;
+    bool pass;             /* rel_l2 <= rtol and identical tokens */
+} check_result_t;
+
+typedef struct {
+    model_out_t base, strategy;
+    emu_cluster_t *cluster; /* the strategy's devices */
+    double wall_base, wall_strategy;
+    double flops_base; /* charged to the baseline's device */
+    int *route_strategy; /* the strategy's routing record (L, B, P, k) */
+    check_result_t r;
+} check_t;
+
+/* Run both and compare. progress as in model_opts_t (may be NULL). */
+moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl,
+                         const dist_opts_t *o, double rtol,
+                         void (*progress)(void *, const char *, int, int, int, int));
+void check_free(check_t *c);
+
+#endif

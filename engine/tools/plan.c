@@ -1,0 +1,651 @@
+/* Deployment plans: load, then check the arithmetic, the strategy, the
+ * claimed figures against a dry run of the full workload, and the numbers
+ * against the baseline on a reduced workload. */
+#include <libgen.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/tools/plan.h"
+
+static const struct {
+    const char *key, *label, *unit;
+} metrics[CLAIM__COUNT] = {
+    [CLAIM_TOTAL_PARAMETERS] = {"total_parameters", "total parameters", ""},
+    [CLAIM_ACTIVE_PARAMETERS] = {"active_parameters", "active parameters per token", ""},
+    [CLAIM_DEVICES] = {"devices", "devices", ""},
+    [CLAIM_MEMORY_PER_DEVICE_GB] = {"memory_per_device_gb", "memory per device", "GB"},
+    [CLAIM_MEMORY_FRACTION] = {"memory_fraction", "share of memory used", ""},
+    [CLAIM_TTFT_S] = {"ttft_s", "time to first token", "s"},
+    [CLAIM_TPOT_S] = {"tpot_s", "time per output token", "s"},
+    [CLAIM_E2E_S] = {"e2e_latency_s", "end-to-end latency", "s"},
+    [CLAIM_THROUGHPUT_PER_DEVICE] = {"throughput_per_device_tokens_per_ms",
+                                     "throughput per device", "tokens/ms"},
+    [CLAIM_THROUGHPUT_TOKENS_S] = {"throughput_tokens_per_s", "throughput", "tokens/s"},
+    [CLAIM_COMMUNICATION_SHARE] = {"communication_share", "communication share", ""},
+    [CLAIM_LOAD_BALANCE] = {"load_balance", "expert load max/mean", ""},
+};
+
+static const char *const bounds[] = {"about", "at_most", "at_least"};
+
+/* ---- Loading */
+
+static moemu_status_t bad(const plan_t *p, const char *key, const char *why)
+{
+    return moemu_fail(MOEMU_ERR_INVALID, "%s: plan key '%s' %s", p->path, key, why);
+}
+
+static moemu_status_t get_int(const plan_t *p, json_t *o, const char *key, int lo, int *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v) return MOEMU_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > INT32_MAX) {
+        char why[64];
+        snprintf(why, sizeof why, "must be a whole number >= %d", lo);
+        return bad(p, key, why);
+    }
+    *out = (int)json_integer_value(v);
+    return MOEMU_OK;
+}
+
+static moemu_status_t copy_str(const plan_t *p, json_t *o, const char *key, char *out, size_t n)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v) return MOEMU_OK;
+    if (!json_is_string(v) || strlen(json_string_value(v)) >= n)
+        return bad(p, key, "must be a (not too long) string");
+    snprintf(out, n, "%s", json_string_value(v));
+    return MOEMU_OK;
+}
+
+/* A model or hardware given by name, by a path relative to the plan, or
+ * inline as an object. */
+static moemu_status_t load_model(plan_t *p, json_t *v)
+{
+    if (json_is_object(v)) {
+        char *text = json_dumps(v, 0);
+        if (!text) return moemu_fail(MOEMU_ERR_NOMEM, "%s: cannot read the model", p->path);
+        char label[600];
+        snprintf(label, sizeof label, "%s (model)", p->path);
+        moemu_status_t st = cfg_parse(&p->cfg, text, label);
+        free(text);
+        snprintf(p->cfg.name, sizeof p->cfg.name, "%.63s", p->name);
+        return st;
+    }
+    if (!json_is_string(v)) return bad(p, "model", "must be a name, a path or an object");
+    const char *s = json_string_value(v);
+    for (int i = 0; cfg_builtin_names[i]; i++)
+        if (!strcmp(s, cfg_builtin_names[i])) return cfg_load(&p->cfg, s);
+    char dir[512], path[1100];
+    snprintf(dir, sizeof dir, "%s", p->path);
+    snprintf(path, sizeof path, "%s/%s", dirname(dir), s);
+    return cfg_load(&p->cfg, s[0] == '/' ? s : path);
+}
+
+static moemu_status_t load_hw(plan_t *p, json_t *v)
+{
+    if (json_is_object(v)) {
+        char *text = json_dumps(v, 0);
+        if (!text) return moemu_fail(MOEMU_ERR_NOMEM, "%s: cannot read the hardware", p->path);
+        char label[600];
+        snprintf(label, sizeof label, "%s (hardware)", p->path);
+        moemu_status_t st = emu_hw_parse(text, label, &p->hw);
+        free(text);
+        return st;
+    }
+    if (!json_is_string(v)) return bad(p, "hardware", "must be a preset name or an object");
+    return emu_hw_load(json_string_value(v), &p->hw);
+}
+
+static moemu_status_t load_workload(plan_t *p, json_t *w)
+{
+    if (!json_is_object(w)) return bad(p, "workload", "must be an object");
+    MOEMU_CHECK(get_int(p, w, "batch", 1, &p->wl.batch));
+    MOEMU_CHECK(get_int(p, w, "decode", 0, &p->wl.decode));
+    MOEMU_CHECK(get_int(p, w, "micro_batches", 1, &p->micro_batches));
+    json_t *seed = json_object_get(w, "seed");
+    if (seed) {
+        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
+            return bad(p, "workload.seed", "must be a whole number >= 0");
+        p->wl.seed = (uint64_t)json_integer_value(seed);
+    }
+    json_t *len = json_object_get(w, "prompt_len");
+    if (json_is_integer(len) && json_integer_value(len) > 0 && json_integer_value(len) <= INT32_MAX) {
+        p->wl.prompt_len = (int)json_integer_value(len);
+    } else if (json_is_string(len)) {
+        snprintf(p->range, sizeof p->range, "%s", json_string_value(len));
+        p->wl.range = p->range;
+    } else if (json_is_array(len) && json_array_size(len) > 0) {
+        size_t n = 0;
+        for (size_t i = 0; i < json_array_size(len); i++) {
+            json_t *x = json_array_get(len, i);
+            if (!json_is_integer(x)) return bad(p, "workload.prompt_len", "lists whole numbers");
+            n += (size_t)snprintf(p->lens + n, sizeof p->lens - n, "%s%lld", i ? "," : "",
+                                  (long long)json_integer_value(x));
+            if (n >= sizeof p->lens) return bad(p, "workload.prompt_len", "is too long a list");
+        }
+        p->wl.lens = p->lens;
+        if (p->wl.batch == 0) p->wl.batch = (int)json_array_size(len);
+    } else if (len) {
+        return bad(p, "workload.prompt_len", "must be a length, a list of lengths or \"MIN:MAX\"");
+    }
+    return MOEMU_OK;
+}
+
+static moemu_status_t load_claims(plan_t *p, json_t *c)
+{
+    if (!json_is_array(c)) return bad(p, "claims", "must be a list of claims");
+    p->nclaims = (int)json_array_size(c);
+    p->claims = calloc((size_t)p->nclaims + 1, sizeof *p->claims);
+    if (!p->claims) return moemu_fail(MOEMU_ERR_NOMEM, "%s: cannot read the claims", p->path);
+    for (int i = 0; i < p->nclaims; i++) {
+        json_t *o = json_array_get(c, (size_t)i);
+        plan_claim_t *k = &p->claims[i];
+        char key[64] = "", bound[16] = "about";
+        if (!json_is_object(o)) return bad(p, "claims", "holds objects");
+        MOEMU_CHECK(copy_str(p, o, "what", k->what, sizeof k->what));
+        MOEMU_CHECK(copy_str(p, o, "note", k->note, sizeof k->note));
+        MOEMU_CHECK(copy_str(p, o, "metric", key, sizeof key));
+        MOEMU_CHECK(copy_str(p, o, "bound", bound, sizeof bound));
+        int m = 0;
+        while (m < CLAIM__COUNT && strcmp(metrics[m].key, key)) m++;
+        if (m == CLAIM__COUNT) {
+            char why[1024];
+            size_t n = (size_t)snprintf(why, sizeof why, "names metric '%s'; known:", key);
+            for (int j = 0; j < CLAIM__COUNT && n < sizeof why; j++)
+                n += (size_t)snprintf(why + n, sizeof why - n, " %s", metrics[j].key);
+            return bad(p, "claims.metric", why);
+        }
+        k->metric = (plan_metric_t)m;
+        int b = 0;
+        while (b < 3 && strcmp(bounds[b], bound)) b++;
+        if (b == 3) return bad(p, "claims.bound", "must be about, at_most or at_least");
+        k->bound = (plan_bound_t)b;
+        json_t *v = json_object_get(o, "value");
+        if (!json_is_number(v) || !(json_number_value(v) > 0))
+            return bad(p, "claims.value", "must be a positive number");
+        k->value = json_number_value(v);
+        if (!k->what[0]) snprintf(k->what, sizeof k->what, "%s", metrics[m].label);
+    }
+    return MOEMU_OK;
+}
+
+moemu_status_t plan_load(plan_t *p, const char *path)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->path, sizeof p->path, "%s", path);
+    p->tolerance = 0.25;
+    p->micro_batches = 1;
+    p->wl.decode = 16;
+    json_error_t err;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        return moemu_fail(err.line < 0 ? MOEMU_ERR_IO : MOEMU_ERR_FORMAT, "%s: %s (line %d)",
+                          path, err.text, err.line);
+    moemu_status_t st = MOEMU_OK;
+    json_t *v;
+    if (!json_is_object(root)) {
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: a plan is a JSON object", path);
+        goto out;
+    }
+    if ((st = copy_str(p, root, "name", p->name, sizeof p->name)) != MOEMU_OK) goto out;
+    if ((st = copy_str(p, root, "description", p->description, sizeof p->description)))
+        goto out;
+    if (!p->name[0]) {
+        char b[512];
+        snprintf(b, sizeof b, "%s", path);
+        snprintf(p->name, sizeof p->name, "%s", basename(b));
+    }
+    if (!(v = json_object_get(root, "model"))) {
+        st = bad(p, "model", "is missing");
+        goto out;
+    }
+    if ((st = load_model(p, v)) != MOEMU_OK) goto out;
+    v = json_object_get(root, "hardware");
+    if ((st = v ? load_hw(p, v) : emu_hw_load("card-400tf-64gb", &p->hw)) != MOEMU_OK) goto out;
+    json_t *topo = json_object_get(root, "topology");
+    if (topo) {
+        if (!json_is_object(topo)) {
+            st = bad(p, "topology", "must be an object");
+            goto out;
+        }
+        if ((st = get_int(p, topo, "nodes", 1, &p->hw.topo.nodes))) goto out;
+        if ((st = get_int(p, topo, "devices_per_node", 1, &p->hw.topo.devices_per_node))) goto out;
+    }
+    if (!json_is_string(json_object_get(root, "strategy"))) {
+        st = bad(p, "strategy", "must be a strategy string, as stated");
+        goto out;
+    }
+    if ((st = copy_str(p, root, "strategy", p->strategy, sizeof p->strategy))) goto out;
+    if ((st = copy_str(p, root, "pp_layers", p->pp_layers, sizeof p->pp_layers))) goto out;
+    if ((st = get_int(p, root, "devices", 1, &p->devices))) goto out;
+    if ((v = json_object_get(root, "workload")) && (st = load_workload(p, v))) goto out;
+    if ((v = json_object_get(root, "claims")) && (st = load_claims(p, v))) goto out;
+    v = json_object_get(root, "tolerance");
+    if (v && (!json_is_number(v) || json_number_value(v) <= 0)) {
+        st = bad(p, "tolerance", "must be a positive number");
+        goto out;
+    }
+    if (v) p->tolerance = json_number_value(v);
+    v = json_object_get(root, "assumptions");
+    p->assumptions = v && json_is_array(v) ? json_incref(v) : json_array();
+out:
+    json_decref(root);
+    if (st != MOEMU_OK) plan_free(p);
+    return st;
+}
+
+void plan_free(plan_t *p)
+{
+    free(p->claims);
+    json_decref(p->assumptions);
+    p->claims = NULL;
+    p->assumptions = NULL;
+}
+
+/* ---- Evaluating */
+
+/* moemu's figure for a metric, from the figures and the report. */
+static double figure(plan_metric_t m, const cfg_figures_t *f, const report_t *r, int world)
+{
+    double peak = 0, cap = 1;
+    for (int i = 0; r && i < r->devices; i++)
+        if (r->dev[i].mem_peak > peak) peak = r->dev[i].mem_peak, cap = r->dev[i].capacity;
+    switch (m) {
+    case CLAIM_TOTAL_PARAMETERS: return (double)f->total;
+    case CLAIM_ACTIVE_PARAMETERS: return (double)f->active_per_token;
+    case CLAIM_DEVICES: return world;
+    case CLAIM_MEMORY_PER_DEVICE_GB: return peak / 1e9;
+    case CLAIM_MEMORY_FRACTION: return peak / cap;
+    case CLAIM_TTFT_S: return r->ttft_batch;
+    case CLAIM_TPOT_S: return r->tpot;
+    case CLAIM_E2E_S: return r->e2e;
+    case CLAIM_THROUGHPUT_PER_DEVICE: return r->total_tpms / r->devices;
+    case CLAIM_THROUGHPUT_TOKENS_S: return r->total_tpms * 1e3;
+    case CLAIM_COMMUNICATION_SHARE: return r->exposed_comm_mean;
+    case CLAIM_LOAD_BALANCE: return r->load_max_mean;
+    default: return 0;
+    }
+}
+
+static bool needs_run(plan_metric_t m)
+{
+    return m != CLAIM_TOTAL_PARAMETERS && m != CLAIM_ACTIVE_PARAMETERS && m != CLAIM_DEVICES;
+}
+
+static void fmt_value(char *buf, size_t n, plan_metric_t m, double v)
+{
+    if (m == CLAIM_TOTAL_PARAMETERS || m == CLAIM_ACTIVE_PARAMETERS)
+        snprintf(buf, n, v >= 1e9 ? "%.3gB" : "%.4gM", v >= 1e9 ? v / 1e9 : v / 1e6);
+    else if (m == CLAIM_MEMORY_FRACTION || m == CLAIM_COMMUNICATION_SHARE)
+        snprintf(buf, n, "%.1f%%", 100 * v);
+    else if (m == CLAIM_TTFT_S || m == CLAIM_TPOT_S || m == CLAIM_E2E_S)
+        snprintf(buf, n, v < 1 ? "%.4g ms" : "%.4g s", v < 1 ? 1e3 * v : v);
+    else
+        snprintf(buf, n, "%.4g%s%s", v, metrics[m].unit[0] ? " " : "", metrics[m].unit);
+}
+
+/* Lower bounds the hardware sets, for "impossible": the work can go no
+ * faster than every device computing at peak x MFU and streaming its
+ * weights at bandwidth x utilisation. */
+typedef struct {
+    double ttft_min, e2e_min, tput_dev_max, weights_dev_min_gb;
+} bounds_t;
+
+static void hw_bounds(bounds_t *b, const plan_t *p, const cfg_figures_t *f, const wl_t *wl,
+                      int devices, double weights_dev)
+{
+    const emu_spec_t *s = &p->hw.spec;
+    double rate = s->peak_flops * s->mfu * devices;
+    double prefill = (double)wl_prompt_tokens(wl) * f->flops_per_token;
+    double decode = (double)wl->batch * (wl->decode > 0 ? wl->decode - 1 : 0) * f->flops_per_token;
+    b->ttft_min = prefill / rate;
+    b->e2e_min = (prefill + decode) / rate;
+    double tokens = (double)wl_prompt_tokens(wl) + (double)wl->batch * wl->decode;
+    b->tput_dev_max = b->e2e_min > 0 ? tokens / b->e2e_min / 1e3 / devices : INFINITY;
+    b->weights_dev_min_gb = weights_dev / 1e9;
+}
+
+typedef struct {
+    char verdict[256];
+    bool holds;
+} verdict_t;
+
+static void judge(verdict_t *v, const plan_claim_t *k, double got, double tol, const bounds_t *b,
+                  bool fits, const char *capacity_note)
+{
+    double s = k->value;
+    v->holds = false;
+    /* what the hardware rules out, whatever moemu measured */
+    if (k->metric == CLAIM_MEMORY_PER_DEVICE_GB && k->bound != CLAIM_AT_LEAST &&
+        s < b->weights_dev_min_gb) {
+        snprintf(v->verdict, sizeof v->verdict,
+                 "impossible: the weights alone need %.3g GB on a device", b->weights_dev_min_gb);
+        return;
+    }
+    if ((k->metric == CLAIM_TTFT_S && s < b->ttft_min) || (k->metric == CLAIM_E2E_S && s < b->e2e_min)) {
+        snprintf(v->verdict, sizeof v->verdict,
+                 "impossible: the FLOPs need at least %.3g s at peak x MFU on every device",
+                 k->metric == CLAIM_TTFT_S ? b->ttft_min : b->e2e_min);
+        return;
+    }
+    if (k->metric == CLAIM_THROUGHPUT_PER_DEVICE && s > b->tput_dev_max) {
+        snprintf(v->verdict, sizeof v->verdict,
+                 "impossible: the FLOPs allow at most %.3g tokens/ms per device at peak x MFU",
+                 b->tput_dev_max);
+        return;
+    }
+    if ((k->metric == CLAIM_MEMORY_FRACTION || k->metric == CLAIM_COMMUNICATION_SHARE) && s > 1) {
+        snprintf(v->verdict, sizeof v->verdict, "impossible: a share above 100%%");
+        return;
+    }
+    if (!fits && (k->metric == CLAIM_MEMORY_PER_DEVICE_GB || k->metric == CLAIM_MEMORY_FRACTION)) {
+        snprintf(v->verdict, sizeof v->verdict, "impossible: %s", capacity_note);
+        return;
+    }
+    double r = got > 0 ? s / got : INFINITY;
+    bool ok = k->bound == CLAIM_AT_MOST    ? got <= s * (1 + tol)
+              : k->bound == CLAIM_AT_LEAST ? got >= s / (1 + tol)
+                                           : r <= 1 + tol && r >= 1 / (1 + tol);
+    if (ok) {
+        v->holds = true;
+        snprintf(v->verdict, sizeof v->verdict, "holds");
+    } else if (!isfinite(r)) {
+        snprintf(v->verdict, sizeof v->verdict, "off: moemu measures 0");
+    } else {
+        snprintf(v->verdict, sizeof v->verdict, "off by a factor %.3g (the plan's figure is %s)",
+                 r >= 1 ? r : 1 / r, r >= 1 ? "too high" : "too low");
+    }
+}
+
+/* Degrees a candidate keeps from the stated strategy: among strategies as
+ * near, the one that changes fewer dimensions reads closer to the plan,
+ * and changing the number of replicas (DP) less than the model's split. */
+static int kept(const par_strategy_t *a, const par_strategy_t *b)
+{
+    return 2 * ((a->pp == b->pp) + (a->cp == b->cp) + (a->tp == b->tp) + (a->ep == b->ep) +
+                (a->etp == b->etp)) +
+           (a->dp == b->dp) + (a->sp == b->sp);
+}
+
+/* The valid strategies on devices nearest to a stated one: by
+ * par_strategy_distance, then by kept degrees, then in enumeration order. */
+static int nearest(const par_strategy_t *stated, const par_dims_t *dims, int devices,
+                   par_strategy_t *best, int nbest)
+{
+    int n = par_strategy_enumerate(dims, devices, NULL, NULL, 0);
+    if (n <= 0) return 0;
+    par_strategy_t *all = malloc(sizeof *all * (size_t)n);
+    if (!all) return 0;
+    n = par_strategy_enumerate(dims, devices, NULL, all, n);
+    int got = 0;
+    double key[nbest > 0 ? nbest : 1];
+    for (int i = 0; i < n; i++) {
+        if (all[i].n_pp_layers && !stated->n_pp_layers) continue; /* a split nobody asked */
+        double kk = par_strategy_distance(stated, &all[i]) - 0.01 * kept(stated, &all[i]);
+        int at = got < nbest ? got++ : nbest;
+        while (at > 0 && kk < key[at - 1]) {
+            if (at < nbest) best[at] = best[at - 1], key[at] = key[at - 1];
+            at--;
+        }
+        if (at < nbest) best[at] = all[i], key[at] = kk;
+    }
+    free(all);
+    return got;
+}
+
+/* The largest number of layers whose fp32 weights fit in half the host's
+ * available memory (at least min_layers), for the real-math check. */
+static int host_layers(const cfg_model_t *cfg, int min_layers)
+{
+    cfg_model_t one = *cfg;
+    one.num_hidden_layers = 1;
+    double per = wts_host_bytes(&one), base;
+    one.num_hidden_layers = 2;
+    per = wts_host_bytes(&one) - per;
+    base = wts_host_bytes(cfg) - per * cfg->num_hidden_layers;
+    for (int l = cfg->num_hidden_layers; l > min_layers; l--) {
+        char what[32];
+        snprintf(what, sizeof what, "%d layers", l);
+        if (wts_check_host_memory(2.0 * (base + per * l), what) == MOEMU_OK) return l;
+    }
+    moemu_errclear();
+    return min_layers;
+}
+
+static json_t *strategy_json(const par_strategy_t *s)
+{
+    char buf[PAR_STRATEGY_STRLEN];
+    par_strategy_format(s, buf, sizeof buf);
+    return json_string(buf);
+}
+
+moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **result,
+                             bool *all_hold)
+{
+    FILE *f = o->out;
+    json_t *js = json_object(), *claims = json_array(), *arith = json_array();
+    *result = js;
+    *all_hold = true;
+    const cfg_model_t *cfg = &p->cfg;
+    cfg_figures_t fig;
+    cfg_figures(cfg, &fig);
+    par_dims_t dims;
+    dist_dims(cfg, &dims);
+    char a[64], b[64];
+
+    fprintf(f, "plan %s (%s)\n", p->name, p->path);
+    if (p->description[0]) fprintf(f, "  %s\n", p->description);
+    fprintf(f, "model    %s: %d layers, hidden %d, %d heads of %d (%d kv), %d experts of %d, "
+               "top-%d, capacity factor %g, %s\n",
+            cfg->name, cfg->num_hidden_layers, cfg->hidden_size, cfg->num_attention_heads,
+            cfg->head_dim, cfg->num_key_value_heads, cfg->num_local_experts,
+            cfg->intermediate_size, cfg->num_experts_per_tok, cfg->capacity_factor,
+            emu_dtype_name(cfg->dtype));
+    fmt_value(a, sizeof a, CLAIM_TOTAL_PARAMETERS, (double)fig.total);
+    fmt_value(b, sizeof b, CLAIM_ACTIVE_PARAMETERS, (double)fig.active_per_token);
+    fprintf(f, "         %s parameters (%s active per token), %.3g GB of weights\n", a, b,
+            fig.weight_bytes / 1e9);
+    fprintf(f, "hardware %s: %.4g TFLOP/s x MFU %.2g, %.4g TB/s x %.2g, %.3g GB; %d per node\n",
+            p->hw.name, p->hw.spec.peak_flops / 1e12, p->hw.spec.mfu, p->hw.spec.mem_bw / 1e12,
+            p->hw.spec.bw_util, p->hw.spec.mem_capacity / 1e9, p->hw.topo.devices_per_node);
+    json_object_set_new(js, "plan", json_string(p->name));
+    json_object_set_new(js, "model", json_pack("{s:s, s:I, s:I, s:f}", "name", cfg->name,
+                                               "total_parameters", (json_int_t)fig.total,
+                                               "active_parameters",
+                                               (json_int_t)fig.active_per_token, "weight_bytes",
+                                               fig.weight_bytes));
+
+    /* ---- the strategy as stated */
+    par_strategy_t stated;
+    moemu_status_t st = par_strategy_parse(p->strategy, &stated);
+    if (st == MOEMU_OK && p->pp_layers[0]) st = par_strategy_set_pp_layers(&stated, p->pp_layers);
+    if (st != MOEMU_OK) {
+        json_object_set_new(js, "strategy_error", json_string(moemu_errmsg()));
+        fprintf(f, "strategy '%s' does not parse: %s\n", p->strategy, moemu_errmsg());
+        *all_hold = false;
+        return MOEMU_OK;
+    }
+    int world = par_strategy_world(&stated);
+    int devices = p->devices ? p->devices : world;
+
+    /* ---- arithmetic */
+    fprintf(f, "arithmetic\n");
+    fprintf(f, "  devices: %s states %d; PP*DP*CP*TP = %d*%d*%d*%d = %d: %s\n", p->strategy,
+            devices, stated.pp, stated.dp, stated.cp, stated.tp, world,
+            world == devices ? "holds" : "impossible: the degrees multiply to another count");
+    json_array_append_new(arith, json_pack("{s:s, s:i, s:i, s:b}", "check", "devices", "stated",
+                                           devices, "from_degrees", world, "holds",
+                                           world == devices));
+    if (world != devices) *all_hold = false;
+    int stage = stated.dp * stated.cp * stated.tp;
+    bool ep_ok = stated.ep <= cfg->num_local_experts && cfg->num_local_experts % stated.ep == 0;
+    fprintf(f, "  experts per device: %d experts over EP=%d: %s", cfg->num_local_experts,
+            stated.ep,
+            ep_ok ? "" : "impossible: EP does not divide the experts");
+    if (ep_ok) fprintf(f, "%d per device", cfg->num_local_experts / stated.ep);
+    if (stated.ep * stated.etp > stage)
+        fprintf(f, "; impossible: EP*ETP = %d exceeds a pipeline stage's DP*CP*TP = %d devices",
+                stated.ep * stated.etp, stage);
+    fprintf(f, "\n");
+    json_array_append_new(arith, json_pack("{s:s, s:i, s:i, s:i, s:b}", "check",
+                                           "experts_per_device", "experts",
+                                           cfg->num_local_experts, "ep", stated.ep,
+                                           "stage_devices", stage, "holds",
+                                           ep_ok && stated.ep * stated.etp <= stage));
+    for (int i = 0; i < p->nclaims; i++) {
+        const plan_claim_t *k = &p->claims[i];
+        if (k->metric != CLAIM_TOTAL_PARAMETERS && k->metric != CLAIM_ACTIVE_PARAMETERS) continue;
+        double got = figure(k->metric, &fig, NULL, world);
+        fmt_value(a, sizeof a, k->metric, k->value);
+        fmt_value(b, sizeof b, k->metric, got);
+        fprintf(f, "  %s from the dimensions: %s, stated %s\n", metrics[k->metric].label, b, a);
+    }
+
+    /* ---- validity, and the strategy the figures are measured on */
+    par_strategy_t run = stated;
+    st = par_strategy_validate(&stated, &dims, devices);
+    bool valid = st == MOEMU_OK;
+    fprintf(f, "strategy\n");
+    json_object_set_new(js, "strategy_stated", json_string(p->strategy));
+    json_object_set_new(js, "strategy_valid", json_boolean(valid));
+    if (!valid) {
+        fprintf(f, "  invalid on %d devices: %s\n", devices, moemu_errmsg());
+        json_object_set_new(js, "strategy_error", json_string(moemu_errmsg()));
+        *all_hold = false;
+        par_strategy_t best[3];
+        int nb = nearest(&stated, &dims, devices, best, 3);
+        json_t *near = json_array();
+        fprintf(f, "  nearest valid strategies on %d devices:", devices);
+        for (int i = 0; i < nb; i++) {
+            char buf[PAR_STRATEGY_STRLEN];
+            par_strategy_format(&best[i], buf, sizeof buf);
+            fprintf(f, "%s %s", i ? "," : "", buf);
+            json_array_append_new(near, json_string(buf));
+        }
+        fprintf(f, "%s\n", nb ? "" : " none");
+        json_object_set_new(js, "nearest_valid", near);
+        if (nb == 0) return MOEMU_OK;
+        run = best[0];
+    }
+    char runs[PAR_STRATEGY_STRLEN];
+    par_strategy_format(&run, runs, sizeof runs);
+    fprintf(f, "  figures below are measured on %s%s, %d micro-batch%s per replica\n", runs,
+            valid ? "" : " (the nearest valid)", p->micro_batches,
+            p->micro_batches == 1 ? "" : "es");
+    json_object_set_new(js, "strategy_measured", strategy_json(&run));
+
+    /* ---- the full workload, dry */
+    wl_t wl;
+    MOEMU_CHECK(wl_make(&wl, &p->wl, cfg));
+    dist_opts_t d = {.strategy = run, .micro_batches = p->micro_batches, .hw = p->hw};
+    report_t rep;
+    st = report_dry_run(&rep, cfg, &wl, &d, o->routing ? o->routing : "uniform", p->wl.seed, true);
+    bool fits = st == MOEMU_OK;
+    char capacity_note[512] = "";
+    if (st == MOEMU_ERR_OOM) {
+        snprintf(capacity_note, sizeof capacity_note, "%s", moemu_errmsg());
+        d.cluster.no_limit = true;
+        st = report_dry_run(&rep, cfg, &wl, &d, o->routing ? o->routing : "uniform", p->wl.seed,
+                            true);
+    }
+    if (st != MOEMU_OK) {
+        wl_free(&wl);
+        return st;
+    }
+    int min_len = wl.max_len;
+    for (int i = 0; i < wl.batch; i++) min_len = wl.len[i] < min_len ? wl.len[i] : min_len;
+    fprintf(f, "dry run  batch %d, prompts of %d..%d tokens, %d generated: TTFT %.4g s, "
+               "end to end %.4g s, %.4g tokens/ms per device, peak memory %.3g GB%s\n",
+            wl.batch, min_len, wl.max_len, wl.decode, rep.ttft_batch, rep.e2e,
+            rep.total_tpms / rep.devices, figure(CLAIM_MEMORY_PER_DEVICE_GB, &fig, &rep, 0),
+            fits ? "" : " (does not fit: run without the memory limit)");
+    if (!fits) fprintf(f, "  %s\n", capacity_note);
+    json_object_set_new(js, "fits", json_boolean(fits));
+    json_object_set_new(js, "report", report_json(&rep));
+
+    /* ---- the claims */
+    bounds_t bd;
+    double wdev = 0;
+    for (int i = 0; i < rep.devices; i++)
+        wdev = rep.dev[i].mem[EMU_MEM_WEIGHTS] > wdev ? rep.dev[i].mem[EMU_MEM_WEIGHTS] : wdev;
+    hw_bounds(&bd, p, &fig, &wl, devices, wdev);
+    fprintf(f, "claims   %-40s %14s %14s  verdict\n", "", "stated", "moemu");
+    for (int i = 0; i < p->nclaims; i++) {
+        const plan_claim_t *k = &p->claims[i];
+        double got = figure(k->metric, &fig, &rep, world);
+        verdict_t v;
+        judge(&v, k, got, p->tolerance, &bd, fits, capacity_note);
+        if (!v.holds) *all_hold = false;
+        fmt_value(a, sizeof a, k->metric, k->value);
+        fmt_value(b, sizeof b, k->metric, got);
+        fprintf(f, "  %-47s %14s %14s  %s\n", k->what, a, b, v.verdict);
+        if (k->note[0]) fprintf(f, "      (%s)\n", k->note);
+        json_array_append_new(claims, json_pack("{s:s, s:s, s:s, s:f, s:f, s:s, s:b, s:s}",
+                                                "what", k->what, "metric", metrics[k->metric].key,
+                                                "bound", bounds[k->bound], "stated", k->value,
+                                                "moemu", got, "verdict", v.verdict, "holds",
+                                                v.holds, "measured_on",
+                                                needs_run(k->metric) ? runs : "dimensions"));
+    }
+    json_object_set_new(js, "arithmetic", arith);
+    json_object_set_new(js, "claims", claims);
+    report_free(&rep);
+    wl_free(&wl);
+
+    /* ---- the numbers: a reduced workload in real math against the baseline */
+    if (!o->no_check) {
+        cfg_model_t small = *cfg;
+        int min_layers = run.pp, L = host_layers(cfg, min_layers);
+        par_strategy_t srun = run;
+        if (L < cfg->num_hidden_layers) {
+            small.num_hidden_layers = L;
+            srun.n_pp_layers = 0; /* an even split of the layers kept */
+        }
+        int B = run.dp * p->micro_batches < 8 ? run.dp * p->micro_batches : 8;
+        if (B < run.dp) B = run.dp;
+        wl_opts_t wo = {.batch = B, .prompt_len = 16, .decode = 4, .seed = p->wl.seed};
+        wl_t swl;
+        wts_t w;
+        MOEMU_CHECK(wl_make(&swl, &wo, &small));
+        fprintf(f, "numbers  %s in real math: batch %d, prompts of 16, 4 generated, %d of %d "
+                   "layers%s\n", runs, B, L, cfg->num_hidden_layers,
+                L < cfg->num_hidden_layers ? " (the whole model does not fit this host's memory)"
+                                           : "");
+        if ((st = wts_generate_all(&w, &small, p->wl.seed)) != MOEMU_OK) {
+            wl_free(&swl);
+            return st;
+        }
+        dist_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
+                          .cluster = {.no_limit = true}};
+        check_t c;
+        st = check_run(&c, &w, &swl, &sd, 1e-5, o->progress);
+        if (st == MOEMU_OK) {
+            fprintf(f, "         rel L2 error %.3g (tolerance 1e-5), tokens %s, router decisions "
+                       "differing %lld of %lld: %s\n",
+                    c.r.rel_l2, c.r.first_seq < 0 ? "identical" : "differ",
+                    (long long)c.r.route_differ, (long long)c.r.routed,
+                    c.r.pass ? "PASS" : "FAIL");
+            json_object_set_new(js, "numerical_check",
+                                json_pack("{s:i, s:f, s:b, s:I, s:b}", "layers", L, "rel_l2",
+                                          c.r.rel_l2, "tokens_identical", c.r.first_seq < 0,
+                                          "router_decisions_differ", (json_int_t)c.r.route_differ,
+                                          "pass", c.r.pass));
+            if (!c.r.pass) *all_hold = false;
+            check_free(&c);
+        }
+        wts_free(&w);
+        wl_free(&swl);
+        if (st != MOEMU_OK) return st;
+    }
+    if (json_array_size(p->assumptions)) {
+        fprintf(f, "assumptions\n");
+        size_t i;
+        json_t *s;
+        json_array_foreach(p->assumptions, i, s) {
+            if (json_is_string(s)) fprintf(f, "  - %s\n", json_string_value(s));
+        }
+    }
+    json_object_set(js, "assumptions", p->assumptions);
+    return MOEMU_OK;
+}

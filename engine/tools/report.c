@@ -1,0 +1,374 @@
+/* The performance report: figures from the devices' clocks and counters,
+ * the tokens' times and the experts' load. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/tools/outfile.h"
+#include "engine/tools/report.h"
+
+static double sum_kernels(const emu_dev_t *d, int what)
+{
+    double s = 0;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+        const emu_kernel_stats_t *st = emu_dev_kernel_stats(d, k);
+        s += what == 0 ? st->compute_time : what == 1 ? st->memory_time
+             : what == 2 ? st->flops : st->bytes;
+    }
+    return s;
+}
+
+moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
+                            const cfg_model_t *cfg, const wl_t *wl, const dist_opts_t *o,
+                            double t1)
+{
+    memset(r, 0, sizeof *r);
+    const par_strategy_t *s = &o->strategy;
+    int n = emu_cluster_size(cl), B = wl->batch, N = wl->decode;
+    r->devices = n;
+    r->stages = s->pp;
+    r->batch = B;
+    r->decode = N;
+    r->layers = cfg->num_hidden_layers;
+    r->experts = cfg->num_local_experts;
+    r->prompt_tokens = wl_prompt_tokens(wl);
+    r->generated_tokens = (int64_t)B * N;
+    par_strategy_format(s, r->strategy, sizeof r->strategy);
+    snprintf(r->hw, sizeof r->hw, "%s", o->hw.name);
+    r->dev = calloc((size_t)n, sizeof *r->dev);
+    r->ttft = calloc((size_t)B + 1, sizeof(double));
+    r->bubble = calloc((size_t)s->pp, sizeof(double));
+    if (!r->dev || !r->ttft || !r->bubble) {
+        report_free(r);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the report of %d devices", n);
+    }
+
+    /* devices */
+    int per_stage = n / s->pp;
+    for (int i = 0; i < n; i++) {
+        emu_dev_t *d = emu_cluster_dev(cl, i);
+        const emu_spec_t *sp = emu_dev_spec(d);
+        report_dev_t *v = &r->dev[i];
+        v->rank = i;
+        v->node = emu_dev_node(d);
+        v->stage = i / per_stage;
+        v->clock = emu_dev_clock(d);
+        v->compute = sum_kernels(d, 0);
+        v->memory = sum_kernels(d, 1);
+        v->flops = sum_kernels(d, 2);
+        v->bytes = sum_kernels(d, 3);
+        v->comm = emu_dev_comm_time(d);
+        v->idle = emu_dev_idle_time(d);
+        v->mfu = v->clock > 0 ? v->flops / (v->clock * sp->peak_flops) : 0;
+        v->bw_util = v->clock > 0 ? v->bytes / (v->clock * sp->mem_bw) : 0;
+        for (int m = 0; m < EMU_MEM__COUNT; m++) v->mem[m] = emu_mem_peak(d, m);
+        v->mem_peak = emu_mem_total_peak(d);
+        v->capacity = sp->mem_capacity;
+        for (int l = 0; l < EMU_LINK__COUNT; l++) {
+            v->recv_idle += emu_dev_comm_stats(d, EMU_COLL_RECV, l)->idle;
+            for (int k = 0; k < EMU_COLL__COUNT; k++) {
+                const emu_comm_stats_t *c = emu_dev_comm_stats(d, k, l);
+                r->comm[k][l].calls += (double)c->calls;
+                r->comm[k][l].bytes += c->bytes;
+                r->comm[k][l].time += c->time;
+                r->comm_bytes += c->bytes;
+            }
+        }
+        r->comm_time += v->comm;
+        v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
+        r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
+    }
+
+    /* latency and throughput */
+    if (N > 0) {
+        r->ttft_min = INFINITY;
+        double sum_tpot = 0;
+        for (int b = 0; b < B; b++) {
+            double first = out->token_time[(size_t)b * N];
+            r->ttft[b] = first;
+            r->ttft_batch = first > r->ttft_batch ? first : r->ttft_batch;
+            r->ttft_min = first < r->ttft_min ? first : r->ttft_min;
+            r->ttft_mean += first / B;
+            r->ttft_max = r->ttft_batch;
+            if (N > 1) sum_tpot += (out->token_time[(size_t)b * N + N - 1] - first) / (N - 1);
+        }
+        r->tpot = N > 1 ? sum_tpot / B : 0;
+    }
+    if (r->ttft_batch > 0) r->prefill_tpms = (double)r->prompt_tokens / (1e3 * r->ttft_batch);
+    if (N > 1 && r->e2e > r->ttft_batch)
+        r->decode_tpms = (double)B * (N - 1) / (1e3 * (r->e2e - r->ttft_batch));
+    if (r->e2e > 0)
+        r->total_tpms = (double)(r->prompt_tokens + r->generated_tokens) / (1e3 * r->e2e);
+
+    /* communication that nothing overlapped: moemu's devices run one stream,
+     * so all of it */
+    r->exposed_comm_mean = 0;
+    for (int i = 0; i < n && r->e2e > 0; i++) {
+        double f = r->dev[i].comm / r->e2e;
+        r->exposed_comm_mean += f / n;
+        r->exposed_comm_max = f > r->exposed_comm_max ? f : r->exposed_comm_max;
+    }
+    /* bubbles: waiting for the previous stage, and done before the end */
+    for (int i = 0; i < n && r->e2e > 0; i++) {
+        const report_dev_t *v = &r->dev[i];
+        r->bubble[v->stage] += (v->recv_idle + (r->e2e - v->clock)) / r->e2e / per_stage;
+    }
+
+    /* expert load */
+    r->load = out->expert_load;
+    r->assignments = out->assignments;
+    r->dropped = out->dropped;
+    int L = r->layers, E = r->experts;
+    double all_sum = 0, all_sq = 0, all_max = 0;
+    r->load_worst_layer = -1;
+    for (int l = 0; l < L; l++) {
+        double sum = 0, mx = 0;
+        for (int e = 0; e < E; e++) {
+            double x = (double)out->expert_load[(size_t)l * E + e];
+            sum += x;
+            all_sq += x * x;
+            mx = x > mx ? x : mx;
+        }
+        all_sum += sum;
+        all_max = mx > all_max ? mx : all_max;
+        double ratio = sum > 0 ? mx / (sum / E) : 0;
+        if (ratio > r->load_worst_layer_max_mean) {
+            r->load_worst_layer_max_mean = ratio;
+            r->load_worst_layer = l;
+        }
+    }
+    double mean = all_sum / ((double)L * E);
+    r->load_max_mean = mean > 0 ? all_max / mean : 0;
+    double var = all_sq / ((double)L * E) - mean * mean;
+    r->load_cv = mean > 0 ? sqrt(var > 0 ? var : 0) / mean : 0;
+    double rows_mean = 0;
+    for (int i = 0; i < n; i++) {
+        rows_mean += (double)r->dev[i].expert_rows / n;
+        if (r->dev[i].expert_rows > r->dev[r->busiest].expert_rows) r->busiest = i;
+    }
+    r->busiest_vs_mean = rows_mean > 0 ? (double)r->dev[r->busiest].expert_rows / rows_mean : 0;
+
+    /* scaling */
+    r->t1 = t1;
+    if (t1 > 0 && r->e2e > 0) {
+        r->speedup = t1 / r->e2e;
+        r->efficiency = r->speedup / n;
+    }
+    return MOEMU_OK;
+}
+
+void report_free(report_t *r)
+{
+    free(r->load_owned);
+    free(r->dev);
+    free(r->ttft);
+    free(r->bubble);
+    memset(r, 0, sizeof *r);
+}
+
+moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
+                                 const dist_opts_t *main, int *record)
+{
+    dist_opts_t o = {.micro_batches = main->strategy.dp * main->micro_batches, .hw = main->hw,
+                     .cluster = {.no_limit = true, .nodata = true}, .dry = true};
+    par_strategy_default(&o.strategy);
+    route_src_t src;
+    route_replay_record(&src, record, &w->cfg, wl);
+    o.routing = &src;
+    model_opts_t mo = {0};
+    model_out_t out;
+    emu_cluster_t *cl;
+    MOEMU_CHECK(dist_generate(&out, &cl, w, wl, &o, &mo));
+    *t1 = emu_dev_clock(emu_cluster_dev(cl, 0));
+    model_out_free(&out);
+    emu_cluster_destroy(cl);
+    return MOEMU_OK;
+}
+
+moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
+                              const dist_opts_t *o, const char *routing, uint64_t seed,
+                              bool scaling)
+{
+    memset(r, 0, sizeof *r);
+    wts_t w;
+    route_src_t src;
+    model_out_t out = {0};
+    emu_cluster_t *cl = NULL;
+    size_t n;
+    int *record = NULL;
+    double t1 = 0;
+    MOEMU_CHECK(wts_address_only(&w, cfg));
+    moemu_status_t st = route_open(&src, routing, cfg, wl, seed);
+    if (st != MOEMU_OK) {
+        wts_free(&w);
+        return st;
+    }
+    dist_opts_t d = *o;
+    d.dry = true;
+    d.routing = &src;
+    d.cluster.nodata = true;
+    if (scaling && !(record = route_record_new(cfg, wl, &n)))
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+    model_opts_t mo = {.route = record};
+    if (st == MOEMU_OK) st = dist_generate(&out, &cl, &w, wl, &d, &mo);
+    if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, record);
+    if (st == MOEMU_OK) st = report_build(r, cl, &out, cfg, wl, &d, t1);
+    /* the report keeps the load matrix: hand it over */
+    if (st == MOEMU_OK) {
+        r->load_owned = out.expert_load;
+        out.expert_load = NULL;
+    }
+    model_out_free(&out);
+    emu_cluster_destroy(cl);
+    free(record);
+    route_close(&src);
+    wts_free(&w);
+    return st;
+}
+
+static const char *gb(double bytes, char buf[32])
+{
+    snprintf(buf, 32, "%.2f", bytes / 1e9);
+    return buf;
+}
+
+void report_print(const report_t *r, FILE *f)
+{
+    char a[32], b[32], c[32], d[32], e[32], g[32];
+    fprintf(f, "\nreport: %s on %d devices of %s (virtual time)\n", r->strategy, r->devices,
+            r->hw);
+    fprintf(f, "latency\n");
+    fprintf(f, "  time to first token, batch   %10.3f ms  (per sequence: min %.3f, mean %.3f, "
+               "max %.3f)\n", 1e3 * r->ttft_batch, 1e3 * r->ttft_min, 1e3 * r->ttft_mean,
+            1e3 * r->ttft_max);
+    fprintf(f, "  time per output token        %10.3f ms\n", 1e3 * r->tpot);
+    fprintf(f, "  end to end                   %10.3f ms\n", 1e3 * r->e2e);
+    fprintf(f, "throughput (tokens/ms)           overall  per device\n");
+    fprintf(f, "  prefill                      %10.2f  %10.3f\n", r->prefill_tpms,
+            r->prefill_tpms / r->devices);
+    fprintf(f, "  decode                       %10.2f  %10.3f\n", r->decode_tpms,
+            r->decode_tpms / r->devices);
+    fprintf(f, "  all tokens                   %10.2f  %10.3f\n", r->total_tpms,
+            r->total_tpms / r->devices);
+    fprintf(f, "devices (ms; clock = compute + memory + comm + idle; memory in GB)\n");
+    fprintf(f, "  %4s %4s %5s %10s %9s %9s %9s %9s %6s %6s %8s %8s %8s %8s %8s %8s\n", "dev",
+            "node", "stage", "clock", "compute", "memory", "comm", "idle", "MFU", "BW", "weights",
+            "kv", "act", "comm", "peak", "capacity");
+    for (int i = 0; i < r->devices; i++) {
+        const report_dev_t *v = &r->dev[i];
+        fprintf(f, "  %4d %4d %5d %10.3f %9.3f %9.3f %9.3f %9.3f %5.1f%% %5.1f%% %8s %8s %8s "
+                   "%8s %8s %8s\n",
+                v->rank, v->node, v->stage, 1e3 * v->clock, 1e3 * v->compute, 1e3 * v->memory,
+                1e3 * v->comm, 1e3 * v->idle, 100 * v->mfu, 100 * v->bw_util,
+                gb(v->mem[EMU_MEM_WEIGHTS], a), gb(v->mem[EMU_MEM_KV], b),
+                gb(v->mem[EMU_MEM_ACT], c), gb(v->mem[EMU_MEM_COMM], d), gb(v->mem_peak, e),
+                gb(v->capacity, g));
+    }
+    fprintf(f, "communication (all devices)      calls       bytes     time ms\n");
+    for (int k = 0; k < EMU_COLL__COUNT; k++)
+        for (int l = 0; l < EMU_LINK__COUNT; l++) {
+            const report_comm_t *m = &r->comm[k][l];
+            if (m->calls == 0) continue;
+            fprintf(f, "  %-14s %-10s %10.0f %11s %11.3f\n", emu_coll_name(k), emu_link_name(l),
+                    m->calls, emu_fmt_bytes(m->bytes, a), 1e3 * m->time);
+        }
+    fprintf(f, "  communication not overlapped by computation: %.1f%% of end to end "
+               "(mean over devices; max %.1f%%)\n", 100 * r->exposed_comm_mean,
+            100 * r->exposed_comm_max);
+    fprintf(f, "pipeline bubble per stage:");
+    for (int s = 0; s < r->stages; s++) fprintf(f, " %d: %.1f%%", s, 100 * r->bubble[s]);
+    fprintf(f, "\nexpert load\n");
+    fprintf(f, "  assignments %lld, dropped %lld (%.2f%%)\n", (long long)r->assignments,
+            (long long)r->dropped, r->assignments ? 100.0 * r->dropped / r->assignments : 0);
+    fprintf(f, "  tokens per expert: max/mean %.2f, coefficient of variation %.3f; worst layer "
+               "%d (max/mean %.2f)\n", r->load_max_mean, r->load_cv, r->load_worst_layer,
+            r->load_worst_layer_max_mean);
+    fprintf(f, "  busiest device %d: %lld expert rows, %.2f x the mean\n", r->busiest,
+            (long long)r->dev[r->busiest].expert_rows, r->busiest_vs_mean);
+    if (r->t1 > 0)
+        fprintf(f, "scaling: one device %.3f ms; speedup %.2f on %d devices, efficiency %.1f%%\n",
+                1e3 * r->t1, r->speedup, r->devices, 100 * r->efficiency);
+}
+
+json_t *report_json(const report_t *r)
+{
+    json_t *devs = json_array(), *comm = json_array(), *load = json_array(),
+           *bubble = json_array(), *ttft = json_array();
+    for (int i = 0; i < r->devices; i++) {
+        const report_dev_t *v = &r->dev[i];
+        json_t *mem = json_object();
+        for (int m = 0; m < EMU_MEM__COUNT; m++)
+            json_object_set_new(mem, emu_mem_name(m), json_real(v->mem[m]));
+        json_object_set_new(mem, "peak", json_real(v->mem_peak));
+        json_object_set_new(mem, "capacity", json_real(v->capacity));
+        json_array_append_new(
+            devs, json_pack("{s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:o, "
+                            "s:I}",
+                            "rank", v->rank, "node", v->node, "stage", v->stage, "clock_s",
+                            v->clock, "compute_s", v->compute, "memory_s", v->memory, "comm_s",
+                            v->comm, "idle_s", v->idle, "flops", v->flops, "bytes", v->bytes,
+                            "mfu", v->mfu, "bw_util", v->bw_util, "memory_bytes", mem,
+                            "expert_rows", (json_int_t)v->expert_rows));
+    }
+    for (int k = 0; k < EMU_COLL__COUNT; k++)
+        for (int l = 0; l < EMU_LINK__COUNT; l++)
+            if (r->comm[k][l].calls > 0)
+                json_array_append_new(
+                    comm, json_pack("{s:s, s:s, s:f, s:f, s:f}", "collective", emu_coll_name(k),
+                                    "link", emu_link_name(l), "calls", r->comm[k][l].calls,
+                                    "bytes", r->comm[k][l].bytes, "time_s", r->comm[k][l].time));
+    for (int l = 0; l < r->layers; l++) {
+        json_t *row = json_array();
+        for (int e = 0; e < r->experts; e++)
+            json_array_append_new(row, json_integer(r->load[(size_t)l * r->experts + e]));
+        json_array_append_new(load, row);
+    }
+    for (int s = 0; s < r->stages; s++) json_array_append_new(bubble, json_real(r->bubble[s]));
+    for (int b = 0; b < r->batch; b++) json_array_append_new(ttft, json_real(r->ttft[b]));
+    json_t *root = json_pack(
+        "{s:s, s:s, s:i, s:I, s:I, "
+        "s:{s:f, s:f, s:f, s:f, s:f, s:f, s:o}, "
+        "s:{s:f, s:f, s:f, s:f, s:f, s:f}, "
+        "s:o, s:{s:o, s:f, s:f, s:f, s:f}, s:o, "
+        "s:{s:o, s:f, s:f, s:i, s:f, s:I, s:I, s:i, s:f}, "
+        "s:{s:f, s:f, s:f}}",
+        "strategy", r->strategy, "hw", r->hw, "devices", r->devices, "prompt_tokens",
+        (json_int_t)r->prompt_tokens, "generated_tokens", (json_int_t)r->generated_tokens,
+        "latency", "ttft_batch_s", r->ttft_batch, "ttft_min_s", r->ttft_min, "ttft_mean_s",
+        r->ttft_mean, "ttft_max_s", r->ttft_max, "tpot_s", r->tpot, "e2e_s", r->e2e,
+        "ttft_per_sequence_s", ttft,
+        "throughput_tokens_per_ms", "prefill", r->prefill_tpms, "prefill_per_device",
+        r->prefill_tpms / r->devices, "decode", r->decode_tpms, "decode_per_device",
+        r->decode_tpms / r->devices, "total", r->total_tpms, "total_per_device",
+        r->total_tpms / r->devices,
+        "devices_detail", devs, "communication", "by_kind", comm, "bytes", r->comm_bytes,
+        "time_s", r->comm_time, "exposed_fraction_mean", r->exposed_comm_mean,
+        "exposed_fraction_max", r->exposed_comm_max, "pipeline_bubble", bubble,
+        "expert_load", "tokens_per_expert", load, "max_over_mean", r->load_max_mean, "cv",
+        r->load_cv, "worst_layer", r->load_worst_layer, "worst_layer_max_over_mean",
+        r->load_worst_layer_max_mean, "assignments", (json_int_t)r->assignments, "dropped",
+        (json_int_t)r->dropped, "busiest_device", r->busiest, "busiest_vs_mean",
+        r->busiest_vs_mean,
+        "scaling", "one_device_s", r->t1, "speedup", r->speedup, "efficiency", r->efficiency);
+    return root;
+}
+
+moemu_status_t report_csv(const report_t *r, const char *path)
+{
+    char *tmp;
+    FILE *f;
+    MOEMU_CHECK(outfile_open(path, &tmp, &f));
+    fprintf(f, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,flops,bytes,mfu,"
+               "bw_util,weights_bytes,kv_bytes,activations_bytes,comm_bytes,other_bytes,"
+               "peak_bytes,capacity_bytes,expert_rows\n");
+    for (int i = 0; i < r->devices; i++) {
+        const report_dev_t *v = &r->dev[i];
+        fprintf(f, "%d,%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.9g,%.9g,%.9g,%.9g,"
+                   "%.9g,%.9g,%.9g,%lld\n",
+                v->rank, v->node, v->stage, v->clock, v->compute, v->memory, v->comm, v->idle,
+                v->flops, v->bytes, v->mfu, v->bw_util, v->mem[EMU_MEM_WEIGHTS],
+                v->mem[EMU_MEM_KV], v->mem[EMU_MEM_ACT], v->mem[EMU_MEM_COMM],
+                v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows);
+    }
+    return outfile_commit(path, tmp, f, true);
+}

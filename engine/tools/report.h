@@ -1,0 +1,81 @@
+/* report: the figures of a run on emulated devices (DESIGN.md, Outputs):
+ * latency, throughput, time and memory per device, communication, pipeline
+ * bubbles, expert load and scaling against one device. docs/report.md
+ * defines each figure. */
+#ifndef MOEMU_REPORT_H
+#define MOEMU_REPORT_H
+
+#include <jansson.h>
+#include <stdio.h>
+
+#include "engine/run/dist.h"
+
+typedef struct {
+    int rank, node, stage;
+    double clock;                    /* virtual seconds */
+    double compute, memory, comm, idle; /* clock = compute + memory + comm + idle */
+    double flops, bytes;             /* kernels' */
+    double mfu, bw_util;             /* achieved: flops / (clock * peak), ... */
+    double mem[EMU_MEM__COUNT];      /* peak per category, bytes */
+    double mem_peak, capacity;       /* peak of the total */
+    double recv_idle;                /* idle waiting for pipeline messages */
+    int64_t expert_rows;             /* expert rows it computed */
+} report_dev_t;
+
+typedef struct {
+    double calls, bytes, time;       /* summed over devices */
+} report_comm_t;
+
+typedef struct {
+    /* the run */
+    int devices, stages, batch, decode, layers, experts;
+    int64_t prompt_tokens, generated_tokens;
+    char strategy[128], hw[64];
+    /* latency, virtual seconds */
+    double ttft_batch, ttft_min, ttft_mean, ttft_max, tpot, e2e;
+    double *ttft;                    /* (batch) per sequence */
+    /* throughput, tokens per virtual millisecond */
+    double prefill_tpms, decode_tpms, total_tpms;
+    report_dev_t *dev;               /* (devices) */
+    report_comm_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
+    double comm_bytes, comm_time;    /* summed over devices */
+    double exposed_comm_mean, exposed_comm_max; /* comm / e2e per device */
+    double *bubble;                  /* (stages) */
+    /* expert load */
+    const int64_t *load;             /* (layers, experts), the run's */
+    int64_t *load_owned;             /* the same, when the report owns it */
+    double load_max_mean, load_cv;   /* over every (layer, expert) */
+    double load_worst_layer_max_mean;
+    int load_worst_layer;
+    int64_t assignments, dropped;
+    int busiest;                     /* device with the most expert rows */
+    double busiest_vs_mean;
+    /* scaling */
+    double t1, speedup, efficiency;  /* t1: one device of the same kind */
+} report_t;
+
+/* Build the report of a run. t1 is the same workload's virtual time on one
+ * device (0 if not measured). */
+moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
+                            const cfg_model_t *cfg, const wl_t *wl, const dist_opts_t *o,
+                            double t1);
+void report_free(report_t *r);
+
+/* The same workload's virtual time on one device of the same kind, no
+ * memory limit, replaying record (a routing record of the run, shape
+ * (layers, batch, positions, k)): the scaling reference. Its micro-batches
+ * are o's DP replicas x micro-batches. */
+moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
+                                 const dist_opts_t *o, int *record);
+
+/* A whole dry run of wl under o (o->dry, routing and nodata are set here;
+ * routing is a --routing spec, seed its seed) and its report; with
+ * scaling, the one-device reference too (else t1 = 0). */
+moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
+                              const dist_opts_t *o, const char *routing, uint64_t seed,
+                              bool scaling);
+void report_print(const report_t *r, FILE *f);
+json_t *report_json(const report_t *r);
+moemu_status_t report_csv(const report_t *r, const char *path);
+
+#endif
