@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "engine/model.h"
+#include "engine/run/model.h"
 
 static double dev_flops(const emu_dev_t *dev)
 {

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/config.h"
+#include "engine/models/config.h"
 
 /* Mistral AI's config.json for Mixtral-8x7B-v0.1, as published. */
 static const char mixtral_json[] =

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/check.h"
+#include "engine/tools/check.h"
 
 /* tiny: GQA (2 kv heads under TP4), vocabulary 97 that no TP divides.
  * odd: 8 heads over 2 kv heads, vocabulary 250 (TP4 does not divide it),

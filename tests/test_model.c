@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/model.h"
+#include "engine/run/model.h"
 
 typedef struct {
     cfg_model_t cfg;

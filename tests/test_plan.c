@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/plan.h"
+#include "engine/tools/plan.h"
 
 static char dir[64];
 

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/report.h"
+#include "engine/tools/report.h"
 
 /* ---- hardware with round numbers */
 

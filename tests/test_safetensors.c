@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/safetensors.h"
+#include "engine/models/safetensors.h"
 
 /* ---- a fresh directory per test (Criterion runs each in its own process) */
 

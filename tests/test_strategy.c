@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/config.h"
+#include "engine/models/config.h"
 #include "parallel/par.h"
 
 static par_dims_t dims_of(const char *model)

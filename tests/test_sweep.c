@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/sweep.h"
+#include "engine/tools/sweep.h"
 
 static cfg_model_t tiny(void)
 {

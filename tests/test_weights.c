@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/safetensors.h"
-#include "engine/weights.h"
+#include "engine/models/safetensors.h"
+#include "engine/models/weights.h"
 
 static char dir[64];
 
