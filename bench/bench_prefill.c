@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "engine/run/model.h"
+#include "engine/run/runner.h"
 
 static double dev_flops(const emu_dev_t *dev)
 {
@@ -54,21 +54,22 @@ int main(int argc, char **argv)
     wl_opts_t wo = {.batch = batch, .prompt_len = len, .decode = 1};
     if (wl_make(&wl, &wo, &cfg) != MOEMU_OK) return fail();
     if (wts_generate_all(&w, &cfg, 1) != MOEMU_OK) return fail();
-    emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
-                       .mem_capacity = 1e15};
+    emu_hw_t hw;
+    if (emu_hw_load("card-400tf-64gb", &hw) != MOEMU_OK) return fail();
+    runner_opts_t one;
+    runner_opts_one_device(&one, &hw, 1, 1);
 
     /* the engine: best of reps, each on a fresh device */
     double t_engine = 1e30, flops = 0;
     for (int r = 0; r < reps; r++) {
-        emu_dev_t *dev;
+        emu_cluster_t *cl;
         model_out_t out;
         model_opts_t mo = {0};
-        if (emu_dev_create(&spec, 0, true, &dev) != MOEMU_OK) return fail();
-        if (model_generate(&out, &w, &wl, dev, &mo) != MOEMU_OK) return fail();
-        flops = dev_flops(dev);
+        if (runner_generate(&out, &cl, &w, &wl, &one, &mo) != MOEMU_OK) return fail();
+        flops = dev_flops(emu_cluster_dev(cl, 0));
         if (out.wall_prefill < t_engine) t_engine = out.wall_prefill;
         model_out_free(&out);
-        emu_dev_destroy(dev);
+        emu_cluster_destroy(cl);
     }
 
     /* sgemm: the shape of an expert's first product, T/4 rows, repeated to

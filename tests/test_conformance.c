@@ -72,7 +72,7 @@ ParameterizedTest(case_t *k, conformance, matrix)
     wl_opts_t wo = {.lens = "7,12,5", .decode = 9, .seed = 5};
     wl_t wl;
     cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
-    dist_opts_t o = {.micro_batches = k->micro_batches};
+    runner_opts_t o = {.micro_batches = k->micro_batches};
     cr_assert_eq(par_strategy_parse(k->strategy, &o.strategy), MOEMU_OK, "%s", moemu_errmsg());
     if (k->pp_layers[0])
         cr_assert_eq(par_strategy_set_pp_layers(&o.strategy, k->pp_layers), MOEMU_OK);
@@ -123,7 +123,7 @@ Test(conformance, empty_replicas_and_micro_batches)
         wl_opts_t wo = {.lens = cases[i].lens, .decode = 4, .seed = 5};
         wl_t wl;
         cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
-        dist_opts_t o = {.micro_batches = cases[i].mb};
+        runner_opts_t o = {.micro_batches = cases[i].mb};
         cr_assert_eq(par_strategy_parse(cases[i].s, &o.strategy), MOEMU_OK);
         cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
         check_t c;

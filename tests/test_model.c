@@ -7,12 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/run/model.h"
+#include "engine/run/runner.h"
 
 typedef struct {
     cfg_model_t cfg;
     wts_t w;
-    emu_dev_t *dev;
+    runner_opts_t one; /* the one-device strategy */
+    double clock;      /* the last run's virtual time */
 } fixture_t;
 
 static void fixture(fixture_t *f, const char *model, double cf)
@@ -20,15 +21,26 @@ static void fixture(fixture_t *f, const char *model, double cf)
     cr_assert_eq(cfg_load(&f->cfg, model), MOEMU_OK, "%s", moemu_errmsg());
     f->cfg.capacity_factor = cf;
     cr_assert_eq(wts_generate_all(&f->w, &f->cfg, 11), MOEMU_OK, "%s", moemu_errmsg());
-    emu_spec_t spec = {.peak_flops = 1e14, .mfu = 0.5, .mem_bw = 1e12, .bw_util = 0.8,
-                       .mem_capacity = 1e12, .launch_s = 1e-6};
-    cr_assert_eq(emu_dev_create(&spec, 0, true, &f->dev), MOEMU_OK);
+    emu_hw_t hw = {.spec = {.peak_flops = 1e14, .mfu = 0.5, .mem_bw = 1e12, .bw_util = 0.8,
+                            .mem_capacity = 1e12, .launch_s = 1e-6},
+                   .topo = {.devices_per_node = 1, .intra_bw = 1e11, .inter_bw = 1e10}};
+    runner_opts_one_device(&f->one, &hw, 1, 1);
+}
+
+/* The model on one device: the runner on the one-device strategy. */
+static moemu_status_t generate(fixture_t *f, model_out_t *out, const wl_t *wl,
+                               const model_opts_t *o)
+{
+    emu_cluster_t *cl;
+    moemu_status_t st = runner_generate(out, &cl, &f->w, wl, &f->one, o);
+    if (st == MOEMU_OK) f->clock = emu_dev_clock(emu_cluster_dev(cl, 0));
+    if (st == MOEMU_OK) emu_cluster_destroy(cl);
+    return st;
 }
 
 static void fixture_free(fixture_t *f)
 {
     wts_free(&f->w);
-    emu_dev_destroy(f->dev);
 }
 
 /* A workload from explicit token lists. */
@@ -74,8 +86,8 @@ static void causality(double cf)
     workload(&wb, 1, len, tb, 1);
     model_opts_t o = {.prompt_logits = true};
     model_out_t oa, ob;
-    cr_assert_eq(model_generate(&oa, &f.w, &wa, f.dev, &o), MOEMU_OK, "%s", moemu_errmsg());
-    cr_assert_eq(model_generate(&ob, &f.w, &wb, f.dev, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(generate(&f, &oa, &wa, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(generate(&f, &ob, &wb, &o), MOEMU_OK, "%s", moemu_errmsg());
     int V = f.cfg.vocab_size;
     double e = rel_l2(oa.prompt_logits, ob.prompt_logits, (int64_t)(CUT + 1) * V);
     cr_assert_leq(e, 1e-6, "positions 0..%d changed by later tokens: rel L2 %g", CUT, e);
@@ -110,7 +122,7 @@ static void cache_equals_prefill(const char *model, int batch, const int *len)
     workload(&wl, batch, len, (const int *const *)tok, N);
     model_opts_t o = {.gen_logits = true};
     model_out_t out;
-    cr_assert_eq(model_generate(&out, &f.w, &wl, f.dev, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(generate(&f, &out, &wl, &o), MOEMU_OK, "%s", moemu_errmsg());
     int ext[8];
     for (int b = 0; b < batch; b++) {
         ext[b] = len[b] + N - 1;
@@ -120,7 +132,7 @@ static void cache_equals_prefill(const char *model, int batch, const int *len)
     workload(&wx, batch, ext, (const int *const *)tok, 1);
     model_opts_t ox = {.prompt_logits = true};
     model_out_t full;
-    cr_assert_eq(model_generate(&full, &f.w, &wx, f.dev, &ox), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(generate(&f, &full, &wx, &ox), MOEMU_OK, "%s", moemu_errmsg());
     int V = f.cfg.vocab_size;
     for (int b = 0; b < batch; b++)
         for (int s = 0; s < N; s++) {
@@ -166,11 +178,12 @@ Test(model, batch_and_groups_are_independent)
     }
     wl_t all;
     workload(&all, B, len, (const int *const *)tok, N);
-    const int groups[3] = {0, 1, 4};
-    model_opts_t o = {.n_groups = 2, .group_start = groups, .prompt_logits = true,
-                      .gen_logits = true};
+    /* the groups of two DP replicas: sequences 0..1 and 2..3 */
+    const int groups[3] = {0, 2, 4};
+    f.one.route_dp = 2;
+    model_opts_t o = {.prompt_logits = true, .gen_logits = true};
     model_out_t out;
-    cr_assert_eq(model_generate(&out, &f.w, &all, f.dev, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(generate(&f, &out, &all, &o), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_gt(out.dropped, 0, "capacity factor 1 should drop on this workload");
     int V = f.cfg.vocab_size;
     for (int g = 0; g < 2; g++) {
@@ -178,8 +191,9 @@ Test(model, batch_and_groups_are_independent)
         int nb = groups[g + 1] - groups[g];
         workload(&one, nb, len + groups[g], (const int *const *)tok + groups[g], N);
         model_opts_t oo = {.prompt_logits = true, .gen_logits = true};
+        f.one.route_dp = 1;
         model_out_t part;
-        cr_assert_eq(model_generate(&part, &f.w, &one, f.dev, &oo), MOEMU_OK);
+        cr_assert_eq(generate(&f, &part, &one, &oo), MOEMU_OK);
         for (int i = 0; i < nb; i++) {
             int b = groups[g] + i;
             for (int p = 0; p < len[b]; p++) {
@@ -210,15 +224,13 @@ Test(model, deterministic_and_charges_the_device)
     cr_assert_eq(wl_make(&wl, &wo, &f.cfg), MOEMU_OK, "%s", moemu_errmsg());
     model_opts_t o = {0};
     model_out_t a, b;
-    emu_dev_t *dev2;
-    cr_assert_eq(emu_dev_create(emu_dev_spec(f.dev), 1, true, &dev2), MOEMU_OK);
-    cr_assert_eq(model_generate(&a, &f.w, &wl, f.dev, &o), MOEMU_OK);
-    cr_assert_eq(model_generate(&b, &f.w, &wl, dev2, &o), MOEMU_OK);
+    cr_assert_eq(generate(&f, &a, &wl, &o), MOEMU_OK);
+    double first = f.clock;
+    cr_assert_eq(generate(&f, &b, &wl, &o), MOEMU_OK);
     cr_assert_eq(memcmp(a.generated, b.generated, sizeof(int) * 3 * 4), 0);
     cr_assert_eq(a.dropped, b.dropped);
-    cr_assert_gt(emu_dev_clock(f.dev), 0.0);
-    cr_assert_eq(emu_dev_clock(f.dev), emu_dev_clock(dev2), "the same run charges the same time");
-    emu_dev_destroy(dev2);
+    cr_assert_gt(first, 0.0);
+    cr_assert_eq(first, f.clock, "the same run charges the same time");
     cr_assert_eq(a.assignments, (int64_t)f.cfg.num_experts_per_tok * f.cfg.num_hidden_layers *
                                     (wl_prompt_tokens(&wl) + 3 * 3));
     model_out_free(&a);

@@ -74,7 +74,7 @@ typedef struct {
 /* Run wl under o: real math, or a dry run replaying a record (replay) or
  * drawing from a --routing spec (spec). With scaling, t1 is
  * report_one_device's. */
-static void run_start(run_t *x, const cfg_model_t *cfg, const wl_t *wl, dist_opts_t *o,
+static void run_start(run_t *x, const cfg_model_t *cfg, const wl_t *wl, runner_opts_t *o,
                       int *replay, const char *spec, bool scaling)
 {
     memset(x, 0, sizeof *x);
@@ -91,7 +91,7 @@ static void run_start(run_t *x, const cfg_model_t *cfg, const wl_t *wl, dist_opt
     x->record = route_record_new(cfg, wl, &x->nrec);
     cr_assert_not_null(x->record);
     model_opts_t mo = {.route = x->record};
-    cr_assert_eq(dist_generate(&x->out, &x->cl, &x->w, wl, o, &mo), MOEMU_OK, "%s",
+    cr_assert_eq(runner_generate(&x->out, &x->cl, &x->w, wl, o, &mo), MOEMU_OK, "%s",
                  moemu_errmsg());
     if (scaling)
         cr_assert_eq(report_one_device(&x->t1, &x->w, wl, o, x->record), MOEMU_OK, "%s",
@@ -100,7 +100,7 @@ static void run_start(run_t *x, const cfg_model_t *cfg, const wl_t *wl, dist_opt
                  moemu_errmsg());
 }
 
-static void run_free(run_t *x, dist_opts_t *o)
+static void run_free(run_t *x, runner_opts_t *o)
 {
     report_free(&x->r);
     model_out_free(&x->out);
@@ -123,9 +123,9 @@ static char *report_dump(const report_t *r)
     return s;
 }
 
-static dist_opts_t make_opts(const char *strategy, int micro_batches, emu_hw_t hw)
+static runner_opts_t make_opts(const char *strategy, int micro_batches, emu_hw_t hw)
 {
-    dist_opts_t o;
+    runner_opts_t o;
     memset(&o, 0, sizeof o);
     cr_assert_eq(par_strategy_parse(strategy, &o.strategy), MOEMU_OK, "%s", moemu_errmsg());
     o.micro_batches = micro_batches;
@@ -973,7 +973,7 @@ Test(closed_form, one_device_one_layer)
     small_cfg(&cfg, 1, 0);
     wl_t wl;
     make_wl(&wl, &cfg, "3,5", 3);
-    dist_opts_t o = make_opts("tp1", 1, round_hw(8));
+    runner_opts_t o = make_opts("tp1", 1, round_hw(8));
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, NULL, true);
     static hm_t m;
@@ -1011,7 +1011,7 @@ Test(closed_form, tp2_one_node)
     small_cfg(&cfg, 1, 0);
     wl_t wl;
     make_wl(&wl, &cfg, "3,5", 3);
-    dist_opts_t o = make_opts("tp2", 1, round_hw(8));
+    runner_opts_t o = make_opts("tp2", 1, round_hw(8));
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, NULL, true);
     static hm_t m;
@@ -1042,7 +1042,7 @@ Test(closed_form, pp2_four_micro_batches)
     small_cfg(&cfg, 2, 0);
     wl_t wl;
     make_wl(&wl, &cfg, "3,5,2,4", 3);
-    dist_opts_t o = make_opts("pp2", 4, round_hw(1));
+    runner_opts_t o = make_opts("pp2", 4, round_hw(1));
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, NULL, true);
     static hm_t m;
@@ -1093,7 +1093,7 @@ Test(closed_form, ep4_known_routing)
     make_wl(&wl, &cfg, "3,5,2,4", 2);
     int P = 5 + 1, rec[2 * 4 * 6 * 2];
     ep4_route(rec, wl.len, 4, P, 2);
-    dist_opts_t o = make_opts("dp4-ep4", 1, round_hw(2));
+    runner_opts_t o = make_opts("dp4-ep4", 1, round_hw(2));
     run_t x;
     run_start(&x, &cfg, &wl, &o, rec, NULL, true);
     static hm_t m;
@@ -1176,7 +1176,7 @@ ParameterizedTest(const addup_t *k, add_up, strategies)
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
     hw.topo.devices_per_node = k->devices_per_node;
-    dist_opts_t o = make_opts(k->strategy, k->micro_batches, hw);
+    runner_opts_t o = make_opts(k->strategy, k->micro_batches, hw);
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, k->routing[0] ? k->routing : NULL, true);
     const report_t *r = &x.r;
@@ -1303,7 +1303,7 @@ ParameterizedTest(const addup_t *k, add_up, strategies)
  * in order without overlap (tiling its clock, as docs/emulation.md says),
  * each category adding to the report's split, the last span ending at the
  * end to end time. */
-static void check_trace(const run_t *x, const dist_opts_t *o, const char *label)
+static void check_trace(const run_t *x, const runner_opts_t *o, const char *label)
 {
     char path[64];
     snprintf(path, sizeof path, "/tmp/moemu-report-XXXXXX");
@@ -1423,7 +1423,7 @@ Test(trace, real_math_pipeline)
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
     hw.topo.devices_per_node = 4;
-    dist_opts_t o = make_opts("pp2-dp2-tp2-ep2-sp", 2, hw);
+    runner_opts_t o = make_opts("pp2-dp2-tp2-ep2-sp", 2, hw);
     o.cluster.trace = true;
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, NULL, false);
@@ -1441,7 +1441,7 @@ Test(trace, dry_run_plan)
     cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
-    dist_opts_t o = make_opts("tp2-ep8-dp4-pp2", 1, hw);
+    runner_opts_t o = make_opts("tp2-ep8-dp4-pp2", 1, hw);
     o.cluster.trace = true;
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, "zipf:1", false);
@@ -1456,7 +1456,7 @@ Test(trace, closed_form_pipeline)
     small_cfg(&cfg, 2, 0);
     wl_t wl;
     make_wl(&wl, &cfg, "3,5,2,4", 3);
-    dist_opts_t o = make_opts("pp2", 4, round_hw(1));
+    runner_opts_t o = make_opts("pp2", 4, round_hw(1));
     o.cluster.trace = true;
     run_t x;
     run_start(&x, &cfg, &wl, &o, NULL, NULL, false);
@@ -1573,7 +1573,7 @@ static void same_under_jitter(const cfg_model_t *cfg, const wl_t *wl, const char
     hw.topo.devices_per_node = 4;
     char *ref = NULL;
     for (int run = 0; run < 6; run++) {
-        dist_opts_t o = make_opts(strategy, mb, hw);
+        runner_opts_t o = make_opts(strategy, mb, hw);
         o.cluster.jitter_us = run ? 200 : 0;
         o.cluster.jitter_seed = (uint64_t)run * 7919;
         run_t x;
@@ -1643,8 +1643,8 @@ ParameterizedTest(const dry_t *k, dry_run, equals_real_math)
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
     hw.topo.devices_per_node = 4;
-    dist_opts_t ro = make_opts(k->strategy, k->micro_batches, hw);
-    dist_opts_t doo = make_opts(k->strategy, k->micro_batches, hw);
+    runner_opts_t ro = make_opts(k->strategy, k->micro_batches, hw);
+    runner_opts_t doo = make_opts(k->strategy, k->micro_batches, hw);
     run_t real, dry;
     run_start(&real, &cfg, &wl, &ro, NULL, NULL, true);
     run_start(&dry, &cfg, &wl, &doo, real.record, NULL, true);

@@ -24,7 +24,7 @@ static cfg_model_t tiny(void)
 static par_dims_t dims_of(const cfg_model_t *c)
 {
     par_dims_t d;
-    dist_dims(c, &d);
+    family_of(c)->dims(c, &d);
     return d;
 }
 
@@ -252,7 +252,7 @@ Test(sweep, figures_equal_dry_runs_one_by_one, .timeout = 600)
     /* the top rows against report_dry_run of each alone, exactly */
     for (int i = 0; i < 5; i++) {
         const sweep_row_t *row = &sw.rows[i];
-        dist_opts_t d = {.strategy = row->strategy, .micro_batches = row->micro_batches,
+        runner_opts_t d = {.strategy = row->strategy, .micro_batches = row->micro_batches,
                          .hw = s.hw};
         report_t r;
         cr_assert_eq(report_dry_run(&r, &s.cfg, &s.wl, &d, "uniform", 5, false), MOEMU_OK,

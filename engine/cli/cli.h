@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-#include "engine/run/model.h"
+#include "engine/run/runner.h"
 
 int cli_run_main(int argc, char **argv);  /* moemu run */
 int cli_info_main(int argc, char **argv); /* moemu info */

@@ -263,19 +263,44 @@ static double cluster_flops(emu_cluster_t *cl)
 }
 
 /* The strategy, the hardware and the cluster options from the flags. */
-static moemu_status_t dist_setup(dist_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
+static moemu_status_t dist_setup(runner_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
 {
     memset(d, 0, sizeof *d);
     MOEMU_CHECK(par_strategy_parse(o->strategy, &d->strategy));
     if (o->pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&d->strategy, o->pp_layers));
     par_dims_t dims;
-    dist_dims(cfg, &dims);
+    family_of(cfg)->dims(cfg, &dims);
     int world = par_strategy_world(&d->strategy);
     MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->devices ? o->devices : world));
     MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, world, &d->hw, NULL));
     d->micro_batches = o->micro_batches;
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
     return MOEMU_OK;
+}
+
+/* No strategy: one device of the --hw kind, no memory limit. */
+static moemu_status_t one_device_setup(runner_opts_t *d, const run_opts_t *o)
+{
+    emu_hw_t hw;
+    MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, 1, &hw, NULL));
+    runner_opts_one_device(d, &hw, 1, 1);
+    return MOEMU_OK;
+}
+
+/* The one device's virtual figures, as the report would give them. */
+static void print_one_device(const runner_opts_t *d, emu_cluster_t *cl, const wl_t *wl,
+                             const model_out_t *out)
+{
+    emu_dev_t *dev = emu_cluster_dev(cl, 0);
+    double ttft = 0;
+    for (int b = 0; b < wl->batch && wl->decode > 0; b++)
+        if (out->token_time[(size_t)b * wl->decode] > ttft)
+            ttft = out->token_time[(size_t)b * wl->decode];
+    char peak[32], cap[32];
+    printf("one device of %s (virtual time): time to first token %.3f ms, end to end %.3f ms, "
+           "peak memory %s (capacity %s, not enforced)\n", d->hw.name, 1e3 * ttft,
+           1e3 * emu_dev_clock(dev), emu_fmt_bytes(emu_mem_total_peak(dev), peak),
+           emu_fmt_bytes(d->hw.spec.mem_capacity, cap));
 }
 
 static void print_summary(const char *label, const wl_t *wl, const model_out_t *out,
@@ -340,11 +365,12 @@ static json_t *generated_json(const wl_t *wl, const model_out_t *out)
 
 /* Report, trace and CSV of a run on emulated devices. */
 static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, const model_out_t *out,
-                                    const wts_t *w, const wl_t *wl, const dist_opts_t *dopt,
-                                    int *record, json_t *js)
+                                    const wts_t *w, const wl_t *wl, const runner_opts_t *dopt,
+                                    int *record, emu_cluster_t *base, json_t *js)
 {
-    double t1 = 0;
-    MOEMU_CHECK(report_one_device(&t1, w, wl, dopt, record));
+    /* the one-device reference: check's baseline when there is one */
+    double t1 = base ? emu_dev_clock(emu_cluster_dev(base, 0)) : 0;
+    if (!base) MOEMU_CHECK(report_one_device(&t1, w, wl, dopt, record));
     report_t r;
     MOEMU_CHECK(report_build(&r, cl, out, &w->cfg, wl, dopt, t1));
     report_print(&r, stdout);
@@ -355,7 +381,7 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
     if (st == MOEMU_OK && o->trace) st = emu_trace_write(cl, o->trace, "moemu");
     if (st == MOEMU_OK && o->record_routing)
         st = route_save(o->record_routing, record, w->cfg.num_hidden_layers, wl->batch,
-                        model_route_positions(wl), w->cfg.num_experts_per_tok);
+                        runner_route_positions(wl), w->cfg.num_experts_per_tok);
     return st;
 }
 
@@ -366,16 +392,15 @@ static int run(const run_opts_t *o)
     wts_t w = {0};
     model_out_t out = {0};
     check_t chk = {0};
-    emu_dev_t *dev = NULL;
     emu_cluster_t *cl = NULL;
     route_src_t src = {0};
     int *record = NULL;
     json_t *js = json_object();
-    dist_opts_t dopt;
+    runner_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cfg_load(&cfg, o->model);
     if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
-    if (st == MOEMU_OK && o->strategy) st = dist_setup(&dopt, o, &cfg);
+    if (st == MOEMU_OK) st = o->strategy ? dist_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
     if (st == MOEMU_OK && o->dry) {
         st = route_open(&src, o->routing ? o->routing : "uniform", &cfg, &wl, o->seed);
         dopt.dry = true;
@@ -413,7 +438,7 @@ static int run(const run_opts_t *o)
         st = check_run(&chk, &w, &wl, &dopt, o->rtol, cli_progress);
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
-        print_summary("baseline", &wl, &chk.base, chk.flops_base, chk.wall_base);
+        print_summary("baseline", &wl, &chk.base, cluster_flops(chk.base_cluster), chk.wall_base);
         cl = chk.cluster;
         shown = &chk.strategy;
         print_summary("strategy", &wl, &chk.strategy, cluster_flops(cl), chk.wall_strategy);
@@ -427,16 +452,13 @@ static int run(const run_opts_t *o)
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
                            .progress = cli_progress};
         double t0 = emu_host_seconds();
-        st = dist_generate(&out, &cl, &w, &wl, &dopt, &mo);
+        st = runner_generate(&out, &cl, &w, &wl, &dopt, &mo);
         double wall = emu_host_seconds() - t0;
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
         if (!o->dry) print_summary("strategy", &wl, &out, cluster_flops(cl), wall);
         else printf("dry run: %.3f s wall\n", wall);
     } else {
-        /* one device of no limits: its budgets do not matter here */
-        emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
-                           .mem_capacity = 1e15};
         size_t n;
         if (o->record_routing && !(record = route_record_new(&cfg, &wl, &n))) {
             st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
@@ -444,18 +466,18 @@ static int run(const run_opts_t *o)
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
                            .progress = cli_progress};
-        if ((st = emu_dev_create(&spec, 0, true, &dev)) != MOEMU_OK) goto fail;
-        st = model_generate(&out, &w, &wl, dev, &mo);
+        st = runner_generate(&out, &cl, &w, &wl, &dopt, &mo);
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
         if (wl.decode > 1)
             printf("prefill  %lld tokens in %.3f s; decode %lld tokens in %.3f s\n",
                    (long long)wl_prompt_tokens(&wl), out.wall_prefill,
                    (long long)wl.batch * (wl.decode - 1), out.wall_decode);
-        print_summary("total   ", &wl, &out, device_flops(dev), out.wall_prefill + out.wall_decode);
+        print_summary("total   ", &wl, &out, cluster_flops(cl), out.wall_prefill + out.wall_decode);
+        print_one_device(&dopt, cl, &wl, &out);
         if (o->record_routing &&
             (st = route_save(o->record_routing, record, cfg.num_hidden_layers, wl.batch,
-                             model_route_positions(&wl), cfg.num_experts_per_tok)) != MOEMU_OK)
+                             runner_route_positions(&wl), cfg.num_experts_per_tok)) != MOEMU_OK)
             goto fail;
     }
     if (!o->dry) json_object_set_new(js, "generated", generated_json(&wl, shown));
@@ -464,7 +486,8 @@ static int run(const run_opts_t *o)
         report_check(&chk.r, &wl, &chk.base, &chk.strategy, js);
         if (!chk.r.pass) rc = CLI_EXIT_MISMATCH;
     }
-    if (cl && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record, js)) != MOEMU_OK)
+    if (o->strategy && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record,
+                                           o->check ? chk.base_cluster : NULL, js)) != MOEMU_OK)
         goto fail;
     if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
         goto fail;
@@ -481,7 +504,6 @@ done:
     }
     route_close(&src);
     model_out_free(&out);
-    emu_dev_destroy(dev);
     wts_free(&w);
     wl_free(&wl);
     return rc;

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "engine/models/config.h"
+#include "engine/models/family.h"
 
 /* ---- Built-in models */
 
@@ -21,7 +22,8 @@ static const cfg_model_t cfg_builtins[] = {
      * attention (Hkv < H), head_dim given apart from d / H, top-2 of 8.
      * V = 97 is prime so that tensor parallelism never divides it; four
      * layers make room for four pipeline stages. */
-    {.name = "tiny",
+    {.family = &family_mixtral,
+     .name = "tiny",
      .vocab_size = 97,
      .hidden_size = 64,
      .intermediate_size = 96,
@@ -40,7 +42,8 @@ static const cfg_model_t cfg_builtins[] = {
      .dtype = EMU_DTYPE_FP16,
      .num_shared_experts = 0,
      .shared_expert_intermediate_size = 96},
-    {.name = "moe-10b-plan",
+    {.family = &family_mixtral,
+     .name = "moe-10b-plan",
      .vocab_size = 32000,
      .hidden_size = 512,
      .intermediate_size = 1024,
@@ -59,7 +62,8 @@ static const cfg_model_t cfg_builtins[] = {
      .dtype = EMU_DTYPE_FP16,
      .num_shared_experts = 0,
      .shared_expert_intermediate_size = 1024},
-    {.name = "moe-30b-plan",
+    {.family = &family_mixtral,
+     .name = "moe-30b-plan",
      .vocab_size = 32000,
      .hidden_size = 1024,
      .intermediate_size = 2048,
@@ -668,6 +672,21 @@ static moemu_status_t cfg_get_act(const cfg_src_t *src, layer_act_t *out)
     return MOEMU_OK;
 }
 
+/* model_type names the family; none is moemu's own (Mixtral) format. */
+static moemu_status_t cfg_get_family(const cfg_src_t *src, const model_family_t **out)
+{
+    const char *type = NULL;
+    MOEMU_CHECK(cfg_get_str(src, "model_type", &type));
+    *out = &family_mixtral;
+    if (!type) return MOEMU_OK;
+    if (!(*out = family_find(type)))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "%s: config key 'model_type' = \"%.40s\" is not a "
+                          "family moemu implements (%s)",
+                          src->label, type, family_names());
+    return MOEMU_OK;
+}
+
 static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
                                     const char *label)
 {
@@ -684,6 +703,7 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
     cfg_model_t c;
     memset(&c, 0, sizeof c);
     cfg_set_name(&c, label);
+    MOEMU_CHECK(cfg_get_family(&src, &c.family));
     static const struct {
         const char *key;
         size_t off;

@@ -10,7 +10,10 @@
 #include "emu/emu.h"
 #include "layers/layers.h"
 
+typedef struct model_family model_family_t; /* engine/models/family.h */
+
 typedef struct {
+    const model_family_t *family; /* from model_type; Mixtral without it */
     char name[64];            /* built-in name or the file's base name */
     int vocab_size;           /* V */
     int hidden_size;          /* d */

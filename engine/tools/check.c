@@ -50,7 +50,7 @@ static void compare_all(check_result_t *r, const cfg_model_t *cfg, const wl_t *w
                 r->first_token = i;
                 break;
             }
-    int64_t pairs = (int64_t)cfg->num_hidden_layers * B * model_route_positions(wl);
+    int64_t pairs = (int64_t)cfg->num_hidden_layers * B * runner_route_positions(wl);
     for (int64_t t = 0; t < pairs; t++) {
         if (rb[t * k] == INT32_MIN) continue; /* no token at this position */
         r->routed++;
@@ -68,47 +68,39 @@ static void compare_all(check_result_t *r, const cfg_model_t *cfg, const wl_t *w
     r->pass = r->rel_l2 <= r->rtol && r->first_seq < 0;
 }
 
-moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const dist_opts_t *o,
+moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runner_opts_t *o,
                          double rtol, void (*progress)(void *, const char *, int, int, int, int))
 {
     memset(c, 0, sizeof *c);
     const cfg_model_t *cfg = &w->cfg;
-    int ng = o->strategy.dp * o->micro_batches;
-    size_t nroute = (size_t)cfg->num_hidden_layers * wl->batch * model_route_positions(wl) *
+    size_t nroute = (size_t)cfg->num_hidden_layers * wl->batch * runner_route_positions(wl) *
                     cfg->num_experts_per_tok;
-    int *gs = malloc(sizeof(int) * (size_t)(ng + 1)), *route = malloc(sizeof(int) * (2 * nroute + 1));
-    emu_dev_t *dev = NULL;
+    int *route = malloc(sizeof(int) * (2 * nroute + 1));
     moemu_status_t st = MOEMU_OK;
-    if (!gs || !route) {
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing records");
-        goto done;
-    }
-    /* the baseline routes in the strategy's groups: DP replicas x micro-batches */
-    model_routing_groups(wl->batch, o->strategy.dp, o->micro_batches, gs);
+    if (!route) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing records");
     for (size_t i = 0; i < 2 * nroute; i++) route[i] = INT32_MIN;
-    emu_spec_t spec = {.peak_flops = 1e15, .mfu = 1, .mem_bw = 1e12, .bw_util = 1,
-                       .mem_capacity = 1e15};
-    model_opts_t mb = {.n_groups = ng, .group_start = gs, .prompt_logits = true,
-                       .gen_logits = true, .route = route, .progress = progress};
-    if ((st = emu_dev_create(&spec, 0, true, &dev)) != MOEMU_OK) goto done;
+    /* the baseline: one device of the same kind, routing in the strategy's
+     * groups (DP replicas x micro-batches) */
+    runner_opts_t one;
+    runner_opts_one_device(&one, &o->hw, o->strategy.dp, o->micro_batches);
+    model_opts_t mb = {.prompt_logits = true, .gen_logits = true, .route = route,
+                       .progress = progress};
     double t0 = emu_host_seconds();
-    if ((st = model_generate(&c->base, w, wl, dev, &mb)) != MOEMU_OK) goto done;
+    if ((st = runner_generate(&c->base, &c->base_cluster, w, wl, &one, &mb)) != MOEMU_OK)
+        goto done;
     c->wall_base = emu_host_seconds() - t0;
-    for (int k = 0; k < EMU_KERNEL__COUNT; k++) c->flops_base += emu_dev_kernel_stats(dev, k)->flops;
     model_opts_t ms = {.prompt_logits = true, .gen_logits = true, .route = route + nroute,
                        .progress = progress};
     t0 = emu_host_seconds();
-    if ((st = dist_generate(&c->strategy, &c->cluster, w, wl, o, &ms)) != MOEMU_OK) goto done;
+    if ((st = runner_generate(&c->strategy, &c->cluster, w, wl, o, &ms)) != MOEMU_OK) goto done;
     c->wall_strategy = emu_host_seconds() - t0;
     c->r.rtol = rtol;
     compare_all(&c->r, cfg, wl, &c->base, &c->strategy, route, route + nroute);
-    /* keep the strategy's record for the report's scaling run */
+    /* keep the strategy's record for a dry replay */
     c->route_strategy = malloc(sizeof(int) * (nroute + 1));
     if (!c->route_strategy) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot keep the routing record");
     else memcpy(c->route_strategy, route + nroute, sizeof(int) * nroute);
 done:
-    emu_dev_destroy(dev);
-    free(gs);
     free(route);
     if (st != MOEMU_OK) check_free(c);
     return st;
@@ -119,7 +111,8 @@ void check_free(check_t *c)
     model_out_free(&c->base);
     model_out_free(&c->strategy);
     emu_cluster_destroy(c->cluster);
-    c->cluster = NULL;
+    emu_cluster_destroy(c->base_cluster);
+    c->cluster = c->base_cluster = NULL;
     free(c->route_strategy);
     c->route_strategy = NULL;
 }

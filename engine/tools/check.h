@@ -3,7 +3,7 @@
 #ifndef MOEMU_CHECK_H
 #define MOEMU_CHECK_H
 
-#include "engine/run/dist.h"
+#include "engine/run/runner.h"
 
 typedef struct {
     int64_t compared;      /* logits compared: every prompt position and
@@ -21,16 +21,17 @@ typedef struct {
 
 typedef struct {
     model_out_t base, strategy;
-    emu_cluster_t *cluster; /* the strategy's devices */
+    emu_cluster_t *cluster;      /* the strategy's devices */
+    emu_cluster_t *base_cluster; /* the baseline's one device: its clock is
+                                    the report's one-device reference */
     double wall_base, wall_strategy;
-    double flops_base; /* charged to the baseline's device */
     int *route_strategy; /* the strategy's routing record (L, B, P, k) */
     check_result_t r;
 } check_t;
 
 /* Run both and compare. progress as in model_opts_t (may be NULL). */
 moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl,
-                         const dist_opts_t *o, double rtol,
+                         const runner_opts_t *o, double rtol,
                          void (*progress)(void *, const char *, int, int, int, int));
 void check_free(check_t *c);
 

@@ -431,7 +431,7 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
     cfg_figures_t fig;
     cfg_figures(cfg, &fig);
     par_dims_t dims;
-    dist_dims(cfg, &dims);
+    family_of(cfg)->dims(cfg, &dims);
     char a[64], b[64];
 
     fprintf(f, "plan %s (%s)\n", p->name, p->path);
@@ -538,7 +538,7 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
     /* ---- the full workload, dry */
     wl_t wl;
     MOEMU_CHECK(wl_make(&wl, &p->wl, cfg));
-    dist_opts_t d = {.strategy = run, .micro_batches = p->micro_batches, .hw = p->hw};
+    runner_opts_t d = {.strategy = run, .micro_batches = p->micro_batches, .hw = p->hw};
     report_t rep;
     st = report_dry_run(&rep, cfg, &wl, &d, o->routing ? o->routing : "uniform", p->wl.seed, true);
     bool fits = st == MOEMU_OK;
@@ -616,7 +616,7 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
             wl_free(&swl);
             return st;
         }
-        dist_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
+        runner_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
                           .cluster = {.no_limit = true}};
         check_t c;
         st = check_run(&c, &w, &swl, &sd, 1e-5, o->progress);

@@ -19,7 +19,7 @@ static double sum_kernels(const emu_dev_t *d, int what)
 }
 
 moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
-                            const cfg_model_t *cfg, const wl_t *wl, const dist_opts_t *o,
+                            const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
                             double t1)
 {
     memset(r, 0, sizeof *r);
@@ -167,18 +167,19 @@ void report_free(report_t *r)
 }
 
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
-                                 const dist_opts_t *main, int *record)
+                                 const runner_opts_t *main, int *record)
 {
-    dist_opts_t o = {.micro_batches = main->strategy.dp * main->micro_batches, .hw = main->hw,
-                     .cluster = {.no_limit = true, .nodata = true}, .dry = true};
-    par_strategy_default(&o.strategy);
+    runner_opts_t o;
+    runner_opts_one_device(&o, &main->hw, main->strategy.dp, main->micro_batches);
+    o.cluster.nodata = true;
+    o.dry = true;
     route_src_t src;
     route_replay_record(&src, record, &w->cfg, wl);
     o.routing = &src;
     model_opts_t mo = {0};
     model_out_t out;
     emu_cluster_t *cl;
-    MOEMU_CHECK(dist_generate(&out, &cl, w, wl, &o, &mo));
+    MOEMU_CHECK(runner_generate(&out, &cl, w, wl, &o, &mo));
     *t1 = emu_dev_clock(emu_cluster_dev(cl, 0));
     model_out_free(&out);
     emu_cluster_destroy(cl);
@@ -186,7 +187,7 @@ moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
 }
 
 moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
-                              const dist_opts_t *o, const char *routing, uint64_t seed,
+                              const runner_opts_t *o, const char *routing, uint64_t seed,
                               bool scaling)
 {
     memset(r, 0, sizeof *r);
@@ -203,14 +204,14 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
         wts_free(&w);
         return st;
     }
-    dist_opts_t d = *o;
+    runner_opts_t d = *o;
     d.dry = true;
     d.routing = &src;
     d.cluster.nodata = true;
     if (scaling && !(record = route_record_new(cfg, wl, &n)))
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
     model_opts_t mo = {.route = record};
-    if (st == MOEMU_OK) st = dist_generate(&out, &cl, &w, wl, &d, &mo);
+    if (st == MOEMU_OK) st = runner_generate(&out, &cl, &w, wl, &d, &mo);
     if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, record);
     if (st == MOEMU_OK) st = report_build(r, cl, &out, cfg, wl, &d, t1);
     /* the report keeps the load matrix: hand it over */

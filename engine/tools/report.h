@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <stdio.h>
 
-#include "engine/run/dist.h"
+#include "engine/run/runner.h"
 
 typedef struct {
     int rank, node, stage;
@@ -57,22 +57,22 @@ typedef struct {
 /* Build the report of a run. t1 is the same workload's virtual time on one
  * device (0 if not measured). */
 moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
-                            const cfg_model_t *cfg, const wl_t *wl, const dist_opts_t *o,
+                            const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
                             double t1);
 void report_free(report_t *r);
 
 /* The same workload's virtual time on one device of the same kind, no
  * memory limit, replaying record (a routing record of the run, shape
- * (layers, batch, positions, k)): the scaling reference. Its micro-batches
- * are o's DP replicas x micro-batches. */
+ * (layers, batch, positions, k)): the scaling reference. It routes in o's
+ * groups (DP replicas x micro-batches), as check's baseline does. */
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
-                                 const dist_opts_t *o, int *record);
+                                 const runner_opts_t *o, int *record);
 
 /* A whole dry run of wl under o (o->dry, routing and nodata are set here;
  * routing is a --routing spec, seed its seed) and its report; with
  * scaling, the one-device reference too (else t1 = 0). */
 moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
-                              const dist_opts_t *o, const char *routing, uint64_t seed,
+                              const runner_opts_t *o, const char *routing, uint64_t seed,
                               bool scaling);
 void report_print(const report_t *r, FILE *f);
 json_t *report_json(const report_t *r);

@@ -106,12 +106,12 @@ static moemu_status_t route_table(sweep_ctx_t *x)
     const cfg_model_t *c = x->cfg;
     const wl_t *wl = x->wl;
     size_t n;
-    double bytes = 4.0 * c->num_hidden_layers * wl->batch * model_route_positions(wl) *
+    double bytes = 4.0 * c->num_hidden_layers * wl->batch * runner_route_positions(wl) *
                    c->num_experts_per_tok;
     if (bytes > (double)SWEEP_ROUTE_TABLE_MAX) return MOEMU_OK;
     if (!(x->record = route_record_new(c, wl, &n)))
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing table (%.0f bytes)", bytes);
-    int L = c->num_hidden_layers, P = model_route_positions(wl), k = c->num_experts_per_tok;
+    int L = c->num_hidden_layers, P = runner_route_positions(wl), k = c->num_experts_per_tok;
     int extra = wl->decode > 1 ? wl->decode - 1 : 0;
     for (int l = 0; l < L; l++)
         for (int b = 0; b < wl->batch; b++) {
@@ -138,14 +138,14 @@ static moemu_status_t run_one(sweep_row_t *row, sweep_ctx_t *x)
     /* unpinned threads: as fast or faster here (16 devices on 2 cores,
      * most of the time spent meeting in collectives); virtual time does
      * not depend on it */
-    dist_opts_t d = {.strategy = row->strategy, .micro_batches = row->micro_batches,
+    runner_opts_t d = {.strategy = row->strategy, .micro_batches = row->micro_batches,
                      .hw = *x->hw, .cluster = {.nodata = true, .no_pin = true}, .dry = true,
                      .routing = x->route};
     model_opts_t mo = {0};
     model_out_t out;
     emu_cluster_t *cl;
     row->capacity = x->hw->spec.mem_capacity;
-    moemu_status_t st = dist_generate(&out, &cl, &x->w, x->wl, &d, &mo);
+    moemu_status_t st = runner_generate(&out, &cl, &x->w, x->wl, &d, &mo);
     if (st == MOEMU_ERR_OOM) {
         row->fate = SWEEP_NO_FIT;
         snprintf(row->why, sizeof row->why, "%s", moemu_errmsg());
@@ -474,7 +474,7 @@ moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
     if (o->objective < 0 || o->objective >= SWEEP_OBJ__COUNT)
         return moemu_fail(MOEMU_ERR_INVALID, "objective %d: no such objective", (int)o->objective);
     par_dims_t dims;
-    dist_dims(cfg, &dims);
+    family_of(cfg)->dims(cfg, &dims);
     par_enum_opts_t en = o->enumerate;
     en.even_only = o->uneven == SWEEP_UNEVEN_OFF ||
                    (o->uneven == SWEEP_UNEVEN_AUTO && !sweep_uneven_helps(cfg));

@@ -18,7 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/run/dist.h"
+#include "engine/models/family.h"
+#include "engine/run/runner.h"
 
 enum { C_TP, C_CP, C_EP, C_ETP, C_REPLICA, C_PP, C__COUNT };
 
@@ -30,11 +31,11 @@ typedef struct {
     const wts_t *w;
     const cfg_model_t *c;
     const wl_t *wl;
-    const dist_opts_t *o;
+    const runner_opts_t *o;
     const model_opts_t *mo;
     const par_strategy_t *s;
     par_dims_t dims;
-    int world, route_pos;
+    int world, route_pos, route_dp;
     par_comm_t **comm;  /* (world, C__COUNT), NULL for a group of one */
     model_out_t *out;
     int64_t *assign, *dropped; /* (world) */
@@ -78,14 +79,6 @@ typedef struct {
     void *block;
     double block_bytes;
 } worker_t;
-
-void dist_dims(const cfg_model_t *c, par_dims_t *m)
-{
-    *m = (par_dims_t){.layers = c->num_hidden_layers, .heads = c->num_attention_heads,
-                      .kv_heads = c->num_key_value_heads, .experts = c->num_local_experts,
-                      .expert_ffn = c->intermediate_size, .shared_experts = c->num_shared_experts,
-                      .shared_ffn = c->shared_expert_intermediate_size, .vocab = c->vocab_size};
-}
 
 /* The rows of a pass on replica member (cp, tp), into r->seq, r->pos. */
 static void pass_rows(const worker_t *v, const pass_t *ps, int cp, int tp, rows_t *r)
@@ -567,6 +560,22 @@ static void dev_free(worker_t *v)
     free(v->seqs);
 }
 
+/* First sequences of the routing groups of replicas [r0, r0 + n) of a
+ * batch split over dp replicas, each split into mb micro-batches (DESIGN.md:
+ * par_split at both levels); mb_start has n * mb + 1 entries. */
+static void route_groups(int batch, int dp, int r0, int n, int mb, int *mb_start)
+{
+    for (int r = r0; r < r0 + n; r++) {
+        int lo, hi;
+        par_split(batch, dp, r, &lo, &hi);
+        for (int m = 0; m <= mb; m++) {
+            int a, z;
+            par_split(hi - lo, mb, m < mb ? m : mb - 1, &a, &z);
+            mb_start[(r - r0) * mb + m] = lo + (m < mb ? a : z);
+        }
+    }
+}
+
 static moemu_status_t dev_setup(worker_t *v)
 {
     dist_t *D = v->D;
@@ -597,7 +606,8 @@ static moemu_status_t dev_setup(worker_t *v)
     /* the replica's sequences and its micro-batches */
     int B = wl->batch, N = wl->decode;
     par_split(B, s->dp, v->pl.dp, &v->rb0, &v->rb1);
-    v->nmb = D->o->micro_batches;
+    int q = D->route_dp / s->dp; /* routing replicas inside this replica */
+    v->nmb = q * D->o->micro_batches;
     v->mb = calloc((size_t)v->nmb + 1, sizeof(int));
     v->tok = calloc((size_t)B + 1, sizeof(int));
     int nseq = v->rb1 - v->rb0, nl = v->pl.layer1 - v->pl.layer0;
@@ -607,11 +617,7 @@ static moemu_status_t dev_setup(worker_t *v)
     v->seqs = calloc(2 * (size_t)nseq + 1, sizeof *v->seqs);
     if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->seqs)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences", nseq);
-    for (int m = 0; m <= v->nmb; m++) {
-        int lo, hi;
-        par_split(nseq, v->nmb, m < v->nmb ? m : v->nmb - 1, &lo, &hi);
-        v->mb[m] = v->rb0 + (m < v->nmb ? lo : hi);
-    }
+    route_groups(B, D->route_dp, v->pl.dp * q, q, D->o->micro_batches, v->mb);
     /* the cache: this rank's prefill positions and its share of decode */
     int64_t kvf = 0;
     int kvd = v->kvl * v->hd, Tmax = nseq, Ttot = 0;
@@ -691,32 +697,65 @@ static moemu_status_t dev_main(emu_dev_t *dev, void *arg)
     worker_t v = {.D = D, .dev = dev, .rank = emu_dev_rank(dev)};
     moemu_status_t st = dev_setup(&v);
     int N = D->wl->decode;
+    double t0 = emu_host_seconds();
     for (int m = 0; st == MOEMU_OK && m < v.nmb; m++) {
         pass_t ps = {.b0 = v.mb[m], .b1 = v.mb[m + 1]};
         st = run_pass(&v, &ps);
     }
+    double t1 = emu_host_seconds();
     for (int step = 1; step < N && st == MOEMU_OK; step++)
         for (int m = 0; st == MOEMU_OK && m < v.nmb; m++) {
             pass_t ps = {.b0 = v.mb[m], .b1 = v.mb[m + 1], .decode = true, .step = step};
             st = run_pass(&v, &ps);
         }
+    if (v.rank == 0) {
+        D->out->wall_prefill = t1 - t0;
+        D->out->wall_decode = emu_host_seconds() - t1;
+    }
     dev_free(&v);
     return st;
 }
 
-moemu_status_t dist_generate(model_out_t *out, emu_cluster_t **cluster, const wts_t *w,
-                             const wl_t *wl, const dist_opts_t *o, const model_opts_t *mo)
+int runner_route_positions(const wl_t *wl)
+{
+    return wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
+}
+
+void model_out_free(model_out_t *out)
+{
+    free(out->generated);
+    free(out->prompt_logits);
+    free(out->gen_logits);
+    free(out->token_time);
+    free(out->expert_load);
+    free(out->device_rows);
+    memset(out, 0, sizeof *out);
+}
+
+void runner_opts_one_device(runner_opts_t *o, const emu_hw_t *hw, int route_dp, int micro_batches)
+{
+    *o = (runner_opts_t){.micro_batches = micro_batches, .route_dp = route_dp, .hw = *hw,
+                      .cluster = {.no_limit = true}};
+    par_strategy_default(&o->strategy);
+}
+
+moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const wts_t *w,
+                             const wl_t *wl, const runner_opts_t *o, const model_opts_t *mo)
 {
     const cfg_model_t *c = &w->cfg;
     memset(out, 0, sizeof *out);
     *cluster = NULL;
     dist_t D = {.w = w, .c = c, .wl = wl, .o = o, .mo = mo, .s = &o->strategy, .out = out,
-                .route_pos = model_route_positions(wl)};
-    dist_dims(c, &D.dims);
+                .route_pos = runner_route_positions(wl)};
+    family_of(c)->dims(c, &D.dims);
     D.world = par_strategy_world(&o->strategy);
     MOEMU_CHECK(par_strategy_validate(&o->strategy, &D.dims, D.world));
     if (o->micro_batches < 1)
-        return moemu_fail(MOEMU_ERR_INVALID, "--micro-batches %d: must be >= 1", o->micro_batches);
+        return moemu_fail(MOEMU_ERR_INVALID, "micro_batches %d: must be >= 1", o->micro_batches);
+    D.route_dp = o->route_dp ? o->route_dp : o->strategy.dp;
+    if (D.route_dp % o->strategy.dp != 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "routing groups of %d replicas: not a multiple of "
+                          "DP = %d", D.route_dp, o->strategy.dp);
     int B = wl->batch, N = wl->decode, V = c->vocab_size;
     emu_cluster_t *cl = NULL;
     MOEMU_CHECK(emu_cluster_create(&o->hw.spec, &o->hw.topo, D.world, &o->cluster, &cl));

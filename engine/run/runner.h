@@ -1,0 +1,77 @@
+/* runner: the one forward pass, prefill of a batch of prompts then greedy
+ * decoding with a KV cache, run on emulated devices under a parallel
+ * strategy. One thread per device computes its shard of every layer it
+ * holds (the family's layer as layers/' sharded blocks); pipeline stages,
+ * DP replicas and micro-batches are scheduled here. A single device is the
+ * one-device strategy: there is no second forward pass. */
+#ifndef MOEMU_RUNNER_H
+#define MOEMU_RUNNER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/models/family.h"
+#include "engine/models/weights.h"
+#include "engine/run/routing.h"
+#include "engine/run/workload.h"
+
+/* What a run keeps besides its virtual time. */
+typedef struct {
+    bool prompt_logits; /* keep the logits of every prompt position */
+    bool gen_logits;    /* keep the logits each generated token came from */
+    /* If not NULL, (layers, batch, runner_route_positions(wl), k): the
+     * expert of every choice of every token, -1 - expert when dropped. */
+    int *route;
+    /* Called by device 0 at each layer of each pass. */
+    void (*progress)(void *arg, const char *phase, int step, int steps,
+                     int layer, int layers);
+    void *progress_arg;
+} model_opts_t;
+
+typedef struct {
+    int *generated;       /* (batch, decode) greedy tokens */
+    float *prompt_logits; /* (batch, max_len, V), NaN past a prompt's end */
+    float *gen_logits;    /* (batch, decode, V) */
+    int64_t assignments;  /* routed (token, choice) pairs, all layers */
+    int64_t dropped;      /* of which dropped by the capacity factor */
+    double *token_time;   /* (batch, decode) virtual time at which each
+                             generated token was picked */
+    int64_t *expert_load; /* (layers, experts) kept assignments computed */
+    int64_t *device_rows; /* (devices) expert rows each device computed */
+    int n_devices;
+    double wall_prefill, wall_decode; /* host seconds, device 0's */
+} model_out_t;
+
+typedef struct {
+    par_strategy_t strategy;
+    int micro_batches;       /* per DP replica, >= 1 */
+    /* Routing groups as if the batch were split over route_dp replicas
+     * (each then into micro_batches): a multiple of strategy.dp, 0 for
+     * strategy.dp. A one-device run with route_dp = D routes in the
+     * groups of a strategy with DP = D, so that both drop the same
+     * assignments (DESIGN.md, routing groups). */
+    int route_dp;
+    emu_hw_t hw;             /* device spec and topology */
+    emu_cluster_opts_t cluster;
+    /* Dry run: the same schedule, collectives and cost accounting without
+     * the math (weights may be wts_address_only; cluster.nodata should be
+     * set); the router's decisions come from routing. */
+    bool dry;
+    const route_src_t *routing;
+} runner_opts_t;
+
+/* The one-device strategy on hw's device, no memory limit, routing in
+ * the groups of DP = route_dp replicas x micro_batches. */
+void runner_opts_one_device(runner_opts_t *o, const emu_hw_t *hw, int route_dp,
+                         int micro_batches);
+
+/* Run wl on strategy.world devices. On success *cluster holds the
+ * devices, their clocks and counters; the caller destroys it. */
+moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster,
+                            const wts_t *w, const wl_t *wl,
+                            const runner_opts_t *o, const model_opts_t *mo);
+void model_out_free(model_out_t *out);
+/* Positions per sequence in a route record: longest prompt + decode - 1. */
+int runner_route_positions(const wl_t *wl);
+
+#endif
