@@ -197,16 +197,38 @@ static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t 
     return par_alltoallv(send, scnt, sdsp, recv, rcnt, rdsp, c->dtype, comm, c->dev);
 }
 
+/* Where each expert's rows start in lists of counts lc (nlists * EP blocks
+ * of Eper experts, in (list, source, expert) order): at (ntot) receives,
+ * expert after expert, the row of each, and jobs[j].n the count. */
+static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, int nlists,
+                         int EP, int Eper)
+{
+    int64_t ne = 0;
+    for (int j = 0; j < Eper; j++) {
+        int64_t first = ne, base = 0;
+        for (int i = 0; i < nlists * EP; i++) {
+            int64_t off = base;
+            for (int jj = 0; jj < j; jj++) off += lc[i * Eper + jj];
+            for (int r = 0; r < lc[i * Eper + j]; r++) at[ne++] = off + r;
+            for (int jj = 0; jj < Eper; jj++) base += lc[i * Eper + jj];
+        }
+        jobs[j] = (layer_expert_job_t){.n = (int)(ne - first)};
+    }
+}
+
 /* Run the local experts over the ETP members' lists: rows (ntot, d) made of
  * list i's rows (counts lc[i * EP * Eper + q * Eper + j] for source q and
  * expert j, in (q, j) order). out (ntot, d) gets each row's partial output
- * on this member's intermediate slice. The rows are gathered in expert
- * order and run as one grouped kernel. */
+ * on this member's intermediate slice. Rows from several lists or sources
+ * are gathered in expert order first (and scattered back), as a grouped
+ * GEMM needs; rows from one source already are in that order, so a device
+ * without expert parallelism pays no permutation of its own. */
 static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
                                   const int *lc, int nlists, int EP, int Eper,
                                   const layer_experts_t *ex)
 {
     int d = ex->d, Floc = ex->f1 - ex->f0;
+    bool sorted = nlists * EP == 1;
     int64_t ntot = 0, maxe = 0;
     for (int i = 0; i < nlists * EP * Eper; i++) ntot += lc[i];
     for (int j = 0; j < Eper; j++) {
@@ -216,45 +238,37 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     }
     if (ntot == 0) return MOEMU_OK;
     /* the rows on the host only when the math runs: a dry run needs counts */
-    size_t nf = c->math ? 2 * (size_t)ntot * d + 2 * (size_t)maxe * Floc : 0;
-    float *xe = c->math ? malloc(sizeof(float) * nf) : NULL;
+    size_t nrows = sorted ? 0 : 2 * (size_t)ntot * d;
+    size_t nf = c->math ? nrows + 2 * (size_t)maxe * Floc : 0;
+    float *buf = c->math ? malloc(sizeof(float) * nf) : NULL;
     int64_t *at = malloc(sizeof(int64_t) * (size_t)ntot);
     layer_expert_job_t *jobs = malloc(sizeof *jobs * (size_t)Eper);
-    if ((c->math && !xe) || !at || !jobs) {
-        free(xe);
+    if ((c->math && !buf) || !at || !jobs) {
+        free(buf);
         free(at);
         free(jobs);
         return nomem(sizeof(float) * nf, "the experts' rows");
     }
-    float *ye = xe ? xe + (size_t)ntot * d : NULL, *h = ye ? ye + (size_t)ntot * d : NULL;
-    int64_t ne = 0;
-    for (int j = 0; j < Eper; j++) {
-        /* rows of expert j: in list i, block (q, j) starts after the blocks
-         * before it */
-        int64_t first = ne, base = 0;
-        for (int i = 0; i < nlists * EP; i++) {
-            int64_t off = base;
-            for (int jj = 0; jj < j; jj++) off += lc[i * Eper + jj];
-            for (int r = 0; r < lc[i * Eper + j]; r++) at[ne++] = off + r;
-            for (int jj = 0; jj < Eper; jj++) base += lc[i * Eper + jj];
-        }
-        int e = ex->e0 + j;
-        jobs[j] = (layer_expert_job_t){.n = (int)(ne - first)};
-        if (c->math)
-            jobs[j] = (layer_expert_job_t){
-                .out = ye + first * d, .x = xe + first * d, .w1 = ex->w1[e] + (size_t)ex->f0 * d,
-                .w3 = ex->w3 ? ex->w3[e] + (size_t)ex->f0 * d : NULL, .w2 = ex->w2[e] + ex->f0,
-                .n = (int)(ne - first)};
-    }
-    if (c->math)
-        for (int64_t r = 0; r < ntot; r++) memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
+    float *h = buf ? buf + nrows : NULL;
+    float *xe = sorted ? (float *)rows : buf, *ye = sorted ? out : buf ? buf + (size_t)ntot * d : NULL;
+    expert_order(at, jobs, lc, nlists, EP, Eper);
     double sz = (double)emu_dtype_size(c->dtype);
-    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
+    if (!sorted && c->math)
+        for (int64_t r = 0; r < ntot; r++) memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
+    if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
+    int64_t first = 0;
+    for (int j = 0; j < Eper && c->math; first += jobs[j++].n) {
+        int e = ex->e0 + j;
+        jobs[j] = (layer_expert_job_t){
+            .out = ye + first * d, .x = xe + first * d, .w1 = ex->w1[e] + (size_t)ex->f0 * d,
+            .w3 = ex->w3 ? ex->w3[e] + (size_t)ex->f0 * d : NULL, .w2 = ex->w2[e] + ex->f0,
+            .n = jobs[j].n};
+    }
     layer_expert_group(c, jobs, Eper, h, d, Floc, ex->F, ex->act, false);
-    if (c->math)
+    if (!sorted && c->math)
         for (int64_t r = 0; r < ntot; r++) memcpy(out + at[r] * d, ye + r * d, sizeof(float) * d);
-    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
-    free(xe);
+    if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
+    free(buf);
     free(at);
     free(jobs);
     return MOEMU_OK;

@@ -496,18 +496,19 @@ static void hm_moe(hm_t *m, int stage, int l)
              * then the return buffer, all live at once */
             hm_transient(h, sz * (h->nsend + ntot) * d + sz * h->nsend * d, 2.0 * sz * ntot * d);
             if (ntot == 0) continue;
-            /* the experts' rows gathered and scattered back: 2 s ntot d
-             * bytes each; the grouped experts (rows, `experts` with rows):
+            /* with EP > 1, the experts' rows gathered into expert order
+             * and scattered back: 2 s ntot d bytes each (one source's rows
+             * already are in that order); the grouped experts (rows, `experts` with rows):
              * w1 and w3: 2 rows d F FLOPs, s (rows d + experts F d + rows F)
              * bytes each; SwiGLU: 6 rows F, 3 s rows F; w2: 2 rows F d,
              * s (rows F + experts d F + rows d) */
             double rows = ntot, ex = experts;
-            hk(m, h, EMU_KERNEL_ELEMWISE, 0, 2.0 * sz * rows * d);
+            if (EP > 1) hk(m, h, EMU_KERNEL_ELEMWISE, 0, 2.0 * sz * rows * d);
             hk(m, h, EMU_KERNEL_EXPERT, 2.0 * rows * d * F, sz * (rows * d + ex * F * d + rows * F));
             hk(m, h, EMU_KERNEL_EXPERT, 2.0 * rows * d * F, sz * (rows * d + ex * F * d + rows * F));
             hk(m, h, EMU_KERNEL_EXPERT, 6.0 * rows * F, 3.0 * sz * rows * F);
             hk(m, h, EMU_KERNEL_EXPERT, 2.0 * rows * F * d, sz * (rows * F + ex * d * F + rows * d));
-            hk(m, h, EMU_KERNEL_ELEMWISE, 0, 2.0 * sz * rows * d);
+            if (EP > 1) hk(m, h, EMU_KERNEL_ELEMWISE, 0, 2.0 * sz * rows * d);
         }
         /* back the same way */
         if (EP > 1) {
