@@ -32,13 +32,6 @@ double emu_host_seconds(void)
 
 const char *emu_mem_name(emu_mem_t m) { return emu_mem_names[m]; }
 
-double emu_kernel_time(const emu_spec_t *spec, double flops, double bytes)
-{
-    double tc = flops / (spec->peak_flops * spec->mfu);
-    double tm = bytes / (spec->mem_bw * spec->bw_util);
-    return spec->launch_s + (tc > tm ? tc : tm);
-}
-
 void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
                   bool no_limit)
 {
@@ -106,16 +99,14 @@ bool emu_dev_aborting(const emu_dev_t *dev)
 
 void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
 {
-    const emu_spec_t *s = &dev->spec;
-    double tc = flops / (s->peak_flops * s->mfu);
-    double tm = bytes / (s->mem_bw * s->bw_util);
+    bool compute_bound;
+    double t = emu_cost_kernel(&dev->spec, flops, bytes, &compute_bound);
     emu_kernel_stats_t *k = &dev->kernels[kind];
     k->flops += flops;
     k->bytes += bytes;
     k->launches++;
-    if (tc >= tm) k->compute_time += s->launch_s + tc;
-    else k->memory_time += s->launch_s + tm;
-    double t = s->launch_s + (tc > tm ? tc : tm);
+    if (compute_bound) k->compute_time += t;
+    else k->memory_time += t;
     k->time += t;
     double t0 = dev->clock;
     dev->clock += t;

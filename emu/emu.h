@@ -300,7 +300,11 @@ moemu_status_t emu_host_query(emu_host_t *out);
  *                  binomial  ceil(log2 p) (alpha + B/beta)
  *   barrier        dissemination  ceil(log2 p) alpha
  * All-to-all (pairwise exchange) and send/recv cost each pair over its own
- * link class; see emu_coll_alltoall and emu_p2p_send. */
+ * link class; see emu_coll_alltoall and emu_p2p_send. Their entries here
+ * are the uniform case over one class: all-to-all "pairwise" (B/p to each
+ * peer) is p-1 steps of alpha + B/p/beta, summed as emu_coll_alltoall
+ * charges them; send/recv "hop" is one message on an idle link,
+ * alpha + B/beta. */
 typedef enum {
     EMU_COLL_ALLREDUCE = 0,
     EMU_COLL_REDUCE_SCATTER,

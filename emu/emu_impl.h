@@ -114,4 +114,22 @@ void emu_dev_pace(emu_dev_t *dev);
  * untouched. */
 void emu_dev_jitter(emu_dev_t *dev);
 
+/* cost.c: the formulas device.c and topo.c charge with. */
+/* emu_kernel_time's figure; *compute_bound: the FLOP term is the larger. */
+double emu_cost_kernel(const emu_spec_t *spec, double flops, double bytes,
+                       bool *compute_bound);
+/* A collective's start: the latest of the members' clocks and own. */
+double emu_cost_start(const double *clocks, int p, double own);
+/* Pairwise all-to-all (emu_coll_alltoall's steps): the time of the
+ * slowest member; mine[l]: member me's steps whose slower direction is of
+ * class l. */
+double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
+                         const double *bytes, double mine[EMU_LINK__COUNT]);
+/* An eager send at clock over a link free from *link_free (moved on to
+ * when this message stops holding it). */
+emu_msg_time_t emu_cost_send(double clock, double *link_free, double alpha,
+                             double beta, double bytes);
+/* A receive of t at clock: returns the end, *start the end of the idle. */
+double emu_cost_recv(double clock, emu_msg_time_t t, double *start);
+
 #endif

@@ -1,8 +1,6 @@
-/* Topology, link classes and the cost of communication: the closed forms
- * of the collective algorithms, the pairwise all-to-all and the eager
- * point-to-point message. docs/emulation.md derives each formula. */
+/* Topology, link classes, their checks, and charging communication to a
+ * device: its counters, clock and trace. The times are cost.c's. */
 #include <math.h>
-#include <string.h>
 
 #include "emu/emu_impl.h"
 
@@ -93,141 +91,6 @@ moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin)
     return MOEMU_OK;
 }
 
-/* ---- closed forms */
-
-static double emu_log2_ceil(int p)
-{
-    int s = 0;
-    while ((1 << s) < p) s++;
-    return s;
-}
-
-static double cost_ring_allreduce(int p, double B, double a, double b)
-{
-    return 2.0 * (p - 1) * a + 2.0 * (p - 1) / p * B / b;
-}
-
-static double cost_tree_allreduce(int p, double B, double a, double b)
-{
-    return 2.0 * emu_log2_ceil(p) * a + 2.0 * B / b;
-}
-
-static double cost_ring_half(int p, double B, double a, double b)
-{
-    return (p - 1) * a + (double)(p - 1) / p * B / b;
-}
-
-static double cost_pipeline_bcast(int p, double B, double a, double b)
-{
-    return (p - 1) * a + B / b;
-}
-
-static double cost_binomial_bcast(int p, double B, double a, double b)
-{
-    return emu_log2_ceil(p) * (a + B / b);
-}
-
-/* Uniform traffic: each member sends B/p to each peer. */
-static double cost_pairwise_alltoall(int p, double B, double a, double b)
-{
-    return (p - 1) * (a + B / p / b);
-}
-
-static double cost_hop(int p, double B, double a, double b)
-{
-    (void)p;
-    return a + B / b;
-}
-
-static double cost_dissemination(int p, double B, double a, double b)
-{
-    (void)B, (void)b;
-    return emu_log2_ceil(p) * a;
-}
-
-typedef double (*emu_cost_fn)(int p, double B, double a, double b);
-
-#define EMU_ALGO_MAX 2
-static const struct {
-    const char *name;
-    emu_cost_fn cost;
-} emu_algos[EMU_COLL__COUNT][EMU_ALGO_MAX] = {
-    [EMU_COLL_ALLREDUCE] = {{"ring", cost_ring_allreduce},
-                            {"tree", cost_tree_allreduce}},
-    [EMU_COLL_REDUCE_SCATTER] = {{"ring", cost_ring_half}},
-    [EMU_COLL_ALLGATHER] = {{"ring", cost_ring_half}},
-    [EMU_COLL_BROADCAST] = {{"pipeline", cost_pipeline_bcast},
-                            {"binomial", cost_binomial_bcast}},
-    [EMU_COLL_ALLTOALL] = {{"pairwise", cost_pairwise_alltoall}},
-    [EMU_COLL_SEND] = {{"hop", cost_hop}},
-    [EMU_COLL_RECV] = {{"hop", cost_hop}},
-    [EMU_COLL_BARRIER] = {{"dissemination", cost_dissemination}},
-};
-
-int emu_coll_algo_count(emu_coll_t k)
-{
-    int n = 0;
-    while (n < EMU_ALGO_MAX && emu_algos[k][n].name) n++;
-    return n;
-}
-
-const char *emu_coll_algo_name(emu_coll_t k, int algo)
-{
-    if (algo < 0 || algo >= emu_coll_algo_count(k)) return NULL;
-    return emu_algos[k][algo].name;
-}
-
-int emu_coll_algo_parse(emu_coll_t k, const char *name)
-{
-    char list[128] = "";
-    size_t n = 0;
-    for (int i = 0; i < emu_coll_algo_count(k); i++) {
-        if (strcmp(name, emu_algos[k][i].name) == 0) return i;
-        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "",
-                              emu_algos[k][i].name);
-    }
-    moemu_fail(MOEMU_ERR_INVALID, "%s has no algorithm '%s' (choose: %s)",
-               emu_coll_names[k], name, list);
-    return -1;
-}
-
-double emu_coll_cost(emu_coll_t k, int algo, int p, double bytes, double alpha,
-                     double beta)
-{
-    if (p <= 1 && k != EMU_COLL_SEND && k != EMU_COLL_RECV) return 0;
-    if (algo < 0 || algo >= emu_coll_algo_count(k)) algo = 0;
-    return emu_algos[k][algo].cost(p, bytes, alpha, beta);
-}
-
-/* Children of relative rank v in a binomial tree over p members. */
-static int emu_binomial_children(int v, int p)
-{
-    int n = 0;
-    for (int m = 1; m < p; m <<= 1)
-        if (v < m && v + m < p) n++;
-    return n;
-}
-
-double emu_coll_sent(emu_coll_t k, int algo, int p, int me, int root,
-                     double bytes)
-{
-    if (p <= 1) return 0;
-    int v = ((me - root) % p + p) % p; /* position from the root */
-    switch (k) {
-    case EMU_COLL_ALLREDUCE: /* ring: 2(p-1) chunks of B/p; tree: the same
-                              * on average over the two trees */
-        return 2.0 * (p - 1) / p * bytes;
-    case EMU_COLL_REDUCE_SCATTER:
-    case EMU_COLL_ALLGATHER: return (double)(p - 1) / p * bytes;
-    case EMU_COLL_BROADCAST:
-        if (algo == 1) return emu_binomial_children(v, p) * bytes;
-        return v < p - 1 ? bytes : 0; /* the chain's last member forwards none */
-    case EMU_COLL_ALLTOALL: return (double)(p - 1) / p * bytes;
-    case EMU_COLL_SEND: return bytes;
-    default: return 0;
-    }
-}
-
 /* ---- charging a device */
 
 /* The spans of a communication charge: idle over [t0, start), then the
@@ -240,14 +103,6 @@ static void emu_trace_comm(emu_dev_t *dev, emu_coll_t kind, emu_link_t link,
         emu_span_add(dev, EMU_SPAN_COMM, kind, link, start, dev->clock, 0, bytes);
 }
 
-static double emu_max_clock(const double *clocks, int p, double own)
-{
-    double start = own;
-    for (int i = 0; i < p; i++)
-        if (clocks[i] > start) start = clocks[i];
-    return start;
-}
-
 double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
                        const int *ranks, int p, int me, int root,
                        const double *clocks, double bytes)
@@ -256,7 +111,7 @@ double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
     emu_comm_stats_t *st = &dev->comm[kind][link];
     st->calls++;
     if (bytes <= 0 && kind != EMU_COLL_BARRIER) return 0;
-    double start = emu_max_clock(clocks, p, dev->clock);
+    double start = emu_cost_start(clocks, p, dev->clock);
     double t = emu_coll_cost(kind, algo, p, bytes, emu_topo_lat(&dev->topo, link),
                              emu_topo_bw(&dev->topo, link));
     double sent = emu_coll_sent(kind, algo, p, me, root, bytes);
@@ -268,25 +123,6 @@ double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
     if (dev->trace) emu_trace_comm(dev, kind, link, t0, start, sent);
     emu_dev_pace(dev);
     return t;
-}
-
-/* One direction of a pairwise step: nothing if no bytes move. */
-static double emu_dir_time(const emu_topo_t *t, emu_link_t l, double bytes)
-{
-    return bytes > 0 ? emu_topo_lat(t, l) + bytes / emu_topo_bw(t, l) : 0;
-}
-
-/* Member r's step s: its time and the class of the slower direction. */
-static double emu_a2a_step(const emu_topo_t *t, const int *ranks, int p,
-                           const double *bytes, int r, int s, emu_link_t *cls)
-{
-    int to = (r + s) % p, from = (r - s + p) % p;
-    emu_link_t lo = emu_topo_link(t, ranks[r], ranks[to]);
-    emu_link_t li = emu_topo_link(t, ranks[from], ranks[r]);
-    double to_t = emu_dir_time(t, lo, bytes[(size_t)r * p + to]);
-    double ti = emu_dir_time(t, li, bytes[(size_t)from * p + r]);
-    *cls = to_t >= ti ? lo : li;
-    return to_t >= ti ? to_t : ti;
 }
 
 double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
@@ -301,18 +137,9 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
             if (i != j) moved += bytes[(size_t)i * p + j];
     if (moved <= 0) return 0;
 
-    double tmax = 0, mine[EMU_LINK__COUNT] = {0, 0};
-    for (int r = 0; r < p; r++) {
-        double tr = 0;
-        for (int s = 1; s < p; s++) {
-            emu_link_t cls;
-            double ts = emu_a2a_step(t, ranks, p, bytes, r, s, &cls);
-            tr += ts;
-            if (r == me) mine[cls] += ts;
-        }
-        if (tr > tmax) tmax = tr;
-    }
-    double start = emu_max_clock(clocks, p, dev->clock);
+    double mine[EMU_LINK__COUNT];
+    double tmax = emu_cost_alltoall(t, ranks, p, me, bytes, mine);
+    double start = emu_cost_start(clocks, p, dev->clock);
     /* waiting for the slowest member's exchanges is part of the
      * collective: it goes to the group's class */
     mine[glink] += tmax - (mine[EMU_LINK_INTRA] + mine[EMU_LINK_INTER]);
@@ -341,20 +168,16 @@ emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes)
     if (peer_rank == dev->rank) /* a local copy */
         return (emu_msg_time_t){dev->clock, dev->clock, bytes};
     st->bytes += bytes;
-    double wire = bytes / emu_topo_bw(&dev->topo, l);
-    double depart = dev->clock > dev->egress_free[l] ? dev->clock
-                                                     : dev->egress_free[l];
-    dev->egress_free[l] = depart + wire;
-    return (emu_msg_time_t){depart, depart + emu_topo_lat(&dev->topo, l) + wire,
-                            bytes};
+    return emu_cost_send(dev->clock, &dev->egress_free[l],
+                         emu_topo_lat(&dev->topo, l),
+                         emu_topo_bw(&dev->topo, l), bytes);
 }
 
 void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t)
 {
     emu_link_t l = emu_topo_link(&dev->topo, dev->rank, peer_rank);
     emu_comm_stats_t *st = &dev->comm[EMU_COLL_RECV][l];
-    double start = dev->clock > t.depart ? dev->clock : t.depart;
-    double end = dev->clock > t.arrive ? dev->clock : t.arrive;
+    double start, end = emu_cost_recv(dev->clock, t, &start);
     st->calls++;
     st->idle += start - dev->clock;
     st->time += end - start;
