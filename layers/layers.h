@@ -189,4 +189,126 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 const float *w, const uint8_t *keep, int n,
                                 const layer_experts_t *ex);
 
+/* ---- Sharded blocks (layers/blocks.c): one rank's part of a layer in one
+ * pass, called by the runner through a family's layer. Every collective
+ * of a block runs over the rank's groups in layer_shard_t, so that the
+ * same code serves one device and many. */
+
+/* The rows of a pass as one rank sees them (docs/strategies.md):
+ * A = [0, n): the tokens its attention sees; R = [r0, r1): the residual
+ * rows it holds (all of A, or with SP its TP slice); M = [m0, m1): the
+ * tokens it routes, inside R, so that a replica routes each token once. */
+typedef struct {
+    bool decode;
+    int n, r0, r1, m0, m1;
+    const int *seq, *pos;     /* (n) sequence and position of each A row */
+    const int *seq_len;       /* prompt length of every sequence */
+    /* CP prefill: the A rows of every CP rank in rank order, cp_n[c] each,
+     * with the same TP rank */
+    const int *cp_seq, *cp_pos, *cp_n;
+    /* capacity (cf > 0): the routing group's group_T tokens; the M rows of
+     * the replica's members (group_n[member], replica order) and their
+     * places in group order, concatenated */
+    int group_T;
+    const int *group_n, *group_pos;
+} layer_rows_t;
+
+/* One layer's KV cache on one rank: sequence b >= b0 keeps keys then
+ * values, each (kv heads, cap[b - b0], hd), at base + off[b - b0], of which
+ * n[b - b0] positions are filled. */
+typedef struct {
+    float *base;
+    const int64_t *off;
+    const int *cap;
+    int *n;
+    int b0;
+} layer_kv_t;
+
+/* What one rank holds of the model's sizes. */
+typedef struct {
+    int d, hd;               /* hidden size, head dim */
+    int H, head0, Hl;        /* query heads: all, the rank's first, count */
+    int kv_head0, kvl;       /* key/value heads: the rank's first, count */
+    int V, vocab0, Vl;       /* vocabulary; the rank's rows of the padded
+                                vocabulary, [vocab0, vocab0 + Vl) */
+    int E, k;                /* experts, choices per token */
+    int mlp_f;               /* widest MLP slice the rank computes (0: none) */
+    float eps;               /* RMSNorm */
+    double rope_theta;
+} layer_dims_t;
+
+/* A rank's working state for a pass: scratch sized for its largest pass
+ * (Tmax rows, Ttot keys of a micro-batch; layer_view_scratch gives the
+ * sizes), the residual rows xr and the KV cache of the current layer. */
+typedef struct {
+    layer_ctx_t *x;
+    const layer_shard_t *sh;
+    const layer_dims_t *dm;
+    const layer_rows_t *r;
+    layer_kv_t kv;
+    float *xr, *na, *q, *kk, *vv, *att, *o, *moe, *sh_out, *rlog, *lse, *wts,
+        *parts, *kvall, *kfull, *logits, *lgath;
+    int *idx;                /* (Tmax, k) choices */
+    uint8_t *keep;           /* (Tmax, k) */
+    layer_attn_seq_t *seqs;  /* (2 * sequences) */
+    int Ttot;
+} layer_view_t;
+
+/* The floats and ints of a view's scratch for passes of at most Tmax rows,
+ * Ttot keys and nlog rows of logits; layer_view_carve points the buffers
+ * into block (those floats, then those ints, then Tmax * k bytes). */
+void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tmax, int Ttot,
+                        int nlog, size_t *nf, size_t *ni);
+void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog);
+
+/* Attention weights: norm (d), q (H*hd, d), k and v (Hkv*hd, d), o
+ * (d, H*hd), whole; the rank reads its heads. */
+typedef struct {
+    const float *norm, *wq, *wk, *wv, *wo;
+} layer_attn_w_t;
+
+/* Pre-norm grouped-query attention with RoPE on R, residual added:
+ * TP splits the heads (column-parallel q/k/v, row-parallel o), SP the
+ * residual rows, CP the positions (prefill: keys and values gathered;
+ * decode: partial results over each rank's part of the cache merged).
+ * The pass's keys and values join the cache. */
+moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w);
+
+/* TP rank t's rows [v0, v1) of the vocabulary padded for TP to
+ * ceil(V/TP)*TP rows (rows >= V are padding). */
+void layer_vocab_rows(int V, int tp, int t, int *v0, int *v1);
+
+/* The vocabulary-parallel embedding of tok (n, one per A row) into xr:
+ * each TP rank looks up its rows of the table, the sum over the group
+ * (reduce-scattered to the SP slices with SP) completes every row. */
+moemu_status_t layer_embed_block(layer_view_t *v, const float *table, const int *tok);
+
+/* Final norm and vocabulary-parallel lm_head of the A rows rows (nl):
+ * each TP rank computes its padded slice (padding rows never win), the
+ * group gathers them. *logits receives (nl, ld) with ld >= V: row i's
+ * logit of token j at (*logits)[i * ld + j]. */
+moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float *lm_head,
+                                const int *rows, int nl, const float **logits, size_t *ld);
+
+/* Pre-norm router of the MoE block: norm of R into na, then the router's
+ * top-k of the M rows into idx and wts (gate (E, d)). */
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate);
+/* Capacity over the routing group (layer_rows_t's group lists) into keep,
+ * factor cf (0: dropless); *dropped receives the drops among M. */
+moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped);
+
+/* A dense MLP split over TP like the shared experts: n rows of in, each
+ * rank computing its slice [f0, f1) of every one of the S MLPs' F, summed
+ * (reduce-scattered with SP) into out. */
+typedef struct {
+    float *const *w1, *const *w3, *const *w2; /* S each, whole: (F, d), (F, d), (d, F) */
+    int S, F, f0, f1;
+    layer_act_t act;
+} layer_mlp_t;
+
+/* The rest of the MoE block on the choices in idx, wts, keep: the routed
+ * experts over EP/ETP, their outputs back to the residual rows, the shared
+ * experts (mlp, may have S = 0) and the residual add into xr. */
+moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const layer_mlp_t *mlp);
+
 #endif

@@ -1,5 +1,4 @@
-/* Rank layout: which device holds which layers, heads, experts, vocabulary
- * rows and positions, and the groups the collectives run over. TP is
+/* Rank layout: which device holds which layers, experts and positions, and the groups the collectives run over. TP is
  * innermost so that, with devices numbered node-major, a TP group stays
  * inside a node whenever the node's size is a multiple of TP. */
 #include <stdint.h>
@@ -55,12 +54,6 @@ void par_sp_range(int T, int tp, int t, int *lo, int *hi)
     *hi = (int)(b < T ? b : T);
 }
 
-int par_vocab_padded(int vocab, int tp)
-{
-    if (tp < 1) tp = 1;
-    return (int)(((int64_t)vocab + tp - 1) / tp * tp);
-}
-
 int par_layout_rank(const par_strategy_t *s, int pp, int dp, int cp, int tp)
 {
     return ((pp * s->dp + dp) * s->cp + cp) * s->tp + tp;
@@ -95,23 +88,8 @@ void par_layout_place(const par_strategy_t *s, const par_dims_t *m, int rank, pa
     *out = (par_place_t){.rank = rank, .pp = c.pp, .dp = c.dp, .cp = c.cp, .tp = c.tp,
                          .edp = c.edp, .ep = c.ep, .etp = c.etp};
     par_stage_layers(s, m->layers, c.pp, &out->layer0, &out->layer1);
-    par_split(m->heads, s->tp, c.tp, &out->head0, &out->head1);
-    if (m->kv_heads > 0 && m->kv_heads % s->tp == 0) {
-        par_split(m->kv_heads, s->tp, c.tp, &out->kv_head0, &out->kv_head1);
-    } else if (m->kv_heads > 0) {
-        /* the kv heads this rank's query heads read, as repeat_kv maps them */
-        int group = m->heads / m->kv_heads;
-        out->kv_replicated = true;
-        out->kv_head0 = out->head0 / group;
-        out->kv_head1 = out->head1 > out->head0 ? (out->head1 - 1) / group + 1 : out->kv_head0;
-    }
     par_split(m->experts, s->ep, c.ep, &out->expert0, &out->expert1);
     par_split(m->expert_ffn, s->etp, c.etp, &out->ffn0, &out->ffn1);
-    if (m->shared_experts > 0)
-        par_split(m->shared_ffn, s->tp, c.tp, &out->shared_ffn0, &out->shared_ffn1);
-    int vp = par_vocab_padded(m->vocab, s->tp);
-    out->vocab0 = vp / s->tp * c.tp;
-    out->vocab1 = out->vocab0 + vp / s->tp;
     out->has_embed = c.pp == 0;
     out->has_lm_head = c.pp == s->pp - 1;
 }

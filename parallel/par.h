@@ -134,26 +134,37 @@ moemu_status_t par_barrier(par_comm_t *comm, emu_dev_t *dev);
  * world = PP x DP x CP x TP; MoE layers fold each stage's DP x CP x TP
  * devices into EDP x EP x ETP. docs/strategies.md states the grammar, the
  * rules with their messages and every layout formula. parallel/ knows
- * nothing of models: the sizes the rules need come in par_dims_t. */
+ * nothing of models: it checks the degrees against the layer and expert
+ * counts, and a model family adds its own rules (heads, key/value heads,
+ * ...) through par_dims_t.rules. */
+
+typedef struct par_strategy par_strategy_t;
+typedef struct par_problems par_problems_t;
+
+/* One more broken rule in a validation's report (printf format). */
+void par_problem(par_problems_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The model sizes a strategy is checked against. */
 typedef struct {
-    int layers, heads, kv_heads, experts, expert_ffn, shared_experts,
-        shared_ffn, vocab;
+    int layers, experts, expert_ffn;
+    /* the family's own rules, checked after the experts' and before the
+     * stages'; model is passed back (both may be NULL) */
+    void (*rules)(const void *model, const par_strategy_t *s, par_problems_t *p);
+    const void *model;
 } par_dims_t;
 
 #define PAR_MAX_PP 256        /* stages of an uneven split */
 #define PAR_MAX_DEGREE 32768  /* largest degree the parser accepts */
 #define PAR_STRATEGY_STRLEN 2048 /* enough for par_strategy_format */
 
-typedef struct {
+struct par_strategy {
     int tp, cp, dp, pp, ep, etp; /* >= 1; missing dimensions are 1 */
     int edp;                     /* 0 = derived (DP*CP*TP / (EP*ETP)); if
                                     given, validation checks it */
     bool sp;                     /* sequence parallel over the TP group */
     int n_pp_layers;             /* 0 = even split; else == pp */
     int pp_layers[PAR_MAX_PP];   /* layers per stage, uneven split */
-} par_strategy_t;
+};
 
 /* Every degree 1, no SP, EDP derived, even stage split. */
 void par_strategy_default(par_strategy_t *s);
@@ -198,27 +209,15 @@ void par_cp_ranges(int L, int cp, int c, int ranges[2][2]);
 /* SP: TP rank t's tokens [lo, hi) of T: slices of ceil(T/TP), the last ones
  * shorter or empty. */
 void par_sp_range(int T, int tp, int t, int *lo, int *hi);
-/* The vocabulary padded for TP: ceil(V/TP)*TP rows. */
-int par_vocab_padded(int vocab, int tp);
 
-/* What one device holds. Ranges are [lo, hi). */
+/* What one device holds of the generic parts. Ranges are [lo, hi); a
+ * model family adds its own slices (heads, vocabulary rows, ...). */
 typedef struct {
     int rank, pp, dp, cp, tp, edp, ep, etp;
     int layer0, layer1;           /* layers of its stage */
-    int head0, head1;             /* query heads: H/TP contiguous */
-    int kv_head0, kv_head1;       /* kv heads: Hkv/TP when TP divides Hkv,
-                                     else those its query heads read
-                                     (h / (H/Hkv)), replicated */
     int expert0, expert1;         /* E/EP experts */
     int ffn0, ffn1;               /* slice of each expert's F: F/ETP */
-    int shared_ffn0, shared_ffn1; /* slice of each shared expert's F: F/TP
-                                     (0, 0 without shared experts) */
-    int vocab0, vocab1;           /* embedding and lm_head rows of the padded
-                                     vocabulary Vp = ceil(V/TP)*TP: TP rank
-                                     tp holds [tp*Vp/TP, (tp+1)*Vp/TP); rows
-                                     >= V are padding */
     bool has_embed, has_lm_head;  /* first and last stage */
-    bool kv_replicated;           /* TP does not divide Hkv */
 } par_place_t;
 
 /* Coordinates and holdings of a rank: attention ranks are

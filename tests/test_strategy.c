@@ -6,19 +6,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/models/config.h"
+#include "engine/models/family.h"
 #include "parallel/par.h"
 
-static par_dims_t dims_of(const char *model)
+/* A built-in model's config, in a slot that outlives the test's use of it
+ * (the family's rules read the config through par_dims_t). */
+static cfg_model_t *cfg_of(const char *model)
 {
-    cfg_model_t m;
-    cr_assert_eq(cfg_load(&m, model), MOEMU_OK, "%s", moemu_errmsg());
-    return (par_dims_t){.layers = m.num_hidden_layers, .heads = m.num_attention_heads,
-                        .kv_heads = m.num_key_value_heads, .experts = m.num_local_experts,
-                        .expert_ffn = m.intermediate_size,
-                        .shared_experts = m.num_shared_experts,
-                        .shared_ffn = m.shared_expert_intermediate_size,
-                        .vocab = m.vocab_size};
+    static cfg_model_t slots[16];
+    static int next;
+    cfg_model_t *m = &slots[next++ % 16];
+    cr_assert_eq(cfg_load(m, model), MOEMU_OK, "%s", moemu_errmsg());
+    return m;
+}
+
+static par_dims_t dims_for(const cfg_model_t *m)
+{
+    par_dims_t d;
+    family_of(m)->dims(m, &d);
+    return d;
+}
+
+static par_dims_t dims_of(const char *model) { return dims_for(cfg_of(model)); }
+
+static model_place_t place_of(const cfg_model_t *m, const par_strategy_t *s, int rank)
+{
+    model_place_t p;
+    family_of(m)->place(m, s, rank, &p);
+    return p;
 }
 
 static par_strategy_t parse_ok(const char *text)
@@ -325,12 +340,15 @@ static const invalid_t invalid[] = {
 /* The messages carry the built-in models' sizes: say so if they change. */
 static void assert_models_as_written(void)
 {
-    par_dims_t t = dims_of("tiny"), b = dims_of("moe-10b-plan");
-    cr_assert(t.vocab == 97 && t.layers == 4 && t.heads == 4 && t.kv_heads == 2 &&
-                  t.experts == 8 && t.expert_ffn == 96 && t.shared_experts == 0,
+    const cfg_model_t *t = cfg_of("tiny"), *b = cfg_of("moe-10b-plan");
+    cr_assert(t->vocab_size == 97 && t->num_hidden_layers == 4 && t->num_attention_heads == 4 &&
+                  t->num_key_value_heads == 2 && t->num_local_experts == 8 &&
+                  t->intermediate_size == 96 && t->num_shared_experts == 0,
               "the tiny model changed: update the expected messages");
-    cr_assert(b.vocab == 32000 && b.layers == 16 && b.heads == 16 && b.kv_heads == 16 &&
-                  b.experts == 16 && b.expert_ffn == 1024 && b.shared_experts == 0,
+    cr_assert(b->vocab_size == 32000 && b->num_hidden_layers == 16 &&
+                  b->num_attention_heads == 16 && b->num_key_value_heads == 16 &&
+                  b->num_local_experts == 16 && b->intermediate_size == 1024 &&
+                  b->num_shared_experts == 0,
               "moe-10b-plan changed: update the expected messages");
 }
 
@@ -353,16 +371,17 @@ Test(strategy_validate, every_broken_rule_with_its_numbers)
 
 Test(strategy_validate, shared_experts_split_by_tp)
 {
-    par_dims_t m = dims_of("tiny");
-    m.shared_experts = 1;
-    m.shared_ffn = 98;
+    cfg_model_t *c = cfg_of("tiny");
+    c->num_shared_experts = 1;
+    c->shared_expert_intermediate_size = 98;
+    par_dims_t m = dims_for(c);
     par_strategy_t s = parse_ok("tp4");
     cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_ERR_INVALID);
     cr_assert_str_eq(moemu_errmsg(), "strategy tp4: TP=4 does not divide the shared experts' "
                                      "intermediate size 98");
     s = parse_ok("tp2");
     cr_assert_eq(par_strategy_validate(&s, &m, 2), MOEMU_OK, "%s", moemu_errmsg());
-    m.shared_experts = 0; /* no shared experts: their size is not checked */
+    c->num_shared_experts = 0; /* no shared experts: their size is not checked */
     s = parse_ok("tp4");
     cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_OK, "%s", moemu_errmsg());
 }
@@ -541,17 +560,18 @@ Test(layout_split, sp_slices)
 
 Test(layout_split, vocab_padding)
 {
-    cr_assert_eq(par_vocab_padded(97, 2), 98);
-    cr_assert_eq(par_vocab_padded(97, 4), 100);
-    cr_assert_eq(par_vocab_padded(97, 1), 97);
-    cr_assert_eq(par_vocab_padded(32000, 8), 32000);
-    par_dims_t m = dims_of("tiny");
+    const int cases[][4] = {{97, 2, 1, 98}, {97, 4, 3, 100}, {97, 1, 0, 97}, {32000, 8, 7, 32000}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int v0, v1; /* the last rank ends at the padded size */
+        layer_vocab_rows(cases[i][0], cases[i][1], cases[i][2], &v0, &v1);
+        cr_assert_eq(v1, cases[i][3], "V %d over TP %d", cases[i][0], cases[i][1]);
+    }
+    const cfg_model_t *m = cfg_of("tiny");
     par_strategy_t s = parse_ok("tp2");
-    par_place_t p;
-    par_layout_place(&s, &m, 0, &p);
-    cr_assert(p.vocab0 == 0 && p.vocab1 == 49, "[%d,%d)", p.vocab0, p.vocab1);
-    par_layout_place(&s, &m, 1, &p);
-    cr_assert(p.vocab0 == 49 && p.vocab1 == 98, "[%d,%d)", p.vocab0, p.vocab1);
+    model_place_t p = place_of(m, &s, 0);
+    cr_assert(p.dims.vocab0 == 0 && p.vocab1 == 49, "[%d,%d)", p.dims.vocab0, p.vocab1);
+    p = place_of(m, &s, 1);
+    cr_assert(p.dims.vocab0 == 49 && p.vocab1 == 98, "[%d,%d)", p.dims.vocab0, p.vocab1);
 }
 
 /* ---- layout */
@@ -563,9 +583,11 @@ static const char *const layouts[] = {
 
 Test(layout, ranks_and_coordinates_round_trip)
 {
-    par_dims_t m = dims_of("moe-10b-plan");
-    m.layers = 24;  /* enough for pp3 and pp4 */
-    m.experts = 48; /* divisible by every EP below */
+    cfg_model_t *c = cfg_of("moe-10b-plan");
+    c->num_hidden_layers = 24; /* enough for pp3 and pp4 */
+    c->num_local_experts = 48; /* divisible by every EP below */
+    par_dims_t m = dims_for(c);
+    int heads = c->num_attention_heads;
     for (size_t k = 0; k < sizeof layouts / sizeof layouts[0]; k++) {
         par_strategy_t s = parse_ok(layouts[k]);
         int world = par_strategy_world(&s), stage = s.dp * s.cp * s.tp;
@@ -573,8 +595,8 @@ Test(layout, ranks_and_coordinates_round_trip)
         cr_assert_gt(edp, 0, "%s", layouts[k]);
         char *hit = calloc((size_t)world, 1), *moe_hit = calloc((size_t)world, 1);
         for (int r = 0; r < world; r++) {
-            par_place_t p;
-            par_layout_place(&s, &m, r, &p);
+            model_place_t f = place_of(c, &s, r);
+            const par_place_t p = f.par;
             cr_assert_eq(p.rank, r);
             cr_assert(p.pp < s.pp && p.dp < s.dp && p.cp < s.cp && p.tp < s.tp && p.ep < s.ep &&
                           p.etp < s.etp && p.edp < edp,
@@ -589,8 +611,8 @@ Test(layout, ranks_and_coordinates_round_trip)
             cr_assert(p.layer0 == l0 && p.layer1 == l1);
             cr_assert_eq(p.has_embed, p.pp == 0);
             cr_assert_eq(p.has_lm_head, p.pp == s.pp - 1);
-            cr_assert_eq(p.head1 - p.head0, m.heads / s.tp);
-            cr_assert_eq(p.head0, p.tp * m.heads / s.tp);
+            cr_assert_eq(f.head1 - f.dims.head0, heads / s.tp);
+            cr_assert_eq(f.dims.head0, p.tp * heads / s.tp);
             cr_assert_eq(p.expert1 - p.expert0, m.experts / s.ep);
             cr_assert_eq(p.expert0, p.ep * m.experts / s.ep);
             cr_assert_eq(p.ffn0, p.etp * m.expert_ffn / s.etp);
@@ -720,67 +742,64 @@ Test(layout, fold_across_stages)
 
 Test(layout, kv_heads_split_or_replicated)
 {
-    par_dims_t m = dims_of("tiny"); /* 4 heads, 2 kv heads */
+    cfg_model_t *m = cfg_of("tiny"); /* 4 heads, 2 kv heads */
     par_strategy_t s = parse_ok("tp4");
     const int kv[4] = {0, 0, 1, 1};
     for (int r = 0; r < 4; r++) {
-        par_place_t p;
-        par_layout_place(&s, &m, r, &p);
-        cr_assert(p.head0 == r && p.head1 == r + 1);
-        cr_assert(p.kv_head0 == kv[r] && p.kv_head1 == kv[r] + 1, "rank %d: kv [%d,%d)", r,
-                  p.kv_head0, p.kv_head1);
+        model_place_t p = place_of(m, &s, r);
+        cr_assert(p.dims.head0 == r && p.head1 == r + 1);
+        cr_assert(p.dims.kv_head0 == kv[r] && p.kv_head1 == kv[r] + 1, "rank %d: kv [%d,%d)", r,
+                  p.dims.kv_head0, p.kv_head1);
         cr_assert(p.kv_replicated);
     }
     s = parse_ok("tp2");
     for (int r = 0; r < 2; r++) {
-        par_place_t p;
-        par_layout_place(&s, &m, r, &p);
-        cr_assert(p.head0 == 2 * r && p.head1 == 2 * r + 2);
-        cr_assert(p.kv_head0 == r && p.kv_head1 == r + 1);
+        model_place_t p = place_of(m, &s, r);
+        cr_assert(p.dims.head0 == 2 * r && p.head1 == 2 * r + 2);
+        cr_assert(p.dims.kv_head0 == r && p.kv_head1 == r + 1);
         cr_assert_not(p.kv_replicated);
     }
     /* 12 heads over 3 kv heads (groups of 4), TP=4: a rank's 3 query heads
      * would straddle two kv heads, which the kernels (and Megatron-Core)
      * do not allow */
-    m.heads = 12;
-    m.kv_heads = 3;
+    m->num_attention_heads = 12;
+    m->num_key_value_heads = 3;
+    par_dims_t d = dims_for(m);
     s = parse_ok("tp4");
-    cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_ERR_INVALID);
+    cr_assert_eq(par_strategy_validate(&s, &d, 4), MOEMU_ERR_INVALID);
     cr_assert_str_eq(moemu_errmsg(), "strategy tp4: TP=4 neither divides nor is a multiple "
                                      "of the 3 key/value heads");
     /* 12 heads over 2 kv heads, TP=4: each rank's heads inside one kv head */
-    m.kv_heads = 2;
-    cr_assert_eq(par_strategy_validate(&s, &m, 4), MOEMU_OK, "%s", moemu_errmsg());
+    m->num_key_value_heads = 2;
+    cr_assert_eq(par_strategy_validate(&s, &d, 4), MOEMU_OK, "%s", moemu_errmsg());
     const int want[4] = {0, 0, 1, 1};
     for (int r = 0; r < 4; r++) {
-        par_place_t p;
-        par_layout_place(&s, &m, r, &p);
-        cr_assert(p.kv_head0 == want[r] && p.kv_head1 == want[r] + 1, "rank %d: kv [%d,%d)", r,
-                  p.kv_head0, p.kv_head1);
+        model_place_t p = place_of(m, &s, r);
+        cr_assert(p.dims.kv_head0 == want[r] && p.kv_head1 == want[r] + 1, "rank %d: kv [%d,%d)",
+                  r, p.dims.kv_head0, p.kv_head1);
     }
 }
 
 Test(layout, shared_experts_and_stage_ends)
 {
-    par_dims_t m = dims_of("moe-10b-plan");
-    m.shared_experts = 2;
-    m.shared_ffn = 512;
+    cfg_model_t *m = cfg_of("moe-10b-plan");
+    m->num_shared_experts = 2;
+    m->shared_expert_intermediate_size = 512;
     par_strategy_t s = parse_ok("pp3-tp2");
-    par_place_t p;
-    par_layout_place(&s, &m, 3, &p); /* pp1 tp1 */
+    model_place_t p = place_of(m, &s, 3); /* pp1 tp1 */
     cr_assert(p.shared_ffn0 == 256 && p.shared_ffn1 == 512);
-    cr_assert(p.layer0 == 6 && p.layer1 == 11);
-    cr_assert(!p.has_embed && !p.has_lm_head);
-    par_layout_place(&s, &m, 0, &p);
-    cr_assert(p.has_embed && !p.has_lm_head);
-    par_layout_place(&s, &m, 5, &p);
-    cr_assert(!p.has_embed && p.has_lm_head);
-    m.shared_experts = 0;
-    par_layout_place(&s, &m, 3, &p);
+    cr_assert(p.par.layer0 == 6 && p.par.layer1 == 11);
+    cr_assert(!p.par.has_embed && !p.par.has_lm_head);
+    p = place_of(m, &s, 0);
+    cr_assert(p.par.has_embed && !p.par.has_lm_head);
+    p = place_of(m, &s, 5);
+    cr_assert(!p.par.has_embed && p.par.has_lm_head);
+    m->num_shared_experts = 0;
+    p = place_of(m, &s, 3);
     cr_assert(p.shared_ffn0 == 0 && p.shared_ffn1 == 0, "no shared experts");
     s = parse_ok("tp2");
-    par_layout_place(&s, &m, 1, &p);
-    cr_assert(p.has_embed && p.has_lm_head, "PP=1: both ends");
+    p = place_of(m, &s, 1);
+    cr_assert(p.par.has_embed && p.par.has_lm_head, "PP=1: both ends");
 }
 
 Test(layout, group_names_and_bad_ranks)

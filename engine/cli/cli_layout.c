@@ -106,14 +106,13 @@ static moemu_status_t parse_opts(layout_opts_t *o, int argc, char **argv, bool *
     return MOEMU_OK;
 }
 
-static par_dims_t dims_of(const cfg_model_t *m)
+
+/* The vocabulary padded for TP, as the vocabulary-parallel blocks hold it. */
+static int vocab_padded(int V, int tp)
 {
-    return (par_dims_t){.layers = m->num_hidden_layers, .heads = m->num_attention_heads,
-                        .kv_heads = m->num_key_value_heads, .experts = m->num_local_experts,
-                        .expert_ffn = m->intermediate_size,
-                        .shared_experts = m->num_shared_experts,
-                        .shared_ffn = m->shared_expert_intermediate_size,
-                        .vocab = m->vocab_size};
+    int v0, v1;
+    layer_vocab_rows(V, tp, 0, &v0, &v1);
+    return (v1 - v0) * tp;
 }
 
 /* ---- the table: cells formatted first, columns sized to fit */
@@ -146,29 +145,30 @@ typedef struct {
     emu_hw_t hw;
     emu_topo_t topo;
     int world, edp, nodes;
-    par_place_t *place; /* world */
+    model_place_t *place; /* world */
     int *node;          /* world */
     int *group;         /* world: scratch for one group */
 } layout_t;
 
 static void place_cells(const layout_t *L, const layout_opts_t *o, int r, cell_t *c)
 {
-    const par_place_t *p = &L->place[r];
+    const model_place_t *f = &L->place[r];
+    const par_place_t *p = &f->par;
     const int ints[] = {p->rank, L->node[r], p->pp, p->dp, p->cp, p->tp, p->edp, p->ep, p->etp};
     for (int i = 0; i <= COL_ETP; i++) snprintf(c[i], sizeof(cell_t), "%d", ints[i]);
     range_txt(c[COL_LAYERS], p->layer0, p->layer1);
-    range_txt(c[COL_HEADS], p->head0, p->head1);
-    range_txt(c[COL_KV], p->kv_head0, p->kv_head1);
-    if (p->kv_replicated) strcat(c[COL_KV], "*");
+    range_txt(c[COL_HEADS], f->dims.head0, f->head1);
+    range_txt(c[COL_KV], f->dims.kv_head0, f->kv_head1);
+    if (f->kv_replicated) strcat(c[COL_KV], "*");
     range_txt(c[COL_EXPERTS], p->expert0, p->expert1);
     range_txt(c[COL_FFN], p->ffn0, p->ffn1);
-    range_txt(c[COL_SHARED], p->shared_ffn0, p->shared_ffn1);
+    range_txt(c[COL_SHARED], f->shared_ffn0, f->shared_ffn1);
     snprintf(c[COL_HOLDS], sizeof(cell_t), "%s",
              p->has_embed && p->has_lm_head ? "embed,lm_head"
              : p->has_embed                 ? "embed"
              : p->has_lm_head               ? "lm_head"
                                             : "-");
-    if (p->has_embed || p->has_lm_head) range_txt(c[COL_VOCAB], p->vocab0, p->vocab1);
+    if (p->has_embed || p->has_lm_head) range_txt(c[COL_VOCAB], f->dims.vocab0, f->vocab1);
     else snprintf(c[COL_VOCAB], sizeof(cell_t), "-");
     int s0, s1, pos[2][2];
     par_split(o->batch, L->s.dp, p->dp, &s0, &s1);
@@ -285,7 +285,7 @@ static void print_summary(const layout_t *L, const layout_opts_t *o)
     else
         printf("kv heads: replicated (*): TP=%d does not divide the %d kv heads; each rank "
                "keeps those its query heads read\n", s->tp, m->num_key_value_heads);
-    int vp = par_vocab_padded(m->vocab_size, s->tp);
+    int vp = vocab_padded(m->vocab_size, s->tp);
     if (vp == m->vocab_size)
         printf("vocab: %d rows, %d per TP rank\n", vp, vp / s->tp);
     else
@@ -315,7 +315,8 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
     }
     json_t *devices = json_array();
     for (int r = 0; r < L->world; r++) {
-        const par_place_t *p = &L->place[r];
+        const model_place_t *f = &L->place[r];
+        const par_place_t *p = &f->par;
         int s0, s1, pos[2][2];
         par_split(o->batch, s->dp, p->dp, &s0, &s1);
         par_cp_ranges(o->prompt_len, s->cp, p->cp, pos);
@@ -324,11 +325,11 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
             " s:o, s:b, s:b, s:o, s:[o, o]}",
             "rank", r, "node", L->node[r], "pp", p->pp, "dp", p->dp, "cp", p->cp, "tp", p->tp,
             "edp", p->edp, "ep", p->ep, "etp", p->etp, "layers", range_json(p->layer0, p->layer1),
-            "heads", range_json(p->head0, p->head1), "kv_heads",
-            range_json(p->kv_head0, p->kv_head1), "kv_replicated", p->kv_replicated, "experts",
+            "heads", range_json(f->dims.head0, f->head1), "kv_heads",
+            range_json(f->dims.kv_head0, f->kv_head1), "kv_replicated", f->kv_replicated, "experts",
             range_json(p->expert0, p->expert1), "expert_ffn", range_json(p->ffn0, p->ffn1),
-            "shared_ffn", range_json(p->shared_ffn0, p->shared_ffn1), "vocab_rows",
-            range_json(p->vocab0, p->vocab1), "embed", p->has_embed, "lm_head", p->has_lm_head,
+            "shared_ffn", range_json(f->shared_ffn0, f->shared_ffn1), "vocab_rows",
+            range_json(f->dims.vocab0, f->vocab1), "embed", p->has_embed, "lm_head", p->has_lm_head,
             "sequences", range_json(s0, s1), "positions", range_json(pos[0][0], pos[0][1]),
             range_json(pos[1][0], pos[1][1]));
         json_array_append_new(devices, d);
@@ -356,7 +357,7 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
         s->cp, "tp", s->tp, "sp", s->sp, "ep", s->ep, "etp", s->etp, "edp", L->edp, "stages",
         stages, "devices", L->world, "hw", "name", L->hw.name, "devices_per_node",
         L->topo.devices_per_node, "nodes", L->nodes, "vocab_padded",
-        par_vocab_padded(L->cfg.vocab_size, s->tp), "batch", o->batch, "prompt_len",
+        vocab_padded(L->cfg.vocab_size, s->tp), "batch", o->batch, "prompt_len",
         o->prompt_len, "kv_replicated", L->cfg.num_key_value_heads % s->tp != 0, "ranks",
         devices, "groups", groups);
     if (!root) return moemu_fail(MOEMU_ERR_NOMEM, "moemu layout: cannot build the JSON");
@@ -368,7 +369,7 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
 static moemu_status_t layout_build(layout_t *L, const layout_opts_t *o)
 {
     MOEMU_CHECK(cfg_load(&L->cfg, o->model));
-    L->dims = dims_of(&L->cfg);
+    family_of(&L->cfg)->dims(&L->cfg, &L->dims);
     MOEMU_CHECK(par_strategy_parse(o->strategy, &L->s));
     if (o->pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&L->s, o->pp_layers));
     int devices = o->devices ? o->devices : par_strategy_world(&L->s);
@@ -386,7 +387,7 @@ static moemu_status_t layout_build(layout_t *L, const layout_opts_t *o)
     if (!L->place || !L->node || !L->group)
         return moemu_fail(MOEMU_ERR_NOMEM, "moemu layout: out of memory for %d devices", devices);
     for (int r = 0; r < devices; r++) {
-        par_layout_place(&L->s, &L->dims, r, &L->place[r]);
+        family_of(&L->cfg)->place(&L->cfg, &L->s, r, &L->place[r]);
         L->node[r] = emu_topo_node(&L->topo, r);
     }
     return MOEMU_OK;

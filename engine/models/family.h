@@ -1,18 +1,56 @@
 /* family: a model family behind a table of functions, chosen by the
  * config's model_type (DESIGN.md, "Model semantics"). The runner, the
- * tools and the CLI reach a model only through its family's entry, so
- * that a new family is a new entry (docs/architecture.md gives the
+ * tools and the CLI reach a model's layout, sizes and layers only through
+ * its family's entry, so that a new family is a new entry and touches
+ * neither parallel/, emu/ nor the runner (docs/architecture.md gives the
  * recipe). */
 #ifndef MOEMU_FAMILY_H
 #define MOEMU_FAMILY_H
 
-#include "engine/models/config.h"
+#include "engine/models/weights.h"
+
+/* What one rank holds under a strategy: parallel/'s coordinates, stage
+ * and experts, and the family's slices as layers/ reads them. */
+typedef struct {
+    par_place_t par;
+    layer_dims_t dims;            /* heads, key/value heads, vocabulary rows */
+    int head1, kv_head1, vocab1;  /* ends of those ranges */
+    bool kv_replicated;           /* TP does not divide the key/value heads */
+    int shared_ffn0, shared_ffn1; /* slice of each shared expert's F */
+} model_place_t;
+
+/* One rank's pass through one layer, as the runner hands it to the
+ * family; the runner's part of routing is called back from the MoE block:
+ * chosen after the router (a dry run replaces the choices in v->idx),
+ * kept after the capacity (the runner records and counts). */
+typedef struct model_pass model_pass_t;
+struct model_pass {
+    layer_view_t *v;
+    const wts_t *w;
+    const model_place_t *place;
+    int layer;
+    int64_t *load; /* (experts) rows each expert computed, this layer */
+    void (*chosen)(const model_pass_t *p);
+    void (*kept)(const model_pass_t *p, int64_t dropped);
+    void *arg;
+};
 
 struct model_family {
     const char *model_type; /* "mixtral" */
-    /* The sizes parallel/'s generic rules need, and the family's own
-     * rules (heads, key/value heads, ...) as a callback in it. */
+    /* The sizes parallel/'s generic rules need, with the family's own
+     * rules (heads, key/value heads, ...) in it. */
     void (*dims)(const cfg_model_t *c, par_dims_t *out);
+    /* What rank holds under s (s valid for the model). */
+    void (*place)(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *out);
+    /* Exact parameter counts, weight bytes and FLOPs per token of the whole
+     * model (info, plan, sweep and the report). */
+    void (*figures)(const cfg_model_t *c, cfg_figures_t *out);
+    /* Bytes of weights a rank holds in the emulated dtype; *layer and
+     * *head (may be NULL) receive the elements of one of its layers and of
+     * lm_head with the final norm on a stage of its own. */
+    double (*held)(const cfg_model_t *c, const model_place_t *p, double *layer, double *head);
+    /* One decoder layer on one rank (layers/' sharded blocks). */
+    moemu_status_t (*layer)(const model_pass_t *p);
 };
 
 extern const model_family_t family_mixtral;
@@ -25,7 +63,7 @@ static inline const model_family_t *family_of(const cfg_model_t *c)
 }
 /* The family registered for model_type, NULL if none. */
 const model_family_t *family_find(const char *model_type);
-/* "mixtral, ..." : the registered names, for messages. */
+/* "mixtral, ...": the registered names, for messages. */
 const char *family_names(void);
 
 #endif

@@ -1,0 +1,396 @@
+/* Sharded blocks: one rank's part of a layer in one pass (layers.h,
+ * "Sharded blocks"). The order of kernels and collectives here is the
+ * schedule the virtual clocks follow; tests/test_report.c walks it by hand. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/layers.h"
+
+void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tmax, int Ttot,
+                        int nlog, size_t *nf, size_t *ni)
+{
+    int d = dm->d, qd = dm->Hl * dm->hd, kvd = dm->kvl * dm->hd, CP = sh->cp_size;
+    /* one buffer serves the decode merge's parts and the shared experts'
+     * scratch, which never live at the same time */
+    size_t np = (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + dm->Hl);
+    if (np < 2 * (size_t)Tmax * dm->mlp_f) np = 2 * (size_t)Tmax * dm->mlp_f;
+    *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl) + np +
+          4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * dm->Vl * sh->tp_size;
+    *ni = (size_t)Tmax * dm->k;
+}
+
+void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog)
+{
+    const layer_dims_t *dm = v->dm;
+    size_t nf, ni, T = (size_t)Tmax, d = (size_t)dm->d, qd = (size_t)dm->Hl * dm->hd,
+                   kvd = (size_t)dm->kvl * dm->hd, Vp = (size_t)dm->Vl * v->sh->tp_size;
+    layer_view_scratch(dm, v->sh, Tmax, Ttot, nlog, &nf, &ni);
+    float *p = block;
+#define TAKE(n_) (p += (n_), p - (n_))
+    v->xr = TAKE(T * d);
+    v->na = TAKE(T * d);
+    v->o = TAKE(T * d);
+    v->moe = TAKE(T * d);
+    v->sh_out = TAKE(T * d);
+    v->q = TAKE(T * qd);
+    v->att = TAKE(T * qd);
+    v->kk = TAKE(T * kvd);
+    v->vv = TAKE(T * kvd);
+    v->rlog = TAKE(T * dm->E);
+    v->wts = TAKE(T * dm->k);
+    v->lse = TAKE(T * dm->Hl);
+    v->kvall = TAKE(2 * (size_t)Ttot * kvd);
+    v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
+    v->logits = TAKE((size_t)nlog * Vp);
+    v->lgath = TAKE((size_t)nlog * Vp);
+    v->parts = p; /* the rest of the floats */
+#undef TAKE
+    v->idx = (int *)((float *)block + nf);
+    v->Ttot = Ttot;
+}
+
+/* Row counts of the SP slices of n rows over the TP group. */
+static void tp_counts(const layer_view_t *v, int n, int *counts)
+{
+    for (int t = 0; t < v->sh->tp_size; t++) {
+        int a, z;
+        par_sp_range(n, v->sh->tp_size, t, &a, &z);
+        counts[t] = z - a;
+    }
+}
+
+/* ---- The KV cache */
+
+static float *kv_seq(const layer_view_t *v, int b, int *cap, int **n)
+{
+    int i = b - v->kv.b0;
+    *cap = v->kv.cap[i];
+    *n = &v->kv.n[i];
+    return v->kv.base + v->kv.off[i];
+}
+
+/* Append the keys and values of A row t to the cache of its sequence. */
+static moemu_status_t kv_append(layer_view_t *v, int t)
+{
+    int b = v->r->seq[t], cap, *n, hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
+    float *K = kv_seq(v, b, &cap, &n), *Vc = K + (size_t)kvl * cap * hd;
+    if (*n >= cap)
+        return moemu_fail(MOEMU_ERR_INTERNAL, "KV cache of sequence %d full (%d)", b, cap);
+    for (int g = 0; g < kvl && v->x->math; g++) {
+        size_t dst = ((size_t)g * cap + *n) * hd;
+        memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+        memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+    }
+    (*n)++;
+    return MOEMU_OK;
+}
+
+/* ---- Attention */
+
+/* Prefill without CP: a sequence's rows are its positions 0..len-1. */
+static moemu_status_t attend_prefill(layer_view_t *v)
+{
+    const layer_rows_t *r = v->r;
+    int hd = v->dm->hd, kvl = v->dm->kvl, qd = v->dm->Hl * hd, TA = r->n, ns = 0;
+    for (int t0 = 0; t0 < TA;) {
+        int b = r->seq[t0], t1 = t0, cap, *n;
+        while (t1 < TA && r->seq[t1] == b) MOEMU_CHECK(kv_append(v, t1++));
+        float *K = kv_seq(v, b, &cap, &n);
+        v->seqs[ns++] = (layer_attn_seq_t){
+            .out = v->att + (size_t)t0 * qd, .q = v->q + (size_t)t0 * qd, .kc = K,
+            .vc = K + (size_t)kvl * cap * hd, .T = t1 - t0, .k1 = t1 - t0, .ldc = cap};
+        t0 = t1;
+    }
+    double sz = (double)emu_dtype_size(v->x->dtype);
+    emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd);
+    layer_attention_batch(v->x, v->seqs, ns, v->dm->Hl, kvl, hd);
+    return MOEMU_OK;
+}
+
+/* Sequence b's keys and values of every CP rank (gathered in kall, vall)
+ * in position order into Kf, Vf (kvl, L, hd). */
+static void cp_assemble(const layer_view_t *v, int b, int L, const float *kall,
+                        const float *vall, int tot, float *Kf, float *Vf)
+{
+    const layer_rows_t *r = v->r;
+    int hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
+    for (int j = 0; j < tot; j++)
+        if (r->cp_seq[j] == b)
+            for (int g = 0; g < kvl; g++) {
+                size_t dst = ((size_t)g * L + r->cp_pos[j]) * hd;
+                memcpy(Kf + dst, kall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
+                memcpy(Vf + dst, vall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
+            }
+}
+
+/* CP prefill: gather every rank's keys and values, attend with the whole
+ * causal prefix, keep only this rank's rows in the cache. */
+static moemu_status_t attend_prefill_cp(layer_view_t *v)
+{
+    const layer_rows_t *r = v->r;
+    layer_ctx_t *x = v->x;
+    int hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd, qd = v->dm->Hl * hd, TA = r->n;
+    int CP = v->sh->cp_size, tot = 0, ns = 0;
+    for (int cp = 0; cp < CP; cp++) tot += r->cp_n[cp];
+    float *kall = v->kvall, *vall = v->kvall + (size_t)v->Ttot * kvd;
+    MOEMU_CHECK(layer_gather_rows(x, kall, v->kk, r->cp_n, kvd, v->sh->cp));
+    MOEMU_CHECK(layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp));
+    for (int t = 0; t < TA; t++) MOEMU_CHECK(kv_append(v, t));
+    size_t off = 0;
+    double assembled = 0;
+    for (int t0 = 0; t0 < TA;) {
+        int b = r->seq[t0], L_b = r->seq_len[b];
+        float *Kf = v->kfull + off, *Vf = Kf + (size_t)kvl * L_b * hd;
+        off += 2 * (size_t)kvl * L_b * hd;
+        assembled += L_b;
+        if (x->math) cp_assemble(v, b, L_b, kall, vall, tot, Kf, Vf);
+        /* runs of consecutive positions: at most two per sequence */
+        int t1 = t0;
+        while (t1 < TA && r->seq[t1] == b) {
+            int u = t1 + 1;
+            while (u < TA && r->seq[u] == b && r->pos[u] == r->pos[u - 1] + 1) u++;
+            v->seqs[ns++] = (layer_attn_seq_t){
+                .out = v->att + (size_t)t1 * qd, .q = v->q + (size_t)t1 * qd, .kc = Kf,
+                .vc = Vf, .T = u - t1, .q0 = r->pos[t1], .k1 = r->pos[u - 1] + 1, .ldc = L_b};
+            t1 = u;
+        }
+        t0 = t1;
+    }
+    double sz = (double)emu_dtype_size(x->dtype);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * assembled * kvd);
+    layer_attention_batch(x, v->seqs, ns, v->dm->Hl, kvl, hd);
+    return MOEMU_OK;
+}
+
+/* Decode: the new token's keys and values stay on one CP rank; each rank
+ * attends over its part of the cache and the parts are merged. */
+static moemu_status_t attend_decode(layer_view_t *v)
+{
+    const layer_rows_t *r = v->r;
+    layer_ctx_t *x = v->x;
+    int hd = v->dm->hd, kvl = v->dm->kvl, Hl = v->dm->Hl, qd = Hl * hd, TA = r->n, ns = 0;
+    int CP = v->sh->cp_size, cnt[CP];
+    for (int t = 0; t < TA; t++) {
+        int b = r->seq[t], cap, *n;
+        if (r->pos[t] % CP == v->sh->cp_rank) MOEMU_CHECK(kv_append(v, t));
+        float *K = kv_seq(v, b, &cap, &n);
+        v->seqs[ns++] = (layer_attn_seq_t){
+            .out = v->att + (size_t)t * qd, .lse = v->lse + (size_t)t * Hl,
+            .q = v->q + (size_t)t * qd, .kc = K, .vc = K + (size_t)kvl * cap * hd, .T = 1,
+            .q0 = *n - 1, .k1 = *n, .ldc = cap};
+    }
+    layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd);
+    double sz = (double)emu_dtype_size(x->dtype);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd / CP);
+    if (CP == 1) return MOEMU_OK;
+    for (int cp = 0; cp < CP; cp++) cnt[cp] = TA;
+    MOEMU_CHECK(layer_gather_rows(x, v->parts, v->att, cnt, qd, v->sh->cp));
+    float *lses = v->parts + (size_t)CP * TA * qd;
+    MOEMU_CHECK(layer_gather_rows(x, lses, v->lse, cnt, Hl, v->sh->cp));
+    layer_attention_merge(x, v->att, v->parts, lses, CP, TA, Hl, hd);
+    return MOEMU_OK;
+}
+
+/* The SP slice's rows gathered over the TP group into all of A (na). */
+static moemu_status_t sp_gather(layer_view_t *v, float *rows)
+{
+    int cnt[v->sh->tp_size];
+    tp_counts(v, v->r->n, cnt);
+    return layer_gather_rows(v->x, rows, rows + (size_t)v->r->r0 * v->dm->d, cnt, v->dm->d,
+                             v->sh->tp);
+}
+
+/* Partial sums of all of A completed over the TP group: reduce-scattered
+ * to the SP slices, or all-reduced. */
+static moemu_status_t tp_sum(layer_view_t *v, float *rows)
+{
+    int cnt[v->sh->tp_size];
+    if (v->sh->sp) {
+        tp_counts(v, v->r->n, cnt);
+        return layer_reduce_scatter_rows(v->x, rows, rows, cnt, v->dm->d, v->sh->tp);
+    }
+    return layer_allreduce(v->x, rows, (int64_t)v->r->n * v->dm->d, v->sh->tp);
+}
+
+moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
+{
+    const layer_rows_t *r = v->r;
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0;
+    int qd = dm->Hl * hd, kvd = dm->kvl * hd;
+
+    layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
+    if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
+    layer_linear(x, EMU_KERNEL_GEMM, v->q, v->na, w->wq + (size_t)dm->head0 * hd * d, TA, d, qd,
+                 d, false);
+    layer_linear(x, EMU_KERNEL_GEMM, v->kk, v->na, w->wk + (size_t)dm->kv_head0 * hd * d, TA, d,
+                 kvd, d, false);
+    layer_linear(x, EMU_KERNEL_GEMM, v->vv, v->na, w->wv + (size_t)dm->kv_head0 * hd * d, TA, d,
+                 kvd, d, false);
+    layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, dm->rope_theta);
+    layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, dm->rope_theta);
+    if (r->decode) MOEMU_CHECK(attend_decode(v));
+    else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
+    else MOEMU_CHECK(attend_prefill_cp(v));
+    /* row-parallel output projection: partial sums over the TP ranks */
+    layer_linear(x, EMU_KERNEL_GEMM, v->o, v->att, w->wo + (size_t)dm->head0 * hd, TA, qd, d,
+                 dm->H * hd, false);
+    MOEMU_CHECK(tp_sum(v, v->o));
+    layer_add(x, v->xr, v->o, (int64_t)R * d);
+    return MOEMU_OK;
+}
+
+/* ---- Vocabulary-parallel embedding and lm_head */
+
+void layer_vocab_rows(int V, int tp, int t, int *v0, int *v1)
+{
+    if (tp < 1) tp = 1;
+    int per = (int)(((int64_t)V + tp - 1) / tp);
+    *v0 = per * t;
+    *v1 = *v0 + per;
+}
+
+moemu_status_t layer_embed_block(layer_view_t *v, const float *table, const int *tok)
+{
+    layer_ctx_t *x = v->x;
+    int d = v->dm->d, TA = v->r->n, v0 = v->dm->vocab0, v1 = v0 + v->dm->Vl;
+    if (x->math)
+        for (int t = 0; t < TA; t++) {
+            float *row = v->o + (size_t)t * d;
+            if (tok[t] >= v0 && tok[t] < v1)
+                memcpy(row, table + (size_t)tok[t] * d, sizeof(float) * d);
+            else
+                memset(row, 0, sizeof(float) * d); /* another rank's row */
+        }
+    emu_charge(x->dev, EMU_KERNEL_EMBED, 0.0, 2.0 * TA * d * emu_dtype_size(x->dtype));
+    if (v->sh->sp) {
+        int cnt[v->sh->tp_size];
+        tp_counts(v, TA, cnt);
+        return layer_reduce_scatter_rows(x, v->xr, v->o, cnt, d, v->sh->tp);
+    }
+    MOEMU_CHECK(layer_allreduce(x, v->o, (int64_t)TA * d, v->sh->tp));
+    if (x->math) memcpy(v->xr, v->o, sizeof(float) * (size_t)TA * d);
+    return MOEMU_OK;
+}
+
+moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float *lm_head,
+                                const int *rows, int nl, const float **logits, size_t *ld)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int d = dm->d, V = dm->V, Vl = dm->Vl, TP = v->sh->tp_size, cnt[TP];
+    const float *xa = v->xr;
+    if (v->sh->sp) {
+        tp_counts(v, v->r->n, cnt);
+        MOEMU_CHECK(layer_gather_rows(x, v->na, v->xr, cnt, d, v->sh->tp));
+        xa = v->na;
+    }
+    if (x->math)
+        for (int i = 0; i < nl; i++)
+            memcpy(v->o + (size_t)i * d, xa + (size_t)rows[i] * d, sizeof(float) * d);
+    layer_rmsnorm(x, v->o, v->o, norm, nl, d, dm->eps);
+    int v0 = dm->vocab0, real = (v0 + Vl < V ? v0 + Vl : V) - v0;
+    if (real < 0) real = 0;
+    layer_linear(x, EMU_KERNEL_GEMM, v->logits, v->o, lm_head + (size_t)v0 * d, nl, d, real, d,
+                 false);
+    if (x->math && real < Vl) /* padding rows of the vocabulary never win */
+        for (int i = nl - 1; i >= 0; i--) {
+            memmove(v->logits + (size_t)i * Vl, v->logits + (size_t)i * real, sizeof(float) * real);
+            for (int j = real; j < Vl; j++) v->logits[(size_t)i * Vl + j] = -INFINITY;
+        }
+    *logits = v->logits;
+    *ld = (size_t)Vl;
+    if (TP == 1) return MOEMU_OK;
+    for (int t = 0; t < TP; t++) cnt[t] = nl;
+    MOEMU_CHECK(layer_gather_rows(x, v->lgath, v->logits, cnt, Vl, v->sh->tp));
+    if (x->math) /* (TP, nl, Vl) to (nl, TP * Vl) */
+        for (int t = 0; t < TP; t++)
+            for (int i = 0; i < nl; i++)
+                memcpy(v->logits + (size_t)i * TP * Vl + (size_t)t * Vl,
+                       v->lgath + ((size_t)t * nl + i) * Vl, sizeof(float) * Vl);
+    *ld = (size_t)TP * Vl;
+    return MOEMU_OK;
+}
+
+/* ---- The mixture of experts */
+
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate)
+{
+    const layer_rows_t *r = v->r;
+    int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
+    layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
+    layer_router(v->x, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
+                 v->dm->k);
+}
+
+moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped)
+{
+    const layer_rows_t *r = v->r;
+    int nM = r->m1 - r->m0;
+    if (cf <= 0.0)
+        return layer_capacity_group(v->x, v->keep, dropped, v->idx, nM, NULL, NULL, 0, v->dm->k,
+                                    v->dm->E, 0.0, NULL);
+    return layer_capacity_group(v->x, v->keep, dropped, v->idx, nM, r->group_n, r->group_pos,
+                                r->group_T, v->dm->k, v->dm->E, cf, v->sh->replica);
+}
+
+/* The routed outputs of the M rows back to every row of R: over the CP
+ * group in decode (M is cut between CP ranks there), then over the TP
+ * group unless SP keeps the slices apart. */
+static moemu_status_t routed_back(layer_view_t *v)
+{
+    const layer_rows_t *r = v->r;
+    const layer_shard_t *sh = v->sh;
+    int d = v->dm->d, TA = r->n, a, z;
+    int cnt[sh->tp_size > sh->cp_size ? sh->tp_size : sh->cp_size];
+    par_sp_range(TA, sh->tp_size, sh->tp_rank, &a, &z);
+    if (r->decode && sh->cp_size > 1) {
+        for (int cp = 0; cp < sh->cp_size; cp++) {
+            int c0, c1;
+            par_sp_range(z - a, sh->cp_size, cp, &c0, &c1);
+            cnt[cp] = c1 - c0;
+        }
+        MOEMU_CHECK(layer_gather_rows(v->x, v->moe + (size_t)a * d, v->moe + (size_t)r->m0 * d,
+                                      cnt, d, sh->cp));
+    }
+    if (!sh->sp && sh->tp_size > 1) {
+        tp_counts(v, TA, cnt);
+        MOEMU_CHECK(layer_gather_rows(v->x, v->moe, v->moe + (size_t)a * d, cnt, d, sh->tp));
+    }
+    return MOEMU_OK;
+}
+
+/* The dense MLPs of mlp on all of A's normalised rows (gathered over TP
+ * with SP), each rank on its slice, summed into out's R rows. */
+static moemu_status_t mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
+{
+    const layer_rows_t *r = v->r;
+    layer_ctx_t *x = v->x;
+    int d = v->dm->d, TA = r->n, R = r->r1 - r->r0, Fl = m->f1 - m->f0;
+    if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
+    if (x->math) memset(v->sh_out, 0, sizeof(float) * (size_t)TA * d);
+    layer_expert_job_t jobs[m->S];
+    for (int j = 0; j < m->S; j++)
+        jobs[j] = (layer_expert_job_t){
+            .out = v->sh_out, .x = v->na, .w1 = m->w1[j] + (size_t)m->f0 * d,
+            .w3 = m->w3[j] ? m->w3[j] + (size_t)m->f0 * d : NULL, .w2 = m->w2[j] + m->f0, .n = TA};
+    layer_expert_group(x, jobs, m->S, v->parts, d, Fl, m->F, m->act, true);
+    MOEMU_CHECK(tp_sum(v, v->sh_out));
+    layer_add(x, out, v->sh_out, (int64_t)R * d);
+    return MOEMU_OK;
+}
+
+moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const layer_mlp_t *mlp)
+{
+    const layer_rows_t *r = v->r;
+    int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
+    MOEMU_CHECK(layer_moe_routed(v->x, v->sh, v->moe + (size_t)r->m0 * d,
+                                 v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex));
+    MOEMU_CHECK(routed_back(v));
+    float *moeR = v->moe + (size_t)r->r0 * d;
+    if (mlp->S > 0) MOEMU_CHECK(mlp_block(v, mlp, moeR));
+    layer_add(v->x, v->xr, moeR, (int64_t)R * d);
+    return MOEMU_OK;
+}
