@@ -43,7 +43,7 @@ int cli_info_main(int argc, char **argv)
     cfg_model_t m;
     if (cfg_load(&m, model) != MOEMU_OK) return cli_error();
     cfg_figures_t f;
-    cfg_figures(&m, &f);
+    family_of(&m)->figures(&m, &f);
     printf("model %s\n", m.name);
     printf("  vocab %d, hidden %d, %d layers, %d heads (%d kv) of %d, %d experts of %d "
            "(top-%d, %s), %d shared of %d\n",

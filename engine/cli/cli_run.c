@@ -416,7 +416,7 @@ static int run(const run_opts_t *o)
     if (st != MOEMU_OK) goto fail;
 
     cfg_figures_t fig;
-    cfg_figures(&cfg, &fig);
+    family_of(&cfg)->figures(&cfg, &fig);
     int min_len = wl.max_len;
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
     printf("model    %s: %.4g parameters (%.4g active per token), %s\n", cfg.name,

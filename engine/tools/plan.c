@@ -429,7 +429,7 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
     *all_hold = true;
     const cfg_model_t *cfg = &p->cfg;
     cfg_figures_t fig;
-    cfg_figures(cfg, &fig);
+    family_of(cfg)->figures(cfg, &fig);
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
     char a[64], b[64];

@@ -443,13 +443,13 @@ static moemu_status_t run_workers(sweep_t *out, sweep_ctx_t *x, const sweep_opts
 
 bool sweep_uneven_helps(const cfg_model_t *c)
 {
-    /* weights in elements, as the devices count them (engine/dist.c) */
-    double d = c->hidden_size, hd = c->head_dim, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
-    double layer = 2 * d + 2 * c->num_attention_heads * hd * d +
-                   2 * c->num_key_value_heads * hd * d + (double)c->num_local_experts * d +
-                   (double)c->num_local_experts * mats * c->intermediate_size * d +
-                   (double)c->num_shared_experts * mats * c->shared_expert_intermediate_size * d;
-    double head = d + (double)c->vocab_size * d;
+    /* one layer's weights against lm_head's, as the devices count them */
+    par_strategy_t one;
+    par_strategy_default(&one);
+    model_place_t p;
+    family_of(c)->place(c, &one, 0, &p);
+    double layer, head;
+    family_of(c)->held(c, &p, &layer, &head);
     return head > layer;
 }
 
