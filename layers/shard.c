@@ -178,14 +178,23 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
 
 /* ---- Expert parallelism */
 
+/* One call's dispatch (Megatron-Core's all-to-all token dispatcher). */
 typedef struct {
+    layer_ctx_t *c;
+    const layer_shard_t *s;
+    const layer_experts_t *ex;
+    int n, EP, ETP, Eper;
+    double sz;
     int *order;    /* (nsend) my kept choices a = row * k + slot, by expert */
     int *sendc;    /* (E) kept choices per expert, i.e. per (EP rank, local) */
     int *recvc;    /* (EP * Eper) rows from source q for local expert j */
     int *lists_c;  /* (ETP * EP * Eper) recvc of every ETP member */
+    int *lcount;   /* (ETP) rows of each ETP member's list */
     size_t *scnt, *sdsp, *rcnt, *rdsp; /* (EP) all-to-all counts, in floats */
+    int64_t nsend, nrecv, nlist;
+    size_t sb, rb, lb;
+    float *sendbuf, *recvbuf, *lists, *outl, *ret;
 } moe_plan_t;
-
 static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t *scnt,
                                 const size_t *sdsp, float *recv, const size_t *rcnt,
                                 const size_t *rdsp, par_comm_t *comm)
@@ -274,151 +283,170 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     return MOEMU_OK;
 }
 
-moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
-                                float *routed, const float *x, const int *idx,
-                                const float *w, const uint8_t *keep, int n,
-                                const layer_experts_t *ex)
+/* 1. my kept choices by expert: a counting sort, stable in (row, slot);
+ * the choices are metadata, planned even when math is skipped */
+static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *keep)
 {
-    int d = ex->d, k = ex->k, E = ex->E, EP = s->ep_size, ETP = s->etp_size;
-    int Eper = E / EP;
-    double sz = (double)emu_dtype_size(c->dtype);
-    moemu_status_t st = MOEMU_OK;
-    moe_plan_t pl = {0};
-    float *sendbuf = NULL, *recvbuf = NULL, *lists = NULL, *outl = NULL, *ret = NULL;
-    int64_t nsend = 0, nrecv = 0, nlist = 0;
-    size_t sb = 0, rb = 0, lb = 0;
-    int *lcount = NULL; /* (ETP) rows of each ETP member's list */
-
-    /* 1. my kept choices by expert: a counting sort, stable in (row, slot) */
-    pl.sendc = calloc((size_t)E + 1, sizeof(int));
-    pl.recvc = calloc((size_t)EP * Eper + 1, sizeof(int));
-    pl.lists_c = calloc((size_t)ETP * EP * Eper + 1, sizeof(int));
-    pl.order = malloc(sizeof(int) * ((size_t)n * k + 1));
-    pl.scnt = calloc(4 * (size_t)EP, sizeof(size_t));
-    lcount = calloc((size_t)ETP, sizeof(int));
-    if (!pl.sendc || !pl.recvc || !pl.lists_c || !pl.order || !pl.scnt || !lcount) {
-        st = nomem(sizeof(int) * (size_t)n * k, "the dispatch plan");
-        goto out;
-    }
-    pl.sdsp = pl.scnt + EP;
-    pl.rcnt = pl.sdsp + EP;
-    pl.rdsp = pl.rcnt + EP;
-    {
-        /* the choices are metadata: planned even when math is skipped */
-        for (int64_t a = 0; a < (int64_t)n * k; a++)
-            if (keep[a]) pl.sendc[idx[a]]++;
-        int *next = malloc(sizeof(int) * (size_t)(E + 1));
-        if (!next) {
-            st = nomem(sizeof(int) * (size_t)E, "the dispatch plan");
-            goto out;
-        }
-        next[0] = 0;
-        for (int e = 0; e < E; e++) next[e + 1] = next[e] + pl.sendc[e];
-        for (int64_t a = 0; a < (int64_t)n * k; a++)
-            if (keep[a]) pl.order[next[idx[a]]++] = (int)a;
+    int E = m->ex->E, k = m->ex->k, EP = m->EP, n = m->n;
+    m->sendc = calloc((size_t)E + 1, sizeof(int));
+    m->recvc = calloc((size_t)EP * m->Eper + 1, sizeof(int));
+    m->lists_c = calloc((size_t)m->ETP * EP * m->Eper + 1, sizeof(int));
+    m->order = malloc(sizeof(int) * ((size_t)n * k + 1));
+    m->scnt = calloc(4 * (size_t)EP, sizeof(size_t));
+    m->lcount = calloc((size_t)m->ETP, sizeof(int));
+    int *next = malloc(sizeof(int) * (size_t)(E + 1));
+    if (!m->sendc || !m->recvc || !m->lists_c || !m->order || !m->scnt || !m->lcount || !next) {
         free(next);
+        return nomem(sizeof(int) * (size_t)n * k, "the dispatch plan");
     }
-    for (int e = 0; e < E; e++) nsend += pl.sendc[e];
+    m->sdsp = m->scnt + EP;
+    m->rcnt = m->sdsp + EP;
+    m->rdsp = m->rcnt + EP;
+    for (int64_t a = 0; a < (int64_t)n * k; a++)
+        if (keep[a]) m->sendc[idx[a]]++;
+    next[0] = 0;
+    for (int e = 0; e < E; e++) next[e + 1] = next[e] + m->sendc[e];
+    for (int64_t a = 0; a < (int64_t)n * k; a++)
+        if (keep[a]) m->order[next[idx[a]]++] = (int)a;
+    free(next);
+    for (int e = 0; e < E; e++) m->nsend += m->sendc[e];
+    return MOEMU_OK;
+}
 
-    /* 2. counts per (peer, local expert) over the EP group */
-    if (s->ep) st = par_alltoall(pl.sendc, pl.recvc, (size_t)Eper, EMU_DTYPE_INT32, s->ep, c->dev);
-    else memcpy(pl.recvc, pl.sendc, sizeof(int) * (size_t)E);
-    if (st != MOEMU_OK) goto out;
-    for (int i = 0; i < EP * Eper; i++) nrecv += pl.recvc[i];
+/* 2. counts per (peer, local expert) over the EP group */
+static moemu_status_t send_counts(moe_plan_t *m)
+{
+    if (m->s->ep)
+        MOEMU_CHECK(par_alltoall(m->sendc, m->recvc, (size_t)m->Eper, EMU_DTYPE_INT32, m->s->ep,
+                                 m->c->dev));
+    else
+        memcpy(m->recvc, m->sendc, sizeof(int) * (size_t)m->ex->E);
+    for (int i = 0; i < m->EP * m->Eper; i++) m->nrecv += m->recvc[i];
+    return MOEMU_OK;
+}
 
-    /* 3. rows, grouped by destination then expert */
-    sb = (size_t)nsend * d;
-    rb = (size_t)nrecv * d;
-    if ((st = emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (sb + rb + 1), sz * (double)(sb + rb),
-                        (void **)&sendbuf)) != MOEMU_OK)
-        goto out;
-    recvbuf = sendbuf + sb;
+/* 3. rows, grouped by destination then expert */
+static moemu_status_t send_rows(moe_plan_t *m, const float *x)
+{
+    layer_ctx_t *c = m->c;
+    int d = m->ex->d, k = m->ex->k;
+    m->sb = (size_t)m->nsend * d;
+    m->rb = (size_t)m->nrecv * d;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + m->rb + 1),
+                          m->sz * (double)(m->sb + m->rb), (void **)&m->sendbuf));
+    m->recvbuf = m->sendbuf + m->sb;
     if (c->math)
-        for (int64_t i = 0; i < nsend; i++)
-            memcpy(sendbuf + i * d, x + (int64_t)(pl.order[i] / k) * d, sizeof(float) * d);
-    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)nsend * d);
-    for (int q = 0; q < EP; q++) {
+        for (int64_t i = 0; i < m->nsend; i++)
+            memcpy(m->sendbuf + i * d, x + (int64_t)(m->order[i] / k) * d, sizeof(float) * d);
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * m->sz * (double)m->nsend * d);
+    for (int q = 0; q < m->EP; q++) {
         size_t sc = 0, rc = 0;
-        for (int j = 0; j < Eper; j++) {
-            sc += (size_t)pl.sendc[q * Eper + j];
-            rc += (size_t)pl.recvc[q * Eper + j];
+        for (int j = 0; j < m->Eper; j++) {
+            sc += (size_t)m->sendc[q * m->Eper + j];
+            rc += (size_t)m->recvc[q * m->Eper + j];
         }
-        pl.scnt[q] = sc * d;
-        pl.rcnt[q] = rc * d;
-        pl.sdsp[q] = q ? pl.sdsp[q - 1] + pl.scnt[q - 1] : 0;
-        pl.rdsp[q] = q ? pl.rdsp[q - 1] + pl.rcnt[q - 1] : 0;
+        m->scnt[q] = sc * d;
+        m->rcnt[q] = rc * d;
+        m->sdsp[q] = q ? m->sdsp[q - 1] + m->scnt[q - 1] : 0;
+        m->rdsp[q] = q ? m->rdsp[q - 1] + m->rcnt[q - 1] : 0;
     }
-    if ((st = alltoallv(c, sendbuf, pl.scnt, pl.sdsp, recvbuf, pl.rcnt, pl.rdsp, s->ep)) != MOEMU_OK)
-        goto out;
+    return alltoallv(c, m->sendbuf, m->scnt, m->sdsp, m->recvbuf, m->rcnt, m->rdsp, m->s->ep);
+}
 
-    /* 4. every ETP member's rows for these experts */
+/* 4. every ETP member's rows for these experts, and the load they make */
+static moemu_status_t gather_lists(moe_plan_t *m)
+{
+    layer_ctx_t *c = m->c;
+    int ETP = m->ETP, EPE = m->EP * m->Eper, d = m->ex->d;
     if (ETP > 1) {
         int ones[ETP];
         for (int i = 0; i < ETP; i++) ones[i] = 1;
-        if ((st = gather_rows(c, pl.lists_c, pl.recvc, ones, EP * Eper, EMU_DTYPE_INT32, s->etp)) != MOEMU_OK)
-            goto out;
+        MOEMU_CHECK(gather_rows(c, m->lists_c, m->recvc, ones, EPE, EMU_DTYPE_INT32, m->s->etp));
     } else {
-        memcpy(pl.lists_c, pl.recvc, sizeof(int) * (size_t)EP * Eper);
+        memcpy(m->lists_c, m->recvc, sizeof(int) * (size_t)EPE);
     }
     for (int i = 0; i < ETP; i++) {
-        lcount[i] = 0;
-        for (int j = 0; j < EP * Eper; j++) lcount[i] += pl.lists_c[i * EP * Eper + j];
-        nlist += lcount[i];
+        m->lcount[i] = 0;
+        for (int j = 0; j < EPE; j++) m->lcount[i] += m->lists_c[i * EPE + j];
+        m->nlist += m->lcount[i];
     }
-    if (ex->load && s->etp_rank == 0) /* the ETP members share these rows */
-        for (int i = 0; i < ETP * EP; i++)
-            for (int j = 0; j < Eper; j++) ex->load[ex->e0 + j] += pl.lists_c[i * Eper + j];
-    lb = (size_t)nlist * d;
-    if ((st = emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * lb + 1), 2.0 * sz * (double)lb,
-                        (void **)&lists)) != MOEMU_OK)
-        goto out;
-    outl = lists + lb;
-    if ((st = layer_gather_rows(c, lists, recvbuf, lcount, d, s->etp)) != MOEMU_OK) goto out;
+    const layer_experts_t *ex = m->ex;
+    if (ex->load && m->s->etp_rank == 0) /* the ETP members share these rows */
+        for (int i = 0; i < ETP * m->EP; i++)
+            for (int j = 0; j < m->Eper; j++) ex->load[ex->e0 + j] += m->lists_c[i * m->Eper + j];
+    m->lb = (size_t)m->nlist * d;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * m->lb + 1),
+                          2.0 * m->sz * (double)m->lb, (void **)&m->lists));
+    m->outl = m->lists + m->lb;
+    return layer_gather_rows(c, m->lists, m->recvbuf, m->lcount, d, m->s->etp);
+}
 
-    /* 5. the experts, on this member's slice of their intermediate size */
-    if ((st = run_experts(c, outl, lists, pl.lists_c, ETP, EP, Eper, ex)) != MOEMU_OK) goto out;
+/* 5-7. the experts on this member's slice, the partial outputs summed over
+ * the ETP group and sent back to the sources in the order they sent */
+static moemu_status_t compute_and_return(moe_plan_t *m)
+{
+    layer_ctx_t *c = m->c;
+    int d = m->ex->d;
+    MOEMU_CHECK(run_experts(c, m->outl, m->lists, m->lists_c, m->ETP, m->EP, m->Eper, m->ex));
+    MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
+                          (void **)&m->ret));
+    return alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp, m->s->ep);
+}
 
-    /* 6. partial outputs summed over the ETP group, back to my rows */
-    if ((st = layer_reduce_scatter_rows(c, recvbuf, outl, lcount, d, s->etp)) != MOEMU_OK) goto out;
-
-    /* 7. back to the sources, in the order they sent */
-    if ((st = emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (sb + 1), sz * (double)sb,
-                        (void **)&ret)) != MOEMU_OK)
-        goto out;
-    if ((st = alltoallv(c, recvbuf, pl.rcnt, pl.rdsp, ret, pl.scnt, pl.sdsp, s->ep)) != MOEMU_OK)
-        goto out;
-
-    /* 8. combine in choice order; a dropped choice contributes 0 */
+/* 8. combine in choice order; a dropped choice contributes 0 */
+static moemu_status_t combine(moe_plan_t *m, float *routed, const float *w, const uint8_t *keep)
+{
+    layer_ctx_t *c = m->c;
+    int d = m->ex->d, k = m->ex->k, n = m->n;
     if (c->math) {
         int64_t *slot_of = malloc(sizeof(int64_t) * ((size_t)n * k + 1));
-        if (!slot_of) {
-            st = nomem(sizeof(int64_t) * (size_t)n * k, "the combination");
-            goto out;
-        }
-        for (int64_t i = 0; i < nsend; i++) slot_of[pl.order[i]] = i;
+        if (!slot_of) return nomem(sizeof(int64_t) * (size_t)n * k, "the combination");
+        for (int64_t i = 0; i < m->nsend; i++) slot_of[m->order[i]] = i;
         for (int t = 0; t < n; t++) {
             float *o = routed + (int64_t)t * d;
             memset(o, 0, sizeof(float) * d);
             for (int j = 0; j < k; j++) {
                 int64_t a = (int64_t)t * k + j;
                 if (!keep[a]) continue;
-                const float *y = ret + slot_of[a] * d;
+                const float *y = m->ret + slot_of[a] * d;
                 for (int i = 0; i < d; i++) o[i] += w[a] * y[i];
             }
         }
         free(slot_of);
     }
     emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 2.0 * n * k * d,
-               sz * ((double)nsend * d + (double)n * d));
-out:
-    if (ret) emu_free(c->dev, EMU_MEM_COMM, ret, sz * (double)sb);
-    if (lists) emu_free(c->dev, EMU_MEM_ACT, lists, 2.0 * sz * (double)lb);
-    if (sendbuf) emu_free(c->dev, EMU_MEM_COMM, sendbuf, sz * (double)(sb + rb));
-    free(pl.sendc);
-    free(pl.recvc);
-    free(pl.lists_c);
-    free(pl.order);
-    free(pl.scnt);
-    free(lcount);
+               m->sz * ((double)m->nsend * d + (double)n * d));
+    return MOEMU_OK;
+}
+
+static void plan_free(moe_plan_t *m)
+{
+    emu_dev_t *dev = m->c->dev;
+    if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, m->sz * (double)m->sb);
+    if (m->lists) emu_free(dev, EMU_MEM_ACT, m->lists, 2.0 * m->sz * (double)m->lb);
+    if (m->sendbuf) emu_free(dev, EMU_MEM_COMM, m->sendbuf, m->sz * (double)(m->sb + m->rb));
+    free(m->sendc);
+    free(m->recvc);
+    free(m->lists_c);
+    free(m->order);
+    free(m->scnt);
+    free(m->lcount);
+}
+
+moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
+                                float *routed, const float *x, const int *idx,
+                                const float *w, const uint8_t *keep, int n,
+                                const layer_experts_t *ex)
+{
+    moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
+                    .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype)};
+    moemu_status_t st = plan_sends(&m, idx, keep);
+    if (st == MOEMU_OK) st = send_counts(&m);
+    if (st == MOEMU_OK) st = send_rows(&m, x);
+    if (st == MOEMU_OK) st = gather_lists(&m);
+    if (st == MOEMU_OK) st = compute_and_return(&m);
+    if (st == MOEMU_OK) st = combine(&m, routed, w, keep);
+    plan_free(&m);
     return st;
 }
