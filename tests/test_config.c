@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/models/config.h"
+#include "engine/models/family.h"
 
 /* Mistral AI's config.json for Mixtral-8x7B-v0.1, as published. */
 static const char mixtral_json[] =
@@ -283,6 +283,23 @@ static moemu_status_t parse_patched(cfg_model_t *c, const char *patch,
     moemu_status_t st = cfg_parse(c, text, label);
     free(text);
     return st;
+}
+
+Test(config_parse, model_type_chooses_the_family)
+{
+    cfg_model_t c;
+    cr_assert_eq(parse_patched(&c, NULL, NULL, "x"), MOEMU_OK);
+    cr_assert_eq(family_of(&c), &family_mixtral, "no model_type: moemu's own (Mixtral)");
+    cr_assert_eq(parse_patched(&c, "{\"model_type\": \"mixtral\"}", NULL, "x"), MOEMU_OK);
+    cr_assert_eq(c.family, &family_mixtral);
+    cr_assert_eq(family_find("mixtral"), &family_mixtral);
+    cr_assert_null(family_find("qwen2_moe"));
+    cr_assert_eq(parse_patched(&c, "{\"model_type\": \"qwen2_moe\"}", NULL, "x"),
+                 MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "x: config key 'model_type' = \"qwen2_moe\" is not a family "
+                                     "moemu implements (mixtral)");
+    cr_assert_eq(parse_patched(&c, "{\"model_type\": 3}", NULL, "x"), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "model_type"), "%s", moemu_errmsg());
 }
 
 Test(config_parse, head_dim_default_and_null)

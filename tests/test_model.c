@@ -7,7 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/run/runner.h"
+#include "engine/tools/report.h"
+#include "engine/tools/check.h"
 
 typedef struct {
     cfg_model_t cfg;
@@ -314,4 +315,52 @@ Test(workload, tokens_file)
         cr_assert(strstr(moemu_errmsg(), bad[i][1]), "'%s': %s", bad[i][0], moemu_errmsg());
     }
     unlink(path);
+}
+
+/* One device is the runner on the one-device strategy, whoever asks: a
+ * library caller, check's baseline and the report's scaling reference (a
+ * dry replay of the strategy's routing) get the same clock, TTFT and peak
+ * memory, with the strategy's routing groups. */
+Test(model, one_device_figures_are_one)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    cfg.capacity_factor = 1.0; /* groups matter: they decide the drops */
+    wts_t w;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 5), MOEMU_OK, "%s", moemu_errmsg());
+    wl_opts_t wo = {.lens = "7,3,9,5,6", .decode = 3, .seed = 5};
+    wl_t wl;
+    cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+    runner_opts_t so = {.micro_batches = 2};
+    cr_assert_eq(par_strategy_parse("dp2-tp2-ep2", &so.strategy), MOEMU_OK);
+    cr_assert_eq(emu_hw_load("a100-80g", &so.hw), MOEMU_OK);
+
+    runner_opts_t one;
+    runner_opts_one_device(&one, &so.hw, 2, 2);
+    model_opts_t mo = {.prompt_logits = true}; /* as check computes them */
+    model_out_t out;
+    emu_cluster_t *cl;
+    cr_assert_eq(runner_generate(&out, &cl, &w, &wl, &one, &mo), MOEMU_OK, "%s", moemu_errmsg());
+    emu_dev_t *dev = emu_cluster_dev(cl, 0);
+
+    check_t chk;
+    cr_assert_eq(check_run(&chk, &w, &wl, &so, 1e-5, NULL), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(chk.r.pass);
+    emu_dev_t *base = emu_cluster_dev(chk.base_cluster, 0);
+    cr_assert_eq(emu_dev_clock(base), emu_dev_clock(dev), "check's baseline");
+    cr_assert_eq(emu_mem_total_peak(base), emu_mem_total_peak(dev));
+    cr_assert_eq(chk.base.dropped, out.dropped);
+    cr_assert_gt(out.dropped, 0, "capacity 1.0 should drop here");
+    for (int i = 0; i < wl.batch * wl.decode; i++)
+        cr_assert_eq(chk.base.token_time[i], out.token_time[i], "token %d's time", i);
+
+    double t1;
+    cr_assert_eq(report_one_device(&t1, &w, &wl, &so, chk.route_strategy, true), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    cr_assert_eq(t1, emu_dev_clock(dev), "the report's scaling reference");
+    check_free(&chk);
+    model_out_free(&out);
+    emu_cluster_destroy(cl);
+    wl_free(&wl);
+    wts_free(&w);
 }

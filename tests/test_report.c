@@ -94,7 +94,7 @@ static void run_start(run_t *x, const cfg_model_t *cfg, const wl_t *wl, runner_o
     cr_assert_eq(runner_generate(&x->out, &x->cl, &x->w, wl, o, &mo), MOEMU_OK, "%s",
                  moemu_errmsg());
     if (scaling)
-        cr_assert_eq(report_one_device(&x->t1, &x->w, wl, o, x->record), MOEMU_OK, "%s",
+        cr_assert_eq(report_one_device(&x->t1, &x->w, wl, o, x->record, false), MOEMU_OK, "%s",
                      moemu_errmsg());
     cr_assert_eq(report_build(&x->r, x->cl, &x->out, cfg, wl, o, x->t1), MOEMU_OK, "%s",
                  moemu_errmsg());

@@ -370,7 +370,7 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
 {
     /* the one-device reference: check's baseline when there is one */
     double t1 = base ? emu_dev_clock(emu_cluster_dev(base, 0)) : 0;
-    if (!base) MOEMU_CHECK(report_one_device(&t1, w, wl, dopt, record));
+    if (!base) MOEMU_CHECK(report_one_device(&t1, w, wl, dopt, record, o->dump_logits != NULL));
     report_t r;
     MOEMU_CHECK(report_build(&r, cl, out, &w->cfg, wl, dopt, t1));
     report_print(&r, stdout);

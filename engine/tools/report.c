@@ -167,7 +167,7 @@ void report_free(report_t *r)
 }
 
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
-                                 const runner_opts_t *main, int *record)
+                                 const runner_opts_t *main, int *record, bool prompt_logits)
 {
     runner_opts_t o;
     runner_opts_one_device(&o, &main->hw, main->strategy.dp, main->micro_batches);
@@ -176,7 +176,7 @@ moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
     route_src_t src;
     route_replay_record(&src, record, &w->cfg, wl);
     o.routing = &src;
-    model_opts_t mo = {0};
+    model_opts_t mo = {.prompt_logits = prompt_logits};
     model_out_t out;
     emu_cluster_t *cl;
     MOEMU_CHECK(runner_generate(&out, &cl, w, wl, &o, &mo));
@@ -212,7 +212,7 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
     model_opts_t mo = {.route = record};
     if (st == MOEMU_OK) st = runner_generate(&out, &cl, &w, wl, &d, &mo);
-    if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, record);
+    if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, record, false);
     if (st == MOEMU_OK) st = report_build(r, cl, &out, cfg, wl, &d, t1);
     /* the report keeps the load matrix: hand it over */
     if (st == MOEMU_OK) {

@@ -64,9 +64,11 @@ void report_free(report_t *r);
 /* The same workload's virtual time on one device of the same kind, no
  * memory limit, replaying record (a routing record of the run, shape
  * (layers, batch, positions, k)): the scaling reference. It routes in o's
- * groups (DP replicas x micro-batches), as check's baseline does. */
+ * groups (DP replicas x micro-batches), as check's baseline does, and
+ * with prompt_logits computes the logits of every prompt position, as the
+ * run did. */
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
-                                 const runner_opts_t *o, int *record);
+                                 const runner_opts_t *o, int *record, bool prompt_logits);
 
 /* A whole dry run of wl under o (o->dry, routing and nodata are set here;
  * routing is a --routing spec, seed its seed) and its report; with
