@@ -1,9 +1,11 @@
-/* Collectives through shared memory. Each one is two meetings: members
- * publish their buffers and clocks, meet, move data straight between each
- * other's buffers (every element written once, by one member), meet again
- * so that nobody returns while others still touch its buffers, then
- * charge virtual time from the published clocks alone. In no-data mode
- * everything happens but the data movement. */
+/* Collectives, whatever the transport. Each one is: members publish their
+ * arguments and clocks (the transport's gather), all check that they
+ * agree, each moves its part of the data through the transport's views
+ * (par_plan: every element written once, by one member, reductions in rank
+ * order), the transport's close makes sure that nobody returns while
+ * others still need its buffers, then each charges virtual time from the
+ * published clocks alone. In no-data mode everything happens but the data
+ * movement. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,6 @@
 #include <emmintrin.h>
 #endif
 
-/* Host bytes per element: float or int32_t. */
-#define PAR_ELEM 4
 /* Elements reduced at a time: the partial sums stay in L1. */
 #define PAR_CHUNK 2048
 
@@ -158,14 +158,14 @@ static moemu_status_t par_agree(const par_comm_t *c, int r)
 static moemu_status_t par_enter(par_comm_t *c, int r, const par_slot_t *a,
                                 emu_dev_t *dev)
 {
-    c->slots[r] = *a;
-    c->slots[r].clock = emu_dev_clock(dev);
-    c->slots[r].nodata = par_skip_payload(dev, a->dtype);
-    MOEMU_CHECK(par_meet(c, r, true));
+    par_slot_t mine = *a;
+    mine.clock = emu_dev_clock(dev);
+    mine.nodata = par_skip_payload(dev, a->dtype);
+    MOEMU_CHECK(c->tp->gather(c->ts, c, r, &mine));
     moemu_status_t st = par_agree(c, r);
-    /* others may still read the slots: leave together (a meeting that
+    /* others may still read the slots: leave together (a close that
      * cannot fail keeps the message) */
-    if (st != MOEMU_OK) par_meet(c, r, false);
+    if (st != MOEMU_OK) c->tp->close(c->ts, c, r);
     return st;
 }
 
@@ -179,13 +179,19 @@ static double *par_clocks(const par_comm_t *c, double *small, size_t nsmall)
     return k;
 }
 
-/* Second meeting, then charge dev for a closed-form collective. */
+/* Close, then, if st is MOEMU_OK, charge dev for a closed-form
+ * collective. */
 static moemu_status_t par_leave(par_comm_t *c, int r, emu_dev_t *dev,
-                                emu_coll_t kind, int root, double bytes)
+                                moemu_status_t st, emu_coll_t kind, int root,
+                                double bytes)
 {
     double small[64];
     double *k = par_clocks(c, small, 64);
-    par_meet(c, r, false);
+    c->tp->close(c->ts, c, r);
+    if (st != MOEMU_OK) {
+        if (k != small) free(k);
+        return st;
+    }
     if (!k)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d clocks", c->n);
     emu_coll_charge(dev, kind, c->algo[kind], c->granks, c->n, r, root, k,
@@ -194,172 +200,7 @@ static moemu_status_t par_leave(par_comm_t *c, int r, emu_dev_t *dev,
     return MOEMU_OK;
 }
 
-/* ---- reductions: element i of the result is
- * in[0][i] op in[1][i] op ... op in[p-1][i], left to right */
-
-static void par_reduce_f32(float *acc, const par_slot_t *slots, int p,
-                           size_t off, size_t n, par_op_t op)
-{
-    memcpy(acc, (const float *)slots[0].send + off, n * sizeof *acc);
-    for (int q = 1; q < p; q++) {
-        const float *x = (const float *)slots[q].send + off;
-        if (op == PAR_OP_SUM)
-            for (size_t i = 0; i < n; i++) acc[i] += x[i];
-        else /* max; a NaN anywhere gives NaN */
-            for (size_t i = 0; i < n; i++)
-                if (!isnan(acc[i]) && (x[i] > acc[i] || isnan(x[i])))
-                    acc[i] = x[i];
-    }
-}
-
-static void par_reduce_i32(int32_t *acc, const par_slot_t *slots, int p,
-                           size_t off, size_t n, par_op_t op)
-{
-    memcpy(acc, (const int32_t *)slots[0].send + off, n * sizeof *acc);
-    for (int q = 1; q < p; q++) {
-        const int32_t *x = (const int32_t *)slots[q].send + off;
-        if (op == PAR_OP_SUM) /* wraps like the GPU's, without UB */
-            for (size_t i = 0; i < n; i++)
-                acc[i] = (int32_t)((uint32_t)acc[i] + (uint32_t)x[i]);
-        else
-            for (size_t i = 0; i < n; i++)
-                if (x[i] > acc[i]) acc[i] = x[i];
-    }
-}
-
-/* Reduce elements [lo, hi) of the inputs; chunk by chunk, write the result
- * at offset lo + dst_off of every destination in dst[0..ndst-1]. All
- * inputs of a chunk are read before it is written, so a destination may
- * alias its member's input (in place). */
-static void par_reduce_range(const par_comm_t *c, size_t lo, size_t hi,
-                             void *const *dst, int ndst, ptrdiff_t dst_shift,
-                             bool stream)
-{
-    const par_slot_t *s = &c->slots[0];
-    union {
-        float f[PAR_CHUNK];
-        int32_t i[PAR_CHUNK];
-    } acc;
-    for (size_t off = lo; off < hi; off += PAR_CHUNK) {
-        size_t n = hi - off < PAR_CHUNK ? hi - off : PAR_CHUNK;
-        if (s->dtype == EMU_DTYPE_INT32)
-            par_reduce_i32(acc.i, c->slots, c->n, off, n, s->op);
-        else
-            par_reduce_f32(acc.f, c->slots, c->n, off, n, s->op);
-        for (int d = 0; d < ndst; d++)
-            par_copy((char *)dst[d] + ((ptrdiff_t)off + dst_shift) * PAR_ELEM,
-                     &acc, n * PAR_ELEM, stream);
-    }
-    par_fence(stream);
-}
-
-moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
-                             emu_dtype_t dtype, par_op_t op, par_comm_t *comm,
-                             emu_dev_t *dev)
-{
-    par_slot_t a = {.kind = EMU_COLL_ALLREDUCE, .send = sendbuf,
-                    .recv = recvbuf, .count = count, .dtype = dtype, .op = op,
-                    .root = -1};
-    int r;
-    MOEMU_CHECK(par_check("all-reduce", comm, dev, &a,
-                          (par_needs_t){.send = true, .recv = true, .op = true},
-                          count, count, &r));
-    int p = comm->n;
-    void *small[64], **dst = p <= 64 ? small : malloc((size_t)p * sizeof *dst);
-    if (!dst)
-        return moemu_fail(MOEMU_ERR_NOMEM, "all-reduce: no memory for %d "
-                                           "members", p);
-    moemu_status_t st = par_enter(comm, r, &a, dev);
-    if (st == MOEMU_OK) {
-        /* member r owns slice r: it reads every input there and writes
-         * every output there, so no two members touch the same bytes */
-        size_t lo = count * (size_t)r / (size_t)p;
-        size_t hi = count * (size_t)(r + 1) / (size_t)p;
-        for (int q = 0; q < p; q++) dst[q] = comm->slots[q].recv;
-        if (!comm->slots[r].nodata)
-            par_reduce_range(comm, lo, hi, dst, p, 0,
-                             count * PAR_ELEM * (size_t)p >= comm->stream_bytes);
-        st = par_leave(comm, r, dev, EMU_COLL_ALLREDUCE, -1,
-                       (double)count * emu_dtype_size(dtype));
-    }
-    if (dst != small) free(dst);
-    return st;
-}
-
-moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
-                                  size_t recvcount, emu_dtype_t dtype,
-                                  par_op_t op, par_comm_t *comm,
-                                  emu_dev_t *dev)
-{
-    par_slot_t a = {.kind = EMU_COLL_REDUCE_SCATTER, .send = sendbuf,
-                    .recv = recvbuf, .count = recvcount, .dtype = dtype,
-                    .op = op, .root = -1};
-    int r;
-    MOEMU_CHECK(par_check("reduce-scatter", comm, dev, &a,
-                          (par_needs_t){.send = true, .recv = true, .op = true},
-                          comm ? recvcount * (size_t)comm->n : 0, recvcount,
-                          &r));
-    MOEMU_CHECK(par_enter(comm, r, &a, dev));
-    size_t lo = recvcount * (size_t)r;
-    void *dst = recvbuf;
-    if (!comm->slots[r].nodata)
-        par_reduce_range(comm, lo, lo + recvcount, &dst, 1, -(ptrdiff_t)lo,
-                         recvcount * PAR_ELEM * (size_t)comm->n >=
-                             comm->stream_bytes);
-    return par_leave(comm, r, dev, EMU_COLL_REDUCE_SCATTER, -1,
-                     (double)recvcount * comm->n * emu_dtype_size(dtype));
-}
-
-moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
-                             size_t sendcount, emu_dtype_t dtype,
-                             par_comm_t *comm, emu_dev_t *dev)
-{
-    par_slot_t a = {.kind = EMU_COLL_ALLGATHER, .send = sendbuf,
-                    .recv = recvbuf, .count = sendcount, .dtype = dtype,
-                    .root = -1};
-    int r;
-    MOEMU_CHECK(par_check("all-gather", comm, dev, &a,
-                          (par_needs_t){.send = true, .recv = true}, sendcount,
-                          comm ? sendcount * (size_t)comm->n : 0, &r));
-    MOEMU_CHECK(par_enter(comm, r, &a, dev));
-    /* pull every block into our own buffer; in place, block r is already
-     * there */
-    size_t blk = sendcount * PAR_ELEM;
-    bool stream = blk * (size_t)comm->n * (size_t)comm->n >= comm->stream_bytes;
-    for (int q = 0; q < comm->n && !comm->slots[r].nodata; q++) {
-        char *to = (char *)recvbuf + (size_t)q * blk;
-        if (blk && to != comm->slots[q].send)
-            par_copy(to, comm->slots[q].send, blk, stream);
-    }
-    par_fence(stream);
-    return par_leave(comm, r, dev, EMU_COLL_ALLGATHER, -1,
-                     (double)sendcount * comm->n * emu_dtype_size(dtype));
-}
-
-moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
-                             emu_dtype_t dtype, int root, par_comm_t *comm,
-                             emu_dev_t *dev)
-{
-    par_slot_t a = {.kind = EMU_COLL_BROADCAST, .send = sendbuf,
-                    .recv = recvbuf, .count = count, .dtype = dtype,
-                    .root = root};
-    int r;
-    bool is_root = comm && dev && par_comm_rank(comm, dev) == root;
-    MOEMU_CHECK(par_check("broadcast", comm, dev, &a,
-                          (par_needs_t){.send = is_root, .recv = true,
-                                        .root = true},
-                          count, count, &r));
-    MOEMU_CHECK(par_enter(comm, r, &a, dev));
-    const void *from = comm->slots[root].send;
-    bool stream = count * PAR_ELEM * (size_t)comm->n >= comm->stream_bytes;
-    if (count && recvbuf != from && !comm->slots[r].nodata)
-        par_copy(recvbuf, from, count * PAR_ELEM, stream);
-    par_fence(stream);
-    return par_leave(comm, r, dev, EMU_COLL_BROADCAST, root,
-                     (double)count * emu_dtype_size(dtype));
-}
-
-/* ---- all-to-all */
+/* ---- the plan: who reads and writes what */
 
 static size_t a2a_scount(const par_slot_t *s, int j)
 {
@@ -381,6 +222,297 @@ static size_t a2a_rdispl(const par_slot_t *s, int j)
     return s->rdispls ? s->rdispls[j] : (size_t)j * s->count;
 }
 
+void par_plan(const par_comm_t *c, int r, int q, par_pair_t *out)
+{
+    const par_slot_t *s = &c->slots[r];
+    size_t n = s->count, p = (size_t)c->n;
+    *out = (par_pair_t){{0, 0}, {0, 0}};
+    if (s->nodata) return;
+    switch (s->kind) {
+    case EMU_COLL_ALLREDUCE: { /* r owns slice r of every input and output */
+        size_t lo = n * (size_t)r / p, hi = n * (size_t)(r + 1) / p;
+        out->get = out->put = (par_span_t){lo, hi - lo};
+        break;
+    }
+    case EMU_COLL_REDUCE_SCATTER:
+        out->get = (par_span_t){n * (size_t)r, n};
+        break;
+    case EMU_COLL_ALLGATHER:
+        out->get = (par_span_t){0, n};
+        break;
+    case EMU_COLL_BROADCAST:
+        if (q == s->root) out->get = (par_span_t){0, n};
+        break;
+    case EMU_COLL_ALLTOALL:
+        out->get = (par_span_t){a2a_sdispl(&c->slots[q], r),
+                                a2a_scount(&c->slots[q], r)};
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- moving r's part through the transport's views */
+
+#define PAR_SMALL 64
+
+typedef struct {
+    const void **src;
+    void **dst;
+    const void *src_small[PAR_SMALL];
+    void *dst_small[PAR_SMALL];
+} par_views_t;
+
+typedef void par_move_fn(par_comm_t *c, int r, const void *const *src,
+                         void *const *dst);
+
+/* Open the views, move r's part with move, release the views. Nothing
+ * moves in no-data mode. */
+static moemu_status_t par_move(par_comm_t *c, int r, par_move_fn *move)
+{
+    if (c->slots[r].nodata) return MOEMU_OK;
+    par_views_t v;
+    bool small = c->n <= PAR_SMALL;
+    v.src = small ? v.src_small : malloc((size_t)c->n * sizeof *v.src);
+    v.dst = small ? v.dst_small : malloc((size_t)c->n * sizeof *v.dst);
+    moemu_status_t st =
+        v.src && v.dst ? c->tp->open(c->ts, c, r, v.src, v.dst)
+                       : moemu_fail(MOEMU_ERR_NOMEM, "no memory for the views "
+                                    "of %d members", c->n);
+    if (st == MOEMU_OK) move(c, r, v.src, v.dst);
+    if (!small) {
+        free(v.src);
+        free(v.dst);
+    }
+    return st;
+}
+
+/* ---- reductions: element i of the result is
+ * in[0][i] op in[1][i] op ... op in[p-1][i], left to right */
+
+static void par_reduce_f32(float *acc, const void *const *in, int p,
+                           size_t off, size_t n, par_op_t op)
+{
+    memcpy(acc, (const float *)in[0] + off, n * sizeof *acc);
+    for (int q = 1; q < p; q++) {
+        const float *x = (const float *)in[q] + off;
+        if (op == PAR_OP_SUM)
+            for (size_t i = 0; i < n; i++) acc[i] += x[i];
+        else /* max; a NaN anywhere gives NaN */
+            for (size_t i = 0; i < n; i++)
+                if (!isnan(acc[i]) && (x[i] > acc[i] || isnan(x[i])))
+                    acc[i] = x[i];
+    }
+}
+
+static void par_reduce_i32(int32_t *acc, const void *const *in, int p,
+                           size_t off, size_t n, par_op_t op)
+{
+    memcpy(acc, (const int32_t *)in[0] + off, n * sizeof *acc);
+    for (int q = 1; q < p; q++) {
+        const int32_t *x = (const int32_t *)in[q] + off;
+        if (op == PAR_OP_SUM) /* wraps like the GPU's, without UB */
+            for (size_t i = 0; i < n; i++)
+                acc[i] = (int32_t)((uint32_t)acc[i] + (uint32_t)x[i]);
+        else
+            for (size_t i = 0; i < n; i++)
+                if (x[i] > acc[i]) acc[i] = x[i];
+    }
+}
+
+/* Reduce n elements of the p inputs in[] (as s's dtype and op), chunk by
+ * chunk, into each of dst[0..ndst-1]. All inputs of a chunk are read
+ * before it is written, so a destination may alias its member's input
+ * (in place). */
+static void par_reduce(const par_slot_t *s, int p, const void *const *in,
+                       size_t n, void *const *dst, int ndst, bool stream)
+{
+    union {
+        float f[PAR_CHUNK];
+        int32_t i[PAR_CHUNK];
+    } acc;
+    for (size_t off = 0; off < n; off += PAR_CHUNK) {
+        size_t k = n - off < PAR_CHUNK ? n - off : PAR_CHUNK;
+        if (s->dtype == EMU_DTYPE_INT32)
+            par_reduce_i32(acc.i, in, p, off, k, s->op);
+        else
+            par_reduce_f32(acc.f, in, p, off, k, s->op);
+        for (int d = 0; d < ndst; d++)
+            par_copy((char *)dst[d] + off * PAR_ELEM, &acc, k * PAR_ELEM,
+                     stream);
+    }
+    par_fence(stream);
+}
+
+/* Member r's slice of every input, into the same slice of every output:
+ * no two members touch the same bytes. */
+static void par_allreduce_move(par_comm_t *c, int r, const void *const *src,
+                               void *const *dst)
+{
+    const par_slot_t *s = &c->slots[r];
+    par_pair_t pp;
+    par_plan(c, r, r, &pp);
+    par_reduce(s, c->n, src, pp.get.n, dst, c->n,
+               s->count * PAR_ELEM * (size_t)c->n >= c->stream_bytes);
+}
+
+moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
+                             emu_dtype_t dtype, par_op_t op, par_comm_t *comm,
+                             emu_dev_t *dev)
+{
+    par_slot_t a = {.kind = EMU_COLL_ALLREDUCE, .send = sendbuf,
+                    .recv = recvbuf, .count = count, .dtype = dtype, .op = op,
+                    .root = -1};
+    int r;
+    MOEMU_CHECK(par_check("all-reduce", comm, dev, &a,
+                          (par_needs_t){.send = true, .recv = true, .op = true},
+                          count, count, &r));
+    MOEMU_CHECK(par_enter(comm, r, &a, dev));
+    moemu_status_t st = par_move(comm, r, par_allreduce_move);
+    return par_leave(comm, r, dev, st, EMU_COLL_ALLREDUCE, -1,
+                     (double)count * emu_dtype_size(dtype));
+}
+
+static void par_reduce_scatter_move(par_comm_t *c, int r,
+                                    const void *const *src, void *const *dst)
+{
+    const par_slot_t *s = &c->slots[r];
+    void *out = s->recv;
+    (void)dst;
+    par_reduce(s, c->n, src, s->count, &out, 1,
+               s->count * PAR_ELEM * (size_t)c->n >= c->stream_bytes);
+}
+
+moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
+                                  size_t recvcount, emu_dtype_t dtype,
+                                  par_op_t op, par_comm_t *comm,
+                                  emu_dev_t *dev)
+{
+    par_slot_t a = {.kind = EMU_COLL_REDUCE_SCATTER, .send = sendbuf,
+                    .recv = recvbuf, .count = recvcount, .dtype = dtype,
+                    .op = op, .root = -1};
+    int r;
+    MOEMU_CHECK(par_check("reduce-scatter", comm, dev, &a,
+                          (par_needs_t){.send = true, .recv = true, .op = true},
+                          comm ? recvcount * (size_t)comm->n : 0, recvcount,
+                          &r));
+    MOEMU_CHECK(par_enter(comm, r, &a, dev));
+    moemu_status_t st = par_move(comm, r, par_reduce_scatter_move);
+    return par_leave(comm, r, dev, st, EMU_COLL_REDUCE_SCATTER, -1,
+                     (double)recvcount * comm->n * emu_dtype_size(dtype));
+}
+
+/* Every block into our own buffer; in place, block r is already there. */
+static void par_allgather_move(par_comm_t *c, int r, const void *const *src,
+                               void *const *dst)
+{
+    const par_slot_t *s = &c->slots[r];
+    size_t blk = s->count * PAR_ELEM;
+    bool stream = blk * (size_t)c->n * (size_t)c->n >= c->stream_bytes;
+    (void)dst;
+    for (int q = 0; q < c->n; q++) {
+        char *to = (char *)s->recv + (size_t)q * blk;
+        if (blk && to != src[q]) par_copy(to, src[q], blk, stream);
+    }
+    par_fence(stream);
+}
+
+moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
+                             size_t sendcount, emu_dtype_t dtype,
+                             par_comm_t *comm, emu_dev_t *dev)
+{
+    par_slot_t a = {.kind = EMU_COLL_ALLGATHER, .send = sendbuf,
+                    .recv = recvbuf, .count = sendcount, .dtype = dtype,
+                    .root = -1};
+    int r;
+    MOEMU_CHECK(par_check("all-gather", comm, dev, &a,
+                          (par_needs_t){.send = true, .recv = true}, sendcount,
+                          comm ? sendcount * (size_t)comm->n : 0, &r));
+    MOEMU_CHECK(par_enter(comm, r, &a, dev));
+    moemu_status_t st = par_move(comm, r, par_allgather_move);
+    return par_leave(comm, r, dev, st, EMU_COLL_ALLGATHER, -1,
+                     (double)sendcount * comm->n * emu_dtype_size(dtype));
+}
+
+static void par_broadcast_move(par_comm_t *c, int r, const void *const *src,
+                               void *const *dst)
+{
+    const par_slot_t *s = &c->slots[r];
+    const void *from = src[s->root];
+    bool stream = s->count * PAR_ELEM * (size_t)c->n >= c->stream_bytes;
+    (void)dst;
+    if (s->count && s->recv != from)
+        par_copy(s->recv, from, s->count * PAR_ELEM, stream);
+    par_fence(stream);
+}
+
+moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
+                             emu_dtype_t dtype, int root, par_comm_t *comm,
+                             emu_dev_t *dev)
+{
+    par_slot_t a = {.kind = EMU_COLL_BROADCAST, .send = sendbuf,
+                    .recv = recvbuf, .count = count, .dtype = dtype,
+                    .root = root};
+    int r;
+    bool is_root = comm && dev && par_comm_rank(comm, dev) == root;
+    MOEMU_CHECK(par_check("broadcast", comm, dev, &a,
+                          (par_needs_t){.send = is_root, .recv = true,
+                                        .root = true},
+                          count, count, &r));
+    MOEMU_CHECK(par_enter(comm, r, &a, dev));
+    moemu_status_t st = par_move(comm, r, par_broadcast_move);
+    return par_leave(comm, r, dev, st, EMU_COLL_BROADCAST, root,
+                     (double)count * emu_dtype_size(dtype));
+}
+
+/* ---- all-to-all */
+
+/* Every member checks the whole matrix: all reach the same verdict. */
+static moemu_status_t par_a2a_agree(const par_comm_t *c, const char *what)
+{
+    for (int i = 0; i < c->n; i++)
+        for (int j = 0; j < c->n; j++)
+            if (a2a_scount(&c->slots[i], j) != a2a_rcount(&c->slots[j], i))
+                return moemu_fail(MOEMU_ERR_INVALID,
+                                  "%s: rank %d (device %d) sends %zu elements "
+                                  "to rank %d (device %d), which expects %zu",
+                                  what, i, c->granks[i],
+                                  a2a_scount(&c->slots[i], j), j,
+                                  c->granks[j], a2a_rcount(&c->slots[j], i));
+    return MOEMU_OK;
+}
+
+/* The bytes from member i to member j at [i * p + j], for the charge. */
+static double *par_a2a_bytes(const par_comm_t *c)
+{
+    size_t p = (size_t)c->n;
+    double *bytes = malloc(p * p * sizeof *bytes);
+    double w = (double)emu_dtype_size(c->slots[0].dtype);
+    for (size_t i = 0; bytes && i < p; i++)
+        for (size_t j = 0; j < p; j++)
+            bytes[i * p + j] = w * a2a_scount(&c->slots[i], (int)j);
+    return bytes;
+}
+
+/* Pull what each member sends us. */
+static void par_a2a_move(par_comm_t *c, int r, const void *const *src,
+                         void *const *dst)
+{
+    const par_slot_t *s = &c->slots[r];
+    size_t all = 0;
+    for (int i = 0; i < c->n; i++)
+        for (int j = 0; j < c->n; j++) all += a2a_scount(&c->slots[i], j);
+    bool stream = all * PAR_ELEM >= c->stream_bytes;
+    (void)dst;
+    for (int q = 0; q < c->n; q++) {
+        size_t n = a2a_scount(&c->slots[q], r);
+        if (n)
+            par_copy((char *)s->recv + a2a_rdispl(s, q) * PAR_ELEM, src[q],
+                     n * PAR_ELEM, stream);
+    }
+    par_fence(stream);
+}
+
 static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
                               const char *what)
 {
@@ -393,59 +525,25 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
     MOEMU_CHECK(par_check(what, comm, dev, a,
                           (par_needs_t){.send = true, .recv = true}, sendn,
                           recvn, &r));
-    int p = comm->n;
     if (a->send && a->send == a->recv && sendn)
         return moemu_fail(MOEMU_ERR_INVALID,
                           "%s on device %d: send and receive buffers are the "
                           "same (all-to-all is never in place)",
                           what, emu_dev_rank(dev));
     MOEMU_CHECK(par_enter(comm, r, a, dev));
-
-    /* every member checks the whole matrix: all reach the same verdict */
-    moemu_status_t st = MOEMU_OK;
-    for (int i = 0; i < p && st == MOEMU_OK; i++)
-        for (int j = 0; j < p; j++)
-            if (a2a_scount(&comm->slots[i], j) != a2a_rcount(&comm->slots[j], i)) {
-                st = moemu_fail(MOEMU_ERR_INVALID,
-                                "%s: rank %d (device %d) sends %zu elements "
-                                "to rank %d (device %d), which expects %zu",
-                                what, i, comm->granks[i],
-                                a2a_scount(&comm->slots[i], j), j,
-                                comm->granks[j], a2a_rcount(&comm->slots[j], i));
-                break;
-            }
-    double *bytes = NULL;
-    double small[64];
-    double *clocks = NULL;
+    moemu_status_t st = par_a2a_agree(comm, what);
+    double small[64], *clocks = NULL, *bytes = NULL;
     if (st == MOEMU_OK) {
-        bytes = malloc((size_t)p * (size_t)p * sizeof *bytes);
+        bytes = par_a2a_bytes(comm);
         clocks = par_clocks(comm, small, 64);
         if (!bytes || !clocks)
             st = moemu_fail(MOEMU_ERR_NOMEM, "%s: no memory for %d members",
-                            what, p);
+                            what, comm->n);
     }
-    if (st == MOEMU_OK) {
-        double w = (double)emu_dtype_size(a->dtype);
-        for (int i = 0; i < p; i++)
-            for (int j = 0; j < p; j++)
-                bytes[(size_t)i * p + j] = w * a2a_scount(&comm->slots[i], j);
-        /* pull what each member sends us */
-        double all = 0;
-        for (size_t i = 0; i < (size_t)p * p; i++) all += bytes[i];
-        bool stream = all / w * PAR_ELEM >= (double)comm->stream_bytes;
-        for (int q = 0; q < p && !comm->slots[r].nodata; q++) {
-            const par_slot_t *s = &comm->slots[q];
-            size_t n = a2a_scount(s, r);
-            if (n)
-                par_copy((char *)a->recv + a2a_rdispl(a, q) * PAR_ELEM,
-                         (const char *)s->send + a2a_sdispl(s, r) * PAR_ELEM,
-                         n * PAR_ELEM, stream);
-        }
-        par_fence(stream);
-    }
-    par_meet(comm, r, false);
+    if (st == MOEMU_OK) st = par_move(comm, r, par_a2a_move);
+    comm->tp->close(comm->ts, comm, r);
     if (st == MOEMU_OK)
-        emu_coll_alltoall(dev, comm->granks, p, r, clocks, bytes);
+        emu_coll_alltoall(dev, comm->granks, comm->n, r, clocks, bytes);
     free(bytes);
     if (clocks != small) free(clocks);
     return st;
@@ -486,7 +584,25 @@ moemu_status_t par_barrier(par_comm_t *comm, emu_dev_t *dev)
     int r;
     MOEMU_CHECK(par_check("barrier", comm, dev, &a, (par_needs_t){0}, 0, 0, &r));
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
-    return par_leave(comm, r, dev, EMU_COLL_BARRIER, -1, 0);
+    return par_leave(comm, r, dev, MOEMU_OK, EMU_COLL_BARRIER, -1, 0);
+}
+
+/* A message from member r with a copy of buf (none in no-data mode), or
+ * NULL. */
+static par_msg_t *par_msg_new(int r, const void *buf, size_t count,
+                              emu_dtype_t dtype, bool nodata)
+{
+    par_msg_t *m = malloc(sizeof *m);
+    void *data = count && !nodata ? malloc(count * PAR_ELEM) : NULL;
+    if (!m || (count && !nodata && !data)) {
+        free(m);
+        free(data);
+        return NULL;
+    }
+    if (data) memcpy(data, buf, count * PAR_ELEM);
+    *m = (par_msg_t){.src = r, .count = count, .dtype = dtype,
+                     .nodata = nodata, .data = data};
+    return m;
 }
 
 moemu_status_t par_send(const void *buf, size_t count, emu_dtype_t dtype,
@@ -497,27 +613,35 @@ moemu_status_t par_send(const void *buf, size_t count, emu_dtype_t dtype,
     MOEMU_CHECK(par_check("send", comm, dev, &a,
                           (par_needs_t){.send = true, .peer = true}, count, 0,
                           &r));
-    bool nodata = par_skip_payload(dev, dtype); /* no payload */
-    par_msg_t *m = malloc(sizeof *m);
-    void *data = count && !nodata ? malloc(count * PAR_ELEM) : NULL;
-    if (!m || (count && !nodata && !data)) {
-        free(m);
-        free(data);
+    par_msg_t *m = par_msg_new(r, buf, count, dtype,
+                               par_skip_payload(dev, dtype));
+    if (!m)
         return moemu_fail(MOEMU_ERR_NOMEM,
                           "send on device %d: no host memory for %zu elements",
                           emu_dev_rank(dev), count);
-    }
-    if (data) memcpy(data, buf, count * PAR_ELEM);
-    *m = (par_msg_t){.src = r, .count = count, .dtype = dtype,
-                     .nodata = nodata, .data = data,
-                     .t = emu_p2p_send(dev, comm->granks[peer],
-                                       (double)count * emu_dtype_size(dtype))};
-    emu_sync_lock(comm->sync);
-    if (comm->mbox_tail[peer]) comm->mbox_tail[peer]->next = m;
-    else comm->mbox_head[peer] = m;
-    comm->mbox_tail[peer] = m;
-    emu_sync_broadcast(comm->sync);
-    emu_sync_unlock(comm->sync);
+    m->t = emu_p2p_send(dev, comm->granks[peer],
+                        (double)count * emu_dtype_size(dtype));
+    return comm->tp->post(comm->ts, comm, r, peer, m);
+}
+
+/* The message m must be what r expects from peer. */
+static moemu_status_t par_msg_match(const par_comm_t *c, int r, int peer,
+                                    const par_msg_t *m, size_t count,
+                                    emu_dtype_t dtype, bool nodata)
+{
+    if (m->count != count || m->dtype != dtype)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "device %d receives %zu %s from device %d, which "
+                          "sent %zu %s",
+                          c->granks[r], count, emu_dtype_name(dtype),
+                          c->granks[peer], m->count, emu_dtype_name(m->dtype));
+    if (m->nodata != nodata)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "device %d receives %s from device %d, which sent "
+                          "%s (both must be in the same mode)",
+                          c->granks[r], nodata ? "in no-data mode" : "data",
+                          c->granks[peer],
+                          m->nodata ? "in no-data mode" : "data");
     return MOEMU_OK;
 }
 
@@ -529,56 +653,14 @@ moemu_status_t par_recv(void *buf, size_t count, emu_dtype_t dtype, int peer,
     MOEMU_CHECK(par_check("recv", comm, dev, &a,
                           (par_needs_t){.recv = true, .peer = true}, 0, count,
                           &r));
-    par_msg_t *m = NULL;
-    moemu_status_t st = MOEMU_OK;
-    emu_sync_lock(comm->sync);
-    for (;;) {
-        par_msg_t *prev = NULL;
-        for (m = comm->mbox_head[r]; m && m->src != peer; m = m->next) prev = m;
-        if (m) { /* unlink the first message from peer */
-            if (prev) prev->next = m->next;
-            else comm->mbox_head[r] = m->next;
-            if (comm->mbox_tail[r] == m) comm->mbox_tail[r] = prev;
-            break;
-        }
-        if (emu_cluster_aborting(comm->cluster)) {
-            st = moemu_fail(MOEMU_ERR_PEER,
-                            "stopped: another device failed while device %d "
-                            "waited for a message from device %d",
-                            comm->granks[r], comm->granks[peer]);
-            break;
-        }
-        if (emu_dev_done(comm->devs[peer])) {
-            st = moemu_fail(MOEMU_ERR_INVALID,
-                            "device %d waits for a message from device %d, "
-                            "which returned without sending it",
-                            comm->granks[r], comm->granks[peer]);
-            break;
-        }
-        emu_sync_wait(comm->sync);
-    }
-    emu_sync_unlock(comm->sync);
-    if (st != MOEMU_OK) return st;
+    par_msg_t *m;
+    MOEMU_CHECK(comm->tp->take(comm->ts, comm, r, peer, &m));
     bool nodata = par_skip_payload(dev, dtype);
-    if (m->count != count || m->dtype != dtype)
-        st = moemu_fail(MOEMU_ERR_INVALID,
-                        "device %d receives %zu %s from device %d, which sent "
-                        "%zu %s",
-                        comm->granks[r], count, emu_dtype_name(dtype),
-                        comm->granks[peer], m->count, emu_dtype_name(m->dtype));
-    else if (m->nodata != nodata)
-        st = moemu_fail(MOEMU_ERR_INVALID,
-                        "device %d receives %s from device %d, which sent "
-                        "%s (both must be in the same mode)",
-                        comm->granks[r],
-                        nodata ? "in no-data mode" : "data",
-                        comm->granks[peer],
-                        m->nodata ? "in no-data mode" : "data");
-    else {
+    moemu_status_t st = par_msg_match(comm, r, peer, m, count, dtype, nodata);
+    if (st == MOEMU_OK) {
         if (count && !nodata) memcpy(buf, m->data, count * PAR_ELEM);
         emu_p2p_recv(dev, comm->granks[peer], m->t);
     }
-    free(m->data);
-    free(m);
+    par_msg_free(m);
     return st;
 }

@@ -1,5 +1,5 @@
-/* Communicators: membership, the meeting point of collectives, and the
- * state an aborted run leaves behind. */
+/* Communicators: membership, cost settings, and the transport (found by
+ * name) that moves their data. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,32 +14,88 @@ const char *par_op_name(par_op_t op)
     return (unsigned)op < PAR_OP__COUNT ? par_op_names[op] : "?";
 }
 
-static void par_free_msgs(par_comm_t *c)
+void par_msg_free(par_msg_t *m)
 {
+    if (!m) return;
+    free(m->data);
+    free(m);
+}
+
+/* ---- the transports known by name */
+
+#define PAR_MAX_TRANSPORTS 8
+
+static const par_transport_t *par_transports[PAR_MAX_TRANSPORTS] = {
+    &par_shm_transport,
+};
+static const par_transport_t *par_default_transport = &par_shm_transport;
+
+const par_transport_t *par_transport_find(const char *name)
+{
+    for (int i = 0; name && i < PAR_MAX_TRANSPORTS && par_transports[i]; i++)
+        if (!strcmp(par_transports[i]->name, name)) return par_transports[i];
+    return NULL;
+}
+
+moemu_status_t par_transport_register(const par_transport_t *t)
+{
+    if (!t || !t->name)
+        return moemu_fail(MOEMU_ERR_INVALID, "a transport needs a name");
+    int i = 0;
+    while (i < PAR_MAX_TRANSPORTS && par_transports[i] &&
+           strcmp(par_transports[i]->name, t->name))
+        i++;
+    if (i == PAR_MAX_TRANSPORTS)
+        return moemu_fail(MOEMU_ERR_INVALID, "transport %s: %d are known "
+                          "already", t->name, PAR_MAX_TRANSPORTS);
+    par_transports[i] = t; /* a name registered again is replaced */
+    return MOEMU_OK;
+}
+
+static moemu_status_t par_unknown_transport(const char *name)
+{
+    return moemu_fail(MOEMU_ERR_INVALID, "no transport is called \"%s\"",
+                      name ? name : "(null)");
+}
+
+moemu_status_t par_transport_set_default(const char *name)
+{
+    const par_transport_t *t = par_transport_find(name);
+    if (!t) return par_unknown_transport(name);
+    par_default_transport = t;
+    return MOEMU_OK;
+}
+
+/* ---- communicators */
+
+/* Fill the member tables from global ranks (in comm rank order); an
+ * unknown or repeated device is an error naming it. */
+static moemu_status_t par_set_members(par_comm_t *c, const int *ranks)
+{
+    int size = emu_cluster_size(c->cluster);
+    for (int g = 0; g < size; g++) c->rank_of[g] = -1;
     for (int r = 0; r < c->n; r++) {
-        par_msg_t *m = c->mbox_head[r];
-        while (m) {
-            par_msg_t *next = m->next;
-            free(m->data);
-            free(m);
-            m = next;
-        }
-        c->mbox_head[r] = c->mbox_tail[r] = NULL;
+        int g = ranks[r];
+        if (g < 0 || g >= size)
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "communicator member %d is device %d, but the "
+                              "cluster has devices 0..%d",
+                              r, g, size - 1);
+        if (c->rank_of[g] >= 0)
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "device %d appears twice in a communicator "
+                              "(members %d and %d)",
+                              g, c->rank_of[g], r);
+        c->rank_of[g] = r;
+        c->granks[r] = g;
+        c->devs[r] = emu_cluster_dev(c->cluster, g);
     }
+    return MOEMU_OK;
 }
 
-/* Before each run: forget a meeting or messages an aborted run left. */
-static void par_comm_reset(void *arg)
-{
-    par_comm_t *c = arg;
-    c->arrived = 0;
-    c->episode = 0;
-    memset(c->arrived_at, 0, (size_t)c->n * sizeof *c->arrived_at);
-    par_free_msgs(c);
-}
-
-moemu_status_t par_comm_create(emu_cluster_t *cluster, const int *ranks, int n,
-                               par_comm_t **out)
+static moemu_status_t par_comm_new(emu_cluster_t *cluster, const int *ranks,
+                                   int n, const par_transport_t *tp,
+                                   par_comm_t **out)
 {
     *out = NULL;
     if (!cluster || (!ranks && n > 0))
@@ -58,39 +114,17 @@ moemu_status_t par_comm_create(emu_cluster_t *cluster, const int *ranks, int n,
     c->rank_of = malloc((size_t)size * sizeof *c->rank_of);
     c->devs = malloc((size_t)n * sizeof *c->devs);
     c->slots = calloc((size_t)n, sizeof *c->slots);
-    c->arrived_at = calloc((size_t)n, sizeof *c->arrived_at);
-    c->mbox_head = calloc((size_t)n, sizeof *c->mbox_head);
-    c->mbox_tail = calloc((size_t)n, sizeof *c->mbox_tail);
-    if (!c->granks || !c->rank_of || !c->devs || !c->slots || !c->arrived_at ||
-        !c->mbox_head || !c->mbox_tail)
-        goto nomem;
-    for (int g = 0; g < size; g++) c->rank_of[g] = -1;
-    for (int r = 0; r < n; r++) {
-        int g = ranks[r];
-        if (g < 0 || g >= size) {
-            par_comm_destroy(c);
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "communicator member %d is device %d, but the "
-                              "cluster has devices 0..%d",
-                              r, g, size - 1);
-        }
-        if (c->rank_of[g] >= 0) {
-            int first = c->rank_of[g];
-            par_comm_destroy(c);
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "device %d appears twice in a communicator "
-                              "(members %d and %d)",
-                              g, first, r);
-        }
-        c->rank_of[g] = r;
-        c->granks[r] = g;
-        c->devs[r] = emu_cluster_dev(cluster, g);
+    if (!c->granks || !c->rank_of || !c->devs || !c->slots) goto nomem;
+    moemu_status_t st = par_set_members(c, ranks);
+    if (st == MOEMU_OK) {
+        c->link = emu_topo_group_link(emu_cluster_topo(cluster), c->granks, n);
+        c->stream_bytes = PAR_STREAM_BYTES_DEFAULT;
+        c->tp = tp;
+        st = tp->create(c, &c->ts);
     }
-    c->link = emu_topo_group_link(emu_cluster_topo(cluster), c->granks, n);
-    c->stream_bytes = PAR_STREAM_BYTES_DEFAULT;
-    if (emu_sync_create(cluster, par_comm_reset, c, &c->sync) != MOEMU_OK) {
+    if (st != MOEMU_OK) {
         par_comm_destroy(c);
-        return MOEMU_ERR_NOMEM;
+        return st;
     }
     *out = c;
     return MOEMU_OK;
@@ -98,6 +132,12 @@ nomem:
     par_comm_destroy(c);
     return moemu_fail(MOEMU_ERR_NOMEM,
                       "cannot allocate a communicator of %d members", n);
+}
+
+moemu_status_t par_comm_create(emu_cluster_t *cluster, const int *ranks, int n,
+                               par_comm_t **out)
+{
+    return par_comm_new(cluster, ranks, n, par_default_transport, out);
 }
 
 moemu_status_t par_comm_create_world(emu_cluster_t *cluster, par_comm_t **out)
@@ -132,7 +172,7 @@ moemu_status_t par_comm_create_sub(const par_comm_t *parent, const int *ranks,
         }
         g[i] = parent->granks[ranks[i]];
     }
-    moemu_status_t st = par_comm_create(parent->cluster, g, n, out);
+    moemu_status_t st = par_comm_new(parent->cluster, g, n, parent->tp, out);
     if (st == MOEMU_OK) {
         memcpy((*out)->algo, parent->algo, sizeof parent->algo);
         (*out)->stream_bytes = parent->stream_bytes;
@@ -144,15 +184,11 @@ moemu_status_t par_comm_create_sub(const par_comm_t *parent, const int *ranks,
 void par_comm_destroy(par_comm_t *c)
 {
     if (!c) return;
-    if (c->mbox_head && c->mbox_tail) par_free_msgs(c);
-    emu_sync_destroy(c->sync);
+    if (c->tp) c->tp->destroy(c->ts);
     free(c->granks);
     free(c->rank_of);
     free(c->devs);
     free(c->slots);
-    free(c->arrived_at);
-    free(c->mbox_head);
-    free(c->mbox_tail);
     free(c);
 }
 
@@ -188,52 +224,16 @@ void par_comm_set_stream_bytes(par_comm_t *c, size_t bytes)
     c->stream_bytes = bytes;
 }
 
-/* With the lock held: the first member that has not arrived at episode ep
- * and never will, or -1. */
-static int par_gone_member(const par_comm_t *c, uint64_t ep)
+moemu_status_t par_comm_set_transport(par_comm_t *c, const char *name)
 {
-    for (int q = 0; q < c->n; q++)
-        if (c->arrived_at[q] <= ep && emu_dev_done(c->devs[q])) return q;
-    return -1;
+    const par_transport_t *t = par_transport_find(name);
+    if (!t) return par_unknown_transport(name);
+    void *ts;
+    MOEMU_CHECK(t->create(c, &ts));
+    c->tp->destroy(c->ts);
+    c->tp = t;
+    c->ts = ts;
+    return MOEMU_OK;
 }
 
-moemu_status_t par_meet(par_comm_t *c, int r, bool abortable)
-{
-    emu_sync_lock(c->sync);
-    uint64_t ep = c->episode;
-    c->arrived_at[r] = ep + 1;
-    if (++c->arrived == c->n) {
-        c->arrived = 0;
-        c->episode++;
-        emu_sync_broadcast(c->sync);
-        emu_sync_unlock(c->sync);
-        return MOEMU_OK;
-    }
-    moemu_status_t st = MOEMU_OK;
-    int gone;
-    /* the episode is looked at first: a meeting that completed is kept
-     * even if the run aborts at the same moment */
-    while (c->episode == ep) {
-        if (abortable && emu_cluster_aborting(c->cluster))
-            st = moemu_fail(MOEMU_ERR_PEER,
-                            "stopped: another device failed while device %d "
-                            "waited for its communicator",
-                            c->granks[r]);
-        else if (abortable && (gone = par_gone_member(c, ep)) >= 0)
-            st = moemu_fail(MOEMU_ERR_INVALID,
-                            "device %d (rank %d of a communicator of %d) "
-                            "returned without joining the collective that "
-                            "device %d waits in",
-                            c->granks[gone], gone, c->n, c->granks[r]);
-        if (st != MOEMU_OK) {
-            /* withdraw: the meeting must never complete without us, or
-             * the others would go on to touch our buffers */
-            c->arrived--;
-            c->arrived_at[r] = ep;
-            break;
-        }
-        emu_sync_wait(c->sync);
-    }
-    emu_sync_unlock(c->sync);
-    return st;
-}
+const char *par_comm_transport(const par_comm_t *c) { return c->tp->name; }

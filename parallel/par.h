@@ -87,6 +87,12 @@ moemu_status_t par_comm_set_algo(par_comm_t *comm, emu_coll_t kind,
  * run, from one thread. */
 #define PAR_STREAM_BYTES_DEFAULT ((size_t)64 << 20)
 void par_comm_set_stream_bytes(par_comm_t *comm, size_t bytes);
+/* The transport that moves comm's data, by name: "shm" (threads of one
+ * process) unless another is registered and chosen (docs/emulation.md).
+ * Results and virtual times never depend on it. A sub-communicator takes
+ * its parent's. Before the run, from one thread. */
+moemu_status_t par_comm_set_transport(par_comm_t *comm, const char *name);
+const char *par_comm_transport(const par_comm_t *comm);
 
 /* recvbuf (count) = op over ranks of sendbuf (count). */
 moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,

@@ -1,5 +1,6 @@
-/* parallel private: the communicator structure and its meeting points,
- * shared by comm.c and coll.c. */
+/* parallel private: the communicator structure, the plan of a collective's
+ * data movement, and the transport table behind them, shared by comm.c,
+ * coll.c and the transports (shm.c). */
 #ifndef MOEMU_PAR_IMPL_H
 #define MOEMU_PAR_IMPL_H
 
@@ -7,8 +8,14 @@
 
 #include "parallel/par.h"
 
-/* What a member brings to a collective: written by its owner before the
- * first meeting, read by every member between the two meetings. */
+/* Host bytes per element: float or int32_t. */
+#define PAR_ELEM 4
+
+/* What a member brings to a collective: its arguments, clock and mode.
+ * After the transport's gather, c->slots holds every member's. send and
+ * recv are addresses in their owner's process: shm reads and writes them,
+ * a transport between processes moves what par_plan names instead (and
+ * copies the p entries of each all-to-all-v array with the slot). */
 typedef struct {
     emu_coll_t kind;
     const void *send;
@@ -22,9 +29,10 @@ typedef struct {
     bool nodata; /* the member is in no-data mode: nothing moves */
 } par_slot_t;
 
-/* An eager message, queued on its receiver's mailbox. */
+/* An eager message, from post to take. Allocated with malloc, payload too
+ * (NULL when none); par_msg_free frees both. */
 typedef struct par_msg {
-    struct par_msg *next;
+    struct par_msg *next; /* free for the transport's queues */
     int src;
     size_t count;
     emu_dtype_t dtype;
@@ -32,6 +40,69 @@ typedef struct par_msg {
     bool nodata; /* sent in no-data mode: no payload */
     void *data;
 } par_msg_t;
+
+void par_msg_free(par_msg_t *m);
+
+/* ---- Transports: how members' contributions and messages travel.
+ *
+ * A collective is, for member r: gather (publish my slot, return when
+ * every member's is in c->slots), then, when data moves, open (views of
+ * what par_plan says r reads and writes), then close (r's writes are
+ * delivered and no member still needs r's buffers). The reduction order,
+ * the copies and the virtual-time charges are coll.c's, from the slots
+ * and the views alone, so they are the same whatever the transport.
+ * Every member calls gather; after a gather that succeeded it calls close
+ * exactly once, and open at most once in between. ts is the state create
+ * made for the communicator. */
+typedef struct {
+    const char *name;
+    moemu_status_t (*create)(par_comm_t *c, void **ts);
+    void (*destroy)(void *ts);
+    /* Meeting 1. Gives up with MOEMU_ERR_PEER when the run aborts, or
+     * MOEMU_ERR_INVALID when a member's function returned without coming,
+     * and only if the meeting never completes, for anyone. */
+    moemu_status_t (*gather)(void *ts, par_comm_t *c, int r,
+                             const par_slot_t *mine);
+    /* src[q]: the plan's get span of q's send buffer, readable; dst[q]:
+     * its put span of q's receive buffer, writable until close (NULL for
+     * an empty span). A copying transport may stage them. */
+    moemu_status_t (*open)(void *ts, par_comm_t *c, int r, const void **src,
+                           void **dst);
+    /* Meeting 2; never fails: every member that gathered reaches it. */
+    void (*close)(void *ts, par_comm_t *c, int r);
+    /* Eager messages, FIFO per (src, dst) pair on a communicator. post
+     * takes m (m->src is r); take waits for the first message from peer
+     * to r and gives it to the caller; it fails as gather does. */
+    moemu_status_t (*post)(void *ts, par_comm_t *c, int r, int peer,
+                           par_msg_t *m);
+    moemu_status_t (*take)(void *ts, par_comm_t *c, int r, int peer,
+                           par_msg_t **out);
+} par_transport_t;
+
+extern const par_transport_t par_shm_transport; /* shm.c */
+
+/* Make t known by its name (the built-in "shm" always is). From one
+ * thread, before the communicators that use it are created. */
+moemu_status_t par_transport_register(const par_transport_t *t);
+const par_transport_t *par_transport_find(const char *name);
+/* The transport of communicators created from now on (not of
+ * sub-communicators: they take their parent's). */
+moemu_status_t par_transport_set_default(const char *name);
+
+/* Elements [off, off + n) of a buffer. */
+typedef struct {
+    size_t off, n;
+} par_span_t;
+
+/* What member r moves with member q in the collective the slots describe:
+ * get, the span of q's send buffer that r reads; put, the span of q's
+ * receive buffer that r writes (all-reduce only). A pure function of the
+ * slots, so a transport may compute any pair's: a sender what to send. */
+typedef struct {
+    par_span_t get, put;
+} par_pair_t;
+
+void par_plan(const par_comm_t *c, int r, int q, par_pair_t *out);
 
 struct par_comm {
     emu_cluster_t *cluster;
@@ -42,20 +113,9 @@ struct par_comm {
     emu_link_t link;
     int algo[EMU_COLL__COUNT];
     size_t stream_bytes; /* outputs this large are written streaming */
-    par_slot_t *slots; /* n */
-
-    emu_sync_t *sync; /* guards what follows */
-    int arrived;
-    uint64_t episode;
-    uint64_t *arrived_at; /* n: episode + 1 of each member's last arrival */
-    par_msg_t **mbox_head, **mbox_tail; /* n: messages to each member */
+    par_slot_t *slots;   /* n, written by the transport's gather */
+    const par_transport_t *tp;
+    void *ts; /* tp's state */
 };
-
-/* Meet every member: returns when all have arrived. abortable: give up
- * with MOEMU_ERR_PEER when the run aborts, or MOEMU_ERR_INVALID when a
- * member's function returned without coming; a meeting that every member
- * is sure to reach (the second of a collective) is not abortable, so that
- * nobody leaves while others still touch its buffers. */
-moemu_status_t par_meet(par_comm_t *c, int r, bool abortable);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "emu/emu.h"
 #include "parallel/par.h"
+#include "parallel/par_impl.h" /* the transport table, for the seam test */
 
 static const emu_spec_t spec = {
     .peak_flops = 100e12, .mfu = 0.5, .mem_bw = 1e12, .bw_util = 0.5,
@@ -1218,6 +1219,262 @@ Test(nodata, int32_metadata_moves)
     par_comm_t *w;
     cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
     cr_assert_eq(emu_cluster_run(c, nd_meta_fn, w), MOEMU_OK, "%s", moemu_errmsg());
+    par_comm_destroy(w);
+    emu_cluster_destroy(c);
+}
+
+/* ---- the transport seam: a transport that copies every view (as one
+ * between processes must) and shuffles the host timing of meetings and
+ * deliveries gives the same bits and the same virtual times as shm */
+
+enum { TC_CREATE, TC_GATHER, TC_OPEN, TC_CLOSE, TC_POST, TC_TAKE, TC__COUNT };
+static _Atomic long tc_calls[TC__COUNT];
+
+typedef struct {
+    void *shm; /* the wrapped transport's state */
+    int n;
+    const void **src; /* n x n: shm's views, member r's in row r */
+    void **dst, **stage_dst; /* n x n: shm's and ours */
+    char **stage;     /* n: member r's copies, from open to close */
+    uint64_t *rng;    /* n: member r's delays */
+} tc_t;
+
+/* Up to 200 us of host time; never virtual time. */
+static void tc_delay(tc_t *t, int r)
+{
+    usleep((useconds_t)(rng_next(&t->rng[r]) % 200));
+}
+
+static void tc_destroy(void *ts)
+{
+    tc_t *t = ts;
+    if (!t) return;
+    par_shm_transport.destroy(t->shm);
+    free(t->src);
+    free(t->dst);
+    free(t->stage_dst);
+    free(t->stage);
+    free(t->rng);
+    free(t);
+}
+
+static moemu_status_t tc_create(par_comm_t *c, void **ts)
+{
+    tc_calls[TC_CREATE]++;
+    tc_t *t = calloc(1, sizeof *t);
+    size_t n = (size_t)c->n;
+    t->n = c->n;
+    t->src = calloc(n * n, sizeof *t->src);
+    t->dst = calloc(n * n, sizeof *t->dst);
+    t->stage_dst = calloc(n * n, sizeof *t->stage_dst);
+    t->stage = calloc(n, sizeof *t->stage);
+    t->rng = calloc(n, sizeof *t->rng);
+    for (size_t r = 0; r < n; r++) t->rng[r] = 0x5EA11 + r;
+    *ts = t;
+    return par_shm_transport.create(c, &t->shm);
+}
+
+static moemu_status_t tc_gather(void *ts, par_comm_t *c, int r,
+                                const par_slot_t *mine)
+{
+    tc_calls[TC_GATHER]++;
+    tc_delay(ts, r);
+    return par_shm_transport.gather(((tc_t *)ts)->shm, c, r, mine);
+}
+
+/* Copy what r reads from others; hand out our own buffers for what it
+ * writes to others. Its own buffers stay local. */
+static moemu_status_t tc_open(void *ts, par_comm_t *c, int r, const void **src,
+                              void **dst)
+{
+    tc_calls[TC_OPEN]++;
+    tc_t *t = ts;
+    const void **s = t->src + (size_t)r * t->n;
+    void **d = t->dst + (size_t)r * t->n, **sd = t->stage_dst + (size_t)r * t->n;
+    MOEMU_CHECK(par_shm_transport.open(t->shm, c, r, s, d));
+    size_t total = 0;
+    par_pair_t pp;
+    for (int q = 0; q < t->n; q++) {
+        par_plan(c, r, q, &pp);
+        total += pp.get.n + pp.put.n;
+    }
+    char *buf = t->stage[r] = malloc(total * PAR_ELEM + 1);
+    if (!buf) return moemu_fail(MOEMU_ERR_NOMEM, "tc_open");
+    for (int q = 0; q < t->n; q++) {
+        par_plan(c, r, q, &pp);
+        src[q] = s[q], dst[q] = sd[q] = d[q];
+        if (q == r) continue;
+        if (pp.get.n) src[q] = memcpy(buf, s[q], pp.get.n * PAR_ELEM);
+        buf += pp.get.n * PAR_ELEM;
+        if (pp.put.n) dst[q] = sd[q] = buf;
+        buf += pp.put.n * PAR_ELEM;
+    }
+    return MOEMU_OK;
+}
+
+/* Deliver r's writes to others, last member first, then meet. */
+static void tc_close(void *ts, par_comm_t *c, int r)
+{
+    tc_calls[TC_CLOSE]++;
+    tc_t *t = ts;
+    for (int q = t->n - 1; t->stage[r] && q >= 0; q--) {
+        size_t i = (size_t)r * t->n + q;
+        par_pair_t pp;
+        par_plan(c, r, q, &pp);
+        if (q != r && pp.put.n)
+            memcpy(t->dst[i], t->stage_dst[i], pp.put.n * PAR_ELEM);
+    }
+    free(t->stage[r]);
+    t->stage[r] = NULL;
+    tc_delay(t, r);
+    par_shm_transport.close(t->shm, c, r);
+}
+
+static moemu_status_t tc_post(void *ts, par_comm_t *c, int r, int peer,
+                              par_msg_t *m)
+{
+    tc_calls[TC_POST]++;
+    tc_delay(ts, r);
+    return par_shm_transport.post(((tc_t *)ts)->shm, c, r, peer, m);
+}
+
+static moemu_status_t tc_take(void *ts, par_comm_t *c, int r, int peer,
+                              par_msg_t **out)
+{
+    tc_calls[TC_TAKE]++;
+    moemu_status_t st = par_shm_transport.take(((tc_t *)ts)->shm, c, r, peer, out);
+    tc_delay(ts, r);
+    return st;
+}
+
+static const par_transport_t tc_transport = {
+    .name = "test-copy", .create = tc_create, .destroy = tc_destroy,
+    .gather = tc_gather, .open = tc_open, .close = tc_close,
+    .post = tc_post, .take = tc_take};
+
+enum { TC_CASES = 5 };
+
+typedef struct {
+    emu_cluster_t *cl;
+    par_comm_t *w, *sub;
+    case_t k[TC_CASES];
+} tc_run_t;
+
+static moemu_status_t tc_job_fn(emu_dev_t *dev, void *arg)
+{
+    int r = emu_dev_rank(dev);
+    stagger(dev, (r * 3) % 5); /* different clocks at every collective */
+    return job_fn(dev, arg);
+}
+
+/* Every collective, on the world and on a sub-communicator (every other
+ * device, in reverse), with transport. */
+static void tc_run(tc_run_t *x, int p, const char *transport)
+{
+    x->cl = make_cluster(p, &topo4);
+    cr_assert_eq(par_comm_create_world(x->cl, &x->w), MOEMU_OK);
+    cr_assert_eq(par_comm_set_transport(x->w, transport), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    par_comm_set_stream_bytes(x->w, p % 2 ? 0 : PAR_STREAM_BYTES_DEFAULT);
+    int ranks[8], ns = 0;
+    for (int r = p - 1; r >= 0; r -= 2) ranks[ns++] = r;
+    cr_assert_eq(par_comm_create_sub(x->w, ranks, ns, &x->sub), MOEMU_OK);
+    cr_assert_str_eq(par_comm_transport(x->sub), transport);
+    case_init(&x->k[0], x->w, 257, EMU_DTYPE_FP32, false, 41);
+    case_init(&x->k[1], x->w, 13, EMU_DTYPE_BF16, true, 42);
+    case_init(&x->k[2], x->w, 1003, EMU_DTYPE_INT32, false, 43);
+    case_init(&x->k[3], x->w, 0, EMU_DTYPE_FP32, false, 44);
+    case_init(&x->k[4], x->sub, 100, EMU_DTYPE_FP16, false, 45);
+    for (int i = 0; i < TC_CASES; i++) case_clear_outputs(&x->k[i]);
+    job_t j = {TC_CASES, x->k};
+    cr_assert_eq(emu_cluster_run(x->cl, tc_job_fn, &j), MOEMU_OK, "p=%d %s: %s",
+                 p, transport, moemu_errmsg());
+    for (int i = 0; i < TC_CASES; i++) case_check(&x->k[i]);
+}
+
+static void tc_free(tc_run_t *x)
+{
+    for (int i = 0; i < TC_CASES; i++) case_free(&x->k[i]);
+    par_comm_destroy(x->sub);
+    par_comm_destroy(x->w);
+    emu_cluster_destroy(x->cl);
+}
+
+#define TC_SAME(x, y, what)                                                    \
+    cr_assert((x) == (y), "p=%d device %d %s: %.17g with shm, %.17g with the " \
+              "copying transport", p, d, what, (double)(x), (double)(y))
+
+/* Every buffer, clock and counter of a and b are the same bits. */
+static void tc_compare(const tc_run_t *a, const tc_run_t *b, int p)
+{
+    for (int i = 0; i < TC_CASES; i++)
+        for (int bk = B_AR; bk < B__COUNT; bk++)
+            for (int r = 0; r < a->k[i].p; r++)
+                cr_assert_eq(memcmp(a->k[i].buf[bk][r], b->k[i].buf[bk][r],
+                                    (buf_len(&a->k[i], bk) + 1) * 4), 0,
+                             "p=%d case %d buffer %d rank %d differs", p, i, bk, r);
+    for (int d = 0; d < p; d++) {
+        emu_dev_t *da = emu_cluster_dev(a->cl, d), *db = emu_cluster_dev(b->cl, d);
+        TC_SAME(emu_dev_clock(da), emu_dev_clock(db), "clock");
+        for (int k = 0; k < EMU_COLL__COUNT; k++)
+            for (int l = 0; l < EMU_LINK__COUNT; l++) {
+                const emu_comm_stats_t *x = emu_dev_comm_stats(da, k, l),
+                                       *y = emu_dev_comm_stats(db, k, l);
+                TC_SAME(x->calls, y->calls, emu_coll_name(k));
+                TC_SAME(x->bytes, y->bytes, emu_coll_name(k));
+                TC_SAME(x->time, y->time, emu_coll_name(k));
+                TC_SAME(x->idle, y->idle, emu_coll_name(k));
+            }
+    }
+}
+
+Test(transport, copying_transport_same_bits_and_times)
+{
+    cr_assert_eq(par_transport_register(&tc_transport), MOEMU_OK);
+    cr_assert_eq(par_transport_find("test-copy"), &tc_transport);
+    cr_assert_eq(par_transport_find("shm"), &par_shm_transport);
+    for (int p = 1; p <= 8; p++) {
+        tc_run_t a, b;
+        memset(tc_calls, 0, sizeof tc_calls);
+        tc_run(&a, p, "shm");
+        cr_assert_eq(tc_calls[TC_GATHER], 0);
+        tc_run(&b, p, "test-copy");
+        tc_compare(&a, &b, p);
+        /* per member and case: 10 meetings, 9 of them moving data, and 2
+         * messages; the world and the sub-communicator made a state each */
+        long ns = (p + 1) / 2, members = 4L * p + ns;
+        cr_assert_eq(tc_calls[TC_CREATE], 2);
+        cr_assert_eq(tc_calls[TC_GATHER], 10 * members);
+        cr_assert_eq(tc_calls[TC_CLOSE], 10 * members);
+        cr_assert_eq(tc_calls[TC_OPEN], 9 * members);
+        cr_assert_eq(tc_calls[TC_POST], 2 * members);
+        cr_assert_eq(tc_calls[TC_TAKE], 2 * members);
+        tc_free(&a);
+        tc_free(&b);
+    }
+}
+
+/* Communicators take the default transport, sub-communicators their
+ * parent's; unknown names are refused. */
+Test(transport, choosing_by_name)
+{
+    emu_cluster_t *c = make_cluster(4, &topo4);
+    par_comm_t *w, *x, *sub;
+    cr_assert_eq(par_comm_create_world(c, &w), MOEMU_OK);
+    cr_assert_str_eq(par_comm_transport(w), "shm");
+    cr_assert_eq(par_comm_set_transport(w, "carrier-pigeon"), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "carrier-pigeon"), "%s", moemu_errmsg());
+    cr_assert_str_eq(par_comm_transport(w), "shm");
+    cr_assert_eq(par_transport_set_default("test-copy"), MOEMU_ERR_INVALID);
+    cr_assert_eq(par_transport_register(&tc_transport), MOEMU_OK);
+    cr_assert_eq(par_transport_set_default("test-copy"), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){3, 1}, 2, &x), MOEMU_OK);
+    cr_assert_str_eq(par_comm_transport(x), "test-copy");
+    cr_assert_eq(par_comm_create_sub(w, (int[]){2, 0}, 2, &sub), MOEMU_OK);
+    cr_assert_str_eq(par_comm_transport(sub), "shm");
+    cr_assert_eq(par_transport_set_default("shm"), MOEMU_OK);
+    par_comm_destroy(sub);
+    par_comm_destroy(x);
     par_comm_destroy(w);
     emu_cluster_destroy(c);
 }
