@@ -18,68 +18,45 @@ static double sum_kernels(const emu_dev_t *d, int what)
     return s;
 }
 
-moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
-                            const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
-                            double t1)
+/* One device's figures; its communication is summed into r's. */
+static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const model_out_t *out)
 {
-    memset(r, 0, sizeof *r);
-    const par_strategy_t *s = &o->strategy;
-    int n = emu_cluster_size(cl), B = wl->batch, N = wl->decode;
-    r->devices = n;
-    r->stages = s->pp;
-    r->batch = B;
-    r->decode = N;
-    r->layers = cfg->num_hidden_layers;
-    r->experts = cfg->num_local_experts;
-    r->prompt_tokens = wl_prompt_tokens(wl);
-    r->generated_tokens = (int64_t)B * N;
-    par_strategy_format(s, r->strategy, sizeof r->strategy);
-    snprintf(r->hw, sizeof r->hw, "%s", o->hw.name);
-    r->dev = calloc((size_t)n, sizeof *r->dev);
-    r->ttft = calloc((size_t)B + 1, sizeof(double));
-    r->bubble = calloc((size_t)s->pp, sizeof(double));
-    if (!r->dev || !r->ttft || !r->bubble) {
-        report_free(r);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the report of %d devices", n);
-    }
-
-    /* devices */
-    int per_stage = n / s->pp;
-    for (int i = 0; i < n; i++) {
-        emu_dev_t *d = emu_cluster_dev(cl, i);
-        const emu_spec_t *sp = emu_dev_spec(d);
-        report_dev_t *v = &r->dev[i];
-        v->rank = i;
-        v->node = emu_dev_node(d);
-        v->stage = i / per_stage;
-        v->clock = emu_dev_clock(d);
-        v->compute = sum_kernels(d, 0);
-        v->memory = sum_kernels(d, 1);
-        v->flops = sum_kernels(d, 2);
-        v->bytes = sum_kernels(d, 3);
-        v->comm = emu_dev_comm_time(d);
-        v->idle = emu_dev_idle_time(d);
-        v->mfu = v->clock > 0 ? v->flops / (v->clock * sp->peak_flops) : 0;
-        v->bw_util = v->clock > 0 ? v->bytes / (v->clock * sp->mem_bw) : 0;
-        for (int m = 0; m < EMU_MEM__COUNT; m++) v->mem[m] = emu_mem_peak(d, m);
-        v->mem_peak = emu_mem_total_peak(d);
-        v->capacity = sp->mem_capacity;
-        for (int l = 0; l < EMU_LINK__COUNT; l++) {
-            v->recv_idle += emu_dev_comm_stats(d, EMU_COLL_RECV, l)->idle;
-            for (int k = 0; k < EMU_COLL__COUNT; k++) {
-                const emu_comm_stats_t *c = emu_dev_comm_stats(d, k, l);
-                r->comm[k][l].calls += (double)c->calls;
-                r->comm[k][l].bytes += c->bytes;
-                r->comm[k][l].time += c->time;
-                r->comm_bytes += c->bytes;
-            }
+    const emu_spec_t *sp = emu_dev_spec(d);
+    report_dev_t *v = &r->dev[i];
+    v->rank = i;
+    v->node = emu_dev_node(d);
+    v->stage = i / per_stage;
+    v->clock = emu_dev_clock(d);
+    v->compute = sum_kernels(d, 0);
+    v->memory = sum_kernels(d, 1);
+    v->flops = sum_kernels(d, 2);
+    v->bytes = sum_kernels(d, 3);
+    v->comm = emu_dev_comm_time(d);
+    v->idle = emu_dev_idle_time(d);
+    v->mfu = v->clock > 0 ? v->flops / (v->clock * sp->peak_flops) : 0;
+    v->bw_util = v->clock > 0 ? v->bytes / (v->clock * sp->mem_bw) : 0;
+    for (int m = 0; m < EMU_MEM__COUNT; m++) v->mem[m] = emu_mem_peak(d, m);
+    v->mem_peak = emu_mem_total_peak(d);
+    v->capacity = sp->mem_capacity;
+    for (int l = 0; l < EMU_LINK__COUNT; l++) {
+        v->recv_idle += emu_dev_comm_stats(d, EMU_COLL_RECV, l)->idle;
+        for (int k = 0; k < EMU_COLL__COUNT; k++) {
+            const emu_comm_stats_t *c = emu_dev_comm_stats(d, k, l);
+            r->comm[k][l].calls += (double)c->calls;
+            r->comm[k][l].bytes += c->bytes;
+            r->comm[k][l].time += c->time;
+            r->comm_bytes += c->bytes;
         }
-        r->comm_time += v->comm;
-        v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
-        r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
     }
+    r->comm_time += v->comm;
+    v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
+    r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
+}
 
-    /* latency and throughput */
+/* Latency from the tokens' times, throughput from it. */
+static void build_latency(report_t *r, const model_out_t *out)
+{
+    int B = r->batch, N = r->decode;
     if (N > 0) {
         r->ttft_min = INFINITY;
         double sum_tpot = 0;
@@ -99,26 +76,34 @@ moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *o
         r->decode_tpms = (double)B * (N - 1) / (1e3 * (r->e2e - r->ttft_batch));
     if (r->e2e > 0)
         r->total_tpms = (double)(r->prompt_tokens + r->generated_tokens) / (1e3 * r->e2e);
+}
 
-    /* communication that nothing overlapped: moemu's devices run one stream,
-     * so all of it */
+/* Communication that nothing overlapped (moemu's devices run one stream,
+ * so all of it), and the bubbles: waiting for the previous stage, and done
+ * before the end. */
+static void build_overlap(report_t *r, int per_stage)
+{
+    int n = r->devices;
     r->exposed_comm_mean = 0;
     for (int i = 0; i < n && r->e2e > 0; i++) {
         double f = r->dev[i].comm / r->e2e;
         r->exposed_comm_mean += f / n;
         r->exposed_comm_max = f > r->exposed_comm_max ? f : r->exposed_comm_max;
     }
-    /* bubbles: waiting for the previous stage, and done before the end */
     for (int i = 0; i < n && r->e2e > 0; i++) {
         const report_dev_t *v = &r->dev[i];
         r->bubble[v->stage] += (v->recv_idle + (r->e2e - v->clock)) / r->e2e / per_stage;
     }
+}
 
-    /* expert load */
+/* Tokens per expert over every (layer, expert), the worst layer, and the
+ * busiest device. */
+static void build_load(report_t *r, const model_out_t *out)
+{
     r->load = out->expert_load;
     r->assignments = out->assignments;
     r->dropped = out->dropped;
-    int L = r->layers, E = r->experts;
+    int L = r->layers, E = r->experts, n = r->devices;
     double all_sum = 0, all_sq = 0, all_max = 0;
     r->load_worst_layer = -1;
     for (int l = 0; l < L; l++) {
@@ -147,8 +132,37 @@ moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *o
         if (r->dev[i].expert_rows > r->dev[r->busiest].expert_rows) r->busiest = i;
     }
     r->busiest_vs_mean = rows_mean > 0 ? (double)r->dev[r->busiest].expert_rows / rows_mean : 0;
+}
 
-    /* scaling */
+moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
+                            const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
+                            double t1)
+{
+    memset(r, 0, sizeof *r);
+    const par_strategy_t *s = &o->strategy;
+    int n = emu_cluster_size(cl), B = wl->batch;
+    r->devices = n;
+    r->stages = s->pp;
+    r->batch = B;
+    r->decode = wl->decode;
+    r->layers = cfg->num_hidden_layers;
+    r->experts = cfg->num_local_experts;
+    r->prompt_tokens = wl_prompt_tokens(wl);
+    r->generated_tokens = (int64_t)B * wl->decode;
+    par_strategy_format(s, r->strategy, sizeof r->strategy);
+    snprintf(r->hw, sizeof r->hw, "%s", o->hw.name);
+    r->dev = calloc((size_t)n, sizeof *r->dev);
+    r->ttft = calloc((size_t)B + 1, sizeof(double));
+    r->bubble = calloc((size_t)s->pp, sizeof(double));
+    if (!r->dev || !r->ttft || !r->bubble) {
+        report_free(r);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the report of %d devices", n);
+    }
+    int per_stage = n / s->pp;
+    for (int i = 0; i < n; i++) build_dev(r, emu_cluster_dev(cl, i), i, per_stage, out);
+    build_latency(r, out);
+    build_overlap(r, per_stage);
+    build_load(r, out);
     r->t1 = t1;
     if (t1 > 0 && r->e2e > 0) {
         r->speedup = t1 / r->e2e;
