@@ -193,7 +193,12 @@ typedef struct {
     size_t *scnt, *sdsp, *rcnt, *rdsp; /* (EP) all-to-all counts, in floats */
     int64_t nsend, nrecv, nlist;
     size_t sb, rb, lb;
+    /* local: no EP or ETP group, so the exchanges would be copies onto
+     * themselves: the buffers alias instead (their device bytes are
+     * counted all the same, as a real implementation holds them) */
+    bool local, ret_held;
     float *sendbuf, *recvbuf, *lists, *outl, *ret;
+    void *lists_mem;
 } moe_plan_t;
 static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t *scnt,
                                 const size_t *sdsp, float *recv, const size_t *rcnt,
@@ -332,9 +337,10 @@ static moemu_status_t send_rows(moe_plan_t *m, const float *x)
     int d = m->ex->d, k = m->ex->k;
     m->sb = (size_t)m->nsend * d;
     m->rb = (size_t)m->nrecv * d;
-    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + m->rb + 1),
+    size_t host = m->local ? m->sb : m->sb + m->rb;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (host + 1),
                           m->sz * (double)(m->sb + m->rb), (void **)&m->sendbuf));
-    m->recvbuf = m->sendbuf + m->sb;
+    m->recvbuf = m->local ? m->sendbuf : m->sendbuf + m->sb;
     if (c->math)
         for (int64_t i = 0; i < m->nsend; i++)
             memcpy(m->sendbuf + i * d, x + (int64_t)(m->order[i] / k) * d, sizeof(float) * d);
@@ -350,6 +356,7 @@ static moemu_status_t send_rows(moe_plan_t *m, const float *x)
         m->sdsp[q] = q ? m->sdsp[q - 1] + m->scnt[q - 1] : 0;
         m->rdsp[q] = q ? m->rdsp[q - 1] + m->rcnt[q - 1] : 0;
     }
+    if (m->local) return MOEMU_OK;
     return alltoallv(c, m->sendbuf, m->scnt, m->sdsp, m->recvbuf, m->rcnt, m->rdsp, m->s->ep);
 }
 
@@ -375,9 +382,12 @@ static moemu_status_t gather_lists(moe_plan_t *m)
         for (int i = 0; i < ETP * m->EP; i++)
             for (int j = 0; j < m->Eper; j++) ex->load[ex->e0 + j] += m->lists_c[i * m->Eper + j];
     m->lb = (size_t)m->nlist * d;
-    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * m->lb + 1),
-                          2.0 * m->sz * (double)m->lb, (void **)&m->lists));
-    m->outl = m->lists + m->lb;
+    size_t host = m->local ? m->lb : 2 * m->lb;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (host + 1),
+                          2.0 * m->sz * (double)m->lb, &m->lists_mem));
+    m->outl = m->lists_mem;
+    m->lists = m->local ? m->recvbuf : m->outl + m->lb;
+    if (m->local) return MOEMU_OK;
     return layer_gather_rows(c, m->lists, m->recvbuf, m->lcount, d, m->s->etp);
 }
 
@@ -388,6 +398,12 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     layer_ctx_t *c = m->c;
     int d = m->ex->d;
     MOEMU_CHECK(run_experts(c, m->outl, m->lists, m->lists_c, m->ETP, m->EP, m->Eper, m->ex));
+    if (m->local) { /* the outputs already are in the order the rows were sent */
+        MOEMU_CHECK(emu_mem_reserve(c->dev, EMU_MEM_COMM, m->sz * (double)m->sb));
+        m->ret_held = true;
+        m->ret = m->outl;
+        return MOEMU_OK;
+    }
     MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
                           (void **)&m->ret));
@@ -423,8 +439,9 @@ static moemu_status_t combine(moe_plan_t *m, float *routed, const float *w, cons
 static void plan_free(moe_plan_t *m)
 {
     emu_dev_t *dev = m->c->dev;
-    if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, m->sz * (double)m->sb);
-    if (m->lists) emu_free(dev, EMU_MEM_ACT, m->lists, 2.0 * m->sz * (double)m->lb);
+    if (m->ret_held) emu_mem_release(dev, EMU_MEM_COMM, m->sz * (double)m->sb);
+    else if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, m->sz * (double)m->sb);
+    if (m->lists_mem) emu_free(dev, EMU_MEM_ACT, m->lists_mem, 2.0 * m->sz * (double)m->lb);
     if (m->sendbuf) emu_free(dev, EMU_MEM_COMM, m->sendbuf, m->sz * (double)(m->sb + m->rb));
     free(m->sendc);
     free(m->recvc);
@@ -440,7 +457,8 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 const layer_experts_t *ex)
 {
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
-                    .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype)};
+                    .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
+                    .local = !s->ep && !s->etp};
     moemu_status_t st = plan_sends(&m, idx, keep);
     if (st == MOEMU_OK) st = send_counts(&m);
     if (st == MOEMU_OK) st = send_rows(&m, x);
