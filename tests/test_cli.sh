@@ -143,7 +143,7 @@ printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch":
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"
 grep -q '"verdict": "holds"' "$tmp/plan.out" && ok || bad "plan JSON lacks a claim that holds"
 expect 2 "give one plan file" "$moemu" plan
-expect 2 "plan key 'model' is missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
+expect 2 "plan key 'model' is required but missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -270,7 +270,7 @@ Test(workload, errors)
              "needs 4099 positions (prompt 4000 + decode 100 - 1) but the model's "
              "max_position_embeddings is 4096");
     wl_error(&(wl_opts_t){.decode = -1}, "--decode -1");
-    wl_error(&(wl_opts_t){.tokens_file = "/nonexistent/t.json"}, "--tokens /nonexistent/t.json");
+    wl_error(&(wl_opts_t){.tokens_file = "/nonexistent/t.json"}, "cannot open tokens file /nonexistent/t.json");
 }
 
 Test(workload, tokens_file)

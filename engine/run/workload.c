@@ -79,11 +79,11 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
 
 static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
 {
-    json_error_t err;
-    json_t *root = json_load_file(o->tokens_file, 0, &err);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: %s (line %d, column %d)",
-                          o->tokens_file, err.text, err.line, err.column);
+    char origin[1024];
+    snprintf(origin, sizeof origin, "tokens file %s", o->tokens_file);
+    const emu_json_src_t src = {.origin = origin};
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_file(&src, o->tokens_file, &root));
     moemu_status_t st = MOEMU_OK;
     size_t n = json_is_array(root) ? json_array_size(root) : 0;
     if (n == 0) {
