@@ -64,7 +64,12 @@ b=$(grep -v '_s"\|per_s' "$tmp/b.json" | tr -d ' \n' | sed 's/"summary".*//')
 printf '[[1,2,3],[4,5]]' >"$tmp/t.json"
 expect 0 "prompts of 2..3 tokens" "$moemu" run --model tiny --tokens "$tmp/t.json" --decode 2
 printf '[[1,2,300]]' >"$tmp/t.json"
-expect 2 "not a token id in [0, 97)" "$moemu" run --model tiny --tokens "$tmp/t.json"
+expect 2 "error: --tokens $tmp/t.json: sequence 0 position 2 is not a token id in [0, 97)" \
+    "$moemu" run --model tiny --tokens "$tmp/t.json"
+expect 2 "error: --prompt-lens '4,x': length 2 is not a positive integer" \
+    "$moemu" sweep --model tiny --devices 2 --prompt-lens 4,x
+expect 2 "error: --prompt-lens '4,5' give 2 lengths but batch is 3" \
+    "$moemu" run --model tiny --prompt-lens 4,5 --batch 3
 
 # bad weights files: truncated, another model's
 head -c 5000 "$tmp/w.st" >"$tmp/trunc.st"
@@ -80,7 +85,7 @@ expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 
 
 # moemu sweep: its errors, then a small sweep with its outputs
 expect 0 "--memory-headroom F" "$moemu" sweep --help
-expect 2 "--objective 'fast': expected throughput, ttft or latency" \
+expect 2 "error: --objective 'fast': expected throughput, ttft or latency" \
     "$moemu" sweep --model tiny --devices 2 --objective fast
 expect 2 "--memory-headroom '1': expected a number in [0, 1)" \
     "$moemu" sweep --model tiny --devices 2 --memory-headroom 1
@@ -109,7 +114,7 @@ expect 2 "PP*DP*CP*TP = 1*1*1*2 = 2 devices, but 4 are given" \
 expect 2 "need --strategy" "$moemu" run --model tiny --micro-batches 2
 expect 2 "--routing chooses a dry run's router" "$moemu" run --model tiny --strategy tp2 \
     --routing uniform
-expect 2 "--routing 'bogus': expected uniform, zipf:S or replay:FILE" "$moemu" run \
+expect 2 "error: --routing 'bogus': expected uniform, zipf:S or replay:FILE" "$moemu" run \
     --model tiny --strategy tp2 --math skip --routing bogus
 expect 2 "--math 'maybe'" "$moemu" run --model tiny --math maybe
 expect 2 "has no weights or logits" "$moemu" run --model tiny --math skip --dump-logits "$tmp/x"

@@ -24,6 +24,15 @@ int cli_error(void);
 /* Parse a whole decimal number into *out within [lo, hi], naming flag. */
 moemu_status_t cli_parse_int(const char *flag, const char *s, int lo, int hi, int *out);
 moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* The library names a value by its field ("routing 'x': ..."), the
+ * command by its flag: a message of st that begins with one of fields
+ * (NULL-terminated pairs field, flag) is reworded to begin with the flag
+ * ("--routing 'x': ..."). Returns st. */
+typedef struct {
+    const char *field, *flag;
+} cli_field_t;
+moemu_status_t cli_flag_names(moemu_status_t st, const cli_field_t *fields);
+extern const cli_field_t cli_workload_fields[]; /* wl_make's and route_open's */
 /* A hardware preset or file with --nodes / --devices-per-node applied (0:
  * the preset's), checked to hold devices; *used (may be NULL) receives the
  * nodes they occupy. */

@@ -59,7 +59,8 @@ int cli_plan_main(int argc, char **argv)
     if (plan_load(&p, argv[optind]) != MOEMU_OK) return cli_error();
     json_t *res = NULL;
     bool hold = false;
-    moemu_status_t st = plan_evaluate(&p, &po, &res, &hold);
+    moemu_status_t st = cli_flag_names(plan_evaluate(&p, &po, &res, &hold),
+                                       (const cli_field_t[]){{"routing", "--routing"}, {0}});
     cli_progress_done();
     if (st == MOEMU_OK && json) st = cli_write_json(json, res);
     json_decref(res);

@@ -374,10 +374,11 @@ static int run(const run_opts_t *o)
     dist_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cfg_load(&cfg, o->model);
-    if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
+    if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->wl, &cfg), cli_workload_fields);
     if (st == MOEMU_OK && o->strategy) st = dist_setup(&dopt, o, &cfg);
     if (st == MOEMU_OK && o->dry) {
         st = route_open(&src, o->routing ? o->routing : "uniform", &cfg, &wl, o->seed);
+        st = cli_flag_names(st, cli_workload_fields);
         dopt.dry = true;
         dopt.routing = &src;
         dopt.cluster.nodata = true;

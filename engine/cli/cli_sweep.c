@@ -213,7 +213,10 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
         case OPT_HEADROOM:
             MOEMU_CHECK(parse_number("--memory-headroom", optarg, 0, 1, true, &o->headroom));
             break;
-        case OPT_OBJECTIVE: MOEMU_CHECK(sweep_objective_parse(optarg, &o->objective)); break;
+        case OPT_OBJECTIVE:
+            MOEMU_CHECK(cli_flag_names(sweep_objective_parse(optarg, &o->objective),
+                                       (const cli_field_t[]){{"objective", "--objective"}, {0}}));
+            break;
         case OPT_MAX_PP:
             MOEMU_CHECK(cli_parse_int("--max-pp", optarg, 0, PAR_MAX_DEGREE, &o->en.max_pp));
             break;
@@ -349,7 +352,7 @@ static int run(const sweep_cli_t *o)
     sweep_t sw = {0};
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cfg_load(&cfg, o->model);
-    if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
+    if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->wl, &cfg), cli_workload_fields);
     if (st == MOEMU_OK)
         st = cli_load_hw(o->hw, o->nodes, o->devices_per_node, o->devices, &hw, NULL);
     if (st != MOEMU_OK) goto fail;
@@ -381,7 +384,7 @@ static int run(const sweep_cli_t *o)
     so.mb = o->mb;
     so.micro_batches = o->mb_list;
     so.n_micro_batches = o->n_mb;
-    st = sweep_run(&sw, &cfg, &wl, &hw, o->devices, &so);
+    st = cli_flag_names(sweep_run(&sw, &cfg, &wl, &hw, o->devices, &so), cli_workload_fields);
     progress_end(&pr);
     if (st != MOEMU_OK) goto fail;
     fprintf(stderr, "sweep: %d candidates in %.1f s\n", sw.ran, emu_host_seconds() - pr.t0);

@@ -34,7 +34,7 @@ moemu_status_t sweep_objective_parse(const char *s, sweep_objective_t *out)
             *out = (sweep_objective_t)i;
             return MOEMU_OK;
         }
-    return moemu_fail(MOEMU_ERR_INVALID, "--objective '%s': expected throughput, ttft or latency",
+    return moemu_fail(MOEMU_ERR_INVALID, "objective '%s': expected throughput, ttft or latency",
                       s);
 }
 
@@ -186,7 +186,7 @@ void sweep_judge(sweep_row_t *row, const sweep_opts_t *o)
                  o->memory_headroom, row->capacity / 1e9, limit / 1e9);
     } else if (o->ttft_max > 0 && row->ttft > o->ttft_max) {
         row->fate = SWEEP_MISSED;
-        snprintf(row->why, sizeof row->why, "TTFT %.4g s is over --ttft-max %g s", row->ttft,
+        snprintf(row->why, sizeof row->why, "TTFT %.4g s is over the limit of %g s", row->ttft,
                  o->ttft_max);
     }
 }

@@ -25,7 +25,7 @@ moemu_status_t sweep_objective_parse(const char *s, sweep_objective_t *out);
 typedef enum {
     SWEEP_KEPT = 0,  /* ran, fits, meets the constraints */
     SWEEP_NO_FIT,    /* a device ran out of memory (MOEMU_ERR_OOM) */
-    SWEEP_MISSED,    /* ran, but over --ttft-max or the memory headroom */
+    SWEEP_MISSED,    /* ran, but over ttft_max or the memory headroom */
 } sweep_fate_t;
 
 const char *sweep_fate_name(sweep_fate_t f); /* "kept", "does not fit", "misses" */
@@ -91,7 +91,7 @@ typedef struct {
     sweep_objective_t objective;
     int jobs;                   /* > 1: run candidates in this many worker
                                    processes at a time (fork); else here */
-    const char *routing;        /* --routing spec; NULL: uniform */
+    const char *routing;        /* route_open's spec; NULL: uniform */
     uint64_t seed;              /* the routing's seed */
     sweep_progress_fn progress; /* may be NULL */
     void *progress_arg;
