@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "engine/run/model.h"
+#include "engine/tools/sweep.h"
 
 int cli_run_main(int argc, char **argv);  /* moemu run */
 int cli_info_main(int argc, char **argv); /* moemu info */
@@ -40,6 +41,15 @@ moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, in
                            emu_hw_t *out, int *used);
 /* Write JSON to path through a temporary file and a rename. */
 moemu_status_t cli_write_json(const char *path, json_t *root);
+/* moemu sweep's parts that are the command's, not the library's: worker
+ * processes (a sweep_exec_fn; arg points to the int count of workers) and
+ * the gnuplot plot (FILE.svg or FILE.png, complete or not at all; title
+ * may be NULL). cli_sweep_plot_check checks the name and gnuplot on PATH
+ * first (an error naming the Debian package), to fail before a long
+ * sweep. */
+moemu_status_t cli_sweep_workers(void *arg, sweep_t *s, const sweep_opts_t *o);
+moemu_status_t cli_sweep_plot(const sweep_t *s, const char *path, const char *title);
+moemu_status_t cli_sweep_plot_check(const char *path);
 /* Progress on stderr, for model_opts_t.progress, when stderr is a tty. */
 void cli_progress(void *arg, const char *phase, int step, int steps, int layer,
                   int layers);

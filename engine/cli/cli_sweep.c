@@ -309,6 +309,47 @@ static void progress_end(progress_t *p)
 
 /* ---- the command */
 
+/* The ranked table (the top rows of the kept; 0: all) and the counts. */
+static void print_ranked(const sweep_t *s, int top, FILE *f)
+{
+    int shown = top > 0 && top < s->kept ? top : s->kept, w = 8;
+    for (int i = 0; i < shown; i++) {
+        char name[SWEEP_NAME_LEN + 16];
+        snprintf(name, sizeof name, "%s x%d", s->rows[i].name, s->rows[i].micro_batches);
+        w = (int)strlen(name) > w ? (int)strlen(name) : w;
+    }
+    if (shown > 0) {
+        fprintf(f, "%4s  %-*s %10s %11s %10s %15s %7s %8s %7s  %s\n", "rank", w,
+                "strategy", "TTFT ms", "tok/ms/dev", "e2e ms", "memory GB (%)", "comm %",
+                "bubble %", "imbal.", "pareto");
+        for (int i = 0; i < shown; i++) {
+            const sweep_row_t *r = &s->rows[i];
+            char name[SWEEP_NAME_LEN + 16], mem[48];
+            snprintf(name, sizeof name, "%s x%d", r->name, r->micro_batches);
+            snprintf(mem, sizeof mem, "%.2f (%.0f%%)", r->mem_peak / 1e9,
+                     r->capacity > 0 ? 100 * r->mem_peak / r->capacity : 0);
+            fprintf(f, "%4d  %-*s %10.3f %11.3f %10.3f %15s %7.1f %8.1f %7.2f  %s\n", r->rank, w,
+                    name, 1e3 * r->ttft, r->tpms_dev, 1e3 * r->e2e, mem, 100 * r->comm_share,
+                    100 * r->bubble, r->imbalance, r->pareto ? "*" : "");
+        }
+    }
+    int front = 0;
+    for (int i = 0; i < s->n_rows; i++) front += s->rows[i].pareto;
+    fprintf(f, "%d valid strategies, %d candidates (strategy x micro-batches) run: %d do not "
+               "fit in memory, %d miss the constraints, %d kept (%d on the Pareto front, *)\n",
+            s->strategies, s->ran, s->no_fit, s->missed, s->kept, front);
+    if (shown < s->kept)
+        fprintf(f, "the top %d of %d by %s (x M: M micro-batches per replica); --top 0 shows "
+                   "all, --csv and --json write every candidate\n",
+                shown, s->kept, sweep_objective_name(s->objective));
+    else if (s->kept > 0)
+        fprintf(f, "ranked by %s (x M: M micro-batches per replica)\n",
+                sweep_objective_name(s->objective));
+    else
+        fprintf(f, "no candidate fits and meets the constraints\n");
+}
+
+
 /* One worker process per host core (sysconf's count): measured on 2
  * cores, 2 workers run a sweep 1.46x as fast as one, 3 or 4 no faster. */
 static int default_jobs(void)
@@ -357,7 +398,7 @@ static int run(const sweep_cli_t *o)
         st = cli_load_hw(o->hw, o->nodes, o->devices_per_node, o->devices, &hw, NULL);
     if (st != MOEMU_OK) goto fail;
     /* a plot that cannot be drawn fails before the long part */
-    if (o->plot && (st = sweep_plot_check(o->plot)) != MOEMU_OK) goto fail;
+    if (o->plot && (st = cli_sweep_plot_check(o->plot)) != MOEMU_OK) goto fail;
 
     int min_len = wl.max_len;
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
@@ -379,7 +420,11 @@ static int run(const sweep_cli_t *o)
                        .memory_headroom = o->headroom, .objective = o->objective,
                        .routing = o->routing, .seed = o->seed, .progress = progress,
                        .progress_arg = &pr};
-    so.jobs = o->jobs ? o->jobs : default_jobs();
+    int jobs = o->jobs ? o->jobs : default_jobs();
+    if (jobs > 1) {
+        so.exec = cli_sweep_workers;
+        so.exec_arg = &jobs;
+    }
     so.uneven = o->uneven;
     so.mb = o->mb;
     so.micro_batches = o->mb_list;
@@ -390,7 +435,7 @@ static int run(const sweep_cli_t *o)
     fprintf(stderr, "sweep: %d candidates in %.1f s\n", sw.ran, emu_host_seconds() - pr.t0);
 
     printf("\n");
-    sweep_print(&sw, o->top, stdout);
+    print_ranked(&sw, o->top, stdout);
     if (o->csv && (st = sweep_csv(&sw, o->csv)) != MOEMU_OK) goto fail;
     if (o->json) {
         json_t *js = sweep_json(&sw);
@@ -403,7 +448,7 @@ static int run(const sweep_cli_t *o)
         char title[512];
         snprintf(title, sizeof title, "moemu sweep: %s on %d x %s, batch %d", cfg.name,
                  o->devices, hw.name, wl.batch);
-        if ((st = sweep_plot(&sw, o->plot, title)) != MOEMU_OK) goto fail;
+        if ((st = cli_sweep_plot(&sw, o->plot, title)) != MOEMU_OK) goto fail;
     }
     rc = CLI_EXIT_OK;
     goto done;
