@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---- Status: 0 is success. The code that finds a problem names it with
  * moemu_fail(); callers pass the status up with MOEMU_CHECK. The message
@@ -394,7 +395,7 @@ typedef struct {
     double pace;   /* > 0: a device sleeps so that its wall time since the
                     * run started is at least pace x its virtual time */
     bool no_pin;   /* leave device threads unpinned */
-    bool trace;    /* every device records its spans (emu_trace_write) */
+    bool trace;    /* every device records its spans (emu_trace_dump) */
     bool nodata;   /* every device in no-data mode (emu_dev_set_nodata) */
     /* > 0: each device sleeps a pseudo-random 0 to jitter_us microseconds
      * of wall time at the entry of every collective, send and receive (and
@@ -503,22 +504,22 @@ emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes);
  * departs, communicating while it is in flight. */
 void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t);
 
-/* ---- Writing traces: a Chrome trace-event JSON file (the "JSON Object
- * Format") that Perfetto and chrome://tracing open: one process per node
- * ("node N"), one thread per device ("device R"), every span a complete
- * event ("ph":"X") whose "ts" and "dur" are microseconds of virtual time,
- * "name" emu_span_name's, "cat" emu_span_cat_name's, and "args" flops,
- * bytes, layer (when tagged) and link (comm and idle).
- * docs/emulation.md shows the format. The file is written under a
- * temporary name and renamed, so a failure leaves no partial file; title
- * (may be NULL) goes to "otherData". MOEMU_ERR_IO when the file cannot be
- * written, MOEMU_ERR_NOMEM when a device lost spans for want of host
- * memory. Call it between runs. */
-moemu_status_t emu_trace_write(const emu_cluster_t *c, const char *path,
-                               const char *title);
+/* ---- Writing traces: Chrome trace-event JSON (the "JSON Object Format")
+ * that Perfetto and chrome://tracing open: one process per node ("node
+ * N"), one thread per device ("device R"), every span a complete event
+ * ("ph":"X") whose "ts" and "dur" are microseconds of virtual time, "name"
+ * emu_span_name's, "cat" emu_span_cat_name's, and "args" flops, bytes,
+ * layer (when tagged) and link (comm and idle). docs/emulation.md shows
+ * the format. Written to f, the caller's stream (moemu's files go through
+ * engine/tools/outfile, complete or not at all); title (may be NULL) goes
+ * to "otherData". MOEMU_ERR_NOMEM when a device lost spans for want of
+ * host memory, MOEMU_ERR_INVALID for a title that is not UTF-8; the
+ * stream's own errors are the caller's to check. Call it between runs. */
+moemu_status_t emu_trace_dump(const emu_cluster_t *c, FILE *f,
+                              const char *title);
 /* The same for any devices (standalone ones: node 0, thread = rank). */
-moemu_status_t emu_trace_write_devs(const emu_dev_t *const *devs, int n,
-                                    const char *path, const char *title);
+moemu_status_t emu_trace_dump_devs(const emu_dev_t *const *devs, int n,
+                                   FILE *f, const char *title);
 
 /* ---- Waiting inside a cluster, for the collectives module: a mutex and a
  * condition variable that the cluster broadcasts when a run aborts or a

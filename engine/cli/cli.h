@@ -39,8 +39,6 @@ extern const cli_field_t cli_workload_fields[]; /* wl_make's and route_open's */
  * nodes they occupy. */
 moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
                            emu_hw_t *out, int *used);
-/* Write JSON to path through a temporary file and a rename. */
-moemu_status_t cli_write_json(const char *path, json_t *root);
 /* moemu sweep's parts that are the command's, not the library's: worker
  * processes (a sweep_exec_fn; arg points to the int count of workers) and
  * the gnuplot plot (FILE.svg or FILE.png, complete or not at all; title

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 
 static const char info_help[] =
     "usage: moemu info [--model NAME|FILE] [--json FILE]\n"
@@ -77,7 +78,7 @@ int cli_info_main(int argc, char **argv)
             (json_int_t)f.experts, "shared", (json_int_t)f.shared, "norms", (json_int_t)f.norms,
             "lm_head", (json_int_t)f.lm_head, "weight_bytes", f.weight_bytes,
             "flops_per_token", f.flops_per_token, "attn_flops_per_pair", f.attn_flops_per_pair);
-        moemu_status_t st = cli_write_json(json, root);
+        moemu_status_t st = outfile_json(json, root);
         json_decref(root);
         if (st != MOEMU_OK) return cli_error();
     }

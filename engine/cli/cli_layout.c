@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "parallel/par.h"
 
 #define LAYOUT_DEFAULT_HW "card-400tf-64gb"
@@ -360,7 +361,7 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
         o->prompt_len, "kv_replicated", L->cfg.num_key_value_heads % s->tp != 0, "ranks",
         devices, "groups", groups);
     if (!root) return moemu_fail(MOEMU_ERR_NOMEM, "moemu layout: cannot build the JSON");
-    moemu_status_t st = cli_write_json(o->json, root);
+    moemu_status_t st = outfile_json(o->json, root);
     json_decref(root);
     return st;
 }

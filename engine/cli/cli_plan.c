@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "engine/tools/plan.h"
 
 static const char plan_help[] =
@@ -62,7 +63,7 @@ int cli_plan_main(int argc, char **argv)
     moemu_status_t st = cli_flag_names(plan_evaluate(&p, &po, &res, &hold),
                                        (const cli_field_t[]){{"routing", "--routing"}, {0}});
     cli_progress_done();
-    if (st == MOEMU_OK && json) st = cli_write_json(json, res);
+    if (st == MOEMU_OK && json) st = outfile_json(json, res);
     json_decref(res);
     plan_free(&p);
     if (st != MOEMU_OK) return cli_error();

@@ -191,9 +191,7 @@ moemu_status_t cli_sweep_plot(const sweep_t *s, const char *path, const char *ti
     moemu_status_t st = write_script(script, s, tmp, ends_with(path, ".svg"), title);
     if (st == MOEMU_OK) st = run_gnuplot(script, tmp, path);
     if (script[0]) unlink(script);
-    if (st == MOEMU_OK) return outfile_commit(path, tmp, out, true);
-    fclose(out);
-    unlink(tmp);
-    free(tmp);
+    if (st == MOEMU_OK) return outfile_commit(path, tmp, out);
+    outfile_abandon(tmp, out);
     return st;
 }

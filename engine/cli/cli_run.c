@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "engine/tools/check.h"
 #include "engine/tools/report.h"
 #include "engine/models/safetensors.h"
@@ -338,6 +339,11 @@ static json_t *generated_json(const wl_t *wl, const model_out_t *out)
     return gen;
 }
 
+static moemu_status_t fill_trace(FILE *f, const void *cl)
+{
+    return emu_trace_dump(cl, f, "moemu");
+}
+
 /* Report, trace and CSV of a run on emulated devices. */
 static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, const model_out_t *out,
                                     const wts_t *w, const wl_t *wl, const dist_opts_t *dopt,
@@ -352,7 +358,7 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
     moemu_status_t st = MOEMU_OK;
     if (o->csv) st = report_csv(&r, o->csv);
     report_free(&r);
-    if (st == MOEMU_OK && o->trace) st = emu_trace_write(cl, o->trace, "moemu");
+    if (st == MOEMU_OK && o->trace) st = outfile_write(o->trace, fill_trace, cl);
     if (st == MOEMU_OK && o->record_routing)
         st = route_save(o->record_routing, record, w->cfg.num_hidden_layers, wl->batch,
                         model_route_positions(wl), w->cfg.num_experts_per_tok);
@@ -469,7 +475,7 @@ static int run(const run_opts_t *o)
         goto fail;
     if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
         goto fail;
-    if (o->json && (st = cli_write_json(o->json, js)) != MOEMU_OK) goto fail;
+    if (o->json && (st = outfile_json(o->json, js)) != MOEMU_OK) goto fail;
     goto done;
 fail:
     rc = cli_error();

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "engine/tools/sweep.h"
 
 #define SWEEP_DEFAULT_HW "card-400tf-64gb"
@@ -440,7 +441,7 @@ static int run(const sweep_cli_t *o)
     if (o->json) {
         json_t *js = sweep_json(&sw);
         json_object_update_new(js, settings_json(o, &cfg, &wl, &hw));
-        st = cli_write_json(o->json, js);
+        st = outfile_json(o->json, js);
         json_decref(js);
         if (st != MOEMU_OK) goto fail;
     }

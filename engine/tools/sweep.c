@@ -409,11 +409,9 @@ static void csv_field(FILE *f, const char *s)
     fputc('"', f);
 }
 
-moemu_status_t sweep_csv(const sweep_t *s, const char *path)
+static moemu_status_t fill_csv(FILE *f, const void *arg)
 {
-    char *tmp;
-    FILE *f;
-    MOEMU_CHECK(outfile_open(path, &tmp, &f));
+    const sweep_t *s = arg;
     fprintf(f, "rank,strategy,micro_batches,fate,ttft_ms,tokens_per_ms_per_device,"
                "prefill_tokens_per_ms_per_device,decode_tokens_per_ms_per_device,e2e_ms,"
                "memory_peak_gb,memory_capacity_gb,memory_fraction,comm_share,bubble,"
@@ -430,7 +428,12 @@ moemu_status_t sweep_csv(const sweep_t *s, const char *path)
         csv_field(f, r->why);
         fputc('\n', f);
     }
-    return outfile_commit(path, tmp, f, true);
+    return MOEMU_OK;
+}
+
+moemu_status_t sweep_csv(const sweep_t *s, const char *path)
+{
+    return outfile_write(path, fill_csv, s);
 }
 
 json_t *sweep_json(const sweep_t *s)
