@@ -29,6 +29,27 @@ expect() {
 expect 0 "usage: moemu COMMAND" "$moemu" --help
 expect 0 "--prompt-len-range" "$moemu" run --help
 expect 0 "--model" "$moemu" info --help
+# the shared options: one definition, the same help and the same checks in
+# every command that takes them
+for cmd in run check layout sweep; do
+    expect 0 "  --devices-per-node D   override the preset's devices per node" \
+        "$moemu" $cmd --help
+    expect 2 "--nodes '0': expected a whole number in [1, 1048576]" \
+        "$moemu" $cmd --model tiny --devices 2 --nodes 0
+done
+expect 0 "  --prompt-len-range MIN:MAX" "$moemu" sweep --help
+expect 0 "  --routing SPEC         the dry run's router: uniform (default) or zipf:S" \
+    "$moemu" plan --help
+expect 2 "moemu layout: unknown or incomplete option '--micro-batches'" \
+    "$moemu" layout --model tiny --strategy tp2 --micro-batches 2
+expect 2 "moemu plan: unknown or incomplete option '--bogus' (see moemu plan --help)" \
+    "$moemu" plan --bogus
+expect 2 "moemu info: unexpected argument 'extra'" "$moemu" info extra
+expect 2 "give only one of --prompt-len, --prompt-lens, --prompt-len-range and --tokens" \
+    "$moemu" run --model tiny --prompt-len 4 --prompt-lens 4,5
+expect 2 "--pace '-1': expected a number >= 0" "$moemu" run --model tiny --pace -1
+expect 2 "--micro-batches 'x': expected a whole number" \
+    "$moemu" sweep --model tiny --devices 2 --micro-batches x
 expect 2 "unknown command 'frobnicate'" "$moemu" frobnicate
 expect 2 "usage" "$moemu"
 expect 2 "unknown or incomplete option '--bogus'" "$moemu" run --bogus
@@ -94,7 +115,8 @@ expect 2 "--memory-headroom 'lots': expected a number" \
 expect 2 "--devices is required" "$moemu" sweep --model tiny
 expect 2 "--plot $tmp/p.pdf: expected a file name ending in .svg or .png" \
     "$moemu" sweep --model tiny --devices 2 --plot "$tmp/p.pdf"
-expect 2 "--sp 'maybe'" "$moemu" sweep --model tiny --devices 2 --sp maybe
+expect 2 "--sp 'maybe': expected both, auto, off or on" "$moemu" sweep --model tiny --devices 2 \
+    --sp maybe
 expect 0 "on the Pareto front" "$moemu" sweep --model tiny --devices 2 --batch 2 \
     --prompt-len 8 --decode 2 --csv "$tmp/s.csv" --json "$tmp/s.json"
 [ "$(wc -l <"$tmp/s.csv")" -gt 2 ] && ok || bad "sweep CSV: $(cat "$tmp/s.csv")"

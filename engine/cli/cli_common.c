@@ -1,5 +1,5 @@
-/* What the subcommands share: errors, number parsing, flags in library
- * messages, hardware, progress. */
+/* What the subcommands share besides their options: errors, number
+ * parsing, hardware, progress. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -37,28 +37,6 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
                           flag, s);
     *out = v;
     return MOEMU_OK;
-}
-
-const cli_field_t cli_workload_fields[] = {
-    {"prompt lengths", "--prompt-lens"},
-    {"prompt length range", "--prompt-len-range"},
-    {"tokens file", "--tokens"},
-    {"routing", "--routing"},
-    {NULL, NULL},
-};
-
-moemu_status_t cli_flag_names(moemu_status_t st, const cli_field_t *fields)
-{
-    const char *msg = moemu_errmsg();
-    for (const cli_field_t *f = fields; st != MOEMU_OK && f->field; f++) {
-        size_t n = strlen(f->field);
-        if (strncmp(msg, f->field, n) == 0 && (msg[n] == ' ' || msg[n] == ':')) {
-            char rest[1024];
-            snprintf(rest, sizeof rest, "%s", msg + n);
-            return moemu_fail(st, "%s%s", f->flag, rest);
-        }
-    }
-    return st;
 }
 
 moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
