@@ -5,9 +5,11 @@
 #ifndef MOEMU_EMU_H
 #define MOEMU_EMU_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---- Status: 0 is success. The code that finds a problem names it with
  * moemu_fail(); callers pass the status up with MOEMU_CHECK. The message
@@ -37,6 +39,64 @@ void moemu_errclear(void);
         moemu_status_t st_ = (call);                                           \
         if (st_ != MOEMU_OK) return st_;                                       \
     } while (0)
+
+/* ---- Reading JSON: one family of typed getters for every loader
+ * (hardware, strategies, configs, plans, workloads). A message names the
+ * origin, the key with the object's path, the type or range expected and
+ * the value found: "p.json: plan key 'workload.batch' = 0 is out of range
+ * (at least 1)". */
+typedef struct {
+    const char *origin;    /* the file or text read: first in every message */
+    const char *noun;      /* what a key is called ("config key"); NULL: "key" */
+    const char *path;      /* the object's place in the document ("device",
+                              "claims[2]"); NULL: the top level */
+    moemu_status_t status; /* of a bad value and of malformed JSON; 0:
+                              MOEMU_ERR_INVALID and MOEMU_ERR_FORMAT */
+} emu_json_src_t;
+
+enum {
+    EMU_JSON_REQUIRED = 1 << 0,   /* absent is an error */
+    EMU_JSON_NULLABLE = 1 << 1,   /* null reads as absent */
+    EMU_JSON_WHOLE_REAL = 1 << 2, /* a whole real (4096.0) reads as an integer */
+};
+
+/* Parse text, or the file at path, into *root (the caller's: json_decref).
+ * Duplicate keys are refused. A file that cannot be read is MOEMU_ERR_IO. */
+moemu_status_t emu_json_load_text(const emu_json_src_t *src, const char *text, json_t **root);
+moemu_status_t emu_json_load_file(const emu_json_src_t *src, const char *path, json_t **root);
+/* src inside it at key (a path "key" or "parent.key", held in buf). */
+emu_json_src_t emu_json_in(const emu_json_src_t *src, const char *key, char *buf, size_t n);
+/* The same for element i of the array src names ("pp_layers[1]"). */
+emu_json_src_t emu_json_at(const emu_json_src_t *src, size_t i, char *buf, size_t n);
+
+/* Getters: the value of key in the object obj. Absent (see the flags):
+ * MOEMU_OK with *out untouched, so a default set before stays. */
+moemu_status_t emu_json_get(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, json_t **out);
+moemu_status_t emu_json_int(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, int lo, int hi, int *out);
+moemu_status_t emu_json_i64(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, int64_t lo, int64_t hi, int64_t *out);
+moemu_status_t emu_json_num(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, double *out);
+moemu_status_t emu_json_bool(const emu_json_src_t *src, const json_t *obj, const char *key,
+                             int flags, bool *out);
+moemu_status_t emu_json_str(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, const char **out);
+moemu_status_t emu_json_obj(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, json_t **out);
+moemu_status_t emu_json_arr(const emu_json_src_t *src, const json_t *obj, const char *key,
+                            int flags, json_t **out);
+/* Element i of the array src names, as emu_json_int (always required). */
+moemu_status_t emu_json_int_at(const emu_json_src_t *src, const json_t *arr, size_t i,
+                               int lo, int hi, int *out);
+/* A rule of the caller's: "<origin>: <noun> '<path.key>' <why>[, got <v>]"
+ * (key NULL: the object itself; v NULL: no value shown). */
+moemu_status_t emu_json_bad(const emu_json_src_t *src, const char *key, const json_t *v,
+                            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* v as a message shows it: 4096, 2.0, 1e-05, "silu", compact JSON cut at
+ * about 70 characters. */
+void emu_json_describe(const json_t *v, char *buf, size_t n);
 
 /* ---- Emulated storage types. Math is fp32 on the host; the dtype sets the
  * bytes counted for capacity, bandwidth and communication. INT32 is for
@@ -339,7 +399,7 @@ typedef struct {
     double pace;   /* > 0: a device sleeps so that its wall time since the
                     * run started is at least pace x its virtual time */
     bool no_pin;   /* leave device threads unpinned */
-    bool trace;    /* every device records its spans (emu_trace_write) */
+    bool trace;    /* every device records its spans (emu_trace_dump) */
     bool nodata;   /* every device in no-data mode (emu_dev_set_nodata) */
     /* > 0: each device sleeps a pseudo-random 0 to jitter_us microseconds
      * of wall time at the entry of every collective, send and receive (and
@@ -448,22 +508,22 @@ emu_msg_time_t emu_p2p_send(emu_dev_t *dev, int peer_rank, double bytes);
  * departs, communicating while it is in flight. */
 void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t);
 
-/* ---- Writing traces: a Chrome trace-event JSON file (the "JSON Object
- * Format") that Perfetto and chrome://tracing open: one process per node
- * ("node N"), one thread per device ("device R"), every span a complete
- * event ("ph":"X") whose "ts" and "dur" are microseconds of virtual time,
- * "name" emu_span_name's, "cat" emu_span_cat_name's, and "args" flops,
- * bytes, layer (when tagged) and link (comm and idle).
- * docs/emulation.md shows the format. The file is written under a
- * temporary name and renamed, so a failure leaves no partial file; title
- * (may be NULL) goes to "otherData". MOEMU_ERR_IO when the file cannot be
- * written, MOEMU_ERR_NOMEM when a device lost spans for want of host
- * memory. Call it between runs. */
-moemu_status_t emu_trace_write(const emu_cluster_t *c, const char *path,
-                               const char *title);
+/* ---- Writing traces: Chrome trace-event JSON (the "JSON Object Format")
+ * that Perfetto and chrome://tracing open: one process per node ("node
+ * N"), one thread per device ("device R"), every span a complete event
+ * ("ph":"X") whose "ts" and "dur" are microseconds of virtual time, "name"
+ * emu_span_name's, "cat" emu_span_cat_name's, and "args" flops, bytes,
+ * layer (when tagged) and link (comm and idle). docs/emulation.md shows
+ * the format. Written to f, the caller's stream (moemu's files go through
+ * engine/tools/outfile, complete or not at all); title (may be NULL) goes
+ * to "otherData". MOEMU_ERR_NOMEM when a device lost spans for want of
+ * host memory, MOEMU_ERR_INVALID for a title that is not UTF-8; the
+ * stream's own errors are the caller's to check. Call it between runs. */
+moemu_status_t emu_trace_dump(const emu_cluster_t *c, FILE *f,
+                              const char *title);
 /* The same for any devices (standalone ones: node 0, thread = rank). */
-moemu_status_t emu_trace_write_devs(const emu_dev_t *const *devs, int n,
-                                    const char *path, const char *title);
+moemu_status_t emu_trace_dump_devs(const emu_dev_t *const *devs, int n,
+                                   FILE *f, const char *title);
 
 /* ---- Waiting inside a cluster, for the collectives module: a mutex and a
  * condition variable that the cluster broadcasts when a run aborts or a

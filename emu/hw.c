@@ -12,61 +12,20 @@
 #define MOEMU_DATADIR "/usr/local/share/moemu"
 #endif
 
-static moemu_status_t hw_num(json_t *obj, const char *sect, const char *key,
-                             const char *origin, double *out)
-{
-    json_t *v = json_object_get(obj, key);
-    if (!v)
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s: %s.%s is missing", origin,
-                          sect, key);
-    if (!json_is_number(v))
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s: %s.%s must be a number",
-                          origin, sect, key);
-    *out = json_number_value(v);
-    return MOEMU_OK;
-}
-
-static moemu_status_t hw_int(json_t *obj, const char *sect, const char *key,
-                             const char *origin, bool required, int *out)
-{
-    json_t *v = json_object_get(obj, key);
-    if (!v) {
-        if (!required) return MOEMU_OK;
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s: %s.%s is missing", origin,
-                          sect, key);
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        json_integer_value(v) > 1 << 20)
-        return moemu_fail(MOEMU_ERR_FORMAT,
-                          "%s: %s.%s must be a whole number from 0 to %d",
-                          origin, sect, key, 1 << 20);
-    *out = (int)json_integer_value(v);
-    return MOEMU_OK;
-}
-
-static json_t *hw_section(json_t *root, const char *key, const char *origin,
-                          moemu_status_t *st)
-{
-    json_t *o = json_object_get(root, key);
-    if (!json_is_object(o))
-        *st = moemu_fail(MOEMU_ERR_FORMAT, "%s: %s must be an object%s",
-                         origin, key, o ? "" : " (it is missing)");
-    return o;
-}
-
 /* "comment": a string, or an array of strings joined by newlines. */
-static moemu_status_t hw_comment(json_t *v, const char *origin, char *buf,
+static moemu_status_t hw_comment(const emu_json_src_t *src, json_t *root, char *buf,
                                  size_t n)
 {
+    json_t *v = json_object_get(root, "comment");
     buf[0] = '\0';
     if (!v) return MOEMU_OK;
     if (json_is_string(v)) {
         snprintf(buf, n, "%s", json_string_value(v));
         return MOEMU_OK;
     }
-    if (!json_is_array(v)) goto bad;
     size_t i, used = 0;
     json_t *e;
+    if (!json_is_array(v)) goto bad;
     json_array_foreach(v, i, e) {
         if (!json_is_string(e)) goto bad;
         if (used < n)
@@ -75,51 +34,61 @@ static moemu_status_t hw_comment(json_t *v, const char *origin, char *buf,
     }
     return MOEMU_OK;
 bad:
-    return moemu_fail(MOEMU_ERR_FORMAT,
-                      "%s: comment must be a string or an array of strings",
-                      origin);
+    return emu_json_bad(src, "comment", v, "must be a string or an array of strings");
 }
 
-static moemu_status_t hw_from_json(json_t *root, const char *origin,
+static moemu_status_t hw_device(const emu_json_src_t *src, json_t *root, emu_spec_t *s)
+{
+    static const struct {
+        const char *key;
+        size_t off;
+    } keys[] = {
+        {"peak_flops", offsetof(emu_spec_t, peak_flops)},
+        {"mfu", offsetof(emu_spec_t, mfu)},
+        {"mem_bw", offsetof(emu_spec_t, mem_bw)},
+        {"bw_util", offsetof(emu_spec_t, bw_util)},
+        {"mem_capacity", offsetof(emu_spec_t, mem_capacity)},
+        {"launch_s", offsetof(emu_spec_t, launch_s)},
+    };
+    json_t *dev;
+    char path[16];
+    MOEMU_CHECK(emu_json_obj(src, root, "device", EMU_JSON_REQUIRED, &dev));
+    emu_json_src_t in = emu_json_in(src, "device", path, sizeof path);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        MOEMU_CHECK(emu_json_num(&in, dev, keys[i].key, EMU_JSON_REQUIRED,
+                                 (double *)((char *)s + keys[i].off)));
+    return MOEMU_OK;
+}
+
+static moemu_status_t hw_topology(const emu_json_src_t *src, json_t *root, emu_topo_t *t)
+{
+    json_t *top;
+    char path[16];
+    MOEMU_CHECK(emu_json_obj(src, root, "topology", EMU_JSON_REQUIRED, &top));
+    emu_json_src_t in = emu_json_in(src, "topology", path, sizeof path);
+    MOEMU_CHECK(emu_json_int(&in, top, "devices_per_node", EMU_JSON_REQUIRED, 0, 1 << 20,
+                             &t->devices_per_node));
+    MOEMU_CHECK(emu_json_int(&in, top, "nodes", 0, 0, 1 << 20, &t->nodes));
+    MOEMU_CHECK(emu_json_num(&in, top, "intra_bw", EMU_JSON_REQUIRED, &t->intra_bw));
+    MOEMU_CHECK(emu_json_num(&in, top, "intra_lat", EMU_JSON_REQUIRED, &t->intra_lat));
+    MOEMU_CHECK(emu_json_num(&in, top, "inter_bw", EMU_JSON_REQUIRED, &t->inter_bw));
+    return emu_json_num(&in, top, "inter_lat", EMU_JSON_REQUIRED, &t->inter_lat);
+}
+
+static moemu_status_t hw_from_json(json_t *root, const emu_json_src_t *src,
                                    const char *default_name, emu_hw_t *out)
 {
-    moemu_status_t st = MOEMU_OK;
     if (!json_is_object(root))
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s: the top level must be an "
-                                            "object", origin);
+        return emu_json_bad(src, NULL, root, "must be an object");
     memset(out, 0, sizeof *out);
-    json_t *name = json_object_get(root, "name");
-    if (name && !json_is_string(name))
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s: name must be a string",
-                          origin);
-    snprintf(out->name, sizeof out->name, "%s",
-             name ? json_string_value(name) : default_name);
-    MOEMU_CHECK(hw_comment(json_object_get(root, "comment"), origin,
-                           out->comment, sizeof out->comment));
-
-    json_t *dev = hw_section(root, "device", origin, &st);
-    MOEMU_CHECK(st);
-    emu_spec_t *s = &out->spec;
-    MOEMU_CHECK(hw_num(dev, "device", "peak_flops", origin, &s->peak_flops));
-    MOEMU_CHECK(hw_num(dev, "device", "mfu", origin, &s->mfu));
-    MOEMU_CHECK(hw_num(dev, "device", "mem_bw", origin, &s->mem_bw));
-    MOEMU_CHECK(hw_num(dev, "device", "bw_util", origin, &s->bw_util));
-    MOEMU_CHECK(hw_num(dev, "device", "mem_capacity", origin, &s->mem_capacity));
-    MOEMU_CHECK(hw_num(dev, "device", "launch_s", origin, &s->launch_s));
-
-    json_t *top = hw_section(root, "topology", origin, &st);
-    MOEMU_CHECK(st);
-    emu_topo_t *t = &out->topo;
-    MOEMU_CHECK(hw_int(top, "topology", "devices_per_node", origin, true,
-                       &t->devices_per_node));
-    MOEMU_CHECK(hw_int(top, "topology", "nodes", origin, false, &t->nodes));
-    MOEMU_CHECK(hw_num(top, "topology", "intra_bw", origin, &t->intra_bw));
-    MOEMU_CHECK(hw_num(top, "topology", "intra_lat", origin, &t->intra_lat));
-    MOEMU_CHECK(hw_num(top, "topology", "inter_bw", origin, &t->inter_bw));
-    MOEMU_CHECK(hw_num(top, "topology", "inter_lat", origin, &t->inter_lat));
-
+    const char *name = default_name;
+    MOEMU_CHECK(emu_json_str(src, root, "name", 0, &name));
+    snprintf(out->name, sizeof out->name, "%s", name);
+    MOEMU_CHECK(hw_comment(src, root, out->comment, sizeof out->comment));
+    MOEMU_CHECK(hw_device(src, root, &out->spec));
+    MOEMU_CHECK(hw_topology(src, root, &out->topo));
     /* impossible values are the file's fault */
-    if (emu_spec_check(s, origin) || emu_topo_check(t, origin))
+    if (emu_spec_check(&out->spec, src->origin) || emu_topo_check(&out->topo, src->origin))
         return MOEMU_ERR_FORMAT;
     return MOEMU_OK;
 }
@@ -127,35 +96,26 @@ static moemu_status_t hw_from_json(json_t *root, const char *origin,
 moemu_status_t emu_hw_parse(const char *json, const char *origin,
                             emu_hw_t *out)
 {
-    json_error_t err;
-    json_t *root = json_loads(json, 0, &err);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s:%d:%d: %s", origin, err.line,
-                          err.column, err.text);
-    moemu_status_t st = hw_from_json(root, origin, "custom", out);
+    emu_json_src_t src = {.origin = origin, .status = MOEMU_ERR_FORMAT};
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_text(&src, json, &root));
+    moemu_status_t st = hw_from_json(root, &src, "custom", out);
     json_decref(root);
     return st;
 }
 
 static moemu_status_t hw_load_file(const char *path, emu_hw_t *out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return moemu_fail(MOEMU_ERR_IO, "cannot open hardware file %s: %s",
-                          path, strerror(errno));
-    json_error_t err;
-    json_t *root = json_loadf(f, 0, &err);
-    fclose(f);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_FORMAT, "%s:%d:%d: %s", path, err.line,
-                          err.column, err.text);
+    emu_json_src_t src = {.origin = path, .status = MOEMU_ERR_FORMAT};
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_file(&src, path, &root));
     /* the file's name without folder and extension names it by default */
     char base[64];
     const char *b = strrchr(path, '/');
     snprintf(base, sizeof base, "%s", b ? b + 1 : path);
     char *dot = strstr(base, ".json");
     if (dot && dot[5] == '\0') *dot = '\0';
-    moemu_status_t st = hw_from_json(root, path, base, out);
+    moemu_status_t st = hw_from_json(root, &src, base, out);
     json_decref(root);
     return st;
 }

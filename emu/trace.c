@@ -1,17 +1,13 @@
-/* Writing devices' timelines as a Chrome trace-event JSON file (the "JSON
- * Object Format"), for Perfetto and chrome://tracing. A run can hold
- * millions of spans, so events are streamed through a large stdio buffer
- * rather than built as one jansson tree; every string in them is one of
+/* Writing devices' timelines as Chrome trace-event JSON (the "JSON Object
+ * Format"), for Perfetto and chrome://tracing, to the caller's stream (the
+ * engine's one output writer makes the file). A run can hold millions of
+ * spans, so events are streamed rather than built as one jansson tree; every string in them is one of
  * emu's fixed ASCII names, and the one string from outside (the title) is
  * encoded by jansson, so the file is valid JSON. */
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "emu/emu_impl.h"
 
@@ -188,19 +184,36 @@ static moemu_status_t emu_tw_other(const emu_dev_t *const *devs, int n,
     return MOEMU_OK;
 }
 
-static moemu_status_t emu_tw_io(const char *path, const char *what, int e)
+/* Metadata: node N is process N+1 ("node N"), device R its thread R+1
+ * ("device R"); Perfetto keeps pid and tid 0 for the idle task. */
+static void emu_tw_names(emu_tw_t *w, const emu_dev_t *const *devs, int n,
+                         bool *seen)
 {
-    return moemu_fail(MOEMU_ERR_IO, "cannot %s the trace %s: %s", what, path,
-                      strerror(e));
+    for (int i = 0; i < n; i++) {
+        const emu_dev_t *d = devs[i];
+        char name[32];
+        if (!seen[d->node]) {
+            snprintf(name, sizeof name, "node %d", d->node);
+            emu_tw_meta(w, "process_name", d->node + 1, 0, "name", name, 0);
+            emu_tw_meta(w, "process_sort_index", d->node + 1, 0,
+                        "sort_index", NULL, d->node);
+            seen[d->node] = true;
+        }
+        snprintf(name, sizeof name, "device %d", d->rank);
+        emu_tw_meta(w, "thread_name", d->node + 1, d->rank + 1, "name", name,
+                    0);
+        emu_tw_meta(w, "thread_sort_index", d->node + 1, d->rank + 1,
+                    "sort_index", NULL, d->rank);
+    }
 }
 
-moemu_status_t emu_trace_write_devs(const emu_dev_t *const *devs, int n,
-                                    const char *path, const char *title)
+moemu_status_t emu_trace_dump_devs(const emu_dev_t *const *devs, int n,
+                                   FILE *f, const char *title)
 {
-    if (!path || (!devs && n > 0) || n < 0)
+    if (!f || (!devs && n > 0) || n < 0)
         return moemu_fail(MOEMU_ERR_INVALID,
-                          "emu_trace_write: NULL path or devices");
-    int maxnode = 0;
+                          "emu_trace_dump_devs: NULL stream or devices");
+    int maxnode = 0, nodes = 0;
     for (int i = 0; i < n; i++) {
         if (devs[i]->spans_lost)
             return moemu_fail(MOEMU_ERR_NOMEM,
@@ -210,94 +223,44 @@ moemu_status_t emu_trace_write_devs(const emu_dev_t *const *devs, int n,
                               (unsigned long long)devs[i]->spans_lost);
         if (devs[i]->node > maxnode) maxnode = devs[i]->node;
     }
-    size_t tlen = strlen(path) + 64;
     bool *seen = calloc((size_t)maxnode + 1, sizeof *seen);
-    char *tmp = malloc(tlen), *other = NULL;
-    if (!seen || !tmp) {
-        free(seen);
-        free(tmp);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot write the trace %s: out "
-                                           "of host memory", path);
+    if (!seen)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot write the trace: out of "
+                                           "host memory");
+    for (int i = 0; i < n; i++) {
+        nodes += !seen[devs[i]->node];
+        seen[devs[i]->node] = true;
     }
-    int nodes = 0;
-    for (int i = 0; i < n; i++)
-        if (!seen[devs[i]->node]) {
-            seen[devs[i]->node] = true;
-            nodes++;
-        }
     memset(seen, 0, ((size_t)maxnode + 1) * sizeof *seen);
+    char *other = NULL;
     moemu_status_t st = emu_tw_other(devs, n, nodes, title, &other);
-    if (st != MOEMU_OK) goto out;
-
-    /* a temporary name beside the file, renamed when complete */
-    static atomic_uint serial;
-    snprintf(tmp, tlen, "%s.tmp%ld.%u", path, (long)getpid(),
-             atomic_fetch_add(&serial, 1));
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (!f) {
-        st = emu_tw_io(path, "create", errno);
-        if (fd >= 0) close(fd);
-        if (fd >= 0) unlink(tmp);
-        goto out;
+    if (st == MOEMU_OK) {
+        emu_tw_t w = {f, true};
+        fputs("{\"traceEvents\":[\n", f);
+        emu_tw_names(&w, devs, n, seen);
+        for (int i = 0; i < n; i++)
+            for (size_t k = 0; k < devs[i]->nspans; k++)
+                emu_tw_span(&w, devs[i]->node + 1, devs[i]->rank + 1,
+                            &devs[i]->spans[k]);
+        fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":%s}\n",
+                other);
     }
-    setvbuf(f, NULL, _IOFBF, (size_t)1 << 20);
-
-    errno = 0;
-    emu_tw_t w = {f, true};
-    fputs("{\"traceEvents\":[\n", f);
-    /* Perfetto keeps pid and tid 0 for the idle task: number from 1 */
-    for (int i = 0; i < n; i++) {
-        const emu_dev_t *d = devs[i];
-        if (!seen[d->node]) {
-            char name[32];
-            snprintf(name, sizeof name, "node %d", d->node);
-            emu_tw_meta(&w, "process_name", d->node + 1, 0, "name", name, 0);
-            emu_tw_meta(&w, "process_sort_index", d->node + 1, 0,
-                        "sort_index", NULL, d->node);
-            seen[d->node] = true;
-        }
-        char name[32];
-        snprintf(name, sizeof name, "device %d", d->rank);
-        emu_tw_meta(&w, "thread_name", d->node + 1, d->rank + 1, "name", name,
-                    0);
-        emu_tw_meta(&w, "thread_sort_index", d->node + 1, d->rank + 1,
-                    "sort_index", NULL, d->rank);
-    }
-    for (int i = 0; i < n; i++) {
-        const emu_dev_t *d = devs[i];
-        for (size_t k = 0; k < d->nspans; k++)
-            emu_tw_span(&w, d->node + 1, d->rank + 1, &d->spans[k]);
-    }
-    fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":%s}\n", other);
-
-    int e = ferror(f) ? (errno ? errno : EIO) : 0;
-    if (fclose(f) != 0 && !e) e = errno ? errno : EIO;
-    if (e) {
-        st = emu_tw_io(path, "write", e);
-        unlink(tmp);
-    } else if (rename(tmp, path) != 0) {
-        st = emu_tw_io(path, "create", errno);
-        unlink(tmp);
-    }
-out:
     free(seen);
-    free(tmp);
     free(other);
     return st;
 }
 
-moemu_status_t emu_trace_write(const emu_cluster_t *c, const char *path,
-                               const char *title)
+moemu_status_t emu_trace_dump(const emu_cluster_t *c, FILE *f,
+                              const char *title)
 {
     if (!c)
-        return moemu_fail(MOEMU_ERR_INVALID, "emu_trace_write: NULL cluster");
+        return moemu_fail(MOEMU_ERR_INVALID, "emu_trace_dump: NULL cluster");
     const emu_dev_t **devs = malloc((size_t)c->ndev * sizeof *devs);
     if (!devs)
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot write the trace %s: out "
-                                           "of host memory", path);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot write the trace: out of "
+                                           "host memory");
     for (int d = 0; d < c->ndev; d++) devs[d] = &c->devs[d];
-    moemu_status_t st = emu_trace_write_devs(devs, c->ndev, path, title);
+    moemu_status_t st = emu_trace_dump_devs(devs, c->ndev, f, title);
     free(devs);
     return st;
 }

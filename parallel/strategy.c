@@ -195,122 +195,73 @@ static moemu_status_t parse_string(const char *text, par_strategy_t *s)
     return MOEMU_OK;
 }
 
-static const char *json_kind(const json_t *v)
+static moemu_status_t json_stages(const emu_json_src_t *src, const json_t *root,
+                                  const char *key, par_strategy_t *s)
 {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
-
-static moemu_status_t json_degree(const char *key, const json_t *v, long *out)
-{
-    if (!json_is_integer(v))
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "strategy JSON: \"%s\" must be a whole number, not %s", key,
-                          json_kind(v));
-    json_int_t x = json_integer_value(v);
-    if (x < 1 || x > PAR_MAX_DEGREE)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "strategy JSON: \"%s\" is %lld; a degree is in [1, %d]", key,
-                          (long long)x, PAR_MAX_DEGREE);
-    *out = (long)x;
-    return MOEMU_OK;
-}
-
-static moemu_status_t json_stages(const json_t *v, par_strategy_t *s)
-{
-    if (json_is_null(v)) {
+    json_t *v = NULL;
+    MOEMU_CHECK(emu_json_arr(src, root, key, EMU_JSON_NULLABLE, &v));
+    if (!v) {
         s->n_pp_layers = 0; /* null: the even split */
         return MOEMU_OK;
     }
-    if (!json_is_array(v))
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "strategy JSON: \"pp_layers\" must be an array of whole numbers, not %s",
-                          json_kind(v));
     size_t n = json_array_size(v);
-    if (n == 0)
-        return moemu_fail(MOEMU_ERR_INVALID, "strategy JSON: \"pp_layers\" is empty");
+    if (n == 0) return emu_json_bad(src, key, NULL, "is empty");
     if (n > PAR_MAX_PP)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "strategy JSON: \"pp_layers\" has %zu stages, more than %d", n,
-                          PAR_MAX_PP);
-    for (size_t i = 0; i < n; i++) {
-        const json_t *e = json_array_get(v, i);
-        if (!json_is_integer(e))
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "strategy JSON: \"pp_layers\"[%zu] must be a whole number, not %s",
-                              i, json_kind(e));
-        json_int_t x = json_integer_value(e);
-        if (x < 0 || x > STAGE_MAX)
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "strategy JSON: \"pp_layers\"[%zu] is %lld, not in [0, %d]", i,
-                              (long long)x, STAGE_MAX);
-        s->pp_layers[i] = (int)x;
-    }
+        return emu_json_bad(src, key, NULL, "has %zu stages, more than %d", n, PAR_MAX_PP);
+    char path[64];
+    emu_json_src_t in = emu_json_in(src, key, path, sizeof path);
+    for (size_t i = 0; i < n; i++)
+        MOEMU_CHECK(emu_json_int_at(&in, v, i, 0, STAGE_MAX, &s->pp_layers[i]));
     s->n_pp_layers = (int)n;
+    return MOEMU_OK;
+}
+
+/* "sp": true, false or a degree (2 or more: on). */
+static moemu_status_t json_sp(const emu_json_src_t *src, const json_t *root, const char *key,
+                              par_strategy_t *s)
+{
+    json_t *v = json_object_get(root, key);
+    if (json_is_boolean(v)) {
+        s->sp = json_is_true(v);
+        return MOEMU_OK;
+    }
+    if (!json_is_integer(v))
+        return emu_json_bad(src, key, v, "must be true, false or an integer");
+    int x = 0;
+    MOEMU_CHECK(emu_json_int(src, root, key, 0, 1, PAR_MAX_DEGREE, &x));
+    s->sp = x >= 2;
     return MOEMU_OK;
 }
 
 static moemu_status_t parse_json(const char *text, par_strategy_t *s)
 {
-    json_error_t err;
-    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &err);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_INVALID, "strategy JSON: %s (line %d, column %d)", err.text,
-                          err.line, err.column);
+    const emu_json_src_t src = {.origin = "strategy JSON", .status = MOEMU_ERR_INVALID};
+    json_t *root, *v;
+    MOEMU_CHECK(emu_json_load_text(&src, text, &root));
     moemu_status_t st = MOEMU_OK;
     bool seen[D__COUNT + 1] = {0}; /* + pp_layers */
     const char *key;
-    json_t *v;
     if (!json_is_object(root)) {
-        st = moemu_fail(MOEMU_ERR_INVALID, "strategy JSON: the top level must be an object");
+        st = emu_json_bad(&src, NULL, NULL, "must be an object");
         goto done;
     }
     json_object_foreach(root, key, v) {
-        size_t n = strlen(key);
-        int d = dim_find(key, n);
+        int d = dim_find(key, strlen(key));
         bool stages = strcasecmp(key, "pp_layers") == 0;
         if (d < 0 && !stages) {
-            st = moemu_fail(MOEMU_ERR_INVALID,
-                            "strategy JSON: unknown key \"%.*s\" (expected tp, cp, dp, pp, ep, "
-                            "etp, edp, sp, pp_layers)",
-                            STR_PREVIEW, key);
+            st = emu_json_bad(&src, key, NULL, "is unknown (expected tp, cp, dp, pp, ep, etp, "
+                                               "edp, sp, pp_layers)");
             goto done;
         }
         int slot = stages ? D__COUNT : d;
         if (seen[slot]) { /* keys differ in case only */
-            st = moemu_fail(MOEMU_ERR_INVALID, "strategy JSON: \"%s\" is given twice", key);
+            st = emu_json_bad(&src, key, NULL, "is given twice");
             goto done;
         }
         seen[slot] = true;
-        if (stages) {
-            st = json_stages(v, s);
-        } else if (d == D_SP) {
-            if (json_is_boolean(v)) {
-                s->sp = json_is_true(v);
-            } else if (json_is_integer(v)) {
-                long x;
-                st = json_degree(key, v, &x);
-                s->sp = x >= 2;
-            } else {
-                st = moemu_fail(MOEMU_ERR_INVALID,
-                                "strategy JSON: \"%s\" must be true, false or a whole number, "
-                                "not %s",
-                                key, json_kind(v));
-            }
-        } else {
-            long x;
-            st = json_degree(key, v, &x);
-            if (st == MOEMU_OK) *dim_field(s, (dim_t)d) = (int)x;
-        }
+        if (stages) st = json_stages(&src, root, key, s);
+        else if (d == D_SP) st = json_sp(&src, root, key, s);
+        else st = emu_json_int(&src, root, key, 0, 1, PAR_MAX_DEGREE, dim_field(s, (dim_t)d));
         if (st != MOEMU_OK) goto done;
     }
 done:

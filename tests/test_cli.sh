@@ -29,6 +29,27 @@ expect() {
 expect 0 "usage: moemu COMMAND" "$moemu" --help
 expect 0 "--prompt-len-range" "$moemu" run --help
 expect 0 "--model" "$moemu" info --help
+# the shared options: one definition, the same help and the same checks in
+# every command that takes them
+for cmd in run check layout sweep; do
+    expect 0 "  --devices-per-node D   override the preset's devices per node" \
+        "$moemu" $cmd --help
+    expect 2 "--nodes '0': expected a whole number in [1, 1048576]" \
+        "$moemu" $cmd --model tiny --devices 2 --nodes 0
+done
+expect 0 "  --prompt-len-range MIN:MAX" "$moemu" sweep --help
+expect 0 "  --routing SPEC         the dry run's router: uniform (default) or zipf:S" \
+    "$moemu" plan --help
+expect 2 "moemu layout: unknown or incomplete option '--micro-batches'" \
+    "$moemu" layout --model tiny --strategy tp2 --micro-batches 2
+expect 2 "moemu plan: unknown or incomplete option '--bogus' (see moemu plan --help)" \
+    "$moemu" plan --bogus
+expect 2 "moemu info: unexpected argument 'extra'" "$moemu" info extra
+expect 2 "give only one of --prompt-len, --prompt-lens, --prompt-len-range and --tokens" \
+    "$moemu" run --model tiny --prompt-len 4 --prompt-lens 4,5
+expect 2 "--pace '-1': expected a number >= 0" "$moemu" run --model tiny --pace -1
+expect 2 "--micro-batches 'x': expected a whole number" \
+    "$moemu" sweep --model tiny --devices 2 --micro-batches x
 expect 2 "unknown command 'frobnicate'" "$moemu" frobnicate
 expect 2 "usage" "$moemu"
 expect 2 "unknown or incomplete option '--bogus'" "$moemu" run --bogus
@@ -64,7 +85,12 @@ b=$(grep -v '_s"\|per_s' "$tmp/b.json" | tr -d ' \n' | sed 's/"summary".*//')
 printf '[[1,2,3],[4,5]]' >"$tmp/t.json"
 expect 0 "prompts of 2..3 tokens" "$moemu" run --model tiny --tokens "$tmp/t.json" --decode 2
 printf '[[1,2,300]]' >"$tmp/t.json"
-expect 2 "not a token id in [0, 97)" "$moemu" run --model tiny --tokens "$tmp/t.json"
+expect 2 "error: --tokens $tmp/t.json: sequence 0 position 2 is not a token id in [0, 97)" \
+    "$moemu" run --model tiny --tokens "$tmp/t.json"
+expect 2 "error: --prompt-lens '4,x': length 2 is not a positive integer" \
+    "$moemu" sweep --model tiny --devices 2 --prompt-lens 4,x
+expect 2 "error: --prompt-lens '4,5' give 2 lengths but batch is 3" \
+    "$moemu" run --model tiny --prompt-lens 4,5 --batch 3
 
 # bad weights files: truncated, another model's
 head -c 5000 "$tmp/w.st" >"$tmp/trunc.st"
@@ -80,7 +106,7 @@ expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 
 
 # moemu sweep: its errors, then a small sweep with its outputs
 expect 0 "--memory-headroom F" "$moemu" sweep --help
-expect 2 "--objective 'fast': expected throughput, ttft or latency" \
+expect 2 "error: --objective 'fast': expected throughput, ttft or latency" \
     "$moemu" sweep --model tiny --devices 2 --objective fast
 expect 2 "--memory-headroom '1': expected a number in [0, 1)" \
     "$moemu" sweep --model tiny --devices 2 --memory-headroom 1
@@ -89,7 +115,8 @@ expect 2 "--memory-headroom 'lots': expected a number" \
 expect 2 "--devices is required" "$moemu" sweep --model tiny
 expect 2 "--plot $tmp/p.pdf: expected a file name ending in .svg or .png" \
     "$moemu" sweep --model tiny --devices 2 --plot "$tmp/p.pdf"
-expect 2 "--sp 'maybe'" "$moemu" sweep --model tiny --devices 2 --sp maybe
+expect 2 "--sp 'maybe': expected both, auto, off or on" "$moemu" sweep --model tiny --devices 2 \
+    --sp maybe
 expect 0 "on the Pareto front" "$moemu" sweep --model tiny --devices 2 --batch 2 \
     --prompt-len 8 --decode 2 --csv "$tmp/s.csv" --json "$tmp/s.json"
 [ "$(wc -l <"$tmp/s.csv")" -gt 2 ] && ok || bad "sweep CSV: $(cat "$tmp/s.csv")"
@@ -109,7 +136,7 @@ expect 2 "PP*DP*CP*TP = 1*1*1*2 = 2 devices, but 4 are given" \
 expect 2 "need --strategy" "$moemu" run --model tiny --micro-batches 2
 expect 2 "--routing chooses a dry run's router" "$moemu" run --model tiny --strategy tp2 \
     --routing uniform
-expect 2 "--routing 'bogus': expected uniform, zipf:S or replay:FILE" "$moemu" run \
+expect 2 "error: --routing 'bogus': expected uniform, zipf:S or replay:FILE" "$moemu" run \
     --model tiny --strategy tp2 --math skip --routing bogus
 expect 2 "--math 'maybe'" "$moemu" run --model tiny --math maybe
 expect 2 "has no weights or logits" "$moemu" run --model tiny --math skip --dump-logits "$tmp/x"
@@ -143,7 +170,7 @@ printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch":
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"
 grep -q '"verdict": "holds"' "$tmp/plan.out" && ok || bad "plan JSON lacks a claim that holds"
 expect 2 "give one plan file" "$moemu" plan
-expect 2 "plan key 'model' is missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
+expect 2 "plan key 'model' is required but missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

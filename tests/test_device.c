@@ -438,15 +438,17 @@ Test(presets, custom_file_and_errors)
     expect_error("\"inter_bw\": 1e10", "\"inter_bw\": 0", MOEMU_ERR_FORMAT,
                  "topology.inter_bw");
     expect_error("\"peak_flops\": 1e15", "\"peak_flops\": \"fast\"",
-                 MOEMU_ERR_FORMAT, "device.peak_flops must be a number");
+                 MOEMU_ERR_FORMAT, "key 'device.peak_flops' must be a number, got \"fast\"");
     expect_error("\"launch_s\": 0, ", "", MOEMU_ERR_FORMAT,
-                 "device.launch_s is missing");
+                 "key 'device.launch_s' is required but missing");
     expect_error("\"devices_per_node\": 4", "\"devices_per_node\": 2.5",
-                 MOEMU_ERR_FORMAT, "topology.devices_per_node");
-    expect_error("\"name\": \"mine\"", "\"name\": 3", MOEMU_ERR_FORMAT, "name");
+                 MOEMU_ERR_FORMAT, "key 'topology.devices_per_node' must be an integer, got 2.5");
+    expect_error("\"name\": \"mine\"", "\"name\": 3", MOEMU_ERR_FORMAT,
+                 "key 'name' must be a string, got 3");
     expect_error("\"intra_lat\": 1e-6", "\"intra_lat\": 1e-6,,",
-                 MOEMU_ERR_FORMAT, ":5:");
-    expect_error("\"device\"", "\"devices\"", MOEMU_ERR_FORMAT, "device");
+                 MOEMU_ERR_FORMAT, "malformed JSON at line 5");
+    expect_error("\"device\"", "\"devices\"", MOEMU_ERR_FORMAT,
+                 "key 'device' is required but missing");
 
     cr_assert_eq(emu_hw_load("/nonexistent/x.json", &hw), MOEMU_ERR_IO);
     cr_assert(strstr(moemu_errmsg(), "/nonexistent/x.json"));

@@ -275,15 +275,20 @@ Test(workload, errors)
 {
     wl_error(&(wl_opts_t){.lens = "4,x,5"}, "length 2 is not a positive integer");
     wl_error(&(wl_opts_t){.lens = "4,0"}, "length 2");
-    wl_error(&(wl_opts_t){.batch = 3, .lens = "4,5"}, "gives 2 lengths but --batch is 3");
+    wl_error(&(wl_opts_t){.batch = 3, .lens = "4,5"},
+             "prompt lengths '4,5' give 2 lengths but batch is 3");
     wl_error(&(wl_opts_t){.range = "9:3"}, "0 < MIN <= MAX");
-    wl_error(&(wl_opts_t){.range = "3-9"}, "--prompt-len-range '3-9'");
-    wl_error(&(wl_opts_t){.prompt_len = 4, .range = "3:9"}, "give only one of");
+    wl_error(&(wl_opts_t){.range = "3-9"}, "prompt length range '3-9': expected MIN:MAX");
+    wl_error(&(wl_opts_t){.prompt_len = 4, .range = "3:9"},
+             "give only one of a prompt length, a list of lengths and a range of lengths");
+    wl_error(&(wl_opts_t){.batch = -2}, "batch -2: must be >= 0");
+    wl_error(&(wl_opts_t){.tokens_file = "t.json", .prompt_len = 4},
+             "tokens file t.json sets the prompt lengths");
     wl_error(&(wl_opts_t){.prompt_len = 4000, .decode = 100},
              "needs 4099 positions (prompt 4000 + decode 100 - 1) but the model's "
              "max_position_embeddings is 4096");
-    wl_error(&(wl_opts_t){.decode = -1}, "--decode -1");
-    wl_error(&(wl_opts_t){.tokens_file = "/nonexistent/t.json"}, "--tokens /nonexistent/t.json");
+    wl_error(&(wl_opts_t){.decode = -1}, "decode -1: must be >= 0");
+    wl_error(&(wl_opts_t){.tokens_file = "/nonexistent/t.json"}, "cannot open tokens file /nonexistent/t.json");
 }
 
 Test(workload, tokens_file)

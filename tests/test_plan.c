@@ -187,15 +187,15 @@ static void load_error(const char *text, const char *want)
 Test(plan, bad_files)
 {
     load_error("[1, 2]", "a plan is a JSON object");
-    load_error("{\"strategy\": \"tp2\"}", "plan key 'model' is missing");
-    load_error("{\"model\": \"tiny\"}", "plan key 'strategy'");
-    load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\", \"devices\": 0}", "plan key 'devices'");
+    load_error("{\"strategy\": \"tp2\"}", "plan key 'model' is required but missing");
+    load_error("{\"model\": \"tiny\"}", "plan key 'strategy' is required but missing");
+    load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\", \"devices\": 0}", "plan key 'devices' = 0 is out of range (at least 1)");
     load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\", \"claims\": [{\"metric\": "
-               "\"speed\", \"value\": 1}]}", "names metric 'speed'");
+               "\"speed\", \"value\": 1}]}", "plan key 'claims[0].metric' names metric 'speed'");
     load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\", \"claims\": [{\"metric\": "
-               "\"ttft_s\", \"value\": -1}]}", "plan key 'claims.value'");
+               "\"ttft_s\", \"value\": -1}]}", "plan key 'claims[0].value' must be a positive number, got -1");
     load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\", \"workload\": {\"prompt_len\": "
-               "true}}", "plan key 'workload.prompt_len'");
+               "true}}", "plan key 'workload.prompt_len' must be a length, a list of lengths or \"MIN:MAX\", got true");
     load_error("{\"model\": {\"vocab_size\": 10}, \"strategy\": \"tp2\"}", "hidden_size");
     load_error("{\"model\": \"tiny\", \"hardware\": \"nope\", \"strategy\": \"tp2\"}", "nope");
     load_error("{\"model\": \"tiny\", \"strategy\": \"tp2\"", "line");

@@ -1311,7 +1311,10 @@ static void check_trace(const run_t *x, const runner_opts_t *o, const char *labe
     int fd = mkstemp(path);
     cr_assert_geq(fd, 0);
     close(fd);
-    cr_assert_eq(emu_trace_write(x->cl, path, label), MOEMU_OK, "%s", moemu_errmsg());
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    cr_assert_eq(emu_trace_dump(x->cl, f, label), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(fclose(f), 0);
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
     unlink(path);

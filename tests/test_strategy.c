@@ -154,20 +154,21 @@ static const bad_t bad_parses[] = {
     {"pp3=6/x/5", "strategy 'pp3=6/x/5': 'x' in the stage split is not a whole number in "
                   "[0, 1000000]"},
     {"pp2=", "strategy 'pp2=': the stage split is empty (expected e.g. 5,4,4,3)"},
-    {"{\"tp\":\"2\"}", "strategy JSON: \"tp\" must be a whole number, not a string"},
-    {"{\"tp\":2.0}", "strategy JSON: \"tp\" must be a whole number, not a real number"},
-    {"{\"tp\":0}", "strategy JSON: \"tp\" is 0; a degree is in [1, 32768]"},
-    {"{\"tp\":2,\"foo\":1}", "strategy JSON: unknown key \"foo\" (expected tp, cp, dp, pp, ep, "
+    {"{\"tp\":\"2\"}", "strategy JSON: key 'tp' must be an integer, got \"2\""},
+    {"{\"tp\":2.0}", "strategy JSON: key 'tp' must be an integer, got 2.0"},
+    {"{\"tp\":0}", "strategy JSON: key 'tp' = 0 is out of range (at least 1)"},
+    {"{\"tp\":99999}", "strategy JSON: key 'tp' = 99999 is out of range (at most 32768)"},
+    {"{\"tp\":2,\"foo\":1}", "strategy JSON: key 'foo' is unknown (expected tp, cp, dp, pp, ep, "
                              "etp, edp, sp, pp_layers)"},
-    {"{\"sp\":\"yes\"}", "strategy JSON: \"sp\" must be true, false or a whole number, not a "
-                         "string"},
-    {"{\"pp_layers\":5}", "strategy JSON: \"pp_layers\" must be an array of whole numbers, not "
-                          "an integer"},
-    {"{\"pp_layers\":[1,\"a\"]}", "strategy JSON: \"pp_layers\"[1] must be a whole number, not "
-                                  "a string"},
-    {"{\"pp_layers\":[1,-1]}", "strategy JSON: \"pp_layers\"[1] is -1, not in [0, 1000000]"},
-    {"{\"pp_layers\":[]}", "strategy JSON: \"pp_layers\" is empty"},
-    {"{\"tp\":2,\"TP\":4}", "strategy JSON: \"TP\" is given twice"},
+    {"{\"sp\":\"yes\"}", "strategy JSON: key 'sp' must be true, false or an integer, got "
+                         "\"yes\""},
+    {"{\"pp_layers\":5}", "strategy JSON: key 'pp_layers' must be an array, got 5"},
+    {"{\"pp_layers\":[1,\"a\"]}", "strategy JSON: key 'pp_layers[1]' must be an integer, got "
+                                  "\"a\""},
+    {"{\"pp_layers\":[1,-1]}", "strategy JSON: key 'pp_layers[1]' = -1 is out of range (at "
+                             "least 0)"},
+    {"{\"pp_layers\":[]}", "strategy JSON: key 'pp_layers' is empty"},
+    {"{\"tp\":2,\"TP\":4}", "strategy JSON: key 'TP' is given twice"},
 };
 
 Test(strategy_parse, errors_name_the_token)

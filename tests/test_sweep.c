@@ -2,7 +2,8 @@
  * against lists written out by hand, the distance, the sweep's figures
  * against dry runs of the same candidates one by one, the ranking, the
  * Pareto front on hand-made points, the constraints and out-of-memory
- * candidates, the outputs (CSV, JSON) and the plot through gnuplot. */
+ * candidates, the outputs (CSV, JSON), and moemu sweep's worker processes
+ * and plot (engine/cli/cli_pool.c, cli_plot.c). */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <math.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine/cli/cli.h" /* moemu sweep's worker processes and plot */
 #include "engine/tools/sweep.h"
 
 static cfg_model_t tiny(void)
@@ -274,9 +276,11 @@ Test(sweep, figures_equal_dry_runs_one_by_one, .timeout = 600)
         report_free(&r);
     }
 
-    /* worker processes give the same rows, bit for bit */
+    /* moemu sweep's worker processes give the same rows, bit for bit */
     sweep_opts_t oj = o;
-    oj.jobs = 3;
+    int jobs = 3;
+    oj.exec = cli_sweep_workers;
+    oj.exec_arg = &jobs;
     sweep_t sj;
     cr_assert_eq(sweep_run(&sj, &s.cfg, &s.wl, &s.hw, 8, &oj), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(sj.n_rows, sw.n_rows);
@@ -365,7 +369,8 @@ Test(sweep, objective_names)
     cr_assert_eq(sweep_objective_parse("throughput", &o), MOEMU_OK);
     cr_assert_eq(o, SWEEP_OBJ_THROUGHPUT);
     cr_assert_eq(sweep_objective_parse("fast", &o), MOEMU_ERR_INVALID);
-    cr_assert(strstr(moemu_errmsg(), "--objective 'fast'"), "%s", moemu_errmsg());
+    cr_assert(strstr(moemu_errmsg(), "objective 'fast': expected throughput, ttft or latency"),
+              "%s", moemu_errmsg());
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -423,7 +428,11 @@ Test(sweep, constraints_and_memory, .timeout = 600)
         missed += over;
         cr_expect_eq(b->fate, over ? SWEEP_MISSED : SWEEP_KEPT, "%s: TTFT %g, limit %g", a->name,
                      a->ttft, tmax);
-        if (over) cr_expect(strstr(b->why, "--ttft-max"), "%s", b->why);
+        if (over) {
+            char want[64];
+            snprintf(want, sizeof want, "is over the limit of %g s", tmax);
+            cr_expect(strstr(b->why, want), "%s", b->why);
+        }
         cr_expect_eq(b->rank == 0, over);
         cr_expect(!over || !b->pareto);
     }
@@ -482,13 +491,14 @@ Test(sweep, constraints_and_memory, .timeout = 600)
     cramped.topo.nodes = 1;
     cramped.topo.devices_per_node = 2;
     for (int jobs = 0; jobs <= 2; jobs += 2) {
-        o.jobs = jobs;
+        o.exec = jobs ? cli_sweep_workers : NULL;
+        o.exec_arg = &jobs;
         cr_assert_eq(sweep_run(&t, &s.cfg, &s.wl, &cramped, 4, &o), MOEMU_ERR_INVALID);
         cr_expect(strstr(moemu_errmsg(), "4 devices do not fit on 1 node of 2 devices"), "%s",
                   moemu_errmsg());
         cr_assert_null(t.rows);
     }
-    o.jobs = 0;
+    o.exec = NULL;
 
     /* bad settings */
     o.memory_headroom = 1;
@@ -564,7 +574,7 @@ Test(sweep_output, csv_json_and_plot)
     sweep_row_t rows[] = {point(0, 1e-3, 10), point(1, 2e-3, 20), point(2, 3e-3, 15),
                           point(3, 0.5e-3, 5), point(4, 1e-3, 1), point(5, 0, 0)};
     rows[4].fate = SWEEP_MISSED;
-    snprintf(rows[4].why, sizeof rows[4].why, "TTFT 1 s is over --ttft-max 0.5 s, really");
+    snprintf(rows[4].why, sizeof rows[4].why, "TTFT 1 s is over the limit of 0.5 s, really");
     rows[5].fate = SWEEP_NO_FIT;
     snprintf(rows[5].why, sizeof rows[5].why, "device 0: \"out\" of memory");
     par_strategy_t p = parse("pp2=3/1-dp2-tp2-sp-ep4");
@@ -585,7 +595,7 @@ Test(sweep_output, csv_json_and_plot)
     cr_expect_eq(lines, 7, "%s", csv);
     cr_expect(!strncmp(csv, "rank,strategy,micro_batches,fate,ttft_ms,", 41), "%s", csv);
     cr_expect(strstr(csv, "\n1,pp2=3/1-dp2-tp2-sp-ep4,4,kept,2,20,"), "%s", csv);
-    cr_expect(strstr(csv, ",\"TTFT 1 s is over --ttft-max 0.5 s, really\"\n"), "%s", csv);
+    cr_expect(strstr(csv, ",\"TTFT 1 s is over the limit of 0.5 s, really\"\n"), "%s", csv);
     cr_expect(strstr(csv, ",does not fit,"), "%s", csv);
     cr_expect(strstr(csv, ",\"device 0: \"\"out\"\" of memory\"\n"), "%s", csv);
     free(csv);
@@ -607,7 +617,7 @@ Test(sweep_output, csv_json_and_plot)
 
     /* the plot: gnuplot is a dependency of the tests (./bootstrap --deps) */
     snprintf(path, sizeof path, "%s/s.svg", dir);
-    moemu_status_t st = sweep_plot(&s, path, "a 'quoted' title");
+    moemu_status_t st = cli_sweep_plot(&s, path, "a 'quoted' title");
     cr_assert_eq(st, MOEMU_OK, "%s", moemu_errmsg());
     char *svg = slurp(path, &len);
     cr_expect_gt(len, 1000);
@@ -619,15 +629,15 @@ Test(sweep_output, csv_json_and_plot)
 
     /* refused names, and a directory that does not exist: nothing left */
     snprintf(path, sizeof path, "%s/s.pdf", dir);
-    cr_assert_eq(sweep_plot(&s, path, NULL), MOEMU_ERR_INVALID);
+    cr_assert_eq(cli_sweep_plot(&s, path, NULL), MOEMU_ERR_INVALID);
     cr_expect(strstr(moemu_errmsg(), ".svg or .png"), "%s", moemu_errmsg());
     snprintf(path, sizeof path, "%s/no/s.png", dir);
-    cr_assert_eq(sweep_plot(&s, path, NULL), MOEMU_ERR_IO);
+    cr_assert_eq(cli_sweep_plot(&s, path, NULL), MOEMU_ERR_IO);
     cr_expect_eq(entries(dir), 1);
     /* no gnuplot on PATH: an error that names the package */
     snprintf(path, sizeof path, "%s/s.svg", dir);
     cr_assert_eq(setenv("PATH", "/nonexistent", 1), 0);
-    cr_assert_eq(sweep_plot(&s, path, NULL), MOEMU_ERR_INVALID);
+    cr_assert_eq(cli_sweep_plot(&s, path, NULL), MOEMU_ERR_INVALID);
     cr_expect(strstr(moemu_errmsg(), "gnuplot-nox"), "%s", moemu_errmsg());
     cr_expect_eq(entries(dir), 1);
     snprintf(path, sizeof path, "%s/s.csv", dir);

@@ -1,5 +1,6 @@
 /* emu: the trace of each device's virtual timeline (spans in memory and the
- * Chrome trace-event file), and no-data mode's spans against data's. */
+ * Chrome trace-event file, written through outfile as moemu writes it),
+ * and no-data mode's spans against data's. */
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "emu/emu.h"
+#include "engine/tools/outfile.h" /* the file: moemu's one output writer */
 #include "parallel/par.h"
 
 static const emu_spec_t spec = {
@@ -300,7 +302,32 @@ Test(spans, nodata_gives_the_same_spans)
     for (int k = 0; k < 3; k++) world_fini(&W[k]);
 }
 
-/* ---- the file */
+/* ---- the file: emu_trace_dump through outfile, as moemu writes it */
+
+typedef struct {
+    const emu_cluster_t *c;
+    const emu_dev_t *const *devs;
+    int n;
+    const char *title;
+} trace_arg_t;
+
+static moemu_status_t fill_trace(FILE *f, const void *arg)
+{
+    const trace_arg_t *a = arg;
+    return a->c ? emu_trace_dump(a->c, f, a->title)
+                : emu_trace_dump_devs(a->devs, a->n, f, a->title);
+}
+
+static moemu_status_t write_trace(const emu_cluster_t *c, const char *path, const char *title)
+{
+    return outfile_write(path, fill_trace, &(trace_arg_t){.c = c, .title = title});
+}
+
+static moemu_status_t write_devs(const emu_dev_t *const *devs, int n, const char *path,
+                                 const char *title)
+{
+    return outfile_write(path, fill_trace, &(trace_arg_t){.devs = devs, .n = n, .title = title});
+}
 
 static json_t *get(json_t *o, const char *key, int type)
 {
@@ -328,7 +355,7 @@ Test(file, valid_chrome_trace)
     scratch_dir(dir);
     snprintf(path, sizeof path, "%s/run.json", dir);
     const char *title = "6 devices: \"quotes\", \\ and \xc3\xa9\n";
-    cr_assert_eq(emu_trace_write(W.c, path, title), MOEMU_OK, "%s",
+    cr_assert_eq(write_trace(W.c, path, title), MOEMU_OK, "%s",
                  moemu_errmsg());
     cr_assert_eq(dir_entries(dir), 1); /* no temporary file left */
 
@@ -472,7 +499,7 @@ Test(file, standalone_devices_and_empty_traces)
     cr_assert_eq(emu_dev_create(&spec, 0, false, &d), MOEMU_OK);
     const emu_dev_t *devs[] = {d};
     /* nothing recorded: a valid file with its metadata */
-    cr_assert_eq(emu_trace_write_devs(devs, 1, path, NULL), MOEMU_OK);
+    cr_assert_eq(write_devs(devs, 1, path, NULL), MOEMU_OK);
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
     cr_assert_not_null(root, "%s", err.text);
@@ -483,7 +510,7 @@ Test(file, standalone_devices_and_empty_traces)
     emu_dev_set_layer(d, 3);
     for (int i = 0; i < 5000; i++) /* past the first growth */
         emu_charge(d, i % 2 ? EMU_KERNEL_GEMM : EMU_KERNEL_EXPERT, 1e9, 1e6);
-    cr_assert_eq(emu_trace_write_devs(devs, 1, path, "baseline"), MOEMU_OK);
+    cr_assert_eq(write_devs(devs, 1, path, "baseline"), MOEMU_OK);
     root = json_load_file(path, 0, &err);
     cr_assert_not_null(root, "%s", err.text);
     json_t *ev = json_object_get(root, "traceEvents");
@@ -512,22 +539,23 @@ Test(file, errors_leave_no_file)
     const emu_dev_t *devs[] = {d};
 
     snprintf(path, sizeof path, "%s/no/such/dir/t.json", dir);
-    cr_assert_eq(emu_trace_write_devs(devs, 1, path, NULL), MOEMU_ERR_IO);
+    cr_assert_eq(write_devs(devs, 1, path, NULL), MOEMU_ERR_IO);
     cr_assert(strstr(moemu_errmsg(), path), "%s", moemu_errmsg());
 
     snprintf(path, sizeof path, "%s/t.json", dir);
-    cr_assert_eq(emu_trace_write_devs(devs, 1, path, "bad \xff title"),
+    cr_assert_eq(write_devs(devs, 1, path, "bad \xff title"),
                  MOEMU_ERR_INVALID);
     cr_assert_eq(dir_entries(dir), 0);
-    cr_assert_eq(emu_trace_write_devs(NULL, 1, path, NULL), MOEMU_ERR_INVALID);
-    cr_assert_eq(emu_trace_write(NULL, path, NULL), MOEMU_ERR_INVALID);
+    cr_assert_eq(emu_trace_dump_devs(NULL, 1, stdout, NULL), MOEMU_ERR_INVALID);
+    cr_assert_eq(emu_trace_dump_devs(devs, 1, NULL, NULL), MOEMU_ERR_INVALID);
+    cr_assert_eq(emu_trace_dump(NULL, stdout, NULL), MOEMU_ERR_INVALID);
 
     /* a file that exists is replaced whole */
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fputs("old and long contents that must all go away", f);
     fclose(f);
-    cr_assert_eq(emu_trace_write_devs(devs, 1, path, NULL), MOEMU_OK);
+    cr_assert_eq(write_devs(devs, 1, path, NULL), MOEMU_OK);
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
     cr_assert_not_null(root, "%s", err.text);

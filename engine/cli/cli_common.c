@@ -1,5 +1,5 @@
-/* What the subcommands share: errors, number parsing, output files,
- * progress. */
+/* What the subcommands share besides their options: errors, number
+ * parsing, hardware, progress. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
-#include "engine/tools/outfile.h"
 
 int cli_error(void)
 {
@@ -48,16 +47,6 @@ moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, in
     if (nodes) out->topo.nodes = nodes;
     int n;
     return emu_topo_nodes(&out->topo, devices, used ? used : &n);
-}
-
-moemu_status_t cli_write_json(const char *path, json_t *root)
-{
-    char *tmp;
-    FILE *f;
-    MOEMU_CHECK(outfile_open(path, &tmp, &f));
-    bool ok = json_dumpf(root, f, JSON_INDENT(1) | JSON_REAL_PRECISION(17)) == 0 &&
-              fputc('\n', f) != EOF;
-    return outfile_commit(path, tmp, f, ok);
 }
 
 static bool progress_shown;

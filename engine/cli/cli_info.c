@@ -1,45 +1,37 @@
 /* moemu info: a model's true size and cost. */
-#include <getopt.h>
 #include <string.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 
 static const char info_help[] =
     "usage: moemu info [--model NAME|FILE] [--json FILE]\n"
     "\n"
     "Print the model's configuration, its exact parameter count (total and\n"
     "active per token, by part), its weight bytes in the emulated dtype and\n"
-    "its forward FLOPs per token.\n"
-    "  --model NAME|FILE  built-in model or config.json (default moe-10b-plan)\n"
-    "  --json FILE        the same figures as JSON\n"
-    "  --help             this text\n";
+    "its forward FLOPs per token.\n";
+
+static const cli_opt_t info_options[] = {
+    CLI_USE("model"),
+    {.name = "json", .type = CLI_SHARED, .help = "the same figures as JSON"},
+    {.name = NULL},
+};
 
 int cli_info_main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
-                                         {"json", required_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    const char *model = "moe-10b-plan", *json = NULL;
-    int c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'm') model = optarg;
-        else if (c == 'j') json = optarg;
-        else if (c == 'h') {
-            fputs(info_help, stdout);
-            return CLI_EXIT_OK;
-        } else {
-            moemu_fail(MOEMU_ERR_INVALID, "moemu info: unknown or incomplete option '%s'",
-                       argv[optind - 1]);
-            return cli_error();
-        }
-    }
-    if (optind < argc) {
-        moemu_fail(MOEMU_ERR_INVALID, "moemu info: unexpected argument '%s'", argv[optind]);
+    cli_shared_t sh;
+    cli_shared_init(&sh);
+    bool help;
+    int first;
+    if (cli_parse("moemu info", argc, argv, info_options, &sh, NULL, &help, &first) != MOEMU_OK)
         return cli_error();
+    if (help) {
+        fputs(info_help, stdout);
+        cli_help(stdout, info_options);
+        return CLI_EXIT_OK;
     }
+    if (cli_no_operands("moemu info", argc, argv, first) != MOEMU_OK) return cli_error();
+    const char *model = sh.model, *json = sh.json;
     cfg_model_t m;
     if (cfg_load(&m, model) != MOEMU_OK) return cli_error();
     cfg_figures_t f;
@@ -77,7 +69,7 @@ int cli_info_main(int argc, char **argv)
             (json_int_t)f.experts, "shared", (json_int_t)f.shared, "norms", (json_int_t)f.norms,
             "lm_head", (json_int_t)f.lm_head, "weight_bytes", f.weight_bytes,
             "flops_per_token", f.flops_per_token, "attn_flops_per_pair", f.attn_flops_per_pair);
-        moemu_status_t st = cli_write_json(json, root);
+        moemu_status_t st = outfile_json(json, root);
         json_decref(root);
         if (st != MOEMU_OK) return cli_error();
     }

@@ -1,13 +1,11 @@
 /* moemu layout: check a parallel strategy against a model and a device
  * count, then show what each device holds and the groups it talks in. */
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "parallel/par.h"
-
-#define LAYOUT_DEFAULT_HW "card-400tf-64gb"
 
 static const char layout_help[] =
     "usage: moemu layout --strategy S [OPTIONS]\n"
@@ -18,91 +16,41 @@ static const char layout_help[] =
     "experts, slice of each expert, vocabulary rows, sequences and prompt\n"
     "positions) and every group. docs/strategies.md has the grammar, the\n"
     "rules and the layout formulas.\n"
-    "\n"
-    "  --strategy S           e.g. dp2-tp2-ep4, EP8_TP2_PP1_DP1, 'dp4 pp4 ep16 sp',\n"
-    "                         pp3=6/5/5-tp2, or JSON {\"tp\":2,\"ep\":4,\"sp\":true}\n"
-    "  --model NAME|FILE      built-in model (tiny, moe-10b-plan, moe-30b-plan)\n"
-    "                         or a Hugging Face config.json (default moe-10b-plan)\n"
-    "  --devices N            devices available (default: PP*DP*CP*TP)\n"
-    "  --pp-layers a,b,...    layers per pipeline stage (an uneven split; replaces\n"
-    "                         one given in the strategy)\n"
-    "  --hw NAME|FILE         hardware preset or JSON file, for the nodes (default\n"
-    "                         " LAYOUT_DEFAULT_HW ")\n"
-    "  --devices-per-node D   override the preset's devices per node\n"
-    "  --nodes K              nodes available (default: as many as the devices need)\n"
-    "  --batch B              sequences to split over DP (default 1)\n"
-    "  --prompt-len L         positions to split over CP (default 128)\n"
-    "  --json FILE            the same data as JSON\n"
-    "  --help                 this text\n";
+    "\n";
 
-typedef struct {
-    const char *model, *strategy, *hw, *pp_layers, *json;
-    int devices, devices_per_node, nodes, batch, prompt_len;
-} layout_opts_t;
-
-enum {
-    OPT_MODEL = 256, OPT_STRATEGY, OPT_DEVICES, OPT_HW, OPT_NODES, OPT_DPN, OPT_PP_LAYERS,
-    OPT_BATCH, OPT_PROMPT_LEN, OPT_JSON, OPT_HELP
+static const cli_opt_t layout_options[] = {
+    {.name = "strategy", .type = CLI_SHARED,
+     .help = "e.g. dp2-tp2-ep4, EP8_TP2_PP1_DP1, 'dp4 pp4 ep16 sp',\n"
+             "pp3=6/5/5-tp2, or JSON {\"tp\":2,\"ep\":4,\"sp\":true}"},
+    CLI_USE("model"),
+    {.name = "devices", .type = CLI_SHARED, .help = "devices available (default: PP*DP*CP*TP)"},
+    {.name = "pp-layers", .type = CLI_SHARED,
+     .help = "layers per pipeline stage (an uneven split; replaces\none given in the strategy)"},
+    {.name = "hw", .type = CLI_SHARED,
+     .help = "hardware preset or JSON file, for the nodes (default\n" CLI_DEFAULT_HW ")"},
+    CLI_USE("devices-per-node"),
+    {.name = "nodes", .type = CLI_SHARED,
+     .help = "nodes available (default: as many as the devices need)"},
+    {.name = "batch", .type = CLI_SHARED, .help = "sequences to split over DP (default 1)"},
+    {.name = "prompt-len", .type = CLI_SHARED, .help = "positions to split over CP (default 128)"},
+    {.name = "json", .type = CLI_SHARED, .help = "the same data as JSON"},
+    {.name = NULL},
 };
 
-static const struct option layout_options[] = {
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"strategy", required_argument, NULL, OPT_STRATEGY},
-    {"devices", required_argument, NULL, OPT_DEVICES},
-    {"hw", required_argument, NULL, OPT_HW},
-    {"nodes", required_argument, NULL, OPT_NODES},
-    {"devices-per-node", required_argument, NULL, OPT_DPN},
-    {"pp-layers", required_argument, NULL, OPT_PP_LAYERS},
-    {"batch", required_argument, NULL, OPT_BATCH},
-    {"prompt-len", required_argument, NULL, OPT_PROMPT_LEN},
-    {"json", required_argument, NULL, OPT_JSON},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0},
-};
+typedef cli_shared_t layout_opts_t; /* batch and prompt_len: the positions laid out */
 
 static moemu_status_t parse_opts(layout_opts_t *o, int argc, char **argv, bool *help)
 {
-    *o = (layout_opts_t){.model = "moe-10b-plan", .hw = LAYOUT_DEFAULT_HW, .batch = 1,
-                         .prompt_len = 128};
-    opterr = 0;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", layout_options, NULL)) != -1) {
-        switch (c) {
-        case OPT_MODEL: o->model = optarg; break;
-        case OPT_STRATEGY: o->strategy = optarg; break;
-        case OPT_HW: o->hw = optarg; break;
-        case OPT_PP_LAYERS: o->pp_layers = optarg; break;
-        case OPT_JSON: o->json = optarg; break;
-        case OPT_DEVICES:
-            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &o->devices));
-            break;
-        case OPT_NODES:
-            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &o->nodes));
-            break;
-        case OPT_DPN:
-            MOEMU_CHECK(
-                cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &o->devices_per_node));
-            break;
-        case OPT_BATCH:
-            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &o->batch));
-            break;
-        case OPT_PROMPT_LEN:
-            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &o->prompt_len));
-            break;
-        case OPT_HELP: *help = true; return MOEMU_OK;
-        default:
-            return moemu_fail(MOEMU_ERR_INVALID, "moemu layout: unknown or incomplete option "
-                                                 "'%s' (see moemu layout --help)",
-                              argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return moemu_fail(MOEMU_ERR_INVALID, "moemu layout: unexpected argument '%s'",
-                          argv[optind]);
+    cli_shared_init(o);
+    int first;
+    MOEMU_CHECK(cli_parse("moemu layout", argc, argv, layout_options, o, NULL, help, &first));
+    if (*help) return MOEMU_OK;
+    MOEMU_CHECK(cli_no_operands("moemu layout", argc, argv, first));
     if (!o->strategy)
         return moemu_fail(MOEMU_ERR_INVALID, "moemu layout: --strategy is required (e.g. "
                                              "--strategy dp2-tp2-ep4; see moemu layout --help)");
+    if (!o->wl.batch) o->wl.batch = 1;
+    if (!o->wl.prompt_len) o->wl.prompt_len = 128;
     return MOEMU_OK;
 }
 
@@ -171,9 +119,9 @@ static void place_cells(const layout_t *L, const layout_opts_t *o, int r, cell_t
     if (p->has_embed || p->has_lm_head) range_txt(c[COL_VOCAB], f->dims.vocab0, f->vocab1);
     else snprintf(c[COL_VOCAB], sizeof(cell_t), "-");
     int s0, s1, pos[2][2];
-    par_split(o->batch, L->s.dp, p->dp, &s0, &s1);
+    par_split(o->wl.batch, L->s.dp, p->dp, &s0, &s1);
     range_txt(c[COL_SEQS], s0, s1);
-    par_cp_ranges(o->prompt_len, L->s.cp, p->cp, pos);
+    par_cp_ranges(o->wl.prompt_len, L->s.cp, p->cp, pos);
     range_txt(c[COL_POS], pos[0][0], pos[0][1]);
     if (pos[1][0] < pos[1][1]) {
         cell_t second;
@@ -291,9 +239,9 @@ static void print_summary(const layout_t *L, const layout_opts_t *o)
     else
         printf("vocab: %d rows padded to %d, %d per TP rank; rows >= %d are padding\n",
                m->vocab_size, vp, vp / s->tp, m->vocab_size);
-    int chunk = (o->prompt_len + 2 * s->cp - 1) / (2 * s->cp);
-    printf("workload: %d sequence%s split over DP=%d, prompts of %d positions", o->batch,
-           o->batch == 1 ? "" : "s", s->dp, o->prompt_len);
+    int chunk = (o->wl.prompt_len + 2 * s->cp - 1) / (2 * s->cp);
+    printf("workload: %d sequence%s split over DP=%d, prompts of %d positions", o->wl.batch,
+           o->wl.batch == 1 ? "" : "s", s->dp, o->wl.prompt_len);
     if (s->cp > 1) printf(" in 2*CP = %d chunks of %d (CP rank c: chunks c and %d-c)", 2 * s->cp,
                           chunk, 2 * s->cp - 1);
     printf("\n");
@@ -318,8 +266,8 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
         const model_place_t *f = &L->place[r];
         const par_place_t *p = &f->par;
         int s0, s1, pos[2][2];
-        par_split(o->batch, s->dp, p->dp, &s0, &s1);
-        par_cp_ranges(o->prompt_len, s->cp, p->cp, pos);
+        par_split(o->wl.batch, s->dp, p->dp, &s0, &s1);
+        par_cp_ranges(o->wl.prompt_len, s->cp, p->cp, pos);
         json_t *d = json_pack(
             "{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:o, s:o, s:b, s:o, s:o, s:o,"
             " s:o, s:b, s:b, s:o, s:[o, o]}",
@@ -357,11 +305,11 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
         s->cp, "tp", s->tp, "sp", s->sp, "ep", s->ep, "etp", s->etp, "edp", L->edp, "stages",
         stages, "devices", L->world, "hw", "name", L->hw.name, "devices_per_node",
         L->topo.devices_per_node, "nodes", L->nodes, "vocab_padded",
-        vocab_padded(L->cfg.vocab_size, s->tp), "batch", o->batch, "prompt_len",
-        o->prompt_len, "kv_replicated", L->cfg.num_key_value_heads % s->tp != 0, "ranks",
+        vocab_padded(L->cfg.vocab_size, s->tp), "batch", o->wl.batch, "prompt_len",
+        o->wl.prompt_len, "kv_replicated", L->cfg.num_key_value_heads % s->tp != 0, "ranks",
         devices, "groups", groups);
     if (!root) return moemu_fail(MOEMU_ERR_NOMEM, "moemu layout: cannot build the JSON");
-    moemu_status_t st = cli_write_json(o->json, root);
+    moemu_status_t st = outfile_json(o->json, root);
     json_decref(root);
     return st;
 }
@@ -400,6 +348,7 @@ int cli_layout_main(int argc, char **argv)
     if (parse_opts(&o, argc, argv, &help) != MOEMU_OK) return cli_error();
     if (help) {
         fputs(layout_help, stdout);
+        cli_help(stdout, layout_options);
         return CLI_EXIT_OK;
     }
     layout_t L = {0};

@@ -1,12 +1,13 @@
 /* moemu run: build the model and the workload, prefill, decode greedily,
  * print a summary; optionally dump logits, weights and a JSON record. */
-#include <getopt.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
+#include "engine/tools/outfile.h"
 #include "engine/tools/check.h"
 #include "engine/tools/report.h"
 #include "engine/models/safetensors.h"
@@ -30,213 +31,102 @@ static const char check_help[] =
     "decisions and the dropped assignments. Exit status 0 when the relative\n"
     "L2 error is within --rtol and the tokens are identical, 1 otherwise, 2 on\n"
     "an error.\n"
-    "\n"
-    "  --rtol X               tolerance of the relative L2 error (default 1e-5)\n";
-
-static const char common_help[] =
-    "model and weights:\n"
-    "  --model NAME|FILE      built-in model (tiny, moe-10b-plan, moe-30b-plan)\n"
-    "                         or a Hugging Face config.json (default moe-10b-plan)\n"
-    "  --seed N               seed of generated weights, prompt lengths and\n"
-    "                         prompt tokens (default 0)\n"
-    "  --weights FILE         load weights from safetensors (Mixtral names)\n"
-    "                         instead of generating them\n"
-    "workload:\n"
-    "  --batch B              sequences (default 4, or as many as --prompt-lens\n"
-    "                         or --tokens give)\n"
-    "  --prompt-len L         every prompt L tokens (default 128)\n"
-    "  --prompt-lens a,b,...  one length per sequence\n"
-    "  --prompt-len-range MIN:MAX\n"
-    "                         lengths drawn uniformly (seeded)\n"
-    "  --tokens FILE          prompts from a JSON list of lists of token ids\n"
-    "  --decode N             tokens generated per sequence (default 16); the\n"
-    "                         first comes from the prefill, then N-1 decode passes\n"
-    "outputs:\n"
-    "  --dump-logits FILE     safetensors with one F32 tensor `logits`\n"
-    "                         [batch, max prompt length, vocab] of every prompt\n"
-    "                         position (NaN past a shorter prompt's end)\n"
-    "  --dump-weights FILE    write the weights (safetensors, Mixtral names,\n"
-    "                         in the model's dtype)\n"
-    "  --json FILE            the generated token ids and the summary\n"
-    "emulated devices:\n"
-    "  --strategy S           parallel strategy: e.g. dp2-tp2-ep4, EP8_TP2_PP1_DP1,\n"
-    "                         'dp4 pp4 ep16 sp', or JSON {\"tp\":2,\"ep\":4}\n"
-    "                         (docs/strategies.md)\n"
-    "  --devices N            devices (default: PP*DP*CP*TP of the strategy)\n"
-    "  --pp-layers a,b,...    layers per pipeline stage, an uneven split\n"
-    "  --micro-batches M      micro-batches per DP replica (default 1)\n"
-    "  --hw NAME|FILE         hardware preset or JSON file (default\n"
-    "                         card-400tf-64gb; `moemu hw` lists them)\n"
-    "  --nodes K              nodes (default: as many as the devices need)\n"
-    "  --devices-per-node D   override the preset's devices per node\n"
-    "  --no-memory-limit      lift the devices' memory capacity\n"
-    "  --pace X               sleep so that wall time >= X x virtual time\n"
-    "report (runs on emulated devices end with one; docs/report.md):\n"
-    "  --math real|skip       skip: a dry run, the same schedule, collectives and\n"
-    "                         costs without tensors (default real)\n"
-    "  --routing SPEC         a dry run's router: uniform (default), zipf:S, or\n"
-    "                         replay:FILE from --record-routing\n"
-    "  --record-routing FILE  write the router's decisions (safetensors, I32)\n"
-    "  --trace FILE           Chrome trace-event JSON of every device's virtual\n"
-    "                         timeline (Perfetto, chrome://tracing)\n"
-    "  --csv FILE             the report, one row per device\n"
-    "  --help                 this text\n";
+    "\n";
 
 typedef struct {
+    cli_shared_t sh;
     bool check;
-    const char *model;
-    const char *weights;
-    uint64_t seed;
-    wl_opts_t wl;
-    const char *dump_logits, *dump_weights, *json;
-    const char *strategy, *pp_layers, *hw;
-    int devices, micro_batches, nodes, devices_per_node;
+    const char *dump_logits, *dump_weights, *record_routing, *trace;
     bool no_memory_limit, dry;
+    int math; /* 0: real, 1: skip (a dry run) */
     double pace, rtol;
-    const char *routing, *record_routing, *trace, *csv;
 } run_opts_t;
 
-enum {
-    OPT_MODEL = 256, OPT_SEED, OPT_WEIGHTS, OPT_BATCH, OPT_PROMPT_LEN, OPT_PROMPT_LENS,
-    OPT_PROMPT_RANGE, OPT_TOKENS, OPT_DECODE, OPT_DUMP_LOGITS, OPT_DUMP_WEIGHTS, OPT_JSON,
-    OPT_HELP, OPT_STRATEGY, OPT_DEVICES, OPT_PP_LAYERS, OPT_MICRO, OPT_HW, OPT_NODES, OPT_DPN,
-    OPT_NO_LIMIT, OPT_PACE, OPT_RTOL, OPT_MATH, OPT_ROUTING, OPT_RECORD, OPT_TRACE, OPT_CSV
+#define RUN(field) offsetof(run_opts_t, field)
+
+/* moemu run's options and moemu check's: the shared ones and their own */
+static const cli_opt_t run_options[] = {
+    CLI_HEAD("model and weights:"),
+    CLI_USE("model"), CLI_USE("seed"), CLI_USE("weights"),
+    CLI_HEAD("workload:"),
+    CLI_USE("batch"), CLI_USE("prompt-len"), CLI_USE("prompt-lens"), CLI_USE("prompt-len-range"),
+    CLI_USE("tokens"), CLI_USE("decode"),
+    CLI_HEAD("outputs:"),
+    {.name = "dump-logits", .arg = "FILE", .type = CLI_STR, .off = RUN(dump_logits),
+     .help = "safetensors with one F32 tensor `logits`\n"
+             "[batch, max prompt length, vocab] of every prompt\n"
+             "position (NaN past a shorter prompt's end)"},
+    {.name = "dump-weights", .arg = "FILE", .type = CLI_STR, .off = RUN(dump_weights),
+     .help = "write the weights (safetensors, Mixtral names,\nin the model's dtype)"},
+    {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
+    CLI_HEAD("emulated devices:"),
+    CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
+    CLI_USE("hw"), CLI_USE("nodes"), CLI_USE("devices-per-node"),
+    {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
+     .help = "lift the devices' memory capacity"},
+    {.name = "pace", .arg = "X", .type = CLI_NUM, .off = RUN(pace), .lo = 0, .hi = INFINITY,
+     .help = "sleep so that wall time >= X x virtual time"},
+    CLI_HEAD("report (runs on emulated devices end with one; docs/report.md):"),
+    {.name = "math", .arg = "real|skip", .type = CLI_CHOICE, .choices = "real|skip",
+     .off = RUN(math),
+     .help = "skip: a dry run, the same schedule, collectives and\n"
+             "costs without tensors (default real)"},
+    CLI_USE("routing"),
+    {.name = "record-routing", .arg = "FILE", .type = CLI_STR, .off = RUN(record_routing),
+     .help = "write the router's decisions (safetensors, I32)"},
+    {.name = "trace", .arg = "FILE", .type = CLI_STR, .off = RUN(trace),
+     .help = "Chrome trace-event JSON of every device's virtual\n"
+             "timeline (Perfetto, chrome://tracing)"},
+    {.name = "csv", .type = CLI_SHARED, .help = "the report, one row per device"},
+    CLI_HEAD("moemu check:"),
+    {.name = "rtol", .arg = "X", .type = CLI_NUM, .off = RUN(rtol), .lo = 0, .hi = INFINITY,
+     .help = "tolerance of the relative L2 error (default 1e-5)"},
+    {.name = NULL},
 };
 
-static const struct option run_options[] = {
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"seed", required_argument, NULL, OPT_SEED},
-    {"weights", required_argument, NULL, OPT_WEIGHTS},
-    {"batch", required_argument, NULL, OPT_BATCH},
-    {"prompt-len", required_argument, NULL, OPT_PROMPT_LEN},
-    {"prompt-lens", required_argument, NULL, OPT_PROMPT_LENS},
-    {"prompt-len-range", required_argument, NULL, OPT_PROMPT_RANGE},
-    {"tokens", required_argument, NULL, OPT_TOKENS},
-    {"decode", required_argument, NULL, OPT_DECODE},
-    {"dump-logits", required_argument, NULL, OPT_DUMP_LOGITS},
-    {"dump-weights", required_argument, NULL, OPT_DUMP_WEIGHTS},
-    {"json", required_argument, NULL, OPT_JSON},
-    {"help", no_argument, NULL, OPT_HELP},
-    {"strategy", required_argument, NULL, OPT_STRATEGY},
-    {"devices", required_argument, NULL, OPT_DEVICES},
-    {"pp-layers", required_argument, NULL, OPT_PP_LAYERS},
-    {"micro-batches", required_argument, NULL, OPT_MICRO},
-    {"hw", required_argument, NULL, OPT_HW},
-    {"nodes", required_argument, NULL, OPT_NODES},
-    {"devices-per-node", required_argument, NULL, OPT_DPN},
-    {"no-memory-limit", no_argument, NULL, OPT_NO_LIMIT},
-    {"pace", required_argument, NULL, OPT_PACE},
-    {"rtol", required_argument, NULL, OPT_RTOL},
-    {"math", required_argument, NULL, OPT_MATH},
-    {"routing", required_argument, NULL, OPT_ROUTING},
-    {"record-routing", required_argument, NULL, OPT_RECORD},
-    {"trace", required_argument, NULL, OPT_TRACE},
-    {"csv", required_argument, NULL, OPT_CSV},
-    {NULL, 0, NULL, 0},
-};
-
-static moemu_status_t parse_double(const char *flag, const char *s, double lo, double *out)
+/* What the options given together mean, or why they do not go together. */
+static moemu_status_t check_combination(run_opts_t *o, const char *cmd)
 {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end != '\0' || !(v >= lo) || !isfinite(v))
-        return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a number >= %g", flag, s, lo);
-    *out = v;
-    return MOEMU_OK;
+    cli_shared_t *sh = &o->sh;
+    if (!o->check && !isnan(o->rtol))
+        return moemu_fail(MOEMU_ERR_INVALID, "--rtol belongs to moemu check");
+    if (isnan(o->rtol)) o->rtol = 1e-5;
+    if (o->check && !sh->strategy)
+        return moemu_fail(MOEMU_ERR_INVALID, "moemu check: --strategy is required");
+    if (o->check && o->dry)
+        return moemu_fail(MOEMU_ERR_INVALID, "moemu check compares real math: drop --math skip");
+    if (sh->routing && !o->dry)
+        return moemu_fail(MOEMU_ERR_INVALID, "--routing chooses a dry run's router: add "
+                                             "--math skip");
+    if (o->dry && (sh->weights || o->dump_weights || o->dump_logits))
+        return moemu_fail(MOEMU_ERR_INVALID, "a dry run (--math skip) has no weights or "
+                                             "logits: drop --weights, --dump-weights and "
+                                             "--dump-logits");
+    if (o->dry && !sh->strategy) sh->strategy = "tp1"; /* one emulated device */
+    if (!sh->strategy && (o->trace || sh->csv))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: --trace and --csv report on emulated "
+                                             "devices: add --strategy", cmd);
+    if (!sh->strategy && (sh->devices || sh->pp_layers || sh->micro_batches != 1 ||
+                          sh->nodes || sh->devices_per_node || o->pace > 0))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: --devices, --pp-layers, --micro-batches, "
+                                             "--nodes, --devices-per-node and --pace need "
+                                             "--strategy", cmd);
+    return cli_check_workload(sh);
 }
 
 static moemu_status_t parse(run_opts_t *o, bool check, int argc, char **argv, bool *help)
 {
-    *o = (run_opts_t){.check = check, .model = "moe-10b-plan", .wl = {.decode = 16},
-                      .hw = "card-400tf-64gb", .micro_batches = 1, .rtol = 1e-5};
+    *o = (run_opts_t){.check = check, .rtol = NAN};
+    cli_shared_init(&o->sh);
     const char *cmd = check ? "moemu check" : "moemu run";
-    bool batch_set = false;
-    opterr = 0;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", run_options, NULL)) != -1) {
-        switch (c) {
-        case OPT_MODEL: o->model = optarg; break;
-        case OPT_SEED: MOEMU_CHECK(cli_parse_u64("--seed", optarg, &o->seed)); break;
-        case OPT_WEIGHTS: o->weights = optarg; break;
-        case OPT_BATCH:
-            MOEMU_CHECK(cli_parse_int("--batch", optarg, 1, 1 << 20, &o->wl.batch));
-            batch_set = true;
-            break;
-        case OPT_PROMPT_LEN:
-            MOEMU_CHECK(cli_parse_int("--prompt-len", optarg, 1, 1 << 24, &o->wl.prompt_len));
-            break;
-        case OPT_PROMPT_LENS: o->wl.lens = optarg; break;
-        case OPT_PROMPT_RANGE: o->wl.range = optarg; break;
-        case OPT_TOKENS: o->wl.tokens_file = optarg; break;
-        case OPT_DECODE:
-            MOEMU_CHECK(cli_parse_int("--decode", optarg, 0, 1 << 20, &o->wl.decode));
-            break;
-        case OPT_DUMP_LOGITS: o->dump_logits = optarg; break;
-        case OPT_DUMP_WEIGHTS: o->dump_weights = optarg; break;
-        case OPT_JSON: o->json = optarg; break;
-        case OPT_HELP: *help = true; return MOEMU_OK;
-        case OPT_STRATEGY: o->strategy = optarg; break;
-        case OPT_PP_LAYERS: o->pp_layers = optarg; break;
-        case OPT_HW: o->hw = optarg; break;
-        case OPT_NO_LIMIT: o->no_memory_limit = true; break;
-        case OPT_MATH:
-            if (strcmp(optarg, "skip") && strcmp(optarg, "real"))
-                return moemu_fail(MOEMU_ERR_INVALID, "--math '%s': expected real or skip", optarg);
-            o->dry = strcmp(optarg, "skip") == 0;
-            break;
-        case OPT_ROUTING: o->routing = optarg; break;
-        case OPT_RECORD: o->record_routing = optarg; break;
-        case OPT_TRACE: o->trace = optarg; break;
-        case OPT_CSV: o->csv = optarg; break;
-        case OPT_PACE: MOEMU_CHECK(parse_double("--pace", optarg, 0.0, &o->pace)); break;
-        case OPT_RTOL:
-            if (!check)
-                return moemu_fail(MOEMU_ERR_INVALID, "--rtol belongs to moemu check");
-            MOEMU_CHECK(parse_double("--rtol", optarg, 0.0, &o->rtol));
-            break;
-        case OPT_DEVICES:
-            MOEMU_CHECK(cli_parse_int("--devices", optarg, 1, 1 << 20, &o->devices));
-            break;
-        case OPT_MICRO:
-            MOEMU_CHECK(cli_parse_int("--micro-batches", optarg, 1, 1 << 20, &o->micro_batches));
-            break;
-        case OPT_NODES:
-            MOEMU_CHECK(cli_parse_int("--nodes", optarg, 1, 1 << 20, &o->nodes));
-            break;
-        case OPT_DPN:
-            MOEMU_CHECK(
-                cli_parse_int("--devices-per-node", optarg, 1, 1 << 20, &o->devices_per_node));
-            break;
-        default:
-            return moemu_fail(MOEMU_ERR_INVALID, "%s: unknown or incomplete option '%s' "
-                                                 "(see %s --help)", cmd, argv[optind - 1], cmd);
-        }
-    }
-    if (optind < argc)
-        return moemu_fail(MOEMU_ERR_INVALID, "%s: unexpected argument '%s'", cmd, argv[optind]);
-    if (check && !o->strategy)
-        return moemu_fail(MOEMU_ERR_INVALID, "moemu check: --strategy is required");
-    if (check && o->dry)
-        return moemu_fail(MOEMU_ERR_INVALID, "moemu check compares real math: drop --math skip");
-    if (o->routing && !o->dry)
-        return moemu_fail(MOEMU_ERR_INVALID, "--routing chooses a dry run's router: add "
-                                             "--math skip");
-    if (o->dry && (o->weights || o->dump_weights || o->dump_logits))
-        return moemu_fail(MOEMU_ERR_INVALID, "a dry run (--math skip) has no weights or "
-                                             "logits: drop --weights, --dump-weights and "
-                                             "--dump-logits");
-    if (o->dry && !o->strategy) o->strategy = "tp1"; /* one emulated device */
-    if (!o->strategy && (o->trace || o->csv))
-        return moemu_fail(MOEMU_ERR_INVALID, "%s: --trace and --csv report on emulated "
-                                             "devices: add --strategy", cmd);
-    if (!o->strategy && (o->devices || o->pp_layers || o->micro_batches != 1 || o->nodes ||
-                         o->devices_per_node || o->pace > 0))
-        return moemu_fail(MOEMU_ERR_INVALID, "%s: --devices, --pp-layers, --micro-batches, "
-                                             "--nodes, --devices-per-node and --pace need "
-                                             "--strategy", cmd);
-    if (!batch_set && !o->wl.lens && !o->wl.tokens_file) o->wl.batch = 4;
-    o->wl.seed = o->seed;
+    int first;
+    MOEMU_CHECK(cli_parse(cmd, argc, argv, run_options, &o->sh, o, help, &first));
+    if (*help) return MOEMU_OK;
+    MOEMU_CHECK(cli_no_operands(cmd, argc, argv, first));
+    o->dry = o->math == 1;
+    MOEMU_CHECK(check_combination(o, cmd));
+    if (!o->sh.wl.batch && !o->sh.wl.lens && !o->sh.wl.tokens_file) o->sh.wl.batch = 4;
+    o->sh.wl.seed = o->sh.seed;
     return MOEMU_OK;
 }
 
@@ -266,14 +156,14 @@ static double cluster_flops(emu_cluster_t *cl)
 static moemu_status_t dist_setup(runner_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
 {
     memset(d, 0, sizeof *d);
-    MOEMU_CHECK(par_strategy_parse(o->strategy, &d->strategy));
-    if (o->pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&d->strategy, o->pp_layers));
+    MOEMU_CHECK(par_strategy_parse(o->sh.strategy, &d->strategy));
+    if (o->sh.pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&d->strategy, o->sh.pp_layers));
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
     int world = par_strategy_world(&d->strategy);
-    MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->devices ? o->devices : world));
-    MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, world, &d->hw, NULL));
-    d->micro_batches = o->micro_batches;
+    MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->sh.devices ? o->sh.devices : world));
+    MOEMU_CHECK(cli_load_hw(o->sh.hw, o->sh.nodes, o->sh.devices_per_node, world, &d->hw, NULL));
+    d->micro_batches = o->sh.micro_batches;
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
     return MOEMU_OK;
 }
@@ -282,7 +172,7 @@ static moemu_status_t dist_setup(runner_opts_t *d, const run_opts_t *o, const cf
 static moemu_status_t one_device_setup(runner_opts_t *d, const run_opts_t *o)
 {
     emu_hw_t hw;
-    MOEMU_CHECK(cli_load_hw(o->hw, o->nodes, o->devices_per_node, 1, &hw, NULL));
+    MOEMU_CHECK(cli_load_hw(o->sh.hw, o->sh.nodes, o->sh.devices_per_node, 1, &hw, NULL));
     runner_opts_one_device(d, &hw, 1, 1);
     return MOEMU_OK;
 }
@@ -363,6 +253,11 @@ static json_t *generated_json(const wl_t *wl, const model_out_t *out)
     return gen;
 }
 
+static moemu_status_t fill_trace(FILE *f, const void *cl)
+{
+    return emu_trace_dump(cl, f, "moemu");
+}
+
 /* Report, trace and CSV of a run on emulated devices. */
 static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, const model_out_t *out,
                                     const wts_t *w, const wl_t *wl, const runner_opts_t *dopt,
@@ -376,9 +271,9 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
     report_print(&r, stdout);
     json_object_set_new(js, "report", report_json(&r));
     moemu_status_t st = MOEMU_OK;
-    if (o->csv) st = report_csv(&r, o->csv);
+    if (o->sh.csv) st = report_csv(&r, o->sh.csv);
     report_free(&r);
-    if (st == MOEMU_OK && o->trace) st = emu_trace_write(cl, o->trace, "moemu");
+    if (st == MOEMU_OK && o->trace) st = outfile_write(o->trace, fill_trace, cl);
     if (st == MOEMU_OK && o->record_routing)
         st = route_save(o->record_routing, record, w->cfg.num_hidden_layers, wl->batch,
                         runner_route_positions(wl), w->cfg.num_experts_per_tok);
@@ -398,20 +293,22 @@ static int run(const run_opts_t *o)
     json_t *js = json_object();
     runner_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
-    moemu_status_t st = cfg_load(&cfg, o->model);
-    if (st == MOEMU_OK) st = wl_make(&wl, &o->wl, &cfg);
-    if (st == MOEMU_OK) st = o->strategy ? dist_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
+    moemu_status_t st = cfg_load(&cfg, o->sh.model);
+    if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), run_options);
+    if (st == MOEMU_OK)
+        st = o->sh.strategy ? dist_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
     if (st == MOEMU_OK && o->dry) {
-        st = route_open(&src, o->routing ? o->routing : "uniform", &cfg, &wl, o->seed);
+        st = route_open(&src, o->sh.routing ? o->sh.routing : "uniform", &cfg, &wl, o->sh.seed);
+        st = cli_flag_names(st, run_options);
         dopt.dry = true;
         dopt.routing = &src;
         dopt.cluster.nodata = true;
     }
-    if (st == MOEMU_OK && o->strategy) dopt.cluster.trace = o->trace != NULL;
+    if (st == MOEMU_OK && o->sh.strategy) dopt.cluster.trace = o->trace != NULL;
     if (st == MOEMU_OK)
         st = o->dry      ? wts_address_only(&w, &cfg)
-             : o->weights ? wts_load(&w, &cfg, o->weights)
-                          : wts_generate_all(&w, &cfg, o->seed);
+             : o->sh.weights ? wts_load(&w, &cfg, o->sh.weights)
+                          : wts_generate_all(&w, &cfg, o->sh.seed);
     if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights);
     if (st != MOEMU_OK) goto fail;
 
@@ -424,7 +321,7 @@ static int run(const run_opts_t *o)
     printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
            "sequence\n", wl.batch, min_len, wl.max_len, (long long)wl_prompt_tokens(&wl), wl.decode);
     json_object_set_new(js, "model", json_string(cfg.name));
-    if (o->strategy) {
+    if (o->sh.strategy) {
         char canon[PAR_STRATEGY_STRLEN];
         par_strategy_format(&dopt.strategy, canon, sizeof canon);
         printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s\n", canon,
@@ -443,7 +340,7 @@ static int run(const run_opts_t *o)
         shown = &chk.strategy;
         print_summary("strategy", &wl, &chk.strategy, cluster_flops(cl), chk.wall_strategy);
         record = chk.route_strategy;
-    } else if (o->strategy) {
+    } else if (o->sh.strategy) {
         size_t n;
         if (!(record = route_record_new(&cfg, &wl, &n))) {
             st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
@@ -486,12 +383,12 @@ static int run(const run_opts_t *o)
         report_check(&chk.r, &wl, &chk.base, &chk.strategy, js);
         if (!chk.r.pass) rc = CLI_EXIT_MISMATCH;
     }
-    if (o->strategy && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record,
+    if (o->sh.strategy && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record,
                                            o->check ? chk.base_cluster : NULL, js)) != MOEMU_OK)
         goto fail;
     if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
         goto fail;
-    if (o->json && (st = cli_write_json(o->json, js)) != MOEMU_OK) goto fail;
+    if (o->sh.json && (st = outfile_json(o->sh.json, js)) != MOEMU_OK) goto fail;
     goto done;
 fail:
     rc = cli_error();
@@ -516,7 +413,7 @@ static int main_of(bool check, int argc, char **argv)
     if (parse(&o, check, argc, argv, &help) != MOEMU_OK) return cli_error();
     if (help) {
         fputs(check ? check_help : run_help, stdout);
-        fputs(common_help, stdout);
+        cli_help(stdout, run_options);
         return CLI_EXIT_OK;
     }
     return run(&o);

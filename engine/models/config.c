@@ -93,7 +93,7 @@ _Static_assert(sizeof cfg_builtin_names / sizeof cfg_builtin_names[0] ==
                    CFG_NBUILTIN + 1,
                "cfg_builtin_names must list every built-in model");
 
-/* ---- Describing a JSON value in a one-line message */
+/* ---- Numbers in messages */
 
 /* The shortest %g form that reads back as the same double, so that 1e-5
  * prints as 1e-05 and not 1.0000000000000001e-05; whole numbers in full. */
@@ -109,149 +109,46 @@ static void cfg_fmt_double(char *buf, size_t n, double v)
     }
 }
 
-static void cfg_describe(const json_t *v, char *buf, size_t n)
-{
-    switch (json_typeof(v)) {
-    case JSON_INTEGER:
-        snprintf(buf, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return;
-    case JSON_REAL: cfg_fmt_double(buf, n, json_real_value(v)); return;
-    case JSON_TRUE: snprintf(buf, n, "true"); return;
-    case JSON_FALSE: snprintf(buf, n, "false"); return;
-    case JSON_NULL: snprintf(buf, n, "null"); return;
-    case JSON_STRING:
-    case JSON_OBJECT:
-    case JSON_ARRAY: {
-        /* Objects and arrays are shown whole (compact) when short, since
-         * the offending setting (a rope_scaling type, say) is often inside. */
-        char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s) {
-            snprintf(buf, n, "%s", json_is_object(v) ? "an object" : "a value");
-            return;
-        }
-        if (strlen(s) < 72)
-            snprintf(buf, n, "%s", s);
-        else
-            snprintf(buf, n, "%.68s...", s);
-        free(s);
-        return;
-    }
-    }
-    snprintf(buf, n, "?");
-}
+/* ---- Reading the JSON: emu_json's getters. An absent key or null (for an
+ * optional key) leaves the default; integers may be written as whole
+ * reals (4096.0), as some exporters do. */
 
-/* ---- Typed getters. An absent key or null (for an optional key) leaves
- * the default; a value of the wrong type is MOEMU_ERR_INVALID naming the
- * key and the value. */
+#define CFG_OPT (EMU_JSON_NULLABLE | EMU_JSON_WHOLE_REAL)
 
 typedef struct {
-    const char *label; /* file path or model name, first in every message */
+    emu_json_src_t js; /* origin: the file path or model name */
     json_t *root;
 } cfg_src_t;
 
-static moemu_status_t cfg_type_error(const cfg_src_t *src, const char *key,
-                                     const char *want, const json_t *v)
-{
-    char got[96];
-    cfg_describe(v, got, sizeof got);
-    return moemu_fail(MOEMU_ERR_INVALID,
-                      "%s: config key '%s' must be %s, got %s", src->label, key,
-                      want, got);
-}
-
-/* Looks key up; *present is false when it is absent or null. */
-static json_t *cfg_lookup(const cfg_src_t *src, const char *key, bool *present)
+static bool cfg_present(const cfg_src_t *src, const char *key)
 {
     json_t *v = json_object_get(src->root, key);
-    *present = v && !json_is_null(v);
-    return v;
+    return v && !json_is_null(v);
 }
 
-static moemu_status_t cfg_missing(const cfg_src_t *src, const char *key)
+/* A required integer; Qwen and DeepSeek name their expert count
+ * differently, so a missing num_local_experts points at it. */
+static moemu_status_t cfg_required(const cfg_src_t *src, const char *key,
+                                   int *out)
 {
-    /* Qwen and DeepSeek name their expert count differently; point at it. */
-    if (strcmp(key, "num_local_experts") == 0) {
-        static const char *const other[] = {"num_experts", "n_routed_experts"};
-        for (size_t i = 0; i < 2; i++)
-            if (json_object_get(src->root, other[i]))
-                return moemu_fail(MOEMU_ERR_INVALID,
-                                  "%s: config key '%s' is required but missing "
-                                  "(this config has '%s', which moemu does not "
-                                  "read)",
-                                  src->label, key, other[i]);
-    }
-    return moemu_fail(MOEMU_ERR_INVALID,
-                      "%s: config key '%s' is required but missing", src->label,
-                      key);
+    static const char *const other[] = {"num_experts", "n_routed_experts"};
+    bool experts = strcmp(key, "num_local_experts") == 0;
+    for (size_t i = 0; i < 2 && experts; i++)
+        if (!json_object_get(src->root, key) &&
+            json_object_get(src->root, other[i]))
+            return emu_json_bad(&src->js, key, NULL,
+                                "is required but missing (this config has "
+                                "'%s', which moemu does not read)",
+                                other[i]);
+    return emu_json_int(&src->js, src->root, key,
+                        EMU_JSON_REQUIRED | EMU_JSON_WHOLE_REAL, INT_MIN,
+                        INT_MAX, out);
 }
 
-/* An integer: a JSON integer, or a real with an integral value (4096.0),
- * within the range of int. */
-static moemu_status_t cfg_get_int(const cfg_src_t *src, const char *key,
-                                  bool required, int *out)
+static moemu_status_t cfg_int(const cfg_src_t *src, const char *key, int *out)
 {
-    bool present;
-    json_t *v = cfg_lookup(src, key, &present);
-    if (!v && required) return cfg_missing(src, key);
-    if (!present && !required) return MOEMU_OK;
-    if (json_is_integer(v)) {
-        json_int_t i = json_integer_value(v);
-        if (i < INT_MIN || i > INT_MAX)
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "%s: config key '%s' = %" JSON_INTEGER_FORMAT
-                              " is out of range (at most %d)",
-                              src->label, key, i, INT_MAX);
-        *out = (int)i;
-        return MOEMU_OK;
-    }
-    if (!json_is_real(v) || json_real_value(v) != floor(json_real_value(v)))
-        return cfg_type_error(src, key, "an integer", v);
-    double x = json_real_value(v);
-    if (x < INT_MIN || x > INT_MAX) {
-        char got[40];
-        cfg_fmt_double(got, sizeof got, x);
-        return moemu_fail(
-            MOEMU_ERR_INVALID,
-            "%s: config key '%s' = %s is out of range (at most %d)", src->label,
-            key, got, INT_MAX);
-    }
-    *out = (int)x;
-    return MOEMU_OK;
-}
-
-static moemu_status_t cfg_get_num(const cfg_src_t *src, const char *key,
-                                  double *out)
-{
-    bool present;
-    json_t *v = cfg_lookup(src, key, &present);
-    if (!present) return MOEMU_OK;
-    if (!json_is_number(v)) return cfg_type_error(src, key, "a number", v);
-    *out = json_number_value(v);
-    return MOEMU_OK;
-}
-
-static moemu_status_t cfg_get_bool(const cfg_src_t *src, const char *key,
-                                   bool *out)
-{
-    bool present;
-    json_t *v = cfg_lookup(src, key, &present);
-    if (!present) return MOEMU_OK;
-    if (!json_is_boolean(v))
-        return cfg_type_error(src, key, "a boolean (true or false)", v);
-    *out = json_is_true(v);
-    return MOEMU_OK;
-}
-
-/* *out stays NULL when the key is absent or null. */
-static moemu_status_t cfg_get_str(const cfg_src_t *src, const char *key,
-                                  const char **out)
-{
-    bool present;
-    json_t *v = cfg_lookup(src, key, &present);
-    if (!present) return MOEMU_OK;
-    if (!json_is_string(v)) return cfg_type_error(src, key, "a string", v);
-    *out = json_string_value(v);
-    return MOEMU_OK;
+    return emu_json_int(&src->js, src->root, key, CFG_OPT, INT_MIN, INT_MAX,
+                        out);
 }
 
 /* ---- Keys refused because they would change the semantics of
@@ -327,47 +224,48 @@ static moemu_status_t cfg_refused(const cfg_src_t *src, const char *key,
                                   const json_t *v, const char *why)
 {
     char got[96];
-    cfg_describe(v, got, sizeof got);
-    return moemu_fail(MOEMU_ERR_INVALID,
-                      "%s: config key '%s' = %s is not supported: %s",
-                      src->label, key, got, why);
+    emu_json_describe(v, got, sizeof got);
+    return emu_json_bad(&src->js, key, NULL, "= %s is not supported: %s", got,
+                        why);
 }
 
 static moemu_status_t cfg_check_refusal(const cfg_src_t *src,
                                         const cfg_refusal_t *r)
 {
-    bool present;
-    json_t *v = cfg_lookup(src, r->key, &present);
-    if (!present) return MOEMU_OK;
+    json_t *v = json_object_get(src->root, r->key);
+    if (!cfg_present(src, r->key)) return MOEMU_OK;
     switch (r->kind) {
     case CFG_REFUSE_NONNULL: return cfg_refused(src, r->key, v, r->why);
     case CFG_REFUSE_TRUE:
     case CFG_REFUSE_FALSE: {
         bool b = false;
-        MOEMU_CHECK(cfg_get_bool(src, r->key, &b));
+        MOEMU_CHECK(
+            emu_json_bool(&src->js, src->root, r->key, CFG_OPT, &b));
         if (b == (r->kind == CFG_REFUSE_TRUE))
             return cfg_refused(src, r->key, v, r->why);
         return MOEMU_OK;
     }
     case CFG_REFUSE_NOT_ONE: {
         double x = 1.0;
-        MOEMU_CHECK(cfg_get_num(src, r->key, &x));
+        MOEMU_CHECK(
+            emu_json_num(&src->js, src->root, r->key, CFG_OPT, &x));
         return x == 1.0 ? MOEMU_OK : cfg_refused(src, r->key, v, r->why);
     }
     case CFG_REFUSE_ABOVE: {
         int i = 0;
-        MOEMU_CHECK(cfg_get_int(src, r->key, false, &i));
+        MOEMU_CHECK(cfg_int(src, r->key, &i));
         return i <= r->limit ? MOEMU_OK : cfg_refused(src, r->key, v, r->why);
     }
     case CFG_REFUSE_NOT_STR: {
         const char *s = NULL;
-        MOEMU_CHECK(cfg_get_str(src, r->key, &s));
+        MOEMU_CHECK(
+            emu_json_str(&src->js, src->root, r->key, CFG_OPT, &s));
         return strcmp(s, r->str) == 0 ? MOEMU_OK
                                       : cfg_refused(src, r->key, v, r->why);
     }
     case CFG_REFUSE_NONEMPTY:
-        if (!json_is_array(v))
-            return cfg_type_error(src, r->key, "an array", v);
+        MOEMU_CHECK(
+            emu_json_arr(&src->js, src->root, r->key, CFG_OPT, &v));
         return json_array_size(v) == 0 ? MOEMU_OK
                                        : cfg_refused(src, r->key, v, r->why);
     }
@@ -381,10 +279,9 @@ static moemu_status_t cfg_check_refusals(const cfg_src_t *src)
 
     /* Qwen writes a window size together with use_sliding_window: false,
      * which switches it off; otherwise a window is a real restriction. */
-    bool present;
-    json_t *w = cfg_lookup(src, "sliding_window", &present);
+    json_t *w = json_object_get(src->root, "sliding_window");
     json_t *use = json_object_get(src->root, "use_sliding_window");
-    if (present && !json_is_false(use))
+    if (cfg_present(src, "sliding_window") && !json_is_false(use))
         return cfg_refused(src, "sliding_window", w,
                            "sliding-window attention is not supported; moemu "
                            "attends to the whole causal context (use null)");
@@ -640,14 +537,14 @@ static moemu_status_t cfg_get_dtype(const cfg_src_t *src, emu_dtype_t *out)
     static const char *const keys[] = {"dtype", "torch_dtype"};
     for (size_t i = 0; i < 2; i++) {
         const char *s = NULL;
-        MOEMU_CHECK(cfg_get_str(src, keys[i], &s));
+        MOEMU_CHECK(
+            emu_json_str(&src->js, src->root, keys[i], CFG_OPT, &s));
         if (!s) continue;
         if (!emu_dtype_parse(s, out) || *out == EMU_DTYPE_INT32)
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "%s: config key '%s' = \"%.40s\" is not a "
-                              "supported dtype (fp16, bf16, fp32, or float16, "
-                              "bfloat16, float32)",
-                              src->label, keys[i], s);
+            return emu_json_bad(&src->js, keys[i], NULL,
+                                "= \"%.40s\" is not a supported dtype (fp16, "
+                                "bf16, fp32, or float16, bfloat16, float32)",
+                                s);
         return MOEMU_OK;
     }
     return MOEMU_OK;
@@ -656,7 +553,8 @@ static moemu_status_t cfg_get_dtype(const cfg_src_t *src, emu_dtype_t *out)
 static moemu_status_t cfg_get_act(const cfg_src_t *src, layer_act_t *out)
 {
     const char *s = NULL;
-    MOEMU_CHECK(cfg_get_str(src, "hidden_act", &s));
+    MOEMU_CHECK(
+        emu_json_str(&src->js, src->root, "hidden_act", CFG_OPT, &s));
     if (!s) return MOEMU_OK;
     /* Hugging Face's "swish" is the same function as "silu"; its "gelu" is
      * the exact (erf) form. Approximations are refused, not substituted. */
@@ -665,10 +563,8 @@ static moemu_status_t cfg_get_act(const cfg_src_t *src, layer_act_t *out)
     else if (strcmp(s, "gelu") == 0)
         *out = LAYER_ACT_GELU;
     else
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'hidden_act' = \"%.40s\" is not "
-                          "supported (silu or gelu)",
-                          src->label, s);
+        return emu_json_bad(&src->js, "hidden_act", NULL,
+                            "= \"%.40s\" is not supported (silu or gelu)", s);
     return MOEMU_OK;
 }
 
@@ -690,10 +586,10 @@ static moemu_status_t cfg_get_family(const cfg_src_t *src, const model_family_t 
 static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
                                     const char *label)
 {
-    cfg_src_t src = {label, root};
+    cfg_src_t src = {{.origin = label, .noun = "config key"}, root};
     if (!json_is_object(root)) {
         char got[96];
-        cfg_describe(root, got, sizeof got);
+        emu_json_describe(root, got, sizeof got);
         return moemu_fail(MOEMU_ERR_INVALID,
                           "%s: a config must be a JSON object, got %s", label,
                           got);
@@ -717,18 +613,16 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
         {"num_experts_per_tok", offsetof(cfg_model_t, num_experts_per_tok)},
     };
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
-        MOEMU_CHECK(cfg_get_int(&src, required[i].key, true,
-                                (int *)((char *)&c + required[i].off)));
+        MOEMU_CHECK(cfg_required(&src, required[i].key,
+                                 (int *)((char *)&c + required[i].off)));
 
     c.num_key_value_heads = c.num_attention_heads;
-    MOEMU_CHECK(cfg_get_int(&src, "num_key_value_heads", false,
-                            &c.num_key_value_heads));
-    bool has_hd;
-    cfg_lookup(&src, "head_dim", &has_hd);
-    MOEMU_CHECK(cfg_get_int(&src, "head_dim", false, &c.head_dim));
+    MOEMU_CHECK(cfg_int(&src, "num_key_value_heads", &c.num_key_value_heads));
+    MOEMU_CHECK(cfg_int(&src, "head_dim", &c.head_dim));
     /* Default d / H, only when exact; a bad d or H is reported by
      * validation below under its own name. */
-    if (!has_hd && c.hidden_size > 0 && c.num_attention_heads > 0) {
+    if (!cfg_present(&src, "head_dim") && c.hidden_size > 0 &&
+        c.num_attention_heads > 0) {
         if (c.hidden_size % c.num_attention_heads != 0)
             return moemu_fail(MOEMU_ERR_INVALID,
                               "%s: config key 'head_dim' is not given and "
@@ -738,36 +632,36 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
         c.head_dim = c.hidden_size / c.num_attention_heads;
     }
     c.max_position_embeddings = 32768;
-    MOEMU_CHECK(cfg_get_int(&src, "max_position_embeddings", false,
-                            &c.max_position_embeddings));
+    MOEMU_CHECK(cfg_int(&src, "max_position_embeddings",
+                        &c.max_position_embeddings));
     c.rms_norm_eps = 1e-5;
-    MOEMU_CHECK(cfg_get_num(&src, "rms_norm_eps", &c.rms_norm_eps));
+    MOEMU_CHECK(
+        emu_json_num(&src.js, root, "rms_norm_eps", CFG_OPT, &c.rms_norm_eps));
     c.rope_theta = 1e6;
-    MOEMU_CHECK(cfg_get_num(&src, "rope_theta", &c.rope_theta));
+    MOEMU_CHECK(
+        emu_json_num(&src.js, root, "rope_theta", CFG_OPT, &c.rope_theta));
     c.capacity_factor = 0.0;
-    MOEMU_CHECK(cfg_get_num(&src, "capacity_factor", &c.capacity_factor));
+    MOEMU_CHECK(emu_json_num(&src.js, root, "capacity_factor", CFG_OPT,
+                             &c.capacity_factor));
     c.hidden_act = LAYER_ACT_SILU;
     MOEMU_CHECK(cfg_get_act(&src, &c.hidden_act));
     c.tie_word_embeddings = false;
-    MOEMU_CHECK(
-        cfg_get_bool(&src, "tie_word_embeddings", &c.tie_word_embeddings));
+    MOEMU_CHECK(emu_json_bool(&src.js, root, "tie_word_embeddings", CFG_OPT,
+                              &c.tie_word_embeddings));
     c.dtype = EMU_DTYPE_FP16;
     MOEMU_CHECK(cfg_get_dtype(&src, &c.dtype));
     c.num_shared_experts = 0;
-    MOEMU_CHECK(
-        cfg_get_int(&src, "num_shared_experts", false, &c.num_shared_experts));
+    MOEMU_CHECK(cfg_int(&src, "num_shared_experts", &c.num_shared_experts));
     c.shared_expert_intermediate_size = c.intermediate_size;
-    MOEMU_CHECK(cfg_get_int(&src, "shared_expert_intermediate_size", false,
-                            &c.shared_expert_intermediate_size));
+    MOEMU_CHECK(cfg_int(&src, "shared_expert_intermediate_size",
+                        &c.shared_expert_intermediate_size));
 
     /* Qwen/DeepSeek keep the routed expert size in moe_intermediate_size
      * and a dense MLP size in intermediate_size: reading the latter would
      * silently build a different model. */
-    bool has_moe_f;
-    cfg_lookup(&src, "moe_intermediate_size", &has_moe_f);
-    if (has_moe_f) {
+    if (cfg_present(&src, "moe_intermediate_size")) {
         int moe_f = 0;
-        MOEMU_CHECK(cfg_get_int(&src, "moe_intermediate_size", false, &moe_f));
+        MOEMU_CHECK(cfg_int(&src, "moe_intermediate_size", &moe_f));
         if (moe_f != c.intermediate_size)
             return moemu_fail(MOEMU_ERR_INVALID,
                               "%s: config key 'moe_intermediate_size' = %d "
@@ -782,22 +676,15 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
     return MOEMU_OK;
 }
 
-static moemu_status_t cfg_format_error(const char *label, const json_error_t *e)
-{
-    return moemu_fail(MOEMU_ERR_FORMAT,
-                      "%s: malformed JSON at line %d, column %d: %s", label,
-                      e->line, e->column, e->text);
-}
-
 moemu_status_t cfg_parse(cfg_model_t *cfg, const char *json_text,
                          const char *label)
 {
     if (!label || !label[0]) label = "config";
     if (!json_text)
         return moemu_fail(MOEMU_ERR_INVALID, "%s: no config text", label);
-    json_error_t e;
-    json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &e);
-    if (!root) return cfg_format_error(label, &e);
+    const emu_json_src_t src = {.origin = label};
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_text(&src, json_text, &root));
     moemu_status_t st = cfg_from_json(cfg, root, label);
     json_decref(root);
     return st;
@@ -816,42 +703,27 @@ moemu_status_t cfg_load(cfg_model_t *cfg, const char *name_or_path)
             return MOEMU_OK;
         }
 
-    FILE *fp = fopen(name_or_path, "r");
-    if (!fp) {
-        int err = errno;
-        /* A bare word was most likely meant as a built-in name. */
-        if (err == ENOENT && !strchr(name_or_path, '/') &&
-            !strstr(name_or_path, ".json")) {
-            char names[256] = "";
-            for (size_t i = 0; cfg_builtin_names[i]; i++)
-                snprintf(names + strlen(names), sizeof names - strlen(names),
-                         "%s%s", i ? ", " : "", cfg_builtin_names[i]);
-            return moemu_fail(MOEMU_ERR_IO,
-                              "%s: no such built-in model (%s) or config "
-                              "file: %s",
-                              name_or_path, names, strerror(err));
-        }
-        return moemu_fail(MOEMU_ERR_IO, "%s: cannot open config: %s",
-                          name_or_path, strerror(err));
-    }
     struct stat sb;
-    if (fstat(fileno(fp), &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        fclose(fp);
+    bool found = stat(name_or_path, &sb) == 0;
+    if (found && S_ISDIR(sb.st_mode))
         return moemu_fail(MOEMU_ERR_IO,
                           "%s: cannot read config: is a directory (give the "
                           "config.json inside it)",
                           name_or_path);
+    if (!found && errno == ENOENT && !strchr(name_or_path, '/') &&
+        !strstr(name_or_path, ".json")) {
+        /* A bare word was most likely meant as a built-in name. */
+        char names[256] = "";
+        for (size_t i = 0; cfg_builtin_names[i]; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names),
+                     "%s%s", i ? ", " : "", cfg_builtin_names[i]);
+        return moemu_fail(MOEMU_ERR_IO,
+                          "%s: no such built-in model (%s) or config file: %s",
+                          name_or_path, names, strerror(ENOENT));
     }
-    json_error_t e;
-    json_t *root = json_loadf(fp, JSON_REJECT_DUPLICATES, &e);
-    int read_err = ferror(fp) ? errno : 0;
-    fclose(fp);
-    if (!root) {
-        if (read_err)
-            return moemu_fail(MOEMU_ERR_IO, "%s: cannot read config: %s",
-                              name_or_path, strerror(read_err));
-        return cfg_format_error(name_or_path, &e);
-    }
+    const emu_json_src_t src = {.origin = name_or_path};
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_file(&src, name_or_path, &root));
     moemu_status_t st = cfg_from_json(cfg, root, name_or_path);
     json_decref(root);
     return st;

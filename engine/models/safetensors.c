@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "engine/models/safetensors.h"
+#include "engine/tools/outfile.h"
 
 /* Far beyond any real header (Mixtral's are ~100 KB); guards against a
  * garbage length making us parse the whole file as JSON. */
@@ -609,6 +610,37 @@ out:
     return st;
 }
 
+/* What st_fill writes: the header built, the tensors' element counts. */
+typedef struct {
+    const char *path, *header;
+    const st_write_tensor_t *tensors;
+    const size_t *counts;
+    int n;
+    st_dtype_t dtype;
+    uint8_t *buf; /* ST_CHUNK * 4 bytes of conversion space */
+} st_out_t;
+
+static moemu_status_t st_fill(FILE *fp, const void *arg)
+{
+    const st_out_t *o = arg;
+    /* Pad the header with spaces so the data starts 8-byte aligned. */
+    size_t hlen = strlen(o->header), padded = (hlen + 7) & ~(size_t)7;
+    uint8_t lenbuf[8];
+    for (int b = 0; b < 8; b++)
+        lenbuf[b] = (uint8_t)((uint64_t)padded >> (8 * b));
+    static const char spaces[] = "       "; /* at most 7 are needed */
+    errno = 0; /* a short fwrite need not set it */
+    bool ok = fwrite(lenbuf, 1, 8, fp) == 8 &&
+              fwrite(o->header, 1, hlen, fp) == hlen &&
+              fwrite(spaces, 1, padded - hlen, fp) == padded - hlen;
+    for (int i = 0; ok && i < o->n; i++)
+        ok = !o->counts[i] || st_put_tensor(fp, &o->tensors[i], o->counts[i],
+                                            o->dtype, o->buf);
+    if (ok) return MOEMU_OK;
+    return moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", o->path,
+                      strerror(errno ? errno : EIO));
+}
+
 moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
                         int n, st_dtype_t dtype)
 {
@@ -621,73 +653,19 @@ moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
                           "st_write %s: dtype %d cannot be written; use "
                           "ST_F32, ST_F16, ST_BF16 or ST_I32",
                           path, (int)dtype);
-
     size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);
-    char *header = NULL, *tmp = NULL;
-    uint8_t *buf = NULL;
-    FILE *fp = NULL;
-    int fd = -1;
-    bool created = false; /* tmp exists on disk and must go on failure */
-    moemu_status_t st;
-    if (!counts) {
-        st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
-        goto out;
+    char *header = NULL;
+    uint8_t *buf = malloc((size_t)ST_CHUNK * 4);
+    moemu_status_t st = counts && buf ? MOEMU_OK
+                                      : moemu_fail(MOEMU_ERR_NOMEM,
+                                                   "st_write %s: out of memory",
+                                                   path);
+    if (st == MOEMU_OK)
+        st = st_build_header(path, tensors, n, dtype, counts, &header);
+    if (st == MOEMU_OK) {
+        st_out_t o = {path, header, tensors, counts, n, dtype, buf};
+        st = outfile_write(path, st_fill, &o);
     }
-    st = st_build_header(path, tensors, n, dtype, counts, &header);
-    if (st != MOEMU_OK) goto out;
-
-    size_t plen = strlen(path);
-    tmp = malloc(plen + sizeof ".tmp.XXXXXX");
-    buf = malloc((size_t)ST_CHUNK * 4);
-    if (!tmp || !buf) {
-        st = moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
-        goto out;
-    }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = moemu_fail(MOEMU_ERR_IO,
-                        "cannot create a temporary file for %s: %s", path,
-                        strerror(errno));
-        goto out;
-    }
-    created = true;
-    errno = 0; /* a short fwrite need not set it */
-    /* mkstemp creates 0600; a weights file is meant to be shared. */
-    if (fchmod(fd, 0644) != 0) goto io_error;
-    fp = fdopen(fd, "wb");
-    if (!fp) goto io_error;
-    fd = -1; /* owned by fp now */
-
-    /* Pad the header with spaces so the data starts 8-byte aligned. */
-    size_t hlen = strlen(header), padded = (hlen + 7) & ~(size_t)7;
-    uint8_t lenbuf[8];
-    for (int b = 0; b < 8; b++)
-        lenbuf[b] = (uint8_t)((uint64_t)padded >> (8 * b));
-    static const char spaces[] = "       "; /* at most 7 are needed */
-    if (fwrite(lenbuf, 1, 8, fp) != 8 || fwrite(header, 1, hlen, fp) != hlen ||
-        fwrite(spaces, 1, padded - hlen, fp) != padded - hlen)
-        goto io_error;
-    for (int i = 0; i < n; i++)
-        if (counts[i] && !st_put_tensor(fp, &tensors[i], counts[i], dtype, buf))
-            goto io_error;
-    FILE *done = fp;
-    fp = NULL;
-    if (fclose(done) != 0) goto io_error;
-    if (rename(tmp, path) != 0) goto io_error;
-    created = false;
-    st = MOEMU_OK;
-    goto out;
-
-io_error:
-    st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path,
-                    strerror(errno ? errno : EIO));
-out:
-    if (fp) fclose(fp);
-    if (fd >= 0) close(fd);
-    if (created) unlink(tmp);
-    free(tmp);
     free(buf);
     free(header);
     free(counts);

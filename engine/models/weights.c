@@ -197,8 +197,8 @@ moemu_status_t wts_check_host_memory(double bytes, const char *what)
     if (bytes > avail)
         return moemu_fail(MOEMU_ERR_NOMEM,
                           "%s needs %.2f GB of host memory, but only %.2f GB "
-                          "are available (use --math skip for a dry run, or "
-                          "a model with fewer layers)",
+                          "are available (a dry run needs none; or use a "
+                          "model with fewer layers)",
                           what, bytes / 1e9, avail / 1e9);
     return MOEMU_OK;
 }

@@ -32,7 +32,7 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
         char *end;
         r->zipf_s = strtod(spec + 5, &end);
         if (end == spec + 5 || *end || !(r->zipf_s >= 0) || !isfinite(r->zipf_s))
-            return moemu_fail(MOEMU_ERR_INVALID, "--routing %s: expected zipf:S with S >= 0",
+            return moemu_fail(MOEMU_ERR_INVALID, "routing '%s': expected zipf:S with S >= 0",
                               spec);
         r->kind = ROUTE_ZIPF;
         r->cdf = malloc(sizeof(double) * (size_t)r->E);
@@ -72,22 +72,22 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
         st_close(f);
         if (st != MOEMU_OK) {
             route_close(r);
-            moemu_fail(st, "--routing %s: %s (record the same model and workload with "
-                           "--record-routing)", spec, moemu_errmsg());
+            moemu_fail(st, "routing '%s': %s (replay a record of the same model and "
+                           "workload)", spec, moemu_errmsg());
             return st;
         }
         for (size_t i = 0; i < n; i++) {
             int e = r->replay[i] < 0 ? -1 - r->replay[i] : r->replay[i];
             if (r->replay[i] != INT32_MIN && e >= r->E) {
                 route_close(r);
-                return moemu_fail(MOEMU_ERR_FORMAT, "--routing %s: expert %d in a model of %d",
+                return moemu_fail(MOEMU_ERR_FORMAT, "routing '%s': expert %d in a model of %d",
                                   spec, e, r->E);
             }
         }
         return MOEMU_OK;
     }
     return moemu_fail(MOEMU_ERR_INVALID,
-                      "--routing '%s': expected uniform, zipf:S or replay:FILE", spec);
+                      "routing '%s': expected uniform, zipf:S or replay:FILE", spec);
 }
 
 void route_replay_record(route_src_t *r, int *record, const cfg_model_t *cfg, const wl_t *wl)

@@ -19,8 +19,9 @@ typedef struct {
     bool borrowed;     /* replay points at the caller's record */
 } route_src_t;
 
-/* "uniform", "zipf:S" (S >= 0) or "replay:FILE" (a --record-routing file
- * of the same model and workload). Errors name the spec and the numbers. */
+/* "uniform", "zipf:S" (S >= 0) or "replay:FILE" (a route_save record of
+ * the same model and workload). Errors name the spec ("routing 'x'") and
+ * the numbers. */
 moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
                           const wl_t *wl, uint64_t seed);
 void route_close(route_src_t *r);

@@ -24,21 +24,21 @@ static bool parse_int(const char *s, char **end, long *v)
     return *end != s && errno == 0 && *v > 0 && *v <= INT32_MAX;
 }
 
-/* Lengths from exactly one of --prompt-len, --prompt-lens, --prompt-len-range
- * (default 128), or from the tokens file. */
+/* Lengths from exactly one of prompt_len, lens and range (default 128),
+ * or from the tokens file. */
 static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
 {
     int given = (o->prompt_len > 0) + (o->lens != NULL) + (o->range != NULL);
     if (given > 1)
-        return moemu_fail(MOEMU_ERR_INVALID, "give only one of --prompt-len, "
-                                             "--prompt-lens and --prompt-len-range");
+        return moemu_fail(MOEMU_ERR_INVALID, "give only one of a prompt length, a list of "
+                                             "lengths and a range of lengths");
     if (o->lens) {
         int n = 1;
         for (const char *p = o->lens; *p; p++) n += *p == ',';
         if (o->batch > 0 && o->batch != n)
             return moemu_fail(MOEMU_ERR_INVALID,
-                              "--prompt-lens gives %d lengths but --batch is %d", n,
-                              o->batch);
+                              "prompt lengths '%s' give %d lengths but batch is %d",
+                              o->lens, n, o->batch);
         wl->batch = n;
         wl->len = calloc((size_t)n, sizeof(int));
         if (!wl->len) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths", n);
@@ -48,7 +48,7 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
             long v;
             if (!parse_int(p, &end, &v) || (*end != ',' && *end != '\0'))
                 return moemu_fail(MOEMU_ERR_INVALID,
-                                  "--prompt-lens '%s': length %d is not a positive "
+                                  "prompt lengths '%s': length %d is not a positive "
                                   "integer", o->lens, i + 1);
             wl->len[i] = (int)v;
             p = end + (*end == ',');
@@ -64,7 +64,7 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
         if (!parse_int(o->range, &end, &lo) || *end != ':' ||
             !parse_int(end + 1, &end, &hi) || *end != '\0' || lo > hi)
             return moemu_fail(MOEMU_ERR_INVALID,
-                              "--prompt-len-range '%s': expected MIN:MAX with "
+                              "prompt length range '%s': expected MIN:MAX with "
                               "0 < MIN <= MAX", o->range);
         uint64_t stream = wts_stream("prompt_len");
         for (int b = 0; b < wl->batch; b++) {
@@ -79,26 +79,24 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
 
 static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
 {
-    json_error_t err;
-    json_t *root = json_load_file(o->tokens_file, 0, &err);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: %s (line %d, column %d)",
-                          o->tokens_file, err.text, err.line, err.column);
+    char origin[1024];
+    snprintf(origin, sizeof origin, "tokens file %s", o->tokens_file);
+    const emu_json_src_t src = {.origin = origin};
+    if (o->prompt_len > 0 || o->lens || o->range)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s sets the prompt lengths: give no length, "
+                                             "list or range of lengths with it", origin);
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_file(&src, o->tokens_file, &root));
     moemu_status_t st = MOEMU_OK;
     size_t n = json_is_array(root) ? json_array_size(root) : 0;
     if (n == 0) {
-        st = moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: expected a non-empty JSON "
-                                          "list of lists of token ids", o->tokens_file);
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: expected a non-empty JSON list of lists of "
+                                          "token ids", origin);
         goto out;
     }
     if (o->batch > 0 && (size_t)o->batch != n) {
-        st = moemu_fail(MOEMU_ERR_INVALID, "--tokens %s holds %zu sequences but "
-                                           "--batch is %d", o->tokens_file, n, o->batch);
-        goto out;
-    }
-    if (o->prompt_len > 0 || o->lens || o->range) {
-        st = moemu_fail(MOEMU_ERR_INVALID, "--tokens sets the prompt lengths: drop "
-                                           "--prompt-len, --prompt-lens and --prompt-len-range");
+        st = moemu_fail(MOEMU_ERR_INVALID, "%s holds %zu sequences but batch is %d", origin,
+                        n, o->batch);
         goto out;
     }
     wl->batch = (int)n;
@@ -112,8 +110,8 @@ static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_
         json_t *seq = json_array_get(root, b);
         size_t m = json_is_array(seq) ? json_array_size(seq) : 0;
         if (m == 0) {
-            st = moemu_fail(MOEMU_ERR_FORMAT, "--tokens %s: sequence %zu is not a "
-                                              "non-empty list", o->tokens_file, b);
+            st = moemu_fail(MOEMU_ERR_FORMAT, "%s: sequence %zu is not a non-empty list",
+                            origin, b);
             goto out;
         }
         wl->len[b] = (int)m;
@@ -131,8 +129,8 @@ static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_
             json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
             if (id < 0 || id >= cfg->vocab_size) {
                 st = moemu_fail(MOEMU_ERR_INVALID,
-                                "--tokens %s: sequence %zu position %d is not a token "
-                                "id in [0, %d)", o->tokens_file, b, i, cfg->vocab_size);
+                                "%s: sequence %zu position %d is not a token id in "
+                                "[0, %d)", origin, b, i, cfg->vocab_size);
                 goto out;
             }
             wl->tokens[wl->start[b] + i] = (int)id;
@@ -148,9 +146,10 @@ moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
     memset(wl, 0, sizeof *wl);
     moemu_status_t st;
     if (o->decode < 0)
-        return moemu_fail(MOEMU_ERR_INVALID, "--decode %d: must be >= 0", o->decode);
+        return moemu_fail(MOEMU_ERR_INVALID, "decode %d: must be >= 0", o->decode);
     if (o->batch < 0)
-        return moemu_fail(MOEMU_ERR_INVALID, "--batch %d: must be > 0", o->batch);
+        return moemu_fail(MOEMU_ERR_INVALID, "batch %d: must be >= 0 (0: as many as the "
+                                             "lengths give)", o->batch);
     if (o->tokens_file) {
         st = read_tokens(wl, o, cfg);
     } else {

@@ -30,31 +30,19 @@ static const char *const bounds[] = {"about", "at_most", "at_least"};
 
 /* ---- Loading */
 
-static moemu_status_t bad(const plan_t *p, const char *key, const char *why)
+static emu_json_src_t plan_src(const plan_t *p)
 {
-    return moemu_fail(MOEMU_ERR_INVALID, "%s: plan key '%s' %s", p->path, key, why);
+    return (emu_json_src_t){.origin = p->path, .noun = "plan key"};
 }
 
-static moemu_status_t get_int(const plan_t *p, json_t *o, const char *key, int lo, int *out)
+static moemu_status_t copy_str(const emu_json_src_t *src, json_t *o, const char *key,
+                               char *out, size_t n)
 {
-    json_t *v = json_object_get(o, key);
-    if (!v) return MOEMU_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > INT32_MAX) {
-        char why[64];
-        snprintf(why, sizeof why, "must be a whole number >= %d", lo);
-        return bad(p, key, why);
-    }
-    *out = (int)json_integer_value(v);
-    return MOEMU_OK;
-}
-
-static moemu_status_t copy_str(const plan_t *p, json_t *o, const char *key, char *out, size_t n)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) return MOEMU_OK;
-    if (!json_is_string(v) || strlen(json_string_value(v)) >= n)
-        return bad(p, key, "must be a (not too long) string");
-    snprintf(out, n, "%s", json_string_value(v));
+    const char *s = NULL;
+    MOEMU_CHECK(emu_json_str(src, o, key, 0, &s));
+    if (!s) return MOEMU_OK;
+    if (strlen(s) >= n) return emu_json_bad(src, key, NULL, "is longer than %zu characters", n - 1);
+    snprintf(out, n, "%s", s);
     return MOEMU_OK;
 }
 
@@ -72,7 +60,9 @@ static moemu_status_t load_model(plan_t *p, json_t *v)
         snprintf(p->cfg.name, sizeof p->cfg.name, "%.63s", p->name);
         return st;
     }
-    if (!json_is_string(v)) return bad(p, "model", "must be a name, a path or an object");
+    emu_json_src_t src = plan_src(p);
+    if (!json_is_string(v)) return emu_json_bad(&src, "model", v, "must be a name, a path or "
+                                                "an object");
     const char *s = json_string_value(v);
     for (int i = 0; cfg_builtin_names[i]; i++)
         if (!strcmp(s, cfg_builtin_names[i])) return cfg_load(&p->cfg, s);
@@ -93,80 +83,150 @@ static moemu_status_t load_hw(plan_t *p, json_t *v)
         free(text);
         return st;
     }
-    if (!json_is_string(v)) return bad(p, "hardware", "must be a preset name or an object");
+    emu_json_src_t src = plan_src(p);
+    if (!json_is_string(v)) return emu_json_bad(&src, "hardware", v, "must be a preset name or "
+                                                "an object");
     return emu_hw_load(json_string_value(v), &p->hw);
 }
 
-static moemu_status_t load_workload(plan_t *p, json_t *w)
+/* workload.prompt_len: one length, a list of lengths or "MIN:MAX". */
+static moemu_status_t load_lengths(plan_t *p, const emu_json_src_t *src, json_t *w)
 {
-    if (!json_is_object(w)) return bad(p, "workload", "must be an object");
-    MOEMU_CHECK(get_int(p, w, "batch", 1, &p->wl.batch));
-    MOEMU_CHECK(get_int(p, w, "decode", 0, &p->wl.decode));
-    MOEMU_CHECK(get_int(p, w, "micro_batches", 1, &p->micro_batches));
-    json_t *seed = json_object_get(w, "seed");
-    if (seed) {
-        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
-            return bad(p, "workload.seed", "must be a whole number >= 0");
-        p->wl.seed = (uint64_t)json_integer_value(seed);
-    }
     json_t *len = json_object_get(w, "prompt_len");
-    if (json_is_integer(len) && json_integer_value(len) > 0 && json_integer_value(len) <= INT32_MAX) {
-        p->wl.prompt_len = (int)json_integer_value(len);
-    } else if (json_is_string(len)) {
-        snprintf(p->range, sizeof p->range, "%s", json_string_value(len));
+    if (!len) return MOEMU_OK;
+    if (json_is_string(len)) {
+        MOEMU_CHECK(copy_str(src, w, "prompt_len", p->range, sizeof p->range));
         p->wl.range = p->range;
-    } else if (json_is_array(len) && json_array_size(len) > 0) {
+        return MOEMU_OK;
+    }
+    if (json_is_integer(len))
+        return emu_json_int(src, w, "prompt_len", 0, 1, INT32_MAX, &p->wl.prompt_len);
+    if (!json_is_array(len))
+        return emu_json_bad(src, "prompt_len", len, "must be a length, a list of lengths or "
+                            "\"MIN:MAX\"");
+    if (json_array_size(len) == 0) return emu_json_bad(src, "prompt_len", NULL, "is empty");
+    char path[64];
+    emu_json_src_t in = emu_json_in(src, "prompt_len", path, sizeof path);
+    size_t n = 0;
+    for (size_t i = 0; i < json_array_size(len); i++) {
+        int x;
+        MOEMU_CHECK(emu_json_int_at(&in, len, i, 1, INT32_MAX, &x));
+        n += (size_t)snprintf(p->lens + n, sizeof p->lens - n, "%s%d", i ? "," : "", x);
+        if (n >= sizeof p->lens) return emu_json_bad(&in, NULL, NULL, "is too long a list");
+    }
+    p->wl.lens = p->lens;
+    if (p->wl.batch == 0) p->wl.batch = (int)json_array_size(len);
+    return MOEMU_OK;
+}
+
+static moemu_status_t load_workload(plan_t *p, const emu_json_src_t *root, json_t *top)
+{
+    json_t *w = NULL;
+    MOEMU_CHECK(emu_json_obj(root, top, "workload", 0, &w));
+    if (!w) return MOEMU_OK;
+    char path[16];
+    emu_json_src_t src = emu_json_in(root, "workload", path, sizeof path);
+    MOEMU_CHECK(emu_json_int(&src, w, "batch", 0, 1, INT32_MAX, &p->wl.batch));
+    MOEMU_CHECK(emu_json_int(&src, w, "decode", 0, 0, INT32_MAX, &p->wl.decode));
+    MOEMU_CHECK(emu_json_int(&src, w, "micro_batches", 0, 1, INT32_MAX, &p->micro_batches));
+    int64_t seed = 0;
+    MOEMU_CHECK(emu_json_i64(&src, w, "seed", 0, 0, INT64_MAX, &seed));
+    p->wl.seed = (uint64_t)seed;
+    return load_lengths(p, &src, w);
+}
+
+/* One claim: the metric it names, its bound and its value. */
+static moemu_status_t load_claim(const emu_json_src_t *src, json_t *o, plan_claim_t *k)
+{
+    char key[64] = "", bound[16] = "about";
+    if (!json_is_object(o)) return emu_json_bad(src, NULL, o, "must be an object");
+    MOEMU_CHECK(copy_str(src, o, "what", k->what, sizeof k->what));
+    MOEMU_CHECK(copy_str(src, o, "note", k->note, sizeof k->note));
+    MOEMU_CHECK(copy_str(src, o, "metric", key, sizeof key));
+    MOEMU_CHECK(copy_str(src, o, "bound", bound, sizeof bound));
+    int m = 0;
+    while (m < CLAIM__COUNT && strcmp(metrics[m].key, key)) m++;
+    if (m == CLAIM__COUNT) {
+        char known[1024];
         size_t n = 0;
-        for (size_t i = 0; i < json_array_size(len); i++) {
-            json_t *x = json_array_get(len, i);
-            if (!json_is_integer(x)) return bad(p, "workload.prompt_len", "lists whole numbers");
-            n += (size_t)snprintf(p->lens + n, sizeof p->lens - n, "%s%lld", i ? "," : "",
-                                  (long long)json_integer_value(x));
-            if (n >= sizeof p->lens) return bad(p, "workload.prompt_len", "is too long a list");
-        }
-        p->wl.lens = p->lens;
-        if (p->wl.batch == 0) p->wl.batch = (int)json_array_size(len);
-    } else if (len) {
-        return bad(p, "workload.prompt_len", "must be a length, a list of lengths or \"MIN:MAX\"");
+        for (int j = 0; j < CLAIM__COUNT && n < sizeof known; j++)
+            n += (size_t)snprintf(known + n, sizeof known - n, " %s", metrics[j].key);
+        return emu_json_bad(src, "metric", NULL, "names metric '%s'; known:%s", key, known);
+    }
+    k->metric = (plan_metric_t)m;
+    int b = 0;
+    while (b < 3 && strcmp(bounds[b], bound)) b++;
+    if (b == 3) return emu_json_bad(src, "bound", NULL, "must be about, at_most or at_least");
+    k->bound = (plan_bound_t)b;
+    k->value = 0;
+    MOEMU_CHECK(emu_json_num(src, o, "value", EMU_JSON_REQUIRED, &k->value));
+    if (!(k->value > 0))
+        return emu_json_bad(src, "value", json_object_get(o, "value"),
+                            "must be a positive number");
+    if (!k->what[0]) snprintf(k->what, sizeof k->what, "%s", metrics[m].label);
+    return MOEMU_OK;
+}
+
+static moemu_status_t load_claims(plan_t *p, const emu_json_src_t *root, json_t *top)
+{
+    json_t *c = NULL;
+    MOEMU_CHECK(emu_json_arr(root, top, "claims", 0, &c));
+    if (!c) return MOEMU_OK;
+    p->nclaims = (int)json_array_size(c);
+    p->claims = calloc((size_t)p->nclaims + 1, sizeof *p->claims);
+    if (!p->claims) return moemu_fail(MOEMU_ERR_NOMEM, "%s: cannot read the claims", p->path);
+    char path[16], at[32];
+    emu_json_src_t claims = emu_json_in(root, "claims", path, sizeof path);
+    for (int i = 0; i < p->nclaims; i++) {
+        emu_json_src_t src = emu_json_at(&claims, (size_t)i, at, sizeof at);
+        MOEMU_CHECK(load_claim(&src, json_array_get(c, (size_t)i), &p->claims[i]));
     }
     return MOEMU_OK;
 }
 
-static moemu_status_t load_claims(plan_t *p, json_t *c)
+/* The hardware (a preset by default) and its topology's overrides. */
+static moemu_status_t load_hardware(plan_t *p, const emu_json_src_t *src, json_t *root)
 {
-    if (!json_is_array(c)) return bad(p, "claims", "must be a list of claims");
-    p->nclaims = (int)json_array_size(c);
-    p->claims = calloc((size_t)p->nclaims + 1, sizeof *p->claims);
-    if (!p->claims) return moemu_fail(MOEMU_ERR_NOMEM, "%s: cannot read the claims", p->path);
-    for (int i = 0; i < p->nclaims; i++) {
-        json_t *o = json_array_get(c, (size_t)i);
-        plan_claim_t *k = &p->claims[i];
-        char key[64] = "", bound[16] = "about";
-        if (!json_is_object(o)) return bad(p, "claims", "holds objects");
-        MOEMU_CHECK(copy_str(p, o, "what", k->what, sizeof k->what));
-        MOEMU_CHECK(copy_str(p, o, "note", k->note, sizeof k->note));
-        MOEMU_CHECK(copy_str(p, o, "metric", key, sizeof key));
-        MOEMU_CHECK(copy_str(p, o, "bound", bound, sizeof bound));
-        int m = 0;
-        while (m < CLAIM__COUNT && strcmp(metrics[m].key, key)) m++;
-        if (m == CLAIM__COUNT) {
-            char why[1024];
-            size_t n = (size_t)snprintf(why, sizeof why, "names metric '%s'; known:", key);
-            for (int j = 0; j < CLAIM__COUNT && n < sizeof why; j++)
-                n += (size_t)snprintf(why + n, sizeof why - n, " %s", metrics[j].key);
-            return bad(p, "claims.metric", why);
-        }
-        k->metric = (plan_metric_t)m;
-        int b = 0;
-        while (b < 3 && strcmp(bounds[b], bound)) b++;
-        if (b == 3) return bad(p, "claims.bound", "must be about, at_most or at_least");
-        k->bound = (plan_bound_t)b;
-        json_t *v = json_object_get(o, "value");
-        if (!json_is_number(v) || !(json_number_value(v) > 0))
-            return bad(p, "claims.value", "must be a positive number");
-        k->value = json_number_value(v);
-        if (!k->what[0]) snprintf(k->what, sizeof k->what, "%s", metrics[m].label);
+    json_t *v = json_object_get(root, "hardware"), *topo = NULL;
+    MOEMU_CHECK(v ? load_hw(p, v) : emu_hw_load("card-400tf-64gb", &p->hw));
+    MOEMU_CHECK(emu_json_obj(src, root, "topology", 0, &topo));
+    if (!topo) return MOEMU_OK;
+    char path[16];
+    emu_json_src_t in = emu_json_in(src, "topology", path, sizeof path);
+    MOEMU_CHECK(emu_json_int(&in, topo, "nodes", 0, 1, INT32_MAX, &p->hw.topo.nodes));
+    return emu_json_int(&in, topo, "devices_per_node", 0, 1, INT32_MAX,
+                        &p->hw.topo.devices_per_node);
+}
+
+static moemu_status_t load_root(plan_t *p, json_t *root)
+{
+    emu_json_src_t src = plan_src(p);
+    json_t *v;
+    if (!json_is_object(root)) return moemu_fail(MOEMU_ERR_FORMAT, "%s: a plan is a JSON "
+                                                 "object", p->path);
+    MOEMU_CHECK(copy_str(&src, root, "name", p->name, sizeof p->name));
+    MOEMU_CHECK(copy_str(&src, root, "description", p->description, sizeof p->description));
+    if (!p->name[0]) {
+        char b[512];
+        snprintf(b, sizeof b, "%s", p->path);
+        snprintf(p->name, sizeof p->name, "%s", basename(b));
     }
+    MOEMU_CHECK(emu_json_get(&src, root, "model", EMU_JSON_REQUIRED, &v));
+    MOEMU_CHECK(load_model(p, v));
+    MOEMU_CHECK(load_hardware(p, &src, root));
+    /* as stated: a strategy string, never an object */
+    MOEMU_CHECK(emu_json_get(&src, root, "strategy", EMU_JSON_REQUIRED, &v));
+    MOEMU_CHECK(copy_str(&src, root, "strategy", p->strategy, sizeof p->strategy));
+    MOEMU_CHECK(copy_str(&src, root, "pp_layers", p->pp_layers, sizeof p->pp_layers));
+    MOEMU_CHECK(emu_json_int(&src, root, "devices", 0, 1, INT32_MAX, &p->devices));
+    MOEMU_CHECK(load_workload(p, &src, root));
+    MOEMU_CHECK(load_claims(p, &src, root));
+    MOEMU_CHECK(emu_json_num(&src, root, "tolerance", 0, &p->tolerance));
+    if (!(p->tolerance > 0))
+        return emu_json_bad(&src, "tolerance", json_object_get(root, "tolerance"),
+                            "must be a positive number");
+    v = json_object_get(root, "assumptions");
+    p->assumptions = v && json_is_array(v) ? json_incref(v) : json_array();
     return MOEMU_OK;
 }
 
@@ -177,59 +237,10 @@ moemu_status_t plan_load(plan_t *p, const char *path)
     p->tolerance = 0.25;
     p->micro_batches = 1;
     p->wl.decode = 16;
-    json_error_t err;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!root)
-        return moemu_fail(err.line < 0 ? MOEMU_ERR_IO : MOEMU_ERR_FORMAT, "%s: %s (line %d)",
-                          path, err.text, err.line);
-    moemu_status_t st = MOEMU_OK;
-    json_t *v;
-    if (!json_is_object(root)) {
-        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: a plan is a JSON object", path);
-        goto out;
-    }
-    if ((st = copy_str(p, root, "name", p->name, sizeof p->name)) != MOEMU_OK) goto out;
-    if ((st = copy_str(p, root, "description", p->description, sizeof p->description)))
-        goto out;
-    if (!p->name[0]) {
-        char b[512];
-        snprintf(b, sizeof b, "%s", path);
-        snprintf(p->name, sizeof p->name, "%s", basename(b));
-    }
-    if (!(v = json_object_get(root, "model"))) {
-        st = bad(p, "model", "is missing");
-        goto out;
-    }
-    if ((st = load_model(p, v)) != MOEMU_OK) goto out;
-    v = json_object_get(root, "hardware");
-    if ((st = v ? load_hw(p, v) : emu_hw_load("card-400tf-64gb", &p->hw)) != MOEMU_OK) goto out;
-    json_t *topo = json_object_get(root, "topology");
-    if (topo) {
-        if (!json_is_object(topo)) {
-            st = bad(p, "topology", "must be an object");
-            goto out;
-        }
-        if ((st = get_int(p, topo, "nodes", 1, &p->hw.topo.nodes))) goto out;
-        if ((st = get_int(p, topo, "devices_per_node", 1, &p->hw.topo.devices_per_node))) goto out;
-    }
-    if (!json_is_string(json_object_get(root, "strategy"))) {
-        st = bad(p, "strategy", "must be a strategy string, as stated");
-        goto out;
-    }
-    if ((st = copy_str(p, root, "strategy", p->strategy, sizeof p->strategy))) goto out;
-    if ((st = copy_str(p, root, "pp_layers", p->pp_layers, sizeof p->pp_layers))) goto out;
-    if ((st = get_int(p, root, "devices", 1, &p->devices))) goto out;
-    if ((v = json_object_get(root, "workload")) && (st = load_workload(p, v))) goto out;
-    if ((v = json_object_get(root, "claims")) && (st = load_claims(p, v))) goto out;
-    v = json_object_get(root, "tolerance");
-    if (v && (!json_is_number(v) || json_number_value(v) <= 0)) {
-        st = bad(p, "tolerance", "must be a positive number");
-        goto out;
-    }
-    if (v) p->tolerance = json_number_value(v);
-    v = json_object_get(root, "assumptions");
-    p->assumptions = v && json_is_array(v) ? json_incref(v) : json_array();
-out:
+    emu_json_src_t src = plan_src(p);
+    json_t *root;
+    MOEMU_CHECK(emu_json_load_file(&src, path, &root));
+    moemu_status_t st = load_root(p, root);
     json_decref(root);
     if (st != MOEMU_OK) plan_free(p);
     return st;

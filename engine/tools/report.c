@@ -368,11 +368,9 @@ json_t *report_json(const report_t *r)
     return root;
 }
 
-moemu_status_t report_csv(const report_t *r, const char *path)
+static moemu_status_t fill_csv(FILE *f, const void *arg)
 {
-    char *tmp;
-    FILE *f;
-    MOEMU_CHECK(outfile_open(path, &tmp, &f));
+    const report_t *r = arg;
     fprintf(f, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,flops,bytes,mfu,"
                "bw_util,weights_bytes,kv_bytes,activations_bytes,comm_bytes,other_bytes,"
                "peak_bytes,capacity_bytes,expert_rows\n");
@@ -385,5 +383,10 @@ moemu_status_t report_csv(const report_t *r, const char *path)
                 v->mem[EMU_MEM_KV], v->mem[EMU_MEM_ACT], v->mem[EMU_MEM_COMM],
                 v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows);
     }
-    return outfile_commit(path, tmp, f, true);
+    return MOEMU_OK;
+}
+
+moemu_status_t report_csv(const report_t *r, const char *path)
+{
+    return outfile_write(path, fill_csv, r);
 }

@@ -71,7 +71,7 @@ moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
                                  const runner_opts_t *o, int *record, bool prompt_logits);
 
 /* A whole dry run of wl under o (o->dry, routing and nodata are set here;
- * routing is a --routing spec, seed its seed) and its report; with
+ * routing is a route_open spec, seed its seed) and its report; with
  * scaling, the one-device reference too (else t1 = 0). */
 moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
                               const runner_opts_t *o, const char *routing, uint64_t seed,

@@ -1,15 +1,8 @@
 /* The sweep: enumerate, run each candidate as a dry run, judge, rank,
- * mark the Pareto front; its table, CSV, JSON and plot. */
-#include <errno.h>
+ * mark the Pareto front; its CSV and JSON. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "engine/tools/outfile.h"
 #include "engine/tools/sweep.h"
@@ -34,7 +27,7 @@ moemu_status_t sweep_objective_parse(const char *s, sweep_objective_t *out)
             *out = (sweep_objective_t)i;
             return MOEMU_OK;
         }
-    return moemu_fail(MOEMU_ERR_INVALID, "--objective '%s': expected throughput, ttft or latency",
+    return moemu_fail(MOEMU_ERR_INVALID, "objective '%s': expected throughput, ttft or latency",
                       s);
 }
 
@@ -84,12 +77,13 @@ int sweep_micro_batches(const par_strategy_t *s, int B, const sweep_opts_t *o, i
 
 /* ---- running one candidate */
 
-typedef struct {
+/* What every candidate of a sweep shares while it runs (sweep_t.ctx). */
+typedef struct sweep_ctx {
     const cfg_model_t *cfg;
     const wl_t *wl;
     const emu_hw_t *hw;
     wts_t w;
-    route_src_t src;   /* the --routing source */
+    route_src_t src;   /* the routing spec's source */
     route_src_t table; /* its decisions, precomputed once, replayed */
     int *record;       /* the table's storage */
     const route_src_t *route;
@@ -186,7 +180,7 @@ void sweep_judge(sweep_row_t *row, const sweep_opts_t *o)
                  o->memory_headroom, row->capacity / 1e9, limit / 1e9);
     } else if (o->ttft_max > 0 && row->ttft > o->ttft_max) {
         row->fate = SWEEP_MISSED;
-        snprintf(row->why, sizeof row->why, "TTFT %.4g s is over --ttft-max %g s", row->ttft,
+        snprintf(row->why, sizeof row->why, "TTFT %.4g s is over the limit of %g s", row->ttft,
                  o->ttft_max);
     }
 }
@@ -263,182 +257,35 @@ static void row_done(sweep_t *out, sweep_row_t *r, const sweep_opts_t *o)
     if (o->progress) o->progress(o->progress_arg, out->ran, out->n_rows, r);
 }
 
-/* Every candidate, one after another, in this process. */
-static moemu_status_t run_here(sweep_t *out, sweep_ctx_t *x, const sweep_opts_t *o)
+moemu_status_t sweep_candidate_run(const sweep_t *s, int i, sweep_row_t *row)
 {
-    for (int i = 0; i < out->n_rows; i++) {
-        sweep_row_t *r = &out->rows[i];
-        double t0 = emu_host_seconds();
-        MOEMU_CHECK(run_one(r, x));
-        r->host_s = emu_host_seconds() - t0;
-        row_done(out, r, o);
+    if (!s->ctx || i < 0 || i >= s->n_rows)
+        return moemu_fail(MOEMU_ERR_INVALID, "sweep candidate %d: not one of a running sweep's "
+                          "%d", i, s->n_rows);
+    *row = s->rows[i];
+    double t0 = emu_host_seconds();
+    moemu_status_t st = run_one(row, s->ctx);
+    row->host_s = emu_host_seconds() - t0;
+    return st;
+}
+
+void sweep_candidate_done(sweep_t *s, const sweep_row_t *row, const sweep_opts_t *o)
+{
+    sweep_row_t *r = &s->rows[row->index];
+    *r = *row;
+    row_done(s, r, o);
+}
+
+/* Every candidate, one after another, in this thread. */
+static moemu_status_t run_here(void *arg, sweep_t *s, const sweep_opts_t *o)
+{
+    (void)arg;
+    sweep_row_t row;
+    for (int i = 0; i < s->n_rows; i++) {
+        MOEMU_CHECK(sweep_candidate_run(s, i, &row));
+        sweep_candidate_done(s, &row, o);
     }
     return MOEMU_OK;
-}
-
-/* ---- worker processes: each runs the candidates it is sent, one at a
- * time, over a socket pair (an index in, the row and its status out).
- * Separate processes, not threads: a dry run spends most of its host
- * time in the kernel (device threads meeting in collectives, no-data
- * buffers mapped and unmapped), and in one process the runs would share
- * its address space's lock; measured on 2 cores, 2 processes run a
- * sweep 1.46x as fast as one. */
-
-typedef struct {
-    int index;
-    moemu_status_t st;
-    char msg[1024]; /* the error's message when st is not MOEMU_OK */
-    sweep_row_t row;
-} sweep_msg_t;
-
-static bool io_full(int fd, void *buf, size_t n, bool out)
-{
-    char *p = buf;
-    while (n > 0) {
-        ssize_t k = out ? send(fd, p, n, MSG_NOSIGNAL) : read(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        p += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-static __attribute__((noreturn)) void worker_main(int fd, sweep_t *out, sweep_ctx_t *x)
-{
-    sweep_msg_t m;
-    for (int idx; io_full(fd, &idx, sizeof idx, false);) {
-        if (idx < 0 || idx >= out->n_rows) _exit(2);
-        memset(&m, 0, sizeof m);
-        m.index = idx;
-        m.row = out->rows[idx];
-        double t0 = emu_host_seconds();
-        m.st = run_one(&m.row, x);
-        m.row.host_s = emu_host_seconds() - t0;
-        if (m.st != MOEMU_OK) snprintf(m.msg, sizeof m.msg, "%s", moemu_errmsg());
-        if (!io_full(fd, &m, sizeof m, true)) _exit(1);
-    }
-    _exit(0);
-}
-
-typedef struct {
-    pid_t pid;
-    int fd;
-    int busy; /* the candidate it runs, -1: none */
-} sweep_worker_t;
-
-/* Why worker w ended: its exit status or signal. */
-static void worker_end(sweep_worker_t *w, char *why, size_t n)
-{
-    int status = 0;
-    pid_t p;
-    while ((p = waitpid(w->pid, &status, 0)) < 0 && errno == EINTR) {}
-    if (p < 0) snprintf(why, n, "lost");
-    else if (WIFSIGNALED(status)) snprintf(why, n, "killed by signal %d", WTERMSIG(status));
-    else snprintf(why, n, "exit status %d", WEXITSTATUS(status));
-    w->pid = -1;
-}
-
-static moemu_status_t run_workers(sweep_t *out, sweep_ctx_t *x, const sweep_opts_t *o)
-{
-    int jobs = o->jobs < out->n_rows ? o->jobs : out->n_rows;
-    sweep_worker_t *wk = calloc((size_t)jobs, sizeof *wk);
-    sweep_msg_t *m = malloc(sizeof *m);
-    struct pollfd *pf = calloc((size_t)jobs, sizeof *pf);
-    if (!wk || !m || !pf) {
-        free(wk);
-        free(m);
-        free(pf);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d sweep workers", jobs);
-    }
-    moemu_status_t st = MOEMU_OK;
-    int started = 0;
-    fflush(NULL); /* nothing buffered is written twice */
-    for (; started < jobs; started++) {
-        int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot connect a sweep worker: %s", strerror(errno));
-            break;
-        }
-        pid_t pid = fork();
-        if (pid < 0) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot start a sweep worker: %s", strerror(errno));
-            close(sv[0]);
-            close(sv[1]);
-            break;
-        }
-        if (pid == 0) {
-            for (int i = 0; i < started; i++) close(wk[i].fd);
-            close(sv[0]);
-            worker_main(sv[1], out, x);
-        }
-        close(sv[1]);
-        wk[started] = (sweep_worker_t){.pid = pid, .fd = sv[0], .busy = -1};
-    }
-    int next = 0, busy = 0;
-    for (int i = 0; i < started && st == MOEMU_OK && next < out->n_rows; i++) {
-        if (!io_full(wk[i].fd, &next, sizeof next, true)) break; /* seen below as lost */
-        wk[i].busy = next++;
-        busy++;
-    }
-    while (busy > 0) {
-        int np = 0;
-        for (int i = 0; i < started; i++)
-            if (wk[i].busy >= 0) pf[np++] = (struct pollfd){.fd = wk[i].fd, .events = POLLIN};
-        if (poll(pf, (nfds_t)np, -1) < 0) {
-            if (errno == EINTR) continue;
-            if (st == MOEMU_OK)
-                st = moemu_fail(MOEMU_ERR_INTERNAL, "sweep: poll: %s", strerror(errno));
-            break;
-        }
-        for (int k = 0; k < np; k++) {
-            if (!pf[k].revents) continue;
-            sweep_worker_t *w = NULL;
-            for (int i = 0; i < started; i++)
-                if (wk[i].fd == pf[k].fd) w = &wk[i];
-            int idx = w->busy;
-            w->busy = -1;
-            busy--;
-            if (!io_full(w->fd, m, sizeof *m, false) || m->index != idx) {
-                char why[64];
-                close(w->fd);
-                w->fd = -1;
-                worker_end(w, why, sizeof why);
-                if (st == MOEMU_OK)
-                    st = moemu_fail(MOEMU_ERR_INTERNAL, "sweep worker stopped (%s) while "
-                                    "running %s x%d", why, out->rows[idx].name,
-                                    out->rows[idx].micro_batches);
-                continue;
-            }
-            if (m->st != MOEMU_OK) {
-                if (st == MOEMU_OK) st = moemu_fail(m->st, "%s", m->msg);
-            } else if (st == MOEMU_OK) {
-                out->rows[idx] = m->row;
-                row_done(out, &out->rows[idx], o);
-            }
-            if (st == MOEMU_OK && next < out->n_rows) {
-                if (io_full(w->fd, &next, sizeof next, true)) {
-                    w->busy = next++;
-                    busy++;
-                }
-            }
-        }
-    }
-    /* every worker reads the end of its socket and leaves */
-    for (int i = 0; i < started; i++) {
-        if (wk[i].fd >= 0) close(wk[i].fd);
-        if (wk[i].pid > 0) {
-            char why[64];
-            worker_end(&wk[i], why, sizeof why);
-        }
-    }
-    if (st == MOEMU_OK && out->ran < out->n_rows)
-        st = moemu_fail(MOEMU_ERR_INTERNAL, "sweep: %d of %d candidates ran", out->ran,
-                        out->n_rows);
-    free(wk);
-    free(m);
-    free(pf);
-    return st;
 }
 
 bool sweep_uneven_helps(const cfg_model_t *c)
@@ -460,19 +307,10 @@ static void ctx_free(sweep_ctx_t *x)
     wts_free(&x->w);
 }
 
-moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
-                         const emu_hw_t *hw, int devices, const sweep_opts_t *o)
+/* The candidates (strategy x micro-batches) in enumeration order. */
+static moemu_status_t enumerate_rows(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
+                                     int devices, const sweep_opts_t *o)
 {
-    memset(out, 0, sizeof *out);
-    out->objective = o->objective;
-    if (!(o->memory_headroom >= 0 && o->memory_headroom < 1))
-        return moemu_fail(MOEMU_ERR_INVALID, "memory headroom %g: expected a fraction in [0, 1)",
-                          o->memory_headroom);
-    if (!(o->ttft_max >= 0) || !isfinite(o->ttft_max))
-        return moemu_fail(MOEMU_ERR_INVALID, "TTFT limit %g s: expected a number >= 0",
-                          o->ttft_max);
-    if (o->objective < 0 || o->objective >= SWEEP_OBJ__COUNT)
-        return moemu_fail(MOEMU_ERR_INVALID, "objective %d: no such objective", (int)o->objective);
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
     par_enum_opts_t en = o->enumerate;
@@ -506,19 +344,44 @@ moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
     out->rows = rows;
     out->n_rows = total;
     out->strategies = ns;
+    return MOEMU_OK;
+}
 
+static moemu_status_t check_opts(const sweep_opts_t *o)
+{
+    if (!(o->memory_headroom >= 0 && o->memory_headroom < 1))
+        return moemu_fail(MOEMU_ERR_INVALID, "memory headroom %g: expected a fraction in [0, 1)",
+                          o->memory_headroom);
+    if (!(o->ttft_max >= 0) || !isfinite(o->ttft_max))
+        return moemu_fail(MOEMU_ERR_INVALID, "TTFT limit %g s: expected a number >= 0",
+                          o->ttft_max);
+    if (o->objective < 0 || o->objective >= SWEEP_OBJ__COUNT)
+        return moemu_fail(MOEMU_ERR_INVALID, "objective %d: no such objective", (int)o->objective);
+    return MOEMU_OK;
+}
+
+moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
+                         const emu_hw_t *hw, int devices, const sweep_opts_t *o)
+{
+    memset(out, 0, sizeof *out);
+    out->objective = o->objective;
+    MOEMU_CHECK(check_opts(o));
+    MOEMU_CHECK(enumerate_rows(out, cfg, wl, devices, o));
     sweep_ctx_t x = {.cfg = cfg, .wl = wl, .hw = hw};
     moemu_status_t st = wts_address_only(&x.w, cfg);
-    if (st != MOEMU_OK) {
-        sweep_free(out);
-        return st;
-    }
-    st = route_open(&x.src, o->routing ? o->routing : "uniform", cfg, wl, o->seed);
-    if (st == MOEMU_OK) st = route_table(&x);
     if (st == MOEMU_OK)
-        st = o->jobs > 1 && total > 1 ? run_workers(out, &x, o) : run_here(out, &x, o);
+        st = route_open(&x.src, o->routing ? o->routing : "uniform", cfg, wl, o->seed);
+    if (st == MOEMU_OK) st = route_table(&x);
+    if (st == MOEMU_OK) {
+        out->ctx = &x;
+        st = o->exec ? o->exec(o->exec_arg, out, o) : run_here(NULL, out, o);
+        out->ctx = NULL;
+    }
     ctx_free(&x);
-    if (st == MOEMU_OK) st = sweep_rank(rows, total, o->objective);
+    if (st == MOEMU_OK && out->ran < out->n_rows)
+        st = moemu_fail(MOEMU_ERR_INTERNAL, "sweep: %d of %d candidates ran", out->ran,
+                        out->n_rows);
+    if (st == MOEMU_OK) st = sweep_rank(out->rows, out->n_rows, o->objective);
     if (st != MOEMU_OK) sweep_free(out);
     return st;
 }
@@ -530,45 +393,6 @@ void sweep_free(sweep_t *s)
 }
 
 /* ---- outputs */
-
-void sweep_print(const sweep_t *s, int top, FILE *f)
-{
-    int shown = top > 0 && top < s->kept ? top : s->kept, w = 8;
-    for (int i = 0; i < shown; i++) {
-        char name[SWEEP_NAME_LEN + 16];
-        snprintf(name, sizeof name, "%s x%d", s->rows[i].name, s->rows[i].micro_batches);
-        w = (int)strlen(name) > w ? (int)strlen(name) : w;
-    }
-    if (shown > 0) {
-        fprintf(f, "%4s  %-*s %10s %11s %10s %15s %7s %8s %7s  %s\n", "rank", w,
-                "strategy", "TTFT ms", "tok/ms/dev", "e2e ms", "memory GB (%)", "comm %",
-                "bubble %", "imbal.", "pareto");
-        for (int i = 0; i < shown; i++) {
-            const sweep_row_t *r = &s->rows[i];
-            char name[SWEEP_NAME_LEN + 16], mem[48];
-            snprintf(name, sizeof name, "%s x%d", r->name, r->micro_batches);
-            snprintf(mem, sizeof mem, "%.2f (%.0f%%)", r->mem_peak / 1e9,
-                     r->capacity > 0 ? 100 * r->mem_peak / r->capacity : 0);
-            fprintf(f, "%4d  %-*s %10.3f %11.3f %10.3f %15s %7.1f %8.1f %7.2f  %s\n", r->rank, w,
-                    name, 1e3 * r->ttft, r->tpms_dev, 1e3 * r->e2e, mem, 100 * r->comm_share,
-                    100 * r->bubble, r->imbalance, r->pareto ? "*" : "");
-        }
-    }
-    int front = 0;
-    for (int i = 0; i < s->n_rows; i++) front += s->rows[i].pareto;
-    fprintf(f, "%d valid strategies, %d candidates (strategy x micro-batches) run: %d do not "
-               "fit in memory, %d miss the constraints, %d kept (%d on the Pareto front, *)\n",
-            s->strategies, s->ran, s->no_fit, s->missed, s->kept, front);
-    if (shown < s->kept)
-        fprintf(f, "the top %d of %d by %s (x M: M micro-batches per replica); --top 0 shows "
-                   "all, --csv and --json write every candidate\n",
-                shown, s->kept, sweep_objective_name(s->objective));
-    else if (s->kept > 0)
-        fprintf(f, "ranked by %s (x M: M micro-batches per replica)\n",
-                sweep_objective_name(s->objective));
-    else
-        fprintf(f, "no candidate fits and meets the constraints\n");
-}
 
 /* A CSV field: quoted when it holds a comma, a quote or a line break. */
 static void csv_field(FILE *f, const char *s)
@@ -585,11 +409,9 @@ static void csv_field(FILE *f, const char *s)
     fputc('"', f);
 }
 
-moemu_status_t sweep_csv(const sweep_t *s, const char *path)
+static moemu_status_t fill_csv(FILE *f, const void *arg)
 {
-    char *tmp;
-    FILE *f;
-    MOEMU_CHECK(outfile_open(path, &tmp, &f));
+    const sweep_t *s = arg;
     fprintf(f, "rank,strategy,micro_batches,fate,ttft_ms,tokens_per_ms_per_device,"
                "prefill_tokens_per_ms_per_device,decode_tokens_per_ms_per_device,e2e_ms,"
                "memory_peak_gb,memory_capacity_gb,memory_fraction,comm_share,bubble,"
@@ -606,7 +428,12 @@ moemu_status_t sweep_csv(const sweep_t *s, const char *path)
         csv_field(f, r->why);
         fputc('\n', f);
     }
-    return outfile_commit(path, tmp, f, true);
+    return MOEMU_OK;
+}
+
+moemu_status_t sweep_csv(const sweep_t *s, const char *path)
+{
+    return outfile_write(path, fill_csv, s);
 }
 
 json_t *sweep_json(const sweep_t *s)
@@ -640,181 +467,4 @@ json_t *sweep_json(const sweep_t *s)
                      sweep_objective_name(s->objective), "counts", "strategies", s->strategies,
                      "ran", s->ran, "do_not_fit", s->no_fit, "miss_constraints", s->missed,
                      "kept", s->kept, "rows", rows);
-}
-
-/* ---- the plot, through gnuplot */
-
-/* gnuplot on PATH, as popen's shell will find it. */
-static bool gnuplot_found(void)
-{
-    const char *path = getenv("PATH");
-    if (!path) return false;
-    for (const char *p = path;;) {
-        const char *e = strchr(p, ':');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        char file[4096];
-        if (n > 0 && n + 9 < sizeof file) {
-            snprintf(file, sizeof file, "%.*s/gnuplot", (int)n, p);
-            struct stat sb;
-            if (stat(file, &sb) == 0 && S_ISREG(sb.st_mode) && access(file, X_OK) == 0)
-                return true;
-        }
-        if (!e) return false;
-        p = e + 1;
-    }
-}
-
-/* s as a gnuplot single-quoted string (a quote doubled). */
-static void gp_string(FILE *f, const char *s)
-{
-    fputc('\'', f);
-    for (; *s; s++) {
-        if (*s == '\'') fputc('\'', f);
-        if (*s != '\n' && *s != '\r') fputc(*s, f);
-    }
-    fputc('\'', f);
-}
-
-static bool ends_with(const char *s, const char *tail)
-{
-    size_t n = strlen(s), m = strlen(tail);
-    return n >= m && strcasecmp(s + n - m, tail) == 0;
-}
-
-static int cmp_ttft(const void *pa, const void *pb)
-{
-    const sweep_row_t *a = *(const sweep_row_t *const *)pa, *b = *(const sweep_row_t *const *)pb;
-    int c = cmp_num(a->ttft, b->ttft);
-    return c ? c : cmp_num(b->tpms_dev, a->tpms_dev);
-}
-
-/* The commands and data blocks of the plot. */
-static moemu_status_t gp_script(FILE *f, const sweep_t *s, const char *out, bool svg,
-                                const char *title)
-{
-    const sweep_row_t **front = malloc(sizeof *front * (size_t)(s->n_rows + 1));
-    if (!front) return moemu_fail(MOEMU_ERR_NOMEM, "cannot plot %d candidates", s->n_rows);
-    int nf = 0, nkept = 0, nmissed = 0;
-    double lo = INFINITY, hi = 0;
-    for (int i = 0; i < s->n_rows; i++) {
-        const sweep_row_t *r = &s->rows[i];
-        if (r->pareto) front[nf++] = r;
-        nkept += r->fate == SWEEP_KEPT && !r->pareto;
-        nmissed += r->fate == SWEEP_MISSED;
-        if (r->fate == SWEEP_NO_FIT || r->ttft <= 0) continue;
-        lo = r->ttft < lo ? r->ttft : lo;
-        hi = r->ttft > hi ? r->ttft : hi;
-    }
-    qsort(front, (size_t)nf, sizeof *front, cmp_ttft);
-    fprintf(f, "set terminal %s size 1000,650 font 'sans,11'\nset output ",
-            svg ? "svg dynamic" : "pngcairo");
-    gp_string(f, out);
-    fputs("\nset title ", f);
-    gp_string(f, title ? title : "moemu sweep");
-    fputs(" noenhanced\nset xlabel 'TTFT of the batch (virtual ms)'\n"
-          "set ylabel 'throughput per device (tokens per virtual ms)'\n"
-          "set grid\nset key outside bottom center horizontal noenhanced\n"
-          "set style line 1 lc rgb '#9a9a9a' pt 7 ps 0.6\n"
-          "set style line 2 lc rgb '#d0a000' pt 2 ps 0.8\n"
-          "set style line 3 lc rgb '#c0002a' lw 2 pt 5 ps 1.2\n",
-          f);
-    if (hi > 0 && hi / lo > 50) fputs("set logscale x\n", f);
-    fputs("$kept << EOD\n", f);
-    for (int i = 0; i < s->n_rows; i++)
-        if (s->rows[i].fate == SWEEP_KEPT && !s->rows[i].pareto)
-            fprintf(f, "%.9g %.9g\n", 1e3 * s->rows[i].ttft, s->rows[i].tpms_dev);
-    fputs("EOD\n$missed << EOD\n", f);
-    for (int i = 0; i < s->n_rows; i++)
-        if (s->rows[i].fate == SWEEP_MISSED)
-            fprintf(f, "%.9g %.9g\n", 1e3 * s->rows[i].ttft, s->rows[i].tpms_dev);
-    fputs("EOD\n$front << EOD\n", f);
-    for (int i = 0; i < nf; i++)
-        fprintf(f, "%.9g %.9g \"%s x%d\"\n", 1e3 * front[i]->ttft, front[i]->tpms_dev,
-                front[i]->name, front[i]->micro_batches);
-    fputs("EOD\nplot ", f);
-    free(front);
-    const char *sep = "";
-    if (nkept) {
-        fputs("$kept using 1:2 with points ls 1 title 'candidates'", f);
-        sep = ", ";
-    }
-    if (nmissed) {
-        fprintf(f, "%s$missed using 1:2 with points ls 2 title 'misses the constraints'", sep);
-        sep = ", ";
-    }
-    if (nf) {
-        fprintf(f, "%s$front using 1:2 with linespoints ls 3 title 'Pareto front', "
-                   "$front using 1:2:3 with labels offset 1,0.6 left font ',8' notitle", sep);
-        sep = ", ";
-    }
-    if (!*sep) fputs("NaN notitle", f);
-    fputs("\nset output\n", f);
-    return MOEMU_OK;
-}
-
-moemu_status_t sweep_plot_check(const char *path)
-{
-    if (!ends_with(path, ".svg") && !ends_with(path, ".png"))
-        return moemu_fail(MOEMU_ERR_INVALID, "--plot %s: expected a file name ending in .svg or "
-                                             ".png", path);
-    if (!gnuplot_found())
-        return moemu_fail(MOEMU_ERR_INVALID, "--plot %s needs gnuplot, which is not on PATH: "
-                                             "install Debian's gnuplot-nox (apt-get install "
-                                             "gnuplot-nox)", path);
-    return MOEMU_OK;
-}
-
-moemu_status_t sweep_plot(const sweep_t *s, const char *path, const char *title)
-{
-    MOEMU_CHECK(sweep_plot_check(path));
-    bool svg = ends_with(path, ".svg");
-    /* the script in a temporary file (its name goes through the shell:
-     * mkstemp's characters only), the image to a temporary name beside
-     * path, renamed when gnuplot succeeded */
-    char *tmp;
-    FILE *out;
-    MOEMU_CHECK(outfile_open(path, &tmp, &out));
-    fclose(out);
-    char script[] = "/tmp/moemu-plot-XXXXXX";
-    int fd = mkstemp(script);
-    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    moemu_status_t st = MOEMU_OK;
-    if (!f) {
-        st = moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s", script,
-                        strerror(errno));
-        if (fd >= 0) close(fd);
-    } else {
-        st = gp_script(f, s, tmp, svg, title);
-        if ((ferror(f) | fclose(f)) && st == MOEMU_OK)
-            st = moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s", script,
-                            strerror(errno));
-    }
-    if (st == MOEMU_OK) {
-        char cmd[64], msg[512] = "";
-        snprintf(cmd, sizeof cmd, "gnuplot %s 2>&1", script);
-        FILE *gp = popen(cmd, "r");
-        size_t m = 0;
-        int rc = -1;
-        if (gp) {
-            for (size_t k; (k = fread(msg + m, 1, sizeof msg - 1 - m, gp)) > 0;) m += k;
-            char sink[256];
-            while (fread(sink, 1, sizeof sink, gp) > 0) {}
-            rc = pclose(gp);
-        }
-        msg[m] = '\0';
-        for (char *p = msg; *p; p++)
-            if (*p == '\n' || *p == '\r') *p = ' ';
-        struct stat sb;
-        bool ok = rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && stat(tmp, &sb) == 0 &&
-                  sb.st_size > 0;
-        if (!ok)
-            st = moemu_fail(MOEMU_ERR_IO, "--plot %s: gnuplot failed%s%s", path, m ? ": " : "",
-                            msg);
-        else if (rename(tmp, path) != 0)
-            st = moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    }
-    if (fd >= 0) unlink(script);
-    if (st != MOEMU_OK) unlink(tmp);
-    free(tmp);
-    return st;
 }

@@ -7,7 +7,6 @@
 #define MOEMU_SWEEP_H
 
 #include <jansson.h>
-#include <stdio.h>
 
 #include "engine/tools/report.h"
 
@@ -25,7 +24,7 @@ moemu_status_t sweep_objective_parse(const char *s, sweep_objective_t *out);
 typedef enum {
     SWEEP_KEPT = 0,  /* ran, fits, meets the constraints */
     SWEEP_NO_FIT,    /* a device ran out of memory (MOEMU_ERR_OOM) */
-    SWEEP_MISSED,    /* ran, but over --ttft-max or the memory headroom */
+    SWEEP_MISSED,    /* ran, but over ttft_max or the memory headroom */
 } sweep_fate_t;
 
 const char *sweep_fate_name(sweep_fate_t f); /* "kept", "does not fit", "misses" */
@@ -79,7 +78,17 @@ typedef enum {
     SWEEP_UNEVEN_OFF       /* never */
 } sweep_uneven_t;
 
-typedef struct {
+typedef struct sweep sweep_t;
+typedef struct sweep_opts sweep_opts_t;
+
+/* How a sweep's candidates run: given the sweep with its rows enumerated,
+ * call sweep_candidate_run for every row (in this process, or in processes
+ * forked from it: the sweep is read-only meanwhile) and hand each result
+ * to sweep_candidate_done here, in any order. moemu sweep runs them in
+ * worker processes (engine/cli/cli_pool.c). */
+typedef moemu_status_t (*sweep_exec_fn)(void *arg, sweep_t *s, const sweep_opts_t *o);
+
+struct sweep_opts {
     par_enum_opts_t enumerate;  /* restrictions of the strategies (its
                                    even_only is set by uneven) */
     sweep_uneven_t uneven;
@@ -89,15 +98,15 @@ typedef struct {
     double ttft_max;            /* seconds; 0: no limit */
     double memory_headroom;     /* [0, 1): peak <= (1 - F) x capacity */
     sweep_objective_t objective;
-    int jobs;                   /* > 1: run candidates in this many worker
-                                   processes at a time (fork); else here */
-    const char *routing;        /* --routing spec; NULL: uniform */
+    sweep_exec_fn exec;         /* NULL: one candidate after another, here */
+    void *exec_arg;
+    const char *routing;        /* route_open's spec; NULL: uniform */
     uint64_t seed;              /* the routing's seed */
     sweep_progress_fn progress; /* may be NULL */
     void *progress_arg;
-} sweep_opts_t;
+};
 
-typedef struct {
+struct sweep {
     sweep_row_t *rows; /* (n_rows): the kept by rank, then the dropped in
                           enumeration order */
     int n_rows;
@@ -105,7 +114,8 @@ typedef struct {
     int ran;           /* candidates run (= n_rows) */
     int no_fit, missed, kept;
     sweep_objective_t objective;
-} sweep_t;
+    struct sweep_ctx *ctx; /* while the candidates run: what they share */
+};
 
 /* Whether lm_head and the final norm hold more weights than one layer
  * (SWEEP_UNEVEN_AUTO's test; docs/sweep.md). */
@@ -114,6 +124,14 @@ bool sweep_uneven_helps(const cfg_model_t *cfg);
 /* The micro-batch counts of a strategy under o for a batch of B
  * sequences, ascending, into mb (room for 32); returns how many. */
 int sweep_micro_batches(const par_strategy_t *s, int B, const sweep_opts_t *o, int *mb);
+
+/* Run row i's candidate into *row (a copy of the row with its figures, or
+ * fate SWEEP_NO_FIT when a device ran out of memory); any other failure
+ * is returned. Only while sweep_run runs the candidates (sweep_exec_fn). */
+moemu_status_t sweep_candidate_run(const sweep_t *s, int i, sweep_row_t *row);
+/* Store a row that ran (at its index), judge it, count it, report
+ * progress. */
+void sweep_candidate_done(sweep_t *s, const sweep_row_t *row, const sweep_opts_t *o);
 
 /* Enumerate, run, judge and rank. hw is the devices' spec and topology
  * (its nodes and devices per node already overridden); the sweep runs
@@ -136,19 +154,8 @@ moemu_status_t sweep_rank(sweep_row_t *rows, int n, sweep_objective_t obj);
  * throughput per device higher): one as good on both and better on one. */
 void sweep_mark_pareto(sweep_row_t *rows, int n);
 
-/* The ranked table (top rows of the kept; 0: all) and the counts. */
-void sweep_print(const sweep_t *s, int top, FILE *f);
 /* Every row, as CSV (through a temporary file and a rename). */
 moemu_status_t sweep_csv(const sweep_t *s, const char *path);
 /* {"counts": {...}, "rows": [...]} with every row. */
 json_t *sweep_json(const sweep_t *s);
-/* TTFT (x) against throughput per device (y) of every candidate that ran,
- * the Pareto front as a line with its own marker, through gnuplot
- * (Debian's gnuplot-nox): FILE.svg or FILE.png, written complete or not
- * at all. title may be NULL. */
-moemu_status_t sweep_plot(const sweep_t *s, const char *path, const char *title);
-/* What sweep_plot checks first: the name's extension, and gnuplot on
- * PATH (else an error naming the package); to fail before a long sweep. */
-moemu_status_t sweep_plot_check(const char *path);
-
 #endif
