@@ -572,14 +572,13 @@ static moemu_status_t cfg_get_act(const cfg_src_t *src, layer_act_t *out)
 static moemu_status_t cfg_get_family(const cfg_src_t *src, const model_family_t **out)
 {
     const char *type = NULL;
-    MOEMU_CHECK(cfg_get_str(src, "model_type", &type));
+    MOEMU_CHECK(emu_json_str(&src->js, src->root, "model_type", CFG_OPT, &type));
     *out = &family_mixtral;
     if (!type) return MOEMU_OK;
     if (!(*out = family_find(type)))
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'model_type' = \"%.40s\" is not a "
-                          "family moemu implements (%s)",
-                          src->label, type, family_names());
+        return emu_json_bad(&src->js, "model_type", NULL,
+                            "= \"%.40s\" is not a family moemu implements (%s)", type,
+                            family_names());
     return MOEMU_OK;
 }
 
