@@ -431,20 +431,28 @@ static json_t *strategy_json(const par_strategy_t *s)
     return json_string(buf);
 }
 
-moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **result,
-                             bool *all_hold)
-{
-    FILE *f = o->out;
-    json_t *js = json_object(), *claims = json_array(), *arith = json_array();
-    *result = js;
-    *all_hold = true;
-    const cfg_model_t *cfg = &p->cfg;
+/* One evaluation's state, shared by its sections. */
+typedef struct {
+    const plan_t *p;
+    const plan_opts_t *o;
+    FILE *f;
+    json_t *js;
+    bool *all_hold;
+    const cfg_model_t *cfg;
     cfg_figures_t fig;
-    family_of(cfg)->figures(cfg, &fig);
     par_dims_t dims;
-    family_of(cfg)->dims(cfg, &dims);
-    char a[64], b[64];
+    par_strategy_t stated, run;
+    int world, devices;
+    char runs[PAR_STRATEGY_STRLEN];
+} eval_t;
 
+/* The plan, the model and the hardware as moemu reads them. */
+static void print_header(eval_t *e)
+{
+    const plan_t *p = e->p;
+    const cfg_model_t *cfg = e->cfg;
+    FILE *f = e->f;
+    char a[64], b[64];
     fprintf(f, "plan %s (%s)\n", p->name, p->path);
     if (p->description[0]) fprintf(f, "  %s\n", p->description);
     fprintf(f, "model    %s: %d layers, hidden %d, %d heads of %d (%d kv), %d experts of %d, "
@@ -453,81 +461,77 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
             cfg->head_dim, cfg->num_key_value_heads, cfg->num_local_experts,
             cfg->intermediate_size, cfg->num_experts_per_tok, cfg->capacity_factor,
             emu_dtype_name(cfg->dtype));
-    fmt_value(a, sizeof a, CLAIM_TOTAL_PARAMETERS, (double)fig.total);
-    fmt_value(b, sizeof b, CLAIM_ACTIVE_PARAMETERS, (double)fig.active_per_token);
+    fmt_value(a, sizeof a, CLAIM_TOTAL_PARAMETERS, (double)e->fig.total);
+    fmt_value(b, sizeof b, CLAIM_ACTIVE_PARAMETERS, (double)e->fig.active_per_token);
     fprintf(f, "         %s parameters (%s active per token), %.3g GB of weights\n", a, b,
-            fig.weight_bytes / 1e9);
+            e->fig.weight_bytes / 1e9);
     fprintf(f, "hardware %s: %.4g TFLOP/s x MFU %.2g, %.4g TB/s x %.2g, %.3g GB; %d per node\n",
             p->hw.name, p->hw.spec.peak_flops / 1e12, p->hw.spec.mfu, p->hw.spec.mem_bw / 1e12,
             p->hw.spec.bw_util, p->hw.spec.mem_capacity / 1e9, p->hw.topo.devices_per_node);
-    json_object_set_new(js, "plan", json_string(p->name));
-    json_object_set_new(js, "model", json_pack("{s:s, s:I, s:I, s:f}", "name", cfg->name,
-                                               "total_parameters", (json_int_t)fig.total,
-                                               "active_parameters",
-                                               (json_int_t)fig.active_per_token, "weight_bytes",
-                                               fig.weight_bytes));
+    json_object_set_new(e->js, "plan", json_string(p->name));
+    json_object_set_new(e->js, "model",
+                        json_pack("{s:s, s:I, s:I, s:f}", "name", cfg->name, "total_parameters",
+                                  (json_int_t)e->fig.total, "active_parameters",
+                                  (json_int_t)e->fig.active_per_token, "weight_bytes",
+                                  e->fig.weight_bytes));
+}
 
-    /* ---- the strategy as stated */
-    par_strategy_t stated;
-    moemu_status_t st = par_strategy_parse(p->strategy, &stated);
-    if (st == MOEMU_OK && p->pp_layers[0]) st = par_strategy_set_pp_layers(&stated, p->pp_layers);
-    if (st != MOEMU_OK) {
-        json_object_set_new(js, "strategy_error", json_string(moemu_errmsg()));
-        fprintf(f, "strategy '%s' does not parse: %s\n", p->strategy, moemu_errmsg());
-        *all_hold = false;
-        return MOEMU_OK;
-    }
-    int world = par_strategy_world(&stated);
-    int devices = p->devices ? p->devices : world;
-
-    /* ---- arithmetic */
+/* The device count and the experts per device, from the stated degrees. */
+static void check_arithmetic(eval_t *e)
+{
+    const par_strategy_t *s = &e->stated;
+    int E = e->cfg->num_local_experts, stage = s->dp * s->cp * s->tp;
+    FILE *f = e->f;
+    json_t *arith = json_array();
     fprintf(f, "arithmetic\n");
-    fprintf(f, "  devices: %s states %d; PP*DP*CP*TP = %d*%d*%d*%d = %d: %s\n", p->strategy,
-            devices, stated.pp, stated.dp, stated.cp, stated.tp, world,
-            world == devices ? "holds" : "impossible: the degrees multiply to another count");
+    fprintf(f, "  devices: %s states %d; PP*DP*CP*TP = %d*%d*%d*%d = %d: %s\n", e->p->strategy,
+            e->devices, s->pp, s->dp, s->cp, s->tp, e->world,
+            e->world == e->devices ? "holds" : "impossible: the degrees multiply to another count");
     json_array_append_new(arith, json_pack("{s:s, s:i, s:i, s:b}", "check", "devices", "stated",
-                                           devices, "from_degrees", world, "holds",
-                                           world == devices));
-    if (world != devices) *all_hold = false;
-    int stage = stated.dp * stated.cp * stated.tp;
-    bool ep_ok = stated.ep <= cfg->num_local_experts && cfg->num_local_experts % stated.ep == 0;
-    fprintf(f, "  experts per device: %d experts over EP=%d: %s", cfg->num_local_experts,
-            stated.ep,
+                                           e->devices, "from_degrees", e->world, "holds",
+                                           e->world == e->devices));
+    if (e->world != e->devices) *e->all_hold = false;
+    bool ep_ok = s->ep <= E && E % s->ep == 0;
+    fprintf(f, "  experts per device: %d experts over EP=%d: %s", E, s->ep,
             ep_ok ? "" : "impossible: EP does not divide the experts");
-    if (ep_ok) fprintf(f, "%d per device", cfg->num_local_experts / stated.ep);
-    if (stated.ep * stated.etp > stage)
+    if (ep_ok) fprintf(f, "%d per device", E / s->ep);
+    if (s->ep * s->etp > stage)
         fprintf(f, "; impossible: EP*ETP = %d exceeds a pipeline stage's DP*CP*TP = %d devices",
-                stated.ep * stated.etp, stage);
+                s->ep * s->etp, stage);
     fprintf(f, "\n");
     json_array_append_new(arith, json_pack("{s:s, s:i, s:i, s:i, s:b}", "check",
-                                           "experts_per_device", "experts",
-                                           cfg->num_local_experts, "ep", stated.ep,
+                                           "experts_per_device", "experts", E, "ep", s->ep,
                                            "stage_devices", stage, "holds",
-                                           ep_ok && stated.ep * stated.etp <= stage));
-    for (int i = 0; i < p->nclaims; i++) {
-        const plan_claim_t *k = &p->claims[i];
+                                           ep_ok && s->ep * s->etp <= stage));
+    for (int i = 0; i < e->p->nclaims; i++) {
+        const plan_claim_t *k = &e->p->claims[i];
         if (k->metric != CLAIM_TOTAL_PARAMETERS && k->metric != CLAIM_ACTIVE_PARAMETERS) continue;
-        double got = figure(k->metric, &fig, NULL, world);
+        char a[64], b[64];
         fmt_value(a, sizeof a, k->metric, k->value);
-        fmt_value(b, sizeof b, k->metric, got);
+        fmt_value(b, sizeof b, k->metric, figure(k->metric, &e->fig, NULL, e->world));
         fprintf(f, "  %s from the dimensions: %s, stated %s\n", metrics[k->metric].label, b, a);
     }
+    json_object_set_new(e->js, "arithmetic", arith);
+}
 
-    /* ---- validity, and the strategy the figures are measured on */
-    par_strategy_t run = stated;
-    st = par_strategy_validate(&stated, &dims, devices);
-    bool valid = st == MOEMU_OK;
+/* Whether the stated strategy is valid, else the nearest valid ones; the
+ * figures are measured on e->run. False when none is left to measure. */
+static bool choose_strategy(eval_t *e)
+{
+    FILE *f = e->f;
+    e->run = e->stated;
+    bool valid = par_strategy_validate(&e->stated, &e->dims, e->devices) == MOEMU_OK;
     fprintf(f, "strategy\n");
-    json_object_set_new(js, "strategy_stated", json_string(p->strategy));
-    json_object_set_new(js, "strategy_valid", json_boolean(valid));
+    json_object_set_new(e->js, "strategy_stated", json_string(e->p->strategy));
+    json_object_set_new(e->js, "strategy_valid", json_boolean(valid));
     if (!valid) {
-        fprintf(f, "  invalid on %d devices: %s\n", devices, moemu_errmsg());
-        json_object_set_new(js, "strategy_error", json_string(moemu_errmsg()));
-        *all_hold = false;
+        fprintf(f, "  invalid on %d devices: %s\n", e->devices, moemu_errmsg());
+        json_object_set_new(e->js, "strategy_error", json_string(moemu_errmsg()));
+        *e->all_hold = false;
         par_strategy_t best[3];
-        int nb = nearest(&stated, &dims, devices, best, 3);
+        int nb = nearest(&e->stated, &e->dims, e->devices, best, 3);
         json_t *near = json_array();
-        fprintf(f, "  nearest valid strategies on %d devices:", devices);
+        fprintf(f, "  nearest valid strategies on %d devices:", e->devices);
         for (int i = 0; i < nb; i++) {
             char buf[PAR_STRATEGY_STRLEN];
             par_strategy_format(&best[i], buf, sizeof buf);
@@ -535,30 +539,68 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
             json_array_append_new(near, json_string(buf));
         }
         fprintf(f, "%s\n", nb ? "" : " none");
-        json_object_set_new(js, "nearest_valid", near);
-        if (nb == 0) return MOEMU_OK;
-        run = best[0];
+        json_object_set_new(e->js, "nearest_valid", near);
+        if (nb == 0) return false;
+        e->run = best[0];
     }
-    char runs[PAR_STRATEGY_STRLEN];
-    par_strategy_format(&run, runs, sizeof runs);
-    fprintf(f, "  figures below are measured on %s%s, %d micro-batch%s per replica\n", runs,
-            valid ? "" : " (the nearest valid)", p->micro_batches,
-            p->micro_batches == 1 ? "" : "es");
-    json_object_set_new(js, "strategy_measured", strategy_json(&run));
+    par_strategy_format(&e->run, e->runs, sizeof e->runs);
+    fprintf(f, "  figures below are measured on %s%s, %d micro-batch%s per replica\n", e->runs,
+            valid ? "" : " (the nearest valid)", e->p->micro_batches,
+            e->p->micro_batches == 1 ? "" : "es");
+    json_object_set_new(e->js, "strategy_measured", strategy_json(&e->run));
+    return true;
+}
 
-    /* ---- the full workload, dry */
+/* Every claim against the dry run's figures. */
+static void judge_claims(eval_t *e, const report_t *rep, const wl_t *wl, bool fits,
+                         const char *capacity_note)
+{
+    const plan_t *p = e->p;
+    bounds_t bd;
+    double wdev = 0;
+    for (int i = 0; i < rep->devices; i++)
+        wdev = rep->dev[i].mem[EMU_MEM_WEIGHTS] > wdev ? rep->dev[i].mem[EMU_MEM_WEIGHTS] : wdev;
+    hw_bounds(&bd, p, &e->fig, wl, e->devices, wdev);
+    json_t *claims = json_array();
+    fprintf(e->f, "claims   %-40s %14s %14s  verdict\n", "", "stated", "moemu");
+    for (int i = 0; i < p->nclaims; i++) {
+        const plan_claim_t *k = &p->claims[i];
+        double got = figure(k->metric, &e->fig, rep, e->world);
+        verdict_t v;
+        judge(&v, k, got, p->tolerance, &bd, fits, capacity_note);
+        if (!v.holds) *e->all_hold = false;
+        char a[64], b[64];
+        fmt_value(a, sizeof a, k->metric, k->value);
+        fmt_value(b, sizeof b, k->metric, got);
+        fprintf(e->f, "  %-47s %14s %14s  %s\n", k->what, a, b, v.verdict);
+        if (k->note[0]) fprintf(e->f, "      (%s)\n", k->note);
+        json_array_append_new(claims, json_pack("{s:s, s:s, s:s, s:f, s:f, s:s, s:b, s:s}",
+                                                "what", k->what, "metric", metrics[k->metric].key,
+                                                "bound", bounds[k->bound], "stated", k->value,
+                                                "moemu", got, "verdict", v.verdict, "holds",
+                                                v.holds, "measured_on",
+                                                needs_run(k->metric) ? e->runs : "dimensions"));
+    }
+    json_object_set_new(e->js, "claims", claims);
+}
+
+/* The full workload as a dry run (without the memory limit if it does
+ * not fit, saying so), then the claims. */
+static moemu_status_t dry_run(eval_t *e)
+{
+    const plan_t *p = e->p;
+    const char *routing = e->o->routing ? e->o->routing : "uniform";
     wl_t wl;
-    MOEMU_CHECK(wl_make(&wl, &p->wl, cfg));
-    runner_opts_t d = {.strategy = run, .micro_batches = p->micro_batches, .hw = p->hw};
+    MOEMU_CHECK(wl_make(&wl, &p->wl, e->cfg));
+    runner_opts_t d = {.strategy = e->run, .micro_batches = p->micro_batches, .hw = p->hw};
     report_t rep;
-    st = report_dry_run(&rep, cfg, &wl, &d, o->routing ? o->routing : "uniform", p->wl.seed, true);
+    moemu_status_t st = report_dry_run(&rep, e->cfg, &wl, &d, routing, p->wl.seed, true);
     bool fits = st == MOEMU_OK;
     char capacity_note[512] = "";
     if (st == MOEMU_ERR_OOM) {
         snprintf(capacity_note, sizeof capacity_note, "%s", moemu_errmsg());
         d.cluster.no_limit = true;
-        st = report_dry_run(&rep, cfg, &wl, &d, o->routing ? o->routing : "uniform", p->wl.seed,
-                            true);
+        st = report_dry_run(&rep, e->cfg, &wl, &d, routing, p->wl.seed, true);
     }
     if (st != MOEMU_OK) {
         wl_free(&wl);
@@ -566,97 +608,107 @@ moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **res
     }
     int min_len = wl.max_len;
     for (int i = 0; i < wl.batch; i++) min_len = wl.len[i] < min_len ? wl.len[i] : min_len;
-    fprintf(f, "dry run  batch %d, prompts of %d..%d tokens, %d generated: TTFT %.4g s, "
-               "end to end %.4g s, %.4g tokens/ms per device, peak memory %.3g GB%s\n",
+    fprintf(e->f, "dry run  batch %d, prompts of %d..%d tokens, %d generated: TTFT %.4g s, "
+                  "end to end %.4g s, %.4g tokens/ms per device, peak memory %.3g GB%s\n",
             wl.batch, min_len, wl.max_len, wl.decode, rep.ttft_batch, rep.e2e,
-            rep.total_tpms / rep.devices, figure(CLAIM_MEMORY_PER_DEVICE_GB, &fig, &rep, 0),
+            rep.total_tpms / rep.devices, figure(CLAIM_MEMORY_PER_DEVICE_GB, &e->fig, &rep, 0),
             fits ? "" : " (does not fit: run without the memory limit)");
-    if (!fits) fprintf(f, "  %s\n", capacity_note);
-    json_object_set_new(js, "fits", json_boolean(fits));
-    json_object_set_new(js, "report", report_json(&rep));
-
-    /* ---- the claims */
-    bounds_t bd;
-    double wdev = 0;
-    for (int i = 0; i < rep.devices; i++)
-        wdev = rep.dev[i].mem[EMU_MEM_WEIGHTS] > wdev ? rep.dev[i].mem[EMU_MEM_WEIGHTS] : wdev;
-    hw_bounds(&bd, p, &fig, &wl, devices, wdev);
-    fprintf(f, "claims   %-40s %14s %14s  verdict\n", "", "stated", "moemu");
-    for (int i = 0; i < p->nclaims; i++) {
-        const plan_claim_t *k = &p->claims[i];
-        double got = figure(k->metric, &fig, &rep, world);
-        verdict_t v;
-        judge(&v, k, got, p->tolerance, &bd, fits, capacity_note);
-        if (!v.holds) *all_hold = false;
-        fmt_value(a, sizeof a, k->metric, k->value);
-        fmt_value(b, sizeof b, k->metric, got);
-        fprintf(f, "  %-47s %14s %14s  %s\n", k->what, a, b, v.verdict);
-        if (k->note[0]) fprintf(f, "      (%s)\n", k->note);
-        json_array_append_new(claims, json_pack("{s:s, s:s, s:s, s:f, s:f, s:s, s:b, s:s}",
-                                                "what", k->what, "metric", metrics[k->metric].key,
-                                                "bound", bounds[k->bound], "stated", k->value,
-                                                "moemu", got, "verdict", v.verdict, "holds",
-                                                v.holds, "measured_on",
-                                                needs_run(k->metric) ? runs : "dimensions"));
-    }
-    json_object_set_new(js, "arithmetic", arith);
-    json_object_set_new(js, "claims", claims);
+    if (!fits) fprintf(e->f, "  %s\n", capacity_note);
+    json_object_set_new(e->js, "fits", json_boolean(fits));
+    json_object_set_new(e->js, "report", report_json(&rep));
+    judge_claims(e, &rep, &wl, fits, capacity_note);
     report_free(&rep);
     wl_free(&wl);
+    return MOEMU_OK;
+}
 
-    /* ---- the numbers: a reduced workload in real math against the baseline */
-    if (!o->no_check) {
-        cfg_model_t small = *cfg;
-        int min_layers = run.pp, L = host_layers(cfg, min_layers);
-        par_strategy_t srun = run;
-        if (L < cfg->num_hidden_layers) {
-            small.num_hidden_layers = L;
-            srun.n_pp_layers = 0; /* an even split of the layers kept */
-        }
-        int B = run.dp * p->micro_batches < 8 ? run.dp * p->micro_batches : 8;
-        if (B < run.dp) B = run.dp;
-        wl_opts_t wo = {.batch = B, .prompt_len = 16, .decode = 4, .seed = p->wl.seed};
-        wl_t swl;
-        wts_t w;
-        MOEMU_CHECK(wl_make(&swl, &wo, &small));
-        fprintf(f, "numbers  %s in real math: batch %d, prompts of 16, 4 generated, %d of %d "
-                   "layers%s\n", runs, B, L, cfg->num_hidden_layers,
-                L < cfg->num_hidden_layers ? " (the whole model does not fit this host's memory)"
-                                           : "");
-        if ((st = wts_generate_all(&w, &small, p->wl.seed)) != MOEMU_OK) {
-            wl_free(&swl);
-            return st;
-        }
-        runner_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
-                          .cluster = {.no_limit = true}};
-        check_t c;
-        st = check_run(&c, &w, &swl, &sd, 1e-5, o->progress);
-        if (st == MOEMU_OK) {
-            fprintf(f, "         rel L2 error %.3g (tolerance 1e-5), tokens %s, router decisions "
-                       "differing %lld of %lld: %s\n",
-                    c.r.rel_l2, c.r.first_seq < 0 ? "identical" : "differ",
-                    (long long)c.r.route_differ, (long long)c.r.routed,
-                    c.r.pass ? "PASS" : "FAIL");
-            json_object_set_new(js, "numerical_check",
-                                json_pack("{s:i, s:f, s:b, s:I, s:b}", "layers", L, "rel_l2",
-                                          c.r.rel_l2, "tokens_identical", c.r.first_seq < 0,
-                                          "router_decisions_differ", (json_int_t)c.r.route_differ,
-                                          "pass", c.r.pass));
-            if (!c.r.pass) *all_hold = false;
-            check_free(&c);
-        }
-        wts_free(&w);
-        wl_free(&swl);
-        if (st != MOEMU_OK) return st;
+/* The numbers: a reduced workload in real math against the baseline, on
+ * as many layers as this host holds. */
+static moemu_status_t numbers(eval_t *e)
+{
+    const plan_t *p = e->p;
+    const par_strategy_t *run = &e->run;
+    cfg_model_t small = *e->cfg;
+    int L = host_layers(e->cfg, run->pp), Lall = e->cfg->num_hidden_layers;
+    par_strategy_t srun = *run;
+    if (L < Lall) {
+        small.num_hidden_layers = L;
+        srun.n_pp_layers = 0; /* an even split of the layers kept */
     }
-    if (json_array_size(p->assumptions)) {
-        fprintf(f, "assumptions\n");
+    int B = run->dp * p->micro_batches < 8 ? run->dp * p->micro_batches : 8;
+    if (B < run->dp) B = run->dp;
+    wl_opts_t wo = {.batch = B, .prompt_len = 16, .decode = 4, .seed = p->wl.seed};
+    wl_t swl;
+    wts_t w;
+    MOEMU_CHECK(wl_make(&swl, &wo, &small));
+    fprintf(e->f, "numbers  %s in real math: batch %d, prompts of 16, 4 generated, %d of %d "
+                  "layers%s\n", e->runs, B, L, Lall,
+            L < Lall ? " (the whole model does not fit this host's memory)" : "");
+    moemu_status_t st = wts_generate_all(&w, &small, p->wl.seed);
+    if (st != MOEMU_OK) {
+        wl_free(&swl);
+        return st;
+    }
+    runner_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
+                        .cluster = {.no_limit = true}};
+    check_t c;
+    st = check_run(&c, &w, &swl, &sd, 1e-5, e->o->progress);
+    if (st == MOEMU_OK) {
+        fprintf(e->f, "         rel L2 error %.3g (tolerance 1e-5), tokens %s, router decisions "
+                      "differing %lld of %lld: %s\n",
+                c.r.rel_l2, c.r.first_seq < 0 ? "identical" : "differ",
+                (long long)c.r.route_differ, (long long)c.r.routed, c.r.pass ? "PASS" : "FAIL");
+        json_object_set_new(e->js, "numerical_check",
+                            json_pack("{s:i, s:f, s:b, s:I, s:b}", "layers", L, "rel_l2",
+                                      c.r.rel_l2, "tokens_identical", c.r.first_seq < 0,
+                                      "router_decisions_differ", (json_int_t)c.r.route_differ,
+                                      "pass", c.r.pass));
+        if (!c.r.pass) *e->all_hold = false;
+        check_free(&c);
+    }
+    wts_free(&w);
+    wl_free(&swl);
+    return st;
+}
+
+static void print_assumptions(eval_t *e)
+{
+    json_t *as = e->p->assumptions;
+    if (json_array_size(as)) {
+        fprintf(e->f, "assumptions\n");
         size_t i;
         json_t *s;
-        json_array_foreach(p->assumptions, i, s) {
-            if (json_is_string(s)) fprintf(f, "  - %s\n", json_string_value(s));
+        json_array_foreach(as, i, s) {
+            if (json_is_string(s)) fprintf(e->f, "  - %s\n", json_string_value(s));
         }
     }
-    json_object_set(js, "assumptions", p->assumptions);
+    json_object_set(e->js, "assumptions", as);
+}
+
+moemu_status_t plan_evaluate(const plan_t *p, const plan_opts_t *o, json_t **result,
+                             bool *all_hold)
+{
+    eval_t e = {.p = p, .o = o, .f = o->out, .js = json_object(), .all_hold = all_hold,
+                .cfg = &p->cfg};
+    *result = e.js;
+    *all_hold = true;
+    family_of(e.cfg)->figures(e.cfg, &e.fig);
+    family_of(e.cfg)->dims(e.cfg, &e.dims);
+    print_header(&e);
+    moemu_status_t st = par_strategy_parse(p->strategy, &e.stated);
+    if (st == MOEMU_OK && p->pp_layers[0]) st = par_strategy_set_pp_layers(&e.stated, p->pp_layers);
+    if (st != MOEMU_OK) {
+        json_object_set_new(e.js, "strategy_error", json_string(moemu_errmsg()));
+        fprintf(e.f, "strategy '%s' does not parse: %s\n", p->strategy, moemu_errmsg());
+        *all_hold = false;
+        return MOEMU_OK;
+    }
+    e.world = par_strategy_world(&e.stated);
+    e.devices = p->devices ? p->devices : e.world;
+    check_arithmetic(&e);
+    if (!choose_strategy(&e)) return MOEMU_OK;
+    MOEMU_CHECK(dry_run(&e));
+    if (!o->no_check) MOEMU_CHECK(numbers(&e));
+    print_assumptions(&e);
     return MOEMU_OK;
 }
