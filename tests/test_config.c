@@ -302,6 +302,26 @@ Test(config_parse, model_type_chooses_the_family)
     cr_assert(strstr(moemu_errmsg(), "model_type"), "%s", moemu_errmsg());
 }
 
+Test(config_parse, every_problem_at_once)
+{
+    cfg_model_t c;
+    cr_assert_eq(parse_patched(&c, "{\"vocab_size\": 0, \"head_dim\": -2, "
+                                   "\"rope_theta\": 0.5, \"capacity_factor\": -1}", NULL, "x"),
+                 MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(),
+                     "x: config key 'vocab_size' must be positive, got 0; config key 'head_dim' "
+                     "must be positive, got -2; config key 'rope_theta' must be a finite number "
+                     "> 1, got 0.5; config key 'capacity_factor' must be a finite number >= 0 "
+                     "(0 = dropless), got -1");
+    /* the rules between sizes once the sizes hold */
+    cr_assert_eq(parse_patched(&c, "{\"num_key_value_heads\": 3, \"head_dim\": 15}", NULL, "x"),
+                 MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(),
+                     "x: config key 'num_key_value_heads' = 3 does not divide "
+                     "num_attention_heads = 4; config key 'head_dim' must be even (RoPE rotates "
+                     "pairs of dimensions), got 15");
+}
+
 Test(config_parse, head_dim_default_and_null)
 {
     cfg_model_t c;

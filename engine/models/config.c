@@ -2,6 +2,7 @@
  * (through jansson), the rules a usable config obeys and the figures derived
  * from it. docs/config.md is the reference for every key. */
 #include <errno.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
@@ -406,17 +407,38 @@ void cfg_figures(const cfg_model_t *cfg, cfg_figures_t *out)
 
 /* ---- Validation */
 
-static moemu_status_t cfg_bad(const char *label, const char *key,
-                              const char *rule, double v)
+/* The problems of one config, "; "-joined: every one is reported at once. */
+typedef struct {
+    char buf[1024];
+    size_t len;
+    int n;
+} cfg_probs_t;
+
+static void cfg_problem(cfg_probs_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void cfg_problem(cfg_probs_t *p, const char *fmt, ...)
+{
+    if (p->len >= sizeof p->buf - 1) return;
+    if (p->n++) p->len += (size_t)snprintf(p->buf + p->len, sizeof p->buf - p->len, "; ");
+    if (p->len >= sizeof p->buf - 1) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
+    va_end(ap);
+    if (w > 0) p->len += (size_t)w;
+    if (p->len > sizeof p->buf - 1) p->len = sizeof p->buf - 1;
+}
+
+static void cfg_bad(cfg_probs_t *p, const char *key, const char *rule, double v)
 {
     char got[40];
     cfg_fmt_double(got, sizeof got, v);
-    return moemu_fail(MOEMU_ERR_INVALID,
-                      "%s: config key '%s' must be %s, got %s", label, key,
-                      rule, got);
+    cfg_problem(p, "config key '%s' must be %s, got %s", key, rule, got);
 }
 
-static moemu_status_t cfg_validate_as(const cfg_model_t *c, const char *label)
+/* Sizes positive; the rules between sizes only when they are (they divide
+ * by them). */
+static void cfg_check_sizes(cfg_probs_t *p, const cfg_model_t *c)
 {
     const struct {
         const char *key;
@@ -432,67 +454,56 @@ static moemu_status_t cfg_validate_as(const cfg_model_t *c, const char *label)
         {"num_local_experts", c->num_local_experts},
         {"max_position_embeddings", c->max_position_embeddings},
     };
+    int bad = p->n;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-        if (sizes[i].v <= 0)
-            return cfg_bad(label, sizes[i].key, "positive", sizes[i].v);
-
+        if (sizes[i].v <= 0) cfg_bad(p, sizes[i].key, "positive", sizes[i].v);
     if (c->num_experts_per_tok < 1)
-        return cfg_bad(label, "num_experts_per_tok", "at least 1",
-                       c->num_experts_per_tok);
+        cfg_bad(p, "num_experts_per_tok", "at least 1", c->num_experts_per_tok);
+    if (p->n > bad) return;
     if (c->num_experts_per_tok > c->num_local_experts)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'num_experts_per_tok' = %d exceeds "
-                          "num_local_experts = %d",
-                          label, c->num_experts_per_tok, c->num_local_experts);
+        cfg_problem(p, "config key 'num_experts_per_tok' = %d exceeds num_local_experts = %d",
+                    c->num_experts_per_tok, c->num_local_experts);
     if (c->num_attention_heads % c->num_key_value_heads != 0)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'num_key_value_heads' = %d does not "
-                          "divide num_attention_heads = %d",
-                          label, c->num_key_value_heads,
-                          c->num_attention_heads);
+        cfg_problem(p, "config key 'num_key_value_heads' = %d does not divide "
+                       "num_attention_heads = %d",
+                    c->num_key_value_heads, c->num_attention_heads);
     if (c->head_dim % 2 != 0)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'head_dim' must be even (RoPE "
-                          "rotates pairs of dimensions), got %d",
-                          label, c->head_dim);
+        cfg_problem(p, "config key 'head_dim' must be even (RoPE rotates pairs of dimensions), "
+                       "got %d", c->head_dim);
     /* Kernels take the projection widths as int. */
     if ((int64_t)c->num_attention_heads * c->head_dim > INT_MAX)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config keys 'num_attention_heads' = %d times "
-                          "'head_dim' = %d exceed %d",
-                          label, c->num_attention_heads, c->head_dim, INT_MAX);
+        cfg_problem(p, "config keys 'num_attention_heads' = %d times 'head_dim' = %d exceed %d",
+                    c->num_attention_heads, c->head_dim, INT_MAX);
+}
 
+static void cfg_check_values(cfg_probs_t *p, const cfg_model_t *c)
+{
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
-        return cfg_bad(label, "rms_norm_eps", "a finite number > 0",
-                       c->rms_norm_eps);
+        cfg_bad(p, "rms_norm_eps", "a finite number > 0", c->rms_norm_eps);
     if (!(c->rope_theta > 1) || !isfinite(c->rope_theta))
-        return cfg_bad(label, "rope_theta", "a finite number > 1",
-                       c->rope_theta);
+        cfg_bad(p, "rope_theta", "a finite number > 1", c->rope_theta);
     if (!(c->capacity_factor >= 0) || !isfinite(c->capacity_factor))
-        return cfg_bad(label, "capacity_factor",
-                       "a finite number >= 0 (0 = dropless)",
-                       c->capacity_factor);
+        cfg_bad(p, "capacity_factor", "a finite number >= 0 (0 = dropless)", c->capacity_factor);
     if (c->hidden_act != LAYER_ACT_SILU && c->hidden_act != LAYER_ACT_GELU)
-        return cfg_bad(label, "hidden_act", "silu or gelu", c->hidden_act);
-    if (c->dtype != EMU_DTYPE_FP16 && c->dtype != EMU_DTYPE_BF16 &&
-        c->dtype != EMU_DTYPE_FP32)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config key 'dtype' must be fp16, bf16 or fp32, "
-                          "got %s",
-                          label,
-                          (unsigned)c->dtype < EMU_DTYPE__COUNT
-                              ? emu_dtype_name(c->dtype)
-                              : "an unknown dtype");
-
+        cfg_bad(p, "hidden_act", "silu or gelu", c->hidden_act);
+    if (c->dtype != EMU_DTYPE_FP16 && c->dtype != EMU_DTYPE_BF16 && c->dtype != EMU_DTYPE_FP32)
+        cfg_problem(p, "config key 'dtype' must be fp16, bf16 or fp32, got %s",
+                    (unsigned)c->dtype < EMU_DTYPE__COUNT ? emu_dtype_name(c->dtype)
+                                                          : "an unknown dtype");
     if (c->num_shared_experts < 0)
-        return cfg_bad(label, "num_shared_experts", ">= 0",
-                       c->num_shared_experts);
+        cfg_bad(p, "num_shared_experts", ">= 0", c->num_shared_experts);
     if (c->shared_expert_intermediate_size < 0 ||
         (c->num_shared_experts > 0 && c->shared_expert_intermediate_size == 0))
-        return cfg_bad(label, "shared_expert_intermediate_size",
-                       "positive when num_shared_experts > 0",
-                       c->shared_expert_intermediate_size);
+        cfg_bad(p, "shared_expert_intermediate_size", "positive when num_shared_experts > 0",
+                c->shared_expert_intermediate_size);
+}
 
+static moemu_status_t cfg_validate_as(const cfg_model_t *c, const char *label)
+{
+    cfg_probs_t p = {.len = 0};
+    cfg_check_sizes(&p, c);
+    cfg_check_values(&p, c);
+    if (p.n) return moemu_fail(MOEMU_ERR_INVALID, "%s: %s", label, p.buf);
     cfg_figures_t f;
     const char *what = NULL;
     if (!cfg_count(c, &f, &what))
@@ -582,6 +593,7 @@ static moemu_status_t cfg_get_family(const cfg_src_t *src, const model_family_t 
     return MOEMU_OK;
 }
 
+/* The family by model_type, then the family's own reading of the rest. */
 static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
                                     const char *label)
 {
@@ -593,12 +605,20 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
                           "%s: a config must be a JSON object, got %s", label,
                           got);
     }
+    const model_family_t *fam;
+    MOEMU_CHECK(cfg_get_family(&src, &fam));
+    return fam->config(out, root, label);
+}
+
+moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *label)
+{
+    cfg_src_t src = {{.origin = label, .noun = "config key"}, root};
     MOEMU_CHECK(cfg_check_refusals(&src));
 
     cfg_model_t c;
     memset(&c, 0, sizeof c);
     cfg_set_name(&c, label);
-    MOEMU_CHECK(cfg_get_family(&src, &c.family));
+    c.family = &family_mixtral;
     static const struct {
         const char *key;
         size_t off;

@@ -51,9 +51,13 @@ moemu_status_t cfg_load(cfg_model_t *cfg, const char *name_or_path);
  * model name) starts every error message and gives cfg->name. */
 moemu_status_t cfg_parse(cfg_model_t *cfg, const char *json_text,
                          const char *label);
+/* Mixtral's reading of a config.json object (the family table's config
+ * entry): its keys, the refused ones, the defaults and cfg_validate. */
+moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *label);
 /* Check every rule on the fields, one key and cross-key (sizes positive,
  * Hkv divides H, head_dim even, 1 <= k <= E, parameter counts fit int64,
- * ...); cfg_parse and cfg_load call it. Messages start with cfg->name. */
+ * ...); cfg_parse and cfg_load call it. Every broken rule is reported,
+ * "; "-joined, in one message that starts with cfg->name. */
 moemu_status_t cfg_validate(const cfg_model_t *cfg);
 
 /* Derived figures. Parameters are exact element counts, summed over all

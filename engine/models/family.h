@@ -37,6 +37,9 @@ struct model_pass {
 
 struct model_family {
     const char *model_type; /* "mixtral" */
+    /* Read a config.json object of this family into out (keys, refused
+     * keys, defaults, then every rule: all problems reported at once). */
+    moemu_status_t (*config)(cfg_model_t *out, json_t *root, const char *label);
     /* The sizes parallel/'s generic rules need, with the family's own
      * rules (heads, key/value heads, ...) in it. */
     void (*dims)(const cfg_model_t *c, par_dims_t *out);

@@ -114,6 +114,7 @@ static moemu_status_t mixtral_layer(const model_pass_t *mp)
 
 const model_family_t family_mixtral = {
     .model_type = "mixtral",
+    .config = cfg_read_mixtral,
     .dims = mixtral_dims,
     .place = mixtral_place,
     .figures = cfg_figures,
