@@ -333,7 +333,7 @@ static json_t *get(json_t *o, const char *key, int type)
 {
     json_t *v = json_object_get(o, key);
     cr_assert_not_null(v, "no \"%s\" in an object", key);
-    cr_assert_eq(json_typeof(v), type, "\"%s\" has the wrong type", key);
+    cr_assert_eq((int)json_typeof(v), type, "\"%s\" has the wrong type", key);
     return v;
 }
 

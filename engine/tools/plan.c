@@ -318,7 +318,7 @@ static void hw_bounds(bounds_t *b, const plan_t *p, const cfg_figures_t *f, cons
 }
 
 typedef struct {
-    char verdict[256];
+    char verdict[576]; /* room for the capacity note */
     bool holds;
 } verdict_t;
 
