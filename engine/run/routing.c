@@ -14,16 +14,22 @@ static double unit(uint64_t seed, uint64_t stream, uint64_t i)
     return (double)((hi << 21) ^ (lo >> 11)) * 0x1p-53;
 }
 
-moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
-                          const wl_t *wl, uint64_t seed)
+/* The shape of a routing record (layers, batch, positions, k) and E. */
+static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
 {
     memset(r, 0, sizeof *r);
-    r->seed = seed;
     r->L = cfg->num_hidden_layers;
     r->B = wl->batch;
     r->P = wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
     r->k = cfg->num_experts_per_tok;
     r->E = cfg->num_local_experts;
+}
+
+moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
+                          const wl_t *wl, uint64_t seed)
+{
+    route_shape(r, cfg, wl);
+    r->seed = seed;
     if (strcmp(spec, "uniform") == 0) {
         r->kind = ROUTE_UNIFORM;
         return MOEMU_OK;
@@ -92,13 +98,8 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
 
 void route_replay_record(route_src_t *r, int *record, const cfg_model_t *cfg, const wl_t *wl)
 {
-    memset(r, 0, sizeof *r);
+    route_shape(r, cfg, wl);
     r->kind = ROUTE_REPLAY;
-    r->L = cfg->num_hidden_layers;
-    r->B = wl->batch;
-    r->P = wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
-    r->k = cfg->num_experts_per_tok;
-    r->E = cfg->num_local_experts;
     r->replay = record;
     r->borrowed = true;
 }
