@@ -362,9 +362,7 @@ static moemu_status_t routed_back(layer_view_t *v)
     return MOEMU_OK;
 }
 
-/* The dense MLPs of mlp on all of A's normalised rows (gathered over TP
- * with SP), each rank on its slice, summed into out's R rows. */
-static moemu_status_t mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
+moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
 {
     const layer_rows_t *r = v->r;
     layer_ctx_t *x = v->x;
@@ -390,7 +388,7 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
                                  v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex));
     MOEMU_CHECK(routed_back(v));
     float *moeR = v->moe + (size_t)r->r0 * d;
-    if (mlp->S > 0) MOEMU_CHECK(mlp_block(v, mlp, moeR));
+    if (mlp->S > 0) MOEMU_CHECK(layer_mlp_block(v, mlp, moeR));
     layer_add(v->x, v->xr, moeR, (int64_t)R * d);
     return MOEMU_OK;
 }

@@ -297,14 +297,19 @@ void layer_moe_route(layer_view_t *v, const float *norm, const float *gate);
  * factor cf (0: dropless); *dropped receives the drops among M. */
 moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped);
 
-/* A dense MLP split over TP like the shared experts: n rows of in, each
- * rank computing its slice [f0, f1) of every one of the S MLPs' F, summed
- * (reduce-scattered with SP) into out. */
+/* S dense MLPs split over TP (Megatron's column- then row-parallel MLP),
+ * as the shared experts are: each rank computes its slice [f0, f1) of
+ * every MLP's F. */
 typedef struct {
     float *const *w1, *const *w3, *const *w2; /* S each, whole: (F, d), (F, d), (d, F) */
     int S, F, f0, f1;
     layer_act_t act;
 } layer_mlp_t;
+
+/* The MLPs on the normalised rows of A in na (the SP slice gathered over
+ * TP first), summed over the TP group (reduce-scattered to the SP slices
+ * with SP) and added into out's R rows. */
+moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out);
 
 /* The rest of the MoE block on the choices in idx, wts, keep: the routed
  * experts over EP/ETP, their outputs back to the residual rows, the shared

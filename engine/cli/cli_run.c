@@ -153,7 +153,7 @@ static double cluster_flops(emu_cluster_t *cl)
 }
 
 /* The strategy, the hardware and the cluster options from the flags. */
-static moemu_status_t dist_setup(runner_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
+static moemu_status_t strategy_setup(runner_opts_t *d, const run_opts_t *o, const cfg_model_t *cfg)
 {
     memset(d, 0, sizeof *d);
     MOEMU_CHECK(par_strategy_parse(o->sh.strategy, &d->strategy));
@@ -296,7 +296,7 @@ static int run(const run_opts_t *o)
     moemu_status_t st = cfg_load(&cfg, o->sh.model);
     if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), run_options);
     if (st == MOEMU_OK)
-        st = o->sh.strategy ? dist_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
+        st = o->sh.strategy ? strategy_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
     if (st == MOEMU_OK && o->dry) {
         st = route_open(&src, o->sh.routing ? o->sh.routing : "uniform", &cfg, &wl, o->sh.seed);
         st = cli_flag_names(st, run_options);

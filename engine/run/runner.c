@@ -40,7 +40,7 @@ typedef struct {
     model_out_t *out;
     int64_t *assign, *dropped; /* (world) */
     int64_t *load;             /* (world, layers, experts) */
-} dist_t;
+} run_t;
 
 typedef struct {
     int b0, b1;  /* sequences */
@@ -50,7 +50,7 @@ typedef struct {
 
 /* One device's state. */
 typedef struct {
-    dist_t *D;
+    run_t *D;
     emu_dev_t *dev;
     layer_ctx_t x;
     layer_shard_t sh;
@@ -130,7 +130,7 @@ static void cp_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
  * member's routed tokens and their places in group order. */
 static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
-    const dist_t *D = v->D;
+    const run_t *D = v->D;
     int64_t off[D->wl->batch + 1];
     off[ps->b0] = 0;
     for (int b = ps->b0; b < ps->b1; b++) off[b + 1] = off[b] + (ps->decode ? 1 : D->wl->len[b]);
@@ -153,7 +153,7 @@ static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 static void routes_chosen(const model_pass_t *mp)
 {
     worker_t *v = mp->arg;
-    dist_t *D = v->D;
+    run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
     int k = v->pl.dims.k;
     /* the group lists reuse the CP lists' buffers, done with by now */
@@ -167,7 +167,7 @@ static void routes_chosen(const model_pass_t *mp)
 static void routes_kept(const model_pass_t *mp, int64_t dropped)
 {
     worker_t *v = mp->arg;
-    dist_t *D = v->D;
+    run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
     int k = v->pl.dims.k, nM = r->m1 - r->m0, l = mp->layer;
     D->dropped[v->rank] += dropped;
@@ -185,7 +185,7 @@ static void routes_kept(const model_pass_t *mp, int64_t dropped)
 
 static moemu_status_t layer(worker_t *v, int l)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     /* the CP lists share buffers with the capacity's: made anew each layer */
     if (!v->ps->decode && D->s->cp > 1) cp_rows(v, v->ps, &v->rows);
     int i = (l - v->pl.par.layer0) * (v->rb1 - v->rb0);
@@ -216,7 +216,7 @@ static moemu_status_t embed(worker_t *v, const pass_t *ps)
  * picks, outputs kept by one writer, and the hand-back to stage 0. */
 static moemu_status_t pick(worker_t *v, const pass_t *ps, const float *full, size_t ld, int nl)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
     model_out_t *out = D->out;
     int V = D->c->vocab_size, N = D->wl->decode, Lmax = D->wl->max_len, nb = ps->b1 - ps->b0;
@@ -253,7 +253,7 @@ static moemu_status_t pick(worker_t *v, const pass_t *ps, const float *full, siz
 
 static moemu_status_t head(worker_t *v, const pass_t *ps)
 {
-    const dist_t *D = v->D;
+    const run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
     /* the rows whose logits are needed */
     int nl = 0;
@@ -269,7 +269,7 @@ static moemu_status_t head(worker_t *v, const pass_t *ps)
 
 static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     /* a pass with no sequence still runs: its replica's experts serve the
      * other replicas in the same EP group */
     layer_rows_t *r = &v->rows;
@@ -333,7 +333,7 @@ static void route_groups(int batch, int dp, int r0, int n, int mb, int *mb_start
 /* The groups of the device and the views of its blocks. */
 static void dev_shard(worker_t *v)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     const par_strategy_t *s = D->s;
     const par_place_t *p = &v->pl.par;
     par_comm_t **cm = D->comm + (size_t)v->rank * C__COUNT;
@@ -353,7 +353,7 @@ static void dev_shard(worker_t *v)
  * bookkeeping of its KV cache. */
 static moemu_status_t dev_schedule(worker_t *v)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     const par_strategy_t *s = D->s;
     int B = D->wl->batch;
     par_split(B, s->dp, v->pl.par.dp, &v->rb0, &v->rb1);
@@ -375,7 +375,7 @@ static moemu_status_t dev_schedule(worker_t *v)
 /* The cache: this rank's prefill positions and its share of decode. */
 static moemu_status_t dev_cache(worker_t *v)
 {
-    const dist_t *D = v->D;
+    const run_t *D = v->D;
     const par_strategy_t *s = D->s;
     int N = D->wl->decode, nseq = v->rb1 - v->rb0, nl = v->pl.par.layer1 - v->pl.par.layer0;
     int64_t kvf = 0;
@@ -397,7 +397,7 @@ static moemu_status_t dev_cache(worker_t *v)
  * rows, then the capacity flags, in one allocation. */
 static moemu_status_t dev_scratch(worker_t *v)
 {
-    const dist_t *D = v->D;
+    const run_t *D = v->D;
     const par_strategy_t *s = D->s;
     int nseq = v->rb1 - v->rb0, Ttot = 0;
     for (int m = 0; m < v->nmb; m++) {
@@ -430,7 +430,7 @@ static moemu_status_t dev_scratch(worker_t *v)
 
 static moemu_status_t dev_setup(worker_t *v)
 {
-    dist_t *D = v->D;
+    run_t *D = v->D;
     D->fam->place(D->c, D->s, v->rank, &v->pl);
     dev_shard(v);
     MOEMU_CHECK(emu_mem_reserve(v->dev, EMU_MEM_WEIGHTS, D->fam->held(D->c, &v->pl, NULL, NULL)));
@@ -441,7 +441,7 @@ static moemu_status_t dev_setup(worker_t *v)
 
 static moemu_status_t dev_main(emu_dev_t *dev, void *arg)
 {
-    dist_t *D = arg;
+    run_t *D = arg;
     worker_t v = {.D = D, .dev = dev, .rank = emu_dev_rank(dev)};
     moemu_status_t st = dev_setup(&v);
     int N = D->wl->decode;
@@ -488,7 +488,7 @@ void runner_opts_one_device(runner_opts_t *o, const emu_hw_t *hw, int route_dp, 
 }
 
 /* The options against the model: every problem of the strategy at once. */
-static moemu_status_t check_opts(dist_t *D, const runner_opts_t *o)
+static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
 {
     par_dims_t dims;
     D->fam->dims(D->c, &dims);
@@ -505,7 +505,7 @@ static moemu_status_t check_opts(dist_t *D, const runner_opts_t *o)
 }
 
 /* The outputs of the run, NaN where a shorter prompt has no position. */
-static moemu_status_t out_alloc(model_out_t *out, const dist_t *D)
+static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
 {
     const cfg_model_t *c = D->c;
     const wl_t *wl = D->wl;
@@ -527,7 +527,7 @@ static moemu_status_t out_alloc(model_out_t *out, const dist_t *D)
 }
 
 /* One communicator per group, created by its lowest rank's turn. */
-static moemu_status_t comms_create(dist_t *D, emu_cluster_t *cl, int *ranks)
+static moemu_status_t comms_create(run_t *D, emu_cluster_t *cl, int *ranks)
 {
     for (int g = 0; g < C__COUNT; g++)
         for (int r = 0; r < D->world; r++) {
@@ -542,7 +542,7 @@ static moemu_status_t comms_create(dist_t *D, emu_cluster_t *cl, int *ranks)
 }
 
 /* Each communicator once: at its lowest member. */
-static void comms_destroy(dist_t *D)
+static void comms_destroy(run_t *D)
 {
     for (int g = 0; D->comm && g < C__COUNT; g++)
         for (int r = 0; r < D->world; r++) {
@@ -555,7 +555,7 @@ static void comms_destroy(dist_t *D)
 }
 
 /* The devices' counters summed into the outputs. */
-static void out_sum(model_out_t *out, const dist_t *D)
+static void out_sum(model_out_t *out, const run_t *D)
 {
     size_t LE = (size_t)D->c->num_hidden_layers * D->c->num_local_experts;
     for (int i = 0; i < D->world; i++) {
@@ -574,7 +574,7 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
     const cfg_model_t *c = &w->cfg;
     memset(out, 0, sizeof *out);
     *cluster = NULL;
-    dist_t D = {.w = w, .c = c, .fam = family_of(c), .wl = wl, .o = o, .mo = mo,
+    run_t D = {.w = w, .c = c, .fam = family_of(c), .wl = wl, .o = o, .mo = mo,
                 .s = &o->strategy, .out = out, .route_pos = runner_route_positions(wl),
                 .world = par_strategy_world(&o->strategy)};
     MOEMU_CHECK(check_opts(&D, o));
