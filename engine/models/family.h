@@ -43,6 +43,10 @@ struct model_family {
     /* The sizes parallel/'s generic rules need, with the family's own
      * rules (heads, key/value heads, ...) in it. */
     void (*dims)(const cfg_model_t *c, par_dims_t *out);
+    /* The tensors by Hugging Face name and shape, as a checkpoint of the
+     * family holds them (loading, dumping, generation). */
+    int (*tensor_count)(const wts_t *w);
+    void (*tensor_at)(const wts_t *w, int i, wts_tensor_t *out);
     /* What rank holds under s (s valid for the model). */
     void (*place)(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *out);
     /* Exact parameter counts, weight bytes and FLOPs per token of the whole

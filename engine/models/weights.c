@@ -8,8 +8,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "engine/models/family.h"
 #include "engine/models/safetensors.h"
-#include "engine/models/weights.h"
 
 /* ---- Philox4x32-10 */
 
@@ -93,7 +93,7 @@ static int64_t layer_tensor_count(const cfg_model_t *c)
     return 7 + 3LL * c->num_local_experts + 3LL * c->num_shared_experts;
 }
 
-int wts_tensor_count(const wts_t *w)
+int wts_mixtral_tensor_count(const wts_t *w)
 {
     const cfg_model_t *c = &w->cfg;
     return (int)(2 + (c->tie_word_embeddings ? 0 : 1) +
@@ -109,7 +109,7 @@ static void set(wts_tensor_t *t, float *data, int64_t rows, int64_t cols, int nd
     t->fan_in = ndim == 2 ? cols : rows;
 }
 
-void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *t)
+void wts_mixtral_tensor_at(const wts_t *w, int i, wts_tensor_t *t)
 {
     const cfg_model_t *c = &w->cfg;
     int64_t d = c->hidden_size, V = c->vocab_size, F = c->intermediate_size;
@@ -166,6 +166,13 @@ void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *t)
     }
     snprintf(t->name, sizeof t->name, "lm_head.weight");
     set(t, w->lm_head, V, d, 2);
+}
+
+int wts_tensor_count(const wts_t *w) { return family_of(&w->cfg)->tensor_count(w); }
+
+void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out)
+{
+    family_of(&w->cfg)->tensor_at(w, i, out);
 }
 
 /* ---- Allocation */

@@ -52,9 +52,13 @@ typedef struct {
     int64_t fan_in;
 } wts_tensor_t;
 
-/* Number of named tensors and the i-th (lm_head absent when tied). */
+/* Number of named tensors and the i-th, as the model's family names them
+ * (its table's tensor entries). */
 int wts_tensor_count(const wts_t *w);
 void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
+/* Mixtral's: Hugging Face names, lm_head absent when tied. */
+int wts_mixtral_tensor_count(const wts_t *w);
+void wts_mixtral_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);
