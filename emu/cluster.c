@@ -192,14 +192,25 @@ static void emu_wake_all(emu_cluster_t *c)
     pthread_cond_broadcast(&c->pace_cv);
 }
 
-/* Record device d's failure; the first one aborts the run. */
+/* With c->mu held: whether device d's failure is the one to report
+ * rather than f's (-1: none yet). A device's own failure goes before a
+ * peer's "stopped", then the lower rank: the report must not depend on
+ * which thread failed first. */
+static bool emu_fail_reported(const emu_cluster_t *c, int d, int f)
+{
+    if (f < 0) return true;
+    bool dpeer = c->devs[d].status == MOEMU_ERR_PEER;
+    bool fpeer = c->devs[f].status == MOEMU_ERR_PEER;
+    return dpeer != fpeer ? fpeer : d < f;
+}
+
+/* Record device d's failure (its status set); the first one aborts the
+ * run. */
 static void emu_cluster_fail(emu_cluster_t *c, int d)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->fail_rank < 0) {
-        c->fail_rank = d;
-        atomic_store(&c->aborting, true);
-    }
+    if (c->fail_rank < 0) atomic_store(&c->aborting, true);
+    if (emu_fail_reported(c, d, c->fail_rank)) c->fail_rank = d;
     emu_wake_all(c);
     pthread_mutex_unlock(&c->mu);
 }
@@ -302,6 +313,18 @@ static hwloc_bitmap_t emu_dev_cpus(emu_cluster_t *c, int d)
     return set;
 }
 
+/* dev's failure as the run's, "device N: " put before a message that
+ * does not begin by naming device N already. */
+static moemu_status_t emu_report_failure(const emu_dev_t *dev)
+{
+    char own[32];
+    size_t n = (size_t)snprintf(own, sizeof own, "device %d", dev->rank);
+    const char *m = dev->errmsg;
+    if (strncmp(m, own, n) == 0 && (m[n] == ' ' || m[n] == ':'))
+        return moemu_fail(dev->status, "%s", m);
+    return moemu_fail(dev->status, "%s: %s", own, m);
+}
+
 moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
 {
     pthread_mutex_lock(&c->mu);
@@ -370,7 +393,5 @@ moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
     c->running = false;
     int f = c->fail_rank;
     pthread_mutex_unlock(&c->mu);
-    if (f < 0) return MOEMU_OK;
-    return moemu_fail(c->devs[f].status, "device %d: %s", f,
-                      c->devs[f].errmsg);
+    return f < 0 ? MOEMU_OK : emu_report_failure(&c->devs[f]);
 }

@@ -27,7 +27,9 @@ typedef enum {
 } moemu_status_t;
 
 const char *moemu_strerror(moemu_status_t st);
-/* Record a one-line message for this thread and return st. */
+/* Record a one-line message for this thread and return st. Control
+ * characters in it (from file names, tensor names, config values) are
+ * written as \xNN; an argument may be moemu_errmsg() itself. */
 moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* This thread's last message ("" if none). */
@@ -436,9 +438,12 @@ typedef moemu_status_t (*emu_dev_fn)(emu_dev_t *dev, void *arg);
  * While it runs, OpenBLAS uses max(1, cores / ndev) threads (never more
  * than it was set to before the run; restored afterwards). The first
  * device to fail aborts the run: every device waiting in a collective is
- * released with MOEMU_ERR_PEER. Returns the first failure's status; its
- * message, prefixed "device N: ", is then the calling thread's
- * moemu_errmsg(). Clocks and counters carry over from run to run. */
+ * released with MOEMU_ERR_PEER. Returns the status of the lowest-ranked
+ * device that failed on its own (not released by another's failure),
+ * whichever failed first; its message, naming the device once ("device N:
+ * " put before it unless it begins with "device N"), is then the calling
+ * thread's moemu_errmsg(). Clocks and counters carry over from run to
+ * run. */
 moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg);
 
 /* ---- A device's place and communication counters. */

@@ -79,11 +79,11 @@ struct emu_cluster {
     void *hwloc;     /* hwloc_topology_t, NULL if unpinned */
 
     /* run state */
-    pthread_mutex_t mu;   /* guards syncs, first failure, running */
+    pthread_mutex_t mu;   /* guards syncs, the failure reported, running */
     pthread_cond_t pace_cv; /* paced sleeps wait here, woken on abort */
     atomic_bool aborting;
     bool running;
-    int fail_rank;        /* first failure, -1 if none */
+    int fail_rank;        /* failure to report, -1 if none */
     emu_sync_t *syncs;
     struct timespec run_start;
 };

@@ -21,12 +21,29 @@ const char *moemu_strerror(moemu_status_t st)
     return "unknown status";
 }
 
+/* Copy src into emu_errbuf with control characters as \xNN: names and
+ * values from files and flags must not play escape sequences on the
+ * user's terminal, nor break the message's one line. */
+static void emu_errcopy(const char *src)
+{
+    size_t n = 0, cap = sizeof emu_errbuf;
+    for (const unsigned char *p = (const unsigned char *)src; *p && n + 1 < cap; p++) {
+        if (*p >= 0x20 && *p != 0x7f) emu_errbuf[n++] = (char)*p;
+        else if (n + 4 < cap) n += (size_t)snprintf(emu_errbuf + n, cap - n, "\\x%02x", *p);
+        else break;
+    }
+    emu_errbuf[n] = '\0';
+}
+
 moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
 {
+    /* formatted apart first: an argument may be moemu_errmsg() itself */
+    char msg[sizeof emu_errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(emu_errbuf, sizeof emu_errbuf, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    emu_errcopy(msg);
     return st;
 }
 

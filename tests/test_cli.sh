@@ -56,6 +56,11 @@ expect 2 "unknown or incomplete option '--bogus'" "$moemu" run --bogus
 expect 2 "unexpected argument 'extra'" "$moemu" run --model tiny extra
 expect 2 "--batch '0': expected a whole number" "$moemu" run --model tiny --batch 0
 expect 2 "--seed '-3'" "$moemu" run --model tiny --seed -3
+# strtoull takes leading blanks and a sign: " -1" would be 2^64 - 1
+for seed in " -1" "+1" " 1"; do
+    expect 2 "--seed '$seed': expected a non-negative whole number" "$moemu" run \
+        --model tiny --seed "$seed"
+done
 expect 2 "--decode 'many'" "$moemu" run --model tiny --decode many
 expect 2 "nosuchmodel: no such built-in model" "$moemu" run --model nosuchmodel
 expect 2 "max_position_embeddings is 4096" "$moemu" run --model tiny --prompt-len 4096 --decode 2

@@ -933,8 +933,7 @@ Test(errors, failure_releases_everyone_quickly)
             moemu_status_t st = emu_cluster_run(c, fail_fn, &f);
             double dt = wall_now() - t0;
             char want[64];
-            snprintf(want, sizeof want, "device %d: device %d out of memory",
-                     f.bad, f.bad);
+            snprintf(want, sizeof want, "device %d out of memory", f.bad);
             if (f.where == 4) {
                 cr_assert_eq(st, p == 1 ? MOEMU_OK : MOEMU_ERR_INVALID,
                              "p=%d: %s", p, moemu_errmsg());

@@ -302,6 +302,17 @@ Test(config_parse, model_type_chooses_the_family)
     cr_assert(strstr(moemu_errmsg(), "model_type"), "%s", moemu_errmsg());
 }
 
+/* A string from the config reaches the terminal with its control
+ * characters escaped: no escape sequence of the file is played. */
+Test(config_parse, control_characters_escaped)
+{
+    cfg_model_t c;
+    cr_assert_eq(parse_patched(&c, "{\"hidden_act\": \"x\\u001b[2Jy\\u0007\"}", NULL, "x"),
+                 MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "x: config key 'hidden_act' = \"x\\x1b[2Jy\\x07\" is not "
+                                     "supported (silu or gelu)");
+}
+
 Test(config_parse, every_problem_at_once)
 {
     cfg_model_t c;

@@ -240,6 +240,51 @@ Test(memory, cluster_limit_and_no_limit)
     emu_cluster_destroy(c);
 }
 
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Every device runs out of memory, the highest ranks first. */
+static moemu_status_t late_oom_fn(emu_dev_t *dev, void *arg)
+{
+    (void)arg;
+    sleep_ms(10 * (3 - emu_dev_rank(dev)));
+    return oom_fn(dev, NULL);
+}
+
+/* Device 0 is stopped by another's failure; 1 fails after 2 on its own. */
+static moemu_status_t stopped_fn(emu_dev_t *dev, void *arg)
+{
+    (void)arg;
+    int r = emu_dev_rank(dev);
+    for (int i = 0; r == 0 && i < 5000 && !emu_dev_aborting(dev); i++) sleep_ms(1);
+    if (r == 0) return moemu_fail(MOEMU_ERR_PEER, "stopped");
+    if (r == 1) sleep_ms(20);
+    return oom_fn(dev, NULL);
+}
+
+#define OOM_OF(d)                                                                       \
+    "device " #d " out of memory: kv-cache request of 200 MB on top of 900 MB in use " \
+    "(weights 900 MB, kv-cache 0 B, activations 0 B, comm-buffers 0 B, other 0 B) "   \
+    "exceeds the capacity of 1.00 GB"
+
+/* Whichever thread fails first, the run reports the lowest rank's own
+ * failure, naming the device once. */
+Test(memory, lowest_failing_device_is_reported)
+{
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, &topo, 4, NULL, &c), MOEMU_OK);
+    cr_assert_eq(emu_cluster_run(c, late_oom_fn, NULL), MOEMU_ERR_OOM);
+    cr_assert_str_eq(moemu_errmsg(), OOM_OF(0));
+    emu_cluster_destroy(c); /* a new one: memory use carries over */
+    cr_assert_eq(emu_cluster_create(&spec, &topo, 4, NULL, &c), MOEMU_OK);
+    cr_assert_eq(emu_cluster_run(c, stopped_fn, NULL), MOEMU_ERR_OOM);
+    cr_assert_str_eq(moemu_errmsg(), OOM_OF(1));
+    emu_cluster_destroy(c);
+}
+
 Test(memory, fmt_bytes)
 {
     char b[32];

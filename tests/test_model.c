@@ -322,6 +322,41 @@ Test(workload, tokens_file)
     unlink(path);
 }
 
+/* A token that is not an id is shown as the file has it; a file that
+ * cannot be opened says why. */
+Test(workload, token_errors_show_the_value)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    char path[] = "/tmp/moemu-tok-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *bad[][2] = {{"[[1, 2], [97]]", "sequence 1 position 0 is not a token id in "
+                                               "[0, 97), got 97"},
+                            {"[[-3]]", "sequence 0 position 0 is not a token id in [0, 97), "
+                                       "got -3"},
+                            {"[[1, \"a\"]]", "sequence 0 position 1 is not a token id in "
+                                             "[0, 97), got \"a\""},
+                            {"[[2.5]]", "sequence 0 position 0 is not a token id in [0, 97), "
+                                        "got 2.5"}};
+    wl_opts_t o = {.tokens_file = path};
+    wl_t wl;
+    char want[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        FILE *fp = fopen(path, "w");
+        fputs(bad[i][0], fp);
+        fclose(fp);
+        cr_assert_eq(wl_make(&wl, &o, &cfg), MOEMU_ERR_INVALID);
+        snprintf(want, sizeof want, "tokens file %s: %s", path, bad[i][1]);
+        cr_expect_str_eq(moemu_errmsg(), want);
+    }
+    unlink(path);
+    cr_assert_eq(wl_make(&wl, &o, &cfg), MOEMU_ERR_IO);
+    snprintf(want, sizeof want, "cannot open tokens file %s: No such file or directory", path);
+    cr_expect_str_eq(moemu_errmsg(), want);
+}
+
 /* One device is the runner on the one-device strategy, whoever asks: a
  * library caller, check's baseline and the report's scaling reference (a
  * dry replay of the strategy's routing) get the same clock, TTFT and peak

@@ -1678,3 +1678,55 @@ ParameterizedTest(const dry_t *k, dry_run, equals_real_math)
     run_free(&real, &ro);
     wl_free(&wl);
 }
+
+/* ---- replay records that do not fit the run */
+
+/* Save rec (shape [L, 1, P, 2]) to a temporary file; spec gets "replay:PATH". */
+static void save_record(const int *rec, int L, int P, char *path, char *spec, size_t n)
+{
+    snprintf(path, 64, "/tmp/moemu-route-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(route_save(path, rec, L, 1, P, 2), MOEMU_OK, "%s", moemu_errmsg());
+    snprintf(spec, n, "replay:%s", path);
+}
+
+/* route_open's message on rec (2 layers, 1 sequence, 2 positions, top-2
+ * of 4 experts) */
+static void replay_error(const int *rec, int L, const char *want_fmt)
+{
+    cfg_model_t cfg;
+    small_cfg(&cfg, 2, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "2", 1);
+    char path[64], spec[96], want[512];
+    save_record(rec, L, 2, path, spec, sizeof spec);
+    route_src_t r;
+    cr_assert_neq(route_open(&r, spec, &cfg, &wl, 1), MOEMU_OK);
+    snprintf(want, sizeof want, want_fmt, spec, path);
+    cr_expect_str_eq(moemu_errmsg(), want);
+    unlink(path);
+    wl_free(&wl);
+}
+
+Test(routing, replay_names_what_does_not_fit)
+{
+    int rec[8] = {0, 1, 2, 3, 1, 8, 0, 2};
+    replay_error(rec, 2, "routing '%s': expert 8 in a model of 4");
+    /* the file's own message once, behind one prefix */
+    replay_error(rec, 1, "routing '%s': tensor 'routing' in %s has shape [1, 1, 2, 2], "
+                         "expected [2, 1, 2, 2] (replay a record of the same model and "
+                         "workload)");
+}
+
+Test(routing, replay_refuses_a_repeated_expert)
+{
+    int twice[8] = {0, 1, 2, 3, 1, 0, 2, 2};
+    replay_error(twice, 2, "routing '%s': layer 1, sequence 0, position 1 chooses expert 2 "
+                           "twice");
+    /* a dropped assignment (-1 - e) still names expert e */
+    int dropped[8] = {0, 1, 2, -1 - 2, 1, 0, 2, 3};
+    replay_error(dropped, 2, "routing '%s': layer 0, sequence 0, position 1 chooses expert 2 "
+                             "twice");
+}

@@ -529,6 +529,18 @@ Test(st, bad_fields)
         MOEMU_ERR_FORMAT, SUBS("'w'", "[4294967296, 4294967296]"));
 }
 
+/* A tensor name is shown with its control characters escaped. */
+Test(st, control_characters_in_names_escaped)
+{
+    expect_open_fails(
+        write_header("ctl.safetensors",
+                     "{\"w\\u001b[2J\\n\":{\"dtype\":7,\"shape\":[1],"
+                     "\"data_offsets\":[0,4]}}",
+                     4),
+        MOEMU_ERR_FORMAT, SUBS("'w\\x1b[2J\\x0a'"));
+    cr_expect_null(strchr(moemu_errmsg(), '\x1b'), "%s", moemu_errmsg());
+}
+
 Test(st, offsets_out_of_range)
 {
     expect_open_fails(

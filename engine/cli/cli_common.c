@@ -1,5 +1,6 @@
 /* What the subcommands share besides their options: errors, number
  * parsing, hardware, progress. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -32,7 +33,8 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (end == s || *end != '\0' || errno != 0 || s[0] == '-')
+    /* strtoull skips blanks and takes a sign: " -1" would be 2^64 - 1 */
+    if (end == s || *end != '\0' || errno != 0 || !isdigit((unsigned char)s[0]))
         return moemu_fail(MOEMU_ERR_INVALID, "%s '%s': expected a non-negative whole number",
                           flag, s);
     *out = v;

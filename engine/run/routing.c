@@ -25,6 +25,32 @@ static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
     r->E = cfg->num_local_experts;
 }
 
+/* The expert of a record's entry: a dropped assignment is -1 - e. */
+static int replay_expert(int x) { return x < 0 ? -1 - x : x; }
+
+/* Every token's top-k of a replay record: experts of the model, each at
+ * most once (the router never picks one twice). */
+static moemu_status_t replay_check(const route_src_t *r, const char *spec)
+{
+    size_t tokens = (size_t)r->L * r->B * r->P;
+    for (size_t t = 0; t < tokens; t++) {
+        const int *rec = r->replay + t * r->k;
+        for (int j = 0; j < r->k; j++) {
+            if (rec[j] == INT32_MIN) continue;
+            int e = replay_expert(rec[j]);
+            if (e >= r->E)
+                return moemu_fail(MOEMU_ERR_FORMAT, "routing '%s': expert %d in a model of %d",
+                                  spec, e, r->E);
+            for (int q = 0; q < j; q++)
+                if (rec[q] != INT32_MIN && replay_expert(rec[q]) == e)
+                    return moemu_fail(MOEMU_ERR_FORMAT, "routing '%s': layer %zu, sequence %zu, "
+                                      "position %zu chooses expert %d twice", spec,
+                                      t / ((size_t)r->B * r->P), t / r->P % r->B, t % r->P, e);
+        }
+    }
+    return MOEMU_OK;
+}
+
 moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
                           const wl_t *wl, uint64_t seed)
 {
@@ -76,21 +102,11 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
         moemu_status_t st = r->replay ? st_read_i32(f, "routing", 4, shape, r->replay)
                                       : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %s", path);
         st_close(f);
-        if (st != MOEMU_OK) {
-            route_close(r);
-            moemu_fail(st, "routing '%s': %s (replay a record of the same model and "
-                           "workload)", spec, moemu_errmsg());
-            return st;
-        }
-        for (size_t i = 0; i < n; i++) {
-            int e = r->replay[i] < 0 ? -1 - r->replay[i] : r->replay[i];
-            if (r->replay[i] != INT32_MIN && e >= r->E) {
-                route_close(r);
-                return moemu_fail(MOEMU_ERR_FORMAT, "routing '%s': expert %d in a model of %d",
-                                  spec, e, r->E);
-            }
-        }
-        return MOEMU_OK;
+        if (st == MOEMU_OK) st = replay_check(r, spec);
+        else moemu_fail(st, "routing '%s': %s (replay a record of the same model and "
+                            "workload)", spec, moemu_errmsg());
+        if (st != MOEMU_OK) route_close(r);
+        return st;
     }
     return moemu_fail(MOEMU_ERR_INVALID,
                       "routing '%s': expected uniform, zipf:S or replay:FILE", spec);
@@ -131,7 +147,7 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
             int x = rec[j];
             /* a position the record never routed (it cannot happen for the
              * same workload) falls back to expert j */
-            idx[j] = x == INT32_MIN ? j % E : x < 0 ? -1 - x : x;
+            idx[j] = x == INT32_MIN ? j % E : replay_expert(x);
         }
         return;
     }

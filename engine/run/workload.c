@@ -128,9 +128,11 @@ static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_
             json_t *v = json_array_get(seq, (size_t)i);
             json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
             if (id < 0 || id >= cfg->vocab_size) {
+                char got[96];
+                emu_json_describe(v, got, sizeof got);
                 st = moemu_fail(MOEMU_ERR_INVALID,
                                 "%s: sequence %zu position %d is not a token id in "
-                                "[0, %d)", origin, b, i, cfg->vocab_size);
+                                "[0, %d), got %s", origin, b, i, cfg->vocab_size, got);
                 goto out;
             }
             wl->tokens[wl->start[b] + i] = (int)id;
