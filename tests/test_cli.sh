@@ -104,6 +104,10 @@ expect 2 "trunc.st" "$moemu" run --model tiny --weights "$tmp/trunc.st"
 printf '{"vocab_size":97,"hidden_size":32,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"num_local_experts":8,"num_experts_per_tok":2}' >"$tmp/other.json"
 expect 2 "model.embed_tokens.weight" "$moemu" run --model "$tmp/other.json" --weights "$tmp/w2.st"
 expect 2 "nonexistent" "$moemu" run --model tiny --weights "$tmp/nonexistent.st"
+# tiny's 4 layers for a config of 3: the fourth layer's 31 tensors are named
+printf '{"vocab_size":97,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"num_local_experts":8,"num_experts_per_tok":2}' >"$tmp/three.json"
+expect 2 "w2.st: 31 tensors that model three does not use: 'model.layers.3.input_layernorm.weight'" \
+    "$moemu" run --model "$tmp/three.json" --decode 1 --weights "$tmp/w2.st"
 
 # an output that cannot be written leaves nothing behind
 expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 --json "$tmp/no/dir/x.json"

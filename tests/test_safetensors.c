@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "engine/models/safetensors.h"
+#include "engine/models/weights.h"
 
 /* ---- a fresh directory per test (Criterion runs each in its own process) */
 
@@ -592,6 +593,137 @@ Test(st, truncated_data)
     snprintf(have, sizeof have, "has %ld bytes", size - 4);
     expect_open_fails(p, MOEMU_ERR_FORMAT,
                       SUBS("truncated", need, have, "'b'"));
+}
+
+/* ---- the data section exactly covered, as the reference reader demands:
+ * sorted by offset, the tensors begin at 0, follow one another with no
+ * overlap or gap, and the last one ends where the file does. */
+
+/* st_open must fail with MOEMU_ERR_FORMAT and exactly this message. */
+static void expect_open_msg(const char *path, const char *want)
+{
+    st_file_t *f = (st_file_t *)&f;
+    moemu_errclear();
+    cr_assert_eq(st_open(path, &f), MOEMU_ERR_FORMAT, "st_open(%s): %s", path,
+                 moemu_errmsg());
+    cr_expect_null(f);
+    cr_expect_str_eq(moemu_errmsg(), want);
+}
+
+Test(st, overlapping_offsets)
+{
+    const char *p = write_header(
+        "overlap.safetensors",
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+        "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+        8);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s: tensors 'a' (data_offsets [0, 8]) and 'b' ([4, 8]) "
+             "overlap: every byte of data must belong to one tensor",
+             p);
+    expect_open_msg(p, want);
+}
+
+Test(st, gap_between_tensors)
+{
+    /* listed out of order: the check goes by offset, not header order */
+    const char *p = write_header(
+        "gap.safetensors",
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]},"
+        "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+        12);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s: no tensor holds the 4 bytes between tensor 'a' (ends at "
+             "data offset 4) and tensor 'b' (begins at 8): the tensors must "
+             "follow one another",
+             p);
+    expect_open_msg(p, want);
+
+    p = write_header("lead.safetensors",
+                     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],"
+                     "\"data_offsets\":[4,8]}}",
+                     8);
+    snprintf(want, sizeof want,
+             "%s: no tensor holds the 4 bytes before tensor 'a' (begins at "
+             "data offset 4): the first tensor must begin at 0",
+             p);
+    expect_open_msg(p, want);
+}
+
+Test(st, trailing_bytes)
+{
+    const char *hdr = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],"
+                      "\"data_offsets\":[0,8]}}";
+    const char *p = write_header("trail.safetensors", hdr, 12);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s: the data after the header of %zu bytes has 12 bytes but "
+             "the tensors end at 8 (tensor 'a'): no tensor holds its last 4 "
+             "bytes (trailing bytes, or a wrong header length)",
+             p, strlen(hdr));
+    expect_open_msg(p, want);
+
+    /* no tensor at all, yet data */
+    p = write_header("none.safetensors", "{}", 3);
+    snprintf(want, sizeof want,
+             "%s: the data after the header of 2 bytes has 3 bytes but the "
+             "tensors end at 0 (no tensors): no tensor holds its last 3 bytes "
+             "(trailing bytes, or a wrong header length)",
+             p);
+    expect_open_msg(p, want);
+}
+
+/* The header's padding space falls into the data: still valid JSON, but
+ * every tensor would be read one byte early. */
+Test(st, header_length_one_short)
+{
+    const char *hdr = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],"
+                      "\"data_offsets\":[0,8]}} ";
+    const char *p = tpath("short1.safetensors");
+    uint8_t data[8] = {0};
+    write_raw(p, strlen(hdr) - 1, hdr, strlen(hdr), data, sizeof data);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s: the data after the header of %zu bytes has 9 bytes but "
+             "the tensors end at 8 (tensor 'a'): no tensor holds its last 1 "
+             "byte (trailing bytes, or a wrong header length)",
+             p, strlen(hdr) - 1);
+    expect_open_msg(p, want);
+}
+
+/* A checkpoint with more layers than the config: the extra tensors are
+ * named, the first three and a count of the rest. */
+Test(st, tensors_the_model_does_not_use)
+{
+    const char *base = "{\"vocab_size\":10,\"hidden_size\":8,"
+                       "\"intermediate_size\":8,\"num_attention_heads\":2,"
+                       "\"num_key_value_heads\":1,\"num_local_experts\":2,"
+                       "\"num_experts_per_tok\":1,\"num_hidden_layers\":";
+    char json[400];
+    cfg_model_t two, one;
+    snprintf(json, sizeof json, "%s2}", base);
+    cr_assert_eq(cfg_parse(&two, json, "two"), MOEMU_OK, "%s", moemu_errmsg());
+    snprintf(json, sizeof json, "%s1}", base);
+    cr_assert_eq(cfg_parse(&one, json, "one"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t w, r = {0};
+    cr_assert_eq(wts_generate_all(&w, &two, 3), MOEMU_OK, "%s", moemu_errmsg());
+    const char *p = tpath("deep.safetensors");
+    cr_assert_eq(wts_dump(&w, p), MOEMU_OK, "%s", moemu_errmsg());
+    wts_free(&w);
+
+    moemu_errclear();
+    cr_assert_eq(wts_load(&r, &one, p), MOEMU_ERR_FORMAT, "%s", moemu_errmsg());
+    char want[900];
+    snprintf(want, sizeof want,
+             "%s: 13 tensors that model one does not use: "
+             "'model.layers.1.input_layernorm.weight', "
+             "'model.layers.1.self_attn.q_proj.weight', "
+             "'model.layers.1.self_attn.k_proj.weight' and 10 more",
+             p);
+    cr_expect_str_eq(moemu_errmsg(), want);
+    cr_expect_null(r.block, "nothing kept");
 }
 
 /* ---- st_read_f32's checks */

@@ -210,17 +210,28 @@ static moemu_status_t st_parse_entry(const char *path, const char *name,
     return MOEMU_OK;
 }
 
-/* Parse and check the header of a mapped file into f. */
-static moemu_status_t st_parse(st_file_t *f)
+/* One tensor's place in the data section, for the layout checks. */
+typedef struct {
+    uint64_t begin, end;
+    const char *name;
+} st_span_t;
+
+/* By offsets, as the reference reader sorts them; names break ties so
+ * that the message does not depend on qsort. */
+static int st_cmp_span(const void *a, const void *b)
 {
-    const char *path = f->path;
-    uint64_t size = f->map_size;
-    if (size < 8)
-        return moemu_fail(MOEMU_ERR_FORMAT,
-                          "%s: file has %llu bytes, too short for the 8-byte "
-                          "safetensors header length",
-                          path, (unsigned long long)size);
-    uint64_t hlen = st_load_u64le(f->map);
+    const st_span_t *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static const char *st_plural(uint64_t n) { return n == 1 ? "" : "s"; }
+
+/* The header length: within the file and under the limit. */
+static moemu_status_t st_check_hlen(const char *path, uint64_t size,
+                                    uint64_t hlen)
+{
     if (hlen > size - 8)
         return moemu_fail(MOEMU_ERR_FORMAT,
                           "%s: header length %llu goes beyond the file of "
@@ -233,24 +244,123 @@ static moemu_status_t st_parse(st_file_t *f)
                           "bytes: not a safetensors file?",
                           path, (unsigned long long)hlen,
                           (unsigned long long)ST_MAX_HEADER);
-    const uint8_t *data = f->map + 8 + hlen;
-    uint64_t data_size = size - 8 - hlen;
+    return MOEMU_OK;
+}
 
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)f->map + 8, (size_t)hlen,
-                              JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return moemu_fail(MOEMU_ERR_FORMAT,
-                          "%s: header is not valid JSON: %s (line %d, "
-                          "column %d)",
-                          path, jerr.text, jerr.line, jerr.column);
-    moemu_status_t st = MOEMU_OK;
-    if (!json_is_object(root)) {
-        st = moemu_fail(MOEMU_ERR_FORMAT,
-                        "%s: header JSON is not an object", path);
-        goto out;
+/* The tensor reaching furthest must end inside the file: checked before
+ * the layout so that a file cut short is called truncated. */
+static moemu_status_t st_check_inside(const char *path, uint64_t size,
+                                      uint64_t hlen, const st_span_t *sp,
+                                      int n)
+{
+    const st_span_t *far = NULL;
+    for (int i = 0; i < n; i++)
+        if (!far || sp[i].end > far->end) far = &sp[i];
+    if (!far || far->end <= size - 8 - hlen) return MOEMU_OK;
+    return moemu_fail(MOEMU_ERR_FORMAT,
+                      "%s: truncated or bad offsets: the header needs %llu "
+                      "bytes (tensor '%s' ends at data offset %llu) but the "
+                      "file has %llu bytes",
+                      path, (unsigned long long)(8 + hlen + far->end),
+                      far->name, (unsigned long long)far->end,
+                      (unsigned long long)size);
+}
+
+/* Sorted spans must start at 0 and follow one another: an overlap would
+ * let two tensors share bytes, a gap hide data no tensor accounts for. */
+static moemu_status_t st_check_contiguous(const char *path,
+                                          const st_span_t *sp, int n)
+{
+    uint64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        const st_span_t *t = &sp[i], *prev = i ? &sp[i - 1] : NULL;
+        if (t->begin < at)
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: tensors '%s' (data_offsets [%llu, %llu]) "
+                              "and '%s' ([%llu, %llu]) overlap: every byte "
+                              "of data must belong to one tensor",
+                              path, prev->name,
+                              (unsigned long long)prev->begin,
+                              (unsigned long long)prev->end, t->name,
+                              (unsigned long long)t->begin,
+                              (unsigned long long)t->end);
+        uint64_t gap = t->begin - at;
+        if (gap && !prev)
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: no tensor holds the %llu byte%s before "
+                              "tensor '%s' (begins at data offset %llu): the "
+                              "first tensor must begin at 0",
+                              path, (unsigned long long)gap, st_plural(gap),
+                              t->name, (unsigned long long)t->begin);
+        if (gap)
+            return moemu_fail(MOEMU_ERR_FORMAT,
+                              "%s: no tensor holds the %llu byte%s between "
+                              "tensor '%s' (ends at data offset %llu) and "
+                              "tensor '%s' (begins at %llu): the tensors "
+                              "must follow one another",
+                              path, (unsigned long long)gap, st_plural(gap),
+                              prev->name, (unsigned long long)prev->end,
+                              t->name, (unsigned long long)t->begin);
+        at = t->end;
     }
+    return MOEMU_OK;
+}
 
+/* The data section must end where the last tensor does. Bytes left over
+ * are trailing data or, when the header's padding fell into the data, a
+ * header length too short (every tensor shifted). */
+static moemu_status_t st_check_covered(const char *path, uint64_t size,
+                                       uint64_t hlen, const st_span_t *sp,
+                                       int n)
+{
+    uint64_t data_size = size - 8 - hlen, end = n ? sp[n - 1].end : 0;
+    if (end == data_size) return MOEMU_OK;
+    char last[160] = "no tensors";
+    if (n) snprintf(last, sizeof last, "tensor '%.128s'", sp[n - 1].name);
+    uint64_t left = data_size - end;
+    return moemu_fail(MOEMU_ERR_FORMAT,
+                      "%s: the data after the header of %llu bytes has %llu "
+                      "bytes but the tensors end at %llu (%s): no tensor "
+                      "holds its last %llu byte%s (trailing bytes, or a "
+                      "wrong header length)",
+                      path, (unsigned long long)hlen,
+                      (unsigned long long)data_size, (unsigned long long)end,
+                      last, (unsigned long long)left, st_plural(left));
+}
+
+/* Every tensor of the header into f->tensors (in header order), with its
+ * span; names are copied into f->names. */
+static moemu_status_t st_parse_entries(st_file_t *f, json_t *root,
+                                       const uint8_t *data, st_span_t *sp)
+{
+    char *np = f->names;
+    int i = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) continue;
+        st_tensor_t *t = &f->tensors[i];
+        size_t kl = strlen(key) + 1;
+        memcpy(np, key, kl);
+        t->name = np;
+        np += kl;
+        st_span_t *s = &sp[i];
+        s->name = t->name;
+        MOEMU_CHECK(st_parse_entry(f->path, t->name, val, t, &s->begin,
+                                   &s->end));
+        /* Only dereferenced once the range is known to be in the file. */
+        t->data = (const void *)((uintptr_t)data + (uintptr_t)s->begin);
+        f->by_name[i] = t;
+        i++;
+    }
+    f->n = i;
+    return MOEMU_OK;
+}
+
+/* Allocate f's tables for the header's tensors (and the spans). */
+static moemu_status_t st_alloc_tables(st_file_t *f, json_t *root,
+                                      st_span_t **sp)
+{
     /* Count first so the tensors and names are two allocations. */
     size_t n = 0, name_bytes = 0;
     const char *key;
@@ -260,58 +370,68 @@ static moemu_status_t st_parse(st_file_t *f)
         n++;
         name_bytes += strlen(key) + 1;
     }
-    if (n > (size_t)INT32_MAX) {
-        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: %zu tensors is too many",
-                        path, n);
-        goto out;
-    }
+    if (n > (size_t)INT32_MAX)
+        return moemu_fail(MOEMU_ERR_FORMAT, "%s: %zu tensors is too many",
+                          f->path, n);
     f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
     f->by_name = calloc(n ? n : 1, sizeof *f->by_name);
     f->names = malloc(name_bytes ? name_bytes : 1);
-    if (!f->tensors || !f->by_name || !f->names) {
-        st = moemu_fail(MOEMU_ERR_NOMEM,
-                        "%s: out of memory for %zu tensor entries", path, n);
-        goto out;
-    }
+    *sp = calloc(n ? n : 1, sizeof **sp);
+    if (!f->tensors || !f->by_name || !f->names || !*sp)
+        return moemu_fail(MOEMU_ERR_NOMEM,
+                          "%s: out of memory for %zu tensor entries", f->path,
+                          n);
+    return MOEMU_OK;
+}
 
-    /* The tensor reaching furthest into the data decides whether the file
-     * is complete. */
-    uint64_t max_end = 0;
-    const char *max_name = NULL;
-    char *np = f->names;
-    int i = 0;
-    json_object_foreach(root, key, val) {
-        if (strcmp(key, "__metadata__") == 0) continue;
-        st_tensor_t *t = &f->tensors[i];
-        size_t kl = strlen(key) + 1;
-        memcpy(np, key, kl);
-        t->name = np;
-        np += kl;
-        uint64_t begin, end;
-        st = st_parse_entry(path, t->name, val, t, &begin, &end);
-        if (st != MOEMU_OK) goto out;
-        if (end > max_end || !max_name) {
-            max_end = end;
-            max_name = t->name;
-        }
-        /* Only dereferenced once the range is known to be in the file. */
-        t->data = (const void *)((uintptr_t)data + (uintptr_t)begin);
-        f->by_name[i] = t;
-        i++;
+/* The tensors of a parsed header, checked as the reference reader
+ * (huggingface/safetensors) does, then indexed by name. */
+static moemu_status_t st_parse_tensors(st_file_t *f, json_t *root,
+                                       uint64_t hlen)
+{
+    st_span_t *sp = NULL;
+    uint64_t size = f->map_size;
+    moemu_status_t st = st_alloc_tables(f, root, &sp);
+    if (st == MOEMU_OK)
+        st = st_parse_entries(f, root, f->map + 8 + hlen, sp);
+    if (st == MOEMU_OK) st = st_check_inside(f->path, size, hlen, sp, f->n);
+    if (st == MOEMU_OK) {
+        qsort(sp, (size_t)f->n, sizeof *sp, st_cmp_span);
+        st = st_check_contiguous(f->path, sp, f->n);
     }
-    f->n = i;
-    if (max_end > data_size) {
-        st = moemu_fail(MOEMU_ERR_FORMAT,
-                        "%s: truncated or bad offsets: the header needs "
-                        "%llu bytes (tensor '%s' ends at data offset %llu) "
-                        "but the file has %llu bytes",
-                        path, (unsigned long long)(8 + hlen + max_end),
-                        max_name, (unsigned long long)max_end,
-                        (unsigned long long)size);
-        goto out;
-    }
-    qsort(f->by_name, (size_t)f->n, sizeof *f->by_name, st_cmp_name);
-out:
+    if (st == MOEMU_OK) st = st_check_covered(f->path, size, hlen, sp, f->n);
+    if (st == MOEMU_OK)
+        qsort(f->by_name, (size_t)f->n, sizeof *f->by_name, st_cmp_name);
+    free(sp);
+    return st;
+}
+
+/* Parse and check the header of a mapped file into f. */
+static moemu_status_t st_parse(st_file_t *f)
+{
+    const char *path = f->path;
+    uint64_t size = f->map_size;
+    if (size < 8)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: file has %llu bytes, too short for the 8-byte "
+                          "safetensors header length",
+                          path, (unsigned long long)size);
+    uint64_t hlen = st_load_u64le(f->map);
+    MOEMU_CHECK(st_check_hlen(path, size, hlen));
+
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)f->map + 8, (size_t)hlen,
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return moemu_fail(MOEMU_ERR_FORMAT,
+                          "%s: header is not valid JSON: %s (line %d, "
+                          "column %d)",
+                          path, jerr.text, jerr.line, jerr.column);
+    moemu_status_t st =
+        json_is_object(root)
+            ? st_parse_tensors(f, root, hlen)
+            : moemu_fail(MOEMU_ERR_FORMAT, "%s: header JSON is not an object",
+                         path);
     json_decref(root);
     return st;
 }
@@ -387,6 +507,12 @@ const st_tensor_t *st_find(const st_file_t *f, const char *name)
     const st_tensor_t **hit = bsearch(&kp, f->by_name, (size_t)f->n,
                                       sizeof *f->by_name, st_cmp_name);
     return hit ? *hit : NULL;
+}
+
+int st_index(const st_file_t *f, const char *name)
+{
+    const st_tensor_t *t = st_find(f, name);
+    return t ? (int)(t - f->tensors) : -1;
 }
 
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,

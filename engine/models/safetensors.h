@@ -26,15 +26,20 @@ typedef struct {
 
 typedef struct st_file st_file_t;
 
-/* Map and validate a whole file: header length within the file, JSON
- * well-formed, every tensor's offsets inside the data and consistent with
- * its dtype and shape. A bad file is MOEMU_ERR_FORMAT (MOEMU_ERR_IO if it
- * cannot be opened) with a message naming the file and the problem. */
+/* Map and validate a whole file as the reference reader
+ * (huggingface/safetensors) does: header length within the file and at
+ * most 100 MB, JSON well-formed, every tensor's offsets consistent with
+ * its dtype and shape, and the tensors, sorted by offset, covering the
+ * data exactly (from 0, no overlap, no gap, nothing after). A bad file
+ * is MOEMU_ERR_FORMAT (MOEMU_ERR_IO if it cannot be opened) with a
+ * message naming the file and the problem. */
 moemu_status_t st_open(const char *path, st_file_t **out);
 void st_close(st_file_t *f);
 int st_count(const st_file_t *f);
 const st_tensor_t *st_at(const st_file_t *f, int i);
 const st_tensor_t *st_find(const st_file_t *f, const char *name); /* or NULL */
+/* The header-order index of name (st_at's), or -1. */
+int st_index(const st_file_t *f, const char *name);
 
 /* Look up name, check its shape equals shape[0..ndim) and convert it to
  * fp32 into out (the product of shape elements). F32, F16 and BF16 are

@@ -347,23 +347,64 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     return MOEMU_OK;
 }
 
+/* Read every tensor the model has (a missing one is an error), marking
+ * in used (by st_at index) the file's tensors read. */
+static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used)
+{
+    int n = wts_tensor_count(w);
+    for (int i = 0; i < n; i++) {
+        wts_tensor_t t;
+        wts_tensor_at(w, i, &t);
+        if (!tensor_present(&t)) continue;
+        MOEMU_CHECK(st_read_f32(f, t.name, t.ndim, t.shape, t.data));
+        used[st_index(f, t.name)] = true;
+    }
+    return MOEMU_OK;
+}
+
+/* Unused tensors an error names before "and N more". */
+enum { UNUSED_NAMED = 3 };
+
+/* A tensor the model does not read means the file is another config's
+ * checkpoint (more layers, more experts): refused, naming a few. moemu
+ * has no warnings yet, so this is the error a --strict would give. */
+static moemu_status_t check_all_used(const st_file_t *f, const bool *used,
+                                     const cfg_model_t *cfg, const char *path)
+{
+    char names[UNUSED_NAMED * 136 + 32] = "";
+    size_t len = 0;
+    int unused = 0;
+    for (int i = 0; i < st_count(f); i++) {
+        if (used[i] || unused++ >= UNUSED_NAMED) continue;
+        len += (size_t)snprintf(names + len, sizeof names - len, "%s'%.128s'",
+                                unused > 1 ? ", " : "", st_at(f, i)->name);
+    }
+    if (!unused) return MOEMU_OK;
+    if (unused > UNUSED_NAMED)
+        snprintf(names + len, sizeof names - len, " and %d more",
+                 unused - UNUSED_NAMED);
+    return moemu_fail(MOEMU_ERR_FORMAT, "%s: %d tensor%s that model %s does not use: %s",
+                      path, unused, unused == 1 ? "" : "s", cfg->name, names);
+}
+
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
 {
     st_file_t *f;
     MOEMU_CHECK(st_open(path, &f));
-    moemu_status_t st = wts_alloc(w, cfg, false);
-    if (st != MOEMU_OK) {
+    bool *used = calloc((size_t)st_count(f) + 1, sizeof *used);
+    if (!used) {
         st_close(f);
-        return st;
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory for %d tensor flags", path,
+                          st_count(f));
     }
-    int n = wts_tensor_count(w);
-    for (int i = 0; i < n && st == MOEMU_OK; i++) {
-        wts_tensor_t t;
-        wts_tensor_at(w, i, &t);
-        if (tensor_present(&t)) st = st_read_f32(f, t.name, t.ndim, t.shape, t.data);
+    moemu_status_t st = wts_alloc(w, cfg, false);
+    if (st == MOEMU_OK) {
+        st = load_tensors(w, f, used);
+        if (st == MOEMU_OK) st = check_all_used(f, used, cfg, path);
+        if (st != MOEMU_OK) wts_free(w);
     }
+    free(used);
     st_close(f);
-    if (st != MOEMU_OK) wts_free(w);
     return st;
 }
 
