@@ -47,9 +47,9 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
     if (ndev < 1)
         return moemu_fail(MOEMU_ERR_INVALID,
                           "a cluster needs at least one device (got %d)", ndev);
-    if (!(o.pace >= 0) || !isfinite(o.pace))
-        return moemu_fail(MOEMU_ERR_INVALID, "pace must be >= 0 (got %g)",
-                          o.pace);
+    if (!(o.pace >= 0 && o.pace <= EMU_PACE_MAX))
+        return moemu_fail(MOEMU_ERR_INVALID, "pace must be in [0, %g] (got %g)",
+                          EMU_PACE_MAX, o.pace);
     emu_topo_t t = *topo;
     MOEMU_CHECK(emu_topo_nodes(topo, ndev, &t.nodes));
 

@@ -312,9 +312,10 @@ emu_link_t emu_topo_group_link(const emu_topo_t *t, const int *ranks, int n);
 double emu_topo_bw(const emu_topo_t *t, emu_link_t l);
 double emu_topo_lat(const emu_topo_t *t, emu_link_t l);
 
-/* Check a spec or topology: every bandwidth, FLOP rate and capacity > 0,
- * mfu and bw_util in (0, 1], latencies and launch >= 0. origin names the
- * source in the message (a file, "--hw", ...). */
+/* Check a spec or topology: every figure within its physical range
+ * (docs/emulation.md, "Preset files": peak_flops in [1e9, 1e18] FLOP/s,
+ * mfu and bw_util in [0.001, 1], ...), the range named in the message.
+ * origin names the source in the message (a file, "--hw", ...). */
 moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin);
 moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin);
 /* The nodes ndev devices occupy on t: t->nodes, or as many as they need
@@ -396,10 +397,15 @@ double emu_coll_cost(emu_coll_t k, int algo, int p, double bytes, double alpha,
  * cores that hwloc finds. Nothing is global: clusters are independent. */
 typedef struct emu_cluster emu_cluster_t;
 
+/* The largest pace: 1000 x virtual time is already a slow demonstration,
+ * and a larger one (1e12) would keep a run asleep for ever. */
+#define EMU_PACE_MAX 1e3
+
 typedef struct {
     bool no_limit; /* lift every device's memory capacity */
     double pace;   /* > 0: a device sleeps so that its wall time since the
-                    * run started is at least pace x its virtual time */
+                    * run started is at least pace x its virtual time;
+                    * at most EMU_PACE_MAX */
     bool no_pin;   /* leave device threads unpinned */
     bool trace;    /* every device records its spans (emu_trace_dump) */
     bool nodata;   /* every device in no-data mode (emu_dev_set_nodata) */

@@ -47,7 +47,10 @@ expect 2 "moemu plan: unknown or incomplete option '--bogus' (see moemu plan --h
 expect 2 "moemu info: unexpected argument 'extra'" "$moemu" info extra
 expect 2 "give only one of --prompt-len, --prompt-lens, --prompt-len-range and --tokens" \
     "$moemu" run --model tiny --prompt-len 4 --prompt-lens 4,5
-expect 2 "--pace '-1': expected a number >= 0" "$moemu" run --model tiny --pace -1
+expect 2 "--pace '-1': expected a number in [0, 1000]" "$moemu" run --model tiny --pace -1
+# each device would sleep 1e12 x its virtual time: the run would never end
+expect 2 "--pace '1e12': expected a number in [0, 1000]" \
+    "$moemu" run --model tiny --strategy tp2 --pace 1e12
 expect 2 "--micro-batches 'x': expected a whole number" \
     "$moemu" sweep --model tiny --devices 2 --micro-batches x
 expect 2 "unknown command 'frobnicate'" "$moemu" frobnicate
@@ -109,6 +112,17 @@ printf '{"vocab_size":97,"hidden_size":64,"intermediate_size":96,"num_hidden_lay
 expect 2 "w2.st: 31 tensors that model three does not use: 'model.layers.3.input_layernorm.weight'" \
     "$moemu" run --model "$tmp/three.json" --decode 1 --weights "$tmp/w2.st"
 
+# a NaN weight (all ones: NaN in fp16 and bf16) as the last element: refused by name
+cp "$tmp/w.st" "$tmp/nan.st"
+printf '\377\377' | dd of="$tmp/nan.st" bs=1 seek=$(($(wc -c <"$tmp/w.st") - 2)) \
+    conv=notrunc 2>/dev/null
+expect 2 "1 tensor holds NaN or Inf values" "$moemu" run --model tiny --weights "$tmp/nan.st"
+
+# hardware outside physical ranges: refused with the range, never inf in a report
+printf '{"device": {"peak_flops": 5e-324, "mfu": 0.5, "mem_bw": 2e12, "bw_util": 0.9, "mem_capacity": 96e9, "launch_s": 0}, "topology": {"devices_per_node": 4, "intra_bw": 1e11, "intra_lat": 1e-6, "inter_bw": 1e10, "inter_lat": 1e-5}}' >"$tmp/hw.json"
+expect 2 "device.peak_flops must be in [1e9, 1e18] FLOP/s (got 4.94066e-324)" \
+    "$moemu" run --model tiny --strategy tp2 --hw "$tmp/hw.json"
+
 # an output that cannot be written leaves nothing behind
 expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 --json "$tmp/no/dir/x.json"
 [ ! -e "$tmp/no" ] && ok || bad "a partial output was left"
@@ -135,7 +149,11 @@ expect 0 "dp2-ep2 x1" "$moemu" sweep --model tiny --devices 2 --batch 2 --prompt
 
 # emulated devices: check, report, dry runs, traces, pacing, layout
 expect 0 "verdict                PASS" "$moemu" check --model tiny --strategy tp2-ep2 \
-    --batch 2 --prompt-lens 5,9 --decode 3
+    --batch 2 --prompt-lens 5,9 --decode 3 --json "$tmp/check.json"
+# 14 prompt positions and 2 x 3 generated tokens of 97 logits, no padding
+grep -q '"logits_compared": 1940,' "$tmp/check.json" && grep -q '"nonfinite_side": null' \
+    "$tmp/check.json" && grep -q '"verdict": "PASS"' "$tmp/check.json" && ok ||
+    bad "check JSON: $(tr -d '\n' <"$tmp/check.json" | head -c 600)"
 expect 2 "--strategy is required" "$moemu" check --model tiny
 expect 2 "moemu check compares real math" "$moemu" check --model tiny --strategy tp2 --math skip
 expect 2 "--rtol belongs to moemu check" "$moemu" run --model tiny --rtol 1e-3

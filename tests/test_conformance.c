@@ -4,6 +4,7 @@
  * capacity factor that drops assignments, on two small models. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -136,4 +137,36 @@ Test(conformance, empty_replicas_and_micro_batches)
         wl_free(&wl);
     }
     wts_free(&w);
+}
+
+/* A logit that is not a number at a real position fails the check and is
+ * named. Padding is known from the prompt lengths: before, NaN marked it,
+ * so a NaN final norm (every logit NaN) "passed" on 0 logits compared. */
+Test(conformance, non_finite_logits_fail)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    wts_t w;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
+    w.final_norm[0] = NAN;
+    wl_opts_t wo = {.lens = "3,5", .decode = 2, .seed = 5};
+    wl_t wl;
+    cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
+    runner_opts_t o = {.micro_batches = 1};
+    cr_assert_eq(par_strategy_parse("tp2", &o.strategy), MOEMU_OK);
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+    check_t c;
+    cr_assert_eq(check_run(&c, &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(!c.r.pass, "a check of NaN logits passed");
+    /* every real position: 3 + 5 prompt positions, 2 x 2 generated tokens */
+    cr_expect_eq(c.r.compared, (int64_t)(3 + 5 + 2 * 2) * cfg.vocab_size);
+    cr_expect_eq(c.r.bad_seq, 0);
+    cr_expect_eq(c.r.bad_pos, 0);
+    cr_expect_eq(c.r.bad_token, -1);
+    char v[160];
+    cr_expect_str_eq(check_verdict(&c.r, v, sizeof v),
+                     "FAIL (a non-finite logit in the baseline at sequence 0, prompt position 0)");
+    check_free(&c);
+    wts_free(&w);
+    wl_free(&wl);
 }

@@ -351,8 +351,8 @@ Test(topology, checks_name_the_key)
     s = spec;
     s.mem_bw = 0;
     cr_assert_eq(emu_spec_check(&s, "x"), MOEMU_ERR_INVALID);
-    cr_assert(strstr(moemu_errmsg(), "device.mem_bw must be > 0"), "%s",
-              moemu_errmsg());
+    cr_assert(strstr(moemu_errmsg(), "device.mem_bw must be in [1e8, 1e15] B/s (got 0)"),
+              "%s", moemu_errmsg());
     emu_topo_t t = topo;
     t.inter_bw = -1;
     cr_assert_eq(emu_topo_check(&t, "x"), MOEMU_ERR_INVALID);
@@ -502,6 +502,34 @@ Test(presets, custom_file_and_errors)
     cr_assert(strstr(moemu_errmsg(), "h100-sxm"), "%s", moemu_errmsg());
 }
 
+/* Figures outside physical ranges are refused with the range: a FLOP rate
+ * of 5e-324 or a launch of 1e300 s made the report print inf and nan. */
+Test(presets, figures_outside_physical_ranges)
+{
+    expect_error("\"peak_flops\": 1e15", "\"peak_flops\": 5e-324", MOEMU_ERR_FORMAT,
+                 "device.peak_flops must be in [1e9, 1e18] FLOP/s (got 4.94066e-324)");
+    expect_error("\"launch_s\": 0", "\"launch_s\": 1e300", MOEMU_ERR_FORMAT,
+                 "device.launch_s must be in [0, 0.01] s (got 1e+300)");
+    expect_error("\"mfu\": 0.5", "\"mfu\": 1e-9", MOEMU_ERR_FORMAT,
+                 "device.mfu must be in [0.001, 1] (got 1e-09)");
+    expect_error("\"mem_bw\": 2e12", "\"mem_bw\": 1e16", MOEMU_ERR_FORMAT,
+                 "device.mem_bw must be in [1e8, 1e15] B/s (got 1e+16)");
+    expect_error("\"bw_util\": 0.9", "\"bw_util\": 1e-300", MOEMU_ERR_FORMAT,
+                 "device.bw_util must be in [0.001, 1] (got 1e-300)");
+    expect_error("\"mem_capacity\": 96e9", "\"mem_capacity\": 1e300", MOEMU_ERR_FORMAT,
+                 "device.mem_capacity must be in [1e3, 1e14] B (got 1e+300)");
+    expect_error("\"intra_bw\": 1e11", "\"intra_bw\": 1e-300", MOEMU_ERR_FORMAT,
+                 "topology.intra_bw must be in [1e6, 1e14] B/s (got 1e-300)");
+    expect_error("\"inter_lat\": 1e-5", "\"inter_lat\": 1e300", MOEMU_ERR_FORMAT,
+                 "topology.inter_lat must be in [0, 0.1] s (got 1e+300)");
+    /* every built-in preset is within them */
+    for (int i = 0; i < emu_hw_preset_count(); i++) {
+        emu_hw_t hw;
+        cr_expect_eq(emu_hw_load(emu_hw_preset_name(i), &hw), MOEMU_OK, "%s",
+                     moemu_errmsg());
+    }
+}
+
 Test(presets, host)
 {
     emu_host_t h;
@@ -562,6 +590,10 @@ Test(cluster, placement_and_topology)
     cr_assert_eq(emu_cluster_create(&spec, &t, 0, NULL, &c), MOEMU_ERR_INVALID);
     emu_cluster_opts_t o = {.pace = -1};
     cr_assert_eq(emu_cluster_create(&spec, &t, 2, &o, &c), MOEMU_ERR_INVALID);
+    /* a device would sleep 1e12 x its virtual time: the run never ends */
+    o.pace = 1e12;
+    cr_assert_eq(emu_cluster_create(&spec, &t, 2, &o, &c), MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "pace must be in [0, 1000] (got 1e+12)");
 }
 
 static moemu_status_t fail_fn(emu_dev_t *dev, void *arg)

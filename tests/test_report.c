@@ -1034,6 +1034,27 @@ Test(closed_form, tp2_one_node)
     wl_free(&wl);
 }
 
+/* jansson refuses a non-finite real (the JSON report came out empty) and
+ * printf shows inf or nan: such a figure fails the report, named. */
+Test(closed_form, non_finite_figures_are_named)
+{
+    cfg_model_t cfg;
+    small_cfg(&cfg, 1, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "3,5", 3);
+    runner_opts_t o = make_opts("tp2", 1, round_hw(8));
+    run_t x;
+    run_start(&x, &cfg, &wl, &o, NULL, NULL, false);
+    report_t r;
+    cr_assert_eq(report_build(&r, x.cl, &x.out, &cfg, &wl, &o, INFINITY), MOEMU_ERR_INVALID);
+    cr_expect_str_eq(moemu_errmsg(), "report: scaling.one_device_s is inf, not a finite number");
+    x.out.token_time[2] = NAN; /* sequence 0's last token */
+    cr_assert_eq(report_build(&r, x.cl, &x.out, &cfg, &wl, &o, 0), MOEMU_ERR_INVALID);
+    cr_expect_str_eq(moemu_errmsg(), "report: latency.tpot_s is nan, not a finite number");
+    run_free(&x, &o);
+    wl_free(&wl);
+}
+
 /* (c) PP2 with 4 micro-batches on two nodes: messages between the stages
  * and their waits, the bubbles, the first tokens in micro-batch order */
 Test(closed_form, pp2_four_micro_batches)

@@ -156,6 +156,30 @@ Test(weights, load_errors_name_the_tensor)
     wts_free(&w);
 }
 
+/* NaN or Inf weights make every figure meaningless (a run printed zero
+ * tokens, a check compared nothing): the load is refused, naming each
+ * tensor and its count. */
+Test(weights, non_finite_values_are_refused)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, "{" BASE ",\"dtype\":\"fp32\"}", "a"), MOEMU_OK);
+    wts_t w, r;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 1), MOEMU_OK);
+    w.layers[1].wq[5] = NAN;
+    w.layers[1].wq[9] = -NAN;
+    w.lm_head[799] = INFINITY;
+    char path[128], want[512];
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    cr_assert_eq(wts_dump(&w, path), MOEMU_OK);
+    cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_ERR_FORMAT);
+    snprintf(want, sizeof want,
+             "%s: 2 tensors hold NaN or Inf values, which give no meaningful figure: "
+             "model.layers.1.self_attn.q_proj.weight (2 of 256), lm_head.weight (1 of 800)",
+             path);
+    cr_assert_str_eq(moemu_errmsg(), want);
+    wts_free(&w);
+}
+
 Test(weights, host_memory_check_names_both_figures)
 {
     cr_assert_eq(wts_check_host_memory(1e18, "a huge model"), MOEMU_ERR_NOMEM);

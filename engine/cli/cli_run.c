@@ -64,7 +64,7 @@ static const cli_opt_t run_options[] = {
     CLI_USE("hw"), CLI_USE("nodes"), CLI_USE("devices-per-node"),
     {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
      .help = "lift the devices' memory capacity"},
-    {.name = "pace", .arg = "X", .type = CLI_NUM, .off = RUN(pace), .lo = 0, .hi = INFINITY,
+    {.name = "pace", .arg = "X", .type = CLI_NUM, .off = RUN(pace), .lo = 0, .hi = EMU_PACE_MAX,
      .help = "sleep so that wall time >= X x virtual time"},
     CLI_HEAD("report (runs on emulated devices end with one; docs/report.md):"),
     {.name = "math", .arg = "real|skip", .type = CLI_CHOICE, .choices = "real|skip",
@@ -228,17 +228,22 @@ static void report_check(const check_result_t *r, const wl_t *wl, const model_ou
     printf("  dropped assignments    baseline %lld, strategy %lld (of %lld)\n",
            (long long)r->dropped_base, (long long)r->dropped_strategy,
            (long long)r->assignments);
-    printf("  verdict                %s\n", r->pass ? "PASS" : "FAIL");
+    char verdict[160];
+    printf("  verdict                %s\n", check_verdict(r, verdict, sizeof verdict));
     json_object_set_new(
         js, "check",
-        json_pack("{s:I, s:f, s:f, s:f, s:f, s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:b}",
+        json_pack("{s:I, s:f, s:f, s:f, s:f, s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:s, "
+                  "s:s?, s:i, s:i, s:i}",
                   "logits_compared", (json_int_t)r->compared, "max_abs_error", r->max_abs,
                   "max_rel_error", r->max_rel, "rel_l2_error", r->rel_l2, "rtol", r->rtol,
                   "tokens_identical", r->first_seq < 0, "first_diff_sequence", r->first_seq,
                   "first_diff_token", r->first_token, "router_decisions_differ",
                   (json_int_t)r->route_differ, "tokens_routed", (json_int_t)r->routed,
                   "dropped_baseline", (json_int_t)r->dropped_base, "dropped_strategy",
-                  (json_int_t)r->dropped_strategy, "pass", r->pass));
+                  (json_int_t)r->dropped_strategy, "pass", r->pass, "verdict", verdict,
+                  "nonfinite_side", r->bad_side, "nonfinite_sequence", r->bad_seq,
+                  "nonfinite_prompt_position", r->bad_pos, "nonfinite_generated_token",
+                  r->bad_token));
 }
 
 static json_t *generated_json(const wl_t *wl, const model_out_t *out)

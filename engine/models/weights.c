@@ -347,9 +347,50 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     return MOEMU_OK;
 }
 
+/* The tensors that hold NaN or Inf, named with their counts (the first
+ * BAD_NAMED of them). */
+enum { BAD_NAMED = 8 };
+
+typedef struct {
+    int tensors;
+    size_t used;
+    char list[768];
+} bad_list_t;
+
+static int64_t count_non_finite(const float *x, int64_t n)
+{
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += !isfinite(x[i]);
+    return bad;
+}
+
+static void note_non_finite(bad_list_t *b, const wts_tensor_t *t)
+{
+    int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    int64_t bad = count_non_finite(t->data, n);
+    if (!bad || b->tensors++ >= BAD_NAMED || b->used >= sizeof b->list) return;
+    b->used += (size_t)snprintf(b->list + b->used, sizeof b->list - b->used,
+                                "%s%s (%lld of %lld)", b->tensors > 1 ? ", " : "", t->name,
+                                (long long)bad, (long long)n);
+}
+
+/* One NaN weight turns every logit NaN and every token into 0: no figure
+ * of such a checkpoint means anything, so it is an error, not a warning. */
+static moemu_status_t refuse_non_finite(const bad_list_t *b, const char *path)
+{
+    int more = b->tensors - BAD_NAMED;
+    char tail[32] = "";
+    if (more > 0) snprintf(tail, sizeof tail, " and %d more", more);
+    return moemu_fail(MOEMU_ERR_FORMAT,
+                      "%s: %d tensor%s NaN or Inf values, which give no meaningful figure: "
+                      "%s%s", path, b->tensors, b->tensors == 1 ? " holds" : "s hold",
+                      b->list, tail);
+}
+
 /* Read every tensor the model has (a missing one is an error), marking
- * in used (by st_at index) the file's tensors read. */
-static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used)
+ * in used (by st_at index) the file's tensors read and noting in bad those
+ * with non-finite values. */
+static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used, bad_list_t *bad)
 {
     int n = wts_tensor_count(w);
     for (int i = 0; i < n; i++) {
@@ -358,6 +399,7 @@ static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used)
         if (!tensor_present(&t)) continue;
         MOEMU_CHECK(st_read_f32(f, t.name, t.ndim, t.shape, t.data));
         used[st_index(f, t.name)] = true;
+        note_non_finite(bad, &t);
     }
     return MOEMU_OK;
 }
@@ -389,6 +431,7 @@ static moemu_status_t check_all_used(const st_file_t *f, const bool *used,
 
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
 {
+    bad_list_t bad = {0};
     st_file_t *f;
     MOEMU_CHECK(st_open(path, &f));
     bool *used = calloc((size_t)st_count(f) + 1, sizeof *used);
@@ -399,8 +442,9 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
     }
     moemu_status_t st = wts_alloc(w, cfg, false);
     if (st == MOEMU_OK) {
-        st = load_tensors(w, f, used);
+        st = load_tensors(w, f, used, &bad);
         if (st == MOEMU_OK) st = check_all_used(f, used, cfg, path);
+        if (st == MOEMU_OK && bad.tensors) st = refuse_non_finite(&bad, path);
         if (st != MOEMU_OK) wts_free(w);
     }
     free(used);

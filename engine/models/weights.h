@@ -62,6 +62,8 @@ void wts_mixtral_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);
+/* Load a safetensors checkpoint. A tensor with NaN or Inf values is
+ * MOEMU_ERR_FORMAT naming each such tensor and its count. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
 /* The layout without the values, for dry runs: an address range that is
  * never read or written, so it takes no host memory. */

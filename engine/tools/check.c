@@ -1,47 +1,100 @@
 /* Strategy against baseline: both runs, then the comparison. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/tools/check.h"
 
-/* Accumulate the errors of a against the baseline b where b is a number
- * (NaN marks padding). */
+/* Padding is known from the workload, never from the values: a NaN logit
+ * at a real position is a failure, not padding. The real positions are,
+ * in part 0, each sequence q's prompt positions j < len[q] and, in part 1,
+ * its generated tokens j < decode. */
+static int part_len(const wl_t *wl, int part, int q) { return part ? wl->decode : wl->len[q]; }
+
+static const float *real_row(const model_out_t *o, const wl_t *wl, int V, int part, int q, int j)
+{
+    if (part == 0) return o->prompt_logits + ((size_t)q * wl->max_len + j) * V;
+    return o->gen_logits + ((size_t)q * wl->decode + j) * V;
+}
+
+static bool all_finite(const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
+/* Note the first real position where a side has a logit that is not
+ * finite. */
+static void note_bad(check_result_t *r, int part, int q, int j, const char *side)
+{
+    if (r->bad_seq >= 0) return;
+    r->bad_seq = q;
+    r->bad_pos = part ? -1 : j;
+    r->bad_token = part ? j : -1;
+    r->bad_side = side;
+}
+
+/* Errors of the strategy s against the baseline b over the finite pairs. */
 typedef struct {
     double max_abs, max_rel, num, den;
-    int64_t n;
 } errs_t;
 
-static void compare(errs_t *e, const float *a, const float *b, size_t n)
+static void accumulate(errs_t *e, const float *s, const float *b, int V, double rms)
 {
-    double ss = 0;
-    int64_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isnan(b[i])) ss += (double)b[i] * b[i], m++;
-    double rms = m ? sqrt(ss / (double)m) : 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(b[i])) continue;
-        double d = isnan(a[i]) ? INFINITY : fabs((double)a[i] - b[i]);
+    for (int i = 0; i < V; i++) {
+        if (!isfinite(s[i]) || !isfinite(b[i])) continue;
+        double d = fabs((double)s[i] - b[i]);
         double den = fabs(b[i]) > rms ? fabs(b[i]) : rms;
         e->max_abs = d > e->max_abs ? d : e->max_abs;
         if (den > 0 && d / den > e->max_rel) e->max_rel = d / den;
         e->num += d * d;
         e->den += (double)b[i] * b[i];
-        e->n++;
     }
+}
+
+/* One part: count its logits, note the first that is not finite, then
+ * the errors against the rms of the baseline's finite logits. */
+static void compare_part(check_result_t *r, errs_t *e, const wl_t *wl, int V, int part,
+                         const model_out_t *b, const model_out_t *s)
+{
+    double ss = 0;
+    int64_t m = 0;
+    for (int q = 0; q < wl->batch; q++)
+        for (int j = 0; j < part_len(wl, part, q); j++) {
+            const float *x = real_row(b, wl, V, part, q, j), *y = real_row(s, wl, V, part, q, j);
+            r->compared += V;
+            if (!all_finite(x, V)) note_bad(r, part, q, j, "baseline");
+            if (!all_finite(y, V)) note_bad(r, part, q, j, "strategy");
+            for (int i = 0; i < V; i++)
+                if (isfinite(x[i])) ss += (double)x[i] * x[i], m++;
+        }
+    double rms = m ? sqrt(ss / (double)m) : 0;
+    for (int q = 0; q < wl->batch; q++)
+        for (int j = 0; j < part_len(wl, part, q); j++)
+            accumulate(e, real_row(s, wl, V, part, q, j), real_row(b, wl, V, part, q, j), V,
+                       rms);
+}
+
+/* The prompts' logits, then the generated tokens', each part against its
+ * own rms (as before padding was known). */
+static void compare_logits(check_result_t *r, const cfg_model_t *cfg, const wl_t *wl,
+                           const model_out_t *b, const model_out_t *s)
+{
+    errs_t e = {0};
+    r->bad_seq = r->bad_pos = r->bad_token = -1;
+    for (int part = 0; part < 2; part++) compare_part(r, &e, wl, cfg->vocab_size, part, b, s);
+    r->max_abs = e.max_abs;
+    r->max_rel = e.max_rel;
+    r->rel_l2 = e.den > 0 ? sqrt(e.num / e.den) : sqrt(e.num);
 }
 
 static void compare_all(check_result_t *r, const cfg_model_t *cfg, const wl_t *wl,
                         const model_out_t *b, const model_out_t *s, const int *rb, const int *rs)
 {
-    int B = wl->batch, N = wl->decode, V = cfg->vocab_size, k = cfg->num_experts_per_tok;
-    errs_t e = {0};
-    compare(&e, s->prompt_logits, b->prompt_logits, (size_t)B * wl->max_len * V);
-    if (N > 0) compare(&e, s->gen_logits, b->gen_logits, (size_t)B * N * V);
-    r->compared = e.n;
-    r->max_abs = e.max_abs;
-    r->max_rel = e.max_rel;
-    r->rel_l2 = e.den > 0 ? sqrt(e.num / e.den) : sqrt(e.num);
+    int B = wl->batch, N = wl->decode, k = cfg->num_experts_per_tok;
+    compare_logits(r, cfg, wl, b, s);
     r->first_seq = r->first_token = -1;
     for (int q = 0; q < B && r->first_seq < 0; q++)
         for (int i = 0; i < N; i++)
@@ -65,7 +118,22 @@ static void compare_all(check_result_t *r, const cfg_model_t *cfg, const wl_t *w
     r->dropped_base = b->dropped;
     r->dropped_strategy = s->dropped;
     r->assignments = b->assignments;
-    r->pass = r->rel_l2 <= r->rtol && r->first_seq < 0;
+    /* no logit compared, or one that is no number, compares nothing */
+    r->pass = r->compared > 0 && r->bad_seq < 0 && r->rel_l2 <= r->rtol && r->first_seq < 0;
+}
+
+const char *check_verdict(const check_result_t *r, char *buf, size_t n)
+{
+    if (r->pass) snprintf(buf, n, "PASS");
+    else if (r->compared == 0) snprintf(buf, n, "FAIL (no logit compared)");
+    else if (r->bad_seq >= 0 && r->bad_pos >= 0)
+        snprintf(buf, n, "FAIL (a non-finite logit in the %s at sequence %d, prompt position %d)",
+                 r->bad_side, r->bad_seq, r->bad_pos);
+    else if (r->bad_seq >= 0)
+        snprintf(buf, n, "FAIL (a non-finite logit in the %s at sequence %d, generated token %d)",
+                 r->bad_side, r->bad_seq, r->bad_token);
+    else snprintf(buf, n, "FAIL");
+    return buf;
 }
 
 moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runner_opts_t *o,

@@ -6,8 +6,9 @@
 #include "engine/run/runner.h"
 
 typedef struct {
-    int64_t compared;      /* logits compared: every prompt position and
-                              every generated token's, padding excluded */
+    int64_t compared;      /* logits compared: every real position's (each
+                              prompt position below its sequence's length
+                              and every generated token's), no padding */
     double max_abs;        /* max |strategy - baseline| */
     double max_rel;        /* max |s - b| / max(|b|, rms(b)) */
     double rel_l2;         /* ||s - b|| / ||b|| */
@@ -16,7 +17,15 @@ typedef struct {
     int64_t routed;        /* (token, layer) pairs routed */
     int64_t route_differ;  /* of which the experts chosen differ */
     int64_t dropped_base, dropped_strategy, assignments;
-    bool pass;             /* rel_l2 <= rtol and identical tokens */
+    /* the first real position where a logit is NaN or Inf (the prompts'
+     * positions, then the generated tokens, each sequence by sequence):
+     * its sequence and prompt position or generated token (the other -1),
+     * and whose logit ("baseline" before "strategy"); -1 and NULL when
+     * none. The error figures are over the pairs where both are finite. */
+    int bad_seq, bad_pos, bad_token;
+    const char *bad_side;
+    bool pass;             /* logits compared, all finite, rel_l2 <= rtol
+                              and identical tokens */
 } check_result_t;
 
 typedef struct {
@@ -34,5 +43,9 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl,
                          const runner_opts_t *o, double rtol,
                          void (*progress)(void *, const char *, int, int, int, int));
 void check_free(check_t *c);
+
+/* "PASS", or "FAIL" with the reason when it is no comparison at all (no
+ * logit compared, a logit that is not finite), written into buf. */
+const char *check_verdict(const check_result_t *r, char *buf, size_t n);
 
 #endif

@@ -654,10 +654,12 @@ static moemu_status_t numbers(eval_t *e)
     check_t c;
     st = check_run(&c, &w, &swl, &sd, 1e-5, e->o->progress);
     if (st == MOEMU_OK) {
+        char verdict[160];
         fprintf(e->f, "         rel L2 error %.3g (tolerance 1e-5), tokens %s, router decisions "
                       "differing %lld of %lld: %s\n",
                 c.r.rel_l2, c.r.first_seq < 0 ? "identical" : "differ",
-                (long long)c.r.route_differ, (long long)c.r.routed, c.r.pass ? "PASS" : "FAIL");
+                (long long)c.r.route_differ, (long long)c.r.routed,
+                check_verdict(&c.r, verdict, sizeof verdict));
         json_object_set_new(e->js, "numerical_check",
                             json_pack("{s:i, s:f, s:b, s:I, s:b}", "layers", L, "rel_l2",
                                       c.r.rel_l2, "tokens_identical", c.r.first_seq < 0,

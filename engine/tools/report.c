@@ -134,6 +134,105 @@ static void build_load(report_t *r, const model_out_t *out)
     r->busiest_vs_mean = rows_mean > 0 ? (double)r->dev[r->busiest].expert_rows / rows_mean : 0;
 }
 
+/* ---- Every figure finite: jansson refuses a non-finite real (the JSON
+ * report came out empty) and printf shows inf or nan, so such a figure is
+ * an error that names it by its JSON key. */
+
+static moemu_status_t not_finite(const char *name, double v)
+{
+    return moemu_fail(MOEMU_ERR_INVALID, "report: %s is %g, not a finite number", name, v);
+}
+
+typedef struct {
+    const char *name;
+    double v;
+} figure_t;
+
+/* The index of the first figure that is not finite, or -1. */
+static int first_not_finite(const figure_t *f, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(f[i].v)) return i;
+    return -1;
+}
+
+static moemu_status_t check_figures(const figure_t *f, int n)
+{
+    int i = first_not_finite(f, n);
+    return i < 0 ? MOEMU_OK : not_finite(f[i].name, f[i].v);
+}
+
+/* The figures of the run as a whole, in the JSON report's order. */
+static moemu_status_t check_run_figures(const report_t *r)
+{
+    const figure_t f[] = {
+        {"latency.ttft_batch_s", r->ttft_batch}, {"latency.ttft_min_s", r->ttft_min},
+        {"latency.ttft_mean_s", r->ttft_mean}, {"latency.ttft_max_s", r->ttft_max},
+        {"latency.tpot_s", r->tpot}, {"latency.e2e_s", r->e2e},
+        {"throughput_tokens_per_ms.prefill", r->prefill_tpms},
+        {"throughput_tokens_per_ms.decode", r->decode_tpms},
+        {"throughput_tokens_per_ms.total", r->total_tpms},
+        {"communication.bytes", r->comm_bytes}, {"communication.time_s", r->comm_time},
+        {"communication.exposed_fraction_mean", r->exposed_comm_mean},
+        {"communication.exposed_fraction_max", r->exposed_comm_max},
+        {"expert_load.max_over_mean", r->load_max_mean}, {"expert_load.cv", r->load_cv},
+        {"expert_load.worst_layer_max_over_mean", r->load_worst_layer_max_mean},
+        {"expert_load.busiest_vs_mean", r->busiest_vs_mean},
+        {"scaling.one_device_s", r->t1}, {"scaling.speedup", r->speedup},
+        {"scaling.efficiency", r->efficiency},
+    };
+    return check_figures(f, (int)(sizeof f / sizeof f[0]));
+}
+
+static moemu_status_t check_dev_figures(const report_dev_t *v, int i)
+{
+    const figure_t f[] = {
+        {"clock_s", v->clock}, {"compute_s", v->compute}, {"memory_s", v->memory},
+        {"comm_s", v->comm}, {"idle_s", v->idle}, {"flops", v->flops}, {"bytes", v->bytes},
+        {"mfu", v->mfu}, {"bw_util", v->bw_util}, {"memory_bytes.peak", v->mem_peak},
+        {"memory_bytes.capacity", v->capacity},
+    };
+    char name[96];
+    int j = first_not_finite(f, (int)(sizeof f / sizeof f[0]));
+    if (j >= 0) {
+        snprintf(name, sizeof name, "devices_detail[%d].%s", i, f[j].name);
+        return not_finite(name, f[j].v);
+    }
+    for (int m = 0; m < EMU_MEM__COUNT; m++)
+        if (!isfinite(v->mem[m])) {
+            snprintf(name, sizeof name, "devices_detail[%d].memory_bytes.%s", i, emu_mem_name(m));
+            return not_finite(name, v->mem[m]);
+        }
+    return MOEMU_OK;
+}
+
+/* Per sequence, device, collective and stage, named with the index. */
+static moemu_status_t check_list_figures(const report_t *r)
+{
+    char name[96];
+    for (int b = 0; b < r->batch; b++)
+        if (!isfinite(r->ttft[b])) {
+            snprintf(name, sizeof name, "latency.ttft_per_sequence_s[%d]", b);
+            return not_finite(name, r->ttft[b]);
+        }
+    for (int i = 0; i < r->devices; i++) MOEMU_CHECK(check_dev_figures(&r->dev[i], i));
+    for (int k = 0; k < EMU_COLL__COUNT; k++)
+        for (int l = 0; l < EMU_LINK__COUNT; l++) {
+            const report_comm_t *c = &r->comm[k][l];
+            if (isfinite(c->calls) && isfinite(c->bytes) && isfinite(c->time)) continue;
+            snprintf(name, sizeof name, "communication.by_kind %s %s", emu_coll_name(k),
+                     emu_link_name(l));
+            return not_finite(name, !isfinite(c->calls) ? c->calls
+                                    : !isfinite(c->bytes) ? c->bytes : c->time);
+        }
+    for (int s = 0; s < r->stages; s++)
+        if (!isfinite(r->bubble[s])) {
+            snprintf(name, sizeof name, "pipeline_bubble[%d]", s);
+            return not_finite(name, r->bubble[s]);
+        }
+    return MOEMU_OK;
+}
+
 moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
                             const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
                             double t1)
@@ -168,7 +267,10 @@ moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *o
         r->speedup = t1 / r->e2e;
         r->efficiency = r->speedup / n;
     }
-    return MOEMU_OK;
+    moemu_status_t st = check_run_figures(r);
+    if (st == MOEMU_OK) st = check_list_figures(r);
+    if (st != MOEMU_OK) report_free(r);
+    return st;
 }
 
 void report_free(report_t *r)

@@ -55,7 +55,8 @@ typedef struct {
 } report_t;
 
 /* Build the report of a run. t1 is the same workload's virtual time on one
- * device (0 if not measured). */
+ * device (0 if not measured). A figure that is not finite is
+ * MOEMU_ERR_INVALID naming it ("report: latency.tpot_s is nan, ..."). */
 moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *out,
                             const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *o,
                             double t1);
