@@ -34,6 +34,15 @@ moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* This thread's last message ("" if none). */
 const char *moemu_errmsg(void);
+/* Problems found together, reported at once: "; "-joined into buf, n of
+ * them (a full buffer keeps what fits). Start from {0}. */
+typedef struct {
+    char buf[1024];
+    size_t len;
+    int n;
+} moemu_problems_t;
+void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void moemu_errclear(void);
 
 #define MOEMU_CHECK(call)                                                      \

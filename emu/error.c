@@ -49,4 +49,30 @@ moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
 
 const char *moemu_errmsg(void) { return emu_errbuf; }
 
+/* printf into buf at *len, never past its end. */
+static void emu_append(char *buf, size_t cap, size_t *len, const char *fmt, va_list ap)
+{
+    if (*len >= cap) return;
+    int w = vsnprintf(buf + *len, cap - *len, fmt, ap);
+    if (w > 0) *len += (size_t)w;
+    if (*len > cap) *len = cap;
+}
+
+static void emu_append_sep(moemu_problems_t *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emu_append(p->buf, sizeof p->buf, &p->len, fmt, ap);
+    va_end(ap);
+}
+
+void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
+{
+    if (p->n++) emu_append_sep(p, "; ");
+    va_list ap;
+    va_start(ap, fmt);
+    emu_append(p->buf, sizeof p->buf, &p->len, fmt, ap);
+    va_end(ap);
+}
+
 void moemu_errclear(void) { emu_errbuf[0] = '\0'; }

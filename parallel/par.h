@@ -145,17 +145,13 @@ moemu_status_t par_barrier(par_comm_t *comm, emu_dev_t *dev);
  * ...) through par_dims_t.rules. */
 
 typedef struct par_strategy par_strategy_t;
-typedef struct par_problems par_problems_t;
-
-/* One more broken rule in a validation's report (printf format). */
-void par_problem(par_problems_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The model sizes a strategy is checked against. */
 typedef struct {
     int layers, experts, expert_ffn;
     /* the family's own rules, checked after the experts' and before the
      * stages'; model is passed back (both may be NULL) */
-    void (*rules)(const void *model, const par_strategy_t *s, par_problems_t *p);
+    void (*rules)(const void *model, const par_strategy_t *s, moemu_problems_t *p);
     const void *model;
 } par_dims_t;
 

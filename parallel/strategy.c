@@ -345,30 +345,11 @@ int par_strategy_edp(const par_strategy_t *s)
 
 /* ---- validation: every broken rule, "; "-joined */
 
-struct par_problems {
-    char buf[1024];
-    size_t len;
-    int count;
-};
-typedef par_problems_t problems_t;
-
-void par_problem(problems_t *p, const char *fmt, ...)
-{
-    if (p->count++) append(p->buf, sizeof p->buf, &p->len, "; ");
-    if (p->len >= sizeof p->buf) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int w = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
-    va_end(ap);
-    if (w > 0) p->len += (size_t)w;
-    if (p->len > sizeof p->buf) p->len = sizeof p->buf;
-}
-
-static void check_stages(const par_strategy_t *s, const par_dims_t *m, problems_t *p)
+static void check_stages(const par_strategy_t *s, const par_dims_t *m, moemu_problems_t *p)
 {
     if (s->n_pp_layers == 0) {
         if (m && s->pp > m->layers)
-            par_problem(p, "PP=%d needs at least %d layers, but the model has %d", s->pp, s->pp,
+            moemu_problem(p, "PP=%d needs at least %d layers, but the model has %d", s->pp, s->pp,
                     m->layers);
         return;
     }
@@ -377,7 +358,7 @@ static void check_stages(const par_strategy_t *s, const par_dims_t *m, problems_
     split[0] = '\0';
     format_split(s, split, sizeof split, &len);
     if (s->n_pp_layers != s->pp)
-        par_problem(p, "the stage split %s has %d stage%s, but PP=%d", split, s->n_pp_layers,
+        moemu_problem(p, "the stage split %s has %d stage%s, but PP=%d", split, s->n_pp_layers,
                 s->n_pp_layers == 1 ? "" : "s", s->pp);
     char empty[PAR_STRATEGY_STRLEN];
     size_t elen = 0;
@@ -391,29 +372,29 @@ static void check_stages(const par_strategy_t *s, const par_dims_t *m, problems_
         }
     }
     if (nempty)
-        par_problem(p, "the stage split %s gives stage%s %s no layers", split, nempty == 1 ? "" : "s",
+        moemu_problem(p, "the stage split %s gives stage%s %s no layers", split, nempty == 1 ? "" : "s",
                 empty);
     if (m && sum != m->layers)
-        par_problem(p, "the stage split %s covers %lld layers, but the model has %d", split,
+        moemu_problem(p, "the stage split %s covers %lld layers, but the model has %d", split,
                 (long long)sum, m->layers);
 }
 
 moemu_status_t par_strategy_validate(const par_strategy_t *s, const par_dims_t *m, int devices)
 {
-    problems_t p = {.len = 0, .count = 0};
+    moemu_problems_t p = {.len = 0};
     p.buf[0] = '\0';
     const int deg[] = {s->pp, s->dp, s->cp, s->tp, s->ep, s->etp};
     const dim_t degd[] = {D_PP, D_DP, D_CP, D_TP, D_EP, D_ETP};
     for (int i = 0; i < 6; i++)
-        if (deg[i] < 1) par_problem(&p, "%s=%d must be at least 1", dim_upper[degd[i]], deg[i]);
-    if (s->edp < 0) par_problem(&p, "EDP=%d must be at least 1 (or 0: derived)", s->edp);
+        if (deg[i] < 1) moemu_problem(&p, "%s=%d must be at least 1", dim_upper[degd[i]], deg[i]);
+    if (s->edp < 0) moemu_problem(&p, "EDP=%d must be at least 1 (or 0: derived)", s->edp);
     if (s->n_pp_layers < 0 || s->n_pp_layers > PAR_MAX_PP)
-        par_problem(&p, "the stage split has %d stages, outside [0, %d]", s->n_pp_layers, PAR_MAX_PP);
-    if (p.count) goto report; /* the rules below divide by these */
+        moemu_problem(&p, "the stage split has %d stages, outside [0, %d]", s->n_pp_layers, PAR_MAX_PP);
+    if (p.n) goto report; /* the rules below divide by these */
 
     int64_t world = (int64_t)s->pp * s->dp * s->cp * s->tp;
     if (devices != 0 && world != devices)
-        par_problem(&p, "PP*DP*CP*TP = %d*%d*%d*%d = %lld device%s, but %d %s given", s->pp, s->dp,
+        moemu_problem(&p, "PP*DP*CP*TP = %d*%d*%d*%d = %lld device%s, but %d %s given", s->pp, s->dp,
                 s->cp, s->tp, (long long)world, world == 1 ? "" : "s", devices,
                 devices == 1 ? "is" : "are");
 
@@ -423,28 +404,28 @@ moemu_status_t par_strategy_validate(const par_strategy_t *s, const par_dims_t *
     else snprintf(foldtxt, sizeof foldtxt, "EP*ETP = %d*%d = %lld", s->ep, s->etp,
                   (long long)fold);
     if (fold > stage)
-        par_problem(&p, "%s needs %lld devices in a pipeline stage, but a stage has DP*CP*TP = %lld",
+        moemu_problem(&p, "%s needs %lld devices in a pipeline stage, but a stage has DP*CP*TP = %lld",
                 foldtxt, (long long)fold, (long long)stage);
     else if (stage % fold != 0)
-        par_problem(&p, "%s does not divide the DP*CP*TP = %lld devices of a pipeline stage", foldtxt,
+        moemu_problem(&p, "%s does not divide the DP*CP*TP = %lld devices of a pipeline stage", foldtxt,
                 (long long)stage);
     else if (s->edp != 0 && s->edp != stage / fold)
-        par_problem(&p, "EDP=%d is given, but DP*CP*TP/(EP*ETP) = %lld/%lld = %lld", s->edp,
+        moemu_problem(&p, "EDP=%d is given, but DP*CP*TP/(EP*ETP) = %lld/%lld = %lld", s->edp,
                 (long long)stage, (long long)fold, (long long)(stage / fold));
 
     if (m) {
         if (m->experts % s->ep != 0)
-            par_problem(&p, "EP=%d does not divide the %d experts", s->ep, m->experts);
+            moemu_problem(&p, "EP=%d does not divide the %d experts", s->ep, m->experts);
         if (m->expert_ffn % s->etp != 0)
-            par_problem(&p, "ETP=%d does not divide the experts' intermediate size %d", s->etp,
+            moemu_problem(&p, "ETP=%d does not divide the experts' intermediate size %d", s->etp,
                     m->expert_ffn);
         if (m->rules) m->rules(m->model, s, &p);
     }
     check_stages(s, m, &p);
-    if (s->sp && s->tp == 1) par_problem(&p, "SP needs TP > 1, but TP=1");
+    if (s->sp && s->tp == 1) moemu_problem(&p, "SP needs TP > 1, but TP=1");
 
 report:
-    if (p.count == 0) return MOEMU_OK;
+    if (p.n == 0) return MOEMU_OK;
     char canon[PAR_STRATEGY_STRLEN];
     par_strategy_format(s, canon, sizeof canon);
     return moemu_fail(MOEMU_ERR_INVALID, "strategy %s: %s", canon, p.buf);

@@ -178,19 +178,19 @@ static moemu_status_t one_device_setup(runner_opts_t *d, const run_opts_t *o)
 }
 
 /* The one device's virtual figures, as the report would give them. */
-static void print_one_device(const runner_opts_t *d, emu_cluster_t *cl, const wl_t *wl,
-                             const model_out_t *out)
+static moemu_status_t print_one_device(const runner_opts_t *d, emu_cluster_t *cl,
+                                       const cfg_model_t *cfg, const wl_t *wl,
+                                       const model_out_t *out)
 {
-    emu_dev_t *dev = emu_cluster_dev(cl, 0);
-    double ttft = 0;
-    for (int b = 0; b < wl->batch && wl->decode > 0; b++)
-        if (out->token_time[(size_t)b * wl->decode] > ttft)
-            ttft = out->token_time[(size_t)b * wl->decode];
+    report_t r;
+    MOEMU_CHECK(report_build(&r, cl, out, cfg, wl, d, 0));
     char peak[32], cap[32];
     printf("one device of %s (virtual time): time to first token %.3f ms, end to end %.3f ms, "
-           "peak memory %s (capacity %s, not enforced)\n", d->hw.name, 1e3 * ttft,
-           1e3 * emu_dev_clock(dev), emu_fmt_bytes(emu_mem_total_peak(dev), peak),
-           emu_fmt_bytes(d->hw.spec.mem_capacity, cap));
+           "peak memory %s (capacity %s, not enforced)\n", r.hw, 1e3 * r.ttft_batch,
+           1e3 * r.e2e, emu_fmt_bytes(r.dev[0].mem_peak, peak),
+           emu_fmt_bytes(r.dev[0].capacity, cap));
+    report_free(&r);
+    return MOEMU_OK;
 }
 
 static void print_summary(const char *label, const wl_t *wl, const model_out_t *out,
@@ -376,7 +376,7 @@ static int run(const run_opts_t *o)
                    (long long)wl_prompt_tokens(&wl), out.wall_prefill,
                    (long long)wl.batch * (wl.decode - 1), out.wall_decode);
         print_summary("total   ", &wl, &out, cluster_flops(cl), out.wall_prefill + out.wall_decode);
-        print_one_device(&dopt, cl, &wl, &out);
+        if ((st = print_one_device(&dopt, cl, &cfg, &wl, &out)) != MOEMU_OK) goto fail;
         if (o->record_routing &&
             (st = route_save(o->record_routing, record, cfg.num_hidden_layers, wl.batch,
                              runner_route_positions(&wl), cfg.num_experts_per_tok)) != MOEMU_OK)

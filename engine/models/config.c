@@ -2,7 +2,6 @@
  * (through jansson), the rules a usable config obeys and the figures derived
  * from it. docs/config.md is the reference for every key. */
 #include <errno.h>
-#include <stdarg.h>
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
@@ -407,38 +406,16 @@ void cfg_figures(const cfg_model_t *cfg, cfg_figures_t *out)
 
 /* ---- Validation */
 
-/* The problems of one config, "; "-joined: every one is reported at once. */
-typedef struct {
-    char buf[1024];
-    size_t len;
-    int n;
-} cfg_probs_t;
-
-static void cfg_problem(cfg_probs_t *p, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void cfg_problem(cfg_probs_t *p, const char *fmt, ...)
-{
-    if (p->len >= sizeof p->buf - 1) return;
-    if (p->n++) p->len += (size_t)snprintf(p->buf + p->len, sizeof p->buf - p->len, "; ");
-    if (p->len >= sizeof p->buf - 1) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int w = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
-    va_end(ap);
-    if (w > 0) p->len += (size_t)w;
-    if (p->len > sizeof p->buf - 1) p->len = sizeof p->buf - 1;
-}
-
-static void cfg_bad(cfg_probs_t *p, const char *key, const char *rule, double v)
+static void cfg_bad(moemu_problems_t *p, const char *key, const char *rule, double v)
 {
     char got[40];
     cfg_fmt_double(got, sizeof got, v);
-    cfg_problem(p, "config key '%s' must be %s, got %s", key, rule, got);
+    moemu_problem(p, "config key '%s' must be %s, got %s", key, rule, got);
 }
 
 /* Sizes positive; the rules between sizes only when they are (they divide
  * by them). */
-static void cfg_check_sizes(cfg_probs_t *p, const cfg_model_t *c)
+static void cfg_check_sizes(moemu_problems_t *p, const cfg_model_t *c)
 {
     const struct {
         const char *key;
@@ -461,22 +438,22 @@ static void cfg_check_sizes(cfg_probs_t *p, const cfg_model_t *c)
         cfg_bad(p, "num_experts_per_tok", "at least 1", c->num_experts_per_tok);
     if (p->n > bad) return;
     if (c->num_experts_per_tok > c->num_local_experts)
-        cfg_problem(p, "config key 'num_experts_per_tok' = %d exceeds num_local_experts = %d",
+        moemu_problem(p, "config key 'num_experts_per_tok' = %d exceeds num_local_experts = %d",
                     c->num_experts_per_tok, c->num_local_experts);
     if (c->num_attention_heads % c->num_key_value_heads != 0)
-        cfg_problem(p, "config key 'num_key_value_heads' = %d does not divide "
+        moemu_problem(p, "config key 'num_key_value_heads' = %d does not divide "
                        "num_attention_heads = %d",
                     c->num_key_value_heads, c->num_attention_heads);
     if (c->head_dim % 2 != 0)
-        cfg_problem(p, "config key 'head_dim' must be even (RoPE rotates pairs of dimensions), "
+        moemu_problem(p, "config key 'head_dim' must be even (RoPE rotates pairs of dimensions), "
                        "got %d", c->head_dim);
     /* Kernels take the projection widths as int. */
     if ((int64_t)c->num_attention_heads * c->head_dim > INT_MAX)
-        cfg_problem(p, "config keys 'num_attention_heads' = %d times 'head_dim' = %d exceed %d",
+        moemu_problem(p, "config keys 'num_attention_heads' = %d times 'head_dim' = %d exceed %d",
                     c->num_attention_heads, c->head_dim, INT_MAX);
 }
 
-static void cfg_check_values(cfg_probs_t *p, const cfg_model_t *c)
+static void cfg_check_values(moemu_problems_t *p, const cfg_model_t *c)
 {
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
         cfg_bad(p, "rms_norm_eps", "a finite number > 0", c->rms_norm_eps);
@@ -487,7 +464,7 @@ static void cfg_check_values(cfg_probs_t *p, const cfg_model_t *c)
     if (c->hidden_act != LAYER_ACT_SILU && c->hidden_act != LAYER_ACT_GELU)
         cfg_bad(p, "hidden_act", "silu or gelu", c->hidden_act);
     if (c->dtype != EMU_DTYPE_FP16 && c->dtype != EMU_DTYPE_BF16 && c->dtype != EMU_DTYPE_FP32)
-        cfg_problem(p, "config key 'dtype' must be fp16, bf16 or fp32, got %s",
+        moemu_problem(p, "config key 'dtype' must be fp16, bf16 or fp32, got %s",
                     (unsigned)c->dtype < EMU_DTYPE__COUNT ? emu_dtype_name(c->dtype)
                                                           : "an unknown dtype");
     if (c->num_shared_experts < 0)
@@ -500,7 +477,7 @@ static void cfg_check_values(cfg_probs_t *p, const cfg_model_t *c)
 
 static moemu_status_t cfg_validate_as(const cfg_model_t *c, const char *label)
 {
-    cfg_probs_t p = {.len = 0};
+    moemu_problems_t p = {.len = 0};
     cfg_check_sizes(&p, c);
     cfg_check_values(&p, c);
     if (p.n) return moemu_fail(MOEMU_ERR_INVALID, "%s: %s", label, p.buf);

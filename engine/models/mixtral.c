@@ -5,17 +5,17 @@
 /* Heads and shared experts split over TP; a rank's query heads must share
  * whole key/value heads, or one (Megatron-Core's rule for grouped-query
  * attention). */
-static void mixtral_rules(const void *model, const par_strategy_t *s, par_problems_t *p)
+static void mixtral_rules(const void *model, const par_strategy_t *s, moemu_problems_t *p)
 {
     const cfg_model_t *c = model;
     int H = c->num_attention_heads, Hkv = c->num_key_value_heads;
     if (H % s->tp != 0)
-        par_problem(p, "TP=%d does not divide the %d query heads", s->tp, H);
+        moemu_problem(p, "TP=%d does not divide the %d query heads", s->tp, H);
     else if (Hkv % s->tp != 0 && s->tp % Hkv != 0)
-        par_problem(p, "TP=%d neither divides nor is a multiple of the %d key/value heads", s->tp,
+        moemu_problem(p, "TP=%d neither divides nor is a multiple of the %d key/value heads", s->tp,
                     Hkv);
     if (c->num_shared_experts > 0 && c->shared_expert_intermediate_size % s->tp != 0)
-        par_problem(p, "TP=%d does not divide the shared experts' intermediate size %d", s->tp,
+        moemu_problem(p, "TP=%d does not divide the shared experts' intermediate size %d", s->tp,
                     c->shared_expert_intermediate_size);
 }
 

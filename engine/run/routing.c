@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/run/routing.h"
+#include "engine/run/runner.h"
 #include "engine/models/safetensors.h"
 #include "engine/models/weights.h"
 
@@ -20,7 +20,7 @@ static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
     memset(r, 0, sizeof *r);
     r->L = cfg->num_hidden_layers;
     r->B = wl->batch;
-    r->P = wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0);
+    r->P = runner_route_positions(wl);
     r->k = cfg->num_experts_per_tok;
     r->E = cfg->num_local_experts;
 }
@@ -123,7 +123,7 @@ void route_replay_record(route_src_t *r, int *record, const cfg_model_t *cfg, co
 int *route_record_new(const cfg_model_t *cfg, const wl_t *wl, size_t *count)
 {
     size_t n = (size_t)cfg->num_hidden_layers * wl->batch *
-               (wl->max_len + (wl->decode > 1 ? wl->decode - 1 : 0)) * cfg->num_experts_per_tok;
+               runner_route_positions(wl) * cfg->num_experts_per_tok;
     int *rec = malloc(sizeof(int) * (n + 1));
     for (size_t i = 0; rec && i < n; i++) rec[i] = INT32_MIN;
     *count = n;
