@@ -404,3 +404,31 @@ Test(model, one_device_figures_are_one)
     wl_free(&wl);
     wts_free(&w);
 }
+
+/* Routing groups must split each replica whole: a route_dp that DP does
+ * not divide is refused with both numbers, as are zero micro-batches. */
+Test(model, route_groups_must_fit_the_replicas)
+{
+    fixture_t f;
+    fixture(&f, "tiny", 0.0);
+    wl_opts_t wo = {.batch = 4, .prompt_len = 5, .decode = 2, .seed = 1};
+    wl_t wl;
+    cr_assert_eq(wl_make(&wl, &wo, &f.cfg), MOEMU_OK, "%s", moemu_errmsg());
+    runner_opts_t o = f.one;
+    cr_assert_eq(par_strategy_parse("dp2", &o.strategy), MOEMU_OK);
+    o.route_dp = 3;
+    model_opts_t mo = {0};
+    model_out_t out;
+    emu_cluster_t *cl;
+    cr_assert_eq(runner_generate(&out, &cl, &f.w, &wl, &o, &mo), MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "routing groups of 3 replicas: not a multiple of DP = 2");
+    o.route_dp = 4; /* two routing replicas inside each of DP's */
+    cr_assert_eq(runner_generate(&out, &cl, &f.w, &wl, &o, &mo), MOEMU_OK, "%s", moemu_errmsg());
+    model_out_free(&out);
+    emu_cluster_destroy(cl);
+    o.micro_batches = 0;
+    cr_assert_eq(runner_generate(&out, &cl, &f.w, &wl, &o, &mo), MOEMU_ERR_INVALID);
+    cr_assert_str_eq(moemu_errmsg(), "micro_batches 0: must be >= 1");
+    wl_free(&wl);
+    fixture_free(&f);
+}
