@@ -23,12 +23,14 @@ const char *moemu_strerror(moemu_status_t st)
 
 /* Copy src into emu_errbuf with control characters as \xNN: names and
  * values from files and flags must not play escape sequences on the
- * user's terminal, nor break the message's one line. */
+ * user's terminal, nor break a message's lines. A newline followed by two
+ * spaces stays: it starts the next problem of a message of several. */
 static void emu_errcopy(const char *src)
 {
     size_t n = 0, cap = sizeof emu_errbuf;
     for (const unsigned char *p = (const unsigned char *)src; *p && n + 1 < cap; p++) {
-        if (*p >= 0x20 && *p != 0x7f) emu_errbuf[n++] = (char)*p;
+        if ((*p >= 0x20 && *p != 0x7f) || (*p == '\n' && p[1] == ' ' && p[2] == ' '))
+            emu_errbuf[n++] = (char)*p;
         else if (n + 4 < cap) n += (size_t)snprintf(emu_errbuf + n, cap - n, "\\x%02x", *p);
         else break;
     }
@@ -68,7 +70,7 @@ static void emu_append_sep(moemu_problems_t *p, const char *fmt, ...)
 
 void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
 {
-    if (p->n++) emu_append_sep(p, "; ");
+    if (p->n++) emu_append_sep(p, "%s", p->sep ? p->sep : "; ");
     va_list ap;
     va_start(ap, fmt);
     emu_append(p->buf, sizeof p->buf, &p->len, fmt, ap);
@@ -76,3 +78,23 @@ void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
 }
 
 void moemu_errclear(void) { emu_errbuf[0] = '\0'; }
+
+static void (*emu_warn_fn)(void *, const char *);
+static void *emu_warn_arg;
+
+void moemu_warn_handler(void (*fn)(void *arg, const char *line), void *arg)
+{
+    emu_warn_fn = fn;
+    emu_warn_arg = arg;
+}
+
+void moemu_warn(const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (emu_warn_fn) emu_warn_fn(emu_warn_arg, line);
+    else fprintf(stderr, "moemu: warning: %s\n", line);
+}

@@ -23,7 +23,8 @@ int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
     return n;
 }
 
-LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd)
+LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd,
+                                   float scale)
 {
     float *out = sq->out, *lse = sq->lse;
     const float *q = sq->q, *kc = sq->kc, *vc = sq->vc;
@@ -38,7 +39,6 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
     float buf[(size_t)R * hd * 2 + (size_t)R * ATTN_KB + 2 * (size_t)R];
     float *Q = buf, *O = Q + (size_t)R * hd, *S = O + (size_t)R * hd;
     float *m = S + (size_t)R * ATTN_KB, *l = m + R;
-    float scale = 1.0f / sqrtf((float)hd);
 
     for (int g = 0; g < Hkv; g++) {
         const float *K = kc + (size_t)g * ldc * hd, *V = vc + (size_t)g * ldc * hd;
@@ -107,13 +107,13 @@ static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, emu_dty
 }
 
 void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
-                           int hd)
+                           int hd, float scale)
 {
     double flops = 0, bytes = 0;
     for (int i = 0; i < n; i++) attn_work(&s[i], H, Hkv, hd, c->dtype, &flops, &bytes);
     if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
     if (c->math)
-        for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd);
+        for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd, scale);
 }
 
 void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q, const float *kc,
@@ -122,5 +122,5 @@ void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q, con
 {
     layer_attn_seq_t s = {.out = out, .lse = lse, .q = q, .kc = kc, .vc = vc, .T = T,
                           .q0 = q0, .k0 = k0, .k1 = k1, .ldc = ldc};
-    layer_attention_batch(c, &s, 1, H, Hkv, hd);
+    layer_attention_batch(c, &s, 1, H, Hkv, hd, 1.0f / sqrtf((float)hd));
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "layers/layers.h"
+#include "layers/layers_impl.h"
 
 void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tmax, int Ttot,
                         int nlog, size_t *nf, size_t *ni)
@@ -15,7 +16,7 @@ void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tma
      * scratch, which never live at the same time */
     size_t np = (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + dm->Hl);
     if (np < 2 * (size_t)Tmax * dm->mlp_f) np = 2 * (size_t)Tmax * dm->mlp_f;
-    *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl) + np +
+    *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl + dm->row_f) + np +
           4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * dm->Vl * sh->tp_size;
     *ni = (size_t)Tmax * dm->k;
 }
@@ -40,6 +41,7 @@ void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog
     v->rlog = TAKE(T * dm->E);
     v->wts = TAKE(T * dm->k);
     v->lse = TAKE(T * dm->Hl);
+    v->rowf = TAKE(T * dm->row_f);
     v->kvall = TAKE(2 * (size_t)Ttot * kvd);
     v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
     v->logits = TAKE((size_t)nlog * Vp);
@@ -104,7 +106,7 @@ static moemu_status_t attend_prefill(layer_view_t *v)
     }
     double sz = (double)emu_dtype_size(v->x->dtype);
     emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd);
-    layer_attention_batch(v->x, v->seqs, ns, v->dm->Hl, kvl, hd);
+    layer_attention_batch(v->x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
     return MOEMU_OK;
 }
 
@@ -159,7 +161,7 @@ static moemu_status_t attend_prefill_cp(layer_view_t *v)
     }
     double sz = (double)emu_dtype_size(x->dtype);
     emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * assembled * kvd);
-    layer_attention_batch(x, v->seqs, ns, v->dm->Hl, kvl, hd);
+    layer_attention_batch(x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
     return MOEMU_OK;
 }
 
@@ -180,7 +182,7 @@ static moemu_status_t attend_decode(layer_view_t *v)
             .q = v->q + (size_t)t * qd, .kc = K, .vc = K + (size_t)kvl * cap * hd, .T = 1,
             .q0 = *n - 1, .k1 = *n, .ldc = cap};
     }
-    layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd);
+    layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd, v->dm->attn_scale);
     double sz = (double)emu_dtype_size(x->dtype);
     emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd / CP);
     if (CP == 1) return MOEMU_OK;
@@ -213,22 +215,85 @@ static moemu_status_t tp_sum(layer_view_t *v, float *rows)
     return layer_allreduce(v->x, rows, (int64_t)v->r->n * v->dm->d, v->sh->tp);
 }
 
+/* RMSNorm over the whole width of q (TA, Hl*hd) and k (TA, kvl*hd),
+ * whose columns the TP ranks share: each row's sum of squares over the
+ * rank's columns, summed over the group (a key/value head replicated on
+ * several ranks counted once, by the rank holding its group's first query
+ * head), then every column scaled. */
+static moemu_status_t qk_norm_width(layer_view_t *v, const layer_attn_w_t *w)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int TA = v->r->n, hd = dm->hd, qd = dm->Hl * hd, kvd = dm->kvl * hd;
+    int G = dm->H / dm->Hkv, own0 = dm->kv_head0, own1 = dm->kv_head0 + dm->kvl;
+    if (own0 * G < dm->head0) own0++; /* its first query head is another rank's */
+    if (own1 > own0 && (own1 - 1) * G >= dm->head0 + dm->Hl) own1--;
+    float *ss = v->rowf;
+    if (x->math)
+        for (int t = 0; t < TA; t++) {
+            double a = 0, b = 0;
+            for (int i = 0; i < qd; i++) a += (double)v->q[(size_t)t * qd + i] * v->q[(size_t)t * qd + i];
+            for (int i = (own0 - dm->kv_head0) * hd; i < (own1 - dm->kv_head0) * hd; i++)
+                b += (double)v->kk[(size_t)t * kvd + i] * v->kk[(size_t)t * kvd + i];
+            ss[2 * t] = (float)a;
+            ss[2 * t + 1] = (float)b;
+        }
+    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd),
+               (double)emu_dtype_size(x->dtype) * TA * (qd + kvd));
+    MOEMU_CHECK(layer_allreduce(x, ss, 2 * (int64_t)TA, v->sh->tp));
+    const float *qn = w->qn + (size_t)dm->head0 * hd, *kn = w->kn + (size_t)dm->kv_head0 * hd;
+    if (x->math)
+        for (int t = 0; t < TA; t++) {
+            float rq = (float)(1.0 / sqrt(ss[2 * t] / ((double)dm->H * hd) + dm->eps));
+            float rk = (float)(1.0 / sqrt(ss[2 * t + 1] / ((double)dm->Hkv * hd) + dm->eps));
+            for (int i = 0; i < qd; i++) v->q[(size_t)t * qd + i] *= rq * qn[i];
+            for (int i = 0; i < kvd; i++) v->kk[(size_t)t * kvd + i] *= rk * kn[i];
+        }
+    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd),
+               (double)emu_dtype_size(x->dtype) * (2.0 * TA * (qd + kvd) + qd + kvd));
+    return MOEMU_OK;
+}
+
+/* q, k, v of A from the normalised rows: the rank's heads' columns, their
+ * biases, the query/key norm and the clamp, in Hugging Face's order. */
+static moemu_status_t qkv(layer_view_t *v, const layer_attn_w_t *w)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int d = dm->d, hd = dm->hd, TA = v->r->n, qd = dm->Hl * hd, kvd = dm->kvl * hd;
+    size_t q0 = (size_t)dm->head0 * hd, k0 = (size_t)dm->kv_head0 * hd;
+    layer_linear(x, EMU_KERNEL_GEMM, v->q, v->na, w->wq + q0 * d, TA, d, qd, d, false);
+    layer_linear(x, EMU_KERNEL_GEMM, v->kk, v->na, w->wk + k0 * d, TA, d, kvd, d, false);
+    layer_linear(x, EMU_KERNEL_GEMM, v->vv, v->na, w->wv + k0 * d, TA, d, kvd, d, false);
+    if (w->bq) {
+        layer_bias(x, v->q, w->bq + q0, TA, qd);
+        layer_bias(x, v->kk, w->bk + k0, TA, kvd);
+        layer_bias(x, v->vv, w->bv + k0, TA, kvd);
+    }
+    if (w->qk_norm == LAYER_QKNORM_HEAD) {
+        layer_rmsnorm(x, v->q, v->q, w->qn, TA * dm->Hl, hd, dm->eps);
+        layer_rmsnorm(x, v->kk, v->kk, w->kn, TA * dm->kvl, hd, dm->eps);
+    } else if (w->qk_norm == LAYER_QKNORM_WIDTH) {
+        MOEMU_CHECK(qk_norm_width(v, w));
+    }
+    if (w->clip > 0) {
+        layer_clamp(x, v->q, (int64_t)TA * qd, w->clip);
+        layer_clamp(x, v->kk, (int64_t)TA * kvd, w->clip);
+        layer_clamp(x, v->vv, (int64_t)TA * kvd, w->clip);
+    }
+    return MOEMU_OK;
+}
+
 moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
 {
     const layer_rows_t *r = v->r;
     const layer_dims_t *dm = v->dm;
     layer_ctx_t *x = v->x;
-    int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0;
-    int qd = dm->Hl * hd, kvd = dm->kvl * hd;
+    int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0, qd = dm->Hl * hd;
 
     layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
     if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
-    layer_linear(x, EMU_KERNEL_GEMM, v->q, v->na, w->wq + (size_t)dm->head0 * hd * d, TA, d, qd,
-                 d, false);
-    layer_linear(x, EMU_KERNEL_GEMM, v->kk, v->na, w->wk + (size_t)dm->kv_head0 * hd * d, TA, d,
-                 kvd, d, false);
-    layer_linear(x, EMU_KERNEL_GEMM, v->vv, v->na, w->wv + (size_t)dm->kv_head0 * hd * d, TA, d,
-                 kvd, d, false);
+    MOEMU_CHECK(qkv(v, w));
     layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, dm->rope_theta);
     layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, dm->rope_theta);
     if (r->decode) MOEMU_CHECK(attend_decode(v));
@@ -238,7 +303,8 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     layer_linear(x, EMU_KERNEL_GEMM, v->o, v->att, w->wo + (size_t)dm->head0 * hd, TA, qd, d,
                  dm->H * hd, false);
     MOEMU_CHECK(tp_sum(v, v->o));
-    layer_add(x, v->xr, v->o, (int64_t)R * d);
+    if (w->bo) layer_bias(x, v->o, w->bo, R, d); /* once, on the summed rows */
+    layer_axpy(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult);
     return MOEMU_OK;
 }
 
@@ -251,6 +317,9 @@ void layer_vocab_rows(int V, int tp, int t, int *v0, int *v1)
     *v0 = per * t;
     *v1 = *v0 + per;
 }
+
+/* Granite scales the lookup; a model without a multiplier pays nothing. */
+static bool dm_embed_scaled(const layer_view_t *v) { return v->dm->embed_mult != 1.0f; }
 
 moemu_status_t layer_embed_block(layer_view_t *v, const float *table, const int *tok)
 {
@@ -265,6 +334,7 @@ moemu_status_t layer_embed_block(layer_view_t *v, const float *table, const int 
                 memset(row, 0, sizeof(float) * d); /* another rank's row */
         }
     emu_charge(x->dev, EMU_KERNEL_EMBED, 0.0, 2.0 * TA * d * emu_dtype_size(x->dtype));
+    if (dm_embed_scaled(v)) layer_scale(x, v->o, (int64_t)TA * d, v->dm->embed_mult);
     if (v->sh->sp) {
         int cnt[v->sh->tp_size];
         tp_counts(v, TA, cnt);
@@ -295,6 +365,8 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
     if (real < 0) real = 0;
     layer_linear(x, EMU_KERNEL_GEMM, v->logits, v->o, lm_head + (size_t)v0 * d, nl, d, real, d,
                  false);
+    if (dm->logit_div != 1.0f) /* Granite's logits_scaling: a division, as its code does */
+        for (int64_t i = 0; x->math && i < (int64_t)nl * real; i++) v->logits[i] /= dm->logit_div;
     if (x->math && real < Vl) /* padding rows of the vocabulary never win */
         for (int i = nl - 1; i >= 0; i--) {
             memmove(v->logits + (size_t)i * Vl, v->logits + (size_t)i * real, sizeof(float) * real);
@@ -316,13 +388,13 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
 
 /* ---- The mixture of experts */
 
-void layer_moe_route(layer_view_t *v, const float *norm, const float *gate)
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how)
 {
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
     layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
     layer_router(v->x, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
-                 v->dm->k);
+                 v->dm->k, how);
 }
 
 moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped)
@@ -362,6 +434,23 @@ static moemu_status_t routed_back(layer_view_t *v)
     return MOEMU_OK;
 }
 
+/* Qwen2-MoE's shared-expert gate: rows R of out (summed) times
+ * sigmoid(gate . x) of their normalised rows. */
+static void mlp_gate(layer_view_t *v, float *out, const float *gate)
+{
+    const layer_rows_t *r = v->r;
+    layer_ctx_t *x = v->x;
+    int d = v->dm->d, R = r->r1 - r->r0;
+    layer_linear(x, EMU_KERNEL_GEMM, v->rowf, v->na + (size_t)r->r0 * d, gate, R, d, 1, d, false);
+    if (x->math)
+        for (int t = 0; t < R; t++) {
+            float g = 1.0f / (1.0f + layer_exp(-v->rowf[t]));
+            for (int i = 0; i < d; i++) out[(size_t)t * d + i] *= g;
+        }
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, (double)R * (d + 4),
+               2.0 * R * d * emu_dtype_size(x->dtype));
+}
+
 moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
 {
     const layer_rows_t *r = v->r;
@@ -376,7 +465,20 @@ moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out
             .w3 = m->w3[j] ? m->w3[j] + (size_t)m->f0 * d : NULL, .w2 = m->w2[j] + m->f0, .n = TA};
     layer_expert_group(x, jobs, m->S, v->parts, d, Fl, m->F, m->act, true);
     MOEMU_CHECK(tp_sum(v, v->sh_out));
+    if (m->gate) mlp_gate(v, v->sh_out, m->gate);
     layer_add(x, out, v->sh_out, (int64_t)R * d);
+    return MOEMU_OK;
+}
+
+moemu_status_t layer_dense_block(layer_view_t *v, const float *norm, const layer_mlp_t *m)
+{
+    const layer_rows_t *r = v->r;
+    int d = v->dm->d, R = r->r1 - r->r0;
+    float *out = v->moe + (size_t)r->r0 * d;
+    layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
+    if (v->x->math) memset(out, 0, sizeof(float) * (size_t)R * d);
+    MOEMU_CHECK(layer_mlp_block(v, m, out));
+    layer_axpy(v->x, v->xr, out, (int64_t)R * d, v->dm->resid_mult);
     return MOEMU_OK;
 }
 
@@ -389,6 +491,6 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
     MOEMU_CHECK(routed_back(v));
     float *moeR = v->moe + (size_t)r->r0 * d;
     if (mlp->S > 0) MOEMU_CHECK(layer_mlp_block(v, mlp, moeR));
-    layer_add(v->x, v->xr, moeR, (int64_t)R * d);
+    layer_axpy(v->x, v->xr, moeR, (int64_t)R * d, v->dm->resid_mult);
     return MOEMU_OK;
 }

@@ -74,6 +74,40 @@ void layer_add(layer_ctx_t *c, float *x, const float *y, int64_t n)
                3.0 * n * emu_dtype_size(c->dtype));
 }
 
+void layer_axpy(layer_ctx_t *c, float *x, const float *y, int64_t n, float a)
+{
+    if (a == 1.0f) {
+        layer_add(c, x, y, n);
+        return;
+    }
+    if (c->math)
+        for (int64_t i = 0; i < n; i++) x[i] += a * y[i];
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 2.0 * n, 3.0 * n * emu_dtype_size(c->dtype));
+}
+
+void layer_scale(layer_ctx_t *c, float *x, int64_t n, float a)
+{
+    if (c->math)
+        for (int64_t i = 0; i < n; i++) x[i] *= a;
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, (double)n, 2.0 * n * emu_dtype_size(c->dtype));
+}
+
+void layer_bias(layer_ctx_t *c, float *x, const float *b, int T, int n)
+{
+    if (c->math)
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < n; i++) x[(int64_t)t * n + i] += b[i];
+    double e = (double)T * n;
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, e, (2.0 * e + n) * emu_dtype_size(c->dtype));
+}
+
+void layer_clamp(layer_ctx_t *c, float *x, int64_t n, float lim)
+{
+    if (c->math)
+        for (int64_t i = 0; i < n; i++) x[i] = x[i] < -lim ? -lim : x[i] > lim ? lim : x[i];
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 2.0 * n, 2.0 * n * emu_dtype_size(c->dtype));
+}
+
 int layer_argmax(const float *logits, int n)
 {
     int best = -1;

@@ -68,20 +68,41 @@ typedef struct {
 } layer_attn_seq_t;
 
 /* Several sequences as one kernel, as a varlen flash-attention kernel
- * serves a batch: one launch, the sum of the sequences' work. */
+ * serves a batch: one launch, the sum of the sequences' work. Scores are
+ * q k^T times scale (layer_attention: 1 / sqrt(hd)). */
 void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n,
-                           int H, int Hkv, int hd);
+                           int H, int Hkv, int hd, float scale);
 /* Number of (query, key) pairs visible in the call above. */
 int64_t layer_attention_pairs(int T, int q0, int k0, int k1);
 
 /* x (T, d) += y (T, d). */
 void layer_add(layer_ctx_t *c, float *x, const float *y, int64_t n);
+/* x (n) += a * y (n): a residual add whose branch is scaled (Granite's
+ * residual_multiplier). a == 1 is layer_add, bit for bit. */
+void layer_axpy(layer_ctx_t *c, float *x, const float *y, int64_t n, float a);
+/* x (n) *= a. */
+void layer_scale(layer_ctx_t *c, float *x, int64_t n, float a);
+/* Each row of x (T, n) += b (n): a linear layer's bias. */
+void layer_bias(layer_ctx_t *c, float *x, const float *b, int T, int n);
+/* x (n) clamped to [-lim, lim] (OLMoE's clip_qkv). */
+void layer_clamp(layer_ctx_t *c, float *x, int64_t n, float lim);
 
-/* Router: logits (T, E) = x (T, d) @ wg^T (wg (E, d)), p = softmax(logits),
- * the top k of p (ties to the lower index), renormalised to sum to 1.
- * idx (T, k) and w (T, k) are ordered by p descending. logits is scratch. */
+/* How a router turns logits into k weights (ties to the lower index):
+ * softmax over all E, then the top k, renormalised to sum to 1 (Mixtral,
+ * norm_topk_prob) or not (Qwen2-MoE and OLMoE without it); or the top k
+ * of the logits, then a softmax over those k (GraniteMoE). */
+typedef enum {
+    LAYER_ROUTE_SOFTMAX_TOPK_NORM = 0,
+    LAYER_ROUTE_SOFTMAX_TOPK,
+    LAYER_ROUTE_TOPK_SOFTMAX,
+} layer_route_t;
+
+/* Router: logits (T, E) = x (T, d) @ wg^T (wg (E, d)), then the k choices
+ * as how says. idx (T, k) and w (T, k) are ordered by logit descending.
+ * logits is scratch. */
 void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
-                  const float *x, const float *wg, int T, int d, int E, int k);
+                  const float *x, const float *wg, int T, int d, int E, int k,
+                  layer_route_t how);
 
 /* Per-expert capacity of a routing group of T real tokens:
  * ceil(cf * T * k / E) in decimal arithmetic (cf is taken to 9 decimals),
@@ -228,13 +249,19 @@ typedef struct {
 typedef struct {
     int d, hd;               /* hidden size, head dim */
     int H, head0, Hl;        /* query heads: all, the rank's first, count */
-    int kv_head0, kvl;       /* key/value heads: the rank's first, count */
+    int Hkv, kv_head0, kvl;  /* key/value heads: all, the rank's first, count */
     int V, vocab0, Vl;       /* vocabulary; the rank's rows of the padded
                                 vocabulary, [vocab0, vocab0 + Vl) */
     int E, k;                /* experts, choices per token */
     int mlp_f;               /* widest MLP slice the rank computes (0: none) */
+    int row_f;               /* per-row figures a block keeps (norms' sums,
+                                gates): 2 or 0 */
     float eps;               /* RMSNorm */
     double rope_theta;
+    float attn_scale;        /* of q k^T: 1 / sqrt(hd), or Granite's */
+    float embed_mult;        /* embedding lookup times this (Granite) */
+    float resid_mult;        /* each branch times this before its add */
+    float logit_div;         /* logits divided by this (Granite) */
 } layer_dims_t;
 
 /* A rank's working state for a pass: scratch sized for its largest pass
@@ -248,6 +275,7 @@ typedef struct {
     layer_kv_t kv;
     float *xr, *na, *q, *kk, *vv, *att, *o, *moe, *sh_out, *rlog, *lse, *wts,
         *parts, *kvall, *kfull, *logits, *lgath;
+    float *rowf;             /* (row_f Tmax) per-row figures */
     int *idx;                /* (Tmax, k) choices */
     uint8_t *keep;           /* (Tmax, k) */
     layer_attn_seq_t *seqs;  /* (2 * sequences) */
@@ -261,10 +289,21 @@ void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tma
                         int nlog, size_t *nf, size_t *ni);
 void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog);
 
+/* Query/key normalisation: none, RMSNorm over each head's hd (Qwen3-MoE),
+ * or over the whole projected width, H*hd and Hkv*hd (OLMoE), which under
+ * TP needs each row's sum of squares over the group. */
+typedef enum { LAYER_QKNORM_NONE = 0, LAYER_QKNORM_HEAD, LAYER_QKNORM_WIDTH } layer_qknorm_t;
+
 /* Attention weights: norm (d), q (H*hd, d), k and v (Hkv*hd, d), o
- * (d, H*hd), whole; the rank reads its heads. */
+ * (d, H*hd), whole; the rank reads its heads. Optional (NULL: none):
+ * biases bq (H*hd), bk, bv (Hkv*hd), bo (d); query and key norms qn, kn
+ * ((hd) each by head, (H*hd) and (Hkv*hd) by width). clip > 0 clamps q,
+ * k and v to [-clip, clip] after the norms. */
 typedef struct {
     const float *norm, *wq, *wk, *wv, *wo;
+    const float *bq, *bk, *bv, *bo, *qn, *kn;
+    layer_qknorm_t qk_norm;
+    float clip;
 } layer_attn_w_t;
 
 /* Pre-norm grouped-query attention with RoPE on R, residual added:
@@ -292,7 +331,7 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
 
 /* Pre-norm router of the MoE block: norm of R into na, then the router's
  * top-k of the M rows into idx and wts (gate (E, d)). */
-void layer_moe_route(layer_view_t *v, const float *norm, const float *gate);
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how);
 /* Capacity over the routing group (layer_rows_t's group lists) into keep,
  * factor cf (0: dropless); *dropped receives the drops among M. */
 moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped);
@@ -304,12 +343,17 @@ typedef struct {
     float *const *w1, *const *w3, *const *w2; /* S each, whole: (F, d), (F, d), (d, F) */
     int S, F, f0, f1;
     layer_act_t act;
+    const float *gate; /* (d): the sum scaled by sigmoid(gate . x) (Qwen2-MoE), or NULL */
 } layer_mlp_t;
 
 /* The MLPs on the normalised rows of A in na (the SP slice gathered over
  * TP first), summed over the TP group (reduce-scattered to the SP slices
- * with SP) and added into out's R rows. */
+ * with SP), gated, and added into out's R rows. */
 moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out);
+
+/* A dense layer's MLP block: pre-norm (norm (d)) of R, the MLP as above,
+ * the residual add into xr. */
+moemu_status_t layer_dense_block(layer_view_t *v, const float *norm, const layer_mlp_t *m);
 
 /* The rest of the MoE block on the choices in idx, wts, keep: the routed
  * experts over EP/ETP, their outputs back to the residual rows, the shared

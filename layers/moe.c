@@ -5,8 +5,35 @@
 #include "layers/layers.h"
 #include "layers/layers_impl.h"
 
+/* The top k of p (E) into ti, tw: strict >, so the lower index wins a
+ * tie. */
+static void top_k(int *ti, float *tw, const float *p, int E, int k)
+{
+    for (int s = 0; s < k; s++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int j = 0; j < s; j++) taken |= ti[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        ti[s] = best;
+        tw[s] = p[best];
+    }
+}
+
+/* p (n) = softmax(p), in place. */
+static void softmax(float *p, int n)
+{
+    float mx = p[0];
+    for (int e = 1; e < n; e++) mx = p[e] > mx ? p[e] : mx;
+    float sum = 0.0f;
+    for (int e = 0; e < n; e++) sum += (p[e] = layer_exp(p[e] - mx));
+    for (int e = 0; e < n; e++) p[e] /= sum;
+}
+
 LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
-                  const float *x, const float *wg, int T, int d, int E, int k)
+                  const float *x, const float *wg, int T, int d, int E, int k,
+                  layer_route_t how)
 {
     layer_linear(c, EMU_KERNEL_ROUTER, logits, x, wg, T, d, E, d, false);
     /* softmax, top-k selection and renormalisation: ~5 operations an entry */
@@ -15,26 +42,18 @@ LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
                    8.0 * T * k);
     if (!c->math) return;
     for (int t = 0; t < T; t++) {
-        float *p = logits + (int64_t)t * E;
-        float mx = p[0];
-        for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-        float sum = 0.0f;
-        for (int e = 0; e < E; e++) sum += (p[e] = layer_exp(p[e] - mx));
-        for (int e = 0; e < E; e++) p[e] /= sum;
+        float *p = logits + (int64_t)t * E, *tw = w + (int64_t)t * k;
         int *ti = idx + (int64_t)t * k;
-        float *tw = w + (int64_t)t * k, tot = 0.0f;
-        for (int s = 0; s < k; s++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int j = 0; j < s; j++) taken |= ti[j] == e;
-                /* strict >: the lower index wins a tie */
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
-            ti[s] = best;
-            tw[s] = p[best];
-            tot += p[best];
+        if (how == LAYER_ROUTE_TOPK_SOFTMAX) {
+            top_k(ti, tw, p, E, k);
+            softmax(tw, k);
+            continue;
         }
+        softmax(p, E);
+        top_k(ti, tw, p, E, k);
+        if (how != LAYER_ROUTE_SOFTMAX_TOPK_NORM) continue;
+        float tot = 0.0f;
+        for (int s = 0; s < k; s++) tot += tw[s];
         for (int s = 0; s < k; s++) tw[s] /= tot;
     }
 }

@@ -48,10 +48,11 @@ static const char base_json[] =
     " \"num_experts_per_tok\": 2, \"rms_norm_eps\": 1e-5,"
     " \"rope_theta\": 10000.0, \"max_position_embeddings\": 4096}";
 
+/* One line, or one line per problem, each after the first indented. */
 static void assert_one_line(void)
 {
-    cr_assert(strchr(moemu_errmsg(), '\n') == NULL, "multi-line: %s",
-              moemu_errmsg());
+    for (const char *nl = strchr(moemu_errmsg(), '\n'); nl; nl = strchr(nl + 1, '\n'))
+        cr_assert(nl[1] == ' ' && nl[2] == ' ', "stray line break: %s", moemu_errmsg());
 }
 
 /* ---- Built-in models */
@@ -293,11 +294,13 @@ Test(config_parse, model_type_chooses_the_family)
     cr_assert_eq(parse_patched(&c, "{\"model_type\": \"mixtral\"}", NULL, "x"), MOEMU_OK);
     cr_assert_eq(c.family, &family_mixtral);
     cr_assert_eq(family_find("mixtral"), &family_mixtral);
-    cr_assert_null(family_find("qwen2_moe"));
-    cr_assert_eq(parse_patched(&c, "{\"model_type\": \"qwen2_moe\"}", NULL, "x"),
+    cr_assert_eq(family_find("qwen2_moe"), &family_qwen2_moe);
+    cr_assert_null(family_find("llama"));
+    cr_assert_eq(parse_patched(&c, "{\"model_type\": \"llama\"}", NULL, "x"),
                  MOEMU_ERR_INVALID);
-    cr_assert_str_eq(moemu_errmsg(), "x: config key 'model_type' = \"qwen2_moe\" is not a family "
-                                     "moemu implements (mixtral)");
+    cr_assert_str_eq(moemu_errmsg(), "x: config key 'model_type' = \"llama\" is not a family "
+                                     "moemu implements (mixtral, qwen2_moe, qwen3_moe, olmoe, "
+                                     "granitemoe)");
     cr_assert_eq(parse_patched(&c, "{\"model_type\": 3}", NULL, "x"), MOEMU_ERR_INVALID);
     cr_assert(strstr(moemu_errmsg(), "model_type"), "%s", moemu_errmsg());
 }
@@ -320,17 +323,17 @@ Test(config_parse, every_problem_at_once)
                                    "\"rope_theta\": 0.5, \"capacity_factor\": -1}", NULL, "x"),
                  MOEMU_ERR_INVALID);
     cr_assert_str_eq(moemu_errmsg(),
-                     "x: config key 'vocab_size' must be positive, got 0; config key 'head_dim' "
-                     "must be positive, got -2; config key 'rope_theta' must be a finite number "
-                     "> 1, got 0.5; config key 'capacity_factor' must be a finite number >= 0 "
-                     "(0 = dropless), got -1");
+                     "x: 4 problems in the config:\n  config key 'vocab_size' must be positive, "
+                     "got 0\n  config key 'head_dim' must be positive, got -2\n  config key "
+                     "'rope_theta' must be a finite number > 1, got 0.5\n  config key "
+                     "'capacity_factor' must be a finite number >= 0 (0 = dropless), got -1");
     /* the rules between sizes once the sizes hold */
     cr_assert_eq(parse_patched(&c, "{\"num_key_value_heads\": 3, \"head_dim\": 15}", NULL, "x"),
                  MOEMU_ERR_INVALID);
     cr_assert_str_eq(moemu_errmsg(),
-                     "x: config key 'num_key_value_heads' = 3 does not divide "
-                     "num_attention_heads = 4; config key 'head_dim' must be even (RoPE rotates "
-                     "pairs of dimensions), got 15");
+                     "x: 2 problems in the config:\n  config key 'num_key_value_heads' = 3 does "
+                     "not divide num_attention_heads = 4\n  config key 'head_dim' must be even "
+                     "(RoPE rotates pairs of dimensions), got 15");
 }
 
 Test(config_parse, head_dim_default_and_null)

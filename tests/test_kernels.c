@@ -676,7 +676,7 @@ Test(router, matches_reference_and_charges)
                 }
         emu_dev_t *dev = dev_new();
         layer_ctx_t c = ctx_of(dev, true);
-        layer_router(&c, idx, w, logits, x, wg, T, d, E, k);
+        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, LAYER_ROUTE_SOFTMAX_TOPK_NORM);
         for (int i = 0; i < T * k; i++)
             cr_assert_eq(idx[i], ridx[i], "%s: token %d choice %d is expert "
                          "%d, want %d", what, i / k, i % k, idx[i], ridx[i]);
@@ -707,7 +707,7 @@ static void router_logits(layer_ctx_t *c, int *idx, float *w, const float *l,
 {
     float x[2] = {1, 0}, wg[2 * 16], logits[16];
     for (int e = 0; e < E; e++) wg[2 * e] = l[e], wg[2 * e + 1] = 0;
-    layer_router(c, idx, w, logits, x, wg, 1, 2, E, k);
+    layer_router(c, idx, w, logits, x, wg, 1, 2, E, k, LAYER_ROUTE_SOFTMAX_TOPK_NORM);
 }
 
 Test(router, ties_to_lower_index)
@@ -1027,8 +1027,8 @@ Test(dry_run, touches_nothing_and_charges_the_same)
     int idxd0[7 * 2];
     memcpy(idxd0, idxd, sizeof idxd);
     DRY("router", 7 * 5,
-        layer_router(&real, idx, rw, o, a, w, 7, 33, 5, 2),
-        layer_router(&dry, idxd, rwd, s, a, w, 7, 33, 5, 2));
+        layer_router(&real, idx, rw, o, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM),
+        layer_router(&dry, idxd, rwd, s, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM));
     assert_untouched(rwd, 7 * 2, SENTINEL, "router weights");
     cr_assert(memcmp(idxd, idxd0, sizeof idxd) == 0,
               "router: math=false wrote idx");
@@ -1080,7 +1080,7 @@ Test(grouped, attention_batch_is_one_launch)
         layer_attention(&cm, o2[i], NULL, q[i], k[i], v[i], T[i], q0[i], 0, k1[i], H, Hkv, hd,
                         k1[i]);
     }
-    layer_attention_batch(&c1, s, 3, H, Hkv, hd);
+    layer_attention_batch(&c1, s, 3, H, Hkv, hd, 1.0f / sqrtf((float)hd));
     const emu_kernel_stats_t *a = emu_dev_kernel_stats(one, EMU_KERNEL_ATTN),
                              *b = emu_dev_kernel_stats(many, EMU_KERNEL_ATTN);
     cr_assert_eq(a->launches, 1);

@@ -2,6 +2,7 @@
  * (through jansson), the rules a usable config obeys and the figures derived
  * from it. docs/config.md is the reference for every key. */
 #include <errno.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
@@ -41,7 +42,8 @@ static const cfg_model_t cfg_builtins[] = {
      .tie_word_embeddings = false,
      .dtype = EMU_DTYPE_FP16,
      .num_shared_experts = 0,
-     .shared_expert_intermediate_size = 96},
+     .shared_expert_intermediate_size = 96,
+     .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1},
     {.family = &family_mixtral,
      .name = "moe-10b-plan",
      .vocab_size = 32000,
@@ -61,7 +63,8 @@ static const cfg_model_t cfg_builtins[] = {
      .tie_word_embeddings = false,
      .dtype = EMU_DTYPE_FP16,
      .num_shared_experts = 0,
-     .shared_expert_intermediate_size = 1024},
+     .shared_expert_intermediate_size = 1024,
+     .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1},
     {.family = &family_mixtral,
      .name = "moe-30b-plan",
      .vocab_size = 32000,
@@ -81,7 +84,8 @@ static const cfg_model_t cfg_builtins[] = {
      .tie_word_embeddings = false,
      .dtype = EMU_DTYPE_FP16,
      .num_shared_experts = 0,
-     .shared_expert_intermediate_size = 2048},
+     .shared_expert_intermediate_size = 2048,
+     .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1},
 };
 
 #define CFG_NBUILTIN (sizeof cfg_builtins / sizeof cfg_builtins[0])
@@ -174,8 +178,6 @@ typedef struct {
 } cfg_refusal_t;
 
 static const cfg_refusal_t cfg_refusals[] = {
-    {"rope_scaling", CFG_REFUSE_NONNULL, 0, NULL,
-     "RoPE scaling is not supported; moemu applies plain RoPE (use null)"},
     {"attention_bias", CFG_REFUSE_TRUE, 0, NULL,
      "attention projections have no biases in moemu"},
     {"mlp_bias", CFG_REFUSE_TRUE, 0, NULL,
@@ -272,16 +274,13 @@ static moemu_status_t cfg_check_refusal(const cfg_src_t *src,
     return MOEMU_OK;
 }
 
-static moemu_status_t cfg_check_refusals(const cfg_src_t *src)
+/* Qwen writes a window size together with use_sliding_window: false,
+ * which switches it off; otherwise a window is a real restriction. */
+static moemu_status_t cfg_check_sliding(const cfg_src_t *src)
 {
-    for (size_t i = 0; i < sizeof cfg_refusals / sizeof cfg_refusals[0]; i++)
-        MOEMU_CHECK(cfg_check_refusal(src, &cfg_refusals[i]));
-
-    /* Qwen writes a window size together with use_sliding_window: false,
-     * which switches it off; otherwise a window is a real restriction. */
     json_t *w = json_object_get(src->root, "sliding_window");
     json_t *use = json_object_get(src->root, "use_sliding_window");
-    if (cfg_present(src, "sliding_window") && !json_is_false(use))
+    if (cfg_present(src, "sliding_window") && !json_is_false(use) && !json_is_true(use))
         return cfg_refused(src, "sliding_window", w,
                            "sliding-window attention is not supported; moemu "
                            "attends to the whole causal context (use null)");
@@ -325,72 +324,74 @@ static int64_t cfg_prod(cfg_ck_t *ck, const char *what, const int64_t *f, int n)
     return r;
 }
 
+/* The sum of n counts; what names it in the overflow message. */
+static int64_t cfg_sum(cfg_ck_t *ck, const char *what, const int64_t *f, int n)
+{
+    int64_t r = 0;
+    for (int i = 0; i < n; i++) r = cfg_add(ck, what, r, f[i]);
+    return r;
+}
+
 /* Computes every figure; returns false if a count overflows int64. */
 static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 {
     cfg_ck_t ck = {false, NULL};
     const int64_t V = c->vocab_size, d = c->hidden_size,
                   F = c->intermediate_size, L = c->num_hidden_layers,
+                  Lm = cfg_moe_layers(c), Ld = c->num_dense_layers,
                   H = c->num_attention_heads, Hkv = c->num_key_value_heads,
                   hd = c->head_dim, E = c->num_local_experts,
                   k = c->num_experts_per_tok, S = c->num_shared_experts,
-                  Fs = c->shared_expert_intermediate_size;
-    /* SwiGLU experts have w1, w2, w3; GELU experts only w1, w2. */
+                  Fs = c->shared_expert_intermediate_size,
+                  Fd = c->dense_intermediate_size;
+    /* SwiGLU MLPs have w1, w2, w3; GELU ones only w1, w2. */
     const int64_t mats = c->hidden_act == LAYER_ACT_GELU ? 2 : 3;
-    const bool gelu = mats == 2;
     memset(o, 0, sizeof *o);
 
 #define P(name, ...)                                                           \
     cfg_prod(&ck, name, (const int64_t[]){__VA_ARGS__},                        \
              (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+#define ADD(name, ...) cfg_sum(&ck, name, (const int64_t[]){__VA_ARGS__},     \
+             (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
     int64_t vd = P("vocab_size * hidden_size", V, d);
     o->embedding = vd;
-    /* q and o are (H*hd, d) and (d, H*hd); k and v are (Hkv*hd, d). */
-    int64_t att_q =
-        P("2 * hidden_size * num_attention_heads * head_dim", 2, d, H, hd);
-    int64_t att_kv =
-        P("2 * hidden_size * num_key_value_heads * head_dim", 2, d, Hkv, hd);
-    int64_t att_layer = cfg_add(&ck, "attention parameters", att_q, att_kv);
-    o->attention =
-        cfg_mul(&ck, "attention parameters * num_hidden_layers", att_layer, L);
-    o->router =
-        P("num_local_experts * hidden_size * num_hidden_layers", E, d, L);
+    /* q and o are (H*hd, d) and (d, H*hd); k and v are (Hkv*hd, d); the
+     * biases of q, k, v and o where the family has them. */
+    int64_t att_layer = ADD("attention parameters",
+                            P("2 * hidden_size * num_attention_heads * head_dim", 2, d, H, hd),
+                            P("2 * hidden_size * num_key_value_heads * head_dim", 2, d, Hkv, hd),
+                            c->qkv_bias ? P("q, k and v biases", H + 2 * Hkv, hd) : 0,
+                            c->o_bias ? d : 0);
+    o->attention = P("attention parameters * num_hidden_layers", att_layer, L);
+    o->router = P("num_local_experts * hidden_size * MoE layers", E, d, Lm);
+    const bool gelu = mats == 2;
     int64_t expert = P(gelu ? "2 * hidden_size * intermediate_size"
-                            : "3 * hidden_size * intermediate_size",
-                       mats, d, F);
-    o->experts = P(gelu ? "num_local_experts * 2 * hidden_size * "
-                          "intermediate_size * num_hidden_layers"
-                        : "num_local_experts * 3 * hidden_size * "
-                          "intermediate_size * num_hidden_layers",
-                   E, expert, L);
-    int64_t routed_active = P("num_experts_per_tok * expert * "
-                              "num_hidden_layers",
-                              k, expert, L);
-    o->shared = P(gelu ? "num_shared_experts * 2 * hidden_size * "
-                         "shared_expert_intermediate_size * num_hidden_layers"
-                       : "num_shared_experts * 3 * hidden_size * "
-                         "shared_expert_intermediate_size * num_hidden_layers",
-                  S, mats, d, Fs, L);
-    int64_t norms_l = P("2 * hidden_size * num_hidden_layers", 2, d, L);
-    o->norms = cfg_add(&ck, "norm parameters", norms_l, d);
+                            : "3 * hidden_size * intermediate_size", mats, d, F);
+    o->experts = P(gelu ? "num_local_experts * 2 * hidden_size * intermediate_size * MoE layers"
+                        : "num_local_experts * 3 * hidden_size * intermediate_size * MoE layers",
+                   E, expert, Lm);
+    int64_t routed_active = P("num_experts_per_tok * expert * MoE layers", k, expert, Lm);
+    o->shared = ADD("shared expert parameters",
+                    P("num_shared_experts * matrices * hidden_size * "
+                      "shared_expert_intermediate_size * MoE layers", S, mats, d, Fs, Lm),
+                    c->shared_gate ? P("shared expert gates", d, Lm) : 0);
+    o->dense = P("matrices * hidden_size * dense intermediate_size * dense layers", mats, d, Fd,
+                 Ld);
+    int64_t qk = c->qk_norm == LAYER_QKNORM_HEAD    ? 2 * hd
+                 : c->qk_norm == LAYER_QKNORM_WIDTH ? (H + Hkv) * hd
+                                                    : 0;
+    o->norms = ADD("norm parameters", P("norm parameters per layer * num_hidden_layers",
+                                        2 * d + qk, L), d);
     o->lm_head = c->tie_word_embeddings ? 0 : vd;
-#undef P
-
-    int64_t t = o->embedding;
-    const int64_t parts[] = {o->attention, o->router, o->experts,
-                             o->shared,    o->norms,  o->lm_head};
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        t = cfg_add(&ck, "the total parameter count", t, parts[i]);
-    o->total = t;
-
+    o->total = ADD("the total parameter count", o->embedding, o->attention, o->router, o->experts,
+                   o->shared, o->dense, o->norms, o->lm_head);
     /* The output projection reads V*d weights per token whether or not it
      * is tied to the embedding; the embedding lookup reads one row. */
-    int64_t matmul = o->attention;
-    const int64_t mm[] = {o->router, routed_active, o->shared, vd};
-    for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++)
-        matmul = cfg_add(&ck, "the active parameter count", matmul, mm[i]);
-    o->active_per_token =
-        cfg_add(&ck, "the active parameter count", matmul, o->norms);
+    int64_t matmul = ADD("the active parameter count", o->attention, o->router, routed_active,
+                         o->shared, o->dense, vd);
+    o->active_per_token = ADD("the active parameter count", matmul, o->norms);
+#undef P
+#undef ADD
 
     o->weight_bytes = (double)o->total * (double)emu_dtype_size(c->dtype);
     o->flops_per_token = 2.0 * (double)matmul;
@@ -469,35 +470,48 @@ static void cfg_check_values(moemu_problems_t *p, const cfg_model_t *c)
                                                           : "an unknown dtype");
     if (c->num_shared_experts < 0)
         cfg_bad(p, "num_shared_experts", ">= 0", c->num_shared_experts);
+    const struct {
+        const char *key;
+        double v;
+    } mult[] = {{"embedding_multiplier", c->embedding_multiplier},
+                {"residual_multiplier", c->residual_multiplier},
+                {"logits_scaling", c->logits_scaling}};
+    for (size_t i = 0; i < sizeof mult / sizeof mult[0]; i++)
+        if (!isfinite(mult[i].v) || mult[i].v == 0) cfg_bad(p, mult[i].key, "finite and non-zero", mult[i].v);
+    if (!(c->attention_multiplier >= 0) || !isfinite(c->attention_multiplier))
+        cfg_bad(p, "attention_multiplier", "a finite number > 0", c->attention_multiplier);
+    if (c->num_dense_layers > 0 && c->dense_intermediate_size <= 0)
+        cfg_bad(p, "intermediate_size", "positive (the dense layers' MLP)", c->dense_intermediate_size);
     if (c->shared_expert_intermediate_size < 0 ||
         (c->num_shared_experts > 0 && c->shared_expert_intermediate_size == 0))
         cfg_bad(p, "shared_expert_intermediate_size", "positive when num_shared_experts > 0",
                 c->shared_expert_intermediate_size);
 }
 
-static moemu_status_t cfg_validate_as(const cfg_model_t *c, const char *label)
+/* Every rule on the values, into p. */
+static void cfg_check(moemu_problems_t *p, const cfg_model_t *c)
 {
-    moemu_problems_t p = {.len = 0};
-    cfg_check_sizes(&p, c);
-    cfg_check_values(&p, c);
-    if (p.n) return moemu_fail(MOEMU_ERR_INVALID, "%s: %s", label, p.buf);
+    int before = p->n;
+    cfg_check_sizes(p, c);
+    cfg_check_values(p, c);
+    if (p->n > before) return;
     cfg_figures_t f;
     const char *what = NULL;
     if (!cfg_count(c, &f, &what))
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "%s: config sizes are too large: %s overflows a "
-                          "64-bit count (vocab_size = %d, hidden_size = %d, "
-                          "intermediate_size = %d, num_hidden_layers = %d, "
-                          "num_local_experts = %d)",
-                          label, what, c->vocab_size, c->hidden_size,
-                          c->intermediate_size, c->num_hidden_layers,
-                          c->num_local_experts);
-    return MOEMU_OK;
+        moemu_problem(p, "config sizes are too large: %s overflows a 64-bit count (vocab_size = "
+                         "%d, hidden_size = %d, intermediate_size = %d, num_hidden_layers = %d, "
+                         "num_local_experts = %d)",
+                      what, c->vocab_size, c->hidden_size, c->intermediate_size,
+                      c->num_hidden_layers, c->num_local_experts);
 }
 
 moemu_status_t cfg_validate(const cfg_model_t *cfg)
 {
-    return cfg_validate_as(cfg, cfg->name[0] ? cfg->name : "config");
+    moemu_problems_t p = {.len = 0};
+    cfg_check(&p, cfg);
+    if (p.n)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: %s", cfg->name[0] ? cfg->name : "config", p.buf);
+    return MOEMU_OK;
 }
 
 /* ---- Parsing */
@@ -556,6 +570,488 @@ static moemu_status_t cfg_get_act(const cfg_src_t *src, layer_act_t *out)
     return MOEMU_OK;
 }
 
+/* ---- Reading a config: every key a family reads goes through a reader
+ * that marks it seen and collects each problem, so that a config's
+ * problems are all reported at once, one per line; keys nobody read are
+ * named in one warning. */
+
+typedef struct {
+    cfg_src_t src;
+    const char *label;
+    moemu_problems_t p;
+    moemu_status_t st; /* the first problem's status */
+    json_t *seen;      /* the keys read, as an object used as a set */
+} cfg_rd_t;
+
+/* The problem in moemu's last message, without the label it starts with. */
+static void rd_note(cfg_rd_t *r, moemu_status_t st)
+{
+    if (st == MOEMU_OK) return;
+    const char *m = moemu_errmsg();
+    size_t n = strlen(r->label);
+    if (strncmp(m, r->label, n) == 0 && m[n] == ':' && m[n + 1] == ' ') m += n + 2;
+    moemu_problem(&r->p, "%s", m);
+    if (r->st == MOEMU_OK) r->st = st;
+}
+
+__attribute__((format(printf, 2, 3))) static void rd_bad(cfg_rd_t *r, const char *fmt, ...)
+{
+    char m[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    moemu_problem(&r->p, "%s", m);
+    if (r->st == MOEMU_OK) r->st = MOEMU_ERR_INVALID;
+}
+
+static bool rd_has(cfg_rd_t *r, const char *key)
+{
+    json_object_set(r->seen, key, json_null());
+    return cfg_present(&r->src, key);
+}
+
+static void rd_int(cfg_rd_t *r, const char *key, int *out)
+{
+    rd_has(r, key);
+    rd_note(r, cfg_int(&r->src, key, out));
+}
+
+static void rd_num(cfg_rd_t *r, const char *key, double *out)
+{
+    rd_has(r, key);
+    rd_note(r, emu_json_num(&r->src.js, r->src.root, key, CFG_OPT, out));
+}
+
+static void rd_bool(cfg_rd_t *r, const char *key, bool *out)
+{
+    rd_has(r, key);
+    rd_note(r, emu_json_bool(&r->src.js, r->src.root, key, CFG_OPT, out));
+}
+
+static void rd_known(cfg_rd_t *r, const char *const *keys)
+{
+    for (; *keys; keys++) rd_has(r, *keys);
+}
+
+static void rd_refusals(cfg_rd_t *r, const cfg_refusal_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        rd_has(r, t[i].key);
+        rd_note(r, cfg_check_refusal(&r->src, &t[i]));
+    }
+}
+
+/* Keys of no effect on inference, in any family's config (Hugging Face's
+ * PretrainedConfig bookkeeping, training-only settings). */
+static const char *const cfg_bookkeeping[] = {
+    "model_type", "architectures", "transformers_version", "_name_or_path", "auto_map",
+    "use_cache", "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range",
+    "attention_dropout", "output_router_logits", "router_aux_loss_coef", "router_jitter_noise",
+    "tokenizer_class", "return_dict", "output_attentions", "output_hidden_states",
+    "use_bfloat16", "torchscript", "is_decoder", "is_encoder_decoder", "add_cross_attention",
+    "tie_encoder_decoder", "chunk_size_feed_forward", "pruned_heads", "id2label", "label2id",
+    "problem_type", "prefix", "task_specific_params", "name", "comment", NULL};
+
+static void rd_unread_warning(cfg_rd_t *r)
+{
+    char list[1024] = "";
+    size_t len = 0;
+    int n = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(r->src.root, key, v)
+    {
+        if (json_object_get(r->seen, key)) continue;
+        if (n++ < 12 && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s'%.60s'", n > 1 ? ", " : "",
+                                    key);
+    }
+    if (n > 12 && len < sizeof list) snprintf(list + len, sizeof list - len, " and %d more", n - 12);
+    if (n)
+        moemu_warn("%s: %d config key%s that moemu does not read (ignored): %s", r->label, n,
+                   n == 1 ? "" : "s", list);
+}
+
+static void rd_dtype(cfg_rd_t *r, emu_dtype_t *out)
+{
+    rd_has(r, "dtype");
+    rd_has(r, "torch_dtype");
+    rd_note(r, cfg_get_dtype(&r->src, out));
+}
+
+static void rd_act(cfg_rd_t *r, layer_act_t *out)
+{
+    rd_has(r, "hidden_act");
+    rd_note(r, cfg_get_act(&r->src, out));
+}
+
+/* RoPE: rope_theta, or transformers 5's rope_parameters; a scaling of
+ * any kind but "default" is refused by name. */
+static void rd_rope_type(cfg_rd_t *r, const char *key, json_t *obj)
+{
+    if (!obj || json_is_null(obj)) return;
+    json_t *t = json_object_get(obj, "rope_type");
+    if (!t) t = json_object_get(obj, "type");
+    if (json_is_string(t) && strcmp(json_string_value(t), "default") == 0) return;
+    char got[96];
+    emu_json_describe(obj, got, sizeof got);
+    rd_bad(r, "config key '%s' = %s is not supported: moemu applies plain RoPE (rope_type "
+              "\"default\"; YaRN, linear, dynamic and llama3 scaling are not implemented)",
+           key, got);
+}
+
+static void rd_rope(cfg_rd_t *r, double *theta)
+{
+    rd_num(r, "rope_theta", theta);
+    rd_has(r, "rope_scaling");
+    rd_rope_type(r, "rope_scaling", json_object_get(r->src.root, "rope_scaling"));
+    if (!rd_has(r, "rope_parameters")) return;
+    json_t *rp = json_object_get(r->src.root, "rope_parameters");
+    if (!json_is_object(rp)) {
+        rd_bad(r, "config key 'rope_parameters' must be an object");
+        return;
+    }
+    rd_rope_type(r, "rope_parameters", rp);
+    double t = *theta;
+    char buf[64];
+    emu_json_src_t in = emu_json_in(&r->src.js, "rope_parameters", buf, sizeof buf);
+    rd_note(r, emu_json_num(&in, rp, "rope_theta", CFG_OPT, &t));
+    if (cfg_present(&r->src, "rope_theta") && t != *theta)
+        rd_bad(r, "config keys 'rope_theta' = %g and 'rope_parameters.rope_theta' = %g disagree",
+               *theta, t);
+    *theta = t;
+}
+
+/* The problems collected, then the rules on the values read. */
+static moemu_status_t rd_finish(cfg_rd_t *r, cfg_model_t *c, cfg_model_t *out)
+{
+    if (!r->p.n) cfg_check(&r->p, c);
+    if (r->p.n) {
+        moemu_status_t st = r->st != MOEMU_OK ? r->st : MOEMU_ERR_INVALID;
+        if (r->p.n == 1) return moemu_fail(st, "%s: %s", r->label, r->p.buf);
+        return moemu_fail(st, "%s: %d problems in the config:\n  %s", r->label, r->p.n, r->p.buf);
+    }
+    rd_unread_warning(r);
+    *out = *c;
+    return MOEMU_OK;
+}
+
+static moemu_status_t rd_run(cfg_model_t *out, json_t *root, const char *label,
+                             void (*read)(cfg_rd_t *r, cfg_model_t *c), const cfg_model_t *base)
+{
+    cfg_rd_t r = {.src = {{.origin = label, .noun = "config key"}, root}, .label = label,
+                  .p = {.sep = "\n  "}, .seen = json_object()};
+    if (!r.seen) return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", label);
+    cfg_model_t c = *base;
+    cfg_set_name(&c, label);
+    rd_known(&r, cfg_bookkeeping);
+    read(&r, &c);
+    moemu_status_t st = rd_finish(&r, &c, out);
+    json_decref(r.seen);
+    return st;
+}
+
+/* ---- Mixtral and moemu's own format */
+
+/* A required integer; Qwen and DeepSeek name their expert count
+ * differently, so a missing num_local_experts points at it. */
+static void rd_required(cfg_rd_t *r, const char *key, int *out)
+{
+    rd_has(r, key);
+    rd_note(r, cfg_required(&r->src, key, out));
+}
+
+/* head_dim given, or d / H when exact. */
+static void rd_head_dim(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_int(r, "head_dim", &c->head_dim);
+    if (cfg_present(&r->src, "head_dim") || c->hidden_size <= 0 || c->num_attention_heads <= 0)
+        return;
+    if (c->hidden_size % c->num_attention_heads != 0)
+        rd_bad(r, "config key 'head_dim' is not given and hidden_size = %d is not divisible by "
+                  "num_attention_heads = %d; give head_dim",
+               c->hidden_size, c->num_attention_heads);
+    else
+        c->head_dim = c->hidden_size / c->num_attention_heads;
+}
+
+static void read_mixtral(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_refusals(r, cfg_refusals, sizeof cfg_refusals / sizeof cfg_refusals[0]);
+    rd_has(r, "sliding_window");
+    rd_has(r, "use_sliding_window");
+    rd_note(r, cfg_check_sliding(&r->src));
+    static const struct {
+        const char *key;
+        size_t off;
+    } required[] = {
+        {"vocab_size", offsetof(cfg_model_t, vocab_size)},
+        {"hidden_size", offsetof(cfg_model_t, hidden_size)},
+        {"intermediate_size", offsetof(cfg_model_t, intermediate_size)},
+        {"num_hidden_layers", offsetof(cfg_model_t, num_hidden_layers)},
+        {"num_attention_heads", offsetof(cfg_model_t, num_attention_heads)},
+        {"num_local_experts", offsetof(cfg_model_t, num_local_experts)},
+        {"num_experts_per_tok", offsetof(cfg_model_t, num_experts_per_tok)},
+    };
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
+        rd_required(r, required[i].key, (int *)((char *)c + required[i].off));
+    c->num_key_value_heads = c->num_attention_heads;
+    rd_int(r, "num_key_value_heads", &c->num_key_value_heads);
+    rd_head_dim(r, c);
+    rd_int(r, "max_position_embeddings", &c->max_position_embeddings);
+    rd_num(r, "rms_norm_eps", &c->rms_norm_eps);
+    rd_rope(r, &c->rope_theta);
+    rd_num(r, "capacity_factor", &c->capacity_factor);
+    rd_act(r, &c->hidden_act);
+    rd_bool(r, "tie_word_embeddings", &c->tie_word_embeddings);
+    rd_dtype(r, &c->dtype);
+    rd_int(r, "num_shared_experts", &c->num_shared_experts);
+    c->shared_expert_intermediate_size = c->intermediate_size;
+    rd_int(r, "shared_expert_intermediate_size", &c->shared_expert_intermediate_size);
+    /* Qwen/DeepSeek keep the routed expert size in moe_intermediate_size
+     * and a dense MLP size in intermediate_size: reading the latter would
+     * silently build a different model. */
+    int moe_f = c->intermediate_size;
+    rd_int(r, "moe_intermediate_size", &moe_f);
+    if (moe_f != c->intermediate_size)
+        rd_bad(r, "config key 'moe_intermediate_size' = %d differs from intermediate_size = %d; "
+                  "moemu reads the routed expert size from intermediate_size (give model_type "
+                  "for a Qwen or DeepSeek config)",
+               moe_f, c->intermediate_size);
+}
+
+static const cfg_model_t cfg_mixtral_base = {
+    .family = &family_mixtral, .max_position_embeddings = 32768, .rms_norm_eps = 1e-5,
+    .rope_theta = 1e6, .hidden_act = LAYER_ACT_SILU, .dtype = EMU_DTYPE_FP16,
+    .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1};
+
+moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *label)
+{
+    return rd_run(out, root, label, read_mixtral, &cfg_mixtral_base);
+}
+
+/* ---- The Hugging Face families (modeling_<model_type>.py): a key absent
+ * from the file takes the default of the family's configuration class. */
+
+/* Keys every family below reads the same way. */
+static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
+                         const char *expert_f_key)
+{
+    rd_int(r, "vocab_size", &c->vocab_size);
+    rd_int(r, "hidden_size", &c->hidden_size);
+    rd_int(r, "num_hidden_layers", &c->num_hidden_layers);
+    rd_int(r, "num_attention_heads", &c->num_attention_heads);
+    c->num_key_value_heads = c->num_attention_heads;
+    rd_int(r, "num_key_value_heads", &c->num_key_value_heads);
+    rd_int(r, experts_key, &c->num_local_experts);
+    rd_int(r, "num_experts_per_tok", &c->num_experts_per_tok);
+    rd_int(r, expert_f_key, &c->intermediate_size);
+    rd_int(r, "max_position_embeddings", &c->max_position_embeddings);
+    rd_num(r, "rms_norm_eps", &c->rms_norm_eps);
+    rd_rope(r, &c->rope_theta);
+    rd_bool(r, "tie_word_embeddings", &c->tie_word_embeddings);
+    rd_dtype(r, &c->dtype);
+    rd_num(r, "capacity_factor", &c->capacity_factor);
+    /* The experts are gated (act(gate) * up) whatever the activation. */
+    rd_act(r, &c->hidden_act);
+    if (c->hidden_act != LAYER_ACT_SILU)
+        rd_bad(r, "config key 'hidden_act' must be silu for model_type %s (its experts are "
+                  "gated; moemu's two-matrix gelu experts are another function)",
+               family_of(c)->model_type);
+    static const cfg_refusal_t refused[] = {
+        {"partial_rotary_factor", CFG_REFUSE_NOT_ONE, 0, NULL,
+         "moemu rotates the whole head (partial rotary is not supported)"},
+        {"quantization_config", CFG_REFUSE_NONNULL, 0, NULL,
+         "quantized checkpoints are not supported; moemu computes in fp32 and emulates the "
+         "dtype's storage"},
+    };
+    rd_refusals(r, refused, sizeof refused / sizeof refused[0]);
+}
+
+/* head_dim is hidden_size / num_attention_heads in these families; a
+ * config whose head_dim says otherwise is ambiguous. */
+static void rd_head_dim_fixed(cfg_rd_t *r, cfg_model_t *c)
+{
+    if (c->hidden_size <= 0 || c->num_attention_heads <= 0) return;
+    if (c->hidden_size % c->num_attention_heads != 0)
+        rd_bad(r, "config key 'hidden_size' = %d is not divisible by num_attention_heads = %d "
+                  "(the head size of model_type %s)",
+               c->hidden_size, c->num_attention_heads, family_of(c)->model_type);
+    c->head_dim = c->hidden_size / c->num_attention_heads;
+    int given = c->head_dim;
+    rd_int(r, "head_dim", &given);
+    if (given != c->head_dim)
+        rd_bad(r, "config key 'head_dim' = %d is ambiguous: model_type %s computes the head "
+                  "size as hidden_size / num_attention_heads = %d",
+               given, family_of(c)->model_type, c->head_dim);
+}
+
+/* Qwen's sliding window: off unless use_sliding_window (transformers 5's
+ * layer_types says the same per layer). */
+static void rd_qwen_window(cfg_rd_t *r)
+{
+    bool use = false;
+    rd_bool(r, "use_sliding_window", &use);
+    rd_has(r, "sliding_window");
+    rd_has(r, "max_window_layers");
+    if (use)
+        rd_bad(r, "config key 'use_sliding_window' = true is not supported: sliding-window "
+                  "attention is not implemented");
+    if (!rd_has(r, "layer_types")) return;
+    json_t *lt = json_object_get(r->src.root, "layer_types"), *v;
+    size_t i;
+    json_array_foreach(lt, i, v) if (!json_is_string(v) ||
+                                     strcmp(json_string_value(v), "full_attention") != 0)
+    {
+        rd_bad(r, "config key 'layer_types[%zu]' is not \"full_attention\": sliding-window "
+                  "attention is not implemented", i);
+        return;
+    }
+}
+
+/* Qwen's dense layers: layer l is MoE unless it is in mlp_only_layers or
+ * (l + 1) % decoder_sparse_step != 0; a dense layer's MLP has
+ * intermediate_size. */
+static void rd_qwen_dense(cfg_rd_t *r, cfg_model_t *c)
+{
+    int step = 1;
+    rd_int(r, "decoder_sparse_step", &step);
+    rd_int(r, "intermediate_size", &c->dense_intermediate_size);
+    if (step < 1) {
+        rd_bad(r, "config key 'decoder_sparse_step' must be at least 1, got %d", step);
+        return;
+    }
+    int L = c->num_hidden_layers;
+    memset(c->dense, 0, sizeof c->dense);
+    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++)
+        if ((l + 1) % step != 0) c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
+    json_t *only = NULL, *v;
+    rd_has(r, "mlp_only_layers");
+    rd_note(r, emu_json_arr(&r->src.js, r->src.root, "mlp_only_layers", CFG_OPT, &only));
+    size_t i;
+    json_array_foreach(only, i, v)
+    {
+        json_int_t l = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (l < 0 || l >= L)
+            rd_bad(r, "config key 'mlp_only_layers[%zu]' must be a layer index in [0, %d)", i, L);
+        else if (l < CFG_MAX_LAYERS)
+            c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
+    }
+    c->num_dense_layers = 0;
+    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++) c->num_dense_layers += cfg_layer_dense(c, l);
+    if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
+        rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
+                  "dense layers", L, CFG_MAX_LAYERS);
+}
+
+static void rd_norm_topk(cfg_rd_t *r, cfg_model_t *c)
+{
+    bool norm = false;
+    rd_bool(r, "norm_topk_prob", &norm);
+    c->router = norm ? LAYER_ROUTE_SOFTMAX_TOPK_NORM : LAYER_ROUTE_SOFTMAX_TOPK;
+}
+
+static void read_qwen2_moe(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_hf_common(r, c, "num_experts", "moe_intermediate_size");
+    rd_head_dim_fixed(r, c);
+    rd_bool(r, "qkv_bias", &c->qkv_bias);
+    rd_int(r, "shared_expert_intermediate_size", &c->shared_expert_intermediate_size);
+    c->num_shared_experts = c->shared_expert_intermediate_size > 0;
+    c->shared_gate = c->num_shared_experts > 0;
+    rd_norm_topk(r, c);
+    rd_qwen_window(r);
+    rd_qwen_dense(r, c);
+}
+
+static void read_qwen3_moe(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_hf_common(r, c, "num_experts", "moe_intermediate_size");
+    rd_head_dim(r, c);
+    rd_bool(r, "attention_bias", &c->qkv_bias);
+    c->o_bias = c->qkv_bias;
+    rd_norm_topk(r, c);
+    rd_qwen_window(r);
+    rd_qwen_dense(r, c);
+}
+
+static void read_olmoe(cfg_rd_t *r, cfg_model_t *c)
+{
+    /* OlmoeConfig maps num_local_experts onto num_experts */
+    rd_int(r, "num_local_experts", &c->num_local_experts);
+    rd_hf_common(r, c, "num_experts", "intermediate_size");
+    rd_head_dim_fixed(r, c);
+    rd_bool(r, "attention_bias", &c->qkv_bias);
+    c->o_bias = c->qkv_bias;
+    rd_num(r, "clip_qkv", &c->clip_qkv);
+    if (!(c->clip_qkv >= 0) || !isfinite(c->clip_qkv))
+        rd_bad(r, "config key 'clip_qkv' must be null or a finite number > 0, got %g", c->clip_qkv);
+    rd_norm_topk(r, c);
+}
+
+static void read_granitemoe(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_hf_common(r, c, "num_local_experts", "intermediate_size");
+    rd_head_dim_fixed(r, c);
+    rd_bool(r, "attention_bias", &c->qkv_bias);
+    c->o_bias = c->qkv_bias;
+    rd_num(r, "embedding_multiplier", &c->embedding_multiplier);
+    rd_num(r, "residual_multiplier", &c->residual_multiplier);
+    rd_num(r, "attention_multiplier", &c->attention_multiplier);
+    rd_num(r, "logits_scaling", &c->logits_scaling);
+    rd_has(r, "position_embedding_type"); /* always rope */
+    if (!(c->attention_multiplier > 0))
+        rd_bad(r, "config key 'attention_multiplier' must be > 0, got %g", c->attention_multiplier);
+}
+
+/* The configuration classes' defaults (transformers 4.5x). */
+#define CFG_HF_BASE(fam, ...)                                                                     \
+    {.family = &fam, .hidden_act = LAYER_ACT_SILU, .dtype = EMU_DTYPE_FP32,                       \
+     .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1, .rope_theta = 1e4, \
+     __VA_ARGS__}
+
+moemu_status_t cfg_read_qwen2_moe(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_qwen2_moe, .vocab_size = 151936, .hidden_size = 2048, .num_hidden_layers = 24,
+        .num_attention_heads = 16, .num_local_experts = 60, .num_experts_per_tok = 4,
+        .intermediate_size = 1408, .dense_intermediate_size = 5632,
+        .shared_expert_intermediate_size = 5632, .qkv_bias = true, .max_position_embeddings = 32768,
+        .rms_norm_eps = 1e-6);
+    return rd_run(out, root, label, read_qwen2_moe, &base);
+}
+
+moemu_status_t cfg_read_qwen3_moe(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_qwen3_moe, .vocab_size = 151936, .hidden_size = 2048, .num_hidden_layers = 24,
+        .num_attention_heads = 32, .num_local_experts = 128, .num_experts_per_tok = 8,
+        .intermediate_size = 768, .dense_intermediate_size = 6144,
+        .qk_norm = LAYER_QKNORM_HEAD, .max_position_embeddings = 32768, .rms_norm_eps = 1e-6);
+    return rd_run(out, root, label, read_qwen3_moe, &base);
+}
+
+moemu_status_t cfg_read_olmoe(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_olmoe, .vocab_size = 50304, .hidden_size = 2048, .num_hidden_layers = 16,
+        .num_attention_heads = 16, .num_local_experts = 64, .num_experts_per_tok = 8,
+        .intermediate_size = 2048, .max_position_embeddings = 4096, .rms_norm_eps = 1e-5,
+        .qk_norm = LAYER_QKNORM_WIDTH);
+    return rd_run(out, root, label, read_olmoe, &base);
+}
+
+moemu_status_t cfg_read_granitemoe(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_granitemoe, .vocab_size = 32000, .hidden_size = 4096, .num_hidden_layers = 32,
+        .num_attention_heads = 32, .num_local_experts = 8, .num_experts_per_tok = 2,
+        .intermediate_size = 11008, .max_position_embeddings = 2048,
+        .router = LAYER_ROUTE_TOPK_SOFTMAX, .attention_multiplier = 1, .rms_norm_eps = 1e-6);
+    return rd_run(out, root, label, read_granitemoe, &base);
+}
+
 /* model_type names the family; none is moemu's own (Mixtral) format. */
 static moemu_status_t cfg_get_family(const cfg_src_t *src, const model_family_t **out)
 {
@@ -585,91 +1081,6 @@ static moemu_status_t cfg_from_json(cfg_model_t *out, json_t *root,
     const model_family_t *fam;
     MOEMU_CHECK(cfg_get_family(&src, &fam));
     return fam->config(out, root, label);
-}
-
-moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *label)
-{
-    cfg_src_t src = {{.origin = label, .noun = "config key"}, root};
-    MOEMU_CHECK(cfg_check_refusals(&src));
-
-    cfg_model_t c;
-    memset(&c, 0, sizeof c);
-    cfg_set_name(&c, label);
-    c.family = &family_mixtral;
-    static const struct {
-        const char *key;
-        size_t off;
-    } required[] = {
-        {"vocab_size", offsetof(cfg_model_t, vocab_size)},
-        {"hidden_size", offsetof(cfg_model_t, hidden_size)},
-        {"intermediate_size", offsetof(cfg_model_t, intermediate_size)},
-        {"num_hidden_layers", offsetof(cfg_model_t, num_hidden_layers)},
-        {"num_attention_heads", offsetof(cfg_model_t, num_attention_heads)},
-        {"num_local_experts", offsetof(cfg_model_t, num_local_experts)},
-        {"num_experts_per_tok", offsetof(cfg_model_t, num_experts_per_tok)},
-    };
-    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
-        MOEMU_CHECK(cfg_required(&src, required[i].key,
-                                 (int *)((char *)&c + required[i].off)));
-
-    c.num_key_value_heads = c.num_attention_heads;
-    MOEMU_CHECK(cfg_int(&src, "num_key_value_heads", &c.num_key_value_heads));
-    MOEMU_CHECK(cfg_int(&src, "head_dim", &c.head_dim));
-    /* Default d / H, only when exact; a bad d or H is reported by
-     * validation below under its own name. */
-    if (!cfg_present(&src, "head_dim") && c.hidden_size > 0 &&
-        c.num_attention_heads > 0) {
-        if (c.hidden_size % c.num_attention_heads != 0)
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "%s: config key 'head_dim' is not given and "
-                              "hidden_size = %d is not divisible by "
-                              "num_attention_heads = %d; give head_dim",
-                              label, c.hidden_size, c.num_attention_heads);
-        c.head_dim = c.hidden_size / c.num_attention_heads;
-    }
-    c.max_position_embeddings = 32768;
-    MOEMU_CHECK(cfg_int(&src, "max_position_embeddings",
-                        &c.max_position_embeddings));
-    c.rms_norm_eps = 1e-5;
-    MOEMU_CHECK(
-        emu_json_num(&src.js, root, "rms_norm_eps", CFG_OPT, &c.rms_norm_eps));
-    c.rope_theta = 1e6;
-    MOEMU_CHECK(
-        emu_json_num(&src.js, root, "rope_theta", CFG_OPT, &c.rope_theta));
-    c.capacity_factor = 0.0;
-    MOEMU_CHECK(emu_json_num(&src.js, root, "capacity_factor", CFG_OPT,
-                             &c.capacity_factor));
-    c.hidden_act = LAYER_ACT_SILU;
-    MOEMU_CHECK(cfg_get_act(&src, &c.hidden_act));
-    c.tie_word_embeddings = false;
-    MOEMU_CHECK(emu_json_bool(&src.js, root, "tie_word_embeddings", CFG_OPT,
-                              &c.tie_word_embeddings));
-    c.dtype = EMU_DTYPE_FP16;
-    MOEMU_CHECK(cfg_get_dtype(&src, &c.dtype));
-    c.num_shared_experts = 0;
-    MOEMU_CHECK(cfg_int(&src, "num_shared_experts", &c.num_shared_experts));
-    c.shared_expert_intermediate_size = c.intermediate_size;
-    MOEMU_CHECK(cfg_int(&src, "shared_expert_intermediate_size",
-                        &c.shared_expert_intermediate_size));
-
-    /* Qwen/DeepSeek keep the routed expert size in moe_intermediate_size
-     * and a dense MLP size in intermediate_size: reading the latter would
-     * silently build a different model. */
-    if (cfg_present(&src, "moe_intermediate_size")) {
-        int moe_f = 0;
-        MOEMU_CHECK(cfg_int(&src, "moe_intermediate_size", &moe_f));
-        if (moe_f != c.intermediate_size)
-            return moemu_fail(MOEMU_ERR_INVALID,
-                              "%s: config key 'moe_intermediate_size' = %d "
-                              "differs from intermediate_size = %d; moemu "
-                              "reads the routed expert size from "
-                              "intermediate_size",
-                              label, moe_f, c.intermediate_size);
-    }
-
-    MOEMU_CHECK(cfg_validate_as(&c, label));
-    *out = c;
-    return MOEMU_OK;
 }
 
 moemu_status_t cfg_parse(cfg_model_t *cfg, const char *json_text,

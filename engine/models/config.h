@@ -12,6 +12,10 @@
 
 typedef struct model_family model_family_t; /* engine/models/family.h */
 
+/* Dense layers are kept as bits: a config that has any may have at most
+ * this many layers (DeepSeek-V3 has 61, Qwen3-235B 94). */
+#define CFG_MAX_LAYERS 1024
+
 typedef struct {
     const model_family_t *family; /* from model_type; Mixtral without it */
     char name[64];            /* built-in name or the file's base name */
@@ -33,7 +37,30 @@ typedef struct {
     emu_dtype_t dtype;        /* emulated storage: fp16, bf16 or fp32 */
     int num_shared_experts;
     int shared_expert_intermediate_size; /* per shared expert; default F */
+    /* The Hugging Face families' variations; zero is Mixtral's function
+     * except for the multipliers, 1 there (docs/semantics.md). */
+    bool qkv_bias, o_bias;    /* biases on q, k, v; on o */
+    layer_qknorm_t qk_norm;   /* query/key RMSNorm: by head or by width */
+    double clip_qkv;          /* q, k, v clamped to [-clip, clip]; 0: none */
+    layer_route_t router;     /* how logits become k weights */
+    bool shared_gate;         /* the shared experts' sum times sigmoid(g . x) */
+    int dense_intermediate_size; /* F of a dense layer's MLP */
+    int num_dense_layers;     /* layers whose MLP is dense (bits in dense) */
+    uint8_t dense[CFG_MAX_LAYERS / 8];
+    double embedding_multiplier, residual_multiplier, logits_scaling;
+    double attention_multiplier; /* the attention scale; 0: 1 / sqrt(head_dim) */
 } cfg_model_t;
+
+/* Whether layer l's MLP is dense (no router, no experts). */
+static inline bool cfg_layer_dense(const cfg_model_t *c, int l)
+{
+    return c->num_dense_layers > 0 && l < CFG_MAX_LAYERS && (c->dense[l / 8] >> (l % 8) & 1);
+}
+/* Layers whose MLP is a mixture of experts. */
+static inline int cfg_moe_layers(const cfg_model_t *c)
+{
+    return c->num_hidden_layers - c->num_dense_layers;
+}
 
 /* Names of the built-in models, NULL-terminated. */
 extern const char *const cfg_builtin_names[];
@@ -54,6 +81,13 @@ moemu_status_t cfg_parse(cfg_model_t *cfg, const char *json_text,
 /* Mixtral's reading of a config.json object (the family table's config
  * entry): its keys, the refused ones, the defaults and cfg_validate. */
 moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *label);
+/* The same for the Hugging Face families: their keys and the defaults of
+ * their configuration classes (docs/config.md lists what each reads and
+ * refuses). */
+moemu_status_t cfg_read_qwen2_moe(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_qwen3_moe(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_olmoe(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_granitemoe(cfg_model_t *out, json_t *root, const char *label);
 /* Check every rule on the fields, one key and cross-key (sizes positive,
  * Hkv divides H, head_dim even, 1 <= k <= E, parameter counts fit int64,
  * ...); cfg_parse and cfg_load call it. Every broken rule is reported,
@@ -70,7 +104,7 @@ typedef struct {
                                 router, k routed + shared experts, norms and
                                 V*d for the output projection (even if tied);
                                 the embedding lookup is excluded */
-    int64_t embedding, attention, router, experts, shared, norms, lm_head;
+    int64_t embedding, attention, router, experts, shared, dense, norms, lm_head;
     double weight_bytes;     /* total * bytes of the emulated dtype */
     double flops_per_token;  /* 2 * the active matmul weights (attention
                                 projections, router, k routed + shared

@@ -4,7 +4,8 @@
 
 #include "engine/models/family.h"
 
-static const model_family_t *const families[] = {&family_mixtral};
+static const model_family_t *const families[] = {
+    &family_mixtral, &family_qwen2_moe, &family_qwen3_moe, &family_olmoe, &family_granitemoe};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 const model_family_t *family_find(const char *model_type)

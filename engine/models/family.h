@@ -17,6 +17,7 @@ typedef struct {
     int head1, kv_head1, vocab1;  /* ends of those ranges */
     bool kv_replicated;           /* TP does not divide the key/value heads */
     int shared_ffn0, shared_ffn1; /* slice of each shared expert's F */
+    int dense_ffn0, dense_ffn1;   /* slice of a dense layer's F */
 } model_place_t;
 
 /* One rank's pass through one layer, as the runner hands it to the
@@ -43,10 +44,9 @@ struct model_family {
     /* The sizes parallel/'s generic rules need, with the family's own
      * rules (heads, key/value heads, ...) in it. */
     void (*dims)(const cfg_model_t *c, par_dims_t *out);
-    /* The tensors by Hugging Face name and shape, as a checkpoint of the
-     * family holds them (loading, dumping, generation). */
-    int (*tensor_count)(const wts_t *w);
-    void (*tensor_at)(const wts_t *w, int i, wts_tensor_t *out);
+    /* The tensors' Hugging Face names, as a checkpoint of the family
+     * holds them (loading, dumping, generation). */
+    const wts_names_t *names;
     /* What rank holds under s (s valid for the model). */
     void (*place)(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *out);
     /* Exact parameter counts, weight bytes and FLOPs per token of the whole
@@ -60,7 +60,16 @@ struct model_family {
     moemu_status_t (*layer)(const model_pass_t *p);
 };
 
-extern const model_family_t family_mixtral;
+extern const model_family_t family_mixtral, family_qwen2_moe, family_qwen3_moe, family_olmoe,
+    family_granitemoe;
+
+/* The decoder every family above shares (engine/models/decoder.c): its
+ * entries read the variations from cfg_model_t, so that a family differs
+ * in its config reading and its names. */
+void dec_dims(const cfg_model_t *c, par_dims_t *out);
+void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *out);
+double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer, double *head);
+moemu_status_t dec_layer(const model_pass_t *p);
 
 /* A config's family: one without model_type is moemu's own format,
  * Mixtral's function with its extensions (DESIGN.md). */

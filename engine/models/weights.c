@@ -86,94 +86,128 @@ void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
     }
 }
 
-/* ---- The tensor list in Hugging Face names */
+/* ---- The layout: every tensor in one block, named as the family names
+ * it. One walk serves both passes: counting (no block yet) and placing. */
 
-static int64_t layer_tensor_count(const cfg_model_t *c)
-{
-    return 7 + 3LL * c->num_local_experts + 3LL * c->num_shared_experts;
-}
+typedef struct {
+    wts_t *w;
+    const wts_names_t *nm;
+    int64_t floats; /* placed so far */
+    int n;          /* named tensors so far */
+} walk_t;
 
-int wts_mixtral_tensor_count(const wts_t *w)
+/* The next tensor of ndim dimensions (shape a, b, c), named fmt with the
+ * layer l and expert j: its place in the block (NULL when counting). */
+static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a, int64_t b,
+                   int64_t c)
 {
-    const cfg_model_t *c = &w->cfg;
-    return (int)(2 + (c->tie_word_embeddings ? 0 : 1) +
-                 c->num_hidden_layers * layer_tensor_count(c));
-}
-
-static void set(wts_tensor_t *t, float *data, int64_t rows, int64_t cols, int ndim)
-{
-    t->data = data;
-    t->ndim = ndim;
-    t->shape[0] = rows;
-    t->shape[1] = cols;
-    t->fan_in = ndim == 2 ? cols : rows;
-}
-
-void wts_mixtral_tensor_at(const wts_t *w, int i, wts_tensor_t *t)
-{
-    const cfg_model_t *c = &w->cfg;
-    int64_t d = c->hidden_size, V = c->vocab_size, F = c->intermediate_size;
-    int64_t Fs = c->shared_expert_intermediate_size;
-    int64_t qd = (int64_t)c->num_attention_heads * c->head_dim;
-    int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
-    if (i == 0) {
-        snprintf(t->name, sizeof t->name, "model.embed_tokens.weight");
-        set(t, w->embed, V, d, 2);
-        return;
+    int64_t n = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
+    float *p = k->w->block ? k->w->block + k->floats : NULL;
+    if (p && fmt) {
+        wts_tensor_t *t = &k->w->list[k->n];
+        *t = (wts_tensor_t){.ndim = ndim, .shape = {a, b, c}, .data = p,
+                            .fan_in = ndim == 1 ? a : ndim == 2 ? b : c};
+        snprintf(t->name, sizeof t->name, fmt, l, j);
     }
-    i--;
-    int64_t per = layer_tensor_count(c);
-    if (i < c->num_hidden_layers * per) {
-        int l = (int)(i / per), j = (int)(i % per);
-        const wts_layer_t *L = &w->layers[l];
-        char p[48];
-        snprintf(p, sizeof p, "model.layers.%d.", l);
-        static const char *const fixed[7] = {
-            "input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-            "self_attn.v_proj", "self_attn.o_proj", "post_attention_layernorm",
-            "block_sparse_moe.gate"};
-        if (j < 7) {
-            snprintf(t->name, sizeof t->name, "%s%s.weight", p, fixed[j]);
-            switch (j) {
-            case 0: set(t, L->attn_norm, d, 0, 1); break;
-            case 1: set(t, L->wq, qd, d, 2); break;
-            case 2: set(t, L->wk, kvd, d, 2); break;
-            case 3: set(t, L->wv, kvd, d, 2); break;
-            case 4: set(t, L->wo, d, qd, 2); break;
-            case 5: set(t, L->moe_norm, d, 0, 1); break;
-            default: set(t, L->gate, c->num_local_experts, d, 2); break;
-            }
-            return;
+    k->floats += n;
+    k->n += fmt != NULL;
+    return p;
+}
+
+static void walk_attention(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
+{
+    const wts_names_t *nm = k->nm;
+    int64_t d = c->hidden_size, hd = c->head_dim;
+    int64_t qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;
+    y->attn_norm = take(k, nm->attn_norm, l, 0, 1, d, 0, 0);
+    y->wq = take(k, nm->q, l, 0, 2, qd, d, 0);
+    y->wk = take(k, nm->k, l, 0, 2, kvd, d, 0);
+    y->wv = take(k, nm->v, l, 0, 2, kvd, d, 0);
+    y->wo = take(k, nm->o, l, 0, 2, d, qd, 0);
+    if (c->qkv_bias) {
+        y->bq = take(k, nm->bq, l, 0, 1, qd, 0, 0);
+        y->bk = take(k, nm->bk, l, 0, 1, kvd, 0, 0);
+        y->bv = take(k, nm->bv, l, 0, 1, kvd, 0, 0);
+    }
+    if (c->o_bias) y->bo = take(k, nm->bo, l, 0, 1, d, 0, 0);
+    if (c->qk_norm != LAYER_QKNORM_NONE) {
+        bool head = c->qk_norm == LAYER_QKNORM_HEAD;
+        y->qn = take(k, nm->qn, l, 0, 1, head ? hd : qd, 0, 0);
+        y->kn = take(k, nm->kn, l, 0, 1, head ? hd : kvd, 0, 0);
+    }
+}
+
+/* The routed experts: one tensor per matrix, or GraniteMoE's two. */
+static void walk_experts(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
+{
+    const wts_names_t *nm = k->nm;
+    int64_t d = c->hidden_size, F = c->intermediate_size;
+    int E = c->num_local_experts;
+    bool silu = c->hidden_act == LAYER_ACT_SILU;
+    if (nm->fused_in) {
+        float *in = take(k, nm->fused_in, l, 0, 3, E, 2 * F, d);
+        float *out = take(k, nm->fused_out, l, 0, 3, E, d, F);
+        for (int e = 0; in && e < E; e++) {
+            y->w1[e] = in + (size_t)e * 2 * F * d;
+            y->w3[e] = y->w1[e] + (size_t)F * d;
+            y->w2[e] = out + (size_t)e * d * F;
         }
-        j -= 7;
-        bool shared = j >= 3 * c->num_local_experts;
-        if (shared) j -= 3 * c->num_local_experts;
-        int e = j / 3, m = j % 3; /* w1, w2, w3 */
-        int64_t f = shared ? Fs : F;
-        snprintf(t->name, sizeof t->name, "%sblock_sparse_moe.%s.%d.w%d.weight", p,
-                 shared ? "shared_experts" : "experts", e, m + 1);
-        float *const *w1 = shared ? L->sw1 : L->w1, *const *w2 = shared ? L->sw2 : L->w2,
-                     *const *w3 = shared ? L->sw3 : L->w3;
-        if (m == 0) set(t, w1[e], f, d, 2);
-        else if (m == 1) set(t, w2[e], d, f, 2);
-        else set(t, w3[e], f, d, 2);
         return;
     }
-    if (i == c->num_hidden_layers * per) {
-        snprintf(t->name, sizeof t->name, "model.norm.weight");
-        set(t, w->final_norm, d, 0, 1);
-        return;
+    for (int e = 0; e < E; e++) {
+        float *w1 = take(k, nm->e1, l, e, 2, F, d, 0), *w2 = take(k, nm->e2, l, e, 2, d, F, 0);
+        float *w3 = silu ? take(k, nm->e3, l, e, 2, F, d, 0) : NULL;
+        if (w1) y->w1[e] = w1, y->w2[e] = w2, y->w3[e] = w3;
     }
-    snprintf(t->name, sizeof t->name, "lm_head.weight");
-    set(t, w->lm_head, V, d, 2);
 }
 
-int wts_tensor_count(const wts_t *w) { return family_of(&w->cfg)->tensor_count(w); }
-
-void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out)
+/* An MLP of F: w1, w2 and (SwiGLU) w3 under the names f, into w[0..2]. */
+static void walk_mlp(walk_t *k, const cfg_model_t *c, const char *const f[3], int l, int j,
+                     int64_t F, float *w[3])
 {
-    family_of(&w->cfg)->tensor_at(w, i, out);
+    int64_t d = c->hidden_size;
+    w[0] = take(k, f[0], l, j, 2, F, d, 0);
+    w[1] = take(k, f[1], l, j, 2, d, F, 0);
+    w[2] = c->hidden_act == LAYER_ACT_SILU ? take(k, f[2], l, j, 2, F, d, 0) : NULL;
 }
+
+static void walk_layer(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
+{
+    const wts_names_t *nm = k->nm;
+    int64_t d = c->hidden_size;
+    float *w[3];
+    walk_attention(k, c, y, l);
+    y->moe_norm = take(k, nm->mlp_norm, l, 0, 1, d, 0, 0);
+    if (cfg_layer_dense(c, l)) {
+        const char *const f[3] = {nm->d1, nm->d2, nm->d3};
+        walk_mlp(k, c, f, l, 0, c->dense_intermediate_size, w);
+        y->dw1 = w[0], y->dw2 = w[1], y->dw3 = w[2];
+        return;
+    }
+    y->gate = take(k, nm->router, l, 0, 2, c->num_local_experts, d, 0);
+    walk_experts(k, c, y, l);
+    const char *const f[3] = {nm->s1, nm->s2, nm->s3};
+    for (int j = 0; j < c->num_shared_experts; j++) {
+        walk_mlp(k, c, f, l, j, c->shared_expert_intermediate_size, w);
+        if (w[0]) y->sw1[j] = w[0], y->sw2[j] = w[1], y->sw3[j] = w[2];
+    }
+    if (c->shared_gate) y->sgate = take(k, nm->sgate, l, 0, 2, 1, d, 0);
+}
+
+static void walk(walk_t *k)
+{
+    wts_t *w = k->w;
+    const cfg_model_t *c = &w->cfg;
+    int64_t V = c->vocab_size, d = c->hidden_size;
+    w->embed = take(k, k->nm->embed, 0, 0, 2, V, d, 0);
+    for (int l = 0; l < c->num_hidden_layers; l++) walk_layer(k, c, &w->layers[l], l);
+    w->final_norm = take(k, k->nm->final_norm, 0, 0, 1, d, 0, 0);
+    w->lm_head = c->tie_word_embeddings ? w->embed : take(k, k->nm->lm_head, 0, 0, 2, V, d, 0);
+}
+
+int wts_tensor_count(const wts_t *w) { return w->n_list; }
+
+void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out) { *out = w->list[i]; }
 
 /* ---- Allocation */
 
@@ -216,13 +250,14 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
 {
     memset(w, 0, sizeof *w);
     w->cfg = *cfg;
+    int L = cfg->num_hidden_layers, E = cfg->num_local_experts, S = cfg->num_shared_experts;
     int64_t n = count_floats(cfg);
     char what[128];
-    snprintf(what, sizeof what, "model %s (%.3g parameters in fp32)", cfg->name,
-             (double)n);
+    snprintf(what, sizeof what, "model %s (%.3g parameters in fp32)", cfg->name, (double)n);
     if (!only_address) MOEMU_CHECK(wts_check_host_memory(4.0 * (double)n, what));
-    int L = cfg->num_hidden_layers, E = cfg->num_local_experts,
-        S = cfg->num_shared_experts;
+    walk_t k = {.w = w, .nm = family_of(cfg)->names};
+    w->layers = calloc((size_t)L, sizeof *w->layers);
+    if (w->layers) walk(&k); /* counting: no block yet */
     if (only_address) {
         void *p = mmap(NULL, sizeof(float) * (size_t)n, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -231,62 +266,35 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
     } else {
         w->block = malloc(sizeof(float) * (size_t)n);
     }
-    w->layers = calloc((size_t)L, sizeof *w->layers);
+    w->n_floats = n;
     w->ptrs = calloc((size_t)L * 3 * (E + S) + 1, sizeof(float *));
-    if (!w->block || !w->layers || !w->ptrs) {
+    w->list = calloc((size_t)k.n + 1, sizeof *w->list);
+    if (!w->block || !w->layers || !w->ptrs || !w->list) {
         wts_free(w);
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %.2f GB for the weights of %s",
                           4.0 * (double)n / 1e9, cfg->name);
     }
-    w->n_floats = n;
-    int64_t d = cfg->hidden_size, V = cfg->vocab_size, F = cfg->intermediate_size;
-    int64_t Fs = cfg->shared_expert_intermediate_size;
-    int64_t qd = (int64_t)cfg->num_attention_heads * cfg->head_dim;
-    int64_t kvd = (int64_t)cfg->num_key_value_heads * cfg->head_dim;
-    float *p = w->block;
-#define TAKE(n_) (p += (n_), p - (n_))
-    w->embed = TAKE(V * d);
-    float **pp = w->ptrs;
-    for (int l = 0; l < L; l++) {
-        wts_layer_t *ly = &w->layers[l];
-        ly->attn_norm = TAKE(d);
-        ly->wq = TAKE(qd * d);
-        ly->wk = TAKE(kvd * d);
-        ly->wv = TAKE(kvd * d);
-        ly->wo = TAKE(d * qd);
-        ly->moe_norm = TAKE(d);
-        ly->gate = TAKE((int64_t)E * d);
-        ly->w1 = pp, pp += E;
-        ly->w2 = pp, pp += E;
-        ly->w3 = pp, pp += E;
-        ly->sw1 = pp, pp += S;
-        ly->sw2 = pp, pp += S;
-        ly->sw3 = pp, pp += S;
-        bool silu = cfg->hidden_act == LAYER_ACT_SILU;
-        for (int e = 0; e < E; e++) {
-            ly->w1[e] = TAKE(F * d);
-            ly->w2[e] = TAKE(d * F);
-            ly->w3[e] = silu ? TAKE(F * d) : NULL;
-        }
-        for (int e = 0; e < S; e++) {
-            ly->sw1[e] = TAKE(Fs * d);
-            ly->sw2[e] = TAKE(d * Fs);
-            ly->sw3[e] = silu ? TAKE(Fs * d) : NULL;
-        }
-    }
-    w->final_norm = TAKE(d);
-    w->lm_head = cfg->tie_word_embeddings ? w->embed : TAKE(V * d);
-#undef TAKE
-    if (p - w->block != n) {
+    if (k.floats != n) {
         wts_free(w);
         return moemu_fail(MOEMU_ERR_INTERNAL, "weight layout holds %lld floats, expected %lld",
-                          (long long)(p - w->block), (long long)n);
+                          (long long)k.floats, (long long)n);
     }
+    w->n_list = k.n;
+    float **pp = w->ptrs;
+    for (int l = 0; l < L; l++, pp += 3 * (E + S))
+        w->layers[l] = (wts_layer_t){.w1 = pp, .w2 = pp + E, .w3 = pp + 2 * E, .sw1 = pp + 3 * E,
+                                     .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S};
+    k = (walk_t){.w = w, .nm = k.nm};
+    walk(&k); /* placing */
     return MOEMU_OK;
 }
 
-/* Two-matrix (gelu) experts have no w3: the tensor walk skips them. */
-static bool tensor_present(const wts_tensor_t *t) { return t->data != NULL; }
+static int64_t tensor_elems(const wts_tensor_t *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
 
 /* Generation is split into chunks of at most GEN_CHUNK elements that host
  * threads take in turn; every element is a pure function of its index, so
@@ -311,7 +319,7 @@ static void *gen_worker(void *arg)
         while (job->first[i + 1] <= c) i++;
         wts_tensor_t t;
         wts_tensor_at(job->w, i, &t);
-        int64_t cnt = t.shape[0] * (t.ndim == 2 ? t.shape[1] : 1);
+        int64_t cnt = tensor_elems(&t);
         int64_t off = (int64_t)(c - job->first[i]) * GEN_CHUNK;
         int64_t n = cnt - off < GEN_CHUNK ? cnt - off : GEN_CHUNK;
         wts_generate(t.data + off, job->seed, t.name, t.fan_in, off, n, job->w->cfg.dtype);
@@ -332,7 +340,7 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     for (int i = 0; i < n; i++) {
         wts_tensor_t t;
         wts_tensor_at(w, i, &t);
-        int64_t cnt = tensor_present(&t) ? t.shape[0] * (t.ndim == 2 ? t.shape[1] : 1) : 0;
+        int64_t cnt = tensor_elems(&t);
         job.first[i + 1] = job.first[i] + (long)((cnt + GEN_CHUNK - 1) / GEN_CHUNK);
     }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -366,7 +374,7 @@ static int64_t count_non_finite(const float *x, int64_t n)
 
 static void note_non_finite(bad_list_t *b, const wts_tensor_t *t)
 {
-    int64_t n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+    int64_t n = tensor_elems(t);
     int64_t bad = count_non_finite(t->data, n);
     if (!bad || b->tensors++ >= BAD_NAMED || b->used >= sizeof b->list) return;
     b->used += (size_t)snprintf(b->list + b->used, sizeof b->list - b->used,
@@ -396,7 +404,6 @@ static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used, bad
     for (int i = 0; i < n; i++) {
         wts_tensor_t t;
         wts_tensor_at(w, i, &t);
-        if (!tensor_present(&t)) continue;
         MOEMU_CHECK(st_read_f32(f, t.name, t.ndim, t.shape, t.data));
         used[st_index(f, t.name)] = true;
         note_non_finite(bad, &t);
@@ -465,11 +472,9 @@ moemu_status_t wts_dump(const wts_t *w, const char *path)
     int m = 0;
     for (int i = 0; i < n; i++) {
         wts_tensor_at(w, i, &names[m]);
-        if (!tensor_present(&names[m])) continue;
         ts[m].name = names[m].name;
         ts[m].ndim = names[m].ndim;
-        ts[m].shape[0] = names[m].shape[0];
-        ts[m].shape[1] = names[m].shape[1];
+        for (int j = 0; j < names[m].ndim; j++) ts[m].shape[j] = names[m].shape[j];
         ts[m].data = names[m].data;
         m++;
     }
@@ -493,5 +498,6 @@ void wts_free(wts_t *w)
     else free(w->block);
     free(w->layers);
     free(w->ptrs);
+    free(w->list);
     memset(w, 0, sizeof *w);
 }

@@ -1,5 +1,5 @@
 /* weights: the model's tensors in fp32 on the host, generated from a seed
- * or loaded from safetensors with Hugging Face Mixtral names, and the
+ * or loaded from safetensors with the family's Hugging Face names, and the
  * counter-based generator behind both the weights and seeded workloads. */
 #ifndef MOEMU_WEIGHTS_H
 #define MOEMU_WEIGHTS_H
@@ -22,14 +22,42 @@ uint64_t wts_stream(const char *name);
 void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
                   int64_t offset, int64_t n, emu_dtype_t dt);
 
+/* One layer's tensors; NULL where the family or the layer has none. */
 typedef struct {
     float *attn_norm;        /* (d) input_layernorm */
     float *wq, *wk, *wv, *wo;/* (H*hd, d), (Hkv*hd, d) x 2, (d, H*hd) */
+    float *bq, *bk, *bv, *bo;/* biases (H*hd), (Hkv*hd) x 2, (d) */
+    float *qn, *kn;          /* query/key norms: (hd) x 2 or (H*hd), (Hkv*hd) */
     float *moe_norm;         /* (d) post_attention_layernorm */
-    float *gate;             /* (E, d) */
+    float *gate;             /* (E, d); NULL in a dense layer */
     float **w1, **w3, **w2;  /* E each: (F, d), (F, d), (d, F) */
     float **sw1, **sw3, **sw2; /* num_shared_experts each, F_shared */
+    float *sgate;            /* (1, d) the shared experts' sigmoid gate */
+    float *dw1, *dw3, *dw2;  /* a dense layer's MLP: (Fd, d), (Fd, d), (d, Fd) */
 } wts_layer_t;
+
+/* One tensor of the model by Hugging Face name, for loading, dumping and
+ * generation; fan_in is the last dimension. */
+typedef struct {
+    char name[128];
+    int ndim;
+    int64_t shape[3];
+    float *data;
+    int64_t fan_in;
+} wts_tensor_t;
+
+/* A family's tensor names: printf formats given the layer and the expert
+ * index (a format may use the first or none); NULL where the family has
+ * no such tensor. */
+typedef struct {
+    const char *embed, *final_norm, *lm_head;
+    const char *attn_norm, *q, *k, *v, *o, *bq, *bk, *bv, *bo, *qn, *kn, *mlp_norm;
+    const char *router, *e1, *e2, *e3;  /* each routed expert's w1 (gate), w2 (down), w3 (up) */
+    const char *fused_in, *fused_out;   /* or all experts in two tensors: (E, 2F, d)
+                                           of [w1; w3], (E, d, F) of w2 (GraniteMoE) */
+    const char *s1, *s2, *s3, *sgate;   /* shared experts and their gate */
+    const char *d1, *d2, *d3;           /* a dense layer's MLP */
+} wts_names_t;
 
 typedef struct {
     cfg_model_t cfg;
@@ -40,25 +68,14 @@ typedef struct {
     float *block;      /* one allocation holding every tensor */
     int64_t n_floats;
     float **ptrs;      /* the per-expert pointer arrays */
+    wts_tensor_t *list;/* every named tensor, in checkpoint order */
+    int n_list;
     bool mapped;       /* block is an untouched address range (dry runs) */
 } wts_t;
 
-/* One tensor of the model by Hugging Face name, for loading and dumping. */
-typedef struct {
-    char name[128];
-    int ndim;
-    int64_t shape[2];
-    float *data;
-    int64_t fan_in;
-} wts_tensor_t;
-
-/* Number of named tensors and the i-th, as the model's family names them
- * (its table's tensor entries). */
+/* Number of named tensors and the i-th, as the model's family names them. */
 int wts_tensor_count(const wts_t *w);
 void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
-/* Mixtral's: Hugging Face names, lm_head absent when tied. */
-int wts_mixtral_tensor_count(const wts_t *w);
-void wts_mixtral_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);

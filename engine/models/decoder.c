@@ -1,0 +1,168 @@
+/* The decoder the Hugging Face MoE families share: pre-norm attention and
+ * a mixture of experts (or a dense MLP) per layer, as modeling_mixtral.py
+ * computes it, with the variations cfg_model_t holds (biases, query/key
+ * norms, routers, gated shared experts, dense layers, Granite's
+ * multipliers; DESIGN.md and docs/semantics.md). */
+#include <math.h>
+
+#include "engine/models/family.h"
+
+/* Heads, shared experts and dense MLPs split over TP; a rank's query
+ * heads must share whole key/value heads, or one (Megatron-Core's rule
+ * for grouped-query attention). */
+static void dec_rules(const void *model, const par_strategy_t *s, moemu_problems_t *p)
+{
+    const cfg_model_t *c = model;
+    int H = c->num_attention_heads, Hkv = c->num_key_value_heads;
+    if (H % s->tp != 0)
+        moemu_problem(p, "TP=%d does not divide the %d query heads", s->tp, H);
+    else if (Hkv % s->tp != 0 && s->tp % Hkv != 0)
+        moemu_problem(p, "TP=%d neither divides nor is a multiple of the %d key/value heads", s->tp,
+                      Hkv);
+    if (c->num_shared_experts > 0 && c->shared_expert_intermediate_size % s->tp != 0)
+        moemu_problem(p, "TP=%d does not divide the shared experts' intermediate size %d", s->tp,
+                      c->shared_expert_intermediate_size);
+    if (c->num_dense_layers > 0 && c->dense_intermediate_size % s->tp != 0)
+        moemu_problem(p, "TP=%d does not divide the dense layers' intermediate size %d", s->tp,
+                      c->dense_intermediate_size);
+}
+
+void dec_dims(const cfg_model_t *c, par_dims_t *m)
+{
+    *m = (par_dims_t){.layers = c->num_hidden_layers, .experts = c->num_local_experts,
+                      .expert_ffn = c->intermediate_size, .rules = dec_rules, .model = c};
+}
+
+/* Key/value heads: Hkv/TP when TP divides Hkv, else those the rank's
+ * query heads read (h / (H/Hkv), as repeat_kv maps them), replicated. */
+static void place_kv(const cfg_model_t *c, const par_strategy_t *s, model_place_t *p)
+{
+    int H = c->num_attention_heads, Hkv = c->num_key_value_heads, h0 = p->dims.head0;
+    if (Hkv % s->tp == 0) {
+        par_split(Hkv, s->tp, p->par.tp, &p->dims.kv_head0, &p->kv_head1);
+        return;
+    }
+    int group = H / Hkv;
+    p->kv_replicated = true;
+    p->dims.kv_head0 = h0 / group;
+    p->kv_head1 = p->head1 > h0 ? (p->head1 - 1) / group + 1 : p->dims.kv_head0;
+}
+
+/* The sizes and scales of the blocks, as layers/ reads them. */
+static void place_dims(const cfg_model_t *c, model_place_t *p)
+{
+    layer_dims_t *dm = &p->dims;
+    int shared = p->shared_ffn1 - p->shared_ffn0, dense = p->dense_ffn1 - p->dense_ffn0;
+    dm->d = c->hidden_size;
+    dm->hd = c->head_dim;
+    dm->H = c->num_attention_heads;
+    dm->Hkv = c->num_key_value_heads;
+    dm->Hl = p->head1 - dm->head0;
+    dm->kvl = p->kv_head1 - dm->kv_head0;
+    dm->V = c->vocab_size;
+    dm->Vl = p->vocab1 - dm->vocab0;
+    dm->E = c->num_local_experts;
+    dm->k = c->num_experts_per_tok;
+    dm->mlp_f = shared > dense ? shared : dense;
+    dm->row_f = c->qk_norm == LAYER_QKNORM_WIDTH || c->shared_gate ? 2 : 0;
+    dm->eps = (float)c->rms_norm_eps;
+    dm->rope_theta = c->rope_theta;
+    dm->attn_scale = c->attention_multiplier > 0 ? (float)c->attention_multiplier
+                                                 : 1.0f / sqrtf((float)c->head_dim);
+    dm->embed_mult = (float)c->embedding_multiplier;
+    dm->resid_mult = (float)c->residual_multiplier;
+    dm->logit_div = (float)c->logits_scaling;
+}
+
+void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *p)
+{
+    par_dims_t m;
+    dec_dims(c, &m);
+    *p = (model_place_t){0};
+    par_layout_place(s, &m, rank, &p->par);
+    par_split(c->num_attention_heads, s->tp, p->par.tp, &p->dims.head0, &p->head1);
+    place_kv(c, s, p);
+    if (c->num_shared_experts > 0)
+        par_split(c->shared_expert_intermediate_size, s->tp, p->par.tp, &p->shared_ffn0,
+                  &p->shared_ffn1);
+    if (c->num_dense_layers > 0)
+        par_split(c->dense_intermediate_size, s->tp, p->par.tp, &p->dense_ffn0, &p->dense_ffn1);
+    layer_vocab_rows(c->vocab_size, s->tp, p->par.tp, &p->dims.vocab0, &p->vocab1);
+    place_dims(c, p);
+}
+
+/* Elements of attention and norms a rank holds in one layer. */
+static double held_attention(const cfg_model_t *c, const model_place_t *p)
+{
+    double d = c->hidden_size, hd = c->head_dim;
+    double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
+    double n = 2 * d + 2 * ql * d + 2 * kvl * d;
+    if (c->qkv_bias) n += ql + 2 * kvl;
+    if (c->o_bias) n += d;
+    if (c->qk_norm == LAYER_QKNORM_HEAD) n += 2 * hd;
+    if (c->qk_norm == LAYER_QKNORM_WIDTH) n += ql + kvl;
+    return n;
+}
+
+/* Elements of the MLP part a rank holds in a dense or a MoE layer. */
+static double held_mlp(const cfg_model_t *c, const model_place_t *p, bool dense)
+{
+    const par_place_t *q = &p->par;
+    double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
+    if (dense) return mats * (p->dense_ffn1 - p->dense_ffn0) * d;
+    return (double)c->num_local_experts * d +
+           (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d +
+           (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d +
+           (c->shared_gate ? d : 0);
+}
+
+double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer_out, double *head_out)
+{
+    const par_place_t *q = &p->par;
+    double d = c->hidden_size, att = held_attention(c, p), n = 0;
+    for (int l = q->layer0; l < q->layer1; l++) n += att + held_mlp(c, p, cfg_layer_dense(c, l));
+    double rows = (double)(p->vocab1 - p->dims.vocab0) * d;
+    if (q->has_embed) n += rows;
+    if (q->has_lm_head) n += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
+    if (layer_out) *layer_out = att + held_mlp(c, p, cfg_moe_layers(c) == 0);
+    if (head_out) *head_out = d + rows;
+    return n * (double)emu_dtype_size(c->dtype);
+}
+
+static moemu_status_t dec_moe(const model_pass_t *mp)
+{
+    const cfg_model_t *c = &mp->w->cfg;
+    const wts_layer_t *L = &mp->w->layers[mp->layer];
+    const model_place_t *pl = mp->place;
+    layer_moe_route(mp->v, L->moe_norm, L->gate, c->router);
+    mp->chosen(mp);
+    int64_t dropped;
+    MOEMU_CHECK(layer_moe_capacity(mp->v, c->capacity_factor, &dropped));
+    mp->kept(mp, dropped);
+    layer_experts_t ex = {.w1 = L->w1, .w3 = L->w3, .w2 = L->w2, .E = c->num_local_experts,
+                          .k = c->num_experts_per_tok, .d = c->hidden_size,
+                          .F = c->intermediate_size, .e0 = pl->par.expert0, .e1 = pl->par.expert1,
+                          .f0 = pl->par.ffn0, .f1 = pl->par.ffn1, .act = c->hidden_act,
+                          .load = mp->load};
+    layer_mlp_t shared = {.w1 = L->sw1, .w3 = L->sw3, .w2 = L->sw2, .S = c->num_shared_experts,
+                          .F = c->shared_expert_intermediate_size, .f0 = pl->shared_ffn0,
+                          .f1 = pl->shared_ffn1, .act = c->hidden_act, .gate = L->sgate};
+    return layer_moe_block(mp->v, &ex, &shared);
+}
+
+moemu_status_t dec_layer(const model_pass_t *mp)
+{
+    const cfg_model_t *c = &mp->w->cfg;
+    const wts_layer_t *L = &mp->w->layers[mp->layer];
+    const model_place_t *pl = mp->place;
+    layer_attn_w_t aw = {.norm = L->attn_norm, .wq = L->wq, .wk = L->wk, .wv = L->wv,
+                         .wo = L->wo, .bq = L->bq, .bk = L->bk, .bv = L->bv, .bo = L->bo,
+                         .qn = L->qn, .kn = L->kn, .qk_norm = c->qk_norm,
+                         .clip = (float)c->clip_qkv};
+    MOEMU_CHECK(layer_attention_block(mp->v, &aw));
+    if (!cfg_layer_dense(c, mp->layer)) return dec_moe(mp);
+    float *const w1[1] = {L->dw1}, *const w3[1] = {L->dw3}, *const w2[1] = {L->dw2};
+    layer_mlp_t mlp = {.w1 = w1, .w3 = w3, .w2 = w2, .S = 1, .F = c->dense_intermediate_size,
+                       .f0 = pl->dense_ffn0, .f1 = pl->dense_ffn1, .act = c->hidden_act};
+    return layer_dense_block(mp->v, L->moe_norm, &mlp);
+}
