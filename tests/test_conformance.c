@@ -1,7 +1,8 @@
 /* The conformance matrix: every strategy gives the single-device
  * baseline's logits (relative L2 within 1e-5), the same greedy tokens and
  * the same routing, in prefill and 8 decode passes, dropless and with a
- * capacity factor that drops assignments, on two small models. */
+ * capacity factor that drops assignments, on two small Mixtral models and
+ * one of each other family. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <math.h>
@@ -20,11 +21,51 @@ static const char odd_json[] =
     "\"num_shared_experts\":1,\"shared_expert_intermediate_size\":32,"
     "\"tie_word_embeddings\":true,\"dtype\":\"bf16\",\"rope_theta\":10000}";
 
+/* One small model in each Hugging Face family's own format, each with
+ * what makes its sharding differ: Qwen2-MoE's q/k/v biases, gated shared
+ * expert and a dense layer between MoE layers (stages that differ under
+ * PP), no renormalisation; Qwen3-MoE's per-head query/key norms with
+ * H*hd != d and every other layer dense; OLMoE's norms over the whole
+ * width (the sums over TP, key/value heads replicated under TP4) and a
+ * clip that bites; GraniteMoE's multipliers, top-k-then-softmax router,
+ * fused experts and tied embeddings. */
+static const char qwen2_json[] =
+    "{\"model_type\":\"qwen2_moe\",\"vocab_size\":101,\"hidden_size\":48,"
+    "\"intermediate_size\":64,\"moe_intermediate_size\":24,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"num_experts\":8,"
+    "\"num_experts_per_tok\":3,\"shared_expert_intermediate_size\":32,"
+    "\"norm_topk_prob\":false,\"mlp_only_layers\":[1],\"torch_dtype\":\"bfloat16\","
+    "\"rope_theta\":10000}";
+static const char qwen3_json[] =
+    "{\"model_type\":\"qwen3_moe\",\"vocab_size\":90,\"hidden_size\":32,"
+    "\"intermediate_size\":40,\"moe_intermediate_size\":24,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":16,"
+    "\"num_experts\":8,\"num_experts_per_tok\":2,\"norm_topk_prob\":true,"
+    "\"decoder_sparse_step\":2,\"torch_dtype\":\"float16\",\"rope_theta\":1000000}";
+static const char olmoe_json[] =
+    "{\"model_type\":\"olmoe\",\"vocab_size\":77,\"hidden_size\":48,"
+    "\"intermediate_size\":32,\"num_hidden_layers\":4,\"num_attention_heads\":4,"
+    "\"num_key_value_heads\":2,\"num_experts\":8,\"num_experts_per_tok\":2,"
+    "\"clip_qkv\":1.2,\"norm_topk_prob\":false,\"torch_dtype\":\"bfloat16\"}";
+static const char granite_json[] =
+    "{\"model_type\":\"granitemoe\",\"vocab_size\":97,\"hidden_size\":32,"
+    "\"intermediate_size\":24,\"num_hidden_layers\":4,\"num_attention_heads\":4,"
+    "\"num_key_value_heads\":2,\"num_local_experts\":8,\"num_experts_per_tok\":2,"
+    "\"embedding_multiplier\":12.0,\"attention_multiplier\":0.0625,"
+    "\"residual_multiplier\":0.22,\"logits_scaling\":6.0,\"tie_word_embeddings\":true,"
+    "\"torch_dtype\":\"bfloat16\"}";
+
+static const struct {
+    const char *name, *json;
+} models[] = {{"tiny", NULL},         {"odd", odd_json},     {"qwen2_moe", qwen2_json},
+              {"qwen3_moe", qwen3_json}, {"olmoe", olmoe_json}, {"granitemoe", granite_json}};
+#define N_MODELS (sizeof models / sizeof models[0])
+
 typedef struct {
     char strategy[40];
     char pp_layers[16];
     int micro_batches;
-    int model; /* 0 tiny, 1 odd */
+    int model; /* index in models */
     double cf;
 } case_t;
 
@@ -47,10 +88,10 @@ static const struct {
 
 ParameterizedTestParameters(conformance, matrix)
 {
-    static case_t cases[sizeof strategies / sizeof strategies[0] * 4];
+    static case_t cases[sizeof strategies / sizeof strategies[0] * N_MODELS * 2];
     size_t n = 0;
     for (size_t i = 0; i < sizeof strategies / sizeof strategies[0]; i++)
-        for (int model = 0; model < 2; model++)
+        for (int model = 0; model < (int)N_MODELS; model++)
             for (int c = 0; c < 2; c++) {
                 case_t *k = &cases[n++];
                 snprintf(k->strategy, sizeof k->strategy, "%s", strategies[i].s);
@@ -65,8 +106,9 @@ ParameterizedTestParameters(conformance, matrix)
 ParameterizedTest(case_t *k, conformance, matrix)
 {
     cfg_model_t cfg;
-    if (k->model == 0) cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
-    else cr_assert_eq(cfg_parse(&cfg, odd_json, "odd"), MOEMU_OK, "%s", moemu_errmsg());
+    const char *what = models[k->model].name;
+    if (!models[k->model].json) cr_assert_eq(cfg_load(&cfg, what), MOEMU_OK);
+    else cr_assert_eq(cfg_parse(&cfg, models[k->model].json, what), MOEMU_OK, "%s", moemu_errmsg());
     cfg.capacity_factor = k->cf;
     wts_t w;
     cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
@@ -83,7 +125,6 @@ ParameterizedTest(case_t *k, conformance, matrix)
     cr_assert_eq(check_run(&c, &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s: %s", k->strategy,
                  moemu_errmsg());
     const check_result_t *r = &c.r;
-    const char *what = k->model ? "odd" : "tiny";
     cr_expect_leq(r->rel_l2, 1e-5, "%s on %s, cf %g: rel L2 %g", k->strategy, what, k->cf,
                   r->rel_l2);
     cr_expect_eq(r->first_seq, -1, "%s on %s, cf %g: tokens differ at sequence %d token %d",
@@ -92,8 +133,8 @@ ParameterizedTest(case_t *k, conformance, matrix)
                  what, (long long)r->route_differ);
     cr_expect_eq(r->dropped_strategy, r->dropped_base, "%s on %s: dropped %lld vs %lld",
                  k->strategy, what, (long long)r->dropped_strategy, (long long)r->dropped_base);
-    /* 3 sequences, 24 prompt tokens and 8 decode passes, every layer */
-    cr_expect_eq(r->routed, (int64_t)cfg.num_hidden_layers * (24 + 3 * 8));
+    /* 3 sequences, 24 prompt tokens and 8 decode passes, every MoE layer */
+    cr_expect_eq(r->routed, (int64_t)cfg_moe_layers(&cfg) * (24 + 3 * 8));
     if (k->cf > 0) cr_expect_gt(r->dropped_base, 0, "capacity factor 1 should drop");
     else cr_expect_eq(r->dropped_base, 0);
     cr_expect_eq(c.strategy.assignments, c.base.assignments);
