@@ -35,14 +35,27 @@ moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
 /* This thread's last message ("" if none). */
 const char *moemu_errmsg(void);
 /* Problems found together, reported at once: "; "-joined into buf, n of
- * them (a full buffer keeps what fits). Start from {0}. */
+ * them (a full buffer keeps what fits). Start from {0}.
+ * With lines set (start from {.lines = true}), for lists too long for one
+ * line (a checkpoint's missing and misshapen tensors): each problem goes
+ * on a line of its own, after "\n  ", with its control characters already
+ * written as \xNN so that the only line breaks are the separators; a
+ * problem that no longer fits whole is left out and counted in dropped.
+ * Report them with moemu_fail_problems. */
 typedef struct {
     char buf[1024];
     size_t len;
     int n;
+    bool lines;
+    int dropped;
 } moemu_problems_t;
 void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* moemu_fail with fmt's message (escaped as moemu_fail's) followed by p's
+ * problems: one a line when p->lines (and "(N more not shown)" for those
+ * dropped), else after ": " on the same line. */
+moemu_status_t moemu_fail_problems(moemu_status_t st, const moemu_problems_t *p,
+                                   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void moemu_errclear(void);
 
 #define MOEMU_CHECK(call)                                                      \
