@@ -27,29 +27,40 @@ typedef enum {
 } moemu_status_t;
 
 const char *moemu_strerror(moemu_status_t st);
-/* Record a message for this thread and return st. Control characters in
- * it (from file names, tensor names, config values) are written as \xNN,
- * but for "\n  ", which starts the next line of a message of several
- * problems; an argument may be moemu_errmsg() itself. */
+/* Record a one-line message for this thread and return st. Control
+ * characters in it (from file names, tensor names, config values) are
+ * written as \xNN; an argument may be moemu_errmsg() itself. */
 moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* This thread's last message ("" if none). */
 const char *moemu_errmsg(void);
-/* Problems found together, reported at once: joined by sep ("; " when
- * NULL) into buf, n of them (a full buffer keeps what fits). Start from
- * {0}, or {.sep = "\n  "} for one problem per line. */
+/* Problems found together, reported at once: "; "-joined into buf, n of
+ * them (a full buffer keeps what fits). Start from {0}.
+ * With lines set (start from {.lines = true}), for lists too long for one
+ * line (a checkpoint's missing and misshapen tensors): each problem goes
+ * on a line of its own, after "\n  ", with its control characters already
+ * written as \xNN so that the only line breaks are the separators; a
+ * problem that no longer fits whole is left out and counted in dropped.
+ * Report them with moemu_fail_problems. */
 typedef struct {
     char buf[4096];
     size_t len;
     int n;
-    const char *sep;
+    bool lines;
+    int dropped;
 } moemu_problems_t;
 void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* moemu_fail with fmt's message (escaped as moemu_fail's) followed by p's
+ * problems: one a line when p->lines (and "(N more not shown)" for those
+ * dropped), else after ": " on the same line. */
+moemu_status_t moemu_fail_problems(moemu_status_t st, const moemu_problems_t *p,
+                                   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void moemu_errclear(void);
 /* Something the user should know that does not stop the run (keys a
- * config holds that moemu does not read): one line to the warning
- * handler, by default "moemu: warning: ..." on stderr. */
+ * config holds that moemu does not read): one line, its control
+ * characters escaped, to the warning handler, by default
+ * "moemu: warning: ..." on stderr. */
 void moemu_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Replace the handler (NULL restores stderr); tests capture warnings. */
 void moemu_warn_handler(void (*fn)(void *arg, const char *line), void *arg);

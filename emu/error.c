@@ -1,10 +1,11 @@
 /* Status strings and the per-thread error message. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "emu/emu.h"
 
-static _Thread_local char emu_errbuf[1024];
+static _Thread_local char emu_errbuf[4096];
 
 const char *moemu_strerror(moemu_status_t st)
 {
@@ -21,21 +22,22 @@ const char *moemu_strerror(moemu_status_t st)
     return "unknown status";
 }
 
-/* Copy src into emu_errbuf with control characters as \xNN: names and
- * values from files and flags must not play escape sequences on the
- * user's terminal, nor break a message's lines. A newline followed by two
- * spaces stays: it starts the next problem of a message of several. */
-static void emu_errcopy(const char *src)
+/* Copy src into dst (cap bytes) with control characters as \xNN: names
+ * and values from files and flags must not play escape sequences on the
+ * user's terminal, nor break the message's one line. Returns the length. */
+static size_t emu_escape(char *dst, size_t cap, const char *src)
 {
-    size_t n = 0, cap = sizeof emu_errbuf;
+    size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)src; *p && n + 1 < cap; p++) {
-        if ((*p >= 0x20 && *p != 0x7f) || (*p == '\n' && p[1] == ' ' && p[2] == ' '))
-            emu_errbuf[n++] = (char)*p;
-        else if (n + 4 < cap) n += (size_t)snprintf(emu_errbuf + n, cap - n, "\\x%02x", *p);
+        if (*p >= 0x20 && *p != 0x7f) dst[n++] = (char)*p;
+        else if (n + 4 < cap) n += (size_t)snprintf(dst + n, cap - n, "\\x%02x", *p);
         else break;
     }
-    emu_errbuf[n] = '\0';
+    dst[n] = '\0';
+    return n;
 }
+
+static void emu_errcopy(const char *src) { emu_escape(emu_errbuf, sizeof emu_errbuf, src); }
 
 moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
 {
@@ -68,13 +70,68 @@ static void emu_append_sep(moemu_problems_t *p, const char *fmt, ...)
     va_end(ap);
 }
 
+/* A problem on a line of its own, escaped now so that the only line
+ * breaks in buf are the separators; left out whole when it does not fit. */
+static void emu_problem_line(moemu_problems_t *p, const char *fmt, va_list ap)
+{
+    char raw[sizeof p->buf], esc[sizeof p->buf];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    size_t n = emu_escape(esc, sizeof esc, raw);
+    if (p->len + 3 + n >= sizeof p->buf) {
+        p->dropped++;
+        return;
+    }
+    memcpy(p->buf + p->len, "\n  ", 3);
+    memcpy(p->buf + p->len + 3, esc, n + 1);
+    p->len += 3 + n;
+}
+
 void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
 {
-    if (p->n++) emu_append_sep(p, "%s", p->sep ? p->sep : "; ");
     va_list ap;
     va_start(ap, fmt);
+    if (p->lines) {
+        p->n++;
+        emu_problem_line(p, fmt, ap);
+        va_end(ap);
+        return;
+    }
+    if (p->n++) emu_append_sep(p, "; ");
     emu_append(p->buf, sizeof p->buf, &p->len, fmt, ap);
     va_end(ap);
+}
+
+/* Room kept at the end of the message for the "(N more not shown)" line. */
+#define EMU_MORE_ROOM 40
+
+moemu_status_t moemu_fail_problems(moemu_status_t st, const moemu_problems_t *p,
+                                   const char *fmt, ...)
+{
+    char head[sizeof emu_errbuf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    if (!p->lines) return moemu_fail(st, "%s: %s", head, p->buf);
+    size_t cap = sizeof emu_errbuf - EMU_MORE_ROOM;
+    size_t len = emu_escape(emu_errbuf, cap, head);
+    int dropped = p->dropped;
+    /* whole lines while they fit: the head may have taken some room */
+    for (const char *l = p->buf; *l; ) {
+        const char *next = strchr(l + 1, '\n');
+        size_t n = next ? (size_t)(next - l) : strlen(l);
+        if (len + n < cap) {
+            memcpy(emu_errbuf + len, l, n);
+            len += n;
+        } else {
+            dropped++;
+        }
+        l += n;
+    }
+    emu_errbuf[len] = '\0';
+    if (dropped)
+        snprintf(emu_errbuf + len, sizeof emu_errbuf - len, "\n  (%d more not shown)", dropped);
+    return st;
 }
 
 void moemu_errclear(void) { emu_errbuf[0] = '\0'; }
@@ -90,11 +147,12 @@ void moemu_warn_handler(void (*fn)(void *arg, const char *line), void *arg)
 
 void moemu_warn(const char *fmt, ...)
 {
-    char line[2048];
+    char raw[2048], line[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    emu_escape(line, sizeof line, raw);
     if (emu_warn_fn) emu_warn_fn(emu_warn_arg, line);
     else fprintf(stderr, "moemu: warning: %s\n", line);
 }

@@ -729,8 +729,8 @@ static moemu_status_t rd_finish(cfg_rd_t *r, cfg_model_t *c, cfg_model_t *out)
     if (!r->p.n) cfg_check(&r->p, c);
     if (r->p.n) {
         moemu_status_t st = r->st != MOEMU_OK ? r->st : MOEMU_ERR_INVALID;
-        if (r->p.n == 1) return moemu_fail(st, "%s: %s", r->label, r->p.buf);
-        return moemu_fail(st, "%s: %d problems in the config:\n  %s", r->label, r->p.n, r->p.buf);
+        if (r->p.n == 1) return moemu_fail(st, "%s: %s", r->label, r->p.buf + 3);
+        return moemu_fail_problems(st, &r->p, "%s: %d problems in the config:", r->label, r->p.n);
     }
     rd_unread_warning(r);
     *out = *c;
@@ -741,7 +741,7 @@ static moemu_status_t rd_run(cfg_model_t *out, json_t *root, const char *label,
                              void (*read)(cfg_rd_t *r, cfg_model_t *c), const cfg_model_t *base)
 {
     cfg_rd_t r = {.src = {{.origin = label, .noun = "config key"}, root}, .label = label,
-                  .p = {.sep = "\n  "}, .seen = json_object()};
+                  .p = {.lines = true}, .seen = json_object()};
     if (!r.seen) return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", label);
     cfg_model_t c = *base;
     cfg_set_name(&c, label);

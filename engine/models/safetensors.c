@@ -67,9 +67,8 @@ static void st_dtype_lookup(const char *name, st_dtype_t *dt, size_t *size)
     *size = 0;
 }
 
-/* "[32000, 512]" into buf (256 bytes is enough for ST_MAX_DIMS dims). */
-static const char *st_shape_str(char *buf, size_t cap, int ndim,
-                                const int64_t *shape)
+const char *st_shape_str(char *buf, size_t cap, int ndim,
+                         const int64_t *shape)
 {
     size_t len = 0;
     buf[0] = '\0';

@@ -52,6 +52,10 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
 moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, int32_t *out);
 
+/* "[32000, 512]" into buf, which it returns (256 bytes is enough for
+ * ST_MAX_DIMS dimensions): the one spelling of a shape in messages. */
+const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
 /* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16
  * or ST_BF16, rounded to nearest even), or, with ST_I32, data points to
  * int32 values stored as they are. The file appears complete or not at

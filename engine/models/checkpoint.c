@@ -1,0 +1,1028 @@
+/* checkpoint: single-file and sharded safetensors checkpoints. Opening
+ * gathers every disagreement between an index and its shards before
+ * failing, because a broken download usually has several and fixing them
+ * one rerun at a time is slow; writing goes through a temporary directory
+ * so that a reader never finds half a set of shards. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "engine/models/checkpoint.h"
+#include "engine/tools/outfile.h"
+
+/* Lines a kind of problem gets before "and N more", and names a list
+ * shows: enough to see the pattern, few enough to see the other kinds. */
+enum { CKPT_NAMED = 4 };
+
+typedef struct {
+    const st_tensor_t *t;
+    int file;
+} ckpt_ent_t;
+
+/* by_name's records: the name beside the entry, so that sorting needs no
+ * context. */
+typedef struct {
+    const char *name;
+    int file, ent;
+} ckpt_key_t;
+
+struct ckpt {
+    char *path;
+    int nfiles;
+    st_file_t **files; /* by file name; NULL while a shard is missing */
+    char **fnames;     /* the shards' names, sorted */
+    int n;
+    ckpt_ent_t *ents; /* file by file, each in header order */
+    ckpt_key_t *by_name; /* sorted by name, then file */
+};
+
+/* ---- small helpers */
+
+static bool ckpt_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* "dir/name" in a new string, or NULL. */
+static char *ckpt_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", dir, name);
+    return s;
+}
+
+/* path's directory in a new string ("." when it has none). */
+static char *ckpt_dirname(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return strdup(".");
+    if (slash == path) return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+static bool ckpt_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static const char *ckpt_s(long n) { return n == 1 ? "" : "s"; }
+
+/* A list of names shown as "'a', 'b', 'c' and 4 more": the first
+ * CKPT_NAMED, each cut at 120 characters. */
+typedef struct {
+    int n;
+    size_t len;
+    char buf[CKPT_NAMED * 140 + 40];
+} ckpt_list_t;
+
+static void ckpt_list_add(ckpt_list_t *l, const char *fmt, const char *name, const char *extra)
+{
+    if (l->n++ >= CKPT_NAMED || l->len >= sizeof l->buf) return;
+    if (l->n > 1) l->len += (size_t)snprintf(l->buf + l->len, sizeof l->buf - l->len, ", ");
+    if (l->len < sizeof l->buf)
+        l->len += (size_t)snprintf(l->buf + l->len, sizeof l->buf - l->len, fmt, name, extra);
+}
+
+static const char *ckpt_list_end(ckpt_list_t *l)
+{
+    if (l->n > CKPT_NAMED && l->len < sizeof l->buf)
+        snprintf(l->buf + l->len, sizeof l->buf - l->len, " and %d more", l->n - CKPT_NAMED);
+    return l->buf;
+}
+
+/* ---- the handle */
+
+void ckpt_close(ckpt_t *ck)
+{
+    if (!ck) return;
+    for (int i = 0; i < ck->nfiles; i++) {
+        st_close(ck->files[i]);
+        free(ck->fnames[i]);
+    }
+    free(ck->files);
+    free(ck->fnames);
+    free(ck->ents);
+    free(ck->by_name);
+    free(ck->path);
+    free(ck);
+}
+
+/* An empty handle for path with room for nfiles shards. */
+static ckpt_t *ckpt_new(const char *path, int nfiles)
+{
+    ckpt_t *ck = calloc(1, sizeof *ck);
+    if (!ck) return NULL;
+    ck->path = strdup(path);
+    ck->files = calloc((size_t)nfiles + 1, sizeof *ck->files);
+    ck->fnames = calloc((size_t)nfiles + 1, sizeof *ck->fnames);
+    ck->nfiles = nfiles;
+    if (ck->path && ck->files && ck->fnames) return ck;
+    ck->nfiles = 0;
+    ckpt_close(ck);
+    return NULL;
+}
+
+static int ckpt_cmp_key(const void *a, const void *b)
+{
+    const ckpt_key_t *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : x->file - y->file;
+}
+
+/* ents and by_name from the open shards. */
+static moemu_status_t ckpt_index_tensors(ckpt_t *ck)
+{
+    int n = 0;
+    for (int f = 0; f < ck->nfiles; f++) n += st_count(ck->files[f]);
+    ck->ents = calloc((size_t)n + 1, sizeof *ck->ents);
+    ck->by_name = calloc((size_t)n + 1, sizeof *ck->by_name);
+    if (!ck->ents || !ck->by_name)
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory for %d tensors", ck->path, n);
+    for (int f = 0; f < ck->nfiles; f++)
+        for (int i = 0; i < st_count(ck->files[f]); i++) {
+            const st_tensor_t *t = st_at(ck->files[f], i);
+            ck->ents[ck->n] = (ckpt_ent_t){t, f};
+            ck->by_name[ck->n] = (ckpt_key_t){t->name, f, ck->n};
+            ck->n++;
+        }
+    qsort(ck->by_name, (size_t)ck->n, sizeof *ck->by_name, ckpt_cmp_key);
+    return MOEMU_OK;
+}
+
+int ckpt_count(const ckpt_t *ck) { return ck ? ck->n : 0; }
+
+const st_tensor_t *ckpt_at(const ckpt_t *ck, int i)
+{
+    return ck && i >= 0 && i < ck->n ? ck->ents[i].t : NULL;
+}
+
+const char *ckpt_file_of(const ckpt_t *ck, int i)
+{
+    return ck && i >= 0 && i < ck->n ? ck->fnames[ck->ents[i].file] : NULL;
+}
+
+const char *ckpt_path(const ckpt_t *ck) { return ck ? ck->path : NULL; }
+
+/* The first position in by_name whose name is not below name. */
+static int ckpt_lower_bound(const ckpt_t *ck, const char *name)
+{
+    int lo = 0, hi = ck->n;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (strcmp(ck->by_name[mid].name, name) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+int ckpt_index(const ckpt_t *ck, const char *name)
+{
+    if (!ck || !name) return -1;
+    int k = ckpt_lower_bound(ck, name);
+    if (k < ck->n && strcmp(ck->by_name[k].name, name) == 0) return ck->by_name[k].ent;
+    return -1;
+}
+
+/* ---- opening one file */
+
+static moemu_status_t ckpt_open_single(const char *path, const char *file, ckpt_t **out)
+{
+    ckpt_t *ck = ckpt_new(path, 1);
+    if (!ck) return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    const char *slash = strrchr(file, '/');
+    moemu_status_t st = st_open(file, &ck->files[0]);
+    if (st == MOEMU_OK && !(ck->fnames[0] = strdup(slash ? slash + 1 : file)))
+        st = moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    if (st == MOEMU_OK) st = ckpt_index_tensors(ck);
+    if (st != MOEMU_OK) {
+        ckpt_close(ck);
+        return st;
+    }
+    *out = ck;
+    return MOEMU_OK;
+}
+
+/* ---- opening an index and its shards */
+
+/* What an index says, and the problems found so far. */
+typedef struct {
+    const char *ipath; /* the index file */
+    char *dir;         /* its directory, where the shards are */
+    json_t *root, *wm; /* the document, its weight_map */
+    int64_t total;     /* metadata.total_size, or -1 */
+    moemu_problems_t p;
+    bool io; /* a problem was a file that could not be read */
+} ckpt_idx_t;
+
+/* The shard a weight_map value names, if it is a plain file name. */
+static const char *ckpt_shard_name(ckpt_idx_t *x, const char *tensor, const json_t *v)
+{
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    if (s && s[0] && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..")) return s;
+    char got[96];
+    emu_json_describe(v, got, sizeof got);
+    moemu_problem(&x->p, "%s: weight_map gives tensor '%s' the shard %s, which is not a file "
+                  "name in the index's directory", x->ipath, tensor, got);
+    return NULL;
+}
+
+static int ckpt_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A growing list of names, each the list's. */
+typedef struct {
+    char **v;
+    int n, cap;
+} ckpt_names_t;
+
+static bool ckpt_names_add(ckpt_names_t *l, const char *s)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 16;
+        char **v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v) return false;
+        l->v = v;
+        l->cap = cap;
+    }
+    if (!(l->v[l->n] = strdup(s))) return false;
+    l->n++;
+    return true;
+}
+
+static void ckpt_names_free(ckpt_names_t *l)
+{
+    for (int i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+}
+
+/* Sorted, each name once. */
+static void ckpt_names_unique(ckpt_names_t *l)
+{
+    if (!l->n) return; /* v may be NULL */
+    qsort(l->v, (size_t)l->n, sizeof *l->v, ckpt_cmp_str);
+    int m = 0;
+    for (int i = 0; i < l->n; i++) {
+        if (m && !strcmp(l->v[m - 1], l->v[i])) free(l->v[i]);
+        else l->v[m++] = l->v[i];
+    }
+    l->n = m;
+}
+
+/* The set a shard belongs to: its name without the shard number
+ * ("model--of-00006.safetensors"); false for other names. */
+static bool ckpt_set_key(const char *name, char *key, size_t cap)
+{
+    const char *of = strstr(name, "-of-"), *d = of;
+    if (!of || !ckpt_ends_with(name, ".safetensors")) return false;
+    while (d > name && isdigit((unsigned char)d[-1])) d--;
+    if (d == of) return false;
+    snprintf(key, cap, "%.*s%s", (int)(d - name), name, of);
+    return true;
+}
+
+/* Whether name is a shard of a set that one of the first n names is of. */
+static bool ckpt_same_set(const ckpt_names_t *l, int n, const char *name)
+{
+    char key[512], other[512];
+    if (!ckpt_set_key(name, key, sizeof key)) return false;
+    for (int i = 0; i < n; i++)
+        if (ckpt_set_key(l->v[i], other, sizeof other) && !strcmp(key, other)) return true;
+    return false;
+}
+
+/* Files of the directory in the same sets as the index's shards: a shard
+ * the index forgot is still opened, so that its tensors are reported. */
+static bool ckpt_add_unnamed(const ckpt_idx_t *x, ckpt_names_t *l)
+{
+    DIR *d = opendir(x->dir);
+    if (!d) return true; /* the named shards' problems will say why */
+    int named = l->n;
+    bool ok = true;
+    struct dirent *e;
+    while (ok && (e = readdir(d)))
+        if (ckpt_same_set(l, named, e->d_name)) ok = ckpt_names_add(l, e->d_name);
+    closedir(d);
+    return ok;
+}
+
+/* The shards: the weight_map's distinct names and their sets' other
+ * files in the directory, sorted. */
+static moemu_status_t ckpt_shard_names(ckpt_idx_t *x, ckpt_names_t *l)
+{
+    bool ok = true;
+    const char *key;
+    json_t *val;
+    json_object_foreach(x->wm, key, val) {
+        const char *s = ckpt_shard_name(x, key, val);
+        if (s && ok) ok = ckpt_names_add(l, s);
+    }
+    if (ok) ckpt_names_unique(l);
+    if (ok) ok = ckpt_add_unnamed(x, l);
+    if (ok) ckpt_names_unique(l);
+    return ok ? MOEMU_OK : moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", x->ipath);
+}
+
+/* A tensor the weight_map puts in shard, to name in a message. */
+static const char *ckpt_a_tensor_of(const ckpt_idx_t *x, const char *shard, int *count)
+{
+    const char *first = NULL, *key;
+    json_t *val;
+    *count = 0;
+    json_object_foreach(x->wm, key, val) {
+        if (!json_is_string(val) || strcmp(json_string_value(val), shard)) continue;
+        if (!(*count)++) first = key;
+    }
+    return first;
+}
+
+/* Open shard k; a missing or bad one is a problem, not the end. */
+static moemu_status_t ckpt_open_shard(ckpt_idx_t *x, ckpt_t *ck, int k)
+{
+    char *file = ckpt_join(x->dir, ck->fnames[k]);
+    if (!file) return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", x->ipath);
+    if (!ckpt_exists(file) && errno == ENOENT) {
+        int count;
+        const char *t = ckpt_a_tensor_of(x, ck->fnames[k], &count);
+        moemu_problem(&x->p, "%s names the shard %s (for %d tensor%s, '%s' among them), "
+                      "which is not there: an incomplete download?",
+                      x->ipath, file, count, ckpt_s(count), t ? t : "?");
+    } else {
+        moemu_status_t st = st_open(file, &ck->files[k]);
+        if (st == MOEMU_ERR_NOMEM) {
+            free(file);
+            return st;
+        }
+        if (st != MOEMU_OK) moemu_problem(&x->p, "%s", moemu_errmsg());
+        x->io |= st == MOEMU_ERR_IO;
+    }
+    free(file);
+    return MOEMU_OK;
+}
+
+static moemu_status_t ckpt_open_shards(ckpt_idx_t *x, ckpt_t **out)
+{
+    ckpt_names_t l = {0};
+    moemu_status_t st = ckpt_shard_names(x, &l);
+    ckpt_t *ck = st == MOEMU_OK ? ckpt_new(x->ipath, l.n) : NULL;
+    if (st == MOEMU_OK && !ck) st = moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", x->ipath);
+    if (st != MOEMU_OK) {
+        ckpt_names_free(&l);
+        return st;
+    }
+    if (l.n) memcpy(ck->fnames, l.v, (size_t)l.n * sizeof *l.v); /* now the handle's */
+    free(l.v);
+    for (int k = 0; st == MOEMU_OK && k < ck->nfiles; k++) st = ckpt_open_shard(x, ck, k);
+    if (st == MOEMU_OK) st = ckpt_index_tensors(ck);
+    if (st != MOEMU_OK) {
+        ckpt_close(ck);
+        return st;
+    }
+    *out = ck;
+    return MOEMU_OK;
+}
+
+/* Tensors held by two shards: which one would a loader take? */
+static void ckpt_check_twice(ckpt_idx_t *x, const ckpt_t *ck)
+{
+    int count = 0;
+    for (int k = 1; k < ck->n; k++) {
+        const ckpt_key_t *a = &ck->by_name[k - 1], *b = &ck->by_name[k];
+        if (strcmp(a->name, b->name)) continue;
+        if (count++ < CKPT_NAMED)
+            moemu_problem(&x->p, "tensor '%s' is in two shards, %s and %s", a->name,
+                          ck->fnames[a->file], ck->fnames[b->file]);
+    }
+    if (count > CKPT_NAMED)
+        moemu_problem(&x->p, "and %d more tensors in two shards", count - CKPT_NAMED);
+}
+
+/* Each shard's tensors against the weight_map: listed, and listed there. */
+static void ckpt_check_listed(ckpt_idx_t *x, const ckpt_t *ck)
+{
+    int unlisted = 0, moved = 0;
+    for (int k = 0; k < ck->n; k++) {
+        const ckpt_key_t *e = &ck->by_name[k];
+        /* a tensor in two shards was reported by ckpt_check_twice */
+        if ((k && !strcmp(ck->by_name[k - 1].name, e->name)) ||
+            (k + 1 < ck->n && !strcmp(ck->by_name[k + 1].name, e->name)))
+            continue;
+        const json_t *v = json_object_get(x->wm, e->name);
+        const char *f = ck->fnames[e->file], *g = json_is_string(v) ? json_string_value(v) : NULL;
+        if (!v && unlisted++ < CKPT_NAMED)
+            moemu_problem(&x->p, "%s holds tensor '%s', which the index %s does not list", f,
+                          e->name, x->ipath);
+        if (g && strcmp(g, f) && moved++ < CKPT_NAMED)
+            moemu_problem(&x->p, "%s holds tensor '%s', but the index %s puts it in %s", f,
+                          e->name, x->ipath, g);
+    }
+    if (unlisted > CKPT_NAMED)
+        moemu_problem(&x->p, "and %d more tensors the index does not list", unlisted - CKPT_NAMED);
+    if (moved > CKPT_NAMED)
+        moemu_problem(&x->p, "and %d more tensors in other shards than the index says",
+                      moved - CKPT_NAMED);
+}
+
+/* The index of shard name in ck, or -1. */
+static int ckpt_file_index(const ckpt_t *ck, const char *name)
+{
+    char *key = (char *)name;
+    char **hit = bsearch(&key, ck->fnames, (size_t)ck->nfiles, sizeof *ck->fnames, ckpt_cmp_str);
+    return hit ? (int)(hit - ck->fnames) : -1;
+}
+
+/* Each weight_map entry against its shard (when it opened): a tensor
+ * found in no shard at all is reported here; one found in another shard
+ * was reported by ckpt_check_listed. */
+static void ckpt_check_found(ckpt_idx_t *x, const ckpt_t *ck)
+{
+    int count = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(x->wm, key, val) {
+        int f = json_is_string(val) ? ckpt_file_index(ck, json_string_value(val)) : -1;
+        if (f < 0 || !ck->files[f] || st_find(ck->files[f], key) || ckpt_index(ck, key) >= 0)
+            continue;
+        if (count++ < CKPT_NAMED)
+            moemu_problem(&x->p, "%s puts tensor '%s' in %s, which does not hold it", x->ipath,
+                          key, ck->fnames[f]);
+    }
+    if (count > CKPT_NAMED)
+        moemu_problem(&x->p, "and %d more tensors of the index in no shard", count - CKPT_NAMED);
+}
+
+/* metadata.total_size against the tensors' bytes, once every shard
+ * opened (with one missing the sum says nothing new). */
+static void ckpt_check_total(ckpt_idx_t *x, const ckpt_t *ck)
+{
+    if (x->total < 0) return;
+    for (int f = 0; f < ck->nfiles; f++)
+        if (!ck->files[f]) return;
+    uint64_t sum = 0;
+    int distinct = 0;
+    for (int k = 0; k < ck->n; k++)
+        if (!k || strcmp(ck->by_name[k - 1].name, ck->by_name[k].name)) {
+            sum += ck->ents[ck->by_name[k].ent].t->nbytes;
+            distinct++;
+        }
+    if (sum != (uint64_t)x->total)
+        moemu_problem(&x->p, "%s: metadata.total_size is %lld bytes, but the %d tensor%s of its "
+                      "%d shard%s hold %llu bytes", x->ipath, (long long)x->total, distinct,
+                      ckpt_s(distinct), ck->nfiles, ckpt_s(ck->nfiles), (unsigned long long)sum);
+}
+
+/* The index's document: weight_map required, metadata.total_size not. */
+static moemu_status_t ckpt_read_index(ckpt_idx_t *x)
+{
+    emu_json_src_t src = {.origin = x->ipath, .noun = "index key", .status = MOEMU_ERR_FORMAT};
+    MOEMU_CHECK(emu_json_load_file(&src, x->ipath, &x->root));
+    if (!json_is_object(x->root))
+        return moemu_fail(MOEMU_ERR_FORMAT, "%s: the index is not a JSON object", x->ipath);
+    MOEMU_CHECK(emu_json_obj(&src, x->root, "weight_map", EMU_JSON_REQUIRED, &x->wm));
+    json_t *meta = NULL;
+    MOEMU_CHECK(emu_json_obj(&src, x->root, "metadata", EMU_JSON_NULLABLE, &meta));
+    if (!meta) return MOEMU_OK;
+    char buf[64];
+    emu_json_src_t in = emu_json_in(&src, "metadata", buf, sizeof buf);
+    return emu_json_i64(&in, meta, "total_size", EMU_JSON_NULLABLE | EMU_JSON_WHOLE_REAL, 0,
+                        INT64_MAX, &x->total);
+}
+
+static moemu_status_t ckpt_open_index(const char *path, const char *ipath, ckpt_t **out)
+{
+    ckpt_idx_t x = {.ipath = ipath, .total = -1, .p = {.lines = true}};
+    ckpt_t *ck = NULL;
+    if (!(x.dir = ckpt_dirname(ipath))) return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    moemu_status_t st = ckpt_read_index(&x);
+    if (st == MOEMU_OK) st = ckpt_open_shards(&x, &ck);
+    if (st == MOEMU_OK) {
+        ckpt_check_twice(&x, ck);
+        ckpt_check_listed(&x, ck);
+        ckpt_check_found(&x, ck);
+        ckpt_check_total(&x, ck);
+    }
+    if (st == MOEMU_OK && x.p.n)
+        st = moemu_fail_problems(x.io ? MOEMU_ERR_IO : MOEMU_ERR_FORMAT, &x.p,
+                                 "%s: %d problem%s with the checkpoint:", path, x.p.n, ckpt_s(x.p.n));
+    json_decref(x.root);
+    free(x.dir);
+    if (st != MOEMU_OK) {
+        ckpt_close(ck);
+        return st;
+    }
+    free(ck->path);
+    if (!(ck->path = strdup(path))) {
+        ckpt_close(ck);
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    }
+    *out = ck;
+    return MOEMU_OK;
+}
+
+/* A directory: its model.safetensors or its index, exactly one. */
+static moemu_status_t ckpt_open_dir(const char *path, ckpt_t **out)
+{
+    char *single = ckpt_join(path, CKPT_SINGLE_NAME), *index = ckpt_join(path, CKPT_INDEX_NAME);
+    moemu_status_t st;
+    if (!single || !index) st = moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
+    else if (ckpt_exists(single) && ckpt_exists(index))
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s holds both %s and %s, so which is the checkpoint "
+                        "is unclear (one is likely stale): remove one", path, CKPT_SINGLE_NAME,
+                        CKPT_INDEX_NAME);
+    else if (ckpt_exists(single)) st = ckpt_open_single(path, single, out);
+    else if (ckpt_exists(index)) st = ckpt_open_index(path, index, out);
+    else
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s holds no checkpoint: looked for %s (one file) and "
+                        "%s (shards)", path, single, index);
+    free(single);
+    free(index);
+    return st;
+}
+
+moemu_status_t ckpt_open(const char *path, ckpt_t **out)
+{
+    if (!path || !out)
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_open: NULL %s", path ? "out" : "path");
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return moemu_fail(MOEMU_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(errno));
+    if (S_ISDIR(sb.st_mode)) return ckpt_open_dir(path, out);
+    if (ckpt_ends_with(path, ".json")) return ckpt_open_index(path, path, out);
+    return ckpt_open_single(path, path, out);
+}
+
+/* ---- reading a model's tensors */
+
+static moemu_status_t ckpt_check_want(const ckpt_want_t *w, int i)
+{
+    bool ok = w->name && w->ndim >= 0 && w->ndim <= ST_MAX_DIMS && (w->ndim == 0 || w->shape);
+    for (int d = 0; ok && d < w->ndim; d++) ok = w->shape[d] >= 0;
+    if (!ok)
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: want[%d] (%s) has no name, a bad "
+                          "ndim %d or a bad shape", i, w->name ? w->name : "NULL", w->ndim);
+    return MOEMU_OK;
+}
+
+static int ckpt_cmp_want(const void *a, const void *b)
+{
+    return strcmp((*(const ckpt_want_t *const *)a)->name, (*(const ckpt_want_t *const *)b)->name);
+}
+
+/* The caller's list: well formed, no name twice (a model's bug). */
+static moemu_status_t ckpt_check_wants(const ckpt_want_t *want, int n)
+{
+    const ckpt_want_t **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_read_all: out of memory for %d names", n);
+    moemu_status_t st = MOEMU_OK;
+    for (int i = 0; st == MOEMU_OK && i < n; i++) {
+        st = ckpt_check_want(&want[i], i);
+        v[i] = &want[i];
+    }
+    if (st == MOEMU_OK) qsort(v, (size_t)n, sizeof *v, ckpt_cmp_want);
+    for (int i = 1; st == MOEMU_OK && i < n; i++)
+        if (!strcmp(v[i - 1]->name, v[i]->name))
+            st = moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: tensor '%s' is wanted twice",
+                            v[i]->name);
+    free(v);
+    return st;
+}
+
+/* What ckpt_read_all finds, kind by kind. */
+typedef struct {
+    moemu_problems_t p;
+    ckpt_list_t missing, nonfinite;
+    int misfit; /* wrong shape or dtype */
+} ckpt_found_t;
+
+static bool ckpt_same_shape(const st_tensor_t *t, const ckpt_want_t *w)
+{
+    bool same = t->ndim == w->ndim;
+    for (int d = 0; same && d < w->ndim; d++) same = t->shape[d] == w->shape[d];
+    return same;
+}
+
+/* Shape and dtype of tensor i against w: true when it can be read. */
+static bool ckpt_fits(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
+{
+    const st_tensor_t *t = ck->ents[i].t;
+    const char *file = ck->fnames[ck->ents[i].file];
+    bool shape = ckpt_same_shape(t, w);
+    bool dtype = t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16;
+    char have[256], need[256];
+    if (!shape && fd->misfit++ < 2 * CKPT_NAMED)
+        moemu_problem(&fd->p, "in %s: %s has shape %s, expected %s", file, t->name,
+                      st_shape_str(have, sizeof have, t->ndim, t->shape),
+                      st_shape_str(need, sizeof need, w->ndim, w->shape));
+    if (!dtype && fd->misfit++ < 2 * CKPT_NAMED)
+        moemu_problem(&fd->p, "in %s: %s has dtype %s; only F32, F16 and BF16 can be read",
+                      file, t->name, t->dtype_name);
+    return shape && dtype;
+}
+
+/* Convert tensor i into w->out, noting NaN and Inf. */
+static void ckpt_read_one(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
+{
+    const st_tensor_t *t = ck->ents[i].t;
+    if (st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out) != MOEMU_OK) {
+        moemu_problem(&fd->p, "%s", moemu_errmsg());
+        return;
+    }
+    size_t count = t->nbytes / (t->dtype == ST_F32 ? 4 : 2), bad = 0;
+    for (size_t k = 0; k < count; k++) bad += !isfinite(w->out[k]);
+    char counts[160];
+    snprintf(counts, sizeof counts, "%zu of %zu, in %s", bad, count, ck->fnames[ck->ents[i].file]);
+    if (bad) ckpt_list_add(&fd->nonfinite, "'%s' (%s)", t->name, counts);
+}
+
+/* Tensors of the checkpoint no want asked for. */
+static void ckpt_note_unwanted(const ckpt_t *ck, const bool *used, ckpt_found_t *fd)
+{
+    ckpt_list_t l = {0};
+    for (int i = 0; i < ck->n; i++)
+        if (!used[i]) ckpt_list_add(&l, "'%s' (in %s)", ck->ents[i].t->name,
+                                    ck->fnames[ck->ents[i].file]);
+    if (l.n)
+        moemu_problem(&fd->p, "%d tensor%s the model does not have: %s", l.n, ckpt_s(l.n),
+                      ckpt_list_end(&l));
+}
+
+static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool *used,
+                          ckpt_found_t *fd)
+{
+    for (int w = 0; w < n; w++) {
+        int i = ckpt_index(ck, want[w].name);
+        if (i < 0) {
+            ckpt_list_add(&fd->missing, "'%s'%s", want[w].name, "");
+            continue;
+        }
+        used[i] = true;
+        if (ckpt_fits(ck, i, &want[w], fd)) ckpt_read_one(ck, i, &want[w], fd);
+    }
+    if (fd->misfit > 2 * CKPT_NAMED)
+        moemu_problem(&fd->p, "and %d more tensors of the wrong shape or dtype",
+                      fd->misfit - 2 * CKPT_NAMED);
+    if (fd->missing.n)
+        moemu_problem(&fd->p, "%d tensor%s missing: %s", fd->missing.n, ckpt_s(fd->missing.n),
+                      ckpt_list_end(&fd->missing));
+    ckpt_note_unwanted(ck, used, fd);
+    if (fd->nonfinite.n)
+        moemu_problem(&fd->p, "%d tensor%s NaN or Inf values: %s", fd->nonfinite.n,
+                      fd->nonfinite.n == 1 ? " holds" : "s hold", ckpt_list_end(&fd->nonfinite));
+}
+
+moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, const char *label)
+{
+    if (!ck || n < 0 || (n && !want))
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: bad arguments (n %d)", n);
+    MOEMU_CHECK(ckpt_check_wants(want, n));
+    bool *used = calloc((size_t)ck->n + 1, sizeof *used);
+    ckpt_found_t *fd = calloc(1, sizeof *fd);
+    if (!used || !fd) {
+        free(used);
+        free(fd);
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", ck->path);
+    }
+    fd->p.lines = true;
+    ckpt_find_all(ck, want, n, used, fd);
+    moemu_status_t st = MOEMU_OK;
+    if (fd->p.n)
+        st = moemu_fail_problems(MOEMU_ERR_FORMAT, &fd->p, "%s: the checkpoint %s does not fit "
+                                 "the model (%d problem%s):", label ? label : "model", ck->path,
+                                 fd->p.n, ckpt_s(fd->p.n));
+    free(used);
+    free(fd);
+    return st;
+}
+
+/* ---- writing */
+
+/* Names written in a shard set: the Hub's "model-00001-of-00003" with at
+ * least five digits, as save_pretrained spells them. */
+enum { CKPT_NAME_MAX = 64 };
+
+static size_t ckpt_esize(st_dtype_t dt) { return dt == ST_F32 || dt == ST_I32 ? 4 : 2; }
+
+/* Each tensor's stored bytes into bytes[], their sum into *total. */
+static moemu_status_t ckpt_sizes(const char *path, const st_write_tensor_t *ts, int n,
+                                 st_dtype_t dt, uint64_t *bytes, uint64_t *total)
+{
+    *total = 0;
+    for (int i = 0; i < n; i++) {
+        const st_write_tensor_t *t = &ts[i];
+        if (!t->name || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+            return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: tensor %d has %s", path, i,
+                              t->name ? "a bad ndim" : "no name");
+        uint64_t b = ckpt_esize(dt);
+        bool bad = false;
+        for (int d = 0; d < t->ndim; d++)
+            bad |= t->shape[d] < 0 || __builtin_mul_overflow(b, (uint64_t)t->shape[d], &b);
+        bad |= __builtin_add_overflow(*total, b, total) || *total > (uint64_t)INT64_MAX;
+        if (bad)
+            return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: tensor '%s' has a negative "
+                              "or too large shape", path, t->name);
+        bytes[i] = b;
+    }
+    return MOEMU_OK;
+}
+
+static int ckpt_cmp_name_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* No name twice across the set: st_write sees one shard at a time. */
+static moemu_status_t ckpt_check_names(const char *path, const st_write_tensor_t *ts, int n)
+{
+    const char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", path);
+    for (int i = 0; i < n; i++) v[i] = ts[i].name;
+    qsort(v, (size_t)n, sizeof *v, ckpt_cmp_name_ptr);
+    moemu_status_t st = MOEMU_OK;
+    for (int i = 1; st == MOEMU_OK && i < n; i++)
+        if (!strcmp(v[i - 1], v[i]))
+            st = moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: the tensor name '%s' is a "
+                            "duplicate", path, v[i]);
+    free(v);
+    return st;
+}
+
+/* Split in tensor order, greedily as save_pretrained does: first[k] is
+ * shard k's first tensor; returns the number of shards. */
+static int ckpt_plan(const uint64_t *bytes, int n, uint64_t limit, int *first)
+{
+    int ns = 0;
+    uint64_t cur = 0;
+    for (int i = 0; i < n; i++) {
+        /* cur > limit: the shard holds one oversized tensor, alone */
+        if (ns == 0 || cur > limit || cur + bytes[i] > limit) {
+            first[ns++] = i;
+            cur = 0;
+        }
+        cur += bytes[i];
+    }
+    first[ns] = n;
+    return ns;
+}
+
+/* A checkpoint already in dir: its first file's name into found. */
+static moemu_status_t ckpt_find_existing(const char *dir, char *found, size_t cap)
+{
+    DIR *d = opendir(dir);
+    if (!d) return moemu_fail(MOEMU_ERR_IO, "cannot read directory %s: %s", dir, strerror(errno));
+    found[0] = '\0';
+    struct dirent *e;
+    while (!found[0] && (e = readdir(d))) {
+        const char *s = e->d_name;
+        bool shard = !strncmp(s, "model-", 6) && strstr(s, "-of-") &&
+                     ckpt_ends_with(s, ".safetensors");
+        if (shard || !strcmp(s, CKPT_SINGLE_NAME) || !strcmp(s, CKPT_INDEX_NAME))
+            snprintf(found, cap, "%s", s);
+    }
+    closedir(d);
+    return MOEMU_OK;
+}
+
+/* path as a directory to write into: created (*created) or existing
+ * without a checkpoint. */
+static moemu_status_t ckpt_prepare_dir(const char *path, bool *created)
+{
+    *created = false;
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode))
+            return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: %s exists and is not a "
+                              "directory (a single file must end in .safetensors)", path);
+        char found[300];
+        MOEMU_CHECK(ckpt_find_existing(path, found, sizeof found));
+        if (found[0])
+            return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: %s already holds a checkpoint "
+                              "(%s); remove it first, or write elsewhere", path, found);
+        return MOEMU_OK;
+    }
+    if (mkdir(path, 0777) != 0)
+        return moemu_fail(MOEMU_ERR_IO, "cannot create directory %s: %s", path, strerror(errno));
+    *created = true;
+    return MOEMU_OK;
+}
+
+/* A set being written: the files, under tmp until moved to dir. */
+typedef struct {
+    const char *dir;
+    char *tmp;
+    int nnames, moved;
+    char (*names)[CKPT_NAME_MAX];
+} ckpt_set_t;
+
+static moemu_status_t ckpt_set_write(ckpt_set_t *s, const char *name, const st_write_tensor_t *ts,
+                                     int n, st_dtype_t dt)
+{
+    char *p = ckpt_join(s->tmp, name);
+    if (!p) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", s->dir);
+    snprintf(s->names[s->nnames++], CKPT_NAME_MAX, "%s", name);
+    moemu_status_t st = st_write(p, ts, n, dt);
+    free(p);
+    return st;
+}
+
+typedef struct {
+    const st_write_tensor_t *ts;
+    const int *first;
+    int nshards;
+    char (*names)[CKPT_NAME_MAX];
+    uint64_t total;
+} ckpt_index_out_t;
+
+/* The index as save_pretrained writes it: sorted keys, indent 2. */
+static moemu_status_t ckpt_fill_index(FILE *f, const void *arg)
+{
+    const ckpt_index_out_t *o = arg;
+    json_t *root = json_object(), *meta = json_object(), *wm = json_object();
+    int bad = json_object_set_new(meta, "total_size", json_integer((json_int_t)o->total));
+    for (int k = 0; k < o->nshards; k++)
+        for (int i = o->first[k]; i < o->first[k + 1]; i++)
+            bad |= json_object_set_new(wm, o->ts[i].name, json_string(o->names[k]));
+    bad |= json_object_set_new(root, "metadata", meta);
+    bad |= json_object_set_new(root, "weight_map", wm);
+    bad |= !root || json_dumpf(root, f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0;
+    bad |= fputc('\n', f) == EOF;
+    json_decref(root);
+    return bad ? moemu_fail(MOEMU_ERR_IO, "cannot write the index: %s",
+                            strerror(errno ? errno : EIO))
+               : MOEMU_OK;
+}
+
+/* Every shard, then the index, under s->tmp. */
+static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *ts, st_dtype_t dt,
+                                        const int *first, int ns, uint64_t total)
+{
+    for (int k = 0; k < ns; k++) {
+        char name[CKPT_NAME_MAX];
+        snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, ns);
+        MOEMU_CHECK(ckpt_set_write(s, name, ts + first[k], first[k + 1] - first[k], dt));
+    }
+    ckpt_index_out_t o = {ts, first, ns, s->names, total};
+    char *p = ckpt_join(s->tmp, CKPT_INDEX_NAME);
+    if (!p) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", s->dir);
+    snprintf(s->names[s->nnames++], CKPT_NAME_MAX, "%s", CKPT_INDEX_NAME);
+    moemu_status_t st = outfile_write(p, ckpt_fill_index, &o);
+    free(p);
+    return st;
+}
+
+/* tmp/name to dir/name for every file, the index last (it was named
+ * last): a reader finds the index only once every shard is in place. */
+static moemu_status_t ckpt_set_move(ckpt_set_t *s)
+{
+    for (; s->moved < s->nnames; s->moved++) {
+        char *from = ckpt_join(s->tmp, s->names[s->moved]);
+        char *to = ckpt_join(s->dir, s->names[s->moved]);
+        int err = !from || !to ? ENOMEM : rename(from, to) != 0 ? errno : 0;
+        free(from);
+        free(to);
+        if (err)
+            return moemu_fail(MOEMU_ERR_IO, "cannot move %s into %s: %s", s->names[s->moved],
+                              s->dir, strerror(err));
+    }
+    return MOEMU_OK;
+}
+
+/* After a failure: the moved files out of dir, the rest out of tmp. */
+static void ckpt_set_undo(ckpt_set_t *s)
+{
+    for (int i = 0; i < s->nnames; i++) {
+        char *p = ckpt_join(i < s->moved ? s->dir : s->tmp, s->names[i]);
+        if (p) unlink(p);
+        free(p);
+    }
+}
+
+/* Write into dir through a temporary directory inside it. */
+static moemu_status_t ckpt_write_dir(const char *dir, const st_write_tensor_t *ts, int n,
+                                     st_dtype_t dt, const int *first, int ns, uint64_t total)
+{
+    ckpt_set_t s = {.dir = dir, .tmp = ckpt_join(dir, ".ckpt-tmp.XXXXXX")};
+    s.names = calloc((size_t)ns + 2, sizeof *s.names);
+    if (!s.tmp || !s.names) {
+        free(s.tmp);
+        free(s.names);
+        return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", dir);
+    }
+    moemu_status_t st = mkdtemp(s.tmp) ? MOEMU_OK
+                                       : moemu_fail(MOEMU_ERR_IO, "cannot create a temporary "
+                                                    "directory in %s: %s", dir, strerror(errno));
+    bool made = st == MOEMU_OK;
+    if (st == MOEMU_OK)
+        st = ns ? ckpt_write_shards(&s, ts, dt, first, ns, total)
+                : ckpt_set_write(&s, CKPT_SINGLE_NAME, ts, n, dt);
+    if (st == MOEMU_OK) st = ckpt_set_move(&s);
+    if (st != MOEMU_OK) ckpt_set_undo(&s);
+    if (made) rmdir(s.tmp);
+    free(s.tmp);
+    free(s.names);
+    return st;
+}
+
+static moemu_status_t ckpt_write_planned(const char *path, const st_write_tensor_t *ts, int n,
+                                         st_dtype_t dt, const int *first, int ns, uint64_t total)
+{
+    bool created;
+    MOEMU_CHECK(ckpt_prepare_dir(path, &created));
+    moemu_status_t st = ckpt_write_dir(path, ts, n, dt, first, ns, total);
+    if (st != MOEMU_OK && created) rmdir(path);
+    return st;
+}
+
+/* One file at a .safetensors path, or the planned set in a directory. */
+static moemu_status_t ckpt_write_to(const char *path, const st_write_tensor_t *ts, int n,
+                                    st_dtype_t dt, const int *first, int ns, uint64_t total,
+                                    int64_t shard_bytes)
+{
+    if (!ckpt_ends_with(path, ".safetensors"))
+        return ckpt_write_planned(path, ts, n, dt, first, ns, total);
+    if (ns)
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: %s names one file, but the tensors' "
+                          "%llu bytes make %d shards of at most %lld bytes: give a directory",
+                          path, (unsigned long long)total, ns, (long long)shard_bytes);
+    return st_write(path, ts, n, dt);
+}
+
+moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, st_dtype_t dt,
+                          int64_t shard_bytes)
+{
+    if (!path || !path[0] || n < 0 || (n && !ts))
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: bad arguments (path %s, n %d)",
+                          path ? path : "NULL", n);
+    if (dt != ST_F32 && dt != ST_F16 && dt != ST_BF16 && dt != ST_I32)
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: dtype %d cannot be written", path,
+                          (int)dt);
+    uint64_t *bytes = calloc((size_t)n + 1, sizeof *bytes), total = 0;
+    int *first = calloc((size_t)n + 2, sizeof *first), ns = 0; /* ns 0: one file */
+    moemu_status_t st = bytes && first ? ckpt_sizes(path, ts, n, dt, bytes, &total)
+                                       : moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of "
+                                                    "memory", path);
+    if (st == MOEMU_OK) st = ckpt_check_names(path, ts, n);
+    if (st == MOEMU_OK && shard_bytes > 0 && total > (uint64_t)shard_bytes)
+        ns = ckpt_plan(bytes, n, (uint64_t)shard_bytes, first);
+    if (st == MOEMU_OK) st = ckpt_write_to(path, ts, n, dt, first, ns, total, shard_bytes);
+    free(bytes);
+    free(first);
+    return st;
+}
+
+/* ---- sizes */
+
+static const struct {
+    const char *unit; /* matched in any case */
+    uint64_t factor;
+    bool decimal; /* ends in B, which a lowercase b would make bits */
+} ckpt_units[] = {
+    {"", 1, false},
+    {"B", 1, true},
+    {"KB", 1000, true},
+    {"MB", 1000000, true},
+    {"GB", 1000000000, true},
+    {"TB", 1000000000000, true},
+    {"KiB", (uint64_t)1 << 10, false},
+    {"MiB", (uint64_t)1 << 20, false},
+    {"GiB", (uint64_t)1 << 30, false},
+    {"TiB", (uint64_t)1 << 40, false},
+};
+
+moemu_status_t ckpt_parse_size(const char *s, int64_t *out)
+{
+    if (!s || !out) return moemu_fail(MOEMU_ERR_INVALID, "ckpt_parse_size: NULL argument");
+    const char *p = s;
+    uint64_t v = 0;
+    bool bad = !isdigit((unsigned char)*p);
+    for (; isdigit((unsigned char)*p); p++)
+        bad |= __builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    while (*p == ' ') p++;
+    for (size_t i = 0; !bad && i < sizeof ckpt_units / sizeof ckpt_units[0]; i++) {
+        if (strcasecmp(p, ckpt_units[i].unit)) continue;
+        if (ckpt_units[i].decimal && p[strlen(p) - 1] == 'b')
+            return moemu_fail(MOEMU_ERR_INVALID, "size '%s': a lowercase b means bits to "
+                              "Hugging Face; write %.*s%s for bytes", s, (int)(p - s), s,
+                              ckpt_units[i].unit);
+        uint64_t r;
+        if (__builtin_mul_overflow(v, ckpt_units[i].factor, &r) || r > (uint64_t)INT64_MAX) break;
+        *out = (int64_t)r;
+        return MOEMU_OK;
+    }
+    return moemu_fail(MOEMU_ERR_INVALID, "size '%s' is not a whole number of bytes, optionally "
+                      "followed by a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), that fits "
+                      "in 63 bits: e.g. 5GB, 500MB, 2GiB or 1000000", s);
+}

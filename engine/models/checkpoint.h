@@ -1,0 +1,109 @@
+/* checkpoint: a model's weights as the Hugging Face Hub ships them, one
+ * model.safetensors or shards model-00001-of-00003.safetensors, ... named
+ * by model.safetensors.index.json:
+ *   {"metadata": {"total_size": N}, "weight_map": {"tensor": "shard", ...}}
+ * Every file is read with st_open (memory-mapped, validated whole). The
+ * reader is strict: an index and its shards must agree exactly, because a
+ * half-downloaded or mixed-up checkpoint would otherwise load as a
+ * different model. Internal to moemu (not installed). */
+#ifndef MOEMU_CHECKPOINT_H
+#define MOEMU_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "emu/emu.h"
+#include "engine/models/safetensors.h"
+
+#define CKPT_SINGLE_NAME "model.safetensors"
+#define CKPT_INDEX_NAME "model.safetensors.index.json"
+
+typedef struct ckpt ckpt_t;
+
+/* Open path, which is
+ *   a) one .safetensors file (any name),
+ *   b) a directory holding model.safetensors or model.safetensors.index.json
+ *      (both: refused as ambiguous, one of them is stale; other files, such
+ *      as config.json or Mistral's consolidated.safetensors, are ignored),
+ *   c) an index file itself (a name ending in .json).
+ * The index's shard names are files in its own directory (no '/').
+ * Refused, all problems in one message (moemu_problems_t, one a line),
+ * each naming the files, the tensors and the numbers: an index naming a
+ * file that is not there, a shard that is not a valid safetensors file, a
+ * tensor in two shards, a tensor of the weight_map missing from the shard
+ * it names, a tensor of a shard that the weight_map does not list (or puts
+ * in another shard), metadata.total_size (when present; other metadata is
+ * ignored) differing from the tensors' bytes. MOEMU_ERR_FORMAT, or
+ * MOEMU_ERR_IO when a file exists but cannot be read. Nothing is written.
+ * On success *out is the caller's, for ckpt_close; its tensors point into
+ * the mappings and live until then. */
+moemu_status_t ckpt_open(const char *path, ckpt_t **out);
+void ckpt_close(ckpt_t *ck);
+
+/* The tensors, shard by shard in file-name order, each in its file's
+ * header order; i from 0 to ckpt_count - 1 (else NULL). */
+int ckpt_count(const ckpt_t *ck);
+const st_tensor_t *ckpt_at(const ckpt_t *ck, int i);
+/* The file name (no directory) of the shard holding tensor i. */
+const char *ckpt_file_of(const ckpt_t *ck, int i);
+/* The index (ckpt_at's) of the tensor called name, or -1. */
+int ckpt_index(const ckpt_t *ck, const char *name);
+/* The path ckpt_open was given. */
+const char *ckpt_path(const ckpt_t *ck);
+
+/* One tensor a model reads: name, shape[0..ndim) (ndim up to
+ * ST_MAX_DIMS; experts stacked as [E, rows, cols] are 3-D) and where its
+ * fp32 values go (the product of the shape, the caller's). */
+typedef struct {
+    const char *name;
+    int ndim;
+    const int64_t *shape;
+    float *out;
+} ckpt_want_t;
+
+/* Read want[0..n) as fp32 (F32, F16 and BF16 converted as st_read_f32
+ * does). The checkpoint must be exactly the model: every wanted tensor
+ * present with that shape and a float dtype, every tensor of the
+ * checkpoint wanted, no NaN or Inf. Otherwise MOEMU_ERR_FORMAT with every
+ * problem at once, one a line, headed by label (the model's name):
+ * missing tensors (a few named, "and N more"), unexpected ones, wrong
+ * shapes ("in model-00002-of-00003.safetensors: model.layers.3.mlp.gate
+ * .weight has shape [60, 2048], expected [64, 2048]"), wrong dtypes,
+ * non-finite values with their counts. A name wanted twice, or a bad
+ * argument: MOEMU_ERR_INVALID. After an error the outs hold unspecified
+ * values. */
+moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n,
+                             const char *label);
+
+/* Write ts[0..n) stored as dt (as st_write) in the Hub's layout:
+ * - everything in one file when shard_bytes <= 0 or all tensors' bytes
+ *   fit in shard_bytes: path itself when it ends in ".safetensors" (an
+ *   existing file there is replaced, atomically), else path/model.safetensors;
+ * - else path/model-0000K-of-0000N.safetensors, split in tensor order with
+ *   at most shard_bytes of tensor data each (a tensor larger than
+ *   shard_bytes alone in its file), and path/model.safetensors.index.json
+ *   (metadata.total_size and weight_map, keys sorted, as save_pretrained
+ *   writes it). A path ending in ".safetensors" that needs shards is
+ *   refused (MOEMU_ERR_INVALID): it names a file, not a directory.
+ * A directory path is created when absent (its parent must exist). An
+ * existing one may hold other files (config.json, the tokenizer), but not
+ * a checkpoint already: model.safetensors, the index or any
+ * model-*-of-*.safetensors there is refused (MOEMU_ERR_INVALID naming
+ * it), since replacing a set of shards file by file could leave a mix of
+ * the old and the new; remove the old checkpoint first.
+ * The set appears complete or not at all: the files are written in a
+ * temporary directory inside path, then renamed into place, shards first
+ * and the index last; on failure everything written (and a directory this
+ * call created) is removed. */
+moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, st_dtype_t dt,
+                          int64_t shard_bytes);
+
+/* A size as save_pretrained's max_shard_size spells it: "5GB", "500MB",
+ * "2GiB", "1000000" (bytes): a whole non-negative number, then maybe
+ * spaces and a unit, B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB,
+ * TiB (powers of 1024), in any case, except that B, KB, MB, GB and TB
+ * ending in a lowercase b ("5Gb", "5gb") are refused: Hugging Face reads
+ * those as bits, and a size silently divided by 8 is not what anyone
+ * means. Errors (MOEMU_ERR_INVALID) name the string. */
+moemu_status_t ckpt_parse_size(const char *s, int64_t *out);
+
+#endif
