@@ -196,6 +196,7 @@ Test(ckpt, sharded_round_trip_is_bit_identical_at_every_shard_size)
         char name[32];
         snprintf(name, sizeof name, "out%zu", s);
         const char *dir = tpath(name);
+        if (g_splits[s].shard == 0) mkdir(dir, 0777); /* no limit: a directory takes one file */
         write_ok(dir, &m, ST_F32, g_splits[s].shard);
         int ns = g_splits[s].nshards;
         if (ns) cr_assert_eq(split_shards_expected(g_splits[s].shard), ns, "test table");
@@ -292,9 +293,13 @@ Test(ckpt, single_file_paths)
     cr_assert_eq(ckpt_read_all(ck, m.want, NT, "tiny"), MOEMU_OK, "%s", moemu_errmsg());
     assert_same(&m);
     ckpt_close(ck);
-    /* a name without the suffix is a directory, created */
-    write_ok(tpath("new"), &m, ST_F32, 0);
+    /* shards asked for: a name without the suffix is a directory, created */
+    write_ok(tpath("new"), &m, ST_F32, 1 << 20);
     cr_assert(exists(tpath("new/model.safetensors")));
+    /* none asked for: any name is the file, as --dump-weights FILE writes */
+    write_ok(tpath("plain"), &m, ST_F32, 0);
+    struct stat sb;
+    cr_assert(stat(tpath("plain"), &sb) == 0 && S_ISREG(sb.st_mode));
     model_free(&m);
 }
 
@@ -587,7 +592,7 @@ Test(ckpt, read_all_names_a_few_missing_and_counts_the_rest)
 {
     model_t m;
     model_make(&m, 4, false);
-    write_ok(tpath("d"), &m, ST_F32, 0);
+    write_ok(tpath("d"), &m, ST_F32, 1 << 20); /* a directory: d/model.safetensors */
     ckpt_t *ck = open_ok(tpath("d"));
     enum { NW = NT + 7 };
     ckpt_want_t want[NW];
@@ -613,7 +618,7 @@ Test(ckpt, read_all_refuses_other_dtypes_and_non_finite_values)
     m.data[1][2] = NAN;
     m.data[1][5] = INFINITY;
     m.data[2][0] = -INFINITY;
-    write_ok(tpath("d"), &m, ST_F32, 0);
+    write_ok(tpath("d"), &m, ST_F32, 1 << 20); /* a directory: d/model.safetensors */
     int32_t ids[8] = {0};
     st_write_tensor_t it = {.name = "ids", .ndim = 1, .shape = {8}, .data = (const float *)ids};
     cr_assert_eq(st_write(tpath("ids.safetensors"), &it, 1, ST_I32), MOEMU_OK);
@@ -639,7 +644,7 @@ Test(ckpt, read_all_refuses_a_name_wanted_twice)
 {
     model_t m;
     model_make(&m, 4, false);
-    write_ok(tpath("d"), &m, ST_F32, 0);
+    write_ok(tpath("d"), &m, ST_F32, 1 << 20);
     ckpt_t *ck = open_ok(tpath("d"));
     m.want[5].name = m.want[0].name;
     cr_assert_eq(ckpt_read_all(ck, m.want, NT, "m"), MOEMU_ERR_INVALID);

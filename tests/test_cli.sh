@@ -109,7 +109,7 @@ expect 2 "model.embed_tokens.weight" "$moemu" run --model "$tmp/other.json" --we
 expect 2 "nonexistent" "$moemu" run --model tiny --weights "$tmp/nonexistent.st"
 # tiny's 4 layers for a config of 3: the fourth layer's 31 tensors are named
 printf '{"vocab_size":97,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"num_local_experts":8,"num_experts_per_tok":2}' >"$tmp/three.json"
-expect 2 "w2.st: 31 tensors that model three does not use: 'model.layers.3.input_layernorm.weight'" \
+expect 2 "31 tensors the model does not have: 'model.layers.3.input_layernorm.weight' (in w2.st)" \
     "$moemu" run --model "$tmp/three.json" --decode 1 --weights "$tmp/w2.st"
 
 # a NaN weight (all ones: NaN in fp16 and bf16) as the last element: refused by name

@@ -88,7 +88,7 @@ static void roundtrip(const char *json)
     cr_assert_eq(wts_generate_all(&w, &cfg, 5), MOEMU_OK, "%s", moemu_errmsg());
     char path[128];
     snprintf(path, sizeof path, "%s/w.safetensors", dir);
-    cr_assert_eq(wts_dump(&w, path), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_OK, "%s", moemu_errmsg());
     int n = wts_tensor_count(&w), seen = 0;
     for (int i = 0; i < n; i++) {
@@ -131,7 +131,7 @@ Test(weights, load_errors_name_the_tensor)
     cr_assert_eq(wts_generate_all(&w, &cfg, 1), MOEMU_OK);
     char path[128];
     snprintf(path, sizeof path, "%s/w.safetensors", dir);
-    cr_assert_eq(wts_dump(&w, path), MOEMU_OK);
+    cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK);
 
     /* another shape of the same names */
     cr_assert_eq(cfg_parse(&wide, "{\"vocab_size\":50,\"hidden_size\":32,\"intermediate_size\":24,"
@@ -170,11 +170,12 @@ Test(weights, non_finite_values_are_refused)
     w.lm_head[799] = INFINITY;
     char path[128], want[512];
     snprintf(path, sizeof path, "%s/w.safetensors", dir);
-    cr_assert_eq(wts_dump(&w, path), MOEMU_OK);
+    cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK);
     cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_ERR_FORMAT);
     snprintf(want, sizeof want,
-             "%s: 2 tensors hold NaN or Inf values, which give no meaningful figure: "
-             "model.layers.1.self_attn.q_proj.weight (2 of 256), lm_head.weight (1 of 800)",
+             "a: the checkpoint %s does not fit the model (1 problem):\n  2 tensors hold NaN "
+             "or Inf values: 'model.layers.1.self_attn.q_proj.weight' (2 of 256, in "
+             "w.safetensors), 'lm_head.weight' (1 of 800, in w.safetensors)",
              path);
     cr_assert_str_eq(moemu_errmsg(), want);
     wts_free(&w);

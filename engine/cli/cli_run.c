@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
+#include "engine/models/checkpoint.h"
 #include "engine/tools/outfile.h"
 #include "engine/tools/check.h"
 #include "engine/tools/report.h"
@@ -37,12 +38,22 @@ typedef struct {
     cli_shared_t sh;
     bool check;
     const char *dump_logits, *dump_weights, *record_routing, *trace;
+    int64_t shard_bytes; /* --shard-size: 0 writes one file */
     bool no_memory_limit, dry;
     int math; /* 0: real, 1: skip (a dry run) */
     double pace, rtol;
 } run_opts_t;
 
 #define RUN(field) offsetof(run_opts_t, field)
+
+static moemu_status_t parse_shard_size(const char *arg, void *values)
+{
+    run_opts_t *o = values;
+    MOEMU_CHECK(ckpt_parse_size(arg, &o->shard_bytes));
+    if (o->shard_bytes <= 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "--shard-size %s: must be more than 0 bytes", arg);
+    return MOEMU_OK;
+}
 
 /* moemu run's options and moemu check's: the shared ones and their own */
 static const cli_opt_t run_options[] = {
@@ -56,8 +67,10 @@ static const cli_opt_t run_options[] = {
      .help = "safetensors with one F32 tensor `logits`\n"
              "[batch, max prompt length, vocab] of every prompt\n"
              "position (NaN past a shorter prompt's end)"},
-    {.name = "dump-weights", .arg = "FILE", .type = CLI_STR, .off = RUN(dump_weights),
-     .help = "write the weights (safetensors, Mixtral names,\nin the model's dtype)"},
+    {.name = "dump-weights", .arg = "PATH", .type = CLI_STR, .off = RUN(dump_weights),
+     .help = "write the weights as a checkpoint of the model's\nfamily (safetensors, Hugging Face names, the\nmodel's dtype): a .safetensors file, or a directory"},
+    {.name = "shard-size", .arg = "SIZE", .type = CLI_CALL, .parse = parse_shard_size,
+     .help = "with --dump-weights, shards of at most SIZE\n(5GB, 500MB, 2GiB or bytes) and their\nmodel.safetensors.index.json, as the Hub ships them"},
     {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
@@ -102,6 +115,9 @@ static moemu_status_t check_combination(run_opts_t *o, const char *cmd)
         return moemu_fail(MOEMU_ERR_INVALID, "a dry run (--math skip) has no weights or "
                                              "logits: drop --weights, --dump-weights and "
                                              "--dump-logits");
+    if (o->shard_bytes && !o->dump_weights)
+        return moemu_fail(MOEMU_ERR_INVALID, "--shard-size sizes the shards of --dump-weights: "
+                                             "add --dump-weights DIR");
     if (o->dry && !sh->strategy) sh->strategy = "tp1"; /* one emulated device */
     if (!sh->strategy && (o->trace || sh->csv))
         return moemu_fail(MOEMU_ERR_INVALID, "%s: --trace and --csv report on emulated "
@@ -314,7 +330,7 @@ static int run(const run_opts_t *o)
         st = o->dry      ? wts_address_only(&w, &cfg)
              : o->sh.weights ? wts_load(&w, &cfg, o->sh.weights)
                           : wts_generate_all(&w, &cfg, o->sh.seed);
-    if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights);
+    if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights, o->shard_bytes);
     if (st != MOEMU_OK) goto fail;
 
     cfg_figures_t fig;

@@ -951,8 +951,12 @@ static moemu_status_t ckpt_write_to(const char *path, const st_write_tensor_t *t
                                     st_dtype_t dt, const int *first, int ns, uint64_t total,
                                     int64_t shard_bytes)
 {
-    if (!ckpt_ends_with(path, ".safetensors"))
-        return ckpt_write_planned(path, ts, n, dt, first, ns, total);
+    /* a directory when shards were asked for or path is one; else a file,
+     * as --dump-weights FILE always wrote */
+    struct stat sb;
+    bool dir = shard_bytes > 0 ? !ckpt_ends_with(path, ".safetensors")
+                               : stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (dir) return ckpt_write_planned(path, ts, n, dt, first, ns, total);
     if (ns)
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: %s names one file, but the tensors' "
                           "%llu bytes make %d shards of at most %lld bytes: give a directory",

@@ -75,9 +75,12 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n,
                              const char *label);
 
 /* Write ts[0..n) stored as dt (as st_write) in the Hub's layout:
- * - everything in one file when shard_bytes <= 0 or all tensors' bytes
- *   fit in shard_bytes: path itself when it ends in ".safetensors" (an
- *   existing file there is replaced, atomically), else path/model.safetensors;
+ * - with shard_bytes <= 0, one file: path itself (an existing file there
+ *   is replaced, atomically), or path/model.safetensors when path is an
+ *   existing directory;
+ * - with shard_bytes > 0, a directory at path (unless path ends in
+ *   ".safetensors" and everything fits: that file): everything in
+ *   path/model.safetensors when all tensors' bytes fit in shard_bytes;
  * - else path/model-0000K-of-0000N.safetensors, split in tensor order with
  *   at most shard_bytes of tensor data each (a tensor larger than
  *   shard_bytes alone in its file), and path/model.safetensors.index.json

@@ -939,7 +939,7 @@ static void rd_qwen_dense(cfg_rd_t *r, cfg_model_t *c)
             c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
     }
     c->num_dense_layers = 0;
-    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++) c->num_dense_layers += cfg_layer_dense(c, l);
+    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++) c->num_dense_layers += c->dense[l / 8] >> (l % 8) & 1;
     if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
         rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
                   "dense layers", L, CFG_MAX_LAYERS);

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "engine/models/family.h"
-#include "engine/models/safetensors.h"
+#include "engine/models/checkpoint.h"
 
 /* ---- Philox4x32-10 */
 
@@ -355,135 +355,42 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     return MOEMU_OK;
 }
 
-/* The tensors that hold NaN or Inf, named with their counts (the first
- * BAD_NAMED of them). */
-enum { BAD_NAMED = 8 };
-
-typedef struct {
-    int tensors;
-    size_t used;
-    char list[768];
-} bad_list_t;
-
-static int64_t count_non_finite(const float *x, int64_t n)
-{
-    int64_t bad = 0;
-    for (int64_t i = 0; i < n; i++) bad += !isfinite(x[i]);
-    return bad;
-}
-
-static void note_non_finite(bad_list_t *b, const wts_tensor_t *t)
-{
-    int64_t n = tensor_elems(t);
-    int64_t bad = count_non_finite(t->data, n);
-    if (!bad || b->tensors++ >= BAD_NAMED || b->used >= sizeof b->list) return;
-    b->used += (size_t)snprintf(b->list + b->used, sizeof b->list - b->used,
-                                "%s%s (%lld of %lld)", b->tensors > 1 ? ", " : "", t->name,
-                                (long long)bad, (long long)n);
-}
-
-/* One NaN weight turns every logit NaN and every token into 0: no figure
- * of such a checkpoint means anything, so it is an error, not a warning. */
-static moemu_status_t refuse_non_finite(const bad_list_t *b, const char *path)
-{
-    int more = b->tensors - BAD_NAMED;
-    char tail[32] = "";
-    if (more > 0) snprintf(tail, sizeof tail, " and %d more", more);
-    return moemu_fail(MOEMU_ERR_FORMAT,
-                      "%s: %d tensor%s NaN or Inf values, which give no meaningful figure: "
-                      "%s%s", path, b->tensors, b->tensors == 1 ? " holds" : "s hold",
-                      b->list, tail);
-}
-
-/* Read every tensor the model has (a missing one is an error), marking
- * in used (by st_at index) the file's tensors read and noting in bad those
- * with non-finite values. */
-static moemu_status_t load_tensors(wts_t *w, const st_file_t *f, bool *used, bad_list_t *bad)
-{
-    int n = wts_tensor_count(w);
-    for (int i = 0; i < n; i++) {
-        wts_tensor_t t;
-        wts_tensor_at(w, i, &t);
-        MOEMU_CHECK(st_read_f32(f, t.name, t.ndim, t.shape, t.data));
-        used[st_index(f, t.name)] = true;
-        note_non_finite(bad, &t);
-    }
-    return MOEMU_OK;
-}
-
-/* Unused tensors an error names before "and N more". */
-enum { UNUSED_NAMED = 3 };
-
-/* A tensor the model does not read means the file is another config's
- * checkpoint (more layers, more experts): refused, naming a few. moemu
- * has no warnings yet, so this is the error a --strict would give. */
-static moemu_status_t check_all_used(const st_file_t *f, const bool *used,
-                                     const cfg_model_t *cfg, const char *path)
-{
-    char names[UNUSED_NAMED * 136 + 32] = "";
-    size_t len = 0;
-    int unused = 0;
-    for (int i = 0; i < st_count(f); i++) {
-        if (used[i] || unused++ >= UNUSED_NAMED) continue;
-        len += (size_t)snprintf(names + len, sizeof names - len, "%s'%.128s'",
-                                unused > 1 ? ", " : "", st_at(f, i)->name);
-    }
-    if (!unused) return MOEMU_OK;
-    if (unused > UNUSED_NAMED)
-        snprintf(names + len, sizeof names - len, " and %d more",
-                 unused - UNUSED_NAMED);
-    return moemu_fail(MOEMU_ERR_FORMAT, "%s: %d tensor%s that model %s does not use: %s",
-                      path, unused, unused == 1 ? "" : "s", cfg->name, names);
-}
-
+/* Every tensor of the model, read from the checkpoint at path (a file, a
+ * directory of shards or their index): each problem of the checkpoint
+ * (missing, unexpected, misshapen, non-finite tensors) named at once. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
 {
-    bad_list_t bad = {0};
-    st_file_t *f;
-    MOEMU_CHECK(st_open(path, &f));
-    bool *used = calloc((size_t)st_count(f) + 1, sizeof *used);
-    if (!used) {
-        st_close(f);
-        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory for %d tensor flags", path,
-                          st_count(f));
-    }
+    ckpt_t *ck;
+    MOEMU_CHECK(ckpt_open(path, &ck));
     moemu_status_t st = wts_alloc(w, cfg, false);
-    if (st == MOEMU_OK) {
-        st = load_tensors(w, f, used, &bad);
-        if (st == MOEMU_OK) st = check_all_used(f, used, cfg, path);
-        if (st == MOEMU_OK && bad.tensors) st = refuse_non_finite(&bad, path);
-        if (st != MOEMU_OK) wts_free(w);
-    }
-    free(used);
-    st_close(f);
+    ckpt_want_t *want = st == MOEMU_OK ? calloc((size_t)w->n_list + 1, sizeof *want) : NULL;
+    if (st == MOEMU_OK && !want)
+        st = moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory for %d tensors", path, w->n_list);
+    for (int i = 0; want && i < w->n_list; i++)
+        want[i] = (ckpt_want_t){.name = w->list[i].name, .ndim = w->list[i].ndim,
+                                .shape = w->list[i].shape, .out = w->list[i].data};
+    if (want) st = ckpt_read_all(ck, want, w->n_list, cfg->name);
+    if (st != MOEMU_OK && w->block) wts_free(w);
+    free(want);
+    ckpt_close(ck);
     return st;
 }
 
-moemu_status_t wts_dump(const wts_t *w, const char *path)
+moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes)
 {
     int n = wts_tensor_count(w);
-    st_write_tensor_t *ts = calloc((size_t)n, sizeof *ts);
-    wts_tensor_t *names = calloc((size_t)n, sizeof *names);
-    if (!ts || !names) {
-        free(ts);
-        free(names);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tensor list");
-    }
-    int m = 0;
+    st_write_tensor_t *ts = calloc((size_t)n + 1, sizeof *ts);
+    if (!ts) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tensor list");
     for (int i = 0; i < n; i++) {
-        wts_tensor_at(w, i, &names[m]);
-        ts[m].name = names[m].name;
-        ts[m].ndim = names[m].ndim;
-        for (int j = 0; j < names[m].ndim; j++) ts[m].shape[j] = names[m].shape[j];
-        ts[m].data = names[m].data;
-        m++;
+        const wts_tensor_t *t = &w->list[i];
+        ts[i] = (st_write_tensor_t){.name = t->name, .ndim = t->ndim, .data = t->data};
+        for (int j = 0; j < t->ndim; j++) ts[i].shape[j] = t->shape[j];
     }
     st_dtype_t dt = w->cfg.dtype == EMU_DTYPE_FP16   ? ST_F16
                     : w->cfg.dtype == EMU_DTYPE_BF16 ? ST_BF16
                                                      : ST_F32;
-    moemu_status_t st = st_write(path, ts, m, dt);
+    moemu_status_t st = ckpt_write(path, ts, n, dt, shard_bytes);
     free(ts);
-    free(names);
     return st;
 }
 

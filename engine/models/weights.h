@@ -79,14 +79,18 @@ void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);
-/* Load a safetensors checkpoint. A tensor with NaN or Inf values is
- * MOEMU_ERR_FORMAT naming each such tensor and its count. */
+/* Load a checkpoint as the Hub ships it (engine/models/checkpoint.h: a
+ * safetensors file, a directory, or a model.safetensors.index.json and
+ * its shards): exactly the family's tensors, by name, shape and a float
+ * dtype, all finite; every problem is named at once, MOEMU_ERR_FORMAT. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
 /* The layout without the values, for dry runs: an address range that is
  * never read or written, so it takes no host memory. */
 moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
-/* Write every tensor in the emulated dtype (fp32 as F32). */
-moemu_status_t wts_dump(const wts_t *w, const char *path);
+/* Write every tensor in the emulated dtype (fp32 as F32): one file, or
+ * with shard_bytes > 0 shards of at most that many bytes and their index,
+ * as save_pretrained names them (ckpt_write). */
+moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes);
 void wts_free(wts_t *w);
 
 /* Host bytes the fp32 weights need, and a check against the host's
