@@ -1,0 +1,827 @@
+/* An independent reference: a naive forward pass in double written straight
+ * from Hugging Face transformers' modeling code for each model_type
+ * (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe), reading the weights
+ * by their Hugging Face names, compared with moemu's one-device prompt
+ * logits. It deliberately shares no code with layers/ or the decoder: the
+ * config is read from the same JSON with the families' own defaults, and
+ * every formula is spelled out here, so a misreading in moemu shows up as
+ * a disagreement instead of being copied.
+ *
+ * The "teeth" tests switch one feature off in the reference only and
+ * require the comparison to fail, so a pass means the feature was checked. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emu/emu.h"
+#include "engine/run/runner.h"
+
+/* ------------------------------------------------------------------ */
+/* The cases: each family's config.json in its own key names.          */
+
+/* Mixtral: GQA, always renormalised top-k. */
+static const char mixtral_json[] =
+    "{\"model_type\":\"mixtral\",\"vocab_size\":64,\"hidden_size\":32,"
+    "\"intermediate_size\":40,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+    "\"num_key_value_heads\":2,\"num_local_experts\":4,\"num_experts_per_tok\":2,"
+    "\"rms_norm_eps\":1e-5,\"rope_theta\":1000000.0,\"sliding_window\":null,"
+    "\"max_position_embeddings\":64,\"tie_word_embeddings\":false,"
+    "\"hidden_act\":\"silu\",\"torch_dtype\":\"float32\"}";
+
+/* Qwen2-MoE: q/k/v biases, no renormalisation, a gated shared expert, and
+ * dense layers 0 and 2 from decoder_sparse_step 2. */
+static const char qwen2_json[] =
+    "{\"model_type\":\"qwen2_moe\",\"vocab_size\":80,\"hidden_size\":48,"
+    "\"intermediate_size\":40,\"moe_intermediate_size\":16,"
+    "\"shared_expert_intermediate_size\":24,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"num_experts\":8,"
+    "\"num_experts_per_tok\":2,\"norm_topk_prob\":false,\"decoder_sparse_step\":2,"
+    "\"mlp_only_layers\":[],\"rms_norm_eps\":1e-6,\"rope_theta\":10000.0,"
+    "\"use_sliding_window\":false,\"max_position_embeddings\":64,"
+    "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"torch_dtype\":\"float32\"}";
+
+/* Qwen3-MoE: head_dim 16 with hidden 32 over 4 heads (H*hd != d), per-head
+ * query/key norms, attention_bias (q, k, v and o biases), renormalised
+ * top-k, layer 1 dense by mlp_only_layers. */
+static const char qwen3_json[] =
+    "{\"model_type\":\"qwen3_moe\",\"vocab_size\":72,\"hidden_size\":32,"
+    "\"intermediate_size\":48,\"moe_intermediate_size\":24,\"num_hidden_layers\":3,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":16,"
+    "\"num_experts\":8,\"num_experts_per_tok\":2,\"norm_topk_prob\":true,"
+    "\"decoder_sparse_step\":1,\"mlp_only_layers\":[1],\"rms_norm_eps\":1e-6,"
+    "\"rope_theta\":1000000.0,\"attention_bias\":true,\"use_sliding_window\":false,"
+    "\"max_position_embeddings\":64,\"tie_word_embeddings\":false,"
+    "\"hidden_act\":\"silu\",\"torch_dtype\":\"float32\"}";
+
+/* OLMoE: 6 heads over 2 kv heads, whole-width query/key norms, clip_qkv
+ * small enough to clamp (checked), norm_topk_prob left to its default
+ * (false), top-3. */
+static const char olmoe_json[] =
+    "{\"model_type\":\"olmoe\",\"vocab_size\":96,\"hidden_size\":48,"
+    "\"intermediate_size\":32,\"num_hidden_layers\":3,\"num_attention_heads\":6,"
+    "\"num_key_value_heads\":2,\"num_experts\":8,\"num_experts_per_tok\":3,"
+    "\"clip_qkv\":1.5,\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,"
+    "\"attention_bias\":false,\"max_position_embeddings\":64,"
+    "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"torch_dtype\":\"float32\"}";
+
+/* GraniteMoE: the four multipliers, fused experts, tied embeddings. */
+static const char granite_json[] =
+    "{\"model_type\":\"granitemoe\",\"vocab_size\":60,\"hidden_size\":48,"
+    "\"intermediate_size\":24,\"num_hidden_layers\":3,\"num_attention_heads\":4,"
+    "\"num_key_value_heads\":2,\"num_local_experts\":6,\"num_experts_per_tok\":2,"
+    "\"embedding_multiplier\":12.0,\"attention_multiplier\":0.0625,"
+    "\"residual_multiplier\":0.22,\"logits_scaling\":6.0,\"rms_norm_eps\":1e-6,"
+    "\"rope_theta\":10000.0,\"attention_bias\":false,\"max_position_embeddings\":64,"
+    "\"tie_word_embeddings\":true,\"hidden_act\":\"silu\",\"torch_dtype\":\"float32\"}";
+
+/* ------------------------------------------------------------------ */
+/* The reference's own reading of the config, with HF's defaults.      */
+
+typedef enum { MIXTRAL, QWEN2_MOE, QWEN3_MOE, OLMOE, GRANITEMOE } fam_t;
+
+/* Features the teeth tests (and the diagnosis of a failure) switch in the
+ * reference only. */
+enum {
+    FLIP_RENORM = 1,       /* toggle the top-k renormalisation */
+    FLIP_SHARED_GATE = 2,  /* shared expert added ungated */
+    FLIP_RESIDUAL_MUL = 4, /* granite residual_multiplier taken as 1 */
+    FLIP_CLIP = 8,         /* olmoe clip_qkv ignored */
+    FLIP_ALL_MOE = 16,     /* qwen dense layers taken as MoE */
+};
+
+#define MAX_LAYERS 8
+
+typedef struct {
+    fam_t fam;
+    int V, d, L, H, Hkv, hd, E, k;
+    int F;  /* routed expert width */
+    int Fs; /* qwen2_moe shared expert width */
+    int Fd; /* qwen dense MLP width (intermediate_size) */
+    double eps, theta;
+    bool tie, renorm, qkv_bias, o_bias;
+    double clip; /* 0: none */
+    double emb_mul, attn_scale, res_mul, logits_div;
+    bool dense[MAX_LAYERS];
+} ref_cfg_t;
+
+static double num_or(json_t *o, const char *key, double def)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+static int int_req(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    cr_assert(json_is_integer(v), "reference: config key %s missing", key);
+    return (int)json_integer_value(v);
+}
+
+static bool bool_or(json_t *o, const char *key, bool def)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_boolean(v) ? json_is_true(v) : def;
+}
+
+static fam_t ref_family(const char *mt)
+{
+    static const char *const names[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                                        "granitemoe"};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(mt, names[i])) return (fam_t)i;
+    cr_assert_fail("reference: unknown model_type %s", mt);
+    return MIXTRAL;
+}
+
+/* HF Qwen2/3-MoE decoder layer: sparse iff not in mlp_only_layers and
+ * num_experts > 0 and (l + 1) % decoder_sparse_step == 0. */
+static void qwen_dense_layers(ref_cfg_t *c, json_t *root)
+{
+    int step = (int)num_or(root, "decoder_sparse_step", 1);
+    json_t *only = json_object_get(root, "mlp_only_layers");
+    for (int l = 0; l < c->L; l++) {
+        bool in_only = false;
+        size_t i;
+        json_t *v;
+        if (json_is_array(only))
+            json_array_foreach(only, i, v) if (json_integer_value(v) == l) in_only = true;
+        bool sparse = !in_only && c->E > 0 && (l + 1) % step == 0;
+        c->dense[l] = !sparse;
+    }
+}
+
+static void ref_parse(ref_cfg_t *c, const char *text)
+{
+    json_error_t err;
+    json_t *root = json_loads(text, 0, &err);
+    cr_assert(root, "reference: bad JSON: %s", err.text);
+    memset(c, 0, sizeof *c);
+    c->fam = ref_family(json_string_value(json_object_get(root, "model_type")));
+    fam_t f = c->fam;
+    c->V = int_req(root, "vocab_size");
+    c->d = int_req(root, "hidden_size");
+    c->L = int_req(root, "num_hidden_layers");
+    c->H = int_req(root, "num_attention_heads");
+    cr_assert_leq(c->L, MAX_LAYERS);
+    /* num_key_value_heads defaults: Mixtral 8, Qwen2-MoE 16, Qwen3-MoE 4,
+     * OLMoE and Granite None -> H. */
+    int hkv_def = f == MIXTRAL ? 8 : f == QWEN2_MOE ? 16 : f == QWEN3_MOE ? 4 : c->H;
+    c->Hkv = (int)num_or(root, "num_key_value_heads", hkv_def);
+    /* OLMoE always hidden / heads; the others getattr(head_dim). */
+    c->hd = f == OLMOE ? c->d / c->H : (int)num_or(root, "head_dim", c->d / c->H);
+    bool qwen = f == QWEN2_MOE || f == QWEN3_MOE;
+    c->E = (int)num_or(root, f == MIXTRAL || f == GRANITEMOE ? "num_local_experts"
+                                                             : "num_experts", -1);
+    c->k = int_req(root, "num_experts_per_tok");
+    c->F = int_req(root, qwen ? "moe_intermediate_size" : "intermediate_size");
+    c->Fd = qwen ? int_req(root, "intermediate_size") : 0;
+    c->Fs = f == QWEN2_MOE ? int_req(root, "shared_expert_intermediate_size") : 0;
+    c->eps = num_or(root, "rms_norm_eps", f == MIXTRAL || f == OLMOE ? 1e-5 : 1e-6);
+    c->theta = num_or(root, "rope_theta", f == MIXTRAL ? 1e6 : 1e4);
+    c->tie = bool_or(root, "tie_word_embeddings", false);
+    /* Mixtral and Granite always renormalise (Granite's softmax over the k
+     * logits is the same thing); the others only if norm_topk_prob. */
+    c->renorm = f == MIXTRAL || f == GRANITEMOE || bool_or(root, "norm_topk_prob", false);
+    bool attn_bias = bool_or(root, "attention_bias", false);
+    c->qkv_bias = f == QWEN2_MOE ? bool_or(root, "qkv_bias", true) : attn_bias && f != MIXTRAL;
+    c->o_bias = f == QWEN2_MOE || f == MIXTRAL ? false : attn_bias;
+    c->clip = f == OLMOE ? num_or(root, "clip_qkv", 0) : 0;
+    bool granite = f == GRANITEMOE;
+    c->emb_mul = granite ? num_or(root, "embedding_multiplier", 1) : 1;
+    c->attn_scale = granite ? num_or(root, "attention_multiplier", 1) : 1 / sqrt(c->hd);
+    c->res_mul = granite ? num_or(root, "residual_multiplier", 1) : 1;
+    c->logits_div = granite ? num_or(root, "logits_scaling", 1) : 1;
+    if (qwen) qwen_dense_layers(c, root);
+    cr_assert_gt(c->E, 0);
+    json_decref(root);
+}
+
+/* ------------------------------------------------------------------ */
+/* Weights by Hugging Face name.                                       */
+
+typedef struct {
+    const wts_t *w;
+    int n;
+    wts_tensor_t *t;
+    bool *used; /* every tensor moemu lists must be read by the reference */
+} names_t;
+
+static void names_open(names_t *nm, const wts_t *w)
+{
+    nm->w = w;
+    nm->n = wts_tensor_count(w);
+    nm->t = calloc(nm->n, sizeof *nm->t);
+    nm->used = calloc(nm->n, sizeof *nm->used);
+    for (int i = 0; i < nm->n; i++) wts_tensor_at(w, i, &nm->t[i]);
+}
+
+static void names_close(names_t *nm)
+{
+    free(nm->t);
+    free(nm->used);
+}
+
+/* The tensor named by the format, or NULL if moemu has none by that name. */
+static const wts_tensor_t *find(names_t *nm, const char *fmt, va_list ap)
+{
+    char name[160];
+    vsnprintf(name, sizeof name, fmt, ap);
+    for (int i = 0; i < nm->n; i++)
+        if (!strcmp(nm->t[i].name, name)) {
+            nm->used[i] = true;
+            return &nm->t[i];
+        }
+    return NULL;
+}
+
+static const wts_tensor_t *find_name(names_t *nm, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const wts_tensor_t *t = find(nm, fmt, ap);
+    va_end(ap);
+    return t;
+}
+
+/* A tensor that must exist with n elements (the shape HF gives it). */
+static const float *need(names_t *nm, int64_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const wts_tensor_t *t = find(nm, fmt, ap);
+    va_end(ap);
+    char name[160];
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    cr_assert(t, "reference: tensor %s missing", name);
+    int64_t have = 1;
+    for (int i = 0; i < t->ndim; i++) have *= t->shape[i];
+    cr_assert_eq(have, n, "reference: %s has %lld elements, HF %lld", name, (long long)have,
+                 (long long)n);
+    return t->data;
+}
+
+/* A tensor that must not exist (HF has no such parameter). */
+static void absent(names_t *nm, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const wts_tensor_t *t = find(nm, fmt, ap);
+    va_end(ap);
+    cr_assert_null(t, "reference: moemu has tensor %s, which HF does not", t ? t->name : "");
+}
+
+/* ------------------------------------------------------------------ */
+/* The math, in double.                                                */
+
+static void matvec(double *y, const float *W, const double *x, int out, int in)
+{
+    for (int o = 0; o < out; o++) {
+        double s = 0;
+        for (int i = 0; i < in; i++) s += (double)W[(int64_t)o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+static void add_bias(double *y, const float *b, int n)
+{
+    if (b)
+        for (int i = 0; i < n; i++) y[i] += b[i];
+}
+
+/* HF RMSNorm: x * rsqrt(mean(x^2) + eps) * w. */
+static void rmsnorm(double *y, const double *x, const float *w, int n, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    double r = 1 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static double silu(double x)
+{
+    return x / (1 + exp(-x));
+}
+
+/* down(silu(gate x) * up x), the SwiGLU of every expert and MLP here. */
+static void swiglu(double *out, const float *gate, const float *up, const float *down, int F,
+                   int d, const double *x)
+{
+    double *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F);
+    matvec(g, gate, x, F, d);
+    matvec(u, up, x, F, d);
+    for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+    matvec(out, down, g, d, F);
+    free(g);
+    free(u);
+}
+
+/* Rotate-half RoPE on one head: pairs (i, i + hd/2) by angle
+ * pos * theta^(-2i/hd), the angle computed in double and rounded to float,
+ * cos and sin likewise (DESIGN.md). */
+static void rope(double *v, int hd, int pos, double theta)
+{
+    int h2 = hd / 2;
+    for (int i = 0; i < h2; i++) {
+        float ang = (float)((double)pos * pow(theta, -2.0 * i / hd));
+        double c = (float)cos((double)ang), s = (float)sin((double)ang);
+        double x1 = v[i], x2 = v[i + h2];
+        v[i] = x1 * c - x2 * s;
+        v[i + h2] = x2 * c + x1 * s;
+    }
+}
+
+/* Top-k of s (E values) into idx, ties to the lower index. */
+static void topk(int *idx, const double *s, int E, int k)
+{
+    bool *taken = calloc(E, sizeof *taken);
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (!taken[e] && (best < 0 || s[e] > s[best])) best = e;
+        taken[best] = true;
+        idx[j] = best;
+    }
+    free(taken);
+}
+
+/* ------------------------------------------------------------------ */
+/* One decoder layer's pieces.                                         */
+
+typedef struct {
+    const ref_cfg_t *c;
+    names_t *nm;
+    int flips;
+    int T;
+    long clamped; /* q, k, v entries clip_qkv changed */
+} ref_t;
+
+/* Per-head RMSNorm over hd with one weight for all heads (Qwen3-MoE). */
+static void head_norm(double *v, int heads, int hd, const float *w, double eps)
+{
+    for (int h = 0; h < heads; h++) rmsnorm(v + h * hd, v + h * hd, w, hd, eps);
+}
+
+static void clamp(ref_t *r, double *v, int n)
+{
+    double c = r->c->clip;
+    for (int i = 0; i < n; i++)
+        if (v[i] > c || v[i] < -c) {
+            v[i] = v[i] > c ? c : -c;
+            r->clamped++;
+        }
+}
+
+/* q, k, v of every position from the normed input n (T x d). */
+static void qkv(ref_t *r, int l, const double *n, double *q, double *k, double *v)
+{
+    const ref_cfg_t *c = r->c;
+    int d = c->d, nq = c->H * c->hd, nk = c->Hkv * c->hd;
+    const float *wq = need(r->nm, (int64_t)nq * d, "model.layers.%d.self_attn.q_proj.weight", l);
+    const float *wk = need(r->nm, (int64_t)nk * d, "model.layers.%d.self_attn.k_proj.weight", l);
+    const float *wv = need(r->nm, (int64_t)nk * d, "model.layers.%d.self_attn.v_proj.weight", l);
+    const float *bq = NULL, *bk = NULL, *bv = NULL;
+    if (c->qkv_bias) {
+        bq = need(r->nm, nq, "model.layers.%d.self_attn.q_proj.bias", l);
+        bk = need(r->nm, nk, "model.layers.%d.self_attn.k_proj.bias", l);
+        bv = need(r->nm, nk, "model.layers.%d.self_attn.v_proj.bias", l);
+    } else {
+        absent(r->nm, "model.layers.%d.self_attn.q_proj.bias", l);
+    }
+    const float *qn = NULL, *kn = NULL;
+    if (c->fam == QWEN3_MOE) {
+        qn = need(r->nm, c->hd, "model.layers.%d.self_attn.q_norm.weight", l);
+        kn = need(r->nm, c->hd, "model.layers.%d.self_attn.k_norm.weight", l);
+    } else if (c->fam == OLMOE) {
+        qn = need(r->nm, nq, "model.layers.%d.self_attn.q_norm.weight", l);
+        kn = need(r->nm, nk, "model.layers.%d.self_attn.k_norm.weight", l);
+    }
+    for (int t = 0; t < r->T; t++) {
+        double *qt = q + (int64_t)t * nq, *kt = k + (int64_t)t * nk, *vt = v + (int64_t)t * nk;
+        matvec(qt, wq, n + (int64_t)t * d, nq, d);
+        matvec(kt, wk, n + (int64_t)t * d, nk, d);
+        matvec(vt, wv, n + (int64_t)t * d, nk, d);
+        add_bias(qt, bq, nq);
+        add_bias(kt, bk, nk);
+        add_bias(vt, bv, nk);
+        if (c->fam == QWEN3_MOE) { /* after the reshape to heads */
+            head_norm(qt, c->H, c->hd, qn, c->eps);
+            head_norm(kt, c->Hkv, c->hd, kn, c->eps);
+        } else if (c->fam == OLMOE) { /* over the whole width, then clip */
+            rmsnorm(qt, qt, qn, nq, c->eps);
+            rmsnorm(kt, kt, kn, nk, c->eps);
+            if (c->clip > 0 && !(r->flips & FLIP_CLIP)) {
+                clamp(r, qt, nq);
+                clamp(r, kt, nk);
+                clamp(r, vt, nk);
+            }
+        }
+        for (int h = 0; h < c->H; h++) rope(qt + h * c->hd, c->hd, t, c->theta);
+        for (int h = 0; h < c->Hkv; h++) rope(kt + h * c->hd, c->hd, t, c->theta);
+    }
+}
+
+/* Causal attention with GQA, o_proj, into out (T x d). */
+static void attention(ref_t *r, int l, const double *n, double *out)
+{
+    const ref_cfg_t *c = r->c;
+    int T = r->T, hd = c->hd, nq = c->H * hd, nk = c->Hkv * hd, group = c->H / c->Hkv;
+    double *q = malloc(sizeof(double) * T * nq), *k = malloc(sizeof(double) * T * nk);
+    double *v = malloc(sizeof(double) * T * nk), *a = calloc((size_t)T * nq, sizeof(double));
+    double *p = malloc(sizeof(double) * T);
+    qkv(r, l, n, q, k, v);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < c->H; h++) {
+            int g = h / group; /* repeat_kv: q head h reads kv head h / group */
+            double mx = -INFINITY, sum = 0;
+            for (int s = 0; s <= t; s++) {
+                double dot = 0;
+                for (int i = 0; i < hd; i++) dot += q[t * nq + h * hd + i] * k[s * nk + g * hd + i];
+                p[s] = dot * c->attn_scale;
+                if (p[s] > mx) mx = p[s];
+            }
+            for (int s = 0; s <= t; s++) sum += p[s] = exp(p[s] - mx);
+            for (int s = 0; s <= t; s++)
+                for (int i = 0; i < hd; i++)
+                    a[t * nq + h * hd + i] += p[s] / sum * v[s * nk + g * hd + i];
+        }
+    const float *wo = need(r->nm, (int64_t)c->d * nq, "model.layers.%d.self_attn.o_proj.weight", l);
+    const float *bo = c->o_bias ? need(r->nm, c->d, "model.layers.%d.self_attn.o_proj.bias", l)
+                                : NULL;
+    if (!bo) absent(r->nm, "model.layers.%d.self_attn.o_proj.bias", l);
+    for (int t = 0; t < T; t++) {
+        matvec(out + (int64_t)t * c->d, wo, a + (int64_t)t * nq, c->d, nq);
+        add_bias(out + (int64_t)t * c->d, bo, c->d);
+    }
+    free(q), free(k), free(v), free(a), free(p);
+}
+
+/* An expert's three matrices, by family. */
+static void expert_w(ref_t *r, int l, int e, const float **g, const float **u, const float **dn)
+{
+    const ref_cfg_t *c = r->c;
+    int64_t Fd = (int64_t)c->F * c->d;
+    if (c->fam == GRANITEMOE) { /* input_linear [E,2F,d]: gate rows then up rows */
+        const char *p = "model.layers.%d.block_sparse_moe.%s.weight";
+        const float *in = need(r->nm, c->E * 2 * Fd, p, l, "input_linear");
+        const float *o = need(r->nm, c->E * Fd, p, l, "output_linear");
+        *g = in + e * 2 * Fd;
+        *u = *g + Fd;
+        *dn = o + e * Fd;
+    } else if (c->fam == MIXTRAL) { /* w1 gate, w3 up, w2 down */
+        const char *p = "model.layers.%d.block_sparse_moe.experts.%d.%s.weight";
+        *g = need(r->nm, Fd, p, l, e, "w1");
+        *u = need(r->nm, Fd, p, l, e, "w3");
+        *dn = need(r->nm, Fd, p, l, e, "w2");
+    } else {
+        const char *p = "model.layers.%d.mlp.experts.%d.%s.weight";
+        *g = need(r->nm, Fd, p, l, e, "gate_proj");
+        *u = need(r->nm, Fd, p, l, e, "up_proj");
+        *dn = need(r->nm, Fd, p, l, e, "down_proj");
+    }
+}
+
+/* The k routing weights and experts of one token from its router logits. */
+static void route(const ref_t *r, const double *logit, int *idx, double *wt)
+{
+    const ref_cfg_t *c = r->c;
+    int E = c->E, k = c->k;
+    bool renorm = c->renorm != !!(r->flips & FLIP_RENORM);
+    double *p = malloc(sizeof(double) * E), mx = -INFINITY, sum = 0;
+    if (c->fam == GRANITEMOE) { /* top-k of the logits, softmax over those k */
+        topk(idx, logit, E, k);
+        for (int j = 0; j < k; j++) mx = fmax(mx, logit[idx[j]]);
+        for (int j = 0; j < k; j++) sum += wt[j] = exp(logit[idx[j]] - mx);
+        for (int j = 0; j < k; j++) wt[j] /= sum;
+    } else { /* softmax over all E, top-k, renormalise if asked */
+        for (int e = 0; e < E; e++) mx = fmax(mx, logit[e]);
+        for (int e = 0; e < E; e++) sum += p[e] = exp(logit[e] - mx);
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        topk(idx, p, E, k);
+        double s = 0;
+        for (int j = 0; j < k; j++) s += wt[j] = p[idx[j]];
+        if (renorm)
+            for (int j = 0; j < k; j++) wt[j] /= s;
+    }
+    free(p);
+}
+
+/* Qwen2-MoE's shared expert, times sigmoid(w_sg . x), added into out. */
+static void shared_expert(ref_t *r, int l, const double *x, double *out)
+{
+    const ref_cfg_t *c = r->c;
+    int64_t n = (int64_t)c->Fs * c->d;
+    const char *p = "model.layers.%d.mlp.shared_expert.%s.weight";
+    const float *g = need(r->nm, n, p, l, "gate_proj"), *u = need(r->nm, n, p, l, "up_proj");
+    const float *dn = need(r->nm, n, p, l, "down_proj");
+    const float *wsg = need(r->nm, c->d, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+    double *y = malloc(sizeof(double) * c->d), z;
+    swiglu(y, g, u, dn, c->Fs, c->d, x);
+    matvec(&z, wsg, x, 1, c->d);
+    double gate = r->flips & FLIP_SHARED_GATE ? 1 : 1 / (1 + exp(-z));
+    for (int i = 0; i < c->d; i++) out[i] += gate * y[i];
+    free(y);
+}
+
+static const char *router_name(fam_t f)
+{
+    return f == GRANITEMOE ? "model.layers.%d.block_sparse_moe.router.layer.weight"
+           : f == MIXTRAL  ? "model.layers.%d.block_sparse_moe.gate.weight"
+                           : "model.layers.%d.mlp.gate.weight";
+}
+
+/* The MoE of one token x into out. */
+static void moe(ref_t *r, int l, const double *x, double *out)
+{
+    const ref_cfg_t *c = r->c;
+    const float *wg = need(r->nm, (int64_t)c->E * c->d, router_name(c->fam), l);
+    double *logit = malloc(sizeof(double) * c->E), *wt = malloc(sizeof(double) * c->k);
+    double *y = malloc(sizeof(double) * c->d);
+    int *idx = malloc(sizeof(int) * c->k);
+    matvec(logit, wg, x, c->E, c->d);
+    route(r, logit, idx, wt);
+    memset(out, 0, sizeof(double) * c->d);
+    for (int j = 0; j < c->k; j++) {
+        const float *g, *u, *dn;
+        expert_w(r, l, idx[j], &g, &u, &dn);
+        swiglu(y, g, u, dn, c->F, c->d, x);
+        for (int i = 0; i < c->d; i++) out[i] += wt[j] * y[i];
+    }
+    if (c->fam == QWEN2_MOE) shared_expert(r, l, x, out);
+    free(logit), free(wt), free(y), free(idx);
+}
+
+/* Every tensor of layer l's MLP is read at least once (so the test sees
+ * moemu list nothing HF lacks); then the MLP of each position. */
+static void mlp(ref_t *r, int l, const double *n, double *out)
+{
+    const ref_cfg_t *c = r->c;
+    int d = c->d;
+    if (c->dense[l] && !(r->flips & FLIP_ALL_MOE)) { /* Qwen's dense MLP, intermediate_size */
+        int64_t nw = (int64_t)c->Fd * d;
+        const float *g = need(r->nm, nw, "model.layers.%d.mlp.gate_proj.weight", l);
+        const float *u = need(r->nm, nw, "model.layers.%d.mlp.up_proj.weight", l);
+        const float *dn = need(r->nm, nw, "model.layers.%d.mlp.down_proj.weight", l);
+        absent(r->nm, "model.layers.%d.mlp.gate.weight", l);
+        for (int t = 0; t < r->T; t++) swiglu(out + t * d, g, u, dn, c->Fd, d, n + t * d);
+        return;
+    }
+    for (int e = 0; e < c->E; e++) { /* mark the unrouted experts as known */
+        const float *g, *u, *dn;
+        expert_w(r, l, e, &g, &u, &dn);
+    }
+    for (int t = 0; t < r->T; t++) moe(r, l, n + t * d, out + t * d);
+}
+
+/* ------------------------------------------------------------------ */
+/* The whole model: logits (T x V) of the tokens.                      */
+
+static double *ref_forward(const ref_cfg_t *c, const wts_t *w, const int *tok, int T, int flips,
+                           long *clamped)
+{
+    names_t nm;
+    names_open(&nm, w);
+    ref_t r = {.c = c, .nm = &nm, .flips = flips, .T = T};
+    int d = c->d, V = c->V;
+    double res_mul = flips & FLIP_RESIDUAL_MUL ? 1 : c->res_mul;
+    double *x = malloc(sizeof(double) * T * d), *n = malloc(sizeof(double) * T * d);
+    double *b = malloc(sizeof(double) * T * d);
+    const float *emb = need(&nm, (int64_t)V * d, "model.embed_tokens.weight");
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++) x[t * d + i] = emb[(int64_t)tok[t] * d + i] * c->emb_mul;
+    for (int l = 0; l < c->L; l++) {
+        const float *n1 = need(&nm, d, "model.layers.%d.input_layernorm.weight", l);
+        const float *n2 = need(&nm, d, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int t = 0; t < T; t++) rmsnorm(n + t * d, x + t * d, n1, d, c->eps);
+        attention(&r, l, n, b);
+        for (int i = 0; i < T * d; i++) x[i] += b[i] * res_mul;
+        for (int t = 0; t < T; t++) rmsnorm(n + t * d, x + t * d, n2, d, c->eps);
+        mlp(&r, l, n, b);
+        for (int i = 0; i < T * d; i++) x[i] += b[i] * res_mul;
+    }
+    const float *fn = need(&nm, d, "model.norm.weight");
+    /* tied: the embedding itself, unscaled (Granite multiplies the
+     * looked-up rows, not the weight) */
+    const float *head = emb;
+    if (c->tie) absent(&nm, "lm_head.weight");
+    else head = need(&nm, (int64_t)V * d, "lm_head.weight");
+    double *logits = malloc(sizeof(double) * T * V);
+    for (int t = 0; t < T; t++) {
+        rmsnorm(n + t * d, x + t * d, fn, d, c->eps);
+        matvec(logits + (int64_t)t * V, head, n + t * d, V, d);
+        for (int v = 0; v < V; v++) logits[(int64_t)t * V + v] /= c->logits_div;
+    }
+    for (int i = 0; i < nm.n; i++)
+        cr_assert(nm.used[i], "moemu has tensor %s that the HF model does not read", nm.t[i].name);
+    if (clamped) *clamped = r.clamped;
+    names_close(&nm);
+    free(x), free(n), free(b);
+    return logits;
+}
+
+/* ------------------------------------------------------------------ */
+/* moemu's side and the comparison.                                    */
+
+typedef struct {
+    cfg_model_t cfg;
+    ref_cfg_t ref;
+    wts_t w;
+    wl_t wl;
+    model_out_t out;
+    int T;
+    unsigned dense_differ; /* layers dense in one of HF and moemu only */
+    int base_flips;        /* FLIP_ALL_MOE when moemu has no dense layer HF has */
+} run_t;
+
+/* Whether moemu made the same layers dense as HF (a dense layer has no
+ * router): the layers that differ, as a bit mask. If moemu made every
+ * layer MoE, the logits are still compared with the reference taking every
+ * layer as MoE, so the other features are checked and the figures show
+ * whether that is the only difference. */
+static unsigned dense_layout(run_t *r)
+{
+    names_t nm;
+    names_open(&nm, &r->w);
+    unsigned differ = 0;
+    bool all_moe = true;
+    for (int l = 0; l < r->ref.L; l++) {
+        bool moemu_dense = !find_name(&nm, router_name(r->ref.fam), l);
+        all_moe = all_moe && !moemu_dense;
+        if (moemu_dense != r->ref.dense[l]) differ |= 1u << l;
+    }
+    if (differ && all_moe) r->base_flips = FLIP_ALL_MOE;
+    names_close(&nm);
+    return differ;
+}
+
+/* Build the config both ways, generate the weights and run moemu on one
+ * device over one 12-token prompt, keeping every position's logits. */
+static void run_moemu(run_t *r, const char *json, const char *label, uint64_t seed)
+{
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(cfg_parse(&r->cfg, json, label), MOEMU_OK, "%s", moemu_errmsg());
+    ref_parse(&r->ref, json);
+    cr_assert_eq(r->cfg.dtype, EMU_DTYPE_FP32, "%s: float32 weights expected", label);
+    cr_assert_eq(wts_generate_all(&r->w, &r->cfg, seed), MOEMU_OK, "%s", moemu_errmsg());
+    wl_opts_t wo = {.lens = "12", .decode = 2, .seed = seed + 1};
+    cr_assert_eq(wl_make(&r->wl, &wo, &r->cfg), MOEMU_OK, "%s", moemu_errmsg());
+    r->T = r->wl.len[0];
+    r->dense_differ = dense_layout(r);
+    runner_opts_t o;
+    emu_hw_t hw;
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    runner_opts_one_device(&o, &hw, 1, 1);
+    model_opts_t mo = {.prompt_logits = true};
+    emu_cluster_t *cl;
+    cr_assert_eq(runner_generate(&r->out, &cl, &r->w, &r->wl, &o, &mo), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    emu_cluster_destroy(cl);
+}
+
+static void run_free(run_t *r)
+{
+    model_out_free(&r->out);
+    wl_free(&r->wl);
+    wts_free(&r->w);
+}
+
+typedef struct {
+    double rel_l2;
+    int argmax_differ; /* positions whose argmax differs */
+    int first_differ;
+} cmp_t;
+
+static int argmax_f(const float *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b]) b = i;
+    return b;
+}
+
+static int argmax_d(const double *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b]) b = i;
+    return b;
+}
+
+/* Relative L2 over every prompt logit, and argmax agreement per position. */
+static cmp_t compare(const run_t *r, const double *ref)
+{
+    int V = r->ref.V;
+    cmp_t c = {0, 0, -1};
+    double num = 0, den = 0;
+    for (int t = 0; t < r->T; t++) {
+        const float *m = r->out.prompt_logits + (int64_t)t * V;
+        const double *x = ref + (int64_t)t * V;
+        for (int v = 0; v < V; v++) {
+            num += (m[v] - x[v]) * (m[v] - x[v]);
+            den += x[v] * x[v];
+        }
+        if (argmax_f(m, V) != argmax_d(x, V)) {
+            if (c.first_differ < 0) c.first_differ = t;
+            c.argmax_differ++;
+        }
+    }
+    c.rel_l2 = den > 0 ? sqrt(num / den) : INFINITY;
+    return c;
+}
+
+static cmp_t check_against(const run_t *r, int flips, long *clamped)
+{
+    double *ref = ref_forward(&r->ref, &r->w, r->wl.tokens, r->T, flips | r->base_flips, clamped);
+    cmp_t c = compare(r, ref);
+    free(ref);
+    return c;
+}
+
+/* On a disagreement: which single feature, switched in the reference,
+ * makes it agree? Printed to tell the feature moemu computes otherwise. */
+static void diagnose(const run_t *r, const char *label)
+{
+    static const struct {
+        int flip;
+        const char *what;
+    } f[] = {{FLIP_RENORM, "top-k renormalisation toggled"},
+             {FLIP_SHARED_GATE, "shared expert ungated"},
+             {FLIP_RESIDUAL_MUL, "residual_multiplier 1"},
+             {FLIP_CLIP, "no clip_qkv"},
+             {FLIP_ALL_MOE, "every layer MoE (no dense layers)"}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        cmp_t c = check_against(r, f[i].flip, NULL);
+        printf("reference %s, %s: rel L2 %.3g, argmax differs at %d positions\n", label,
+               f[i].what, c.rel_l2, c.argmax_differ);
+    }
+}
+
+/* The agreement test of one family. */
+static void agree(const char *json, const char *label, uint64_t seed)
+{
+    run_t r;
+    run_moemu(&r, json, label, seed);
+    for (int l = 0; l < r.ref.L; l++)
+        cr_expect(!(r.dense_differ >> l & 1), "%s: layer %d is %s in HF, %s in moemu", label, l,
+                  r.ref.dense[l] ? "dense" : "MoE", r.ref.dense[l] ? "MoE" : "dense");
+    if (r.base_flips)
+        printf("reference %s: moemu has no dense layer; compared with every layer MoE\n", label);
+    long clamped = 0;
+    cmp_t c = check_against(&r, 0, &clamped);
+    cr_log_info("%s: rel L2 %.3g over %d positions x %d logits", label, c.rel_l2, r.T, r.ref.V);
+    printf("reference %s: rel L2 %.3g\n", label, c.rel_l2);
+    cr_expect_leq(c.rel_l2, 1e-5, "%s: rel L2 %.3g vs the HF reference", label, c.rel_l2);
+    cr_expect_eq(c.argmax_differ, 0, "%s: argmax differs at %d positions, first %d", label,
+                 c.argmax_differ, c.first_differ);
+    if (c.rel_l2 > 1e-5 || c.argmax_differ) diagnose(&r, label);
+    if (r.ref.clip > 0) printf("reference %s: clip_qkv clamped %ld values\n", label, clamped);
+    if (r.ref.clip > 0)
+        cr_expect_gt(clamped, 0, "%s: clip_qkv %g clamps nothing", label, r.ref.clip);
+    run_free(&r);
+}
+
+Test(reference, mixtral) { agree(mixtral_json, "mixtral", 7); }
+Test(reference, qwen2_moe) { agree(qwen2_json, "qwen2_moe", 7); }
+Test(reference, qwen3_moe) { agree(qwen3_json, "qwen3_moe", 7); }
+Test(reference, olmoe) { agree(olmoe_json, "olmoe", 7); }
+Test(reference, granitemoe) { agree(granite_json, "granitemoe", 7); }
+
+/* The check has teeth: the reference with one feature switched off must
+ * disagree with moemu by far more than the tolerance. */
+static void teeth(const char *json, const char *label, int flips, const char *feature)
+{
+    run_t r;
+    run_moemu(&r, json, label, 7);
+    cmp_t c = check_against(&r, flips, NULL);
+    printf("reference %s with %s: rel L2 %.3g\n", label, feature, c.rel_l2);
+    cr_expect_gt(c.rel_l2, 1e-3, "%s: the reference with %s still agrees (rel L2 %.3g)",
+                 label, feature, c.rel_l2);
+    run_free(&r);
+}
+
+Test(reference, teeth_norm_topk_prob)
+{
+    teeth(qwen2_json, "qwen2_moe", FLIP_RENORM, "the top-k renormalised");
+}
+Test(reference, teeth_norm_topk_prob_true)
+{
+    teeth(qwen3_json, "qwen3_moe", FLIP_RENORM, "the top-k not renormalised");
+}
+Test(reference, teeth_shared_gate)
+{
+    teeth(qwen2_json, "qwen2_moe", FLIP_SHARED_GATE, "the shared expert ungated");
+}
+Test(reference, teeth_residual_multiplier)
+{
+    teeth(granite_json, "granitemoe", FLIP_RESIDUAL_MUL, "residual_multiplier 1");
+}
+Test(reference, teeth_clip_qkv)
+{
+    teeth(olmoe_json, "olmoe", FLIP_CLIP, "clip_qkv off");
+}
