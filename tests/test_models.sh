@@ -1,0 +1,140 @@
+#!/bin/sh
+# Real models' parameter counts: `moemu info` on each Hugging Face config in
+# examples/models/ must give the total and the active-per-token counts that
+# the model's publisher gives, at the precision published, and the exact
+# total where the checkpoint's model.safetensors.index.json gives it
+# (metadata.total_size / 2 for a bf16 checkpoint). Every check prints what
+# it compared. Sources: examples/models/<name>.source. Prints
+# "N passed, N failed".
+#
+# The publishers count active parameters as every distinct tensor a token
+# uses, the input embedding included: total minus the unselected routed
+# experts (Mixtral 8x7B: 12.88B -> "12.9B"; without the embedding it would
+# be 12.75B -> "12.7B"). moemu's "active per token" leaves the embedding
+# lookup out and always counts the V x d output projection, so the
+# publishers' figure is moemu's plus the embedding matrix when it is a
+# separate tensor (lm_head > 0), and moemu's alone when the two are tied.
+set -u
+moemu="${MOEMU_BUILDDIR:-.}/moemu"
+dir="${MOEMU_SRCDIR:-.}/examples/models"
+tmp=$(mktemp -d /tmp/moemu-models-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+
+ok() { pass=$((pass + 1)); echo "ok: $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# field LABEL FILE: the first number after LABEL at the start of a line of
+# `moemu info` (labels: "parameters", "  embedding", "  lm_head",
+# "active per token")
+field() {
+    awk -v l="$1" 'index($0, l) == 1 {
+        rest = substr($0, length(l) + 1)
+        if (match(rest, /^ +[0-9]+/)) { sub(/^ +/, "", rest); split(rest, a, " "); print a[1]; exit }
+    }' "$2"
+}
+
+# published NAME WHAT GOT VALUE UNIT MODE: GOT, at the precision UNIT that
+# the publisher wrote VALUE in, is VALUE. MODE round: GOT rounded to the
+# nearest UNIT; trunc: GOT cut down to a whole number of UNITs (for a
+# publisher who truncates; say why where it is used).
+published() {
+    name=$1 what=$2 got=$3 value=$4 unit=$5 mode=$6
+    verdict=$(awk -v g="$got" -v v="$value" -v u="$unit" -v m="$mode" 'BEGIN {
+        q = g / u
+        n = (m == "trunc") ? int(q) : int(q + 0.5)
+        want = int(v / u + 0.5)
+        printf "%s %.6gB", (n == want ? "same" : "differs"), n * u / 1e9
+    }')
+    shown=${verdict#* }
+    case "$verdict" in
+    same*) ok "$name $what: $got -> $shown ($mode to $unit) = published $value" ;;
+    *) bad "$name $what: $got -> $shown ($mode to $unit), published $value" ;;
+    esac
+}
+
+# exact NAME WHAT GOT WANT SOURCE: GOT is exactly WANT
+exact() {
+    if [ "$3" = "$4" ]; then
+        ok "$1 $2: $3 = $4 ($5)"
+    else
+        bad "$1 $2: $3, expected exactly $4 ($5)"
+    fi
+}
+
+# model NAME TOTAL TOTAL_UNIT TOTAL_MODE ACTIVE ACTIVE_UNIT ACTIVE_MODE EXACT_TOTAL
+# (EXACT_TOTAL "-" where no checkpoint index gave it)
+model() {
+    name=$1
+    out="$tmp/$name.out"
+    if ! "$moemu" info --model "$dir/$name.json" >"$out" 2>&1; then
+        bad "$name: moemu info --model $dir/$name.json failed: $(cat "$out")"
+        return
+    fi
+    total=$(field "parameters" "$out")
+    emb=$(field "  embedding" "$out")
+    head=$(field "  lm_head" "$out")
+    active=$(field "active per token" "$out")
+    if [ -z "$total" ] || [ -z "$emb" ] || [ -z "$head" ] || [ -z "$active" ]; then
+        bad "$name: moemu info printed no parameters/embedding/lm_head/active line: $(cat "$out")"
+        return
+    fi
+    if [ "$head" -gt 0 ]; then
+        card_active=$((active + emb))
+        how="active per token $active + embedding $emb"
+    else
+        card_active=$active
+        how="active per token $active (embedding tied)"
+    fi
+    published "$name" "total" "$total" "$2" "$3" "$4"
+    published "$name" "active ($how)" "$card_active" "$5" "$6" "$7"
+    if [ "$8" != "-" ]; then
+        exact "$name" "total" "$total" "$8" "model.safetensors.index.json total_size / 2"
+    fi
+}
+
+# Qwen/Qwen1.5-MoE-A2.7B model card, https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B:
+# "14.3B parameters in total and 2.7B activated parameters during runtime".
+# total_size 28631568384 (bf16).
+model Qwen1.5-MoE-A2.7B 14.3e9 0.1e9 round 2.7e9 0.1e9 round 14315784192
+
+# Qwen/Qwen2-57B-A14B: only the name-level 57B total and 14B activated are
+# published (model card https://huggingface.co/Qwen/Qwen2-57B-A14B, Qwen2
+# technical report arXiv:2407.10671). No checkpoint total_size found.
+model Qwen2-57B-A14B 57e9 1e9 round 14e9 1e9 round -
+
+# Qwen/Qwen3-30B-A3B model card, https://huggingface.co/Qwen/Qwen3-30B-A3B:
+# "30.5B in total and 3.3B activated". The exact active count is
+# 3,353,032,704 (3.35B): 3.3B is that figure truncated, not rounded (rounded,
+# it is 3.4B), so the active check truncates. total_size 61064245248 (bf16).
+model Qwen3-30B-A3B 30.5e9 0.1e9 round 3.3e9 0.1e9 trunc 30532122624
+
+# Qwen/Qwen3-235B-A22B model card, https://huggingface.co/Qwen/Qwen3-235B-A22B:
+# "235B in total and 22B activated". total_size 470187269120 (bf16).
+model Qwen3-235B-A22B 235e9 1e9 round 22e9 1e9 round 235093634560
+
+# allenai/OLMoE-1B-7B-0924: 6.9B total, 1.3B active (OLMoE paper,
+# arXiv:2409.02060; the card's "1B active and 7B total" is the name). No
+# checkpoint index found (a third-party report's 13838323712 bytes agrees
+# with 2 x 6,919,161,856 but is not an index).
+model OLMoE-1B-7B-0924 6.9e9 0.1e9 round 1.3e9 0.1e9 round -
+
+# ibm-granite granite 1B-A400M model cards' architecture table: "# Parameters
+# 1.3B", "# Active Parameters 400M" (one significant digit: 0.4B).
+# Embeddings tied. No checkpoint index found.
+model granite-3.1-1b-a400m 1.3e9 0.1e9 round 400e6 100e6 round -
+
+# mistralai/Mixtral-8x7B-v0.1: Mistral AI's announcement "Mixtral of
+# experts": "46.7B total parameters but only uses 12.9B parameters per
+# token". total_size 93405585408 (bf16).
+model Mixtral-8x7B-v0.1 46.7e9 0.1e9 round 12.9e9 0.1e9 round 46702792704
+
+# mistralai/Mixtral-8x22B-v0.1: Mistral AI's announcement: "39B active
+# parameters out of 141B". The 59 bf16 shards hold 281241268224 tensor bytes;
+# 140,620,634,112 is also what instantiating the HF model counts
+# (https://huggingface.co/mistral-community/Mixtral-8x22B-v0.1/discussions/6).
+model Mixtral-8x22B-v0.1 141e9 1e9 round 39e9 1e9 round 140620634112
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
