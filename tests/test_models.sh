@@ -10,10 +10,10 @@
 # The publishers count active parameters as every distinct tensor a token
 # uses, the input embedding included: total minus the unselected routed
 # experts (Mixtral 8x7B: 12.88B -> "12.9B"; without the embedding it would
-# be 12.75B -> "12.7B"). moemu's "active per token" leaves the embedding
-# lookup out and always counts the V x d output projection, so the
-# publishers' figure is moemu's plus the embedding matrix when it is a
-# separate tensor (lm_head > 0), and moemu's alone when the two are tied.
+# be 12.75B -> "12.7B"). moemu prints that figure as "as cards count",
+# beside its own "active per token" (which leaves the embedding lookup
+# out); the check reads the former, and that it is the latter plus the
+# embedding matrix when that is a separate tensor (lm_head > 0).
 set -u
 moemu="${MOEMU_BUILDDIR:-.}/moemu"
 dir="${MOEMU_SRCDIR:-.}/examples/models"
@@ -80,13 +80,10 @@ model() {
         bad "$name: moemu info printed no parameters/embedding/lm_head/active line: $(cat "$out")"
         return
     fi
-    if [ "$head" -gt 0 ]; then
-        card_active=$((active + emb))
-        how="active per token $active + embedding $emb"
-    else
-        card_active=$active
-        how="active per token $active (embedding tied)"
-    fi
+    card_active=$(field "  as cards count" "$out")
+    if [ "$head" -gt 0 ]; then want=$((active + emb)); else want=$active; fi
+    exact "$name" "active as cards count" "$card_active" "$want" "active per token + untied embedding"
+    how="as cards count"
     published "$name" "total" "$total" "$2" "$3" "$4"
     published "$name" "active ($how)" "$card_active" "$5" "$6" "$7"
     if [ "$8" != "-" ]; then

@@ -17,6 +17,26 @@ static const cli_opt_t info_options[] = {
     {.name = NULL},
 };
 
+/* What of the family's variations the model uses, in one line. */
+static void info_family(const cfg_model_t *m)
+{
+    static const char *const route[] = {"softmax, top-k, renormalised", "softmax, top-k",
+                                        "top-k logits, softmax"};
+    static const char *const qk[] = {"", ", query/key norm by head", ", query/key norm by width"};
+    printf("  %s: router %s%s%s%s", family_of(m)->model_type, route[m->router],
+           m->qkv_bias ? (m->o_bias ? ", q/k/v/o biases" : ", q/k/v biases") : "", qk[m->qk_norm],
+           m->shared_gate ? ", gated shared expert" : "");
+    if (m->clip_qkv > 0) printf(", clip_qkv %g", m->clip_qkv);
+    if (m->num_dense_layers)
+        printf(", %d dense layers of %d", m->num_dense_layers, m->dense_intermediate_size);
+    if (m->embedding_multiplier != 1 || m->residual_multiplier != 1 || m->logits_scaling != 1 ||
+        m->attention_multiplier > 0)
+        printf(", multipliers: embedding %g, residual %g, attention %g, logits / %g",
+               m->embedding_multiplier, m->residual_multiplier, m->attention_multiplier,
+               m->logits_scaling);
+    printf("\n");
+}
+
 int cli_info_main(int argc, char **argv)
 {
     cli_shared_t sh;
@@ -43,6 +63,7 @@ int cli_info_main(int argc, char **argv)
            m.num_key_value_heads, m.head_dim, m.num_local_experts, m.intermediate_size,
            m.num_experts_per_tok, m.hidden_act == LAYER_ACT_SILU ? "silu" : "gelu",
            m.num_shared_experts, m.shared_expert_intermediate_size);
+    info_family(&m);
     printf("  capacity factor %g%s, dtype %s, rope theta %g, tied embeddings %s\n",
            m.capacity_factor, m.capacity_factor == 0 ? " (dropless)" : "",
            emu_dtype_name(m.dtype), m.rope_theta, m.tie_word_embeddings ? "yes" : "no");
@@ -52,19 +73,23 @@ int cli_info_main(int argc, char **argv)
     printf("  router           %15lld\n", (long long)f.router);
     printf("  routed experts   %15lld\n", (long long)f.experts);
     printf("  shared experts   %15lld\n", (long long)f.shared);
+    printf("  dense MLPs       %15lld\n", (long long)f.dense);
     printf("  norms            %15lld\n", (long long)f.norms);
     printf("  lm_head          %15lld\n", (long long)f.lm_head);
     printf("active per token   %15lld  (%.4g)\n", (long long)f.active_per_token,
            (double)f.active_per_token);
+    printf("  as cards count   %15lld  (%.4g; the embedding matrix included)\n",
+           (long long)f.active_card, (double)f.active_card);
     printf("weight bytes       %15.0f  (%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9,
            emu_dtype_name(m.dtype));
     printf("FLOPs per token    %15.0f  (%.4g; + %.4g per visible (query, key) pair for "
            "attention)\n", f.flops_per_token, f.flops_per_token, f.attn_flops_per_pair);
     if (json) {
         json_t *root = json_pack(
-            "{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:f, s:f, s:f}", "model",
-            m.name, "parameters", "total", (json_int_t)f.total, "active_per_token",
-            (json_int_t)f.active_per_token, "embedding", (json_int_t)f.embedding, "attention",
+            "{s:s, s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:f, s:f, s:f}",
+            "model", m.name, "model_type", family_of(&m)->model_type, "parameters", "total",
+            (json_int_t)f.total, "active_per_token", (json_int_t)f.active_per_token,
+            "active_card", (json_int_t)f.active_card, "dense", (json_int_t)f.dense, "embedding", (json_int_t)f.embedding, "attention",
             (json_int_t)f.attention, "router", (json_int_t)f.router, "experts",
             (json_int_t)f.experts, "shared", (json_int_t)f.shared, "norms", (json_int_t)f.norms,
             "lm_head", (json_int_t)f.lm_head, "weight_bytes", f.weight_bytes,

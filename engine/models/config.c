@@ -390,6 +390,7 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
     int64_t matmul = ADD("the active parameter count", o->attention, o->router, routed_active,
                          o->shared, o->dense, vd);
     o->active_per_token = ADD("the active parameter count", matmul, o->norms);
+    o->active_card = ADD("the active parameter count", o->active_per_token, o->lm_head ? vd : 0);
 #undef P
 #undef ADD
 

@@ -104,6 +104,10 @@ typedef struct {
                                 router, k routed + shared experts, norms and
                                 V*d for the output projection (even if tied);
                                 the embedding lookup is excluded */
+    int64_t active_card;     /* as model cards count active parameters:
+                                every tensor a token touches, the whole
+                                embedding matrix included (total minus the
+                                routed experts it does not choose) */
     int64_t embedding, attention, router, experts, shared, dense, norms, lm_head;
     double weight_bytes;     /* total * bytes of the emulated dtype */
     double flops_per_token;  /* 2 * the active matmul weights (attention
