@@ -727,7 +727,7 @@ static void rd_rope(cfg_rd_t *r, double *theta)
 /* The problems collected, then the rules on the values read. */
 static moemu_status_t rd_finish(cfg_rd_t *r, cfg_model_t *c, cfg_model_t *out)
 {
-    if (!r->p.n) cfg_check(&r->p, c);
+    cfg_check(&r->p, c); /* a key that could not be read kept its valid default */
     if (r->p.n) {
         moemu_status_t st = r->st != MOEMU_OK ? r->st : MOEMU_ERR_INVALID;
         if (r->p.n == 1) return moemu_fail(st, "%s: %s", r->label, r->p.buf + 3);
@@ -843,7 +843,8 @@ static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
     rd_int(r, "hidden_size", &c->hidden_size);
     rd_int(r, "num_hidden_layers", &c->num_hidden_layers);
     rd_int(r, "num_attention_heads", &c->num_attention_heads);
-    c->num_key_value_heads = c->num_attention_heads;
+    if (!c->num_key_value_heads) /* the class's None: as many as query heads */
+        c->num_key_value_heads = c->num_attention_heads;
     rd_int(r, "num_key_value_heads", &c->num_key_value_heads);
     rd_int(r, experts_key, &c->num_local_experts);
     rd_int(r, "num_experts_per_tok", &c->num_experts_per_tok);
@@ -1027,7 +1028,8 @@ moemu_status_t cfg_read_qwen3_moe(cfg_model_t *out, json_t *root, const char *la
 {
     static const cfg_model_t base = CFG_HF_BASE(
         family_qwen3_moe, .vocab_size = 151936, .hidden_size = 2048, .num_hidden_layers = 24,
-        .num_attention_heads = 32, .num_local_experts = 128, .num_experts_per_tok = 8,
+        .num_attention_heads = 32, .num_key_value_heads = 4, .num_local_experts = 128,
+        .num_experts_per_tok = 8,
         .intermediate_size = 768, .dense_intermediate_size = 6144,
         .qk_norm = LAYER_QKNORM_HEAD, .max_position_embeddings = 32768, .rms_norm_eps = 1e-6);
     return rd_run(out, root, label, read_qwen3_moe, &base);
