@@ -118,6 +118,33 @@ printf '\377\377' | dd of="$tmp/nan.st" bs=1 seek=$(($(wc -c <"$tmp/w.st") - 2))
     conv=notrunc 2>/dev/null
 expect 2 "1 tensor holds NaN or Inf values" "$moemu" run --model tiny --weights "$tmp/nan.st"
 
+# a family's checkpoint as the Hub ships it: shards and their index, read
+# back from the directory or the index with the same tokens; a missing
+# shard and another family's checkpoint refused by name
+printf '{"model_type":"qwen2_moe","vocab_size":97,"hidden_size":32,"intermediate_size":48,"moe_intermediate_size":16,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,"num_experts":8,"num_experts_per_tok":2,"shared_expert_intermediate_size":24,"mlp_only_layers":[1],"torch_dtype":"bfloat16"}' >"$tmp/qwen.json"
+"$moemu" run --model "$tmp/qwen.json" --decode 3 --json "$tmp/q1.json" \
+    --dump-weights "$tmp/qck" --shard-size 20KB >/dev/null 2>&1
+nshards=$(ls "$tmp/qck" | grep -c -- '-of-')
+if [ "$nshards" -gt 2 ] && [ -f "$tmp/qck/model.safetensors.index.json" ]; then ok; else
+    bad "--shard-size 20KB wrote $nshards shards: $(ls "$tmp/qck")"; fi
+for src in "$tmp/qck" "$tmp/qck/model.safetensors.index.json"; do
+    "$moemu" run --model "$tmp/qwen.json" --decode 3 --weights "$src" --json "$tmp/q2.json" \
+        >/dev/null 2>&1
+    if [ -s "$tmp/q1.json" ] && cmp -s "$tmp/q1.json" "$tmp/q2.json"; then ok; else
+        bad "tokens from the checkpoint $src differ from the generated weights'"; fi
+done
+expect 2 "--shard-size sizes the shards of --dump-weights" \
+    "$moemu" run --model tiny --shard-size 1GB
+expect 2 "a lowercase b means bits" \
+    "$moemu" run --model tiny --dump-weights "$tmp/x" --shard-size 5gb
+mv "$tmp/qck/model-00002-of-0000$nshards.safetensors" "$tmp/gone.st"
+expect 2 "model-00002-of-0000$nshards.safetensors" \
+    "$moemu" run --model "$tmp/qwen.json" --weights "$tmp/qck"
+mv "$tmp/gone.st" "$tmp/qck/model-00002-of-0000$nshards.safetensors"
+sed 's/"qwen2_moe"/"olmoe"/' "$tmp/qwen.json" >"$tmp/olmoe.json"
+expect 2 "tensors the model does not have: 'model.layers.0.self_attn.q_proj.bias'" \
+    "$moemu" run --model "$tmp/olmoe.json" --weights "$tmp/qck"
+
 # hardware outside physical ranges: refused with the range, never inf in a report
 printf '{"device": {"peak_flops": 5e-324, "mfu": 0.5, "mem_bw": 2e12, "bw_util": 0.9, "mem_capacity": 96e9, "launch_s": 0}, "topology": {"devices_per_node": 4, "intra_bw": 1e11, "intra_lat": 1e-6, "inter_bw": 1e10, "inter_lat": 1e-5}}' >"$tmp/hw.json"
 expect 2 "device.peak_flops must be in [1e9, 1e18] FLOP/s (got 4.94066e-324)" \
