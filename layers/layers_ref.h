@@ -60,10 +60,12 @@ void ref_add(double *out, const float *x, const float *y, int64_t n);
 
 /* Router: logits = x (T, d) @ wg^T (wg (E, d)), p (T, E) = softmax(logits)
  * in double; the top k of p, ties to the lower index; w renormalised to sum
- * to 1. idx (T, k) and w (T, k) are ordered by p descending (equal p: lower
- * index first). p, if not NULL, receives the probabilities. */
+ * to 1 unless how is LAYER_ROUTE_SOFTMAX_TOPK (a softmax over the top k
+ * logits, LAYER_ROUTE_TOPK_SOFTMAX, is the renormalised p in exact
+ * arithmetic). idx (T, k) and w (T, k) are ordered by p descending (equal
+ * p: lower index first). p, if not NULL, receives the probabilities. */
 void ref_router(int *idx, double *w, double *p, const float *x,
-                const float *wg, int T, int d, int E, int k);
+                const float *wg, int T, int d, int E, int k, layer_route_t how);
 
 /* ceil(cf * T * k / E) in exact integer arithmetic, with cf taken as the
  * rational round(cf * 1e9) / 1e9. cf == 0: INT64_MAX (dropless). */

@@ -135,7 +135,7 @@ void ref_add(double *out, const float *x, const float *y, int64_t n)
 }
 
 void ref_router(int *idx, double *w, double *p, const float *x,
-                const float *wg, int T, int d, int E, int k)
+                const float *wg, int T, int d, int E, int k, layer_route_t how)
 {
     double *pr = malloc(sizeof *pr * (size_t)E);
     bool *taken = malloc(sizeof *taken * (size_t)E);
@@ -167,6 +167,7 @@ void ref_router(int *idx, double *w, double *p, const float *x,
             idx[(size_t)t * k + j] = best;
             wsum += pr[best];
         }
+        if (how == LAYER_ROUTE_SOFTMAX_TOPK) wsum = 1;
         for (int j = 0; j < k; j++)
             w[(size_t)t * k + j] = pr[idx[(size_t)t * k + j]] / wsum;
     }

@@ -438,6 +438,69 @@ Test(add, exact_and_charges)
     free(x), free(y), free(ref);
 }
 
+/* The families' element-wise kernels: a scaled residual add (a == 1 is
+ * layer_add bit for bit), a bias per row, a clamp and a scale. */
+Test(elementwise, axpy_bias_clamp_scale)
+{
+    rng_t r = {6};
+    int T = 5, n = 12;
+    float *x = NEW(float, T * n), *y = NEW(float, T * n), *x1 = NEW(float, T * n),
+          *b = NEW(float, n);
+    fill(&r, x, (size_t)T * n, 3), fill(&r, y, (size_t)T * n, 3), fill(&r, b, (size_t)n, 1);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    memcpy(x1, x, sizeof(float) * (size_t)T * n);
+    layer_axpy(&c, x1, y, (int64_t)T * n, 1.0f);
+    for (int i = 0; i < T * n; i++) cr_assert(x1[i] == x[i] + y[i], "axpy a=1 at %d", i);
+    memcpy(x1, x, sizeof(float) * (size_t)T * n);
+    layer_axpy(&c, x1, y, (int64_t)T * n, 0.22f);
+    for (int i = 0; i < T * n; i++)
+        cr_assert(fabs(x1[i] - (x[i] + 0.22 * y[i])) < 1e-6, "axpy a=0.22 at %d", i);
+    memcpy(x1, x, sizeof(float) * (size_t)T * n);
+    layer_bias(&c, x1, b, T, n);
+    for (int i = 0; i < T * n; i++) cr_assert(x1[i] == x[i] + b[i % n], "bias at %d", i);
+    layer_clamp(&c, x1, (int64_t)T * n, 1.5f);
+    int clamped = 0;
+    for (int i = 0; i < T * n; i++) {
+        float want = x[i] + b[i % n];
+        want = want > 1.5f ? 1.5f : want < -1.5f ? -1.5f : want;
+        cr_assert(x1[i] == want, "clamp at %d", i);
+        clamped += want != x[i] + b[i % n];
+    }
+    cr_assert_gt(clamped, 0, "the data should reach the clamp");
+    layer_scale(&c, x1, (int64_t)T * n, 12.0f);
+    cr_assert(x1[0] == 12.0f * fminf(fmaxf(x[0] + b[0], -1.5f), 1.5f));
+    const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ELEMWISE);
+    cr_assert(s->launches == 5 && s->flops > 0 && s->bytes > 0, "%d launches",
+              (int)s->launches);
+    emu_dev_destroy(dev);
+    free(x), free(y), free(x1), free(b);
+}
+
+/* A scale other than 1/sqrt(hd) (Granite's attention_multiplier) is the
+ * default scale applied to queries multiplied by scale * sqrt(hd). */
+Test(attention, scale_is_the_scores_factor)
+{
+    rng_t r = {8};
+    int T = 6, H = 4, Hkv = 2, hd = 16;
+    float *q = NEW(float, T * H * hd), *q2 = NEW(float, T * H * hd), *k = NEW(float, T * Hkv * hd),
+          *v = NEW(float, T * Hkv * hd), *o1 = NEW(float, T * H * hd), *o2 = NEW(float, T * H * hd);
+    fill(&r, q, (size_t)T * H * hd, 1), fill(&r, k, (size_t)T * Hkv * hd, 1);
+    fill(&r, v, (size_t)T * Hkv * hd, 1);
+    float scale = 0.0625f, f = scale * sqrtf((float)hd);
+    for (int i = 0; i < T * H * hd; i++) q2[i] = q[i] * f;
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_attn_seq_t s1 = {.out = o1, .q = q, .kc = k, .vc = v, .T = T, .k1 = T, .ldc = T};
+    layer_attn_seq_t s2 = {.out = o2, .q = q2, .kc = k, .vc = v, .T = T, .k1 = T, .ldc = T};
+    layer_attention_batch(&c, &s1, 1, H, Hkv, hd, scale);
+    layer_attention_batch(&c, &s2, 1, H, Hkv, hd, 1.0f / sqrtf((float)hd));
+    for (int i = 0; i < T * H * hd; i++)
+        cr_assert(fabsf(o1[i] - o2[i]) < 1e-5f, "at %d: %.9g vs %.9g", i, o1[i], o2[i]);
+    emu_dev_destroy(dev);
+    free(q), free(q2), free(k), free(v), free(o1), free(o2);
+}
+
 /* ======================================================================
  * attention */
 
@@ -651,19 +714,22 @@ Test(router, matches_reference_and_charges)
         {1, 33, 5, 1}, {7, 33, 5, 1}, {7, 33, 5, 2}, {7, 33, 5, 5},
         {300, 64, 8, 2}, {17, 16, 22, 6}, {1, 1, 2, 1},
     };
+    static const char *const hows[] = {"softmax, top-k, renormalised", "softmax, top-k",
+                                       "top-k, softmax"};
     rng_t r = {9};
-    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        const router_case_t *rc = &cases[ci];
+    for (size_t ci = 0; ci < 3 * sizeof cases / sizeof *cases; ci++) {
+        const router_case_t *rc = &cases[ci / 3];
+        layer_route_t how = (layer_route_t)(ci % 3);
         int T = rc->T, d = rc->d, E = rc->E, k = rc->k;
-        char what[96];
-        snprintf(what, sizeof what, "router T=%d d=%d E=%d k=%d", T, d, E, k);
+        char what[128];
+        snprintf(what, sizeof what, "router (%s) T=%d d=%d E=%d k=%d", hows[how], T, d, E, k);
         float *x = NEW(float, T * d), *wg = NEW(float, E * d),
               *logits = NEW(float, T * E), *w = NEW(float, T * k);
         int *idx = NEW(int, T * k), *ridx = NEW(int, T * k);
         fill(&r, x, (size_t)T * d, 1);
         fill(&r, wg, (size_t)E * d, 1);
         double *rw = NEW(double, T * k), *p = NEW(double, T * E);
-        ref_router(ridx, rw, p, x, wg, T, d, E, k);
+        ref_router(ridx, rw, p, x, wg, T, d, E, k, how);
         /* precondition: no near ties in this data, so that fp32 and double
          * rank the experts alike */
         for (int t = 0; t < T; t++)
@@ -676,12 +742,12 @@ Test(router, matches_reference_and_charges)
                 }
         emu_dev_t *dev = dev_new();
         layer_ctx_t c = ctx_of(dev, true);
-        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, LAYER_ROUTE_SOFTMAX_TOPK_NORM);
+        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, how);
         for (int i = 0; i < T * k; i++)
             cr_assert_eq(idx[i], ridx[i], "%s: token %d choice %d is expert "
                          "%d, want %d", what, i / k, i % k, idx[i], ridx[i]);
         check_close(what, w, rw, (size_t)T * k, 1e-5);
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < T && how != LAYER_ROUTE_SOFTMAX_TOPK; t++) {
             double s = 0;
             for (int j = 0; j < k; j++) s += w[(size_t)t * k + j];
             cr_assert(fabs(s - 1) < 1e-6, "%s: token %d weights sum to %.9g",
