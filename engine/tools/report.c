@@ -96,17 +96,18 @@ static void build_overlap(report_t *r, int per_stage)
     }
 }
 
-/* Tokens per expert over every (layer, expert), the worst layer, and the
- * busiest device. */
-static void build_load(report_t *r, const model_out_t *out)
+/* Tokens per expert over every (MoE layer, expert), the worst layer, and
+ * the busiest device; a dense layer routes nothing and counts for none. */
+static void build_load(report_t *r, const model_out_t *out, const cfg_model_t *cfg)
 {
     r->load = out->expert_load;
     r->assignments = out->assignments;
     r->dropped = out->dropped;
-    int L = r->layers, E = r->experts, n = r->devices;
+    int L = r->layers, E = r->experts, n = r->devices, Lm = cfg_moe_layers(cfg);
     double all_sum = 0, all_sq = 0, all_max = 0;
     r->load_worst_layer = -1;
     for (int l = 0; l < L; l++) {
+        if (cfg_layer_dense(cfg, l)) continue;
         double sum = 0, mx = 0;
         for (int e = 0; e < E; e++) {
             double x = (double)out->expert_load[(size_t)l * E + e];
@@ -122,9 +123,9 @@ static void build_load(report_t *r, const model_out_t *out)
             r->load_worst_layer = l;
         }
     }
-    double mean = all_sum / ((double)L * E);
+    double mean = Lm > 0 ? all_sum / ((double)Lm * E) : 0;
     r->load_max_mean = mean > 0 ? all_max / mean : 0;
-    double var = all_sq / ((double)L * E) - mean * mean;
+    double var = Lm > 0 ? all_sq / ((double)Lm * E) - mean * mean : 0;
     r->load_cv = mean > 0 ? sqrt(var > 0 ? var : 0) / mean : 0;
     double rows_mean = 0;
     for (int i = 0; i < n; i++) {
@@ -261,7 +262,7 @@ moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *o
     for (int i = 0; i < n; i++) build_dev(r, emu_cluster_dev(cl, i), i, per_stage, out);
     build_latency(r, out);
     build_overlap(r, per_stage);
-    build_load(r, out);
+    build_load(r, out, cfg);
     r->t1 = t1;
     if (t1 > 0 && r->e2e > 0) {
         r->speedup = t1 / r->e2e;
