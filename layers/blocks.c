@@ -217,9 +217,24 @@ static moemu_status_t tp_sum(layer_view_t *v, float *rows)
 
 /* RMSNorm over the whole width of q (TA, Hl*hd) and k (TA, kvl*hd),
  * whose columns the TP ranks share: each row's sum of squares over the
- * rank's columns, summed over the group (a key/value head replicated on
- * several ranks counted once, by the rank holding its group's first query
- * head), then every column scaled. */
+ * rank's columns (in double, as layer_rmsnorm), summed over the group in
+ * fp32 (a key/value head replicated on several ranks counted once, by the
+ * rank holding its group's first query head), then every column scaled as
+ * layer_rmsnorm scales it, so that one device computes layer_rmsnorm's
+ * numbers exactly. */
+static double sum_sq(const float *x, int n)
+{
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static void scale_row(float *x, const float *w, int n, double ss, int width, float eps)
+{
+    float r = (float)(1.0 / sqrt(ss / width + eps));
+    for (int i = 0; i < n; i++) x[i] = x[i] * r * w[i];
+}
+
 static moemu_status_t qk_norm_width(layer_view_t *v, const layer_attn_w_t *w)
 {
     const layer_dims_t *dm = v->dm;
@@ -228,29 +243,26 @@ static moemu_status_t qk_norm_width(layer_view_t *v, const layer_attn_w_t *w)
     int G = dm->H / dm->Hkv, own0 = dm->kv_head0, own1 = dm->kv_head0 + dm->kvl;
     if (own0 * G < dm->head0) own0++; /* its first query head is another rank's */
     if (own1 > own0 && (own1 - 1) * G >= dm->head0 + dm->Hl) own1--;
+    int k0 = (own0 - dm->kv_head0) * hd, kn = (own1 - own0) * hd;
+    bool group = v->sh->tp_size > 1;
     float *ss = v->rowf;
-    if (x->math)
-        for (int t = 0; t < TA; t++) {
-            double a = 0, b = 0;
-            for (int i = 0; i < qd; i++) a += (double)v->q[(size_t)t * qd + i] * v->q[(size_t)t * qd + i];
-            for (int i = (own0 - dm->kv_head0) * hd; i < (own1 - dm->kv_head0) * hd; i++)
-                b += (double)v->kk[(size_t)t * kvd + i] * v->kk[(size_t)t * kvd + i];
-            ss[2 * t] = (float)a;
-            ss[2 * t + 1] = (float)b;
+    double sz = (double)emu_dtype_size(x->dtype);
+    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd), sz * TA * (qd + kvd));
+    if (group) {
+        for (int t = 0; t < TA && x->math; t++) {
+            ss[2 * t] = (float)sum_sq(v->q + (size_t)t * qd, qd);
+            ss[2 * t + 1] = (float)sum_sq(v->kk + (size_t)t * kvd + k0, kn);
         }
-    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd),
-               (double)emu_dtype_size(x->dtype) * TA * (qd + kvd));
-    MOEMU_CHECK(layer_allreduce(x, ss, 2 * (int64_t)TA, v->sh->tp));
-    const float *qn = w->qn + (size_t)dm->head0 * hd, *kn = w->kn + (size_t)dm->kv_head0 * hd;
-    if (x->math)
-        for (int t = 0; t < TA; t++) {
-            float rq = (float)(1.0 / sqrt(ss[2 * t] / ((double)dm->H * hd) + dm->eps));
-            float rk = (float)(1.0 / sqrt(ss[2 * t + 1] / ((double)dm->Hkv * hd) + dm->eps));
-            for (int i = 0; i < qd; i++) v->q[(size_t)t * qd + i] *= rq * qn[i];
-            for (int i = 0; i < kvd; i++) v->kk[(size_t)t * kvd + i] *= rk * kn[i];
-        }
-    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd),
-               (double)emu_dtype_size(x->dtype) * (2.0 * TA * (qd + kvd) + qd + kvd));
+        MOEMU_CHECK(layer_allreduce(x, ss, 2 * (int64_t)TA, v->sh->tp));
+    }
+    const float *qn = w->qn + (size_t)dm->head0 * hd, *kw = w->kn + (size_t)dm->kv_head0 * hd;
+    for (int t = 0; t < TA && x->math; t++) {
+        float *q = v->q + (size_t)t * qd, *k = v->kk + (size_t)t * kvd;
+        double sq = group ? ss[2 * t] : sum_sq(q, qd), sk = group ? ss[2 * t + 1] : sum_sq(k, kvd);
+        scale_row(q, qn, qd, sq, dm->H * hd, dm->eps);
+        scale_row(k, kw, kvd, sk, dm->Hkv * hd, dm->eps);
+    }
+    emu_charge(x->dev, EMU_KERNEL_NORM, 2.0 * TA * (qd + kvd), sz * (2.0 * TA * (qd + kvd) + qd + kvd));
     return MOEMU_OK;
 }
 

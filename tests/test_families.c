@@ -152,6 +152,16 @@ static const struct {
      "'mlp_only_layers[0]' must be a layer index in [0, 4)"},
     {"{\"model_type\":\"qwen2_moe\",\"decoder_sparse_step\":0}", "'decoder_sparse_step'"},
     {"{\"model_type\":\"olmoe\",\"clip_qkv\":-1}", "'clip_qkv'"},
+    {"{\"model_type\":\"olmoe\",\"clip_qkv\":0}", "'clip_qkv' must be null or"},
+    {"{\"model_type\":\"qwen2_moe\",\"shared_expert_intermediate_size\":0}",
+     "'shared_expert_intermediate_size' must be positive"},
+    {"{\"model_type\":\"qwen2_moe\",\"layer_types\":\"full_attention\"}", "'layer_types'"},
+    {"{\"model_type\":\"granitemoe\",\"position_embedding_type\":\"absolute\"}",
+     "'position_embedding_type'"},
+    {"{\"model_type\":\"mixtral\",\"vocab_size\":32,\"hidden_size\":8,"
+     "\"intermediate_size\":8,\"num_hidden_layers\":1,\"num_attention_heads\":2,"
+     "\"num_local_experts\":2,\"num_experts_per_tok\":1,\"quantization_config\":{}}",
+     "'quantization_config'"},
     {"{\"model_type\":\"granitemoe\",\"logits_scaling\":0}", "'logits_scaling'"},
     {"{\"model_type\":\"qwen3_moe\",\"partial_rotary_factor\":0.5}", "'partial_rotary_factor'"},
 };
@@ -201,6 +211,9 @@ Test(families, rope_parameters_read_as_rope_theta)
                            "\"default\",\"rope_theta\":5000000}}"),
                  MOEMU_OK, "%s", moemu_errmsg());
     cr_expect_eq(c.rope_theta, 5e6);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"olmoe\",\"rope_parameters\":{\"rope_theta\":2e5}}"),
+                 MOEMU_OK, "no rope_type: transformers 5's default. %s", moemu_errmsg());
+    cr_expect_eq(c.rope_theta, 2e5);
     cr_expect_eq(parse(&c, "{\"model_type\":\"qwen3_moe\",\"rope_theta\":10000,"
                            "\"rope_parameters\":{\"rope_theta\":5000000}}"),
                  MOEMU_ERR_INVALID);

@@ -216,6 +216,9 @@ static const cfg_refusal_t cfg_refusals[] = {
      "moemu uses the rotate-half (non-interleaved) RoPE convention"},
     {"use_sliding_window", CFG_REFUSE_TRUE, 0, NULL,
      "sliding-window attention is not supported"},
+    {"quantization_config", CFG_REFUSE_NONNULL, 0, NULL,
+     "quantized checkpoints are not supported; moemu computes in fp32 and emulates the "
+     "dtype's storage"},
     {"attn_logit_softcapping", CFG_REFUSE_NONNULL, 0, NULL,
      "attention logit soft-capping is not supported"},
     {"final_logit_softcapping", CFG_REFUSE_NONNULL, 0, NULL,
@@ -689,11 +692,12 @@ static void rd_act(cfg_rd_t *r, layer_act_t *out)
 
 /* RoPE: rope_theta, or transformers 5's rope_parameters; a scaling of
  * any kind but "default" is refused by name. */
-static void rd_rope_type(cfg_rd_t *r, const char *key, json_t *obj)
+static void rd_rope_type(cfg_rd_t *r, const char *key, json_t *obj, bool typeless_default)
 {
     if (!obj || json_is_null(obj)) return;
     json_t *t = json_object_get(obj, "rope_type");
     if (!t) t = json_object_get(obj, "type");
+    if (!t && typeless_default) return; /* transformers 5 fills in "default" */
     if (json_is_string(t) && strcmp(json_string_value(t), "default") == 0) return;
     char got[96];
     emu_json_describe(obj, got, sizeof got);
@@ -706,14 +710,14 @@ static void rd_rope(cfg_rd_t *r, double *theta)
 {
     rd_num(r, "rope_theta", theta);
     rd_has(r, "rope_scaling");
-    rd_rope_type(r, "rope_scaling", json_object_get(r->src.root, "rope_scaling"));
+    rd_rope_type(r, "rope_scaling", json_object_get(r->src.root, "rope_scaling"), false);
     if (!rd_has(r, "rope_parameters")) return;
     json_t *rp = json_object_get(r->src.root, "rope_parameters");
     if (!json_is_object(rp)) {
         rd_bad(r, "config key 'rope_parameters' must be an object");
         return;
     }
-    rd_rope_type(r, "rope_parameters", rp);
+    rd_rope_type(r, "rope_parameters", rp, true);
     double t = *theta;
     char buf[64];
     emu_json_src_t in = emu_json_in(&r->src.js, "rope_parameters", buf, sizeof buf);
@@ -901,7 +905,8 @@ static void rd_qwen_window(cfg_rd_t *r)
         rd_bad(r, "config key 'use_sliding_window' = true is not supported: sliding-window "
                   "attention is not implemented");
     if (!rd_has(r, "layer_types")) return;
-    json_t *lt = json_object_get(r->src.root, "layer_types"), *v;
+    json_t *lt = NULL, *v;
+    rd_note(r, emu_json_arr(&r->src.js, r->src.root, "layer_types", CFG_OPT, &lt));
     size_t i;
     json_array_foreach(lt, i, v) if (!json_is_string(v) ||
                                      strcmp(json_string_value(v), "full_attention") != 0)
@@ -960,8 +965,11 @@ static void read_qwen2_moe(cfg_rd_t *r, cfg_model_t *c)
     rd_head_dim_fixed(r, c);
     rd_bool(r, "qkv_bias", &c->qkv_bias);
     rd_int(r, "shared_expert_intermediate_size", &c->shared_expert_intermediate_size);
-    c->num_shared_experts = c->shared_expert_intermediate_size > 0;
-    c->shared_gate = c->num_shared_experts > 0;
+    if (c->shared_expert_intermediate_size <= 0)
+        rd_bad(r, "config key 'shared_expert_intermediate_size' must be positive (Qwen2-MoE always "
+                  "has its gated shared expert), got %d", c->shared_expert_intermediate_size);
+    c->num_shared_experts = 1;
+    c->shared_gate = true;
     rd_norm_topk(r, c);
     rd_qwen_window(r);
     rd_qwen_dense(r, c);
@@ -987,7 +995,7 @@ static void read_olmoe(cfg_rd_t *r, cfg_model_t *c)
     rd_bool(r, "attention_bias", &c->qkv_bias);
     c->o_bias = c->qkv_bias;
     rd_num(r, "clip_qkv", &c->clip_qkv);
-    if (!(c->clip_qkv >= 0) || !isfinite(c->clip_qkv))
+    if (cfg_present(&r->src, "clip_qkv") && (!(c->clip_qkv > 0) || !isfinite(c->clip_qkv)))
         rd_bad(r, "config key 'clip_qkv' must be null or a finite number > 0, got %g", c->clip_qkv);
     rd_norm_topk(r, c);
 }
@@ -1002,7 +1010,11 @@ static void read_granitemoe(cfg_rd_t *r, cfg_model_t *c)
     rd_num(r, "residual_multiplier", &c->residual_multiplier);
     rd_num(r, "attention_multiplier", &c->attention_multiplier);
     rd_num(r, "logits_scaling", &c->logits_scaling);
-    rd_has(r, "position_embedding_type"); /* always rope */
+    const char *pe = NULL; /* the class hard-codes rope */
+    rd_has(r, "position_embedding_type");
+    rd_note(r, emu_json_str(&r->src.js, r->src.root, "position_embedding_type", CFG_OPT, &pe));
+    if (pe && strcmp(pe, "rope") != 0)
+        rd_bad(r, "config key 'position_embedding_type' = \"%.40s\" is not supported (rope)", pe);
     if (!(c->attention_multiplier > 0))
         rd_bad(r, "config key 'attention_multiplier' must be > 0, got %g", c->attention_multiplier);
 }
