@@ -975,12 +975,18 @@ static void read_qwen2_moe(cfg_rd_t *r, cfg_model_t *c)
     rd_qwen_dense(r, c);
 }
 
+/* attention_bias: biases on q, k, v and o alike. */
+static void rd_attention_bias(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_bool(r, "attention_bias", &c->qkv_bias);
+    c->o_bias = c->qkv_bias;
+}
+
 static void read_qwen3_moe(cfg_rd_t *r, cfg_model_t *c)
 {
     rd_hf_common(r, c, "num_experts", "moe_intermediate_size");
     rd_head_dim(r, c);
-    rd_bool(r, "attention_bias", &c->qkv_bias);
-    c->o_bias = c->qkv_bias;
+    rd_attention_bias(r, c);
     rd_norm_topk(r, c);
     rd_qwen_window(r);
     rd_qwen_dense(r, c);
@@ -992,8 +998,7 @@ static void read_olmoe(cfg_rd_t *r, cfg_model_t *c)
     rd_int(r, "num_local_experts", &c->num_local_experts);
     rd_hf_common(r, c, "num_experts", "intermediate_size");
     rd_head_dim_fixed(r, c);
-    rd_bool(r, "attention_bias", &c->qkv_bias);
-    c->o_bias = c->qkv_bias;
+    rd_attention_bias(r, c);
     rd_num(r, "clip_qkv", &c->clip_qkv);
     if (cfg_present(&r->src, "clip_qkv") && (!(c->clip_qkv > 0) || !isfinite(c->clip_qkv)))
         rd_bad(r, "config key 'clip_qkv' must be null or a finite number > 0, got %g", c->clip_qkv);
@@ -1004,8 +1009,7 @@ static void read_granitemoe(cfg_rd_t *r, cfg_model_t *c)
 {
     rd_hf_common(r, c, "num_local_experts", "intermediate_size");
     rd_head_dim_fixed(r, c);
-    rd_bool(r, "attention_bias", &c->qkv_bias);
-    c->o_bias = c->qkv_bias;
+    rd_attention_bias(r, c);
     rd_num(r, "embedding_multiplier", &c->embedding_multiplier);
     rd_num(r, "residual_multiplier", &c->residual_multiplier);
     rd_num(r, "attention_multiplier", &c->attention_multiplier);

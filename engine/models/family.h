@@ -71,6 +71,25 @@ void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_pl
 double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer, double *head);
 moemu_status_t dec_layer(const model_pass_t *p);
 
+/* The names every family here shares (modeling_llama.py's): embedding,
+ * final norm, lm_head, and each layer's norms and attention projections
+ * with their biases; a family's wts_names_t starts with them. */
+#define FAMILY_LAYER "model.layers.%d."
+#define FAMILY_LLAMA_NAMES                                                                       \
+    .embed = "model.embed_tokens.weight", .final_norm = "model.norm.weight",                     \
+    .lm_head = "lm_head.weight", .attn_norm = FAMILY_LAYER "input_layernorm.weight",             \
+    .q = FAMILY_LAYER "self_attn.q_proj.weight", .k = FAMILY_LAYER "self_attn.k_proj.weight",    \
+    .v = FAMILY_LAYER "self_attn.v_proj.weight", .o = FAMILY_LAYER "self_attn.o_proj.weight",    \
+    .bq = FAMILY_LAYER "self_attn.q_proj.bias", .bk = FAMILY_LAYER "self_attn.k_proj.bias",      \
+    .bv = FAMILY_LAYER "self_attn.v_proj.bias", .bo = FAMILY_LAYER "self_attn.o_proj.bias",      \
+    .mlp_norm = FAMILY_LAYER "post_attention_layernorm.weight"
+
+/* The shared decoder's entries, for a family that is one of its
+ * variations. */
+#define FAMILY_DECODER                                                                           \
+    .dims = dec_dims, .place = dec_place, .figures = cfg_figures, .held = dec_held,              \
+    .layer = dec_layer
+
 /* A config's family: one without model_type is moemu's own format,
  * Mixtral's function with its extensions (DESIGN.md). */
 static inline const model_family_t *family_of(const cfg_model_t *c)
