@@ -814,6 +814,13 @@ static void read_mixtral(cfg_rd_t *r, cfg_model_t *c)
     rd_int(r, "num_shared_experts", &c->num_shared_experts);
     c->shared_expert_intermediate_size = c->intermediate_size;
     rd_int(r, "shared_expert_intermediate_size", &c->shared_expert_intermediate_size);
+    /* a Qwen2-MoE config without its model_type would lose its shared
+     * expert without a word */
+    if (cfg_present(&r->src, "shared_expert_intermediate_size") &&
+        c->shared_expert_intermediate_size > 0 && !cfg_present(&r->src, "num_shared_experts"))
+        rd_bad(r, "config key 'shared_expert_intermediate_size' is given without "
+                  "num_shared_experts, which would build no shared expert: give "
+                  "num_shared_experts (or model_type \"qwen2_moe\" for a Qwen2-MoE config)");
     /* Qwen/DeepSeek keep the routed expert size in moe_intermediate_size
      * and a dense MLP size in intermediate_size: reading the latter would
      * silently build a different model. */
