@@ -400,13 +400,14 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
 
 /* ---- The mixture of experts */
 
-void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how)
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how,
+                     const layer_gate_t *g)
 {
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
     layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
     layer_router(v->x, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
-                 v->dm->k, how);
+                 v->dm->k, how, g);
 }
 
 moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped)

@@ -95,14 +95,30 @@ typedef enum {
     LAYER_ROUTE_SOFTMAX_TOPK_NORM = 0,
     LAYER_ROUTE_SOFTMAX_TOPK,
     LAYER_ROUTE_TOPK_SOFTMAX,
+    LAYER_ROUTE_GROUPED, /* DeepSeek's, as layer_gate_t says */
 } layer_route_t;
 
+/* DeepSeek's router (modeling_deepseek_v2.py, _v3.py; inference/model.py's
+ * Gate): scores are the softmax or the sigmoid of the logits; experts are
+ * chosen on score + bias (V3's e_score_correction_bias) within the
+ * topk_group best of n_group groups (a group scores its best choice
+ * score, or the sum of its best two), the others excluded as -inf; the
+ * weights are the chosen experts' unbiased scores, renormalised when norm
+ * (the sum plus 1e-20, as V3 does), times scale. */
+typedef struct {
+    const float *bias; /* (E), or NULL */
+    bool sigmoid, norm, group_top2;
+    int n_group, topk_group; /* 1, 1: no groups */
+    float scale;             /* routed_scaling_factor */
+} layer_gate_t;
+
 /* Router: logits (T, E) = x (T, d) @ wg^T (wg (E, d)), then the k choices
- * as how says. idx (T, k) and w (T, k) are ordered by logit descending.
- * logits is scratch. */
+ * as how says (with LAYER_ROUTE_GROUPED, as g says; g is NULL otherwise).
+ * idx (T, k) and w (T, k) are ordered by choice score descending, ties to
+ * the lower index. logits is scratch. */
 void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
                   const float *x, const float *wg, int T, int d, int E, int k,
-                  layer_route_t how);
+                  layer_route_t how, const layer_gate_t *g);
 
 /* Per-expert capacity of a routing group of T real tokens:
  * ceil(cf * T * k / E) in decimal arithmetic (cf is taken to 9 decimals),
@@ -331,7 +347,8 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
 
 /* Pre-norm router of the MoE block: norm of R into na, then the router's
  * top-k of the M rows into idx and wts (gate (E, d)). */
-void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how);
+void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, layer_route_t how,
+                     const layer_gate_t *g);
 /* Capacity over the routing group (layer_rows_t's group lists) into keep,
  * factor cf (0: dropless); *dropped receives the drops among M. */
 moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped);

@@ -5,20 +5,26 @@
 #include "layers/layers.h"
 #include "layers/layers_impl.h"
 
-/* The top k of p (E) into ti, tw: strict >, so the lower index wins a
- * tie. */
-static void top_k(int *ti, float *tw, const float *p, int E, int k)
+/* The top n of v (m) into ti by value, strict >: ties to the lower index;
+ * entries already -inf are never taken. */
+static void top_n(int *ti, const float *v, int m, int n)
 {
-    for (int s = 0; s < k; s++) {
+    for (int s = 0; s < n; s++) {
         int best = -1;
-        for (int e = 0; e < E; e++) {
+        for (int e = 0; e < m; e++) {
             bool taken = false;
             for (int j = 0; j < s; j++) taken |= ti[j] == e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            if (!taken && (best < 0 || v[e] > v[best])) best = e;
         }
         ti[s] = best;
-        tw[s] = p[best];
     }
+}
+
+/* The top k of p (E) into ti and their values into tw. */
+static void top_k(int *ti, float *tw, const float *p, int E, int k)
+{
+    top_n(ti, p, E, k);
+    for (int s = 0; s < k; s++) tw[s] = p[ti[s]];
 }
 
 /* p (n) = softmax(p), in place. */
@@ -31,9 +37,41 @@ static void softmax(float *p, int n)
     for (int e = 0; e < n; e++) p[e] /= sum;
 }
 
+/* One token of DeepSeek's router: p (E) holds the logits, then the
+ * scores; choice (E) is scratch. */
+static void route_grouped(int *ti, float *tw, float *p, float *choice, int E, int k,
+                          const layer_gate_t *g)
+{
+    if (g->sigmoid)
+        for (int e = 0; e < E; e++) p[e] = 1.0f / (1.0f + layer_exp(-p[e]));
+    else
+        softmax(p, E);
+    for (int e = 0; e < E; e++) choice[e] = g->bias ? p[e] + g->bias[e] : p[e];
+    int G = g->n_group > 1 ? g->n_group : 1, per = E / G;
+    if (G > 1) {
+        float gs[G];
+        int best[2], keep[G];
+        for (int q = 0; q < G; q++) {
+            top_n(best, choice + q * per, per, per > 1 && g->group_top2 ? 2 : 1);
+            gs[q] = choice[q * per + best[0]];
+            if (per > 1 && g->group_top2) gs[q] += choice[q * per + best[1]];
+        }
+        top_n(keep, gs, G, g->topk_group);
+        for (int q = 0; q < G; q++) {
+            bool kept = false;
+            for (int j = 0; j < g->topk_group; j++) kept |= keep[j] == q;
+            for (int e = q * per; e < (q + 1) * per && !kept; e++) choice[e] = -INFINITY;
+        }
+    }
+    top_n(ti, choice, E, k);
+    float tot = 0.0f;
+    for (int s = 0; s < k; s++) tot += (tw[s] = p[ti[s]]);
+    for (int s = 0; s < k; s++) tw[s] = (g->norm ? tw[s] / (tot + 1e-20f) : tw[s]) * g->scale;
+}
+
 LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
                   const float *x, const float *wg, int T, int d, int E, int k,
-                  layer_route_t how)
+                  layer_route_t how, const layer_gate_t *g)
 {
     layer_linear(c, EMU_KERNEL_ROUTER, logits, x, wg, T, d, E, d, false);
     /* softmax, top-k selection and renormalisation: ~5 operations an entry */
@@ -44,6 +82,11 @@ LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
     for (int t = 0; t < T; t++) {
         float *p = logits + (int64_t)t * E, *tw = w + (int64_t)t * k;
         int *ti = idx + (int64_t)t * k;
+        if (how == LAYER_ROUTE_GROUPED) {
+            float choice[E];
+            route_grouped(ti, tw, p, choice, E, k, g);
+            continue;
+        }
         if (how == LAYER_ROUTE_TOPK_SOFTMAX) {
             top_k(ti, tw, p, E, k);
             softmax(tw, k);

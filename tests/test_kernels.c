@@ -742,7 +742,7 @@ Test(router, matches_reference_and_charges)
                 }
         emu_dev_t *dev = dev_new();
         layer_ctx_t c = ctx_of(dev, true);
-        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, how);
+        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, how, NULL);
         for (int i = 0; i < T * k; i++)
             cr_assert_eq(idx[i], ridx[i], "%s: token %d choice %d is expert "
                          "%d, want %d", what, i / k, i % k, idx[i], ridx[i]);
@@ -773,7 +773,109 @@ static void router_logits(layer_ctx_t *c, int *idx, float *w, const float *l,
 {
     float x[2] = {1, 0}, wg[2 * 16], logits[16];
     for (int e = 0; e < E; e++) wg[2 * e] = l[e], wg[2 * e + 1] = 0;
-    layer_router(c, idx, w, logits, x, wg, 1, 2, E, k, LAYER_ROUTE_SOFTMAX_TOPK_NORM);
+    layer_router(c, idx, w, logits, x, wg, 1, 2, E, k, LAYER_ROUTE_SOFTMAX_TOPK_NORM, NULL);
+}
+
+/* DeepSeek's grouped router against a naive one in double written from
+ * inference/model.py's Gate: V3 (sigmoid, biased choice, groups scored by
+ * their best two, renormalised, scaled) and V2 (softmax, groups scored by
+ * their best, not renormalised, scaled). */
+static void naive_grouped(int *idx, double *w, const float *x, const float *wg, int d, int E,
+                          int k, const layer_gate_t *g)
+{
+    double sc[64], ch[64];
+    for (int e = 0; e < E; e++) {
+        double l = 0;
+        for (int i = 0; i < d; i++) l += (double)x[i] * wg[(size_t)e * d + i];
+        sc[e] = l;
+    }
+    if (g->sigmoid) {
+        for (int e = 0; e < E; e++) sc[e] = 1 / (1 + exp(-sc[e]));
+    } else {
+        double m = sc[0], z = 0;
+        for (int e = 1; e < E; e++) m = fmax(m, sc[e]);
+        for (int e = 0; e < E; e++) z += (sc[e] = exp(sc[e] - m));
+        for (int e = 0; e < E; e++) sc[e] /= z;
+    }
+    for (int e = 0; e < E; e++) ch[e] = sc[e] + (g->bias ? g->bias[e] : 0);
+    int per = E / g->n_group;
+    double gs[64];
+    for (int q = 0; q < g->n_group; q++) {
+        double a = -INFINITY, b = -INFINITY;
+        for (int e = q * per; e < (q + 1) * per; e++)
+            if (ch[e] > a) b = a, a = ch[e];
+            else if (ch[e] > b) b = ch[e];
+        gs[q] = g->group_top2 ? a + b : a;
+    }
+    for (int j = 0; j < g->n_group - g->topk_group; j++) { /* drop the worst groups */
+        int worst = -1;
+        for (int q = g->n_group - 1; q >= 0; q--)
+            if (gs[q] != INFINITY && (worst < 0 || gs[q] < gs[worst])) worst = q;
+        gs[worst] = INFINITY;
+        for (int e = worst * per; e < (worst + 1) * per; e++) ch[e] = -INFINITY;
+    }
+    double tot = 0;
+    for (int s = 0; s < k; s++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int j = 0; j < s; j++) taken |= idx[j] == e;
+            if (!taken && (best < 0 || ch[e] > ch[best])) best = e;
+        }
+        idx[s] = best;
+        tot += (w[s] = sc[best]);
+    }
+    for (int s = 0; s < k; s++) w[s] = (g->norm ? w[s] / tot : w[s]) * g->scale;
+}
+
+Test(router, grouped_matches_a_naive_gate)
+{
+    enum { E = 32, d = 24, k = 6, T = 40 };
+    rng_t r = {11};
+    float x[T * d], wg[E * d], bias[E], logits[T * E], w[T * k];
+    int idx[T * k];
+    fill(&r, x, T * d, 1), fill(&r, wg, E * d, 1), fill(&r, bias, E, 0.5f);
+    const layer_gate_t gates[] = {
+        {.bias = bias, .sigmoid = true, .norm = true, .group_top2 = true, .n_group = 8,
+         .topk_group = 4, .scale = 2.5f},
+        {.n_group = 4, .topk_group = 2, .scale = 16.0f},
+        {.sigmoid = true, .n_group = 1, .topk_group = 1, .scale = 1.0f},
+    };
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    for (size_t gi = 0; gi < sizeof gates / sizeof gates[0]; gi++) {
+        layer_router(&c, idx, w, logits, x, wg, T, d, E, k, LAYER_ROUTE_GROUPED, &gates[gi]);
+        for (int t = 0; t < T; t++) {
+            int ri[k];
+            double rw[k];
+            naive_grouped(ri, rw, x + t * d, wg, d, E, k, &gates[gi]);
+            for (int s = 0; s < k; s++) {
+                cr_assert_eq(idx[t * k + s], ri[s], "gate %zu token %d choice %d", gi, t, s);
+                cr_assert(fabs(w[t * k + s] - rw[s]) < 1e-5 * fmax(1, fabs(rw[s])),
+                          "gate %zu token %d weight %d: %.9g vs %.9g", gi, t, s, w[t * k + s],
+                          rw[s]);
+            }
+        }
+    }
+    emu_dev_destroy(dev);
+}
+
+/* Experts of a group not chosen are out even when every biased score is
+ * negative (-inf as DeepSeek's code and vLLM, not Hugging Face's 0.0). */
+Test(router, excluded_groups_are_minus_infinity)
+{
+    enum { E = 4, d = 2 };
+    float x[d] = {1, 0}, wg[E * d] = {0}, logits[E], w[2];
+    float bias[E] = {-3, -3, -5, -5}; /* group 0 wins; its experts' choice scores < 0 */
+    int idx[2];
+    layer_gate_t g = {.bias = bias, .sigmoid = true, .norm = true, .group_top2 = true,
+                      .n_group = 2, .topk_group = 1, .scale = 1};
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_router(&c, idx, w, logits, x, wg, 1, d, E, 2, LAYER_ROUTE_GROUPED, &g);
+    cr_assert(idx[0] == 0 && idx[1] == 1, "chose %d, %d", idx[0], idx[1]);
+    cr_assert(fabsf(w[0] - 0.5f) < 1e-6f && fabsf(w[1] - 0.5f) < 1e-6f);
+    emu_dev_destroy(dev);
 }
 
 Test(router, ties_to_lower_index)
@@ -1093,8 +1195,8 @@ Test(dry_run, touches_nothing_and_charges_the_same)
     int idxd0[7 * 2];
     memcpy(idxd0, idxd, sizeof idxd);
     DRY("router", 7 * 5,
-        layer_router(&real, idx, rw, o, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM),
-        layer_router(&dry, idxd, rwd, s, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM));
+        layer_router(&real, idx, rw, o, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM, NULL),
+        layer_router(&dry, idxd, rwd, s, a, w, 7, 33, 5, 2, LAYER_ROUTE_SOFTMAX_TOPK_NORM, NULL));
     assert_untouched(rwd, 7 * 2, SENTINEL, "router weights");
     cr_assert(memcmp(idxd, idxd0, sizeof idxd) == 0,
               "router: math=false wrote idx");

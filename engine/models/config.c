@@ -366,7 +366,8 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
                             c->qkv_bias ? P("q, k and v biases", H + 2 * Hkv, hd) : 0,
                             c->o_bias ? d : 0);
     o->attention = P("attention parameters * num_hidden_layers", att_layer, L);
-    o->router = P("num_local_experts * hidden_size * MoE layers", E, d, Lm);
+    o->router = P("num_local_experts * (hidden_size + bias) * MoE layers", E,
+                  d + (c->gate_bias ? 1 : 0), Lm);
     const bool gelu = mats == 2;
     int64_t expert = P(gelu ? "2 * hidden_size * intermediate_size"
                             : "3 * hidden_size * intermediate_size", mats, d, F);

@@ -43,6 +43,10 @@ typedef struct {
     layer_qknorm_t qk_norm;   /* query/key RMSNorm: by head or by width */
     double clip_qkv;          /* q, k, v clamped to [-clip, clip]; 0: none */
     layer_route_t router;     /* how logits become k weights */
+    /* DeepSeek's grouped router (router LAYER_ROUTE_GROUPED) */
+    bool gate_sigmoid, gate_norm, gate_top2, gate_bias; /* gate_bias: e_score_correction_bias */
+    int n_group, topk_group;
+    double routed_scaling_factor;
     bool shared_gate;         /* the shared experts' sum times sigmoid(g . x) */
     int dense_intermediate_size; /* F of a dense layer's MLP */
     int num_dense_layers;     /* layers whose MLP is dense (bits in dense) */

@@ -110,7 +110,7 @@ static double held_mlp(const cfg_model_t *c, const model_place_t *p, bool dense)
     const par_place_t *q = &p->par;
     double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
     if (dense) return mats * (p->dense_ffn1 - p->dense_ffn0) * d;
-    return (double)c->num_local_experts * d +
+    return (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) +
            (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d +
            (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d +
            (c->shared_gate ? d : 0);
@@ -134,7 +134,11 @@ static moemu_status_t dec_moe(const model_pass_t *mp)
     const cfg_model_t *c = &mp->w->cfg;
     const wts_layer_t *L = &mp->w->layers[mp->layer];
     const model_place_t *pl = mp->place;
-    layer_moe_route(mp->v, L->moe_norm, L->gate, c->router);
+    layer_gate_t g = {.bias = L->gate_bias, .sigmoid = c->gate_sigmoid, .norm = c->gate_norm,
+                      .group_top2 = c->gate_top2, .n_group = c->n_group,
+                      .topk_group = c->topk_group, .scale = (float)c->routed_scaling_factor};
+    layer_moe_route(mp->v, L->moe_norm, L->gate, c->router,
+                    c->router == LAYER_ROUTE_GROUPED ? &g : NULL);
     mp->chosen(mp);
     int64_t dropped;
     MOEMU_CHECK(layer_moe_capacity(mp->v, c->capacity_factor, &dropped));

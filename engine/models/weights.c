@@ -185,6 +185,7 @@ static void walk_layer(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
         return;
     }
     y->gate = take(k, nm->router, l, 0, 2, c->num_local_experts, d, 0);
+    if (c->gate_bias) y->gate_bias = take(k, nm->gate_bias, l, 0, 1, c->num_local_experts, 0, 0);
     walk_experts(k, c, y, l);
     const char *const f[3] = {nm->s1, nm->s2, nm->s3};
     for (int j = 0; j < c->num_shared_experts; j++) {

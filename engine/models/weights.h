@@ -30,6 +30,7 @@ typedef struct {
     float *qn, *kn;          /* query/key norms: (hd) x 2 or (H*hd), (Hkv*hd) */
     float *moe_norm;         /* (d) post_attention_layernorm */
     float *gate;             /* (E, d); NULL in a dense layer */
+    float *gate_bias;        /* (E) DeepSeek-V3's e_score_correction_bias */
     float **w1, **w3, **w2;  /* E each: (F, d), (F, d), (d, F) */
     float **sw1, **sw3, **sw2; /* num_shared_experts each, F_shared */
     float *sgate;            /* (1, d) the shared experts' sigmoid gate */
@@ -52,7 +53,8 @@ typedef struct {
 typedef struct {
     const char *embed, *final_norm, *lm_head;
     const char *attn_norm, *q, *k, *v, *o, *bq, *bk, *bv, *bo, *qn, *kn, *mlp_norm;
-    const char *router, *e1, *e2, *e3;  /* each routed expert's w1 (gate), w2 (down), w3 (up) */
+    const char *router, *gate_bias;     /* the router and its choice bias */
+    const char *e1, *e2, *e3;           /* each routed expert's w1 (gate), w2 (down), w3 (up) */
     const char *fused_in, *fused_out;   /* or all experts in two tensors: (E, 2F, d)
                                            of [w1; w3], (E, d, F) of w2 (GraniteMoE) */
     const char *s1, *s2, *s3, *sgate;   /* shared experts and their gate */
