@@ -16,7 +16,8 @@ void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tma
      * scratch, which never live at the same time */
     size_t np = (size_t)(CP > 1 ? CP : 1) * Tmax * (qd + dm->Hl);
     if (np < 2 * (size_t)Tmax * dm->mlp_f) np = 2 * (size_t)Tmax * dm->mlp_f;
-    *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl + dm->row_f) + np +
+    *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl + dm->row_f +
+                          dm->mla_f) + np +
           4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * dm->Vl * sh->tp_size;
     *ni = (size_t)Tmax * dm->k;
 }
@@ -42,6 +43,7 @@ void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog
     v->wts = TAKE(T * dm->k);
     v->lse = TAKE(T * dm->Hl);
     v->rowf = TAKE(T * dm->row_f);
+    v->mla = TAKE(T * dm->mla_f);
     v->kvall = TAKE(2 * (size_t)Ttot * kvd);
     v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
     v->logits = TAKE((size_t)nlog * Vp);
@@ -72,17 +74,27 @@ static float *kv_seq(const layer_view_t *v, int b, int *cap, int **n)
     return v->kv.base + v->kv.off[i];
 }
 
+/* The values of a cache whose keys start at K (cap rows a head): after
+ * the keys, or the keys themselves (MLA's latent). */
+static float *kv_values(const layer_view_t *v, float *K, int cap)
+{
+    return v->dm->kv_shared ? K : K + (size_t)v->dm->kvl * cap * v->dm->hd;
+}
+
+/* Tensors the cache keeps: keys and values, or one latent. */
+static int kv_parts(const layer_view_t *v) { return v->dm->kv_shared ? 1 : 2; }
+
 /* Append the keys and values of A row t to the cache of its sequence. */
 static moemu_status_t kv_append(layer_view_t *v, int t)
 {
     int b = v->r->seq[t], cap, *n, hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
-    float *K = kv_seq(v, b, &cap, &n), *Vc = K + (size_t)kvl * cap * hd;
+    float *K = kv_seq(v, b, &cap, &n), *Vc = kv_values(v, K, cap);
     if (*n >= cap)
         return moemu_fail(MOEMU_ERR_INTERNAL, "KV cache of sequence %d full (%d)", b, cap);
     for (int g = 0; g < kvl && v->x->math; g++) {
         size_t dst = ((size_t)g * cap + *n) * hd;
         memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
-        memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+        if (Vc != K) memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
     }
     (*n)++;
     return MOEMU_OK;
@@ -101,11 +113,11 @@ static moemu_status_t attend_prefill(layer_view_t *v)
         float *K = kv_seq(v, b, &cap, &n);
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t0 * qd, .q = v->q + (size_t)t0 * qd, .kc = K,
-            .vc = K + (size_t)kvl * cap * hd, .T = t1 - t0, .k1 = t1 - t0, .ldc = cap};
+            .vc = kv_values(v, K, cap), .T = t1 - t0, .k1 = t1 - t0, .ldc = cap};
         t0 = t1;
     }
     double sz = (double)emu_dtype_size(v->x->dtype);
-    emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd);
+    emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * TA * kvl * hd);
     layer_attention_batch(v->x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
     return MOEMU_OK;
 }
@@ -122,7 +134,7 @@ static void cp_assemble(const layer_view_t *v, int b, int L, const float *kall,
             for (int g = 0; g < kvl; g++) {
                 size_t dst = ((size_t)g * L + r->cp_pos[j]) * hd;
                 memcpy(Kf + dst, kall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
-                memcpy(Vf + dst, vall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
+                if (Vf != Kf) memcpy(Vf + dst, vall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
             }
 }
 
@@ -135,16 +147,16 @@ static moemu_status_t attend_prefill_cp(layer_view_t *v)
     int hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd, qd = v->dm->Hl * hd, TA = r->n;
     int CP = v->sh->cp_size, tot = 0, ns = 0;
     for (int cp = 0; cp < CP; cp++) tot += r->cp_n[cp];
-    float *kall = v->kvall, *vall = v->kvall + (size_t)v->Ttot * kvd;
+    float *kall = v->kvall, *vall = v->dm->kv_shared ? kall : v->kvall + (size_t)v->Ttot * kvd;
     MOEMU_CHECK(layer_gather_rows(x, kall, v->kk, r->cp_n, kvd, v->sh->cp));
-    MOEMU_CHECK(layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp));
+    if (vall != kall) MOEMU_CHECK(layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp));
     for (int t = 0; t < TA; t++) MOEMU_CHECK(kv_append(v, t));
     size_t off = 0;
     double assembled = 0;
     for (int t0 = 0; t0 < TA;) {
         int b = r->seq[t0], L_b = r->seq_len[b];
-        float *Kf = v->kfull + off, *Vf = Kf + (size_t)kvl * L_b * hd;
-        off += 2 * (size_t)kvl * L_b * hd;
+        float *Kf = v->kfull + off, *Vf = v->dm->kv_shared ? Kf : Kf + (size_t)kvl * L_b * hd;
+        off += (size_t)kv_parts(v) * kvl * L_b * hd;
         assembled += L_b;
         if (x->math) cp_assemble(v, b, L_b, kall, vall, tot, Kf, Vf);
         /* runs of consecutive positions: at most two per sequence */
@@ -160,7 +172,7 @@ static moemu_status_t attend_prefill_cp(layer_view_t *v)
         t0 = t1;
     }
     double sz = (double)emu_dtype_size(x->dtype);
-    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * assembled * kvd);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * assembled * kvd);
     layer_attention_batch(x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
     return MOEMU_OK;
 }
@@ -179,12 +191,12 @@ static moemu_status_t attend_decode(layer_view_t *v)
         float *K = kv_seq(v, b, &cap, &n);
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t * qd, .lse = v->lse + (size_t)t * Hl,
-            .q = v->q + (size_t)t * qd, .kc = K, .vc = K + (size_t)kvl * cap * hd, .T = 1,
+            .q = v->q + (size_t)t * qd, .kc = K, .vc = kv_values(v, K, cap), .T = 1,
             .q0 = *n - 1, .k1 = *n, .ldc = cap};
     }
     layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd, v->dm->attn_scale);
     double sz = (double)emu_dtype_size(x->dtype);
-    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 4.0 * sz * TA * kvl * hd / CP);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * TA * kvl * hd / CP);
     if (CP == 1) return MOEMU_OK;
     for (int cp = 0; cp < CP; cp++) cnt[cp] = TA;
     MOEMU_CHECK(layer_gather_rows(x, v->parts, v->att, cnt, qd, v->sh->cp));
@@ -316,6 +328,109 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
                  dm->H * hd, false);
     MOEMU_CHECK(tp_sum(v, v->o));
     if (w->bo) layer_bias(x, v->o, w->bo, R, d); /* once, on the summed rows */
+    layer_axpy(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult);
+    return MOEMU_OK;
+}
+
+/* ---- Multi-head latent attention */
+
+/* MLA's row scratch: the query's down-projection, the heads' raw
+ * queries, their rope parts, the latent, its rope part, the heads'
+ * outputs. */
+typedef struct {
+    float *cq, *qraw, *qpe, *ckv, *kpe, *ocat;
+} mla_buf_t;
+
+static mla_buf_t mla_bufs(const layer_view_t *v)
+{
+    const layer_dims_t *dm = v->dm;
+    size_t T = (size_t)v->r->n, Hl = (size_t)dm->Hl;
+    mla_buf_t b = {.cq = v->mla};
+    b.qraw = b.cq + T * dm->q_lora;
+    b.qpe = b.qraw + T * Hl * (dm->nope + dm->rope_d);
+    b.ckv = b.qpe + T * Hl * dm->rope_d;
+    b.kpe = b.ckv + T * dm->lora;
+    b.ocat = b.kpe + T * dm->rope_d;
+    return b;
+}
+
+/* Row t's part of width n at column c of rows of width ld, into (or
+ * from) a dense (T, n) buffer. */
+static void mla_scatter(layer_ctx_t *x, float *dst, int ldd, const float *src, int lds, int T,
+                        int n)
+{
+    for (int t = 0; t < T && x->math; t++)
+        memcpy(dst + (size_t)t * ldd, src + (size_t)t * lds, sizeof(float) * n);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * emu_dtype_size(x->dtype) * T * n);
+}
+
+/* Every head's query, [q_pe | q_nope W_uk], into q (TA, Hl, hd). */
+static void mla_query(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int TA = v->r->n, d = dm->d, Hl = dm->Hl, qk = dm->nope + dm->rope_d, hd = dm->hd;
+    size_t h0 = (size_t)dm->head0 * qk;
+    if (w->q_a) {
+        layer_linear(x, EMU_KERNEL_GEMM, b->cq, v->na, w->q_a, TA, d, dm->q_lora, d, false);
+        layer_rmsnorm(x, b->cq, b->cq, w->q_a_norm, TA, dm->q_lora, w->eps);
+        layer_linear(x, EMU_KERNEL_GEMM, b->qraw, b->cq, w->q_b + h0 * dm->q_lora, TA,
+                     dm->q_lora, Hl * qk, dm->q_lora, false);
+    } else {
+        layer_linear(x, EMU_KERNEL_GEMM, b->qraw, v->na, w->wq + h0 * d, TA, d, Hl * qk, d,
+                     false);
+    }
+    /* the rope parts rotate as (TA, Hl, rope) */
+    mla_scatter(x, b->qpe, dm->rope_d, b->qraw + dm->nope, qk, TA * Hl, dm->rope_d);
+    layer_rope(x, b->qpe, v->r->pos, TA, Hl, dm->rope_d, dm->rope_theta);
+    mla_scatter(x, v->q, hd, b->qpe, dm->rope_d, TA * Hl, dm->rope_d);
+    /* absorbed: head h's q_nope times its W_uk (kv_b_proj's nope rows) */
+    for (int h = 0; h < Hl; h++) {
+        const float *uk = w->kv_b + (size_t)(dm->head0 + h) * (dm->nope + dm->vd) * dm->lora;
+        layer_gemm(x, v->q + (size_t)h * hd + dm->rope_d, Hl * hd, b->qraw + (size_t)h * qk,
+                   Hl * qk, uk, dm->lora, TA, dm->nope, dm->lora, false);
+    }
+}
+
+/* Every row's latent, [k_pe | RMSNorm(c_kv)], into kk (TA, hd). */
+static void mla_latent(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int TA = v->r->n, d = dm->d, hd = dm->hd;
+    layer_linear(x, EMU_KERNEL_GEMM, b->ckv, v->na, w->kv_a, TA, d, dm->lora, d, false);
+    layer_linear(x, EMU_KERNEL_GEMM, b->kpe, v->na, w->kv_a + (size_t)dm->lora * d, TA, d,
+                 dm->rope_d, d, false);
+    layer_rmsnorm(x, b->ckv, b->ckv, w->kv_a_norm, TA, dm->lora, w->eps);
+    layer_rope(x, b->kpe, v->r->pos, TA, 1, dm->rope_d, dm->rope_theta);
+    mla_scatter(x, v->kk, hd, b->kpe, dm->rope_d, TA, dm->rope_d);
+    mla_scatter(x, v->kk + dm->rope_d, hd, b->ckv, dm->lora, TA, dm->lora);
+}
+
+moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
+{
+    const layer_rows_t *r = v->r;
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0, Hl = dm->Hl, vd = dm->vd;
+    mla_buf_t b = mla_bufs(v);
+    layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
+    if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
+    mla_query(v, w, &b);
+    mla_latent(v, w, &b);
+    if (r->decode) MOEMU_CHECK(attend_decode(v));
+    else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
+    else MOEMU_CHECK(attend_prefill_cp(v));
+    /* head h's output: its attended latent times W_uv (kv_b_proj's v rows) */
+    for (int h = 0; h < Hl; h++) {
+        const float *uv =
+            w->kv_b + ((size_t)(dm->head0 + h) * (dm->nope + vd) + dm->nope) * dm->lora;
+        layer_gemm(x, b.ocat + (size_t)h * vd, Hl * vd, v->att + (size_t)h * hd + dm->rope_d,
+                   Hl * hd, uv, dm->lora, TA, dm->lora, vd, true);
+    }
+    layer_linear(x, EMU_KERNEL_GEMM, v->o, b.ocat, w->wo + (size_t)dm->head0 * vd, TA, Hl * vd, d,
+                 dm->H * vd, false);
+    MOEMU_CHECK(tp_sum(v, v->o));
     layer_axpy(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult);
     return MOEMU_OK;
 }

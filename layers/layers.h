@@ -33,6 +33,12 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   const float *in, const float *w, int T, int n_in, int n_out,
                   int ldw, bool accumulate);
 
+/* out (T, n) = in (T, m) @ w, w (m, n) or, with w_trans, (n, m) used as
+ * its transpose; each with its row stride (a slice of wider rows): one
+ * GEMM, as MLA's absorbed projections are. */
+void layer_gemm(layer_ctx_t *c, float *out, int ldo, const float *in, int ldi, const float *w,
+                int ldw, int T, int m, int n, bool w_trans);
+
 /* out (T, d) = rows of emb (V, d) for tok (T). Ids must be in [0, V). */
 void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,
                  int T, int d);
@@ -272,6 +278,11 @@ typedef struct {
     int mlp_f;               /* widest MLP slice the rank computes (0: none) */
     int row_f;               /* per-row figures a block keeps (norms' sums,
                                 gates): 2 or 0 */
+    bool kv_shared;          /* the values are the keys' rows (MLA's latent):
+                                the cache holds them once */
+    int q_lora, lora, nope, rope_d, vd; /* MLA: the query and key/value ranks,
+                                each head's parts (0: not MLA) */
+    int mla_f;               /* MLA's per-row scratch floats */
     float eps;               /* RMSNorm */
     double rope_theta;
     float attn_scale;        /* of q k^T: 1 / sqrt(hd), or Granite's */
@@ -292,6 +303,7 @@ typedef struct {
     float *xr, *na, *q, *kk, *vv, *att, *o, *moe, *sh_out, *rlog, *lse, *wts,
         *parts, *kvall, *kfull, *logits, *lgath;
     float *rowf;             /* (row_f Tmax) per-row figures */
+    float *mla;              /* (mla_f Tmax) MLA's projections */
     int *idx;                /* (Tmax, k) choices */
     uint8_t *keep;           /* (Tmax, k) */
     layer_attn_seq_t *seqs;  /* (2 * sequences) */
@@ -328,6 +340,26 @@ typedef struct {
  * decode: partial results over each rank's part of the cache merged).
  * The pass's keys and values join the cache. */
 moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w);
+
+/* Multi-head latent attention (DeepSeek-V2/V3), weights whole: q_proj
+ * (H*(nope+rope), d), or q_a_proj (q_lora, d), q_a_layernorm (q_lora) and
+ * q_b_proj (H*(nope+rope), q_lora); kv_a_proj_with_mqa (lora+rope, d),
+ * kv_a_layernorm (lora), kv_b_proj (H*(nope+vd), lora), o_proj (d, H*vd).
+ * eps: the a-layernorms' (1e-6). rope: how the rope parts rotate. */
+typedef struct {
+    const float *norm, *wq, *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *kv_b, *wo;
+    float eps;
+} layer_mla_w_t;
+
+/* MLA on R, residual added, in the weight-absorbed form DeepSeek's
+ * inference code, vLLM and SGLang use: the cache keeps each token's
+ * latent, [k_pe (rope) | normalised c_kv (lora)], one row shared by all
+ * heads as key and value; a head's query is [q_pe | q_nope W_uk] and its
+ * output W_uv of the attended latent. TP splits the heads (q_b_proj,
+ * kv_b_proj's rows, o_proj's columns); the down-projections and the
+ * latent are every rank's. dims: hd = rope + lora, one kv head,
+ * kv_shared. */
+moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w);
 
 /* TP rank t's rows [v0, v1) of the vocabulary padded for TP to
  * ceil(V/TP)*TP rows (rows >= V are padding). */

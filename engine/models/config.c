@@ -335,6 +335,24 @@ static int64_t cfg_sum(cfg_ck_t *ck, const char *what, const int64_t *f, int n)
     return r;
 }
 
+/* One MLA layer's attention parameters: the query's projections (q_proj,
+ * or q_a_proj and q_b_proj), kv_a_proj_with_mqa, kv_b_proj and o_proj;
+ * its two a-norms count as norms. */
+static int64_t cfg_mla_params(cfg_ck_t *ck, const cfg_model_t *c)
+{
+    int64_t d = c->hidden_size, H = c->num_attention_heads, ql = c->q_lora_rank,
+            lora = c->kv_lora_rank, rope = c->qk_rope_head_dim, nope = c->qk_nope_head_dim,
+            vd = c->v_head_dim, qk = nope + rope;
+    int64_t q = ql > 0 ? cfg_add(ck, "MLA query parameters", cfg_mul(ck, "q_lora_rank * hidden_size", ql, d),
+                                 cfg_mul(ck, "heads * qk_head_dim * q_lora_rank", H * qk, ql))
+                       : cfg_mul(ck, "heads * qk_head_dim * hidden_size", H * qk, d);
+    int64_t kv = cfg_add(ck, "MLA key/value parameters",
+                         cfg_mul(ck, "(kv_lora_rank + rope) * hidden_size", lora + rope, d),
+                         cfg_mul(ck, "heads * (nope + v_head_dim) * kv_lora_rank", H * (nope + vd), lora));
+    return cfg_add(ck, "MLA parameters", cfg_add(ck, "MLA parameters", q, kv),
+                   cfg_mul(ck, "hidden_size * heads * v_head_dim", d, H * vd));
+}
+
 /* Computes every figure; returns false if a count overflows int64. */
 static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 {
@@ -365,6 +383,7 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
                             P("2 * hidden_size * num_key_value_heads * head_dim", 2, d, Hkv, hd),
                             c->qkv_bias ? P("q, k and v biases", H + 2 * Hkv, hd) : 0,
                             c->o_bias ? d : 0);
+    if (c->kv_lora_rank > 0) att_layer = cfg_mla_params(&ck, c);
     o->attention = P("attention parameters * num_hidden_layers", att_layer, L);
     o->router = P("num_local_experts * (hidden_size + bias) * MoE layers", E,
                   d + (c->gate_bias ? 1 : 0), Lm);
@@ -384,6 +403,7 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
     int64_t qk = c->qk_norm == LAYER_QKNORM_HEAD    ? 2 * hd
                  : c->qk_norm == LAYER_QKNORM_WIDTH ? (H + Hkv) * hd
                                                     : 0;
+    if (c->kv_lora_rank > 0) qk = (int64_t)c->q_lora_rank + c->kv_lora_rank; /* the a-norms */
     o->norms = ADD("norm parameters", P("norm parameters per layer * num_hidden_layers",
                                         2 * d + qk, L), d);
     o->lm_head = c->tie_word_embeddings ? 0 : vd;
@@ -400,7 +420,9 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 
     o->weight_bytes = (double)o->total * (double)emu_dtype_size(c->dtype);
     o->flops_per_token = 2.0 * (double)matmul;
-    o->attn_flops_per_pair = 4.0 * (double)H * (double)hd * (double)L;
+    /* MLA attends in the latent, rope + lora wide (values: the same rows) */
+    double att_hd = c->kv_lora_rank > 0 ? (double)c->kv_lora_rank + c->qk_rope_head_dim : hd;
+    o->attn_flops_per_pair = 4.0 * (double)H * att_hd * (double)L;
     if (what) *what = ck.what;
     return !ck.overflow;
 }
@@ -1031,6 +1053,118 @@ static void read_granitemoe(cfg_rd_t *r, cfg_model_t *c)
         rd_bad(r, "config key 'attention_multiplier' must be > 0, got %g", c->attention_multiplier);
 }
 
+/* ---- DeepSeek-V2 and V3 (modeling_deepseek_v2.py, modeling_deepseek_v3.py;
+ * kimi_k2 is V3's architecture) */
+
+/* Layer l is MoE when l >= first_k_dense_replace and l % moe_layer_freq
+ * == 0; the others are dense MLPs of intermediate_size. */
+static void rd_deepseek_dense(cfg_rd_t *r, cfg_model_t *c)
+{
+    int first = 0, freq = 1, L = c->num_hidden_layers;
+    rd_int(r, "first_k_dense_replace", &first);
+    rd_int(r, "moe_layer_freq", &freq);
+    rd_int(r, "intermediate_size", &c->dense_intermediate_size);
+    if (freq < 1) {
+        rd_bad(r, "config key 'moe_layer_freq' must be at least 1, got %d", freq);
+        return;
+    }
+    memset(c->dense, 0, sizeof c->dense);
+    c->num_dense_layers = 0;
+    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++)
+        if (l < first || l % freq != 0) {
+            c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
+            c->num_dense_layers++;
+        }
+    if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
+        rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
+                  "dense layers", L, CFG_MAX_LAYERS);
+}
+
+/* scoring_func, topk_method, groups, norm_topk_prob, routed_scaling_factor. */
+static void rd_deepseek_router(cfg_rd_t *r, cfg_model_t *c, bool v3)
+{
+    const char *score = v3 ? "sigmoid" : "softmax", *method = v3 ? "noaux_tc" : "greedy";
+    rd_has(r, "scoring_func");
+    rd_note(r, emu_json_str(&r->src.js, r->src.root, "scoring_func", CFG_OPT, &score));
+    rd_has(r, "topk_method");
+    rd_note(r, emu_json_str(&r->src.js, r->src.root, "topk_method", CFG_OPT, &method));
+    c->router = LAYER_ROUTE_GROUPED;
+    c->gate_sigmoid = score && strcmp(score, "sigmoid") == 0;
+    if (score && !c->gate_sigmoid && strcmp(score, "softmax") != 0)
+        rd_bad(r, "config key 'scoring_func' = \"%.40s\" is not supported (softmax or sigmoid)",
+               score);
+    bool greedy = method && strcmp(method, "greedy") == 0;
+    c->gate_top2 = c->gate_bias = method && strcmp(method, "noaux_tc") == 0;
+    if (method && !greedy && !c->gate_top2 && strcmp(method, "group_limited_greedy") != 0)
+        rd_bad(r, "config key 'topk_method' = \"%.40s\" is not supported (greedy, "
+                  "group_limited_greedy or noaux_tc)", method);
+    c->n_group = c->topk_group = 1;
+    rd_int(r, "n_group", &c->n_group);
+    rd_int(r, "topk_group", &c->topk_group);
+    if (greedy) c->n_group = c->topk_group = 1; /* greedy reads no groups */
+    rd_bool(r, "norm_topk_prob", &c->gate_norm);
+    if (!v3 && c->gate_norm)
+        rd_bad(r, "config key 'norm_topk_prob' = true is not supported for deepseek_v2: the "
+                  "references disagree on it (moemu scales the top-k scores without "
+                  "renormalising)");
+    rd_num(r, "routed_scaling_factor", &c->routed_scaling_factor);
+}
+
+/* The groups divide the experts, and the chosen groups hold k experts. */
+static void deepseek_rules(cfg_rd_t *r, const cfg_model_t *c)
+{
+    int E = c->num_local_experts, G = c->n_group, TG = c->topk_group;
+    if (G < 1 || TG < 1) {
+        rd_bad(r, "config keys 'n_group' = %d and 'topk_group' = %d must be at least 1", G, TG);
+        return;
+    }
+    if (E > 0 && E % G != 0)
+        rd_bad(r, "config key 'n_group' = %d does not divide the %d routed experts", G, E);
+    else if (TG > G)
+        rd_bad(r, "config key 'topk_group' = %d exceeds n_group = %d", TG, G);
+    else if (E > 0 && c->num_experts_per_tok > TG * (E / G))
+        rd_bad(r, "config key 'num_experts_per_tok' = %d exceeds the %d experts of the "
+                  "topk_group = %d chosen groups", c->num_experts_per_tok, TG * (E / G), TG);
+    if (c->kv_lora_rank <= 0)
+        rd_bad(r, "config key 'kv_lora_rank' must be positive (multi-head latent attention), "
+                  "got %d", c->kv_lora_rank);
+    if (c->qk_rope_head_dim <= 0 || c->qk_rope_head_dim % 2 || c->qk_nope_head_dim < 0 ||
+        c->v_head_dim <= 0 || c->q_lora_rank < 0)
+        rd_bad(r, "config keys 'qk_rope_head_dim' = %d (positive, even), 'qk_nope_head_dim' = "
+                  "%d, 'v_head_dim' = %d and 'q_lora_rank' = %d are not a usable MLA",
+               c->qk_rope_head_dim, c->qk_nope_head_dim, c->v_head_dim, c->q_lora_rank);
+}
+
+static void read_deepseek(cfg_rd_t *r, cfg_model_t *c, bool v3)
+{
+    rd_hf_common(r, c, "n_routed_experts", "moe_intermediate_size");
+    rd_int(r, "q_lora_rank", &c->q_lora_rank);
+    rd_int(r, "kv_lora_rank", &c->kv_lora_rank);
+    rd_int(r, "qk_nope_head_dim", &c->qk_nope_head_dim);
+    rd_int(r, "qk_rope_head_dim", &c->qk_rope_head_dim);
+    rd_int(r, "v_head_dim", &c->v_head_dim);
+    c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    rd_has(r, "head_dim"); /* transformers 5 writes qk_rope_head_dim there */
+    int shared = 0;
+    rd_int(r, "n_shared_experts", &shared);
+    c->num_shared_experts = shared > 0;
+    c->shared_expert_intermediate_size = shared > 0 ? shared * c->intermediate_size : 0;
+    rd_deepseek_dense(r, c);
+    rd_deepseek_router(r, c, v3);
+    rd_bool(r, "rope_interleave", &c->rope_interleave);
+    rd_int(r, "num_nextn_predict_layers", &c->num_nextn_predict_layers);
+    bool bias = false;
+    rd_bool(r, "attention_bias", &bias);
+    if (bias) rd_bad(r, "config key 'attention_bias' = true is not supported for MLA");
+    static const char *const inert[] = {"aux_loss_alpha", "seq_aux", "ep_size", "pretraining_tp",
+                                        NULL};
+    rd_known(r, inert);
+    deepseek_rules(r, c);
+}
+
+static void read_deepseek_v2(cfg_rd_t *r, cfg_model_t *c) { read_deepseek(r, c, false); }
+static void read_deepseek_v3(cfg_rd_t *r, cfg_model_t *c) { read_deepseek(r, c, true); }
+
 /* The configuration classes' defaults (transformers 4.5x). */
 #define CFG_HF_BASE(fam, ...)                                                                     \
     {.family = &fam, .hidden_act = LAYER_ACT_SILU, .dtype = EMU_DTYPE_FP32,                       \
@@ -1161,4 +1295,28 @@ moemu_status_t cfg_load(cfg_model_t *cfg, const char *name_or_path)
     moemu_status_t st = cfg_from_json(cfg, root, name_or_path);
     json_decref(root);
     return st;
+}
+
+moemu_status_t cfg_read_deepseek_v2(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_deepseek_v2, .vocab_size = 102400, .hidden_size = 4096, .num_hidden_layers = 30,
+        .num_attention_heads = 32, .num_local_experts = 64, .num_experts_per_tok = 6,
+        .intermediate_size = 1407, .dense_intermediate_size = 11008, .q_lora_rank = 1536,
+        .kv_lora_rank = 512, .qk_nope_head_dim = 128, .qk_rope_head_dim = 64,
+        .v_head_dim = 128, .routed_scaling_factor = 1.0, .rope_interleave = true,
+        .max_position_embeddings = 2048, .rms_norm_eps = 1e-6);
+    return rd_run(out, root, label, read_deepseek_v2, &base);
+}
+
+moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *label)
+{
+    static const cfg_model_t base = CFG_HF_BASE(
+        family_deepseek_v3, .vocab_size = 129280, .hidden_size = 7168, .num_hidden_layers = 61,
+        .num_attention_heads = 128, .num_key_value_heads = 128, .num_local_experts = 256,
+        .num_experts_per_tok = 8, .intermediate_size = 2048, .dense_intermediate_size = 18432,
+        .q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128,
+        .qk_rope_head_dim = 64, .v_head_dim = 128, .routed_scaling_factor = 2.5,
+        .rope_interleave = true, .max_position_embeddings = 4096, .rms_norm_eps = 1e-6);
+    return rd_run(out, root, label, read_deepseek_v3, &base);
 }

@@ -47,6 +47,16 @@ typedef struct {
     bool gate_sigmoid, gate_norm, gate_top2, gate_bias; /* gate_bias: e_score_correction_bias */
     int n_group, topk_group;
     double routed_scaling_factor;
+    /* Multi-head latent attention (DeepSeek): kv_lora_rank > 0; head_dim is
+     * then qk_nope_head_dim + qk_rope_head_dim */
+    int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int num_nextn_predict_layers; /* multi-token prediction layers: not loaded */
+    /* RoPE: pairs (2i, 2i+1) instead of halves; YaRN when yarn_factor > 0
+     * (rope_scaling's factor, original_max_position_embeddings, beta_fast,
+     * beta_slow, mscale, mscale_all_dim, truncate, attention_factor) */
+    bool rope_interleave, yarn_truncate;
+    double yarn_factor, yarn_original_max, yarn_beta_fast, yarn_beta_slow, yarn_mscale,
+        yarn_mscale_all_dim, yarn_attention_factor;
     bool shared_gate;         /* the shared experts' sum times sigmoid(g . x) */
     int dense_intermediate_size; /* F of a dense layer's MLP */
     int num_dense_layers;     /* layers whose MLP is dense (bits in dense) */
@@ -92,6 +102,8 @@ moemu_status_t cfg_read_qwen2_moe(cfg_model_t *out, json_t *root, const char *la
 moemu_status_t cfg_read_qwen3_moe(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_olmoe(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_granitemoe(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_deepseek_v2(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *label);
 /* Check every rule on the fields, one key and cross-key (sizes positive,
  * Hkv divides H, head_dim even, 1 <= k <= E, parameter counts fit int64,
  * ...); cfg_parse and cfg_load call it. Every broken rule is reported,

@@ -38,6 +38,12 @@ void dec_dims(const cfg_model_t *c, par_dims_t *m)
 static void place_kv(const cfg_model_t *c, const par_strategy_t *s, model_place_t *p)
 {
     int H = c->num_attention_heads, Hkv = c->num_key_value_heads, h0 = p->dims.head0;
+    if (c->kv_lora_rank > 0) { /* MLA: one latent, every rank's */
+        p->kv_replicated = s->tp > 1;
+        p->dims.kv_head0 = 0;
+        p->kv_head1 = 1;
+        return;
+    }
     if (Hkv % s->tp == 0) {
         par_split(Hkv, s->tp, p->par.tp, &p->dims.kv_head0, &p->kv_head1);
         return;
@@ -46,6 +52,34 @@ static void place_kv(const cfg_model_t *c, const par_strategy_t *s, model_place_
     p->kv_replicated = true;
     p->dims.kv_head0 = h0 / group;
     p->kv_head1 = p->head1 > h0 ? (p->head1 - 1) / group + 1 : p->dims.kv_head0;
+}
+
+/* DeepSeek's YaRN correction of the softmax scale: yarn_get_mscale of
+ * mscale_all_dim, squared (modeling_deepseek_v3.py, inference/model.py). */
+static double mla_mscale(const cfg_model_t *c)
+{
+    if (!(c->yarn_factor > 1) || !(c->yarn_mscale_all_dim > 0)) return 1.0;
+    double m = 0.1 * c->yarn_mscale_all_dim * log(c->yarn_factor) + 1.0;
+    return m * m;
+}
+
+/* MLA's sizes: attention in the latent, rope + lora wide, one key/value
+ * row (the latent) shared by every head as key and value. */
+static void place_mla(const cfg_model_t *c, model_place_t *p)
+{
+    layer_dims_t *dm = &p->dims;
+    int Hl = dm->Hl;
+    dm->q_lora = c->q_lora_rank > 0 ? c->q_lora_rank : 0;
+    dm->lora = c->kv_lora_rank;
+    dm->nope = c->qk_nope_head_dim;
+    dm->rope_d = c->qk_rope_head_dim;
+    dm->vd = c->v_head_dim;
+    dm->hd = dm->rope_d + dm->lora;
+    dm->Hkv = 1;
+    dm->kv_shared = true;
+    dm->mla_f = dm->q_lora + Hl * (dm->nope + dm->rope_d) + Hl * dm->rope_d + dm->lora +
+                dm->rope_d + Hl * dm->vd;
+    dm->attn_scale = (float)(mla_mscale(c) / sqrt((double)(dm->nope + dm->rope_d)));
 }
 
 /* The sizes and scales of the blocks, as layers/ reads them. */
@@ -69,6 +103,7 @@ static void place_dims(const cfg_model_t *c, model_place_t *p)
     dm->rope_theta = c->rope_theta;
     dm->attn_scale = c->attention_multiplier > 0 ? (float)c->attention_multiplier
                                                  : 1.0f / sqrtf((float)c->head_dim);
+    if (c->kv_lora_rank > 0) place_mla(c, p);
     dm->embed_mult = (float)c->embedding_multiplier;
     dm->resid_mult = (float)c->residual_multiplier;
     dm->logit_div = (float)c->logits_scaling;
@@ -91,9 +126,22 @@ void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_pl
     place_dims(c, p);
 }
 
+/* Elements of MLA a rank holds in one layer: the down-projections and
+ * their norms whole, its heads' rows of q_b_proj and kv_b_proj, its heads'
+ * columns of o_proj. */
+static double held_mla(const cfg_model_t *c, const model_place_t *p)
+{
+    double d = c->hidden_size, Hl = p->head1 - p->dims.head0, ql = c->q_lora_rank,
+           lora = c->kv_lora_rank, rope = c->qk_rope_head_dim, nope = c->qk_nope_head_dim,
+           vd = c->v_head_dim;
+    double q = ql > 0 ? ql * d + ql + Hl * (nope + rope) * ql : Hl * (nope + rope) * d;
+    return 2 * d + q + (lora + rope) * d + lora + Hl * (nope + vd) * lora + d * Hl * vd;
+}
+
 /* Elements of attention and norms a rank holds in one layer. */
 static double held_attention(const cfg_model_t *c, const model_place_t *p)
 {
+    if (c->kv_lora_rank > 0) return held_mla(c, p);
     double d = c->hidden_size, hd = c->head_dim;
     double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
     double n = 2 * d + 2 * ql * d + 2 * kvl * d;
@@ -163,7 +211,15 @@ moemu_status_t dec_layer(const model_pass_t *mp)
                          .wo = L->wo, .bq = L->bq, .bk = L->bk, .bv = L->bv, .bo = L->bo,
                          .qn = L->qn, .kn = L->kn, .qk_norm = c->qk_norm,
                          .clip = (float)c->clip_qkv};
-    MOEMU_CHECK(layer_attention_block(mp->v, &aw));
+    if (c->kv_lora_rank > 0) {
+        layer_mla_w_t mw = {.norm = L->attn_norm, .wq = L->wq, .q_a = L->q_a,
+                            .q_a_norm = L->q_a_norm, .q_b = L->q_b, .kv_a = L->kv_a,
+                            .kv_a_norm = L->kv_a_norm, .kv_b = L->kv_b, .wo = L->wo,
+                            .eps = 1e-6f};
+        MOEMU_CHECK(layer_mla_block(mp->v, &mw));
+    } else {
+        MOEMU_CHECK(layer_attention_block(mp->v, &aw));
+    }
     if (!cfg_layer_dense(c, mp->layer)) return dec_moe(mp);
     float *const w1[1] = {L->dw1}, *const w3[1] = {L->dw3}, *const w2[1] = {L->dw2};
     layer_mlp_t mlp = {.w1 = w1, .w3 = w3, .w2 = w2, .S = 1, .F = c->dense_intermediate_size,

@@ -114,8 +114,33 @@ static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a
     return p;
 }
 
+/* Multi-head latent attention's tensors (DeepSeek). */
+static void walk_mla(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
+{
+    const wts_names_t *nm = k->nm;
+    int64_t d = c->hidden_size, H = c->num_attention_heads, ql = c->q_lora_rank,
+            lora = c->kv_lora_rank, rope = c->qk_rope_head_dim,
+            qk = c->qk_nope_head_dim + rope, vd = c->v_head_dim;
+    y->attn_norm = take(k, nm->attn_norm, l, 0, 1, d, 0, 0);
+    if (ql > 0) {
+        y->q_a = take(k, nm->q_a, l, 0, 2, ql, d, 0);
+        y->q_a_norm = take(k, nm->q_a_norm, l, 0, 1, ql, 0, 0);
+        y->q_b = take(k, nm->q_b, l, 0, 2, H * qk, ql, 0);
+    } else {
+        y->wq = take(k, nm->q, l, 0, 2, H * qk, d, 0);
+    }
+    y->kv_a = take(k, nm->kv_a, l, 0, 2, lora + rope, d, 0);
+    y->kv_a_norm = take(k, nm->kv_a_norm, l, 0, 1, lora, 0, 0);
+    y->kv_b = take(k, nm->kv_b, l, 0, 2, H * (c->qk_nope_head_dim + vd), lora, 0);
+    y->wo = take(k, nm->o, l, 0, 2, d, H * vd, 0);
+}
+
 static void walk_attention(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
 {
+    if (c->kv_lora_rank > 0) {
+        walk_mla(k, c, y, l);
+        return;
+    }
     const wts_names_t *nm = k->nm;
     int64_t d = c->hidden_size, hd = c->head_dim;
     int64_t qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;

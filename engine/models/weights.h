@@ -28,6 +28,7 @@ typedef struct {
     float *wq, *wk, *wv, *wo;/* (H*hd, d), (Hkv*hd, d) x 2, (d, H*hd) */
     float *bq, *bk, *bv, *bo;/* biases (H*hd), (Hkv*hd) x 2, (d) */
     float *qn, *kn;          /* query/key norms: (hd) x 2 or (H*hd), (Hkv*hd) */
+    float *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *kv_b; /* MLA (layers.h) */
     float *moe_norm;         /* (d) post_attention_layernorm */
     float *gate;             /* (E, d); NULL in a dense layer */
     float *gate_bias;        /* (E) DeepSeek-V3's e_score_correction_bias */
@@ -53,6 +54,7 @@ typedef struct {
 typedef struct {
     const char *embed, *final_norm, *lm_head;
     const char *attn_norm, *q, *k, *v, *o, *bq, *bk, *bv, *bo, *qn, *kn, *mlp_norm;
+    const char *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *kv_b; /* MLA */
     const char *router, *gate_bias;     /* the router and its choice bias */
     const char *e1, *e2, *e3;           /* each routed expert's w1 (gate), w2 (down), w3 (up) */
     const char *fused_in, *fused_out;   /* or all experts in two tensors: (E, 2F, d)

@@ -386,7 +386,7 @@ static moemu_status_t dev_cache(worker_t *v)
         int dec = N > 1 ? (N - 1 + s->cp - 1) / s->cp : 0;
         v->kv_cap[i] = (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]) + dec;
         v->kv_off[i] = kvf;
-        kvf += 2LL * kvd * v->kv_cap[i];
+        kvf += (v->pl.dims.kv_shared ? 1LL : 2LL) * kvd * v->kv_cap[i];
     }
     v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)kvf;
     return emu_alloc(v->dev, EMU_MEM_KV, sizeof(float) * (size_t)(kvf + 1), v->kv_bytes,
