@@ -318,8 +318,8 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
     if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     MOEMU_CHECK(qkv(v, w));
-    layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, dm->rope_theta);
-    layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, dm->rope_theta);
+    layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, &dm->rope);
+    layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, &dm->rope);
     if (r->decode) MOEMU_CHECK(attend_decode(v));
     else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
     else MOEMU_CHECK(attend_prefill_cp(v));

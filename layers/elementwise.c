@@ -33,35 +33,132 @@ void layer_rmsnorm(layer_ctx_t *c, float *out, const float *in, const float *w,
     emu_charge(c->dev, EMU_KERNEL_NORM, 4.0 * T * d, s * (2.0 * T * d + d));
 }
 
-void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
-                double theta)
+static double yarn_mscale(double scale, double m)
 {
-    int half = hd / 2;
+    return scale <= 1 ? 1.0 : 0.1 * m * log(scale) + 1.0;
+}
+
+void layer_rope_yarn(layer_rope_t *r, double factor, double original_max,
+                     double beta_fast, double beta_slow, double mscale,
+                     double mscale_all_dim, bool truncate,
+                     double attention_factor)
+{
+    r->yarn_factor = factor;
+    r->yarn_original_max = original_max;
+    /* transformers reads them with `or 32` / `or 1`: 0 is unset */
+    r->beta_fast = beta_fast ? beta_fast : 32;
+    r->beta_slow = beta_slow ? beta_slow : 1;
+    r->truncate = truncate;
+    if (attention_factor == 0)
+        attention_factor = mscale && mscale_all_dim
+            ? yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+            : yarn_mscale(factor, 1);
+    r->attention_factor = attention_factor;
+}
+
+/* find_correction_dim: the dim whose wavelength turns n times over the
+ * original context; the same order of operations as the Python. */
+static double yarn_corr_dim(const layer_rope_t *r, double n, int rd)
+{
+    return rd * log(r->yarn_original_max / (n * 2 * M_PI)) /
+           (2 * log(r->theta));
+}
+
+/* find_correction_range and linear_ramp_factor's singularity guard: the
+ * ramp is (i - *lo) / *span. */
+static void yarn_range(const layer_rope_t *r, int rd, double *lo, double *span)
+{
+    double a = yarn_corr_dim(r, r->beta_fast, rd);
+    double b = yarn_corr_dim(r, r->beta_slow, rd);
+    if (r->truncate) a = floor(a), b = ceil(b);
+    a = a > 0 ? a : 0;
+    b = b < rd - 1 ? b : rd - 1;
+    if (a == b) b += 0.001;
+    *lo = a;
+    *span = b - a;
+}
+
+/* One YaRN frequency in fp32, each step rounded where torch rounds: the
+ * Python scalars (theta, factor, low, high - low) become fp32 operands. */
+static float yarn_freq(const layer_rope_t *r, int rd, int i, double lo,
+                       double span)
+{
+    float e = (float)(2 * i) / (float)rd;
+    float pf = (float)pow((double)(float)r->theta, (double)e);
+    float extra = 1.0f / pf, inter = 1.0f / ((float)r->yarn_factor * pf);
+    float ramp = ((float)i - (float)lo) / (float)span;
+    ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+    float ef = 1.0f - ramp; /* inv_freq_extrapolation_factor */
+    float ie = inter * (1.0f - ef), ee = extra * ef;
+    return ie + ee;
+}
+
+void layer_rope_freqs(const layer_rope_t *r, int hd, double *inv)
+{
+    int rd = r->dim > 0 ? r->dim : hd;
+    if (!(r->yarn_factor > 0)) {
+        /* the expression moemu always used: golden runs stay bit-identical */
+        for (int i = 0; i < rd / 2; i++) inv[i] = pow(r->theta, -2.0 * i / rd);
+        return;
+    }
+    double lo, span;
+    yarn_range(r, rd, &lo, &span);
+    for (int i = 0; i < rd / 2; i++) inv[i] = yarn_freq(r, rd, i, lo, span);
+}
+
+/* cs, sn (half) for one position; af != 1 scales them in fp32 as torch's
+ * `emb.cos() * attention_scaling` does. */
+static void rope_table(float *cs, float *sn, const double *inv, int half,
+                       int pos, float af)
+{
+    for (int i = 0; i < half; i++) {
+        float a = (float)((double)pos * inv[i]);
+        cs[i] = (float)cos((double)a);
+        sn[i] = (float)sin((double)a);
+    }
+    if (af != 1.0f)
+        for (int i = 0; i < half; i++) cs[i] *= af, sn[i] *= af;
+}
+
+static void rope_head(float *v, const float *cs, const float *sn, int half,
+                      bool interleave)
+{
+    if (interleave)
+        for (int i = 0; i < half; i++) {
+            float x1 = v[2 * i], x2 = v[2 * i + 1];
+            v[2 * i] = x1 * cs[i] - x2 * sn[i];
+            v[2 * i + 1] = x2 * cs[i] + x1 * sn[i];
+        }
+    else
+        for (int i = 0; i < half; i++) {
+            float x1 = v[i], x2 = v[i + half];
+            v[i] = x1 * cs[i] - x2 * sn[i];
+            v[i + half] = x2 * cs[i] + x1 * sn[i];
+        }
+}
+
+void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
+                const layer_rope_t *r)
+{
+    int rd = r->dim > 0 ? r->dim : hd, half = rd / 2, n1 = half > 0 ? half : 1;
     if (c->math) {
-        double inv[half > 0 ? half : 1];
-        for (int i = 0; i < half; i++) inv[i] = pow(theta, -2.0 * i / hd);
-        float cs[half > 0 ? half : 1], sn[half > 0 ? half : 1];
+        double inv[n1];
+        layer_rope_freqs(r, hd, inv);
+        float cs[n1], sn[n1];
+        float af = r->attention_factor ? (float)r->attention_factor : 1.0f;
         int last = -1;
         for (int t = 0; t < T; t++) {
             if (pos[t] != last) {
-                for (int i = 0; i < half; i++) {
-                    float a = (float)((double)pos[t] * inv[i]);
-                    cs[i] = (float)cos((double)a);
-                    sn[i] = (float)sin((double)a);
-                }
+                rope_table(cs, sn, inv, half, pos[t], af);
                 last = pos[t];
             }
-            for (int h = 0; h < nh; h++) {
-                float *v = x + ((int64_t)t * nh + h) * hd;
-                for (int i = 0; i < half; i++) {
-                    float x1 = v[i], x2 = v[i + half];
-                    v[i] = x1 * cs[i] - x2 * sn[i];
-                    v[i + half] = x2 * cs[i] + x1 * sn[i];
-                }
-            }
+            for (int h = 0; h < nh; h++)
+                rope_head(x + ((int64_t)t * nh + h) * hd, cs, sn, half,
+                          r->interleave);
         }
     }
-    double n = (double)T * nh * hd;
+    /* only the rotated dims are read and written */
+    double n = (double)T * nh * rd;
     emu_charge(c->dev, EMU_KERNEL_ROPE, 3.0 * n,
                2.0 * n * emu_dtype_size(c->dtype));
 }

@@ -47,12 +47,49 @@ void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,
 void layer_rmsnorm(layer_ctx_t *c, float *out, const float *in, const float *w,
                    int T, int d, float eps);
 
-/* Rotary embedding in place, "rotate half" convention: x (T, nh, hd), the
- * token t at absolute position pos[t]. Angles pos * theta^(-2i/hd) are
- * computed in double and rounded to fp32; cos and sin of that fp32 angle
- * are computed in double and rounded. hd must be even. */
+/* Rotary embedding as Hugging Face transformers computes it
+ * (modeling_rope_utils.py and the rotary embedding's forward). */
+typedef struct {
+    double theta;            /* base */
+    int dim;                 /* rotated dims of each head, even; 0: all hd */
+    bool interleave;         /* pairs (2i, 2i+1) instead of (i, i + dim/2) */
+    double yarn_factor;      /* 0: plain RoPE; else YaRN with this factor */
+    double yarn_original_max;  /* original_max_position_embeddings */
+    double beta_fast, beta_slow;
+    bool truncate;           /* correction range floored/ceiled */
+    double attention_factor; /* cos and sin multiplied by it; 0 means 1 */
+} layer_rope_t;
+
+/* Fills r's YaRN fields as transformers' _compute_yarn_parameters does,
+ * with factor as given (never recomputed from max_position_embeddings):
+ * beta_fast, beta_slow 0 mean 32, 1; attention_factor 0 means computed,
+ * mscale(f, m) = f <= 1 ? 1 : 0.1 m ln f + 1, as mscale(factor, mscale) /
+ * mscale(factor, mscale_all_dim) when both are non-zero, else
+ * mscale(factor, 1). theta, dim and interleave are left as they are. */
+void layer_rope_yarn(layer_rope_t *r, double factor, double original_max,
+                     double beta_fast, double beta_slow, double mscale,
+                     double mscale_all_dim, bool truncate,
+                     double attention_factor);
+
+/* inv (rd/2) = the inverse frequencies layer_rope uses for head dim hd, rd
+ * = r->dim or hd. Plain: theta^(-2i/rd) in double. YaRN: transformers'
+ * fp32 steps, pos_freqs = fp32(theta^fp32(2i/rd)), extrapolation 1/pos_freqs,
+ * interpolation 1/(factor pos_freqs), blended by 1 - ramp with ramp the
+ * fp32 clamp((i - low) / (high - low), 0, 1) over the correction range. */
+void layer_rope_freqs(const layer_rope_t *r, int hd, double *inv);
+
+/* Rotary embedding in place: x (T, nh, hd), the token t at absolute position
+ * pos[t]; the first rd = r->dim (or hd) dims of each head are rotated, the
+ * rest left alone. Angles pos * inv[i] (layer_rope_freqs) are computed in
+ * double and rounded to fp32 (for YaRN's fp32 inv and pos < 2^24, torch's
+ * fp32 product exactly); cos and sin of that fp32 angle are computed in
+ * double and rounded, then multiplied in fp32 by the attention factor.
+ * Pair i is (i, i + rd/2) ("rotate half"), or with interleave (2i, 2i+1)
+ * rotated in place: DeepSeek's apply_rotary_pos_emb_interleave moves the
+ * pairs to halves first, a permutation shared by q and k, so q.k is the
+ * same. rd must be even and <= hd. */
 void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
-                double theta);
+                const layer_rope_t *r);
 
 /* Causal grouped-query attention, blockwise with an online softmax (no
  * T x T buffer). Queries q (T, H, hd) sit at absolute positions q0..q0+T-1;
@@ -284,7 +321,7 @@ typedef struct {
                                 each head's parts (0: not MLA) */
     int mla_f;               /* MLA's per-row scratch floats */
     float eps;               /* RMSNorm */
-    double rope_theta;
+    layer_rope_t rope;
     float attn_scale;        /* of q k^T: 1 / sqrt(hd), or Granite's */
     float embed_mult;        /* embedding lookup times this (Granite) */
     float resid_mult;        /* each branch times this before its add */

@@ -27,15 +27,21 @@ void ref_embed(float *out, const int *tok, const float *emb, int T, int d);
 void ref_rmsnorm(double *out, const float *in, const float *w, int T, int d,
                  float eps);
 
-/* Rotary embedding, rotate-half convention, out of place:
+/* Rotary embedding out of place, layer_rope's parameters:
  * out (T, nh, hd) = rope(x (T, nh, hd)) with token t at position pos[t].
- * For i in [0, hd/2): the angle pos * theta^(-2i/hd) is computed in double
- * and rounded to fp32; c, s = cos, sin of that fp32 angle in double, rounded
- * to fp32; then, in double,
- *   out[i]        = x[i] c - x[i + hd/2] s
- *   out[i + hd/2] = x[i + hd/2] c + x[i] s. */
+ * rd = r->dim or hd; dims rd..hd-1 of each head are copied. For i in
+ * [0, rd/2): f = ref_rope_freq(r, hd, i); the angle pos f is computed in
+ * double and rounded to fp32; c, s = cos, sin of that fp32 angle in double,
+ * rounded to fp32, times fp32(attention_factor or 1) rounded to fp32; then,
+ * in double, with (i1, i2) = (2i, 2i+1) if interleave, else (i, i + rd/2),
+ *   out[i1] = x[i1] c - x[i2] s
+ *   out[i2] = x[i2] c + x[i1] s. */
 void ref_rope(double *out, const float *x, const int *pos, int T, int nh,
-              int hd, double theta);
+              int hd, const layer_rope_t *r);
+
+/* Frequency i: plain theta^(-2i/rd) in double; YaRN as transformers'
+ * _compute_yarn_parameters with each torch op rounded to fp32. */
+double ref_rope_freq(const layer_rope_t *r, int hd, int i);
 
 /* The fp32 angle and its rounded cos/sin used above (exposed for tests). */
 void ref_rope_angle(float *ang, float *c, float *s, int pos, int i, int hd,

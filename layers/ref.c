@@ -50,19 +50,57 @@ void ref_rope_angle(float *ang, float *c, float *s, int pos, int i, int hd,
     *s = (float)sin((double)af);
 }
 
-void ref_rope(double *out, const float *x, const int *pos, int T, int nh,
-              int hd, double theta)
+static double f32(double v) { return (float)v; }
+
+/* _compute_yarn_parameters for frequency i, every torch op rounded to fp32
+ * and every Python one left in double. */
+static double ref_yarn_freq(const layer_rope_t *r, int rd, int i)
 {
-    int half = hd / 2;
+    double rot[2] = {r->beta_fast, r->beta_slow}, cd[2];
+    for (int k = 0; k < 2; k++) /* find_correction_dim */
+        cd[k] = rd * log(r->yarn_original_max / (rot[k] * 2 * M_PI)) /
+                (2 * log(r->theta));
+    double low = r->truncate ? floor(cd[0]) : cd[0];
+    double high = r->truncate ? ceil(cd[1]) : cd[1];
+    low = fmax(low, 0);
+    high = fmin(high, rd - 1);
+    if (low == high) high += 0.001;
+    double ramp = f32(f32(i - f32(low)) / f32(high - low));
+    ramp = fmin(fmax(ramp, 0), 1);
+    double extrap_factor = f32(1 - ramp);
+    double pos_freq = f32(pow(f32(r->theta), f32((double)(2 * i) / rd)));
+    double extrap = f32(1 / pos_freq);
+    double interp = f32(1 / f32(f32(r->yarn_factor) * pos_freq));
+    return f32(f32(interp * f32(1 - extrap_factor)) +
+               f32(extrap * extrap_factor));
+}
+
+double ref_rope_freq(const layer_rope_t *r, int hd, int i)
+{
+    int rd = r->dim ? r->dim : hd;
+    if (r->yarn_factor == 0) return pow(r->theta, -2.0 * i / rd);
+    return ref_yarn_freq(r, rd, i);
+}
+
+void ref_rope(double *out, const float *x, const int *pos, int T, int nh,
+              int hd, const layer_rope_t *r)
+{
+    int rd = r->dim ? r->dim : hd, half = rd / 2;
+    double af = f32(r->attention_factor ? r->attention_factor : 1);
+    for (size_t j = 0; j < (size_t)T * nh * hd; j++) out[j] = x[j];
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            float a, c, s;
-            ref_rope_angle(&a, &c, &s, pos[t], i, hd, theta);
+            float a = (float)((double)pos[t] * ref_rope_freq(r, hd, i));
+            double c = f32(f32(cos((double)a)) * af);
+            double s = f32(f32(sin((double)a)) * af);
+            /* the pair rotated together */
+            int i1 = r->interleave ? 2 * i : i;
+            int i2 = r->interleave ? 2 * i + 1 : i + half;
             for (int h = 0; h < nh; h++) {
                 size_t base = ((size_t)t * nh + h) * hd;
-                double x1 = x[base + i], x2 = x[base + i + half];
-                out[base + i] = x1 * c - x2 * s;
-                out[base + i + half] = x2 * c + x1 * s;
+                double x1 = x[base + i1], x2 = x[base + i2];
+                out[base + i1] = x1 * c - x2 * s;
+                out[base + i2] = x2 * c + x1 * s;
             }
         }
 }

@@ -178,11 +178,12 @@ Test(reference, hand_values)
     float x[4] = {1, 2, 3, 4};
     double r[4];
     int p0 = 0;
-    ref_rope(r, x, &p0, 1, 1, 4, 10000);
+    layer_rope_t plain = {.theta = 10000};
+    ref_rope(r, x, &p0, 1, 1, 4, &plain);
     for (int i = 0; i < 4; i++) cr_assert_eq(r[i], (double)x[i]);
     /* hd = 2 at position 1: a rotation by 1 radian of (x0, x1) */
     int p1 = 1;
-    ref_rope(r, x, &p1, 1, 1, 2, 10000);
+    ref_rope(r, x, &p1, 1, 1, 2, &plain);
     cr_assert_float_eq(r[0], (double)(float)cos(1.0) * 1 -
                                  (double)(float)sin(1.0) * 2, 1e-15);
 
@@ -403,10 +404,11 @@ Test(rope, matches_reference_and_charges)
         pos[0] = 0;
         if (T > 1) pos[T - 1] = rc->maxpos;
         double *ref = NEW(double, n);
-        ref_rope(ref, x, pos, T, nh, hd, rc->theta);
+        layer_rope_t rp = {.theta = rc->theta};
+        ref_rope(ref, x, pos, T, nh, hd, &rp);
         emu_dev_t *dev = dev_new();
         layer_ctx_t c = ctx_of(dev, true);
-        layer_rope(&c, x, pos, T, nh, hd, rc->theta);
+        layer_rope(&c, x, pos, T, nh, hd, &rp);
         /* two fp32 products and a sum: a few ulp of the operands */
         check_close(what, x, ref, n, 1e-6);
         const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ROPE);
@@ -414,6 +416,247 @@ Test(rope, matches_reference_and_charges)
                   "%.17g bytes to rope", what, s->flops, s->bytes);
         emu_dev_destroy(dev);
         free(x), free(pos), free(ref);
+    }
+}
+
+/* moemu's RoPE before YaRN, kept verbatim: plain RoPE must not move a bit
+ * (the golden runs depend on it). */
+static void old_rope(float *x, const int *pos, int T, int nh, int hd,
+                     double theta)
+{
+    int half = hd / 2;
+    double inv[half];
+    for (int i = 0; i < half; i++) inv[i] = pow(theta, -2.0 * i / hd);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            float *v = x + ((int64_t)t * nh + h) * hd;
+            for (int i = 0; i < half; i++) {
+                float a = (float)((double)pos[t] * inv[i]);
+                float cs = (float)cos((double)a), sn = (float)sin((double)a);
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * cs - x2 * sn;
+                v[i + half] = x2 * cs + x1 * sn;
+            }
+        }
+}
+
+Test(rope, plain_bit_identical_to_before)
+{
+    static const int hds[] = {2, 8, 64, 96, 128};
+    static const double thetas[] = {1e4, 5e5, 1e6, 1e7};
+    int pos[] = {0, 1, 7, 7, 4095, 32768, 100003, 1000000};
+    enum { T = 8, NH = 3 };
+    rng_t r = {21};
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof thetas / sizeof *thetas; b++) {
+            int hd = hds[a];
+            size_t n = (size_t)T * NH * hd;
+            float *x = NEW(float, n), *y = NEW(float, n);
+            fill(&r, x, n, 2);
+            memcpy(y, x, sizeof(float) * n);
+            emu_dev_t *dev = dev_new();
+            layer_ctx_t c = ctx_of(dev, true);
+            layer_rope_t rp = {.theta = thetas[b]};
+            layer_rope(&c, x, pos, T, NH, hd, &rp);
+            old_rope(y, pos, T, NH, hd, thetas[b]);
+            cr_assert(memcmp(x, y, sizeof(float) * n) == 0,
+                      "hd %d theta %g: plain RoPE moved", hd, thetas[b]);
+            const emu_kernel_stats_t *s =
+                emu_dev_kernel_stats(dev, EMU_KERNEL_ROPE);
+            cr_assert_eq(s->flops, 3.0 * n);
+            cr_assert_eq(s->bytes, 2.0 * n * emu_dtype_size(EMU_DTYPE_FP16));
+            emu_dev_destroy(dev);
+            free(x), free(y);
+        }
+}
+
+/* YaRN inverse frequencies at a few i, as transformers 4.5x's
+ * _compute_yarn_parameters gives them (factor as given), computed apart
+ * from moemu: `py` with Python 3, each torch op rounded to fp32 through
+ * struct.pack('f') and printed %.9g (exact fp32); `awk` with awk's doubles
+ * and no fp32 rounding at all (the formulas only, so ~1e-7 apart). */
+typedef struct {
+    const char *what;
+    int hd;
+    double theta, factor, omax, mscale, mscale_all_dim, attention_factor;
+    int n, i[10];
+    float py[10];
+    double awk[10];
+} yarn_case_t;
+
+static const yarn_case_t yarn_cases[] = {
+    {"DeepSeek-V3 (rope dim 64)", 64, 1e4, 40, 4096, 1, 1, 1.0, 8,
+     {0, 5, 10, 11, 16, 22, 23, 31},
+     {1, 0.237137362f, 0.0562341288f, 0.0390069261f, 0.00550000044f,
+      0.00017782794f, 3.3338034e-05f, 3.33380353e-06f},
+     {1, 0.237137371, 0.0562341325, 0.0390069266, 0.0055, 0.000177827941,
+      3.33380358e-05, 3.33380358e-06}},
+    /* Python: 0.1 * math.log(4) + 1 printed %.17g */
+    {"Qwen3 YaRN (hd 128)", 128, 1e6, 4, 32768, 0, 0, 1.1386294361119891, 10,
+     {0, 5, 10, 11, 16, 22, 23, 31, 40, 63},
+     {1, 0.339820832f, 0.115478203f, 0.0930572003f, 0.0316227786f,
+      0.00865964312f, 0.00697830599f, 0.000802959781f, 4.44569851e-05f,
+      3.10234441e-07f},
+     {1, 0.339820833, 0.115478198, 0.0930572041, 0.0316227766, 0.00865964323,
+      0.00697830585, 0.000802959728, 4.44569853e-05, 3.1023444e-07}},
+};
+
+Test(rope, yarn_frequencies_and_attention_factor)
+{
+    for (size_t ci = 0; ci < sizeof yarn_cases / sizeof *yarn_cases; ci++) {
+        const yarn_case_t *yc = &yarn_cases[ci];
+        layer_rope_t r = {.theta = yc->theta};
+        layer_rope_yarn(&r, yc->factor, yc->omax, 0, 0, yc->mscale,
+                        yc->mscale_all_dim, true, 0);
+        cr_assert(r.beta_fast == 32 && r.beta_slow == 1, "%s", yc->what);
+        cr_assert_eq(r.attention_factor, yc->attention_factor,
+                     "%s: attention factor %.17g", yc->what,
+                     r.attention_factor);
+        double inv[64];
+        layer_rope_freqs(&r, yc->hd, inv);
+        for (int k = 0; k < yc->n; k++) {
+            int i = yc->i[k];
+            cr_log_info("%s: inv_freq[%d] = %.9g", yc->what, i, inv[i]);
+            cr_assert_eq(inv[i], (double)yc->py[k], "%s: inv_freq[%d] %.9g, "
+                         "Python's fp32 %.9g", yc->what, i, inv[i], yc->py[k]);
+            cr_assert(fabs(inv[i] / yc->awk[k] - 1) < 1e-6,
+                      "%s: inv_freq[%d] %.9g, awk's double %.9g", yc->what, i,
+                      inv[i], yc->awk[k]);
+        }
+        for (int i = 0; i < yc->hd / 2; i++)
+            cr_assert_eq(inv[i], ref_rope_freq(&r, yc->hd, i), "%s: %d",
+                         yc->what, i);
+    }
+    /* DeepSeek-style equal mscales cancel; one alone is ignored */
+    layer_rope_t r = {.theta = 1e4};
+    layer_rope_yarn(&r, 40, 4096, 32, 1, 0.707, 0.707, true, 0);
+    cr_assert_eq(r.attention_factor, 1.0);
+    layer_rope_yarn(&r, 40, 4096, 32, 1, 0.707, 0, true, 0);
+    cr_assert_eq(r.attention_factor, 0.1 * log(40) + 1);
+    layer_rope_yarn(&r, 40, 4096, 32, 1, 1, 1, true, 0.5);
+    cr_assert_eq(r.attention_factor, 0.5);
+    layer_rope_yarn(&r, 0.5, 4096, 32, 1, 0, 0, true, 0);
+    cr_assert_eq(r.attention_factor, 1.0);
+}
+
+/* layer_rope against ref_rope for YaRN, interleaved and partial variants. */
+Test(rope, variants_match_reference)
+{
+    layer_rope_t ds = {.theta = 1e4, .interleave = true};
+    layer_rope_yarn(&ds, 40, 4096, 32, 1, 1, 1, true, 0);
+    layer_rope_t qw = {.theta = 1e6};
+    layer_rope_yarn(&qw, 4, 32768, 0, 0, 0, 0, true, 0);
+    layer_rope_t nt = qw; /* untruncated range, partial */
+    nt.truncate = false, nt.dim = 64;
+    layer_rope_t pp = {.theta = 1e4, .dim = 16, .interleave = true};
+    const struct {
+        const layer_rope_t *r;
+        int hd, maxpos;
+    } cases[] = {{&ds, 64, 163840}, {&qw, 128, 131072}, {&nt, 128, 5000},
+                 {&pp, 40, 3000}};
+    rng_t g = {22};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        int T = 9, nh = 3, hd = cases[ci].hd;
+        size_t n = (size_t)T * nh * hd;
+        float *x = NEW(float, n);
+        double *ref = NEW(double, n);
+        int pos[9];
+        fill(&g, x, n, 2);
+        for (int t = 0; t < T; t++)
+            pos[t] = (int)(rng_next(&g) % (uint64_t)(cases[ci].maxpos + 1));
+        ref_rope(ref, x, pos, T, nh, hd, cases[ci].r);
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        layer_rope(&c, x, pos, T, nh, hd, cases[ci].r);
+        char what[32];
+        snprintf(what, sizeof what, "rope variant %zu", ci);
+        check_close(what, x, ref, n, 1e-6);
+        emu_dev_destroy(dev);
+        free(x), free(ref);
+    }
+}
+
+/* DeepSeek's apply_rotary_pos_emb_interleave de-interleaves q and k to
+ * halves, then rotates half: moemu rotates the pairs in place instead, the
+ * same numbers in the interleaved order, so q.k is unchanged. */
+Test(rope, interleaved_pairs_are_halves_permuted)
+{
+    enum { T = 5, NH = 2, HD = 64, HALF = HD / 2 };
+    layer_rope_t il = {.theta = 1e4, .interleave = true};
+    layer_rope_yarn(&il, 40, 4096, 32, 1, 1, 1, true, 0);
+    layer_rope_t hv = il;
+    hv.interleave = false;
+    int pos[T] = {0, 3, 4096, 70000, 163839};
+    rng_t g = {23};
+    float q[T * NH * HD], k[T * NH * HD], qd[T * NH * HD], kd[T * NH * HD];
+    fill(&g, q, T * NH * HD, 2), fill(&g, k, T * NH * HD, 2);
+    for (int v = 0; v < T * NH; v++)
+        for (int j = 0; j < HALF; j++) {
+            qd[v * HD + j] = q[v * HD + 2 * j];
+            qd[v * HD + HALF + j] = q[v * HD + 2 * j + 1];
+            kd[v * HD + j] = k[v * HD + 2 * j];
+            kd[v * HD + HALF + j] = k[v * HD + 2 * j + 1];
+        }
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_rope(&c, q, pos, T, NH, HD, &il);
+    layer_rope(&c, k, pos, T, NH, HD, &il);
+    layer_rope(&c, qd, pos, T, NH, HD, &hv);
+    layer_rope(&c, kd, pos, T, NH, HD, &hv);
+    for (int v = 0; v < T * NH; v++)
+        for (int j = 0; j < HALF; j++) {
+            cr_assert_eq(q[v * HD + 2 * j], qd[v * HD + j]);
+            cr_assert_eq(q[v * HD + 2 * j + 1], qd[v * HD + HALF + j]);
+            cr_assert_eq(k[v * HD + 2 * j], kd[v * HD + j]);
+            cr_assert_eq(k[v * HD + 2 * j + 1], kd[v * HD + HALF + j]);
+        }
+    for (int a = 0; a < T * NH; a++)
+        for (int b = 0; b < T * NH; b++) {
+            double s1 = 0, s2 = 0;
+            for (int i = 0; i < HD; i++) {
+                s1 += (double)q[a * HD + i] * k[b * HD + i];
+                s2 += (double)qd[a * HD + i] * kd[b * HD + i];
+            }
+            cr_assert(fabs(s1 - s2) <= 1e-12 * (fabs(s1) + 1), "q%d.k%d: "
+                      "%.17g interleaved, %.17g halves", a, b, s1, s2);
+        }
+    emu_dev_destroy(dev);
+}
+
+/* A partial rotary dim rotates the first dim of each head as a head of that
+ * size would be, leaves the rest, and is charged for the rotated part. */
+Test(rope, partial_dim)
+{
+    enum { T = 4, NH = 3, HD = 48, RD = 16 };
+    int pos[T] = {0, 5, 999, 123457};
+    rng_t g = {24};
+    float x[T * NH * HD], y[T * NH * HD], p[T * NH * RD];
+    fill(&g, x, T * NH * HD, 2);
+    memcpy(y, x, sizeof x);
+    for (int v = 0; v < T * NH; v++)
+        memcpy(p + v * RD, x + v * HD, sizeof(float) * RD);
+    layer_rope_t yarn = {.theta = 1e6};
+    layer_rope_yarn(&yarn, 4, 32768, 0, 0, 0, 0, true, 0);
+    layer_rope_t plain = {.theta = 1e4};
+    const layer_rope_t *rs[] = {&plain, &yarn};
+    for (int ri = 0; ri < 2; ri++) {
+        layer_rope_t part = *rs[ri], whole = *rs[ri];
+        part.dim = RD;
+        emu_dev_t *dev = dev_new(), *dev2 = dev_new();
+        layer_ctx_t c = ctx_of(dev, true), c2 = ctx_of(dev2, true);
+        layer_rope(&c, x, pos, T, NH, HD, &part);
+        layer_rope(&c2, p, pos, T, NH, RD, &whole);
+        for (int v = 0; v < T * NH; v++) {
+            cr_assert(memcmp(x + v * HD, p + v * RD, sizeof(float) * RD) == 0,
+                      "case %d head row %d: the rotated part differs", ri, v);
+            cr_assert(memcmp(x + v * HD + RD, y + v * HD + RD,
+                             sizeof(float) * (HD - RD)) == 0,
+                      "case %d head row %d: the rest moved", ri, v);
+        }
+        const emu_kernel_stats_t *s =
+            emu_dev_kernel_stats(dev, EMU_KERNEL_ROPE);
+        cr_assert_eq(s->flops, 3.0 * T * NH * RD);
+        emu_dev_destroy(dev), emu_dev_destroy(dev2);
     }
 }
 
@@ -1173,8 +1416,9 @@ Test(dry_run, touches_nothing_and_charges_the_same)
         layer_rmsnorm(&dry, s, s, w, 7, 33, 1e-5f));
     int pos[7] = {0, 1, 2, 3, 4, 5, 600};
     memcpy(o, a, sizeof(float) * 7 * 6 * 64);
-    DRY("rope", 7 * 6 * 64, layer_rope(&real, o, pos, 7, 6, 64, 1e4),
-        layer_rope(&dry, s, pos, 7, 6, 64, 1e4));
+    layer_rope_t rp = {.theta = 1e4};
+    DRY("rope", 7 * 6 * 64, layer_rope(&real, o, pos, 7, 6, 64, &rp),
+        layer_rope(&dry, s, pos, 7, 6, 64, &rp));
     DRY("add", 7 * 33, layer_add(&real, o, a, 7 * 33),
         layer_add(&dry, s, a, 7 * 33));
 

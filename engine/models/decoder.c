@@ -100,7 +100,7 @@ static void place_dims(const cfg_model_t *c, model_place_t *p)
     dm->mlp_f = shared > dense ? shared : dense;
     dm->row_f = c->qk_norm == LAYER_QKNORM_WIDTH || c->shared_gate ? 2 : 0;
     dm->eps = (float)c->rms_norm_eps;
-    dm->rope_theta = c->rope_theta;
+    dm->rope = (layer_rope_t){.theta = c->rope_theta};
     dm->attn_scale = c->attention_multiplier > 0 ? (float)c->attention_multiplier
                                                  : 1.0f / sqrtf((float)c->head_dim);
     if (c->kv_lora_rank > 0) place_mla(c, p);
