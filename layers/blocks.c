@@ -335,10 +335,9 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
 /* ---- Multi-head latent attention */
 
 /* MLA's row scratch: the query's down-projection, the heads' raw
- * queries, their rope parts, the latent, its rope part, the heads'
- * outputs. */
+ * queries, the latent, its rope part, the heads' outputs. */
 typedef struct {
-    float *cq, *qraw, *qpe, *ckv, *kpe, *ocat;
+    float *cq, *qraw, *ckv, *kpe, *ocat;
 } mla_buf_t;
 
 static mla_buf_t mla_bufs(const layer_view_t *v)
@@ -347,8 +346,7 @@ static mla_buf_t mla_bufs(const layer_view_t *v)
     size_t T = (size_t)v->r->n, Hl = (size_t)dm->Hl;
     mla_buf_t b = {.cq = v->mla};
     b.qraw = b.cq + T * dm->q_lora;
-    b.qpe = b.qraw + T * Hl * (dm->nope + dm->rope_d);
-    b.ckv = b.qpe + T * Hl * dm->rope_d;
+    b.ckv = b.qraw + T * Hl * (dm->nope + dm->rope_d);
     b.kpe = b.ckv + T * dm->lora;
     b.ocat = b.kpe + T * dm->rope_d;
     return b;
@@ -380,10 +378,9 @@ static void mla_query(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *
         layer_linear(x, EMU_KERNEL_GEMM, b->qraw, v->na, w->wq + h0 * d, TA, d, Hl * qk, d,
                      false);
     }
-    /* the rope parts rotate as (TA, Hl, rope) */
-    mla_scatter(x, b->qpe, dm->rope_d, b->qraw + dm->nope, qk, TA * Hl, dm->rope_d);
-    layer_rope(x, b->qpe, v->r->pos, TA, Hl, dm->rope_d, dm->rope_theta);
-    mla_scatter(x, v->q, hd, b->qpe, dm->rope_d, TA * Hl, dm->rope_d);
+    /* each head's rope part first, rotated (dm->rope.dim = rope_d) */
+    mla_scatter(x, v->q, hd, b->qraw + dm->nope, qk, TA * Hl, dm->rope_d);
+    layer_rope(x, v->q, v->r->pos, TA, Hl, hd, &dm->rope);
     /* absorbed: head h's q_nope times its W_uk (kv_b_proj's nope rows) */
     for (int h = 0; h < Hl; h++) {
         const float *uk = w->kv_b + (size_t)(dm->head0 + h) * (dm->nope + dm->vd) * dm->lora;
@@ -402,9 +399,9 @@ static void mla_latent(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t 
     layer_linear(x, EMU_KERNEL_GEMM, b->kpe, v->na, w->kv_a + (size_t)dm->lora * d, TA, d,
                  dm->rope_d, d, false);
     layer_rmsnorm(x, b->ckv, b->ckv, w->kv_a_norm, TA, dm->lora, w->eps);
-    layer_rope(x, b->kpe, v->r->pos, TA, 1, dm->rope_d, dm->rope_theta);
     mla_scatter(x, v->kk, hd, b->kpe, dm->rope_d, TA, dm->rope_d);
     mla_scatter(x, v->kk + dm->rope_d, hd, b->ckv, dm->lora, TA, dm->lora);
+    layer_rope(x, v->kk, v->r->pos, TA, 1, hd, &dm->rope);
 }
 
 moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)

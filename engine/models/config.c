@@ -715,32 +715,73 @@ static void rd_act(cfg_rd_t *r, layer_act_t *out)
 
 /* RoPE: rope_theta, or transformers 5's rope_parameters; a scaling of
  * any kind but "default" is refused by name. */
-static void rd_rope_type(cfg_rd_t *r, const char *key, json_t *obj, bool typeless_default)
+/* YaRN's parameters from obj (rope_scaling or rope_parameters), as
+ * transformers' _compute_yarn_parameters reads them: factor as given,
+ * original_max_position_embeddings (else max_position_embeddings),
+ * beta_fast 32, beta_slow 1, mscale, mscale_all_dim, truncate true,
+ * attention_factor. */
+static void rd_yarn(cfg_rd_t *r, const char *key, json_t *obj, cfg_model_t *c)
+{
+    char buf[64];
+    emu_json_src_t in = emu_json_in(&r->src.js, key, buf, sizeof buf);
+    c->yarn_original_max = c->max_position_embeddings;
+    c->yarn_beta_fast = 32;
+    c->yarn_beta_slow = 1;
+    c->yarn_truncate = true;
+    rd_note(r, emu_json_num(&in, obj, "factor", EMU_JSON_REQUIRED, &c->yarn_factor));
+    rd_note(r, emu_json_num(&in, obj, "original_max_position_embeddings", CFG_OPT,
+                            &c->yarn_original_max));
+    rd_note(r, emu_json_num(&in, obj, "beta_fast", CFG_OPT, &c->yarn_beta_fast));
+    rd_note(r, emu_json_num(&in, obj, "beta_slow", CFG_OPT, &c->yarn_beta_slow));
+    rd_note(r, emu_json_num(&in, obj, "mscale", CFG_OPT, &c->yarn_mscale));
+    rd_note(r, emu_json_num(&in, obj, "mscale_all_dim", CFG_OPT, &c->yarn_mscale_all_dim));
+    rd_note(r, emu_json_num(&in, obj, "attention_factor", CFG_OPT, &c->yarn_attention_factor));
+    rd_note(r, emu_json_bool(&in, obj, "truncate", CFG_OPT, &c->yarn_truncate));
+    if (!(c->yarn_factor >= 1) || !isfinite(c->yarn_factor) || !(c->yarn_original_max >= 1) ||
+        !(c->yarn_beta_fast > 0) || !(c->yarn_beta_slow > 0) || c->yarn_mscale < 0 ||
+        c->yarn_mscale_all_dim < 0 || c->yarn_attention_factor < 0)
+        rd_bad(r, "config key '%s': YaRN needs factor >= 1, original_max_position_embeddings "
+                  ">= 1, beta_fast and beta_slow > 0 and no negative mscale (got factor %g, "
+                  "original %g, beta_fast %g, beta_slow %g, mscale %g, mscale_all_dim %g)",
+               key, c->yarn_factor, c->yarn_original_max, c->yarn_beta_fast, c->yarn_beta_slow,
+               c->yarn_mscale, c->yarn_mscale_all_dim);
+}
+
+/* One RoPE object: "default", "yarn" (read), or refused by name. */
+static void rd_rope_type(cfg_rd_t *r, const char *key, json_t *obj, bool typeless_default,
+                         cfg_model_t *c)
 {
     if (!obj || json_is_null(obj)) return;
     json_t *t = json_object_get(obj, "rope_type");
     if (!t) t = json_object_get(obj, "type");
     if (!t && typeless_default) return; /* transformers 5 fills in "default" */
-    if (json_is_string(t) && strcmp(json_string_value(t), "default") == 0) return;
+    const char *type = json_is_string(t) ? json_string_value(t) : "";
+    if (strcmp(type, "default") == 0) return;
+    if (strcmp(type, "yarn") == 0) {
+        rd_yarn(r, key, obj, c);
+        return;
+    }
     char got[96];
     emu_json_describe(obj, got, sizeof got);
-    rd_bad(r, "config key '%s' = %s is not supported: moemu applies plain RoPE (rope_type "
-              "\"default\"; YaRN, linear, dynamic and llama3 scaling are not implemented)",
+    rd_bad(r, "config key '%s' = %s is not supported: moemu applies plain RoPE or YaRN "
+              "(rope_type \"default\" or \"yarn\"; linear, dynamic, longrope and llama3 "
+              "scaling are not implemented)",
            key, got);
 }
 
-static void rd_rope(cfg_rd_t *r, double *theta)
+static void rd_rope(cfg_rd_t *r, cfg_model_t *c)
 {
+    double *theta = &c->rope_theta;
     rd_num(r, "rope_theta", theta);
     rd_has(r, "rope_scaling");
-    rd_rope_type(r, "rope_scaling", json_object_get(r->src.root, "rope_scaling"), false);
+    rd_rope_type(r, "rope_scaling", json_object_get(r->src.root, "rope_scaling"), false, c);
     if (!rd_has(r, "rope_parameters")) return;
     json_t *rp = json_object_get(r->src.root, "rope_parameters");
     if (!json_is_object(rp)) {
         rd_bad(r, "config key 'rope_parameters' must be an object");
         return;
     }
-    rd_rope_type(r, "rope_parameters", rp, true);
+    rd_rope_type(r, "rope_parameters", rp, true, c);
     double t = *theta;
     char buf[64];
     emu_json_src_t in = emu_json_in(&r->src.js, "rope_parameters", buf, sizeof buf);
@@ -829,7 +870,7 @@ static void read_mixtral(cfg_rd_t *r, cfg_model_t *c)
     rd_head_dim(r, c);
     rd_int(r, "max_position_embeddings", &c->max_position_embeddings);
     rd_num(r, "rms_norm_eps", &c->rms_norm_eps);
-    rd_rope(r, &c->rope_theta);
+    rd_rope(r, c);
     rd_num(r, "capacity_factor", &c->capacity_factor);
     rd_act(r, &c->hidden_act);
     rd_bool(r, "tie_word_embeddings", &c->tie_word_embeddings);
@@ -885,7 +926,7 @@ static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
     rd_int(r, expert_f_key, &c->intermediate_size);
     rd_int(r, "max_position_embeddings", &c->max_position_embeddings);
     rd_num(r, "rms_norm_eps", &c->rms_norm_eps);
-    rd_rope(r, &c->rope_theta);
+    rd_rope(r, c);
     rd_bool(r, "tie_word_embeddings", &c->tie_word_embeddings);
     rd_dtype(r, &c->dtype);
     rd_num(r, "capacity_factor", &c->capacity_factor);

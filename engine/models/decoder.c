@@ -77,8 +77,8 @@ static void place_mla(const cfg_model_t *c, model_place_t *p)
     dm->hd = dm->rope_d + dm->lora;
     dm->Hkv = 1;
     dm->kv_shared = true;
-    dm->mla_f = dm->q_lora + Hl * (dm->nope + dm->rope_d) + Hl * dm->rope_d + dm->lora +
-                dm->rope_d + Hl * dm->vd;
+    dm->mla_f = dm->q_lora + Hl * (dm->nope + dm->rope_d) + dm->lora + dm->rope_d + Hl * dm->vd;
+    dm->rope.dim = dm->rope_d;
     dm->attn_scale = (float)(mla_mscale(c) / sqrt((double)(dm->nope + dm->rope_d)));
 }
 
@@ -100,7 +100,11 @@ static void place_dims(const cfg_model_t *c, model_place_t *p)
     dm->mlp_f = shared > dense ? shared : dense;
     dm->row_f = c->qk_norm == LAYER_QKNORM_WIDTH || c->shared_gate ? 2 : 0;
     dm->eps = (float)c->rms_norm_eps;
-    dm->rope = (layer_rope_t){.theta = c->rope_theta};
+    dm->rope = (layer_rope_t){.theta = c->rope_theta, .interleave = c->rope_interleave};
+    if (c->yarn_factor > 0)
+        layer_rope_yarn(&dm->rope, c->yarn_factor, c->yarn_original_max, c->yarn_beta_fast,
+                        c->yarn_beta_slow, c->yarn_mscale, c->yarn_mscale_all_dim,
+                        c->yarn_truncate, c->yarn_attention_factor);
     dm->attn_scale = c->attention_multiplier > 0 ? (float)c->attention_multiplier
                                                  : 1.0f / sqrtf((float)c->head_dim);
     if (c->kv_lora_rank > 0) place_mla(c, p);
