@@ -1,7 +1,8 @@
 /* checkpoint: sharded writes read back bit for bit at every shard size,
  * the Hub's file names and index, the refusals of ckpt_write, every way an
  * index and its shards can disagree (each message naming the files and
- * tensors), ckpt_read_all's all-at-once report, and size strings. */
+ * tensors), ckpt_read_all's all-at-once report, FP8 weights with their
+ * block scales, the ignore predicate, and size strings. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <jansson.h>
@@ -607,6 +608,254 @@ Test(ckpt, read_all_refuses_a_name_wanted_twice)
     assert_has(moemu_errmsg(), "'model.embed_tokens.weight' is wanted twice");
     ckpt_close(ck);
     model_free(&m);
+}
+
+/* ---- FP8 checkpoints: F8_E4M3 weights with "_scale_inv" block scales */
+
+/* A tensor to write as dtype, its values kept (data points into vals). */
+typedef struct {
+    st_write_tensor_t t;
+    st_dtype_t dt;
+    float *vals;
+} fp8_t;
+
+static int64_t t_numel(const st_write_tensor_t *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+static fp8_t fp8_tensor(const char *name, st_dtype_t dt, int ndim, const int64_t *shape)
+{
+    fp8_t f = {.t = {.name = name, .ndim = ndim}, .dt = dt};
+    memcpy(f.t.shape, shape, (size_t)ndim * sizeof *shape);
+    f.vals = calloc((size_t)t_numel(&f.t) + 1, sizeof(float));
+    f.t.data = f.vals;
+    return f;
+}
+
+/* Values the format holds exactly: a random code (not NaN) decoded, or a
+ * random scale, so the expected product needs no rounding model. */
+static void fill_codes(fp8_t *f, unsigned seed)
+{
+    srand(seed);
+    for (int64_t k = 0; k < t_numel(&f->t); k++) {
+        unsigned b = (unsigned)rand() % 256;
+        f->vals[k] = st_e4m3_to_f32((uint8_t)((b & 0x7f) == 0x7f ? 0x38 : b));
+    }
+}
+
+static void fill_scales(fp8_t *f, unsigned seed)
+{
+    srand(seed);
+    for (int64_t k = 0; k < t_numel(&f->t); k++)
+        f->vals[k] = ((float)rand() / (float)RAND_MAX + 0.01f) * 1e-3f;
+}
+
+static void write_fp8(const char *path, fp8_t *fs, int n)
+{
+    st_write_tensor_t ts[16];
+    st_dtype_t dts[16];
+    for (int i = 0; i < n; i++) {
+        ts[i] = fs[i].t;
+        dts[i] = fs[i].dt;
+    }
+    cr_assert_eq(st_write_dtypes(path, ts, n, dts), MOEMU_OK, "%s", moemu_errmsg());
+}
+
+static void fp8_free(fp8_t *fs, int n)
+{
+    for (int i = 0; i < n; i++) free(fs[i].vals);
+}
+
+/* w's values after dequantizing: code * scale of its block, per matrix. */
+static void expect_dequant(const float *got, const fp8_t *w, const fp8_t *s, int br, int bc)
+{
+    int nd = w->t.ndim;
+    int64_t R = w->t.shape[nd - 2], C = w->t.shape[nd - 1], SR = s->t.shape[nd - 2],
+            SC = s->t.shape[nd - 1], mats = t_numel(&w->t) / (R * C);
+    cr_assert_eq(SR, (R + br - 1) / br);
+    cr_assert_eq(SC, (C + bc - 1) / bc);
+    for (int64_t m = 0; m < mats; m++)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) {
+                int64_t k = (m * R + r) * C + c;
+                float want = w->vals[k] * s->vals[(m * SR + r / br) * SC + c / bc];
+                cr_assert(got[k] == want, "%s[%lld] = %a, expected %a", w->t.name,
+                          (long long)k, got[k], want);
+            }
+}
+
+/* [200, 130] in blocks of 128 (DeepSeek-V3's, the default): neither
+ * dimension a multiple, so the last blocks are partial. */
+Test(ckpt, fp8_dequantized_with_default_blocks)
+{
+    static const int64_t ws[2] = {200, 130}, ss[2] = {2, 2}, ns[1] = {8};
+    fp8_t fs[3] = {fp8_tensor("model.layers.0.mlp.down_proj.weight", ST_F8_E4M3, 2, ws),
+                   fp8_tensor("model.layers.0.mlp.down_proj.weight_scale_inv", ST_F32, 2, ss),
+                   fp8_tensor("model.norm.weight", ST_BF16, 1, ns)};
+    fill_codes(&fs[0], 1);
+    fill_scales(&fs[1], 2);
+    for (int k = 0; k < 8; k++) fs[2].vals[k] = (float)k;
+    write_fp8(tpath("model.safetensors"), fs, 3);
+    ckpt_t *ck = open_ok(tpath("model.safetensors"));
+    float *w = calloc(200 * 130, sizeof(float)), norm[8];
+    ckpt_want_t want[2] = {{fs[0].t.name, 2, ws, w}, {"model.norm.weight", 1, ns, norm}};
+    ckpt_read_opts_t o = {0};
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 2, "ds", &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(o.fp8, 1);
+    cr_expect_eq(o.ignored, 0);
+    expect_dequant(w, &fs[0], &fs[1], 128, 128);
+    cr_expect_eq(norm[7], 7.0f);
+    cr_assert_eq(ckpt_read_all(ck, want, 2, "ds"), MOEMU_OK, "%s", moemu_errmsg()); /* 128 */
+    expect_dequant(w, &fs[0], &fs[1], 128, 128);
+    ckpt_close(ck);
+    free(w);
+    fp8_free(fs, 3);
+}
+
+/* Small blocks, unequal ones, BF16 scales, and stacked experts (the block
+ * grid per matrix, the leading dimension kept). */
+Test(ckpt, fp8_dequantized_with_small_blocks_and_stacked_experts)
+{
+    static const int64_t ws[2] = {200, 130}, ss[2] = {13, 5}, es[3] = {3, 40, 20},
+                         ess[3] = {3, 3, 1};
+    fp8_t fs[4] = {fp8_tensor("a.weight", ST_F8_E4M3, 2, ws),
+                   fp8_tensor("a.weight_scale_inv", ST_BF16, 2, ss),
+                   fp8_tensor("experts.w1", ST_F8_E4M3, 3, es),
+                   fp8_tensor("experts.w1_scale_inv", ST_F32, 3, ess)};
+    fill_codes(&fs[0], 3);
+    fill_codes(&fs[2], 4);
+    fill_scales(&fs[3], 6);
+    for (int k = 0; k < 13 * 5; k++) fs[1].vals[k] = (float)(k % 7 + 1) / 64.0f; /* BF16-exact */
+    write_fp8(tpath("m.safetensors"), fs, 4);
+    ckpt_t *ck = open_ok(tpath("m.safetensors"));
+    float *a = calloc(200 * 130, sizeof(float)), *e = calloc(3 * 40 * 20, sizeof(float));
+    ckpt_want_t want[2] = {{"a.weight", 2, ws, a}, {"experts.w1", 3, es, e}};
+    ckpt_read_opts_t o = {.block_r = 16, .block_c = 32};
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 2, "m", &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(o.fp8, 2);
+    expect_dequant(a, &fs[0], &fs[1], 16, 32);
+    expect_dequant(e, &fs[2], &fs[3], 16, 32);
+    o.block_c = -1;
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 2, "m", &o), MOEMU_ERR_INVALID);
+    assert_has(moemu_errmsg(), "[16, -1]");
+    ckpt_close(ck);
+    free(a);
+    free(e);
+    fp8_free(fs, 4);
+}
+
+/* Every FP8 problem in one message, across two shards, each line naming
+ * the tensor, the file and the numbers. */
+Test(ckpt, fp8_problems_reported_at_once)
+{
+    static const int64_t ws[2] = {200, 130}, bad[2] = {2, 1}, good[2] = {2, 2}, one[1] = {200},
+                         small[2] = {20, 30}, unit[2] = {1, 1};
+    const char *down = "model.layers.0.mlp.down_proj.weight",
+               *up = "model.layers.0.mlp.up_proj.weight",
+               *gate = "model.layers.0.mlp.gate_proj.weight", *nan = "model.layers.0.nan.weight",
+               *vec = "model.layers.0.vec.weight", *ints = "model.layers.0.int.weight",
+               *odd = "model.layers.0.odd.weight";
+    fp8_t s1[8] = {fp8_tensor(down, ST_F8_E4M3, 2, ws), fp8_tensor(up, ST_F8_E4M3, 2, ws),
+                   fp8_tensor("model.layers.0.mlp.up_proj.weight_scale_inv", ST_F32, 2, bad),
+                   fp8_tensor(vec, ST_F8_E4M3, 1, one), fp8_tensor(ints, ST_F8_E4M3, 2, ws),
+                   fp8_tensor("model.layers.0.int.weight_scale_inv", ST_I32, 2, good),
+                   fp8_tensor(odd, ST_F8_E4M3, 2, small), /* its scales: not reported again */
+                   fp8_tensor("model.layers.0.odd.weight_scale_inv", ST_F32, 2, unit)};
+    fp8_t s2[5] = {fp8_tensor(gate, ST_BF16, 2, ws),
+                   fp8_tensor("model.layers.0.mlp.gate_proj.weight_scale_inv", ST_F32, 2, good),
+                   fp8_tensor(nan, ST_F8_E4M3, 2, ws),
+                   fp8_tensor("model.layers.0.nan.weight_scale_inv", ST_F32, 2, good),
+                   fp8_tensor("model.layers.9.gone.weight_scale_inv", ST_F32, 2, good)};
+    fill_codes(&s2[2], 7);
+    s2[2].vals[5] = NAN;                /* stored as 0x7f */
+    s2[3].vals[0] = 1.0f;
+    s2[3].vals[3] = INFINITY;           /* block [1, 1]: 72 x 2 values, 144 with the NaN */
+    s2[2].vals[199 * 130 + 129] = 0.0f; /* 0 * Inf: NaN as well, one of the 144 */
+    cr_assert_eq(mkdir(tpath("d"), 0755), 0);
+    write_fp8(tpath("d/model-00001-of-00002.safetensors"), s1, 8);
+    write_fp8(tpath("d/model-00002-of-00002.safetensors"), s2, 5);
+    FILE *f = fopen(tpath("d/model.safetensors.index.json"), "w");
+    fputs("{\"weight_map\": {", f);
+    for (int i = 0; i < 8; i++)
+        fprintf(f, "\"%s\": \"model-00001-of-00002.safetensors\", ", s1[i].t.name);
+    for (int i = 0; i < 5; i++)
+        fprintf(f, "\"%s\": \"model-00002-of-00002.safetensors\"%s", s2[i].t.name,
+                i < 4 ? ", " : "}}");
+    fclose(f);
+
+    ckpt_t *ck = open_ok(tpath("d"));
+    float *out[7];
+    for (int i = 0; i < 7; i++) out[i] = calloc(200 * 130, sizeof(float));
+    ckpt_want_t want[7] = {{down, 2, ws, out[0]}, {up, 2, ws, out[1]}, {gate, 2, ws, out[2]},
+                           {nan, 2, ws, out[3]}, {vec, 1, one, out[4]}, {ints, 2, ws, out[5]},
+                           {odd, 2, ws, out[6]}};
+    ckpt_read_opts_t o = {0};
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 7, "ds", &o), MOEMU_ERR_FORMAT);
+    const char *msg = moemu_errmsg();
+    assert_has(msg, "(8 problems):\n");
+    assert_has(msg, "\n  in model-00001-of-00002.safetensors: model.layers.0.int.weight_scale_inv "
+                    "has dtype I32; scales must be F32, BF16 or F16");
+    assert_has(msg, "\n  in model-00001-of-00002.safetensors: model.layers.0.odd.weight has "
+                    "shape [20, 30], expected [200, 130]");
+    assert_has(msg, "\n  model.layers.0.mlp.down_proj.weight is F8_E4M3 but "
+                    "model.layers.0.mlp.down_proj.weight_scale_inv is missing (in "
+                    "model-00001-of-00002.safetensors)");
+    assert_has(msg, "\n  in model-00001-of-00002.safetensors: "
+                    "model.layers.0.mlp.up_proj.weight_scale_inv has shape [2, 1], expected "
+                    "[2, 2]: the scales of model.layers.0.mlp.up_proj.weight [200, 130] in "
+                    "blocks of [128, 128]");
+    assert_has(msg, "\n  in model-00001-of-00002.safetensors: model.layers.0.vec.weight is "
+                    "F8_E4M3 of shape [200]; its block scales need 2 dimensions");
+    assert_has(msg, "\n  in model-00002-of-00002.safetensors: "
+                    "model.layers.0.mlp.gate_proj.weight_scale_inv scales "
+                    "model.layers.0.mlp.gate_proj.weight, which is BF16, not F8_E4M3");
+    assert_has(msg, "\n  1 tensor the model does not have: "
+                    "'model.layers.9.gone.weight_scale_inv' (in model-00002-of-00002.safetensors)");
+    assert_has(msg, "\n  1 tensor holds NaN or Inf values: 'model.layers.0.nan.weight' (145 of "
+                    "26000, in model-00002-of-00002.safetensors)");
+    cr_expect_eq(o.fp8, 1);
+    ckpt_close(ck);
+    for (int i = 0; i < 7; i++) free(out[i]);
+    fp8_free(s1, 8);
+    fp8_free(s2, 5);
+}
+
+static bool is_mtp(const char *name, void *arg)
+{
+    return strncmp(name, (const char *)arg, strlen(arg)) == 0;
+}
+
+/* DeepSeek-V3's multi-token-prediction layer, left out by a predicate and
+ * counted; without it, those tensors are unexpected. A wanted tensor is
+ * read even where the predicate would leave it out. */
+Test(ckpt, ignore_predicate_leaves_out_and_counts)
+{
+    static const int64_t ws[2] = {20, 30}, ss[2] = {1, 1}, ns[1] = {30};
+    fp8_t fs[5] = {fp8_tensor("model.layers.0.mlp.down_proj.weight", ST_F32, 2, ws),
+                   fp8_tensor("model.layers.61.mlp.down_proj.weight", ST_F8_E4M3, 2, ws),
+                   fp8_tensor("model.layers.61.mlp.down_proj.weight_scale_inv", ST_F32, 2, ss),
+                   fp8_tensor("model.layers.61.enorm.weight", ST_BF16, 1, ns),
+                   fp8_tensor("model.layers.61.hnorm.weight", ST_BF16, 1, ns)};
+    write_fp8(tpath("model.safetensors"), fs, 5);
+    ckpt_t *ck = open_ok(tpath("model.safetensors"));
+    float w[600], h[30];
+    ckpt_want_t want[2] = {{fs[0].t.name, 2, ws, w}, {fs[4].t.name, 1, ns, h}};
+    cr_assert_eq(ckpt_read_all(ck, want, 1, "ds"), MOEMU_ERR_FORMAT);
+    assert_has(moemu_errmsg(), "4 tensors the model does not have: "
+                               "'model.layers.61.mlp.down_proj.weight' (in model.safetensors)");
+    ckpt_read_opts_t o = {.ignore = is_mtp, .arg = (void *)"model.layers.61."};
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 1, "ds", &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(o.ignored, 4);
+    cr_expect_eq(o.ignored_bytes, 600 + 4 + 60 + 60);
+    cr_expect_eq(o.fp8, 0);
+    cr_assert_eq(ckpt_read_all_opts(ck, want, 2, "ds", &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(o.ignored, 3);
+    cr_expect_eq(o.ignored_bytes, 600 + 4 + 60);
+    ckpt_close(ck);
+    fp8_free(fs, 5);
 }
 
 /* ---- the problems accumulator's lines */

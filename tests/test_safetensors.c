@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,7 +317,7 @@ Test(st, handmade_unaligned)
 }
 
 /* Other dtypes may sit in a file (their sizes are still checked where
- * known), but only F32/F16/BF16 convert to fp32. */
+ * known), but only F32/F16/BF16/F8_E4M3 convert to fp32. */
 Test(st, other_dtypes)
 {
     const char *path = write_header(
@@ -337,6 +338,7 @@ Test(st, other_dtypes)
     cr_expect_eq(st_find(f, "f64")->dtype, ST_OTHER);
     cr_expect_str_eq(st_find(f, "f64")->dtype_name, "F64");
     cr_expect_str_eq(st_find(f, "fp8")->dtype_name, "F8_E4M3");
+    cr_expect_eq(st_find(f, "fp8")->dtype, ST_F8_E4M3);
     cr_expect_eq(st_find(f, "odd")->nbytes, 2);
     float out[2];
     int64_t s2 = 2, s1 = 1;
@@ -828,4 +830,97 @@ Test(st, many_tensors_find)
         cr_assert_str_eq(st_at(f, i)->name, names[i]);
     }
     st_close(f);
+}
+
+/* ---- float8_e4m3fn */
+
+/* The OCP FP8 E4M3 definition, written independently of the codec:
+ * (-1)^s * 2^(e-7) * (1 + m/8), or 2^-6 * m/8 when e is 0; S.1111.111 NaN. */
+static double ref_e4m3(unsigned b)
+{
+    unsigned s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    if (e == 15 && m == 7) return NAN;
+    double mag = e ? pow(2.0, (double)e - 7.0) * (1.0 + m / 8.0) : pow(2.0, -6.0) * (m / 8.0);
+    return s ? -mag : mag;
+}
+
+Test(st, e4m3_decodes_every_byte)
+{
+    for (unsigned b = 0; b < 256; b++) {
+        float v = st_e4m3_to_f32((uint8_t)b);
+        double r = ref_e4m3(b);
+        if ((b & 0x7f) == 0x7f) {
+            cr_expect(isnan(v), "0x%02x gives %g, not NaN", b, v);
+            continue;
+        }
+        cr_expect(!isnan(v) && (double)v == r && !signbit(v) == !(b & 0x80),
+                  "0x%02x gives %a, expected %a", b, v, r);
+    }
+    cr_expect_eq(st_e4m3_to_f32(0x7e), 448.0f);
+    cr_expect_eq(st_e4m3_to_f32(0x08), 0x1p-6f); /* the smallest normal */
+    cr_expect_eq(st_e4m3_to_f32(0x07), 7 * 0x1p-9f); /* the largest subnormal */
+    cr_expect_eq(st_e4m3_to_f32(0x01), 0x1p-9f);
+    cr_expect(signbit(st_e4m3_to_f32(0x80)));
+}
+
+Test(st, e4m3_encodes_to_nearest_even_and_overflows_to_nan)
+{
+    for (unsigned b = 0; b < 256; b++) /* every value back to its code, NaN included */
+        cr_expect_eq(st_f32_to_e4m3(st_e4m3_to_f32((uint8_t)b)), b, "0x%02x", b);
+    for (unsigned b = 0; b < 0x7e; b++) { /* neighbours b, b+1; an even code has an even mantissa */
+        float lo = st_e4m3_to_f32((uint8_t)b), hi = st_e4m3_to_f32((uint8_t)(b + 1));
+        float mid = (lo + hi) / 2; /* exact: 4 bits of mantissa */
+        unsigned even = b & 1 ? b + 1 : b;
+        cr_expect_eq(st_f32_to_e4m3(mid), even, "tie %a", mid);
+        cr_expect_eq(st_f32_to_e4m3(-mid), even | 0x80, "tie %a", -mid);
+        cr_expect_eq(st_f32_to_e4m3(nextafterf(mid, 0)), b, "below %a", mid);
+        cr_expect_eq(st_f32_to_e4m3(nextafterf(mid, 1000)), b + 1, "above %a", mid);
+    }
+    /* torch's cast: what rounds above 448 is NaN (464 ties down to 448) */
+    cr_expect_eq(st_f32_to_e4m3(464.0f), 0x7e);
+    cr_expect_eq(st_f32_to_e4m3(-464.0f), 0xfe);
+    cr_expect_eq(st_f32_to_e4m3(nextafterf(464.0f, 1000)), 0x7f);
+    cr_expect_eq(st_f32_to_e4m3(1e9f), 0x7f);
+    cr_expect_eq(st_f32_to_e4m3(INFINITY), 0x7f);
+    cr_expect_eq(st_f32_to_e4m3(-INFINITY), 0xff);
+    cr_expect_eq(st_f32_to_e4m3(NAN), 0x7f);
+    cr_expect_eq(st_f32_to_e4m3(0x1p-10f), 0x00); /* half the smallest subnormal: to 0 */
+    cr_expect_eq(st_f32_to_e4m3(1e-30f), 0x00);
+    cr_expect_eq(st_f32_to_e4m3(-0.0f), 0x80);
+    cr_expect_eq(st_dtype_size(ST_F8_E4M3), 1);
+    cr_expect_eq(st_dtype_size(ST_OTHER), 0);
+}
+
+/* F8_E4M3 written (rounded) and read back, beside an F32 tensor in the
+ * same file as an FP8 checkpoint keeps them. */
+Test(st, f8_e4m3_written_and_read_with_mixed_dtypes)
+{
+    float w[6] = {1.0f, -2.5f, 0.3f, 448.0f, 1e6f, 0x1p-9f}, sc[2] = {0.5f, 3.0f};
+    st_write_tensor_t ts[2] = {{.name = "w", .ndim = 2, .shape = {2, 3}, .data = w},
+                               {.name = "w_scale_inv", .ndim = 1, .shape = {2}, .data = sc}};
+    st_dtype_t dts[2] = {ST_F8_E4M3, ST_F32};
+    const char *path = tpath("fp8.safetensors");
+    cr_assert_eq(st_write_dtypes(path, ts, 2, dts), MOEMU_OK, "%s", moemu_errmsg());
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(st_find(f, "w")->nbytes, 6);
+    cr_expect_str_eq(st_find(f, "w")->dtype_name, "F8_E4M3");
+    const uint8_t *raw = st_find(f, "w")->data;
+    cr_expect_eq(raw[2], st_f32_to_e4m3(0.3f));
+    cr_expect_eq(raw[4], 0x7f);
+    float out[6], s2[2];
+    int64_t shape[2] = {2, 3}, two = 2;
+    cr_assert_eq(st_read_f32(f, "w", 2, shape, out), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(out[0] == 1.0f && out[1] == -2.5f && out[3] == 448.0f && out[5] == 0x1p-9f);
+    cr_expect(out[2] == 0.3125f, "0.3 rounds to 0.3125, got %g", out[2]); /* 1.25 * 2^-2 */
+    cr_expect(isnan(out[4]));
+    cr_assert_eq(st_read_f32(f, "w_scale_inv", 1, &two, s2), MOEMU_OK);
+    cr_expect(s2[0] == 0.5f && s2[1] == 3.0f);
+    st_close(f);
+
+    cr_assert_eq(st_write(tpath("all8.safetensors"), ts, 1, ST_F8_E4M3), MOEMU_OK);
+    cr_expect_eq(file_size(tpath("all8.safetensors")) % 8, 6); /* 8-aligned header + 6 bytes */
+    dts[1] = ST_OTHER;
+    cr_expect_eq(st_write_dtypes(tpath("bad.safetensors"), ts, 2, dts), MOEMU_ERR_INVALID);
+    expect_msg("cannot be written");
 }

@@ -606,7 +606,25 @@ typedef struct {
     moemu_problems_t p;
     ckpt_list_t missing, nonfinite;
     int misfit; /* wrong shape or dtype */
+    int fp8bad; /* FP8 tensors without fitting scales, stray scales */
+    ckpt_read_opts_t *o;
+    int block[2];
 } ckpt_found_t;
+
+/* DeepSeek's spelling (inference/fp8_cast_bf16.py: f"{weight_name}_scale_inv"). */
+#define CKPT_SCALE_SUFFIX "_scale_inv"
+
+static bool ckpt_float(st_dtype_t dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
+
+static size_t ckpt_numel(int ndim, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
+    return n;
+}
+
+/* One more FP8 problem: true while it still gets its own line. */
+static bool ckpt_fp8_line(ckpt_found_t *fd) { return fd->fp8bad++ < 2 * CKPT_NAMED; }
 
 static bool ckpt_same_shape(const st_tensor_t *t, const ckpt_want_t *w)
 {
@@ -621,16 +639,26 @@ static bool ckpt_fits(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_
     const st_tensor_t *t = ck->ents[i].t;
     const char *file = ck->fnames[ck->ents[i].file];
     bool shape = ckpt_same_shape(t, w);
-    bool dtype = t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16;
+    bool dtype = ckpt_float(t->dtype) || t->dtype == ST_F8_E4M3;
     char have[256], need[256];
     if (!shape && fd->misfit++ < 2 * CKPT_NAMED)
         moemu_problem(&fd->p, "in %s: %s has shape %s, expected %s", file, t->name,
                       st_shape_str(have, sizeof have, t->ndim, t->shape),
                       st_shape_str(need, sizeof need, w->ndim, w->shape));
     if (!dtype && fd->misfit++ < 2 * CKPT_NAMED)
-        moemu_problem(&fd->p, "in %s: %s has dtype %s; only F32, F16 and BF16 can be read",
-                      file, t->name, t->dtype_name);
+        moemu_problem(&fd->p, "in %s: %s has dtype %s; only F32, F16, BF16 and F8_E4M3 can be "
+                      "read", file, t->name, t->dtype_name);
     return shape && dtype;
+}
+
+/* NaN and Inf in w->out (read from tensor i), noted with their count. */
+static void ckpt_note_nonfinite(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
+{
+    size_t count = ckpt_numel(w->ndim, w->shape), bad = 0;
+    for (size_t k = 0; k < count; k++) bad += !isfinite(w->out[k]);
+    char counts[160];
+    snprintf(counts, sizeof counts, "%zu of %zu, in %s", bad, count, ck->fnames[ck->ents[i].file]);
+    if (bad) ckpt_list_add(&fd->nonfinite, "'%s' (%s)", ck->ents[i].t->name, counts);
 }
 
 /* Convert tensor i into w->out, noting NaN and Inf. */
@@ -641,20 +669,145 @@ static void ckpt_read_one(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_fo
         moemu_problem(&fd->p, "%s", moemu_errmsg());
         return;
     }
-    size_t count = t->nbytes / (t->dtype == ST_F32 ? 4 : 2), bad = 0;
-    for (size_t k = 0; k < count; k++) bad += !isfinite(w->out[k]);
-    char counts[160];
-    snprintf(counts, sizeof counts, "%zu of %zu, in %s", bad, count, ck->fnames[ck->ents[i].file]);
-    if (bad) ckpt_list_add(&fd->nonfinite, "'%s' (%s)", t->name, counts);
+    ckpt_note_nonfinite(ck, i, w, fd);
 }
 
-/* Tensors of the checkpoint no want asked for. */
+/* The scales' shape for w: its last two dimensions counted in blocks. */
+static void ckpt_scale_shape(const ckpt_want_t *w, const int *block, int64_t *shape)
+{
+    for (int d = 0; d < w->ndim; d++) shape[d] = w->shape[d];
+    for (int k = 0; k < 2; k++) {
+        int d = w->ndim - 2 + k;
+        shape[d] = (w->shape[d] + block[k] - 1) / block[k];
+    }
+}
+
+/* Tensor j, the scales for w: the expected shape and a float dtype. */
+static bool ckpt_scales_fit(const ckpt_t *ck, int j, const ckpt_want_t *w, const int64_t *shape,
+                            ckpt_found_t *fd)
+{
+    const st_tensor_t *s = ck->ents[j].t;
+    const char *file = ck->fnames[ck->ents[j].file];
+    bool same = s->ndim == w->ndim;
+    for (int d = 0; same && d < w->ndim; d++) same = s->shape[d] == shape[d];
+    char have[256], need[256], of[256];
+    if (!same && ckpt_fp8_line(fd))
+        moemu_problem(&fd->p, "in %s: %s has shape %s, expected %s: the scales of %s %s in "
+                      "blocks of [%d, %d]", file, s->name,
+                      st_shape_str(have, sizeof have, s->ndim, s->shape),
+                      st_shape_str(need, sizeof need, w->ndim, shape), w->name,
+                      st_shape_str(of, sizeof of, w->ndim, w->shape), fd->block[0], fd->block[1]);
+    if (!ckpt_float(s->dtype) && ckpt_fp8_line(fd))
+        moemu_problem(&fd->p, "in %s: %s has dtype %s; scales must be F32, BF16 or F16", file,
+                      s->name, s->dtype_name);
+    return same && ckpt_float(s->dtype);
+}
+
+/* out[..][r][c] *= sc[..][r / br][c / bc], matrix by matrix over the
+ * leading dimensions (stacked experts): weight_dequant's y = x * s. */
+static void ckpt_apply_scales(float *out, const float *sc, const ckpt_want_t *w,
+                              const int64_t *sshape, const int *block)
+{
+    int nd = w->ndim;
+    int64_t R = w->shape[nd - 2], C = w->shape[nd - 1], SC = sshape[nd - 1];
+    size_t mats = ckpt_numel(nd - 2, w->shape);
+    for (size_t m = 0; m < mats; m++, out += R * C, sc += sshape[nd - 2] * SC)
+        for (int64_t r = 0; r < R; r++) {
+            const float *srow = sc + r / block[0] * SC;
+            for (int64_t c = 0; c < C; c++) out[r * C + c] *= srow[c / block[1]];
+        }
+}
+
+/* FP8 tensor i times its scales, tensor j, into w->out. */
+static void ckpt_dequant(const ckpt_t *ck, int i, int j, const ckpt_want_t *w, ckpt_found_t *fd)
+{
+    int64_t shape[ST_MAX_DIMS];
+    ckpt_scale_shape(w, fd->block, shape);
+    if (!ckpt_scales_fit(ck, j, w, shape, fd)) return;
+    float *sc = malloc(ckpt_numel(w->ndim, shape) * sizeof *sc + 1);
+    const st_tensor_t *t = ck->ents[i].t, *s = ck->ents[j].t;
+    if (!sc)
+        moemu_problem(&fd->p, "out of memory for the scales of %s", t->name);
+    else if (st_read_f32(ck->files[ck->ents[j].file], s->name, w->ndim, shape, sc) != MOEMU_OK ||
+             st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out) !=
+                 MOEMU_OK)
+        moemu_problem(&fd->p, "%s", moemu_errmsg());
+    else {
+        ckpt_apply_scales(w->out, sc, w, shape, fd->block);
+        ckpt_note_nonfinite(ck, i, w, fd);
+        fd->o->fp8++;
+    }
+    free(sc);
+}
+
+/* FP8 tensor i (of w's shape): find its scales, mark them used, dequantize. */
+static void ckpt_read_fp8(const ckpt_t *ck, int i, const ckpt_want_t *w, bool *used,
+                          ckpt_found_t *fd)
+{
+    const char *name = ck->ents[i].t->name, *file = ck->fnames[ck->ents[i].file];
+    char sh[256];
+    if (w->ndim < 2) {
+        if (ckpt_fp8_line(fd))
+            moemu_problem(&fd->p, "in %s: %s is F8_E4M3 of shape %s; its block scales need 2 "
+                          "dimensions", file, name, st_shape_str(sh, sizeof sh, w->ndim, w->shape));
+        return;
+    }
+    size_t n = strlen(name);
+    char *sname = malloc(n + sizeof CKPT_SCALE_SUFFIX);
+    if (!sname) {
+        moemu_problem(&fd->p, "out of memory for the scales of %s", name);
+        return;
+    }
+    memcpy(sname, name, n);
+    memcpy(sname + n, CKPT_SCALE_SUFFIX, sizeof CKPT_SCALE_SUFFIX);
+    int j = ckpt_index(ck, sname);
+    if (j < 0 && ckpt_fp8_line(fd))
+        moemu_problem(&fd->p, "%s is F8_E4M3 but %s is missing (in %s)", name, sname, file);
+    if (j >= 0) {
+        used[j] = true;
+        ckpt_dequant(ck, i, j, w, fd);
+    }
+    free(sname);
+}
+
+/* "_scale_inv" tensors no FP8 want took: those of a wanted tensor that is
+ * not FP8 are a problem of their own (the checkpoint mixes formats);
+ * those of a misshapen FP8 tensor were reported with it; the rest are
+ * left to ckpt_note_unwanted, like the tensor they would scale. */
+static void ckpt_note_stray_scales(const ckpt_t *ck, bool *used, ckpt_found_t *fd)
+{
+    size_t sl = strlen(CKPT_SCALE_SUFFIX);
+    for (int j = 0; j < ck->n; j++) {
+        const st_tensor_t *s = ck->ents[j].t;
+        if (used[j] || !ckpt_ends_with(s->name, CKPT_SCALE_SUFFIX)) continue;
+        char *wname = strndup(s->name, strlen(s->name) - sl);
+        int i = wname ? ckpt_index(ck, wname) : -1;
+        if (i >= 0 && used[i]) {
+            used[j] = true;
+            const st_tensor_t *t = ck->ents[i].t;
+            if (t->dtype != ST_F8_E4M3 && ckpt_fp8_line(fd))
+                moemu_problem(&fd->p, "in %s: %s scales %s, which is %s, not F8_E4M3",
+                              ck->fnames[ck->ents[j].file], s->name, wname, t->dtype_name);
+        }
+        free(wname);
+    }
+}
+
+/* Tensors of the checkpoint no want asked for, less those o->ignore takes. */
 static void ckpt_note_unwanted(const ckpt_t *ck, const bool *used, ckpt_found_t *fd)
 {
+    ckpt_read_opts_t *o = fd->o;
     ckpt_list_t l = {0};
-    for (int i = 0; i < ck->n; i++)
-        if (!used[i]) ckpt_list_add(&l, "'%s' (in %s)", ck->ents[i].t->name,
-                                    ck->fnames[ck->ents[i].file]);
+    for (int i = 0; i < ck->n; i++) {
+        const st_tensor_t *t = ck->ents[i].t;
+        if (used[i]) continue;
+        if (o->ignore && o->ignore(t->name, o->arg)) {
+            o->ignored++;
+            o->ignored_bytes += (int64_t)t->nbytes;
+        } else {
+            ckpt_list_add(&l, "'%s' (in %s)", t->name, ck->fnames[ck->ents[i].file]);
+        }
+    }
     if (l.n)
         moemu_problem(&fd->p, "%d tensor%s the model does not have: %s", l.n, ckpt_s(l.n),
                       ckpt_list_end(&l));
@@ -670,11 +823,19 @@ static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool
             continue;
         }
         used[i] = true;
-        if (ckpt_fits(ck, i, &want[w], fd)) ckpt_read_one(ck, i, &want[w], fd);
+        if (!ckpt_fits(ck, i, &want[w], fd)) continue;
+        if (ck->ents[i].t->dtype == ST_F8_E4M3)
+            ckpt_read_fp8(ck, i, &want[w], used, fd);
+        else
+            ckpt_read_one(ck, i, &want[w], fd);
     }
     if (fd->misfit > 2 * CKPT_NAMED)
         moemu_problem(&fd->p, "and %d more tensors of the wrong shape or dtype",
                       fd->misfit - 2 * CKPT_NAMED);
+    ckpt_note_stray_scales(ck, used, fd);
+    if (fd->fp8bad > 2 * CKPT_NAMED)
+        moemu_problem(&fd->p, "and %d more FP8 tensors or scales that do not fit",
+                      fd->fp8bad - 2 * CKPT_NAMED);
     if (fd->missing.n)
         moemu_problem(&fd->p, "%d tensor%s missing: %s", fd->missing.n, ckpt_s(fd->missing.n),
                       ckpt_list_end(&fd->missing));
@@ -684,10 +845,16 @@ static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool
                       fd->nonfinite.n == 1 ? " holds" : "s hold", ckpt_list_end(&fd->nonfinite));
 }
 
-moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, const char *label)
+moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int n,
+                                  const char *label, ckpt_read_opts_t *o)
 {
-    if (!ck || n < 0 || (n && !want))
-        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: bad arguments (n %d)", n);
+    ckpt_read_opts_t none = {0};
+    if (!o) o = &none;
+    o->ignored = o->fp8 = 0;
+    o->ignored_bytes = 0;
+    if (!ck || n < 0 || (n && !want) || o->block_r < 0 || o->block_c < 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: bad arguments (n %d, FP8 blocks "
+                          "[%d, %d])", n, o->block_r, o->block_c);
     MOEMU_CHECK(ckpt_check_wants(want, n));
     bool *used = calloc((size_t)ck->n + 1, sizeof *used);
     ckpt_found_t *fd = calloc(1, sizeof *fd);
@@ -697,6 +864,9 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, c
         return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", ck->path);
     }
     fd->p.lines = true;
+    fd->o = o;
+    fd->block[0] = o->block_r ? o->block_r : 128; /* DeepSeek-V3's weight_block_size */
+    fd->block[1] = o->block_c ? o->block_c : 128;
     ckpt_find_all(ck, want, n, used, fd);
     moemu_status_t st = MOEMU_OK;
     if (fd->p.n)
@@ -706,6 +876,11 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, c
     free(used);
     free(fd);
     return st;
+}
+
+moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, const char *label)
+{
+    return ckpt_read_all_opts(ck, want, n, label, NULL);
 }
 
 /* ---- writing */

@@ -9,6 +9,7 @@
 #ifndef MOEMU_CHECKPOINT_H
 #define MOEMU_CHECKPOINT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "emu/emu.h"
@@ -61,10 +62,12 @@ typedef struct {
 } ckpt_want_t;
 
 /* Read want[0..n) as fp32 (F32, F16 and BF16 converted as st_read_f32
- * does). The checkpoint must be exactly the model: every wanted tensor
- * present with that shape and a float dtype, every tensor of the
- * checkpoint wanted, no NaN or Inf. Otherwise MOEMU_ERR_FORMAT with every
- * problem at once, one a line, headed by label (the model's name):
+ * does; F8_E4M3 dequantized with its block scales, see ckpt_read_opts_t).
+ * The checkpoint must be exactly the model: every wanted tensor present
+ * with that shape and a float dtype, every tensor of the checkpoint
+ * wanted (or a wanted FP8 tensor's scales), no NaN or Inf. Otherwise
+ * MOEMU_ERR_FORMAT with every problem at once, one a line, headed by
+ * label (the model's name):
  * missing tensors (a few named, "and N more"), unexpected ones, wrong
  * shapes ("in model-00002-of-00003.safetensors: model.layers.3.mlp.gate
  * .weight has shape [60, 2048], expected [64, 2048]"), wrong dtypes,
@@ -73,6 +76,40 @@ typedef struct {
  * values. */
 moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n,
                              const char *label);
+
+/* FP8 checkpoints as DeepSeek-V3 ships them (config.json's
+ * quantization_config {"quant_method": "fp8", "fmt": "e4m3",
+ * "weight_block_size": [128, 128]}): a wanted tensor stored as F8_E4M3,
+ * of shape [..., R, C], has a companion named as it with "_scale_inv"
+ * appended ("....down_proj.weight_scale_inv"), F32 (BF16 and F16 also
+ * taken) of shape [..., ceil(R/block_r), ceil(C/block_c)], and its value
+ * is fp8 * scale_inv of its block, one fp32 product (DeepSeek's
+ * inference/kernel.py weight_dequant: y = x * s; "inv" because the
+ * quantizer divided by it). The scales count as read. Problems, reported
+ * with the others: an FP8 tensor without its scales, or of fewer than 2
+ * dimensions; scales of the wrong shape or dtype; a "_scale_inv" tensor
+ * whose wanted tensor is not FP8 (one whose tensor is not wanted is
+ * unexpected, as that tensor is); NaN or Inf after dequantizing.
+ *
+ * ignore, when set, is asked about each tensor of the checkpoint that no
+ * want names (and no FP8 want uses as its scales): true leaves it out of
+ * the "does not have" problem, counted in ignored and ignored_bytes (its
+ * stored bytes). Wanted tensors are read whatever it says. DeepSeek-V3's
+ * multi-token-prediction layer (model.layers.61.*) is the case in mind. */
+typedef struct {
+    bool (*ignore)(const char *name, void *arg);
+    void *arg;
+    int block_r, block_c; /* the FP8 scale blocks; 0 for 128 */
+    /* out */
+    int ignored;            /* tensors left out by ignore */
+    int64_t ignored_bytes;  /* their stored bytes */
+    int fp8;                /* wanted tensors dequantized from F8_E4M3 */
+} ckpt_read_opts_t;
+
+/* ckpt_read_all with o (NULL: ckpt_read_all itself); a block size below
+ * 0 is MOEMU_ERR_INVALID. The out fields are set whatever the result. */
+moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int n,
+                                  const char *label, ckpt_read_opts_t *o);
 
 /* Write ts[0..n) stored as dt (as st_write) in the Hub's layout:
  * - with shard_bytes <= 0, one file: path itself (an existing file there

@@ -5,6 +5,7 @@
  * aligned in the mapping. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +51,7 @@ static const struct {
     {"U64", ST_OTHER, 8},     {"U32", ST_OTHER, 4},
     {"I16", ST_OTHER, 2},     {"U16", ST_OTHER, 2},
     {"I8", ST_OTHER, 1},      {"U8", ST_OTHER, 1},
-    {"BOOL", ST_OTHER, 1},    {"F8_E4M3", ST_OTHER, 1},
+    {"BOOL", ST_OTHER, 1},    {"F8_E4M3", ST_F8_E4M3, 1},
     {"F8_E5M2", ST_OTHER, 1}, {"F8_E8M0", ST_OTHER, 1},
     {"C64", ST_OTHER, 8},
 };
@@ -65,6 +66,40 @@ static void st_dtype_lookup(const char *name, st_dtype_t *dt, size_t *size)
         }
     *dt = ST_OTHER;
     *size = 0;
+}
+
+size_t st_dtype_size(st_dtype_t dt)
+{
+    static const size_t size[] = {[ST_F32] = 4, [ST_F16] = 2, [ST_BF16] = 2, [ST_I32] = 4,
+                                  [ST_I64] = 8, [ST_F8_E4M3] = 1, [ST_OTHER] = 0};
+    return (unsigned)dt <= ST_OTHER ? size[dt] : 0;
+}
+
+/* ---- float8_e4m3fn: value = 2^(e-7) * (1 + m/8), or m * 2^-9 when e is
+ * 0; the top code of each sign is NaN (the "fn": finite, no Inf). */
+
+float st_e4m3_to_f32(uint8_t b)
+{
+    int e = b >> 3 & 0xf, m = b & 7;
+    float v = e == 15 && m == 7 ? NAN : e ? ldexpf((float)(8 + m), e - 10)
+                                          : ldexpf((float)m, -9);
+    return b & 0x80 ? -v : v;
+}
+
+/* Rounds |x| to the format's grid: a quantum of 2^(E-3) in the binade
+ * [2^E, 2^(E+1)), 2^-9 among the subnormals (below 2^-6); rintf rounds
+ * half to even, and the scaling by powers of two is exact. */
+uint8_t st_f32_to_e4m3(float x)
+{
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (!(a <= 464.0f)) return sign | 0x7f; /* NaN, Inf, overflow: torch's NaN */
+    if (a < 0x1p-6f) return sign | (uint8_t)rintf(a * 512.0f); /* 8 is 0x08, 2^-6 */
+    int E;
+    frexpf(a, &E); /* a = f * 2^E, f in [0.5, 1) */
+    float r = ldexpf(rintf(ldexpf(a, 4 - E)), E - 4);
+    float f = frexpf(r, &E); /* again: rounding may reach the next binade */
+    return sign | (uint8_t)((E + 6) << 3) | (uint8_t)(ldexpf(f, 4) - 8.0f);
 }
 
 const char *st_shape_str(char *buf, size_t cap, int ndim,
@@ -537,10 +572,11 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                           st_shape_str(have, sizeof have, t->ndim, t->shape),
                           st_shape_str(want, sizeof want, ndim, shape));
     }
-    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 &&
+        t->dtype != ST_F8_E4M3)
         return moemu_fail(MOEMU_ERR_FORMAT,
-                          "tensor '%s' in %s has dtype %s; only F32, F16 and "
-                          "BF16 can be read as fp32",
+                          "tensor '%s' in %s has dtype %s; only F32, F16, "
+                          "BF16 and F8_E4M3 can be read as fp32",
                           name, f->path, t->dtype_name);
     if (t->nbytes && !out)
         return moemu_fail(MOEMU_ERR_INVALID,
@@ -559,6 +595,8 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                 memcpy(&out[i], &u, 4);
             }
         }
+    } else if (t->dtype == ST_F8_E4M3) {
+        for (size_t i = 0; i < t->nbytes; i++) out[i] = st_e4m3_to_f32(p[i]);
     } else {
         size_t count = t->nbytes / 2;
         bool half = t->dtype == ST_F16;
@@ -603,23 +641,29 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
  * small enough not to double the memory of a large tensor. */
 #define ST_CHUNK 32768
 
+/* src[i] as dtype stores it, in the low bytes. */
+static uint32_t st_encode(const float *src, size_t i, st_dtype_t dtype)
+{
+    uint32_t u;
+    switch (dtype) {
+    case ST_F16: return emu_f32_to_f16(src[i]);
+    case ST_BF16: return emu_f32_to_bf16(src[i]);
+    case ST_F8_E4M3: return st_f32_to_e4m3(src[i]);
+    default: memcpy(&u, &src[i], 4); return u; /* F32, I32: 4 bytes as they are */
+    }
+}
+
 static bool st_put_tensor(FILE *fp, const st_write_tensor_t *t, size_t count,
                           st_dtype_t dtype, uint8_t *buf)
 {
-    bool word = dtype == ST_F32 || dtype == ST_I32; /* 4 bytes as they are */
-    if (word && ST_HOST_LE)
+    size_t esz = st_dtype_size(dtype);
+    if (esz == 4 && ST_HOST_LE)
         return fwrite(t->data, 4, count, fp) == count;
-    size_t esz = word ? 4 : 2;
     for (size_t off = 0; off < count; off += ST_CHUNK) {
         size_t m = count - off < ST_CHUNK ? count - off : ST_CHUNK;
         const float *src = t->data + off;
         for (size_t i = 0; i < m; i++) {
-            uint32_t u;
-            if (word)
-                memcpy(&u, &src[i], 4);
-            else
-                u = dtype == ST_F16 ? emu_f32_to_f16(src[i])
-                                    : emu_f32_to_bf16(src[i]);
+            uint32_t u = st_encode(src, i, dtype);
             for (size_t b = 0; b < esz; b++)
                 buf[i * esz + b] = (uint8_t)(u >> (8 * b));
         }
@@ -631,12 +675,12 @@ static bool st_put_tensor(FILE *fp, const st_write_tensor_t *t, size_t count,
 /* Build the header JSON; counts[i] receives tensor i's element count. */
 static moemu_status_t st_build_header(const char *path,
                                       const st_write_tensor_t *tensors, int n,
-                                      st_dtype_t dtype, size_t *counts,
+                                      const st_dtype_t *dtypes, size_t *counts,
                                       char **out)
 {
     static const char *const names[] = {[ST_F32] = "F32", [ST_F16] = "F16",
-                                        [ST_BF16] = "BF16", [ST_I32] = "I32"};
-    size_t esz = dtype == ST_F32 || dtype == ST_I32 ? 4 : 2;
+                                        [ST_BF16] = "BF16", [ST_I32] = "I32",
+                                        [ST_F8_E4M3] = "F8_E4M3"};
     moemu_status_t st = MOEMU_OK;
     json_t *root = json_object(), *meta = json_object();
     if (!root || !meta || json_object_set_new(meta, "format",
@@ -648,6 +692,7 @@ static moemu_status_t st_build_header(const char *path,
     uint64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const st_write_tensor_t *t = &tensors[i];
+        size_t esz = st_dtype_size(dtypes[i]);
         if (!t->name || t->ndim < 0 || t->ndim > ST_MAX_DIMS) {
             st = moemu_fail(MOEMU_ERR_INVALID,
                             "st_write %s: tensor %d has %s", path, i,
@@ -707,7 +752,7 @@ static moemu_status_t st_build_header(const char *path,
             bad |= json_array_append_new(shape, json_integer(t->shape[d]));
         bad |= json_array_append_new(offs, json_integer((json_int_t)offset));
         bad |= json_array_append_new(offs, json_integer((json_int_t)end));
-        bad |= json_object_set_new(ent, "dtype", json_string(names[dtype]));
+        bad |= json_object_set_new(ent, "dtype", json_string(names[dtypes[i]]));
         bad |= json_object_set_new(ent, "shape", shape);
         bad |= json_object_set_new(ent, "data_offsets", offs);
         if (bad) {
@@ -741,7 +786,7 @@ typedef struct {
     const st_write_tensor_t *tensors;
     const size_t *counts;
     int n;
-    st_dtype_t dtype;
+    const st_dtype_t *dtypes;
     uint8_t *buf; /* ST_CHUNK * 4 bytes of conversion space */
 } st_out_t;
 
@@ -760,10 +805,47 @@ static moemu_status_t st_fill(FILE *fp, const void *arg)
               fwrite(spaces, 1, padded - hlen, fp) == padded - hlen;
     for (int i = 0; ok && i < o->n; i++)
         ok = !o->counts[i] || st_put_tensor(fp, &o->tensors[i], o->counts[i],
-                                            o->dtype, o->buf);
+                                            o->dtypes[i], o->buf);
     if (ok) return MOEMU_OK;
     return moemu_fail(MOEMU_ERR_IO, "cannot write %s: %s", o->path,
                       strerror(errno ? errno : EIO));
+}
+
+static bool st_writable(st_dtype_t dt)
+{
+    return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_I32 || dt == ST_F8_E4M3;
+}
+
+moemu_status_t st_write_dtypes(const char *path, const st_write_tensor_t *tensors,
+                               int n, const st_dtype_t *dtypes)
+{
+    if (!path || n < 0 || (n > 0 && (!tensors || !dtypes)))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_write: bad arguments (path %s, n %d)",
+                          path ? path : "NULL", n);
+    for (int i = 0; i < n; i++)
+        if (!st_writable(dtypes[i]))
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "st_write %s: dtype %d cannot be written; use "
+                              "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3 or ST_I32",
+                              path, (int)dtypes[i]);
+    size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);
+    char *header = NULL;
+    uint8_t *buf = malloc((size_t)ST_CHUNK * 4);
+    moemu_status_t st = counts && buf ? MOEMU_OK
+                                      : moemu_fail(MOEMU_ERR_NOMEM,
+                                                   "st_write %s: out of memory",
+                                                   path);
+    if (st == MOEMU_OK)
+        st = st_build_header(path, tensors, n, dtypes, counts, &header);
+    if (st == MOEMU_OK) {
+        st_out_t o = {path, header, tensors, counts, n, dtypes, buf};
+        st = outfile_write(path, st_fill, &o);
+    }
+    free(buf);
+    free(header);
+    free(counts);
+    return st;
 }
 
 moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
@@ -773,26 +855,15 @@ moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_write: bad arguments (path %s, n %d)",
                           path ? path : "NULL", n);
-    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16 && dtype != ST_I32)
+    if (!st_writable(dtype))
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_write %s: dtype %d cannot be written; use "
-                          "ST_F32, ST_F16, ST_BF16 or ST_I32",
+                          "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3 or ST_I32",
                           path, (int)dtype);
-    size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);
-    char *header = NULL;
-    uint8_t *buf = malloc((size_t)ST_CHUNK * 4);
-    moemu_status_t st = counts && buf ? MOEMU_OK
-                                      : moemu_fail(MOEMU_ERR_NOMEM,
-                                                   "st_write %s: out of memory",
-                                                   path);
-    if (st == MOEMU_OK)
-        st = st_build_header(path, tensors, n, dtype, counts, &header);
-    if (st == MOEMU_OK) {
-        st_out_t o = {path, header, tensors, counts, n, dtype, buf};
-        st = outfile_write(path, st_fill, &o);
-    }
-    free(buf);
-    free(header);
-    free(counts);
+    st_dtype_t *dts = malloc((n ? (size_t)n : 1) * sizeof *dts);
+    if (!dts) return moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);
+    for (int i = 0; i < n; i++) dts[i] = dtype;
+    moemu_status_t st = st_write_dtypes(path, tensors, n, dts);
+    free(dts);
     return st;
 }

@@ -12,7 +12,20 @@
 
 #define ST_MAX_DIMS 8
 
-typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_OTHER } st_dtype_t;
+typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_F8_E4M3, ST_OTHER } st_dtype_t;
+
+/* Bytes per element of a dtype moemu knows (0 for ST_OTHER). */
+size_t st_dtype_size(st_dtype_t dt);
+
+/* F8_E4M3 is float8_e4m3fn (OCP FP8): 1 sign bit, 4 exponent bits with
+ * bias 7, 3 mantissa bits, no infinities; 0x7f and 0xff are NaN, 448 the
+ * largest value, 2^-6 (0x08) the smallest normal, 2^-9 (0x01) the
+ * smallest subnormal. Decoding is exact. Encoding rounds to nearest even
+ * and, as torch's float8_e4m3fn cast does (c10 fp8e4m3fn_from_fp32_value),
+ * gives NaN (0x7f with the sign) for what rounds above 448, i.e. above
+ * 464, and for Inf and NaN: it does not saturate. */
+float st_e4m3_to_f32(uint8_t b);
+uint8_t st_f32_to_e4m3(float x);
 
 typedef struct {
     const char *name;
@@ -42,8 +55,10 @@ const st_tensor_t *st_find(const st_file_t *f, const char *name); /* or NULL */
 int st_index(const st_file_t *f, const char *name);
 
 /* Look up name, check its shape equals shape[0..ndim) and convert it to
- * fp32 into out (the product of shape elements). F32, F16 and BF16 are
- * accepted. Missing tensor, wrong shape or unsupported dtype: an error
+ * fp32 into out (the product of shape elements). F32, F16, BF16 and
+ * F8_E4M3 are accepted; F8_E4M3 gives the stored values, without the
+ * block scales a checkpoint keeps beside them (ckpt_read_all applies
+ * those). Missing tensor, wrong shape or unsupported dtype: an error
  * naming the tensor and the numbers. */
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out);
@@ -56,9 +71,9 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
  * ST_MAX_DIMS dimensions): the one spelling of a shape in messages. */
 const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 
-/* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16
- * or ST_BF16, rounded to nearest even), or, with ST_I32, data points to
- * int32 values stored as they are. The file appears complete or not at
+/* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16,
+ * ST_BF16 or ST_F8_E4M3, rounded to nearest even), or, with ST_I32, data
+ * points to int32 values stored as they are. The file appears complete or not at
  * all: data goes to a temporary file beside path that is renamed at the
  * end. */
 typedef struct {
@@ -70,5 +85,9 @@ typedef struct {
 
 moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
                         int n, st_dtype_t dtype);
+/* The same with tensor i stored as dtypes[i], as an FP8 checkpoint keeps
+ * F8_E4M3 weights beside their F32 scales in one file. */
+moemu_status_t st_write_dtypes(const char *path, const st_write_tensor_t *tensors,
+                               int n, const st_dtype_t *dtypes);
 
 #endif
