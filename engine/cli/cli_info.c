@@ -17,15 +17,32 @@ static const cli_opt_t info_options[] = {
     {.name = NULL},
 };
 
+/* DeepSeek's router in words. */
+static void info_gate(const cfg_model_t *m)
+{
+    printf("%s scores, ", m->gate_sigmoid ? "sigmoid" : "softmax");
+    if (m->n_group > 1)
+        printf("the best %d of %d groups (by their best %s), ", m->topk_group, m->n_group,
+               m->gate_top2 ? "two" : "one");
+    printf("top-k%s%s, weights x %g", m->gate_bias ? " on biased scores" : "",
+           m->gate_norm ? ", renormalised" : "", m->routed_scaling_factor);
+}
+
 /* What of the family's variations the model uses, in one line. */
 static void info_family(const cfg_model_t *m)
 {
     static const char *const route[] = {"softmax, top-k, renormalised", "softmax, top-k",
-                                        "top-k logits, softmax"};
+                                        "top-k logits, softmax", ""};
     static const char *const qk[] = {"", ", query/key norm by head", ", query/key norm by width"};
-    printf("  %s: router %s%s%s%s", family_of(m)->model_type, route[m->router],
-           m->qkv_bias ? (m->o_bias ? ", q/k/v/o biases" : ", q/k/v biases") : "", qk[m->qk_norm],
-           m->shared_gate ? ", gated shared expert" : "");
+    printf("  %s: router ", family_of(m)->model_type);
+    if (m->router == LAYER_ROUTE_GROUPED) info_gate(m);
+    else printf("%s", route[m->router]);
+    printf("%s%s%s", m->qkv_bias ? (m->o_bias ? ", q/k/v/o biases" : ", q/k/v biases") : "",
+           qk[m->qk_norm], m->shared_gate ? ", gated shared expert" : "");
+    if (m->kv_lora_rank > 0)
+        printf(", MLA (q rank %d, kv rank %d, heads of %d + %d rope, values %d; cache %d a token "
+               "and layer)", m->q_lora_rank, m->kv_lora_rank, m->qk_nope_head_dim,
+               m->qk_rope_head_dim, m->v_head_dim, m->kv_lora_rank + m->qk_rope_head_dim);
     if (m->clip_qkv > 0) printf(", clip_qkv %g", m->clip_qkv);
     if (m->num_dense_layers)
         printf(", %d dense layers of %d", m->num_dense_layers, m->dense_intermediate_size);
@@ -34,6 +51,11 @@ static void info_family(const cfg_model_t *m)
         printf(", multipliers: embedding %g, residual %g, attention %g, logits / %g",
                m->embedding_multiplier, m->residual_multiplier, m->attention_multiplier,
                m->logits_scaling);
+    if (m->yarn_factor > 0)
+        printf(", YaRN x%g from %g positions", m->yarn_factor, m->yarn_original_max);
+    if (m->num_nextn_predict_layers)
+        printf(", %d multi-token prediction layer%s (not counted, not loaded)",
+               m->num_nextn_predict_layers, m->num_nextn_predict_layers > 1 ? "s" : "");
     printf("\n");
 }
 

@@ -910,6 +910,35 @@ moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *labe
 /* ---- The Hugging Face families (modeling_<model_type>.py): a key absent
  * from the file takes the default of the family's configuration class. */
 
+/* quantization_config: transformers' fine-grained FP8 (DeepSeek-V3, the
+ * Qwen3 FP8 releases): e4m3 weights with a scale per weight_block_size
+ * block, dequantized at load; any other method is refused. */
+static void rd_quant(cfg_rd_t *r, cfg_model_t *c)
+{
+    if (!rd_has(r, "quantization_config")) return;
+    json_t *q = json_object_get(r->src.root, "quantization_config"), *bs;
+    const char *method = json_is_object(q) ? json_string_value(json_object_get(q, "quant_method"))
+                                           : NULL;
+    const char *fmt = json_string_value(json_object_get(q, "fmt"));
+    bs = json_object_get(q, "weight_block_size");
+    c->fp8_block_r = c->fp8_block_c = 128;
+    if (json_is_array(bs) && json_array_size(bs) == 2) {
+        c->fp8_block_r = (int)json_integer_value(json_array_get(bs, 0));
+        c->fp8_block_c = (int)json_integer_value(json_array_get(bs, 1));
+    }
+    if (!method || strcmp(method, "fp8") != 0 || (fmt && strcmp(fmt, "e4m3") != 0) ||
+        (bs && !json_is_null(bs) && !json_is_array(bs)) || c->fp8_block_r < 1 ||
+        c->fp8_block_c < 1) {
+        char got[96];
+        emu_json_describe(q, got, sizeof got);
+        rd_bad(r, "config key 'quantization_config' = %s is not supported: moemu loads "
+                  "fine-grained FP8 checkpoints (quant_method \"fp8\", fmt \"e4m3\", a "
+                  "weight_block_size of two positive sizes), no other quantization",
+               got);
+        c->fp8_block_r = c->fp8_block_c = 0;
+    }
+}
+
 /* Keys every family below reads the same way. */
 static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
                          const char *expert_f_key)
@@ -939,11 +968,9 @@ static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
     static const cfg_refusal_t refused[] = {
         {"partial_rotary_factor", CFG_REFUSE_NOT_ONE, 0, NULL,
          "moemu rotates the whole head (partial rotary is not supported)"},
-        {"quantization_config", CFG_REFUSE_NONNULL, 0, NULL,
-         "quantized checkpoints are not supported; moemu computes in fp32 and emulates the "
-         "dtype's storage"},
     };
     rd_refusals(r, refused, sizeof refused / sizeof refused[0]);
+    rd_quant(r, c);
 }
 
 /* head_dim is hidden_size / num_attention_heads in these families; a
@@ -1180,6 +1207,7 @@ static void read_deepseek(cfg_rd_t *r, cfg_model_t *c, bool v3)
 {
     rd_hf_common(r, c, "n_routed_experts", "moe_intermediate_size");
     rd_int(r, "q_lora_rank", &c->q_lora_rank);
+    if (json_is_null(json_object_get(r->src.root, "q_lora_rank"))) c->q_lora_rank = 0; /* q_proj */
     rd_int(r, "kv_lora_rank", &c->kv_lora_rank);
     rd_int(r, "qk_nope_head_dim", &c->qk_nope_head_dim);
     rd_int(r, "qk_rope_head_dim", &c->qk_rope_head_dim);
@@ -1360,4 +1388,11 @@ moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *
         .qk_rope_head_dim = 64, .v_head_dim = 128, .routed_scaling_factor = 2.5,
         .rope_interleave = true, .max_position_embeddings = 4096, .rms_norm_eps = 1e-6);
     return rd_run(out, root, label, read_deepseek_v3, &base);
+}
+
+moemu_status_t cfg_read_kimi_k2(cfg_model_t *out, json_t *root, const char *label)
+{
+    moemu_status_t st = cfg_read_deepseek_v3(out, root, label);
+    if (st == MOEMU_OK) out->family = &family_kimi_k2; /* V3's architecture, its own name */
+    return st;
 }

@@ -51,6 +51,7 @@ typedef struct {
      * then qk_nope_head_dim + qk_rope_head_dim */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int num_nextn_predict_layers; /* multi-token prediction layers: not loaded */
+    int fp8_block_r, fp8_block_c; /* an FP8 checkpoint's scale blocks (0: none) */
     /* RoPE: pairs (2i, 2i+1) instead of halves; YaRN when yarn_factor > 0
      * (rope_scaling's factor, original_max_position_embeddings, beta_fast,
      * beta_slow, mscale, mscale_all_dim, truncate, attention_factor) */
@@ -104,6 +105,7 @@ moemu_status_t cfg_read_olmoe(cfg_model_t *out, json_t *root, const char *label)
 moemu_status_t cfg_read_granitemoe(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_deepseek_v2(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_kimi_k2(cfg_model_t *out, json_t *root, const char *label);
 /* Check every rule on the fields, one key and cross-key (sizes positive,
  * Hkv divides H, head_dim even, 1 <= k <= E, parameter counts fit int64,
  * ...); cfg_parse and cfg_load call it. Every broken rule is reported,

@@ -45,7 +45,7 @@ const model_family_t family_deepseek_v3 = {
 
 const model_family_t family_kimi_k2 = {
     .model_type = "kimi_k2",
-    .config = cfg_read_deepseek_v3,
+    .config = cfg_read_kimi_k2,
     .names = &deepseek_names,
     FAMILY_DECODER,
 };

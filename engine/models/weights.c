@@ -381,6 +381,17 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     return MOEMU_OK;
 }
 
+/* DeepSeek's checkpoints carry num_nextn_predict_layers multi-token
+ * prediction layers after the model's (model.layers.L, ...): moemu
+ * neither runs nor loads them. */
+static bool mtp_layer(const char *name, void *arg)
+{
+    const cfg_model_t *c = arg;
+    int l, n = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &n) != 1 || n == 0) return false;
+    return l >= c->num_hidden_layers && l < c->num_hidden_layers + c->num_nextn_predict_layers;
+}
+
 /* Every tensor of the model, read from the checkpoint at path (a file, a
  * directory of shards or their index): each problem of the checkpoint
  * (missing, unexpected, misshapen, non-finite tensors) named at once. */
@@ -395,7 +406,9 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
     for (int i = 0; want && i < w->n_list; i++)
         want[i] = (ckpt_want_t){.name = w->list[i].name, .ndim = w->list[i].ndim,
                                 .shape = w->list[i].shape, .out = w->list[i].data};
-    if (want) st = ckpt_read_all(ck, want, w->n_list, cfg->name);
+    ckpt_read_opts_t o = {.ignore = mtp_layer, .arg = (void *)cfg, .block_r = cfg->fp8_block_r,
+                          .block_c = cfg->fp8_block_c};
+    if (want) st = ckpt_read_all_opts(ck, want, w->n_list, cfg->name, &o);
     if (st != MOEMU_OK && w->block) wts_free(w);
     free(want);
     ckpt_close(ck);
