@@ -55,10 +55,35 @@ static const char granite_json[] =
     "\"residual_multiplier\":0.22,\"logits_scaling\":6.0,\"tie_word_embeddings\":true,"
     "\"torch_dtype\":\"bfloat16\"}";
 
+/* DeepSeek: MLA (the latent replicated under TP, exchanged under CP),
+ * YaRN with interleaved pairs, dense first layers, shared experts; V3's
+ * sigmoid router with a choice bias over groups, V2's softmax one over
+ * groups scored by their best, with q_proj instead of the query's rank. */
+static const char dsv3_json[] =
+    "{\"model_type\":\"deepseek_v3\",\"vocab_size\":90,\"hidden_size\":48,"
+    "\"intermediate_size\":64,\"moe_intermediate_size\":16,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"n_routed_experts\":16,\"num_experts_per_tok\":4,"
+    "\"n_shared_experts\":2,\"n_group\":4,\"topk_group\":2,\"first_k_dense_replace\":1,"
+    "\"q_lora_rank\":24,\"kv_lora_rank\":32,\"qk_nope_head_dim\":8,\"qk_rope_head_dim\":8,"
+    "\"v_head_dim\":12,\"routed_scaling_factor\":2.5,\"norm_topk_prob\":true,"
+    "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,\"original_max_position_embeddings\":8,"
+    "\"mscale\":1.0,\"mscale_all_dim\":1.0},\"max_position_embeddings\":64,"
+    "\"torch_dtype\":\"bfloat16\"}";
+static const char dsv2_json[] =
+    "{\"model_type\":\"deepseek_v2\",\"vocab_size\":80,\"hidden_size\":32,"
+    "\"intermediate_size\":48,\"moe_intermediate_size\":16,\"num_hidden_layers\":4,"
+    "\"num_attention_heads\":4,\"n_routed_experts\":8,\"num_experts_per_tok\":2,"
+    "\"n_shared_experts\":1,\"n_group\":2,\"topk_group\":1,"
+    "\"topk_method\":\"group_limited_greedy\",\"first_k_dense_replace\":2,"
+    "\"moe_layer_freq\":1,\"q_lora_rank\":null,\"kv_lora_rank\":16,"
+    "\"qk_nope_head_dim\":8,\"qk_rope_head_dim\":4,\"v_head_dim\":8,"
+    "\"routed_scaling_factor\":1.5,\"torch_dtype\":\"float16\"}";
+
 static const struct {
     const char *name, *json;
 } models[] = {{"tiny", NULL},         {"odd", odd_json},     {"qwen2_moe", qwen2_json},
-              {"qwen3_moe", qwen3_json}, {"olmoe", olmoe_json}, {"granitemoe", granite_json}};
+              {"qwen3_moe", qwen3_json}, {"olmoe", olmoe_json}, {"granitemoe", granite_json},
+              {"deepseek_v3", dsv3_json}, {"deepseek_v2", dsv2_json}};
 #define N_MODELS (sizeof models / sizeof models[0])
 
 typedef struct {

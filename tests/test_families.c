@@ -139,10 +139,25 @@ static const struct {
     {"{\"model_type\":\"qwen2_moe\",\"use_sliding_window\":true}", "'use_sliding_window' = true"},
     {"{\"model_type\":\"qwen2_moe\",\"layer_types\":[\"full_attention\",\"sliding_attention\"]}",
      "'layer_types[1]'"},
-    {"{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}",
-     "'rope_scaling' = {\"rope_type\":\"yarn\""},
-    {"{\"model_type\":\"qwen3_moe\",\"rope_parameters\":{\"rope_type\":\"yarn\","
+    {"{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":4}}",
+     "'rope_scaling' = {\"rope_type\":\"linear\""},
+    {"{\"model_type\":\"qwen3_moe\",\"rope_parameters\":{\"rope_type\":\"llama3\","
      "\"rope_theta\":1000000}}", "'rope_parameters'"},
+    {"{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":0.5}}",
+     "YaRN needs factor >= 1"},
+    {"{\"model_type\":\"deepseek_v3\",\"n_routed_experts\":10,\"n_group\":4}",
+     "'n_group' = 4 does not divide the 10 routed experts"},
+    {"{\"model_type\":\"deepseek_v3\",\"n_group\":4,\"topk_group\":5}",
+     "'topk_group' = 5 exceeds n_group = 4"},
+    {"{\"model_type\":\"deepseek_v3\",\"n_routed_experts\":16,\"n_group\":8,"
+     "\"topk_group\":1,\"num_experts_per_tok\":3}",
+     "'num_experts_per_tok' = 3 exceeds the 2 experts of the topk_group = 1 chosen groups"},
+    {"{\"model_type\":\"deepseek_v3\",\"kv_lora_rank\":0}", "'kv_lora_rank' must be positive"},
+    {"{\"model_type\":\"deepseek_v2\",\"norm_topk_prob\":true}",
+     "'norm_topk_prob' = true is not supported for deepseek_v2"},
+    {"{\"model_type\":\"deepseek_v3\",\"scoring_func\":\"relu\"}", "'scoring_func'"},
+    {"{\"model_type\":\"deepseek_v3\",\"quantization_config\":{\"quant_method\":\"awq\"}}",
+     "'quantization_config'"},
     {"{\"model_type\":\"olmoe\",\"head_dim\":64}", "'head_dim' = 64 is ambiguous"},
     {"{\"model_type\":\"granitemoe\",\"head_dim\":64}", "'head_dim' = 64 is ambiguous"},
     {"{\"model_type\":\"qwen2_moe\",\"quantization_config\":{\"quant_method\":\"gptq\"}}",
@@ -186,7 +201,7 @@ Test(families, every_problem_of_a_config_at_once)
     const char *m = moemu_errmsg();
     const char *head = "x: 5 problems in the config:\n  ";
     cr_expect(strncmp(m, head, strlen(head)) == 0, "%s", m);
-    const char *each[] = {"'use_sliding_window'", "'rope_scaling'", "'hidden_size'",
+    const char *each[] = {"'use_sliding_window'", "'rope_scaling.factor'", "'hidden_size'",
                           "'quantization_config'", "'num_experts_per_tok'"};
     for (size_t i = 0; i < 5; i++) cr_expect(strstr(m, each[i]), "%s lacks %s", m, each[i]);
 }
@@ -202,6 +217,23 @@ Test(families, unread_keys_named_in_one_warning, .init = watch, .fini = unwatch)
     cr_expect_str_eq(warned, "x: 2 config keys that moemu does not read (ignored): "
                              "'num_shared_experts', 'foo'");
     cr_expect_eq(c.num_shared_experts, 0, "a key of another family changes nothing");
+}
+
+/* YaRN is read for every family whose transformers code accepts it. */
+Test(families, yarn_read_for_every_family)
+{
+    cfg_model_t c;
+    cr_assert_eq(parse(&c, "{\"model_type\":\"qwen3_moe\",\"rope_scaling\":{\"rope_type\":"
+                           "\"yarn\",\"factor\":4.0,\"original_max_position_embeddings\":32768}}"),
+                 MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.yarn_factor == 4 && c.yarn_original_max == 32768 && c.yarn_beta_fast == 32 &&
+              c.yarn_beta_slow == 1 && c.yarn_truncate && c.yarn_mscale == 0);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"deepseek_v2\",\"rope_scaling\":{\"type\":"
+                           "\"yarn\",\"factor\":40,\"mscale\":0.707,\"mscale_all_dim\":0.707,"
+                           "\"original_max_position_embeddings\":4096}}"),
+                 MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.yarn_factor == 40 && c.yarn_mscale == 0.707 && c.yarn_mscale_all_dim == 0.707);
+    cr_expect(c.rope_interleave && c.kv_lora_rank == 512 && c.router == LAYER_ROUTE_GROUPED);
 }
 
 Test(families, rope_parameters_read_as_rope_theta)

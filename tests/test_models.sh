@@ -63,8 +63,10 @@ exact() {
     fi
 }
 
-# model NAME TOTAL TOTAL_UNIT TOTAL_MODE ACTIVE ACTIVE_UNIT ACTIVE_MODE EXACT_TOTAL
-# (EXACT_TOTAL "-" where no checkpoint index gave it)
+# model NAME TOTAL TOTAL_UNIT TOTAL_MODE ACTIVE ACTIVE_UNIT ACTIVE_MODE EXACT_TOTAL [WHICH]
+# (EXACT_TOTAL "-" where no checkpoint index gave it; WHICH "cards", the
+# default, compares the published active figure with "as cards count",
+# "own" with "active per token": DeepSeek counts without the embedding)
 model() {
     name=$1
     out="$tmp/$name.out"
@@ -83,9 +85,10 @@ model() {
     card_active=$(field "  as cards count" "$out")
     if [ "$head" -gt 0 ]; then want=$((active + emb)); else want=$active; fi
     exact "$name" "active as cards count" "$card_active" "$want" "active per token + untied embedding"
-    how="as cards count"
+    how="as cards count" act=$card_active
+    if [ "${9:-cards}" = own ]; then how="active per token" act=$active; fi
     published "$name" "total" "$total" "$2" "$3" "$4"
-    published "$name" "active ($how)" "$card_active" "$5" "$6" "$7"
+    published "$name" "active ($how)" "$act" "$5" "$6" "$7"
     if [ "$8" != "-" ]; then
         exact "$name" "total" "$total" "$8" "model.safetensors.index.json total_size / 2"
     fi
@@ -132,6 +135,22 @@ model Mixtral-8x7B-v0.1 46.7e9 0.1e9 round 12.9e9 0.1e9 round 46702792704
 # 140,620,634,112 is also what instantiating the HF model counts
 # (https://huggingface.co/mistral-community/Mixtral-8x22B-v0.1/discussions/6).
 model Mixtral-8x22B-v0.1 141e9 1e9 round 39e9 1e9 round 140620634112
+
+# deepseek-ai/DeepSeek-V2-Lite: "15.7B total parameters, of which 2.4B are
+# activated for each token" (DeepSeek-V2 paper, arXiv:2405.04434, appendix).
+# DeepSeek counts the active parameters without the embedding (moemu's own
+# "active per token"); 2,451,435,008 is 2.4B truncated (rounded, 2.5B).
+model DeepSeek-V2-Lite 15.7e9 0.1e9 round 2.4e9 0.1e9 trunc - own
+
+# deepseek-ai/DeepSeek-V3: "671B total parameters with 37B activated for each
+# token" (DeepSeek-V3 technical report, arXiv:2412.19437); the Hub's 685B
+# adds the 14B of the multi-token-prediction module, which moemu neither
+# counts nor loads.
+model DeepSeek-V3 671e9 1e9 round 37e9 1e9 round - own
+
+# moonshotai/Kimi-K2-Instruct: "1 trillion total parameters" and "32 billion
+# activated parameters" (model card, https://huggingface.co/moonshotai/Kimi-K2-Instruct).
+model Kimi-K2-Instruct 1e12 1e12 round 32e9 1e9 round - own
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -728,7 +728,9 @@ static void rd_yarn(cfg_rd_t *r, const char *key, json_t *obj, cfg_model_t *c)
     c->yarn_beta_fast = 32;
     c->yarn_beta_slow = 1;
     c->yarn_truncate = true;
-    rd_note(r, emu_json_num(&in, obj, "factor", EMU_JSON_REQUIRED, &c->yarn_factor));
+    moemu_status_t st = emu_json_num(&in, obj, "factor", EMU_JSON_REQUIRED, &c->yarn_factor);
+    rd_note(r, st);
+    if (st != MOEMU_OK) return; /* the one problem: no factor */
     rd_note(r, emu_json_num(&in, obj, "original_max_position_embeddings", CFG_OPT,
                             &c->yarn_original_max));
     rd_note(r, emu_json_num(&in, obj, "beta_fast", CFG_OPT, &c->yarn_beta_fast));
@@ -1206,6 +1208,8 @@ static void deepseek_rules(cfg_rd_t *r, const cfg_model_t *c)
 static void read_deepseek(cfg_rd_t *r, cfg_model_t *c, bool v3)
 {
     rd_hf_common(r, c, "n_routed_experts", "moe_intermediate_size");
+    /* MLA has no key/value heads of its own: the class's value is unused */
+    c->num_key_value_heads = c->num_attention_heads;
     rd_int(r, "q_lora_rank", &c->q_lora_rank);
     if (json_is_null(json_object_get(r->src.root, "q_lora_rank"))) c->q_lora_rank = 0; /* q_proj */
     rd_int(r, "kv_lora_rank", &c->kv_lora_rank);
@@ -1382,7 +1386,7 @@ moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *
 {
     static const cfg_model_t base = CFG_HF_BASE(
         family_deepseek_v3, .vocab_size = 129280, .hidden_size = 7168, .num_hidden_layers = 61,
-        .num_attention_heads = 128, .num_key_value_heads = 128, .num_local_experts = 256,
+        .num_attention_heads = 128, .num_local_experts = 256,
         .num_experts_per_tok = 8, .intermediate_size = 2048, .dense_intermediate_size = 18432,
         .q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128,
         .qk_rope_head_dim = 64, .v_head_dim = 128, .routed_scaling_factor = 2.5,
