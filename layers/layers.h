@@ -15,7 +15,15 @@ typedef struct {
     emu_dev_t *dev;    /* charged for every kernel; never NULL */
     emu_dtype_t dtype; /* emulated storage of weights, activations, cache */
     bool math;         /* false: charge only, touch no tensor (dry run) */
+    double wsize;      /* bytes a stored weight takes when they differ from
+                          dtype's (FP8 with its block scales); 0: dtype's */
 } layer_ctx_t;
+
+/* Bytes of one stored weight element. */
+static inline double layer_wsize(const layer_ctx_t *c)
+{
+    return c->wsize > 0 ? c->wsize : (double)emu_dtype_size(c->dtype);
+}
 
 typedef enum { LAYER_ACT_SILU = 0, LAYER_ACT_GELU } layer_act_t;
 

@@ -17,6 +17,7 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   int ldw, bool accumulate)
 {
     layer_work_t wk = layer_linear_work(T, n_in, n_out, c->dtype);
+    wk.bytes += (layer_wsize(c) - (double)emu_dtype_size(c->dtype)) * n_in * n_out;
     if (accumulate) wk.bytes += (double)emu_dtype_size(c->dtype) * T * n_out;
     if (c->math && T > 0 && n_out > 0) {
         if (n_in == 0) {
@@ -36,7 +37,7 @@ void layer_gemm(layer_ctx_t *c, float *out, int ldo, const float *in, int ldi, c
 {
     double s = (double)emu_dtype_size(c->dtype);
     emu_charge(c->dev, EMU_KERNEL_GEMM, 2.0 * T * m * n,
-               s * ((double)T * m + (double)m * n + (double)T * n));
+               s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n);
     if (!c->math || T == 0 || n == 0 || m == 0) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, w_trans ? CblasTrans : CblasNoTrans, T, n, m, 1.0f,
                 in, ldi, w, ldw, 0.0f, out, ldo);

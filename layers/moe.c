@@ -142,13 +142,14 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
     if (experts == 0) return;
     bool silu = act == LAYER_ACT_SILU;
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
-    double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + experts * F * d + rows * F);
+    double ws = layer_wsize(c);
+    double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + rows * F) + ws * experts * F * d;
     emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
     if (silu) emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, (silu ? 6.0 : 8.0) * rows * F,
                (silu ? 3.0 : 2.0) * s * rows * F);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, 2.0 * rows * F * d,
-               s * (rows * F + experts * d * F + rows * d * (accumulate ? 2.0 : 1.0)));
+               s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0)) + ws * experts * d * F);
     if (!c->math) return;
     for (int i = 0; i < njobs; i++) {
         const layer_expert_job_t *j = &jobs[i];

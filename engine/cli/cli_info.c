@@ -102,8 +102,15 @@ int cli_info_main(int argc, char **argv)
            (double)f.active_per_token);
     printf("  as cards count   %15lld  (%.4g; the embedding matrix included)\n",
            (long long)f.active_card, (double)f.active_card);
-    printf("weight bytes       %15.0f  (%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9,
-           emu_dtype_name(m.dtype));
+    if (m.fp8_block_r > 0) {
+        double act = (double)f.total * (double)emu_dtype_size(m.dtype);
+        printf("weight bytes       %15.0f  (%.4g GB in fp8 e4m3 with a scale per %d x %d block; "
+               "%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9, m.fp8_block_r,
+               m.fp8_block_c, act / 1e9, emu_dtype_name(m.dtype));
+    } else {
+        printf("weight bytes       %15.0f  (%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9,
+               emu_dtype_name(m.dtype));
+    }
     printf("FLOPs per token    %15.0f  (%.4g; + %.4g per visible (query, key) pair for "
            "attention)\n", f.flops_per_token, f.flops_per_token, f.attn_flops_per_pair);
     if (json) {

@@ -418,7 +418,7 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 #undef P
 #undef ADD
 
-    o->weight_bytes = (double)o->total * (double)emu_dtype_size(c->dtype);
+    o->weight_bytes = (double)o->total * cfg_weight_size(c);
     o->flops_per_token = 2.0 * (double)matmul;
     /* MLA attends in the latent, rope + lora wide (values: the same rows) */
     double att_hd = c->kv_lora_rank > 0 ? (double)c->kv_lora_rank + c->qk_rope_head_dim : hd;

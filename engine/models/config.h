@@ -51,7 +51,8 @@ typedef struct {
      * then qk_nope_head_dim + qk_rope_head_dim */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int num_nextn_predict_layers; /* multi-token prediction layers: not loaded */
-    int fp8_block_r, fp8_block_c; /* an FP8 checkpoint's scale blocks (0: none) */
+    int fp8_block_r, fp8_block_c; /* an FP8 checkpoint's scale blocks (0: none):
+                                     its weights are stored in FP8 e4m3 */
     /* RoPE: pairs (2i, 2i+1) instead of halves; YaRN when yarn_factor > 0
      * (rope_scaling's factor, original_max_position_embeddings, beta_fast,
      * beta_slow, mscale, mscale_all_dim, truncate, attention_factor) */
@@ -65,6 +66,15 @@ typedef struct {
     double embedding_multiplier, residual_multiplier, logits_scaling;
     double attention_multiplier; /* the attention scale; 0: 1 / sqrt(head_dim) */
 } cfg_model_t;
+
+/* Bytes of one stored weight: FP8 e4m3 with a 4-byte scale per block for
+ * an FP8 checkpoint, else the dtype's. */
+static inline double cfg_weight_size(const cfg_model_t *c)
+{
+    if (c->fp8_block_r > 0 && c->fp8_block_c > 0)
+        return 1.0 + 4.0 / ((double)c->fp8_block_r * c->fp8_block_c);
+    return (double)emu_dtype_size(c->dtype);
+}
 
 /* Whether layer l's MLP is dense (no router, no experts). */
 static inline bool cfg_layer_dense(const cfg_model_t *c, int l)

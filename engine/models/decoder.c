@@ -178,7 +178,7 @@ double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer_out,
     if (q->has_lm_head) n += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
     if (layer_out) *layer_out = att + held_mlp(c, p, cfg_moe_layers(c) == 0);
     if (head_out) *head_out = d + rows;
-    return n * (double)emu_dtype_size(c->dtype);
+    return n * cfg_weight_size(c);
 }
 
 static moemu_status_t dec_moe(const model_pass_t *mp)

@@ -343,7 +343,8 @@ static void dev_shard(worker_t *v)
                             .ep_rank = p->ep, .etp_size = s->etp, .etp_rank = p->etp,
                             .replica_size = s->cp * s->tp,
                             .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp};
-    v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry};
+    v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry,
+                         .wsize = cfg_weight_size(D->c)};
     v->view = (layer_view_t){.x = &v->x, .sh = &v->sh, .dm = &v->pl.dims, .r = &v->rows};
     v->P = s->pp;
     v->stage = p->pp;
