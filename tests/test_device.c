@@ -366,7 +366,7 @@ Test(topology, checks_name_the_key)
 
 Test(presets, built_in_figures)
 {
-    cr_assert_eq(emu_hw_preset_count(), 4);
+    cr_assert_eq(emu_hw_preset_count(), 5);
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK, "%s",
                  moemu_errmsg());
@@ -388,6 +388,13 @@ Test(presets, built_in_figures)
     ASSERT_NEAR(hw.topo.intra_bw, 300e9);
     ASSERT_NEAR(hw.topo.inter_bw, 25e9);
     cr_assert(strstr(hw.comment, "datasheet"), "%s", hw.comment);
+
+    /* the H100's compute and memory, NVLink cut to 400 GB/s (200 a direction) */
+    cr_assert_eq(emu_hw_load("h800", &hw), MOEMU_OK);
+    ASSERT_NEAR(hw.spec.peak_flops, 989e12);
+    ASSERT_NEAR(hw.spec.mem_bw, 3.35e12);
+    ASSERT_NEAR(hw.topo.intra_bw, 200e9);
+    cr_assert(strstr(hw.comment, "H800"), "%s", hw.comment);
 
     cr_assert_eq(emu_hw_load("h100-sxm", &hw), MOEMU_OK);
     ASSERT_NEAR(hw.spec.peak_flops, 989e12);
