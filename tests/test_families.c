@@ -156,6 +156,9 @@ static const struct {
     {"{\"model_type\":\"deepseek_v2\",\"norm_topk_prob\":true}",
      "'norm_topk_prob' = true is not supported for deepseek_v2"},
     {"{\"model_type\":\"deepseek_v3\",\"scoring_func\":\"relu\"}", "'scoring_func'"},
+    {"{\"model_type\":\"deepseek_v2\",\"rope_interleave\":false}", "'rope_interleave' = false"},
+    {"{\"model_type\":\"olmoe\",\"quantization_config\":{\"quant_method\":\"fp8\","
+     "\"weight_block_size\":[64]}}", "'quantization_config'"},
     {"{\"model_type\":\"deepseek_v3\",\"quantization_config\":{\"quant_method\":\"awq\"}}",
      "'quantization_config'"},
     {"{\"model_type\":\"olmoe\",\"head_dim\":64}", "'head_dim' = 64 is ambiguous"},
@@ -234,6 +237,18 @@ Test(families, yarn_read_for_every_family)
                  MOEMU_OK, "%s", moemu_errmsg());
     cr_expect(c.yarn_factor == 40 && c.yarn_mscale == 0.707 && c.yarn_mscale_all_dim == 0.707);
     cr_expect(c.rope_interleave && c.kv_lora_rank == 512 && c.router == LAYER_ROUTE_GROUPED);
+    /* the classes' defaults where a config is silent */
+    cr_assert_eq(parse(&c, "{\"model_type\":\"deepseek_v3\"}"), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.n_group == 8 && c.topk_group == 4 && c.gate_norm && c.num_shared_experts == 1 &&
+              c.shared_expert_intermediate_size == 2048 && c.num_dense_layers == 3 &&
+              c.gate_sigmoid && c.gate_bias && c.routed_scaling_factor == 2.5);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"mixtral\",\"vocab_size\":32,\"hidden_size\":8,"
+                           "\"intermediate_size\":8,\"num_hidden_layers\":1,"
+                           "\"num_attention_heads\":2,\"num_local_experts\":2,"
+                           "\"num_experts_per_tok\":1,\"quantization_config\":{\"quant_method\":"
+                           "\"fp8\",\"weight_block_size\":[128,128]}}"),
+                 MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.fp8_block_r == 128 && cfg_weight_size(&c) == 1.0 + 4.0 / 16384);
 }
 
 Test(families, rope_parameters_read_as_rope_theta)

@@ -216,9 +216,6 @@ static const cfg_refusal_t cfg_refusals[] = {
      "moemu uses the rotate-half (non-interleaved) RoPE convention"},
     {"use_sliding_window", CFG_REFUSE_TRUE, 0, NULL,
      "sliding-window attention is not supported"},
-    {"quantization_config", CFG_REFUSE_NONNULL, 0, NULL,
-     "quantized checkpoints are not supported; moemu computes in fp32 and emulates the "
-     "dtype's storage"},
     {"attn_logit_softcapping", CFG_REFUSE_NONNULL, 0, NULL,
      "attention logit soft-capping is not supported"},
     {"final_logit_softcapping", CFG_REFUSE_NONNULL, 0, NULL,
@@ -847,6 +844,36 @@ static void rd_head_dim(cfg_rd_t *r, cfg_model_t *c)
         c->head_dim = c->hidden_size / c->num_attention_heads;
 }
 
+/* quantization_config: transformers' fine-grained FP8 (DeepSeek-V3, the
+ * Qwen3 FP8 releases): e4m3 weights with a scale per weight_block_size
+ * block, dequantized at load; any other method is refused. */
+static void rd_quant(cfg_rd_t *r, cfg_model_t *c)
+{
+    if (!rd_has(r, "quantization_config")) return;
+    json_t *q = json_object_get(r->src.root, "quantization_config"), *bs;
+    const char *method = json_is_object(q) ? json_string_value(json_object_get(q, "quant_method"))
+                                           : NULL;
+    const char *fmt = json_string_value(json_object_get(q, "fmt"));
+    bs = json_object_get(q, "weight_block_size");
+    c->fp8_block_r = c->fp8_block_c = 128;
+    if (json_is_array(bs)) {
+        bool two = json_array_size(bs) == 2;
+        c->fp8_block_r = two ? (int)json_integer_value(json_array_get(bs, 0)) : 0;
+        c->fp8_block_c = two ? (int)json_integer_value(json_array_get(bs, 1)) : 0;
+    }
+    if (!method || strcmp(method, "fp8") != 0 || (fmt && strcmp(fmt, "e4m3") != 0) ||
+        (bs && !json_is_null(bs) && !json_is_array(bs)) || c->fp8_block_r < 1 ||
+        c->fp8_block_c < 1) {
+        char got[96];
+        emu_json_describe(q, got, sizeof got);
+        rd_bad(r, "config key 'quantization_config' = %s is not supported: moemu loads "
+                  "fine-grained FP8 checkpoints (quant_method \"fp8\", fmt \"e4m3\", a "
+                  "weight_block_size of two positive sizes), no other quantization",
+               got);
+        c->fp8_block_r = c->fp8_block_c = 0;
+    }
+}
+
 static void read_mixtral(cfg_rd_t *r, cfg_model_t *c)
 {
     rd_refusals(r, cfg_refusals, sizeof cfg_refusals / sizeof cfg_refusals[0]);
@@ -877,6 +904,7 @@ static void read_mixtral(cfg_rd_t *r, cfg_model_t *c)
     rd_act(r, &c->hidden_act);
     rd_bool(r, "tie_word_embeddings", &c->tie_word_embeddings);
     rd_dtype(r, &c->dtype);
+    rd_quant(r, c);
     rd_int(r, "num_shared_experts", &c->num_shared_experts);
     c->shared_expert_intermediate_size = c->intermediate_size;
     rd_int(r, "shared_expert_intermediate_size", &c->shared_expert_intermediate_size);
@@ -911,35 +939,6 @@ moemu_status_t cfg_read_mixtral(cfg_model_t *out, json_t *root, const char *labe
 
 /* ---- The Hugging Face families (modeling_<model_type>.py): a key absent
  * from the file takes the default of the family's configuration class. */
-
-/* quantization_config: transformers' fine-grained FP8 (DeepSeek-V3, the
- * Qwen3 FP8 releases): e4m3 weights with a scale per weight_block_size
- * block, dequantized at load; any other method is refused. */
-static void rd_quant(cfg_rd_t *r, cfg_model_t *c)
-{
-    if (!rd_has(r, "quantization_config")) return;
-    json_t *q = json_object_get(r->src.root, "quantization_config"), *bs;
-    const char *method = json_is_object(q) ? json_string_value(json_object_get(q, "quant_method"))
-                                           : NULL;
-    const char *fmt = json_string_value(json_object_get(q, "fmt"));
-    bs = json_object_get(q, "weight_block_size");
-    c->fp8_block_r = c->fp8_block_c = 128;
-    if (json_is_array(bs) && json_array_size(bs) == 2) {
-        c->fp8_block_r = (int)json_integer_value(json_array_get(bs, 0));
-        c->fp8_block_c = (int)json_integer_value(json_array_get(bs, 1));
-    }
-    if (!method || strcmp(method, "fp8") != 0 || (fmt && strcmp(fmt, "e4m3") != 0) ||
-        (bs && !json_is_null(bs) && !json_is_array(bs)) || c->fp8_block_r < 1 ||
-        c->fp8_block_c < 1) {
-        char got[96];
-        emu_json_describe(q, got, sizeof got);
-        rd_bad(r, "config key 'quantization_config' = %s is not supported: moemu loads "
-                  "fine-grained FP8 checkpoints (quant_method \"fp8\", fmt \"e4m3\", a "
-                  "weight_block_size of two positive sizes), no other quantization",
-               got);
-        c->fp8_block_r = c->fp8_block_c = 0;
-    }
-}
 
 /* Keys every family below reads the same way. */
 static void rd_hf_common(cfg_rd_t *r, cfg_model_t *c, const char *experts_key,
@@ -1128,9 +1127,9 @@ static void read_granitemoe(cfg_rd_t *r, cfg_model_t *c)
 
 /* Layer l is MoE when l >= first_k_dense_replace and l % moe_layer_freq
  * == 0; the others are dense MLPs of intermediate_size. */
-static void rd_deepseek_dense(cfg_rd_t *r, cfg_model_t *c)
+static void rd_deepseek_dense(cfg_rd_t *r, cfg_model_t *c, bool v3)
 {
-    int first = 0, freq = 1, L = c->num_hidden_layers;
+    int first = v3 ? 3 : 0, freq = 1, L = c->num_hidden_layers;
     rd_int(r, "first_k_dense_replace", &first);
     rd_int(r, "moe_layer_freq", &freq);
     rd_int(r, "intermediate_size", &c->dense_intermediate_size);
@@ -1168,7 +1167,9 @@ static void rd_deepseek_router(cfg_rd_t *r, cfg_model_t *c, bool v3)
     if (method && !greedy && !c->gate_top2 && strcmp(method, "group_limited_greedy") != 0)
         rd_bad(r, "config key 'topk_method' = \"%.40s\" is not supported (greedy, "
                   "group_limited_greedy or noaux_tc)", method);
-    c->n_group = c->topk_group = 1;
+    c->n_group = v3 ? 8 : 1; /* the classes' defaults */
+    c->topk_group = v3 ? 4 : 1;
+    c->gate_norm = v3;
     rd_int(r, "n_group", &c->n_group);
     rd_int(r, "topk_group", &c->topk_group);
     if (greedy) c->n_group = c->topk_group = 1; /* greedy reads no groups */
@@ -1218,13 +1219,16 @@ static void read_deepseek(cfg_rd_t *r, cfg_model_t *c, bool v3)
     rd_int(r, "v_head_dim", &c->v_head_dim);
     c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
     rd_has(r, "head_dim"); /* transformers 5 writes qk_rope_head_dim there */
-    int shared = 0;
+    int shared = v3 ? 1 : 2; /* the classes' defaults */
     rd_int(r, "n_shared_experts", &shared);
     c->num_shared_experts = shared > 0;
     c->shared_expert_intermediate_size = shared > 0 ? shared * c->intermediate_size : 0;
-    rd_deepseek_dense(r, c);
+    rd_deepseek_dense(r, c, v3);
     rd_deepseek_router(r, c, v3);
     rd_bool(r, "rope_interleave", &c->rope_interleave);
+    if (!v3 && !c->rope_interleave)
+        rd_bad(r, "config key 'rope_interleave' = false is not supported for deepseek_v2, whose "
+                  "code always rotates interleaved pairs");
     rd_int(r, "num_nextn_predict_layers", &c->num_nextn_predict_layers);
     bool bias = false;
     rd_bool(r, "attention_bias", &bias);
