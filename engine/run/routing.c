@@ -138,6 +138,24 @@ void route_close(route_src_t *r)
     memset(r, 0, sizeof *r);
 }
 
+/* Uniform choices without walking the experts: draw j is the
+ * floor(u * (E - j))-th expert not taken yet, in index order (the same
+ * pick as the weighted walk below with every weight 1, in O(k^2)). */
+static void choose_uniform(const route_src_t *r, uint64_t stream, uint64_t tok, int *idx)
+{
+    int k = r->k, E = r->E, taken[k];
+    for (int j = 0; j < k; j++) {
+        double u = unit(r->seed, stream, tok * 64 + (uint64_t)j);
+        int pick = (int)(u * (E - j)); /* < E - j: u < 1 */
+        /* taken[] sorted: step over each taken expert at or below pick */
+        int n = 0;
+        for (; n < j && taken[n] <= pick; n++) pick++;
+        idx[j] = pick;
+        for (int q = j; q > n; q--) taken[q] = taken[q - 1];
+        taken[n] = pick;
+    }
+}
+
 void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
 {
     int k = r->k, E = r->E;
@@ -153,6 +171,10 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
     }
     uint64_t stream = wts_stream("routing") ^ ((uint64_t)layer << 40);
     uint64_t tok = ((uint64_t)b << 24) ^ (uint64_t)pos;
+    if (r->kind == ROUTE_UNIFORM) {
+        choose_uniform(r, stream, tok, idx);
+        return;
+    }
     for (int j = 0; j < k; j++) {
         double u = unit(r->seed, stream, tok * 64 + (uint64_t)j);
         /* draw among the experts not taken yet */
