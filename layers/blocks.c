@@ -382,11 +382,11 @@ static void mla_query(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *
     mla_scatter(x, v->q, hd, b->qraw + dm->nope, qk, TA * Hl, dm->rope_d);
     layer_rope(x, v->q, v->r->pos, TA, Hl, hd, &dm->rope);
     /* absorbed: head h's q_nope times its W_uk (kv_b_proj's nope rows) */
-    for (int h = 0; h < Hl; h++) {
-        const float *uk = w->kv_b + (size_t)(dm->head0 + h) * (dm->nope + dm->vd) * dm->lora;
-        layer_gemm(x, v->q + (size_t)h * hd + dm->rope_d, Hl * hd, b->qraw + (size_t)h * qk,
-                   Hl * qk, uk, dm->lora, TA, dm->nope, dm->lora, false);
-    }
+    layer_gemm_t g = {.out = v->q + dm->rope_d, .in = b->qraw,
+                      .w = w->kv_b + (size_t)dm->head0 * (dm->nope + dm->vd) * dm->lora,
+                      .ldo = Hl * hd, .ldi = Hl * qk, .ldw = dm->lora, .so = (size_t)hd,
+                      .si = (size_t)qk, .sw = (size_t)(dm->nope + dm->vd) * dm->lora};
+    layer_gemm(x, &g, Hl, TA, dm->nope, dm->lora, false);
 }
 
 /* Every row's latent, [k_pe | RMSNorm(c_kv)], into kk (TA, hd). */
@@ -419,12 +419,11 @@ moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
     else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
     else MOEMU_CHECK(attend_prefill_cp(v));
     /* head h's output: its attended latent times W_uv (kv_b_proj's v rows) */
-    for (int h = 0; h < Hl; h++) {
-        const float *uv =
-            w->kv_b + ((size_t)(dm->head0 + h) * (dm->nope + vd) + dm->nope) * dm->lora;
-        layer_gemm(x, b.ocat + (size_t)h * vd, Hl * vd, v->att + (size_t)h * hd + dm->rope_d,
-                   Hl * hd, uv, dm->lora, TA, dm->lora, vd, true);
-    }
+    layer_gemm_t g = {.out = b.ocat, .in = v->att + dm->rope_d,
+                      .w = w->kv_b + ((size_t)dm->head0 * (dm->nope + vd) + dm->nope) * dm->lora,
+                      .ldo = Hl * vd, .ldi = Hl * hd, .ldw = dm->lora, .so = (size_t)vd,
+                      .si = (size_t)hd, .sw = (size_t)(dm->nope + vd) * dm->lora};
+    layer_gemm(x, &g, Hl, TA, dm->lora, vd, true);
     layer_linear(x, EMU_KERNEL_GEMM, v->o, b.ocat, w->wo + (size_t)dm->head0 * vd, TA, Hl * vd, d,
                  dm->H * vd, false);
     MOEMU_CHECK(tp_sum(v, v->o));

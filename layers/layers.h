@@ -41,11 +41,17 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   const float *in, const float *w, int T, int n_in, int n_out,
                   int ldw, bool accumulate);
 
-/* out (T, n) = in (T, m) @ w, w (m, n) or, with w_trans, (n, m) used as
- * its transpose; each with its row stride (a slice of wider rows): one
- * GEMM, as MLA's absorbed projections are. */
-void layer_gemm(layer_ctx_t *c, float *out, int ldo, const float *in, int ldi, const float *w,
-                int ldw, int T, int m, int n, bool w_trans);
+/* nb products out_i (T, n) = in_i (T, m) @ w_i, w_i (m, n) or, with
+ * w_trans, (n, m) used as its transpose; each with its row stride (a slice
+ * of wider rows), problem i at offsets i * (so, si, sw) from the first:
+ * one batched GEMM launch, as MLA's absorbed projections over heads are. */
+typedef struct {
+    float *out;
+    const float *in, *w;
+    int ldo, ldi, ldw;
+    size_t so, si, sw;
+} layer_gemm_t;
+void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int n, bool w_trans);
 
 /* out (T, d) = rows of emb (V, d) for tok (T). Ids must be in [0, V). */
 void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,

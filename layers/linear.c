@@ -32,13 +32,14 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
     emu_charge(c->dev, kind, wk.flops, wk.bytes);
 }
 
-void layer_gemm(layer_ctx_t *c, float *out, int ldo, const float *in, int ldi, const float *w,
-                int ldw, int T, int m, int n, bool w_trans)
+void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int n, bool w_trans)
 {
     double s = (double)emu_dtype_size(c->dtype);
-    emu_charge(c->dev, EMU_KERNEL_GEMM, 2.0 * T * m * n,
-               s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n);
+    emu_charge(c->dev, EMU_KERNEL_GEMM, 2.0 * nb * T * m * n,
+               nb * (s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n));
     if (!c->math || T == 0 || n == 0 || m == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, w_trans ? CblasTrans : CblasNoTrans, T, n, m, 1.0f,
-                in, ldi, w, ldw, 0.0f, out, ldo);
+    for (int i = 0; i < nb; i++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, w_trans ? CblasTrans : CblasNoTrans, T, n, m,
+                    1.0f, g->in + i * g->si, g->ldi, g->w + i * g->sw, g->ldw, 0.0f,
+                    g->out + i * g->so, g->ldo);
 }
