@@ -236,3 +236,141 @@ Test(conformance, non_finite_logits_fail)
     wts_free(&w);
     wl_free(&wl);
 }
+
+/* ---- DeepSeek in its own checkpoint format: FP8 e4m3 weights with a
+ * scale per 16 x 16 block, in two shards and their index, with a
+ * multi-token-prediction layer the model does not load; loaded, then
+ * every strategy below equals one device on it. */
+
+#include <sys/stat.h>
+
+#include "engine/models/safetensors.h"
+
+/* DeepSeek keeps the embedding, norms, router and lm_head unquantized. */
+static bool fp8_tensor(const wts_tensor_t *t)
+{
+    return t->ndim == 2 && !strstr(t->name, "embed_tokens") && !strstr(t->name, "lm_head") &&
+           !strstr(t->name, "mlp.gate.");
+}
+
+/* x / scale stored as e4m3 for a 16 x 16 block scale amax / 448: returns
+ * the scales (rows/16, cols/16) and writes the values to store into q and
+ * what they dequantize to into back. */
+static float *fp8_quantize(const wts_tensor_t *t, float *q, float *back)
+{
+    int64_t R = t->shape[0], C = t->shape[1], br = (R + 15) / 16, bc = (C + 15) / 16;
+    float *sc = calloc((size_t)(br * bc), sizeof(float));
+    for (int64_t i = 0; i < R * C; i++) {
+        float *s = &sc[(i / C / 16) * bc + (i % C) / 16], a = fabsf(t->data[i]) / 448.0f;
+        if (a > *s) *s = a;
+    }
+    for (int64_t i = 0; i < R * C; i++) {
+        float s = sc[(i / C / 16) * bc + (i % C) / 16];
+        if (s == 0) s = sc[(i / C / 16) * bc + (i % C) / 16] = 1.0f;
+        q[i] = t->data[i] / s;
+        back[i] = st_e4m3_to_f32(st_f32_to_e4m3(q[i])) * s;
+    }
+    return sc;
+}
+
+/* The checkpoint of w in two shards with their index, under dir; expected
+ * receives the values loading should give, tensor by tensor. */
+static void write_fp8_checkpoint(const wts_t *w, const char *dir, float **expected)
+{
+    int n = wts_tensor_count(w), m = 0;
+    st_write_tensor_t *ts = calloc((size_t)(2 * n + 1), sizeof *ts);
+    st_dtype_t *dt = calloc((size_t)(2 * n + 1), sizeof *dt);
+    char (*names)[160] = calloc((size_t)(2 * n + 1), sizeof *names);
+    float *extra = calloc(64 * 8, sizeof(float)); /* the MTP layer's tensor */
+    for (int i = 0; i < n; i++) {
+        wts_tensor_t t;
+        wts_tensor_at(w, i, &t);
+        int64_t cnt = t.shape[0] * (t.ndim > 1 ? t.shape[1] : 1) * (t.ndim > 2 ? t.shape[2] : 1);
+        expected[i] = malloc(sizeof(float) * (size_t)cnt);
+        ts[m] = (st_write_tensor_t){.name = strcpy(names[m], t.name), .ndim = t.ndim,
+                                    .shape = {t.shape[0], t.shape[1], t.shape[2]}};
+        if (!fp8_tensor(&t)) {
+            memcpy(expected[i], t.data, sizeof(float) * (size_t)cnt);
+            ts[m].data = t.data, dt[m++] = ST_F32;
+            continue;
+        }
+        float *q = malloc(sizeof(float) * (size_t)cnt);
+        float *sc = fp8_quantize(&t, q, expected[i]);
+        ts[m].data = q, dt[m++] = ST_F8_E4M3;
+        snprintf(names[m], sizeof names[m], "%s_scale_inv", t.name);
+        ts[m] = (st_write_tensor_t){.name = names[m], .ndim = 2, .data = sc,
+                                    .shape = {(t.shape[0] + 15) / 16, (t.shape[1] + 15) / 16}};
+        dt[m++] = ST_F32;
+    }
+    ts[m] = (st_write_tensor_t){.name = "model.layers.4.self_attn.kv_a_layernorm.weight",
+                                .ndim = 1, .shape = {32}, .data = extra};
+    dt[m++] = ST_F32;
+    mkdir(dir, 0777);
+    char path[256], index[64 * 1024];
+    size_t len = (size_t)snprintf(index, sizeof index, "{\"metadata\": {}, \"weight_map\": {");
+    for (int part = 0; part < 2; part++) {
+        int a = part ? m / 2 : 0, z = part ? m : m / 2;
+        snprintf(path, sizeof path, "%s/model-0000%d-of-00002.safetensors", dir, part + 1);
+        cr_assert_eq(st_write_dtypes(path, ts + a, z - a, dt + a), MOEMU_OK, "%s", moemu_errmsg());
+        for (int i = a; i < z; i++)
+            len += (size_t)snprintf(index + len, sizeof index - len, "%s\"%s\": \"model-0000%d-of-"
+                                    "00002.safetensors\"", len > 40 ? ", " : "", ts[i].name, part + 1);
+    }
+    snprintf(index + len, sizeof index - len, "}}");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(index, f);
+    fclose(f);
+    for (int i = 0; i < m; i++)
+        if (dt[i] == ST_F8_E4M3 || strstr(ts[i].name, "_scale_inv")) free((void *)ts[i].data);
+    free(ts), free(dt), free(names), free(extra);
+}
+
+Test(conformance, deepseek_fp8_sharded_checkpoint)
+{
+    char json[2048], dir[] = "/tmp/moemu-dsfp8-XXXXXX";
+    snprintf(json, sizeof json, "%.*s,\"num_nextn_predict_layers\":1,\"quantization_config\":"
+             "{\"quant_method\":\"fp8\",\"fmt\":\"e4m3\",\"weight_block_size\":[16,16]}}",
+             (int)strlen(dsv3_json) - 1, dsv3_json);
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, json, "dsfp8"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t w, r;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 9), MOEMU_OK);
+    cr_assert_not_null(mkdtemp(dir));
+    char ck[64];
+    snprintf(ck, sizeof ck, "%s/ck", dir);
+    int n = wts_tensor_count(&w);
+    float **expected = calloc((size_t)n, sizeof *expected);
+    write_fp8_checkpoint(&w, ck, expected);
+    cr_assert_eq(wts_load(&r, &cfg, ck), MOEMU_OK, "%s", moemu_errmsg());
+    for (int i = 0; i < n; i++) {
+        wts_tensor_t t;
+        wts_tensor_at(&r, i, &t);
+        int64_t cnt = t.shape[0] * (t.ndim > 1 ? t.shape[1] : 1);
+        cr_assert_eq(memcmp(t.data, expected[i], sizeof(float) * (size_t)cnt), 0,
+                     "%s is not its dequantized values", t.name);
+        free(expected[i]);
+    }
+    free(expected);
+    static const char *const strategies[] = {"tp2", "tp4-ep4", "dp2-ep2", "cp2-tp2-ep4", "tp2-sp"};
+    wl_opts_t wo = {.lens = "7,12,5", .decode = 9, .seed = 5};
+    wl_t wl;
+    cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
+    for (size_t i = 0; i < sizeof strategies / sizeof strategies[0]; i++) {
+        runner_opts_t o = {.micro_batches = 1};
+        cr_assert_eq(par_strategy_parse(strategies[i], &o.strategy), MOEMU_OK);
+        cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+        check_t c;
+        cr_assert_eq(check_run(&c, &r, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s: %s", strategies[i],
+                     moemu_errmsg());
+        cr_expect(c.r.pass, "%s on the FP8 checkpoint: rel L2 %g", strategies[i], c.r.rel_l2);
+        check_free(&c);
+    }
+    wl_free(&wl);
+    wts_free(&w);
+    wts_free(&r);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}
