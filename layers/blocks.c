@@ -486,7 +486,9 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
     layer_rmsnorm(x, v->o, v->o, norm, nl, d, dm->eps);
     int v0 = dm->vocab0, real = (v0 + Vl < V ? v0 + Vl : V) - v0;
     if (real < 0) real = 0;
-    layer_linear(x, EMU_KERNEL_GEMM, v->logits, v->o, lm_head + (size_t)v0 * d, nl, d, real, d,
+    layer_ctx_t hx = *x; /* lm_head stays in the dtype in an FP8 checkpoint */
+    hx.wsize = 0;
+    layer_linear(&hx, EMU_KERNEL_GEMM, v->logits, v->o, lm_head + (size_t)v0 * d, nl, d, real, d,
                  false);
     if (dm->logit_div != 1.0f) /* Granite's logits_scaling: a division, as its code does */
         for (int64_t i = 0; x->math && i < (int64_t)nl * real; i++) v->logits[i] /= dm->logit_div;

@@ -415,7 +415,13 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 #undef P
 #undef ADD
 
-    o->weight_bytes = (double)o->total * cfg_weight_size(c);
+    /* an FP8 checkpoint keeps the embedding, lm_head, norms, biases, the
+     * router and the shared experts' gate in its dtype */
+    double kept = (double)o->embedding + (double)o->lm_head + (double)o->norms +
+                  (double)o->router + (c->shared_gate ? (double)d * Lm : 0) +
+                  (double)L * ((c->qkv_bias ? (double)(H + 2 * Hkv) * hd : 0) + (c->o_bias ? d : 0));
+    o->weight_bytes = ((double)o->total - kept) * cfg_weight_size(c) +
+                      kept * (double)emu_dtype_size(c->dtype);
     o->flops_per_token = 2.0 * (double)matmul;
     /* MLA attends in the latent, rope + lora wide (values: the same rows) */
     double att_hd = c->kv_lora_rank > 0 ? (double)c->kv_lora_rank + c->qk_rope_head_dim : hd;

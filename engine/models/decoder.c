@@ -168,17 +168,40 @@ static double held_mlp(const cfg_model_t *c, const model_place_t *p, bool dense)
            (c->shared_gate ? d : 0);
 }
 
+/* Of a layer's elements, those an FP8 checkpoint keeps in its dtype:
+ * norms, biases, the router and the shared experts' gate. */
+static double held_kept(const cfg_model_t *c, const model_place_t *p, bool dense)
+{
+    double d = c->hidden_size, hd = c->head_dim;
+    double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
+    double n = 2 * d;
+    if (c->qkv_bias) n += ql + 2 * kvl;
+    if (c->o_bias) n += d;
+    if (c->qk_norm == LAYER_QKNORM_HEAD) n += 2 * hd;
+    if (c->qk_norm == LAYER_QKNORM_WIDTH) n += ql + kvl;
+    if (c->kv_lora_rank > 0) n += (c->q_lora_rank > 0 ? c->q_lora_rank : 0) + c->kv_lora_rank;
+    if (!dense)
+        n += (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) + (c->shared_gate ? d : 0);
+    return n;
+}
+
 double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer_out, double *head_out)
 {
     const par_place_t *q = &p->par;
-    double d = c->hidden_size, att = held_attention(c, p), n = 0;
-    for (int l = q->layer0; l < q->layer1; l++) n += att + held_mlp(c, p, cfg_layer_dense(c, l));
-    double rows = (double)(p->vocab1 - p->dims.vocab0) * d;
-    if (q->has_embed) n += rows;
-    if (q->has_lm_head) n += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
+    double d = c->hidden_size, att = held_attention(c, p), n = 0, kept = 0;
+    for (int l = q->layer0; l < q->layer1; l++) {
+        bool dense = cfg_layer_dense(c, l);
+        n += att + held_mlp(c, p, dense);
+        kept += held_kept(c, p, dense);
+    }
+    double rows = (double)(p->vocab1 - p->dims.vocab0) * d, head = 0;
+    if (q->has_embed) head += rows;
+    if (q->has_lm_head) head += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
     if (layer_out) *layer_out = att + held_mlp(c, p, cfg_moe_layers(c) == 0);
     if (head_out) *head_out = d + rows;
-    return n * cfg_weight_size(c);
+    /* the embedding and lm_head stay in the dtype too */
+    double ds = (double)emu_dtype_size(c->dtype);
+    return (n - kept) * cfg_weight_size(c) + (kept + head) * ds;
 }
 
 static moemu_status_t dec_moe(const model_pass_t *mp)
