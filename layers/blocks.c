@@ -433,6 +433,15 @@ moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
 
 /* ---- Vocabulary-parallel embedding and lm_head */
 
+/* A context whose weights are in its dtype: what an FP8 checkpoint keeps
+ * unquantized (lm_head, the router) reads them so. */
+static layer_ctx_t dtype_weights(const layer_ctx_t *x)
+{
+    layer_ctx_t c = *x;
+    c.wsize = 0;
+    return c;
+}
+
 void layer_vocab_rows(int V, int tp, int t, int *v0, int *v1)
 {
     if (tp < 1) tp = 1;
@@ -486,8 +495,7 @@ moemu_status_t layer_head_block(layer_view_t *v, const float *norm, const float 
     layer_rmsnorm(x, v->o, v->o, norm, nl, d, dm->eps);
     int v0 = dm->vocab0, real = (v0 + Vl < V ? v0 + Vl : V) - v0;
     if (real < 0) real = 0;
-    layer_ctx_t hx = *x; /* lm_head stays in the dtype in an FP8 checkpoint */
-    hx.wsize = 0;
+    layer_ctx_t hx = dtype_weights(x);
     layer_linear(&hx, EMU_KERNEL_GEMM, v->logits, v->o, lm_head + (size_t)v0 * d, nl, d, real, d,
                  false);
     if (dm->logit_div != 1.0f) /* Granite's logits_scaling: a division, as its code does */
@@ -519,7 +527,8 @@ void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, laye
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
     layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
-    layer_router(v->x, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
+    layer_ctx_t rx = dtype_weights(v->x);
+    layer_router(&rx, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
                  v->dm->k, how, g);
 }
 

@@ -17,8 +17,7 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   int ldw, bool accumulate)
 {
     layer_work_t wk = layer_linear_work(T, n_in, n_out, c->dtype);
-    if (kind != EMU_KERNEL_ROUTER) /* an FP8 checkpoint keeps its router in the dtype */
-        wk.bytes += (layer_wsize(c) - (double)emu_dtype_size(c->dtype)) * n_in * n_out;
+    wk.bytes += (layer_wsize(c) - (double)emu_dtype_size(c->dtype)) * n_in * n_out;
     if (accumulate) wk.bytes += (double)emu_dtype_size(c->dtype) * T * n_out;
     if (c->math && T > 0 && n_out > 0) {
         if (n_in == 0) {

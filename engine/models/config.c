@@ -375,11 +375,12 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
     o->embedding = vd;
     /* q and o are (H*hd, d) and (d, H*hd); k and v are (Hkv*hd, d); the
      * biases of q, k, v and o where the family has them. */
+    int64_t biases = ADD("attention biases", c->qkv_bias ? P("q, k and v biases", H + 2 * Hkv, hd) : 0,
+                         c->o_bias ? d : 0);
     int64_t att_layer = ADD("attention parameters",
                             P("2 * hidden_size * num_attention_heads * head_dim", 2, d, H, hd),
                             P("2 * hidden_size * num_key_value_heads * head_dim", 2, d, Hkv, hd),
-                            c->qkv_bias ? P("q, k and v biases", H + 2 * Hkv, hd) : 0,
-                            c->o_bias ? d : 0);
+                            biases);
     if (c->kv_lora_rank > 0) att_layer = cfg_mla_params(&ck, c);
     o->attention = P("attention parameters * num_hidden_layers", att_layer, L);
     o->router = P("num_local_experts * (hidden_size + bias) * MoE layers", E,
@@ -418,8 +419,7 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
     /* an FP8 checkpoint keeps the embedding, lm_head, norms, biases, the
      * router and the shared experts' gate in its dtype */
     double kept = (double)o->embedding + (double)o->lm_head + (double)o->norms +
-                  (double)o->router + (c->shared_gate ? (double)d * Lm : 0) +
-                  (double)L * ((c->qkv_bias ? (double)(H + 2 * Hkv) * hd : 0) + (c->o_bias ? d : 0));
+                  (double)o->router + (c->shared_gate ? (double)d * Lm : 0) + (double)biases * L;
     o->weight_bytes = ((double)o->total - kept) * cfg_weight_size(c) +
                       kept * (double)emu_dtype_size(c->dtype);
     o->flops_per_token = 2.0 * (double)matmul;
@@ -1025,6 +1025,21 @@ static void rd_qwen_window(cfg_rd_t *r)
 /* Qwen's dense layers: layer l is MoE unless it is in mlp_only_layers or
  * (l + 1) % decoder_sparse_step != 0; a dense layer's MLP has
  * intermediate_size. */
+/* Layer l's MLP is dense (l < CFG_MAX_LAYERS). */
+static void cfg_set_dense(cfg_model_t *c, int l) { c->dense[l / 8] |= (uint8_t)(1u << (l % 8)); }
+
+/* The dense layers marked, counted; a model with some may have no more
+ * layers than the bits hold. */
+static void rd_dense_count(cfg_rd_t *r, cfg_model_t *c)
+{
+    int L = c->num_hidden_layers;
+    c->num_dense_layers = 0;
+    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++) c->num_dense_layers += c->dense[l / 8] >> (l % 8) & 1;
+    if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
+        rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
+                  "dense layers", L, CFG_MAX_LAYERS);
+}
+
 static void rd_qwen_dense(cfg_rd_t *r, cfg_model_t *c)
 {
     int step = 1;
@@ -1037,7 +1052,7 @@ static void rd_qwen_dense(cfg_rd_t *r, cfg_model_t *c)
     int L = c->num_hidden_layers;
     memset(c->dense, 0, sizeof c->dense);
     for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++)
-        if ((l + 1) % step != 0) c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
+        if ((l + 1) % step != 0) cfg_set_dense(c, l);
     json_t *only = NULL, *v;
     rd_has(r, "mlp_only_layers");
     rd_note(r, emu_json_arr(&r->src.js, r->src.root, "mlp_only_layers", CFG_OPT, &only));
@@ -1048,13 +1063,9 @@ static void rd_qwen_dense(cfg_rd_t *r, cfg_model_t *c)
         if (l < 0 || l >= L)
             rd_bad(r, "config key 'mlp_only_layers[%zu]' must be a layer index in [0, %d)", i, L);
         else if (l < CFG_MAX_LAYERS)
-            c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
+            cfg_set_dense(c, (int)l);
     }
-    c->num_dense_layers = 0;
-    for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++) c->num_dense_layers += c->dense[l / 8] >> (l % 8) & 1;
-    if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
-        rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
-                  "dense layers", L, CFG_MAX_LAYERS);
+    rd_dense_count(r, c);
 }
 
 static void rd_norm_topk(cfg_rd_t *r, cfg_model_t *c)
@@ -1144,15 +1155,9 @@ static void rd_deepseek_dense(cfg_rd_t *r, cfg_model_t *c, bool v3)
         return;
     }
     memset(c->dense, 0, sizeof c->dense);
-    c->num_dense_layers = 0;
     for (int l = 0; l < L && l < CFG_MAX_LAYERS; l++)
-        if (l < first || l % freq != 0) {
-            c->dense[l / 8] |= (uint8_t)(1u << (l % 8));
-            c->num_dense_layers++;
-        }
-    if (c->num_dense_layers > 0 && L > CFG_MAX_LAYERS)
-        rd_bad(r, "config key 'num_hidden_layers' = %d exceeds %d, the most moemu supports with "
-                  "dense layers", L, CFG_MAX_LAYERS);
+        if (l < first || l % freq != 0) cfg_set_dense(c, l);
+    rd_dense_count(r, c);
 }
 
 /* scoring_func, topk_method, groups, norm_topk_prob, routed_scaling_factor. */

@@ -130,47 +130,9 @@ void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_pl
     place_dims(c, p);
 }
 
-/* Elements of MLA a rank holds in one layer: the down-projections and
- * their norms whole, its heads' rows of q_b_proj and kv_b_proj, its heads'
- * columns of o_proj. */
-static double held_mla(const cfg_model_t *c, const model_place_t *p)
-{
-    double d = c->hidden_size, Hl = p->head1 - p->dims.head0, ql = c->q_lora_rank,
-           lora = c->kv_lora_rank, rope = c->qk_rope_head_dim, nope = c->qk_nope_head_dim,
-           vd = c->v_head_dim;
-    double q = ql > 0 ? ql * d + ql + Hl * (nope + rope) * ql : Hl * (nope + rope) * d;
-    return 2 * d + q + (lora + rope) * d + lora + Hl * (nope + vd) * lora + d * Hl * vd;
-}
-
-/* Elements of attention and norms a rank holds in one layer. */
-static double held_attention(const cfg_model_t *c, const model_place_t *p)
-{
-    if (c->kv_lora_rank > 0) return held_mla(c, p);
-    double d = c->hidden_size, hd = c->head_dim;
-    double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
-    double n = 2 * d + 2 * ql * d + 2 * kvl * d;
-    if (c->qkv_bias) n += ql + 2 * kvl;
-    if (c->o_bias) n += d;
-    if (c->qk_norm == LAYER_QKNORM_HEAD) n += 2 * hd;
-    if (c->qk_norm == LAYER_QKNORM_WIDTH) n += ql + kvl;
-    return n;
-}
-
-/* Elements of the MLP part a rank holds in a dense or a MoE layer. */
-static double held_mlp(const cfg_model_t *c, const model_place_t *p, bool dense)
-{
-    const par_place_t *q = &p->par;
-    double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
-    if (dense) return mats * (p->dense_ffn1 - p->dense_ffn0) * d;
-    return (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) +
-           (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d +
-           (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d +
-           (c->shared_gate ? d : 0);
-}
-
-/* Of a layer's elements, those an FP8 checkpoint keeps in its dtype:
- * norms, biases, the router and the shared experts' gate. */
-static double held_kept(const cfg_model_t *c, const model_place_t *p, bool dense)
+/* Of a layer's attention, the elements an FP8 checkpoint keeps in its
+ * dtype: norms (MLA's a-norms among them) and biases. */
+static double held_attn_kept(const cfg_model_t *c, const model_place_t *p)
 {
     double d = c->hidden_size, hd = c->head_dim;
     double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
@@ -180,28 +142,64 @@ static double held_kept(const cfg_model_t *c, const model_place_t *p, bool dense
     if (c->qk_norm == LAYER_QKNORM_HEAD) n += 2 * hd;
     if (c->qk_norm == LAYER_QKNORM_WIDTH) n += ql + kvl;
     if (c->kv_lora_rank > 0) n += (c->q_lora_rank > 0 ? c->q_lora_rank : 0) + c->kv_lora_rank;
-    if (!dense)
-        n += (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) + (c->shared_gate ? d : 0);
     return n;
+}
+
+/* The attention projections a rank holds in one layer: its heads' rows
+ * and columns; MLA's down-projections whole, its heads' rows of q_b_proj
+ * and kv_b_proj, its heads' columns of o_proj. */
+static double held_attn_proj(const cfg_model_t *c, const model_place_t *p)
+{
+    double d = c->hidden_size, Hl = p->head1 - p->dims.head0;
+    if (c->kv_lora_rank <= 0) {
+        double ql = Hl * c->head_dim, kvl = (p->kv_head1 - p->dims.kv_head0) * c->head_dim;
+        return 2 * ql * d + 2 * kvl * d;
+    }
+    double ql = c->q_lora_rank, lora = c->kv_lora_rank, rope = c->qk_rope_head_dim,
+           nope = c->qk_nope_head_dim, vd = c->v_head_dim;
+    double q = ql > 0 ? ql * d + Hl * (nope + rope) * ql : Hl * (nope + rope) * d;
+    return q + (lora + rope) * d + Hl * (nope + vd) * lora + d * Hl * vd;
+}
+
+/* Of a layer's MLP part, the elements an FP8 checkpoint keeps in its
+ * dtype: the router with its bias and the shared experts' gate. */
+static double held_mlp_kept(const cfg_model_t *c, bool dense)
+{
+    if (dense) return 0;
+    double d = c->hidden_size;
+    return (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) + (c->shared_gate ? d : 0);
+}
+
+/* The MLP products a rank holds in a dense or a MoE layer. */
+static double held_mlp_proj(const cfg_model_t *c, const model_place_t *p, bool dense)
+{
+    const par_place_t *q = &p->par;
+    double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
+    if (dense) return mats * (p->dense_ffn1 - p->dense_ffn0) * d;
+    return (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d +
+           (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d;
 }
 
 double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer_out, double *head_out)
 {
     const par_place_t *q = &p->par;
-    double d = c->hidden_size, att = held_attention(c, p), n = 0, kept = 0;
+    double d = c->hidden_size, proj = 0, kept = 0;
+    double att_proj = held_attn_proj(c, p), att_kept = held_attn_kept(c, p);
     for (int l = q->layer0; l < q->layer1; l++) {
         bool dense = cfg_layer_dense(c, l);
-        n += att + held_mlp(c, p, dense);
-        kept += held_kept(c, p, dense);
+        proj += att_proj + held_mlp_proj(c, p, dense);
+        kept += att_kept + held_mlp_kept(c, dense);
     }
-    double rows = (double)(p->vocab1 - p->dims.vocab0) * d, head = 0;
-    if (q->has_embed) head += rows;
-    if (q->has_lm_head) head += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
-    if (layer_out) *layer_out = att + held_mlp(c, p, cfg_moe_layers(c) == 0);
+    double rows = (double)(p->vocab1 - p->dims.vocab0) * d;
+    if (q->has_embed) kept += rows;
+    if (q->has_lm_head) kept += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
+    bool moe = cfg_moe_layers(c) > 0;
+    if (layer_out)
+        *layer_out = att_proj + att_kept + held_mlp_proj(c, p, !moe) + held_mlp_kept(c, !moe);
     if (head_out) *head_out = d + rows;
-    /* the embedding and lm_head stay in the dtype too */
-    double ds = (double)emu_dtype_size(c->dtype);
-    return (n - kept) * cfg_weight_size(c) + (kept + head) * ds;
+    /* an FP8 checkpoint stores the products' weights in FP8, the rest (the
+     * embedding and lm_head too) in the dtype */
+    return proj * cfg_weight_size(c) + kept * (double)emu_dtype_size(c->dtype);
 }
 
 static moemu_status_t dec_moe(const model_pass_t *mp)
