@@ -7,8 +7,11 @@
 #include <criterion/parameterized.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "engine/models/safetensors.h"
 #include "engine/tools/check.h"
 
 /* tiny: GQA (2 kv heads under TP4), vocabulary 97 that no TP divides.
@@ -242,9 +245,6 @@ Test(conformance, non_finite_logits_fail)
  * multi-token-prediction layer the model does not load; loaded, then
  * every strategy below equals one device on it. */
 
-#include <sys/stat.h>
-
-#include "engine/models/safetensors.h"
 
 /* DeepSeek keeps the embedding, norms, router and lm_head unquantized. */
 static bool fp8_tensor(const wts_tensor_t *t)
@@ -371,6 +371,43 @@ Test(conformance, deepseek_fp8_sharded_checkpoint)
     wts_free(&w);
     wts_free(&r);
     char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* Every family from a checkpoint in its own Hub names, sharded with an
+ * index: it loads back bit for bit and a strategy equals one device on it. */
+Test(conformance, every_family_from_its_sharded_checkpoint)
+{
+    char dir[] = "/tmp/moemu-famck-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    for (size_t i = 0; i < N_MODELS; i++) {
+        cfg_model_t cfg;
+        if (!models[i].json) cr_assert_eq(cfg_load(&cfg, models[i].name), MOEMU_OK);
+        else cr_assert_eq(cfg_parse(&cfg, models[i].json, models[i].name), MOEMU_OK);
+        wts_t w, r;
+        cr_assert_eq(wts_generate_all(&w, &cfg, 4), MOEMU_OK);
+        char ck[96];
+        snprintf(ck, sizeof ck, "%s/%s", dir, models[i].name);
+        cr_assert_eq(wts_dump(&w, ck, 8000), MOEMU_OK, "%s: %s", ck, moemu_errmsg());
+        cr_assert_eq(wts_load(&r, &cfg, ck), MOEMU_OK, "%s: %s", ck, moemu_errmsg());
+        cr_assert_eq(memcmp(r.block, w.block, sizeof(float) * (size_t)w.n_floats), 0,
+                     "%s: the checkpoint does not load back bit for bit", models[i].name);
+        wl_opts_t wo = {.lens = "6,9", .decode = 4, .seed = 5};
+        wl_t wl;
+        cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
+        runner_opts_t o = {.micro_batches = 1};
+        cr_assert_eq(par_strategy_parse("tp2-ep2", &o.strategy), MOEMU_OK);
+        cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+        check_t c;
+        cr_assert_eq(check_run(&c, &r, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s", moemu_errmsg());
+        cr_expect(c.r.pass, "%s from its checkpoint: rel L2 %g", models[i].name, c.r.rel_l2);
+        check_free(&c);
+        wl_free(&wl);
+        wts_free(&w);
+        wts_free(&r);
+    }
+    char cmd[96];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }
