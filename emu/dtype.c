@@ -13,9 +13,15 @@ static const struct {
     [EMU_DTYPE_FP16] = {"fp16", 2},
     [EMU_DTYPE_BF16] = {"bf16", 2},
     [EMU_DTYPE_INT32] = {"int32", 4},
+    [EMU_DTYPE_FP8] = {"fp8", 1},
 };
 
 size_t emu_dtype_size(emu_dtype_t dt) { return emu_dtypes[dt].size; }
+
+double emu_dtype_bytes(emu_dtype_t dt)
+{
+    return dt == EMU_DTYPE_FP8 ? 1.0 + 4.0 / EMU_FP8_GROUP : (double)emu_dtypes[dt].size;
+}
 
 const char *emu_dtype_name(emu_dtype_t dt) { return emu_dtypes[dt].name; }
 
@@ -29,6 +35,7 @@ bool emu_dtype_parse(const char *s, emu_dtype_t *out)
         {"float", EMU_DTYPE_FP32},    {"fp16", EMU_DTYPE_FP16},
         {"float16", EMU_DTYPE_FP16},  {"half", EMU_DTYPE_FP16},
         {"bf16", EMU_DTYPE_BF16},     {"bfloat16", EMU_DTYPE_BF16},
+        {"fp8", EMU_DTYPE_FP8},       {"float8_e4m3fn", EMU_DTYPE_FP8},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (strcmp(s, aliases[i].alias) == 0) {
@@ -98,11 +105,39 @@ float emu_f16_to_f32(uint16_t h)
     return bits_f32(sign | ((e + 112) << 23) | (m << 13));
 }
 
+/* ---- float8_e4m3fn: value = 2^(e-7) * (1 + m/8), or m * 2^-9 when e is
+ * 0; the top code of each sign is NaN (the "fn": finite, no Inf). */
+
+float emu_e4m3_to_f32(uint8_t b)
+{
+    int e = b >> 3 & 0xf, m = b & 7;
+    float v = e == 15 && m == 7 ? NAN : e ? ldexpf((float)(8 + m), e - 10)
+                                          : ldexpf((float)m, -9);
+    return b & 0x80 ? -v : v;
+}
+
+/* Rounds |x| to the format's grid: a quantum of 2^(E-3) in the binade
+ * [2^E, 2^(E+1)), 2^-9 among the subnormals (below 2^-6); rintf rounds
+ * half to even, and the scaling by powers of two is exact. */
+uint8_t emu_f32_to_e4m3(float x)
+{
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (!(a <= 464.0f)) return sign | 0x7f; /* NaN, Inf, overflow: torch's NaN */
+    if (a < 0x1p-6f) return sign | (uint8_t)rintf(a * 512.0f); /* 8 is 0x08, 2^-6 */
+    int E;
+    frexpf(a, &E); /* a = f * 2^E, f in [0.5, 1) */
+    float r = ldexpf(rintf(ldexpf(a, 4 - E)), E - 4);
+    float f = frexpf(r, &E); /* again: rounding may reach the next binade */
+    return sign | (uint8_t)((E + 6) << 3) | (uint8_t)(ldexpf(f, 4) - 8.0f);
+}
+
 float emu_dtype_round(emu_dtype_t dt, float x)
 {
     switch (dt) {
     case EMU_DTYPE_FP16: return emu_f16_to_f32(emu_f32_to_f16(x));
     case EMU_DTYPE_BF16: return emu_bf16_to_f32(emu_f32_to_bf16(x));
+    case EMU_DTYPE_FP8: return emu_e4m3_to_f32(emu_f32_to_e4m3(x));
     default: return x;
     }
 }

@@ -131,27 +131,45 @@ void emu_json_describe(const json_t *v, char *buf, size_t n);
 
 /* ---- Emulated storage types. Math is fp32 on the host; the dtype sets the
  * bytes counted for capacity, bandwidth and communication. INT32 is for
- * token ids and counts. */
+ * token ids and counts. FP8 (e4m3) is a storage and exchange format, never
+ * a model's dtype: activations sent in it carry an fp32 scale per 128
+ * values (DeepSeek-V3's 1 x 128 tiles), weights stored in it a scale per
+ * block (cfg_weight_size). */
 typedef enum {
     EMU_DTYPE_FP32 = 0,
     EMU_DTYPE_FP16,
     EMU_DTYPE_BF16,
     EMU_DTYPE_INT32,
+    EMU_DTYPE_FP8,
     EMU_DTYPE__COUNT
 } emu_dtype_t;
 
+#define EMU_FP8_GROUP 128 /* values per scale of FP8 activations */
 size_t emu_dtype_size(emu_dtype_t dt);
+/* Bytes an element takes with its share of the scales: 1 + 4/128 for FP8,
+ * the size otherwise. What capacity, bandwidth and links are charged. */
+double emu_dtype_bytes(emu_dtype_t dt);
 const char *emu_dtype_name(emu_dtype_t dt); /* "fp32", "fp16", ... */
 /* Accepts "fp32"/"float32"/"float", "fp16"/"float16"/"half",
- * "bf16"/"bfloat16". Returns false for anything else. */
+ * "bf16"/"bfloat16", "fp8"/"float8_e4m3fn". Returns false for anything
+ * else. */
 bool emu_dtype_parse(const char *s, emu_dtype_t *out);
 /* Round an fp32 value to the nearest value representable in dt
- * (round-to-nearest-even); identity for FP32. */
+ * (round-to-nearest-even; FP8 without a scale); identity for FP32. */
 float emu_dtype_round(emu_dtype_t dt, float x);
 uint16_t emu_f32_to_f16(float x);
 float emu_f16_to_f32(uint16_t h);
 uint16_t emu_f32_to_bf16(float x);
 float emu_bf16_to_f32(uint16_t h);
+/* FP8 is float8_e4m3fn (OCP FP8): 1 sign bit, 4 exponent bits with
+ * bias 7, 3 mantissa bits, no infinities; 0x7f and 0xff are NaN, 448 the
+ * largest value, 2^-6 (0x08) the smallest normal, 2^-9 (0x01) the
+ * smallest subnormal. Decoding is exact. Encoding rounds to nearest even
+ * and, as torch's float8_e4m3fn cast does (c10 fp8e4m3fn_from_fp32_value),
+ * gives NaN (0x7f with the sign) for what rounds above 448, i.e. above
+ * 464, and for Inf and NaN: it does not saturate. */
+uint8_t emu_f32_to_e4m3(float x);
+float emu_e4m3_to_f32(uint8_t b);
 
 /* ---- Kernel kinds, for the split of virtual time per kind. */
 typedef enum {

@@ -17,6 +17,8 @@ typedef struct {
     bool math;         /* false: charge only, touch no tensor (dry run) */
     double wsize;      /* bytes a stored weight takes when they differ from
                           dtype's (FP8 with its block scales); 0: dtype's */
+    bool dispatch_fp8; /* the MoE dispatch's rows counted in FP8 with their
+                          1 x 128 scales (DeepSeek-V3's); values unchanged */
 } layer_ctx_t;
 
 /* Bytes of one stored weight element. */

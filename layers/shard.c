@@ -24,8 +24,8 @@ static moemu_status_t nomem(size_t bytes, const char *what)
     return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %zu bytes for %s", bytes, what);
 }
 
-/* Padded all-gather of rows of width elements of 4 bytes (floats in the
- * model's dtype, or int32 when dt is EMU_DTYPE_INT32). */
+/* Padded all-gather of rows of width elements of 4 bytes on the host
+ * (floats counted in dt, or int32 when dt is EMU_DTYPE_INT32). */
 static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
                                   const int *counts, int width, emu_dtype_t dt,
                                   par_comm_t *comm)
@@ -41,7 +41,7 @@ static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
     if (n == 0) return MOEMU_OK;
     float *buf;
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, 4 * n * (p + 1),
-                          (double)(n * (p + 1)) * emu_dtype_size(dt), (void **)&buf));
+                          (double)(n * (p + 1)) * emu_dtype_bytes(dt), (void **)&buf));
     float *send = buf + n * p;
     /* int32 rows are metadata (routing, counts): they travel even when the
      * math is skipped */
@@ -55,7 +55,7 @@ static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
             o += 4 * (size_t)counts[q] * width;
         }
     }
-    emu_free(c->dev, EMU_MEM_COMM, buf, (double)(n * (p + 1)) * emu_dtype_size(dt));
+    emu_free(c->dev, EMU_MEM_COMM, buf, (double)(n * (p + 1)) * emu_dtype_bytes(dt));
     return st;
 }
 
@@ -200,15 +200,22 @@ typedef struct {
     float *sendbuf, *recvbuf, *lists, *outl, *ret;
     void *lists_mem;
 } moe_plan_t;
+/* The dispatch's rows travel in FP8 where the context says so (counted so;
+ * the values are the dtype's), the combine's in the dtype. */
+static emu_dtype_t dispatch_dtype(const layer_ctx_t *c)
+{
+    return c->dispatch_fp8 ? EMU_DTYPE_FP8 : c->dtype;
+}
+
 static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t *scnt,
                                 const size_t *sdsp, float *recv, const size_t *rcnt,
-                                const size_t *rdsp, par_comm_t *comm)
+                                const size_t *rdsp, emu_dtype_t dt, par_comm_t *comm)
 {
     if (!comm) {
         if (c->math && scnt[0]) memcpy(recv + rdsp[0], send + sdsp[0], sizeof(float) * scnt[0]);
         return MOEMU_OK;
     }
-    return par_alltoallv(send, scnt, sdsp, recv, rcnt, rdsp, c->dtype, comm, c->dev);
+    return par_alltoallv(send, scnt, sdsp, recv, rcnt, rdsp, dt, comm, c->dev);
 }
 
 /* Where each expert's rows start in lists of counts lc (nlists * EP blocks
@@ -357,7 +364,8 @@ static moemu_status_t send_rows(moe_plan_t *m, const float *x)
         m->rdsp[q] = q ? m->rdsp[q - 1] + m->rcnt[q - 1] : 0;
     }
     if (m->local) return MOEMU_OK;
-    return alltoallv(c, m->sendbuf, m->scnt, m->sdsp, m->recvbuf, m->rcnt, m->rdsp, m->s->ep);
+    return alltoallv(c, m->sendbuf, m->scnt, m->sdsp, m->recvbuf, m->rcnt, m->rdsp,
+                     dispatch_dtype(c), m->s->ep);
 }
 
 /* 4. every ETP member's rows for these experts, and the load they make */
@@ -388,7 +396,7 @@ static moemu_status_t gather_lists(moe_plan_t *m)
     m->outl = m->lists_mem;
     m->lists = m->local ? m->recvbuf : m->outl + m->lb;
     if (m->local) return MOEMU_OK;
-    return layer_gather_rows(c, m->lists, m->recvbuf, m->lcount, d, m->s->etp);
+    return gather_rows(c, m->lists, m->recvbuf, m->lcount, d, dispatch_dtype(c), m->s->etp);
 }
 
 /* 5-7. the experts on this member's slice, the partial outputs summed over
@@ -407,7 +415,8 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
                           (void **)&m->ret));
-    return alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp, m->s->ep);
+    return alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp, c->dtype,
+                     m->s->ep);
 }
 
 /* 8. combine in choice order; a dropped choice contributes 0 */

@@ -370,7 +370,7 @@ moemu_status_t par_allreduce(const void *sendbuf, void *recvbuf, size_t count,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     moemu_status_t st = par_move(comm, r, par_allreduce_move);
     return par_leave(comm, r, dev, st, EMU_COLL_ALLREDUCE, -1,
-                     (double)count * emu_dtype_size(dtype));
+                     (double)count * emu_dtype_bytes(dtype));
 }
 
 static void par_reduce_scatter_move(par_comm_t *c, int r,
@@ -399,7 +399,7 @@ moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     moemu_status_t st = par_move(comm, r, par_reduce_scatter_move);
     return par_leave(comm, r, dev, st, EMU_COLL_REDUCE_SCATTER, -1,
-                     (double)recvcount * comm->n * emu_dtype_size(dtype));
+                     (double)recvcount * comm->n * emu_dtype_bytes(dtype));
 }
 
 /* Every block into our own buffer; in place, block r is already there. */
@@ -431,7 +431,7 @@ moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     moemu_status_t st = par_move(comm, r, par_allgather_move);
     return par_leave(comm, r, dev, st, EMU_COLL_ALLGATHER, -1,
-                     (double)sendcount * comm->n * emu_dtype_size(dtype));
+                     (double)sendcount * comm->n * emu_dtype_bytes(dtype));
 }
 
 static void par_broadcast_move(par_comm_t *c, int r, const void *const *src,
@@ -462,7 +462,7 @@ moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     moemu_status_t st = par_move(comm, r, par_broadcast_move);
     return par_leave(comm, r, dev, st, EMU_COLL_BROADCAST, root,
-                     (double)count * emu_dtype_size(dtype));
+                     (double)count * emu_dtype_bytes(dtype));
 }
 
 /* ---- all-to-all */
@@ -487,7 +487,7 @@ static double *par_a2a_bytes(const par_comm_t *c)
 {
     size_t p = (size_t)c->n;
     double *bytes = malloc(p * p * sizeof *bytes);
-    double w = (double)emu_dtype_size(c->slots[0].dtype);
+    double w = emu_dtype_bytes(c->slots[0].dtype);
     for (size_t i = 0; bytes && i < p; i++)
         for (size_t j = 0; j < p; j++)
             bytes[i * p + j] = w * a2a_scount(&c->slots[i], (int)j);
@@ -620,7 +620,7 @@ moemu_status_t par_send(const void *buf, size_t count, emu_dtype_t dtype,
                           "send on device %d: no host memory for %zu elements",
                           emu_dev_rank(dev), count);
     m->t = emu_p2p_send(dev, comm->granks[peer],
-                        (double)count * emu_dtype_size(dtype));
+                        (double)count * emu_dtype_bytes(dtype));
     return comm->tp->post(comm->ts, comm, r, peer, m);
 }
 

@@ -642,7 +642,7 @@ static void fill_codes(fp8_t *f, unsigned seed)
     srand(seed);
     for (int64_t k = 0; k < t_numel(&f->t); k++) {
         unsigned b = (unsigned)rand() % 256;
-        f->vals[k] = st_e4m3_to_f32((uint8_t)((b & 0x7f) == 0x7f ? 0x38 : b));
+        f->vals[k] = emu_e4m3_to_f32((uint8_t)((b & 0x7f) == 0x7f ? 0x38 : b));
     }
 }
 

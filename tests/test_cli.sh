@@ -219,6 +219,37 @@ done
 expect 2 "4 devices do not fit on 1 node of 2 devices" "$moemu" sweep --model tiny \
     --devices 4 --nodes 1 --devices-per-node 2
 
+# FP8 storage: the linear layers' weights in e4m3 with a 4-byte scale per
+# 128 x 128 block, the embedding, lm_head, norms and router in bf16
+q3="${MOEMU_SRCDIR:-.}/examples/models/Qwen3-30B-A3B.json"
+"$moemu" info --model "$q3" --weight-dtype fp8 >"$tmp/fp8.txt" 2>&1 || bad "info fp8"
+want=$(awk '$1 == "parameters" { t = $2 } $1 == "embedding" || $1 == "lm_head" ||
+    $1 == "norms" || $1 == "router" { k += $2 }
+    END { printf "%.0f", (t - k) * (1 + 4 / 16384) + 2 * k }' "$tmp/fp8.txt")
+grep -q "^weight bytes *$want  (.* GB in fp8 e4m3 with a scale per 128 x 128 block" \
+    "$tmp/fp8.txt" && ok || bad "fp8 weight bytes, expected $want: $(cat "$tmp/fp8.txt")"
+expect 2 "FP8 is a storage format of the weights: --weight-dtype fp8" sh -c \
+    "echo '{\"dtype\": \"fp8\"}' >$tmp/f8.json && $moemu info --model $tmp/f8.json"
+# generated FP8 weights dumped in F8_E4M3 with their scales load back exactly
+expect 0 "weights in fp8 e4m3" "$moemu" run --model tiny --weight-dtype fp8 --decode 3 \
+    --dump-weights "$tmp/f8w" --shard-size 300KB --dump-logits "$tmp/f8a.st"
+expect 0 "prefill" "$moemu" run --model tiny --weight-dtype fp8 --decode 3 \
+    --weights "$tmp/f8w" --dump-logits "$tmp/f8b.st"
+cmp -s "$tmp/f8a.st" "$tmp/f8b.st" && ok || bad "FP8 weights did not load back exactly"
+grep -q F8_E4M3 "$tmp"/f8w/model-00001-of-0000*.safetensors && ok || bad "no F8_E4M3 shard"
+# the MoE dispatch counted in FP8: the same tokens, fewer all-to-all bytes
+for x in dtype fp8; do
+    "$moemu" run --model tiny --strategy dp2-ep2 --decode 3 --dispatch-dtype $x \
+        --json "$tmp/disp_$x.json" >"$tmp/disp_$x.txt" 2>&1 || bad "dispatch $x"
+done
+tok() { tr -d ' \n' <"$1" | sed 's/.*"generated":\(\[\[[^"]*\]\]\).*/\1/'; }
+a2a() { tr -d ' \n' <"$1" | sed 's/.*"collective":"all-to-all",[^}]*"bytes":\([0-9.e+]*\).*/\1/'; }
+[ "$(tok "$tmp/disp_dtype.json")" = "$(tok "$tmp/disp_fp8.json")" ] && ok ||
+    bad "an FP8 dispatch changed the tokens"
+awk -v a="$(a2a "$tmp/disp_fp8.json")" -v b="$(a2a "$tmp/disp_dtype.json")" \
+    'BEGIN { exit !(a > 0 && a < 0.8 * b) }' && ok || bad "FP8 dispatch bytes not fewer"
+grep -q "MoE dispatch counted in fp8" "$tmp/disp_fp8.txt" && ok || bad "fp8 dispatch not said"
+
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"

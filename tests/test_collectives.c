@@ -556,6 +556,7 @@ Test(virtual_time, ring_allreduce_two_nodes)
 typedef struct {
     par_comm_t *comm;
     float *sbuf, *rbuf[4];
+    emu_dtype_t dt; /* 0: FP32 */
 } a2a_t;
 
 static moemu_status_t vt_a2a_fn(emu_dev_t *dev, void *arg)
@@ -573,8 +574,7 @@ static moemu_status_t vt_a2a_fn(emu_dev_t *dev, void *arg)
         off += rc[q];
     }
     stagger(dev, r);
-    return par_alltoallv(a->sbuf, sc, sd, a->rbuf[r], rc, rd, EMU_DTYPE_FP32,
-                         a->comm, dev);
+    return par_alltoallv(a->sbuf, sc, sd, a->rbuf[r], rc, rd, a->dt, a->comm, dev);
 }
 
 Test(virtual_time, alltoall_mixes_link_classes)
@@ -606,6 +606,32 @@ Test(virtual_time, alltoall_mixes_link_classes)
         ASSERT_NEAR(se->idle, start - staggered_clock(&spec, r));
         free(a.rbuf[r]);
     }
+    free(a.sbuf);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
+/* FP8 rows (MoE dispatch): 1 byte a value plus an fp32 scale per 128 on
+ * the links; the host values travel unrounded. */
+Test(virtual_time, alltoall_fp8_counts_scales)
+{
+    emu_topo_t t = topo4;
+    t.devices_per_node = 2;
+    emu_cluster_t *c = make_cluster(4, &t);
+    a2a_t a = {.dt = EMU_DTYPE_FP8};
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    a.sbuf = calloc(250000, 4);
+    for (int i = 0; i < 250000; i++) a.sbuf[i] = 1.0f + (float)i * 1e-7f; /* not e4m3 values */
+    for (int r = 0; r < 4; r++) a.rbuf[r] = calloc(250000, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_a2a_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
+    const emu_comm_stats_t *s0 = emu_dev_comm_stats(emu_cluster_dev(c, 0), EMU_COLL_ALLTOALL,
+                                                    EMU_LINK_INTRA);
+    const emu_comm_stats_t *s2 = emu_dev_comm_stats(emu_cluster_dev(c, 2), EMU_COLL_ALLTOALL,
+                                                    EMU_LINK_INTER);
+    ASSERT_NEAR(s0->bytes, 250000 * (1 + 4.0 / 128));
+    ASSERT_NEAR(s2->bytes, 25000 * (1 + 4.0 / 128));
+    cr_assert_eq(memcmp(a.rbuf[1], a.sbuf, 250000 * 4), 0);
+    for (int r = 0; r < 4; r++) free(a.rbuf[r]);
     free(a.sbuf);
     par_comm_destroy(a.comm);
     emu_cluster_destroy(c);

@@ -268,7 +268,7 @@ static float *fp8_quantize(const wts_tensor_t *t, float *q, float *back)
         float s = sc[(i / C / 16) * bc + (i % C) / 16];
         if (s == 0) s = sc[(i / C / 16) * bc + (i % C) / 16] = 1.0f;
         q[i] = t->data[i] / s;
-        back[i] = st_e4m3_to_f32(st_f32_to_e4m3(q[i])) * s;
+        back[i] = emu_e4m3_to_f32(emu_f32_to_e4m3(q[i])) * s;
     }
     return sc;
 }

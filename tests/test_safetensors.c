@@ -847,7 +847,7 @@ static double ref_e4m3(unsigned b)
 Test(st, e4m3_decodes_every_byte)
 {
     for (unsigned b = 0; b < 256; b++) {
-        float v = st_e4m3_to_f32((uint8_t)b);
+        float v = emu_e4m3_to_f32((uint8_t)b);
         double r = ref_e4m3(b);
         if ((b & 0x7f) == 0x7f) {
             cr_expect(isnan(v), "0x%02x gives %g, not NaN", b, v);
@@ -856,37 +856,37 @@ Test(st, e4m3_decodes_every_byte)
         cr_expect(!isnan(v) && (double)v == r && !signbit(v) == !(b & 0x80),
                   "0x%02x gives %a, expected %a", b, v, r);
     }
-    cr_expect_eq(st_e4m3_to_f32(0x7e), 448.0f);
-    cr_expect_eq(st_e4m3_to_f32(0x08), 0x1p-6f); /* the smallest normal */
-    cr_expect_eq(st_e4m3_to_f32(0x07), 7 * 0x1p-9f); /* the largest subnormal */
-    cr_expect_eq(st_e4m3_to_f32(0x01), 0x1p-9f);
-    cr_expect(signbit(st_e4m3_to_f32(0x80)));
+    cr_expect_eq(emu_e4m3_to_f32(0x7e), 448.0f);
+    cr_expect_eq(emu_e4m3_to_f32(0x08), 0x1p-6f); /* the smallest normal */
+    cr_expect_eq(emu_e4m3_to_f32(0x07), 7 * 0x1p-9f); /* the largest subnormal */
+    cr_expect_eq(emu_e4m3_to_f32(0x01), 0x1p-9f);
+    cr_expect(signbit(emu_e4m3_to_f32(0x80)));
 }
 
 Test(st, e4m3_encodes_to_nearest_even_and_overflows_to_nan)
 {
     for (unsigned b = 0; b < 256; b++) /* every value back to its code, NaN included */
-        cr_expect_eq(st_f32_to_e4m3(st_e4m3_to_f32((uint8_t)b)), b, "0x%02x", b);
+        cr_expect_eq(emu_f32_to_e4m3(emu_e4m3_to_f32((uint8_t)b)), b, "0x%02x", b);
     for (unsigned b = 0; b < 0x7e; b++) { /* neighbours b, b+1; an even code has an even mantissa */
-        float lo = st_e4m3_to_f32((uint8_t)b), hi = st_e4m3_to_f32((uint8_t)(b + 1));
+        float lo = emu_e4m3_to_f32((uint8_t)b), hi = emu_e4m3_to_f32((uint8_t)(b + 1));
         float mid = (lo + hi) / 2; /* exact: 4 bits of mantissa */
         unsigned even = b & 1 ? b + 1 : b;
-        cr_expect_eq(st_f32_to_e4m3(mid), even, "tie %a", mid);
-        cr_expect_eq(st_f32_to_e4m3(-mid), even | 0x80, "tie %a", -mid);
-        cr_expect_eq(st_f32_to_e4m3(nextafterf(mid, 0)), b, "below %a", mid);
-        cr_expect_eq(st_f32_to_e4m3(nextafterf(mid, 1000)), b + 1, "above %a", mid);
+        cr_expect_eq(emu_f32_to_e4m3(mid), even, "tie %a", mid);
+        cr_expect_eq(emu_f32_to_e4m3(-mid), even | 0x80, "tie %a", -mid);
+        cr_expect_eq(emu_f32_to_e4m3(nextafterf(mid, 0)), b, "below %a", mid);
+        cr_expect_eq(emu_f32_to_e4m3(nextafterf(mid, 1000)), b + 1, "above %a", mid);
     }
     /* torch's cast: what rounds above 448 is NaN (464 ties down to 448) */
-    cr_expect_eq(st_f32_to_e4m3(464.0f), 0x7e);
-    cr_expect_eq(st_f32_to_e4m3(-464.0f), 0xfe);
-    cr_expect_eq(st_f32_to_e4m3(nextafterf(464.0f, 1000)), 0x7f);
-    cr_expect_eq(st_f32_to_e4m3(1e9f), 0x7f);
-    cr_expect_eq(st_f32_to_e4m3(INFINITY), 0x7f);
-    cr_expect_eq(st_f32_to_e4m3(-INFINITY), 0xff);
-    cr_expect_eq(st_f32_to_e4m3(NAN), 0x7f);
-    cr_expect_eq(st_f32_to_e4m3(0x1p-10f), 0x00); /* half the smallest subnormal: to 0 */
-    cr_expect_eq(st_f32_to_e4m3(1e-30f), 0x00);
-    cr_expect_eq(st_f32_to_e4m3(-0.0f), 0x80);
+    cr_expect_eq(emu_f32_to_e4m3(464.0f), 0x7e);
+    cr_expect_eq(emu_f32_to_e4m3(-464.0f), 0xfe);
+    cr_expect_eq(emu_f32_to_e4m3(nextafterf(464.0f, 1000)), 0x7f);
+    cr_expect_eq(emu_f32_to_e4m3(1e9f), 0x7f);
+    cr_expect_eq(emu_f32_to_e4m3(INFINITY), 0x7f);
+    cr_expect_eq(emu_f32_to_e4m3(-INFINITY), 0xff);
+    cr_expect_eq(emu_f32_to_e4m3(NAN), 0x7f);
+    cr_expect_eq(emu_f32_to_e4m3(0x1p-10f), 0x00); /* half the smallest subnormal: to 0 */
+    cr_expect_eq(emu_f32_to_e4m3(1e-30f), 0x00);
+    cr_expect_eq(emu_f32_to_e4m3(-0.0f), 0x80);
     cr_expect_eq(st_dtype_size(ST_F8_E4M3), 1);
     cr_expect_eq(st_dtype_size(ST_OTHER), 0);
 }
@@ -906,7 +906,7 @@ Test(st, f8_e4m3_written_and_read_with_mixed_dtypes)
     cr_expect_eq(st_find(f, "w")->nbytes, 6);
     cr_expect_str_eq(st_find(f, "w")->dtype_name, "F8_E4M3");
     const uint8_t *raw = st_find(f, "w")->data;
-    cr_expect_eq(raw[2], st_f32_to_e4m3(0.3f));
+    cr_expect_eq(raw[2], emu_f32_to_e4m3(0.3f));
     cr_expect_eq(raw[4], 0x7f);
     float out[6], s2[2];
     int64_t shape[2] = {2, 3}, two = 2;

@@ -188,3 +188,68 @@ Test(weights, host_memory_check_names_both_figures)
               moemu_errmsg());
     cr_assert_eq(wts_check_host_memory(1e3, "a small one"), MOEMU_OK);
 }
+
+/* The least power of two s with amax / s <= 448, found by doubling and
+ * halving (the weights' FP8 block scales, docs/weights.md). */
+static float pow2_scale(float amax)
+{
+    float s = 1;
+    while (amax / s > 448) s *= 2;
+    while (amax > 0 && amax / (s / 2) <= 448) s /= 2;
+    return s;
+}
+
+/* FP8 storage: the linear layers' generated weights are e4m3 values times
+ * a power-of-two scale per 8 x 4 block, the embedding, norms and router
+ * as generated; the dump keeps them in F8_E4M3 with their scales and
+ * loads back bit for bit. */
+Test(weights, fp8_storage_rounds_dumps_and_loads_exactly)
+{
+    cfg_model_t plain, cfg;
+    cr_assert_eq(cfg_parse(&plain, "{" BASE ",\"dtype\":\"bf16\"}", "fp8"), MOEMU_OK);
+    cfg = plain;
+    cfg.fp8_block_r = 8, cfg.fp8_block_c = 4;
+    wts_t w, p, r;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_generate_all(&p, &plain, 3), MOEMU_OK, "%s", moemu_errmsg());
+    char path[128];
+    snprintf(path, sizeof path, "%s/fp8.safetensors", dir);
+    cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_OK, "%s", moemu_errmsg());
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    int fp8 = 0, kept = 0;
+    for (int i = 0; i < wts_tensor_count(&w); i++) {
+        wts_tensor_t a, b, c;
+        wts_tensor_at(&w, i, &a), wts_tensor_at(&p, i, &b), wts_tensor_at(&r, i, &c);
+        int64_t R = a.shape[0], C = a.ndim == 2 ? a.shape[1] : 1;
+        bool linear = strstr(a.name, "_proj") || strstr(a.name, "experts.");
+        cr_assert_eq(a.fp8, linear, "%s", a.name);
+        cr_assert_eq(st_find(f, a.name)->dtype, linear ? ST_F8_E4M3 : ST_BF16, "%s", a.name);
+        cr_assert_eq(memcmp(a.data, c.data, sizeof(float) * (size_t)(R * C)), 0, "%s", a.name);
+        if (!linear) {
+            cr_assert_eq(memcmp(a.data, b.data, sizeof(float) * (size_t)(R * C)), 0, "%s", a.name);
+            kept++;
+            continue;
+        }
+        fp8++;
+        for (int64_t i0 = 0; i0 < R; i0 += 8)
+            for (int64_t j0 = 0; j0 < C; j0 += 4) {
+                float amax = 0;
+                for (int64_t x = i0; x < R && x < i0 + 8; x++)
+                    for (int64_t y = j0; y < C && y < j0 + 4; y++)
+                        amax = fmaxf(amax, fabsf(b.data[x * C + y]));
+                float s = pow2_scale(amax);
+                for (int64_t x = i0; x < R && x < i0 + 8; x++)
+                    for (int64_t y = j0; y < C && y < j0 + 4; y++) {
+                        float want = emu_e4m3_to_f32(emu_f32_to_e4m3(b.data[x * C + y] / s)) * s;
+                        cr_assert_eq(a.data[x * C + y], want, "%s[%lld][%lld]", a.name,
+                                     (long long)x, (long long)y);
+                    }
+            }
+    }
+    cr_assert_gt(fp8, 10);
+    cr_assert_gt(kept, 3);
+    st_close(f);
+    wts_free(&w), wts_free(&p), wts_free(&r);
+}

@@ -46,6 +46,8 @@ typedef struct {
     int nodes, devices_per_node; /* 0: the preset's */
     const char *routing;
     const char *json, *csv;
+    int weight_fp8;      /* --weight-dtype: 0 as the config says, 1 fp8 */
+    int dispatch_fp8;    /* --dispatch-dtype: 0 the model's dtype, 1 fp8 */
 } cli_shared_t;
 
 typedef enum {
@@ -101,6 +103,8 @@ void cli_help(FILE *f, const cli_opt_t *opts);
  * Returns st. */
 moemu_status_t cli_flag_names(moemu_status_t st, const cli_opt_t *opts);
 
+/* The model of --model with --weight-dtype applied. */
+moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh);
 /* A hardware preset or file with --nodes / --devices-per-node applied (0:
  * the preset's), checked to hold devices; *used (may be NULL) receives the
  * nodes they occupy. */

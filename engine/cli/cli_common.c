@@ -41,6 +41,13 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
     return MOEMU_OK;
 }
 
+moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh)
+{
+    MOEMU_CHECK(cfg_load(c, sh->model));
+    if (sh->weight_fp8) cfg_store_fp8(c);
+    return MOEMU_OK;
+}
+
 moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, int devices,
                            emu_hw_t *out, int *used)
 {

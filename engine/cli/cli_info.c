@@ -12,7 +12,7 @@ static const char info_help[] =
     "its forward FLOPs per token.\n";
 
 static const cli_opt_t info_options[] = {
-    CLI_USE("model"),
+    CLI_USE("model"), CLI_USE("weight-dtype"),
     {.name = "json", .type = CLI_SHARED, .help = "the same figures as JSON"},
     {.name = NULL},
 };
@@ -73,9 +73,9 @@ int cli_info_main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (cli_no_operands("moemu info", argc, argv, first) != MOEMU_OK) return cli_error();
-    const char *model = sh.model, *json = sh.json;
+    const char *json = sh.json;
     cfg_model_t m;
-    if (cfg_load(&m, model) != MOEMU_OK) return cli_error();
+    if (cli_load_model(&m, &sh) != MOEMU_OK) return cli_error();
     cfg_figures_t f;
     family_of(&m)->figures(&m, &f);
     printf("model %s\n", m.name);

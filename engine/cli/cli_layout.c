@@ -316,7 +316,7 @@ static moemu_status_t write_layout_json(const layout_t *L, const layout_opts_t *
 
 static moemu_status_t layout_build(layout_t *L, const layout_opts_t *o)
 {
-    MOEMU_CHECK(cfg_load(&L->cfg, o->model));
+    MOEMU_CHECK(cli_load_model(&L->cfg, o));
     family_of(&L->cfg)->dims(&L->cfg, &L->dims);
     MOEMU_CHECK(par_strategy_parse(o->strategy, &L->s));
     if (o->pp_layers) MOEMU_CHECK(par_strategy_set_pp_layers(&L->s, o->pp_layers));

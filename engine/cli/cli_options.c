@@ -55,6 +55,19 @@ const cli_opt_t cli_shared_options[] = {
     {.name = "routing", .arg = "SPEC", .type = CLI_STR, .off = SH(routing), .field = "routing",
      .help = "a dry run's router: uniform (default), zipf:S, or\n"
              "replay:FILE from --record-routing"},
+    {.name = "weight-dtype", .arg = "config|fp8", .type = CLI_CHOICE, .choices = "config|fp8",
+     .off = SH(weight_fp8),
+     .help = "the weights' storage: as the config says (default),\n"
+             "or fp8 e4m3 with a scale per 128 x 128 block, as\n"
+             "DeepSeek-V3's checkpoints (the embedding, lm_head,\n"
+             "norms, biases and router stay in the dtype); generated\n"
+             "weights are then rounded to what FP8 stores"},
+    {.name = "dispatch-dtype", .arg = "dtype|fp8", .type = CLI_CHOICE, .choices = "dtype|fp8",
+     .off = SH(dispatch_fp8),
+     .help = "the MoE dispatch's rows counted in the model's dtype\n"
+             "(default) or in fp8 e4m3 with a scale per 128 values,\n"
+             "as DeepSeek-V3 dispatches (the combine stays in the\n"
+             "dtype; the values are not rounded)"},
     {.name = "json", .arg = "FILE", .type = CLI_STR, .off = SH(json),
      .help = "the same as JSON"},
     {.name = "csv", .arg = "FILE", .type = CLI_STR, .off = SH(csv),

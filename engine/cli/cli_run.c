@@ -58,7 +58,7 @@ static moemu_status_t parse_shard_size(const char *arg, void *values)
 /* moemu run's options and moemu check's: the shared ones and their own */
 static const cli_opt_t run_options[] = {
     CLI_HEAD("model and weights:"),
-    CLI_USE("model"), CLI_USE("seed"), CLI_USE("weights"),
+    CLI_USE("model"), CLI_USE("seed"), CLI_USE("weights"), CLI_USE("weight-dtype"),
     CLI_HEAD("workload:"),
     CLI_USE("batch"), CLI_USE("prompt-len"), CLI_USE("prompt-lens"), CLI_USE("prompt-len-range"),
     CLI_USE("tokens"), CLI_USE("decode"),
@@ -74,7 +74,7 @@ static const cli_opt_t run_options[] = {
     {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
-    CLI_USE("hw"), CLI_USE("nodes"), CLI_USE("devices-per-node"),
+    CLI_USE("hw"), CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
      .help = "lift the devices' memory capacity"},
     {.name = "pace", .arg = "X", .type = CLI_NUM, .off = RUN(pace), .lo = 0, .hi = EMU_PACE_MAX,
@@ -180,8 +180,23 @@ static moemu_status_t strategy_setup(runner_opts_t *d, const run_opts_t *o, cons
     MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->sh.devices ? o->sh.devices : world));
     MOEMU_CHECK(cli_load_hw(o->sh.hw, o->sh.nodes, o->sh.devices_per_node, world, &d->hw, NULL));
     d->micro_batches = o->sh.micro_batches;
+    d->dispatch_fp8 = o->sh.dispatch_fp8;
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
     return MOEMU_OK;
+}
+
+/* What TP cannot split of the KV cache: MLA's latent serves every head,
+ * so each rank of a TP group holds it whole (why DeepSeek runs attention
+ * data-parallel); fewer key/value heads than TP ranks are replicated. */
+static void print_kv_sharing(const cfg_model_t *c, const par_strategy_t *s)
+{
+    if (s->tp < 2) return;
+    if (c->kv_lora_rank > 0)
+        printf("kv cache the MLA latent, %d values a token and layer, held whole by each of the "
+               "%d ranks of a TP group\n", c->kv_lora_rank + c->qk_rope_head_dim, s->tp);
+    else if (c->num_key_value_heads < s->tp)
+        printf("kv cache %d key/value heads over %d TP ranks: each held by %d ranks\n",
+               c->num_key_value_heads, s->tp, s->tp / c->num_key_value_heads);
 }
 
 /* No strategy: one device of the --hw kind, no memory limit. */
@@ -314,7 +329,7 @@ static int run(const run_opts_t *o)
     json_t *js = json_object();
     runner_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
-    moemu_status_t st = cfg_load(&cfg, o->sh.model);
+    moemu_status_t st = cli_load_model(&cfg, &o->sh);
     if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), run_options);
     if (st == MOEMU_OK)
         st = o->sh.strategy ? strategy_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
@@ -337,18 +352,30 @@ static int run(const run_opts_t *o)
     family_of(&cfg)->figures(&cfg, &fig);
     int min_len = wl.max_len;
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
-    printf("model    %s: %.4g parameters (%.4g active per token), %s\n", cfg.name,
+    printf("model    %s: %.4g parameters (%.4g active per token), %s", cfg.name,
            (double)fig.total, (double)fig.active_per_token, emu_dtype_name(cfg.dtype));
+    if (cfg.fp8_block_r > 0)
+        printf(", weights in fp8 e4m3 with a scale per %d x %d block", cfg.fp8_block_r,
+               cfg.fp8_block_c);
+    printf("\n");
     printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
            "sequence\n", wl.batch, min_len, wl.max_len, (long long)wl_prompt_tokens(&wl), wl.decode);
     json_object_set_new(js, "model", json_string(cfg.name));
+    json_object_set_new(js, "weight_dtype",
+                        json_string(cfg.fp8_block_r > 0 ? "fp8" : emu_dtype_name(cfg.dtype)));
     if (o->sh.strategy) {
         char canon[PAR_STRATEGY_STRLEN];
         par_strategy_format(&dopt.strategy, canon, sizeof canon);
-        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s\n", canon,
+        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s\n", canon,
                par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
-               dopt.micro_batches == 1 ? "" : "es", o->dry ? ", dry run (--math skip)" : "");
+               dopt.micro_batches == 1 ? "" : "es",
+               dopt.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "",
+               o->dry ? ", dry run (--math skip)" : "");
         json_object_set_new(js, "strategy", json_string(canon));
+        json_object_set_new(js, "dispatch_dtype", json_string(dopt.dispatch_fp8
+                                                                  ? "fp8"
+                                                                  : emu_dtype_name(cfg.dtype)));
+        print_kv_sharing(&cfg, &dopt.strategy);
     }
 
     const model_out_t *shown = &out;

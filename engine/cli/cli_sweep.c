@@ -74,9 +74,9 @@ static moemu_status_t parse_micro(const char *s, void *values)
 
 static const cli_opt_t sweep_options[] = {
     CLI_HEAD("model and devices:"),
-    CLI_USE("model"), CLI_USE("hw"),
+    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("hw"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices every strategy uses (required)"},
-    CLI_USE("nodes"), CLI_USE("devices-per-node"),
+    CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     CLI_HEAD("workload (as in moemu run):"),
     {.name = "batch", .type = CLI_SHARED,
      .help = "sequences (default 4, or as many as --prompt-lens give)"},
@@ -270,7 +270,7 @@ static int run(const sweep_cli_t *o)
     emu_hw_t hw;
     sweep_t sw = {0};
     int rc = CLI_EXIT_ERROR;
-    moemu_status_t st = cfg_load(&cfg, o->sh.model);
+    moemu_status_t st = cli_load_model(&cfg, &o->sh);
     if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), sweep_options);
     if (st == MOEMU_OK)
         st = cli_load_hw(o->sh.hw, o->sh.nodes, o->sh.devices_per_node, o->sh.devices, &hw, NULL);
@@ -296,7 +296,8 @@ static int run(const sweep_cli_t *o)
     progress_t pr = {.tty = isatty(STDERR_FILENO), .t0 = emu_host_seconds()};
     sweep_opts_t so = {.enumerate = o->en, .ttft_max = o->ttft_max,
                        .memory_headroom = o->headroom, .objective = o->objective,
-                       .routing = o->sh.routing, .seed = o->sh.seed, .progress = progress,
+                       .routing = o->sh.routing, .seed = o->sh.seed,
+                       .dispatch_fp8 = o->sh.dispatch_fp8, .progress = progress,
                        .progress_arg = &pr};
     int jobs = o->jobs ? o->jobs : default_jobs();
     if (jobs > 1) {

@@ -889,11 +889,14 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, c
  * least five digits, as save_pretrained spells them. */
 enum { CKPT_NAME_MAX = 64 };
 
-static size_t ckpt_esize(st_dtype_t dt) { return dt == ST_F32 || dt == ST_I32 ? 4 : 2; }
+static size_t ckpt_esize(st_dtype_t dt)
+{
+    return dt == ST_F32 || dt == ST_I32 ? 4 : dt == ST_F8_E4M3 ? 1 : 2;
+}
 
 /* Each tensor's stored bytes into bytes[], their sum into *total. */
 static moemu_status_t ckpt_sizes(const char *path, const st_write_tensor_t *ts, int n,
-                                 st_dtype_t dt, uint64_t *bytes, uint64_t *total)
+                                 const st_dtype_t *dt, uint64_t *bytes, uint64_t *total)
 {
     *total = 0;
     for (int i = 0; i < n; i++) {
@@ -901,7 +904,7 @@ static moemu_status_t ckpt_sizes(const char *path, const st_write_tensor_t *ts, 
         if (!t->name || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
             return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: tensor %d has %s", path, i,
                               t->name ? "a bad ndim" : "no name");
-        uint64_t b = ckpt_esize(dt);
+        uint64_t b = ckpt_esize(dt[i]);
         bool bad = false;
         for (int d = 0; d < t->ndim; d++)
             bad |= t->shape[d] < 0 || __builtin_mul_overflow(b, (uint64_t)t->shape[d], &b);
@@ -1003,12 +1006,12 @@ typedef struct {
 } ckpt_set_t;
 
 static moemu_status_t ckpt_set_write(ckpt_set_t *s, const char *name, const st_write_tensor_t *ts,
-                                     int n, st_dtype_t dt)
+                                     int n, const st_dtype_t *dt)
 {
     char *p = ckpt_join(s->tmp, name);
     if (!p) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", s->dir);
     snprintf(s->names[s->nnames++], CKPT_NAME_MAX, "%s", name);
-    moemu_status_t st = st_write(p, ts, n, dt);
+    moemu_status_t st = st_write_dtypes(p, ts, n, dt);
     free(p);
     return st;
 }
@@ -1041,13 +1044,13 @@ static moemu_status_t ckpt_fill_index(FILE *f, const void *arg)
 }
 
 /* Every shard, then the index, under s->tmp. */
-static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *ts, st_dtype_t dt,
+static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *ts, const st_dtype_t *dt,
                                         const int *first, int ns, uint64_t total)
 {
     for (int k = 0; k < ns; k++) {
         char name[CKPT_NAME_MAX];
         snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, ns);
-        MOEMU_CHECK(ckpt_set_write(s, name, ts + first[k], first[k + 1] - first[k], dt));
+        MOEMU_CHECK(ckpt_set_write(s, name, ts + first[k], first[k + 1] - first[k], dt + first[k]));
     }
     ckpt_index_out_t o = {ts, first, ns, s->names, total};
     char *p = ckpt_join(s->tmp, CKPT_INDEX_NAME);
@@ -1087,7 +1090,7 @@ static void ckpt_set_undo(ckpt_set_t *s)
 
 /* Write into dir through a temporary directory inside it. */
 static moemu_status_t ckpt_write_dir(const char *dir, const st_write_tensor_t *ts, int n,
-                                     st_dtype_t dt, const int *first, int ns, uint64_t total)
+                                     const st_dtype_t *dt, const int *first, int ns, uint64_t total)
 {
     ckpt_set_t s = {.dir = dir, .tmp = ckpt_join(dir, ".ckpt-tmp.XXXXXX")};
     s.names = calloc((size_t)ns + 2, sizeof *s.names);
@@ -1112,7 +1115,7 @@ static moemu_status_t ckpt_write_dir(const char *dir, const st_write_tensor_t *t
 }
 
 static moemu_status_t ckpt_write_planned(const char *path, const st_write_tensor_t *ts, int n,
-                                         st_dtype_t dt, const int *first, int ns, uint64_t total)
+                                         const st_dtype_t *dt, const int *first, int ns, uint64_t total)
 {
     bool created;
     MOEMU_CHECK(ckpt_prepare_dir(path, &created));
@@ -1123,7 +1126,7 @@ static moemu_status_t ckpt_write_planned(const char *path, const st_write_tensor
 
 /* One file at a .safetensors path, or the planned set in a directory. */
 static moemu_status_t ckpt_write_to(const char *path, const st_write_tensor_t *ts, int n,
-                                    st_dtype_t dt, const int *first, int ns, uint64_t total,
+                                    const st_dtype_t *dt, const int *first, int ns, uint64_t total,
                                     int64_t shard_bytes)
 {
     /* a directory when shards were asked for or path is one; else a file,
@@ -1136,18 +1139,20 @@ static moemu_status_t ckpt_write_to(const char *path, const st_write_tensor_t *t
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: %s names one file, but the tensors' "
                           "%llu bytes make %d shards of at most %lld bytes: give a directory",
                           path, (unsigned long long)total, ns, (long long)shard_bytes);
-    return st_write(path, ts, n, dt);
+    return st_write_dtypes(path, ts, n, dt);
 }
 
-moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, st_dtype_t dt,
-                          int64_t shard_bytes)
+moemu_status_t ckpt_write_dtypes(const char *path, const st_write_tensor_t *ts, int n,
+                                 const st_dtype_t *dt, int64_t shard_bytes)
 {
-    if (!path || !path[0] || n < 0 || (n && !ts))
+    if (!path || !path[0] || n < 0 || (n && (!ts || !dt)))
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write: bad arguments (path %s, n %d)",
                           path ? path : "NULL", n);
-    if (dt != ST_F32 && dt != ST_F16 && dt != ST_BF16 && dt != ST_I32)
-        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: dtype %d cannot be written", path,
-                          (int)dt);
+    for (int i = 0; i < n; i++)
+        if (dt[i] != ST_F32 && dt[i] != ST_F16 && dt[i] != ST_BF16 && dt[i] != ST_I32 &&
+            dt[i] != ST_F8_E4M3)
+            return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: dtype %d cannot be written",
+                              path, (int)dt[i]);
     uint64_t *bytes = calloc((size_t)n + 1, sizeof *bytes), total = 0;
     int *first = calloc((size_t)n + 2, sizeof *first), ns = 0; /* ns 0: one file */
     moemu_status_t st = bytes && first ? ckpt_sizes(path, ts, n, dt, bytes, &total)
@@ -1159,6 +1164,17 @@ moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, 
     if (st == MOEMU_OK) st = ckpt_write_to(path, ts, n, dt, first, ns, total, shard_bytes);
     free(bytes);
     free(first);
+    return st;
+}
+
+moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, st_dtype_t dt,
+                          int64_t shard_bytes)
+{
+    st_dtype_t *dts = malloc(sizeof *dts * ((size_t)(n > 0 ? n : 0) + 1));
+    if (!dts) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", path);
+    for (int i = 0; i < n; i++) dts[i] = dt;
+    moemu_status_t st = ckpt_write_dtypes(path, ts, n, dts, shard_bytes);
+    free(dts);
     return st;
 }
 

@@ -136,6 +136,10 @@ moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int
  * call created) is removed. */
 moemu_status_t ckpt_write(const char *path, const st_write_tensor_t *ts, int n, st_dtype_t dt,
                           int64_t shard_bytes);
+/* The same with tensor i stored as dt[i] (F8_E4M3 weights beside their
+ * F32 "_scale_inv" scales, as an FP8 checkpoint keeps them). */
+moemu_status_t ckpt_write_dtypes(const char *path, const st_write_tensor_t *ts, int n,
+                                 const st_dtype_t *dt, int64_t shard_bytes);
 
 /* A size as save_pretrained's max_shard_size spells it: "5GB", "500MB",
  * "2GiB", "1000000" (bytes): a whole non-negative number, then maybe

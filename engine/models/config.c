@@ -572,11 +572,12 @@ static moemu_status_t cfg_get_dtype(const cfg_src_t *src, emu_dtype_t *out)
         MOEMU_CHECK(
             emu_json_str(&src->js, src->root, keys[i], CFG_OPT, &s));
         if (!s) continue;
-        if (!emu_dtype_parse(s, out) || *out == EMU_DTYPE_INT32)
+        if (!emu_dtype_parse(s, out) || *out == EMU_DTYPE_INT32 || *out == EMU_DTYPE_FP8)
             return emu_json_bad(&src->js, keys[i], NULL,
                                 "= \"%.40s\" is not a supported dtype (fp16, "
-                                "bf16, fp32, or float16, bfloat16, float32)",
-                                s);
+                                "bf16, fp32, or float16, bfloat16, float32)%s",
+                                s, *out == EMU_DTYPE_FP8 ? "; FP8 is a storage format of "
+                                "the weights: --weight-dtype fp8 or an FP8 quantization_config" : "");
         return MOEMU_OK;
     }
     return MOEMU_OK;

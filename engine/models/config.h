@@ -76,6 +76,15 @@ static inline double cfg_weight_size(const cfg_model_t *c)
     return (double)emu_dtype_size(c->dtype);
 }
 
+/* Store the weights in FP8 e4m3 with a scale per 128 x 128 block (the
+ * weight_block_size of DeepSeek-V3 and the Qwen3 FP8 releases) unless the
+ * config already gives its blocks. */
+static inline void cfg_store_fp8(cfg_model_t *c)
+{
+    if (c->fp8_block_r > 0 && c->fp8_block_c > 0) return;
+    c->fp8_block_r = c->fp8_block_c = 128;
+}
+
 /* Whether layer l's MLP is dense (no router, no experts). */
 static inline bool cfg_layer_dense(const cfg_model_t *c, int l)
 {

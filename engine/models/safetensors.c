@@ -75,33 +75,6 @@ size_t st_dtype_size(st_dtype_t dt)
     return (unsigned)dt <= ST_OTHER ? size[dt] : 0;
 }
 
-/* ---- float8_e4m3fn: value = 2^(e-7) * (1 + m/8), or m * 2^-9 when e is
- * 0; the top code of each sign is NaN (the "fn": finite, no Inf). */
-
-float st_e4m3_to_f32(uint8_t b)
-{
-    int e = b >> 3 & 0xf, m = b & 7;
-    float v = e == 15 && m == 7 ? NAN : e ? ldexpf((float)(8 + m), e - 10)
-                                          : ldexpf((float)m, -9);
-    return b & 0x80 ? -v : v;
-}
-
-/* Rounds |x| to the format's grid: a quantum of 2^(E-3) in the binade
- * [2^E, 2^(E+1)), 2^-9 among the subnormals (below 2^-6); rintf rounds
- * half to even, and the scaling by powers of two is exact. */
-uint8_t st_f32_to_e4m3(float x)
-{
-    uint8_t sign = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (!(a <= 464.0f)) return sign | 0x7f; /* NaN, Inf, overflow: torch's NaN */
-    if (a < 0x1p-6f) return sign | (uint8_t)rintf(a * 512.0f); /* 8 is 0x08, 2^-6 */
-    int E;
-    frexpf(a, &E); /* a = f * 2^E, f in [0.5, 1) */
-    float r = ldexpf(rintf(ldexpf(a, 4 - E)), E - 4);
-    float f = frexpf(r, &E); /* again: rounding may reach the next binade */
-    return sign | (uint8_t)((E + 6) << 3) | (uint8_t)(ldexpf(f, 4) - 8.0f);
-}
-
 const char *st_shape_str(char *buf, size_t cap, int ndim,
                          const int64_t *shape)
 {
@@ -596,7 +569,7 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
             }
         }
     } else if (t->dtype == ST_F8_E4M3) {
-        for (size_t i = 0; i < t->nbytes; i++) out[i] = st_e4m3_to_f32(p[i]);
+        for (size_t i = 0; i < t->nbytes; i++) out[i] = emu_e4m3_to_f32(p[i]);
     } else {
         size_t count = t->nbytes / 2;
         bool half = t->dtype == ST_F16;
@@ -648,7 +621,7 @@ static uint32_t st_encode(const float *src, size_t i, st_dtype_t dtype)
     switch (dtype) {
     case ST_F16: return emu_f32_to_f16(src[i]);
     case ST_BF16: return emu_f32_to_bf16(src[i]);
-    case ST_F8_E4M3: return st_f32_to_e4m3(src[i]);
+    case ST_F8_E4M3: return emu_f32_to_e4m3(src[i]);
     default: memcpy(&u, &src[i], 4); return u; /* F32, I32: 4 bytes as they are */
     }
 }

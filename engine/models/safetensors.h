@@ -17,15 +17,8 @@ typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_F8_E4M3, ST_OTHER
 /* Bytes per element of a dtype moemu knows (0 for ST_OTHER). */
 size_t st_dtype_size(st_dtype_t dt);
 
-/* F8_E4M3 is float8_e4m3fn (OCP FP8): 1 sign bit, 4 exponent bits with
- * bias 7, 3 mantissa bits, no infinities; 0x7f and 0xff are NaN, 448 the
- * largest value, 2^-6 (0x08) the smallest normal, 2^-9 (0x01) the
- * smallest subnormal. Decoding is exact. Encoding rounds to nearest even
- * and, as torch's float8_e4m3fn cast does (c10 fp8e4m3fn_from_fp32_value),
- * gives NaN (0x7f with the sign) for what rounds above 448, i.e. above
- * 464, and for Inf and NaN: it does not saturate. */
-float st_e4m3_to_f32(uint8_t b);
-uint8_t st_f32_to_e4m3(float x);
+/* F8_E4M3 is float8_e4m3fn, converted by emu_e4m3_to_f32 and
+ * emu_f32_to_e4m3 (emu/emu.h). */
 
 typedef struct {
     const char *name;

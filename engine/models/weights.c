@@ -105,8 +105,12 @@ static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a
     float *p = k->w->block ? k->w->block + k->floats : NULL;
     if (p && fmt) {
         wts_tensor_t *t = &k->w->list[k->n];
+        const wts_names_t *nm = k->nm;
+        bool kept = fmt == nm->embed || fmt == nm->lm_head || fmt == nm->router ||
+                    fmt == nm->sgate;
         *t = (wts_tensor_t){.ndim = ndim, .shape = {a, b, c}, .data = p,
-                            .fan_in = ndim == 1 ? a : ndim == 2 ? b : c};
+                            .fan_in = ndim == 1 ? a : ndim == 2 ? b : c,
+                            .fp8 = k->w->cfg.fp8_block_r > 0 && ndim >= 2 && !kept};
         snprintf(t->name, sizeof t->name, fmt, l, j);
     }
     k->floats += n;
@@ -327,6 +331,80 @@ static int64_t tensor_elems(const wts_tensor_t *t)
  * the result never depends on the threads. */
 enum { GEN_CHUNK = 1 << 22 };
 
+/* ---- FP8 storage: e4m3 values times a power-of-two scale per block of
+ * the last two dimensions (UE8M0 scales, as DeepSeek-V3.1's checkpoints
+ * and MXFP8 keep them), so that a generated tensor rounded to it is
+ * dumped and loaded back exactly: q * s and x / s are exact. */
+
+typedef struct {
+    int64_t mats, R, C, SR, SC; /* matrices, their rows, columns, blocks */
+    int br, bc;
+} fp8_grid_t;
+
+static fp8_grid_t fp8_grid(const wts_t *w, const wts_tensor_t *t)
+{
+    int nd = t->ndim, br = w->cfg.fp8_block_r, bc = w->cfg.fp8_block_c;
+    fp8_grid_t g = {.mats = nd == 3 ? t->shape[0] : 1, .R = t->shape[nd - 2],
+                    .C = t->shape[nd - 1], .br = br, .bc = bc};
+    g.SR = (g.R + br - 1) / br;
+    g.SC = (g.C + bc - 1) / bc;
+    return g;
+}
+
+/* The least power of two s with amax / s <= 448, e4m3's largest value. */
+static float fp8_scale(float amax)
+{
+    if (!(amax > 0)) return 1.0f;
+    int e;
+    float f = frexpf(amax / 448.0f, &e);
+    return ldexpf(1.0f, f == 0.5f ? e - 1 : e);
+}
+
+/* t's block scales into sc (mats x SR x SC); NULL when out of memory. */
+static float *fp8_scales(const wts_tensor_t *t, const fp8_grid_t *g)
+{
+    float *sc = calloc((size_t)(g->mats * g->SR * g->SC), sizeof *sc);
+    const float *x = t->data;
+    for (int64_t m = 0; sc && m < g->mats; m++)
+        for (int64_t r = 0; r < g->R; r++)
+            for (int64_t c = 0; c < g->C; c++, x++) {
+                float *s = &sc[(m * g->SR + r / g->br) * g->SC + c / g->bc];
+                if (fabsf(*x) > *s) *s = fabsf(*x);
+            }
+    for (int64_t i = 0; sc && i < g->mats * g->SR * g->SC; i++) sc[i] = fp8_scale(sc[i]);
+    return sc;
+}
+
+/* out = t / its scales (what F8_E4M3 stores), or with round the values
+ * rounded to e4m3 times the scales (what loading gives back). */
+static void fp8_apply(const wts_tensor_t *t, const fp8_grid_t *g, const float *sc, float *out,
+                      bool round)
+{
+    const float *x = t->data;
+    for (int64_t m = 0; m < g->mats; m++)
+        for (int64_t r = 0; r < g->R; r++)
+            for (int64_t c = 0; c < g->C; c++, x++, out++) {
+                float s = sc[(m * g->SR + r / g->br) * g->SC + c / g->bc];
+                *out = round ? emu_e4m3_to_f32(emu_f32_to_e4m3(*x / s)) * s : *x / s;
+            }
+}
+
+/* The generated FP8 tensors as FP8 stores them. */
+static moemu_status_t fp8_round_all(wts_t *w)
+{
+    for (int i = 0; i < w->n_list; i++) {
+        wts_tensor_t *t = &w->list[i];
+        if (!t->fp8) continue;
+        fp8_grid_t g = fp8_grid(w, t);
+        float *sc = fp8_scales(t, &g);
+        if (!sc) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the FP8 scales of %s",
+                                   t->name);
+        fp8_apply(t, &g, sc, t->data, true);
+        free(sc);
+    }
+    return MOEMU_OK;
+}
+
 typedef struct {
     const wts_t *w;
     uint64_t seed;
@@ -378,7 +456,9 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
     gen_worker(&job); /* this thread works too: no thread is required */
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
     free(job.first);
-    return MOEMU_OK;
+    moemu_status_t st = fp8_round_all(w);
+    if (st != MOEMU_OK) wts_free(w);
+    return st;
 }
 
 /* DeepSeek's checkpoints carry num_nextn_predict_layers multi-token
@@ -415,21 +495,51 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
     return st;
 }
 
+/* Tensor t as a checkpoint stores it: ts[0] (and with FP8, its scales
+ * ts[1]); *m becomes the entries used. Fails only when out of memory. */
+static bool dump_entry(const wts_t *w, const wts_tensor_t *t, st_dtype_t dt,
+                       st_write_tensor_t *ts, st_dtype_t *dts, char *sname, size_t cap, int *m)
+{
+    ts[0] = (st_write_tensor_t){.name = t->name, .ndim = t->ndim, .data = t->data};
+    for (int j = 0; j < t->ndim; j++) ts[0].shape[j] = t->shape[j];
+    dts[0] = dt;
+    *m = 1;
+    if (!t->fp8) return true;
+    fp8_grid_t g = fp8_grid(w, t);
+    float *sc = fp8_scales(t, &g), *q = malloc(sizeof(float) * (size_t)tensor_elems(t));
+    if (!sc || !q) {
+        free(sc), free(q);
+        return false;
+    }
+    fp8_apply(t, &g, sc, q, false);
+    snprintf(sname, cap, "%s_scale_inv", t->name);
+    ts[0].data = q, dts[0] = ST_F8_E4M3;
+    ts[1] = (st_write_tensor_t){.name = sname, .ndim = t->ndim, .data = sc};
+    for (int j = 0; j < t->ndim; j++) ts[1].shape[j] = t->shape[j];
+    ts[1].shape[t->ndim - 2] = g.SR, ts[1].shape[t->ndim - 1] = g.SC;
+    dts[1] = ST_F32;
+    *m = 2;
+    return true;
+}
+
 moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes)
 {
-    int n = wts_tensor_count(w);
-    st_write_tensor_t *ts = calloc((size_t)n + 1, sizeof *ts);
-    if (!ts) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tensor list");
-    for (int i = 0; i < n; i++) {
-        const wts_tensor_t *t = &w->list[i];
-        ts[i] = (st_write_tensor_t){.name = t->name, .ndim = t->ndim, .data = t->data};
-        for (int j = 0; j < t->ndim; j++) ts[i].shape[j] = t->shape[j];
-    }
+    int n = wts_tensor_count(w), m = 0;
+    st_write_tensor_t *ts = calloc(2 * (size_t)n + 1, sizeof *ts);
+    st_dtype_t *dts = calloc(2 * (size_t)n + 1, sizeof *dts);
+    char(*names)[160] = calloc((size_t)n + 1, sizeof *names);
     st_dtype_t dt = w->cfg.dtype == EMU_DTYPE_FP16   ? ST_F16
                     : w->cfg.dtype == EMU_DTYPE_BF16 ? ST_BF16
                                                      : ST_F32;
-    moemu_status_t st = ckpt_write(path, ts, n, dt, shard_bytes);
-    free(ts);
+    bool ok = ts && dts && names;
+    for (int i = 0, used; ok && i < n; i++, m += used)
+        ok = dump_entry(w, &w->list[i], dt, ts + m, dts + m, names[i], sizeof names[i], &used);
+    moemu_status_t st = ok ? ckpt_write_dtypes(path, ts, m, dts, shard_bytes)
+                           : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the checkpoint of %s",
+                                        w->cfg.name);
+    for (int i = 0; i < m; i++)
+        if (dts[i] == ST_F8_E4M3 || (i && dts[i - 1] == ST_F8_E4M3)) free((void *)ts[i].data);
+    free(ts), free(dts), free(names);
     return st;
 }
 

@@ -46,6 +46,9 @@ typedef struct {
     int64_t shape[3];
     float *data;
     int64_t fan_in;
+    bool fp8;   /* a linear layer's weight: FP8 e4m3 with block scales in a
+                   model whose weights are FP8 (the embedding, lm_head,
+                   norms, biases and routers stay in the dtype) */
 } wts_tensor_t;
 
 /* A family's tensor names: printf formats given the layer and the expert

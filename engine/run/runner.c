@@ -344,7 +344,7 @@ static void dev_shard(worker_t *v)
                             .replica_size = s->cp * s->tp,
                             .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp};
     v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry,
-                         .wsize = cfg_weight_size(D->c)};
+                         .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->dispatch_fp8};
     v->view = (layer_view_t){.x = &v->x, .sh = &v->sh, .dm = &v->pl.dims, .r = &v->rows};
     v->P = s->pp;
     v->stage = p->pp;

@@ -58,6 +58,7 @@ typedef struct {
      * set); the router's decisions come from routing. */
     bool dry;
     const route_src_t *routing;
+    bool dispatch_fp8;       /* layer_ctx_t's: the dispatch counted in FP8 */
 } runner_opts_t;
 
 /* The one-device strategy on hw's device, no memory limit, routing in
