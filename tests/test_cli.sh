@@ -249,6 +249,12 @@ a2a() { tr -d ' \n' <"$1" | sed 's/.*"collective":"all-to-all",[^}]*"bytes":\([0
 awk -v a="$(a2a "$tmp/disp_fp8.json")" -v b="$(a2a "$tmp/disp_dtype.json")" \
     'BEGIN { exit !(a > 0 && a < 0.8 * b) }' && ok || bad "FP8 dispatch bytes not fewer"
 grep -q "MoE dispatch counted in fp8" "$tmp/disp_fp8.txt" && ok || bad "fp8 dispatch not said"
+# what TP cannot split of the KV cache is said: MLA's latent, few kv heads
+expect 0 "kv cache the MLA latent, 576 values a token and layer, held whole by each of the 2 ranks" \
+    "$moemu" run --model "${MOEMU_SRCDIR:-.}/examples/models/DeepSeek-V2-Lite.json" \
+    --strategy tp2 --math skip --batch 1 --prompt-len 8 --decode 2 --hw h800
+expect 0 "kv cache 2 key/value heads over 4 TP ranks: each held by 2 ranks" \
+    "$moemu" run --model tiny --strategy tp4 --batch 1 --prompt-len 4 --decode 2
 
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
