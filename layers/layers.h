@@ -272,6 +272,9 @@ typedef struct {
     layer_act_t act;
     int64_t *load; /* (E), if not NULL: += the rows each expert computed
                       here (counted on ETP rank 0) */
+    double *xfer;  /* (2), if not NULL: += the virtual seconds this device
+                      spent in the dispatch and in the combine (waiting
+                      for its peers included) */
 } layer_experts_t;
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):

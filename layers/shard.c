@@ -295,6 +295,19 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     return MOEMU_OK;
 }
 
+/* The device's time in collectives (waiting included): what the report
+ * splits into dispatch and combine, apart from the kernels around them. */
+static double xfer_now(const layer_ctx_t *c)
+{
+    return emu_dev_comm_time(c->dev) + emu_dev_idle_time(c->dev);
+}
+
+/* The time in collectives since t0, added to the experts' xfer[i]. */
+static void xfer_add(const moe_plan_t *m, int i, double t0)
+{
+    if (m->ex->xfer) m->ex->xfer[i] += xfer_now(m->c) - t0;
+}
+
 /* 1. my kept choices by expert: a counting sort, stable in (row, slot);
  * the choices are metadata, planned even when math is skipped */
 static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *keep)
@@ -406,6 +419,7 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     layer_ctx_t *c = m->c;
     int d = m->ex->d;
     MOEMU_CHECK(run_experts(c, m->outl, m->lists, m->lists_c, m->ETP, m->EP, m->Eper, m->ex));
+    double t0 = xfer_now(c);
     if (m->local) { /* the outputs already are in the order the rows were sent */
         MOEMU_CHECK(emu_mem_reserve(c->dev, EMU_MEM_COMM, m->sz * (double)m->sb));
         m->ret_held = true;
@@ -415,8 +429,10 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
                           (void **)&m->ret));
-    return alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp, c->dtype,
-                     m->s->ep);
+    moemu_status_t st = alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp,
+                                  c->dtype, m->s->ep);
+    xfer_add(m, 1, t0);
+    return st;
 }
 
 /* 8. combine in choice order; a dropped choice contributes 0 */
@@ -468,10 +484,12 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
                     .local = !s->ep && !s->etp};
+    double t0 = xfer_now(c);
     moemu_status_t st = plan_sends(&m, idx, keep);
     if (st == MOEMU_OK) st = send_counts(&m);
     if (st == MOEMU_OK) st = send_rows(&m, x);
     if (st == MOEMU_OK) st = gather_lists(&m);
+    xfer_add(&m, 0, t0);
     if (st == MOEMU_OK) st = compute_and_return(&m);
     if (st == MOEMU_OK) st = combine(&m, routed, w, keep);
     plan_free(&m);

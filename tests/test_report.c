@@ -149,6 +149,7 @@ typedef struct {
     double clock, compute[EMU_KERNEL__COUNT], memory[EMU_KERNEL__COUNT],
         flops[EMU_KERNEL__COUNT], bytes[EMU_KERNEL__COUNT];
     hc_t c[EMU_COLL__COUNT][EMU_LINK__COUNT];
+    double xfer[2];                  /* in the MoE dispatch, combine */
     double egress[EMU_LINK__COUNT]; /* a sender's link is busy until */
     double q_dep[HM_MAXQ], q_arr[HM_MAXQ];
     int qh, qt;                      /* messages waiting for it */
@@ -298,7 +299,8 @@ static void hm_ring(hm_t *m, emu_coll_t kind, const int *r, int p, double B)
  * the slower direction; all finish at start + the largest sum of steps.
  * Each member's own steps count under the class of their slower
  * direction, the rest (waiting for slower members) under the group's. */
-static void hm_alltoall(hm_t *m, const int *r, int p, const double *bytes)
+/* part: 0 of the MoE dispatch, 1 of its combine */
+static void hm_alltoall(hm_t *m, const int *r, int p, const double *bytes, int part)
 {
     emu_link_t gl = hm_group_link(m, r, p);
     double moved = 0, tmax = 0, start = 0, mine[HM_MAXDEV][EMU_LINK__COUNT] = {{0}};
@@ -327,6 +329,7 @@ static void hm_alltoall(hm_t *m, const int *r, int p, const double *bytes)
         hd_t *h = &m->dev[r[me]];
         mine[me][gl] += tmax - (mine[me][EMU_LINK_INTRA] + mine[me][EMU_LINK_INTER]);
         h->c[EMU_COLL_ALLTOALL][gl].idle += start - h->clock;
+        h->xfer[part] += start + tmax - h->clock;
         for (int l = 0; l < EMU_LINK__COUNT; l++) h->c[EMU_COLL_ALLTOALL][l].time += mine[me][l];
         for (int j = 0; j < p; j++)
             if (j != me) h->c[EMU_COLL_ALLTOALL][hm_link(m, r[me], r[j])].bytes += bytes[me * p + j];
@@ -466,7 +469,7 @@ static void hm_moe(hm_t *m, int stage, int l)
     for (int g = 0; g < groups && EP > 1; g++) {
         for (int e = 0; e < EP; e++) r[e] = stage * S + g * EP + e;
         for (int i = 0; i < EP * EP; i++) bytes[i] = 4.0 * Eper;
-        hm_alltoall(m, r, EP, bytes);
+        hm_alltoall(m, r, EP, bytes, 0);
     }
     /* the rows to send, gathered by expert: 0 FLOPs, 2 s nsend d bytes */
     for (int i = 0; i < S; i++)
@@ -480,7 +483,7 @@ static void hm_moe(hm_t *m, int stage, int l)
                 bytes[i * EP + j] = sz * d * n;
             }
         }
-        if (EP > 1) hm_alltoall(m, r, EP, bytes);
+        if (EP > 1) hm_alltoall(m, r, EP, bytes, 0);
         for (int j = 0; j < EP; j++) {
             hd_t *h = &m->dev[r[j]];
             int ntot = 0, experts = 0;
@@ -515,7 +518,7 @@ static void hm_moe(hm_t *m, int stage, int l)
             double back[HM_MAXDEV * HM_MAXDEV];
             for (int i = 0; i < EP; i++)
                 for (int j = 0; j < EP; j++) back[j * EP + i] = bytes[i * EP + j];
-            hm_alltoall(m, r, EP, back);
+            hm_alltoall(m, r, EP, back, 1);
         }
     }
     /* combine: 2 nM k d FLOPs, s (nsend d + nM d) bytes */
@@ -765,6 +768,7 @@ static void hm_check(const hm_t *m, const report_t *r, double t1, const char *la
     NEAR(r->e2e, e2e, 0);
 
     /* devices */
+    double dispatch = 0, combine = 0, clocks = 0, kernels[EMU_KERNEL__COUNT] = {0};
     for (int i = 0; i < n; i++) {
         const hd_t *h = &m->dev[i];
         const report_dev_t *v = &r->dev[i];
@@ -796,7 +800,19 @@ static void hm_check(const hm_t *m, const report_t *r, double t1, const char *la
         NEAR(v->recv_idle, recv_idle, e2e);
         cr_expect_eq(v->expert_rows, h->rows, "%s: device %d rows %lld, by hand %lld", label, i,
                      (long long)v->expert_rows, (long long)h->rows);
+        dispatch += h->xfer[0], combine += h->xfer[1], clocks += h->clock;
+        for (int k = 0; k < EMU_KERNEL__COUNT; k++) kernels[k] += h->compute[k] + h->memory[k];
     }
+    /* where the time goes: each kernel kind, the dispatch and combine, the
+     * rest; the parts add up to the clocks */
+    double parts = r->dispatch + r->combine + r->other_comm;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+        NEAR(r->kernel_time[k], kernels[k], e2e * m->world);
+        parts += r->kernel_time[k];
+    }
+    NEAR(r->dispatch, dispatch, e2e * m->world);
+    NEAR(r->combine, combine, e2e * m->world);
+    NEAR(parts, clocks, e2e * m->world);
 
     /* latency and throughput */
     double tb = 0, tmin = INFINITY, tsum = 0, tpot = 0;

@@ -220,7 +220,7 @@ static moemu_status_t dec_moe(const model_pass_t *mp)
                           .k = c->num_experts_per_tok, .d = c->hidden_size,
                           .F = c->intermediate_size, .e0 = pl->par.expert0, .e1 = pl->par.expert1,
                           .f0 = pl->par.ffn0, .f1 = pl->par.ffn1, .act = c->hidden_act,
-                          .load = mp->load};
+                          .load = mp->load, .xfer = mp->xfer};
     layer_mlp_t shared = {.w1 = L->sw1, .w3 = L->sw3, .w2 = L->sw2, .S = c->num_shared_experts,
                           .F = c->shared_expert_intermediate_size, .f0 = pl->shared_ffn0,
                           .f1 = pl->shared_ffn1, .act = c->hidden_act, .gate = L->sgate};

@@ -194,7 +194,8 @@ static moemu_status_t layer(worker_t *v, int l)
     model_pass_t mp = {.v = &v->view, .w = D->w, .place = &v->pl, .layer = l,
                        .load = D->load + ((size_t)v->rank * D->c->num_hidden_layers + l) *
                                              D->c->num_local_experts,
-                       .chosen = routes_chosen, .kept = routes_kept, .arg = v};
+                       .xfer = D->out->moe_xfer + 2 * v->rank, .chosen = routes_chosen,
+                       .kept = routes_kept, .arg = v};
     return D->fam->layer(&mp);
 }
 
@@ -478,6 +479,7 @@ void model_out_free(model_out_t *out)
     free(out->token_time);
     free(out->expert_load);
     free(out->device_rows);
+    free(out->moe_xfer);
     memset(out, 0, sizeof *out);
 }
 
@@ -515,10 +517,12 @@ static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
     out->token_time = calloc((size_t)B * (N > 0 ? N : 1), sizeof(double));
     out->expert_load = calloc((size_t)c->num_hidden_layers * c->num_local_experts, sizeof(int64_t));
     out->device_rows = calloc((size_t)D->world, sizeof(int64_t));
+    out->moe_xfer = calloc(2 * (size_t)D->world, sizeof(double));
     out->n_devices = D->world;
     if (D->mo->prompt_logits) out->prompt_logits = malloc(sizeof(float) * (size_t)B * wl->max_len * V);
     if (D->mo->gen_logits && N > 0) out->gen_logits = malloc(sizeof(float) * (size_t)B * N * V);
     if (!out->generated || !out->token_time || !out->expert_load || !out->device_rows ||
+        !out->moe_xfer ||
         (D->mo->prompt_logits && !out->prompt_logits) ||
         (D->mo->gen_logits && N > 0 && !out->gen_logits))
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);

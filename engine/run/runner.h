@@ -38,6 +38,8 @@ typedef struct {
                              generated token was picked */
     int64_t *expert_load; /* (layers, experts) kept assignments computed */
     int64_t *device_rows; /* (devices) expert rows each device computed */
+    double *moe_xfer;     /* (devices, 2) virtual seconds in the MoE dispatch
+                             and combine, waiting for peers included */
     int n_devices;
     double wall_prefill, wall_decode; /* host seconds, device 0's */
 } model_out_t;

@@ -49,6 +49,11 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
         }
     }
     r->comm_time += v->comm;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) r->kernel_time[k] += emu_dev_kernel_stats(d, k)->time;
+    double xd = out->moe_xfer ? out->moe_xfer[2 * i] : 0, xc = out->moe_xfer ? out->moe_xfer[2 * i + 1] : 0;
+    r->dispatch += xd;
+    r->combine += xc;
+    r->other_comm += v->comm + v->idle - xd - xc;
     v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
     r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
 }
@@ -350,6 +355,37 @@ static const char *gb(double bytes, char buf[32])
     return buf;
 }
 
+/* The parts of where the time goes, in the order shown. */
+typedef struct {
+    const char *name;
+    double sum; /* over devices, seconds */
+} report_part_t;
+
+static int report_parts(const report_t *r, report_part_t *p)
+{
+    int n = 0;
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++)
+        p[n++] = (report_part_t){emu_kernel_name(k), r->kernel_time[k]};
+    p[n++] = (report_part_t){"moe dispatch", r->dispatch};
+    p[n++] = (report_part_t){"moe combine", r->combine};
+    p[n++] = (report_part_t){"other comm+idle", r->other_comm};
+    return n;
+}
+
+/* Each part's mean per device and share of the mean clock. */
+static void print_parts(const report_t *r, FILE *f)
+{
+    report_part_t p[EMU_KERNEL__COUNT + 3];
+    int n = report_parts(r, p);
+    double clocks = 0;
+    for (int i = 0; i < r->devices; i++) clocks += r->dev[i].clock;
+    fprintf(f, "where the time goes (mean per device; kernels by kind, then the MoE dispatch and "
+               "combine all-to-all with their waiting, then the other collectives and waiting)\n");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "  %-16s %12.3f ms %6.1f%%\n", p[i].name, 1e3 * p[i].sum / r->devices,
+                clocks > 0 ? 100 * p[i].sum / clocks : 0);
+}
+
 void report_print(const report_t *r, FILE *f)
 {
     char a[32], b[32], c[32], d[32], e[32], g[32];
@@ -393,6 +429,7 @@ void report_print(const report_t *r, FILE *f)
     fprintf(f, "  communication not overlapped by computation: %.1f%% of end to end "
                "(mean over devices; max %.1f%%)\n", 100 * r->exposed_comm_mean,
             100 * r->exposed_comm_max);
+    print_parts(r, f);
     fprintf(f, "pipeline bubble per stage:");
     for (int s = 0; s < r->stages; s++) fprintf(f, " %d: %.1f%%", s, 100 * r->bubble[s]);
     fprintf(f, "\nexpert load\n");
@@ -443,6 +480,10 @@ json_t *report_json(const report_t *r)
     }
     for (int s = 0; s < r->stages; s++) json_array_append_new(bubble, json_real(r->bubble[s]));
     for (int b = 0; b < r->batch; b++) json_array_append_new(ttft, json_real(r->ttft[b]));
+    report_part_t p[EMU_KERNEL__COUNT + 3];
+    json_t *parts = json_object();
+    for (int i = 0, n = report_parts(r, p); i < n; i++)
+        json_object_set_new(parts, p[i].name, json_real(p[i].sum / r->devices));
     json_t *root = json_pack(
         "{s:s, s:s, s:i, s:I, s:I, "
         "s:{s:f, s:f, s:f, s:f, s:f, s:f, s:o}, "
@@ -468,6 +509,8 @@ json_t *report_json(const report_t *r)
         (json_int_t)r->dropped, "busiest_device", r->busiest, "busiest_vs_mean",
         r->busiest_vs_mean,
         "scaling", "one_device_s", r->t1, "speedup", r->speedup, "efficiency", r->efficiency);
+    if (root) json_object_set_new(root, "time_per_device_s", parts);
+    else json_decref(parts);
     return root;
 }
 

@@ -38,6 +38,10 @@ typedef struct {
     double prefill_tpms, decode_tpms, total_tpms;
     report_dev_t *dev;               /* (devices) */
     report_comm_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
+    /* where the time goes, summed over devices: each kernel kind, the MoE
+     * dispatch and combine (their collectives, waiting included), and the
+     * other collectives and waiting; together the devices' clocks */
+    double kernel_time[EMU_KERNEL__COUNT], dispatch, combine, other_comm;
     double comm_bytes, comm_time;    /* summed over devices */
     double exposed_comm_mean, exposed_comm_max; /* comm / e2e per device */
     double *bubble;                  /* (stages) */
