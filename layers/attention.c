@@ -23,7 +23,7 @@ int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
     return n;
 }
 
-LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd,
+LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd, int vd,
                                    float scale)
 {
     float *out = sq->out, *lse = sq->lse;
@@ -35,13 +35,13 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
     int QB = ATTN_ROWS / G > 0 ? ATTN_ROWS / G : 1; /* queries per block */
     if (QB > T) QB = T;
     int R = G * QB;                  /* stacked rows: (head in group, query) */
-    /* on the stack: at most 256 x (2 hd + 514) floats, no failure path */
-    float buf[(size_t)R * hd * 2 + (size_t)R * ATTN_KB + 2 * (size_t)R];
-    float *Q = buf, *O = Q + (size_t)R * hd, *S = O + (size_t)R * hd;
+    /* on the stack: at most 256 x (hd + vd + 258) floats, no failure path */
+    float buf[(size_t)R * (hd + vd) + (size_t)R * ATTN_KB + 2 * (size_t)R];
+    float *Q = buf, *O = Q + (size_t)R * hd, *S = O + (size_t)R * vd;
     float *m = S + (size_t)R * ATTN_KB, *l = m + R;
 
     for (int g = 0; g < Hkv; g++) {
-        const float *K = kc + (size_t)g * ldc * hd, *V = vc + (size_t)g * ldc * hd;
+        const float *K = kc + (size_t)g * ldc * hd, *V = vc + (size_t)g * ldc * vd;
         for (int t0 = 0; t0 < T; t0 += QB) {
             int nq = T - t0 < QB ? T - t0 : QB;
             int rows = G * nq;
@@ -50,7 +50,7 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
                     memcpy(Q + ((size_t)j * nq + i) * hd,
                            q + ((size_t)(t0 + i) * H + g * G + j) * hd,
                            sizeof(float) * hd);
-            memset(O, 0, sizeof(float) * rows * hd);
+            memset(O, 0, sizeof(float) * rows * vd);
             for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
             int qlast = q0 + t0 + nq - 1;
             int kend = qlast + 1 < k1 ? qlast + 1 : k1;
@@ -76,44 +76,51 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
                     l[r] = l[r] * corr + sum;
                     m[r] = mx;
                     if (corr != 1.0f)
-                        for (int i = 0; i < hd; i++) O[(size_t)r * hd + i] *= corr;
+                        for (int i = 0; i < vd; i++) O[(size_t)r * vd + i] *= corr;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, nk_b,
-                            1.0f, S, nk_b, V + (size_t)(kb - k0) * hd, hd, 1.0f, O, hd);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, vd, nk_b,
+                            1.0f, S, nk_b, V + (size_t)(kb - k0) * vd, vd, 1.0f, O, vd);
             }
             for (int j = 0; j < G; j++)
                 for (int i = 0; i < nq; i++) {
                     int r = j * nq + i;
                     size_t t = (size_t)(t0 + i), h = (size_t)g * G + j;
                     float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-                    float *dst = out + (t * H + h) * hd;
-                    for (int e = 0; e < hd; e++) dst[e] = O[(size_t)r * hd + e] * inv;
+                    float *dst = out + (t * H + h) * vd;
+                    for (int e = 0; e < vd; e++) dst[e] = O[(size_t)r * vd + e] * inv;
                     if (lse) lse[t * H + h] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
                 }
         }
     }
 }
 
-/* The work of one sequence: 4 hd FLOPs per visible pair and head (QK^T and
- * PV); q, out and the keys and values up to the last query read once. */
-static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, emu_dtype_t dt,
+/* The work of one sequence: 2 (hd + vd) FLOPs per visible pair and head
+ * (QK^T and PV); q, out and the keys and values up to the last query read
+ * once. */
+static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd, emu_dtype_t dt,
                       double *flops, double *bytes)
 {
     int64_t pairs = layer_attention_pairs(s->T, s->q0, s->k0, s->k1);
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
     double nk = kend > s->k0 ? kend - s->k0 : 0;
-    *flops += 4.0 * hd * H * (double)pairs;
-    *bytes += (double)emu_dtype_size(dt) * (2.0 * s->T * H * hd + 2.0 * nk * Hkv * hd);
+    *flops += 2.0 * (hd + vd) * H * (double)pairs;
+    *bytes += (double)emu_dtype_size(dt) * ((double)s->T * H * (hd + vd) + nk * Hkv * (hd + vd));
+}
+
+void layer_attention_batch_v(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
+                             int hd, int vd, float scale)
+{
+    double flops = 0, bytes = 0;
+    for (int i = 0; i < n; i++) attn_work(&s[i], H, Hkv, hd, vd, c->dtype, &flops, &bytes);
+    if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
+    if (c->math)
+        for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd, vd, scale);
 }
 
 void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
                            int hd, float scale)
 {
-    double flops = 0, bytes = 0;
-    for (int i = 0; i < n; i++) attn_work(&s[i], H, Hkv, hd, c->dtype, &flops, &bytes);
-    if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
-    if (c->math)
-        for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd, scale);
+    layer_attention_batch_v(c, s, n, H, Hkv, hd, hd, scale);
 }
 
 void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q, const float *kc,

@@ -8,6 +8,12 @@
 #include "layers/layers.h"
 #include "layers/layers_impl.h"
 
+/* Floats of MLA prefill's decompressed keys and values a key row. */
+static size_t mla_kv_floats(const layer_dims_t *dm)
+{
+    return dm->lora > 0 ? (size_t)dm->Hl * (dm->nope + dm->rope_d + dm->vd) : 0;
+}
+
 void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tmax, int Ttot,
                         int nlog, size_t *nf, size_t *ni)
 {
@@ -18,7 +24,8 @@ void layer_view_scratch(const layer_dims_t *dm, const layer_shard_t *sh, int Tma
     if (np < 2 * (size_t)Tmax * dm->mlp_f) np = 2 * (size_t)Tmax * dm->mlp_f;
     *nf = (size_t)Tmax * (5 * d + 2 * qd + 2 * kvd + dm->E + dm->k + dm->Hl + dm->row_f +
                           dm->mla_f) + np +
-          4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * dm->Vl * sh->tp_size;
+          4 * (size_t)Ttot * kvd + 2 * (size_t)nlog * dm->Vl * sh->tp_size +
+          (size_t)Ttot * mla_kv_floats(dm);
     *ni = (size_t)Tmax * dm->k;
 }
 
@@ -48,6 +55,7 @@ void layer_view_carve(layer_view_t *v, void *block, int Tmax, int Ttot, int nlog
     v->kfull = TAKE(2 * (size_t)Ttot * kvd); /* CP: every sequence's whole prefix */
     v->logits = TAKE((size_t)nlog * Vp);
     v->lgath = TAKE((size_t)nlog * Vp);
+    v->mla_kv = TAKE((size_t)Ttot * mla_kv_floats(dm));
     v->parts = p; /* the rest of the floats */
 #undef TAKE
     v->idx = (int *)((float *)block + nf);
@@ -102,8 +110,9 @@ static moemu_status_t kv_append(layer_view_t *v, int t)
 
 /* ---- Attention */
 
-/* Prefill without CP: a sequence's rows are its positions 0..len-1. */
-static moemu_status_t attend_prefill(layer_view_t *v)
+/* Prefill without CP: a sequence's rows are its positions 0..len-1; its
+ * attention into v->seqs, *ns of them. */
+static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out)
 {
     const layer_rows_t *r = v->r;
     int hd = v->dm->hd, kvl = v->dm->kvl, qd = v->dm->Hl * hd, TA = r->n, ns = 0;
@@ -118,7 +127,7 @@ static moemu_status_t attend_prefill(layer_view_t *v)
     }
     double sz = (double)emu_dtype_size(v->x->dtype);
     emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * TA * kvl * hd);
-    layer_attention_batch(v->x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
+    *ns_out = ns;
     return MOEMU_OK;
 }
 
@@ -140,7 +149,7 @@ static void cp_assemble(const layer_view_t *v, int b, int L, const float *kall,
 
 /* CP prefill: gather every rank's keys and values, attend with the whole
  * causal prefix, keep only this rank's rows in the cache. */
-static moemu_status_t attend_prefill_cp(layer_view_t *v)
+static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out)
 {
     const layer_rows_t *r = v->r;
     layer_ctx_t *x = v->x;
@@ -173,8 +182,14 @@ static moemu_status_t attend_prefill_cp(layer_view_t *v)
     }
     double sz = (double)emu_dtype_size(x->dtype);
     emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * assembled * kvd);
-    layer_attention_batch(x, v->seqs, ns, v->dm->Hl, kvl, hd, v->dm->attn_scale);
+    *ns_out = ns;
     return MOEMU_OK;
+}
+
+/* A prefill's attention as v->seqs, with or without CP. */
+static moemu_status_t prefill_seqs_all(layer_view_t *v, int *ns)
+{
+    return v->sh->cp_size == 1 ? prefill_seqs(v, ns) : prefill_seqs_cp(v, ns);
 }
 
 /* Decode: the new token's keys and values stay on one CP rank; each rank
@@ -320,9 +335,13 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     MOEMU_CHECK(qkv(v, w));
     layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, &dm->rope);
     layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, &dm->rope);
-    if (r->decode) MOEMU_CHECK(attend_decode(v));
-    else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
-    else MOEMU_CHECK(attend_prefill_cp(v));
+    if (r->decode) {
+        MOEMU_CHECK(attend_decode(v));
+    } else {
+        int ns;
+        MOEMU_CHECK(prefill_seqs_all(v, &ns));
+        layer_attention_batch(x, v->seqs, ns, dm->Hl, dm->kvl, hd, dm->attn_scale);
+    }
     /* row-parallel output projection: partial sums over the TP ranks */
     layer_linear(x, EMU_KERNEL_GEMM, v->o, v->att, w->wo + (size_t)dm->head0 * hd, TA, qd, d,
                  dm->H * hd, false);
@@ -362,12 +381,12 @@ static void mla_scatter(layer_ctx_t *x, float *dst, int ldd, const float *src, i
     emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * emu_dtype_size(x->dtype) * T * n);
 }
 
-/* Every head's query, [q_pe | q_nope W_uk], into q (TA, Hl, hd). */
-static void mla_query(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+/* Every head's raw query [q_nope | q_pe] into qraw (TA, Hl, qk). */
+static void mla_query_raw(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
 {
     const layer_dims_t *dm = v->dm;
     layer_ctx_t *x = v->x;
-    int TA = v->r->n, d = dm->d, Hl = dm->Hl, qk = dm->nope + dm->rope_d, hd = dm->hd;
+    int TA = v->r->n, d = dm->d, Hl = dm->Hl, qk = dm->nope + dm->rope_d;
     size_t h0 = (size_t)dm->head0 * qk;
     if (w->q_a) {
         layer_linear(x, EMU_KERNEL_GEMM, b->cq, v->na, w->q_a, TA, d, dm->q_lora, d, false);
@@ -378,6 +397,14 @@ static void mla_query(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *
         layer_linear(x, EMU_KERNEL_GEMM, b->qraw, v->na, w->wq + h0 * d, TA, d, Hl * qk, d,
                      false);
     }
+}
+
+/* Every head's absorbed query, [q_pe | q_nope W_uk], into q (TA, Hl, hd). */
+static void mla_query_absorbed(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int TA = v->r->n, Hl = dm->Hl, qk = dm->nope + dm->rope_d, hd = dm->hd;
     /* each head's rope part first, rotated (dm->rope.dim = rope_d) */
     mla_scatter(x, v->q, hd, b->qraw + dm->nope, qk, TA * Hl, dm->rope_d);
     layer_rope(x, v->q, v->r->pos, TA, Hl, hd, &dm->rope);
@@ -404,26 +431,92 @@ static void mla_latent(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t 
     layer_rope(x, v->kk, v->r->pos, TA, 1, hd, &dm->rope);
 }
 
+/* Head-major keys K (Hl, n, qk), [k_nope | k_pe], and values V (Hl, n,
+ * vd) of n latent rows lat ([k_pe | c_kv], hd wide): c_kv times each
+ * head's W_uk and W_uv (kv_b_proj's rows), k_pe shared by the heads. */
+static void mla_decompress(layer_view_t *v, const layer_mla_w_t *w, const float *lat, int n,
+                           float *K, float *V)
+{
+    const layer_dims_t *dm = v->dm;
+    layer_ctx_t *x = v->x;
+    int Hl = dm->Hl, qk = dm->nope + dm->rope_d, vd = dm->vd, hd = dm->hd, lora = dm->lora;
+    size_t sw = (size_t)(dm->nope + vd) * lora;
+    const float *wb = w->kv_b + (size_t)dm->head0 * sw;
+    layer_gemm_t gk = {.out = K, .in = lat + dm->rope_d, .w = wb, .ldo = qk, .ldi = hd,
+                       .ldw = lora, .so = (size_t)n * qk, .sw = sw};
+    layer_gemm(x, &gk, Hl, n, lora, dm->nope, true);
+    layer_gemm_t gv = {.out = V, .in = lat + dm->rope_d, .w = wb + (size_t)dm->nope * lora,
+                       .ldo = vd, .ldi = hd, .ldw = lora, .so = (size_t)n * vd, .sw = sw};
+    layer_gemm(x, &gv, Hl, n, lora, vd, true);
+    for (int h = 0; h < Hl && x->math; h++)
+        for (int t = 0; t < n; t++)
+            memcpy(K + ((size_t)h * n + t) * qk + dm->nope, lat + (size_t)t * hd,
+                   sizeof(float) * dm->rope_d);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0,
+               2.0 * emu_dtype_size(x->dtype) * Hl * (double)n * dm->rope_d);
+}
+
+/* Prefill in the decompressed form, as DeepSeek's and vLLM's prefill
+ * kernels run it: the latent rows of each sequence's prefix become every
+ * head's keys and values (qk and vd wide), attended as multi-head
+ * attention by the raw queries [q_nope | rope(q_pe)], into ocat (TA, Hl,
+ * vd). The cache keeps the latent; decode attends in it (absorbed). */
+static moemu_status_t mla_prefill(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+{
+    const layer_dims_t *dm = v->dm;
+    int Hl = dm->Hl, qk = dm->nope + dm->rope_d, vd = dm->vd, qd = Hl * dm->hd, ns;
+    layer_rope(v->x, b->qraw + dm->nope, v->r->pos, v->r->n, Hl, qk, &dm->rope);
+    MOEMU_CHECK(prefill_seqs_all(v, &ns));
+    float *kv = v->mla_kv;
+    for (int i = 0, j; i < ns; i = j) {
+        /* the runs of one sequence share its latent: decompressed once */
+        const float *lat = v->seqs[i].kc;
+        int n = 0;
+        for (j = i; j < ns && v->seqs[j].kc == lat; j++) n = v->seqs[j].k1 > n ? v->seqs[j].k1 : n;
+        float *K = kv, *V = kv + (size_t)Hl * n * qk;
+        kv = V + (size_t)Hl * n * vd;
+        mla_decompress(v, w, lat, n, K, V);
+        for (int u = i; u < j; u++) {
+            layer_attn_seq_t *s = &v->seqs[u];
+            size_t t = (size_t)(s->q - v->q) / (size_t)qd; /* its first row */
+            s->q = b->qraw + t * Hl * qk;
+            s->out = b->ocat + t * Hl * vd;
+            s->kc = K, s->vc = V, s->ldc = n;
+        }
+    }
+    layer_attention_batch_v(v->x, v->seqs, ns, Hl, Hl, qk, vd, dm->attn_scale);
+    return MOEMU_OK;
+}
+
+/* Decode in the absorbed form: the queries times W_uk attend in the
+ * latent, the attended latent times W_uv gives each head's output. */
+static moemu_status_t mla_decode(layer_view_t *v, const layer_mla_w_t *w, const mla_buf_t *b)
+{
+    const layer_dims_t *dm = v->dm;
+    int Hl = dm->Hl, vd = dm->vd, hd = dm->hd;
+    mla_query_absorbed(v, w, b);
+    MOEMU_CHECK(attend_decode(v));
+    /* head h's output: its attended latent times W_uv (kv_b_proj's v rows) */
+    layer_gemm_t g = {.out = b->ocat, .in = v->att + dm->rope_d,
+                      .w = w->kv_b + ((size_t)dm->head0 * (dm->nope + vd) + dm->nope) * dm->lora,
+                      .ldo = Hl * vd, .ldi = Hl * hd, .ldw = dm->lora, .so = (size_t)vd,
+                      .si = (size_t)hd, .sw = (size_t)(dm->nope + vd) * dm->lora};
+    layer_gemm(v->x, &g, Hl, v->r->n, dm->lora, vd, true);
+    return MOEMU_OK;
+}
+
 moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
 {
     const layer_rows_t *r = v->r;
     const layer_dims_t *dm = v->dm;
     layer_ctx_t *x = v->x;
-    int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0, Hl = dm->Hl, vd = dm->vd;
+    int d = dm->d, TA = r->n, R = r->r1 - r->r0, Hl = dm->Hl, vd = dm->vd;
     mla_buf_t b = mla_bufs(v);
     layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
     if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
-    mla_query(v, w, &b);
+    mla_query_raw(v, w, &b);
     mla_latent(v, w, &b);
-    if (r->decode) MOEMU_CHECK(attend_decode(v));
-    else if (v->sh->cp_size == 1) MOEMU_CHECK(attend_prefill(v));
-    else MOEMU_CHECK(attend_prefill_cp(v));
-    /* head h's output: its attended latent times W_uv (kv_b_proj's v rows) */
-    layer_gemm_t g = {.out = b.ocat, .in = v->att + dm->rope_d,
-                      .w = w->kv_b + ((size_t)dm->head0 * (dm->nope + vd) + dm->nope) * dm->lora,
-                      .ldo = Hl * vd, .ldi = Hl * hd, .ldw = dm->lora, .so = (size_t)vd,
-                      .si = (size_t)hd, .sw = (size_t)(dm->nope + vd) * dm->lora};
-    layer_gemm(x, &g, Hl, TA, dm->lora, vd, true);
+    MOEMU_CHECK(r->decode ? mla_decode(v, w, &b) : mla_prefill(v, w, &b));
     layer_linear(x, EMU_KERNEL_GEMM, v->o, b.ocat, w->wo + (size_t)dm->head0 * vd, TA, Hl * vd, d,
                  dm->H * vd, false);
     MOEMU_CHECK(tp_sum(v, v->o));

@@ -131,6 +131,11 @@ typedef struct {
  * q k^T times scale (layer_attention: 1 / sqrt(hd)). */
 void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n,
                            int H, int Hkv, int hd, float scale);
+/* The same with values of vd columns (keys and queries of hd): MLA's
+ * decompressed prefill, 192-wide keys and 128-wide values a head. out and
+ * the value rows (ldc a kv head) are vd wide. */
+void layer_attention_batch_v(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
+                             int hd, int vd, float scale);
 /* Number of (query, key) pairs visible in the call above. */
 int64_t layer_attention_pairs(int T, int q0, int k0, int k1);
 
@@ -360,6 +365,8 @@ typedef struct {
         *parts, *kvall, *kfull, *logits, *lgath;
     float *rowf;             /* (row_f Tmax) per-row figures */
     float *mla;              /* (mla_f Tmax) MLA's projections */
+    float *mla_kv;           /* (Ttot, Hl (qk + vd)) MLA prefill's keys and
+                                values, decompressed from the latent */
     int *idx;                /* (Tmax, k) choices */
     uint8_t *keep;           /* (Tmax, k) */
     layer_attn_seq_t *seqs;  /* (2 * sequences) */

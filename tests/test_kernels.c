@@ -744,6 +744,35 @@ Test(attention, scale_is_the_scores_factor)
     free(q), free(q2), free(k), free(v), free(o1), free(o2);
 }
 
+/* Values narrower than the keys (MLA's decompressed prefill: 192-wide
+ * keys, 128-wide values): the same as values zero-padded to the keys'
+ * width, charged 2 (hd + vd) FLOPs a pair and head. */
+Test(attention, values_narrower_than_keys)
+{
+    rng_t r = {9};
+    int T = 9, H = 4, hd = 12, vd = 5;
+    float *q = NEW(float, T * H * hd), *k = NEW(float, H * T * hd), *v = NEW(float, H * T * vd),
+          *vp = NEW(float, H * T * hd), *o = NEW(float, T * H * vd), *op = NEW(float, T * H * hd);
+    fill(&r, q, (size_t)T * H * hd, 1), fill(&r, k, (size_t)H * T * hd, 1);
+    fill(&r, v, (size_t)H * T * vd, 1);
+    memset(vp, 0, sizeof(float) * (size_t)H * T * hd);
+    for (int i = 0; i < H * T; i++) memcpy(vp + (size_t)i * hd, v + (size_t)i * vd, sizeof(float) * vd);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_attn_seq_t s1 = {.out = o, .q = q, .kc = k, .vc = v, .T = T, .k1 = T, .ldc = T};
+    layer_attn_seq_t s2 = {.out = op, .q = q, .kc = k, .vc = vp, .T = T, .k1 = T, .ldc = T};
+    layer_attention_batch_v(&c, &s1, 1, H, H, hd, vd, 0.3f);
+    double flops = emu_dev_kernel_stats(dev, EMU_KERNEL_ATTN)->flops;
+    cr_assert_eq(flops, 2.0 * (hd + vd) * H * (double)layer_attention_pairs(T, 0, 0, T));
+    layer_attention_batch(&c, &s2, 1, H, H, hd, 0.3f);
+    for (int t = 0; t < T * H; t++)
+        for (int e = 0; e < vd; e++)
+            cr_assert(fabsf(o[(size_t)t * vd + e] - op[(size_t)t * hd + e]) < 1e-6f, "row %d col %d",
+                      t, e);
+    emu_dev_destroy(dev);
+    free(q), free(k), free(v), free(vp), free(o), free(op);
+}
+
 /* ======================================================================
  * attention */
 
