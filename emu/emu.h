@@ -61,9 +61,14 @@ void moemu_errclear(void);
  * config holds that moemu does not read): one line, its control
  * characters escaped, to the warning handler, by default
  * "moemu: warning: ..." on stderr. */
-void moemu_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+moemu_status_t moemu_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Replace the handler (NULL restores stderr); tests capture warnings. */
 void moemu_warn_handler(void (*fn)(void *arg, const char *line), void *arg);
+/* Strict mode (--strict, for CI): every warning is an error instead,
+ * moemu_warn then returns MOEMU_ERR_INVALID with the warning as this
+ * thread's message. Process-wide; set before any work. */
+void moemu_set_strict(bool on);
+bool moemu_strict(void);
 
 #define MOEMU_CHECK(call)                                                      \
     do {                                                                       \
@@ -384,6 +389,11 @@ typedef struct {
  * Unknown keys are ignored; a missing key, a wrong type or an impossible
  * value is an error naming the key and the file. */
 moemu_status_t emu_hw_load(const char *name_or_path, emu_hw_t *out);
+/* One warning (an error under --strict) naming the figures of a loaded
+ * hardware file outside what real accelerators and links have (a 1 MB
+ * device, a 1e9 GB/s link), with the plausible range of each. */
+moemu_status_t emu_hw_plausible(const emu_hw_t *hw, const char *origin);
+
 /* Parse JSON text; origin names it in messages. */
 moemu_status_t emu_hw_parse(const char *json, const char *origin,
                             emu_hw_t *out);

@@ -1,5 +1,6 @@
 /* Status strings and the per-thread error message. */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,14 +146,23 @@ void moemu_warn_handler(void (*fn)(void *arg, const char *line), void *arg)
     emu_warn_arg = arg;
 }
 
-void moemu_warn(const char *fmt, ...)
+static atomic_bool emu_strict;
+
+void moemu_set_strict(bool on) { atomic_store(&emu_strict, on); }
+
+bool moemu_strict(void) { return atomic_load(&emu_strict); }
+
+moemu_status_t moemu_warn(const char *fmt, ...)
 {
     char raw[2048], line[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    if (moemu_strict())
+        return moemu_fail(MOEMU_ERR_INVALID, "%s (an error under --strict)", raw);
     emu_escape(line, sizeof line, raw);
     if (emu_warn_fn) emu_warn_fn(emu_warn_arg, line);
     else fprintf(stderr, "moemu: warning: %s\n", line);
+    return MOEMU_OK;
 }

@@ -90,7 +90,7 @@ static moemu_status_t hw_from_json(json_t *root, const emu_json_src_t *src,
     /* impossible values are the file's fault */
     if (emu_spec_check(&out->spec, src->origin) || emu_topo_check(&out->topo, src->origin))
         return MOEMU_ERR_FORMAT;
-    return MOEMU_OK;
+    return emu_hw_plausible(out, src->origin);
 }
 
 moemu_status_t emu_hw_parse(const char *json, const char *origin,

@@ -2,6 +2,7 @@
  * device: its counters, clock and trace. The times are cost.c's. */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "emu/emu_impl.h"
 
@@ -61,22 +62,28 @@ typedef struct {
     size_t off;
     double lo, hi;
     const char *range; /* as the message writes it */
+    double plo, phi;   /* plausible: what real accelerators and links have;
+                          outside it, within [lo, hi], a warning */
 } emu_bound_t;
 
 static const emu_bound_t emu_spec_bounds[] = {
-    {"device.peak_flops", offsetof(emu_spec_t, peak_flops), 1e9, 1e18, "[1e9, 1e18] FLOP/s"},
-    {"device.mfu", offsetof(emu_spec_t, mfu), 1e-3, 1, "[0.001, 1]"},
-    {"device.mem_bw", offsetof(emu_spec_t, mem_bw), 1e8, 1e15, "[1e8, 1e15] B/s"},
-    {"device.bw_util", offsetof(emu_spec_t, bw_util), 1e-3, 1, "[0.001, 1]"},
-    {"device.mem_capacity", offsetof(emu_spec_t, mem_capacity), 1e3, 1e14, "[1e3, 1e14] B"},
-    {"device.launch_s", offsetof(emu_spec_t, launch_s), 0, 1e-2, "[0, 0.01] s"},
+    {"device.peak_flops", offsetof(emu_spec_t, peak_flops), 1e9, 1e18, "[1e9, 1e18] FLOP/s",
+     1e12, 1e17},
+    {"device.mfu", offsetof(emu_spec_t, mfu), 1e-3, 1, "[0.001, 1]", 0.05, 1},
+    {"device.mem_bw", offsetof(emu_spec_t, mem_bw), 1e8, 1e15, "[1e8, 1e15] B/s", 1e10, 1e14},
+    {"device.bw_util", offsetof(emu_spec_t, bw_util), 1e-3, 1, "[0.001, 1]", 0.05, 1},
+    {"device.mem_capacity", offsetof(emu_spec_t, mem_capacity), 1e3, 1e14, "[1e3, 1e14] B",
+     1e9, 1e13},
+    {"device.launch_s", offsetof(emu_spec_t, launch_s), 0, 1e-2, "[0, 0.01] s", 0, 1e-3},
 };
 
 static const emu_bound_t emu_topo_bounds[] = {
-    {"topology.intra_bw", offsetof(emu_topo_t, intra_bw), 1e6, 1e14, "[1e6, 1e14] B/s"},
-    {"topology.intra_lat", offsetof(emu_topo_t, intra_lat), 0, 0.1, "[0, 0.1] s"},
-    {"topology.inter_bw", offsetof(emu_topo_t, inter_bw), 1e6, 1e14, "[1e6, 1e14] B/s"},
-    {"topology.inter_lat", offsetof(emu_topo_t, inter_lat), 0, 0.1, "[0, 0.1] s"},
+    {"topology.intra_bw", offsetof(emu_topo_t, intra_bw), 1e6, 1e14, "[1e6, 1e14] B/s", 1e9,
+     1e13},
+    {"topology.intra_lat", offsetof(emu_topo_t, intra_lat), 0, 0.1, "[0, 0.1] s", 0, 1e-3},
+    {"topology.inter_bw", offsetof(emu_topo_t, inter_bw), 1e6, 1e14, "[1e6, 1e14] B/s", 1e8,
+     1e13},
+    {"topology.inter_lat", offsetof(emu_topo_t, inter_lat), 0, 0.1, "[0, 0.1] s", 0, 1e-2},
 };
 
 /* The first figure of obj outside its range; NaN fails every test. */
@@ -90,6 +97,34 @@ static moemu_status_t emu_check_bounds(const void *obj, const emu_bound_t *b, si
                               b[i].key, b[i].range, v);
     }
     return MOEMU_OK;
+}
+
+/* The figures of obj outside their plausible ranges, appended to list. */
+static int emu_odd_figures(const void *obj, const emu_bound_t *b, size_t n, char *list,
+                           size_t cap, int odd)
+{
+    for (size_t i = 0; i < n; i++) {
+        double v = *(const double *)((const char *)obj + b[i].off);
+        size_t len = strlen(list);
+        if ((v < b[i].plo || v > b[i].phi) && len < cap)
+            snprintf(list + len, cap - len, "%s%s %g (expected %g to %g)", odd++ ? ", " : "",
+                     b[i].key, v, b[i].plo, b[i].phi);
+    }
+    return odd;
+}
+
+moemu_status_t emu_hw_plausible(const emu_hw_t *hw, const char *origin)
+{
+    char list[768] = "";
+    int odd = emu_odd_figures(&hw->spec, emu_spec_bounds,
+                              sizeof emu_spec_bounds / sizeof emu_spec_bounds[0], list,
+                              sizeof list, 0);
+    odd = emu_odd_figures(&hw->topo, emu_topo_bounds,
+                          sizeof emu_topo_bounds / sizeof emu_topo_bounds[0], list, sizeof list,
+                          odd);
+    if (!odd) return MOEMU_OK;
+    return moemu_warn("%s: implausible figure%s, used as given: %s", origin, odd == 1 ? "" : "s",
+                      list);
 }
 
 moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin)

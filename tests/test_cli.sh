@@ -256,6 +256,27 @@ expect 0 "kv cache the MLA latent, 576 values a token and layer, held whole by e
 expect 0 "kv cache 2 key/value heads over 4 TP ranks: each held by 2 ranks" \
     "$moemu" run --model tiny --strategy tp4 --batch 1 --prompt-len 4 --decode 2
 
+# warnings: keys not read, with the key they may misspell; implausible
+# values and figures by name; --strict makes each an error
+base='"vocab_size":50,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"num_local_experts":4'
+printf '{%s,"num_experts_per_tok":2,"rope_thetaa":1e4}' "$base" >"$tmp/w1.json"
+expect 0 "1 config key that moemu does not read (ignored): 'rope_thetaa' (did you mean 'rope_theta'?)" \
+    "$moemu" info --model "$tmp/w1.json"
+expect 2 "(an error under --strict)" "$moemu" info --strict --model "$tmp/w1.json"
+printf '{%s,"num_expert_per_tok":2}' "$base" >"$tmp/w2.json"
+expect 2 "'num_expert_per_tok' (did you mean 'num_experts_per_tok'?)" \
+    "$moemu" info --model "$tmp/w2.json"
+printf '{%s,"num_experts_per_tok":2,"rms_norm_eps":1e30,"capacity_factor":1e-300}' "$base" >"$tmp/w3.json"
+expect 0 "implausible values, read as given: rms_norm_eps 1e+30 (expected 1e-12 to 0.01), capacity_factor 1e-300 (expected 0.1 to 100)" \
+    "$moemu" info --model "$tmp/w3.json"
+sed 's/"mem_capacity": *[0-9.e]*/"mem_capacity": 1e6/' "${MOEMU_SRCDIR:-.}/hw/h800.json" >"$tmp/hw1m.json"
+expect 0 "implausible figure, used as given: device.mem_capacity 1e+06 (expected 1e+09 to 1e+13)" \
+    "$moemu" layout --model tiny --strategy tp2 --hw "$tmp/hw1m.json"
+expect 2 "device.mem_capacity 1e+06 (expected 1e+09 to 1e+13) (an error under --strict)" \
+    "$moemu" layout --strict --model tiny --strategy tp2 --hw "$tmp/hw1m.json"
+[ "$("$moemu" info --model tiny --strict 2>&1 >/dev/null)" = "" ] && ok ||
+    bad "a built-in model warns under --strict"
+
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"

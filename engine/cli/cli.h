@@ -48,6 +48,7 @@ typedef struct {
     const char *json, *csv;
     int weight_fp8;      /* --weight-dtype: 0 as the config says, 1 fp8 */
     int dispatch_fp8;    /* --dispatch-dtype: 0 the model's dtype, 1 fp8 */
+    bool strict;         /* --strict: warnings are errors */
 } cli_shared_t;
 
 typedef enum {

@@ -12,7 +12,7 @@ static const char info_help[] =
     "its forward FLOPs per token.\n";
 
 static const cli_opt_t info_options[] = {
-    CLI_USE("model"), CLI_USE("weight-dtype"),
+    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"),
     {.name = "json", .type = CLI_SHARED, .help = "the same figures as JSON"},
     {.name = NULL},
 };

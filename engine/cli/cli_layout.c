@@ -22,7 +22,7 @@ static const cli_opt_t layout_options[] = {
     {.name = "strategy", .type = CLI_SHARED,
      .help = "e.g. dp2-tp2-ep4, EP8_TP2_PP1_DP1, 'dp4 pp4 ep16 sp',\n"
              "pp3=6/5/5-tp2, or JSON {\"tp\":2,\"ep\":4,\"sp\":true}"},
-    CLI_USE("model"),
+    CLI_USE("model"), CLI_USE("strict"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices available (default: PP*DP*CP*TP)"},
     {.name = "pp-layers", .type = CLI_SHARED,
      .help = "layers per pipeline stage (an uneven split; replaces\none given in the strategy)"},

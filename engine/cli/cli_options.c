@@ -68,6 +68,10 @@ const cli_opt_t cli_shared_options[] = {
              "(default) or in fp8 e4m3 with a scale per 128 values,\n"
              "as DeepSeek-V3 dispatches (the combine stays in the\n"
              "dtype; the values are not rounded)"},
+    {.name = "strict", .type = CLI_SET, .off = SH(strict),
+     .help = "every warning is an error (exit 2): keys a config\n"
+             "holds that moemu does not read, implausible values\n"
+             "of configs and hardware; for CI"},
     {.name = "json", .arg = "FILE", .type = CLI_STR, .off = SH(json),
      .help = "the same as JSON"},
     {.name = "csv", .arg = "FILE", .type = CLI_STR, .off = SH(csv),
@@ -217,6 +221,7 @@ moemu_status_t cli_parse(const char *cmd, int argc, char **argv, const cli_opt_t
     }
     *first = optind;
     table_free(&t);
+    if (st == MOEMU_OK && sh->strict) moemu_set_strict(true);
     return st;
 }
 

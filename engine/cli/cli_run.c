@@ -59,6 +59,7 @@ static moemu_status_t parse_shard_size(const char *arg, void *values)
 static const cli_opt_t run_options[] = {
     CLI_HEAD("model and weights:"),
     CLI_USE("model"), CLI_USE("seed"), CLI_USE("weights"), CLI_USE("weight-dtype"),
+    CLI_USE("strict"),
     CLI_HEAD("workload:"),
     CLI_USE("batch"), CLI_USE("prompt-len"), CLI_USE("prompt-lens"), CLI_USE("prompt-len-range"),
     CLI_USE("tokens"), CLI_USE("decode"),

@@ -1,10 +1,11 @@
 /* Model configuration: built-in models, Hugging Face config.json parsing
  * (through jansson), the rules a usable config obeys and the figures derived
  * from it. docs/config.md is the reference for every key. */
+#include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -684,24 +685,65 @@ static const char *const cfg_bookkeeping[] = {
     "tie_encoder_decoder", "chunk_size_feed_forward", "pruned_heads", "id2label", "label2id",
     "problem_type", "prefix", "task_specific_params", "name", "comment", NULL};
 
-static void rd_unread_warning(cfg_rd_t *r)
+/* Edits (insert, delete, substitute, swap two neighbours) from a to b,
+ * case aside; keys longer than 63 characters are not compared. */
+static int key_distance(const char *a, const char *b)
 {
-    char list[1024] = "";
+    int n = (int)strlen(a), m = (int)strlen(b), d[64][64];
+    if (n > 63 || m > 63) return INT_MAX;
+    for (int i = 0; i <= n; i++)
+        for (int j = 0; j <= m; j++) {
+            if (!i || !j) {
+                d[i][j] = i + j;
+                continue;
+            }
+            int sub = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            int best = d[i - 1][j - 1] + sub;
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+/* The key the family reads that key most likely misspells, or NULL: at
+ * most a third of its length in edits, and 3. */
+static const char *rd_nearest(const cfg_rd_t *r, const char *key)
+{
+    int len = (int)strlen(key), lim = len / 3 < 3 ? len / 3 : 3, best = lim + 1;
+    const char *near = NULL, *k;
+    json_t *v;
+    json_object_foreach(r->seen, k, v)
+    {
+        int dist = key_distance(key, k);
+        if (dist < best) best = dist, near = k;
+    }
+    return near;
+}
+
+/* The keys the family does not read, each with the key it may misspell,
+ * into list; returns their number. */
+static int rd_unread(const cfg_rd_t *r, char *list, size_t cap)
+{
     size_t len = 0;
     int n = 0;
     const char *key;
     json_t *v;
+    list[0] = '\0';
     json_object_foreach(r->src.root, key, v)
     {
         if (json_object_get(r->seen, key)) continue;
-        if (n++ < 12 && len < sizeof list)
-            len += (size_t)snprintf(list + len, sizeof list - len, "%s'%.60s'", n > 1 ? ", " : "",
-                                    key);
+        const char *near = rd_nearest(r, key);
+        if (n++ < 12 && len < cap)
+            len += (size_t)snprintf(list + len, cap - len, "%s'%.60s'%s%s%s", n > 1 ? ", " : "",
+                                    key, near ? " (did you mean '" : "", near ? near : "",
+                                    near ? "'?)" : "");
     }
-    if (n > 12 && len < sizeof list) snprintf(list + len, sizeof list - len, " and %d more", n - 12);
-    if (n)
-        moemu_warn("%s: %d config key%s that moemu does not read (ignored): %s", r->label, n,
-                   n == 1 ? "" : "s", list);
+    if (n > 12 && len < cap) snprintf(list + len, cap - len, " and %d more", n - 12);
+    return n;
 }
 
 static void rd_dtype(cfg_rd_t *r, emu_dtype_t *out)
@@ -799,15 +841,51 @@ static void rd_rope(cfg_rd_t *r, cfg_model_t *c)
 }
 
 /* The problems collected, then the rules on the values read. */
+/* Values that are valid but no real model has (a capacity factor of 1e9,
+ * an eps of 1e30): one warning naming each with the range expected. */
+static moemu_status_t cfg_plausible(const cfg_model_t *c, const char *label)
+{
+    const struct {
+        const char *key;
+        double v, lo, hi;
+        bool skip; /* 0 means unset */
+    } t[] = {
+        {"rms_norm_eps", c->rms_norm_eps, 1e-12, 1e-2, false},
+        {"rope_theta", c->rope_theta, 100, 1e10, false},
+        {"capacity_factor", c->capacity_factor, 0.1, 100, c->capacity_factor == 0},
+        {"routed_scaling_factor", c->routed_scaling_factor, 1e-2, 100,
+         c->router != LAYER_ROUTE_GROUPED},
+        {"rope_scaling.factor", c->yarn_factor, 1, 1e4, c->yarn_factor == 0},
+    };
+    char list[1024] = "";
+    size_t len = 0;
+    int n = 0;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (!t[i].skip && !(t[i].v >= t[i].lo && t[i].v <= t[i].hi) && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s %g (expected %g to %g)",
+                                    n++ ? ", " : "", t[i].key, t[i].v, t[i].lo, t[i].hi);
+    if (!n) return MOEMU_OK;
+    return moemu_warn("%s: implausible value%s, read as given: %s", label, n == 1 ? "" : "s",
+                      list);
+}
+
 static moemu_status_t rd_finish(cfg_rd_t *r, cfg_model_t *c, cfg_model_t *out)
 {
     cfg_check(&r->p, c); /* a key that could not be read kept its valid default */
+    char list[1536];
+    int unread = rd_unread(r, list, sizeof list);
+    if (r->p.n && unread) /* a misspelt key is often why one is missing */
+        moemu_problem(&r->p, "%d config key%s that moemu does not read: %s", unread,
+                      unread == 1 ? "" : "s", list);
     if (r->p.n) {
         moemu_status_t st = r->st != MOEMU_OK ? r->st : MOEMU_ERR_INVALID;
         if (r->p.n == 1) return moemu_fail(st, "%s: %s", r->label, r->p.buf + 3);
         return moemu_fail_problems(st, &r->p, "%s: %d problems in the config:", r->label, r->p.n);
     }
-    rd_unread_warning(r);
+    if (unread)
+        MOEMU_CHECK(moemu_warn("%s: %d config key%s that moemu does not read (ignored): %s",
+                               r->label, unread, unread == 1 ? "" : "s", list));
+    MOEMU_CHECK(cfg_plausible(c, r->label));
     *out = *c;
     return MOEMU_OK;
 }
