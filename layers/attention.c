@@ -12,15 +12,27 @@
 
 enum { ATTN_ROWS = 128, ATTN_KB = 256 }; /* stacked query rows, keys a block */
 
-int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
+int64_t layer_attention_pairs_window(int T, int q0, int k0, int k1, int W)
 {
-    /* a query at qp sees keys k0..min(k1-1, qp) */
+    /* a query at qp sees keys max(k0, qp - W + 1)..min(k1-1, qp) */
     int64_t n = 0;
     for (int t = 0; t < T; t++) {
-        int64_t last = (int64_t)q0 + t < k1 - 1 ? (int64_t)q0 + t : k1 - 1;
-        if (last >= k0) n += last - k0 + 1;
+        int64_t qp = (int64_t)q0 + t, last = qp < k1 - 1 ? qp : k1 - 1;
+        int64_t first = W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
+        if (last >= first) n += last - first + 1;
     }
     return n;
+}
+
+int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
+{
+    return layer_attention_pairs_window(T, q0, k0, k1, 0);
+}
+
+/* The first key a query at qp sees: k0, or its window's start. */
+static int attn_first_key(int qp, int k0, int W)
+{
+    return W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
 }
 
 LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd, int vd,
@@ -28,7 +40,7 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
 {
     float *out = sq->out, *lse = sq->lse;
     const float *q = sq->q, *kc = sq->kc, *vc = sq->vc;
-    int T = sq->T, q0 = sq->q0, k0 = sq->k0, k1 = sq->k1, ldc = sq->ldc;
+    int T = sq->T, q0 = sq->q0, k0 = sq->k0, k1 = sq->k1, ldc = sq->ldc, W = sq->window;
     if (T == 0) return;
 
     int G = H / Hkv;                 /* query heads per kv head */
@@ -54,24 +66,26 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
             for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
             int qlast = q0 + t0 + nq - 1;
             int kend = qlast + 1 < k1 ? qlast + 1 : k1;
-            for (int kb = k0; kb < kend; kb += ATTN_KB) {
+            for (int kb = attn_first_key(q0 + t0, k0, W); kb < kend; kb += ATTN_KB) {
                 int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk_b, hd,
                             scale, Q, hd, K + (size_t)(kb - k0) * hd, hd, 0.0f, S, nk_b);
                 for (int r = 0; r < rows; r++) {
                     float *sr = S + (size_t)r * nk_b;
                     int qp = q0 + t0 + r % nq;
-                    int vis = qp - kb + 1; /* keys kb..qp visible */
+                    int vis = qp - kb + 1; /* keys kb + lo..qp visible */
+                    int lo = attn_first_key(qp, kb, W) - kb;
                     if (vis > nk_b) vis = nk_b;
-                    if (vis <= 0) { /* no key of this block is visible */
+                    if (vis <= lo) { /* no key of this block is visible */
                         memset(sr, 0, sizeof(float) * nk_b);
                         continue;
                     }
-                    float mx = layer_row_max(sr, vis, m[r]);
+                    float mx = layer_row_max(sr + lo, vis - lo, m[r]);
                     /* m[r] = -inf: nothing accumulated yet, corr = 0 */
                     float corr = m[r] == -INFINITY ? 0.0f : layer_exp(m[r] - mx);
-                    for (int j = 0; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
-                    float sum = layer_row_sum(sr, vis);
+                    for (int j = lo; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
+                    float sum = layer_row_sum(sr + lo, vis - lo);
+                    for (int j = 0; j < lo; j++) sr[j] = 0.0f;
                     for (int j = vis; j < nk_b; j++) sr[j] = 0.0f;
                     l[r] = l[r] * corr + sum;
                     m[r] = mx;
@@ -100,9 +114,10 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
 static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd, emu_dtype_t dt,
                       double *flops, double *bytes)
 {
-    int64_t pairs = layer_attention_pairs(s->T, s->q0, s->k0, s->k1);
+    int64_t pairs = layer_attention_pairs_window(s->T, s->q0, s->k0, s->k1, s->window);
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
-    double nk = kend > s->k0 ? kend - s->k0 : 0;
+    int kfirst = attn_first_key(s->q0, s->k0, s->window); /* earlier keys: outside */
+    double nk = kend > kfirst ? kend - kfirst : 0;
     *flops += 2.0 * (hd + vd) * H * (double)pairs;
     *bytes += (double)emu_dtype_size(dt) * ((double)s->T * H * (hd + vd) + nk * Hkv * (hd + vd));
 }
@@ -121,6 +136,20 @@ void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int
                            int hd, float scale)
 {
     layer_attention_batch_v(c, s, n, H, Hkv, hd, hd, scale);
+}
+
+void layer_attention_sinks(layer_ctx_t *c, float *out, const float *lse, const float *sinks,
+                           int T, int H, int vd)
+{
+    emu_charge(c->dev, EMU_KERNEL_ATTN, 4.0 * T * H + (double)T * H * vd,
+               (double)emu_dtype_size(c->dtype) * (2.0 * T * H * vd + H) + 4.0 * T * H);
+    if (!c->math) return;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            float f = 1.0f / (1.0f + layer_exp(sinks[h] - lse[(size_t)t * H + h]));
+            float *o = out + ((size_t)t * H + h) * vd;
+            for (int e = 0; e < vd; e++) o[e] *= f;
+        }
 }
 
 void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q, const float *kc,

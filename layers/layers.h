@@ -119,11 +119,14 @@ void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
 void layer_attention(layer_ctx_t *c, float *out, float *lse, const float *q,
                      const float *kc, const float *vc, int T, int q0, int k0,
                      int k1, int H, int Hkv, int hd, int ldc);
-/* One sequence of a batched call: the arguments of layer_attention. */
+/* One sequence of a batched call: the arguments of layer_attention, and
+ * a sliding window: with window W > 0 a key at position p is visible to
+ * a query at qp only when qp - W < p <= qp (gpt-oss's sliding layers). */
 typedef struct {
     float *out, *lse;
     const float *q, *kc, *vc;
     int T, q0, k0, k1, ldc;
+    int window; /* 0: every earlier key */
 } layer_attn_seq_t;
 
 /* Several sequences as one kernel, as a varlen flash-attention kernel
@@ -136,8 +139,17 @@ void layer_attention_batch(layer_ctx_t *c, const layer_attn_seq_t *s, int n,
  * the value rows (ldc a kv head) are vd wide. */
 void layer_attention_batch_v(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
                              int hd, int vd, float scale);
-/* Number of (query, key) pairs visible in the call above. */
+/* Number of (query, key) pairs visible in the call above; with a window
+ * W > 0, those within it. */
 int64_t layer_attention_pairs(int T, int q0, int k0, int k1);
+int64_t layer_attention_pairs_window(int T, int q0, int k0, int k1, int W);
+/* Attention sinks (gpt-oss): one learned logit per head joins each
+ * softmax row and its share is dropped, so out (T, H, vd), normalised
+ * over the keys with their log-sum-exp lse (T, H), becomes
+ * out / (1 + exp(sink_h - lse)). Applied once, after any merge of
+ * partial results. */
+void layer_attention_sinks(layer_ctx_t *c, float *out, const float *lse, const float *sinks,
+                           int T, int H, int vd);
 
 /* x (T, d) += y (T, d). */
 void layer_add(layer_ctx_t *c, float *x, const float *y, int64_t n);

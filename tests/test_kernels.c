@@ -773,6 +773,57 @@ Test(attention, values_narrower_than_keys)
     free(q), free(k), free(v), free(vp), free(o), free(op);
 }
 
+/* Sliding windows and sinks (gpt-oss), against the softmax of each row
+ * written out in double: keys qp - W < p <= qp, the sink's logit in the
+ * denominator only. Queries at positions 5..13 over keys 2..13: the
+ * window starts inside the key block and after its first key. */
+Test(attention, sliding_window_and_sinks)
+{
+    rng_t r = {10};
+    int T = 9, q0 = 5, k0 = 2, k1 = 14, H = 4, Hkv = 2, hd = 8, nk = k1 - k0, W = 3;
+    float *q = NEW(float, T * H * hd), *k = NEW(float, Hkv * nk * hd), *v = NEW(float, Hkv * nk * hd),
+          *o = NEW(float, T * H * hd), *lse = NEW(float, T * H), sinks[4] = {0.5f, -1, 2, 0};
+    fill(&r, q, (size_t)T * H * hd, 1), fill(&r, k, (size_t)Hkv * nk * hd, 1);
+    fill(&r, v, (size_t)Hkv * nk * hd, 1);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_attn_seq_t s = {.out = o, .lse = lse, .q = q, .kc = k, .vc = v, .T = T, .q0 = q0,
+                          .k0 = k0, .k1 = k1, .ldc = nk, .window = W};
+    layer_attention_batch(&c, &s, 1, H, Hkv, hd, 0.5f);
+    cr_assert_eq(emu_dev_kernel_stats(dev, EMU_KERNEL_ATTN)->flops,
+                 4.0 * hd * H * (double)layer_attention_pairs_window(T, q0, k0, k1, W));
+    cr_assert_eq(layer_attention_pairs_window(T, q0, k0, k1, W), (int64_t)T * W);
+    layer_attention_sinks(&c, o, lse, sinks, T, H, hd);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / Hkv), qp = q0 + t;
+            double sc[16], mx = sinks[h], den = 0;
+            for (int j = 0; j < nk; j++) {
+                int p = k0 + j;
+                sc[j] = -INFINITY;
+                if (p > qp - W && p <= qp) {
+                    double dot = 0;
+                    for (int e = 0; e < hd; e++)
+                        dot += (double)q[((size_t)t * H + h) * hd + e] * k[((size_t)g * nk + j) * hd + e];
+                    sc[j] = 0.5 * dot;
+                }
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int j = 0; j < nk; j++) den += exp(sc[j] - mx);
+            den += exp(sinks[h] - mx);
+            for (int e = 0; e < hd; e++) {
+                double want = 0;
+                for (int j = 0; j < nk; j++)
+                    want += exp(sc[j] - mx) / den * v[((size_t)g * nk + j) * hd + e];
+                float got = o[((size_t)t * H + h) * hd + e];
+                cr_assert(fabs(got - want) < 1e-5, "t %d h %d e %d: %.9g vs %.9g", t, h, e, got,
+                          want);
+            }
+        }
+    emu_dev_destroy(dev);
+    free(q), free(k), free(v), free(o), free(lse);
+}
+
 /* ======================================================================
  * attention */
 
