@@ -691,7 +691,7 @@ moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out
         jobs[j] = (layer_expert_job_t){
             .out = v->sh_out, .x = v->na, .w1 = m->w1[j] + (size_t)m->f0 * d,
             .w3 = m->w3[j] ? m->w3[j] + (size_t)m->f0 * d : NULL, .w2 = m->w2[j] + m->f0, .n = TA};
-    layer_expert_group(x, jobs, m->S, v->parts, d, Fl, m->F, m->act, true);
+    layer_expert_group(x, jobs, m->S, v->parts, d, Fl, m->F, m->act, 0.0f, true);
     MOEMU_CHECK(tp_sum(v, v->sh_out));
     if (m->gate) mlp_gate(v, v->sh_out, m->gate);
     layer_add(x, out, v->sh_out, (int64_t)R * d);

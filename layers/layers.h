@@ -27,7 +27,13 @@ static inline double layer_wsize(const layer_ctx_t *c)
     return c->wsize > 0 ? c->wsize : (double)emu_dtype_size(c->dtype);
 }
 
-typedef enum { LAYER_ACT_SILU = 0, LAYER_ACT_GELU } layer_act_t;
+/* The experts' function: SwiGLU act(x w1^T) * (x w3^T), GELU with two
+ * matrices, or gpt-oss's clamped SwiGLU over its own layout (w1 (d, 2F)
+ * with gate and up in the even and odd columns, w2 (F, d), biases):
+ * g = min(gate, limit), u = clamp(up, -limit, limit),
+ * (u + 1) * g * sigmoid(1.702 g). */
+typedef enum { LAYER_ACT_SILU = 0, LAYER_ACT_GELU, LAYER_ACT_SWIGLU_OAI } layer_act_t;
+#define LAYER_OAI_ALPHA 1.702f
 
 /* The work of each kernel, for callers that account without computing. */
 typedef struct {
@@ -186,6 +192,8 @@ typedef struct {
     bool sigmoid, norm, group_top2;
     int n_group, topk_group; /* 1, 1: no groups */
     float scale;             /* routed_scaling_factor */
+    const float *logit_bias; /* (E) added to the logits before any router
+                                (gpt-oss's router bias), or NULL */
 } layer_gate_t;
 
 /* Router: logits (T, E) = x (T, d) @ wg^T (wg (E, d)), then the k choices
@@ -218,10 +226,14 @@ void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x,
                   const float *w1, const float *w3, const float *w2, int n,
                   int d, int F, int ldw2, layer_act_t act, bool accumulate);
 
-/* One expert's rows in a grouped call. */
+/* One expert's rows in a grouped call. With LAYER_ACT_SWIGLU_OAI, w1 is
+ * the expert's (d, 2F) slice of gate/up columns (row stride 2 ldw2), w2
+ * its (F, d) rows, b13 the slice's 2F interleaved biases and b2 the
+ * output's d biases (NULL on all but one ETP slice: added once). */
 typedef struct {
     float *out;
     const float *x, *w1, *w3, *w2;
+    const float *b13, *b2;
     int n;
 } layer_expert_job_t;
 
@@ -232,7 +244,7 @@ typedef struct {
  * layer_expert. */
 void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs,
                         int njobs, float *h, int d, int F, int ldw2,
-                        layer_act_t act, bool accumulate);
+                        layer_act_t act, float limit, bool accumulate);
 
 /* Greedy pick: the index of the highest of logits (n); ties to the lowest
  * index; NaN never wins. */
@@ -285,8 +297,11 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
  * intermediate slice [f0, f1). w3 is NULL with GELU. */
 typedef struct {
     float *const *w1, *const *w3, *const *w2;
+    float *const *b13, *const *b2; /* LAYER_ACT_SWIGLU_OAI's biases, E each:
+                                      (2F) interleaved, (d); or NULL */
     int E, k, d, F, e0, e1, f0, f1;
     layer_act_t act;
+    float limit;   /* LAYER_ACT_SWIGLU_OAI's clamp */
     int64_t *load; /* (E), if not NULL: += the rows each expert computed
                       here (counted on ETP rank 0) */
     double *xfer;  /* (2), if not NULL: += the virtual seconds this device

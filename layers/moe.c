@@ -74,6 +74,7 @@ LAYER_HOT void layer_router(layer_ctx_t *c, int *idx, float *w, float *logits,
                   layer_route_t how, const layer_gate_t *g)
 {
     layer_linear(c, EMU_KERNEL_ROUTER, logits, x, wg, T, d, E, d, false);
+    if (g && g->logit_bias) layer_bias(c, logits, g->logit_bias, T, E);
     /* softmax, top-k selection and renormalisation: ~5 operations an entry */
     emu_charge(c->dev, EMU_KERNEL_ROUTER, 5.0 * T * E + (double)T * k * E,
                (double)emu_dtype_size(c->dtype) * T * E +
@@ -130,16 +131,63 @@ int64_t layer_apply_capacity(uint8_t *keep, int64_t *count, const int *idx,
     return dropped;
 }
 
+/* gpt-oss's expert on its rows: gate and up in one product of the
+ * interleaved columns, their biases, the clamped SwiGLU, then down and its
+ * bias; h holds the 2F products, compacted in place to the F values. */
+static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int ldw2,
+                       float limit, bool accumulate)
+{
+    int n = j->n;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, 2 * F, d, 1.0f, j->x, d, j->w1,
+                2 * ldw2, 0.0f, h, 2 * F);
+    for (int r = 0; r < n; r++)
+        for (int f = 0; f < F; f++) {
+            const float *gu = h + (size_t)r * 2 * F + 2 * f;
+            float g = gu[0] + (j->b13 ? j->b13[2 * f] : 0.0f);
+            float u = gu[1] + (j->b13 ? j->b13[2 * f + 1] : 0.0f);
+            g = g < limit ? g : limit;
+            u = u < -limit ? -limit : u > limit ? limit : u;
+            float glu = g * (1.0f / (1.0f + layer_exp(-(g * LAYER_OAI_ALPHA))));
+            h[(size_t)r * F + f] = (u + 1.0f) * glu; /* index <= the read ones */
+        }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, F, 1.0f, h, F, j->w2, d,
+                accumulate ? 1.0f : 0.0f, j->out, d);
+    if (j->b2)
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < d; i++) j->out[(size_t)r * d + i] += j->b2[i];
+}
+
+/* The charges of gpt-oss's experts: the gate/up product (2F wide), the
+ * biases and clamped SwiGLU, the down product and its bias. */
+static void expert_oai_charge(layer_ctx_t *c, double rows, double experts, int d, int F,
+                              bool accumulate)
+{
+    double s = (double)emu_dtype_size(c->dtype), ws = layer_wsize(c);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, 4.0 * rows * d * F,
+               s * (rows * d + 2.0 * rows * F) + ws * experts * 2.0 * F * d);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, 12.0 * rows * F,
+               s * (3.0 * rows * F + 2.0 * experts * F));
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, 2.0 * rows * F * d + rows * d,
+               s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0) + experts * d) +
+                   ws * experts * d * F);
+}
+
 /* Grouped experts: the work is charged per matrix over all jobs; then each
  * job runs its products. */
 LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs, int njobs,
                                   float *h, int d, int F, int ldw2, layer_act_t act,
-                                  bool accumulate)
+                                  float limit, bool accumulate)
 {
     double rows = 0, experts = 0, s = (double)emu_dtype_size(c->dtype);
     for (int i = 0; i < njobs; i++)
         if (jobs[i].n > 0) rows += jobs[i].n, experts++;
     if (experts == 0) return;
+    if (act == LAYER_ACT_SWIGLU_OAI) {
+        expert_oai_charge(c, rows, experts, d, F, accumulate);
+        for (int i = 0; i < njobs && c->math; i++)
+            if (jobs[i].n > 0) expert_oai(&jobs[i], h, d, F, ldw2, limit, accumulate);
+        return;
+    }
     bool silu = act == LAYER_ACT_SILU;
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
     double ws = layer_wsize(c);
@@ -178,5 +226,5 @@ void layer_expert(layer_ctx_t *c, float *out, float *h, const float *x, const fl
                   layer_act_t act, bool accumulate)
 {
     layer_expert_job_t j = {.out = out, .x = x, .w1 = w1, .w3 = w3, .w2 = w2, .n = n};
-    layer_expert_group(c, &j, 1, h, d, F, ldw2, act, accumulate);
+    layer_expert_group(c, &j, 1, h, d, F, ldw2, act, 0.0f, accumulate);
 }

@@ -244,6 +244,22 @@ static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, i
  * are gathered in expert order first (and scattered back), as a grouped
  * GEMM needs; rows from one source already are in that order, so a device
  * without expert parallelism pays no permutation of its own. */
+/* Expert e's job on this member's intermediate slice [f0, f1): its
+ * weights' rows (or gpt-oss's columns) and biases. */
+static layer_expert_job_t expert_job(const layer_experts_t *ex, int e, float *out,
+                                     const float *x, int n)
+{
+    size_t f0 = (size_t)ex->f0, d = (size_t)ex->d;
+    if (ex->act == LAYER_ACT_SWIGLU_OAI)
+        return (layer_expert_job_t){
+            .out = out, .x = x, .w1 = ex->w1[e] + 2 * f0, .w2 = ex->w2[e] + f0 * d,
+            .b13 = ex->b13 ? ex->b13[e] + 2 * f0 : NULL,
+            .b2 = ex->b2 && f0 == 0 ? ex->b2[e] : NULL, .n = n};
+    return (layer_expert_job_t){.out = out, .x = x, .w1 = ex->w1[e] + f0 * d,
+                                .w3 = ex->w3 ? ex->w3[e] + f0 * d : NULL,
+                                .w2 = ex->w2[e] + f0, .n = n};
+}
+
 static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
                                   const int *lc, int nlists, int EP, int Eper,
                                   const layer_experts_t *ex)
@@ -278,14 +294,9 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
         for (int64_t r = 0; r < ntot; r++) memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
     if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
     int64_t first = 0;
-    for (int j = 0; j < Eper && c->math; first += jobs[j++].n) {
-        int e = ex->e0 + j;
-        jobs[j] = (layer_expert_job_t){
-            .out = ye + first * d, .x = xe + first * d, .w1 = ex->w1[e] + (size_t)ex->f0 * d,
-            .w3 = ex->w3 ? ex->w3[e] + (size_t)ex->f0 * d : NULL, .w2 = ex->w2[e] + ex->f0,
-            .n = jobs[j].n};
-    }
-    layer_expert_group(c, jobs, Eper, h, d, Floc, ex->F, ex->act, false);
+    for (int j = 0; j < Eper && c->math; first += jobs[j++].n)
+        jobs[j] = expert_job(ex, ex->e0 + j, ye + first * d, xe + first * d, jobs[j].n);
+    layer_expert_group(c, jobs, Eper, h, d, Floc, ex->F, ex->act, ex->limit, false);
     if (!sorted && c->math)
         for (int64_t r = 0; r < ntot; r++) memcpy(out + at[r] * d, ye + r * d, sizeof(float) * d);
     if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);

@@ -1610,7 +1610,7 @@ Test(grouped, experts_one_launch_per_matrix)
         if (n[e]) layer_expert(&cm, y2[e], h, x[e], w1[e], w3[e], w2[e], n[e], d, F, F,
                                LAYER_ACT_SILU, false);
     }
-    layer_expert_group(&c1, jobs, E, h, d, F, F, LAYER_ACT_SILU, false);
+    layer_expert_group(&c1, jobs, E, h, d, F, F, LAYER_ACT_SILU, 0.0f, false);
     const emu_kernel_stats_t *a = emu_dev_kernel_stats(one, EMU_KERNEL_EXPERT),
                              *b = emu_dev_kernel_stats(many, EMU_KERNEL_EXPERT);
     cr_assert_eq(a->launches, 4, "w1, w3, the activation, w2");
@@ -1623,4 +1623,77 @@ Test(grouped, experts_one_launch_per_matrix)
     }
     emu_dev_destroy(one);
     emu_dev_destroy(many);
+}
+
+/* gpt-oss's experts (transformers' GptOssExperts): gate/up interleaved in
+ * the columns of (d, 2F), their biases, g = min(gate, 7), u = clamp(up,
+ * -7, 7), (u + 1) g sigmoid(1.702 g), down (F, d) and its bias; and two
+ * intermediate slices (expert-TP) with the down bias on the first sum to
+ * the whole. */
+Test(expert, gpt_oss_clamped_swiglu_with_biases)
+{
+    rng_t r = {11};
+    int n = 5, d = 12, F = 6;
+    float limit = 7.0f;
+    float *x = NEW(float, n * d), *w1 = NEW(float, d * 2 * F), *w2 = NEW(float, F * d),
+          *b13 = NEW(float, 2 * F), *b2 = NEW(float, d), *out = NEW(float, n * d),
+          *part = NEW(float, n * d), *h = NEW(float, 2 * n * F);
+    fill(&r, x, (size_t)n * d, 3), fill(&r, w1, (size_t)d * 2 * F, 1.5f);
+    fill(&r, w2, (size_t)F * d, 1), fill(&r, b13, 2 * (size_t)F, 2), fill(&r, b2, (size_t)d, 1);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_expert_job_t j = {.out = out, .x = x, .w1 = w1, .w2 = w2, .b13 = b13, .b2 = b2, .n = n};
+    layer_expert_group(&c, &j, 1, h, d, F, F, LAYER_ACT_SWIGLU_OAI, limit, false);
+    int clamped = 0;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < d; i++) {
+            double want = b2[i];
+            for (int f = 0; f < F; f++) {
+                double g = b13[2 * f], u = b13[2 * f + 1];
+                for (int e = 0; e < d; e++) {
+                    g += (double)x[t * d + e] * w1[e * 2 * F + 2 * f];
+                    u += (double)x[t * d + e] * w1[e * 2 * F + 2 * f + 1];
+                }
+                clamped += (g > limit) + (fabs(u) > limit);
+                g = g < limit ? g : limit;
+                u = u < -limit ? -limit : u > limit ? limit : u;
+                want += (u + 1) * g / (1 + exp(-1.702 * g)) * w2[f * d + i];
+            }
+            cr_assert(fabs(out[t * d + i] - want) < 1e-4 * (1 + fabs(want)), "%d %d: %g vs %g", t,
+                      i, out[t * d + i], want);
+        }
+    cr_assert_gt(clamped, 0, "the data should reach the clamps");
+    /* two slices of F / 2, the second without the down bias, accumulated */
+    int Fh = F / 2;
+    layer_expert_job_t a = {.out = part, .x = x, .w1 = w1, .w2 = w2, .b13 = b13, .b2 = b2, .n = n};
+    layer_expert_job_t b = {.out = part, .x = x, .w1 = w1 + 2 * Fh, .w2 = w2 + (size_t)Fh * d,
+                            .b13 = b13 + 2 * Fh, .n = n};
+    layer_expert_group(&c, &a, 1, h, d, Fh, F, LAYER_ACT_SWIGLU_OAI, limit, false);
+    layer_expert_group(&c, &b, 1, h, d, Fh, F, LAYER_ACT_SWIGLU_OAI, limit, true);
+    for (int i = 0; i < n * d; i++)
+        cr_assert(fabsf(part[i] - out[i]) < 1e-4f * (1 + fabsf(out[i])), "%d", i);
+    emu_dev_destroy(dev);
+    free(x), free(w1), free(w2), free(b13), free(b2), free(out), free(part), free(h);
+}
+
+/* gpt-oss's router: the bias joins the logits before the top-k, then a
+ * softmax over the k chosen: with x = 0 the logits are the bias. */
+Test(router, logit_bias_before_topk_softmax)
+{
+    int E = 6, k = 2, d = 4, idx[2];
+    float x[4] = {0}, wg[24], logits[6], w[2], bias[6] = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f, 1.5f};
+    for (int i = 0; i < 24; i++) wg[i] = (float)i;
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_gate_t g = {.logit_bias = bias};
+    layer_router(&c, idx, w, logits, x, wg, 1, d, E, k, LAYER_ROUTE_TOPK_SOFTMAX, &g);
+    cr_assert_eq(idx[0], 1); /* ties to the lower index */
+    cr_assert_eq(idx[1], 3);
+    cr_assert_float_eq(w[0], 0.5f, 1e-7f);
+    cr_assert_float_eq(w[1], 0.5f, 1e-7f);
+    bias[3] = 1.0f;
+    layer_router(&c, idx, w, logits, x, wg, 1, d, E, k, LAYER_ROUTE_TOPK_SOFTMAX, &g);
+    cr_assert_eq(idx[1], 5);
+    cr_assert_float_eq(w[0], (float)(1 / (1 + exp(-0.5))), 1e-6f);
+    emu_dev_destroy(dev);
 }
