@@ -121,8 +121,9 @@ static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out)
         while (t1 < TA && r->seq[t1] == b) MOEMU_CHECK(kv_append(v, t1++));
         float *K = kv_seq(v, b, &cap, &n);
         v->seqs[ns++] = (layer_attn_seq_t){
-            .out = v->att + (size_t)t0 * qd, .q = v->q + (size_t)t0 * qd, .kc = K,
-            .vc = kv_values(v, K, cap), .T = t1 - t0, .k1 = t1 - t0, .ldc = cap};
+            .out = v->att + (size_t)t0 * qd, .lse = v->lse + (size_t)t0 * v->dm->Hl,
+            .q = v->q + (size_t)t0 * qd, .kc = K, .vc = kv_values(v, K, cap), .T = t1 - t0,
+            .k1 = t1 - t0, .ldc = cap};
         t0 = t1;
     }
     double sz = (double)emu_dtype_size(v->x->dtype);
@@ -193,8 +194,9 @@ static moemu_status_t prefill_seqs_all(layer_view_t *v, int *ns)
 }
 
 /* Decode: the new token's keys and values stay on one CP rank; each rank
- * attends over its part of the cache and the parts are merged. */
-static moemu_status_t attend_decode(layer_view_t *v)
+ * attends over its part of the cache (within the window, if any) and the
+ * parts are merged. */
+static moemu_status_t attend_decode(layer_view_t *v, int window)
 {
     const layer_rows_t *r = v->r;
     layer_ctx_t *x = v->x;
@@ -207,7 +209,7 @@ static moemu_status_t attend_decode(layer_view_t *v)
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t * qd, .lse = v->lse + (size_t)t * Hl,
             .q = v->q + (size_t)t * qd, .kc = K, .vc = kv_values(v, K, cap), .T = 1,
-            .q0 = *n - 1, .k1 = *n, .ldc = cap};
+            .q0 = *n - 1, .k1 = *n, .ldc = cap, .window = window};
     }
     layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd, v->dm->attn_scale);
     double sz = (double)emu_dtype_size(x->dtype);
@@ -336,12 +338,15 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, &dm->rope);
     layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, &dm->rope);
     if (r->decode) {
-        MOEMU_CHECK(attend_decode(v));
+        MOEMU_CHECK(attend_decode(v, w->window));
     } else {
         int ns;
         MOEMU_CHECK(prefill_seqs_all(v, &ns));
+        for (int i = 0; i < ns; i++) v->seqs[i].window = w->window;
         layer_attention_batch(x, v->seqs, ns, dm->Hl, dm->kvl, hd, dm->attn_scale);
     }
+    /* the rank's heads' sinks; CP with sinks is refused (dec_rules) */
+    if (w->sinks) layer_attention_sinks(x, v->att, v->lse, w->sinks + dm->head0, TA, dm->Hl, hd);
     /* row-parallel output projection: partial sums over the TP ranks */
     layer_linear(x, EMU_KERNEL_GEMM, v->o, v->att, w->wo + (size_t)dm->head0 * hd, TA, qd, d,
                  dm->H * hd, false);
@@ -495,7 +500,7 @@ static moemu_status_t mla_decode(layer_view_t *v, const layer_mla_w_t *w, const 
     const layer_dims_t *dm = v->dm;
     int Hl = dm->Hl, vd = dm->vd, hd = dm->hd;
     mla_query_absorbed(v, w, b);
-    MOEMU_CHECK(attend_decode(v));
+    MOEMU_CHECK(attend_decode(v, 0));
     /* head h's output: its attended latent times W_uv (kv_b_proj's v rows) */
     layer_gemm_t g = {.out = b->ocat, .in = v->att + dm->rope_d,
                       .w = w->kv_b + ((size_t)dm->head0 * (dm->nope + vd) + dm->nope) * dm->lora,
@@ -691,7 +696,9 @@ moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out
         jobs[j] = (layer_expert_job_t){
             .out = v->sh_out, .x = v->na, .w1 = m->w1[j] + (size_t)m->f0 * d,
             .w3 = m->w3[j] ? m->w3[j] + (size_t)m->f0 * d : NULL, .w2 = m->w2[j] + m->f0, .n = TA};
-    layer_expert_group(x, jobs, m->S, v->parts, d, Fl, m->F, m->act, 0.0f, true);
+    layer_ctx_t xs = *x; /* shared experts are not the routed ones' storage */
+    xs.ewsize = 0;
+    layer_expert_group(&xs, jobs, m->S, v->parts, d, Fl, m->F, m->act, 0.0f, true);
     MOEMU_CHECK(tp_sum(v, v->sh_out));
     if (m->gate) mlp_gate(v, v->sh_out, m->gate);
     layer_add(x, out, v->sh_out, (int64_t)R * d);

@@ -19,12 +19,20 @@ typedef struct {
                           dtype's (FP8 with its block scales); 0: dtype's */
     bool dispatch_fp8; /* the MoE dispatch's rows counted in FP8 with their
                           1 x 128 scales (DeepSeek-V3's); values unchanged */
+    double ewsize;     /* bytes a stored routed-expert weight takes when they
+                          differ from wsize's (MXFP4); 0: wsize's */
 } layer_ctx_t;
 
 /* Bytes of one stored weight element. */
 static inline double layer_wsize(const layer_ctx_t *c)
 {
     return c->wsize > 0 ? c->wsize : (double)emu_dtype_size(c->dtype);
+}
+
+/* Bytes of one stored routed-expert weight element. */
+static inline double layer_ewsize(const layer_ctx_t *c)
+{
+    return c->ewsize > 0 ? c->ewsize : layer_wsize(c);
 }
 
 /* The experts' function: SwiGLU act(x w1^T) * (x w3^T), GELU with two
@@ -422,6 +430,8 @@ typedef struct {
     const float *bq, *bk, *bv, *bo, *qn, *kn;
     layer_qknorm_t qk_norm;
     float clip;
+    const float *sinks; /* (H) gpt-oss's sink logits, or NULL */
+    int window;         /* a sliding window of keys; 0: none */
 } layer_attn_w_t;
 
 /* Pre-norm grouped-query attention with RoPE on R, residual added:

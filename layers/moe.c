@@ -162,7 +162,7 @@ static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int 
 static void expert_oai_charge(layer_ctx_t *c, double rows, double experts, int d, int F,
                               bool accumulate)
 {
-    double s = (double)emu_dtype_size(c->dtype), ws = layer_wsize(c);
+    double s = (double)emu_dtype_size(c->dtype), ws = layer_ewsize(c);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, 4.0 * rows * d * F,
                s * (rows * d + 2.0 * rows * F) + ws * experts * 2.0 * F * d);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, 12.0 * rows * F,
@@ -190,7 +190,7 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
     }
     bool silu = act == LAYER_ACT_SILU;
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
-    double ws = layer_wsize(c);
+    double ws = layer_ewsize(c);
     double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + rows * F) + ws * experts * F * d;
     emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
     if (silu) emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);

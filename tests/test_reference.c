@@ -143,7 +143,7 @@ static const char kimi_json[] =
 /* The reference's own reading of the config, with HF's defaults.      */
 
 typedef enum { MIXTRAL, QWEN2_MOE, QWEN3_MOE, OLMOE, GRANITEMOE, DEEPSEEK_V2, DEEPSEEK_V3,
-               KIMI_K2 } fam_t;
+               KIMI_K2, GPT_OSS } fam_t;
 
 /* Features the teeth tests (and the diagnosis of a failure) switch in the
  * reference only. */
@@ -157,6 +157,9 @@ enum {
     FLIP_MSCALE = 64,      /* deepseek softmax scale's mscale^2 toggled */
     FLIP_INTERLEAVE = 128, /* deepseek RoPE pairs toggled (interleaved / halves) */
     FLIP_GROUPS = 256,     /* deepseek group limit off */
+    FLIP_SINKS = 512,      /* gpt-oss attention sinks ignored */
+    FLIP_WINDOW = 1024,    /* gpt-oss sliding windows ignored */
+    FLIP_SWIGLU = 2048,    /* gpt-oss clamps off, up without its + 1 */
 };
 
 #define MAX_LAYERS 8
@@ -185,6 +188,10 @@ typedef struct {
     bool sigmoid, choice_bias, grouped, group_top2;
     int n_group, topk_group;
     double routed_scale;
+    /* gpt-oss: sinks, sliding layers, clamped SwiGLU */
+    int window;
+    bool sliding[MAX_LAYERS];
+    double limit;
 } ref_cfg_t;
 
 static double num_or(json_t *o, const char *key, double def)
@@ -210,8 +217,8 @@ static fam_t ref_family(const char *mt)
 {
     static const char *const names[] = {"mixtral",    "qwen2_moe",   "qwen3_moe",
                                         "olmoe",      "granitemoe",  "deepseek_v2",
-                                        "deepseek_v3", "kimi_k2"};
-    for (int i = 0; i < 8; i++)
+                                        "deepseek_v3", "kimi_k2",    "gpt_oss"};
+    for (int i = 0; i < 9; i++)
         if (!strcmp(mt, names[i])) return (fam_t)i;
     cr_assert_fail("reference: unknown model_type %s", mt);
     return MIXTRAL;
@@ -366,6 +373,37 @@ static void ref_parse_deepseek(ref_cfg_t *c, json_t *root)
     cr_assert_gt(c->E, 0);
 }
 
+/* GptOssConfig's reading: q/k/v/o biases with attention_bias (default
+ * true), layer_types (default: even layers sliding), sliding_window,
+ * swiglu_limit (default 7), YaRN from rope_scaling. */
+static void ref_parse_gpt_oss(ref_cfg_t *c, json_t *root)
+{
+    c->V = int_req(root, "vocab_size");
+    c->d = int_req(root, "hidden_size");
+    c->L = int_req(root, "num_hidden_layers");
+    c->H = int_req(root, "num_attention_heads");
+    cr_assert_leq(c->L, MAX_LAYERS);
+    c->Hkv = (int)num_or(root, "num_key_value_heads", 8);
+    c->hd = (int)num_or(root, "head_dim", 64);
+    c->E = int_req(root, "num_local_experts");
+    c->k = int_req(root, "num_experts_per_tok");
+    c->F = int_req(root, "intermediate_size");
+    c->eps = num_or(root, "rms_norm_eps", 1e-5);
+    c->theta = num_or(root, "rope_theta", 150000);
+    c->tie = bool_or(root, "tie_word_embeddings", false);
+    c->qkv_bias = c->o_bias = bool_or(root, "attention_bias", true);
+    c->attn_scale = 1 / sqrt(c->hd);
+    c->emb_mul = c->res_mul = c->logits_div = 1;
+    c->window = (int)num_or(root, "sliding_window", 128);
+    c->limit = num_or(root, "swiglu_limit", 7.0);
+    json_t *lt = json_object_get(root, "layer_types");
+    for (int l = 0; l < c->L; l++)
+        c->sliding[l] = lt ? !strcmp(json_string_value(json_array_get(lt, l)), "sliding_attention")
+                           : l % 2 == 0;
+    c->rdim = c->hd;
+    yarn_setup(c, root);
+}
+
 static void ref_parse(ref_cfg_t *c, const char *text)
 {
     json_error_t err;
@@ -374,8 +412,8 @@ static void ref_parse(ref_cfg_t *c, const char *text)
     memset(c, 0, sizeof *c);
     c->fam = ref_family(json_string_value(json_object_get(root, "model_type")));
     fam_t f = c->fam;
-    if (f == DEEPSEEK_V2 || f == DEEPSEEK_V3 || f == KIMI_K2) {
-        ref_parse_deepseek(c, root);
+    if (f == DEEPSEEK_V2 || f == DEEPSEEK_V3 || f == KIMI_K2 || f == GPT_OSS) {
+        (f == GPT_OSS ? ref_parse_gpt_oss : ref_parse_deepseek)(c, root);
         json_decref(root);
         return;
     }
@@ -416,6 +454,22 @@ static void ref_parse(ref_cfg_t *c, const char *text)
     cr_assert_gt(c->E, 0);
     json_decref(root);
 }
+
+/* gpt-oss: sinks, sliding layers 0 and 3 of a window of 3 within the
+ * 12-token prompt, q/k/v/o biases, the router and experts with biases,
+ * YaRN (truncate false) and a SwiGLU limit the generated weights reach. */
+static const char gpt_oss_json[] =
+    "{\"model_type\":\"gpt_oss\",\"vocab_size\":64,\"hidden_size\":32,"
+    "\"intermediate_size\":24,\"num_hidden_layers\":4,\"num_attention_heads\":4,"
+    "\"num_key_value_heads\":2,\"head_dim\":8,\"num_local_experts\":6,"
+    "\"num_experts_per_tok\":2,\"experts_per_token\":2,\"sliding_window\":3,"
+    "\"layer_types\":[\"sliding_attention\",\"full_attention\",\"full_attention\","
+    "\"sliding_attention\"],\"swiglu_limit\":0.3,\"attention_bias\":true,"
+    "\"rms_norm_eps\":1e-5,\"rope_theta\":150000,\"max_position_embeddings\":256,"
+    "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4.0,"
+    "\"original_max_position_embeddings\":16,\"beta_fast\":32.0,\"beta_slow\":1.0,"
+    "\"truncate\":false},\"tie_word_embeddings\":false,\"hidden_act\":\"silu\","
+    "\"torch_dtype\":\"float32\"}";
 
 /* ------------------------------------------------------------------ */
 /* Weights by Hugging Face name.                                       */
@@ -596,6 +650,16 @@ static void clamp(ref_t *r, double *v, int n)
         }
 }
 
+static void rope_ds(const ref_t *r, double *v, int pos);
+
+/* gpt-oss's rotate-half RoPE with YaRN (rope_ds's tables, not
+ * interleaved); the others' plain RoPE. */
+static void rope_at(const ref_t *r, double *v, int pos)
+{
+    if (r->c->fam == GPT_OSS) rope_ds(r, v, pos);
+    else rope(v, r->c->hd, pos, r->c->theta);
+}
+
 /* q, k, v of every position from the normed input n (T x d). */
 static void qkv(ref_t *r, int l, const double *n, double *q, double *k, double *v)
 {
@@ -640,8 +704,8 @@ static void qkv(ref_t *r, int l, const double *n, double *q, double *k, double *
                 clamp(r, vt, nk);
             }
         }
-        for (int h = 0; h < c->H; h++) rope(qt + h * c->hd, c->hd, t, c->theta);
-        for (int h = 0; h < c->Hkv; h++) rope(kt + h * c->hd, c->hd, t, c->theta);
+        for (int h = 0; h < c->H; h++) rope_at(r, qt + h * c->hd, t);
+        for (int h = 0; h < c->Hkv; h++) rope_at(r, kt + h * c->hd, t);
     }
 }
 
@@ -760,18 +824,26 @@ static void attention(ref_t *r, int l, const double *n, double *out)
     double *v = malloc(sizeof(double) * T * nk), *a = calloc((size_t)T * nq, sizeof(double));
     double *p = malloc(sizeof(double) * T);
     qkv(r, l, n, q, k, v);
+    /* gpt-oss: HF's sliding mask (keys t - W < s <= t) and the sink's
+     * logit joining each row's softmax, its share dropped */
+    const float *sinks = c->fam == GPT_OSS ? need(r->nm, c->H, "model.layers.%d.self_attn.sinks", l)
+                                           : NULL;
+    if (r->flips & FLIP_SINKS) sinks = NULL;
+    int first = c->fam == GPT_OSS && c->sliding[l] && !(r->flips & FLIP_WINDOW) ? c->window : 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < c->H; h++) {
             int g = h / group; /* repeat_kv: q head h reads kv head h / group */
-            double mx = -INFINITY, sum = 0;
-            for (int s = 0; s <= t; s++) {
+            int s0 = first && t - first + 1 > 0 ? t - first + 1 : 0;
+            double mx = sinks ? sinks[h] : -INFINITY, sum = 0;
+            for (int s = s0; s <= t; s++) {
                 double dot = 0;
                 for (int i = 0; i < hd; i++) dot += q[t * nq + h * hd + i] * k[s * nk + g * hd + i];
                 p[s] = dot * c->attn_scale;
                 if (p[s] > mx) mx = p[s];
             }
-            for (int s = 0; s <= t; s++) sum += p[s] = exp(p[s] - mx);
-            for (int s = 0; s <= t; s++)
+            for (int s = s0; s <= t; s++) sum += p[s] = exp(p[s] - mx);
+            if (sinks) sum += exp(sinks[h] - mx);
+            for (int s = s0; s <= t; s++)
                 for (int i = 0; i < hd; i++)
                     a[t * nq + h * hd + i] += p[s] / sum * v[s * nk + g * hd + i];
         }
@@ -940,7 +1012,57 @@ static const char *router_name(fam_t f)
 {
     return f == GRANITEMOE ? "model.layers.%d.block_sparse_moe.router.layer.weight"
            : f == MIXTRAL  ? "model.layers.%d.block_sparse_moe.gate.weight"
+           : f == GPT_OSS  ? "model.layers.%d.mlp.router.weight"
                            : "model.layers.%d.mlp.gate.weight";
+}
+
+/* GptOssMLP on one token: router logits plus its bias, the top k, a
+ * softmax over those k; each chosen expert: gate_up = x W_gu + b_gu
+ * ([d, 2F], gate the even columns, up the odd), gate clamped from above
+ * and up on both sides at swiglu_limit, (up + 1) * gate * sigmoid(1.702
+ * gate), times W_down ([F, d]) plus b_down, weighted. */
+static void moe_oss(ref_t *r, int l, const double *x, double *out)
+{
+    const ref_cfg_t *c = r->c;
+    int E = c->E, k = c->k, d = c->d, F = c->F;
+    const float *wg = need(r->nm, (int64_t)E * d, router_name(GPT_OSS), l);
+    const float *bg = need(r->nm, E, "model.layers.%d.mlp.router.bias", l);
+    const char *p = "model.layers.%d.mlp.experts.%s";
+    const float *gu = need(r->nm, (int64_t)E * d * 2 * F, p, l, "gate_up_proj");
+    const float *gub = need(r->nm, (int64_t)E * 2 * F, p, l, "gate_up_proj_bias");
+    const float *dn = need(r->nm, (int64_t)E * F * d, p, l, "down_proj");
+    const float *dnb = need(r->nm, (int64_t)E * d, p, l, "down_proj_bias");
+    double *logit = malloc(sizeof(double) * E), *wt = malloc(sizeof(double) * k);
+    double *h = malloc(sizeof(double) * F), mx = -INFINITY, sum = 0;
+    int *idx = malloc(sizeof(int) * k);
+    matvec(logit, wg, x, E, d);
+    add_bias(logit, bg, E);
+    topk(idx, logit, E, k);
+    for (int j = 0; j < k; j++) mx = fmax(mx, logit[idx[j]]);
+    for (int j = 0; j < k; j++) sum += wt[j] = exp(logit[idx[j]] - mx);
+    bool plain = r->flips & FLIP_SWIGLU;
+    memset(out, 0, sizeof(double) * d);
+    for (int j = 0; j < k; j++) {
+        int64_t e = idx[j];
+        for (int f = 0; f < F; f++) {
+            double g = gub[e * 2 * F + 2 * f], u = gub[e * 2 * F + 2 * f + 1];
+            for (int i = 0; i < d; i++) {
+                g += x[i] * gu[(e * d + i) * 2 * F + 2 * f];
+                u += x[i] * gu[(e * d + i) * 2 * F + 2 * f + 1];
+            }
+            if (!plain) {
+                g = fmin(g, c->limit);
+                u = fmax(fmin(u, c->limit), -c->limit);
+            }
+            h[f] = (u + (plain ? 0 : 1)) * (g / (1 + exp(-1.702 * g)));
+        }
+        for (int i = 0; i < d; i++) {
+            double y = dnb[e * d + i];
+            for (int f = 0; f < F; f++) y += h[f] * dn[(e * F + f) * d + i];
+            out[i] += wt[j] / sum * y;
+        }
+    }
+    free(logit), free(wt), free(h), free(idx);
 }
 
 /* The MoE of one token x into out. */
@@ -985,6 +1107,10 @@ static void mlp(ref_t *r, int l, const double *n, double *out)
         const float *dn = need(r->nm, nw, "model.layers.%d.mlp.down_proj.weight", l);
         absent(r->nm, "model.layers.%d.mlp.gate.weight", l);
         for (int t = 0; t < r->T; t++) swiglu(out + t * d, g, u, dn, c->Fd, d, n + t * d);
+        return;
+    }
+    if (c->fam == GPT_OSS) {
+        for (int t = 0; t < r->T; t++) moe_oss(r, l, n + t * d, out + t * d);
         return;
     }
     for (int e = 0; e < c->E; e++) { /* mark the unrouted experts as known */
@@ -1268,6 +1394,7 @@ Test(reference, deepseek_v2)
                 "HF's DeepseekV2Attention does not");
 }
 Test(reference, kimi_k2) { agree(kimi_json, "kimi_k2", 7); }
+Test(reference, gpt_oss) { agree(gpt_oss_json, "gpt_oss", 7); }
 
 /* The check has teeth: the reference with one feature switched off must
  * disagree with moemu by far more than the tolerance. */
@@ -1321,4 +1448,13 @@ Test(reference, teeth_group_limit_v3)
 Test(reference, teeth_group_limit_v2)
 {
     teeth(dsv2_json, "deepseek_v2", FLIP_GROUPS | FLIP_MSCALE, "no group limit");
+}
+Test(reference, teeth_sinks) { teeth(gpt_oss_json, "gpt_oss", FLIP_SINKS, "no attention sinks"); }
+Test(reference, teeth_sliding_window)
+{
+    teeth(gpt_oss_json, "gpt_oss", FLIP_WINDOW, "no sliding windows");
+}
+Test(reference, teeth_clamped_swiglu)
+{
+    teeth(gpt_oss_json, "gpt_oss", FLIP_SWIGLU, "a SwiGLU without clamps or + 1");
 }

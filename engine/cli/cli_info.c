@@ -53,6 +53,12 @@ static void info_family(const cfg_model_t *m)
                m->logits_scaling);
     if (m->yarn_factor > 0)
         printf(", YaRN x%g from %g positions", m->yarn_factor, m->yarn_original_max);
+    if (m->sinks) printf(", attention sinks");
+    if (m->num_sliding_layers)
+        printf(", %d of %d layers in a sliding window of %d", m->num_sliding_layers,
+               m->num_hidden_layers, m->sliding_window);
+    if (m->expert_bias)
+        printf(", router and expert biases, SwiGLU clamped at %g", m->swiglu_limit);
     if (m->num_nextn_predict_layers)
         printf(", %d multi-token prediction layer%s (not counted, not loaded)",
                m->num_nextn_predict_layers, m->num_nextn_predict_layers > 1 ? "s" : "");
@@ -83,7 +89,9 @@ int cli_info_main(int argc, char **argv)
            "(top-%d, %s), %d shared of %d\n",
            m.vocab_size, m.hidden_size, m.num_hidden_layers, m.num_attention_heads,
            m.num_key_value_heads, m.head_dim, m.num_local_experts, m.intermediate_size,
-           m.num_experts_per_tok, m.hidden_act == LAYER_ACT_SILU ? "silu" : "gelu",
+           m.num_experts_per_tok,
+           m.hidden_act == LAYER_ACT_SILU ? "silu" : m.hidden_act == LAYER_ACT_GELU ? "gelu"
+                                                                          : "gpt-oss swiglu",
            m.num_shared_experts, m.shared_expert_intermediate_size);
     info_family(&m);
     printf("  capacity factor %g%s, dtype %s, rope theta %g, tied embeddings %s\n",
@@ -102,15 +110,16 @@ int cli_info_main(int argc, char **argv)
            (double)f.active_per_token);
     printf("  as cards count   %15lld  (%.4g; the embedding matrix included)\n",
            (long long)f.active_card, (double)f.active_card);
-    if (m.fp8_block_r > 0) {
-        double act = (double)f.total * (double)emu_dtype_size(m.dtype);
-        printf("weight bytes       %15.0f  (%.4g GB in fp8 e4m3 with a scale per %d x %d block; "
-               "%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9, m.fp8_block_r,
-               m.fp8_block_c, act / 1e9, emu_dtype_name(m.dtype));
-    } else {
-        printf("weight bytes       %15.0f  (%.4g GB in %s)\n", f.weight_bytes, f.weight_bytes / 1e9,
-               emu_dtype_name(m.dtype));
-    }
+    double act = (double)f.total * (double)emu_dtype_size(m.dtype);
+    printf("weight bytes       %15.0f  (%.4g GB", f.weight_bytes, f.weight_bytes / 1e9);
+    if (m.mxfp4) printf(" with the routed experts in mxfp4, 4.25 bits a weight,");
+    if (m.fp8_block_r > 0)
+        printf(" in fp8 e4m3 with a scale per %d x %d block", m.fp8_block_r, m.fp8_block_c);
+    if (m.mxfp4 || m.fp8_block_r > 0)
+        printf("%s; %.4g GB in %s)\n", m.mxfp4 && !m.fp8_block_r ? " the rest in the dtype" : "",
+               act / 1e9, emu_dtype_name(m.dtype));
+    else
+        printf(" in %s)\n", emu_dtype_name(m.dtype));
     printf("FLOPs per token    %15.0f  (%.4g; + %.4g per visible (query, key) pair for "
            "attention)\n", f.flops_per_token, f.flops_per_token, f.attn_flops_per_pair);
     if (json) {

@@ -381,14 +381,16 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
     int64_t att_layer = ADD("attention parameters",
                             P("2 * hidden_size * num_attention_heads * head_dim", 2, d, H, hd),
                             P("2 * hidden_size * num_key_value_heads * head_dim", 2, d, Hkv, hd),
-                            biases);
+                            biases, c->sinks ? H : 0);
     if (c->kv_lora_rank > 0) att_layer = cfg_mla_params(&ck, c);
     o->attention = P("attention parameters * num_hidden_layers", att_layer, L);
     o->router = P("num_local_experts * (hidden_size + bias) * MoE layers", E,
-                  d + (c->gate_bias ? 1 : 0), Lm);
+                  d + (c->gate_bias || c->expert_bias ? 1 : 0), Lm);
     const bool gelu = mats == 2;
-    int64_t expert = P(gelu ? "2 * hidden_size * intermediate_size"
-                            : "3 * hidden_size * intermediate_size", mats, d, F);
+    /* gpt-oss's experts add their biases: 2F for gate and up, d for down */
+    int64_t expert_w = P(gelu ? "2 * hidden_size * intermediate_size"
+                              : "3 * hidden_size * intermediate_size", mats, d, F);
+    int64_t expert = ADD("expert parameters", expert_w, c->expert_bias ? 2 * F + d : 0);
     o->experts = P(gelu ? "num_local_experts * 2 * hidden_size * intermediate_size * MoE layers"
                         : "num_local_experts * 3 * hidden_size * intermediate_size * MoE layers",
                    E, expert, Lm);
@@ -417,12 +419,15 @@ static bool cfg_count(const cfg_model_t *c, cfg_figures_t *o, const char **what)
 #undef P
 #undef ADD
 
-    /* an FP8 checkpoint keeps the embedding, lm_head, norms, biases, the
-     * router and the shared experts' gate in its dtype */
-    double kept = (double)o->embedding + (double)o->lm_head + (double)o->norms +
-                  (double)o->router + (c->shared_gate ? (double)d * Lm : 0) + (double)biases * L;
-    o->weight_bytes = ((double)o->total - kept) * cfg_weight_size(c) +
-                      kept * (double)emu_dtype_size(c->dtype);
+    /* an FP8 checkpoint keeps the embedding, lm_head, norms, biases (and
+     * sinks), the router and the shared experts' gate in its dtype; an
+     * MXFP4 one stores only the routed experts' weights so */
+    double routed_w = (double)E * expert_w * Lm,
+           kept = (double)o->embedding + (double)o->lm_head + (double)o->norms +
+                  (double)o->router + (c->shared_gate ? (double)d * Lm : 0) +
+                  (double)(biases + (c->sinks ? H : 0)) * L + (double)(o->experts - routed_w);
+    o->weight_bytes = ((double)o->total - kept - routed_w) * cfg_weight_size(c) +
+                      routed_w * cfg_expert_weight_size(c) + kept * (double)emu_dtype_size(c->dtype);
     o->flops_per_token = 2.0 * (double)matmul;
     /* MLA attends in the latent, rope + lora wide (values: the same rows) */
     double att_hd = c->kv_lora_rank > 0 ? (double)c->kv_lora_rank + c->qk_rope_head_dim : hd;
@@ -493,7 +498,8 @@ static void cfg_check_values(moemu_problems_t *p, const cfg_model_t *c)
         cfg_bad(p, "rope_theta", "a finite number > 1", c->rope_theta);
     if (!(c->capacity_factor >= 0) || !isfinite(c->capacity_factor))
         cfg_bad(p, "capacity_factor", "a finite number >= 0 (0 = dropless)", c->capacity_factor);
-    if (c->hidden_act != LAYER_ACT_SILU && c->hidden_act != LAYER_ACT_GELU)
+    if (c->hidden_act != LAYER_ACT_SILU && c->hidden_act != LAYER_ACT_GELU &&
+        (c->hidden_act != LAYER_ACT_SWIGLU_OAI || family_of(c) != &family_gpt_oss))
         cfg_bad(p, "hidden_act", "silu or gelu", c->hidden_act);
     if (c->dtype != EMU_DTYPE_FP16 && c->dtype != EMU_DTYPE_BF16 && c->dtype != EMU_DTYPE_FP32)
         moemu_problem(p, "config key 'dtype' must be fp16, bf16 or fp32, got %s",
@@ -938,6 +944,12 @@ static void rd_quant(cfg_rd_t *r, cfg_model_t *c)
     json_t *q = json_object_get(r->src.root, "quantization_config"), *bs;
     const char *method = json_is_object(q) ? json_string_value(json_object_get(q, "quant_method"))
                                            : NULL;
+    /* gpt-oss's MXFP4 experts (the rest, modules_to_not_convert, in the
+     * dtype) */
+    if (method && !strcmp(method, "mxfp4") && family_of(c) == &family_gpt_oss) {
+        c->mxfp4 = true;
+        return;
+    }
     const char *fmt = json_string_value(json_object_get(q, "fmt"));
     bs = json_object_get(q, "weight_block_size");
     c->fp8_block_r = c->fp8_block_c = 128;
@@ -1333,10 +1345,77 @@ static void read_deepseek_v2(cfg_rd_t *r, cfg_model_t *c) { read_deepseek(r, c, 
 static void read_deepseek_v3(cfg_rd_t *r, cfg_model_t *c) { read_deepseek(r, c, true); }
 
 /* The configuration classes' defaults (transformers 4.5x). */
-#define CFG_HF_BASE(fam, ...)                                                                     \
-    {.family = &fam, .hidden_act = LAYER_ACT_SILU, .dtype = EMU_DTYPE_FP32,                       \
-     .embedding_multiplier = 1, .residual_multiplier = 1, .logits_scaling = 1, .rope_theta = 1e4, \
-     __VA_ARGS__}
+#define CFG_HF_BASE_AS(fam, dt, theta, ...)                                                       \
+    {.family = &fam, .hidden_act = LAYER_ACT_SILU, .dtype = dt, .embedding_multiplier = 1,       \
+     .residual_multiplier = 1, .logits_scaling = 1, .rope_theta = theta, __VA_ARGS__}
+#define CFG_HF_BASE(fam, ...) CFG_HF_BASE_AS(fam, EMU_DTYPE_FP32, 1e4, __VA_ARGS__)
+
+/* sliding_window and layer_types (gpt-oss): a sliding_attention layer
+ * attends within the window; by default the even layers, as GptOssConfig
+ * sets them. */
+static void rd_sliding(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_int(r, "sliding_window", &c->sliding_window);
+    if (c->sliding_window < 1)
+        rd_bad(r, "config key 'sliding_window' must be at least 1, got %d", c->sliding_window);
+    json_t *lt = NULL, *v;
+    if (rd_has(r, "layer_types"))
+        rd_note(r, emu_json_arr(&r->src.js, r->src.root, "layer_types", CFG_OPT, &lt));
+    int L = c->num_hidden_layers;
+    if (L < 1 || L > CFG_MAX_LAYERS) return; /* the layer count's own problem */
+    if (lt && json_array_size(lt) != (size_t)L) {
+        rd_bad(r, "config key 'layer_types' has %zu entries for num_hidden_layers = %d",
+               json_array_size(lt), L);
+        return;
+    }
+    for (int l = 0; l < L; l++) {
+        bool sliding = l % 2 == 0;
+        const char *s = lt ? json_string_value(v = json_array_get(lt, (size_t)l)) : NULL;
+        if (lt && s && !strcmp(s, "sliding_attention")) sliding = true;
+        else if (lt && s && !strcmp(s, "full_attention")) sliding = false;
+        else if (lt) {
+            char got[96];
+            emu_json_describe(v, got, sizeof got);
+            rd_bad(r, "config key 'layer_types[%d]' = %s is neither \"sliding_attention\" nor "
+                      "\"full_attention\"", l, got);
+        }
+        if (sliding) c->sliding[l / 8] |= (uint8_t)(1u << (l % 8)), c->num_sliding_layers++;
+    }
+}
+
+static void read_gpt_oss(cfg_rd_t *r, cfg_model_t *c)
+{
+    rd_hf_common(r, c, "num_local_experts", "intermediate_size");
+    c->hidden_act = LAYER_ACT_SWIGLU_OAI; /* "silu" in the config: its own SwiGLU */
+    rd_head_dim(r, c);
+    rd_attention_bias(r, c);
+    rd_num(r, "swiglu_limit", &c->swiglu_limit);
+    if (!(c->swiglu_limit > 0) || !isfinite(c->swiglu_limit))
+        rd_bad(r, "config key 'swiglu_limit' must be a finite number > 0, got %g", c->swiglu_limit);
+    /* the class defaults YaRN; an explicit null means plain RoPE */
+    if (cfg_present(&r->src, "rope_scaling") &&
+        json_is_null(json_object_get(r->src.root, "rope_scaling")))
+        c->yarn_factor = 0;
+    rd_sliding(r, c);
+    static const char *const unused[] = {"experts_per_token", "initial_context_length", NULL};
+    rd_known(r, unused); /* the original release's keys; transformers ignores them */
+}
+
+moemu_status_t cfg_read_gpt_oss(cfg_model_t *out, json_t *root, const char *label)
+{
+    /* GptOssConfig's defaults; bf16, the dtype of the checkpoints' tensors */
+    static const cfg_model_t base = CFG_HF_BASE_AS(
+        family_gpt_oss, EMU_DTYPE_BF16, 150000, .vocab_size = 201088, .hidden_size = 2880,
+        .num_hidden_layers = 36,
+        .num_attention_heads = 64, .num_key_value_heads = 8, .head_dim = 64,
+        .num_local_experts = 128, .num_experts_per_tok = 4, .intermediate_size = 2880,
+        .max_position_embeddings = 131072, .rms_norm_eps = 1e-5,
+        .qkv_bias = true, .o_bias = true, .sinks = true, .expert_bias = true,
+        .router = LAYER_ROUTE_TOPK_SOFTMAX, .sliding_window = 128, .swiglu_limit = 7.0,
+        .yarn_factor = 32, .yarn_original_max = 4096,
+        .yarn_beta_fast = 32, .yarn_beta_slow = 1);
+    return rd_run(out, root, label, read_gpt_oss, &base);
+}
 
 moemu_status_t cfg_read_qwen2_moe(cfg_model_t *out, json_t *root, const char *label)
 {

@@ -65,6 +65,13 @@ typedef struct {
     uint8_t dense[CFG_MAX_LAYERS / 8];
     double embedding_multiplier, residual_multiplier, logits_scaling;
     double attention_multiplier; /* the attention scale; 0: 1 / sqrt(head_dim) */
+    /* gpt-oss: attention sinks, sliding-window layers (bits in sliding),
+     * biased router and experts (hidden_act LAYER_ACT_SWIGLU_OAI), MXFP4
+     * experts */
+    bool sinks, expert_bias, mxfp4;
+    int sliding_window, num_sliding_layers;
+    uint8_t sliding[CFG_MAX_LAYERS / 8];
+    double swiglu_limit;
 } cfg_model_t;
 
 /* Bytes of one stored weight: FP8 e4m3 with a 4-byte scale per block for
@@ -83,6 +90,19 @@ static inline void cfg_store_fp8(cfg_model_t *c)
 {
     if (c->fp8_block_r > 0 && c->fp8_block_c > 0) return;
     c->fp8_block_r = c->fp8_block_c = 128;
+}
+
+/* Whether layer l attends within a sliding window. */
+static inline bool cfg_layer_sliding(const cfg_model_t *c, int l)
+{
+    return c->num_sliding_layers > 0 && l < CFG_MAX_LAYERS && (c->sliding[l / 8] >> (l % 8) & 1);
+}
+
+/* Bytes of one stored routed-expert weight: MXFP4 is 4-bit e2m1 values
+ * with an 8-bit e8m0 scale per 32 (4.25 bits), else cfg_weight_size. */
+static inline double cfg_expert_weight_size(const cfg_model_t *c)
+{
+    return c->mxfp4 ? 4.25 / 8 : cfg_weight_size(c);
 }
 
 /* Whether layer l's MLP is dense (no router, no experts). */
@@ -125,6 +145,7 @@ moemu_status_t cfg_read_granitemoe(cfg_model_t *out, json_t *root, const char *l
 moemu_status_t cfg_read_deepseek_v2(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_deepseek_v3(cfg_model_t *out, json_t *root, const char *label);
 moemu_status_t cfg_read_kimi_k2(cfg_model_t *out, json_t *root, const char *label);
+moemu_status_t cfg_read_gpt_oss(cfg_model_t *out, json_t *root, const char *label);
 /* Check every rule on the fields, one key and cross-key (sizes positive,
  * Hkv divides H, head_dim even, 1 <= k <= E, parameter counts fit int64,
  * ...); cfg_parse and cfg_load call it. Every broken rule is reported,

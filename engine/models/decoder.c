@@ -25,6 +25,9 @@ static void dec_rules(const void *model, const par_strategy_t *s, moemu_problems
     if (c->num_dense_layers > 0 && c->dense_intermediate_size % s->tp != 0)
         moemu_problem(p, "TP=%d does not divide the dense layers' intermediate size %d", s->tp,
                       c->dense_intermediate_size);
+    if (s->cp > 1 && (c->sinks || c->num_sliding_layers > 0))
+        moemu_problem(p, "CP=%d with attention sinks or sliding windows (%s) is not implemented "
+                         "yet: use TP, SP, DP, PP, EP or ETP", s->cp, family_of(c)->model_type);
 }
 
 void dec_dims(const cfg_model_t *c, par_dims_t *m)
@@ -136,7 +139,7 @@ static double held_attn_kept(const cfg_model_t *c, const model_place_t *p)
 {
     double d = c->hidden_size, hd = c->head_dim;
     double ql = (p->head1 - p->dims.head0) * hd, kvl = (p->kv_head1 - p->dims.kv_head0) * hd;
-    double n = 2 * d;
+    double n = 2 * d + (c->sinks ? p->head1 - p->dims.head0 : 0);
     if (c->qkv_bias) n += ql + 2 * kvl;
     if (c->o_bias) n += d;
     if (c->qk_norm == LAYER_QKNORM_HEAD) n += 2 * hd;
@@ -162,44 +165,57 @@ static double held_attn_proj(const cfg_model_t *c, const model_place_t *p)
 }
 
 /* Of a layer's MLP part, the elements an FP8 checkpoint keeps in its
- * dtype: the router with its bias and the shared experts' gate. */
-static double held_mlp_kept(const cfg_model_t *c, bool dense)
+ * dtype: the router with its bias, the shared experts' gate, gpt-oss's
+ * expert biases (the rank's gate/up slice, the down bias whole). */
+static double held_mlp_kept(const cfg_model_t *c, const model_place_t *p, bool dense)
 {
     if (dense) return 0;
+    const par_place_t *q = &p->par;
     double d = c->hidden_size;
-    return (double)c->num_local_experts * (d + (c->gate_bias ? 1 : 0)) + (c->shared_gate ? d : 0);
+    double biases = c->expert_bias ? (double)(q->expert1 - q->expert0) *
+                                         (2.0 * (q->ffn1 - q->ffn0) + d)
+                                   : 0;
+    return (double)c->num_local_experts * (d + (c->gate_bias || c->expert_bias ? 1 : 0)) +
+           (c->shared_gate ? d : 0) + biases;
 }
 
-/* The MLP products a rank holds in a dense or a MoE layer. */
-static double held_mlp_proj(const cfg_model_t *c, const model_place_t *p, bool dense)
+/* The routed experts' and the other MLP products' weights a rank holds in
+ * a dense or a MoE layer, into *routed and the return. */
+static double held_mlp_proj(const cfg_model_t *c, const model_place_t *p, bool dense,
+                            double *routed)
 {
     const par_place_t *q = &p->par;
-    double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_SILU ? 3 : 2;
+    double d = c->hidden_size, mats = c->hidden_act == LAYER_ACT_GELU ? 2 : 3;
+    *routed = 0;
     if (dense) return mats * (p->dense_ffn1 - p->dense_ffn0) * d;
-    return (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d +
-           (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d;
+    *routed = (double)(q->expert1 - q->expert0) * mats * (q->ffn1 - q->ffn0) * d;
+    return (double)c->num_shared_experts * mats * (p->shared_ffn1 - p->shared_ffn0) * d;
 }
 
 double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer_out, double *head_out)
 {
     const par_place_t *q = &p->par;
-    double d = c->hidden_size, proj = 0, kept = 0;
+    double d = c->hidden_size, proj = 0, kept = 0, routed = 0, r;
     double att_proj = held_attn_proj(c, p), att_kept = held_attn_kept(c, p);
     for (int l = q->layer0; l < q->layer1; l++) {
         bool dense = cfg_layer_dense(c, l);
-        proj += att_proj + held_mlp_proj(c, p, dense);
-        kept += att_kept + held_mlp_kept(c, dense);
+        proj += att_proj + held_mlp_proj(c, p, dense, &r);
+        routed += r;
+        kept += att_kept + held_mlp_kept(c, p, dense);
     }
     double rows = (double)(p->vocab1 - p->dims.vocab0) * d;
     if (q->has_embed) kept += rows;
     if (q->has_lm_head) kept += d + (c->tie_word_embeddings && q->has_embed ? 0 : rows);
     bool moe = cfg_moe_layers(c) > 0;
     if (layer_out)
-        *layer_out = att_proj + att_kept + held_mlp_proj(c, p, !moe) + held_mlp_kept(c, !moe);
+        *layer_out = att_proj + att_kept + held_mlp_proj(c, p, !moe, &r) + r +
+                     held_mlp_kept(c, p, !moe);
     if (head_out) *head_out = d + rows;
-    /* an FP8 checkpoint stores the products' weights in FP8, the rest (the
-     * embedding and lm_head too) in the dtype */
-    return proj * cfg_weight_size(c) + kept * (double)emu_dtype_size(c->dtype);
+    /* an FP8 checkpoint stores the products' weights in FP8, an MXFP4 one
+     * the routed experts' in MXFP4, the rest (the embedding and lm_head
+     * too) in the dtype */
+    return proj * cfg_weight_size(c) + routed * cfg_expert_weight_size(c) +
+           kept * (double)emu_dtype_size(c->dtype);
 }
 
 static moemu_status_t dec_moe(const model_pass_t *mp)
@@ -210,8 +226,9 @@ static moemu_status_t dec_moe(const model_pass_t *mp)
     layer_gate_t g = {.bias = L->gate_bias, .sigmoid = c->gate_sigmoid, .norm = c->gate_norm,
                       .group_top2 = c->gate_top2, .n_group = c->n_group,
                       .topk_group = c->topk_group, .scale = (float)c->routed_scaling_factor};
+    g.logit_bias = L->router_bias;
     layer_moe_route(mp->v, L->moe_norm, L->gate, c->router,
-                    c->router == LAYER_ROUTE_GROUPED ? &g : NULL);
+                    c->router == LAYER_ROUTE_GROUPED || L->router_bias ? &g : NULL);
     mp->chosen(mp);
     int64_t dropped;
     MOEMU_CHECK(layer_moe_capacity(mp->v, c->capacity_factor, &dropped));
@@ -220,6 +237,8 @@ static moemu_status_t dec_moe(const model_pass_t *mp)
                           .k = c->num_experts_per_tok, .d = c->hidden_size,
                           .F = c->intermediate_size, .e0 = pl->par.expert0, .e1 = pl->par.expert1,
                           .f0 = pl->par.ffn0, .f1 = pl->par.ffn1, .act = c->hidden_act,
+                          .b13 = c->expert_bias ? L->b13 : NULL,
+                          .b2 = c->expert_bias ? L->b2 : NULL, .limit = (float)c->swiglu_limit,
                           .load = mp->load, .xfer = mp->xfer};
     layer_mlp_t shared = {.w1 = L->sw1, .w3 = L->sw3, .w2 = L->sw2, .S = c->num_shared_experts,
                           .F = c->shared_expert_intermediate_size, .f0 = pl->shared_ffn0,
@@ -235,7 +254,8 @@ moemu_status_t dec_layer(const model_pass_t *mp)
     layer_attn_w_t aw = {.norm = L->attn_norm, .wq = L->wq, .wk = L->wk, .wv = L->wv,
                          .wo = L->wo, .bq = L->bq, .bk = L->bk, .bv = L->bv, .bo = L->bo,
                          .qn = L->qn, .kn = L->kn, .qk_norm = c->qk_norm,
-                         .clip = (float)c->clip_qkv};
+                         .clip = (float)c->clip_qkv, .sinks = L->sinks,
+                         .window = cfg_layer_sliding(c, mp->layer) ? c->sliding_window : 0};
     if (c->kv_lora_rank > 0) {
         layer_mla_w_t mw = {.norm = L->attn_norm, .wq = L->wq, .q_a = L->q_a,
                             .q_a_norm = L->q_a_norm, .q_b = L->q_b, .kv_a = L->kv_a,

@@ -6,7 +6,8 @@
 
 static const model_family_t *const families[] = {
     &family_mixtral,  &family_qwen2_moe,   &family_qwen3_moe,   &family_olmoe,
-    &family_granitemoe, &family_deepseek_v2, &family_deepseek_v3, &family_kimi_k2};
+    &family_granitemoe, &family_deepseek_v2, &family_deepseek_v3, &family_kimi_k2,
+    &family_gpt_oss};
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 const model_family_t *family_find(const char *model_type)

@@ -62,7 +62,7 @@ struct model_family {
 };
 
 extern const model_family_t family_mixtral, family_qwen2_moe, family_qwen3_moe, family_olmoe,
-    family_granitemoe, family_deepseek_v2, family_deepseek_v3, family_kimi_k2;
+    family_granitemoe, family_deepseek_v2, family_deepseek_v3, family_kimi_k2, family_gpt_oss;
 
 /* The decoder every family above shares (engine/models/decoder.c): its
  * entries read the variations from cfg_model_t, so that a family differs

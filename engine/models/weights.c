@@ -107,7 +107,7 @@ static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a
         wts_tensor_t *t = &k->w->list[k->n];
         const wts_names_t *nm = k->nm;
         bool kept = fmt == nm->embed || fmt == nm->lm_head || fmt == nm->router ||
-                    fmt == nm->sgate;
+                    fmt == nm->sgate || fmt == nm->gate_up_bias || fmt == nm->down_bias;
         *t = (wts_tensor_t){.ndim = ndim, .shape = {a, b, c}, .data = p,
                             .fan_in = ndim == 1 ? a : ndim == 2 ? b : c,
                             .fp8 = k->w->cfg.fp8_block_r > 0 && ndim >= 2 && !kept};
@@ -116,6 +116,13 @@ static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a
     k->floats += n;
     k->n += fmt != NULL;
     return p;
+}
+
+/* The last tensor taken reads rows of fan_in: gpt-oss's experts are
+ * stored (in, out), their fan-in is not their last dimension. */
+static void took_fan_in(walk_t *k, int64_t fan_in)
+{
+    if (k->w->block && k->n > 0) k->w->list[k->n - 1].fan_in = fan_in;
 }
 
 /* Multi-head latent attention's tensors (DeepSeek). */
@@ -159,6 +166,7 @@ static void walk_attention(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int 
         y->bv = take(k, nm->bv, l, 0, 1, kvd, 0, 0);
     }
     if (c->o_bias) y->bo = take(k, nm->bo, l, 0, 1, d, 0, 0);
+    if (c->sinks) y->sinks = take(k, nm->sinks, l, 0, 1, c->num_attention_heads, 0, 0);
     if (c->qk_norm != LAYER_QKNORM_NONE) {
         bool head = c->qk_norm == LAYER_QKNORM_HEAD;
         y->qn = take(k, nm->qn, l, 0, 1, head ? hd : qd, 0, 0);
@@ -173,6 +181,21 @@ static void walk_experts(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
     int64_t d = c->hidden_size, F = c->intermediate_size;
     int E = c->num_local_experts;
     bool silu = c->hidden_act == LAYER_ACT_SILU;
+    if (nm->gate_up) { /* gpt-oss: (in, out) with biases */
+        float *gu = take(k, nm->gate_up, l, 0, 3, E, d, 2 * F);
+        took_fan_in(k, d);
+        float *gub = take(k, nm->gate_up_bias, l, 0, 2, E, 2 * F, 0);
+        took_fan_in(k, d);
+        float *dn = take(k, nm->down, l, 0, 3, E, F, d);
+        took_fan_in(k, F);
+        float *dnb = take(k, nm->down_bias, l, 0, 2, E, d, 0);
+        took_fan_in(k, F);
+        for (int e = 0; gu && e < E; e++) {
+            y->w1[e] = gu + (size_t)e * d * 2 * F, y->b13[e] = gub + (size_t)e * 2 * F;
+            y->w2[e] = dn + (size_t)e * F * d, y->b2[e] = dnb + (size_t)e * d;
+        }
+        return;
+    }
     if (nm->fused_in) {
         float *in = take(k, nm->fused_in, l, 0, 3, E, 2 * F, d);
         float *out = take(k, nm->fused_out, l, 0, 3, E, d, F);
@@ -215,6 +238,8 @@ static void walk_layer(walk_t *k, const cfg_model_t *c, wts_layer_t *y, int l)
     }
     y->gate = take(k, nm->router, l, 0, 2, c->num_local_experts, d, 0);
     if (c->gate_bias) y->gate_bias = take(k, nm->gate_bias, l, 0, 1, c->num_local_experts, 0, 0);
+    if (nm->router_bias)
+        y->router_bias = take(k, nm->router_bias, l, 0, 1, c->num_local_experts, 0, 0);
     walk_experts(k, c, y, l);
     const char *const f[3] = {nm->s1, nm->s2, nm->s3};
     for (int j = 0; j < c->num_shared_experts; j++) {
@@ -297,7 +322,7 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
         w->block = malloc(sizeof(float) * (size_t)n);
     }
     w->n_floats = n;
-    w->ptrs = calloc((size_t)L * 3 * (E + S) + 1, sizeof(float *));
+    w->ptrs = calloc((size_t)L * (5 * E + 3 * S) + 1, sizeof(float *));
     w->list = calloc((size_t)k.n + 1, sizeof *w->list);
     if (!w->block || !w->layers || !w->ptrs || !w->list) {
         wts_free(w);
@@ -311,9 +336,10 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
     }
     w->n_list = k.n;
     float **pp = w->ptrs;
-    for (int l = 0; l < L; l++, pp += 3 * (E + S))
+    for (int l = 0; l < L; l++, pp += 5 * E + 3 * S)
         w->layers[l] = (wts_layer_t){.w1 = pp, .w2 = pp + E, .w3 = pp + 2 * E, .sw1 = pp + 3 * E,
-                                     .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S};
+                                     .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S,
+                                     .b13 = pp + 3 * E + 3 * S, .b2 = pp + 4 * E + 3 * S};
     k = (walk_t){.w = w, .nm = k.nm};
     walk(&k); /* placing */
     return MOEMU_OK;

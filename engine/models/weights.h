@@ -35,6 +35,9 @@ typedef struct {
     float **w1, **w3, **w2;  /* E each: (F, d), (F, d), (d, F) */
     float **sw1, **sw3, **sw2; /* num_shared_experts each, F_shared */
     float *sgate;            /* (1, d) the shared experts' sigmoid gate */
+    float *sinks;            /* (H) gpt-oss's attention sinks */
+    float *router_bias;      /* (E) gpt-oss's router bias (on the logits) */
+    float **b13, **b2;       /* gpt-oss's expert biases, E each: (2F), (d) */
     float *dw1, *dw3, *dw2;  /* a dense layer's MLP: (Fd, d), (Fd, d), (d, Fd) */
 } wts_layer_t;
 
@@ -63,6 +66,9 @@ typedef struct {
     const char *fused_in, *fused_out;   /* or all experts in two tensors: (E, 2F, d)
                                            of [w1; w3], (E, d, F) of w2 (GraniteMoE) */
     const char *s1, *s2, *s3, *sgate;   /* shared experts and their gate */
+    const char *sinks, *router_bias;    /* gpt-oss: attention sinks, router bias */
+    const char *gate_up, *gate_up_bias, /* gpt-oss's experts: (E, d, 2F) gate/up */
+        *down, *down_bias;              /* interleaved, (E, 2F); (E, F, d), (E, d) */
     const char *d1, *d2, *d3;           /* a dense layer's MLP */
 } wts_names_t;
 

@@ -345,7 +345,8 @@ static void dev_shard(worker_t *v)
                             .replica_size = s->cp * s->tp,
                             .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp};
     v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry,
-                         .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->dispatch_fp8};
+                         .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->dispatch_fp8,
+                         .ewsize = D->c->mxfp4 ? cfg_expert_weight_size(D->c) : 0};
     v->view = (layer_view_t){.x = &v->x, .sh = &v->sh, .dm = &v->pl.dims, .r = &v->rows};
     v->P = s->pp;
     v->stage = p->pp;
@@ -374,23 +375,27 @@ static moemu_status_t dev_schedule(worker_t *v)
     return MOEMU_OK;
 }
 
-/* The cache: this rank's prefill positions and its share of decode. */
+/* The cache: this rank's prefill positions and its share of decode. The
+ * host keeps every position; a device counts, in a sliding-window layer,
+ * only the window a ring buffer of it would hold. */
 static moemu_status_t dev_cache(worker_t *v)
 {
     const run_t *D = v->D;
     const par_strategy_t *s = D->s;
     int N = D->wl->decode, nseq = v->rb1 - v->rb0, nl = v->pl.par.layer1 - v->pl.par.layer0;
-    int64_t kvf = 0;
-    int kvd = v->pl.dims.kvl * v->pl.dims.hd;
+    int64_t kvf = 0, devf = 0, parts = v->pl.dims.kv_shared ? 1 : 2;
+    int kvd = v->pl.dims.kvl * v->pl.dims.hd, W = D->c->sliding_window;
     for (int i = 0; i < nl * nseq; i++) {
         int b = v->rb0 + i % nseq, rg[2][2];
         par_cp_ranges(D->wl->len[b], s->cp, v->pl.par.cp, rg);
         int dec = N > 1 ? (N - 1 + s->cp - 1) / s->cp : 0;
         v->kv_cap[i] = (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]) + dec;
         v->kv_off[i] = kvf;
-        kvf += (v->pl.dims.kv_shared ? 1LL : 2LL) * kvd * v->kv_cap[i];
+        kvf += parts * kvd * v->kv_cap[i];
+        bool window = cfg_layer_sliding(D->c, v->pl.par.layer0 + i / nseq) && v->kv_cap[i] > W;
+        devf += parts * kvd * (window ? W : v->kv_cap[i]);
     }
-    v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)kvf;
+    v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)devf;
     return emu_alloc(v->dev, EMU_MEM_KV, sizeof(float) * (size_t)(kvf + 1), v->kv_bytes,
                      (void **)&v->kv);
 }
