@@ -152,5 +152,18 @@ model DeepSeek-V3 671e9 1e9 round 37e9 1e9 round - own
 # activated parameters" (model card, https://huggingface.co/moonshotai/Kimi-K2-Instruct).
 model Kimi-K2-Instruct 1e12 1e12 round 32e9 1e9 round - own
 
+# openai/gpt-oss-120b and -20b: "116.83B" total, "5.13B" active and "20.91B",
+# "3.61B" (OpenAI's gpt-oss model card, arXiv:2508.10925), the embedding not
+# counted in the active figure; checkpoints of 60.8 GiB and 12.8 GiB (MoE
+# weights in MXFP4, the rest in BF16), which moemu's weight bytes must give.
+model gpt-oss-120b 116.83e9 0.01e9 round 5.13e9 0.01e9 round - own
+model gpt-oss-20b 20.91e9 0.01e9 round 3.61e9 0.01e9 round - own
+for m in gpt-oss-120b:60.8 gpt-oss-20b:12.8; do
+    name=${m%:*} gib=${m#*:}
+    bytes=$(field "weight bytes" "$tmp/$name.out")
+    published "$name" "checkpoint GiB" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1.073741824 }')" \
+        "${gib}e9" 0.1e9 round
+done
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -46,7 +46,7 @@ typedef struct {
     int nodes, devices_per_node; /* 0: the preset's */
     const char *routing;
     const char *json, *csv;
-    int weight_fp8;      /* --weight-dtype: 0 as the config says, 1 fp8 */
+    int weight_store;    /* --weight-dtype: 0 as the config says, 1 fp8, 2 dtype */
     int dispatch_fp8;    /* --dispatch-dtype: 0 the model's dtype, 1 fp8 */
     bool strict;         /* --strict: warnings are errors */
 } cli_shared_t;

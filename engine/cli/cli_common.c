@@ -44,7 +44,8 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
 moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh)
 {
     MOEMU_CHECK(cfg_load(c, sh->model));
-    if (sh->weight_fp8) cfg_store_fp8(c);
+    if (sh->weight_store == 1) cfg_store_fp8(c);
+    if (sh->weight_store == 2) cfg_store_dtype(c);
     return MOEMU_OK;
 }
 

@@ -55,13 +55,14 @@ const cli_opt_t cli_shared_options[] = {
     {.name = "routing", .arg = "SPEC", .type = CLI_STR, .off = SH(routing), .field = "routing",
      .help = "a dry run's router: uniform (default), zipf:S, or\n"
              "replay:FILE from --record-routing"},
-    {.name = "weight-dtype", .arg = "config|fp8", .type = CLI_CHOICE, .choices = "config|fp8",
-     .off = SH(weight_fp8),
+    {.name = "weight-dtype", .arg = "config|fp8|dtype", .type = CLI_CHOICE,
+     .choices = "config|fp8|dtype", .off = SH(weight_store),
      .help = "the weights' storage: as the config says (default),\n"
-             "or fp8 e4m3 with a scale per 128 x 128 block, as\n"
+             "fp8 e4m3 with a scale per 128 x 128 block, as\n"
              "DeepSeek-V3's checkpoints (the embedding, lm_head,\n"
-             "norms, biases and router stay in the dtype); generated\n"
-             "weights are then rounded to what FP8 stores"},
+             "norms, biases and router stay in the dtype; generated\n"
+             "weights are then rounded to what FP8 stores), or\n"
+             "all in the model's dtype (no FP8 or MXFP4 storage)"},
     {.name = "dispatch-dtype", .arg = "dtype|fp8", .type = CLI_CHOICE, .choices = "dtype|fp8",
      .off = SH(dispatch_fp8),
      .help = "the MoE dispatch's rows counted in the model's dtype\n"

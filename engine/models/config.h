@@ -92,6 +92,14 @@ static inline void cfg_store_fp8(cfg_model_t *c)
     c->fp8_block_r = c->fp8_block_c = 128;
 }
 
+/* Store every weight in the dtype (no FP8, no MXFP4): what a model
+ * would need unquantized. */
+static inline void cfg_store_dtype(cfg_model_t *c)
+{
+    c->fp8_block_r = c->fp8_block_c = 0;
+    c->mxfp4 = false;
+}
+
 /* Whether layer l attends within a sliding window. */
 static inline bool cfg_layer_sliding(const cfg_model_t *c, int l)
 {
