@@ -348,5 +348,8 @@ int cli_sweep_main(int argc, char **argv)
         cli_help(stdout, sweep_options);
         return CLI_EXIT_OK;
     }
-    return run(&o);
+    const outfile_arg_t plot = {.flag = "--plot", .path = o.plot};
+    if (cli_outputs_check(&o.sh, &plot, 1, NULL) != MOEMU_OK) return cli_error();
+    outfile_begin(); /* --csv, --json and --plot appear together, or none */
+    return cli_outputs_end(run(&o));
 }
