@@ -252,6 +252,57 @@ expect 0 "on the Pareto front" "$moemu" sweep --model tiny --devices 2 --batch 2
 grep -q '"do_not_fit": 0' "$tmp/s.json" && ok || bad "sweep JSON lacks its counts"
 expect 0 "dp2-ep2 x1" "$moemu" sweep --model tiny --devices 2 --batch 2 --prompt-len 8 \
     --decode 2 --objective ttft --ttft-max 10 --memory-headroom 0.5
+# a sweep too large to run is refused at once, with its size and the bound
+# (it used to run two candidates of a million devices for minutes)
+t0=$(now)
+expect 2 "--max-device-runs 1048576: 2 candidates (strategy x micro-batches) of 1048573 devices each make 2097146 device runs" \
+    "$moemu" sweep --devices 1048573
+t1=$(now)
+within "$t0" "$t1" 1 && ok || bad "the sweep bound took $t0 .. $t1"
+echo "sweep --devices 1048573 refused in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f s", b - a }')"
+expect 2 "--max-device-runs 100: 56 candidates" "$moemu" sweep --model tiny --devices 4 \
+    --max-device-runs 100
+
+# killing a sweep kills its workers at once, though each candidate takes
+# seconds: SIGTERM (its handler) and SIGKILL (no handler at all; the
+# kernel ends the workers with their parent)
+# (cat, not awk, reads /proc: a process that ends meanwhile stops mawk)
+children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4 == p { print $1 }'; }
+alive() { [ -r "/proc/$1/stat" ] && ! awk '$3 == "Z" { exit 0 } { exit 1 }' "/proc/$1/stat"; }
+for sig in TERM KILL; do
+    "$moemu" sweep --model moe-10b-plan --devices 16 --jobs 2 --batch 128 --prompt-len 1024 \
+        --decode 128 >/dev/null 2>&1 &
+    pid=$!
+    i=0
+    while [ $i -lt 600 ] && [ "$(children $pid | wc -l)" -lt 2 ] && alive $pid; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    workers=$(children $pid)
+    [ "$(echo $workers | wc -w)" -eq 2 ] && ok ||
+        bad "SIG$sig: sweep $pid's workers after $i tries: '$workers' ($(ps -o pid,ppid,stat,etime,args -p $pid 2>&1 | tail -1))"
+    kill -$sig $pid
+    wait $pid 2>/dev/null
+    rc=$?
+    want=143
+    [ $sig = KILL ] && want=137
+    [ $rc -eq $want ] && ok || bad "SIG$sig to a sweep: exit status $rc, expected $want"
+    i=0
+    for w in $workers; do
+        while [ $i -lt 40 ] && alive "$w"; do sleep 0.05; i=$((i + 1)); done
+        alive "$w" && bad "SIG$sig: sweep worker $w outlived its parent" || ok
+    done
+done
+# on a terminal, progress every second, also while the first candidates
+# run (each takes seconds here)
+if command -v script >/dev/null 2>&1; then
+    out=$(script -qec "timeout -s TERM 5 $moemu sweep --model moe-10b-plan --devices 16 \
+        --jobs 1 --batch 128 --prompt-len 1024" /dev/null 2>&1)
+    printf "%s" "$out" | grep -q "sweep [0-9]*/465, [0-9]* s" && ok ||
+        bad "no progress on a tty: $out"
+else
+    echo "note: no script(1), the progress on a terminal is not tested"
+fi
 
 # emulated devices: check, report, dry runs, traces, pacing, layout
 expect 0 "verdict                PASS" "$moemu" check --model tiny --strategy tp2-ep2 \
