@@ -35,19 +35,39 @@ static int stage_splits(const par_strategy_t *s, int L, bool even_only, int spli
     return 2;
 }
 
+/* The divisors of n, ascending, into d; returns how many. Every degree
+ * divides the device count, so the loops below walk these, not 1..n: a
+ * million devices are enumerated in milliseconds, not minutes. */
+#define PAR_ENUM_MAX_DIVISORS 1600 /* the most that a 32-bit int has */
+static int divisors(int n, int *d)
+{
+    int lo = 0, hi = 0, big[PAR_ENUM_MAX_DIVISORS];
+    for (int k = 1; k <= n / k; k++)
+        if (n % k == 0) {
+            d[lo++] = k;
+            if (k != n / k) big[hi++] = n / k;
+        }
+    while (hi > 0) d[lo++] = big[--hi];
+    return lo;
+}
+
 int par_strategy_enumerate(const par_dims_t *m, int devices, const par_enum_opts_t *opts,
                            par_strategy_t *out, int max)
 {
     par_enum_opts_t o = opts ? *opts : (par_enum_opts_t){0};
     if (!m || devices < 1) return 0;
     if (!out) max = 0;
-    int n = 0, split[PAR_MAX_PP];
-    for (int pp = 1; pp <= devices; pp++) {
-        if (devices % pp || !within(pp, o.max_pp)) continue;
+    int n = 0, split[PAR_MAX_PP], div[PAR_ENUM_MAX_DIVISORS];
+    int nd = divisors(devices, div);
+    for (int a = 0; a < nd; a++) {
+        int pp = div[a];
+        if (!within(pp, o.max_pp)) continue;
         int rest = devices / pp;
-        for (int dp = 1; dp <= rest; dp++) {
+        for (int b = 0; b < nd && div[b] <= rest; b++) {
+            int dp = div[b];
             if (rest % dp || !within(dp, o.max_dp)) continue;
-            for (int cp = 1; cp <= rest / dp; cp++) {
+            for (int c = 0; c < nd && div[c] <= rest / dp; c++) {
+                int cp = div[c];
                 if ((rest / dp) % cp || !within(cp, o.max_cp)) continue;
                 int tp = rest / dp / cp, stage = dp * cp * tp;
                 if (!within(tp, o.max_tp)) continue;
@@ -55,9 +75,11 @@ int par_strategy_enumerate(const par_dims_t *m, int devices, const par_enum_opts
                     if (sp && (tp == 1 || o.sp == PAR_ENUM_SP_OFF)) continue;
                     if (!sp && (o.sp == PAR_ENUM_SP_ON || (o.sp == PAR_ENUM_SP_WITH_TP && tp > 1)))
                         continue;
-                    for (int ep = 1; ep <= stage; ep++) {
+                    for (int e = 0; e < nd && div[e] <= stage; e++) {
+                        int ep = div[e];
                         if (stage % ep || m->experts % ep || !within(ep, o.max_ep)) continue;
-                        for (int etp = 1; etp <= stage / ep; etp++) {
+                        for (int f = 0; f < nd && div[f] <= stage / ep; f++) {
+                            int etp = div[f];
                             if ((stage / ep) % etp || !within(etp, o.max_etp)) continue;
                             if (m->expert_ffn % etp) continue;
                             par_strategy_t s;

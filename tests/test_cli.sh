@@ -151,8 +151,87 @@ expect 2 "device.peak_flops must be in [1e9, 1e18] FLOP/s (got 4.94066e-324)" \
     "$moemu" run --model tiny --strategy tp2 --hw "$tmp/hw.json"
 
 # an output that cannot be written leaves nothing behind
-expect 2 "cannot write $tmp/no/dir/x.json" "$moemu" run --model tiny --decode 1 --json "$tmp/no/dir/x.json"
+expect 2 "--json $tmp/no/dir/x.json: directory $tmp/no/dir does not exist" \
+    "$moemu" run --model tiny --decode 1 --json "$tmp/no/dir/x.json"
 [ ! -e "$tmp/no" ] && ok || bad "a partial output was left"
+
+# ---- outputs on hostile paths
+# seconds since the epoch, with a fraction (GNU date's %N)
+now() { date +%s.%N; }
+# elapsed T0 T1 LIMIT: whether T1 - T0 < LIMIT seconds
+within() { awk -v a="$1" -v b="$2" -v l="$3" 'BEGIN { exit !(b - a < l) }'; }
+mkdir "$tmp/o"
+# the null and full devices: private copies where root can make them, so
+# that a moemu that replaces them (as it once did) spoils no /dev
+devnull=/dev/null devfull=/dev/full
+if [ "$(id -u)" -eq 0 ] && mknod -m 666 "$tmp/null" c 1 3 2>/dev/null &&
+    mknod -m 666 "$tmp/full" c 1 7 2>/dev/null && : >"$tmp/null" 2>/dev/null &&
+    ! { echo x >"$tmp/full"; } 2>/dev/null; then
+    devnull=$tmp/null devfull=$tmp/full
+fi
+# a device is written, never replaced: it stays a character device
+expect 0 "GFLOP/s" "$moemu" run --model tiny --decode 1 --json "$devnull" --csv "$devnull" \
+    --strategy tp2
+[ -c "$devnull" ] && ok || bad "$devnull is no longer a character device"
+# a full device fails with its reason, and the other outputs are not written
+expect 2 "cannot write $devfull: No space left on device (ENOSPC)" \
+    "$moemu" run --model tiny --decode 1 --json "$devfull" --dump-logits "$tmp/o/l.st"
+[ ! -e "$tmp/o/l.st" ] && [ -z "$(ls "$tmp/o")" ] && ok ||
+    bad "a failed run left outputs: $(ls "$tmp/o")"
+# a symlink is followed: its target gets the content, the link stays a link
+echo old >"$tmp/o/real.json"
+ln -s real.json "$tmp/o/link.json"
+expect 0 "GFLOP/s" "$moemu" run --model tiny --decode 1 --json "$tmp/o/link.json"
+[ -L "$tmp/o/link.json" ] && grep -q '"generated"' "$tmp/o/real.json" && ok ||
+    bad "symlink: $(ls -l "$tmp/o"; cat "$tmp/o/real.json")"
+# outputs that would overwrite an input, or each other: refused before the run
+cp "$tmp/qwen.json" "$tmp/o/cfg.json"
+expect 2 "--json $tmp/o/cfg.json: is the input --model $tmp/o/cfg.json" \
+    "$moemu" run --model "$tmp/o/cfg.json" --json "$tmp/o/cfg.json"
+cmp -s "$tmp/qwen.json" "$tmp/o/cfg.json" && ok || bad "the config was overwritten"
+expect 2 "--json $tmp/o/link.json: is the input --tokens $tmp/o/real.json" \
+    "$moemu" run --model tiny --tokens "$tmp/o/real.json" --json "$tmp/o/link.json"
+expect 2 "--dump-logits $tmp/qck/model-00001-of-0000$nshards.safetensors: is a file of the input --weights $tmp/qck" \
+    "$moemu" run --model "$tmp/qwen.json" --weights "$tmp/qck" \
+    --dump-logits "$tmp/qck/model-00001-of-0000$nshards.safetensors"
+expect 2 "--csv $tmp/o/x and --trace $tmp/o/../o/x: the same file" "$moemu" run --model tiny \
+    --strategy tp2 --csv "$tmp/o/x" --trace "$tmp/o/../o/x"
+# every problem at once, and before any work: a model of 30B parameters
+# would take minutes to generate
+t0=$(now)
+expect 2 "2 problems with the outputs, nothing was run:
+  --json $tmp/o/real.json and --csv $tmp/o/link.json: the same file
+  --trace $tmp/nodir/t.json: directory $tmp/nodir does not exist" \
+    "$moemu" run --model moe-30b-plan --strategy tp2 --json "$tmp/o/real.json" \
+    --csv "$tmp/o/link.json" --trace "$tmp/nodir/t.json"
+within "$t0" "$(now)" 1 && ok || bad "the output paths were not checked first"
+expect 2 "--json $tmp/o: is a directory" "$moemu" info --model tiny --json "$tmp/o"
+expect 2 "--plot $tmp/nodir/p.svg: directory $tmp/nodir does not exist" \
+    "$moemu" sweep --model tiny --devices 2 --plot "$tmp/nodir/p.svg"
+# a run whose outputs all succeed replaces them all; one that fails keeps
+# the previous ones
+expect 2 "No space left on device" "$moemu" run --model tiny --decode 1 --strategy tp2 \
+    --json "$tmp/o/link.json" --csv "$devfull"
+grep -q '"generated"' "$tmp/o/real.json" && ok || bad "a failed run replaced an output"
+
+# SIGTERM in the middle of a run (paced to last seconds): it ends within a
+# second as killed by the signal (143), its staged outputs removed
+mkdir "$tmp/sig"
+"$moemu" run --model tiny --strategy tp2 --batch 1 --prompt-len 4 --decode 32 --pace 1000 \
+    --dump-weights "$tmp/sig/w.safetensors" --json "$tmp/sig/a.json" >/dev/null 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 400 ] && ! ls "$tmp/sig" | grep -q '\.tmp\.'; do sleep 0.05; i=$((i + 1)); done
+ls "$tmp/sig" | grep -q '\.tmp\.' && ok || bad "no staged weights while the run ran"
+t0=$(now)
+kill -TERM $pid
+wait $pid 2>/dev/null
+rc=$?
+t1=$(now)
+[ $rc -eq 143 ] && ok || bad "SIGTERM: exit status $rc, expected 143"
+within "$t0" "$t1" 1 && ok || bad "SIGTERM: the run took $t0 .. $t1 to end"
+[ -z "$(ls "$tmp/sig")" ] && ok || bad "SIGTERM left files: $(ls "$tmp/sig")"
+echo "SIGTERM to exit: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f s", b - a }')"
 
 # moemu sweep: its errors, then a small sweep with its outputs
 expect 0 "--memory-headroom F" "$moemu" sweep --help
@@ -173,6 +252,57 @@ expect 0 "on the Pareto front" "$moemu" sweep --model tiny --devices 2 --batch 2
 grep -q '"do_not_fit": 0' "$tmp/s.json" && ok || bad "sweep JSON lacks its counts"
 expect 0 "dp2-ep2 x1" "$moemu" sweep --model tiny --devices 2 --batch 2 --prompt-len 8 \
     --decode 2 --objective ttft --ttft-max 10 --memory-headroom 0.5
+# a sweep too large to run is refused at once, with its size and the bound
+# (it used to run two candidates of a million devices for minutes)
+t0=$(now)
+expect 2 "--max-device-runs 1048576: 2 candidates (strategy x micro-batches) of 1048573 devices each make 2097146 device runs" \
+    "$moemu" sweep --devices 1048573
+t1=$(now)
+within "$t0" "$t1" 1 && ok || bad "the sweep bound took $t0 .. $t1"
+echo "sweep --devices 1048573 refused in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f s", b - a }')"
+expect 2 "--max-device-runs 100: 56 candidates" "$moemu" sweep --model tiny --devices 4 \
+    --max-device-runs 100
+
+# killing a sweep kills its workers at once, though each candidate takes
+# seconds: SIGTERM (its handler) and SIGKILL (no handler at all; the
+# kernel ends the workers with their parent)
+# (cat, not awk, reads /proc: a process that ends meanwhile stops mawk)
+children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4 == p { print $1 }'; }
+alive() { [ -r "/proc/$1/stat" ] && ! awk '$3 == "Z" { exit 0 } { exit 1 }' "/proc/$1/stat"; }
+for sig in TERM KILL; do
+    "$moemu" sweep --model moe-10b-plan --devices 16 --jobs 2 --batch 128 --prompt-len 1024 \
+        --decode 128 >/dev/null 2>&1 &
+    pid=$!
+    i=0
+    while [ $i -lt 600 ] && [ "$(children $pid | wc -l)" -lt 2 ] && alive $pid; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    workers=$(children $pid)
+    [ "$(echo $workers | wc -w)" -eq 2 ] && ok ||
+        bad "SIG$sig: sweep $pid's workers after $i tries: '$workers' ($(ps -o pid,ppid,stat,etime,args -p $pid 2>&1 | tail -1))"
+    kill -$sig $pid
+    wait $pid 2>/dev/null
+    rc=$?
+    want=143
+    [ $sig = KILL ] && want=137
+    [ $rc -eq $want ] && ok || bad "SIG$sig to a sweep: exit status $rc, expected $want"
+    i=0
+    for w in $workers; do
+        while [ $i -lt 40 ] && alive "$w"; do sleep 0.05; i=$((i + 1)); done
+        alive "$w" && bad "SIG$sig: sweep worker $w outlived its parent" || ok
+    done
+done
+# on a terminal, progress every second, also while the first candidates
+# run (each takes seconds here)
+if command -v script >/dev/null 2>&1; then
+    out=$(script -qec "timeout -s TERM 5 $moemu sweep --model moe-10b-plan --devices 16 \
+        --jobs 1 --batch 128 --prompt-len 1024" /dev/null 2>&1)
+    printf "%s" "$out" | grep -q "sweep [0-9]*/465, [0-9]* s" && ok ||
+        bad "no progress on a tty: $out"
+else
+    echo "note: no script(1), the progress on a terminal is not tested"
+fi
 
 # emulated devices: check, report, dry runs, traces, pacing, layout
 expect 0 "verdict                PASS" "$moemu" check --model tiny --strategy tp2-ep2 \

@@ -161,6 +161,19 @@ Test(enumerate, count_beyond_max_and_bad_arguments)
     assert_enumeration(&m, 5, NULL, five, 2);
 }
 
+/* A prime near 2^20: two strategies (cp N, dp N), found without walking
+ * 1..N at each level; 2^20 itself, counted as fast. */
+Test(enumerate, a_million_devices_in_milliseconds, .timeout = 10)
+{
+    cfg_model_t c = tiny();
+    par_dims_t m = dims_of(&c);
+    static const char *const prime[] = {"cp1048573", "dp1048573"};
+    double t0 = emu_host_seconds();
+    assert_enumeration(&m, 1048573, NULL, prime, 2);
+    cr_expect_gt(par_strategy_enumerate(&m, 1 << 20, NULL, NULL, 0), 1000);
+    cr_expect_lt(emu_host_seconds() - t0, 5.0, "the enumeration walks 1..N again");
+}
+
 static par_strategy_t parse(const char *s)
 {
     par_strategy_t p;
@@ -499,6 +512,21 @@ Test(sweep, constraints_and_memory, .timeout = 600)
         cr_assert_null(t.rows);
     }
     o.exec = NULL;
+
+    /* more candidates x devices than the bound: refused before any runs,
+     * with the counts */
+    o.max_device_runs = 4 * (uint64_t)all.n_rows - 1;
+    cr_assert_eq(sweep_run(&t, &s.cfg, &s.wl, &s.hw, 4, &o), MOEMU_ERR_INVALID);
+    char want[160];
+    snprintf(want, sizeof want, "max device runs %d: %d candidates (strategy x micro-batches) "
+             "of 4 devices each make %d device runs", 4 * all.n_rows - 1, all.n_rows,
+             4 * all.n_rows);
+    cr_expect(strstr(moemu_errmsg(), want), "%s", moemu_errmsg());
+    cr_expect_null(t.rows);
+    o.max_device_runs = 4 * (uint64_t)all.n_rows;
+    cr_assert_eq(sweep_run(&t, &s.cfg, &s.wl, &s.hw, 4, &o), MOEMU_OK, "%s", moemu_errmsg());
+    sweep_free(&t);
+    o.max_device_runs = 0;
 
     /* bad settings */
     o.memory_headroom = 1;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "engine/run/runner.h"
+#include "engine/tools/outfile.h"
 #include "engine/tools/sweep.h"
 
 int cli_run_main(int argc, char **argv);  /* moemu run */
@@ -120,6 +121,25 @@ moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, in
 moemu_status_t cli_sweep_workers(void *arg, sweep_t *s, const sweep_opts_t *o);
 moemu_status_t cli_sweep_plot(const sweep_t *s, const char *path, const char *title);
 moemu_status_t cli_sweep_plot_check(const char *path);
+/* ---- Outputs and signals (cli_common.c) */
+
+/* Before any work: the shared --json and --csv and the command's outs
+ * (n_out of them) checked by outfile_check against the inputs that the
+ * shared options name (--model, --weights and its checkpoint's files,
+ * --tokens, --hw, --routing replay:FILE) and more_in (may be NULL). */
+moemu_status_t cli_outputs_check(const cli_shared_t *sh, const outfile_arg_t *outs, int n_out,
+                                 const outfile_arg_t *more_in);
+/* End the transaction of a command that began one (outfile_begin) with
+ * exit status rc: its outputs committed unless rc is CLI_EXIT_ERROR, else
+ * removed. Returns rc, or CLI_EXIT_ERROR when the commit failed. */
+int cli_outputs_end(int rc);
+/* SIGINT, SIGTERM, SIGHUP and SIGPIPE (those not ignored when moemu
+ * started): remove the outputs' temporary files, then end as the signal
+ * would (a shell sees 130, 143, 129, 141). cli_signals_default puts them
+ * back, in a worker process. */
+void cli_signals_catch(void);
+void cli_signals_default(void);
+
 /* Progress on stderr, for model_opts_t.progress, when stderr is a tty. */
 void cli_progress(void *arg, const char *phase, int step, int steps, int layer,
                   int layers);

@@ -1,8 +1,9 @@
 /* What the subcommands share besides their options: errors, number
- * parsing, hardware, progress. */
+ * parsing, hardware, outputs and signals, progress. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -57,6 +58,72 @@ moemu_status_t cli_load_hw(const char *name, int nodes, int devices_per_node, in
     if (nodes) out->topo.nodes = nodes;
     int n;
     return emu_topo_nodes(&out->topo, devices, used ? used : &n);
+}
+
+/* A checkpoint's files in a --weights directory (engine/models/checkpoint.h). */
+static bool reads_checkpoint(const char *name)
+{
+    size_t n = strlen(name);
+    return strcmp(name, "model.safetensors.index.json") == 0 ||
+           (n > 12 && strcmp(name + n - 12, ".safetensors") == 0);
+}
+
+#define CLI_MAX_OUTPUTS 16
+
+moemu_status_t cli_outputs_check(const cli_shared_t *sh, const outfile_arg_t *outs, int n_out,
+                                 const outfile_arg_t *more_in)
+{
+    outfile_arg_t out[CLI_MAX_OUTPUTS] = {{.flag = "--json", .path = sh->json},
+                                          {.flag = "--csv", .path = sh->csv}};
+    int n = 2;
+    for (int i = 0; i < n_out && n < CLI_MAX_OUTPUTS; i++) out[n++] = outs[i];
+    const char *r = sh->routing;
+    outfile_arg_t in[] = {
+        {.flag = "--model", .path = sh->model},
+        {.flag = "--weights", .path = sh->weights, .reads = reads_checkpoint},
+        {.flag = "--tokens", .path = sh->wl.tokens_file},
+        {.flag = "--hw", .path = sh->hw},
+        {.flag = "--routing", .path = r && !strncmp(r, "replay:", 7) ? r + 7 : NULL},
+        more_in ? *more_in : (outfile_arg_t){0},
+    };
+    return outfile_check(out, n, in, (int)(sizeof in / sizeof in[0]));
+}
+
+int cli_outputs_end(int rc)
+{
+    moemu_status_t st = outfile_end(rc == CLI_EXIT_ERROR ? MOEMU_ERR_INVALID : MOEMU_OK);
+    if (st != MOEMU_OK && rc != CLI_EXIT_ERROR) return cli_error();
+    return rc;
+}
+
+static const int cli_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+#define CLI_NSIGNALS (int)(sizeof cli_signals / sizeof cli_signals[0])
+
+/* Async-signal-safe: unlink, rmdir, signal and raise only. */
+static void on_signal(int sig)
+{
+    outfile_remove_all();
+    signal(sig, SIG_DFL);
+    raise(sig); /* delivered as the handler returns: the default, the end */
+}
+
+void cli_signals_catch(void)
+{
+    struct sigaction sa = {.sa_handler = on_signal}, old;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < CLI_NSIGNALS; i++) {
+        /* a signal ignored at start (nohup, a background job) stays so */
+        if (sigaction(cli_signals[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(cli_signals[i], &sa, NULL);
+    }
+}
+
+void cli_signals_default(void)
+{
+    struct sigaction old;
+    for (int i = 0; i < CLI_NSIGNALS; i++)
+        if (sigaction(cli_signals[i], NULL, &old) == 0 && old.sa_handler == on_signal)
+            signal(cli_signals[i], SIG_DFL);
 }
 
 static bool progress_shown;

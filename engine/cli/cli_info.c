@@ -78,7 +78,9 @@ int cli_info_main(int argc, char **argv)
         cli_help(stdout, info_options);
         return CLI_EXIT_OK;
     }
-    if (cli_no_operands("moemu info", argc, argv, first) != MOEMU_OK) return cli_error();
+    if (cli_no_operands("moemu info", argc, argv, first) != MOEMU_OK ||
+        cli_outputs_check(&sh, NULL, 0, NULL) != MOEMU_OK)
+        return cli_error();
     const char *json = sh.json;
     cfg_model_t m;
     if (cli_load_model(&m, &sh) != MOEMU_OK) return cli_error();

@@ -46,6 +46,7 @@ static moemu_status_t parse_opts(layout_opts_t *o, int argc, char **argv, bool *
     MOEMU_CHECK(cli_parse("moemu layout", argc, argv, layout_options, o, NULL, help, &first));
     if (*help) return MOEMU_OK;
     MOEMU_CHECK(cli_no_operands("moemu layout", argc, argv, first));
+    MOEMU_CHECK(cli_outputs_check(o, NULL, 0, NULL));
     if (!o->strategy)
         return moemu_fail(MOEMU_ERR_INVALID, "moemu layout: --strategy is required (e.g. "
                                              "--strategy dp2-tp2-ep4; see moemu layout --help)");

@@ -52,6 +52,8 @@ int cli_plan_main(int argc, char **argv)
                                       "workload; use uniform or zipf:S");
         return cli_error();
     }
+    const outfile_arg_t plan_in = {.flag = "the plan", .path = argv[first]};
+    if (cli_outputs_check(&sh, NULL, 0, &plan_in) != MOEMU_OK) return cli_error();
     plan_t p;
     if (plan_load(&p, argv[first]) != MOEMU_OK) return cli_error();
     json_t *res = NULL;

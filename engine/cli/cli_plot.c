@@ -1,7 +1,7 @@
 /* moemu sweep --plot: TTFT against throughput per device of every
  * candidate, the Pareto front highlighted, drawn by gnuplot (Debian's
- * gnuplot-nox) into an image that goes through outfile like every other
- * output. */
+ * gnuplot-nox) into a scratch image that goes through outfile like every
+ * other output. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -134,24 +134,22 @@ moemu_status_t cli_sweep_plot_check(const char *path)
     return MOEMU_OK;
 }
 
-/* gnuplot's script, a scratch input (not an output: it is always removed)
- * in /tmp; its name goes through the shell, so mkstemp's characters only. */
-static moemu_status_t write_script(char *script, const sweep_t *s, const char *image,
+/* gnuplot's script, a scratch file in /tmp (its name goes through the
+ * shell: mkstemp's characters only). */
+static moemu_status_t write_script(const char **script, const sweep_t *s, const char *image,
                                    bool svg, const char *title)
 {
-    int fd = mkstemp(script);
-    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    int fd;
+    MOEMU_CHECK(outfile_scratch("/tmp/moemu-plot-XXXXXX", script, &fd));
+    FILE *f = fdopen(fd, "w");
     if (!f) {
-        moemu_status_t st = moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s",
-                                       script, strerror(errno));
-        if (fd >= 0) close(fd);
-        if (fd >= 0) unlink(script);
-        script[0] = '\0';
-        return st;
+        close(fd);
+        return moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s", *script,
+                          strerror(errno));
     }
     moemu_status_t st = gp_script(f, s, image, svg, title);
     if ((ferror(f) | fclose(f)) && st == MOEMU_OK)
-        st = moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s", script,
+        st = moemu_fail(MOEMU_ERR_IO, "cannot write gnuplot's script %s: %s", *script,
                         strerror(errno));
     return st;
 }
@@ -180,18 +178,31 @@ static moemu_status_t run_gnuplot(const char *script, const char *image, const c
     return moemu_fail(MOEMU_ERR_IO, "--plot %s: gnuplot failed%s%s", path, m ? ": " : "", msg);
 }
 
+/* The image's bytes, copied from gnuplot's scratch file into the output. */
+static moemu_status_t copy_image(FILE *f, const void *arg)
+{
+    int fd = *(const int *)arg;
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        if (fwrite(buf, 1, (size_t)n, f) != (size_t)n) break;
+    if (n < 0) return moemu_fail(MOEMU_ERR_IO, "cannot read gnuplot's image: %s", strerror(errno));
+    return MOEMU_OK;
+}
+
 moemu_status_t cli_sweep_plot(const sweep_t *s, const char *path, const char *title)
 {
     MOEMU_CHECK(cli_sweep_plot_check(path));
-    /* gnuplot draws into outfile's temporary file by its name; the stream
-     * stays open, with nothing written to it, until the commit */
-    char *tmp, script[] = "/tmp/moemu-plot-XXXXXX";
-    FILE *out;
-    MOEMU_CHECK(outfile_open(path, &tmp, &out));
-    moemu_status_t st = write_script(script, s, tmp, ends_with(path, ".svg"), title);
-    if (st == MOEMU_OK) st = run_gnuplot(script, tmp, path);
-    if (script[0]) unlink(script);
-    if (st == MOEMU_OK) return outfile_commit(path, tmp, out);
-    outfile_abandon(tmp, out);
-    return st;
+    /* gnuplot draws into a scratch file by its name; the image is then
+     * written as every output is (a device, a symlink, a regular file) */
+    const char *image, *script;
+    int fd;
+    outfile_begin();
+    moemu_status_t st = outfile_scratch("/tmp/moemu-plot-XXXXXX", &image, &fd);
+    if (st != MOEMU_OK) return outfile_end(st);
+    st = write_script(&script, s, image, ends_with(path, ".svg"), title);
+    if (st == MOEMU_OK) st = run_gnuplot(script, image, path);
+    if (st == MOEMU_OK) st = outfile_write(path, copy_image, &fd);
+    close(fd);
+    return outfile_end(st);
 }

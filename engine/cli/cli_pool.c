@@ -7,11 +7,15 @@
  * cores, 2 processes run a sweep 1.46x as fast as one. */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "engine/cli/cli.h"
 
@@ -64,6 +68,19 @@ static __attribute__((noreturn)) void worker_main(int fd, const sweep_t *s)
     _exit(0);
 }
 
+/* A worker dies with moemu, however moemu ends (killed too): the kernel
+ * kills it when its parent goes; a parent gone before that was asked for
+ * is seen by getppid. SIGINT and SIGTERM end it at once, without the
+ * parent's handler (the outputs' temporary files are the parent's). */
+static void worker_init(pid_t parent)
+{
+#ifdef PR_SET_PDEATHSIG
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    if (getppid() != parent) _exit(1);
+    cli_signals_default();
+}
+
 /* Why worker w ended: its exit status or signal. */
 static void worker_end(pool_worker_t *w, char *why, size_t n)
 {
@@ -79,6 +96,7 @@ static void worker_end(pool_worker_t *w, char *why, size_t n)
 static moemu_status_t pool_start(pool_t *p, int jobs)
 {
     fflush(NULL); /* nothing buffered is written twice */
+    pid_t parent = getpid();
     for (; p->started < jobs; p->started++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
@@ -92,6 +110,7 @@ static moemu_status_t pool_start(pool_t *p, int jobs)
                               strerror(errno));
         }
         if (pid == 0) {
+            worker_init(parent);
             for (int i = 0; i < p->started; i++) close(p->wk[i].fd);
             close(sv[0]);
             worker_main(sv[1], p->s);
@@ -135,15 +154,20 @@ static void pool_take(pool_t *p, pool_worker_t *w)
     pool_feed(p, w);
 }
 
-/* Take answers until no worker is busy. */
+/* Take answers until no worker is busy; a second without one is a
+ * progress tick (row NULL), so that a long candidate shows progress. */
 static void pool_drain(pool_t *p)
 {
     while (p->busy > 0) {
-        int np = 0;
+        int np = 0, ready;
         for (int i = 0; i < p->started; i++)
             if (p->wk[i].busy >= 0)
                 p->pf[np++] = (struct pollfd){.fd = p->wk[i].fd, .events = POLLIN};
-        if (poll(p->pf, (nfds_t)np, -1) < 0) {
+        if ((ready = poll(p->pf, (nfds_t)np, 1000)) == 0) {
+            if (p->o->progress) p->o->progress(p->o->progress_arg, p->s->ran, p->s->n_rows, NULL);
+            continue;
+        }
+        if (ready < 0) {
             if (errno == EINTR) continue;
             if (p->st == MOEMU_OK)
                 p->st = moemu_fail(MOEMU_ERR_INTERNAL, "sweep: poll: %s", strerror(errno));

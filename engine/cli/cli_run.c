@@ -455,6 +455,17 @@ done:
     return rc;
 }
 
+/* Every output path checked before any work. */
+static moemu_status_t check_outputs(const run_opts_t *o)
+{
+    const outfile_arg_t outs[] = {
+        {.flag = "--trace", .path = o->trace},
+        {.flag = "--dump-logits", .path = o->dump_logits},
+        {.flag = "--dump-weights", .path = o->dump_weights, .dir = true},
+        {.flag = "--record-routing", .path = o->record_routing}};
+    return cli_outputs_check(&o->sh, outs, (int)(sizeof outs / sizeof outs[0]), NULL);
+}
+
 static int main_of(bool check, int argc, char **argv)
 {
     run_opts_t o;
@@ -465,7 +476,10 @@ static int main_of(bool check, int argc, char **argv)
         cli_help(stdout, run_options);
         return CLI_EXIT_OK;
     }
-    return run(&o);
+    if (check_outputs(&o) != MOEMU_OK) return cli_error();
+    /* the outputs appear together when the run ends, or none */
+    outfile_begin();
+    return cli_outputs_end(run(&o));
 }
 
 int cli_run_main(int argc, char **argv) { return main_of(false, argc, argv); }

@@ -11,7 +11,10 @@
 #include "engine/tools/sweep.h"
 
 #define SWEEP_DEFAULT_TOP 20
-#define SWEEP_PROGRESS_EVERY 50 /* a progress line every so many candidates, off a tty */
+/* candidates x devices: the reference sweep (moe-10b-plan on 16 devices,
+ * batch 128, under 5 minutes) makes 7440; 2^20 lets moe-10b-plan on 512
+ * devices run (870400) and refuses 1024 (1996800) in milliseconds */
+#define SWEEP_DEFAULT_MAX_RUNS ((uint64_t)1 << 20)
 
 static const char sweep_help[] =
     "usage: moemu sweep --devices N [OPTIONS]\n"
@@ -21,14 +24,15 @@ static const char sweep_help[] =
     "micro-batch counts; run each as a dry run (virtual time, no math); drop\n"
     "those that do not fit in memory or miss the constraints; print the best\n"
     "by the objective with the Pareto front of TTFT (lower) against throughput\n"
-    "per device (higher) marked *. Progress goes to stderr. docs/sweep.md\n"
-    "defines the enumeration, the defaults and every column.\n"
+    "per device (higher) marked *. On a terminal, progress goes to stderr.\n"
+    "docs/sweep.md defines the enumeration, the defaults and every column.\n"
     "\n";
 
 typedef struct {
     cli_shared_t sh;
     const char *plot;
     int top, jobs;
+    uint64_t max_runs;
     double ttft_max, headroom;
     sweep_objective_t objective;
     par_enum_opts_t en;
@@ -124,6 +128,11 @@ static const cli_opt_t sweep_options[] = {
              "2*PP (the default); pow2: 1, 2, 4, ...; or a list\n"
              "(1 is always tried); counts over the sequences of\n"
              "a DP replica are left out"},
+    {.name = "max-device-runs", .arg = "N", .type = CLI_U64, .off = SW(max_runs),
+     .field = "max device runs",
+     .help = "refuse, before running any, a sweep whose candidates\n"
+             "x devices is over N (default 1048576; 0: no bound):\n"
+             "each candidate emulates every device, one thread each"},
     {.name = "jobs", .arg = "N", .type = CLI_INT, .off = SW(jobs), .lo = 1, .hi = 1024,
      .help = "candidates run at a time, each in its own worker\n"
              "process (default: the host's cores)"},
@@ -142,7 +151,7 @@ static const cli_opt_t sweep_options[] = {
 static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
 {
     *o = (sweep_cli_t){.top = SWEEP_DEFAULT_TOP, .en = {.max_etp = 2, .sp = PAR_ENUM_SP_WITH_TP},
-                       .mb = SWEEP_MB_PP};
+                       .mb = SWEEP_MB_PP, .max_runs = SWEEP_DEFAULT_MAX_RUNS};
     cli_shared_init(&o->sh);
     int first;
     MOEMU_CHECK(cli_parse("moemu sweep", argc, argv, sweep_options, &o->sh, o, help, &first));
@@ -157,26 +166,29 @@ static moemu_status_t parse(sweep_cli_t *o, int argc, char **argv, bool *help)
     return MOEMU_OK;
 }
 
-/* ---- progress on stderr */
+/* ---- progress on stderr: on a terminal, one line rewritten at most once
+ * a second, also while candidates run; elsewhere (a log, a pipe) nothing
+ * until the closing line, so that logs hold no stream of updates */
 
 typedef struct {
-    bool tty;
-    double t0; /* host seconds */
-    bool shown;
+    bool tty, shown;
+    double t0, shown_at; /* host seconds */
+    char last[SWEEP_NAME_LEN + 32];
 } progress_t;
 
 static void progress(void *arg, int done, int total, const sweep_row_t *row)
 {
     progress_t *p = arg;
-    double t = emu_host_seconds() - p->t0;
-    if (p->tty) {
-        fprintf(stderr, "\rsweep %d/%d, %.0f s: %s x%d %-40s", done, total, t, row->name,
-                row->micro_batches, row->fate == SWEEP_NO_FIT ? "(does not fit)" : "");
-        fflush(stderr);
-        p->shown = true;
-    } else if (done % SWEEP_PROGRESS_EVERY == 0 || done == total) {
-        fprintf(stderr, "sweep: %d of %d candidates run, %.0f s\n", done, total, t);
-    }
+    if (row)
+        snprintf(p->last, sizeof p->last, "%s x%d%s", row->name, row->micro_batches,
+                 row->fate == SWEEP_NO_FIT ? " (does not fit)" : "");
+    double now = emu_host_seconds();
+    if (!p->tty || (p->shown && now - p->shown_at < 1)) return;
+    fprintf(stderr, "\rsweep %d/%d, %.0f s%s%-50.50s", done, total, now - p->t0,
+            p->last[0] ? ": " : "", p->last);
+    fflush(stderr);
+    p->shown = true;
+    p->shown_at = now;
 }
 
 static void progress_end(progress_t *p)
@@ -298,12 +310,12 @@ static int run(const sweep_cli_t *o)
                        .memory_headroom = o->headroom, .objective = o->objective,
                        .routing = o->sh.routing, .seed = o->sh.seed,
                        .dispatch_fp8 = o->sh.dispatch_fp8, .progress = progress,
-                       .progress_arg = &pr};
+                       .progress_arg = &pr, .max_device_runs = o->max_runs};
+    /* worker processes even for one job: the parent then waits in poll
+     * and shows progress while a long candidate runs */
     int jobs = o->jobs ? o->jobs : default_jobs();
-    if (jobs > 1) {
-        so.exec = cli_sweep_workers;
-        so.exec_arg = &jobs;
-    }
+    so.exec = cli_sweep_workers;
+    so.exec_arg = &jobs;
     so.uneven = o->uneven;
     so.mb = o->mb;
     so.micro_batches = o->mb_list;
@@ -349,5 +361,8 @@ int cli_sweep_main(int argc, char **argv)
         cli_help(stdout, sweep_options);
         return CLI_EXIT_OK;
     }
-    return run(&o);
+    const outfile_arg_t plot = {.flag = "--plot", .path = o.plot};
+    if (cli_outputs_check(&o.sh, &plot, 1, NULL) != MOEMU_OK) return cli_error();
+    outfile_begin(); /* --csv, --json and --plot appear together, or none */
+    return cli_outputs_end(run(&o));
 }

@@ -43,6 +43,7 @@ int main(int argc, char **argv)
         printf("moemu %s\n", PACKAGE_VERSION);
         return CLI_EXIT_OK;
     }
+    cli_signals_catch();
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "moemu: error: unknown command '%s' (see moemu --help)\n", argv[1]);

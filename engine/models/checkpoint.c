@@ -974,11 +974,10 @@ static moemu_status_t ckpt_find_existing(const char *dir, char *found, size_t ca
     return MOEMU_OK;
 }
 
-/* path as a directory to write into: created (*created) or existing
- * without a checkpoint. */
-static moemu_status_t ckpt_prepare_dir(const char *path, bool *created)
+/* path as a directory to write into: created (outfile_mkdir: removed
+ * again on a failure) or existing without a checkpoint. */
+static moemu_status_t ckpt_prepare_dir(const char *path)
 {
-    *created = false;
     struct stat sb;
     if (stat(path, &sb) == 0) {
         if (!S_ISDIR(sb.st_mode))
@@ -991,24 +990,21 @@ static moemu_status_t ckpt_prepare_dir(const char *path, bool *created)
                               "(%s); remove it first, or write elsewhere", path, found);
         return MOEMU_OK;
     }
-    if (mkdir(path, 0777) != 0)
-        return moemu_fail(MOEMU_ERR_IO, "cannot create directory %s: %s", path, strerror(errno));
-    *created = true;
-    return MOEMU_OK;
+    return outfile_mkdir(path);
 }
 
-/* A set being written: the files, under tmp until moved to dir. */
+/* A set being written into dir, each file staged by outfile until the
+ * set's transaction commits them in the order written. */
 typedef struct {
     const char *dir;
-    char *tmp;
-    int nnames, moved;
+    int nnames;
     char (*names)[CKPT_NAME_MAX];
 } ckpt_set_t;
 
 static moemu_status_t ckpt_set_write(ckpt_set_t *s, const char *name, const st_write_tensor_t *ts,
                                      int n, const st_dtype_t *dt)
 {
-    char *p = ckpt_join(s->tmp, name);
+    char *p = ckpt_join(s->dir, name);
     if (!p) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", s->dir);
     snprintf(s->names[s->nnames++], CKPT_NAME_MAX, "%s", name);
     moemu_status_t st = st_write_dtypes(p, ts, n, dt);
@@ -1043,8 +1039,10 @@ static moemu_status_t ckpt_fill_index(FILE *f, const void *arg)
                : MOEMU_OK;
 }
 
-/* Every shard, then the index, under s->tmp. */
-static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *ts, const st_dtype_t *dt,
+/* Every shard, then the index (written last, so renamed last: a reader
+ * finds the index only once every shard is in place). */
+static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *ts,
+                                        const st_dtype_t *dt,
                                         const int *first, int ns, uint64_t total)
 {
     for (int k = 0; k < ns; k++) {
@@ -1053,7 +1051,7 @@ static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *
         MOEMU_CHECK(ckpt_set_write(s, name, ts + first[k], first[k + 1] - first[k], dt + first[k]));
     }
     ckpt_index_out_t o = {ts, first, ns, s->names, total};
-    char *p = ckpt_join(s->tmp, CKPT_INDEX_NAME);
+    char *p = ckpt_join(s->dir, CKPT_INDEX_NAME);
     if (!p) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", s->dir);
     snprintf(s->names[s->nnames++], CKPT_NAME_MAX, "%s", CKPT_INDEX_NAME);
     moemu_status_t st = outfile_write(p, ckpt_fill_index, &o);
@@ -1061,55 +1059,13 @@ static moemu_status_t ckpt_write_shards(ckpt_set_t *s, const st_write_tensor_t *
     return st;
 }
 
-/* tmp/name to dir/name for every file, the index last (it was named
- * last): a reader finds the index only once every shard is in place. */
-static moemu_status_t ckpt_set_move(ckpt_set_t *s)
-{
-    for (; s->moved < s->nnames; s->moved++) {
-        char *from = ckpt_join(s->tmp, s->names[s->moved]);
-        char *to = ckpt_join(s->dir, s->names[s->moved]);
-        int err = !from || !to ? ENOMEM : rename(from, to) != 0 ? errno : 0;
-        free(from);
-        free(to);
-        if (err)
-            return moemu_fail(MOEMU_ERR_IO, "cannot move %s into %s: %s", s->names[s->moved],
-                              s->dir, strerror(err));
-    }
-    return MOEMU_OK;
-}
-
-/* After a failure: the moved files out of dir, the rest out of tmp. */
-static void ckpt_set_undo(ckpt_set_t *s)
-{
-    for (int i = 0; i < s->nnames; i++) {
-        char *p = ckpt_join(i < s->moved ? s->dir : s->tmp, s->names[i]);
-        if (p) unlink(p);
-        free(p);
-    }
-}
-
-/* Write into dir through a temporary directory inside it. */
 static moemu_status_t ckpt_write_dir(const char *dir, const st_write_tensor_t *ts, int n,
                                      const st_dtype_t *dt, const int *first, int ns, uint64_t total)
 {
-    ckpt_set_t s = {.dir = dir, .tmp = ckpt_join(dir, ".ckpt-tmp.XXXXXX")};
-    s.names = calloc((size_t)ns + 2, sizeof *s.names);
-    if (!s.tmp || !s.names) {
-        free(s.tmp);
-        free(s.names);
-        return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", dir);
-    }
-    moemu_status_t st = mkdtemp(s.tmp) ? MOEMU_OK
-                                       : moemu_fail(MOEMU_ERR_IO, "cannot create a temporary "
-                                                    "directory in %s: %s", dir, strerror(errno));
-    bool made = st == MOEMU_OK;
-    if (st == MOEMU_OK)
-        st = ns ? ckpt_write_shards(&s, ts, dt, first, ns, total)
-                : ckpt_set_write(&s, CKPT_SINGLE_NAME, ts, n, dt);
-    if (st == MOEMU_OK) st = ckpt_set_move(&s);
-    if (st != MOEMU_OK) ckpt_set_undo(&s);
-    if (made) rmdir(s.tmp);
-    free(s.tmp);
+    ckpt_set_t s = {.dir = dir, .names = calloc((size_t)ns + 2, sizeof *s.names)};
+    if (!s.names) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_write %s: out of memory", dir);
+    moemu_status_t st = ns ? ckpt_write_shards(&s, ts, dt, first, ns, total)
+                           : ckpt_set_write(&s, CKPT_SINGLE_NAME, ts, n, dt);
     free(s.names);
     return st;
 }
@@ -1117,11 +1073,12 @@ static moemu_status_t ckpt_write_dir(const char *dir, const st_write_tensor_t *t
 static moemu_status_t ckpt_write_planned(const char *path, const st_write_tensor_t *ts, int n,
                                          const st_dtype_t *dt, const int *first, int ns, uint64_t total)
 {
-    bool created;
-    MOEMU_CHECK(ckpt_prepare_dir(path, &created));
-    moemu_status_t st = ckpt_write_dir(path, ts, n, dt, first, ns, total);
-    if (st != MOEMU_OK && created) rmdir(path);
-    return st;
+    /* one transaction: every file, and the directory if it made one,
+     * committed together or removed */
+    outfile_begin();
+    moemu_status_t st = ckpt_prepare_dir(path);
+    if (st == MOEMU_OK) st = ckpt_write_dir(path, ts, n, dt, first, ns, total);
+    return outfile_end(st);
 }
 
 /* One file at a .safetensors path, or the planned set in a directory. */

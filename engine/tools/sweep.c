@@ -326,6 +326,15 @@ static moemu_status_t enumerate_rows(sweep_t *out, const cfg_model_t *cfg, const
     par_strategy_enumerate(&dims, devices, &en, strats, ns);
     int total = 0, mb[SWEEP_MAX_MB];
     for (int i = 0; i < ns; i++) total += sweep_micro_batches(&strats[i], wl->batch, o, mb);
+    uint64_t runs = (uint64_t)total * (uint64_t)devices;
+    if (o->max_device_runs && runs > o->max_device_runs) {
+        free(strats);
+        return moemu_fail(MOEMU_ERR_INVALID, "max device runs %llu: %d candidates (strategy x "
+                          "micro-batches) of %d devices each make %llu device runs; narrow "
+                          "the enumeration or raise the bound",
+                          (unsigned long long)o->max_device_runs, total, devices,
+                          (unsigned long long)runs);
+    }
     sweep_row_t *rows = calloc((size_t)total, sizeof *rows);
     if (!rows) {
         free(strats);

@@ -56,7 +56,9 @@ typedef struct {
     bool pareto;        /* on the front among the kept */
 } sweep_row_t;
 
-/* Called after each candidate, from the calling thread. */
+/* Called after each candidate (row: the one done), from the calling
+ * thread; and, by an exec that waits on candidates, with row NULL while
+ * none finishes (about once a second), so that progress can be shown. */
 typedef void (*sweep_progress_fn)(void *arg, int done, int total, const sweep_row_t *row);
 
 /* The micro-batch counts tried for a strategy with PP > 1 (PP = 1 runs
@@ -98,6 +100,10 @@ struct sweep_opts {
     double ttft_max;            /* seconds; 0: no limit */
     double memory_headroom;     /* [0, 1): peak <= (1 - F) x capacity */
     sweep_objective_t objective;
+    /* refuse, before running any, candidates whose count times the
+     * devices is over this (each candidate emulates every device, one
+     * thread each: the work and the memory grow with both); 0: no bound */
+    uint64_t max_device_runs;
     sweep_exec_fn exec;         /* NULL: one candidate after another, here */
     void *exec_arg;
     const char *routing;        /* route_open's spec; NULL: uniform */
@@ -138,7 +144,9 @@ void sweep_candidate_done(sweep_t *s, const sweep_row_t *row, const sweep_opts_t
  * (its nodes and devices per node already overridden); the sweep runs
  * on exactly devices devices. A candidate that runs out of device memory
  * is a row "does not fit", not an error; any other failure is. No valid
- * strategy is MOEMU_ERR_INVALID. Free with sweep_free. */
+ * strategy, or more device runs than o->max_device_runs (a message that
+ * begins "max device runs N:" and gives the counts), is
+ * MOEMU_ERR_INVALID. Free with sweep_free. */
 moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
                          const emu_hw_t *hw, int devices, const sweep_opts_t *o);
 void sweep_free(sweep_t *s);
