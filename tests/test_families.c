@@ -47,6 +47,7 @@ static const struct {
     {"Qwen3-30B-A3B", "qwen3_moe"},     {"Qwen3-235B-A22B", "qwen3_moe"},
     {"OLMoE-1B-7B-0924", "olmoe"},      {"granite-3.1-1b-a400m", "granitemoe"},
     {"Mixtral-8x7B-v0.1", "mixtral"},   {"Mixtral-8x22B-v0.1", "mixtral"},
+    {"gpt-oss-20b", "gpt_oss"},         {"gpt-oss-120b", "gpt_oss"},
 };
 
 Test(families, real_configs_read_as_their_family_with_no_key_unread, .init = watch,
@@ -207,6 +208,43 @@ Test(families, every_problem_of_a_config_at_once)
     const char *each[] = {"'use_sliding_window'", "'rope_scaling.factor'", "'hidden_size'",
                           "'quantization_config'", "'num_experts_per_tok'"};
     for (size_t i = 0; i < 5; i++) cr_expect(strstr(m, each[i]), "%s lacks %s", m, each[i]);
+}
+
+/* gpt-oss: the real config as GptOssConfig reads it, the class's defaults
+ * (YaRN unless rope_scaling is an explicit null), and every problem of
+ * its own keys at once. */
+Test(families, gpt_oss_config)
+{
+    const char *src = getenv("MOEMU_SRCDIR");
+    char path[512];
+    cfg_model_t c;
+    snprintf(path, sizeof path, "%s/examples/models/gpt-oss-120b.json", src ? src : ".");
+    cr_assert_eq(cfg_load(&c, path), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.sinks && c.expert_bias && c.qkv_bias && c.o_bias && c.mxfp4);
+    cr_expect(c.hidden_act == LAYER_ACT_SWIGLU_OAI && c.router == LAYER_ROUTE_TOPK_SOFTMAX);
+    cr_expect(c.sliding_window == 128 && c.num_sliding_layers == 18 && cfg_layer_sliding(&c, 0) &&
+              !cfg_layer_sliding(&c, 1) && cfg_layer_sliding(&c, 34) && !cfg_layer_sliding(&c, 35));
+    cr_expect(c.yarn_factor == 32 && c.yarn_original_max == 4096 && !c.yarn_truncate);
+    cr_expect(c.swiglu_limit == 7.0 && c.head_dim == 64 && c.dtype == EMU_DTYPE_BF16);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"gpt_oss\"}"), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect(c.num_local_experts == 128 && c.num_hidden_layers == 36 && c.yarn_factor == 32 &&
+              c.num_sliding_layers == 18 && !c.mxfp4);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"gpt_oss\",\"rope_scaling\":null}"), MOEMU_OK);
+    cr_expect_eq(c.yarn_factor, 0, "an explicit null is plain RoPE");
+    cr_assert_eq(parse(&c, "{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":3,"
+                           "\"sliding_window\":0,\"swiglu_limit\":-1,\"layer_types\":"
+                           "[\"full_attention\",\"local\",\"sliding_attention\"]}"),
+                 MOEMU_ERR_INVALID);
+    const char *m = moemu_errmsg();
+    const char *each[] = {"3 problems", "'sliding_window' must be at least 1, got 0",
+                          "'swiglu_limit' must be a finite number > 0, got -1",
+                          "'layer_types[1]' = \"local\" is neither"};
+    for (size_t i = 0; i < 4; i++) cr_expect(strstr(m, each[i]), "%s lacks %s", m, each[i]);
+    cr_assert_eq(parse(&c, "{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":3,"
+                           "\"layer_types\":[\"full_attention\"]}"),
+                 MOEMU_ERR_INVALID);
+    cr_expect(strstr(moemu_errmsg(), "'layer_types' has 1 entries for num_hidden_layers = 3"), "%s",
+              moemu_errmsg());
 }
 
 /* ---- warnings and rope_parameters */

@@ -1387,15 +1387,13 @@ static void read_gpt_oss(cfg_rd_t *r, cfg_model_t *c)
 {
     rd_hf_common(r, c, "num_local_experts", "intermediate_size");
     c->hidden_act = LAYER_ACT_SWIGLU_OAI; /* "silu" in the config: its own SwiGLU */
-    rd_head_dim(r, c);
+    rd_int(r, "head_dim", &c->head_dim); /* the class's 64, not hidden / heads */
     rd_attention_bias(r, c);
     rd_num(r, "swiglu_limit", &c->swiglu_limit);
     if (!(c->swiglu_limit > 0) || !isfinite(c->swiglu_limit))
         rd_bad(r, "config key 'swiglu_limit' must be a finite number > 0, got %g", c->swiglu_limit);
     /* the class defaults YaRN; an explicit null means plain RoPE */
-    if (cfg_present(&r->src, "rope_scaling") &&
-        json_is_null(json_object_get(r->src.root, "rope_scaling")))
-        c->yarn_factor = 0;
+    if (json_is_null(json_object_get(r->src.root, "rope_scaling"))) c->yarn_factor = 0;
     rd_sliding(r, c);
     static const char *const unused[] = {"experts_per_token", "initial_context_length", NULL};
     rd_known(r, unused); /* the original release's keys; transformers ignores them */
