@@ -163,7 +163,8 @@ static moemu_status_t int_value(const emu_json_src_t *src, const char *key, cons
     if (x < (double)lo)
         return emu_json_bad(src, key, NULL, "= %s is out of range (at least %lld)", got,
                             (long long)lo);
-    if (x > (double)hi)
+    /* (double)INT64_MAX is 2^63, which no int64_t holds: refused too */
+    if (x > (double)hi || x >= 0x1p63)
         return emu_json_bad(src, key, NULL, "= %s is out of range (at most %lld)", got,
                             (long long)hi);
     *out = (int64_t)x;

@@ -53,6 +53,17 @@ Test(json, integers)
     json_object_set_new(o, "big", json_integer(INT64_MAX));
     cr_assert_eq(emu_json_i64(&src, o, "big", 0, 0, INT64_MAX, &big), MOEMU_OK);
     cr_assert_eq(big, INT64_MAX);
+    /* a whole real of 2^63 passes "<= (double)INT64_MAX" but fits no
+     * int64_t: an index's total_size of 9223372036854775808.0 was a
+     * float-to-integer overflow (UBSan, tests/fuzz/fuzz_index.c) */
+    json_object_set_new(o, "r63", json_real(0x1p63));
+    cr_assert_eq(emu_json_i64(&src, o, "r63", EMU_JSON_WHOLE_REAL, 0, INT64_MAX, &big),
+                 MOEMU_ERR_INVALID);
+    ASSERT_MSG("t.json: config key 'r63' = 9.223372036854776e+18 is out of range (at most "
+               "9223372036854775807)");
+    json_object_set_new(o, "r62", json_real(0x1p62));
+    cr_assert_eq(emu_json_i64(&src, o, "r62", EMU_JSON_WHOLE_REAL, 0, INT64_MAX, &big), MOEMU_OK);
+    cr_assert_eq(big, (int64_t)1 << 62);
     json_decref(o);
 }
 

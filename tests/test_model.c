@@ -291,6 +291,18 @@ Test(workload, errors)
     wl_error(&(wl_opts_t){.tokens_file = "/nonexistent/t.json"}, "cannot open tokens file /nonexistent/t.json");
 }
 
+/* Lengths past the model's positions are refused before any token is
+ * made for them: 64 prompts of 2^31 - 1 tokens once asked for 512 GB. */
+Test(workload, long_prompts_refused_before_their_tokens)
+{
+    char lens[64 * 11 + 1] = "";
+    for (int i = 0; i < 64; i++) strcat(lens, i ? ",2147483647" : "2147483647");
+    wl_error(&(wl_opts_t){.lens = lens, .decode = 2},
+             "sequence 0 needs 2147483648 positions (prompt 2147483647 + decode 2 - 1)");
+    wl_error(&(wl_opts_t){.batch = 64, .range = "2147483647:2147483647"},
+             "sequence 0 needs 2147483647 positions");
+}
+
 Test(workload, tokens_file)
 {
     cfg_model_t cfg;

@@ -1767,3 +1767,28 @@ Test(routing, replay_refuses_a_repeated_expert)
     replay_error(dropped, 2, "routing '%s': layer 0, sequence 0, position 1 chooses expert 2 "
                              "twice");
 }
+
+/* A token has its k choices or none: with one missing, the stand-in
+ * (expert j for choice j) repeated expert 1 (found by the routing fuzz
+ * harness). A token with none (a position never routed) is kept. */
+Test(routing, replay_refuses_a_token_half_routed)
+{
+    int half[8] = {0, 1, 1, INT32_MIN, 1, 0, 2, 3};
+    replay_error(half, 2, "routing '%s': layer 0, sequence 0, position 1 has 1 of its 2 "
+                          "choices");
+    cfg_model_t cfg;
+    small_cfg(&cfg, 2, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "2", 1);
+    int none[8] = {0, 1, INT32_MIN, INT32_MIN, 1, 0, 2, 3};
+    char path[64], spec[96];
+    save_record(none, 2, 2, path, spec, sizeof spec);
+    route_src_t r;
+    cr_assert_eq(route_open(&r, spec, &cfg, &wl, 1), MOEMU_OK, "%s", moemu_errmsg());
+    int idx[2];
+    route_choose(&r, 0, 0, 1, idx);
+    cr_assert(idx[0] == 0 && idx[1] == 1, "stand-ins %d, %d", idx[0], idx[1]);
+    route_close(&r);
+    unlink(path);
+    wl_free(&wl);
+}

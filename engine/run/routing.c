@@ -29,12 +29,21 @@ static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
 static int replay_expert(int x) { return x < 0 ? -1 - x : x; }
 
 /* Every token's top-k of a replay record: experts of the model, each at
- * most once (the router never picks one twice). */
+ * most once (the router never picks one twice), and all k choices or none
+ * (a run records a token's k at once; route_choose stands expert j in for
+ * a missing choice j, which could repeat one the token has). */
 static moemu_status_t replay_check(const route_src_t *r, const char *spec)
 {
     size_t tokens = (size_t)r->L * r->B * r->P;
     for (size_t t = 0; t < tokens; t++) {
         const int *rec = r->replay + t * r->k;
+        int missing = 0;
+        for (int j = 0; j < r->k; j++) missing += rec[j] == INT32_MIN;
+        if (missing && missing < r->k)
+            return moemu_fail(MOEMU_ERR_FORMAT, "routing '%s': layer %zu, sequence %zu, "
+                              "position %zu has %d of its %d choices", spec,
+                              t / ((size_t)r->B * r->P), t / r->P % r->B, t % r->P,
+                              r->k - missing, r->k);
         for (int j = 0; j < r->k; j++) {
             if (rec[j] == INT32_MIN) continue;
             int e = replay_expert(rec[j]);

@@ -143,6 +143,25 @@ out:
     return st;
 }
 
+/* Every sequence within the model's positions, and max_len: checked as
+ * soon as the lengths are known, before tokens are made for them (a
+ * length of 2^31 would otherwise cost 8 GB first). */
+static moemu_status_t check_positions(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
+{
+    for (int b = 0; b < wl->batch; b++) {
+        if (wl->len[b] > wl->max_len) wl->max_len = wl->len[b];
+        /* the last generated token is never fed back: len + decode - 1 positions */
+        int64_t need = (int64_t)wl->len[b] + (o->decode > 0 ? o->decode - 1 : 0);
+        if (need > cfg->max_position_embeddings)
+            return moemu_fail(MOEMU_ERR_INVALID,
+                              "sequence %d needs %lld positions (prompt %d + decode %d - 1) but "
+                              "the model's max_position_embeddings is %d",
+                              b, (long long)need, wl->len[b], o->decode,
+                              cfg->max_position_embeddings);
+    }
+    return MOEMU_OK;
+}
+
 moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
 {
     memset(wl, 0, sizeof *wl);
@@ -152,10 +171,13 @@ moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
     if (o->batch < 0)
         return moemu_fail(MOEMU_ERR_INVALID, "batch %d: must be >= 0 (0: as many as the "
                                              "lengths give)", o->batch);
+    wl->decode = o->decode;
     if (o->tokens_file) {
         st = read_tokens(wl, o, cfg);
+        if (st == MOEMU_OK) st = check_positions(wl, o, cfg);
     } else {
         st = make_lengths(wl, o);
+        if (st == MOEMU_OK) st = check_positions(wl, o, cfg);
         if (st == MOEMU_OK) {
             wl->start = calloc((size_t)wl->batch + 1, sizeof(int64_t));
             if (!wl->start) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the workload");
@@ -172,23 +194,6 @@ moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
                                        (uint64_t)cfg->vocab_size) >> 32);
         }
     }
-    if (st != MOEMU_OK) {
-        wl_free(wl);
-        return st;
-    }
-    wl->decode = o->decode;
-    for (int b = 0; b < wl->batch; b++) {
-        if (wl->len[b] > wl->max_len) wl->max_len = wl->len[b];
-        /* the last generated token is never fed back: len + decode - 1 positions */
-        int64_t need = (int64_t)wl->len[b] + (wl->decode > 0 ? wl->decode - 1 : 0);
-        if (need > cfg->max_position_embeddings) {
-            moemu_fail(MOEMU_ERR_INVALID,
-                       "sequence %d needs %lld positions (prompt %d + decode %d - 1) but "
-                       "the model's max_position_embeddings is %d",
-                       b, (long long)need, wl->len[b], o->decode, cfg->max_position_embeddings);
-            wl_free(wl);
-            return MOEMU_ERR_INVALID;
-        }
-    }
-    return MOEMU_OK;
+    if (st != MOEMU_OK) wl_free(wl);
+    return st;
 }
