@@ -846,7 +846,6 @@ static void rd_rope(cfg_rd_t *r, cfg_model_t *c)
     *theta = t;
 }
 
-/* The problems collected, then the rules on the values read. */
 /* Values that are valid but no real model has (a capacity factor of 1e9,
  * an eps of 1e30): one warning naming each with the range expected. */
 static moemu_status_t cfg_plausible(const cfg_model_t *c, const char *label)
@@ -875,6 +874,7 @@ static moemu_status_t cfg_plausible(const cfg_model_t *c, const char *label)
                       list);
 }
 
+/* The problems collected, then the rules on the values read. */
 static moemu_status_t rd_finish(cfg_rd_t *r, cfg_model_t *c, cfg_model_t *out)
 {
     cfg_check(&r->p, c); /* a key that could not be read kept its valid default */
