@@ -82,8 +82,11 @@ static slot_t *slot_new(slot_kind_t kind, const char *path)
 {
     int i = atomic_load(&slot_count), c = i / SLOTS_PER_CHUNK;
     if (c >= SLOT_CHUNKS || strlen(path) >= PATH_MAX) return NULL;
-    if (!slot_chunks[c] && !(slot_chunks[c] = calloc(SLOTS_PER_CHUNK, sizeof(slot_t))))
-        return NULL;
+    if (!atomic_load(&slot_chunks[c])) {
+        slot_t *chunk = calloc(SLOTS_PER_CHUNK, sizeof(slot_t));
+        if (!chunk) return NULL;
+        atomic_store(&slot_chunks[c], chunk);
+    }
     slot_t *s = slot_at(i);
     atomic_store(&s->kind, SLOT_DONE);
     strcpy(s->path, path);
