@@ -300,7 +300,7 @@ Test(config_parse, model_type_chooses_the_family)
                  MOEMU_ERR_INVALID);
     cr_assert_str_eq(moemu_errmsg(), "x: config key 'model_type' = \"llama\" is not a family "
                                      "moemu implements (mixtral, qwen2_moe, qwen3_moe, olmoe, "
-                                     "granitemoe, deepseek_v2, deepseek_v3, kimi_k2)");
+                                     "granitemoe, deepseek_v2, deepseek_v3, kimi_k2, gpt_oss)");
     cr_assert_eq(parse_patched(&c, "{\"model_type\": 3}", NULL, "x"), MOEMU_ERR_INVALID);
     cr_assert(strstr(moemu_errmsg(), "model_type"), "%s", moemu_errmsg());
 }
