@@ -2,7 +2,9 @@
  * the Hub's file names and index, the refusals of ckpt_write, every way an
  * index and its shards can disagree (each message naming the files and
  * tensors), ckpt_read_all's all-at-once report, FP8 weights with their
- * block scales, the ignore predicate, and size strings. */
+ * block scales, MXFP4 experts (gpt-oss's blocks and scales) decoded exactly
+ * through wts_load and their problems, the ignore predicate, and size
+ * strings. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <jansson.h>
@@ -14,6 +16,8 @@
 #include <unistd.h>
 
 #include "engine/models/checkpoint.h"
+#include "engine/models/config.h"
+#include "engine/models/weights.h"
 
 #define TMPDIR_NAME "moemu-ckpt"
 #include "tests/tmpdir.h"
@@ -856,6 +860,276 @@ Test(ckpt, ignore_predicate_leaves_out_and_counts)
     cr_expect_eq(o.ignored_bytes, 600 + 4 + 60);
     ckpt_close(ck);
     fp8_free(fs, 5);
+}
+
+/* ---- MXFP4 experts, as gpt-oss ships them */
+
+/* A tiny gpt-oss: hidden 64 (gate_up's in: two blocks of 32) and
+ * intermediate F (down's in), four experts, two layers. */
+#define MX_JSON(F)                                                                         \
+    "{\"model_type\":\"gpt_oss\",\"vocab_size\":40,\"hidden_size\":64,"                   \
+    "\"intermediate_size\":" #F ",\"num_hidden_layers\":2,\"num_attention_heads\":4,"     \
+    "\"num_key_value_heads\":2,\"head_dim\":16,\"num_local_experts\":4,"                  \
+    "\"num_experts_per_tok\":2,\"sliding_window\":4,\"rope_scaling\":{\"rope_type\":"     \
+    "\"yarn\",\"factor\":4.0,\"original_max_position_embeddings\":16,\"truncate\":false}," \
+    "\"max_position_embeddings\":64,\"torch_dtype\":\"bfloat16\"}"
+
+/* e2m1 by code, as transformers' FP4_VALUES lists them. */
+static const float fp4_values[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* X [E, in, out] as MXFP4: blocks [E, out, in/32, 16] of random codes,
+ * scales [E, out, in/32] in 120..130, and X's values computed element by
+ * element: value i of row (e, o) is the code in nibble i % 2 (low first)
+ * of byte (i % 32) / 2 of block i / 32, times 2^(scale - 127). */
+typedef struct {
+    const char *name;
+    int64_t E, in, out;
+    uint8_t *blocks, *scales;
+    float *want;
+} mx_t;
+
+static mx_t mx_make(const char *name, int64_t E, int64_t in, int64_t out, unsigned seed)
+{
+    mx_t m = {name, E, in, out, NULL, NULL, NULL};
+    int64_t G = in / 32, rows = E * out * G;
+    m.blocks = malloc((size_t)rows * 16);
+    m.scales = malloc((size_t)rows);
+    m.want = malloc((size_t)(E * in * out) * sizeof(float));
+    srand(seed);
+    for (int64_t k = 0; k < rows * 16; k++) m.blocks[k] = (uint8_t)(rand() % 256);
+    for (int64_t k = 0; k < rows; k++) m.scales[k] = (uint8_t)(120 + rand() % 11);
+    for (int64_t e = 0; e < E; e++)
+        for (int64_t i = 0; i < in; i++)
+            for (int64_t o = 0; o < out; o++) {
+                int64_t row = (e * out + o) * G + i / 32;
+                uint8_t byte = m.blocks[row * 16 + (i % 32) / 2];
+                int code = i % 2 ? byte >> 4 : byte & 0x0F;
+                m.want[(e * in + i) * out + o] =
+                    (float)ldexp(fp4_values[code], (int)m.scales[row] - 127);
+            }
+    return m;
+}
+
+static void mx_free(mx_t *m)
+{
+    free(m->blocks);
+    free(m->scales);
+    free(m->want);
+}
+
+/* A checkpoint being put together: tensors, their dtypes and names. */
+typedef struct {
+    st_write_tensor_t ts[80];
+    st_dtype_t dt[80];
+    char names[80][160];
+    int n;
+} mxck_t;
+
+static void mxck_add(mxck_t *c, const char *name, const char *suffix, int ndim,
+                     const int64_t *shape, const void *data, st_dtype_t dt)
+{
+    cr_assert_lt(c->n, 80);
+    snprintf(c->names[c->n], sizeof c->names[c->n], "%s%s", name, suffix);
+    st_write_tensor_t *t = &c->ts[c->n];
+    *t = (st_write_tensor_t){.name = c->names[c->n], .ndim = ndim, .data = data};
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    c->dt[c->n++] = dt;
+}
+
+/* m's blocks and scales, as the Hub names and shapes them. */
+static void mxck_add_mx(mxck_t *c, const mx_t *m)
+{
+    int64_t bs[4] = {m->E, m->out, m->in / 32, 16}, ss[3] = {m->E, m->out, m->in / 32};
+    mxck_add(c, m->name, "_blocks", 4, bs, m->blocks, ST_U8);
+    mxck_add(c, m->name, "_scales", 3, ss, m->scales, ST_U8);
+}
+
+/* Every tensor of g in BF16 (the dtype they were generated in), except
+ * those named in skip[0..nskip). */
+static void mxck_add_plain(mxck_t *c, const wts_t *g, const char *const *skip, int nskip)
+{
+    for (int i = 0; i < wts_tensor_count(g); i++) {
+        wts_tensor_t t;
+        wts_tensor_at(g, i, &t);
+        bool skipped = false;
+        for (int k = 0; k < nskip; k++) skipped |= !strcmp(t.name, skip[k]);
+        if (!skipped) mxck_add(c, t.name, "", t.ndim, t.shape, t.data, ST_BF16);
+    }
+}
+
+static const char *const mx_gu0 = "model.layers.0.mlp.experts.gate_up_proj",
+                         *mx_dn0 = "model.layers.0.mlp.experts.down_proj",
+                         *mx_gu1 = "model.layers.1.mlp.experts.gate_up_proj",
+                         *mx_dn1 = "model.layers.1.mlp.experts.down_proj";
+
+/* gpt-oss's experts stored as the Hub ships them, three of the four
+ * expert tensors as MXFP4 and the last plain, in shards: wts_load gives
+ * each decoded value bit for bit (the sign of -0 included), and every
+ * other tensor as written. */
+Test(ckpt, mxfp4_experts_load_exactly)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, MX_JSON(64), "oss"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t g, w;
+    cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    mx_t mx[3] = {mx_make(mx_gu0, 4, 64, 128, 11), mx_make(mx_dn0, 4, 64, 64, 12),
+                  mx_make(mx_gu1, 4, 64, 128, 13)};
+    static mxck_t c;
+    memset(&c, 0, sizeof c);
+    const char *skip[3] = {mx_gu0, mx_dn0, mx_gu1};
+    mxck_add_plain(&c, &g, skip, 3);
+    for (int k = 0; k < 3; k++) mxck_add_mx(&c, &mx[k]);
+    cr_assert_eq(ckpt_write_dtypes(tpath("oss"), c.ts, c.n, c.dt, 20000), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    cr_assert(exists(tpath("oss/model.safetensors.index.json")));
+
+    cr_assert_eq(wts_load(&w, &cfg, tpath("oss")), MOEMU_OK, "%s", moemu_errmsg());
+    int n = wts_tensor_count(&w), decoded = 0;
+    cr_assert_eq(n, wts_tensor_count(&g));
+    for (int i = 0; i < n; i++) {
+        wts_tensor_t t, gt;
+        wts_tensor_at(&w, i, &t);
+        wts_tensor_at(&g, i, &gt);
+        cr_assert_str_eq(t.name, gt.name);
+        const float *want = gt.data;
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(t.name, mx[k].name)) {
+                want = mx[k].want;
+                decoded++;
+                cr_assert_eq(t.shape[0] * t.shape[1] * t.shape[2], 4 * 64 * mx[k].out);
+            }
+        size_t count = 1;
+        for (int d = 0; d < t.ndim; d++) count *= (size_t)t.shape[d];
+        cr_assert_eq(memcmp(t.data, want, count * sizeof(float)), 0, "%s differs", t.name);
+    }
+    cr_assert_eq(decoded, 3);
+
+    /* the same read through ckpt_read_all_opts: the count of decoded tensors */
+    ckpt_want_t *want = calloc((size_t)n, sizeof *want);
+    wts_tensor_t *ts = calloc((size_t)n, sizeof *ts);
+    for (int i = 0; i < n; i++) {
+        wts_tensor_at(&w, i, &ts[i]);
+        want[i] = (ckpt_want_t){ts[i].name, ts[i].ndim, ts[i].shape, ts[i].data};
+    }
+    ckpt_t *ck = open_ok(tpath("oss"));
+    ckpt_read_opts_t o = {0};
+    cr_assert_eq(ckpt_read_all_opts(ck, want, n, "oss", &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(o.mxfp4, 3);
+    cr_expect_eq(o.fp8, 0);
+    cr_expect_eq(o.ignored, 0);
+    ckpt_close(ck);
+    free(want);
+    free(ts);
+    for (int k = 0; k < 3; k++) mx_free(&mx[k]);
+    wts_free(&w);
+    wts_free(&g);
+}
+
+/* Scales at the ends of e8m0: 255 makes 1.0 Inf (2^128) but keeps 0.5
+ * finite (2^127); 0 gives subnormals, exact. The Inf are counted as the
+ * NaN and Inf of any tensor are, named by the blocks. */
+Test(ckpt, mxfp4_extreme_scales)
+{
+    uint8_t blocks[2 * 16], scales[2] = {255, 0};
+    memset(blocks, 0x21, sizeof blocks); /* 0.5 (low nibble), 1.0 (high) */
+    mxck_t *c = calloc(1, sizeof *c);
+    static const int64_t bs[4] = {1, 2, 1, 16}, ss[3] = {1, 2, 1}, xs[3] = {1, 32, 2};
+    mxck_add(c, "x", "_blocks", 4, bs, blocks, ST_U8);
+    mxck_add(c, "x", "_scales", 3, ss, scales, ST_U8);
+    cr_assert_eq(st_write_dtypes(tpath("m.safetensors"), c->ts, c->n, c->dt), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    ckpt_t *ck = open_ok(tpath("m.safetensors"));
+    float x[64];
+    ckpt_want_t want = {"x", 3, xs, x};
+    ckpt_read_opts_t o = {0};
+    cr_assert_eq(ckpt_read_all_opts(ck, &want, 1, "e", &o), MOEMU_ERR_FORMAT);
+    assert_has(moemu_errmsg(), "(1 problem):\n  1 tensor holds NaN or Inf values: 'x_blocks' "
+                               "(16 of 64, in m.safetensors)");
+    cr_expect_eq(o.mxfp4, 1);
+    for (int i = 0; i < 32; i += 2) { /* x [0, i, o]: row o's value i */
+        cr_expect(x[i * 2] == 0x1p127f, "x[0, %d, 0] = %a", i, x[i * 2]);
+        cr_expect(isinf(x[(i + 1) * 2]) && x[(i + 1) * 2] > 0);
+        cr_expect(x[i * 2 + 1] == 0x1p-128f, "x[0, %d, 1] = %a", i, x[i * 2 + 1]);
+        cr_expect(x[(i + 1) * 2 + 1] == 0x1p-127f);
+    }
+    ckpt_close(ck);
+    free(c);
+}
+
+/* Every MXFP4 problem in one message, each line naming the file, the
+ * tensors and the numbers: blocks without scales, scales without blocks,
+ * scales of the wrong shape and dtype, an in (intermediate 48) that is not
+ * a multiple of 32. */
+Test(ckpt, mxfp4_problems_reported_at_once)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, MX_JSON(48), "oss"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t g, w;
+    cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    static mxck_t c;
+    memset(&c, 0, sizeof c);
+    const char *skip[4] = {mx_gu0, mx_dn0, mx_gu1, mx_dn1};
+    mxck_add_plain(&c, &g, skip, 4);
+    float *zero = calloc(4 * 96 * 3 * 16, sizeof(float));
+    static const int64_t gub[4] = {4, 96, 2, 16}, bad_gus[3] = {4, 96, 3},
+                         dnb[4] = {4, 64, 1, 16}, dns[3] = {4, 64, 1};
+    mxck_add(&c, mx_gu0, "_blocks", 4, gub, zero, ST_U8);
+    mxck_add(&c, mx_dn0, "_blocks", 4, dnb, zero, ST_U8);
+    mxck_add(&c, mx_dn0, "_scales", 3, dns, zero, ST_U8);
+    mxck_add(&c, mx_gu1, "_blocks", 4, gub, zero, ST_U8);
+    mxck_add(&c, mx_gu1, "_scales", 3, bad_gus, zero, ST_F32);
+    mxck_add(&c, mx_dn1, "_scales", 3, dns, zero, ST_U8);
+    cr_assert_eq(st_write_dtypes(tpath("bad.safetensors"), c.ts, c.n, c.dt), MOEMU_OK, "%s",
+                 moemu_errmsg());
+
+    cr_assert_eq(wts_load(&w, &cfg, tpath("bad.safetensors")), MOEMU_ERR_FORMAT);
+    const char *msg = moemu_errmsg();
+    assert_has(msg, "oss: the checkpoint ");
+    assert_has(msg, "bad.safetensors does not fit the model (5 problems):\n");
+    assert_has(msg, "\n  in bad.safetensors: model.layers.0.mlp.experts.gate_up_proj_blocks is "
+                    "there but model.layers.0.mlp.experts.gate_up_proj_scales is not: MXFP4 "
+                    "model.layers.0.mlp.experts.gate_up_proj needs both");
+    assert_has(msg, "\n  in bad.safetensors: model.layers.0.mlp.experts.down_proj is stored as "
+                    "MXFP4 (model.layers.0.mlp.experts.down_proj_blocks, "
+                    "model.layers.0.mlp.experts.down_proj_scales) but has shape [4, 48, 64]: "
+                    "its in, 48, is not a multiple of 32");
+    assert_has(msg, "\n  in bad.safetensors: model.layers.1.mlp.experts.gate_up_proj_scales has "
+                    "shape [4, 96, 3], expected [4, 96, 2]: the MXFP4 scales of "
+                    "model.layers.1.mlp.experts.gate_up_proj [4, 64, 96]");
+    assert_has(msg, "\n  in bad.safetensors: model.layers.1.mlp.experts.gate_up_proj_scales has "
+                    "dtype F32; MXFP4 scales must be U8");
+    assert_has(msg, "\n  in bad.safetensors: model.layers.1.mlp.experts.down_proj_scales is "
+                    "there but model.layers.1.mlp.experts.down_proj_blocks is not: MXFP4 "
+                    "model.layers.1.mlp.experts.down_proj needs both");
+    cr_expect_null(strstr(msg, "missing"), "%s", msg);
+    cr_expect_null(strstr(msg, "does not have"), "%s", msg);
+
+    /* a wrong blocks shape, and both forms of one tensor: the pair unexpected */
+    memset(&c, 0, sizeof c);
+    const char *plain_dn1[3] = {mx_gu0, mx_dn0, mx_gu1};
+    mxck_add_plain(&c, &g, plain_dn1, 3);
+    static const int64_t bad_gub[4] = {4, 96, 2, 8}, gus[3] = {4, 96, 2};
+    mxck_add(&c, mx_gu0, "_blocks", 4, bad_gub, zero, ST_U8);
+    mxck_add(&c, mx_gu0, "_scales", 3, gus, zero, ST_U8);
+    mxck_add(&c, mx_gu1, "_blocks", 4, gub, zero, ST_U8);
+    mxck_add(&c, mx_gu1, "_scales", 3, gus, zero, ST_U8);
+    mxck_add(&c, mx_dn1, "_blocks", 4, dnb, zero, ST_U8);
+    mxck_add(&c, mx_dn1, "_scales", 3, dns, zero, ST_U8);
+    cr_assert_eq(st_write_dtypes(tpath("bad2.safetensors"), c.ts, c.n, c.dt), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    cr_assert_eq(wts_load(&w, &cfg, tpath("bad2.safetensors")), MOEMU_ERR_FORMAT);
+    msg = moemu_errmsg();
+    assert_has(msg, "(3 problems):\n");
+    assert_has(msg, "\n  in bad2.safetensors: model.layers.0.mlp.experts.gate_up_proj_blocks has "
+                    "shape [4, 96, 2, 8], expected [4, 96, 2, 16]: the MXFP4 blocks of "
+                    "model.layers.0.mlp.experts.gate_up_proj [4, 64, 96]");
+    assert_has(msg, "\n  1 tensor missing: 'model.layers.0.mlp.experts.down_proj'");
+    assert_has(msg, "\n  2 tensors the model does not have: "
+                    "'model.layers.1.mlp.experts.down_proj_blocks' (in bad2.safetensors), "
+                    "'model.layers.1.mlp.experts.down_proj_scales' (in bad2.safetensors)");
+    free(zero);
+    wts_free(&g);
 }
 
 /* ---- the problems accumulator's lines */

@@ -302,11 +302,20 @@ Test(st, handmade_unaligned)
     cr_assert_eq(st_count(f), 4);
     cr_expect_neq((uintptr_t)st_find(f, "f32")->data % 4, 0, "unaligned");
     cr_expect_str_eq(st_at(f, 0)->name, "flag");
-    cr_expect_eq(st_at(f, 0)->dtype, ST_OTHER);
+    cr_expect_eq(st_at(f, 0)->dtype, ST_U8);
     cr_expect_str_eq(st_at(f, 0)->dtype_name, "U8");
     cr_expect_eq(*(const uint8_t *)st_at(f, 0)->data, 0xaa);
     float out[2];
-    int64_t s2 = 2, s12[2] = {1, 2};
+    int64_t s1 = 1, s2 = 2, s12[2] = {1, 2};
+    const uint8_t *bytes = NULL;
+    cr_assert_eq(st_view_u8(f, "flag", 1, &s1, &bytes), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(bytes[0], 0xaa);
+    cr_expect_eq(st_view_u8(f, "flag", 1, &s2, &bytes), MOEMU_ERR_FORMAT);
+    expect_msg("tensor 'flag' in ");
+    expect_msg("has shape [1], expected [2]");
+    cr_expect_eq(st_view_u8(f, "f32", 1, &s2, &bytes), MOEMU_ERR_FORMAT);
+    expect_msg("has dtype F32, expected U8");
+    cr_expect_eq(st_read_f32(f, "flag", 1, &s1, out), MOEMU_ERR_FORMAT);
     cr_assert_eq(st_read_f32(f, "f32", 1, &s2, out), MOEMU_OK);
     cr_expect(out[0] == 1.5f && out[1] == -2.25f);
     cr_assert_eq(st_read_f32(f, "f16", 2, s12, out), MOEMU_OK);
@@ -888,7 +897,33 @@ Test(st, e4m3_encodes_to_nearest_even_and_overflows_to_nan)
     cr_expect_eq(emu_f32_to_e4m3(1e-30f), 0x00);
     cr_expect_eq(emu_f32_to_e4m3(-0.0f), 0x80);
     cr_expect_eq(st_dtype_size(ST_F8_E4M3), 1);
+    cr_expect_eq(st_dtype_size(ST_U8), 1);
     cr_expect_eq(st_dtype_size(ST_OTHER), 0);
+}
+
+/* U8 written from bytes as they are (MXFP4's blocks and scales) beside
+ * an F32 tensor, and viewed in the mapping. */
+Test(st, u8_written_as_bytes)
+{
+    const uint8_t raw[5] = {0x00, 0x7f, 0x80, 0xff, 0x21};
+    float v[1] = {2.5f};
+    st_write_tensor_t ts[2] = {{.name = "b", .ndim = 2, .shape = {1, 5}, .data = (const float *)raw},
+                               {.name = "v", .ndim = 1, .shape = {1}, .data = v}};
+    st_dtype_t dts[2] = {ST_U8, ST_F32};
+    const char *path = tpath("u8.safetensors");
+    cr_assert_eq(st_write_dtypes(path, ts, 2, dts), MOEMU_OK, "%s", moemu_errmsg());
+    st_file_t *f;
+    cr_assert_eq(st_open(path, &f), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_str_eq(st_find(f, "b")->dtype_name, "U8");
+    cr_expect_eq(st_find(f, "b")->nbytes, 5);
+    const uint8_t *back = NULL;
+    int64_t shape[2] = {1, 5}, one = 1;
+    cr_assert_eq(st_view_u8(f, "b", 2, shape, &back), MOEMU_OK, "%s", moemu_errmsg());
+    cr_expect_eq(memcmp(back, raw, 5), 0);
+    float out;
+    cr_assert_eq(st_read_f32(f, "v", 1, &one, &out), MOEMU_OK);
+    cr_expect(out == 2.5f);
+    st_close(f);
 }
 
 /* F8_E4M3 written (rounded) and read back, beside an F32 tensor in the

@@ -607,6 +607,7 @@ typedef struct {
     ckpt_list_t missing, nonfinite;
     int misfit; /* wrong shape or dtype */
     int fp8bad; /* FP8 tensors without fitting scales, stray scales */
+    int mxbad;  /* MXFP4 tensors whose blocks and scales do not fit */
     ckpt_read_opts_t *o;
     int block[2];
 } ckpt_found_t;
@@ -793,6 +794,157 @@ static void ckpt_note_stray_scales(const ckpt_t *ck, bool *used, ckpt_found_t *f
     }
 }
 
+/* ---- MXFP4 experts */
+
+/* gpt-oss's spelling (transformers' Mxfp4GptOssExperts: gate_up_proj_blocks,
+ * gate_up_proj_scales); 32 values share a scale, two a byte. */
+#define CKPT_BLOCKS_SUFFIX "_blocks"
+#define CKPT_SCALES_SUFFIX "_scales"
+enum { CKPT_MX_BLOCK = 32, CKPT_MX_BYTES = CKPT_MX_BLOCK / 2 };
+
+/* One more MXFP4 problem: true while it still gets its own line. */
+static bool ckpt_mx_line(ckpt_found_t *fd) { return fd->mxbad++ < 2 * CKPT_NAMED; }
+
+/* The index of name + suffix, or -1 (also when out of memory). */
+static int ckpt_index_with(const ckpt_t *ck, const char *name, const char *suffix)
+{
+    size_t n = strlen(name), m = strlen(suffix);
+    char *s = malloc(n + m + 1);
+    if (!s) return -1;
+    memcpy(s, name, n);
+    memcpy(s + n, suffix, m + 1);
+    int i = ckpt_index(ck, s);
+    free(s);
+    return i;
+}
+
+/* e2m1 by its 4-bit code: transformers' FP4_VALUES (integrations/mxfp4.py). */
+static const float ckpt_e2m1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* out (mats, in, nout) from blocks (mats, nout, in / 32, 16) and scales
+ * (mats, nout, in / 32), as convert_moe_packed_tensors: byte k of a block
+ * holds values 2k (low nibble) and 2k + 1 (high), each times 2^(scale -
+ * 127), exact (ldexpf, tabulated for the 256 scales); rows of nout become
+ * columns (its transpose(1, 2)). Block by block along o, so that the
+ * writes fill 32 rows' cache lines: about twice as fast as row by row. */
+static void ckpt_mxfp4_decode(float *out, const uint8_t *blocks, const uint8_t *scales,
+                              int64_t mats, int64_t in, int64_t nout)
+{
+    float lut[256][16];
+    for (int s = 0; s < 256; s++)
+        for (int c = 0; c < 16; c++) lut[s][c] = ldexpf(ckpt_e2m1[c], s - 127);
+    int64_t G = in / CKPT_MX_BLOCK;
+    for (int64_t m = 0; m < mats; m++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t o = 0; o < nout; o++) {
+                int64_t row = (m * nout + o) * G + g;
+                const uint8_t *b = blocks + row * CKPT_MX_BYTES;
+                const float *v = lut[scales[row]];
+                float *col = out + (m * in + g * CKPT_MX_BLOCK) * nout + o;
+                for (int k = 0; k < CKPT_MX_BYTES; k++) {
+                    col[(2 * k) * nout] = v[b[k] & 0x0F];
+                    col[(2 * k + 1) * nout] = v[b[k] >> 4];
+                }
+            }
+}
+
+/* The shapes MXFP4 stores w [..., in, out] in: blocks [..., out, in / 32,
+ * 16] (ndim + 1 dimensions) and scales [..., out, in / 32]. */
+static void ckpt_mxfp4_shapes(const ckpt_want_t *w, int64_t *bshape, int64_t *sshape)
+{
+    int nd = w->ndim;
+    for (int d = 0; d < nd - 2; d++) bshape[d] = sshape[d] = w->shape[d];
+    bshape[nd - 2] = sshape[nd - 2] = w->shape[nd - 1];
+    bshape[nd - 1] = sshape[nd - 1] = w->shape[nd - 2] / CKPT_MX_BLOCK;
+    bshape[nd] = CKPT_MX_BYTES;
+}
+
+/* Tensor j, w's MXFP4 blocks or scales (what): U8 of shape[0..ndim). */
+static bool ckpt_mxfp4_part_fits(const ckpt_t *ck, int j, const ckpt_want_t *w, int ndim,
+                                 const int64_t *shape, const char *what, ckpt_found_t *fd)
+{
+    const st_tensor_t *t = ck->ents[j].t;
+    const char *file = ck->fnames[ck->ents[j].file];
+    bool same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+    char have[256], need[256], of[256];
+    if (!same && ckpt_mx_line(fd))
+        moemu_problem(&fd->p, "in %s: %s has shape %s, expected %s: the MXFP4 %s of %s %s",
+                      file, t->name, st_shape_str(have, sizeof have, t->ndim, t->shape),
+                      st_shape_str(need, sizeof need, ndim, shape), what, w->name,
+                      st_shape_str(of, sizeof of, w->ndim, w->shape));
+    if (t->dtype != ST_U8 && ckpt_mx_line(fd))
+        moemu_problem(&fd->p, "in %s: %s has dtype %s; MXFP4 %s must be U8", file, t->name,
+                      t->dtype_name, what);
+    return same && t->dtype == ST_U8;
+}
+
+/* Blocks b and scales s against w: true when they can be decoded. */
+static bool ckpt_mxfp4_fits(const ckpt_t *ck, int b, int s, const ckpt_want_t *w,
+                            ckpt_found_t *fd)
+{
+    const char *file = ck->fnames[ck->ents[b].file];
+    bool flat = w->ndim < 2, odd = !flat && w->shape[w->ndim - 2] % CKPT_MX_BLOCK;
+    char sh[256], why[96];
+    if (flat) snprintf(why, sizeof why, "MXFP4 needs [..., in, out]");
+    if (odd)
+        snprintf(why, sizeof why, "its in, %lld, is not a multiple of %d",
+                 (long long)w->shape[w->ndim - 2], CKPT_MX_BLOCK);
+    if ((flat || odd) && ckpt_mx_line(fd))
+        moemu_problem(&fd->p, "in %s: %s is stored as MXFP4 (%s, %s) but has shape %s: %s",
+                      file, w->name, ck->ents[b].t->name, ck->ents[s].t->name,
+                      st_shape_str(sh, sizeof sh, w->ndim, w->shape), why);
+    if (flat || odd) return false;
+    int64_t bshape[ST_MAX_DIMS + 1], sshape[ST_MAX_DIMS];
+    ckpt_mxfp4_shapes(w, bshape, sshape);
+    bool ok = ckpt_mxfp4_part_fits(ck, b, w, w->ndim + 1, bshape, "blocks", fd);
+    return ckpt_mxfp4_part_fits(ck, s, w, w->ndim, sshape, "scales", fd) && ok;
+}
+
+/* Blocks b and scales s decoded into w->out, noting NaN and Inf. */
+static void ckpt_mxfp4_dequant(const ckpt_t *ck, int b, int s, const ckpt_want_t *w,
+                               ckpt_found_t *fd)
+{
+    int64_t bshape[ST_MAX_DIMS + 1], sshape[ST_MAX_DIMS];
+    ckpt_mxfp4_shapes(w, bshape, sshape);
+    const uint8_t *blocks, *scales;
+    if (st_view_u8(ck->files[ck->ents[b].file], ck->ents[b].t->name, w->ndim + 1, bshape,
+                   &blocks) != MOEMU_OK ||
+        st_view_u8(ck->files[ck->ents[s].file], ck->ents[s].t->name, w->ndim, sshape,
+                   &scales) != MOEMU_OK) {
+        moemu_problem(&fd->p, "%s", moemu_errmsg());
+        return;
+    }
+    int nd = w->ndim;
+    ckpt_mxfp4_decode(w->out, blocks, scales, (int64_t)ckpt_numel(nd - 2, w->shape),
+                      w->shape[nd - 2], w->shape[nd - 1]);
+    ckpt_note_nonfinite(ck, b, w, fd);
+    fd->o->mxfp4++;
+}
+
+/* w, absent from the checkpoint, as MXFP4 blocks and scales: true when
+ * either is there (both marked used; decoded or the problems noted),
+ * false when neither is (w is missing). */
+static bool ckpt_read_mxfp4(const ckpt_t *ck, const ckpt_want_t *w, bool *used, ckpt_found_t *fd)
+{
+    int b = ckpt_index_with(ck, w->name, CKPT_BLOCKS_SUFFIX);
+    int s = ckpt_index_with(ck, w->name, CKPT_SCALES_SUFFIX);
+    if (b < 0 && s < 0) return false;
+    if (b >= 0) used[b] = true;
+    if (s >= 0) used[s] = true;
+    if (b >= 0 && s >= 0) {
+        if (ckpt_mxfp4_fits(ck, b, s, w, fd)) ckpt_mxfp4_dequant(ck, b, s, w, fd);
+        return true;
+    }
+    int j = b >= 0 ? b : s;
+    if (ckpt_mx_line(fd))
+        moemu_problem(&fd->p, "in %s: %s is there but %s%s is not: MXFP4 %s needs both",
+                      ck->fnames[ck->ents[j].file], ck->ents[j].t->name, w->name,
+                      b < 0 ? CKPT_BLOCKS_SUFFIX : CKPT_SCALES_SUFFIX, w->name);
+    return true;
+}
+
 /* Tensors of the checkpoint no want asked for, less those o->ignore takes. */
 static void ckpt_note_unwanted(const ckpt_t *ck, const bool *used, ckpt_found_t *fd)
 {
@@ -819,7 +971,8 @@ static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool
     for (int w = 0; w < n; w++) {
         int i = ckpt_index(ck, want[w].name);
         if (i < 0) {
-            ckpt_list_add(&fd->missing, "'%s'%s", want[w].name, "");
+            if (!ckpt_read_mxfp4(ck, &want[w], used, fd))
+                ckpt_list_add(&fd->missing, "'%s'%s", want[w].name, "");
             continue;
         }
         used[i] = true;
@@ -836,6 +989,9 @@ static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool
     if (fd->fp8bad > 2 * CKPT_NAMED)
         moemu_problem(&fd->p, "and %d more FP8 tensors or scales that do not fit",
                       fd->fp8bad - 2 * CKPT_NAMED);
+    if (fd->mxbad > 2 * CKPT_NAMED)
+        moemu_problem(&fd->p, "and %d more MXFP4 blocks or scales that do not fit",
+                      fd->mxbad - 2 * CKPT_NAMED);
     if (fd->missing.n)
         moemu_problem(&fd->p, "%d tensor%s missing: %s", fd->missing.n, ckpt_s(fd->missing.n),
                       ckpt_list_end(&fd->missing));
@@ -850,7 +1006,7 @@ moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int
 {
     ckpt_read_opts_t none = {0};
     if (!o) o = &none;
-    o->ignored = o->fp8 = 0;
+    o->ignored = o->fp8 = o->mxfp4 = 0;
     o->ignored_bytes = 0;
     if (!ck || n < 0 || (n && !want) || o->block_r < 0 || o->block_c < 0)
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: bad arguments (n %d, FP8 blocks "
@@ -889,11 +1045,6 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n, c
  * least five digits, as save_pretrained spells them. */
 enum { CKPT_NAME_MAX = 64 };
 
-static size_t ckpt_esize(st_dtype_t dt)
-{
-    return dt == ST_F32 || dt == ST_I32 ? 4 : dt == ST_F8_E4M3 ? 1 : 2;
-}
-
 /* Each tensor's stored bytes into bytes[], their sum into *total. */
 static moemu_status_t ckpt_sizes(const char *path, const st_write_tensor_t *ts, int n,
                                  const st_dtype_t *dt, uint64_t *bytes, uint64_t *total)
@@ -904,7 +1055,7 @@ static moemu_status_t ckpt_sizes(const char *path, const st_write_tensor_t *ts, 
         if (!t->name || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
             return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: tensor %d has %s", path, i,
                               t->name ? "a bad ndim" : "no name");
-        uint64_t b = ckpt_esize(dt[i]);
+        uint64_t b = st_dtype_size(dt[i]);
         bool bad = false;
         for (int d = 0; d < t->ndim; d++)
             bad |= t->shape[d] < 0 || __builtin_mul_overflow(b, (uint64_t)t->shape[d], &b);
@@ -1107,7 +1258,7 @@ moemu_status_t ckpt_write_dtypes(const char *path, const st_write_tensor_t *ts, 
                           path ? path : "NULL", n);
     for (int i = 0; i < n; i++)
         if (dt[i] != ST_F32 && dt[i] != ST_F16 && dt[i] != ST_BF16 && dt[i] != ST_I32 &&
-            dt[i] != ST_F8_E4M3)
+            dt[i] != ST_F8_E4M3 && dt[i] != ST_U8)
             return moemu_fail(MOEMU_ERR_INVALID, "ckpt_write %s: dtype %d cannot be written",
                               path, (int)dt[i]);
     uint64_t *bytes = calloc((size_t)n + 1, sizeof *bytes), total = 0;

@@ -62,10 +62,12 @@ typedef struct {
 } ckpt_want_t;
 
 /* Read want[0..n) as fp32 (F32, F16 and BF16 converted as st_read_f32
- * does; F8_E4M3 dequantized with its block scales, see ckpt_read_opts_t).
- * The checkpoint must be exactly the model: every wanted tensor present
- * with that shape and a float dtype, every tensor of the checkpoint
- * wanted (or a wanted FP8 tensor's scales), no NaN or Inf. Otherwise
+ * does; F8_E4M3 dequantized with its block scales, and MXFP4 blocks and
+ * scales decoded, see ckpt_read_opts_t). The checkpoint must be exactly
+ * the model: every wanted tensor present with that shape and a float
+ * dtype (or as MXFP4), every tensor of the checkpoint wanted (or a wanted
+ * FP8 tensor's scales, a wanted MXFP4 tensor's blocks and scales), no
+ * NaN or Inf. Otherwise
  * MOEMU_ERR_FORMAT with every problem at once, one a line, headed by
  * label (the model's name):
  * missing tensors (a few named, "and N more"), unexpected ones, wrong
@@ -91,6 +93,22 @@ moemu_status_t ckpt_read_all(const ckpt_t *ck, const ckpt_want_t *want, int n,
  * whose wanted tensor is not FP8 (one whose tensor is not wanted is
  * unexpected, as that tensor is); NaN or Inf after dequantizing.
  *
+ * MXFP4 checkpoints as gpt-oss ships its experts (config.json's
+ * quantization_config {"quant_method": "mxfp4"}): a wanted tensor X of
+ * shape [..., in, out] that the checkpoint lacks may be stored as
+ * X_blocks, U8 [..., out, in / 32, 16], and X_scales, U8 [..., out,
+ * in / 32] ("....experts.gate_up_proj_blocks"). Byte k of a block packs
+ * values 2k (its low nibble) and 2k + 1 (its high one) as e2m1 codes
+ * (+-0, 0.5, 1, 1.5, 2, 3, 4, 6, the sign in bit 3), each 32 of a row
+ * times 2^(scale - 127), exact in fp32, and each matrix transposed from
+ * [out, in] to [in, out]: transformers' convert_moe_packed_tensors
+ * (integrations/mxfp4.py). Both count as read. Problems, reported with
+ * the others: blocks without scales or scales without blocks, a wanted
+ * shape of fewer than 2 dimensions or whose in is not a multiple of 32,
+ * blocks or scales of the wrong shape or not U8, NaN or Inf after
+ * decoding (large scales overflow; named by the
+ * blocks). A checkpoint may store some tensors so and others plainly.
+ *
  * ignore, when set, is asked about each tensor of the checkpoint that no
  * want names (and no FP8 want uses as its scales): true leaves it out of
  * the "does not have" problem, counted in ignored and ignored_bytes (its
@@ -104,6 +122,7 @@ typedef struct {
     int ignored;            /* tensors left out by ignore */
     int64_t ignored_bytes;  /* their stored bytes */
     int fp8;                /* wanted tensors dequantized from F8_E4M3 */
+    int mxfp4;              /* wanted tensors decoded from MXFP4 */
 } ckpt_read_opts_t;
 
 /* ckpt_read_all with o (NULL: ckpt_read_all itself); a block size below

@@ -50,7 +50,7 @@ static const struct {
     {"I64", ST_I64, 8},       {"F64", ST_OTHER, 8},
     {"U64", ST_OTHER, 8},     {"U32", ST_OTHER, 4},
     {"I16", ST_OTHER, 2},     {"U16", ST_OTHER, 2},
-    {"I8", ST_OTHER, 1},      {"U8", ST_OTHER, 1},
+    {"I8", ST_OTHER, 1},      {"U8", ST_U8, 1},
     {"BOOL", ST_OTHER, 1},    {"F8_E4M3", ST_F8_E4M3, 1},
     {"F8_E5M2", ST_OTHER, 1}, {"F8_E8M0", ST_OTHER, 1},
     {"C64", ST_OTHER, 8},
@@ -71,7 +71,8 @@ static void st_dtype_lookup(const char *name, st_dtype_t *dt, size_t *size)
 size_t st_dtype_size(st_dtype_t dt)
 {
     static const size_t size[] = {[ST_F32] = 4, [ST_F16] = 2, [ST_BF16] = 2, [ST_I32] = 4,
-                                  [ST_I64] = 8, [ST_F8_E4M3] = 1, [ST_OTHER] = 0};
+                                  [ST_I64] = 8, [ST_F8_E4M3] = 1, [ST_U8] = 1,
+                                  [ST_OTHER] = 0};
     return (unsigned)dt <= ST_OTHER ? size[dt] : 0;
 }
 
@@ -522,6 +523,24 @@ int st_index(const st_file_t *f, const char *name)
     return t ? (int)(t - f->tensors) : -1;
 }
 
+/* Tensor name of f, which must have shape[0..ndim). */
+static moemu_status_t st_find_shaped(const st_file_t *f, const char *name, int ndim,
+                                     const int64_t *shape, const st_tensor_t **out)
+{
+    const st_tensor_t *t = st_find(f, name);
+    if (!t) return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s", name, f->path);
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[256], want[256];
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has shape %s, expected %s", name,
+                          f->path, st_shape_str(have, sizeof have, t->ndim, t->shape),
+                          st_shape_str(want, sizeof want, ndim, shape));
+    }
+    *out = t;
+    return MOEMU_OK;
+}
+
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out)
 {
@@ -530,21 +549,8 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                           "st_read_f32: bad arguments (file %p, name %s, "
                           "ndim %d)",
                           (const void *)f, name ? name : "NULL", ndim);
-    const st_tensor_t *t = st_find(f, name);
-    if (!t)
-        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s",
-                          name, f->path);
-
-    bool same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same) {
-        char have[256], want[256];
-        return moemu_fail(MOEMU_ERR_FORMAT,
-                          "tensor '%s' in %s has shape %s, expected %s", name,
-                          f->path,
-                          st_shape_str(have, sizeof have, t->ndim, t->shape),
-                          st_shape_str(want, sizeof want, ndim, shape));
-    }
+    const st_tensor_t *t;
+    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 &&
         t->dtype != ST_F8_E4M3)
         return moemu_fail(MOEMU_ERR_FORMAT,
@@ -586,16 +592,8 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
 {
     if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
         return moemu_fail(MOEMU_ERR_INVALID, "st_read_i32: bad arguments");
-    const st_tensor_t *t = st_find(f, name);
-    if (!t) return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' not found in %s", name, f->path);
-    bool same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same) {
-        char have[256], want[256];
-        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has shape %s, expected %s", name,
-                          f->path, st_shape_str(have, sizeof have, t->ndim, t->shape),
-                          st_shape_str(want, sizeof want, ndim, shape));
-    }
+    const st_tensor_t *t;
+    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
     if (t->dtype != ST_I32)
         return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected I32", name,
                           f->path, t->dtype_name);
@@ -605,6 +603,20 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
         out[i] = (int32_t)((uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
                            (uint32_t)q[3] << 24);
     }
+    return MOEMU_OK;
+}
+
+moemu_status_t st_view_u8(const st_file_t *f, const char *name, int ndim,
+                          const int64_t *shape, const uint8_t **out)
+{
+    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape) || !out)
+        return moemu_fail(MOEMU_ERR_INVALID, "st_view_u8: bad arguments");
+    const st_tensor_t *t;
+    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
+    if (t->dtype != ST_U8)
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected U8", name,
+                          f->path, t->dtype_name);
+    *out = t->data;
     return MOEMU_OK;
 }
 
@@ -630,8 +642,8 @@ static bool st_put_tensor(FILE *fp, const st_write_tensor_t *t, size_t count,
                           st_dtype_t dtype, uint8_t *buf)
 {
     size_t esz = st_dtype_size(dtype);
-    if (esz == 4 && ST_HOST_LE)
-        return fwrite(t->data, 4, count, fp) == count;
+    if ((esz == 4 && ST_HOST_LE) || dtype == ST_U8) /* F32, I32; bytes */
+        return fwrite(t->data, esz, count, fp) == count;
     for (size_t off = 0; off < count; off += ST_CHUNK) {
         size_t m = count - off < ST_CHUNK ? count - off : ST_CHUNK;
         const float *src = t->data + off;
@@ -653,7 +665,7 @@ static moemu_status_t st_build_header(const char *path,
 {
     static const char *const names[] = {[ST_F32] = "F32", [ST_F16] = "F16",
                                         [ST_BF16] = "BF16", [ST_I32] = "I32",
-                                        [ST_F8_E4M3] = "F8_E4M3"};
+                                        [ST_F8_E4M3] = "F8_E4M3", [ST_U8] = "U8"};
     moemu_status_t st = MOEMU_OK;
     json_t *root = json_object(), *meta = json_object();
     if (!root || !meta || json_object_set_new(meta, "format",
@@ -786,7 +798,8 @@ static moemu_status_t st_fill(FILE *fp, const void *arg)
 
 static bool st_writable(st_dtype_t dt)
 {
-    return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_I32 || dt == ST_F8_E4M3;
+    return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_I32 || dt == ST_F8_E4M3 ||
+           dt == ST_U8;
 }
 
 moemu_status_t st_write_dtypes(const char *path, const st_write_tensor_t *tensors,
@@ -800,7 +813,7 @@ moemu_status_t st_write_dtypes(const char *path, const st_write_tensor_t *tensor
         if (!st_writable(dtypes[i]))
             return moemu_fail(MOEMU_ERR_INVALID,
                               "st_write %s: dtype %d cannot be written; use "
-                              "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3 or ST_I32",
+                              "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3, ST_I32 or ST_U8",
                               path, (int)dtypes[i]);
     size_t *counts = calloc(n ? (size_t)n : 1, sizeof *counts);
     char *header = NULL;
@@ -831,7 +844,7 @@ moemu_status_t st_write(const char *path, const st_write_tensor_t *tensors,
     if (!st_writable(dtype))
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_write %s: dtype %d cannot be written; use "
-                          "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3 or ST_I32",
+                          "ST_F32, ST_F16, ST_BF16, ST_F8_E4M3, ST_I32 or ST_U8",
                           path, (int)dtype);
     st_dtype_t *dts = malloc((n ? (size_t)n : 1) * sizeof *dts);
     if (!dts) return moemu_fail(MOEMU_ERR_NOMEM, "st_write %s: out of memory", path);

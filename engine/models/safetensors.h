@@ -12,13 +12,16 @@
 
 #define ST_MAX_DIMS 8
 
-typedef enum { ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_F8_E4M3, ST_OTHER } st_dtype_t;
+typedef enum {
+    ST_F32 = 0, ST_F16, ST_BF16, ST_I32, ST_I64, ST_F8_E4M3, ST_U8, ST_OTHER
+} st_dtype_t;
 
 /* Bytes per element of a dtype moemu knows (0 for ST_OTHER). */
 size_t st_dtype_size(st_dtype_t dt);
 
 /* F8_E4M3 is float8_e4m3fn, converted by emu_e4m3_to_f32 and
- * emu_f32_to_e4m3 (emu/emu.h). */
+ * emu_f32_to_e4m3 (emu/emu.h). U8 is raw bytes (MXFP4's packed e2m1
+ * pairs and e8m0 exponents), read by st_view_u8. */
 
 typedef struct {
     const char *name;
@@ -60,13 +63,19 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
 moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, int32_t *out);
 
+/* The same for a U8 tensor, without a copy: *out points to its bytes in
+ * the mapping, valid until st_close. */
+moemu_status_t st_view_u8(const st_file_t *f, const char *name, int ndim,
+                          const int64_t *shape, const uint8_t **out);
+
 /* "[32000, 512]" into buf, which it returns (256 bytes is enough for
  * ST_MAX_DIMS dimensions): the one spelling of a shape in messages. */
 const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 
 /* Writing: tensors are given as fp32 and stored as dtype (ST_F32, ST_F16,
  * ST_BF16 or ST_F8_E4M3, rounded to nearest even), or, with ST_I32, data
- * points to int32 values stored as they are. The file appears complete or not at
+ * points to int32 values and, with ST_U8, to uint8_t bytes, stored as
+ * they are. The file appears complete or not at
  * all: data goes to a temporary file beside path that is renamed at the
  * end. */
 typedef struct {

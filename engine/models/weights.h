@@ -95,7 +95,8 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
 /* Load a checkpoint as the Hub ships it (engine/models/checkpoint.h: a
  * safetensors file, a directory, or a model.safetensors.index.json and
  * its shards): exactly the family's tensors, by name, shape and a float
- * dtype, all finite; every problem is named at once, MOEMU_ERR_FORMAT. */
+ * dtype (FP8 with its scales, MXFP4 blocks and scales: ckpt_read_all_opts),
+ * all finite; every problem is named at once, MOEMU_ERR_FORMAT. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
 /* The layout without the values, for dry runs: an address range that is
  * never read or written, so it takes no host memory. */
