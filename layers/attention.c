@@ -35,6 +35,28 @@ static int attn_first_key(int qp, int k0, int W)
     return W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
 }
 
+/* Whether a key at position p is visible to a query at qp. */
+static bool attn_sees(int p, int qp, int W) { return p <= qp && (W <= 0 || p > qp - W); }
+
+/* Scores sr (n) of keys at positions kpos turned into exp(s - mx) where
+ * visible, 0 elsewhere; *mx and *sum from the running max m. Returns
+ * whether any key was visible. */
+static bool attn_row_masked(float *sr, int n, const int *kpos, int qp, int W, float m, float *mx,
+                            float *sum)
+{
+    bool any = false;
+    *mx = m;
+    for (int j = 0; j < n; j++)
+        if (attn_sees(kpos[j], qp, W)) any = true, *mx = sr[j] > *mx ? sr[j] : *mx;
+    if (!any) return false;
+    *sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        sr[j] = attn_sees(kpos[j], qp, W) ? layer_exp(sr[j] - *mx) : 0.0f;
+        *sum += sr[j];
+    }
+    return true;
+}
+
 LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd, int vd,
                                    float scale)
 {
@@ -65,28 +87,35 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
             memset(O, 0, sizeof(float) * rows * vd);
             for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
             int qlast = q0 + t0 + nq - 1;
-            int kend = qlast + 1 < k1 ? qlast + 1 : k1;
-            for (int kb = attn_first_key(q0 + t0, k0, W); kb < kend; kb += ATTN_KB) {
+            /* positions in any order: every row is read, masked by them */
+            int kend = sq->kpos || qlast + 1 >= k1 ? k1 : qlast + 1;
+            int kfirst = sq->kpos ? k0 : attn_first_key(q0 + t0, k0, W);
+            for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
                 int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk_b, hd,
                             scale, Q, hd, K + (size_t)(kb - k0) * hd, hd, 0.0f, S, nk_b);
                 for (int r = 0; r < rows; r++) {
-                    float *sr = S + (size_t)r * nk_b;
+                    float *sr = S + (size_t)r * nk_b, mx, sum;
                     int qp = q0 + t0 + r % nq;
                     int vis = qp - kb + 1; /* keys kb + lo..qp visible */
                     int lo = attn_first_key(qp, kb, W) - kb;
                     if (vis > nk_b) vis = nk_b;
-                    if (vis <= lo) { /* no key of this block is visible */
+                    bool any = sq->kpos ? attn_row_masked(sr, nk_b, sq->kpos + (kb - k0), qp, W,
+                                                          m[r], &mx, &sum)
+                                        : vis > lo;
+                    if (!any) { /* no key of this block is visible */
                         memset(sr, 0, sizeof(float) * nk_b);
                         continue;
                     }
-                    float mx = layer_row_max(sr + lo, vis - lo, m[r]);
+                    if (!sq->kpos) {
+                        mx = layer_row_max(sr + lo, vis - lo, m[r]);
+                        for (int j = lo; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
+                        sum = layer_row_sum(sr + lo, vis - lo);
+                        for (int j = 0; j < lo; j++) sr[j] = 0.0f;
+                        for (int j = vis; j < nk_b; j++) sr[j] = 0.0f;
+                    }
                     /* m[r] = -inf: nothing accumulated yet, corr = 0 */
                     float corr = m[r] == -INFINITY ? 0.0f : layer_exp(m[r] - mx);
-                    for (int j = lo; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
-                    float sum = layer_row_sum(sr + lo, vis - lo);
-                    for (int j = 0; j < lo; j++) sr[j] = 0.0f;
-                    for (int j = vis; j < nk_b; j++) sr[j] = 0.0f;
                     l[r] = l[r] * corr + sum;
                     m[r] = mx;
                     if (corr != 1.0f)
@@ -118,6 +147,12 @@ static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd,
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
     int kfirst = attn_first_key(s->q0, s->k0, s->window); /* earlier keys: outside */
     double nk = kend > kfirst ? kend - kfirst : 0;
+    if (s->kpos) { /* rows in any order: the visible ones, read where they are */
+        pairs = 0;
+        for (int t = 0; t < s->T; t++)
+            for (int j = 0; j < s->k1 - s->k0; j++) pairs += attn_sees(s->kpos[j], s->q0 + t, s->window);
+        nk = (double)pairs / (s->T > 0 ? s->T : 1);
+    }
     *flops += 2.0 * (hd + vd) * H * (double)pairs;
     *bytes += (double)emu_dtype_size(dt) * ((double)s->T * H * (hd + vd) + nk * Hkv * (hd + vd));
 }

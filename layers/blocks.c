@@ -92,6 +92,14 @@ static float *kv_values(const layer_view_t *v, float *K, int cap)
 /* Tensors the cache keeps: keys and values, or one latent. */
 static int kv_parts(const layer_view_t *v) { return v->dm->kv_shared ? 1 : 2; }
 
+/* The positions of sequence b's cached rows, or NULL when not kept. */
+static int *kv_positions(const layer_view_t *v, int b)
+{
+    if (!v->kv.pos) return NULL;
+    int64_t row = (int64_t)kv_parts(v) * v->dm->kvl * v->dm->hd;
+    return v->kv.pos + v->kv.off[b - v->kv.b0] / row;
+}
+
 /* Append the keys and values of A row t to the cache of its sequence. */
 static moemu_status_t kv_append(layer_view_t *v, int t)
 {
@@ -104,6 +112,8 @@ static moemu_status_t kv_append(layer_view_t *v, int t)
         memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
         if (Vc != K) memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
     }
+    int *pos = kv_positions(v, b);
+    if (pos) pos[*n] = v->r->pos[t];
     (*n)++;
     return MOEMU_OK;
 }
@@ -175,8 +185,9 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out)
             int u = t1 + 1;
             while (u < TA && r->seq[u] == b && r->pos[u] == r->pos[u - 1] + 1) u++;
             v->seqs[ns++] = (layer_attn_seq_t){
-                .out = v->att + (size_t)t1 * qd, .q = v->q + (size_t)t1 * qd, .kc = Kf,
-                .vc = Vf, .T = u - t1, .q0 = r->pos[t1], .k1 = r->pos[u - 1] + 1, .ldc = L_b};
+                .out = v->att + (size_t)t1 * qd, .lse = v->lse + (size_t)t1 * v->dm->Hl,
+                .q = v->q + (size_t)t1 * qd, .kc = Kf, .vc = Vf, .T = u - t1, .q0 = r->pos[t1],
+                .k1 = r->pos[u - 1] + 1, .ldc = L_b};
             t1 = u;
         }
         t0 = t1;
@@ -206,10 +217,13 @@ static moemu_status_t attend_decode(layer_view_t *v, int window)
         int b = r->seq[t], cap, *n;
         if (r->pos[t] % CP == v->sh->cp_rank) MOEMU_CHECK(kv_append(v, t));
         float *K = kv_seq(v, b, &cap, &n);
+        /* a window over CP's cache reads its rows' positions, in any order */
+        const int *kpos = window > 0 && CP > 1 ? kv_positions(v, b) : NULL;
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t * qd, .lse = v->lse + (size_t)t * Hl,
             .q = v->q + (size_t)t * qd, .kc = K, .vc = kv_values(v, K, cap), .T = 1,
-            .q0 = *n - 1, .k1 = *n, .ldc = cap, .window = window};
+            .q0 = kpos ? r->pos[t] : *n - 1, .k1 = *n, .ldc = cap, .window = window,
+            .kpos = kpos};
     }
     layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd, v->dm->attn_scale);
     double sz = (double)emu_dtype_size(x->dtype);
@@ -219,7 +233,7 @@ static moemu_status_t attend_decode(layer_view_t *v, int window)
     MOEMU_CHECK(layer_gather_rows(x, v->parts, v->att, cnt, qd, v->sh->cp));
     float *lses = v->parts + (size_t)CP * TA * qd;
     MOEMU_CHECK(layer_gather_rows(x, lses, v->lse, cnt, Hl, v->sh->cp));
-    layer_attention_merge(x, v->att, v->parts, lses, CP, TA, Hl, hd);
+    layer_attention_merge(x, v->att, v->lse, v->parts, lses, CP, TA, Hl, hd);
     return MOEMU_OK;
 }
 

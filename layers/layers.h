@@ -140,7 +140,9 @@ typedef struct {
     float *out, *lse;
     const float *q, *kc, *vc;
     int T, q0, k0, k1, ldc;
-    int window; /* 0: every earlier key */
+    int window;       /* 0: every earlier key */
+    const int *kpos;  /* if not NULL, the positions of rows k0..k1-1 (any
+                         order; rows 0.. of kc): visibility by them */
 } layer_attn_seq_t;
 
 /* Several sequences as one kernel, as a varlen flash-attention kernel
@@ -285,8 +287,8 @@ moemu_status_t layer_allreduce(layer_ctx_t *c, float *buf, int64_t n,
 
 /* Merge attention over disjoint key ranges: parts (n, T, H, hd) with their
  * lse (n, T, H) from layer_attention, combined in part order into
- * out (T, H, hd). */
-void layer_attention_merge(layer_ctx_t *c, float *out, const float *parts,
+ * out (T, H, hd), and the whole's lse into lse_out (T, H) if not NULL. */
+void layer_attention_merge(layer_ctx_t *c, float *out, float *lse_out, const float *parts,
                            const float *lse, int n, int T, int H, int hd);
 
 /* Capacity of one routing group spread over the members of comm: member q
@@ -361,6 +363,9 @@ typedef struct {
     const int *cap;
     int *n;
     int b0;
+    int *pos; /* if not NULL, the position of every cached row, at the row
+                 index of the keys (off / (parts * kv width)): CP's cache
+                 holds positions out of order, which a window needs */
 } layer_kv_t;
 
 /* What one rank holds of the model's sizes. */

@@ -103,7 +103,7 @@ moemu_status_t layer_allreduce(layer_ctx_t *c, float *buf, int64_t n, par_comm_t
     return par_allreduce(buf, buf, (size_t)n, c->dtype, PAR_OP_SUM, comm, c->dev);
 }
 
-void layer_attention_merge(layer_ctx_t *c, float *out, const float *parts,
+void layer_attention_merge(layer_ctx_t *c, float *out, float *lse_out, const float *parts,
                            const float *lse, int n, int T, int H, int hd)
 {
     int64_t rows = (int64_t)T * H;
@@ -116,6 +116,7 @@ void layer_attention_merge(layer_ctx_t *c, float *out, const float *parts,
         for (int i = 0; i < n; i++) m = lse[i * rows + r] > m ? lse[i * rows + r] : m;
         float *o = out + r * hd;
         memset(o, 0, sizeof(float) * hd);
+        if (lse_out) lse_out[r] = m;
         if (m == -INFINITY) continue; /* no part saw a key */
         float sum = 0.0f;
         for (int i = 0; i < n; i++) {
@@ -127,6 +128,7 @@ void layer_attention_merge(layer_ctx_t *c, float *out, const float *parts,
             for (int e = 0; e < hd; e++) o[e] += wgt * pi[e];
         }
         for (int e = 0; e < hd; e++) o[e] /= sum;
+        if (lse_out) lse_out[r] = m + logf(sum);
     }
 }
 

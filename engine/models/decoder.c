@@ -25,9 +25,6 @@ static void dec_rules(const void *model, const par_strategy_t *s, moemu_problems
     if (c->num_dense_layers > 0 && c->dense_intermediate_size % s->tp != 0)
         moemu_problem(p, "TP=%d does not divide the dense layers' intermediate size %d", s->tp,
                       c->dense_intermediate_size);
-    if (s->cp > 1 && (c->sinks || c->num_sliding_layers > 0))
-        moemu_problem(p, "CP=%d with attention sinks or sliding windows (%s) is not implemented "
-                         "yet: use TP, SP, DP, PP, EP or ETP", s->cp, family_of(c)->model_type);
 }
 
 void dec_dims(const cfg_model_t *c, par_dims_t *m)

@@ -67,6 +67,7 @@ typedef struct {
     double kv_bytes;
     int64_t *kv_off;
     int *kv_cap, *kv_n;
+    int *kv_pos; /* the cached rows' positions: CP with sliding windows */
     /* the runner's rows, for Tmax rows and Ttot keys */
     int *seqbuf, *posbuf, *allseq, *allpos, *counts, *gpos, *ibuf;
     void *block;
@@ -190,7 +191,7 @@ static moemu_status_t layer(worker_t *v, int l)
     if (!v->ps->decode && D->s->cp > 1) cp_rows(v, v->ps, &v->rows);
     int i = (l - v->pl.par.layer0) * (v->rb1 - v->rb0);
     v->view.kv = (layer_kv_t){.base = v->kv, .off = v->kv_off + i, .cap = v->kv_cap + i,
-                              .n = v->kv_n + i, .b0 = v->rb0};
+                              .n = v->kv_n + i, .b0 = v->rb0, .pos = v->kv_pos};
     model_pass_t mp = {.v = &v->view, .w = D->w, .place = &v->pl, .layer = l,
                        .load = D->load + ((size_t)v->rank * D->c->num_hidden_layers + l) *
                                              D->c->num_local_experts,
@@ -310,6 +311,7 @@ static void dev_free(worker_t *v)
     free(v->mb);
     free(v->tok);
     free(v->kv_off);
+    free(v->kv_pos);
     free(v->kv_cap);
     free(v->kv_n);
     free(v->view.seqs);
@@ -396,6 +398,10 @@ static moemu_status_t dev_cache(worker_t *v)
         devf += parts * kvd * (window ? W : v->kv_cap[i]);
     }
     v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)devf;
+    if (s->cp > 1 && D->c->num_sliding_layers > 0 &&
+        !(v->kv_pos = malloc(sizeof(int) * (size_t)(kvf / (parts * kvd) + 1))))
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the positions of %lld cached rows",
+                          (long long)(kvf / (parts * kvd)));
     return emu_alloc(v->dev, EMU_MEM_KV, sizeof(float) * (size_t)(kvf + 1), v->kv_bytes,
                      (void **)&v->kv);
 }
