@@ -1,4 +1,4 @@
-/* safetensors: read (memory-mapped) and write files in the safetensors
+/* safetensors: read (with pread, into the caller's memory) and write files in the safetensors
  * format: an 8-byte little-endian header length N, N bytes of JSON
  * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
  * "__metadata__": {...}}, then the data. */
@@ -33,13 +33,13 @@ typedef struct {
     char dtype_name[16];      /* as written in the file */
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    const void *data;         /* into the mapping */
+    uint64_t offset;          /* of its data in the file */
     size_t nbytes;
 } st_tensor_t;
 
 typedef struct st_file st_file_t;
 
-/* Map and validate a whole file as the reference reader
+/* Open and validate a whole file as the reference reader
  * (huggingface/safetensors) does: header length within the file and at
  * most 100 MB, JSON well-formed, every tensor's offsets consistent with
  * its dtype and shape, and the tensors, sorted by offset, covering the
@@ -62,6 +62,12 @@ int st_index(const st_file_t *f, const char *name);
  * naming the tensor and the numbers. */
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out);
+
+/* The bytes of tensor t of f as the file holds them (t->nbytes) into out.
+ * Reads of every kind go to the file (kept open) and never map it: a file
+ * that shrinks while it is read (cp over it) is MOEMU_ERR_IO naming it and
+ * both sizes, never a SIGBUS. Safe from several threads at once. */
+moemu_status_t st_read_bytes(const st_file_t *f, const st_tensor_t *t, void *out);
 
 /* The same for an I32 tensor, read as it is. */
 moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
