@@ -219,6 +219,15 @@ done
 expect 2 "4 devices do not fit on 1 node of 2 devices" "$moemu" sweep --model tiny \
     --devices 4 --nodes 1 --devices-per-node 2
 
+# a dry run keeps no record as large as its tokens (the reference routes
+# from the same source) and maps no weights: the same report either way
+expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --strategy dp2-ep2 \
+    --math skip --batch 4 --prompt-len 32 --decode 2 --json "$tmp/norec.json"
+expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --strategy dp2-ep2 \
+    --math skip --batch 4 --prompt-len 32 --decode 2 --json "$tmp/rec.json" \
+    --record-routing "$tmp/rec.st"
+cmp -s "$tmp/norec.json" "$tmp/rec.json" && ok || bad "the dry run's reference depends on a record"
+
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"

@@ -363,8 +363,11 @@ static int run(const run_opts_t *o)
         record = chk.route_strategy;
     } else if (o->sh.strategy) {
         size_t n;
-        if (!(record = route_record_new(&cfg, &wl, &n))) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+        /* the report's one-device reference replays it; a dry run's
+         * reference routes from the same source instead */
+        if ((!o->dry || o->record_routing) && !(record = route_record_new(&cfg, &wl, &n))) {
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record (%.2f GB)",
+                            4e-9 * (double)n);
             goto fail;
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,

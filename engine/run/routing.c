@@ -7,10 +7,13 @@
 #include "engine/models/safetensors.h"
 #include "engine/models/weights.h"
 
-/* A uniform double in [0, 1) from two words of the stream. */
+/* A uniform double in [0, 1) from words 2i and 2i + 1 of the stream,
+ * which one Philox block holds. */
 static double unit(uint64_t seed, uint64_t stream, uint64_t i)
 {
-    uint64_t hi = wts_philox(seed, stream, 2 * i), lo = wts_philox(seed, stream, 2 * i + 1);
+    uint32_t b[4];
+    wts_philox_block(b, seed, stream, i / 2);
+    uint64_t hi = b[2 * (i % 2)], lo = b[2 * (i % 2) + 1];
     return (double)((hi << 21) ^ (lo >> 11)) * 0x1p-53;
 }
 
@@ -23,6 +26,7 @@ static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
     r->P = runner_route_positions(wl);
     r->k = cfg->num_experts_per_tok;
     r->E = cfg->num_local_experts;
+    r->stream = wts_stream("routing");
 }
 
 /* The expert of a record's entry: a dropped assignment is -1 - e. */
@@ -169,7 +173,7 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
         }
         return;
     }
-    uint64_t stream = wts_stream("routing") ^ ((uint64_t)layer << 40);
+    uint64_t stream = r->stream ^ ((uint64_t)layer << 40);
     uint64_t tok = ((uint64_t)b << 24) ^ (uint64_t)pos;
     if (r->kind == ROUTE_UNIFORM) {
         choose_uniform(r, stream, tok, idx);
