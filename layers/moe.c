@@ -1,5 +1,4 @@
 /* The mixture of experts: router, capacity, one expert's products. */
-#include <cblas.h>
 #include <math.h>
 
 #include "layers/layers.h"
@@ -157,19 +156,16 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
         int n = j->n;
         int64_t nf = (int64_t)n * F;
         float *h1 = h, *h3 = h + nf;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w1, d,
-                    0.0f, h1, F);
+        layer_sgemm(true, n, F, d, 1.0f, j->x, d, j->w1, d, 0.0f, h1, F);
         if (silu) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w3,
-                        d, 0.0f, h3, F);
+            layer_sgemm(true, n, F, d, 1.0f, j->x, d, j->w3, d, 0.0f, h3, F);
             for (int64_t k = 0; k < nf; k++)
                 h1[k] = h1[k] / (1.0f + layer_exp(-h1[k])) * h3[k];
         } else {
             for (int64_t k = 0; k < nf; k++)
                 h1[k] = 0.5f * h1[k] * (1.0f + erff(h1[k] * (float)M_SQRT1_2));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, F, 1.0f, h1, F, j->w2, ldw2,
-                    accumulate ? 1.0f : 0.0f, j->out, d);
+        layer_sgemm(true, n, d, F, 1.0f, h1, F, j->w2, ldw2, accumulate ? 1.0f : 0.0f, j->out, d);
     }
 }
 

@@ -251,28 +251,12 @@ static int64_t count_floats(const cfg_model_t *c)
 
 double wts_host_bytes(const cfg_model_t *cfg) { return 4.0 * (double)count_floats(cfg); }
 
-static double host_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    double kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    if (kb >= 0) return kb * 1024.0;
-    return (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-}
-
 moemu_status_t wts_check_host_memory(double bytes, const char *what)
 {
-    double avail = host_available();
-    if (bytes > avail)
-        return moemu_fail(MOEMU_ERR_NOMEM,
-                          "%s needs %.2f GB of host memory, but only %.2f GB "
-                          "are available (a dry run needs none; or use a "
-                          "model with fewer layers)",
-                          what, bytes / 1e9, avail / 1e9);
-    return MOEMU_OK;
+    emu_need_t need = {.hint = "; a dry run (--math skip) needs none, or use a model with fewer "
+                               "layers"};
+    emu_need_add(&need, "weights", bytes, bytes);
+    return emu_need_check(&need, NULL, what);
 }
 
 /* A dry run never reads or writes a weight, but the layers slice the

@@ -102,8 +102,9 @@ moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes);
 void wts_free(wts_t *w);
 
-/* Host bytes the fp32 weights need, and a check against the host's
- * available memory that names both figures. */
+/* Host bytes the fp32 weights need, and a check of bytes against the
+ * host's memory and address space (emu_need_check) that names both
+ * figures and the limit. */
 double wts_host_bytes(const cfg_model_t *cfg);
 moemu_status_t wts_check_host_memory(double bytes, const char *what);
 

@@ -61,7 +61,8 @@ typedef struct {
     int rank, P, stage;
     int rb0, rb1, nmb;
     int *mb;         /* (nmb + 1) first sequence of each micro-batch */
-    int *tok;        /* (batch) each sequence's next input token */
+    int *tok;        /* (rb1 - rb0) each replica sequence's next input token */
+    double sched_bytes; /* host bytes of the schedule's arrays */
     /* KV cache of (local layer, replica sequence): K then V, (kvl, cap, hd) */
     float *kv;
     double kv_bytes;
@@ -207,7 +208,7 @@ static moemu_status_t embed(worker_t *v, const pass_t *ps)
     int *tok = v->ibuf;
     for (int t = 0; t < r->n; t++) {
         int b = r->seq[t];
-        tok[t] = ps->decode ? v->tok[b] : wl->tokens[wl->start[b] + r->pos[t]];
+        tok[t] = ps->decode ? v->tok[b - v->rb0] : wl->tokens[wl->start[b] + r->pos[t]];
     }
     return layer_embed_block(&v->view, v->D->w->embed, tok);
 }
@@ -247,7 +248,7 @@ static moemu_status_t pick(worker_t *v, const pass_t *ps, const float *full, siz
     if (v->P > 1)
         return par_send(next, (size_t)nb, EMU_DTYPE_INT32, 0, D->comm[v->rank * C__COUNT + C_PP],
                         v->dev);
-    memcpy(v->tok + ps->b0, next, sizeof(int) * (size_t)nb);
+    memcpy(v->tok + ps->b0 - v->rb0, next, sizeof(int) * (size_t)nb);
     return MOEMU_OK;
 }
 
@@ -281,8 +282,8 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
     par_comm_t *pp = D->comm[v->rank * C__COUNT + C_PP];
     if (v->stage == 0) {
         if (ps->decode && v->P > 1)
-            MOEMU_CHECK(par_recv(v->tok + ps->b0, (size_t)(ps->b1 - ps->b0), EMU_DTYPE_INT32,
-                                 v->P - 1, pp, v->dev));
+            MOEMU_CHECK(par_recv(v->tok + ps->b0 - v->rb0, (size_t)(ps->b1 - ps->b0),
+                                 EMU_DTYPE_INT32, v->P - 1, pp, v->dev));
         MOEMU_CHECK(embed(v, ps));
     } else {
         MOEMU_CHECK(par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev));
@@ -336,7 +337,9 @@ static void dev_shard(worker_t *v)
     run_t *D = v->D;
     const par_strategy_t *s = D->s;
     const par_place_t *p = &v->pl.par;
-    par_comm_t **cm = D->comm + (size_t)v->rank * C__COUNT;
+    /* no communicators yet when the run's needs are counted */
+    static par_comm_t *const none[C__COUNT];
+    par_comm_t *const *cm = D->comm ? D->comm + (size_t)v->rank * C__COUNT : none;
     v->sh = (layer_shard_t){.tp = cm[C_TP], .cp = cm[C_CP], .ep = cm[C_EP], .etp = cm[C_ETP],
                             .replica = cm[C_REPLICA], .tp_size = s->tp, .tp_rank = p->tp,
                             .cp_size = s->cp, .cp_rank = p->cp, .ep_size = s->ep,
@@ -361,20 +364,24 @@ static moemu_status_t dev_schedule(worker_t *v)
     int q = D->route_dp / s->dp; /* routing replicas inside this replica */
     v->nmb = q * D->o->micro_batches;
     int nseq = v->rb1 - v->rb0, nl = v->pl.par.layer1 - v->pl.par.layer0;
+    size_t kvs = (size_t)nl * nseq + 1;
     v->mb = calloc((size_t)v->nmb + 1, sizeof(int));
-    v->tok = calloc((size_t)B + 1, sizeof(int));
-    v->kv_off = calloc((size_t)nl * nseq + 1, sizeof(int64_t));
-    v->kv_cap = calloc((size_t)nl * nseq + 1, sizeof(int));
-    v->kv_n = calloc((size_t)nl * nseq + 1, sizeof(int));
+    v->tok = calloc((size_t)nseq + 1, sizeof(int));
+    v->kv_off = calloc(kvs, sizeof(int64_t));
+    v->kv_cap = calloc(kvs, sizeof(int));
+    v->kv_n = calloc(kvs, sizeof(int));
     v->view.seqs = calloc(2 * (size_t)nseq + 1, sizeof *v->view.seqs);
+    v->sched_bytes = sizeof(int) * (double)(v->nmb + nseq + 2) + 16.0 * (double)kvs +
+                     (double)sizeof *v->view.seqs * (2.0 * nseq + 1);
     if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->view.seqs)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences", nseq);
     route_groups(B, D->route_dp, v->pl.par.dp * q, q, D->o->micro_batches, v->mb);
     return MOEMU_OK;
 }
 
-/* The cache: this rank's prefill positions and its share of decode. */
-static moemu_status_t dev_cache(worker_t *v)
+/* The cache's layout: this rank's prefill positions and its share of
+ * decode. Returns its floats. */
+static int64_t dev_cache_layout(worker_t *v)
 {
     const run_t *D = v->D;
     const par_strategy_t *s = D->s;
@@ -389,14 +396,26 @@ static moemu_status_t dev_cache(worker_t *v)
         v->kv_off[i] = kvf;
         kvf += (v->pl.dims.kv_shared ? 1LL : 2LL) * kvd * v->kv_cap[i];
     }
-    v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)kvf;
+    return kvf;
+}
+
+static moemu_status_t dev_cache(worker_t *v)
+{
+    int64_t kvf = dev_cache_layout(v);
+    v->kv_bytes = (double)emu_dtype_size(v->D->c->dtype) * (double)kvf;
     return emu_alloc(v->dev, EMU_MEM_KV, sizeof(float) * (size_t)(kvf + 1), v->kv_bytes,
                      (void **)&v->kv);
 }
 
-/* Scratch for the largest pass: the view's buffers, then the runner's
- * rows, then the capacity flags, in one allocation. */
-static moemu_status_t dev_scratch(worker_t *v)
+/* The scratch of the largest pass: its rows (Tmax) and keys (Ttot), the
+ * logits rows, the view's floats and ints and the runner's, and the host
+ * bytes in all. */
+typedef struct {
+    int Tmax, Ttot, nlog;
+    size_t nf, ni, bytes;
+} scratch_t;
+
+static void dev_scratch_size(const worker_t *v, scratch_t *z)
 {
     const run_t *D = v->D;
     const par_strategy_t *s = D->s;
@@ -413,10 +432,22 @@ static moemu_status_t dev_scratch(worker_t *v)
     layer_view_scratch(&v->pl.dims, &v->sh, Tmax, Ttot, nlog, &nf, &ni);
     ni += 2 * (size_t)Tmax + 2 * (size_t)Ttot + (size_t)s->cp * s->tp + (size_t)Ttot +
           (size_t)Tmax + (size_t)nseq;
-    size_t bytes = sizeof(float) * nf + sizeof(int) * ni + (size_t)Tmax * v->pl.dims.k + 64;
-    v->block_bytes = (double)emu_dtype_size(D->c->dtype) * (double)nf + 4.0 * (double)ni;
-    MOEMU_CHECK(emu_alloc(v->dev, EMU_MEM_ACT, bytes, v->block_bytes, &v->block));
-    layer_view_carve(&v->view, v->block, Tmax, Ttot, nlog);
+    *z = (scratch_t){.Tmax = Tmax, .Ttot = Ttot, .nlog = nlog, .nf = nf, .ni = ni,
+                     .bytes = sizeof(float) * nf + sizeof(int) * ni +
+                              (size_t)Tmax * v->pl.dims.k + 64};
+}
+
+/* Scratch for the largest pass: the view's buffers, then the runner's
+ * rows, then the capacity flags, in one allocation. */
+static moemu_status_t dev_scratch(worker_t *v)
+{
+    const par_strategy_t *s = v->D->s;
+    scratch_t z;
+    dev_scratch_size(v, &z);
+    int Tmax = z.Tmax, Ttot = z.Ttot, nseq = v->rb1 - v->rb0;
+    v->block_bytes = (double)emu_dtype_size(v->D->c->dtype) * (double)z.nf + 4.0 * (double)z.ni;
+    MOEMU_CHECK(emu_alloc(v->dev, EMU_MEM_ACT, z.bytes, v->block_bytes, &v->block));
+    layer_view_carve(&v->view, v->block, Tmax, Ttot, z.nlog);
     int *ip = v->view.idx + (size_t)Tmax * v->pl.dims.k;
     v->seqbuf = ip, ip += Tmax;
     v->posbuf = ip, ip += Tmax;
@@ -505,6 +536,81 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
     return MOEMU_OK;
 }
 
+/* ---- What the run takes of the host, counted before any of it is taken */
+
+/* Host bytes device rank holds for the whole run (its schedule, KV cache
+ * and scratch, as dev_setup allocates them) and the most rows it
+ * multiplies at once. */
+static moemu_status_t dev_host_bytes(run_t *D, int rank, double *bytes, int *rows)
+{
+    worker_t v = {.D = D, .rank = rank};
+    D->fam->place(D->c, D->s, rank, &v.pl);
+    dev_shard(&v);
+    moemu_status_t st = dev_schedule(&v);
+    if (st == MOEMU_OK) {
+        scratch_t z;
+        dev_scratch_size(&v, &z);
+        *bytes = v.sched_bytes + sizeof(float) * (double)(dev_cache_layout(&v) + 1) +
+                 (double)z.bytes;
+        *rows = z.Ttot > z.Tmax ? z.Ttot : z.Tmax;
+    }
+    dev_free(&v);
+    return st;
+}
+
+/* The outputs and the run's own state (out_alloc, runner_generate). */
+static double run_host_bytes(const run_t *D)
+{
+    const cfg_model_t *c = D->c;
+    double B = D->wl->batch, N = D->wl->decode, V = c->vocab_size,
+           LE = (double)c->num_hidden_layers * c->num_local_experts;
+    double out = B * (N > 0 ? N : 1) * (sizeof(int) + sizeof(double)) + LE * 8;
+    if (D->mo->prompt_logits) out += 4.0 * B * D->wl->max_len * V;
+    if (D->mo->gen_logits) out += 4.0 * B * N * V;
+    return out + D->world * (8.0 * C__COUNT + 32 + 8 * LE);
+}
+
+/* "a run on N devices", what the host checks name. */
+static const char *run_what(int world, char buf[64])
+{
+    snprintf(buf, 64, "a run on %d device%s", world, world == 1 ? "" : "s");
+    return buf;
+}
+
+moemu_status_t runner_check_devices(int world)
+{
+    emu_need_t threads = {0};
+    char what[64];
+    emu_need_devices(&threads, world, -1);
+    return emu_need_check(&threads, NULL, run_what(world, what));
+}
+
+moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl_t *wl,
+                                const runner_opts_t *o, const model_opts_t *mo)
+{
+    run_t D = {.c = c, .fam = family_of(c), .wl = wl, .o = o, .mo = mo, .s = &o->strategy,
+               .route_pos = runner_route_positions(wl),
+               .world = par_strategy_world(&o->strategy)};
+    MOEMU_CHECK(check_opts(&D, o));
+    /* a run of too many devices is refused before they are counted */
+    MOEMU_CHECK(runner_check_devices(D.world));
+    double dev = 0;
+    int rows = 0;
+    for (int r = 0; r < D.world; r++) {
+        double b;
+        int n;
+        MOEMU_CHECK(dev_host_bytes(&D, r, &b, &n));
+        dev += b;
+        rows = n > rows ? n : rows;
+    }
+    /* a dry run's device buffers are address space only (no-data mode) */
+    emu_need_add(need, "device buffers", o->dry ? 0 : dev, dev);
+    emu_need_devices(need, D.world, o->dry ? -1 : layer_blas_resident(rows));
+    double out = run_host_bytes(&D);
+    emu_need_add(need, "outputs", out, out);
+    return MOEMU_OK;
+}
+
 /* The outputs of the run, NaN where a shorter prompt has no position. */
 static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
 {
@@ -579,6 +685,10 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
                 .s = &o->strategy, .out = out, .route_pos = runner_route_positions(wl),
                 .world = par_strategy_world(&o->strategy)};
     MOEMU_CHECK(check_opts(&D, o));
+    emu_need_t need = {0};
+    MOEMU_CHECK(runner_host_need(&need, c, wl, o, mo));
+    char what[64];
+    MOEMU_CHECK(emu_need_check(&need, NULL, run_what(D.world, what)));
     emu_cluster_t *cl = NULL;
     MOEMU_CHECK(emu_cluster_create(&o->hw.spec, &o->hw.topo, D.world, &o->cluster, &cl));
     size_t LE = (size_t)c->num_hidden_layers * c->num_local_experts;
