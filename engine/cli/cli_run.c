@@ -405,7 +405,8 @@ static int run(const run_opts_t *o)
     } else {
         size_t n;
         if (o->record_routing && !(record = route_record_new(&cfg, &wl, &n))) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record (%.2f GB)",
+                            4e-9 * (double)n);
             goto fail;
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,

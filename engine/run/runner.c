@@ -374,7 +374,8 @@ static moemu_status_t dev_schedule(worker_t *v)
     v->sched_bytes = sizeof(int) * (double)(v->nmb + nseq + 2) + 16.0 * (double)kvs +
                      (double)sizeof *v->view.seqs * (2.0 * nseq + 1);
     if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->view.seqs)
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences", nseq);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences (%.0f "
+                          "bytes)", nseq, v->sched_bytes);
     route_groups(B, D->route_dp, v->pl.par.dp * q, q, D->o->micro_batches, v->mb);
     return MOEMU_OK;
 }
@@ -558,16 +559,23 @@ static moemu_status_t dev_host_bytes(run_t *D, int rank, double *bytes, int *row
     return st;
 }
 
-/* The outputs and the run's own state (out_alloc, runner_generate). */
-static double run_host_bytes(const run_t *D)
+/* Host bytes of the outputs (out_alloc) and of the run's own state
+ * (runner_generate). */
+static double out_bytes(const run_t *D)
 {
     const cfg_model_t *c = D->c;
-    double B = D->wl->batch, N = D->wl->decode, V = c->vocab_size,
-           LE = (double)c->num_hidden_layers * c->num_local_experts;
-    double out = B * (N > 0 ? N : 1) * (sizeof(int) + sizeof(double)) + LE * 8;
+    double B = D->wl->batch, N = D->wl->decode, V = c->vocab_size;
+    double out = B * (N > 0 ? N : 1) * (sizeof(int) + sizeof(double)) +
+                 8.0 * c->num_hidden_layers * c->num_local_experts + 8.0 * D->world;
     if (D->mo->prompt_logits) out += 4.0 * B * D->wl->max_len * V;
     if (D->mo->gen_logits) out += 4.0 * B * N * V;
-    return out + D->world * (8.0 * C__COUNT + 32 + 8 * LE);
+    return out;
+}
+
+static double state_bytes(const run_t *D)
+{
+    double LE = (double)D->c->num_hidden_layers * D->c->num_local_experts;
+    return D->world * (8.0 * C__COUNT + 16 + 8 * LE) + 4.0 * D->world;
 }
 
 /* "a run on N devices", what the host checks name. */
@@ -606,7 +614,7 @@ moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl
     /* a dry run's device buffers are address space only (no-data mode) */
     emu_need_add(need, "device buffers", o->dry ? 0 : dev, dev);
     emu_need_devices(need, D.world, o->dry ? -1 : layer_blas_resident(rows));
-    double out = run_host_bytes(&D);
+    double out = out_bytes(&D) + state_bytes(&D);
     emu_need_add(need, "outputs", out, out);
     return MOEMU_OK;
 }
@@ -627,7 +635,8 @@ static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
     if (!out->generated || !out->token_time || !out->expert_load || !out->device_rows ||
         (D->mo->prompt_logits && !out->prompt_logits) ||
         (D->mo->gen_logits && N > 0 && !out->gen_logits))
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences "
+                          "(%.2f GB)", B, out_bytes(D) / 1e9);
     if (out->prompt_logits)
         for (size_t i = 0; i < (size_t)B * wl->max_len * V; i++) out->prompt_logits[i] = NAN;
     return MOEMU_OK;
@@ -699,7 +708,8 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
     int *ranks = malloc(sizeof(int) * (size_t)D.world);
     moemu_status_t st = MOEMU_OK;
     if (!D.comm || !D.assign || !D.dropped || !D.load || !ranks)
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the state of %d devices", D.world);
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the state of %d devices (%.2f GB)",
+                        D.world, state_bytes(&D) / 1e9);
     if (st == MOEMU_OK) st = out_alloc(out, &D);
     if (st == MOEMU_OK) st = comms_create(&D, cl, ranks);
     if (st == MOEMU_OK) st = emu_cluster_run(cl, dev_main, &D);
