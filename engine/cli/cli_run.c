@@ -307,7 +307,7 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
 static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, const wl_t *wl,
                                 const runner_opts_t *d)
 {
-    emu_need_t need = {0};
+    emu_need_t need = {.hint = o->dry ? NULL : "; a dry run (--math skip) holds no weights"};
     double w = o->dry ? 0 : wts_host_bytes(cfg), rec = 4.0 * cfg->num_hidden_layers *
         wl->batch * runner_route_positions(wl) * cfg->num_experts_per_tok;
     emu_need_add(&need, "weights", w, w);
