@@ -52,6 +52,12 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
                           EMU_PACE_MAX, o.pace);
     emu_topo_t t = *topo;
     MOEMU_CHECK(emu_topo_nodes(topo, ndev, &t.nodes));
+    /* threads before devices: a cluster the host cannot start is refused
+     * before anything is allocated (a stack and its guard: two mappings) */
+    emu_need_t need = {.threads = ndev, .maps = 2.0 * ndev};
+    char what[64];
+    snprintf(what, sizeof what, "a cluster of %d devices (a thread each)", ndev);
+    MOEMU_CHECK(emu_need_check(&need, NULL, what));
 
     emu_cluster_t *c = calloc(1, sizeof *c);
     emu_dev_t *devs = c ? calloc((size_t)ndev, sizeof *devs) : NULL;

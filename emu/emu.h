@@ -408,6 +408,67 @@ typedef struct {
 
 moemu_status_t emu_host_query(emu_host_t *out);
 
+/* ---- The host's limits (emu/limits.c): what this process may still
+ * take, read from the kernel when asked. A run adds up what it will need
+ * and checks it before it allocates or starts anything large, so that a
+ * run too large for the host is refused at once with both figures. */
+typedef struct {
+    double left;      /* what this process may still take; INFINITY: no limit */
+    double limit;     /* the limit itself */
+    const char *name; /* "the address-space limit (RLIMIT_AS, ulimit -v)" */
+} emu_limit_t;
+
+/* Each the tightest of its limits: memory (MemAvailable; a cgroup v2
+ * memory.max or v1 memory.limit_in_bytes less the cgroup's use), address
+ * space (RLIMIT_AS less VmSize), threads (RLIMIT_NPROC, threads-max, the
+ * cgroup's pids.max) and memory mappings (vm.max_map_count). */
+typedef struct {
+    emu_limit_t mem, as, threads, maps;
+} emu_limits_t;
+
+void emu_limits_read(emu_limits_t *out);
+
+/* What a step will take: named parts in resident bytes (mem) and address
+ * space (as), threads and mappings. Start from {0}. */
+#define EMU_NEED_PARTS 8
+typedef struct {
+    const char *what;
+    double mem, as;
+} emu_need_part_t;
+
+typedef struct {
+    emu_need_part_t part[EMU_NEED_PARTS];
+    int n;
+    double threads, maps;
+    const char *hint; /* appended to a refusal: "; or use ..." */
+} emu_need_t;
+
+/* Add to the part named what (a static string), or start it. */
+void emu_need_add(emu_need_t *n, const char *what, double mem, double as);
+/* ndev device threads: their stacks, malloc arenas and devices, and with
+ * blas_resident >= 0 (real math) the BLAS buffers of the callers
+ * emu_blas_callers lets in at once, each mapping OpenBLAS's buffer and
+ * keeping blas_resident bytes of it resident. */
+void emu_need_devices(emu_need_t *n, int ndev, double blas_resident);
+/* n against limits (NULL: read now): MOEMU_ERR_NOMEM naming what, the
+ * need (by part), what is left and the limit, for the first of threads,
+ * mappings, memory and address space that falls short. */
+moemu_status_t emu_need_check(const emu_need_t *n, const emu_limits_t *limits,
+                              const char *what);
+
+/* ---- BLAS callers. OpenBLAS serves a fixed number of threads inside it
+ * at once (its build's MAX_THREADS: one buffer each, in a table twice that
+ * size); more crash it. Every BLAS call of moemu goes between
+ * emu_blas_enter and emu_blas_leave, which let emu_blas_callers() threads
+ * in at once (MAX_THREADS, or fewer with MOEMU_BLAS_CALLERS=N); the
+ * others wait. Process-wide, as the library's table is; the results and
+ * virtual times never depend on it. emu_blas_most: the most threads that
+ * were inside at once since the process started (for tests). */
+int emu_blas_callers(void);
+void emu_blas_enter(void);
+void emu_blas_leave(void);
+int emu_blas_most(void);
+
 /* ---- Collectives' cost model. Each algorithm's time is a closed form of
  * the group size p, the bytes B of the whole buffer in the emulated dtype
  * and the latency alpha (s) and bandwidth beta (bytes/s) of the slowest

@@ -3,7 +3,6 @@
  * kv head is stacked into one matrix, scored against one block of keys at a
  * time, and the running max, sum and output are rescaled as blocks arrive.
  * No buffer grows with the sequence length. */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -92,8 +91,8 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
             int kfirst = sq->kpos ? k0 : attn_first_key(q0 + t0, k0, W);
             for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
                 int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk_b, hd,
-                            scale, Q, hd, K + (size_t)(kb - k0) * hd, hd, 0.0f, S, nk_b);
+                layer_sgemm(true, rows, nk_b, hd, scale, Q, hd, K + (size_t)(kb - k0) * hd, hd,
+                            0.0f, S, nk_b);
                 for (int r = 0; r < rows; r++) {
                     float *sr = S + (size_t)r * nk_b, mx, sum;
                     int qp = q0 + t0 + r % nq;
@@ -121,8 +120,8 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
                     if (corr != 1.0f)
                         for (int i = 0; i < vd; i++) O[(size_t)r * vd + i] *= corr;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, vd, nk_b,
-                            1.0f, S, nk_b, V + (size_t)(kb - k0) * vd, vd, 1.0f, O, vd);
+                layer_sgemm(false, rows, vd, nk_b, 1.0f, S, nk_b, V + (size_t)(kb - k0) * vd, vd,
+                            1.0f, O, vd);
             }
             for (int j = 0; j < G; j++)
                 for (int i = 0; i < nq; i++) {

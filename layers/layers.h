@@ -50,6 +50,10 @@ typedef struct {
 
 layer_work_t layer_linear_work(int T, int n_in, int n_out, emu_dtype_t dt);
 
+/* Host bytes a BLAS caller's buffer keeps resident once it has multiplied
+ * up to rows rows at once (emu_need_devices; the buffer's size caps it). */
+double layer_blas_resident(int rows);
+
 /* out (T, n_out) = in (T, n_in) @ w^T, w (n_out, n_in) with row stride ldw
  * (ldw >= n_in; a column slice of a wider matrix has ldw > n_in). With
  * accumulate, out += instead of =. */

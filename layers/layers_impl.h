@@ -2,8 +2,15 @@
 #ifndef MOEMU_LAYERS_IMPL_H
 #define MOEMU_LAYERS_IMPL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+
+/* C (M, N) = alpha A (M, K) B + beta C, row-major, B (K, N) or with
+ * trans_b (N, K): OpenBLAS's sgemm behind the gate of BLAS callers
+ * (emu_blas_enter), the one way the layers call BLAS. */
+void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
 
 /* Hot loops built twice on x86-64, for AVX2 and the baseline, the better
  * picked at load time (GCC's target_clones): the same results either way,

@@ -2,6 +2,23 @@
 #include <cblas.h>
 
 #include "layers/layers.h"
+#include "layers/layers_impl.h"
+
+void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc)
+{
+    emu_blas_enter();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+    emu_blas_leave();
+}
+
+double layer_blas_resident(int rows)
+{
+    /* OpenBLAS's x86-64 sgemm packs a P x Q block of one operand (the
+     * weights, P = 768, Q = 384) and a Q x rows panel of the other */
+    return 4.0 * 384 * (768.0 + rows);
+}
 
 layer_work_t layer_linear_work(int T, int n_in, int n_out, emu_dtype_t dt)
 {
@@ -24,9 +41,8 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
             if (!accumulate)
                 for (int64_t i = 0; i < (int64_t)T * n_out; i++) out[i] = 0.0f;
         } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in,
-                        1.0f, in, n_in, w, ldw, accumulate ? 1.0f : 0.0f, out,
-                        n_out);
+            layer_sgemm(true, T, n_out, n_in, 1.0f, in, n_in, w, ldw,
+                        accumulate ? 1.0f : 0.0f, out, n_out);
         }
     }
     emu_charge(c->dev, kind, wk.flops, wk.bytes);
@@ -39,7 +55,6 @@ void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int
                nb * (s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n));
     if (!c->math || T == 0 || n == 0 || m == 0) return;
     for (int i = 0; i < nb; i++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, w_trans ? CblasTrans : CblasNoTrans, T, n, m,
-                    1.0f, g->in + i * g->si, g->ldi, g->w + i * g->sw, g->ldw, 0.0f,
-                    g->out + i * g->so, g->ldo);
+        layer_sgemm(w_trans, T, n, m, 1.0f, g->in + i * g->si, g->ldi, g->w + i * g->sw, g->ldw,
+                    0.0f, g->out + i * g->so, g->ldo);
 }

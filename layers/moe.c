@@ -1,5 +1,4 @@
 /* The mixture of experts: router, capacity, one expert's products. */
-#include <cblas.h>
 #include <math.h>
 
 #include "layers/layers.h"
@@ -138,8 +137,7 @@ static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int 
                        float limit, bool accumulate)
 {
     int n = j->n;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, 2 * F, d, 1.0f, j->x, d, j->w1,
-                2 * ldw2, 0.0f, h, 2 * F);
+    layer_sgemm(false, n, 2 * F, d, 1.0f, j->x, d, j->w1, 2 * ldw2, 0.0f, h, 2 * F);
     for (int r = 0; r < n; r++)
         for (int f = 0; f < F; f++) {
             const float *gu = h + (size_t)r * 2 * F + 2 * f;
@@ -150,8 +148,7 @@ static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int 
             float glu = g * (1.0f / (1.0f + layer_exp(-(g * LAYER_OAI_ALPHA))));
             h[(size_t)r * F + f] = (u + 1.0f) * glu; /* index <= the read ones */
         }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, F, 1.0f, h, F, j->w2, d,
-                accumulate ? 1.0f : 0.0f, j->out, d);
+    layer_sgemm(false, n, d, F, 1.0f, h, F, j->w2, d, accumulate ? 1.0f : 0.0f, j->out, d);
     if (j->b2)
         for (int r = 0; r < n; r++)
             for (int i = 0; i < d; i++) j->out[(size_t)r * d + i] += j->b2[i];
@@ -205,19 +202,16 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
         int n = j->n;
         int64_t nf = (int64_t)n * F;
         float *h1 = h, *h3 = h + nf;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w1, d,
-                    0.0f, h1, F);
+        layer_sgemm(true, n, F, d, 1.0f, j->x, d, j->w1, d, 0.0f, h1, F);
         if (silu) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, d, 1.0f, j->x, d, j->w3,
-                        d, 0.0f, h3, F);
+            layer_sgemm(true, n, F, d, 1.0f, j->x, d, j->w3, d, 0.0f, h3, F);
             for (int64_t k = 0; k < nf; k++)
                 h1[k] = h1[k] / (1.0f + layer_exp(-h1[k])) * h3[k];
         } else {
             for (int64_t k = 0; k < nf; k++)
                 h1[k] = 0.5f * h1[k] * (1.0f + erff(h1[k] * (float)M_SQRT1_2));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, F, 1.0f, h1, F, j->w2, ldw2,
-                    accumulate ? 1.0f : 0.0f, j->out, d);
+        layer_sgemm(true, n, d, F, 1.0f, h1, F, j->w2, ldw2, accumulate ? 1.0f : 0.0f, j->out, d);
     }
 }
 

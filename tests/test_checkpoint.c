@@ -355,6 +355,23 @@ Test(ckpt, a_shard_the_index_names_that_is_not_there)
     model_free(&m);
 }
 
+/* A shard truncated after the checkpoint was opened (cp over it while it
+ * loads): an I/O error naming the shard and the tensor, never SIGBUS. */
+Test(ckpt, a_shard_cut_short_while_loading)
+{
+    model_t m;
+    write_six(&m);
+    ckpt_t *ck = open_ok(tpath("d"));
+    cr_assert_eq(truncate(tpath("d/model-00003-of-00006.safetensors"), 100), 0);
+    cr_assert_eq(ckpt_read_all(ck, m.want, NT, "tiny"), MOEMU_ERR_IO);
+    const char *msg = moemu_errmsg();
+    assert_has(msg, "could not be read");
+    assert_has(msg, "model-00003-of-00006.safetensors changed while it was read");
+    assert_has(msg, "tensor 'model.layers.0.mlp.experts.w1'");
+    ckpt_close(ck);
+    model_free(&m);
+}
+
 Test(ckpt, a_shard_that_is_not_safetensors)
 {
     model_t m;

@@ -406,6 +406,41 @@ expect 2 "device.mem_capacity 1e+06 (expected 1e+09 to 1e+13) (an error under --
     "$moemu" layout --strict --model tiny --strategy tp2 --hw "$tmp/hw1m.json"
 [ "$("$moemu" info --model tiny --strict 2>&1 >/dev/null)" = "" ] && ok ||
     bad "a built-in model warns under --strict"
+# hostile sizes: each rule checked from the arguments before tokens,
+# weights or threads are made (each of these took minutes and gigabytes,
+# or hung, before it said no)
+expect 2 "but the model's max_position_embeddings is 4096" timeout 20 "$moemu" run \
+    --model tiny --prompt-len-range 1:2147483647
+# under ulimit -v, where moemu starts at all (a sanitizer's shadow does not
+# fit 3 GB of address space)
+if sh -c "ulimit -v 3000000 && exec '$moemu' --help" >/dev/null 2>&1; then
+    expect 2 "a run on 1024 devices needs" timeout 20 sh -c \
+        "ulimit -v 3000000 && exec '$moemu' run --model tiny --strategy dp1024 --batch 1024 --math skip"
+    # OpenBLAS's buffers counted in the address space: refused before the
+    # weights, where the device threads spun for ever in its allocator
+    expect 2 "BLAS buffers" timeout 20 sh -c \
+        "ulimit -v 2100000 && exec '$moemu' run --strategy dp2-tp2-ep4 --batch 4 --decode 2"
+    expect 2 "of address space" timeout 20 sh -c \
+        "ulimit -v 2100000 && exec '$moemu' run --strategy dp2-tp2-ep4 --batch 4 --decode 2"
+else
+    echo "skipped: the checks under ulimit -v (moemu cannot start under it: a sanitizer build?)"
+fi
+# more devices than OpenBLAS serves at once: the same tokens and virtual
+# times whether one or all the callers it allows multiply at once
+"$moemu" run --model tiny --strategy dp200 --batch 200 --prompt-len 8 --decode 2 \
+    --json "$tmp/g64.json" >"$tmp/g64.out" 2>&1 && ok || bad "dp200: $(tail -3 "$tmp/g64.out")"
+MOEMU_BLAS_CALLERS=1 "$moemu" run --model tiny --strategy dp200 --batch 200 --prompt-len 8 \
+    --decode 2 --json "$tmp/g1.json" >/dev/null 2>&1
+cmp -s "$tmp/g64.json" "$tmp/g1.json" && ok || bad "dp200 depends on the BLAS callers"
+grep -q "NUM_THREADS exceeded" "$tmp/g64.out" && bad "OpenBLAS overflowed: $(head -3 "$tmp/g64.out")" || ok
+# a dry run keeps no record as large as its tokens (the reference routes
+# from the same source) and maps no weights: the same report either way
+expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --strategy dp2-ep2 \
+    --math skip --batch 4 --prompt-len 32 --decode 2 --json "$tmp/norec.json"
+expect 0 "scaling: one device" "$moemu" run --model moe-10b-plan --strategy dp2-ep2 \
+    --math skip --batch 4 --prompt-len 32 --decode 2 --json "$tmp/rec.json" \
+    --record-routing "$tmp/rec.st"
+cmp -s "$tmp/norec.json" "$tmp/rec.json" && ok || bad "the dry run's reference depends on a record"
 
 # moemu plan: a tiny plan whose claims do not all hold exits 1
 printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch": 2, "prompt_len": 8, "decode": 2}, "claims": [{"metric": "total_parameters", "value": 654016}, {"metric": "ttft_s", "value": 100}]}' >"$tmp/plan.json"

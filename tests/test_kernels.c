@@ -12,6 +12,7 @@
  * terms, 3e-5 to 1e-4 for thousands. With `--verbose` each case logs its
  * worst element; a failure prints it. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,6 +314,64 @@ Test(linear, matches_reference_and_charges)
 
 /* ======================================================================
  * embed, rmsnorm, rope, add */
+
+/* More threads in the products at once than OpenBLAS serves (its
+ * MAX_THREADS, one buffer each; past twice that it crashed): the gate
+ * lets in emu_blas_callers() at a time, and every thread's product is the
+ * same bits as one thread's alone. */
+enum { MANY = 200, MT = 128, MK = 512, MN = 512 };
+
+typedef struct {
+    const float *in, *w;
+    float *out;
+    pthread_barrier_t *start;
+} many_t;
+
+static void *many_linear(void *arg)
+{
+    many_t *m = arg;
+    emu_spec_t spec = {.peak_flops = 1e14, .mfu = 0.5, .mem_bw = 1e12, .bw_util = 0.8,
+                       .mem_capacity = 1e9, .launch_s = 1e-6};
+    emu_dev_t *dev = NULL;
+    if (emu_dev_create(&spec, 0, true, &dev) != MOEMU_OK) return NULL;
+    layer_ctx_t c = {.dev = dev, .dtype = EMU_DTYPE_FP16, .math = true};
+    pthread_barrier_wait(m->start);
+    for (int i = 0; i < 4; i++)
+        layer_linear(&c, EMU_KERNEL_GEMM, m->out, m->in, m->w, MT, MK, MN, MK, false);
+    emu_dev_destroy(dev);
+    return NULL;
+}
+
+Test(linear, more_threads_than_blas_serves)
+{
+    rng_t r = {41};
+    float *in = NEW(float, MT * MK), *w = NEW(float, MN * MK), *want = NEW(float, MT * MN);
+    float *out = NEW(float, (size_t)MANY * MT * MN);
+    fill(&r, in, MT * MK, 1.0f);
+    fill(&r, w, MN * MK, 1.0f);
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_linear(&c, EMU_KERNEL_GEMM, want, in, w, MT, MK, MN, MK, false);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, MANY);
+    pthread_t th[MANY];
+    many_t m[MANY];
+    for (int i = 0; i < MANY; i++) {
+        m[i] = (many_t){in, w, out + (size_t)i * MT * MN, &start};
+        cr_assert_eq(pthread_create(&th[i], NULL, many_linear, &m[i]), 0);
+    }
+    for (int i = 0; i < MANY; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    cr_expect_leq(emu_blas_most(), emu_blas_callers());
+    for (int i = 0; i < MANY; i++)
+        cr_assert_eq(memcmp(out + (size_t)i * MT * MN, want, sizeof(float) * MT * MN), 0,
+                     "thread %d's product differs", i);
+    emu_dev_destroy(dev);
+    free(in);
+    free(w);
+    free(want);
+    free(out);
+}
 
 Test(embed, copies_rows_and_charges)
 {

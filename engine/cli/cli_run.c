@@ -317,6 +317,26 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
     return st;
 }
 
+/* What the run will take of the host, checked before any of it is taken:
+ * the weights, the routing records, and the runs' devices and outputs
+ * (check runs the one-device baseline too). */
+static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, const wl_t *wl,
+                                const runner_opts_t *d)
+{
+    emu_need_t need = {.hint = o->dry ? NULL : "; a dry run (--math skip) holds no weights"};
+    double w = o->dry ? 0 : wts_host_bytes(cfg), rec = 4.0 * cfg->num_hidden_layers *
+        wl->batch * runner_route_positions(wl) * cfg->num_experts_per_tok;
+    emu_need_add(&need, "weights", w, w);
+    int records = o->check ? 3 : o->sh.strategy && (!o->dry || o->record_routing) ? 1 : 0;
+    emu_need_add(&need, "routing records", records * rec, records * rec);
+    model_opts_t mo = {.prompt_logits = o->dump_logits || o->check, .gen_logits = o->check};
+    MOEMU_CHECK(runner_host_need(&need, cfg, wl, d, &mo));
+    runner_opts_t one;
+    runner_opts_one_device(&one, &d->hw, d->strategy.dp, d->micro_batches);
+    if (o->check) MOEMU_CHECK(runner_host_need(&need, cfg, wl, &one, &mo));
+    return emu_need_check(&need, NULL, o->check ? "moemu check" : "moemu run");
+}
+
 static int run(const run_opts_t *o)
 {
     cfg_model_t cfg;
@@ -331,9 +351,11 @@ static int run(const run_opts_t *o)
     runner_opts_t dopt;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cli_load_model(&cfg, &o->sh);
-    if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), run_options);
+    /* the strategy and its devices before the workload's tokens */
     if (st == MOEMU_OK)
         st = o->sh.strategy ? strategy_setup(&dopt, o, &cfg) : one_device_setup(&dopt, o);
+    if (st == MOEMU_OK) st = runner_check_devices(par_strategy_world(&dopt.strategy));
+    if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), run_options);
     if (st == MOEMU_OK && o->dry) {
         st = route_open(&src, o->sh.routing ? o->sh.routing : "uniform", &cfg, &wl, o->sh.seed);
         st = cli_flag_names(st, run_options);
@@ -342,6 +364,7 @@ static int run(const run_opts_t *o)
         dopt.cluster.nodata = true;
     }
     if (st == MOEMU_OK && o->sh.strategy) dopt.cluster.trace = o->trace != NULL;
+    if (st == MOEMU_OK) st = preflight(o, &cfg, &wl, &dopt);
     if (st == MOEMU_OK)
         st = o->dry      ? wts_address_only(&w, &cfg)
              : o->sh.weights ? wts_load(&w, &cfg, o->sh.weights)
@@ -391,8 +414,11 @@ static int run(const run_opts_t *o)
         record = chk.route_strategy;
     } else if (o->sh.strategy) {
         size_t n;
-        if (!(record = route_record_new(&cfg, &wl, &n))) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+        /* the report's one-device reference replays it; a dry run's
+         * reference routes from the same source instead */
+        if ((!o->dry || o->record_routing) && !(record = route_record_new(&cfg, &wl, &n))) {
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record (%.2f GB)",
+                            4e-9 * (double)n);
             goto fail;
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,
@@ -407,7 +433,8 @@ static int run(const run_opts_t *o)
     } else {
         size_t n;
         if (o->record_routing && !(record = route_record_new(&cfg, &wl, &n))) {
-            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
+            st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record (%.2f GB)",
+                            4e-9 * (double)n);
             goto fail;
         }
         model_opts_t mo = {.prompt_logits = o->dump_logits != NULL, .route = record,

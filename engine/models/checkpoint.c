@@ -608,6 +608,7 @@ typedef struct {
     int misfit; /* wrong shape or dtype */
     int fp8bad; /* FP8 tensors without fitting scales, stray scales */
     int mxbad;  /* MXFP4 tensors whose blocks and scales do not fit */
+    bool io;    /* a file could not be read (it changed while loading) */
     ckpt_read_opts_t *o;
     int block[2];
 } ckpt_found_t;
@@ -666,7 +667,9 @@ static void ckpt_note_nonfinite(const ckpt_t *ck, int i, const ckpt_want_t *w, c
 static void ckpt_read_one(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
 {
     const st_tensor_t *t = ck->ents[i].t;
-    if (st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out) != MOEMU_OK) {
+    moemu_status_t st = st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out);
+    if (st != MOEMU_OK) {
+        fd->io |= st == MOEMU_ERR_IO;
         moemu_problem(&fd->p, "%s", moemu_errmsg());
         return;
     }
@@ -727,12 +730,16 @@ static void ckpt_dequant(const ckpt_t *ck, int i, int j, const ckpt_want_t *w, c
     if (!ckpt_scales_fit(ck, j, w, shape, fd)) return;
     float *sc = malloc(ckpt_numel(w->ndim, shape) * sizeof *sc + 1);
     const st_tensor_t *t = ck->ents[i].t, *s = ck->ents[j].t;
+    moemu_status_t st = MOEMU_OK;
     if (!sc)
         moemu_problem(&fd->p, "out of memory for the scales of %s", t->name);
-    else if (st_read_f32(ck->files[ck->ents[j].file], s->name, w->ndim, shape, sc) != MOEMU_OK ||
-             st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out) !=
-                 MOEMU_OK)
+    else if ((st = st_read_f32(ck->files[ck->ents[j].file], s->name, w->ndim, shape, sc)) !=
+                 MOEMU_OK ||
+             (st = st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape,
+                               w->out)) != MOEMU_OK) {
+        fd->io |= st == MOEMU_ERR_IO;
         moemu_problem(&fd->p, "%s", moemu_errmsg());
+    }
     else {
         ckpt_apply_scales(w->out, sc, w, shape, fd->block);
         ckpt_note_nonfinite(ck, i, w, fd);
@@ -908,19 +915,25 @@ static void ckpt_mxfp4_dequant(const ckpt_t *ck, int b, int s, const ckpt_want_t
 {
     int64_t bshape[ST_MAX_DIMS + 1], sshape[ST_MAX_DIMS];
     ckpt_mxfp4_shapes(w, bshape, sshape);
-    const uint8_t *blocks, *scales;
-    if (st_view_u8(ck->files[ck->ents[b].file], ck->ents[b].t->name, w->ndim + 1, bshape,
-                   &blocks) != MOEMU_OK ||
-        st_view_u8(ck->files[ck->ents[s].file], ck->ents[s].t->name, w->ndim, sshape,
-                   &scales) != MOEMU_OK) {
+    const st_tensor_t *bt = ck->ents[b].t, *stt = ck->ents[s].t;
+    uint8_t *blocks = malloc(bt->nbytes + 1), *scales = malloc(stt->nbytes + 1);
+    if (!blocks || !scales)
+        moemu_problem(&fd->p, "out of memory for the %zu bytes of %s", bt->nbytes + stt->nbytes,
+                      bt->name);
+    else if (st_read_u8(ck->files[ck->ents[b].file], bt->name, w->ndim + 1, bshape, blocks) !=
+                 MOEMU_OK ||
+             st_read_u8(ck->files[ck->ents[s].file], stt->name, w->ndim, sshape, scales) !=
+                 MOEMU_OK)
         moemu_problem(&fd->p, "%s", moemu_errmsg());
-        return;
+    else {
+        int nd = w->ndim;
+        ckpt_mxfp4_decode(w->out, blocks, scales, (int64_t)ckpt_numel(nd - 2, w->shape),
+                          w->shape[nd - 2], w->shape[nd - 1]);
+        ckpt_note_nonfinite(ck, b, w, fd);
+        fd->o->mxfp4++;
     }
-    int nd = w->ndim;
-    ckpt_mxfp4_decode(w->out, blocks, scales, (int64_t)ckpt_numel(nd - 2, w->shape),
-                      w->shape[nd - 2], w->shape[nd - 1]);
-    ckpt_note_nonfinite(ck, b, w, fd);
-    fd->o->mxfp4++;
+    free(blocks);
+    free(scales);
 }
 
 /* w, absent from the checkpoint, as MXFP4 blocks and scales: true when
@@ -1026,9 +1039,11 @@ moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int
     ckpt_find_all(ck, want, n, used, fd);
     moemu_status_t st = MOEMU_OK;
     if (fd->p.n)
-        st = moemu_fail_problems(MOEMU_ERR_FORMAT, &fd->p, "%s: the checkpoint %s does not fit "
-                                 "the model (%d problem%s):", label ? label : "model", ck->path,
-                                 fd->p.n, ckpt_s(fd->p.n));
+        st = moemu_fail_problems(fd->io ? MOEMU_ERR_IO : MOEMU_ERR_FORMAT, &fd->p,
+                                 "%s: the checkpoint %s %s (%d problem%s):",
+                                 label ? label : "model", ck->path,
+                                 fd->io ? "could not be read" : "does not fit the model", fd->p.n,
+                                 ckpt_s(fd->p.n));
     free(used);
     free(fd);
     return st;

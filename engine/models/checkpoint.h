@@ -2,7 +2,7 @@
  * model.safetensors or shards model-00001-of-00003.safetensors, ... named
  * by model.safetensors.index.json:
  *   {"metadata": {"total_size": N}, "weight_map": {"tensor": "shard", ...}}
- * Every file is read with st_open (memory-mapped, validated whole). The
+ * Every file is read with st_open (validated whole, read with pread). The
  * reader is strict: an index and its shards must agree exactly, because a
  * half-downloaded or mixed-up checkpoint would otherwise load as a
  * different model. Internal to moemu (not installed). */

@@ -1,15 +1,20 @@
-/* safetensors: a memory-mapped reader that validates the whole header up
- * front, and a writer that goes through a temporary file and rename so a
- * reader never sees half a file. Multi-byte values in the file are little
- * endian; loads go through bytes or memcpy because tensor data need not be
- * aligned in the mapping. */
+/* safetensors: a reader that validates the whole header up front and reads
+ * tensors with pread into the caller's memory, and a writer that goes
+ * through a temporary file and rename so a reader never sees half a file.
+ * Multi-byte values in the file are little endian.
+ *
+ * Why pread and not mmap: a file that shrinks under a mapping (cp over a
+ * checkpoint while it loads) raises SIGBUS at the access, which no status
+ * can report, and a handler for it is process-wide state that the other
+ * threads of a run would share; a short read is an error like any other,
+ * safe in every thread. The copy costs nothing: every tensor is converted
+ * into owned fp32 memory anyway. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,8 +35,8 @@
 
 struct st_file {
     char *path;
-    const uint8_t *map; /* the whole file */
-    size_t map_size;
+    int fd;             /* open while f is: a file replaced by mv stays readable */
+    uint64_t size;      /* when it was opened */
     int n;
     st_tensor_t *tensors;          /* header order */
     const st_tensor_t **by_name;   /* sorted by name, for st_find */
@@ -101,7 +106,7 @@ static uint64_t st_load_u64le(const uint8_t *p)
 void st_close(st_file_t *f)
 {
     if (!f) return;
-    if (f->map) munmap((void *)f->map, f->map_size);
+    if (f->fd >= 0) close(f->fd);
     free(f->tensors);
     free(f->by_name);
     free(f->names);
@@ -123,7 +128,7 @@ static bool st_json_uint(const json_t *v, uint64_t *out)
     return true;
 }
 
-/* Fill t (all but data) from one header entry; begin/end are data-section
+/* Fill t (all but offset) from one header entry; begin/end are data-section
  * offsets. Errors name the file and the tensor. */
 static moemu_status_t st_parse_entry(const char *path, const char *name,
                                      const json_t *e, st_tensor_t *t,
@@ -339,7 +344,7 @@ static moemu_status_t st_check_covered(const char *path, uint64_t size,
 /* Every tensor of the header into f->tensors (in header order), with its
  * span; names are copied into f->names. */
 static moemu_status_t st_parse_entries(st_file_t *f, json_t *root,
-                                       const uint8_t *data, st_span_t *sp)
+                                       uint64_t data, st_span_t *sp)
 {
     char *np = f->names;
     int i = 0;
@@ -356,8 +361,7 @@ static moemu_status_t st_parse_entries(st_file_t *f, json_t *root,
         s->name = t->name;
         MOEMU_CHECK(st_parse_entry(f->path, t->name, val, t, &s->begin,
                                    &s->end));
-        /* Only dereferenced once the range is known to be in the file. */
-        t->data = (const void *)((uintptr_t)data + (uintptr_t)s->begin);
+        t->offset = data + s->begin;
         f->by_name[i] = t;
         i++;
     }
@@ -398,10 +402,10 @@ static moemu_status_t st_parse_tensors(st_file_t *f, json_t *root,
                                        uint64_t hlen)
 {
     st_span_t *sp = NULL;
-    uint64_t size = f->map_size;
+    uint64_t size = f->size;
     moemu_status_t st = st_alloc_tables(f, root, &sp);
     if (st == MOEMU_OK)
-        st = st_parse_entries(f, root, f->map + 8 + hlen, sp);
+        st = st_parse_entries(f, root, 8 + hlen, sp);
     if (st == MOEMU_OK) st = st_check_inside(f->path, size, hlen, sp, f->n);
     if (st == MOEMU_OK) {
         qsort(sp, (size_t)f->n, sizeof *sp, st_cmp_span);
@@ -414,29 +418,61 @@ static moemu_status_t st_parse_tensors(st_file_t *f, json_t *root,
     return st;
 }
 
-/* Parse and check the header of a mapped file into f. */
+/* n bytes of f at offset into out, part of what (named in a message),
+ * which ends at byte end. A short read means the file shrank since it was
+ * opened. */
+static moemu_status_t st_pread(const st_file_t *f, uint64_t offset, void *out, size_t n,
+                               const char *what, uint64_t end)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = pread(f->fd, (char *)out + got, n - got, (off_t)(offset + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0)
+            return moemu_fail(MOEMU_ERR_IO, "cannot read %s of %s: %s", what, f->path,
+                              strerror(errno));
+        if (r == 0) {
+            struct stat sb;
+            long long now = fstat(f->fd, &sb) == 0 ? (long long)sb.st_size : -1;
+            return moemu_fail(MOEMU_ERR_IO, "%s changed while it was read: %s ends at byte "
+                              "%llu, but the file has %lld bytes now (%llu when opened)",
+                              f->path, what, (unsigned long long)end, now,
+                              (unsigned long long)f->size);
+        }
+        got += (size_t)r;
+    }
+    return MOEMU_OK;
+}
+
+/* Read and check the header of the file into f. */
 static moemu_status_t st_parse(st_file_t *f)
 {
     const char *path = f->path;
-    uint64_t size = f->map_size;
+    uint64_t size = f->size;
     if (size < 8)
         return moemu_fail(MOEMU_ERR_FORMAT,
                           "%s: file has %llu bytes, too short for the 8-byte "
                           "safetensors header length",
                           path, (unsigned long long)size);
-    uint64_t hlen = st_load_u64le(f->map);
+    uint8_t len[8];
+    MOEMU_CHECK(st_pread(f, 0, len, 8, "the header length", 8));
+    uint64_t hlen = st_load_u64le(len);
     MOEMU_CHECK(st_check_hlen(path, size, hlen));
-
+    char *head = malloc((size_t)hlen + 1);
+    if (!head)
+        return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory for a header of %llu bytes", path,
+                          (unsigned long long)hlen);
+    moemu_status_t st = st_pread(f, 8, head, (size_t)hlen, "the header", 8 + hlen);
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)f->map + 8, (size_t)hlen,
-                              JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = st == MOEMU_OK ? json_loadb(head, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr)
+                                  : NULL;
+    free(head); /* the tables copy the names */
+    if (st != MOEMU_OK) return st;
     if (!root)
         return moemu_fail(MOEMU_ERR_FORMAT,
                           "%s: header is not valid JSON: %s (line %d, "
                           "column %d)",
                           path, jerr.text, jerr.line, jerr.column);
-    moemu_status_t st =
-        json_is_object(root)
+    st = json_is_object(root)
             ? st_parse_tensors(f, root, hlen)
             : moemu_fail(MOEMU_ERR_FORMAT, "%s: header JSON is not an object",
                          path);
@@ -451,45 +487,31 @@ moemu_status_t st_open(const char *path, st_file_t **out)
                           path ? "out" : "path");
     *out = NULL;
     st_file_t *f = calloc(1, sizeof *f);
+    if (f) f->fd = -1;
     if (!f || !(f->path = strdup(path))) {
         free(f);
         return moemu_fail(MOEMU_ERR_NOMEM, "%s: out of memory", path);
     }
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) {
         int e = errno;
         st_close(f);
         return moemu_fail(MOEMU_ERR_IO, "cannot open %s: %s", path,
                           strerror(e));
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
+    if (fstat(f->fd, &sb) != 0) {
         int e = errno;
-        close(fd);
         st_close(f);
         return moemu_fail(MOEMU_ERR_IO, "cannot stat %s: %s", path,
                           strerror(e));
     }
     if (!S_ISREG(sb.st_mode)) {
-        close(fd);
         st_close(f);
         return moemu_fail(MOEMU_ERR_IO, "%s: not a regular file", path);
     }
-    f->map_size = (size_t)sb.st_size;
-    if (f->map_size >= 8) { /* shorter files are refused by st_parse */
-        void *m = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            st_close(f);
-            return moemu_fail(MOEMU_ERR_IO, "cannot map %s (%zu bytes): %s",
-                              path, (size_t)sb.st_size, strerror(e));
-        }
-        f->map = m;
-    }
-    close(fd); /* the mapping keeps the file */
-
+    f->size = (uint64_t)sb.st_size;
     moemu_status_t st = st_parse(f);
     if (st != MOEMU_OK) {
         st_close(f);
@@ -541,6 +563,31 @@ static moemu_status_t st_find_shaped(const st_file_t *f, const char *name, int n
     return MOEMU_OK;
 }
 
+/* n bytes of tensor t from byte at of its data. */
+static moemu_status_t st_pread_tensor(const st_file_t *f, const st_tensor_t *t, size_t at,
+                                      void *out, size_t n)
+{
+    char what[300];
+    snprintf(what, sizeof what, "tensor '%.256s'", t->name);
+    return st_pread(f, t->offset + at, out, n, what, t->offset + t->nbytes);
+}
+
+moemu_status_t st_read_bytes(const st_file_t *f, const st_tensor_t *t, void *out)
+{
+    return st_pread_tensor(f, t, 0, out, t->nbytes);
+}
+
+/* Little-endian words to the host's order, in place. */
+static void st_swap32(void *p, size_t n)
+{
+    uint8_t *b = p;
+    for (size_t i = 0; i < n; i++, b += 4) {
+        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                     (uint32_t)b[3] << 24;
+        memcpy(b, &u, 4);
+    }
+}
+
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out)
 {
@@ -561,27 +608,26 @@ moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
         return moemu_fail(MOEMU_ERR_INVALID,
                           "st_read_f32: NULL output for tensor '%s'", name);
 
-    const uint8_t *p = t->data;
     if (t->dtype == ST_F32) {
-        size_t count = t->nbytes / 4;
-        if (ST_HOST_LE) {
-            if (count) memcpy(out, p, t->nbytes);
-        } else {
-            for (size_t i = 0; i < count; i++) {
-                const uint8_t *q = p + 4 * i;
-                uint32_t u = (uint32_t)q[0] | (uint32_t)q[1] << 8 |
-                             (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
-                memcpy(&out[i], &u, 4);
-            }
+        MOEMU_CHECK(st_read_bytes(f, t, out));
+        if (!ST_HOST_LE) st_swap32(out, t->nbytes / 4);
+        return MOEMU_OK;
+    }
+    /* 16- and 8-bit values through a buffer of whole elements */
+    uint8_t buf[1 << 16];
+    size_t esz = t->dtype == ST_F8_E4M3 ? 1 : 2;
+    for (size_t at = 0; at < t->nbytes; at += sizeof buf) {
+        size_t n = t->nbytes - at < sizeof buf ? t->nbytes - at : sizeof buf;
+        MOEMU_CHECK(st_pread_tensor(f, t, at, buf, n));
+        float *o = out + at / esz;
+        if (esz == 1) {
+            for (size_t i = 0; i < n; i++) o[i] = emu_e4m3_to_f32(buf[i]);
+            continue;
         }
-    } else if (t->dtype == ST_F8_E4M3) {
-        for (size_t i = 0; i < t->nbytes; i++) out[i] = emu_e4m3_to_f32(p[i]);
-    } else {
-        size_t count = t->nbytes / 2;
         bool half = t->dtype == ST_F16;
-        for (size_t i = 0; i < count; i++) {
-            uint16_t h = (uint16_t)(p[2 * i] | p[2 * i + 1] << 8);
-            out[i] = half ? emu_f16_to_f32(h) : emu_bf16_to_f32(h);
+        for (size_t i = 0; i < n / 2; i++) {
+            uint16_t h = (uint16_t)(buf[2 * i] | buf[2 * i + 1] << 8);
+            o[i] = half ? emu_f16_to_f32(h) : emu_bf16_to_f32(h);
         }
     }
     return MOEMU_OK;
@@ -597,27 +643,22 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
     if (t->dtype != ST_I32)
         return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected I32", name,
                           f->path, t->dtype_name);
-    const uint8_t *p = t->data;
-    for (size_t i = 0; i < t->nbytes / 4; i++) {
-        const uint8_t *q = p + 4 * i;
-        out[i] = (int32_t)((uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
-                           (uint32_t)q[3] << 24);
-    }
+    MOEMU_CHECK(st_read_bytes(f, t, out));
+    if (!ST_HOST_LE) st_swap32(out, t->nbytes / 4);
     return MOEMU_OK;
 }
 
-moemu_status_t st_view_u8(const st_file_t *f, const char *name, int ndim,
-                          const int64_t *shape, const uint8_t **out)
+moemu_status_t st_read_u8(const st_file_t *f, const char *name, int ndim,
+                          const int64_t *shape, uint8_t *out)
 {
     if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape) || !out)
-        return moemu_fail(MOEMU_ERR_INVALID, "st_view_u8: bad arguments");
+        return moemu_fail(MOEMU_ERR_INVALID, "st_read_u8: bad arguments");
     const st_tensor_t *t;
     MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
     if (t->dtype != ST_U8)
         return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected U8", name,
                           f->path, t->dtype_name);
-    *out = t->data;
-    return MOEMU_OK;
+    return st_read_bytes(f, t, out);
 }
 
 /* ---- writing */

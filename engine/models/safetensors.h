@@ -1,4 +1,4 @@
-/* safetensors: read (memory-mapped) and write files in the safetensors
+/* safetensors: read (with pread, into the caller's memory) and write files in the safetensors
  * format: an 8-byte little-endian header length N, N bytes of JSON
  * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
  * "__metadata__": {...}}, then the data. */
@@ -21,7 +21,7 @@ size_t st_dtype_size(st_dtype_t dt);
 
 /* F8_E4M3 is float8_e4m3fn, converted by emu_e4m3_to_f32 and
  * emu_f32_to_e4m3 (emu/emu.h). U8 is raw bytes (MXFP4's packed e2m1
- * pairs and e8m0 exponents), read by st_view_u8. */
+ * pairs and e8m0 exponents), read by st_read_u8. */
 
 typedef struct {
     const char *name;
@@ -29,13 +29,13 @@ typedef struct {
     char dtype_name[16];      /* as written in the file */
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    const void *data;         /* into the mapping */
+    uint64_t offset;          /* of its data in the file */
     size_t nbytes;
 } st_tensor_t;
 
 typedef struct st_file st_file_t;
 
-/* Map and validate a whole file as the reference reader
+/* Open and validate a whole file as the reference reader
  * (huggingface/safetensors) does: header length within the file and at
  * most 100 MB, JSON well-formed, every tensor's offsets consistent with
  * its dtype and shape, and the tensors, sorted by offset, covering the
@@ -59,14 +59,19 @@ int st_index(const st_file_t *f, const char *name);
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out);
 
+/* The bytes of tensor t of f as the file holds them (t->nbytes) into out.
+ * Reads of every kind go to the file (kept open) and never map it: a file
+ * that shrinks while it is read (cp over it) is MOEMU_ERR_IO naming it and
+ * both sizes, never a SIGBUS. Safe from several threads at once. */
+moemu_status_t st_read_bytes(const st_file_t *f, const st_tensor_t *t, void *out);
+
 /* The same for an I32 tensor, read as it is. */
 moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, int32_t *out);
 
-/* The same for a U8 tensor, without a copy: *out points to its bytes in
- * the mapping, valid until st_close. */
-moemu_status_t st_view_u8(const st_file_t *f, const char *name, int ndim,
-                          const int64_t *shape, const uint8_t **out);
+/* The same for a U8 tensor, its bytes as they are. */
+moemu_status_t st_read_u8(const st_file_t *f, const char *name, int ndim,
+                          const int64_t *shape, uint8_t *out);
 
 /* "[32000, 512]" into buf, which it returns (256 bytes is enough for
  * ST_MAX_DIMS dimensions): the one spelling of a shape in messages. */

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "engine/models/family.h"
@@ -32,6 +31,11 @@ static void philox_block(uint32_t out[4], uint64_t seed, uint64_t stream,
         k1 += 0xBB67AE85u;
     }
     memcpy(out, c, sizeof c);
+}
+
+void wts_philox_block(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t block)
+{
+    philox_block(out, seed, stream, block);
 }
 
 uint32_t wts_philox(uint64_t seed, uint64_t stream, uint64_t index)
@@ -92,6 +96,7 @@ void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
 typedef struct {
     wts_t *w;
     const wts_names_t *nm;
+    uintptr_t base; /* where the block begins; 0 when counting */
     int64_t floats; /* placed so far */
     int n;          /* named tensors so far */
 } walk_t;
@@ -102,7 +107,7 @@ static float *take(walk_t *k, const char *fmt, int l, int j, int ndim, int64_t a
                    int64_t c)
 {
     int64_t n = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
-    float *p = k->w->block ? k->w->block + k->floats : NULL;
+    float *p = k->base ? (float *)(k->base + sizeof(float) * (uintptr_t)k->floats) : NULL;
     if (p && fmt) {
         wts_tensor_t *t = &k->w->list[k->n];
         const wts_names_t *nm = k->nm;
@@ -275,32 +280,23 @@ static int64_t count_floats(const cfg_model_t *c)
 
 double wts_host_bytes(const cfg_model_t *cfg) { return 4.0 * (double)count_floats(cfg); }
 
-static double host_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    double kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    if (kb >= 0) return kb * 1024.0;
-    return (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-}
-
 moemu_status_t wts_check_host_memory(double bytes, const char *what)
 {
-    double avail = host_available();
-    if (bytes > avail)
-        return moemu_fail(MOEMU_ERR_NOMEM,
-                          "%s needs %.2f GB of host memory, but only %.2f GB "
-                          "are available (a dry run needs none; or use a "
-                          "model with fewer layers)",
-                          what, bytes / 1e9, avail / 1e9);
-    return MOEMU_OK;
+    emu_need_t need = {.hint = "; a dry run (--math skip) needs none, or use a model with fewer "
+                               "layers"};
+    emu_need_add(&need, "weights", bytes, bytes);
+    return emu_need_check(&need, NULL, what);
 }
 
-/* Lay the tensors out in one block: host memory, or with only_address an
- * address range that is never touched (dry runs). */
+/* A dry run never reads or writes a weight, but the layers slice the
+ * tensors and tell absent ones (NULL) from present ones: its tensors get
+ * the addresses they would have in a block at WTS_NOWHERE, which nothing
+ * maps (above the 47 bits of x86-64's and AArch64's user space): no host
+ * memory, no address space, and a stray access faults at once. */
+#define WTS_NOWHERE (sizeof(uintptr_t) >= 8 ? (uintptr_t)1 << 48 : (uintptr_t)1 << 20)
+
+/* Lay the tensors out in one block: host memory, or with only_address
+ * addresses that are never backed (dry runs). */
 static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_address)
 {
     memset(w, 0, sizeof *w);
@@ -313,18 +309,12 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
     walk_t k = {.w = w, .nm = family_of(cfg)->names};
     w->layers = calloc((size_t)L, sizeof *w->layers);
     if (w->layers) walk(&k); /* counting: no block yet */
-    if (only_address) {
-        void *p = mmap(NULL, sizeof(float) * (size_t)n, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        w->block = p == MAP_FAILED ? NULL : p;
-        w->mapped = w->block != NULL;
-    } else {
-        w->block = malloc(sizeof(float) * (size_t)n);
-    }
+    w->address_only = only_address;
+    if (!only_address) w->block = malloc(sizeof(float) * (size_t)n);
     w->n_floats = n;
     w->ptrs = calloc((size_t)L * (5 * E + 3 * S) + 1, sizeof(float *));
     w->list = calloc((size_t)k.n + 1, sizeof *w->list);
-    if (!w->block || !w->layers || !w->ptrs || !w->list) {
+    if ((!only_address && !w->block) || !w->layers || !w->ptrs || !w->list) {
         wts_free(w);
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %.2f GB for the weights of %s",
                           4.0 * (double)n / 1e9, cfg->name);
@@ -340,7 +330,7 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, bool only_addr
         w->layers[l] = (wts_layer_t){.w1 = pp, .w2 = pp + E, .w3 = pp + 2 * E, .sw1 = pp + 3 * E,
                                      .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S,
                                      .b13 = pp + 3 * E + 3 * S, .b2 = pp + 4 * E + 3 * S};
-    k = (walk_t){.w = w, .nm = k.nm};
+    k = (walk_t){.w = w, .nm = k.nm, .base = only_address ? WTS_NOWHERE : (uintptr_t)w->block};
     walk(&k); /* placing */
     return MOEMU_OK;
 }
@@ -576,8 +566,7 @@ moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg)
 
 void wts_free(wts_t *w)
 {
-    if (w->mapped) munmap(w->block, sizeof(float) * (size_t)w->n_floats);
-    else free(w->block);
+    free(w->block);
     free(w->layers);
     free(w->ptrs);
     free(w->list);

@@ -12,6 +12,9 @@
  * counter (index / 4, stream), key seed. A pure function: any element is
  * computed without the others. */
 uint32_t wts_philox(uint64_t seed, uint64_t stream, uint64_t index);
+/* The block's four words at once: word i is wts_philox(seed, stream,
+ * 4 * block + i). */
+void wts_philox_block(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t block);
 /* FNV-1a 64 of a name: the stream of a named tensor or sequence. */
 uint64_t wts_stream(const char *name);
 
@@ -83,7 +86,8 @@ typedef struct {
     float **ptrs;      /* the per-expert pointer arrays */
     wts_tensor_t *list;/* every named tensor, in checkpoint order */
     int n_list;
-    bool mapped;       /* block is an untouched address range (dry runs) */
+    bool address_only; /* no block: the tensors' addresses are never backed
+                          (a dry run's, wts_address_only) */
 } wts_t;
 
 /* Number of named tensors and the i-th, as the model's family names them. */
@@ -98,8 +102,9 @@ moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed)
  * dtype (FP8 with its scales, MXFP4 blocks and scales: ckpt_read_all_opts),
  * all finite; every problem is named at once, MOEMU_ERR_FORMAT. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
-/* The layout without the values, for dry runs: an address range that is
- * never read or written, so it takes no host memory. */
+/* The layout without the values, for dry runs: tensors at addresses that
+ * nothing maps, never to be read or written, so that the weights take no
+ * host memory and no address space. */
 moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 /* Write every tensor in the emulated dtype (fp32 as F32): one file, or
  * with shard_bytes > 0 shards of at most that many bytes and their index,
@@ -107,8 +112,9 @@ moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes);
 void wts_free(wts_t *w);
 
-/* Host bytes the fp32 weights need, and a check against the host's
- * available memory that names both figures. */
+/* Host bytes the fp32 weights need, and a check of bytes against the
+ * host's memory and address space (emu_need_check) that names both
+ * figures and the limit. */
 double wts_host_bytes(const cfg_model_t *cfg);
 moemu_status_t wts_check_host_memory(double bytes, const char *what);
 

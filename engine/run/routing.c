@@ -7,11 +7,19 @@
 #include "engine/models/safetensors.h"
 #include "engine/models/weights.h"
 
-/* A uniform double in [0, 1) from two words of the stream. */
+/* A uniform double in [0, 1) from two words of a Philox block. */
+static double unit_of(const uint32_t *w)
+{
+    return (double)(((uint64_t)w[0] << 21) ^ (w[1] >> 11)) * 0x1p-53;
+}
+
+/* Draw i: from words 2i and 2i + 1 of the stream, which block i / 2
+ * holds (with draw i ^ 1's). */
 static double unit(uint64_t seed, uint64_t stream, uint64_t i)
 {
-    uint64_t hi = wts_philox(seed, stream, 2 * i), lo = wts_philox(seed, stream, 2 * i + 1);
-    return (double)((hi << 21) ^ (lo >> 11)) * 0x1p-53;
+    uint32_t b[4];
+    wts_philox_block(b, seed, stream, i / 2);
+    return unit_of(b + 2 * (i % 2));
 }
 
 /* The shape of a routing record (layers, batch, positions, k) and E. */
@@ -23,6 +31,7 @@ static void route_shape(route_src_t *r, const cfg_model_t *cfg, const wl_t *wl)
     r->P = runner_route_positions(wl);
     r->k = cfg->num_experts_per_tok;
     r->E = cfg->num_local_experts;
+    r->stream = wts_stream("routing");
 }
 
 /* The expert of a record's entry: a dropped assignment is -1 - e. */
@@ -153,8 +162,11 @@ void route_close(route_src_t *r)
 static void choose_uniform(const route_src_t *r, uint64_t stream, uint64_t tok, int *idx)
 {
     int k = r->k, E = r->E, taken[k];
+    uint32_t b[4];
     for (int j = 0; j < k; j++) {
-        double u = unit(r->seed, stream, tok * 64 + (uint64_t)j);
+        /* draws 2m and 2m + 1 share a block: one for two */
+        if (j % 2 == 0) wts_philox_block(b, r->seed, stream, (tok * 64 + (uint64_t)j) / 2);
+        double u = unit_of(b + 2 * (j % 2));
         int pick = (int)(u * (E - j)); /* < E - j: u < 1 */
         /* taken[] sorted: step over each taken expert at or below pick */
         int n = 0;
@@ -178,7 +190,7 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
         }
         return;
     }
-    uint64_t stream = wts_stream("routing") ^ ((uint64_t)layer << 40);
+    uint64_t stream = r->stream ^ ((uint64_t)layer << 40);
     uint64_t tok = ((uint64_t)b << 24) ^ (uint64_t)pos;
     if (r->kind == ROUTE_UNIFORM) {
         choose_uniform(r, stream, tok, idx);

@@ -11,7 +11,7 @@ typedef enum { ROUTE_UNIFORM = 0, ROUTE_ZIPF, ROUTE_REPLAY } route_kind_t;
 typedef struct {
     route_kind_t kind;
     double zipf_s;     /* skew of ROUTE_ZIPF */
-    uint64_t seed;
+    uint64_t seed, stream; /* stream: the draws' ("routing"), hashed once */
     int L, B, P, k, E; /* shape of the record: layers, batch, positions, k */
     int *replay;       /* (L, B, P, k), -1 - expert for a dropped choice */
     double *cdf;       /* ROUTE_ZIPF: (E) cumulative popularity by rank */

@@ -61,7 +61,8 @@ typedef struct {
     int rank, P, stage;
     int rb0, rb1, nmb;
     int *mb;         /* (nmb + 1) first sequence of each micro-batch */
-    int *tok;        /* (batch) each sequence's next input token */
+    int *tok;        /* (rb1 - rb0) each replica sequence's next input token */
+    double sched_bytes; /* host bytes of the schedule's arrays */
     /* KV cache of (local layer, replica sequence): K then V, (kvl, cap, hd) */
     float *kv;
     double kv_bytes;
@@ -209,7 +210,7 @@ static moemu_status_t embed(worker_t *v, const pass_t *ps)
     int *tok = v->ibuf;
     for (int t = 0; t < r->n; t++) {
         int b = r->seq[t];
-        tok[t] = ps->decode ? v->tok[b] : wl->tokens[wl->start[b] + r->pos[t]];
+        tok[t] = ps->decode ? v->tok[b - v->rb0] : wl->tokens[wl->start[b] + r->pos[t]];
     }
     return layer_embed_block(&v->view, v->D->w->embed, tok);
 }
@@ -249,7 +250,7 @@ static moemu_status_t pick(worker_t *v, const pass_t *ps, const float *full, siz
     if (v->P > 1)
         return par_send(next, (size_t)nb, EMU_DTYPE_INT32, 0, D->comm[v->rank * C__COUNT + C_PP],
                         v->dev);
-    memcpy(v->tok + ps->b0, next, sizeof(int) * (size_t)nb);
+    memcpy(v->tok + ps->b0 - v->rb0, next, sizeof(int) * (size_t)nb);
     return MOEMU_OK;
 }
 
@@ -283,8 +284,8 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
     par_comm_t *pp = D->comm[v->rank * C__COUNT + C_PP];
     if (v->stage == 0) {
         if (ps->decode && v->P > 1)
-            MOEMU_CHECK(par_recv(v->tok + ps->b0, (size_t)(ps->b1 - ps->b0), EMU_DTYPE_INT32,
-                                 v->P - 1, pp, v->dev));
+            MOEMU_CHECK(par_recv(v->tok + ps->b0 - v->rb0, (size_t)(ps->b1 - ps->b0),
+                                 EMU_DTYPE_INT32, v->P - 1, pp, v->dev));
         MOEMU_CHECK(embed(v, ps));
     } else {
         MOEMU_CHECK(par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev));
@@ -339,7 +340,9 @@ static void dev_shard(worker_t *v)
     run_t *D = v->D;
     const par_strategy_t *s = D->s;
     const par_place_t *p = &v->pl.par;
-    par_comm_t **cm = D->comm + (size_t)v->rank * C__COUNT;
+    /* no communicators yet when the run's needs are counted */
+    static par_comm_t *const none[C__COUNT];
+    par_comm_t *const *cm = D->comm ? D->comm + (size_t)v->rank * C__COUNT : none;
     v->sh = (layer_shard_t){.tp = cm[C_TP], .cp = cm[C_CP], .ep = cm[C_EP], .etp = cm[C_ETP],
                             .replica = cm[C_REPLICA], .tp_size = s->tp, .tp_rank = p->tp,
                             .cp_size = s->cp, .cp_rank = p->cp, .ep_size = s->ep,
@@ -365,22 +368,27 @@ static moemu_status_t dev_schedule(worker_t *v)
     int q = D->route_dp / s->dp; /* routing replicas inside this replica */
     v->nmb = q * D->o->micro_batches;
     int nseq = v->rb1 - v->rb0, nl = v->pl.par.layer1 - v->pl.par.layer0;
+    size_t kvs = (size_t)nl * nseq + 1;
     v->mb = calloc((size_t)v->nmb + 1, sizeof(int));
-    v->tok = calloc((size_t)B + 1, sizeof(int));
-    v->kv_off = calloc((size_t)nl * nseq + 1, sizeof(int64_t));
-    v->kv_cap = calloc((size_t)nl * nseq + 1, sizeof(int));
-    v->kv_n = calloc((size_t)nl * nseq + 1, sizeof(int));
+    v->tok = calloc((size_t)nseq + 1, sizeof(int));
+    v->kv_off = calloc(kvs, sizeof(int64_t));
+    v->kv_cap = calloc(kvs, sizeof(int));
+    v->kv_n = calloc(kvs, sizeof(int));
     v->view.seqs = calloc(2 * (size_t)nseq + 1, sizeof *v->view.seqs);
+    v->sched_bytes = sizeof(int) * (double)(v->nmb + nseq + 2) + 16.0 * (double)kvs +
+                     (double)sizeof *v->view.seqs * (2.0 * nseq + 1);
     if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->view.seqs)
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences", nseq);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences (%.0f "
+                          "bytes)", nseq, v->sched_bytes);
     route_groups(B, D->route_dp, v->pl.par.dp * q, q, D->o->micro_batches, v->mb);
     return MOEMU_OK;
 }
 
-/* The cache: this rank's prefill positions and its share of decode. The
- * host keeps every position; a device counts, in a sliding-window layer,
- * only the window a ring buffer of it would hold. */
-static moemu_status_t dev_cache(worker_t *v)
+/* The cache's layout: this rank's prefill positions and its share of
+ * decode. Returns its floats on the host, which keeps every position;
+ * *devf (may be NULL) the device's, which counts, in a sliding-window
+ * layer, only the window a ring buffer of it would hold. */
+static int64_t dev_cache_layout(worker_t *v, int64_t *devf_out)
 {
     const run_t *D = v->D;
     const par_strategy_t *s = D->s;
@@ -397,18 +405,33 @@ static moemu_status_t dev_cache(worker_t *v)
         bool window = cfg_layer_sliding(D->c, v->pl.par.layer0 + i / nseq) && v->kv_cap[i] > W;
         devf += parts * kvd * (window ? W : v->kv_cap[i]);
     }
-    v->kv_bytes = (double)emu_dtype_size(D->c->dtype) * (double)devf;
-    if (s->cp > 1 && D->c->num_sliding_layers > 0 &&
-        !(v->kv_pos = malloc(sizeof(int) * (size_t)(kvf / (parts * kvd) + 1))))
+    if (devf_out) *devf_out = devf;
+    return kvf;
+}
+
+static moemu_status_t dev_cache(worker_t *v)
+{
+    const cfg_model_t *c = v->D->c;
+    int64_t devf, kvf = dev_cache_layout(v, &devf),
+                  row = (v->pl.dims.kv_shared ? 1 : 2) * (int64_t)v->pl.dims.kvl * v->pl.dims.hd;
+    v->kv_bytes = (double)emu_dtype_size(c->dtype) * (double)devf;
+    if (v->D->s->cp > 1 && c->num_sliding_layers > 0 &&
+        !(v->kv_pos = malloc(sizeof(int) * (size_t)(kvf / row + 1))))
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the positions of %lld cached rows",
-                          (long long)(kvf / (parts * kvd)));
+                          (long long)(kvf / row));
     return emu_alloc(v->dev, EMU_MEM_KV, sizeof(float) * (size_t)(kvf + 1), v->kv_bytes,
                      (void **)&v->kv);
 }
 
-/* Scratch for the largest pass: the view's buffers, then the runner's
- * rows, then the capacity flags, in one allocation. */
-static moemu_status_t dev_scratch(worker_t *v)
+/* The scratch of the largest pass: its rows (Tmax) and keys (Ttot), the
+ * logits rows, the view's floats and ints and the runner's, and the host
+ * bytes in all. */
+typedef struct {
+    int Tmax, Ttot, nlog;
+    size_t nf, ni, bytes;
+} scratch_t;
+
+static void dev_scratch_size(const worker_t *v, scratch_t *z)
 {
     const run_t *D = v->D;
     const par_strategy_t *s = D->s;
@@ -425,10 +448,22 @@ static moemu_status_t dev_scratch(worker_t *v)
     layer_view_scratch(&v->pl.dims, &v->sh, Tmax, Ttot, nlog, &nf, &ni);
     ni += 2 * (size_t)Tmax + 2 * (size_t)Ttot + (size_t)s->cp * s->tp + (size_t)Ttot +
           (size_t)Tmax + (size_t)nseq;
-    size_t bytes = sizeof(float) * nf + sizeof(int) * ni + (size_t)Tmax * v->pl.dims.k + 64;
-    v->block_bytes = (double)emu_dtype_size(D->c->dtype) * (double)nf + 4.0 * (double)ni;
-    MOEMU_CHECK(emu_alloc(v->dev, EMU_MEM_ACT, bytes, v->block_bytes, &v->block));
-    layer_view_carve(&v->view, v->block, Tmax, Ttot, nlog);
+    *z = (scratch_t){.Tmax = Tmax, .Ttot = Ttot, .nlog = nlog, .nf = nf, .ni = ni,
+                     .bytes = sizeof(float) * nf + sizeof(int) * ni +
+                              (size_t)Tmax * v->pl.dims.k + 64};
+}
+
+/* Scratch for the largest pass: the view's buffers, then the runner's
+ * rows, then the capacity flags, in one allocation. */
+static moemu_status_t dev_scratch(worker_t *v)
+{
+    const par_strategy_t *s = v->D->s;
+    scratch_t z;
+    dev_scratch_size(v, &z);
+    int Tmax = z.Tmax, Ttot = z.Ttot, nseq = v->rb1 - v->rb0;
+    v->block_bytes = (double)emu_dtype_size(v->D->c->dtype) * (double)z.nf + 4.0 * (double)z.ni;
+    MOEMU_CHECK(emu_alloc(v->dev, EMU_MEM_ACT, z.bytes, v->block_bytes, &v->block));
+    layer_view_carve(&v->view, v->block, Tmax, Ttot, z.nlog);
     int *ip = v->view.idx + (size_t)Tmax * v->pl.dims.k;
     v->seqbuf = ip, ip += Tmax;
     v->posbuf = ip, ip += Tmax;
@@ -518,6 +553,88 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
     return MOEMU_OK;
 }
 
+/* ---- What the run takes of the host, counted before any of it is taken */
+
+/* Host bytes device rank holds for the whole run (its schedule, KV cache
+ * and scratch, as dev_setup allocates them) and the most rows it
+ * multiplies at once. */
+static moemu_status_t dev_host_bytes(run_t *D, int rank, double *bytes, int *rows)
+{
+    worker_t v = {.D = D, .rank = rank};
+    D->fam->place(D->c, D->s, rank, &v.pl);
+    dev_shard(&v);
+    moemu_status_t st = dev_schedule(&v);
+    if (st == MOEMU_OK) {
+        scratch_t z;
+        dev_scratch_size(&v, &z);
+        *bytes = v.sched_bytes + sizeof(float) * (double)(dev_cache_layout(&v, NULL) + 1) +
+                 (double)z.bytes;
+        *rows = z.Ttot > z.Tmax ? z.Ttot : z.Tmax;
+    }
+    dev_free(&v);
+    return st;
+}
+
+/* Host bytes of the outputs (out_alloc) and of the run's own state
+ * (runner_generate). */
+static double out_bytes(const run_t *D)
+{
+    const cfg_model_t *c = D->c;
+    double B = D->wl->batch, N = D->wl->decode, V = c->vocab_size;
+    double out = B * (N > 0 ? N : 1) * (sizeof(int) + sizeof(double)) +
+                 8.0 * c->num_hidden_layers * c->num_local_experts + 8.0 * D->world;
+    if (D->mo->prompt_logits) out += 4.0 * B * D->wl->max_len * V;
+    if (D->mo->gen_logits) out += 4.0 * B * N * V;
+    return out;
+}
+
+static double state_bytes(const run_t *D)
+{
+    double LE = (double)D->c->num_hidden_layers * D->c->num_local_experts;
+    return D->world * (8.0 * C__COUNT + 16 + 8 * LE) + 4.0 * D->world;
+}
+
+/* "a run on N devices", what the host checks name. */
+static const char *run_what(int world, char buf[64])
+{
+    snprintf(buf, 64, "a run on %d device%s", world, world == 1 ? "" : "s");
+    return buf;
+}
+
+moemu_status_t runner_check_devices(int world)
+{
+    emu_need_t threads = {0};
+    char what[64];
+    emu_need_devices(&threads, world, -1);
+    return emu_need_check(&threads, NULL, run_what(world, what));
+}
+
+moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl_t *wl,
+                                const runner_opts_t *o, const model_opts_t *mo)
+{
+    run_t D = {.c = c, .fam = family_of(c), .wl = wl, .o = o, .mo = mo, .s = &o->strategy,
+               .route_pos = runner_route_positions(wl),
+               .world = par_strategy_world(&o->strategy)};
+    MOEMU_CHECK(check_opts(&D, o));
+    /* a run of too many devices is refused before they are counted */
+    MOEMU_CHECK(runner_check_devices(D.world));
+    double dev = 0;
+    int rows = 0;
+    for (int r = 0; r < D.world; r++) {
+        double b;
+        int n;
+        MOEMU_CHECK(dev_host_bytes(&D, r, &b, &n));
+        dev += b;
+        rows = n > rows ? n : rows;
+    }
+    /* a dry run's device buffers are address space only (no-data mode) */
+    emu_need_add(need, "device buffers", o->dry ? 0 : dev, dev);
+    emu_need_devices(need, D.world, o->dry ? -1 : layer_blas_resident(rows));
+    double out = out_bytes(&D) + state_bytes(&D);
+    emu_need_add(need, "outputs", out, out);
+    return MOEMU_OK;
+}
+
 /* The outputs of the run, NaN where a shorter prompt has no position. */
 static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
 {
@@ -536,7 +653,8 @@ static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
         !out->moe_xfer ||
         (D->mo->prompt_logits && !out->prompt_logits) ||
         (D->mo->gen_logits && N > 0 && !out->gen_logits))
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences", B);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences "
+                          "(%.2f GB)", B, out_bytes(D) / 1e9);
     if (out->prompt_logits)
         for (size_t i = 0; i < (size_t)B * wl->max_len * V; i++) out->prompt_logits[i] = NAN;
     return MOEMU_OK;
@@ -594,6 +712,10 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
                 .s = &o->strategy, .out = out, .route_pos = runner_route_positions(wl),
                 .world = par_strategy_world(&o->strategy)};
     MOEMU_CHECK(check_opts(&D, o));
+    emu_need_t need = {0};
+    MOEMU_CHECK(runner_host_need(&need, c, wl, o, mo));
+    char what[64];
+    MOEMU_CHECK(emu_need_check(&need, NULL, run_what(D.world, what)));
     emu_cluster_t *cl = NULL;
     MOEMU_CHECK(emu_cluster_create(&o->hw.spec, &o->hw.topo, D.world, &o->cluster, &cl));
     size_t LE = (size_t)c->num_hidden_layers * c->num_local_experts;
@@ -604,7 +726,8 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
     int *ranks = malloc(sizeof(int) * (size_t)D.world);
     moemu_status_t st = MOEMU_OK;
     if (!D.comm || !D.assign || !D.dropped || !D.load || !ranks)
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the state of %d devices", D.world);
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the state of %d devices (%.2f GB)",
+                        D.world, state_bytes(&D) / 1e9);
     if (st == MOEMU_OK) st = out_alloc(out, &D);
     if (st == MOEMU_OK) st = comms_create(&D, cl, ranks);
     if (st == MOEMU_OK) st = emu_cluster_run(cl, dev_main, &D);

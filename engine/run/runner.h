@@ -74,6 +74,18 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster,
                             const wts_t *w, const wl_t *wl,
                             const runner_opts_t *o, const model_opts_t *mo);
 void model_out_free(model_out_t *out);
+/* The threads, stacks and devices of world devices against the host's
+ * limits (emu_need_devices): the check that needs nothing but the number,
+ * made before a workload or weights are. */
+moemu_status_t runner_check_devices(int world);
+/* Add to need what runner_generate will take of the host (emu.h,
+ * emu_need_check): the devices' threads, schedules, KV caches, scratch
+ * and BLAS buffers, and the outputs; the weights are the caller's. Checks
+ * the options and, at once, the threads against the host's limits. A
+ * layer's transient buffers (a collective's staging, an expert's rows)
+ * come on top. */
+moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl_t *wl,
+                                const runner_opts_t *o, const model_opts_t *mo);
 /* Positions per sequence in a route record: longest prompt + decode - 1. */
 int runner_route_positions(const wl_t *wl);
 

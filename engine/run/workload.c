@@ -41,7 +41,9 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
                               o->lens, n, o->batch);
         wl->batch = n;
         wl->len = calloc((size_t)n, sizeof(int));
-        if (!wl->len) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths", n);
+        if (!wl->len)
+            return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths (%zu bytes)", n,
+                              sizeof(int) * (size_t)n);
         const char *p = o->lens;
         for (int i = 0; i < n; i++) {
             char *end;
@@ -57,7 +59,9 @@ static moemu_status_t make_lengths(wl_t *wl, const wl_opts_t *o)
     }
     wl->batch = o->batch > 0 ? o->batch : 1;
     wl->len = calloc((size_t)wl->batch, sizeof(int));
-    if (!wl->len) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths", wl->batch);
+    if (!wl->len)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %d lengths (%zu bytes)", wl->batch,
+                          sizeof(int) * (size_t)wl->batch);
     if (o->range) {
         char *end;
         long lo, hi;
@@ -103,7 +107,7 @@ static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_
     wl->len = calloc(n, sizeof(int));
     wl->start = calloc(n + 1, sizeof(int64_t));
     if (!wl->len || !wl->start) {
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the workload");
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the lengths of %zu sequences", n);
         goto out;
     }
     for (size_t b = 0; b < n; b++) {
@@ -119,7 +123,8 @@ static moemu_status_t read_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_
     }
     wl->tokens = malloc(sizeof(int) * (size_t)wl->start[n]);
     if (!wl->tokens) {
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tokens");
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %lld prompt tokens (%.2f GB)",
+                        (long long)wl->start[n], 4e-9 * (double)wl->start[n]);
         goto out;
     }
     for (size_t b = 0; b < n; b++) {
@@ -143,22 +148,44 @@ out:
     return st;
 }
 
-/* Every sequence within the model's positions, and max_len: checked as
- * soon as the lengths are known, before tokens are made for them (a
- * length of 2^31 would otherwise cost 8 GB first). */
-static moemu_status_t check_positions(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
+/* The positions each sequence needs against the model's (the last
+ * generated token is never fed back: len + decode - 1), and max_len. */
+static moemu_status_t check_positions(wl_t *wl, int decode, const cfg_model_t *cfg)
 {
     for (int b = 0; b < wl->batch; b++) {
         if (wl->len[b] > wl->max_len) wl->max_len = wl->len[b];
-        /* the last generated token is never fed back: len + decode - 1 positions */
-        int64_t need = (int64_t)wl->len[b] + (o->decode > 0 ? o->decode - 1 : 0);
+        int64_t need = (int64_t)wl->len[b] + (decode > 0 ? decode - 1 : 0);
         if (need > cfg->max_position_embeddings)
             return moemu_fail(MOEMU_ERR_INVALID,
                               "sequence %d needs %lld positions (prompt %d + decode %d - 1) but "
                               "the model's max_position_embeddings is %d",
-                              b, (long long)need, wl->len[b], o->decode,
+                              b, (long long)need, wl->len[b], decode,
                               cfg->max_position_embeddings);
     }
+    return MOEMU_OK;
+}
+
+/* Seeded tokens for the lengths, once the host is known to hold them. */
+static moemu_status_t make_tokens(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
+{
+    wl->start = calloc((size_t)wl->batch + 1, sizeof(int64_t));
+    if (!wl->start)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the offsets of %d sequences",
+                          wl->batch);
+    for (int b = 0; b < wl->batch; b++) wl->start[b + 1] = wl->start[b] + wl->len[b];
+    int64_t n = wl->start[wl->batch];
+    double bytes = sizeof(int) * (double)(n + 1);
+    emu_need_t need = {0};
+    emu_need_add(&need, "prompt tokens", bytes, bytes);
+    MOEMU_CHECK(emu_need_check(&need, NULL, "the workload"));
+    wl->tokens = malloc((size_t)bytes);
+    if (!wl->tokens)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %lld prompt tokens (%.2f GB)",
+                          (long long)n, bytes / 1e9);
+    uint64_t stream = wts_stream("tokens");
+    for (int64_t i = 0; i < n; i++)
+        wl->tokens[i] = (int)(((uint64_t)wts_philox(o->seed, stream, (uint64_t)i) *
+                               (uint64_t)cfg->vocab_size) >> 32);
     return MOEMU_OK;
 }
 
@@ -174,26 +201,17 @@ moemu_status_t wl_make(wl_t *wl, const wl_opts_t *o, const cfg_model_t *cfg)
     wl->decode = o->decode;
     if (o->tokens_file) {
         st = read_tokens(wl, o, cfg);
-        if (st == MOEMU_OK) st = check_positions(wl, o, cfg);
+        if (st == MOEMU_OK) st = check_positions(wl, o->decode, cfg);
     } else {
+        /* the lengths against the positions before any token is made */
         st = make_lengths(wl, o);
-        if (st == MOEMU_OK) st = check_positions(wl, o, cfg);
-        if (st == MOEMU_OK) {
-            wl->start = calloc((size_t)wl->batch + 1, sizeof(int64_t));
-            if (!wl->start) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the workload");
-        }
-        if (st == MOEMU_OK) {
-            for (int b = 0; b < wl->batch; b++) wl->start[b + 1] = wl->start[b] + wl->len[b];
-            wl->tokens = malloc(sizeof(int) * (size_t)(wl->start[wl->batch] + 1));
-            if (!wl->tokens) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the tokens");
-        }
-        if (st == MOEMU_OK) {
-            uint64_t stream = wts_stream("tokens");
-            for (int64_t i = 0; i < wl->start[wl->batch]; i++)
-                wl->tokens[i] = (int)(((uint64_t)wts_philox(o->seed, stream, (uint64_t)i) *
-                                       (uint64_t)cfg->vocab_size) >> 32);
-        }
+        if (st == MOEMU_OK) st = check_positions(wl, o->decode, cfg);
+        if (st == MOEMU_OK) st = make_tokens(wl, o, cfg);
     }
-    if (st != MOEMU_OK) wl_free(wl);
-    return st;
+    if (st != MOEMU_OK) {
+        wl_free(wl);
+        return st;
+    }
+    wl->decode = o->decode;
+    return MOEMU_OK;
 }

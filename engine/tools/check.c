@@ -145,7 +145,9 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runne
                     cfg->num_experts_per_tok;
     int *route = malloc(sizeof(int) * (2 * nroute + 1));
     moemu_status_t st = MOEMU_OK;
-    if (!route) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing records");
+    if (!route)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing records (%.2f GB)",
+                          8e-9 * (double)nroute);
     for (size_t i = 0; i < 2 * nroute; i++) route[i] = INT32_MIN;
     /* the baseline: one device of the same kind, routing in the strategy's
      * groups (DP replicas x micro-batches) */
@@ -166,7 +168,9 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runne
     compare_all(&c->r, cfg, wl, &c->base, &c->strategy, route, route + nroute);
     /* keep the strategy's record for a dry replay */
     c->route_strategy = malloc(sizeof(int) * (nroute + 1));
-    if (!c->route_strategy) st = moemu_fail(MOEMU_ERR_NOMEM, "cannot keep the routing record");
+    if (!c->route_strategy)
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot keep the routing record (%.2f GB)",
+                        4e-9 * (double)nroute);
     else memcpy(c->route_strategy, route + nroute, sizeof(int) * nroute);
 done:
     free(route);

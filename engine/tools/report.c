@@ -296,8 +296,10 @@ moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
     o.cluster.nodata = true;
     o.dry = true;
     route_src_t src;
-    route_replay_record(&src, record, &w->cfg, wl);
-    o.routing = &src;
+    if (record) route_replay_record(&src, record, &w->cfg, wl);
+    /* a dry run's source is a function of the token: the same choices as
+     * its record would hold, without a record as large as the tokens */
+    o.routing = record ? &src : main->routing;
     model_opts_t mo = {.prompt_logits = prompt_logits};
     model_out_t out;
     emu_cluster_t *cl;
@@ -317,8 +319,6 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
     route_src_t src;
     model_out_t out = {0};
     emu_cluster_t *cl = NULL;
-    size_t n;
-    int *record = NULL;
     double t1 = 0;
     MOEMU_CHECK(wts_address_only(&w, cfg));
     moemu_status_t st = route_open(&src, routing, cfg, wl, seed);
@@ -330,11 +330,9 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
     d.dry = true;
     d.routing = &src;
     d.cluster.nodata = true;
-    if (scaling && !(record = route_record_new(cfg, wl, &n)))
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing record");
-    model_opts_t mo = {.route = record};
+    model_opts_t mo = {0};
     if (st == MOEMU_OK) st = runner_generate(&out, &cl, &w, wl, &d, &mo);
-    if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, record, false);
+    if (st == MOEMU_OK && scaling) st = report_one_device(&t1, &w, wl, &d, NULL, false);
     if (st == MOEMU_OK) st = report_build(r, cl, &out, cfg, wl, &d, t1);
     /* the report keeps the load matrix: hand it over */
     if (st == MOEMU_OK) {
@@ -343,7 +341,6 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
     }
     model_out_free(&out);
     emu_cluster_destroy(cl);
-    free(record);
     route_close(&src);
     wts_free(&w);
     return st;

@@ -68,7 +68,8 @@ void report_free(report_t *r);
 
 /* The same workload's virtual time on one device of the same kind, no
  * memory limit, replaying record (a routing record of the run, shape
- * (layers, batch, positions, k)): the scaling reference. It routes in o's
+ * (layers, batch, positions, k)), or with record NULL routed by o's dry
+ * run source (o->routing): the scaling reference. It routes in o's
  * groups (DP replicas x micro-batches), as check's baseline does, and
  * with prompt_logits computes the logits of every prompt position, as the
  * run did. */
