@@ -142,25 +142,84 @@ static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out)
     return MOEMU_OK;
 }
 
-/* Sequence b's keys and values of every CP rank (gathered in kall, vall)
- * in position order into Kf, Vf (kvl, L, hd). */
+/* Sequence b's keys and values among n rows (kall, vall; their sequences
+ * and positions seq, pos) in position order into Kf, Vf (kvl, L, hd). */
 static void cp_assemble(const layer_view_t *v, int b, int L, const float *kall,
-                        const float *vall, int tot, float *Kf, float *Vf)
+                        const float *vall, const int *seq, const int *pos, int n, float *Kf,
+                        float *Vf)
 {
-    const layer_rows_t *r = v->r;
     int hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
-    for (int j = 0; j < tot; j++)
-        if (r->cp_seq[j] == b)
+    for (int j = 0; j < n; j++)
+        if (seq[j] == b)
             for (int g = 0; g < kvl; g++) {
-                size_t dst = ((size_t)g * L + r->cp_pos[j]) * hd;
+                size_t dst = ((size_t)g * L + pos[j]) * hd;
                 memcpy(Kf + dst, kall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
                 if (Vf != Kf) memcpy(Vf + dst, vall + (size_t)j * kvd + g * hd, sizeof(float) * hd);
             }
 }
 
-/* CP prefill: gather every rank's keys and values, attend with the whole
- * causal prefix, keep only this rank's rows in the cache. */
-static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out)
+/* Whether CP rank q's key at position p of sequence b is in the window of
+ * another rank's queries: among the W - 1 positions before one of its
+ * chunks (a window's other keys are the querying rank's own). */
+static bool cp_window_needs(const layer_view_t *v, int b, int p, int q, int W)
+{
+    for (int o = 0; o < v->sh->cp_size; o++) {
+        int rg[2][2];
+        par_cp_ranges(v->r->seq_len[b], v->sh->cp_size, o, rg);
+        for (int c = 0; c < 2 && o != q; c++)
+            if (rg[c][1] > rg[c][0] && p < rg[c][0] && p > rg[c][0] - W) return true;
+    }
+    return false;
+}
+
+/* The keys and values of a sliding layer's CP prefill: only the rows
+ * another rank's window needs travel, into kall, vall, listed by sequence
+ * and position in lseq, lpos (*n of them). */
+static moemu_status_t cp_gather_window(layer_view_t *v, int W, float *kall, float *vall,
+                                       int *lseq, int *lpos, int *n)
+{
+    const layer_rows_t *r = v->r;
+    int CP = v->sh->cp_size, me = v->sh->cp_rank, kvd = v->dm->kvl * v->dm->hd, cnt[CP], mine = 0;
+    *n = 0;
+    for (int q = 0, j = 0; q < CP; q++) {
+        cnt[q] = 0;
+        for (int i = 0; i < r->cp_n[q]; i++, j++) {
+            if (!cp_window_needs(v, r->cp_seq[j], r->cp_pos[j], q, W)) continue;
+            lseq[*n] = r->cp_seq[j], lpos[*n] = r->cp_pos[j], (*n)++, cnt[q]++;
+            if (q != me || !v->x->math) continue;
+            /* this rank's rows to send, packed where the gather reads them */
+            memcpy(kall + (size_t)mine * kvd, v->kk + (size_t)i * kvd, sizeof(float) * kvd);
+            if (vall != kall)
+                memcpy(vall + (size_t)mine * kvd, v->vv + (size_t)i * kvd, sizeof(float) * kvd);
+            mine++;
+        }
+    }
+    MOEMU_CHECK(layer_gather_rows(v->x, kall, kall, cnt, kvd, v->sh->cp));
+    if (vall != kall) MOEMU_CHECK(layer_gather_rows(v->x, vall, vall, cnt, kvd, v->sh->cp));
+    return MOEMU_OK;
+}
+
+/* Sequence b's whole prefix (L positions) into Kf, Vf: the gathered rows
+ * (n of them, listed in seq, pos), and in a sliding layer, where only some
+ * rows travel, this rank's own rows over zeros (the rows no window of
+ * this rank reaches, never weighed, must not be NaN). */
+static void cp_prefix(const layer_view_t *v, int b, int L, int W, const float *kall,
+                      const float *vall, const int *seq, const int *pos, int n, float *Kf,
+                      float *Vf)
+{
+    if (W > 0) {
+        size_t m = (size_t)v->dm->kvl * L * v->dm->hd;
+        memset(Kf, 0, sizeof(float) * m);
+        if (Vf != Kf) memset(Vf, 0, sizeof(float) * m);
+        cp_assemble(v, b, L, v->kk, v->vv, v->r->seq, v->r->pos, v->r->n, Kf, Vf);
+    }
+    cp_assemble(v, b, L, kall, vall, seq, pos, n, Kf, Vf);
+}
+
+/* CP prefill: gather every rank's keys and values (in a sliding layer,
+ * only those another rank's window needs), attend with the causal prefix,
+ * keep only this rank's rows in the cache. */
+static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out, int W)
 {
     const layer_rows_t *r = v->r;
     layer_ctx_t *x = v->x;
@@ -168,17 +227,27 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out)
     int CP = v->sh->cp_size, tot = 0, ns = 0;
     for (int cp = 0; cp < CP; cp++) tot += r->cp_n[cp];
     float *kall = v->kvall, *vall = v->dm->kv_shared ? kall : v->kvall + (size_t)v->Ttot * kvd;
-    MOEMU_CHECK(layer_gather_rows(x, kall, v->kk, r->cp_n, kvd, v->sh->cp));
-    if (vall != kall) MOEMU_CHECK(layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp));
-    for (int t = 0; t < TA; t++) MOEMU_CHECK(kv_append(v, t));
+    const int *gseq = r->cp_seq, *gpos = r->cp_pos;
+    int *list = W > 0 ? malloc(sizeof(int) * (2 * (size_t)tot + 1)) : NULL;
+    if (W > 0 && !list) return moemu_fail(MOEMU_ERR_NOMEM, "cannot list %d rows of keys", tot);
+    moemu_status_t st = MOEMU_OK;
+    if (W > 0) {
+        gseq = list, gpos = list + tot;
+        st = cp_gather_window(v, W, kall, vall, list, list + tot, &tot);
+    } else {
+        st = layer_gather_rows(x, kall, v->kk, r->cp_n, kvd, v->sh->cp);
+        if (st == MOEMU_OK && vall != kall)
+            st = layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp);
+    }
+    for (int t = 0; t < TA && st == MOEMU_OK; t++) st = kv_append(v, t);
     size_t off = 0;
     double assembled = 0;
-    for (int t0 = 0; t0 < TA;) {
+    for (int t0 = 0; t0 < TA && st == MOEMU_OK;) {
         int b = r->seq[t0], L_b = r->seq_len[b];
         float *Kf = v->kfull + off, *Vf = v->dm->kv_shared ? Kf : Kf + (size_t)kvl * L_b * hd;
         off += (size_t)kv_parts(v) * kvl * L_b * hd;
         assembled += L_b;
-        if (x->math) cp_assemble(v, b, L_b, kall, vall, tot, Kf, Vf);
+        if (x->math) cp_prefix(v, b, L_b, W, kall, vall, gseq, gpos, tot, Kf, Vf);
         /* runs of consecutive positions: at most two per sequence */
         int t1 = t0;
         while (t1 < TA && r->seq[t1] == b) {
@@ -192,16 +261,18 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out)
         }
         t0 = t1;
     }
+    free(list);
     double sz = (double)emu_dtype_size(x->dtype);
     emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * assembled * kvd);
     *ns_out = ns;
-    return MOEMU_OK;
+    return st;
 }
 
-/* A prefill's attention as v->seqs, with or without CP. */
-static moemu_status_t prefill_seqs_all(layer_view_t *v, int *ns)
+/* A prefill's attention as v->seqs, with or without CP; W > 0: a sliding
+ * layer's window. */
+static moemu_status_t prefill_seqs_all(layer_view_t *v, int *ns, int W)
 {
-    return v->sh->cp_size == 1 ? prefill_seqs(v, ns) : prefill_seqs_cp(v, ns);
+    return v->sh->cp_size == 1 ? prefill_seqs(v, ns) : prefill_seqs_cp(v, ns, W);
 }
 
 /* Decode: the new token's keys and values stay on one CP rank; each rank
@@ -355,7 +426,7 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
         MOEMU_CHECK(attend_decode(v, w->window));
     } else {
         int ns;
-        MOEMU_CHECK(prefill_seqs_all(v, &ns));
+        MOEMU_CHECK(prefill_seqs_all(v, &ns, w->window));
         for (int i = 0; i < ns; i++) v->seqs[i].window = w->window;
         layer_attention_batch(x, v->seqs, ns, dm->Hl, dm->kvl, hd, dm->attn_scale);
     }
@@ -485,7 +556,7 @@ static moemu_status_t mla_prefill(layer_view_t *v, const layer_mla_w_t *w, const
     const layer_dims_t *dm = v->dm;
     int Hl = dm->Hl, qk = dm->nope + dm->rope_d, vd = dm->vd, qd = Hl * dm->hd, ns;
     layer_rope(v->x, b->qraw + dm->nope, v->r->pos, v->r->n, Hl, qk, &dm->rope);
-    MOEMU_CHECK(prefill_seqs_all(v, &ns));
+    MOEMU_CHECK(prefill_seqs_all(v, &ns, 0));
     float *kv = v->mla_kv;
     for (int i = 0, j; i < ns; i = j) {
         /* the runs of one sequence share its latent: decompressed once */

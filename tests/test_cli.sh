@@ -386,6 +386,21 @@ expect 0 "kv cache the MLA latent, 576 values a token and layer, held whole by e
 expect 0 "kv cache 2 key/value heads over 4 TP ranks: each held by 2 ranks" \
     "$moemu" run --model tiny --strategy tp4 --batch 1 --prompt-len 4 --decode 2
 
+# gpt-oss under CP: a sliding layer's prefill sends only the keys another
+# rank's window needs (3 of each 16-row chunk here); the same model with
+# full layers sends every key
+oss='"model_type":"gpt_oss","vocab_size":50,"hidden_size":32,"intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":8,"num_local_experts":4,"num_experts_per_tok":2,"sliding_window":4,"max_position_embeddings":256,"torch_dtype":"float32"'
+printf '{%s,"layer_types":["sliding_attention","sliding_attention"]}' "$oss" >"$tmp/oss_w.json"
+printf '{%s,"layer_types":["full_attention","full_attention"]}' "$oss" >"$tmp/oss_f.json"
+for m in w f; do
+    "$moemu" check --model "$tmp/oss_$m.json" --strategy cp4 --batch 2 --prompt-len 64 --decode 1 \
+        --json "$tmp/oss_$m.out" >"$tmp/oss_$m.txt" 2>&1 || bad "gpt-oss cp4 ($m): $(cat "$tmp/oss_$m.txt")"
+done
+gat() { tr -d ' \n' <"$1" | sed 's/.*"collective":"all-gather",[^}]*"bytes":\([0-9.e+]*\).*/\1/'; }
+awk -v w="$(gat "$tmp/oss_w.out")" -v f="$(gat "$tmp/oss_f.out")" \
+    'BEGIN { exit !(w > 0 && w < 0.5 * f) }' && ok ||
+    bad "a sliding layer's CP prefill gathered $(gat "$tmp/oss_w.out") bytes, full layers $(gat "$tmp/oss_f.out")"
+
 # warnings: keys not read, with the key they may misspell; implausible
 # values and figures by name; --strict makes each an error
 base='"vocab_size":50,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"num_local_experts":4'
