@@ -582,7 +582,7 @@ Test(virtual_time, alltoall_mixes_link_classes)
     emu_topo_t t = topo4;
     t.devices_per_node = 2;
     emu_cluster_t *c = make_cluster(4, &t);
-    a2a_t a;
+    a2a_t a = {0};
     cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
     a.sbuf = calloc(250000, 4);
     for (int r = 0; r < 4; r++) a.rbuf[r] = calloc(250000, 4);
@@ -649,7 +649,7 @@ Test(virtual_time, alltoall_uniform_matches_closed_form)
     emu_topo_t t = topo4;
     t.devices_per_node = 1; /* every pair crosses nodes */
     emu_cluster_t *c = make_cluster(4, &t);
-    a2a_t a;
+    a2a_t a = {0};
     cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
     a.sbuf = calloc(4000, 4);
     for (int r = 0; r < 4; r++) a.rbuf[r] = calloc(4000, 4);
