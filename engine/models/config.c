@@ -1370,7 +1370,8 @@ static void rd_sliding(cfg_rd_t *r, cfg_model_t *c)
     }
     for (int l = 0; l < L; l++) {
         bool sliding = l % 2 == 0;
-        const char *s = lt ? json_string_value(v = json_array_get(lt, (size_t)l)) : NULL;
+        v = lt ? json_array_get(lt, (size_t)l) : NULL;
+        const char *s = json_string_value(v);
         if (lt && s && !strcmp(s, "sliding_attention")) sliding = true;
         else if (lt && s && !strcmp(s, "full_attention")) sliding = false;
         else if (lt) {
