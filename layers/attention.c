@@ -11,13 +11,19 @@
 
 enum { ATTN_ROWS = 128, ATTN_KB = 256 }; /* stacked query rows, keys a block */
 
+/* The first key a query at qp sees: k0, or its window's start. */
+static int64_t attn_first_key(int64_t qp, int64_t k0, int W)
+{
+    return W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
+}
+
 int64_t layer_attention_pairs_window(int T, int q0, int k0, int k1, int W)
 {
-    /* a query at qp sees keys max(k0, qp - W + 1)..min(k1-1, qp) */
+    /* a query at qp sees keys attn_first_key..min(k1-1, qp) */
     int64_t n = 0;
     for (int t = 0; t < T; t++) {
         int64_t qp = (int64_t)q0 + t, last = qp < k1 - 1 ? qp : k1 - 1;
-        int64_t first = W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
+        int64_t first = attn_first_key(qp, k0, W);
         if (last >= first) n += last - first + 1;
     }
     return n;
@@ -26,12 +32,6 @@ int64_t layer_attention_pairs_window(int T, int q0, int k0, int k1, int W)
 int64_t layer_attention_pairs(int T, int q0, int k0, int k1)
 {
     return layer_attention_pairs_window(T, q0, k0, k1, 0);
-}
-
-/* The first key a query at qp sees: k0, or its window's start. */
-static int attn_first_key(int qp, int k0, int W)
-{
-    return W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
 }
 
 /* Whether a key at position p is visible to a query at qp. */
@@ -88,7 +88,7 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
             int qlast = q0 + t0 + nq - 1;
             /* positions in any order: every row is read, masked by them */
             int kend = sq->kpos || qlast + 1 >= k1 ? k1 : qlast + 1;
-            int kfirst = sq->kpos ? k0 : attn_first_key(q0 + t0, k0, W);
+            int kfirst = sq->kpos ? k0 : (int)attn_first_key(q0 + t0, k0, W);
             for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
                 int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
                 layer_sgemm(true, rows, nk_b, hd, scale, Q, hd, K + (size_t)(kb - k0) * hd, hd,
@@ -97,7 +97,7 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
                     float *sr = S + (size_t)r * nk_b, mx, sum;
                     int qp = q0 + t0 + r % nq;
                     int vis = qp - kb + 1; /* keys kb + lo..qp visible */
-                    int lo = attn_first_key(qp, kb, W) - kb;
+                    int lo = (int)(attn_first_key(qp, kb, W) - kb);
                     if (vis > nk_b) vis = nk_b;
                     bool any = sq->kpos ? attn_row_masked(sr, nk_b, sq->kpos + (kb - k0), qp, W,
                                                           m[r], &mx, &sum)
@@ -144,7 +144,7 @@ static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd,
 {
     int64_t pairs = layer_attention_pairs_window(s->T, s->q0, s->k0, s->k1, s->window);
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
-    int kfirst = attn_first_key(s->q0, s->k0, s->window); /* earlier keys: outside */
+    int kfirst = (int)attn_first_key(s->q0, s->k0, s->window); /* earlier keys: outside */
     double nk = kend > kfirst ? kend - kfirst : 0;
     if (s->kpos) { /* rows in any order: the visible ones, read where they are */
         pairs = 0;

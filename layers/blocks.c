@@ -122,7 +122,7 @@ static moemu_status_t kv_append(layer_view_t *v, int t)
 
 /* Prefill without CP: a sequence's rows are its positions 0..len-1; its
  * attention into v->seqs, *ns of them. */
-static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out)
+static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out, int W)
 {
     const layer_rows_t *r = v->r;
     int hd = v->dm->hd, kvl = v->dm->kvl, qd = v->dm->Hl * hd, TA = r->n, ns = 0;
@@ -133,7 +133,7 @@ static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out)
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t0 * qd, .lse = v->lse + (size_t)t0 * v->dm->Hl,
             .q = v->q + (size_t)t0 * qd, .kc = K, .vc = kv_values(v, K, cap), .T = t1 - t0,
-            .k1 = t1 - t0, .ldc = cap};
+            .k1 = t1 - t0, .ldc = cap, .window = W};
         t0 = t1;
     }
     double sz = (double)emu_dtype_size(v->x->dtype);
@@ -256,7 +256,7 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out, int W)
             v->seqs[ns++] = (layer_attn_seq_t){
                 .out = v->att + (size_t)t1 * qd, .lse = v->lse + (size_t)t1 * v->dm->Hl,
                 .q = v->q + (size_t)t1 * qd, .kc = Kf, .vc = Vf, .T = u - t1, .q0 = r->pos[t1],
-                .k1 = r->pos[u - 1] + 1, .ldc = L_b};
+                .k1 = r->pos[u - 1] + 1, .ldc = L_b, .window = W};
             t1 = u;
         }
         t0 = t1;
@@ -272,7 +272,7 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out, int W)
  * layer's window. */
 static moemu_status_t prefill_seqs_all(layer_view_t *v, int *ns, int W)
 {
-    return v->sh->cp_size == 1 ? prefill_seqs(v, ns) : prefill_seqs_cp(v, ns, W);
+    return v->sh->cp_size == 1 ? prefill_seqs(v, ns, W) : prefill_seqs_cp(v, ns, W);
 }
 
 /* Decode: the new token's keys and values stay on one CP rank; each rank
@@ -427,10 +427,9 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     } else {
         int ns;
         MOEMU_CHECK(prefill_seqs_all(v, &ns, w->window));
-        for (int i = 0; i < ns; i++) v->seqs[i].window = w->window;
         layer_attention_batch(x, v->seqs, ns, dm->Hl, dm->kvl, hd, dm->attn_scale);
     }
-    /* the rank's heads' sinks; CP with sinks is refused (dec_rules) */
+    /* the rank's heads' sinks, once the keys' parts are merged */
     if (w->sinks) layer_attention_sinks(x, v->att, v->lse, w->sinks + dm->head0, TA, dm->Hl, hd);
     /* row-parallel output projection: partial sums over the TP ranks */
     layer_linear(x, EMU_KERNEL_GEMM, v->o, v->att, w->wo + (size_t)dm->head0 * hd, TA, qd, d,
