@@ -50,13 +50,18 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
     if (!(o.pace >= 0 && o.pace <= EMU_PACE_MAX))
         return moemu_fail(MOEMU_ERR_INVALID, "pace must be in [0, %g] (got %g)",
                           EMU_PACE_MAX, o.pace);
+    if (o.local0 == 0 && o.local1 == 0) o.local1 = ndev;
+    if (o.local0 < 0 || o.local0 > o.local1 || o.local1 > ndev)
+        return moemu_fail(MOEMU_ERR_INVALID, "local devices [%d, %d) are not devices of a "
+                          "cluster of %d", o.local0, o.local1, ndev);
     emu_topo_t t = *topo;
     MOEMU_CHECK(emu_topo_nodes(topo, ndev, &t.nodes));
+    int nlocal = o.local1 - o.local0;
     /* threads before devices: a cluster the host cannot start is refused
      * before anything is allocated (a stack and its guard: two mappings) */
-    emu_need_t need = {.threads = ndev, .maps = 2.0 * ndev};
+    emu_need_t need = {.threads = nlocal, .maps = 2.0 * nlocal};
     char what[64];
-    snprintf(what, sizeof what, "a cluster of %d devices (a thread each)", ndev);
+    snprintf(what, sizeof what, "a cluster of %d devices (a thread each)", nlocal);
     MOEMU_CHECK(emu_need_check(&need, NULL, what));
 
     emu_cluster_t *c = calloc(1, sizeof *c);
@@ -132,6 +137,19 @@ emu_dev_t *emu_cluster_dev(emu_cluster_t *c, int rank)
 }
 
 int emu_cluster_host_cores(const emu_cluster_t *c) { return c->host_cores; }
+
+void emu_cluster_local(const emu_cluster_t *c, int *lo, int *hi)
+{
+    *lo = c->opts.local0;
+    *hi = c->opts.local1;
+}
+
+int emu_cluster_failure(const emu_cluster_t *c, bool *peer)
+{
+    int f = c->fail_rank;
+    *peer = f >= 0 && c->devs[f].status == MOEMU_ERR_PEER;
+    return f;
+}
 
 bool emu_cluster_aborting(const emu_cluster_t *c)
 {
@@ -215,10 +233,20 @@ static bool emu_fail_reported(const emu_cluster_t *c, int d, int f)
 static void emu_cluster_fail(emu_cluster_t *c, int d)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->fail_rank < 0) atomic_store(&c->aborting, true);
+    bool first = !atomic_exchange(&c->aborting, true);
     if (emu_fail_reported(c, d, c->fail_rank)) c->fail_rank = d;
     emu_wake_all(c);
     pthread_mutex_unlock(&c->mu);
+    if (first && c->opts.on_abort) c->opts.on_abort(c->opts.abort_arg);
+}
+
+void emu_cluster_abort(emu_cluster_t *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool first = !atomic_exchange(&c->aborting, true);
+    emu_wake_all(c);
+    pthread_mutex_unlock(&c->mu);
+    if (first && c->opts.on_abort) c->opts.on_abort(c->opts.abort_arg);
 }
 
 /* ---- pacing */
@@ -303,9 +331,10 @@ static hwloc_bitmap_t emu_dev_cpus(emu_cluster_t *c, int d)
     hwloc_obj_type_t type =
         hwloc_get_nbobjs_by_type(c->hwloc, HWLOC_OBJ_CORE) > 0 ? HWLOC_OBJ_CORE
                                                                : HWLOC_OBJ_PU;
-    int cores = c->host_cores;
-    int share = c->ndev < cores ? cores / c->ndev : 1;
-    int first = c->ndev < cores ? d * share : d % cores;
+    int cores = c->host_cores, n = c->opts.local1 - c->opts.local0;
+    d -= c->opts.local0;
+    int share = n < cores ? cores / n : 1;
+    int first = n < cores ? d * share : d % cores;
     hwloc_bitmap_t set = hwloc_bitmap_alloc();
     if (!set) return NULL;
     for (int i = first; i < first + share; i++) {
@@ -341,13 +370,13 @@ moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
         return moemu_fail(MOEMU_ERR_INVALID,
                           "this cluster is already running");
 
-    emu_thread_arg_t *ta = calloc((size_t)c->ndev, sizeof *ta);
+    int lo = c->opts.local0, n = c->opts.local1 - lo;
+    emu_thread_arg_t *ta = calloc((size_t)n + 1, sizeof *ta);
     if (!ta) {
         pthread_mutex_lock(&c->mu);
         c->running = false;
         pthread_mutex_unlock(&c->mu);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d device threads",
-                          c->ndev);
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d device threads", n);
     }
     /* no device thread exists yet: plain writes are safe */
     atomic_store(&c->aborting, false);
@@ -357,41 +386,43 @@ moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
         if (s->reset) s->reset(s->arg);
     for (int d = 0; d < c->ndev; d++) {
         emu_dev_t *dev = &c->devs[d];
-        atomic_store(&dev->done, false);
+        /* a device of another process is never waited for here */
+        atomic_store(&dev->done, d < lo || d >= lo + n);
         dev->status = MOEMU_OK;
         dev->errmsg[0] = '\0';
         dev->run_clock0 = dev->clock;
-        ta[d] = (emu_thread_arg_t){c, dev, fn, arg, emu_dev_cpus(c, d)};
+        if (d >= lo && d < lo + n)
+            ta[d - lo] = (emu_thread_arg_t){c, dev, fn, arg, emu_dev_cpus(c, d)};
     }
 
     /* BLAS threads: the devices share the cores, never more threads than
      * cores, and never more than the process had asked for */
     int blas_prev = openblas_get_num_threads();
-    int blas = c->host_cores / c->ndev;
+    int blas = c->host_cores / (n > 0 ? n : 1);
     if (blas < 1) blas = 1;
     if (blas > blas_prev) blas = blas_prev;
     if (blas != blas_prev) openblas_set_num_threads(blas);
 
     int started = 0;
-    for (; started < c->ndev; started++) {
-        int e = pthread_create(&c->devs[started].thread, NULL, emu_dev_thread,
+    for (; started < n; started++) {
+        int e = pthread_create(&c->devs[lo + started].thread, NULL, emu_dev_thread,
                                &ta[started]);
         if (e != 0) {
-            emu_dev_t *dev = &c->devs[started];
+            emu_dev_t *dev = &c->devs[lo + started];
             snprintf(dev->errmsg, sizeof dev->errmsg,
                      "cannot start its thread: %s", strerror(e));
             dev->status = MOEMU_ERR_NOMEM;
             atomic_store(&dev->done, true);
-            emu_cluster_fail(c, started);
+            emu_cluster_fail(c, lo + started);
             break;
         }
     }
-    for (int d = 0; d < started; d++) pthread_join(c->devs[d].thread, NULL);
+    for (int d = 0; d < started; d++) pthread_join(c->devs[lo + d].thread, NULL);
     /* devices that never started never come */
-    for (int d = started; d < c->ndev; d++) atomic_store(&c->devs[d].done, true);
+    for (int d = started; d < n; d++) atomic_store(&c->devs[lo + d].done, true);
 
     if (blas != blas_prev) openblas_set_num_threads(blas_prev);
-    for (int d = 0; d < c->ndev; d++)
+    for (int d = 0; d < n; d++)
         if (ta[d].cpus) hwloc_bitmap_free(ta[d].cpus);
     free(ta);
 

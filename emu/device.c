@@ -430,3 +430,61 @@ void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
         free(p);
     emu_mem_release(dev, cat, dev_bytes);
 }
+
+/* ---- figures between processes */
+
+/* What a device's figures are, without its place or run state. */
+typedef struct {
+    double clock;
+    emu_kernel_stats_t kernels[EMU_KERNEL__COUNT];
+    double mem[EMU_MEM__COUNT], mem_peak[EMU_MEM__COUNT], mem_total_peak;
+    emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
+    double egress_free[EMU_LINK__COUNT];
+    uint64_t nspans, spans_lost;
+} emu_figures_t;
+
+size_t emu_dev_export(const emu_dev_t *dev, void *buf, size_t cap)
+{
+    size_t need = sizeof(emu_figures_t) + dev->nspans * sizeof(emu_span_t);
+    if (need > cap) return need;
+    emu_figures_t f = {.clock = dev->clock, .mem_total_peak = dev->mem_total_peak,
+                       .nspans = dev->nspans, .spans_lost = dev->spans_lost};
+    memcpy(f.kernels, dev->kernels, sizeof f.kernels);
+    memcpy(f.mem, dev->mem, sizeof f.mem);
+    memcpy(f.mem_peak, dev->mem_peak, sizeof f.mem_peak);
+    memcpy(f.comm, dev->comm, sizeof f.comm);
+    memcpy(f.egress_free, dev->egress_free, sizeof f.egress_free);
+    memcpy(buf, &f, sizeof f);
+    if (dev->nspans) memcpy((char *)buf + sizeof f, dev->spans, dev->nspans * sizeof(emu_span_t));
+    return need;
+}
+
+moemu_status_t emu_dev_import(emu_dev_t *dev, const void *buf, size_t n)
+{
+    emu_figures_t f;
+    if (n < sizeof f) goto bad;
+    memcpy(&f, buf, sizeof f);
+    if (f.nspans > (n - sizeof f) / sizeof(emu_span_t) ||
+        n != sizeof f + f.nspans * sizeof(emu_span_t))
+        goto bad;
+    emu_span_t *spans = NULL;
+    if (f.nspans && !(spans = malloc(f.nspans * sizeof *spans)))
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %llu spans of device %d",
+                          (unsigned long long)f.nspans, dev->rank);
+    if (f.nspans) memcpy(spans, (const char *)buf + sizeof f, f.nspans * sizeof *spans);
+    free(dev->spans);
+    dev->spans = spans;
+    dev->nspans = dev->spans_cap = f.nspans;
+    dev->spans_lost = f.spans_lost;
+    dev->clock = f.clock;
+    dev->mem_total_peak = f.mem_total_peak;
+    memcpy(dev->kernels, f.kernels, sizeof f.kernels);
+    memcpy(dev->mem, f.mem, sizeof f.mem);
+    memcpy(dev->mem_peak, f.mem_peak, sizeof f.mem_peak);
+    memcpy(dev->comm, f.comm, sizeof f.comm);
+    memcpy(dev->egress_free, f.egress_free, sizeof f.egress_free);
+    return MOEMU_OK;
+bad:
+    return moemu_fail(MOEMU_ERR_FORMAT, "device %d: %zu bytes of figures do not match "
+                      "this build's layout", dev->rank, n);
+}

@@ -536,6 +536,14 @@ typedef struct {
      * created: another seed gives other delays. */
     unsigned jitter_us;
     uint64_t jitter_seed;
+    /* Devices [local0, local1) run here; the others run in other
+     * processes (MPI, parallel/mpi.c), whose figures arrive after the run
+     * through emu_dev_import. Both 0: every device runs here. */
+    int local0, local1;
+    /* Called once per run, when the run starts to abort (its first
+     * failure), so that the processes sharing the run learn of it. */
+    void (*on_abort)(void *arg);
+    void *abort_arg;
 } emu_cluster_opts_t;
 
 /* ndev devices of the given spec laid out on topo (device d on node
@@ -553,6 +561,21 @@ int emu_cluster_size(const emu_cluster_t *c);
 const emu_topo_t *emu_cluster_topo(const emu_cluster_t *c); /* nodes set */
 emu_dev_t *emu_cluster_dev(emu_cluster_t *c, int rank);
 int emu_cluster_host_cores(const emu_cluster_t *c);
+/* The devices that run in this process: [*lo, *hi). */
+void emu_cluster_local(const emu_cluster_t *c, int *lo, int *hi);
+/* Abort the current run from outside its devices (a failure in another
+ * process): every waiter gives up with MOEMU_ERR_PEER. */
+void emu_cluster_abort(emu_cluster_t *c);
+/* The device whose failure the last run reported, -1 if none; *peer: it
+ * only stopped because another failed (MOEMU_ERR_PEER). */
+int emu_cluster_failure(const emu_cluster_t *c, bool *peer);
+/* A device's figures (clock, kernels, memory, communication, spans) as
+ * bytes, to carry them to another process after a run: the size needed,
+ * written only when it fits cap. emu_dev_import replaces a device's
+ * figures with what export wrote (same build); MOEMU_ERR_FORMAT if n does
+ * not match. */
+size_t emu_dev_export(const emu_dev_t *dev, void *buf, size_t cap);
+moemu_status_t emu_dev_import(emu_dev_t *dev, const void *buf, size_t n);
 
 /* One device's work. It returns MOEMU_OK or the status of a moemu_fail in
  * its own thread. */

@@ -42,3 +42,34 @@ AC_DEFUN([MOEMU_CHECK_VECTORIZE], [
   CFLAGS=$save_CFLAGS
   AC_SUBST([VECTORIZE_CFLAGS])
 ])
+
+# MOEMU_CHECK_MPI: --with-mpi builds the MPI transport (parallel/mpi.c)
+# against Open MPI (pkg-config ompi-c), MPICH (pkg-config mpich) or
+# whatever `mpicc -show` names; without it the build needs no MPI.
+AC_DEFUN([MOEMU_CHECK_MPI], [
+  AC_ARG_WITH([mpi],
+    [AS_HELP_STRING([--with-mpi], [spread devices over processes with MPI (default: no)])],
+    [], [with_mpi=no])
+  have_mpi=no
+  AS_IF([test "x$with_mpi" != xno], [
+    PKG_CHECK_MODULES([MPI], [ompi-c], [have_mpi=yes], [
+      PKG_CHECK_MODULES([MPI], [mpich], [have_mpi=yes], [
+        AS_IF([mpicc -show >/dev/null 2>&1], [
+          MPI_CFLAGS=`mpicc -show | tr ' ' '\n' | grep '^-I' | tr '\n' ' '`
+          MPI_LIBS=`mpicc -show | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' '`
+          have_mpi=yes])])])
+    AS_IF([test $have_mpi = no],
+      [AC_MSG_ERROR([--with-mpi: no MPI found: apt-get install libopenmpi-dev openmpi-bin])])
+    save_CFLAGS=$CFLAGS; CFLAGS="$CFLAGS $MPI_CFLAGS"
+    save_LIBS=$LIBS; LIBS="$LIBS $MPI_LIBS"
+    AC_LINK_IFELSE([AC_LANG_PROGRAM([[#include <mpi.h>]],
+        [[MPI_Comm c; return MPI_Comm_create_group(MPI_COMM_WORLD, MPI_GROUP_EMPTY, 0, &c);]])],
+      [], [AC_MSG_ERROR([--with-mpi: MPI ($MPI_LIBS) does not link or lacks MPI-3])])
+    CFLAGS=$save_CFLAGS; LIBS=$save_LIBS
+    AC_PATH_PROG([MPIRUN], [mpirun], [mpirun])
+  ])
+  AM_CONDITIONAL([HAVE_MPI], [test $have_mpi = yes])
+  AC_SUBST([have_mpi])
+  AC_SUBST([MPI_CFLAGS])
+  AC_SUBST([MPI_LIBS])
+])

@@ -93,6 +93,17 @@ static moemu_status_t par_set_members(par_comm_t *c, const int *ranks)
     return MOEMU_OK;
 }
 
+/* Whether some member runs in another process than the others. */
+static bool par_spans_processes(const par_comm_t *c)
+{
+    int lo, hi;
+    emu_cluster_local(c->cluster, &lo, &hi);
+    bool here = c->granks[0] >= lo && c->granks[0] < hi;
+    for (int r = 1; r < c->n; r++)
+        if ((c->granks[r] >= lo && c->granks[r] < hi) != here) return true;
+    return false;
+}
+
 static moemu_status_t par_comm_new(emu_cluster_t *cluster, const int *ranks,
                                    int n, const par_transport_t *tp,
                                    par_comm_t **out)
@@ -119,9 +130,15 @@ static moemu_status_t par_comm_new(emu_cluster_t *cluster, const int *ranks,
     if (st == MOEMU_OK) {
         c->link = emu_topo_group_link(emu_cluster_topo(cluster), c->granks, n);
         c->stream_bytes = PAR_STREAM_BYTES_DEFAULT;
-        c->tp = tp;
-        st = tp->create(c, &c->ts);
+        c->tp = par_spans_processes(c) ? par_spanning_transport() : tp;
+        if (!c->tp) {
+            c->tp = tp;
+            st = moemu_fail(MOEMU_ERR_INVALID, "a communicator of devices %d..%d spans "
+                            "processes, but this build has no transport between them",
+                            c->granks[0], c->granks[n - 1]);
+        }
     }
+    if (st == MOEMU_OK) st = c->tp->create(c, &c->ts);
     if (st != MOEMU_OK) {
         par_comm_destroy(c);
         return st;

@@ -45,6 +45,7 @@
 #define MOEMU_PAR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "emu/emu.h"
 
@@ -290,5 +291,55 @@ int par_strategy_enumerate(const par_dims_t *m, int devices, const par_enum_opts
  * differs (degrees below 1 count as 1; stage splits and EDP do not
  * count). tp2 to tp4-sp is 1.5. */
 double par_strategy_distance(const par_strategy_t *a, const par_strategy_t *b);
+
+/* ---- Processes (DESIGN.md, "Processes and hosts"; docs/mpi.md). Built
+ * --with-mpi and started by mpirun, a run's devices spread over the K
+ * processes in contiguous blocks (parallel/mpi.c); otherwise there is one
+ * process and all of this is trivial (parallel/solo.c). Every process
+ * makes the same calls in the same order: agreements, runs, merges. */
+
+/* Join the processes (MPI_Init_thread) when started by mpirun; first
+ * thing in main. Processes whose command lines differ are refused. */
+moemu_status_t par_proc_init(int *argc, char ***argv);
+int par_proc_rank(void);  /* 0 without MPI */
+int par_proc_count(void); /* 1 without MPI */
+/* Devices per process (0: ceil(world / K), the default). */
+moemu_status_t par_proc_set_devices_per_process(int n);
+/* Process p's devices of a run on world devices: [*lo, *hi). */
+void par_proc_devices(int world, int p, int *lo, int *hi);
+/* Every process's status, and a fingerprint of what it is about to run
+ * (model, workload, strategy): the failure to report (a device's own
+ * before another's "stopped", the lowest device, then the lowest
+ * process) becomes every process's status and message; fingerprints that
+ * differ are refused. Once a failure is agreed, every later call returns
+ * it without meeting. */
+moemu_status_t par_proc_agree(moemu_status_t st, uint64_t fingerprint);
+/* A cluster's options for this process: its devices (all of them on
+ * process 0 when spread is false: a dry run moves nothing worth
+ * spreading) and the hook that tells the other processes of an abort. */
+moemu_status_t par_proc_cluster(int world, bool spread, emu_cluster_opts_t *o);
+/* After a run of a cluster made with those options: agree on its status
+ * st, then give every process every device's figures. */
+moemu_status_t par_proc_after_run(emu_cluster_t *cl, moemu_status_t st);
+/* An output every element of which one process wrote, the others holding
+ * the neutral value of how: every process gets the whole. */
+typedef enum {
+    PAR_MERGE_I32_MAX, /* int32_t, INT32_MIN where unwritten */
+    PAR_MERGE_F32_NAN, /* float, NaN where unwritten */
+    PAR_MERGE_I64_SUM, /* int64_t, 0 where unwritten */
+    PAR_MERGE_F64_SUM  /* double, 0 where unwritten */
+} par_merge_t;
+moemu_status_t par_proc_merge(void *buf, size_t n, par_merge_t how);
+/* A failed process here, or a command's end: meet the others one last
+ * time (failed: this process's message is msg) and leave MPI. True when
+ * another process failed and this one did not: its error is this
+ * thread's message. */
+bool par_proc_exit(bool failed, const char *msg);
+/* Whether the failure this process reports was agreed and another
+ * process (rank 0) prints it. */
+bool par_proc_failed_elsewhere(void);
+/* A line for a signal handler to write when the launcher stops this
+ * process ("" without MPI): the process, and every process's devices. */
+const char *par_proc_stop_note(void);
 
 #endif

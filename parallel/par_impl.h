@@ -80,6 +80,9 @@ typedef struct {
 } par_transport_t;
 
 extern const par_transport_t par_shm_transport; /* shm.c */
+/* The transport of communicators whose members run in several processes
+ * (mpi.c's), NULL when there is one process. */
+const par_transport_t *par_spanning_transport(void);
 
 /* Make t known by its name (the built-in "shm" always is). From one
  * thread, before the communicators that use it are created. */

@@ -50,6 +50,7 @@ typedef struct {
     int weight_store;    /* --weight-dtype: 0 as the config says, 1 fp8, 2 dtype */
     int dispatch_fp8;    /* --dispatch-dtype: 0 the model's dtype, 1 fp8 */
     bool strict;         /* --strict: warnings are errors */
+    int devices_per_process; /* under mpirun; 0: an even split */
 } cli_shared_t;
 
 typedef enum {

@@ -13,7 +13,8 @@
 int cli_error(void)
 {
     cli_progress_done();
-    fprintf(stderr, "moemu: error: %s\n", moemu_errmsg());
+    /* an MPI job's failures reach rank 0, which prints them once */
+    if (par_proc_rank() == 0) fprintf(stderr, "moemu: error: %s\n", moemu_errmsg());
     return CLI_EXIT_ERROR;
 }
 
@@ -99,10 +100,14 @@ int cli_outputs_end(int rc)
 static const int cli_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
 #define CLI_NSIGNALS (int)(sizeof cli_signals / sizeof cli_signals[0])
 
-/* Async-signal-safe: unlink, rmdir, signal and raise only. */
+/* Async-signal-safe: unlink, rmdir, write, signal and raise only. */
 static void on_signal(int sig)
 {
     outfile_remove_all();
+    const char *note = par_proc_stop_note();
+    if (note[0] && write(STDERR_FILENO, note, strlen(note)) < 0) {
+        /* nothing more to do on the way out */
+    }
     signal(sig, SIG_DFL);
     raise(sig); /* delivered as the handler returns: the default, the end */
 }

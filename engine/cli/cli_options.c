@@ -73,6 +73,11 @@ const cli_opt_t cli_shared_options[] = {
      .help = "every warning is an error (exit 2): keys a config\n"
              "holds that moemu does not read, implausible values\n"
              "of configs and hardware; for CI"},
+    {.name = "devices-per-process", .arg = "D", .type = CLI_INT, .off = SH(devices_per_process),
+     .lo = 1, .hi = CLI_MAX_COUNT,
+     .help = "under mpirun, devices per process in contiguous\n"
+             "blocks (default: the devices split evenly over the\n"
+             "processes; docs/mpi.md)"},
     {.name = "json", .arg = "FILE", .type = CLI_STR, .off = SH(json),
      .help = "the same as JSON"},
     {.name = "csv", .arg = "FILE", .type = CLI_STR, .off = SH(csv),
@@ -223,6 +228,7 @@ moemu_status_t cli_parse(const char *cmd, int argc, char **argv, const cli_opt_t
     *first = optind;
     table_free(&t);
     if (st == MOEMU_OK && sh->strict) moemu_set_strict(true);
+    if (st == MOEMU_OK) st = par_proc_set_devices_per_process(sh->devices_per_process);
     return st;
 }
 

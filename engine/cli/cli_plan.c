@@ -24,7 +24,7 @@ static const cli_opt_t plan_options[] = {
      .help = "skip the real-math check"},
     {.name = "routing", .type = CLI_SHARED,
      .help = "the dry run's router: uniform (default) or zipf:S"},
-    CLI_USE("strict"),
+    CLI_USE("strict"), CLI_USE("devices-per-process"),
     {.name = NULL},
 };
 

@@ -38,6 +38,7 @@ typedef struct {
     cli_shared_t sh;
     bool check;
     const char *dump_logits, *dump_weights, *record_routing, *trace;
+    const char *baseline; /* --baseline-strategy: NULL, one device */
     int64_t shard_bytes; /* --shard-size: 0 writes one file */
     bool no_memory_limit, dry;
     int math; /* 0: real, 1: skip (a dry run) */
@@ -76,6 +77,7 @@ static const cli_opt_t run_options[] = {
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
     CLI_USE("hw"), CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
+    CLI_USE("devices-per-process"),
     {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
      .help = "lift the devices' memory capacity"},
     {.name = "pace", .arg = "X", .type = CLI_NUM, .off = RUN(pace), .lo = 0, .hi = EMU_PACE_MAX,
@@ -95,6 +97,11 @@ static const cli_opt_t run_options[] = {
     CLI_HEAD("moemu check:"),
     {.name = "rtol", .arg = "X", .type = CLI_NUM, .off = RUN(rtol), .lo = 0, .hi = INFINITY,
      .help = "tolerance of the relative L2 error (default 1e-5)"},
+    {.name = "baseline-strategy", .arg = "S", .type = CLI_STR, .off = RUN(baseline),
+     .help = "compare with strategy S instead of one device, for\n"
+             "a model whose one-device baseline fits no host (S's\n"
+             "equality to one device is the conformance matrix's;\n"
+             "docs/mpi.md)"},
     {.name = NULL},
 };
 
@@ -107,6 +114,8 @@ static moemu_status_t check_combination(run_opts_t *o, const char *cmd)
     if (isnan(o->rtol)) o->rtol = 1e-5;
     if (o->check && !sh->strategy)
         return moemu_fail(MOEMU_ERR_INVALID, "moemu check: --strategy is required");
+    if (!o->check && o->baseline)
+        return moemu_fail(MOEMU_ERR_INVALID, "--baseline-strategy belongs to moemu check");
     if (o->check && o->dry)
         return moemu_fail(MOEMU_ERR_INVALID, "moemu check compares real math: drop --math skip");
     if (sh->routing && !o->dry)
@@ -186,6 +195,16 @@ static moemu_status_t strategy_setup(runner_opts_t *d, const run_opts_t *o, cons
     return MOEMU_OK;
 }
 
+/* --baseline-strategy, valid for the model on its own devices. */
+static moemu_status_t baseline_parse(const run_opts_t *o, const cfg_model_t *cfg,
+                                     par_strategy_t *base)
+{
+    MOEMU_CHECK(par_strategy_parse(o->baseline, base));
+    par_dims_t dims;
+    family_of(cfg)->dims(cfg, &dims);
+    return par_strategy_validate(base, &dims, 0);
+}
+
 /* What TP cannot split of the KV cache: MLA's latent serves every head,
  * so each rank of a TP group holds it whole (why DeepSeek runs attention
  * data-parallel); fewer key/value heads than TP ranks are replicated. */
@@ -238,12 +257,17 @@ static void print_summary(const char *label, const wl_t *wl, const model_out_t *
 }
 
 /* Print the comparison and add it to js. */
-static void report_check(const check_result_t *r, const wl_t *wl, const model_out_t *base,
-                         const model_out_t *str, json_t *js)
+static void report_check(const check_result_t *r, const char *against, const wl_t *wl,
+                         const model_out_t *base, const model_out_t *str, json_t *js)
 {
     int N = wl->decode;
-    printf("check against the single-device baseline (%lld logits compared)\n",
-           (long long)r->compared);
+    if (against)
+        printf("check against the baseline strategy %s (%lld logits compared)\n", against,
+               (long long)r->compared);
+    else
+        printf("check against the single-device baseline (%lld logits compared)\n",
+               (long long)r->compared);
+    json_object_set_new(js, "baseline", json_string(against ? against : "one device"));
     printf("  logits max abs error   %.3e\n", r->max_abs);
     printf("  logits max rel error   %.3e  (relative to max(|baseline|, rms(baseline)))\n",
            r->max_rel);
@@ -349,6 +373,7 @@ static int run(const run_opts_t *o)
     int *record = NULL;
     json_t *js = json_object();
     runner_opts_t dopt;
+    par_strategy_t base;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cli_load_model(&cfg, &o->sh);
     /* the strategy and its devices before the workload's tokens */
@@ -404,7 +429,10 @@ static int run(const run_opts_t *o)
 
     const model_out_t *shown = &out;
     if (o->check) {
-        st = check_run(&chk, &w, &wl, &dopt, o->rtol, cli_progress);
+        st = o->baseline ? baseline_parse(o, &cfg, &base) : MOEMU_OK;
+        if (st == MOEMU_OK)
+            st = check_run_against(&chk, &w, &wl, &dopt, o->baseline ? &base : NULL, o->rtol,
+                                   cli_progress);
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;
         print_summary("baseline", &wl, &chk.base, cluster_flops(chk.base_cluster), chk.wall_base);
@@ -456,11 +484,14 @@ static int run(const run_opts_t *o)
     if (!o->dry) json_object_set_new(js, "generated", generated_json(&wl, shown));
     rc = CLI_EXIT_OK;
     if (o->check) {
-        report_check(&chk.r, &wl, &chk.base, &chk.strategy, js);
+        char canon[PAR_STRATEGY_STRLEN];
+        if (o->baseline) par_strategy_format(&base, canon, sizeof canon);
+        report_check(&chk.r, o->baseline ? canon : NULL, &wl, &chk.base, &chk.strategy, js);
         if (!chk.r.pass) rc = CLI_EXIT_MISMATCH;
     }
     if (o->sh.strategy && (st = finish_report(o, cl, shown, &w, &wl, &dopt, record,
-                                           o->check ? chk.base_cluster : NULL, js)) != MOEMU_OK)
+                                           o->check && !o->baseline ? chk.base_cluster : NULL,
+                                           js)) != MOEMU_OK)
         goto fail;
     if (o->dump_logits && (st = dump_logits(o->dump_logits, shown, &wl, cfg.vocab_size)) != MOEMU_OK)
         goto fail;

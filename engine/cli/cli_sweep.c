@@ -361,6 +361,11 @@ int cli_sweep_main(int argc, char **argv)
         cli_help(stdout, sweep_options);
         return CLI_EXIT_OK;
     }
+    if (par_proc_count() > 1) {
+        moemu_fail(MOEMU_ERR_INVALID, "moemu sweep runs its dry runs in worker processes of "
+                   "its own: start it without mpirun");
+        return cli_error();
+    }
     const outfile_arg_t plot = {.flag = "--plot", .path = o.plot};
     if (cli_outputs_check(&o.sh, &plot, 1, NULL) != MOEMU_OK) return cli_error();
     outfile_begin(); /* --csv, --json and --plot appear together, or none */

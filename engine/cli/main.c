@@ -1,6 +1,8 @@
 /* moemu: the command's entry point and subcommand dispatch. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/cli/cli.h"
 
@@ -29,6 +31,18 @@ static void usage(FILE *f)
                "  --help     this text\n  --version  the version\n");
 }
 
+static void drop_warning(void *arg, const char *line) { (void)arg, (void)line; }
+
+/* A process other than rank 0 of an MPI job: rank 0 prints and writes
+ * what every process computes alike. */
+static void quiet_outputs(void)
+{
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd >= 0) dup2(fd, STDOUT_FILENO);
+    if (fd > STDOUT_FILENO) close(fd);
+    moemu_warn_handler(drop_warning, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -44,8 +58,20 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     cli_signals_catch();
+    if (par_proc_init(&argc, &argv) != MOEMU_OK) {
+        int rc = cli_error();
+        par_proc_exit(true, moemu_errmsg());
+        return rc;
+    }
+    if (par_proc_rank() != 0) quiet_outputs();
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) {
+            int rc = commands[i].fn(argc - 1, argv + 1);
+            fflush(stdout);
+            if (par_proc_exit(rc == CLI_EXIT_ERROR, moemu_errmsg())) rc = cli_error();
+            return rc;
+        }
     fprintf(stderr, "moemu: error: unknown command '%s' (see moemu --help)\n", argv[1]);
+    par_proc_exit(true, "unknown command");
     return CLI_EXIT_ERROR;
 }

@@ -609,6 +609,18 @@ moemu_status_t runner_check_devices(int world)
     return emu_need_check(&threads, NULL, run_what(world, what));
 }
 
+/* The devices this process runs: a block of them under mpirun (all on
+ * process 0 for a dry run, which moves nothing worth spreading). */
+static void local_devices(const runner_opts_t *o, int world, int *lo, int *hi)
+{
+    if (o->dry) {
+        *lo = par_proc_rank() == 0 ? 0 : world;
+        *hi = world;
+        return;
+    }
+    par_proc_devices(world, par_proc_rank(), lo, hi);
+}
+
 moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl_t *wl,
                                 const runner_opts_t *o, const model_opts_t *mo)
 {
@@ -619,8 +631,9 @@ moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl
     /* a run of too many devices is refused before they are counted */
     MOEMU_CHECK(runner_check_devices(D.world));
     double dev = 0;
-    int rows = 0;
-    for (int r = 0; r < D.world; r++) {
+    int rows = 0, lo, hi;
+    local_devices(o, D.world, &lo, &hi);
+    for (int r = lo; r < hi; r++) {
         double b;
         int n;
         MOEMU_CHECK(dev_host_bytes(&D, r, &b, &n));
@@ -629,7 +642,7 @@ moemu_status_t runner_host_need(emu_need_t *need, const cfg_model_t *c, const wl
     }
     /* a dry run's device buffers are address space only (no-data mode) */
     emu_need_add(need, "device buffers", o->dry ? 0 : dev, dev);
-    emu_need_devices(need, D.world, o->dry ? -1 : layer_blas_resident(rows));
+    emu_need_devices(need, hi - lo, o->dry ? -1 : layer_blas_resident(rows));
     double out = out_bytes(&D) + state_bytes(&D);
     emu_need_add(need, "outputs", out, out);
     return MOEMU_OK;
@@ -657,6 +670,9 @@ static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
                           "(%.2f GB)", B, out_bytes(D) / 1e9);
     if (out->prompt_logits)
         for (size_t i = 0; i < (size_t)B * wl->max_len * V; i++) out->prompt_logits[i] = NAN;
+    /* NaN where unwritten: what par_proc_merge takes from other processes */
+    if (out->gen_logits)
+        for (size_t i = 0; i < (size_t)B * N * V; i++) out->gen_logits[i] = NAN;
     return MOEMU_OK;
 }
 
@@ -702,6 +718,47 @@ static void out_sum(model_out_t *out, const run_t *D)
     }
 }
 
+/* What this process is about to run, to refuse processes that would run
+ * different jobs: the strategy, the model's sizes and the workload. */
+static uint64_t fingerprint(const run_t *D)
+{
+    char canon[PAR_STRATEGY_STRLEN];
+    par_strategy_format(D->s, canon, sizeof canon);
+    const cfg_model_t *c = D->c;
+    int64_t v[] = {D->world, D->o->micro_batches, D->route_dp, D->o->dry, D->wl->batch,
+                   D->wl->decode, c->num_hidden_layers, c->hidden_size, c->vocab_size,
+                   c->num_local_experts, c->dtype, D->w->n_floats};
+    uint64_t h = wts_stream(canon) ^ wts_stream(c->name) * 3 ^ wts_stream(D->o->hw.name) * 5;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ (uint64_t)v[i]) * 0x100000001b3ULL;
+    for (int b = 0; b < D->wl->batch; b++)
+        for (int t = 0; t < D->wl->len[b]; t++)
+            h = (h ^ (uint64_t)D->wl->tokens[D->wl->start[b] + t]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Every process's outputs made whole: each element was written by the
+ * process of the device that computed it. */
+static moemu_status_t merge_outputs(model_out_t *out, run_t *D)
+{
+    const wl_t *wl = D->wl;
+    size_t B = (size_t)wl->batch, N = (size_t)(wl->decode > 0 ? wl->decode : 1);
+    size_t V = (size_t)D->c->vocab_size, LE = (size_t)D->c->num_hidden_layers *
+                                                   D->c->num_local_experts;
+    MOEMU_CHECK(par_proc_merge(D->assign, (size_t)D->world, PAR_MERGE_I64_SUM));
+    MOEMU_CHECK(par_proc_merge(D->dropped, (size_t)D->world, PAR_MERGE_I64_SUM));
+    MOEMU_CHECK(par_proc_merge(D->load, (size_t)D->world * LE, PAR_MERGE_I64_SUM));
+    MOEMU_CHECK(par_proc_merge(out->moe_xfer, 2 * (size_t)D->world, PAR_MERGE_F64_SUM));
+    MOEMU_CHECK(par_proc_merge(out->generated, B * N, PAR_MERGE_I32_MAX));
+    MOEMU_CHECK(par_proc_merge(out->token_time, B * N, PAR_MERGE_F64_SUM));
+    MOEMU_CHECK(par_proc_merge(out->prompt_logits, B * wl->max_len * V, PAR_MERGE_F32_NAN));
+    MOEMU_CHECK(par_proc_merge(out->gen_logits, B * (size_t)wl->decode * V, PAR_MERGE_F32_NAN));
+    if (D->mo->route)
+        MOEMU_CHECK(par_proc_merge(D->mo->route, (size_t)D->c->num_hidden_layers * B *
+                                                     D->route_pos * D->c->num_experts_per_tok,
+                                   PAR_MERGE_I32_MAX));
+    return MOEMU_OK;
+}
+
 moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const wts_t *w,
                                const wl_t *wl, const runner_opts_t *o, const model_opts_t *mo)
 {
@@ -711,26 +768,32 @@ moemu_status_t runner_generate(model_out_t *out, emu_cluster_t **cluster, const 
     run_t D = {.w = w, .c = c, .fam = family_of(c), .wl = wl, .o = o, .mo = mo,
                 .s = &o->strategy, .out = out, .route_pos = runner_route_positions(wl),
                 .world = par_strategy_world(&o->strategy)};
-    MOEMU_CHECK(check_opts(&D, o));
+    moemu_status_t st = check_opts(&D, o);
     emu_need_t need = {0};
-    MOEMU_CHECK(runner_host_need(&need, c, wl, o, mo));
+    if (st == MOEMU_OK) st = runner_host_need(&need, c, wl, o, mo);
     char what[64];
-    MOEMU_CHECK(emu_need_check(&need, NULL, run_what(D.world, what)));
+    if (st == MOEMU_OK) st = emu_need_check(&need, NULL, run_what(D.world, what));
+    emu_cluster_opts_t copts = o->cluster;
+    if (st == MOEMU_OK) st = par_proc_cluster(D.world, !o->dry, &copts);
+    /* every process learns here of another's failure before the run */
+    MOEMU_CHECK(par_proc_agree(st, fingerprint(&D)));
     emu_cluster_t *cl = NULL;
-    MOEMU_CHECK(emu_cluster_create(&o->hw.spec, &o->hw.topo, D.world, &o->cluster, &cl));
+    st = emu_cluster_create(&o->hw.spec, &o->hw.topo, D.world, &copts, &cl);
+    if (st != MOEMU_OK) return par_proc_after_run(NULL, st);
     size_t LE = (size_t)c->num_hidden_layers * c->num_local_experts;
     D.comm = calloc((size_t)D.world * C__COUNT, sizeof(par_comm_t *));
     D.assign = calloc((size_t)D.world, sizeof(int64_t));
     D.dropped = calloc((size_t)D.world, sizeof(int64_t));
     D.load = calloc((size_t)D.world * LE, sizeof(int64_t));
     int *ranks = malloc(sizeof(int) * (size_t)D.world);
-    moemu_status_t st = MOEMU_OK;
     if (!D.comm || !D.assign || !D.dropped || !D.load || !ranks)
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the state of %d devices (%.2f GB)",
                         D.world, state_bytes(&D) / 1e9);
     if (st == MOEMU_OK) st = out_alloc(out, &D);
     if (st == MOEMU_OK) st = comms_create(&D, cl, ranks);
     if (st == MOEMU_OK) st = emu_cluster_run(cl, dev_main, &D);
+    st = par_proc_after_run(cl, st);
+    if (st == MOEMU_OK) st = merge_outputs(out, &D);
     if (st == MOEMU_OK) out_sum(out, &D);
     comms_destroy(&D);
     free(D.comm);

@@ -136,8 +136,10 @@ const char *check_verdict(const check_result_t *r, char *buf, size_t n)
     return buf;
 }
 
-moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runner_opts_t *o,
-                         double rtol, void (*progress)(void *, const char *, int, int, int, int))
+moemu_status_t check_run_against(check_t *c, const wts_t *w, const wl_t *wl,
+                                 const runner_opts_t *o, const par_strategy_t *base,
+                                 double rtol,
+                                 void (*progress)(void *, const char *, int, int, int, int))
 {
     memset(c, 0, sizeof *c);
     const cfg_model_t *cfg = &w->cfg;
@@ -149,10 +151,21 @@ moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runne
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing records (%.2f GB)",
                           8e-9 * (double)nroute);
     for (size_t i = 0; i < 2 * nroute; i++) route[i] = INT32_MIN;
-    /* the baseline: one device of the same kind, routing in the strategy's
-     * groups (DP replicas x micro-batches) */
+    /* the baseline: one device of the same kind (or the reference
+     * strategy), routing in the strategy's groups (DP replicas x
+     * micro-batches) */
     runner_opts_t one;
     runner_opts_one_device(&one, &o->hw, o->strategy.dp, o->micro_batches);
+    if (base) {
+        if (o->strategy.dp % base->dp != 0) {
+            free(route);
+            return moemu_fail(MOEMU_ERR_INVALID, "the baseline strategy's DP = %d must divide "
+                              "the strategy's DP = %d (both route in the same groups)",
+                              base->dp, o->strategy.dp);
+        }
+        one.strategy = *base;
+        one.dispatch_fp8 = o->dispatch_fp8;
+    }
     model_opts_t mb = {.prompt_logits = true, .gen_logits = true, .route = route,
                        .progress = progress};
     double t0 = emu_host_seconds();
@@ -187,4 +200,10 @@ void check_free(check_t *c)
     c->cluster = c->base_cluster = NULL;
     free(c->route_strategy);
     c->route_strategy = NULL;
+}
+
+moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runner_opts_t *o,
+                         double rtol, void (*progress)(void *, const char *, int, int, int, int))
+{
+    return check_run_against(c, w, wl, o, NULL, rtol, progress);
 }

@@ -42,6 +42,14 @@ typedef struct {
 moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl,
                          const runner_opts_t *o, double rtol,
                          void (*progress)(void *, const char *, int, int, int, int));
+/* The same against a reference strategy base instead of one device (a
+ * model whose one-device baseline fits no host): base's equality to one
+ * device is the conformance matrix's (docs/mpi.md); its DP must divide
+ * the strategy's. c->base_cluster then holds base's devices. */
+moemu_status_t check_run_against(check_t *c, const wts_t *w, const wl_t *wl,
+                                 const runner_opts_t *o, const par_strategy_t *base,
+                                 double rtol,
+                                 void (*progress)(void *, const char *, int, int, int, int));
 void check_free(check_t *c);
 
 /* "PASS", or "FAIL" with the reason when it is no comparison at all (no

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "engine/tools/outfile.h"
+#include "parallel/par.h"
 
 /* Large outputs (traces, weights) in few writes. */
 #define OUTFILE_BUFFER ((size_t)1 << 20)
@@ -161,8 +162,13 @@ moemu_status_t outfile_end(moemu_status_t st)
     return moemu_fail(failed, "the outputs were not written: an earlier one failed");
 }
 
+/* Processes other than rank 0 of an MPI job compute the same outputs as
+ * rank 0, which alone writes them. */
+static bool quiet(void) { return par_proc_rank() != 0; }
+
 moemu_status_t outfile_mkdir(const char *path)
 {
+    if (quiet()) return MOEMU_OK;
     if (mkdir(path, 0777) != 0)
         return moemu_fail(MOEMU_ERR_IO, "cannot create directory %s: %s", path, strerror(errno));
     if (!slot_new(SLOT_DIR, path)) {
@@ -314,6 +320,7 @@ static moemu_status_t open_staged(outfile_t *o, const char *target, const struct
 static moemu_status_t out_open(outfile_t *o, const char *path)
 {
     *o = (outfile_t){.path = path};
+    if (quiet()) return open_direct(o, "/dev/null", -1);
     char target[PATH_MAX];
     struct stat sb;
     bool exists;
