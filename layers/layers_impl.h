@@ -40,7 +40,9 @@ static inline float layer_exp(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
+    /* NaN stays NaN (in p) without converting it to an integer, which C
+     * leaves undefined */
+    int32_t e = ((n == n ? (int32_t)n : 0) + 127) << 23;
     float s;
     memcpy(&s, &e, 4);
     return p * s;

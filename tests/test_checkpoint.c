@@ -1044,6 +1044,58 @@ Test(ckpt, mxfp4_experts_load_exactly)
     wts_free(&g);
 }
 
+/* Loading the boxes of EP rank 1 of tp2-ep2 (experts 2 and 3): of each
+ * MXFP4 tensor only the matrices of those experts are decoded (their
+ * blocks and scales read alone), of the plain ones their rows; the rest
+ * stays 0. */
+Test(ckpt, mxfp4_experts_load_boxes)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_parse(&cfg, MX_JSON(64), "oss"), MOEMU_OK, "%s", moemu_errmsg());
+    wts_t g, w;
+    cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    mx_t mx[2] = {mx_make(mx_gu1, 4, 64, 128, 21), mx_make(mx_dn1, 4, 64, 64, 22)};
+    static mxck_t c;
+    memset(&c, 0, sizeof c);
+    const char *skip[2] = {mx_gu1, mx_dn1};
+    mxck_add_plain(&c, &g, skip, 2);
+    for (int k = 0; k < 2; k++) mxck_add_mx(&c, &mx[k]);
+    cr_assert_eq(ckpt_write_dtypes(tpath("oss"), c.ts, c.n, c.dt, 0), MOEMU_OK, "%s",
+                 moemu_errmsg());
+    par_strategy_t s;
+    cr_assert_eq(par_strategy_parse("tp2-ep2", &s), MOEMU_OK);
+    wts_box_t *b = calloc((size_t)g.n_list, sizeof *b);
+    int one = 1;
+    wts_boxes_for(&g, &s, &one, 1, b);
+    cr_assert_eq(wts_load_boxes(&w, &cfg, tpath("oss"), b), MOEMU_OK, "%s", moemu_errmsg());
+    int decoded = 0;
+    for (int i = 0; i < w.n_list; i++) {
+        const wts_tensor_t *t = &w.list[i];
+        const float *want = g.list[i].data;
+        for (int k = 0; k < 2; k++)
+            if (!strcmp(t->name, mx[k].name)) want = mx[k].want, decoded++;
+        int64_t C = wts_tensor_cols(t);
+        for (int64_t r = 0; r < wts_tensor_rows(t); r++) {
+            bool in = wts_box_elems(&b[i]) > 0 && r >= b[i].r0 && r < b[i].r1;
+            for (int64_t k = 0; k < C; k++) {
+                float x = in ? want[r * C + k] : 0.0f;
+                if (memcmp(&t->data[r * C + k], &x, sizeof x))
+                    cr_assert_fail("%s [%lld, %lld] is %g, expected %g", t->name, (long long)r,
+                                   (long long)k, t->data[r * C + k], x);
+            }
+        }
+    }
+    cr_assert_eq(decoded, 2);
+    int gu = -1;
+    for (int i = 0; i < w.n_list; i++)
+        if (!strcmp(w.list[i].name, mx_gu1)) gu = i;
+    cr_assert(gu >= 0 && b[gu].r0 == 2 * 64 && b[gu].r1 == 4 * 64, "experts 2 and 3's rows");
+    free(b);
+    for (int k = 0; k < 2; k++) mx_free(&mx[k]);
+    wts_free(&w);
+    wts_free(&g);
+}
+
 /* Scales at the ends of e8m0: 255 makes 1.0 Inf (2^128) but keeps 0.5
  * finite (2^127); 0 gives subnormals, exact. The Inf are counted as the
  * NaN and Inf of any tensor are, named by the blocks. */

@@ -567,13 +567,28 @@ moemu_status_t ckpt_open(const char *path, ckpt_t **out)
 
 /* ---- reading a model's tensors */
 
-static moemu_status_t ckpt_check_want(const ckpt_want_t *w, int i)
+/* Rows of w seen as 2-D (the product of all but its last dimension) and
+ * their length. */
+static int64_t ckpt_rows_of(const ckpt_want_t *w)
+{
+    int64_t n = 1;
+    for (int d = 0; d + 1 < w->ndim; d++) n *= w->shape[d];
+    return n;
+}
+
+static int64_t ckpt_cols_of(const ckpt_want_t *w) { return w->ndim ? w->shape[w->ndim - 1] : 1; }
+
+static moemu_status_t ckpt_check_want(const ckpt_want_t *w, int i, const ckpt_rows_t *rows)
 {
     bool ok = w->name && w->ndim >= 0 && w->ndim <= ST_MAX_DIMS && (w->ndim == 0 || w->shape);
     for (int d = 0; ok && d < w->ndim; d++) ok = w->shape[d] >= 0;
     if (!ok)
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: want[%d] (%s) has no name, a bad "
                           "ndim %d or a bad shape", i, w->name ? w->name : "NULL", w->ndim);
+    if (rows && (rows->r0 < 0 || rows->r1 < rows->r0 || rows->r1 > ckpt_rows_of(w)))
+        return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: want[%d] (%s) asks for rows [%lld, "
+                          "%lld) of %lld", i, w->name, (long long)rows->r0, (long long)rows->r1,
+                          (long long)ckpt_rows_of(w));
     return MOEMU_OK;
 }
 
@@ -583,13 +598,13 @@ static int ckpt_cmp_want(const void *a, const void *b)
 }
 
 /* The caller's list: well formed, no name twice (a model's bug). */
-static moemu_status_t ckpt_check_wants(const ckpt_want_t *want, int n)
+static moemu_status_t ckpt_check_wants(const ckpt_want_t *want, int n, const ckpt_rows_t *rows)
 {
     const ckpt_want_t **v = calloc((size_t)n + 1, sizeof *v);
     if (!v) return moemu_fail(MOEMU_ERR_NOMEM, "ckpt_read_all: out of memory for %d names", n);
     moemu_status_t st = MOEMU_OK;
     for (int i = 0; st == MOEMU_OK && i < n; i++) {
-        st = ckpt_check_want(&want[i], i);
+        st = ckpt_check_want(&want[i], i, rows ? &rows[i] : NULL);
         v[i] = &want[i];
     }
     if (st == MOEMU_OK) qsort(v, (size_t)n, sizeof *v, ckpt_cmp_want);
@@ -610,8 +625,17 @@ typedef struct {
     int mxbad;  /* MXFP4 tensors whose blocks and scales do not fit */
     bool io;    /* a file could not be read (it changed while loading) */
     ckpt_read_opts_t *o;
+    const ckpt_want_t *want; /* the caller's list, whose rows o has */
     int block[2];
 } ckpt_found_t;
+
+/* The rows of w to read: o's, else all. */
+static void ckpt_rows(const ckpt_found_t *fd, const ckpt_want_t *w, int64_t *r0, int64_t *r1)
+{
+    const ckpt_rows_t *rows = fd->o->rows;
+    *r0 = rows ? rows[w - fd->want].r0 : 0;
+    *r1 = rows ? rows[w - fd->want].r1 : ckpt_rows_of(w);
+}
 
 /* DeepSeek's spelling (inference/fp8_cast_bf16.py: f"{weight_name}_scale_inv"). */
 #define CKPT_SCALE_SUFFIX "_scale_inv"
@@ -653,27 +677,34 @@ static bool ckpt_fits(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_
     return shape && dtype;
 }
 
-/* NaN and Inf in w->out (read from tensor i), noted with their count. */
-static void ckpt_note_nonfinite(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
+/* NaN and Inf in w->out[first, first + count) (read from tensor i),
+ * noted with their count. */
+static void ckpt_note_nonfinite(const ckpt_t *ck, int i, const ckpt_want_t *w, int64_t first,
+                                int64_t count, ckpt_found_t *fd)
 {
-    size_t count = ckpt_numel(w->ndim, w->shape), bad = 0;
-    for (size_t k = 0; k < count; k++) bad += !isfinite(w->out[k]);
+    int64_t bad = 0;
+    for (int64_t k = first; k < first + count; k++) bad += !isfinite(w->out[k]);
     char counts[160];
-    snprintf(counts, sizeof counts, "%zu of %zu, in %s", bad, count, ck->fnames[ck->ents[i].file]);
+    snprintf(counts, sizeof counts, "%lld of %lld, in %s", (long long)bad, (long long)count,
+             ck->fnames[ck->ents[i].file]);
     if (bad) ckpt_list_add(&fd->nonfinite, "'%s' (%s)", ck->ents[i].t->name, counts);
 }
 
-/* Convert tensor i into w->out, noting NaN and Inf. */
+/* Convert w's rows of tensor i into w->out, noting NaN and Inf. */
 static void ckpt_read_one(const ckpt_t *ck, int i, const ckpt_want_t *w, ckpt_found_t *fd)
 {
     const st_tensor_t *t = ck->ents[i].t;
-    moemu_status_t st = st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape, w->out);
+    int64_t r0, r1, C = ckpt_cols_of(w);
+    ckpt_rows(fd, w, &r0, &r1);
+    if (r0 == r1) return;
+    moemu_status_t st = st_read_f32_part(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape,
+                                         r0 * C, (r1 - r0) * C, w->out + r0 * C);
     if (st != MOEMU_OK) {
         fd->io |= st == MOEMU_ERR_IO;
         moemu_problem(&fd->p, "%s", moemu_errmsg());
         return;
     }
-    ckpt_note_nonfinite(ck, i, w, fd);
+    ckpt_note_nonfinite(ck, i, w, r0 * C, (r1 - r0) * C, fd);
 }
 
 /* The scales' shape for w: its last two dimensions counted in blocks. */
@@ -708,26 +739,26 @@ static bool ckpt_scales_fit(const ckpt_t *ck, int j, const ckpt_want_t *w, const
 }
 
 /* out[..][r][c] *= sc[..][r / br][c / bc], matrix by matrix over the
- * leading dimensions (stacked experts): weight_dequant's y = x * s. */
+ * leading dimensions (stacked experts), on rows [r0, r1) of the 2-D view:
+ * weight_dequant's y = x * s. */
 static void ckpt_apply_scales(float *out, const float *sc, const ckpt_want_t *w,
-                              const int64_t *sshape, const int *block)
+                              const int64_t *sshape, const int *block, int64_t r0, int64_t r1)
 {
     int nd = w->ndim;
-    int64_t R = w->shape[nd - 2], C = w->shape[nd - 1], SC = sshape[nd - 1];
-    size_t mats = ckpt_numel(nd - 2, w->shape);
-    for (size_t m = 0; m < mats; m++, out += R * C, sc += sshape[nd - 2] * SC)
-        for (int64_t r = 0; r < R; r++) {
-            const float *srow = sc + r / block[0] * SC;
-            for (int64_t c = 0; c < C; c++) out[r * C + c] *= srow[c / block[1]];
-        }
+    int64_t R = w->shape[nd - 2], C = w->shape[nd - 1], SR = sshape[nd - 2], SC = sshape[nd - 1];
+    for (int64_t g = r0; g < r1; g++) {
+        const float *srow = sc + ((g / R) * SR + g % R / block[0]) * SC;
+        for (int64_t c = 0; c < C; c++) out[g * C + c] *= srow[c / block[1]];
+    }
 }
 
-/* FP8 tensor i times its scales, tensor j, into w->out. */
+/* FP8 tensor i times its scales, tensor j, into w's rows of w->out. */
 static void ckpt_dequant(const ckpt_t *ck, int i, int j, const ckpt_want_t *w, ckpt_found_t *fd)
 {
-    int64_t shape[ST_MAX_DIMS];
+    int64_t shape[ST_MAX_DIMS], r0, r1, C = ckpt_cols_of(w);
     ckpt_scale_shape(w, fd->block, shape);
-    if (!ckpt_scales_fit(ck, j, w, shape, fd)) return;
+    ckpt_rows(fd, w, &r0, &r1);
+    if (!ckpt_scales_fit(ck, j, w, shape, fd) || r0 == r1) return;
     float *sc = malloc(ckpt_numel(w->ndim, shape) * sizeof *sc + 1);
     const st_tensor_t *t = ck->ents[i].t, *s = ck->ents[j].t;
     moemu_status_t st = MOEMU_OK;
@@ -735,14 +766,14 @@ static void ckpt_dequant(const ckpt_t *ck, int i, int j, const ckpt_want_t *w, c
         moemu_problem(&fd->p, "out of memory for the scales of %s", t->name);
     else if ((st = st_read_f32(ck->files[ck->ents[j].file], s->name, w->ndim, shape, sc)) !=
                  MOEMU_OK ||
-             (st = st_read_f32(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape,
-                               w->out)) != MOEMU_OK) {
+             (st = st_read_f32_part(ck->files[ck->ents[i].file], t->name, w->ndim, w->shape,
+                                    r0 * C, (r1 - r0) * C, w->out + r0 * C)) != MOEMU_OK) {
         fd->io |= st == MOEMU_ERR_IO;
         moemu_problem(&fd->p, "%s", moemu_errmsg());
     }
     else {
-        ckpt_apply_scales(w->out, sc, w, shape, fd->block);
-        ckpt_note_nonfinite(ck, i, w, fd);
+        ckpt_apply_scales(w->out, sc, w, shape, fd->block, r0, r1);
+        ckpt_note_nonfinite(ck, i, w, r0 * C, (r1 - r0) * C, fd);
         fd->o->fp8++;
     }
     free(sc);
@@ -909,27 +940,43 @@ static bool ckpt_mxfp4_fits(const ckpt_t *ck, int b, int s, const ckpt_want_t *w
     return ckpt_mxfp4_part_fits(ck, s, w, w->ndim, sshape, "scales", fd) && ok;
 }
 
-/* Blocks b and scales s decoded into w->out, noting NaN and Inf. */
+/* The matrices [*m0, *m1) of w ([..., in, out]) that hold its rows to
+ * read. */
+static void ckpt_mxfp4_mats(const ckpt_found_t *fd, const ckpt_want_t *w, int64_t *m0,
+                            int64_t *m1)
+{
+    int64_t r0, r1, in = w->shape[w->ndim - 2];
+    ckpt_rows(fd, w, &r0, &r1);
+    *m0 = r0 / in;
+    *m1 = r1 > r0 ? (r1 + in - 1) / in : *m0;
+}
+
+/* Blocks b and scales s of w's matrices to read decoded into w->out,
+ * noting NaN and Inf. */
 static void ckpt_mxfp4_dequant(const ckpt_t *ck, int b, int s, const ckpt_want_t *w,
                                ckpt_found_t *fd)
 {
-    int64_t bshape[ST_MAX_DIMS + 1], sshape[ST_MAX_DIMS];
+    int64_t bshape[ST_MAX_DIMS + 1], sshape[ST_MAX_DIMS], m0, m1;
     ckpt_mxfp4_shapes(w, bshape, sshape);
+    ckpt_mxfp4_mats(fd, w, &m0, &m1);
+    if (m0 == m1) return;
+    int nd = w->ndim;
+    int64_t in = w->shape[nd - 2], nout = w->shape[nd - 1], mat = in * nout;
+    int64_t sper = nout * (in / CKPT_MX_BLOCK), bper = sper * CKPT_MX_BYTES; /* bytes a matrix */
     const st_tensor_t *bt = ck->ents[b].t, *stt = ck->ents[s].t;
-    uint8_t *blocks = malloc(bt->nbytes + 1), *scales = malloc(stt->nbytes + 1);
+    uint8_t *blocks = malloc((size_t)((m1 - m0) * bper) + 1);
+    uint8_t *scales = malloc((size_t)((m1 - m0) * sper) + 1);
     if (!blocks || !scales)
         moemu_problem(&fd->p, "out of memory for the %zu bytes of %s", bt->nbytes + stt->nbytes,
                       bt->name);
-    else if (st_read_u8(ck->files[ck->ents[b].file], bt->name, w->ndim + 1, bshape, blocks) !=
-                 MOEMU_OK ||
-             st_read_u8(ck->files[ck->ents[s].file], stt->name, w->ndim, sshape, scales) !=
-                 MOEMU_OK)
+    else if (st_read_u8_part(ck->files[ck->ents[b].file], bt->name, nd + 1, bshape, m0 * bper,
+                             (m1 - m0) * bper, blocks) != MOEMU_OK ||
+             st_read_u8_part(ck->files[ck->ents[s].file], stt->name, nd, sshape, m0 * sper,
+                             (m1 - m0) * sper, scales) != MOEMU_OK)
         moemu_problem(&fd->p, "%s", moemu_errmsg());
     else {
-        int nd = w->ndim;
-        ckpt_mxfp4_decode(w->out, blocks, scales, (int64_t)ckpt_numel(nd - 2, w->shape),
-                          w->shape[nd - 2], w->shape[nd - 1]);
-        ckpt_note_nonfinite(ck, b, w, fd);
+        ckpt_mxfp4_decode(w->out + m0 * mat, blocks, scales, m1 - m0, in, nout);
+        ckpt_note_nonfinite(ck, b, w, m0 * mat, (m1 - m0) * mat, fd);
         fd->o->mxfp4++;
     }
     free(blocks);
@@ -1024,7 +1071,7 @@ moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int
     if (!ck || n < 0 || (n && !want) || o->block_r < 0 || o->block_c < 0)
         return moemu_fail(MOEMU_ERR_INVALID, "ckpt_read_all: bad arguments (n %d, FP8 blocks "
                           "[%d, %d])", n, o->block_r, o->block_c);
-    MOEMU_CHECK(ckpt_check_wants(want, n));
+    MOEMU_CHECK(ckpt_check_wants(want, n, o->rows));
     bool *used = calloc((size_t)ck->n + 1, sizeof *used);
     ckpt_found_t *fd = calloc(1, sizeof *fd);
     if (!used || !fd) {
@@ -1034,6 +1081,7 @@ moemu_status_t ckpt_read_all_opts(const ckpt_t *ck, const ckpt_want_t *want, int
     }
     fd->p.lines = true;
     fd->o = o;
+    fd->want = want;
     fd->block[0] = o->block_r ? o->block_r : 128; /* DeepSeek-V3's weight_block_size */
     fd->block[1] = o->block_c ? o->block_c : 128;
     ckpt_find_all(ck, want, n, used, fd);

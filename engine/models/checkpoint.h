@@ -61,6 +61,11 @@ typedef struct {
     float *out;
 } ckpt_want_t;
 
+/* Rows [r0, r1) of a tensor seen as 2-D: rows of its last dimension. */
+typedef struct {
+    int64_t r0, r1;
+} ckpt_rows_t;
+
 /* Read want[0..n) as fp32 (F32, F16 and BF16 converted as st_read_f32
  * does; F8_E4M3 dequantized with its block scales, and MXFP4 blocks and
  * scales decoded, see ckpt_read_opts_t). The checkpoint must be exactly
@@ -118,6 +123,11 @@ typedef struct {
     bool (*ignore)(const char *name, void *arg);
     void *arg;
     int block_r, block_c; /* the FP8 scale blocks; 0 for 128 */
+    /* NULL, or per want the rows to read (into their places in out, the
+     * rest untouched; an MXFP4 tensor reads the whole matrices they fall
+     * in), the only ones checked finite; r0 == r1: the tensor is checked
+     * (present, shape, dtype, its scales or MXFP4 parts) but not read */
+    const ckpt_rows_t *rows;
     /* out */
     int ignored;            /* tensors left out by ignore */
     int64_t ignored_bytes;  /* their stored bytes */

@@ -268,3 +268,124 @@ moemu_status_t dec_layer(const model_pass_t *mp)
                        .f0 = pl->dense_ffn0, .f1 = pl->dense_ffn1, .act = c->hidden_act};
     return layer_dense_block(mp->v, L->moe_norm, &mlp);
 }
+
+/* ---- What a rank reads of each tensor (the family's reads), as layers/
+ * indexes the weights: rows of the projections into heads, columns of
+ * the ones out of them, experts and their intermediate slices, rows of
+ * the vocabulary; the rest of a held layer whole. */
+
+static const wts_box_t box_none = {0, 0, 0, 0};
+
+/* Rows [r0, r1) of t, every column. */
+static wts_box_t box_rows(const wts_tensor_t *t, int64_t r0, int64_t r1)
+{
+    return (wts_box_t){r0, r1, 0, wts_tensor_cols(t)};
+}
+
+/* Columns [c0, c1) of t, every row. */
+static wts_box_t box_cols(const wts_tensor_t *t, int64_t c0, int64_t c1)
+{
+    return (wts_box_t){0, wts_tensor_rows(t), c0, c1};
+}
+
+/* The rank's vocabulary rows that exist: the padding of the last TP
+ * rank's slice has no row (layer_embed_block, layer_head_block). */
+static wts_box_t reads_vocab(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t)
+{
+    int64_t v0 = p->dims.vocab0, v1 = p->vocab1 < c->vocab_size ? p->vocab1 : c->vocab_size;
+    return box_rows(t, v0, v1);
+}
+
+/* The embedding on the first stage, the final norm and lm_head on the
+ * last (a tied embedding is lm_head there). */
+static wts_box_t reads_ends(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t)
+{
+    const par_place_t *q = &p->par;
+    if (t->kind == WTS_EMBED)
+        return q->has_embed || (c->tie_word_embeddings && q->has_lm_head) ? reads_vocab(c, p, t)
+                                                                          : box_none;
+    if (!q->has_lm_head) return box_none;
+    return t->kind == WTS_LM_HEAD ? reads_vocab(c, p, t) : box_rows(t, 0, 1);
+}
+
+/* The attention (layer_attention_block's qkv, layer_mla_block): heads
+ * [h0, h1)'s rows of q_proj, q_b_proj and kv_b_proj, its columns of
+ * o_proj, its key/value heads' rows of k_proj and v_proj, their slices of
+ * the biases, sinks and whole-width norms; the rest of the layer (norms,
+ * MLA's down-projections, the router and its biases, the shared experts'
+ * gate) whole. */
+static wts_box_t reads_attn(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t)
+{
+    int64_t h0 = p->dims.head0, h1 = p->head1, g0 = p->dims.kv_head0, g1 = p->kv_head1;
+    int64_t hd = c->head_dim, nope = c->qk_nope_head_dim;
+    bool mla = c->kv_lora_rank > 0, width = c->qk_norm == LAYER_QKNORM_WIDTH;
+    int64_t qrow = mla ? nope + c->qk_rope_head_dim : hd, ocol = mla ? c->v_head_dim : hd;
+    switch (t->kind) {
+    case WTS_Q:
+    case WTS_Q_B: return box_rows(t, h0 * qrow, h1 * qrow);
+    case WTS_KV_B: return box_rows(t, h0 * (nope + c->v_head_dim), h1 * (nope + c->v_head_dim));
+    case WTS_K:
+    case WTS_V: return box_rows(t, g0 * hd, g1 * hd);
+    case WTS_O: return box_cols(t, h0 * ocol, h1 * ocol);
+    case WTS_BQ: return box_cols(t, h0 * hd, h1 * hd);
+    case WTS_BK:
+    case WTS_BV: return box_cols(t, g0 * hd, g1 * hd);
+    case WTS_SINKS: return box_cols(t, h0, h1);
+    case WTS_QN: return width ? box_cols(t, h0 * hd, h1 * hd) : box_rows(t, 0, 1);
+    case WTS_KN: return width ? box_cols(t, g0 * hd, g1 * hd) : box_rows(t, 0, 1);
+    default: return box_rows(t, 0, wts_tensor_rows(t));
+    }
+}
+
+/* The routed experts [e0, e1) on the slice [f0, f1) of F, as
+ * layers/shard.c's expert_job indexes them: rows of w1 and w3, columns of
+ * w2. Stacked experts: GraniteMoE's (E, 2F, d) [w1; w3] and gpt-oss's
+ * (E, F, d) down as bounding boxes (exact without ETP), the rest exact;
+ * gpt-oss's down bias only on the slice that adds it (f0 == 0). */
+static wts_box_t reads_experts(const cfg_model_t *c, const model_place_t *p,
+                               const wts_tensor_t *t)
+{
+    const par_place_t *q = &p->par;
+    int64_t e0 = q->expert0, e1 = q->expert1, f0 = q->ffn0, f1 = q->ffn1;
+    int64_t F = c->intermediate_size, d = c->hidden_size;
+    bool mine = t->expert >= e0 && t->expert < e1;
+    if (e1 <= e0) return box_none;
+    switch (t->kind) {
+    case WTS_E1:
+    case WTS_E3: return mine ? box_rows(t, f0, f1) : box_none;
+    case WTS_E2: return mine ? box_cols(t, f0, f1) : box_none;
+    case WTS_FUSED_IN: return box_rows(t, e0 * 2 * F + f0, (e1 - 1) * 2 * F + F + f1);
+    case WTS_FUSED_OUT: return (wts_box_t){e0 * d, e1 * d, f0, f1};
+    case WTS_GATE_UP: return (wts_box_t){e0 * d, e1 * d, 2 * f0, 2 * f1}; /* interleaved */
+    case WTS_GATE_UP_BIAS: return (wts_box_t){e0, e1, 2 * f0, 2 * f1};
+    case WTS_DOWN: return box_rows(t, e0 * F + f0, (e1 - 1) * F + f1);
+    default: return f0 == 0 ? box_rows(t, e0, e1) : box_none; /* WTS_DOWN_BIAS */
+    }
+}
+
+/* The shared experts' and a dense layer's MLP on the rank's TP slice
+ * (layer_mlp_block): rows of w1 and w3, columns of w2. */
+static wts_box_t reads_mlp(const model_place_t *p, const wts_tensor_t *t)
+{
+    bool dense = t->kind == WTS_D1 || t->kind == WTS_D2 || t->kind == WTS_D3;
+    int64_t f0 = dense ? p->dense_ffn0 : p->shared_ffn0, f1 = dense ? p->dense_ffn1 : p->shared_ffn1;
+    return t->kind == WTS_S2 || t->kind == WTS_D2 ? box_cols(t, f0, f1) : box_rows(t, f0, f1);
+}
+
+void dec_reads(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t, wts_box_t *box)
+{
+    const par_place_t *q = &p->par;
+    switch (t->kind) {
+    case WTS_E1: case WTS_E2: case WTS_E3: case WTS_FUSED_IN: case WTS_FUSED_OUT:
+    case WTS_GATE_UP: case WTS_GATE_UP_BIAS: case WTS_DOWN: case WTS_DOWN_BIAS:
+        *box = reads_experts(c, p, t);
+        break;
+    case WTS_S1: case WTS_S2: case WTS_S3: case WTS_D1: case WTS_D2: case WTS_D3:
+        *box = reads_mlp(p, t);
+        break;
+    default:
+        *box = t->layer < 0 ? reads_ends(c, p, t) : reads_attn(c, p, t);
+    }
+    if (t->layer >= 0 && (t->layer < q->layer0 || t->layer >= q->layer1)) *box = box_none;
+    if (wts_box_elems(box) == 0) *box = box_none;
+}

@@ -59,6 +59,12 @@ struct model_family {
     double (*held)(const cfg_model_t *c, const model_place_t *p, double *layer, double *head);
     /* One decoder layer on one rank (layers/' sharded blocks). */
     moemu_status_t (*layer)(const model_pass_t *p);
+    /* The part of tensor t (an entry of wts_t.list) that the rank placed
+     * at p reads in a forward pass, as a box of t's 2-D view: exact where
+     * one box can be, else the bounding box of what it reads; empty when
+     * it reads none of it (wts_boxes_for, docs/weights.md). */
+    void (*reads)(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t,
+                  wts_box_t *box);
 };
 
 extern const model_family_t family_mixtral, family_qwen2_moe, family_qwen3_moe, family_olmoe,
@@ -71,6 +77,8 @@ void dec_dims(const cfg_model_t *c, par_dims_t *out);
 void dec_place(const cfg_model_t *c, const par_strategy_t *s, int rank, model_place_t *out);
 double dec_held(const cfg_model_t *c, const model_place_t *p, double *layer, double *head);
 moemu_status_t dec_layer(const model_pass_t *p);
+void dec_reads(const cfg_model_t *c, const model_place_t *p, const wts_tensor_t *t,
+               wts_box_t *box);
 
 /* The names every family here shares (modeling_llama.py's): embedding,
  * final norm, lm_head, and each layer's norms and attention projections
@@ -89,7 +97,7 @@ moemu_status_t dec_layer(const model_pass_t *p);
  * variations. */
 #define FAMILY_DECODER                                                                           \
     .dims = dec_dims, .place = dec_place, .figures = cfg_figures, .held = dec_held,              \
-    .layer = dec_layer
+    .layer = dec_layer, .reads = dec_reads
 
 /* A config's family: one without model_type is moemu's own format,
  * Mixtral's function with its extensions (DESIGN.md). */

@@ -588,49 +588,81 @@ static void st_swap32(void *p, size_t n)
     }
 }
 
-moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
-                           const int64_t *shape, float *out)
+/* Tensor name of shape[0..ndim), readable as fp32 (by fn): *t and the
+ * size of its elements. */
+static moemu_status_t st_find_float(const st_file_t *f, const char *name, int ndim,
+                                    const int64_t *shape, const char *fn, const st_tensor_t **t,
+                                    size_t *esz)
 {
     if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
         return moemu_fail(MOEMU_ERR_INVALID,
-                          "st_read_f32: bad arguments (file %p, name %s, "
+                          "%s: bad arguments (file %p, name %s, "
                           "ndim %d)",
-                          (const void *)f, name ? name : "NULL", ndim);
-    const st_tensor_t *t;
-    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
-    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 &&
-        t->dtype != ST_F8_E4M3)
+                          fn, (const void *)f, name ? name : "NULL", ndim);
+    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, t));
+    st_dtype_t dt = (*t)->dtype;
+    if (dt != ST_F32 && dt != ST_F16 && dt != ST_BF16 && dt != ST_F8_E4M3)
         return moemu_fail(MOEMU_ERR_FORMAT,
                           "tensor '%s' in %s has dtype %s; only F32, F16, "
                           "BF16 and F8_E4M3 can be read as fp32",
-                          name, f->path, t->dtype_name);
-    if (t->nbytes && !out)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "st_read_f32: NULL output for tensor '%s'", name);
+                          name, f->path, (*t)->dtype_name);
+    *esz = dt == ST_F32 ? 4 : dt == ST_F8_E4M3 ? 1 : 2;
+    return MOEMU_OK;
+}
 
-    if (t->dtype == ST_F32) {
-        MOEMU_CHECK(st_read_bytes(f, t, out));
-        if (!ST_HOST_LE) st_swap32(out, t->nbytes / 4);
+/* Elements [first, first + n) of t (elements of esz bytes) as fp32 into
+ * out[0..n). */
+static moemu_status_t st_convert(const st_file_t *f, const st_tensor_t *t, size_t esz,
+                                 size_t first, size_t n, float *out)
+{
+    if (esz == 4) {
+        MOEMU_CHECK(st_pread_tensor(f, t, first * 4, out, n * 4));
+        if (!ST_HOST_LE) st_swap32(out, n);
         return MOEMU_OK;
     }
     /* 16- and 8-bit values through a buffer of whole elements */
     uint8_t buf[1 << 16];
-    size_t esz = t->dtype == ST_F8_E4M3 ? 1 : 2;
-    for (size_t at = 0; at < t->nbytes; at += sizeof buf) {
-        size_t n = t->nbytes - at < sizeof buf ? t->nbytes - at : sizeof buf;
-        MOEMU_CHECK(st_pread_tensor(f, t, at, buf, n));
-        float *o = out + at / esz;
+    for (size_t at = first * esz, end = (first + n) * esz; at < end; at += sizeof buf) {
+        size_t m = end - at < sizeof buf ? end - at : sizeof buf;
+        MOEMU_CHECK(st_pread_tensor(f, t, at, buf, m));
+        float *o = out + (at / esz - first);
         if (esz == 1) {
-            for (size_t i = 0; i < n; i++) o[i] = emu_e4m3_to_f32(buf[i]);
+            for (size_t i = 0; i < m; i++) o[i] = emu_e4m3_to_f32(buf[i]);
             continue;
         }
         bool half = t->dtype == ST_F16;
-        for (size_t i = 0; i < n / 2; i++) {
+        for (size_t i = 0; i < m / 2; i++) {
             uint16_t h = (uint16_t)(buf[2 * i] | buf[2 * i + 1] << 8);
             o[i] = half ? emu_f16_to_f32(h) : emu_bf16_to_f32(h);
         }
     }
     return MOEMU_OK;
+}
+
+moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
+                           const int64_t *shape, float *out)
+{
+    const st_tensor_t *t;
+    size_t esz;
+    MOEMU_CHECK(st_find_float(f, name, ndim, shape, "st_read_f32", &t, &esz));
+    if (t->nbytes && !out)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_read_f32: NULL output for tensor '%s'", name);
+    return st_convert(f, t, esz, 0, t->nbytes / esz, out);
+}
+
+moemu_status_t st_read_f32_part(const st_file_t *f, const char *name, int ndim,
+                                const int64_t *shape, int64_t first, int64_t n, float *out)
+{
+    const st_tensor_t *t;
+    size_t esz;
+    MOEMU_CHECK(st_find_float(f, name, ndim, shape, "st_read_f32_part", &t, &esz));
+    int64_t count = (int64_t)(t->nbytes / esz);
+    if (first < 0 || n < 0 || first > count - n || (n && !out))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_read_f32_part: elements [%lld, %lld) of tensor '%s' of %lld",
+                          (long long)first, (long long)(first + n), name, (long long)count);
+    return st_convert(f, t, esz, (size_t)first, (size_t)n, out);
 }
 
 moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
@@ -648,17 +680,38 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
     return MOEMU_OK;
 }
 
+/* Tensor name of shape[0..ndim), U8 (for fn). */
+static moemu_status_t st_find_u8(const st_file_t *f, const char *name, int ndim,
+                                 const int64_t *shape, const char *fn, const st_tensor_t **t)
+{
+    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: bad arguments", fn);
+    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, t));
+    if ((*t)->dtype != ST_U8)
+        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected U8", name,
+                          f->path, (*t)->dtype_name);
+    return MOEMU_OK;
+}
+
 moemu_status_t st_read_u8(const st_file_t *f, const char *name, int ndim,
                           const int64_t *shape, uint8_t *out)
 {
-    if (!f || !name || ndim < 0 || ndim > ST_MAX_DIMS || (ndim && !shape) || !out)
-        return moemu_fail(MOEMU_ERR_INVALID, "st_read_u8: bad arguments");
+    if (!out) return moemu_fail(MOEMU_ERR_INVALID, "st_read_u8: bad arguments");
     const st_tensor_t *t;
-    MOEMU_CHECK(st_find_shaped(f, name, ndim, shape, &t));
-    if (t->dtype != ST_U8)
-        return moemu_fail(MOEMU_ERR_FORMAT, "tensor '%s' in %s has dtype %s, expected U8", name,
-                          f->path, t->dtype_name);
+    MOEMU_CHECK(st_find_u8(f, name, ndim, shape, "st_read_u8", &t));
     return st_read_bytes(f, t, out);
+}
+
+moemu_status_t st_read_u8_part(const st_file_t *f, const char *name, int ndim,
+                               const int64_t *shape, int64_t first, int64_t n, uint8_t *out)
+{
+    const st_tensor_t *t;
+    MOEMU_CHECK(st_find_u8(f, name, ndim, shape, "st_read_u8_part", &t));
+    if (first < 0 || n < 0 || first > (int64_t)t->nbytes - n || (n && !out))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "st_read_u8_part: bytes [%lld, %lld) of tensor '%s' of %zu",
+                          (long long)first, (long long)(first + n), name, t->nbytes);
+    return st_pread_tensor(f, t, (size_t)first, out, (size_t)n);
 }
 
 /* ---- writing */

@@ -58,6 +58,10 @@ int st_index(const st_file_t *f, const char *name);
  * naming the tensor and the numbers. */
 moemu_status_t st_read_f32(const st_file_t *f, const char *name, int ndim,
                            const int64_t *shape, float *out);
+/* The same for elements [first, first + n) of the tensor only (row-major),
+ * into out[0..n). */
+moemu_status_t st_read_f32_part(const st_file_t *f, const char *name, int ndim,
+                                const int64_t *shape, int64_t first, int64_t n, float *out);
 
 /* The bytes of tensor t of f as the file holds them (t->nbytes) into out.
  * Reads of every kind go to the file (kept open) and never map it: a file
@@ -72,6 +76,9 @@ moemu_status_t st_read_i32(const st_file_t *f, const char *name, int ndim,
 /* The same for a U8 tensor, its bytes as they are. */
 moemu_status_t st_read_u8(const st_file_t *f, const char *name, int ndim,
                           const int64_t *shape, uint8_t *out);
+/* The same for bytes [first, first + n) of the tensor only, into out[0..n). */
+moemu_status_t st_read_u8_part(const st_file_t *f, const char *name, int ndim,
+                               const int64_t *shape, int64_t first, int64_t n, uint8_t *out);
 
 /* "[32000, 512]" into buf, which it returns (256 bytes is enough for
  * ST_MAX_DIMS dimensions): the one spelling of a shape in messages. */

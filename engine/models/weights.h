@@ -44,8 +44,25 @@ typedef struct {
     float *dw1, *dw3, *dw2;  /* a dense layer's MLP: (Fd, d), (Fd, d), (d, Fd) */
 } wts_layer_t;
 
+/* What a named tensor is: one kind per name of wts_names_t, in its order. */
+typedef enum {
+    WTS_EMBED, WTS_FINAL_NORM, WTS_LM_HEAD,
+    WTS_ATTN_NORM, WTS_Q, WTS_K, WTS_V, WTS_O, WTS_BQ, WTS_BK, WTS_BV, WTS_BO, WTS_QN, WTS_KN,
+    WTS_MLP_NORM,
+    WTS_Q_A, WTS_Q_A_NORM, WTS_Q_B, WTS_KV_A, WTS_KV_A_NORM, WTS_KV_B,
+    WTS_ROUTER, WTS_GATE_BIAS,
+    WTS_E1, WTS_E2, WTS_E3,
+    WTS_FUSED_IN, WTS_FUSED_OUT,
+    WTS_S1, WTS_S2, WTS_S3, WTS_SGATE,
+    WTS_SINKS, WTS_ROUTER_BIAS,
+    WTS_GATE_UP, WTS_GATE_UP_BIAS, WTS_DOWN, WTS_DOWN_BIAS,
+    WTS_D1, WTS_D2, WTS_D3,
+    WTS_KINDS
+} wts_kind_t;
+
 /* One tensor of the model by Hugging Face name, for loading, dumping and
- * generation; fan_in is the last dimension. */
+ * generation; fan_in is the last dimension (gpt-oss's experts, stored
+ * (in, out), take their in). */
 typedef struct {
     char name[128];
     int ndim;
@@ -55,7 +72,26 @@ typedef struct {
     bool fp8;   /* a linear layer's weight: FP8 e4m3 with block scales in a
                    model whose weights are FP8 (the embedding, lm_head,
                    norms, biases and routers stay in the dtype) */
+    wts_kind_t kind;
+    int layer;  /* its layer, -1 for the embedding, final norm and lm_head */
+    int expert; /* a routed or shared expert's index, else 0 */
 } wts_tensor_t;
+
+/* A part of a tensor seen as 2-D: rows [r0, r1) x columns [c0, c1), the
+ * rows being the product of all but the last dimension (1 for a vector),
+ * the columns the last dimension. Empty when r0 >= r1 or c0 >= c1; the
+ * empty box is {0, 0, 0, 0}. */
+typedef struct {
+    int64_t r0, r1, c0, c1;
+} wts_box_t;
+
+/* Rows and columns of t's 2-D view. */
+int64_t wts_tensor_rows(const wts_tensor_t *t);
+int64_t wts_tensor_cols(const wts_tensor_t *t);
+/* Elements of b, 0 when empty. */
+int64_t wts_box_elems(const wts_box_t *b);
+/* *acc becomes the bounding box of itself and b (b empty: unchanged). */
+void wts_box_union(wts_box_t *acc, const wts_box_t *b);
 
 /* A family's tensor names: printf formats given the layer and the expert
  * index (a format may use the first or none); NULL where the family has
@@ -81,7 +117,7 @@ typedef struct {
     float *final_norm; /* (d) */
     float *lm_head;    /* (V, d); equals embed when tied */
     wts_layer_t *layers;
-    float *block;      /* one allocation holding every tensor */
+    float *block;      /* one anonymous mapping holding every tensor */
     int64_t n_floats;
     float **ptrs;      /* the per-expert pointer arrays */
     wts_tensor_t *list;/* every named tensor, in checkpoint order */
@@ -96,12 +132,39 @@ void wts_tensor_at(const wts_t *w, int i, wts_tensor_t *out);
 
 /* Allocate (after checking the host has the memory) and fill. */
 moemu_status_t wts_generate_all(wts_t *w, const cfg_model_t *cfg, uint64_t seed);
+/* The whole layout, of which only the boxes are generated: boxes[i] of
+ * tensor i (indexed as w->list; wts_address_only gives the list), widened
+ * as wts_box_generated says, bit for bit as wts_generate_all fills them.
+ * Every other element is 0 and takes no host memory (the block is an
+ * anonymous mapping whose untouched pages are never resident), and the
+ * host-memory check counts only the boxes. NULL: every tensor, whole
+ * (wts_generate_all). */
+moemu_status_t wts_generate_boxes(wts_t *w, const cfg_model_t *cfg, uint64_t seed,
+                                  const wts_box_t *boxes);
+/* What generation fills of tensor i for box b: b, or for an FP8 tensor b
+ * widened to whole blocks of the scales (each block's scale depends on
+ * all its elements). */
+void wts_box_generated(const wts_t *w, int i, const wts_box_t *b, wts_box_t *out);
+/* Per tensor, the bounding box of what ranks[0..n) read in a forward pass
+ * under s (valid for the model), by the family's reads; ranks NULL: ranks
+ * 0 to n - 1. out has w->n_list boxes, indexed as w->list; w is any layout
+ * of the model (wts_address_only's will do). */
+void wts_boxes_for(const wts_t *w, const par_strategy_t *s, const int *ranks, int n,
+                   wts_box_t *out);
 /* Load a checkpoint as the Hub ships it (engine/models/checkpoint.h: a
  * safetensors file, a directory, or a model.safetensors.index.json and
  * its shards): exactly the family's tensors, by name, shape and a float
  * dtype (FP8 with its scales, MXFP4 blocks and scales: ckpt_read_all_opts),
  * all finite; every problem is named at once, MOEMU_ERR_FORMAT. */
 moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
+/* wts_load reading only the rows of the boxes (indexed as w->list, as in
+ * wts_generate_boxes; NULL: everything): a tensor whose box is empty is
+ * checked (present, its shape, a dtype that can be read, its FP8 scales
+ * or MXFP4 parts) but not read; of the others, the box's rows are read
+ * whole (MXFP4 tensors: the whole matrices they fall in) and checked
+ * finite. Every other element is 0, as in wts_generate_boxes. */
+moemu_status_t wts_load_boxes(wts_t *w, const cfg_model_t *cfg, const char *path,
+                              const wts_box_t *boxes);
 /* The layout without the values, for dry runs: tensors at addresses that
  * nothing maps, never to be read or written, so that the weights take no
  * host memory and no address space. */
