@@ -1,4 +1,5 @@
 /* moemu: the command's entry point and subcommand dispatch. */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,6 +45,13 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     cli_signals_catch();
+    /* Keep freed memory up to 256 MB and take blocks under 32 MB from the
+     * heap: a dry run allocates and frees the same megabytes in every
+     * layer (a routing group's decisions, a collective's staging), and
+     * glibc's defaults hand them back to the kernel each time, so that
+     * every layer paid for system calls and for zeroed pages. */
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "moemu: error: unknown command '%s' (see moemu --help)\n", argv[1]);
