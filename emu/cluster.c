@@ -120,6 +120,7 @@ void emu_cluster_destroy(emu_cluster_t *c)
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->pace_cv);
     emu_fibers_free(c);
+    emu_a2a_memos_free(c);
     for (int d = 0; d < c->ndev; d++) emu_dev_fini(&c->devs[d]);
     free(c->devs);
     free(c);

@@ -231,6 +231,13 @@ static double emu_a2a_row(const emu_topo_t *t, const int *ranks, const int *node
     return tr;
 }
 
+double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
+                             const double *bytes, double mine[EMU_LINK__COUNT])
+{
+    for (int l = 0; l < EMU_LINK__COUNT; l++) mine[l] = 0;
+    return emu_a2a_row(t, ranks, NULL, p, r, bytes, mine);
+}
+
 double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
                          const double *bytes, double mine[EMU_LINK__COUNT])
 {

@@ -72,6 +72,21 @@ struct emu_sync {
     emu_sync_t *next; /* the cluster's list, under cluster->mu */
 };
 
+/* An all-to-all's time, the largest of its members' sums of steps: a pure
+ * function of the members and the bytes matrix that every member computes
+ * alike, p^2 steps each. In a coroutine run the members take turns on
+ * one thread, so the first to charge keeps the result here and the others
+ * find it (topo.c); the cluster's topology is the same for all. */
+typedef struct {
+    int p;
+    size_t cap;      /* p of the arrays below */
+    int *ranks;      /* p */
+    double *bytes;   /* p * p */
+    double tmax;
+} emu_a2a_memo_t;
+
+#define EMU_A2A_MEMOS 16
+
 struct emu_cluster {
     emu_spec_t spec;
     emu_topo_t topo;
@@ -91,6 +106,7 @@ struct emu_cluster {
     emu_sync_t *syncs;
     struct timespec run_start;
     emu_fiber_t *fibers; /* ndev, NULL until a run needs them (fiber.c) */
+    emu_a2a_memo_t a2a_memo[EMU_A2A_MEMOS]; /* coroutine runs only */
 };
 
 /* The built-in presets, generated from hw/NAME.json at build time. */
@@ -147,6 +163,8 @@ extern _Thread_local emu_sched_t *emu_sched_self;
  * run while some were not done (a deadlock), naming them; the devices'
  * own failures are recorded as with threads. */
 moemu_status_t emu_fibers_run(emu_cluster_t *c, emu_dev_fn fn, void *arg);
+/* topo.c: free c's all-to-all memos (emu_cluster_destroy). */
+void emu_a2a_memos_free(emu_cluster_t *c);
 /* Unmap the stacks of c's coroutines (emu_cluster_destroy). */
 void emu_fibers_free(emu_cluster_t *c);
 /* From a coroutine: sleep until a wake on s (emu_sync_wait). */
@@ -168,6 +186,10 @@ double emu_cost_start(const double *clocks, int p, double own);
  * class l. */
 double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
                          const double *bytes, double mine[EMU_LINK__COUNT]);
+/* Member r's steps alone: their sum, and in mine each class's (what
+ * emu_cost_alltoall gives for me = r, without the other rows). */
+double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
+                             const double *bytes, double mine[EMU_LINK__COUNT]);
 /* An eager send at clock over a link free from *link_free (moved on to
  * when this message stops holding it). */
 emu_msg_time_t emu_cost_send(double clock, double *link_free, double alpha,

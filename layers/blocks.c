@@ -108,15 +108,21 @@ static moemu_status_t kv_append_run(layer_view_t *v, int t0, int t1)
     float *K = kv_seq(v, b, &cap, &n), *Vc = kv_values(v, K, cap);
     if (*n + (t1 - t0) > cap)
         return moemu_fail(MOEMU_ERR_INTERNAL, "KV cache of sequence %d full (%d)", b, cap);
-    int *pos = kv_positions(v, b);
-    for (int t = t0; t < t1; t++, (*n)++) {
-        for (int g = 0; g < kvl && v->x->math; g++) {
-            size_t dst = ((size_t)g * cap + *n) * hd;
+    int *pos = kv_positions(v, b), c = *n; /* c in a register, not *n */
+    bool math = v->x->math;
+    if (!math && !pos) { /* a dry run's rows: only counted */
+        *n = c + (t1 - t0);
+        return MOEMU_OK;
+    }
+    for (int t = t0; t < t1; t++, c++) {
+        for (int g = 0; g < kvl && math; g++) {
+            size_t dst = ((size_t)g * cap + c) * hd;
             memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
             if (Vc != K) memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
         }
-        if (pos) pos[*n] = v->r->pos[t];
+        if (pos) pos[c] = v->r->pos[t];
     }
+    *n = c;
     return MOEMU_OK;
 }
 

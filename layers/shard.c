@@ -134,15 +134,22 @@ void layer_attention_merge(layer_ctx_t *c, float *out, float *lse_out, const flo
 
 /* Whether no expert receives more than cap of the n assignments idx:
  * then capacity keeps every one, in any order, and the group's order need
- * not be built (a large prefill group seldom fills an expert). */
+ * not be built (a large prefill group seldom fills an expert). Four
+ * histograms, summed at the end: consecutive counts of one expert do not
+ * wait on each other. */
 static bool capacity_holds_all(const int *idx, size_t n, int E, int64_t cap)
 {
     if ((int64_t)n <= cap) return true;
-    int64_t small[64], *cnt = E <= 64 ? small : calloc((size_t)E, sizeof *cnt);
+    int64_t small[4 * 64], *cnt = E <= 64 ? small : calloc(4 * (size_t)E, sizeof *cnt);
     if (!cnt) return false; /* the ordered pass decides */
-    if (cnt == small) memset(small, 0, sizeof small);
+    if (cnt == small) memset(small, 0, sizeof(int64_t) * 4 * (size_t)E);
+    size_t a = 0;
+    for (; a + 4 <= n; a += 4)
+        for (int h = 0; h < 4; h++) cnt[(size_t)h * E + idx[a + h]]++;
+    for (; a < n; a++) cnt[idx[a]]++;
     bool holds = true;
-    for (size_t a = 0; a < n && holds; a++) holds = ++cnt[idx[a]] <= cap;
+    for (int e = 0; e < E && holds; e++)
+        holds = cnt[e] + cnt[E + e] + cnt[2 * E + e] + cnt[3 * E + e] <= cap;
     if (cnt != small) free(cnt);
     return holds;
 }
@@ -358,12 +365,13 @@ static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *k
     m->sdsp = m->scnt + EP;
     m->rcnt = m->sdsp + EP;
     m->rdsp = m->rcnt + EP;
-    for (int64_t a = 0; a < (int64_t)n * k; a++)
-        if (keep[a]) m->sendc[idx[a]]++;
+    for (int64_t a = 0; a < (int64_t)n * k; a++) m->sendc[idx[a]] += keep[a];
+    /* the order only moves rows: a dry run needs the counts alone */
     next[0] = 0;
     for (int e = 0; e < E; e++) next[e + 1] = next[e] + m->sendc[e];
-    for (int64_t a = 0; a < (int64_t)n * k; a++)
-        if (keep[a]) m->order[next[idx[a]]++] = (int)a;
+    if (m->c->math)
+        for (int64_t a = 0; a < (int64_t)n * k; a++)
+            if (keep[a]) m->order[next[idx[a]]++] = (int)a;
     free(next);
     for (int e = 0; e < E; e++) m->nsend += m->sendc[e];
     return MOEMU_OK;

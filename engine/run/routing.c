@@ -167,11 +167,19 @@ static void uniform_picks(const uint32_t (*b)[4], int k, int E, int *idx)
     for (int j = 0; j < k; j++) {
         double u = unit_of(b[j / 2] + 2 * (j % 2));
         int pick = (int)(u * (E - j)); /* < E - j: u < 1 */
-        /* taken[] sorted: step over each taken expert at or below pick */
+        /* taken[] sorted: step over each taken expert at or below pick.
+         * Once one is above, the rest are too (pick no longer moves), so
+         * every one is looked at without a branch that the random picks
+         * would mispredict half of the time; n counts the steps. */
         int n = 0;
-        for (; n < j && taken[n] <= pick; n++) pick++;
+        for (int q = 0; q < j; q++) {
+            int le = taken[q] <= pick;
+            pick += le;
+            n += le;
+        }
         idx[j] = pick;
-        for (int q = j; q > n; q--) taken[q] = taken[q - 1];
+        if (j == k - 1) break; /* the last pick is never looked up */
+        for (int q = j; q > 0; q--) taken[q] = q > n ? taken[q - 1] : taken[q];
         taken[n] = pick;
     }
 }
@@ -213,9 +221,28 @@ static void choose_uniform_lanes(const route_src_t *r, uint64_t stream, const in
         uniform_picks((const uint32_t (*)[4])b[t], k, r->E, idx + (size_t)t * k);
 }
 
+/* route_choose's replay for n tokens: a copy, but for the marks. */
+static void replay_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                        int *idx)
+{
+    int k = r->k;
+    const int *base = r->replay + (size_t)layer * r->B * r->P * k;
+    for (int j = 0; j < n; j++) {
+        const int *rec = base + ((size_t)seq[j] * r->P + pos[j]) * k;
+        for (int s = 0; s < k; s++) {
+            int x = rec[s];
+            idx[(size_t)j * k + s] = x == INT32_MIN ? s % r->E : replay_expert(x);
+        }
+    }
+}
+
 void route_choose_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
                        int *idx)
 {
+    if (r->kind == ROUTE_REPLAY) {
+        replay_rows(r, layer, seq, pos, n, idx);
+        return;
+    }
     int j = 0;
     if (r->kind == ROUTE_UNIFORM)
         for (; j + WTS_PHILOX_LANES <= n; j += WTS_PHILOX_LANES)

@@ -71,6 +71,8 @@ typedef struct {
     int *kv_pos; /* the cached rows' positions: CP with sliding windows */
     /* the runner's rows, for Tmax rows and Ttot keys */
     int *seqbuf, *posbuf, *allseq, *allpos, *counts, *gpos, *ibuf;
+    int npass;   /* passes begun */
+    int cp_pass; /* the pass whose CP lists allseq and allpos hold, 0 none */
     void *block;
     double block_bytes;
 } worker_t;
@@ -121,16 +123,32 @@ static void pass_rows(const worker_t *v, const pass_t *ps, int cp, int tp, layer
     pass_ranges(v, ps, cp, tp, r);
 }
 
-/* CP prefill: every CP rank's rows, for the keys and values it gathers. */
+/* Rows of CP rank cp in a prefill pass (pass_rows' r->n). */
+static int cp_count(const worker_t *v, const pass_t *ps, int cp)
+{
+    int n = 0;
+    for (int b = ps->b0; b < ps->b1; b++) {
+        int rg[2][2];
+        par_cp_ranges(v->D->wl->len[b], v->D->s->cp, cp, rg);
+        n += (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]);
+    }
+    return n;
+}
+
+/* CP prefill: every CP rank's rows, for the keys and values it gathers.
+ * The lists are the same in every layer of a pass: made in its first;
+ * the counts, which group_rows shares, in every one. */
 static void cp_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
+    bool made = v->cp_pass == v->npass;
     int tot = 0;
     for (int cp = 0; cp < v->D->s->cp; cp++) {
-        layer_rows_t t;
-        pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
+        layer_rows_t t = {.n = made ? cp_count(v, ps, cp) : 0};
+        if (!made) pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
         v->counts[cp] = t.n;
         tot += t.n;
     }
+    v->cp_pass = v->npass;
     r->cp_seq = v->allseq;
     r->cp_pos = v->allpos;
     r->cp_n = v->counts;
@@ -293,6 +311,7 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
     /* a pass with no sequence still runs: its replica's experts serve the
      * other replicas in the same EP group */
     layer_rows_t *r = &v->rows;
+    v->npass++;
     pass_rows(v, ps, v->sh.cp_rank, v->sh.tp_rank, r, v->seqbuf, v->posbuf);
     r->decode = ps->decode;
     r->seq_len = D->wl->len;
