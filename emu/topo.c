@@ -28,7 +28,11 @@ const char *emu_coll_name(emu_coll_t k) { return emu_coll_names[k]; }
 
 int emu_topo_node(const emu_topo_t *t, int rank)
 {
-    return rank / t->devices_per_node;
+    /* every collective asks for its members' nodes: a shift, not a
+     * division, for the usual power-of-two node (ranks are >= 0) */
+    int dpn = t->devices_per_node;
+    if (dpn > 0 && (dpn & (dpn - 1)) == 0) return rank >> __builtin_ctz((unsigned)dpn);
+    return rank / dpn;
 }
 
 emu_link_t emu_topo_link(const emu_topo_t *t, int a, int b)
