@@ -64,7 +64,6 @@ struct emu_fiber {
 #endif
     emu_dev_t *dev;    /* NULL: the thread's own stack, the scheduler's */
     emu_fiber_t *next; /* in the run queue or in a sync's waiters */
-    emu_sync_t *waits; /* the sync it waits on, NULL when runnable */
     bool done;
     void *map;         /* the stack's mapping: a guard page, then the stack */
     char *stack;       /* its usable part: stack_len bytes above the guard */
@@ -262,7 +261,11 @@ static moemu_status_t emu_fibers_get(emu_cluster_t *c)
     c->fibers = fs;
     for (int d = 0; d < c->ndev; d++) {
         fs[d].dev = &c->devs[d];
-        MOEMU_CHECK(emu_fiber_map(&fs[d], d));
+        moemu_status_t st = emu_fiber_map(&fs[d], d);
+        if (st != MOEMU_OK) { /* none kept half made: the next run tries anew */
+            emu_fibers_free(c);
+            return st;
+        }
     }
     return MOEMU_OK;
 }
@@ -281,7 +284,6 @@ void emu_fiber_wait(emu_sync_t *s)
 {
     emu_sched_t *k = emu_sched_self;
     emu_fiber_t *f = k->cur;
-    f->waits = s;
     f->next = NULL;
     if (s->fw_tail) s->fw_tail->next = f;
     else s->fw_head = f;
@@ -294,7 +296,6 @@ void emu_fiber_wake(emu_sync_t *s)
     emu_fiber_t *f = s->fw_head;
     if (!f) return;
     emu_sched_t *k = emu_sched_self;
-    for (emu_fiber_t *g = f; g; g = g->next) g->waits = NULL;
     if (k->tail) k->tail->next = f;
     else k->head = f;
     k->tail = s->fw_tail;
@@ -359,7 +360,6 @@ static void emu_sched_start(emu_sched_t *k)
     for (int d = 0; d < c->ndev; d++) {
         emu_fiber_t *f = &c->fibers[d];
         f->done = false;
-        f->waits = NULL;
         f->asan_fake = NULL;
 #ifdef EMU_TSAN
         f->tsan = __tsan_create_fiber(0);
