@@ -1,6 +1,7 @@
 /* A cluster of virtual devices: one thread per device, pinned over the
- * host cores that hwloc finds; the first failure aborts the run and wakes
- * every waiter so that nothing hangs. */
+ * host cores that hwloc finds, or, for a run that moves no data, one
+ * coroutine per device on the calling thread (fiber.c); the first failure
+ * aborts the run and wakes every waiter so that nothing hangs. */
 #include <cblas.h>
 #include <errno.h>
 #include <hwloc.h>
@@ -13,9 +14,7 @@
 
 static void emu_now(struct timespec *ts) { clock_gettime(CLOCK_MONOTONIC, ts); }
 
-/* The device whose function this thread runs, NULL in any other thread:
- * emu_sync_lock jitters the device that enters a meeting. */
-static _Thread_local emu_dev_t *emu_self;
+_Thread_local emu_dev_t *emu_self;
 
 /* SplitMix64 (Steele, Lea, Flood 2014): the jitter's generator. */
 static uint64_t emu_splitmix(uint64_t *state)
@@ -50,6 +49,9 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
     if (!(o.pace >= 0 && o.pace <= EMU_PACE_MAX))
         return moemu_fail(MOEMU_ERR_INVALID, "pace must be in [0, %g] (got %g)",
                           EMU_PACE_MAX, o.pace);
+    /* MOEMU_DRY_THREADS=1: threads for a no-data run too (comparisons) */
+    const char *env = getenv("MOEMU_DRY_THREADS");
+    if (env && *env && strcmp(env, "0") != 0) o.threads = true;
     if (o.local0 == 0 && o.local1 == 0) o.local1 = ndev;
     if (o.local0 < 0 || o.local0 > o.local1 || o.local1 > ndev)
         return moemu_fail(MOEMU_ERR_INVALID, "local devices [%d, %d) are not devices of a "
@@ -122,6 +124,8 @@ void emu_cluster_destroy(emu_cluster_t *c)
     if (c->hwloc) hwloc_topology_destroy(c->hwloc);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->pace_cv);
+    emu_fibers_free(c);
+    emu_a2a_memos_free(c);
     for (int d = 0; d < c->ndev; d++) emu_dev_fini(&c->devs[d]);
     free(c->devs);
     free(c);
@@ -194,20 +198,41 @@ void emu_sync_destroy(emu_sync_t *s)
     free(s);
 }
 
+/* In a coroutine run (emu_sched_self) only one device runs at a time and
+ * it gives the thread up only in emu_sync_wait: the mutex has nothing to
+ * exclude, and waits and wake-ups go through the scheduler. */
 void emu_sync_lock(emu_sync_t *s)
 {
     /* every collective, send and receive enters here: jitter before */
     if (emu_self && emu_self->jitter_us) emu_dev_jitter(emu_self);
-    pthread_mutex_lock(&s->mu);
+    if (!emu_sched_self) pthread_mutex_lock(&s->mu);
 }
-void emu_sync_unlock(emu_sync_t *s) { pthread_mutex_unlock(&s->mu); }
-void emu_sync_broadcast(emu_sync_t *s) { pthread_cond_broadcast(&s->cv); }
-void emu_sync_wait(emu_sync_t *s) { pthread_cond_wait(&s->cv, &s->mu); }
+
+void emu_sync_unlock(emu_sync_t *s)
+{
+    if (!emu_sched_self) pthread_mutex_unlock(&s->mu);
+}
+
+void emu_sync_broadcast(emu_sync_t *s)
+{
+    if (emu_sched_self) emu_fiber_wake(s);
+    else pthread_cond_broadcast(&s->cv);
+}
+
+void emu_sync_wait(emu_sync_t *s)
+{
+    if (emu_sched_self) emu_fiber_wait(s);
+    else pthread_cond_wait(&s->cv, &s->mu);
+}
 
 /* With c->mu held: wake every waiter of every sync so it looks again at
  * the abort flag and at which devices are done. */
 static void emu_wake_all(emu_cluster_t *c)
 {
+    if (emu_sched_self) {
+        for (emu_sync_t *s = c->syncs; s; s = s->next) emu_fiber_wake(s);
+        return;
+    }
     for (emu_sync_t *s = c->syncs; s; s = s->next) {
         pthread_mutex_lock(&s->mu);
         pthread_cond_broadcast(&s->cv);
@@ -283,12 +308,37 @@ void emu_dev_jitter(emu_dev_t *dev)
     if (!dev->jitter_us || (dev->cluster && atomic_load(&dev->cluster->aborting))) return;
     uint64_t us = emu_splitmix(&dev->jitter_state) % ((uint64_t)dev->jitter_us + 1);
     if (!us) return;
+    /* coroutines: the turns change instead, which is what jitter is for */
+    if (emu_sched_self) {
+        emu_fiber_yield();
+        return;
+    }
     struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
 
 /* ---- runs */
+
+void emu_dev_run(emu_cluster_t *c, emu_dev_t *dev, emu_dev_fn fn, void *arg)
+{
+    moemu_errclear();
+    emu_self = dev;
+    moemu_status_t st = fn(dev, arg);
+    emu_self = NULL;
+    if (st != MOEMU_OK) {
+        const char *m = moemu_errmsg();
+        snprintf(dev->errmsg, sizeof dev->errmsg, "%s",
+                 m[0] ? m : moemu_strerror(st));
+        dev->status = st;
+        emu_cluster_fail(c, dev->rank);
+    }
+    atomic_store_explicit(&dev->done, true, memory_order_release);
+    /* waiters on this device must learn that it will not come */
+    pthread_mutex_lock(&c->mu);
+    emu_wake_all(c);
+    pthread_mutex_unlock(&c->mu);
+}
 
 typedef struct {
     emu_cluster_t *c;
@@ -301,25 +351,9 @@ typedef struct {
 static void *emu_dev_thread(void *p)
 {
     emu_thread_arg_t *a = p;
-    emu_dev_t *dev = a->dev;
     /* a failed pin only costs speed */
     if (a->cpus) hwloc_set_cpubind(a->c->hwloc, a->cpus, HWLOC_CPUBIND_THREAD);
-    moemu_errclear();
-    emu_self = dev;
-    moemu_status_t st = a->fn(dev, a->arg);
-    emu_self = NULL;
-    if (st != MOEMU_OK) {
-        const char *m = moemu_errmsg();
-        snprintf(dev->errmsg, sizeof dev->errmsg, "%s",
-                 m[0] ? m : moemu_strerror(st));
-        dev->status = st;
-        emu_cluster_fail(a->c, dev->rank);
-    }
-    atomic_store_explicit(&dev->done, true, memory_order_release);
-    /* waiters on this device must learn that it will not come */
-    pthread_mutex_lock(&a->c->mu);
-    emu_wake_all(a->c);
-    pthread_mutex_unlock(&a->c->mu);
+    emu_dev_run(a->c, a->dev, a->fn, a->arg);
     return NULL;
 }
 
@@ -348,57 +382,23 @@ static hwloc_bitmap_t emu_dev_cpus(emu_cluster_t *c, int d)
     return set;
 }
 
-/* dev's failure as the run's, "device N: " put before a message that
- * does not begin by naming device N already. */
-static moemu_status_t emu_report_failure(const emu_dev_t *dev)
+/* Start one thread per device of this process, pinned, and join them.
+ * OpenBLAS shares the cores meanwhile. */
+static moemu_status_t emu_threads_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
 {
-    char own[32];
-    size_t n = (size_t)snprintf(own, sizeof own, "device %d", dev->rank);
-    const char *m = dev->errmsg;
-    if (strncmp(m, own, n) == 0 && (m[n] == ' ' || m[n] == ':'))
-        return moemu_fail(dev->status, "%s", m);
-    return moemu_fail(dev->status, "%s: %s", own, m);
-}
-
-moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
-{
-    pthread_mutex_lock(&c->mu);
-    bool busy = c->running;
-    c->running = true;
-    pthread_mutex_unlock(&c->mu);
-    if (busy)
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "this cluster is already running");
-
     int lo = c->opts.local0, n = c->opts.local1 - lo;
     emu_thread_arg_t *ta = calloc((size_t)n + 1, sizeof *ta);
-    if (!ta) {
-        pthread_mutex_lock(&c->mu);
-        c->running = false;
-        pthread_mutex_unlock(&c->mu);
-        return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d device threads", n);
-    }
-    /* no device thread exists yet: plain writes are safe */
-    atomic_store(&c->aborting, false);
-    c->fail_rank = -1;
-    emu_now(&c->run_start);
-    for (emu_sync_t *s = c->syncs; s; s = s->next)
-        if (s->reset) s->reset(s->arg);
-    for (int d = 0; d < c->ndev; d++) {
-        emu_dev_t *dev = &c->devs[d];
-        /* a device of another process is never waited for here */
-        atomic_store(&dev->done, d < lo || d >= lo + n);
-        dev->status = MOEMU_OK;
-        dev->errmsg[0] = '\0';
-        dev->run_clock0 = dev->clock;
-        if (d >= lo && d < lo + n)
-            ta[d - lo] = (emu_thread_arg_t){c, dev, fn, arg, emu_dev_cpus(c, d)};
-    }
+    if (!ta) return moemu_fail(MOEMU_ERR_NOMEM, "cannot start %d device threads", n);
+    for (int d = 0; d < n; d++)
+        ta[d] = (emu_thread_arg_t){c, &c->devs[lo + d], fn, arg, emu_dev_cpus(c, lo + d)};
 
     /* BLAS threads: the devices share the cores, never more threads than
-     * cores, and never more than the process had asked for */
+     * cores, and never more than the process had asked for. Counted over
+     * all the cluster's devices, wherever they run: OpenBLAS's sums
+     * depend on its thread count, and a run spread over processes on
+     * this host must give the bits of the one-process run. */
     int blas_prev = openblas_get_num_threads();
-    int blas = c->host_cores / (n > 0 ? n : 1);
+    int blas = c->host_cores / c->ndev;
     if (blas < 1) blas = 1;
     if (blas > blas_prev) blas = blas_prev;
     if (blas != blas_prev) openblas_set_num_threads(blas);
@@ -425,10 +425,73 @@ moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
     for (int d = 0; d < n; d++)
         if (ta[d].cpus) hwloc_bitmap_free(ta[d].cpus);
     free(ta);
+    return MOEMU_OK;
+}
 
+/* Whether c's devices run as coroutines: when the run moves no data
+ * (every device in no-data mode), its devices only compute costs and
+ * meet, and turns on one thread beat threads meeting in the kernel.
+ * Paced runs keep threads, whose sleeps are the point; opts.threads (or
+ * MOEMU_DRY_THREADS) asks for them. */
+static bool emu_cluster_fibers(const emu_cluster_t *c)
+{
+    /* a run shared with other processes waits on MPI: threads */
+    if (c->opts.threads || c->opts.pace > 0 || c->opts.local0 != 0 ||
+        c->opts.local1 != c->ndev)
+        return false;
+    for (int d = 0; d < c->ndev; d++)
+        if (!c->devs[d].nodata) return false;
+    return true;
+}
+
+/* Before a run, no device running yet: plain writes are safe. */
+static void emu_run_reset(emu_cluster_t *c)
+{
+    atomic_store(&c->aborting, false);
+    c->fail_rank = -1;
+    emu_now(&c->run_start);
+    for (emu_sync_t *s = c->syncs; s; s = s->next)
+        if (s->reset) s->reset(s->arg);
+    for (int d = 0; d < c->ndev; d++) {
+        emu_dev_t *dev = &c->devs[d];
+        /* a device of another process is never waited for here */
+        atomic_store(&dev->done, d < c->opts.local0 || d >= c->opts.local1);
+        dev->status = MOEMU_OK;
+        dev->errmsg[0] = '\0';
+        dev->run_clock0 = dev->clock;
+    }
+}
+
+/* dev's failure as the run's, "device N: " put before a message that
+ * does not begin by naming device N already. */
+static moemu_status_t emu_report_failure(const emu_dev_t *dev)
+{
+    char own[32];
+    size_t n = (size_t)snprintf(own, sizeof own, "device %d", dev->rank);
+    const char *m = dev->errmsg;
+    if (strncmp(m, own, n) == 0 && (m[n] == ' ' || m[n] == ':'))
+        return moemu_fail(dev->status, "%s", m);
+    return moemu_fail(dev->status, "%s: %s", own, m);
+}
+
+moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
+{
+    pthread_mutex_lock(&c->mu);
+    bool busy = c->running;
+    c->running = true;
+    pthread_mutex_unlock(&c->mu);
+    if (busy)
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "this cluster is already running");
+
+    emu_run_reset(c);
+    moemu_status_t st = emu_cluster_fibers(c) ? emu_fibers_run(c, fn, arg)
+                                              : emu_threads_run(c, fn, arg);
     pthread_mutex_lock(&c->mu);
     c->running = false;
     int f = c->fail_rank;
     pthread_mutex_unlock(&c->mu);
+    /* a deadlock goes before the releases it caused */
+    if (st != MOEMU_OK) return st;
     return f < 0 ? MOEMU_OK : emu_report_failure(&c->devs[f]);
 }

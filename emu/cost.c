@@ -185,13 +185,27 @@ double emu_cost_start(const double *clocks, int p, double own)
 
 /* ---- pairwise all-to-all: each pair over its own class */
 
-/* Member r's step s: its time and the class of the slower direction. */
-static double emu_a2a_step(const emu_topo_t *t, const int *ranks, int p,
-                           const double *bytes, int r, int s, emu_link_t *cls)
+/* Node of every member, for groups up to this size (a stack array); a
+ * larger group divides for each lookup. Divisions by the devices per
+ * node and modulo p were most of an all-to-all's cost on the host: the
+ * sum below runs p^2 steps on every member of every all-to-all. */
+#define EMU_A2A_NODES 1024
+
+/* The class of the link from member a to member b. */
+static emu_link_t emu_a2a_link(const emu_topo_t *t, const int *ranks, const int *nodes,
+                               int a, int b)
 {
-    int to = (r + s) % p, from = (r - s + p) % p;
-    emu_link_t lo = emu_topo_link(t, ranks[r], ranks[to]);
-    emu_link_t li = emu_topo_link(t, ranks[from], ranks[r]);
+    if (nodes) return nodes[a] == nodes[b] ? EMU_LINK_INTRA : EMU_LINK_INTER;
+    return emu_topo_link(t, ranks[a], ranks[b]);
+}
+
+/* Member r's step s (to = r + s, from = r - s, mod p): its time and the
+ * class of the slower direction. */
+static double emu_a2a_step(const emu_topo_t *t, const int *ranks, const int *nodes, int p,
+                           const double *bytes, int r, int to, int from, emu_link_t *cls)
+{
+    emu_link_t lo = emu_a2a_link(t, ranks, nodes, r, to);
+    emu_link_t li = emu_a2a_link(t, ranks, nodes, from, r);
     double to_t = emu_a2a_dir(emu_topo_lat(t, lo), emu_topo_bw(t, lo),
                               bytes[(size_t)r * p + to]);
     double ti = emu_a2a_dir(emu_topo_lat(t, li), emu_topo_bw(t, li),
@@ -200,19 +214,40 @@ static double emu_a2a_step(const emu_topo_t *t, const int *ranks, int p,
     return to_t >= ti ? to_t : ti;
 }
 
+/* Member r's steps with nodes (or NULL): their sum, and in mine (if not
+ * NULL) each class's. */
+static double emu_a2a_row(const emu_topo_t *t, const int *ranks, const int *nodes, int p, int r,
+                          const double *bytes, double mine[EMU_LINK__COUNT])
+{
+    double tr = 0;
+    for (int s = 1, to = r + 1, from = r - 1; s < p; s++, to++, from--) {
+        if (to == p) to = 0;
+        if (from < 0) from = p - 1;
+        emu_link_t cls;
+        double ts = emu_a2a_step(t, ranks, nodes, p, bytes, r, to, from, &cls);
+        tr += ts;
+        if (mine) mine[cls] += ts;
+    }
+    return tr;
+}
+
+double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
+                             const double *bytes, double mine[EMU_LINK__COUNT])
+{
+    for (int l = 0; l < EMU_LINK__COUNT; l++) mine[l] = 0;
+    return emu_a2a_row(t, ranks, NULL, p, r, bytes, mine);
+}
+
 double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
                          const double *bytes, double mine[EMU_LINK__COUNT])
 {
+    int buf[EMU_A2A_NODES];
+    const int *nodes = p <= EMU_A2A_NODES ? buf : NULL;
+    for (int r = 0; nodes && r < p; r++) buf[r] = emu_topo_node(t, ranks[r]);
     double tmax = 0;
     for (int l = 0; l < EMU_LINK__COUNT; l++) mine[l] = 0;
     for (int r = 0; r < p; r++) {
-        double tr = 0;
-        for (int s = 1; s < p; s++) {
-            emu_link_t cls;
-            double ts = emu_a2a_step(t, ranks, p, bytes, r, s, &cls);
-            tr += ts;
-            if (r == me) mine[cls] += ts;
-        }
+        double tr = emu_a2a_row(t, ranks, nodes, p, r, bytes, r == me ? mine : NULL);
         if (tr > tmax) tmax = tr;
     }
     return tmax;

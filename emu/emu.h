@@ -512,7 +512,8 @@ double emu_coll_cost(emu_coll_t k, int algo, int p, double bytes, double alpha,
                      double beta);
 
 /* ---- A cluster: devices that run as threads, one per device, on the host
- * cores that hwloc finds. Nothing is global: clusters are independent. */
+ * cores that hwloc finds, or, when a run moves no data, as coroutines on
+ * the calling thread. Nothing is global: clusters are independent. */
 typedef struct emu_cluster emu_cluster_t;
 
 /* The largest pace: 1000 x virtual time is already a slow demonstration,
@@ -544,6 +545,9 @@ typedef struct {
      * failure), so that the processes sharing the run learn of it. */
     void (*on_abort)(void *arg);
     void *abort_arg;
+    /* one thread per device even when the run moves no data (also with
+     * the environment's MOEMU_DRY_THREADS=1); see emu_cluster_run */
+    bool threads;
 } emu_cluster_opts_t;
 
 /* ndev devices of the given spec laid out on topo (device d on node
@@ -583,14 +587,21 @@ typedef moemu_status_t (*emu_dev_fn)(emu_dev_t *dev, void *arg);
 
 /* Start one thread per device calling fn(dev, arg), wait for all of them.
  * While it runs, OpenBLAS uses max(1, cores / ndev) threads (never more
- * than it was set to before the run; restored afterwards). The first
- * device to fail aborts the run: every device waiting in a collective is
- * released with MOEMU_ERR_PEER. Returns the status of the lowest-ranked
- * device that failed on its own (not released by another's failure),
- * whichever failed first; its message, naming the device once ("device N:
- * " put before it unless it begins with "device N"), is then the calling
- * thread's moemu_errmsg(). Clocks and counters carry over from run to
- * run. */
+ * than it was set to before the run; restored afterwards). A run that
+ * moves no data (every device in no-data mode, no pace, opts.threads
+ * unset) runs the devices as coroutines on the calling thread instead,
+ * taking turns in a fixed order where a thread would wait: the same
+ * virtual times and counters, bit for bit. There fn must wait for other
+ * devices only in collectives and receives (a spin would never end), and
+ * a run in which no device can go on while some are not done (a
+ * deadlock, which would hang threads) fails with MOEMU_ERR_INVALID
+ * naming the devices that wait. The first device to fail aborts the run:
+ * every device waiting in a collective is released with MOEMU_ERR_PEER.
+ * Returns the status of the lowest-ranked device that failed on its own
+ * (not released by another's failure), whichever failed first; its
+ * message, naming the device once ("device N: " put before it unless it
+ * begins with "device N"), is then the calling thread's moemu_errmsg().
+ * Clocks and counters carry over from run to run. */
 moemu_status_t emu_cluster_run(emu_cluster_t *c, emu_dev_fn fn, void *arg);
 
 /* ---- A device's place and communication counters. */

@@ -59,14 +59,33 @@ struct emu_dev {
     pthread_t thread;
 };
 
+typedef struct emu_fiber emu_fiber_t;
+typedef struct emu_sched emu_sched_t;
+
 struct emu_sync {
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    emu_fiber_t *fw_head, *fw_tail; /* coroutines waiting, in turn (fiber.c) */
     emu_cluster_t *cluster;
     void (*reset)(void *);
     void *arg;
     emu_sync_t *next; /* the cluster's list, under cluster->mu */
 };
+
+/* An all-to-all's time, the largest of its members' sums of steps: a pure
+ * function of the members and the bytes matrix that every member computes
+ * alike, p^2 steps each. In a coroutine run the members take turns on
+ * one thread, so the first to charge keeps the result here and the others
+ * find it (topo.c); the cluster's topology is the same for all. */
+typedef struct {
+    int p;
+    size_t cap;      /* p of the arrays below */
+    int *ranks;      /* p */
+    double *bytes;   /* p * p */
+    double tmax;
+} emu_a2a_memo_t;
+
+#define EMU_A2A_MEMOS 16
 
 struct emu_cluster {
     emu_spec_t spec;
@@ -86,6 +105,8 @@ struct emu_cluster {
     int fail_rank;        /* failure to report, -1 if none */
     emu_sync_t *syncs;
     struct timespec run_start;
+    emu_fiber_t *fibers; /* ndev, NULL until a run needs them (fiber.c) */
+    emu_a2a_memo_t a2a_memo[EMU_A2A_MEMOS]; /* coroutine runs only */
 };
 
 /* The built-in presets, generated from hw/NAME.json at build time. */
@@ -114,6 +135,46 @@ void emu_dev_pace(emu_dev_t *dev);
  * untouched. */
 void emu_dev_jitter(emu_dev_t *dev);
 
+/* The device whose function this thread runs now, NULL in any other
+ * thread (or between a scheduler's turns): emu_sync_lock jitters it. */
+extern _Thread_local emu_dev_t *emu_self;
+/* Run fn for dev and record how it ended: on failure its status and
+ * message and the run's abort (emu_cluster_fail); then dev is done and
+ * every waiter wakes to see it. From dev's thread or coroutine. */
+void emu_dev_run(emu_cluster_t *c, emu_dev_t *dev, emu_dev_fn fn, void *arg);
+
+/* error.c: the capacity of a moemu_errmsg() buffer. */
+#define EMU_ERRMSG_MAX 4096
+/* This thread's moemu_fail writes into buf (EMU_ERRMSG_MAX bytes) from
+ * now on, or into the thread's own buffer when buf is NULL: each
+ * coroutine has its own message. Returns the previous one (NULL: own). */
+char *emu_err_redirect(char *buf);
+
+/* limits.c: the stack size of a new thread (glibc's default: RLIMIT_STACK
+ * or 8 MiB), the guard page apart; coroutines take the same. */
+size_t emu_stack_size(void);
+
+/* fiber.c: devices as coroutines on the calling thread (no-data runs).
+ * The scheduler running on this thread, NULL when none: the syncs wait
+ * and wake through it instead of the pthread primitives. */
+extern _Thread_local emu_sched_t *emu_sched_self;
+/* Run fn(dev, arg) for every device of c as coroutines, in turns, on this
+ * thread; returns when all are done. MOEMU_ERR_INVALID when none could
+ * run while some were not done (a deadlock), naming them; the devices'
+ * own failures are recorded as with threads. */
+moemu_status_t emu_fibers_run(emu_cluster_t *c, emu_dev_fn fn, void *arg);
+/* topo.c: free c's all-to-all memos (emu_cluster_destroy). */
+void emu_a2a_memos_free(emu_cluster_t *c);
+/* Unmap the stacks of c's coroutines (emu_cluster_destroy). */
+void emu_fibers_free(emu_cluster_t *c);
+/* From a coroutine: sleep until a wake on s (emu_sync_wait). */
+void emu_fiber_wait(emu_sync_t *s);
+/* Every coroutine waiting on s runnable again, in the order they came
+ * (emu_sync_broadcast). */
+void emu_fiber_wake(emu_sync_t *s);
+/* From a coroutine: let every runnable one have its turn first (jitter). */
+void emu_fiber_yield(void);
+
 /* cost.c: the formulas device.c and topo.c charge with. */
 /* emu_kernel_time's figure; *compute_bound: the FLOP term is the larger. */
 double emu_cost_kernel(const emu_spec_t *spec, double flops, double bytes,
@@ -125,6 +186,10 @@ double emu_cost_start(const double *clocks, int p, double own);
  * class l. */
 double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
                          const double *bytes, double mine[EMU_LINK__COUNT]);
+/* Member r's steps alone: their sum, and in mine each class's (what
+ * emu_cost_alltoall gives for me = r, without the other rows). */
+double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
+                             const double *bytes, double mine[EMU_LINK__COUNT]);
 /* An eager send at clock over a link free from *link_free (moved on to
  * when this message stops holding it). */
 emu_msg_time_t emu_cost_send(double clock, double *link_free, double alpha,

@@ -4,9 +4,20 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "emu/emu.h"
+#include "emu/emu_impl.h"
 
-static _Thread_local char emu_errbuf[4096];
+/* The thread's message, or the running coroutine's (emu_err_redirect):
+ * a coroutine's message must survive the turns of the others. */
+static _Thread_local char emu_errown[EMU_ERRMSG_MAX];
+static _Thread_local char *emu_errcur;
+static char *emu_errbuf(void) { return emu_errcur ? emu_errcur : emu_errown; }
+
+char *emu_err_redirect(char *buf)
+{
+    char *old = emu_errcur;
+    emu_errcur = buf;
+    return old;
+}
 
 const char *moemu_strerror(moemu_status_t st)
 {
@@ -38,12 +49,12 @@ static size_t emu_escape(char *dst, size_t cap, const char *src)
     return n;
 }
 
-static void emu_errcopy(const char *src) { emu_escape(emu_errbuf, sizeof emu_errbuf, src); }
+static void emu_errcopy(const char *src) { emu_escape(emu_errbuf(), EMU_ERRMSG_MAX, src); }
 
 moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
 {
     /* formatted apart first: an argument may be moemu_errmsg() itself */
-    char msg[sizeof emu_errbuf];
+    char msg[EMU_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -52,7 +63,7 @@ moemu_status_t moemu_fail(moemu_status_t st, const char *fmt, ...)
     return st;
 }
 
-const char *moemu_errmsg(void) { return emu_errbuf; }
+const char *moemu_errmsg(void) { return emu_errbuf(); }
 
 /* printf into buf at *len, never past its end. */
 static void emu_append(char *buf, size_t cap, size_t *len, const char *fmt, va_list ap)
@@ -108,34 +119,35 @@ void moemu_problem(moemu_problems_t *p, const char *fmt, ...)
 moemu_status_t moemu_fail_problems(moemu_status_t st, const moemu_problems_t *p,
                                    const char *fmt, ...)
 {
-    char head[sizeof emu_errbuf];
+    char head[EMU_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
     if (!p->lines) return moemu_fail(st, "%s: %s", head, p->buf);
-    size_t cap = sizeof emu_errbuf - EMU_MORE_ROOM;
-    size_t len = emu_escape(emu_errbuf, cap, head);
+    size_t cap = EMU_ERRMSG_MAX - EMU_MORE_ROOM;
+    char *buf = emu_errbuf();
+    size_t len = emu_escape(buf, cap, head);
     int dropped = p->dropped;
     /* whole lines while they fit: the head may have taken some room */
     for (const char *l = p->buf; *l; ) {
         const char *next = strchr(l + 1, '\n');
         size_t n = next ? (size_t)(next - l) : strlen(l);
         if (len + n < cap) {
-            memcpy(emu_errbuf + len, l, n);
+            memcpy(buf + len, l, n);
             len += n;
         } else {
             dropped++;
         }
         l += n;
     }
-    emu_errbuf[len] = '\0';
+    buf[len] = '\0';
     if (dropped)
-        snprintf(emu_errbuf + len, sizeof emu_errbuf - len, "\n  (%d more not shown)", dropped);
+        snprintf(buf + len, EMU_ERRMSG_MAX - len, "\n  (%d more not shown)", dropped);
     return st;
 }
 
-void moemu_errclear(void) { emu_errbuf[0] = '\0'; }
+void moemu_errclear(void) { emu_errbuf()[0] = '\0'; }
 
 static void (*emu_warn_fn)(void *, const char *);
 static void *emu_warn_arg;

@@ -263,17 +263,32 @@ void emu_need_add(emu_need_t *n, const char *what, double mem, double as)
     if (n->n < EMU_NEED_PARTS) n->part[n->n++] = (emu_need_part_t){what, mem, as};
 }
 
-/* Bytes of a new thread's stack: glibc's default (RLIMIT_STACK's, or
- * 8 MiB) and its guard page. */
-static double emu_stack_bytes(void)
+/* glibc's default for a new thread: RLIMIT_STACK's, or 8 MiB; *guard its
+ * guard page. */
+static size_t emu_stack_default(size_t *guard)
 {
     pthread_attr_t a;
-    size_t s = 8 << 20, guard = 4096;
+    size_t s = 8 << 20;
+    *guard = 4096;
     if (pthread_getattr_default_np(&a) == 0) {
         pthread_attr_getstacksize(&a, &s);
-        pthread_attr_getguardsize(&a, &guard);
+        pthread_attr_getguardsize(&a, guard);
         pthread_attr_destroy(&a);
     }
+    return s;
+}
+
+size_t emu_stack_size(void)
+{
+    size_t guard;
+    return emu_stack_default(&guard);
+}
+
+/* Bytes of a new thread's stack and its guard page (a device's coroutine
+ * takes the same). */
+static double emu_stack_bytes(void)
+{
+    size_t guard, s = emu_stack_default(&guard);
     return (double)s + (double)guard;
 }
 

@@ -2,6 +2,7 @@
  * device: its counters, clock and trace. The times are cost.c's. */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "emu/emu_impl.h"
@@ -27,7 +28,11 @@ const char *emu_coll_name(emu_coll_t k) { return emu_coll_names[k]; }
 
 int emu_topo_node(const emu_topo_t *t, int rank)
 {
-    return rank / t->devices_per_node;
+    /* every collective asks for its members' nodes: a shift, not a
+     * division, for the usual power-of-two node (ranks are >= 0) */
+    int dpn = t->devices_per_node;
+    if (dpn > 0 && (dpn & (dpn - 1)) == 0) return rank >> __builtin_ctz((unsigned)dpn);
+    return rank / dpn;
 }
 
 emu_link_t emu_topo_link(const emu_topo_t *t, int a, int b)
@@ -181,6 +186,65 @@ double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
     return t;
 }
 
+/* The memo that would hold this all-to-all's time: by communicator (its
+ * ranks array), in a coroutine run only; NULL otherwise. */
+static emu_a2a_memo_t *emu_a2a_memo(const emu_dev_t *dev, const int *ranks)
+{
+    if (!emu_sched_self || !dev->cluster) return NULL;
+    uintptr_t h = (uintptr_t)ranks * 0x9E3779B97F4A7C15ULL;
+    return &dev->cluster->a2a_memo[(h >> 40) % EMU_A2A_MEMOS];
+}
+
+/* Whether m holds the time of the all-to-all of bytes between ranks. */
+static bool emu_a2a_memo_has(const emu_a2a_memo_t *m, const int *ranks, int p,
+                             const double *bytes)
+{
+    return m->p == p && !memcmp(m->ranks, ranks, sizeof(int) * (size_t)p) &&
+           !memcmp(m->bytes, bytes, sizeof(double) * (size_t)p * p);
+}
+
+/* Keep tmax in m; without memory for it, m is left empty. */
+static void emu_a2a_memo_put(emu_a2a_memo_t *m, const int *ranks, int p, const double *bytes,
+                             double tmax)
+{
+    m->p = 0;
+    if ((size_t)p > m->cap) {
+        free(m->ranks);
+        free(m->bytes);
+        m->ranks = malloc(sizeof(int) * (size_t)p);
+        m->bytes = malloc(sizeof(double) * (size_t)p * p);
+        m->cap = m->ranks && m->bytes ? (size_t)p : 0;
+        if (!m->cap) return;
+    }
+    memcpy(m->ranks, ranks, sizeof(int) * (size_t)p);
+    memcpy(m->bytes, bytes, sizeof(double) * (size_t)p * p);
+    m->tmax = tmax;
+    m->p = p;
+}
+
+void emu_a2a_memos_free(emu_cluster_t *c)
+{
+    for (int i = 0; i < EMU_A2A_MEMOS; i++) {
+        free(c->a2a_memo[i].ranks);
+        free(c->a2a_memo[i].bytes);
+        c->a2a_memo[i] = (emu_a2a_memo_t){0};
+    }
+}
+
+/* The all-to-all's time, and member me's steps by class in mine. */
+static double emu_a2a_time(const emu_dev_t *dev, const int *ranks, int p, int me,
+                           const double *bytes, double mine[EMU_LINK__COUNT])
+{
+    emu_a2a_memo_t *m = emu_a2a_memo(dev, ranks);
+    if (m && emu_a2a_memo_has(m, ranks, p, bytes)) {
+        emu_cost_alltoall_row(&dev->topo, ranks, p, me, bytes, mine);
+        return m->tmax;
+    }
+    double tmax = emu_cost_alltoall(&dev->topo, ranks, p, me, bytes, mine);
+    if (m) emu_a2a_memo_put(m, ranks, p, bytes, tmax);
+    return tmax;
+}
+
 double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
                          const double *clocks, const double *bytes)
 {
@@ -194,7 +258,7 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
     if (moved <= 0) return 0;
 
     double mine[EMU_LINK__COUNT];
-    double tmax = emu_cost_alltoall(t, ranks, p, me, bytes, mine);
+    double tmax = emu_a2a_time(dev, ranks, p, me, bytes, mine);
     double start = emu_cost_start(clocks, p, dev->clock);
     /* waiting for the slowest member's exchanges is part of the
      * collective: it goes to the group's class */

@@ -100,21 +100,44 @@ static int *kv_positions(const layer_view_t *v, int b)
     return v->kv.pos + v->kv.off[b - v->kv.b0] / row;
 }
 
-/* Append the keys and values of A row t to the cache of its sequence. */
-static moemu_status_t kv_append(layer_view_t *v, int t)
+/* Append the keys and values of A rows [t0, t1), all of one sequence, to
+ * its cache: one lookup for the run, which a dry run's many rows notice. */
+static moemu_status_t kv_append_run(layer_view_t *v, int t0, int t1)
 {
-    int b = v->r->seq[t], cap, *n, hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
+    int b = v->r->seq[t0], cap, *n, hd = v->dm->hd, kvl = v->dm->kvl, kvd = kvl * hd;
     float *K = kv_seq(v, b, &cap, &n), *Vc = kv_values(v, K, cap);
-    if (*n >= cap)
+    if (*n + (t1 - t0) > cap)
         return moemu_fail(MOEMU_ERR_INTERNAL, "KV cache of sequence %d full (%d)", b, cap);
-    for (int g = 0; g < kvl && v->x->math; g++) {
-        size_t dst = ((size_t)g * cap + *n) * hd;
-        memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
-        if (Vc != K) memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+    int *pos = kv_positions(v, b), c = *n; /* c in a register, not *n */
+    bool math = v->x->math;
+    if (!math && !pos) { /* a dry run's rows: only counted */
+        *n = c + (t1 - t0);
+        return MOEMU_OK;
     }
-    int *pos = kv_positions(v, b);
-    if (pos) pos[*n] = v->r->pos[t];
-    (*n)++;
+    for (int t = t0; t < t1; t++, c++) {
+        for (int g = 0; g < kvl && math; g++) {
+            size_t dst = ((size_t)g * cap + c) * hd;
+            memcpy(K + dst, v->kk + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+            if (Vc != K) memcpy(Vc + dst, v->vv + (size_t)t * kvd + g * hd, sizeof(float) * hd);
+        }
+        if (pos) pos[c] = v->r->pos[t];
+    }
+    *n = c;
+    return MOEMU_OK;
+}
+
+/* Append A row t to the cache of its sequence. */
+static moemu_status_t kv_append(layer_view_t *v, int t) { return kv_append_run(v, t, t + 1); }
+
+/* Append every A row, run by run of one sequence. */
+static moemu_status_t kv_append_all(layer_view_t *v)
+{
+    const layer_rows_t *r = v->r;
+    for (int t0 = 0, t1; t0 < r->n; t0 = t1) {
+        for (t1 = t0 + 1; t1 < r->n && r->seq[t1] == r->seq[t0]; t1++)
+            ;
+        MOEMU_CHECK(kv_append_run(v, t0, t1));
+    }
     return MOEMU_OK;
 }
 
@@ -128,7 +151,8 @@ static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out, int W)
     int hd = v->dm->hd, kvl = v->dm->kvl, qd = v->dm->Hl * hd, TA = r->n, ns = 0;
     for (int t0 = 0; t0 < TA;) {
         int b = r->seq[t0], t1 = t0, cap, *n;
-        while (t1 < TA && r->seq[t1] == b) MOEMU_CHECK(kv_append(v, t1++));
+        while (t1 < TA && r->seq[t1] == b) t1++;
+        MOEMU_CHECK(kv_append_run(v, t0, t1));
         float *K = kv_seq(v, b, &cap, &n);
         v->seqs[ns++] = (layer_attn_seq_t){
             .out = v->att + (size_t)t0 * qd, .lse = v->lse + (size_t)t0 * v->dm->Hl,
@@ -239,7 +263,7 @@ static moemu_status_t prefill_seqs_cp(layer_view_t *v, int *ns_out, int W)
         if (st == MOEMU_OK && vall != kall)
             st = layer_gather_rows(x, vall, v->vv, r->cp_n, kvd, v->sh->cp);
     }
-    for (int t = 0; t < TA && st == MOEMU_OK; t++) st = kv_append(v, t);
+    if (st == MOEMU_OK) st = kv_append_all(v);
     size_t off = 0;
     double assembled = 0;
     for (int t0 = 0; t0 < TA && st == MOEMU_OK;) {

@@ -132,6 +132,28 @@ void layer_attention_merge(layer_ctx_t *c, float *out, float *lse_out, const flo
     }
 }
 
+/* Whether no expert receives more than cap of the n assignments idx:
+ * then capacity keeps every one, in any order, and the group's order need
+ * not be built (a large prefill group seldom fills an expert). Four
+ * histograms, summed at the end: consecutive counts of one expert do not
+ * wait on each other. */
+static bool capacity_holds_all(const int *idx, size_t n, int E, int64_t cap)
+{
+    if ((int64_t)n <= cap) return true;
+    int64_t small[4 * 64], *cnt = E <= 64 ? small : calloc(4 * (size_t)E, sizeof *cnt);
+    if (!cnt) return false; /* the ordered pass decides */
+    if (cnt == small) memset(small, 0, sizeof(int64_t) * 4 * (size_t)E);
+    size_t a = 0;
+    for (; a + 4 <= n; a += 4)
+        for (int h = 0; h < 4; h++) cnt[(size_t)h * E + idx[a + h]]++;
+    for (; a < n; a++) cnt[idx[a]]++;
+    bool holds = true;
+    for (int e = 0; e < E && holds; e++)
+        holds = cnt[e] + cnt[E + e] + cnt[2 * E + e] + cnt[3 * E + e] <= cap;
+    if (cnt != small) free(cnt);
+    return holds;
+}
+
 moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
                                     int64_t *dropped, const int *idx, int n,
                                     const int *counts, const int *gpos, int T,
@@ -158,11 +180,14 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
         return nomem(sizeof(int) * all_n * 2, "the routing decisions of a group");
     }
     moemu_status_t st = gather_rows(c, all, idx, counts, k, EMU_DTYPE_INT32, comm);
-    if (st == MOEMU_OK) { /* routing is metadata: decided in dry runs too */
+    int64_t cap = layer_capacity(cf, T, k, E);
+    if (st == MOEMU_OK && capacity_holds_all(all, all_n, E, cap)) {
+        memset(keep, 1, (size_t)n * k); /* what the ordered pass would find */
+    } else if (st == MOEMU_OK) { /* routing is metadata: decided in dry runs too */
         /* into group order, then the first cap choices of each expert */
-        for (int64_t j = 0; j < T; j++)
-            memcpy(group + (int64_t)gpos[j] * k, all + j * k, sizeof(int) * k);
-        layer_apply_capacity(kall, NULL, group, T, k, E, layer_capacity(cf, T, k, E));
+        for (int64_t j = 0; j < T; j++) /* k is small: no memcpy call per token */
+            for (int s = 0; s < k; s++) group[(int64_t)gpos[j] * k + s] = all[j * k + s];
+        layer_apply_capacity(kall, NULL, group, T, k, E, cap);
         int64_t off = 0;
         for (int q = 0; q < me; q++) off += counts[q];
         for (int j = 0; j < n; j++)
@@ -340,12 +365,13 @@ static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *k
     m->sdsp = m->scnt + EP;
     m->rcnt = m->sdsp + EP;
     m->rdsp = m->rcnt + EP;
-    for (int64_t a = 0; a < (int64_t)n * k; a++)
-        if (keep[a]) m->sendc[idx[a]]++;
+    for (int64_t a = 0; a < (int64_t)n * k; a++) m->sendc[idx[a]] += keep[a];
+    /* the order only moves rows: a dry run needs the counts alone */
     next[0] = 0;
     for (int e = 0; e < E; e++) next[e + 1] = next[e] + m->sendc[e];
-    for (int64_t a = 0; a < (int64_t)n * k; a++)
-        if (keep[a]) m->order[next[idx[a]]++] = (int)a;
+    if (m->c->math)
+        for (int64_t a = 0; a < (int64_t)n * k; a++)
+            if (keep[a]) m->order[next[idx[a]]++] = (int)a;
     free(next);
     for (int e = 0; e < E; e++) m->nsend += m->sendc[e];
     return MOEMU_OK;

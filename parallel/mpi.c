@@ -32,6 +32,7 @@ static struct {
     int tag_ub;
     MPI_Comm ctl;       /* agreements and aborts */
     atomic_int aborts_in;
+    atomic_llong data_sent, meta_sent; /* bytes, for MOEMU_MPI_STATS */
     atomic_bool sent_abort;
     bool failed;        /* a failure was agreed: no process agrees again */
     moemu_status_t fail_st;
@@ -365,6 +366,7 @@ static moemu_status_t mpi_exchange(par_mpi_t *m)
         if (k == m->me) continue;
         is_recv[nr] = false;
         MPI_Isend(out, (int)(p - out), MPI_BYTE, k, 0, m->mc, &rq[nr++]);
+        atomic_fetch_add(&P.meta_sent, p - out);
         is_recv[nr] = true;
         MPI_Irecv(in + off[k], (int)(off[k + 1] - off[k]), MPI_BYTE, k, 0, m->mc, &rq[nr++]);
     }
@@ -493,6 +495,7 @@ static moemu_status_t mpi_open(void *ts, par_comm_t *c, int r, const void **src,
                    theirs.get.n * PAR_ELEM);
             u->copy[q] = cp;
             u->is_recv[nr] = false;
+            atomic_fetch_add(&P.data_sent, (long long)(theirs.get.n * PAR_ELEM));
             MPI_Isend(cp, (int)(theirs.get.n * PAR_ELEM), MPI_BYTE, m->proc[q],
                       pair_tag(m, PH_DATA, r, q), m->mc, &u->rq[nr++]);
         }
@@ -518,6 +521,7 @@ static void mpi_puts(par_mpi_t *m, par_comm_t *c, int r)
         par_plan(c, q, r, &theirs);
         if (pp.put.n) {
             u->is_recv[nr] = false;
+            atomic_fetch_add(&P.data_sent, (long long)(pp.put.n * PAR_ELEM));
             MPI_Isend(u->stage[2 * q + 1], (int)(pp.put.n * PAR_ELEM), MPI_BYTE, m->proc[q],
                       pair_tag(m, PH_PUT, r, q), m->mc, &u->rq[nr++]);
         }
@@ -570,8 +574,10 @@ static moemu_status_t mpi_post(void *ts, par_comm_t *c, int r, int peer, par_msg
     *h = (wire_msg_t){.count = x->count, .dtype = x->dtype, .nodata = x->nodata, .t = x->t};
     MPI_Request rq[2];
     MPI_Isend(h, sizeof *h, MPI_BYTE, m->proc[peer], pair_tag(m, PH_MSG, r, peer), m->mc, &rq[0]);
+    atomic_fetch_add(&P.meta_sent, (long long)sizeof *h);
     MPI_Request_free(&rq[0]);
     if (x->data) {
+        atomic_fetch_add(&P.data_sent, (long long)(x->count * PAR_ELEM));
         MPI_Isend(x->data, (int)(x->count * PAR_ELEM), MPI_BYTE, m->proc[peer],
                   pair_tag(m, PH_MSGDATA, r, peer), m->mc, &rq[1]);
         MPI_Request_free(&rq[1]);
@@ -698,6 +704,11 @@ void par_proc_finalize(void)
 {
     if (!P.on) return;
     P.on = false;
+    /* host bytes (fp32 values) this process sent to others, for bench/ */
+    if (getenv("MOEMU_MPI_STATS"))
+        fprintf(stderr, "moemu: process %d sent %lld bytes of data and %lld of slots and "
+                "headers over MPI\n", P.rank, (long long)atomic_load(&P.data_sent),
+                (long long)atomic_load(&P.meta_sent));
     MPI_Comm_free(&P.ctl);
     MPI_Finalize();
 }

@@ -3,6 +3,8 @@
  * argument errors, and failures that must end the run quickly. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -943,11 +945,16 @@ static moemu_status_t fail_fn(emu_dev_t *dev, void *arg)
     return MOEMU_OK;
 }
 
-Test(errors, failure_releases_everyone_quickly)
+/* The failures of fail_fn on every size; nodata runs the devices as
+ * coroutines, where a NULL buffer is no error (where 5: the bad device
+ * then leaves after one collective more than the others have made). */
+static void failures_release_everyone(bool nodata)
 {
+    emu_cluster_opts_t o = {.nodata = nodata};
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
         int p = sizes[si];
-        emu_cluster_t *c = make_cluster(p, &topo4);
+        emu_cluster_t *c;
+        cr_assert_eq(emu_cluster_create(&spec, &topo4, p, &o, &c), MOEMU_OK);
         fail_t f = {.bad = p / 2};
         cr_assert_eq(par_comm_create_world(c, &f.w), MOEMU_OK);
         int others[16], no = 0;
@@ -960,7 +967,7 @@ Test(errors, failure_releases_everyone_quickly)
             double dt = wall_now() - t0;
             char want[64];
             snprintf(want, sizeof want, "device %d out of memory", f.bad);
-            if (f.where == 4) {
+            if (f.where == 4 || (f.where == 5 && nodata)) {
                 cr_assert_eq(st, p == 1 ? MOEMU_OK : MOEMU_ERR_INVALID,
                              "p=%d: %s", p, moemu_errmsg());
                 if (p > 1)
@@ -985,6 +992,10 @@ Test(errors, failure_releases_everyone_quickly)
         emu_cluster_destroy(c);
     }
 }
+
+Test(errors, failure_releases_everyone_quickly) { failures_release_everyone(false); }
+
+Test(coroutines, failure_releases_everyone) { failures_release_everyone(true); }
 
 /* After an aborted run, the communicators work again. */
 Test(errors, next_run_after_abort)
@@ -1246,6 +1257,142 @@ Test(nodata, int32_metadata_moves)
     cr_assert_eq(emu_cluster_run(c, nd_meta_fn, w), MOEMU_OK, "%s", moemu_errmsg());
     par_comm_destroy(w);
     emu_cluster_destroy(c);
+}
+
+/* ---- no-data runs as coroutines (emu/fiber.c) */
+
+typedef struct {
+    par_comm_t *w, *a, *b; /* world; two communicators of devices 0 and 1 */
+    int variant;
+    pthread_t caller;
+    bool on_caller[ND_P];
+    atomic_int started;
+    int order[ND_P];
+} co_t;
+
+static void co_make(emu_cluster_t *c, co_t *k)
+{
+    memset(k, 0, sizeof *k);
+    k->caller = pthread_self();
+    cr_assert_eq(par_comm_create_world(c, &k->w), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){0, 1}, 2, &k->a), MOEMU_OK);
+    cr_assert_eq(par_comm_create(c, (int[]){0, 1}, 2, &k->b), MOEMU_OK);
+}
+
+static void co_free(co_t *k)
+{
+    par_comm_destroy(k->w);
+    par_comm_destroy(k->a);
+    par_comm_destroy(k->b);
+}
+
+/* Devices 0 and 1 wait for each other where neither can come; the
+ * others return. */
+static moemu_status_t deadlock_fn(emu_dev_t *dev, void *arg)
+{
+    co_t *k = arg;
+    int r = emu_dev_rank(dev);
+    float x[4] = {0};
+    if (r > 1) return MOEMU_OK;
+    if (k->variant == 0) /* each receives first */
+        return par_recv(x, 4, EMU_DTYPE_FP32, 1 - r, k->a, dev);
+    /* barriers on two communicators in opposite orders */
+    MOEMU_CHECK(par_barrier(r ? k->b : k->a, dev));
+    return par_barrier(r ? k->a : k->b, dev);
+}
+
+static moemu_status_t barrier_fn(emu_dev_t *dev, void *arg)
+{
+    co_t *k = arg;
+    return par_barrier(k->w, dev);
+}
+
+/* Threads would hang for ever; coroutines see that no device can run
+ * and say which wait, then the next run works. */
+Test(coroutines, deadlock_names_the_devices)
+{
+    emu_cluster_opts_t o = {.nodata = true};
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, &topo4, ND_P, &o, &c), MOEMU_OK);
+    co_t k;
+    co_make(c, &k);
+    for (k.variant = 0; k.variant < 2; k.variant++) {
+        cr_assert_eq(emu_cluster_run(c, deadlock_fn, &k), MOEMU_ERR_INVALID);
+        cr_assert_str_eq(moemu_errmsg(), "deadlock: devices 0, 1 wait for a collective or a "
+                         "message that no running device will complete");
+        cr_assert_eq(emu_cluster_run(c, barrier_fn, &k), MOEMU_OK, "%s", moemu_errmsg());
+    }
+    co_free(&k);
+    emu_cluster_destroy(c);
+}
+
+/* Device 0 sets its message, waits in a barrier while the others run
+ * (and device 1 fails with its own), then returns: its message is its
+ * own, as in a thread. */
+static moemu_status_t own_message_fn(emu_dev_t *dev, void *arg)
+{
+    co_t *k = arg;
+    int r = emu_dev_rank(dev);
+    if (r == 0) moemu_fail(MOEMU_ERR_FORMAT, "its own reason, before the barrier");
+    MOEMU_CHECK(par_barrier(k->w, dev));
+    if (r == 1) return moemu_fail(MOEMU_ERR_FORMAT, "the reason of device 1");
+    return r == 0 ? MOEMU_ERR_FORMAT : MOEMU_OK;
+}
+
+Test(coroutines, each_device_keeps_its_message)
+{
+    for (int threads = 0; threads < 2; threads++) {
+        emu_cluster_opts_t o = {.nodata = true, .threads = threads};
+        emu_cluster_t *c;
+        cr_assert_eq(emu_cluster_create(&spec, &topo4, ND_P, &o, &c), MOEMU_OK);
+        co_t k;
+        co_make(c, &k);
+        cr_assert_eq(emu_cluster_run(c, own_message_fn, &k), MOEMU_ERR_FORMAT);
+        cr_assert_str_eq(moemu_errmsg(), "device 0: its own reason, before the barrier");
+        co_free(&k);
+        emu_cluster_destroy(c);
+    }
+}
+
+/* Where each device runs, in which order it starts, and a megabyte on
+ * its stack (as much as a thread's takes). */
+static moemu_status_t where_fn(emu_dev_t *dev, void *arg)
+{
+    co_t *k = arg;
+    int r = emu_dev_rank(dev);
+    k->on_caller[r] = pthread_equal(pthread_self(), k->caller);
+    k->order[atomic_fetch_add(&k->started, 1)] = r;
+    volatile char big[1 << 20];
+    big[0] = (char)r;
+    big[sizeof big - 1] = (char)r;
+    MOEMU_CHECK(par_barrier(k->w, dev));
+    return big[0] == big[sizeof big - 1] ? MOEMU_OK : MOEMU_ERR_INTERNAL;
+}
+
+/* A no-data cluster runs its devices on the caller's thread, starting in
+ * rank order; with opts.threads, or MOEMU_DRY_THREADS=1, on threads of
+ * their own. */
+Test(coroutines, on_the_callers_thread_in_rank_order)
+{
+    for (int mode = 0; mode < 3; mode++) {
+        emu_cluster_opts_t o = {.nodata = true, .threads = mode == 1};
+        if (mode == 2) setenv("MOEMU_DRY_THREADS", "1", 1);
+        emu_cluster_t *c;
+        cr_assert_eq(emu_cluster_create(&spec, &topo4, ND_P, &o, &c), MOEMU_OK);
+        unsetenv("MOEMU_DRY_THREADS");
+        co_t k;
+        co_make(c, &k);
+        for (int run = 0; run < 2; run++) { /* the stacks serve again */
+            atomic_store(&k.started, 0);
+            cr_assert_eq(emu_cluster_run(c, where_fn, &k), MOEMU_OK, "%s", moemu_errmsg());
+            for (int r = 0; r < ND_P; r++) {
+                cr_assert_eq(k.on_caller[r], mode == 0, "mode %d device %d", mode, r);
+                if (mode == 0) cr_assert_eq(k.order[r], r);
+            }
+        }
+        co_free(&k);
+        emu_cluster_destroy(c);
+    }
 }
 
 /* ---- the transport seam: a transport that copies every view (as one

@@ -75,6 +75,36 @@ mpi 4 "$moemu" run --model tiny --batch 16 --prompt-len 8 --decode 2 --strategy 
 [ "$(figures "$tmp/w1.json")" = "$(figures "$tmp/w4.json")" ] || bad "64 devices: figures differ"
 echo "ok: 64 devices over 4 processes"
 
+# each process holds its devices' share of the weights: peak resident
+# memory within 1.2 x (weights / K) plus what a run of the tiny model takes
+python3 - "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" >"$tmp/mem.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(hidden_size=512, intermediate_size=1024, moe_intermediate_size=1024,
+         shared_expert_intermediate_size=1024, num_experts=8, num_experts_per_tok=2,
+         num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, vocab_size=1000)
+print(json.dumps(c))
+EOF
+params=$("$moemu" info --model "$tmp/mem.json" | awk '$1 == "parameters" {print $2}')
+mem="run --batch 1 --prompt-len 8 --decode 2 --strategy pp4"
+# each process's peak into a file of its own (stderr lines would interleave)
+peak() { local out=$1; shift; sh -c 'exec /usr/bin/time -f "rss %M" -o "$0.$$" "$@"' "$out" "$@"; }
+mpi 1 sh -c "$(declare -f peak); peak $tmp/rss0 $moemu $mem --model tiny" >/dev/null 2>&1
+fixed=$(awk '/^rss/ {print $2 * 1024}' "$tmp"/rss0.*)
+for k in 1 2 4; do
+    mpi "$k" sh -c "$(declare -f peak); peak $tmp/rss$k $moemu $mem --model $tmp/mem.json" \
+        >/dev/null 2>&1 || bad "K=$k: the run failed"
+    [ "$(cat "$tmp/rss$k".* | grep -c '^rss')" = "$k" ] || bad "K=$k: not $k peaks"
+    cat "$tmp/rss$k".* >"$tmp/rss$k"
+    share=$((params * 4 / k))
+    awk -v share="$share" -v fixed="$fixed" -v k="$k" '/^rss/ {
+            rss = $2 * 1024; ok = rss <= 1.2 * share + fixed
+            printf "%s: K=%d process peak %.1f MB, its weights %.1f MB + fixed %.1f MB\n",
+                   ok ? "ok" : "FAIL", k, rss / 1e6, share / 1e6, fixed / 1e6
+            if (!ok) bad = 1 }
+        END { exit bad }' "$tmp/rss$k" || fail=1
+done
+
 # a device's failure (stage 1 is over its memory): the message of one process
 sed 's/"mem_capacity": *[0-9.e]*/"mem_capacity": 6e5/' "${MOEMU_SRCDIR:-.}/hw/h800.json" >"$tmp/small.json"
 oom="run --model tiny --batch 2 --prompt-len 8 --decode 2 --strategy pp2 --pp-layers 1,3 --hw $tmp/small.json"

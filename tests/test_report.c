@@ -1609,6 +1609,8 @@ Test(jitter, sleeps_at_every_16th_charge)
 static void same_under_jitter(const cfg_model_t *cfg, const wl_t *wl, const char *strategy,
                               int mb, const char *routing, const char *label)
 {
+    /* a dry run's devices take turns as coroutines, where jitter changes
+     * the order of the turns; every other run there uses threads */
     emu_hw_t hw;
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
     hw.topo.devices_per_node = 4;
@@ -1617,6 +1619,7 @@ static void same_under_jitter(const cfg_model_t *cfg, const wl_t *wl, const char
         runner_opts_t o = make_opts(strategy, mb, hw);
         o.cluster.jitter_us = run ? 200 : 0;
         o.cluster.jitter_seed = (uint64_t)run * 7919;
+        o.cluster.threads = routing && run % 2;
         run_t x;
         run_start(&x, cfg, wl, &o, NULL, routing, false);
         char *s = report_dump(&x.r);

@@ -344,11 +344,67 @@ static moemu_status_t finish_report(const run_opts_t *o, emu_cluster_t *cl, cons
 /* What the run will take of the host, checked before any of it is taken:
  * the weights, the routing records, and the runs' devices and outputs
  * (check runs the one-device baseline too). */
+/* Add to boxes (NULL: nothing yet) what this process's devices of s read. */
+static void add_boxes(const wts_t *lay, const par_strategy_t *s, wts_box_t *boxes,
+                      wts_box_t *tmp, int *ranks)
+{
+    int lo, hi;
+    par_proc_devices(par_strategy_world(s), par_proc_rank(), &lo, &hi);
+    if (hi <= lo) return;
+    for (int r = lo; r < hi; r++) ranks[r - lo] = r;
+    wts_boxes_for(lay, s, ranks, hi - lo, tmp);
+    for (int i = 0; i < lay->n_list; i++) wts_box_union(&boxes[i], &tmp[i]);
+}
+
+/* Under mpirun, the parts of the weights this process's devices read, as
+ * the strategy and the baseline place them; *out NULL: the whole model
+ * (one process, or process 0 running the one-device baseline or dumping
+ * the weights). */
+static moemu_status_t local_boxes(const run_opts_t *o, const cfg_model_t *cfg,
+                                  const runner_opts_t *d, const par_strategy_t *base,
+                                  wts_box_t **out)
+{
+    *out = NULL;
+    bool all_here = (o->check && !base) || o->dump_weights;
+    if (par_proc_count() == 1 || (all_here && par_proc_rank() == 0)) return MOEMU_OK;
+    wts_t lay;
+    MOEMU_CHECK(wts_address_only(&lay, cfg));
+    int world = par_strategy_world(&d->strategy);
+    int bw = base ? par_strategy_world(base) : 1;
+    wts_box_t *boxes = calloc((size_t)lay.n_list + 1, sizeof *boxes);
+    wts_box_t *tmp = calloc((size_t)lay.n_list + 1, sizeof *tmp);
+    int *ranks = malloc(sizeof(int) * (size_t)(world > bw ? world : bw));
+    moemu_status_t st = MOEMU_OK;
+    if (!boxes || !tmp || !ranks) {
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the weights' boxes");
+    } else {
+        add_boxes(&lay, &d->strategy, boxes, tmp, ranks);
+        if (base) add_boxes(&lay, base, boxes, tmp, ranks);
+    }
+    free(tmp);
+    free(ranks);
+    wts_free(&lay);
+    if (st != MOEMU_OK) free(boxes);
+    else *out = boxes;
+    return st;
+}
+
+/* Host bytes of the weights' boxes in fp32. */
+static double boxes_bytes(const cfg_model_t *cfg, const wts_box_t *boxes)
+{
+    wts_t lay;
+    if (wts_address_only(&lay, cfg) != MOEMU_OK) return wts_host_bytes(cfg);
+    double n = 0;
+    for (int i = 0; i < lay.n_list; i++) n += (double)wts_box_elems(&boxes[i]);
+    wts_free(&lay);
+    return 4.0 * n;
+}
+
 static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, const wl_t *wl,
-                                const runner_opts_t *d)
+                                const runner_opts_t *d, const wts_box_t *boxes)
 {
     emu_need_t need = {.hint = o->dry ? NULL : "; a dry run (--math skip) holds no weights"};
-    double w = o->dry ? 0 : wts_host_bytes(cfg), rec = 4.0 * cfg->num_hidden_layers *
+    double w = o->dry ? 0 : boxes ? boxes_bytes(cfg, boxes) : wts_host_bytes(cfg), rec = 4.0 * cfg->num_hidden_layers *
         wl->batch * runner_route_positions(wl) * cfg->num_experts_per_tok;
     emu_need_add(&need, "weights", w, w);
     int records = o->check ? 3 : o->sh.strategy && (!o->dry || o->record_routing) ? 1 : 0;
@@ -374,6 +430,7 @@ static int run(const run_opts_t *o)
     json_t *js = json_object();
     runner_opts_t dopt;
     par_strategy_t base;
+    wts_box_t *boxes = NULL;
     int rc = CLI_EXIT_ERROR;
     moemu_status_t st = cli_load_model(&cfg, &o->sh);
     /* the strategy and its devices before the workload's tokens */
@@ -389,11 +446,15 @@ static int run(const run_opts_t *o)
         dopt.cluster.nodata = true;
     }
     if (st == MOEMU_OK && o->sh.strategy) dopt.cluster.trace = o->trace != NULL;
-    if (st == MOEMU_OK) st = preflight(o, &cfg, &wl, &dopt);
+    if (st == MOEMU_OK && o->baseline) st = baseline_parse(o, &cfg, &base);
+    if (st == MOEMU_OK && !o->dry) st = local_boxes(o, &cfg, &dopt, o->baseline ? &base : NULL,
+                                                    &boxes);
+    if (st == MOEMU_OK) st = preflight(o, &cfg, &wl, &dopt, boxes);
     if (st == MOEMU_OK)
         st = o->dry      ? wts_address_only(&w, &cfg)
-             : o->sh.weights ? wts_load(&w, &cfg, o->sh.weights)
-                          : wts_generate_all(&w, &cfg, o->sh.seed);
+             : o->sh.weights ? wts_load_boxes(&w, &cfg, o->sh.weights, boxes)
+                          : wts_generate_boxes(&w, &cfg, o->sh.seed, boxes);
+    free(boxes);
     if (st == MOEMU_OK && o->dump_weights) st = wts_dump(&w, o->dump_weights, o->shard_bytes);
     if (st != MOEMU_OK) goto fail;
 
@@ -429,9 +490,7 @@ static int run(const run_opts_t *o)
 
     const model_out_t *shown = &out;
     if (o->check) {
-        st = o->baseline ? baseline_parse(o, &cfg, &base) : MOEMU_OK;
-        if (st == MOEMU_OK)
-            st = check_run_against(&chk, &w, &wl, &dopt, o->baseline ? &base : NULL, o->rtol,
+        st = check_run_against(&chk, &w, &wl, &dopt, o->baseline ? &base : NULL, o->rtol,
                                    cli_progress);
         cli_progress_done();
         if (st != MOEMU_OK) goto fail;

@@ -15,6 +15,10 @@ uint32_t wts_philox(uint64_t seed, uint64_t stream, uint64_t index);
 /* The block's four words at once: word i is wts_philox(seed, stream,
  * 4 * block + i). */
 void wts_philox_block(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t block);
+/* Several blocks at once: out[i] is wts_philox_block's of block[i]. */
+#define WTS_PHILOX_LANES 8
+void wts_philox_blocks(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
+                       const uint64_t block[WTS_PHILOX_LANES]);
 /* FNV-1a 64 of a name: the stream of a named tensor or sequence. */
 uint64_t wts_stream(const char *name);
 

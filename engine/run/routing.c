@@ -10,7 +10,8 @@
 /* A uniform double in [0, 1) from two words of a Philox block. */
 static double unit_of(const uint32_t *w)
 {
-    return (double)(((uint64_t)w[0] << 21) ^ (w[1] >> 11)) * 0x1p-53;
+    /* 53 bits: as a signed integer the conversion is one instruction */
+    return (double)(int64_t)(((uint64_t)w[0] << 21) ^ (w[1] >> 11)) * 0x1p-53;
 }
 
 /* Draw i: from words 2i and 2i + 1 of the stream, which block i / 2
@@ -158,23 +159,96 @@ void route_close(route_src_t *r)
 
 /* Uniform choices without walking the experts: draw j is the
  * floor(u * (E - j))-th expert not taken yet, in index order (the same
- * pick as the weighted walk below with every weight 1, in O(k^2)). */
-static void choose_uniform(const route_src_t *r, uint64_t stream, uint64_t tok, int *idx)
+ * pick as the weighted walk below with every weight 1, in O(k^2)). Draws
+ * 2m and 2m + 1 come from block m of the token's: b[m]. */
+static void uniform_picks(const uint32_t (*b)[4], int k, int E, int *idx)
 {
-    int k = r->k, E = r->E, taken[k];
-    uint32_t b[4];
+    int taken[k];
     for (int j = 0; j < k; j++) {
-        /* draws 2m and 2m + 1 share a block: one for two */
-        if (j % 2 == 0) wts_philox_block(b, r->seed, stream, (tok * 64 + (uint64_t)j) / 2);
-        double u = unit_of(b + 2 * (j % 2));
+        double u = unit_of(b[j / 2] + 2 * (j % 2));
         int pick = (int)(u * (E - j)); /* < E - j: u < 1 */
-        /* taken[] sorted: step over each taken expert at or below pick */
+        /* taken[] sorted: step over each taken expert at or below pick.
+         * Once one is above, the rest are too (pick no longer moves), so
+         * every one is looked at without a branch that the random picks
+         * would mispredict half of the time; n counts the steps. */
         int n = 0;
-        for (; n < j && taken[n] <= pick; n++) pick++;
+        for (int q = 0; q < j; q++) {
+            int le = taken[q] <= pick;
+            pick += le;
+            n += le;
+        }
         idx[j] = pick;
-        for (int q = j; q > n; q--) taken[q] = taken[q - 1];
+        if (j == k - 1) break; /* the last pick is never looked up */
+        for (int q = j; q > 0; q--) taken[q] = q > n ? taken[q - 1] : taken[q];
         taken[n] = pick;
     }
+}
+
+/* The counters of a token's draws: draw j is word 2 (j % 2) of block
+ * (tok * 64 + j) / 2. */
+static uint64_t uniform_block(uint64_t tok, int m) { return tok * 32 + (uint64_t)m; }
+
+static uint64_t route_stream(const route_src_t *r, int layer)
+{
+    return r->stream ^ ((uint64_t)layer << 40);
+}
+
+static uint64_t route_token(int b, int pos) { return ((uint64_t)b << 24) ^ (uint64_t)pos; }
+
+static void choose_uniform(const route_src_t *r, uint64_t stream, uint64_t tok, int *idx)
+{
+    int nb = (r->k + 1) / 2;
+    uint32_t b[nb > 0 ? nb : 1][4];
+    for (int m = 0; m < nb; m++) wts_philox_block(b[m], r->seed, stream, uniform_block(tok, m));
+    uniform_picks((const uint32_t (*)[4])b, r->k, r->E, idx);
+}
+
+/* WTS_PHILOX_LANES tokens' uniform choices, their blocks drawn together. */
+static void choose_uniform_lanes(const route_src_t *r, uint64_t stream, const int *seq,
+                                 const int *pos, int *idx)
+{
+    enum { W = WTS_PHILOX_LANES };
+    int k = r->k, nb = (k + 1) / 2;
+    uint32_t b[W][nb > 0 ? nb : 1][4];
+    for (int m = 0; m < nb; m++) {
+        uint64_t ctr[W];
+        uint32_t out[W][4];
+        for (int t = 0; t < W; t++) ctr[t] = uniform_block(route_token(seq[t], pos[t]), m);
+        wts_philox_blocks(out, r->seed, stream, ctr);
+        for (int t = 0; t < W; t++) memcpy(b[t][m], out[t], sizeof out[t]);
+    }
+    for (int t = 0; t < W; t++)
+        uniform_picks((const uint32_t (*)[4])b[t], k, r->E, idx + (size_t)t * k);
+}
+
+/* route_choose's replay for n tokens: a copy, but for the marks. */
+static void replay_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                        int *idx)
+{
+    int k = r->k;
+    const int *base = r->replay + (size_t)layer * r->B * r->P * k;
+    for (int j = 0; j < n; j++) {
+        const int *rec = base + ((size_t)seq[j] * r->P + pos[j]) * k;
+        for (int s = 0; s < k; s++) {
+            int x = rec[s];
+            idx[(size_t)j * k + s] = x == INT32_MIN ? s % r->E : replay_expert(x);
+        }
+    }
+}
+
+void route_choose_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                       int *idx)
+{
+    if (r->kind == ROUTE_REPLAY) {
+        replay_rows(r, layer, seq, pos, n, idx);
+        return;
+    }
+    int j = 0;
+    if (r->kind == ROUTE_UNIFORM)
+        for (; j + WTS_PHILOX_LANES <= n; j += WTS_PHILOX_LANES)
+            choose_uniform_lanes(r, route_stream(r, layer), seq + j, pos + j,
+                                 idx + (size_t)j * r->k);
+    for (; j < n; j++) route_choose(r, layer, seq[j], pos[j], idx + (size_t)j * r->k);
 }
 
 void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
@@ -190,8 +264,7 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
         }
         return;
     }
-    uint64_t stream = r->stream ^ ((uint64_t)layer << 40);
-    uint64_t tok = ((uint64_t)b << 24) ^ (uint64_t)pos;
+    uint64_t stream = route_stream(r, layer), tok = route_token(b, pos);
     if (r->kind == ROUTE_UNIFORM) {
         choose_uniform(r, stream, tok, idx);
         return;

@@ -37,6 +37,10 @@ int *route_record_new(const cfg_model_t *cfg, const wl_t *wl, size_t *count);
  * 1/(i+1)^S; both draw without replacement from a counter-based stream of
  * (seed, layer, b, pos). */
 void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx);
+/* route_choose for n tokens (seq[i], pos[i]), their choices at idx + i * k:
+ * the same decisions, drawn several tokens at a time. */
+void route_choose_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                       int *idx);
 
 /* A record from model_opts_t.route / dist (shape (L, B, P, k)) as a
  * safetensors file with one I32 tensor "routing". */

@@ -71,12 +71,33 @@ typedef struct {
     int *kv_pos; /* the cached rows' positions: CP with sliding windows */
     /* the runner's rows, for Tmax rows and Ttot keys */
     int *seqbuf, *posbuf, *allseq, *allpos, *counts, *gpos, *ibuf;
+    int npass;   /* passes begun */
+    int cp_pass; /* the pass whose CP lists allseq and allpos hold, 0 none */
     void *block;
     double block_bytes;
 } worker_t;
 
-/* The rows of a pass on replica member (cp, tp): r->seq, r->pos and the
- * ranges of R and M (docs/strategies.md). */
+/* The ranges of R and M of member (cp, tp) in the rows r->n of a pass
+ * (docs/strategies.md). */
+static void pass_ranges(const worker_t *v, const pass_t *ps, int cp, int tp, layer_rows_t *r)
+{
+    const par_strategy_t *s = v->D->s;
+    int a, z;
+    par_sp_range(r->n, s->tp, tp, &a, &z);
+    r->r0 = s->sp ? a : 0;
+    r->r1 = s->sp ? z : r->n;
+    r->m0 = a;
+    r->m1 = z;
+    if (ps->decode && s->cp > 1) {
+        int c0, c1;
+        par_sp_range(z - a, s->cp, cp, &c0, &c1);
+        r->m0 = a + c0;
+        r->m1 = a + c1;
+    }
+}
+
+/* The rows of a pass on replica member (cp, tp): r->seq, r->pos (the
+ * same for every tp) and the ranges of R and M. */
 static void pass_rows(const worker_t *v, const pass_t *ps, int cp, int tp, layer_rows_t *r,
                       int *seq, int *pos)
 {
@@ -99,52 +120,69 @@ static void pass_rows(const worker_t *v, const pass_t *ps, int cp, int tp, layer
     }
     r->seq = seq;
     r->pos = pos;
-    int a, z;
-    par_sp_range(r->n, s->tp, tp, &a, &z);
-    r->r0 = s->sp ? a : 0;
-    r->r1 = s->sp ? z : r->n;
-    r->m0 = a;
-    r->m1 = z;
-    if (ps->decode && s->cp > 1) {
-        int c0, c1;
-        par_sp_range(z - a, s->cp, cp, &c0, &c1);
-        r->m0 = a + c0;
-        r->m1 = a + c1;
-    }
+    pass_ranges(v, ps, cp, tp, r);
 }
 
-/* CP prefill: every CP rank's rows, for the keys and values it gathers. */
+/* Rows of CP rank cp in a prefill pass (pass_rows' r->n). */
+static int cp_count(const worker_t *v, const pass_t *ps, int cp)
+{
+    int n = 0;
+    for (int b = ps->b0; b < ps->b1; b++) {
+        int rg[2][2];
+        par_cp_ranges(v->D->wl->len[b], v->D->s->cp, cp, rg);
+        n += (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]);
+    }
+    return n;
+}
+
+/* CP prefill: every CP rank's rows, for the keys and values it gathers.
+ * The lists are the same in every layer of a pass: made in its first;
+ * the counts, which group_rows shares, in every one. */
 static void cp_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
+    bool made = v->cp_pass == v->npass;
     int tot = 0;
     for (int cp = 0; cp < v->D->s->cp; cp++) {
-        layer_rows_t t;
-        pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
+        layer_rows_t t = {.n = made ? cp_count(v, ps, cp) : 0};
+        if (!made) pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
         v->counts[cp] = t.n;
         tot += t.n;
     }
+    v->cp_pass = v->npass;
     r->cp_seq = v->allseq;
     r->cp_pos = v->allpos;
     r->cp_n = v->counts;
 }
 
 /* Capacity: the routing group is this replica's micro-batch; every
- * member's routed tokens and their places in group order. */
+ * member's routed tokens and their places in group order. A member's
+ * rows depend on its CP rank only (its TP rank picks a range of them):
+ * in a CP prefill they are the CP lists cp_rows made for this layer,
+ * otherwise this device's own (in decode every CP rank has the same). */
 static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
     const run_t *D = v->D;
+    int CP = D->s->cp, TP = D->s->tp, first[CP], n[CP];
+    bool lists = !ps->decode && CP > 1;
+    for (int cp = 0; cp < CP; cp++) {
+        first[cp] = lists && cp ? first[cp - 1] + n[cp - 1] : 0;
+        n[cp] = lists ? r->cp_n[cp] : r->n;
+    }
     int64_t off[D->wl->batch + 1];
     off[ps->b0] = 0;
     for (int b = ps->b0; b < ps->b1; b++) off[b + 1] = off[b] + (ps->decode ? 1 : D->wl->len[b]);
     int tot = 0;
-    for (int cp = 0; cp < D->s->cp; cp++)
-        for (int tp = 0; tp < D->s->tp; tp++) {
-            layer_rows_t t;
-            pass_rows(v, ps, cp, tp, &t, v->allseq, v->allpos);
-            v->counts[cp * D->s->tp + tp] = t.m1 - t.m0;
+    /* counts may be the CP lists' cp_n: read into first and n above */
+    for (int cp = 0; cp < CP; cp++) {
+        layer_rows_t t = {.n = n[cp], .seq = (lists ? r->cp_seq : r->seq) + first[cp],
+                          .pos = (lists ? r->cp_pos : r->pos) + first[cp]};
+        for (int tp = 0; tp < TP; tp++) {
+            pass_ranges(v, ps, cp, tp, &t);
+            v->counts[cp * TP + tp] = t.m1 - t.m0;
             for (int j = t.m0; j < t.m1; j++)
                 v->gpos[tot++] = (int)(off[t.seq[j]] + (ps->decode ? 0 : t.pos[j]));
         }
+    }
     r->group_T = (int)off[ps->b1];
     r->group_n = v->counts;
     r->group_pos = v->gpos;
@@ -157,13 +195,10 @@ static void routes_chosen(const model_pass_t *mp)
     worker_t *v = mp->arg;
     run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
-    int k = v->pl.dims.k;
-    /* the group lists reuse the CP lists' buffers, done with by now */
     if (D->c->capacity_factor > 0.0) group_rows(v, v->ps, &v->rows);
     if (D->o->dry) /* the router's decisions come from the routing source */
-        for (int j = 0; j < r->m1 - r->m0; j++)
-            route_choose(D->o->routing, mp->layer, r->seq[r->m0 + j], r->pos[r->m0 + j],
-                         v->view.idx + j * k);
+        route_choose_rows(D->o->routing, mp->layer, r->seq + r->m0, r->pos + r->m0,
+                          r->m1 - r->m0, v->view.idx);
 }
 
 static void routes_kept(const model_pass_t *mp, int64_t dropped)
@@ -276,6 +311,7 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
     /* a pass with no sequence still runs: its replica's experts serve the
      * other replicas in the same EP group */
     layer_rows_t *r = &v->rows;
+    v->npass++;
     pass_rows(v, ps, v->sh.cp_rank, v->sh.tp_rank, r, v->seqbuf, v->posbuf);
     r->decode = ps->decode;
     r->seq_len = D->wl->len;
