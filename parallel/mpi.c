@@ -804,8 +804,6 @@ moemu_status_t par_proc_agree(moemu_status_t st, uint64_t fingerprint)
     return r;
 }
 
-bool par_proc_failed_elsewhere(void) { return P.on && P.failed && P.rank != 0; }
-
 /* What a process says when the launcher ends the job under it (another
  * process died): itself, and every process's devices. */
 static char stop_note[1024];

@@ -335,9 +335,6 @@ moemu_status_t par_proc_merge(void *buf, size_t n, par_merge_t how);
  * another process failed and this one did not: its error is this
  * thread's message. */
 bool par_proc_exit(bool failed, const char *msg);
-/* Whether the failure this process reports was agreed and another
- * process (rank 0) prints it. */
-bool par_proc_failed_elsewhere(void);
 /* A line for a signal handler to write when the launcher stops this
  * process ("" without MPI): the process, and every process's devices. */
 const char *par_proc_stop_note(void);

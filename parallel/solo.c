@@ -55,8 +55,6 @@ bool par_proc_exit(bool failed, const char *msg)
     return false;
 }
 
-bool par_proc_failed_elsewhere(void) { return false; }
-
 const par_transport_t *par_spanning_transport(void) { return NULL; }
 
 const char *par_proc_stop_note(void) { return ""; }
