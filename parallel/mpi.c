@@ -134,8 +134,7 @@ typedef struct {
     int *proc;     /* n: each member's process, as a rank of mc */
     int nlocal;
     member_t **mem; /* n: local members' state, NULL for others */
-    uint64_t *vbuf; /* n x 4n: remote members' all-to-all-v arrays */
-    size_t *vsz;    /* n x 4n as size_t, what the slots point to */
+    size_t *vsz;    /* n x 4n: remote members' all-to-all-v arrays */
     emu_sync_t *sync; /* guards what follows */
     int arrived;
     uint64_t episode, *arrived_at;
@@ -195,7 +194,6 @@ static void mpi_destroy(void *ts)
     emu_sync_destroy(m->sync);
     free(m->mem);
     free(m->proc);
-    free(m->vbuf);
     free(m->vsz);
     free(m->arrived_at);
     free(m->mbox_head);
@@ -268,11 +266,9 @@ static moemu_status_t mpi_create(par_comm_t *c, void **ts)
     m->arrived_at = calloc((size_t)n, sizeof *m->arrived_at);
     m->mbox_head = calloc((size_t)n, sizeof *m->mbox_head);
     m->mbox_tail = calloc((size_t)n, sizeof *m->mbox_tail);
-    m->vbuf = malloc(4 * (size_t)n * n * sizeof *m->vbuf);
     m->vsz = malloc(4 * (size_t)n * n * sizeof *m->vsz);
     moemu_status_t st = MOEMU_OK;
-    if (!m->proc || !m->mem || !m->arrived_at || !m->mbox_head || !m->mbox_tail || !m->vbuf ||
-        !m->vsz)
+    if (!m->proc || !m->mem || !m->arrived_at || !m->mbox_head || !m->mbox_tail || !m->vsz)
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate a communicator of %d", n);
     if (st == MOEMU_OK) {
         for (int q = 0; q < n; q++) m->proc[q] = -1;
