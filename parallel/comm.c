@@ -21,6 +21,89 @@ void par_msg_free(par_msg_t *m)
     free(m);
 }
 
+/* ---- mailboxes */
+
+moemu_status_t par_mbox_init(par_mbox_t *b, int n)
+{
+    b->n = n;
+    b->head = calloc((size_t)n, sizeof *b->head);
+    b->tail = calloc((size_t)n, sizeof *b->tail);
+    if (b->head && b->tail) return MOEMU_OK;
+    par_mbox_fini(b);
+    return MOEMU_ERR_NOMEM;
+}
+
+void par_mbox_clear(par_mbox_t *b)
+{
+    for (int r = 0; b->head && r < b->n; r++) {
+        for (par_msg_t *m = b->head[r], *next; m; m = next) {
+            next = m->next;
+            par_msg_free(m);
+        }
+        b->head[r] = b->tail[r] = NULL;
+    }
+}
+
+void par_mbox_fini(par_mbox_t *b)
+{
+    if (b->tail) par_mbox_clear(b);
+    free(b->head);
+    free(b->tail);
+    b->head = b->tail = NULL;
+}
+
+void par_mbox_post(par_mbox_t *b, emu_sync_t *s, int to, par_msg_t *m)
+{
+    m->next = NULL;
+    emu_sync_lock(s);
+    if (b->tail[to]) b->tail[to]->next = m;
+    else b->head[to] = m;
+    b->tail[to] = m;
+    emu_sync_broadcast(s);
+    emu_sync_unlock(s);
+}
+
+/* With the lock held: unlink and return the first message from peer in
+ * r's mailbox, or NULL. */
+static par_msg_t *par_mbox_unlink(par_mbox_t *b, int r, int peer)
+{
+    par_msg_t *prev = NULL, *m;
+    for (m = b->head[r]; m && m->src != peer; m = m->next) prev = m;
+    if (!m) return NULL;
+    if (prev) prev->next = m->next;
+    else b->head[r] = m->next;
+    if (b->tail[r] == m) b->tail[r] = prev;
+    return m;
+}
+
+/* With the lock held, while r waits for a message from peer: why it must
+ * give up, or MOEMU_OK. */
+static moemu_status_t par_mbox_why_not(const par_comm_t *c, int r, int peer)
+{
+    if (emu_cluster_aborting(c->cluster))
+        return moemu_fail(MOEMU_ERR_PEER,
+                          "stopped: another device failed while device %d "
+                          "waited for a message from device %d",
+                          c->granks[r], c->granks[peer]);
+    if (emu_dev_done(c->devs[peer]))
+        return moemu_fail(MOEMU_ERR_INVALID,
+                          "device %d waits for a message from device %d, "
+                          "which returned without sending it",
+                          c->granks[r], c->granks[peer]);
+    return MOEMU_OK;
+}
+
+moemu_status_t par_mbox_take(par_mbox_t *b, emu_sync_t *s, const par_comm_t *c, int r,
+                             int peer, par_msg_t **out)
+{
+    moemu_status_t st = MOEMU_OK;
+    emu_sync_lock(s);
+    while (!(*out = par_mbox_unlink(b, r, peer)) && (st = par_mbox_why_not(c, r, peer)) == MOEMU_OK)
+        emu_sync_wait(s);
+    emu_sync_unlock(s);
+    return st;
+}
+
 /* ---- the transports known by name */
 
 #define PAR_MAX_TRANSPORTS 8

@@ -140,7 +140,7 @@ typedef struct {
     uint64_t episode, *arrived_at;
     bool exchanging;
     moemu_status_t xst;
-    par_msg_t **mbox_head, **mbox_tail; /* local messages */
+    par_mbox_t mbox; /* messages between members of this process */
 } par_mpi_t;
 
 static bool local_member(const par_mpi_t *m, int q) { return m->proc[q] == m->me; }
@@ -151,17 +151,6 @@ static int pair_tag(const par_mpi_t *m, int ph, int src, int dst)
     return (ph * n + src) * n + dst;
 }
 
-static void msgs_free(par_msg_t **head, par_msg_t **tail, int n)
-{
-    for (int r = 0; r < n; r++) {
-        for (par_msg_t *x = head[r], *next; x; x = next) {
-            next = x->next;
-            par_msg_free(x);
-        }
-        head[r] = tail[r] = NULL;
-    }
-}
-
 static void mpi_reset(void *arg)
 {
     par_mpi_t *m = arg;
@@ -169,7 +158,7 @@ static void mpi_reset(void *arg)
     m->episode = 0;
     m->exchanging = false;
     memset(m->arrived_at, 0, (size_t)m->c->n * sizeof *m->arrived_at);
-    msgs_free(m->mbox_head, m->mbox_tail, m->c->n);
+    par_mbox_clear(&m->mbox);
 }
 
 static void member_free(member_t *u, int n)
@@ -189,15 +178,13 @@ static void mpi_destroy(void *ts)
     if (!m) return;
     int n = m->c->n;
     for (int q = 0; m->mem && q < n; q++) member_free(m->mem[q], n);
-    if (m->mbox_head && m->mbox_tail) msgs_free(m->mbox_head, m->mbox_tail, n);
+    par_mbox_fini(&m->mbox);
     if (m->mc != MPI_COMM_NULL) MPI_Comm_free(&m->mc);
     emu_sync_destroy(m->sync);
     free(m->mem);
     free(m->proc);
     free(m->vsz);
     free(m->arrived_at);
-    free(m->mbox_head);
-    free(m->mbox_tail);
     free(m);
 }
 
@@ -264,11 +251,10 @@ static moemu_status_t mpi_create(par_comm_t *c, void **ts)
     m->proc = malloc((size_t)n * sizeof *m->proc);
     m->mem = calloc((size_t)n, sizeof *m->mem);
     m->arrived_at = calloc((size_t)n, sizeof *m->arrived_at);
-    m->mbox_head = calloc((size_t)n, sizeof *m->mbox_head);
-    m->mbox_tail = calloc((size_t)n, sizeof *m->mbox_tail);
     m->vsz = malloc(4 * (size_t)n * n * sizeof *m->vsz);
     moemu_status_t st = MOEMU_OK;
-    if (!m->proc || !m->mem || !m->arrived_at || !m->mbox_head || !m->mbox_tail || !m->vsz)
+    if (!m->proc || !m->mem || !m->arrived_at || !m->vsz ||
+        par_mbox_init(&m->mbox, n) != MOEMU_OK)
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate a communicator of %d", n);
     if (st == MOEMU_OK) {
         for (int q = 0; q < n; q++) m->proc[q] = -1;
@@ -550,14 +536,8 @@ static void mpi_close(void *ts, par_comm_t *c, int r)
 static moemu_status_t mpi_post(void *ts, par_comm_t *c, int r, int peer, par_msg_t *x)
 {
     par_mpi_t *m = ts;
-    x->next = NULL;
     if (local_member(m, peer)) {
-        emu_sync_lock(m->sync);
-        if (m->mbox_tail[peer]) m->mbox_tail[peer]->next = x;
-        else m->mbox_head[peer] = x;
-        m->mbox_tail[peer] = x;
-        emu_sync_broadcast(m->sync);
-        emu_sync_unlock(m->sync);
+        par_mbox_post(&m->mbox, m->sync, peer, x);
         return MOEMU_OK;
     }
     /* the header and payload travel from x, which MPI then owns */
@@ -582,42 +562,11 @@ static moemu_status_t mpi_post(void *ts, par_comm_t *c, int r, int peer, par_msg
     return MOEMU_OK;
 }
 
-static moemu_status_t take_local(par_mpi_t *m, par_comm_t *c, int r, int peer, par_msg_t **out)
-{
-    moemu_status_t st = MOEMU_OK;
-    emu_sync_lock(m->sync);
-    for (;;) {
-        par_msg_t *prev = NULL, *x;
-        for (x = m->mbox_head[r]; x && x->src != peer; x = x->next) prev = x;
-        if (x) {
-            if (prev) prev->next = x->next;
-            else m->mbox_head[r] = x->next;
-            if (m->mbox_tail[r] == x) m->mbox_tail[r] = prev;
-            *out = x;
-            break;
-        }
-        if (emu_cluster_aborting(c->cluster)) {
-            st = moemu_fail(MOEMU_ERR_PEER, "stopped: another device failed while device %d "
-                            "waited for a message from device %d", c->granks[r],
-                            c->granks[peer]);
-            break;
-        }
-        if (emu_dev_done(c->devs[peer])) {
-            st = moemu_fail(MOEMU_ERR_INVALID, "device %d waits for a message from device %d, "
-                            "which returned without sending it", c->granks[r], c->granks[peer]);
-            break;
-        }
-        emu_sync_wait(m->sync);
-    }
-    emu_sync_unlock(m->sync);
-    return st;
-}
-
 static moemu_status_t mpi_take(void *ts, par_comm_t *c, int r, int peer, par_msg_t **out)
 {
     par_mpi_t *m = ts;
     *out = NULL;
-    if (local_member(m, peer)) return take_local(m, c, r, peer, out);
+    if (local_member(m, peer)) return par_mbox_take(&m->mbox, m->sync, c, r, peer, out);
     wire_msg_t h;
     MPI_Request rq;
     bool is_recv = true;

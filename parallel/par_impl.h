@@ -43,6 +43,24 @@ typedef struct par_msg {
 
 void par_msg_free(par_msg_t *m);
 
+/* Eager messages waiting for the members of one process, FIFO per (src,
+ * dst) pair, guarded by the caller's sync (shm.c's and mpi.c's). */
+typedef struct {
+    par_msg_t **head, **tail; /* n: messages to each member */
+    int n;
+} par_mbox_t;
+
+moemu_status_t par_mbox_init(par_mbox_t *b, int n); /* MOEMU_ERR_NOMEM */
+void par_mbox_clear(par_mbox_t *b);                 /* frees the messages */
+void par_mbox_fini(par_mbox_t *b);                  /* and the mailbox */
+/* Queue m for member to and wake the sync's waiters. */
+void par_mbox_post(par_mbox_t *b, emu_sync_t *s, int to, par_msg_t *m);
+/* Wait on s for the first message from peer to r of c: gives up with
+ * MOEMU_ERR_PEER when the run aborts, MOEMU_ERR_INVALID when peer
+ * returned without sending it. */
+moemu_status_t par_mbox_take(par_mbox_t *b, emu_sync_t *s, const par_comm_t *c, int r,
+                             int peer, par_msg_t **out);
+
 /* ---- Transports: how members' contributions and messages travel.
  *
  * A collective is, for member r: gather (publish my slot, return when

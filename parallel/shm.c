@@ -13,21 +13,8 @@ typedef struct {
     int arrived;
     uint64_t episode;
     uint64_t *arrived_at; /* n: episode + 1 of each member's last arrival */
-    par_msg_t **mbox_head, **mbox_tail; /* n: messages to each member */
+    par_mbox_t mbox;
 } par_shm_t;
-
-static void shm_free_msgs(par_shm_t *sh)
-{
-    for (int r = 0; r < sh->c->n; r++) {
-        par_msg_t *m = sh->mbox_head[r];
-        while (m) {
-            par_msg_t *next = m->next;
-            par_msg_free(m);
-            m = next;
-        }
-        sh->mbox_head[r] = sh->mbox_tail[r] = NULL;
-    }
-}
 
 /* Before each run: forget a meeting or messages an aborted run left. */
 static void shm_reset(void *arg)
@@ -36,18 +23,16 @@ static void shm_reset(void *arg)
     sh->arrived = 0;
     sh->episode = 0;
     memset(sh->arrived_at, 0, (size_t)sh->c->n * sizeof *sh->arrived_at);
-    shm_free_msgs(sh);
+    par_mbox_clear(&sh->mbox);
 }
 
 static void shm_destroy(void *ts)
 {
     par_shm_t *sh = ts;
     if (!sh) return;
-    if (sh->mbox_head && sh->mbox_tail) shm_free_msgs(sh);
+    par_mbox_fini(&sh->mbox);
     emu_sync_destroy(sh->sync);
     free(sh->arrived_at);
-    free(sh->mbox_head);
-    free(sh->mbox_tail);
     free(sh);
 }
 
@@ -58,9 +43,7 @@ static moemu_status_t shm_create(par_comm_t *c, void **ts)
     if (!sh) goto nomem;
     sh->c = c;
     sh->arrived_at = calloc((size_t)c->n, sizeof *sh->arrived_at);
-    sh->mbox_head = calloc((size_t)c->n, sizeof *sh->mbox_head);
-    sh->mbox_tail = calloc((size_t)c->n, sizeof *sh->mbox_tail);
-    if (!sh->arrived_at || !sh->mbox_head || !sh->mbox_tail) goto nomem;
+    if (!sh->arrived_at || par_mbox_init(&sh->mbox, c->n) != MOEMU_OK) goto nomem;
     if (emu_sync_create(c->cluster, shm_reset, sh, &sh->sync) != MOEMU_OK) {
         shm_destroy(sh);
         return MOEMU_ERR_NOMEM;
@@ -171,43 +154,7 @@ static moemu_status_t shm_post(void *ts, par_comm_t *c, int r, int peer,
 {
     par_shm_t *sh = ts;
     (void)c, (void)r;
-    m->next = NULL;
-    emu_sync_lock(sh->sync);
-    if (sh->mbox_tail[peer]) sh->mbox_tail[peer]->next = m;
-    else sh->mbox_head[peer] = m;
-    sh->mbox_tail[peer] = m;
-    emu_sync_broadcast(sh->sync);
-    emu_sync_unlock(sh->sync);
-    return MOEMU_OK;
-}
-
-/* With the lock held: unlink and return the first message from peer in
- * r's mailbox, or NULL. */
-static par_msg_t *shm_unlink(par_shm_t *sh, int r, int peer)
-{
-    par_msg_t *prev = NULL, *m;
-    for (m = sh->mbox_head[r]; m && m->src != peer; m = m->next) prev = m;
-    if (!m) return NULL;
-    if (prev) prev->next = m->next;
-    else sh->mbox_head[r] = m->next;
-    if (sh->mbox_tail[r] == m) sh->mbox_tail[r] = prev;
-    return m;
-}
-
-/* With the lock held, while r waits for a message from peer: why it must
- * give up, or MOEMU_OK. */
-static moemu_status_t shm_why_no_msg(const par_comm_t *c, int r, int peer)
-{
-    if (emu_cluster_aborting(c->cluster))
-        return moemu_fail(MOEMU_ERR_PEER,
-                          "stopped: another device failed while device %d "
-                          "waited for a message from device %d",
-                          c->granks[r], c->granks[peer]);
-    if (emu_dev_done(c->devs[peer]))
-        return moemu_fail(MOEMU_ERR_INVALID,
-                          "device %d waits for a message from device %d, "
-                          "which returned without sending it",
-                          c->granks[r], c->granks[peer]);
+    par_mbox_post(&sh->mbox, sh->sync, peer, m);
     return MOEMU_OK;
 }
 
@@ -215,13 +162,7 @@ static moemu_status_t shm_take(void *ts, par_comm_t *c, int r, int peer,
                                par_msg_t **out)
 {
     par_shm_t *sh = ts;
-    moemu_status_t st = MOEMU_OK;
-    emu_sync_lock(sh->sync);
-    while (!(*out = shm_unlink(sh, r, peer)) &&
-           (st = shm_why_no_msg(c, r, peer)) == MOEMU_OK)
-        emu_sync_wait(sh->sync);
-    emu_sync_unlock(sh->sync);
-    return st;
+    return par_mbox_take(&sh->mbox, sh->sync, c, r, peer, out);
 }
 
 const par_transport_t par_shm_transport = {
