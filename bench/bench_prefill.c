@@ -28,6 +28,7 @@ static int fail(void)
 
 int main(int argc, char **argv)
 {
+    emu_blas_pick_core(argv);
     const char *model = "moe-10b-plan";
     int batch = 4, len = 512, reps = 3;
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},

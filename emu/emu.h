@@ -469,6 +469,22 @@ void emu_blas_enter(void);
 void emu_blas_leave(void);
 int emu_blas_most(void);
 
+/* OpenBLAS picks its kernels when it loads, from the CPU's model number;
+ * a release older than the CPU (Debian 12's 0.3.21 on Sapphire or
+ * Emerald Rapids) falls back to its SSE3 kernels ("Prescott"), several
+ * times slower than the CPU's AVX-512 ones. emu_blas_core_advice: the
+ * OpenBLAS core type the CPU's features call for when OpenBLAS fell back
+ * to Prescott and OPENBLAS_CORETYPE is unset, else NULL.
+ * emu_blas_pick_core, first thing in a program's main: when there is
+ * advice, sets OPENBLAS_CORETYPE to it and executes the program again
+ * (OpenBLAS reads it only when it loads); returns if it cannot. The
+ * kernels change the bits of the math, never the virtual figures;
+ * OPENBLAS_CORETYPE set by the user is always kept. */
+const char *emu_blas_core_advice(void);
+void emu_blas_pick_core(char **argv);
+/* The core type of the kernels OpenBLAS runs: what a wall time assumed. */
+const char *emu_blas_core(void);
+
 /* ---- Collectives' cost model. Each algorithm's time is a closed form of
  * the group size p, the bytes B of the whole buffer in the emulated dtype
  * and the latency alpha (s) and bandwidth beta (bytes/s) of the slowest

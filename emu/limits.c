@@ -238,6 +238,36 @@ void emu_blas_leave(void)
 
 int emu_blas_most(void) { return atomic_load(&blas_most); }
 
+const char *emu_blas_core_advice(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *core = openblas_get_corename();
+    if (getenv("OPENBLAS_CORETYPE") || !core || strcmp(core, "Prescott") != 0) return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+    if (__builtin_cpu_supports("avx")) return "SandyBridge";
+#endif
+    return NULL;
+}
+
+const char *emu_blas_core(void)
+{
+    const char *core = openblas_get_corename();
+    return core ? core : "unknown";
+}
+
+void emu_blas_pick_core(char **argv)
+{
+    const char *core = emu_blas_core_advice();
+    if (core && setenv("OPENBLAS_CORETYPE", core, 0) == 0) {
+        execv("/proc/self/exe", argv);
+        unsetenv("OPENBLAS_CORETYPE"); /* not executed: the report must not claim it */
+    }
+}
+
 /* ---- Needs */
 
 /* What OpenBLAS maps for each caller's buffer: 32 << 22 bytes in Debian's

@@ -248,9 +248,10 @@ static void print_summary(const char *label, const wl_t *wl, const model_out_t *
                           double flops, double wall)
 {
     int64_t ptok = wl_prompt_tokens(wl), gtok = (int64_t)wl->batch * wl->decode;
-    printf("%s: %lld tokens in, %lld out, %.3f s wall, %.1f tokens/s, %.1f GFLOP/s achieved\n",
+    printf("%s: %lld tokens in, %lld out, %.3f s wall, %.1f tokens/s, %.1f GFLOP/s achieved "
+           "(host, OpenBLAS %s kernels)\n",
            label, (long long)ptok, (long long)gtok, wall, (ptok + gtok) / wall,
-           flops / wall / 1e9);
+           flops / wall / 1e9, emu_blas_core());
     if (out->dropped)
         printf("  routing: %lld of %lld expert assignments dropped by the capacity factor\n",
                (long long)out->dropped, (long long)out->assignments);

@@ -46,6 +46,7 @@ static void quiet_outputs(void)
 
 int main(int argc, char **argv)
 {
+    emu_blas_pick_core(argv);
     if (argc < 2) {
         usage(stderr);
         return CLI_EXIT_ERROR;
