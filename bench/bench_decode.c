@@ -124,7 +124,7 @@ static moemu_status_t run_once(const wts_t *w, const cfg_model_t *cfg, int batch
 
 int main(int argc, char **argv)
 {
-    emu_blas_pick_core(argv);
+    emu_host_prepare(argv);
     const char *model = "moe-10b-plan";
     int batch = 1, len = 16, steps = 32, reps = 3;
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},

@@ -16,7 +16,6 @@
  * usage: bench_dry [--case 16|1024|all] [--reps N] [--quick]
  *   --quick: a tenth of the prompt lengths, for a check in seconds */
 #include <getopt.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +118,7 @@ static int bench_case(const dry_case_t *k, int reps, bool quick, const emu_hw_t 
 
 int main(int argc, char **argv)
 {
+    emu_host_prepare(argv);
     const char *which = "all";
     int reps = 1;
     bool quick = false;
@@ -137,9 +137,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_dry: --reps must be positive\n");
         return 2;
     }
-    /* as the command does (engine/cli/main.c) */
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
     emu_hw_t hw;
     if (emu_hw_load("card-400tf-64gb", &hw) != MOEMU_OK) return fail();
     printf("%-5s %5s  %-24s %-14s %-11s %9s %9s\n", "case", "devs", "strategy", "batch x len",

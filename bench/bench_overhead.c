@@ -80,7 +80,7 @@ static int bench_strategy(const char *s, const wts_t *w, const wl_t *wl, const e
 
 int main(int argc, char **argv)
 {
-    emu_blas_pick_core(argv);
+    emu_host_prepare(argv);
     const char *strategies[MAX_STRATEGIES];
     int ns = 0, batch = 4, len = 128, decode = 16, reps = 3;
     static const struct option opts[] = {{"strategy", required_argument, NULL, 's'},

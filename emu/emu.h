@@ -475,13 +475,14 @@ int emu_blas_most(void);
  * times slower than the CPU's AVX-512 ones. emu_blas_core_advice: the
  * OpenBLAS core type the CPU's features call for when OpenBLAS fell back
  * to Prescott and OPENBLAS_CORETYPE is unset, else NULL.
- * emu_blas_pick_core, first thing in a program's main: when there is
- * advice, sets OPENBLAS_CORETYPE to it and executes the program again
- * (OpenBLAS reads it only when it loads); returns if it cannot. The
- * kernels change the bits of the math, never the virtual figures;
- * OPENBLAS_CORETYPE set by the user is always kept. */
+ * emu_host_prepare, first thing in a program's main (moemu's and the
+ * benches'): when there is advice, sets OPENBLAS_CORETYPE to it and
+ * executes the program again (OpenBLAS reads it only when it loads), then
+ * tunes malloc for a run's repeated large blocks. The kernels change the
+ * bits of the math, never the virtual figures; OPENBLAS_CORETYPE set by
+ * the user is always kept. */
 const char *emu_blas_core_advice(void);
-void emu_blas_pick_core(char **argv);
+void emu_host_prepare(char **argv);
 /* The core type of the kernels OpenBLAS runs: what a wall time assumed. */
 const char *emu_blas_core(void);
 

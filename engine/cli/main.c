@@ -1,6 +1,5 @@
 /* moemu: the command's entry point and subcommand dispatch. */
 #include <fcntl.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,7 +24,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: moemu COMMAND [OPTIONS]\n\n"
                "moemu is a CPU reference engine for Mixture-of-Experts transformers\n"
-               "(Mixtral semantics) that emulates GPUs with threads.\n\ncommands:\n");
+               "(as Hugging Face transformers computes Mixtral, Qwen2-MoE, Qwen3-MoE,\n"
+               "OLMoE, GraniteMoE, DeepSeek-V2/V3, Kimi-K2 and gpt-oss) that emulates\n"
+               "GPUs with threads, or with processes under MPI.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-6s %s\n", commands[i].name, commands[i].what);
     fprintf(f, "\n`moemu COMMAND --help` lists a command's options.\n"
@@ -46,7 +47,7 @@ static void quiet_outputs(void)
 
 int main(int argc, char **argv)
 {
-    emu_blas_pick_core(argv);
+    emu_host_prepare(argv);
     if (argc < 2) {
         usage(stderr);
         return CLI_EXIT_ERROR;
@@ -60,13 +61,6 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     cli_signals_catch();
-    /* Keep freed memory up to 256 MB and take blocks under 32 MB from the
-     * heap: a dry run allocates and frees the same megabytes in every
-     * layer (a routing group's decisions, a collective's staging), and
-     * glibc's defaults hand them back to the kernel each time, so that
-     * every layer paid for system calls and for zeroed pages. */
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
     if (par_proc_init(&argc, &argv) != MOEMU_OK) {
         int rc = cli_error();
         par_proc_exit(true, moemu_errmsg());
