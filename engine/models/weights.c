@@ -599,11 +599,20 @@ static double boxes_floats(const wts_t *w, const wts_box_t *boxes, bool rows)
  * cost no memory before, so that a rank filling a part of the model keeps
  * only that part resident; MAP_NORESERVE so that overcommit's heuristic
  * does not refuse a block larger than the host of which a part is used. */
-static float *block_map(int64_t n)
+/* whole: every float will be written. Then the block asks for huge pages:
+ * first touch of 4 KiB pages was most of the time of generating (a fault
+ * per 1024 floats); a sparse block (a device's boxes) keeps small pages,
+ * which hold only what is written. */
+static float *block_map(int64_t n, bool whole)
 {
-    void *p = mmap(NULL, sizeof(float) * (size_t)n, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    size_t len = sizeof(float) * (size_t)n;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (whole) madvise(p, len, MADV_HUGEPAGE); /* advice: without it, small pages */
+#endif
+    return p;
 }
 
 /* Every non-empty box inside its tensor. */
@@ -638,7 +647,7 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, const wts_box_
         snprintf(what, sizeof what, "model %s (%.3g parameters in fp32)", cfg->name, all);
     moemu_status_t st = check_boxes(w, boxes);
     if (st == MOEMU_OK) st = check_host(4.0 * need, 4.0 * all, what);
-    if (st == MOEMU_OK && !(w->block = block_map(w->n_floats)))
+    if (st == MOEMU_OK && !(w->block = block_map(w->n_floats, !boxes)))
         st = moemu_fail(MOEMU_ERR_NOMEM, "cannot map %.2f GB for the weights of %s", 4.0 * all / 1e9,
                         cfg->name);
     if (st != MOEMU_OK) {
