@@ -165,6 +165,9 @@ static void blocks_c(float *out, uint64_t seed, uint64_t stream, uint64_t block,
     }
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+
 /* The counters of blocks block .. block + lanes - 1: low and high words. */
 static void counters(uint32_t *lo, uint32_t *hi, uint64_t block, int lanes)
 {
@@ -174,9 +177,6 @@ static void counters(uint32_t *lo, uint32_t *hi, uint64_t block, int lanes)
         hi[i] = (uint32_t)(x >> 32);
     }
 }
-
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -211,6 +211,17 @@ AVX512 static void philox_avx512(__m512i c[4], uint64_t seed)
     }
 }
 
+/* The double law of 8 words' top bits k. */
+AVX512 static __m256 law_double_avx512(__m256i k, const law_t *l)
+{
+    __m512d u = _mm512_sub_round_pd(
+        _mm512_mul_round_pd(_mm512_cvtepi32_pd(k), _mm512_set1_pd(0x1p-23), RN),
+        _mm512_set1_pd(1.0), RN);
+    __m512d v = _mm512_add_round_pd(_mm512_set1_pd(l->base),
+                                    _mm512_mul_round_pd(_mm512_set1_pd(l->scale), u, RN), RN);
+    return _mm512_cvt_roundpd_ps(v, RN);
+}
+
 /* law_apply of 16 words. */
 AVX512 static __m512 law_avx512(__m512i w, const law_t *l)
 {
@@ -222,18 +233,10 @@ AVX512 static __m512 law_avx512(__m512i w, const law_t *l)
         return _mm512_add_round_ps(_mm512_set1_ps(l->lo),
                                    _mm512_mul_round_ps(_mm512_set1_ps(l->sc), u, RN), RN);
     }
-    __m256 f[2];
-    for (int h = 0; h < 2; h++) {
-        __m512d u = _mm512_sub_round_pd(
-            _mm512_mul_round_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(k, h)),
-                                _mm512_set1_pd(0x1p-23), RN),
-            _mm512_set1_pd(1.0), RN);
-        __m512d v = _mm512_add_round_pd(_mm512_set1_pd(l->base),
-                                        _mm512_mul_round_pd(_mm512_set1_pd(l->scale), u, RN), RN);
-        f[h] = _mm512_cvt_roundpd_ps(v, RN);
-    }
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f[0])),
-                                               _mm256_castps_pd(f[1]), 1));
+    __m256 f0 = law_double_avx512(_mm512_castsi512_si256(k), l),
+           f1 = law_double_avx512(_mm512_extracti64x4_epi64(k, 1), l);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)),
+                                               _mm256_castps_pd(f1), 1));
 }
 
 /* c[j] holds word j of blocks 0..15; o[q] gets blocks 4q..4q+3 in order. */
@@ -294,6 +297,15 @@ AVX2 static void philox_avx2(__m256i c[4], uint64_t seed)
     }
 }
 
+/* The double law of 4 words' top bits k. */
+AVX2 static __m128 law_double_avx2(__m128i k, const law_t *l)
+{
+    __m256d u = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(k), _mm256_set1_pd(0x1p-23)),
+                              _mm256_set1_pd(1.0));
+    return _mm256_cvtpd_ps(
+        _mm256_add_pd(_mm256_set1_pd(l->base), _mm256_mul_pd(_mm256_set1_pd(l->scale), u)));
+}
+
 /* law_apply of 8 words (no FMA in this target: nothing fuses). */
 AVX2 static __m256 law_avx2(__m256i w, const law_t *l)
 {
@@ -303,15 +315,9 @@ AVX2 static __m256 law_avx2(__m256i w, const law_t *l)
                                  _mm256_set1_ps(1.0f));
         return _mm256_add_ps(_mm256_set1_ps(l->lo), _mm256_mul_ps(_mm256_set1_ps(l->sc), u));
     }
-    __m128 f[2];
-    for (int h = 0; h < 2; h++) {
-        __m128i kh = h ? _mm256_extracti128_si256(k, 1) : _mm256_castsi256_si128(k);
-        __m256d u = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(kh), _mm256_set1_pd(0x1p-23)),
-                                  _mm256_set1_pd(1.0));
-        f[h] = _mm256_cvtpd_ps(
-            _mm256_add_pd(_mm256_set1_pd(l->base), _mm256_mul_pd(_mm256_set1_pd(l->scale), u)));
-    }
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(f[0]), f[1], 1);
+    __m128 f0 = law_double_avx2(_mm256_castsi256_si128(k), l),
+           f1 = law_double_avx2(_mm256_extracti128_si256(k, 1), l);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(f0), f1, 1);
 }
 
 /* c[j] holds word j of blocks 0..7; o[q] gets blocks 2q, 2q + 1. */
