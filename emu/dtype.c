@@ -141,3 +141,104 @@ float emu_dtype_round(emu_dtype_t dt, float x)
     default: return x;
     }
 }
+
+/* ---- Rounding arrays: the same bits as emu_dtype_round, element for
+ * element. bf16 is integer arithmetic (the scalar's own), which vectorizes
+ * as it stands; fp16 uses the F16C conversions, which round to nearest
+ * even with the same overflow and subnormals, but keep a NaN's payload
+ * where the scalar gives the plain quiet NaN: NaN lanes are patched. */
+
+/* bf16, written so that the compiler vectorizes it on any target. */
+static inline void bf16_round_c(float *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = f32_bits(p[i]);
+        uint32_t r = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+        uint32_t nan = (u & 0xffff0000u) | 0x400000u;
+        p[i] = bits_f32((u & 0x7fffffff) > 0x7f800000 ? nan : r);
+    }
+}
+
+static void round_n_c(emu_dtype_t dt, float *p, int64_t n)
+{
+    if (dt == EMU_DTYPE_BF16) {
+        bf16_round_c(p, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) p[i] = emu_dtype_round(dt, p[i]);
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static void bf16_round_avx2(float *p, int64_t n)
+{
+    bf16_round_c(p, n);
+}
+
+/* p[0..n) to fp16 and back; n a multiple of 8. */
+__attribute__((target("avx2,f16c"))) static void f16_round_avx2(float *p, int64_t n)
+{
+    const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 x = _mm256_loadu_ps(p + i);
+        __m256 y = _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        __m256 nan = _mm256_or_ps(_mm256_and_ps(x, sign), qnan);
+        _mm256_storeu_ps(p + i, _mm256_blendv_ps(y, nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void bf16_round_avx512(float *p,
+                                                                                    int64_t n)
+{
+    bf16_round_c(p, n);
+}
+
+/* p[0..n) to fp16 and back; n a multiple of 16. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void f16_round_avx512(float *p,
+                                                                                   int64_t n)
+{
+    const __m512i qnan = _mm512_set1_epi32(0x7fc00000), sign = _mm512_set1_epi32((int)0x80000000u);
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 x = _mm512_loadu_ps(p + i);
+        __m512 y = _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), qnan);
+        __mmask16 m = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        _mm512_storeu_ps(p + i, _mm512_mask_blend_ps(m, y, _mm512_castsi512_ps(nan)));
+    }
+}
+
+/* Kernel k's rounding of whole vectors of `lanes`, the rest in C; false
+ * when k has nothing of its own for dt. */
+static bool round_n_simd(emu_simd_t k, emu_dtype_t dt, float *p, int64_t n)
+{
+    if (dt == EMU_DTYPE_BF16 && k == EMU_SIMD_AVX2) bf16_round_avx2(p, n);
+    else if (dt == EMU_DTYPE_BF16 && k == EMU_SIMD_AVX512) bf16_round_avx512(p, n);
+    else if (dt == EMU_DTYPE_FP16 && k != EMU_SIMD_C) {
+        int64_t lanes = k == EMU_SIMD_AVX512 ? 16 : 8, whole = n - n % lanes;
+        if (k == EMU_SIMD_AVX512) f16_round_avx512(p, whole);
+        else f16_round_avx2(p, whole);
+        round_n_c(dt, p + whole, n - whole);
+    } else
+        return false;
+    return true;
+}
+#else
+static bool round_n_simd(emu_simd_t k, emu_dtype_t dt, float *p, int64_t n)
+{
+    (void)k, (void)dt, (void)p, (void)n;
+    return false;
+}
+#endif
+
+void emu_dtype_round_n_on(emu_simd_t k, emu_dtype_t dt, float *p, int64_t n)
+{
+    if (dt == EMU_DTYPE_FP32 || dt == EMU_DTYPE_INT32 || n <= 0) return;
+    if (!round_n_simd(k, dt, p, n)) round_n_c(dt, p, n);
+}
+
+void emu_dtype_round_n(emu_dtype_t dt, float *p, int64_t n)
+{
+    emu_dtype_round_n_on(emu_simd_best(), dt, p, n);
+}

@@ -134,6 +134,14 @@ moemu_status_t emu_json_bad(const emu_json_src_t *src, const char *key, const js
  * about 70 characters. */
 void emu_json_describe(const json_t *v, char *buf, size_t n);
 
+/* ---- Vector kernels, chosen at run time from what the host's CPU has:
+ * portable C, AVX2 (with F16C), AVX-512 (F, BW, VL). Every kernel gives
+ * the same bits; only the speed differs. */
+typedef enum { EMU_SIMD_C, EMU_SIMD_AVX2, EMU_SIMD_AVX512, EMU_SIMD__COUNT } emu_simd_t;
+bool emu_simd_supported(emu_simd_t k);
+emu_simd_t emu_simd_best(void); /* the widest supported */
+const char *emu_simd_name(emu_simd_t k); /* "c", "avx2", "avx512" */
+
 /* ---- Emulated storage types. Math is fp32 on the host; the dtype sets the
  * bytes counted for capacity, bandwidth and communication. INT32 is for
  * token ids and counts. FP8 (e4m3) is a storage and exchange format, never
@@ -162,6 +170,11 @@ bool emu_dtype_parse(const char *s, emu_dtype_t *out);
 /* Round an fp32 value to the nearest value representable in dt
  * (round-to-nearest-even; FP8 without a scale); identity for FP32. */
 float emu_dtype_round(emu_dtype_t dt, float x);
+/* emu_dtype_round of p[0..n) in place, bit for bit, on the widest vector
+ * kernel the CPU has (emu_simd_best). */
+void emu_dtype_round_n(emu_dtype_t dt, float *p, int64_t n);
+/* The same on kernel k, which the CPU must support: for tests and benches. */
+void emu_dtype_round_n_on(emu_simd_t k, emu_dtype_t dt, float *p, int64_t n);
 uint16_t emu_f32_to_f16(float x);
 float emu_f16_to_f32(uint16_t h);
 uint16_t emu_f32_to_bf16(float x);

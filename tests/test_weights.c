@@ -65,6 +65,103 @@ Test(weights, slices_equal_the_whole)
     free(part);
 }
 
+/* splitmix64: the tests' own deterministic draws */
+static uint64_t draw(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* wts_generate on kernel k of [offset, offset + n) against the scalar
+ * reference, bit for bit; the guard past the end stays untouched. */
+static void same_as_reference(int k, uint64_t seed, const char *name, int64_t fan_in,
+                              int64_t offset, int64_t n, emu_dtype_t dt)
+{
+    float *want = malloc(sizeof(float) * (size_t)(n + 1));
+    float *got = malloc(sizeof(float) * (size_t)(n + 1));
+    cr_assert(wts_generate_kernel(WTS_GEN_SCALAR));
+    wts_generate(want, seed, name, fan_in, offset, n, dt);
+    cr_assert(wts_generate_kernel(k));
+    got[n] = -7.0f;
+    wts_generate(got, seed, name, fan_in, offset, n, dt);
+    cr_assert(wts_generate_kernel(WTS_GEN_BEST));
+    cr_assert_eq(memcmp(got, want, sizeof(float) * (size_t)n), 0,
+                 "kernel %s: %s (fan_in %lld) [%lld, +%lld) in %s differs from the reference",
+                 k == WTS_GEN_BEST ? "best" : emu_simd_name((emu_simd_t)k), name,
+                 (long long)fan_in, (long long)offset, (long long)n, emu_dtype_name(dt));
+    cr_assert_eq(got[n], -7.0f, "wrote past the end");
+    free(want);
+    free(got);
+}
+
+Test(weights, kernels_equal_the_reference)
+{
+    const char *names[] = {"model.layers.1.input_layernorm.weight", "model.embed_tokens.weight",
+                           "model.layers.2.block_sparse_moe.experts.3.w1.weight"};
+    /* 4096 and 64: 1/sqrt a float (the float law); the others the double law */
+    const int64_t fan_ins[] = {4096, 97, 1000, 64, 3};
+    uint64_t s = 15;
+    int kernels = 0;
+    for (int k = 0; k < EMU_SIMD__COUNT; k++) {
+        if (!emu_simd_supported((emu_simd_t)k)) continue;
+        kernels++;
+        for (int dt = 0; dt < EMU_DTYPE__COUNT; dt++)
+            for (int c = 0; c < 60; c++) {
+                const char *name = names[c % 3];
+                int64_t fan_in = fan_ins[draw(&s) % 5];
+                int64_t offset = (int64_t)(draw(&s) % (c % 2 ? 1000 : (1ull << 40)));
+                int64_t n = c % 10 == 9 ? 5000 + (int64_t)(draw(&s) % 5000) : (int64_t)(draw(&s) % 101);
+                same_as_reference(k, draw(&s), name, fan_in, offset, n, (emu_dtype_t)dt);
+            }
+        /* counters whose low word wraps inside a group */
+        same_as_reference(k, 3, names[2], 97, (int64_t)((1ull << 34) - 37), 300, EMU_DTYPE_BF16);
+    }
+    cr_assert_geq(kernels, 1);
+    same_as_reference(WTS_GEN_BEST, 9, names[2], 1000, 5, 3000, EMU_DTYPE_FP16);
+    cr_assert_not(wts_generate_kernel(EMU_SIMD__COUNT));
+}
+
+/* emu_dtype_round_n on every kernel against emu_dtype_round: random bit
+ * patterns, and around the edges (subnormals, the largest finite values,
+ * infinities, NaNs with payloads, ties). */
+Test(weights, round_n_equals_round)
+{
+    enum { N = 1 << 16 };
+    static const uint32_t edges[] = {0x0, 0x80000000, 0x1, 0x33000000, 0x33000001, 0x337fffff,
+                                     0x387fe000, 0x387ff000, 0x38800000, 0x477fefff, 0x477ff000,
+                                     0x477fffff, 0x7f7fffff, 0x7f7f8000, 0x7f800000, 0xff800000,
+                                     0x7f800001, 0x7fc00000, 0xffc12345, 0x7fbfffff, 0x3f801000,
+                                     0x3f803000, 0x3f808000, 0x3f818000, 0x43e80000, 0x43e80001};
+    uint32_t *bits = malloc(sizeof(uint32_t) * N);
+    uint64_t s = 99;
+    for (int i = 0; i < N; i++) bits[i] = (uint32_t)draw(&s);
+    memcpy(bits, edges, sizeof edges);
+    for (int k = 0; k < EMU_SIMD__COUNT; k++) {
+        if (!emu_simd_supported((emu_simd_t)k)) continue;
+        for (int dt = 0; dt < EMU_DTYPE__COUNT; dt++)
+            for (int64_t n = N - 3; n <= N; n++) { /* ends off and on the vectors */
+                float *p = malloc(sizeof(float) * N);
+                memcpy(p, bits, sizeof(float) * N);
+                emu_dtype_round_n_on((emu_simd_t)k, (emu_dtype_t)dt, p, n);
+                for (int64_t i = 0; i < N; i++) {
+                    float x, want;
+                    uint32_t got_bits, want_bits;
+                    memcpy(&x, &bits[i], 4);
+                    want = i < n ? emu_dtype_round((emu_dtype_t)dt, x) : x;
+                    memcpy(&got_bits, &p[i], 4);
+                    memcpy(&want_bits, &want, 4);
+                    cr_assert_eq(got_bits, want_bits, "%s on %s: 0x%08x gives 0x%08x, not 0x%08x",
+                                 emu_dtype_name((emu_dtype_t)dt), emu_simd_name((emu_simd_t)k),
+                                 bits[i], got_bits, want_bits);
+                }
+                free(p);
+            }
+    }
+    free(bits);
+}
+
 Test(weights, init_laws)
 {
     float v[4096];

@@ -28,6 +28,12 @@ uint64_t wts_stream(const char *name);
  * same elements of the whole tensor. */
 void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
                   int64_t offset, int64_t n, emu_dtype_t dt);
+/* The kernel wts_generate runs, for tests and benches: WTS_GEN_SCALAR
+ * (the reference: an element at a time), an emu_simd_t, or WTS_GEN_BEST
+ * (the default, emu_simd_best). For the whole process; false, and nothing
+ * changed, when the CPU lacks it. Every kernel gives the same bits. */
+enum { WTS_GEN_SCALAR = -1, WTS_GEN_BEST = -2 };
+bool wts_generate_kernel(int k);
 
 /* One layer's tensors; NULL where the family or the layer has none. */
 typedef struct {

@@ -1,0 +1,393 @@
+/* The weights' generator: Philox4x32-10 over counters, a tensor's law
+ * (init_law) and the rounding to the emulated dtype, an element at a time
+ * (the reference) or many blocks at once on the CPU's vector kernels,
+ * which give the same bits. */
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "engine/models/weights.h"
+
+/* ---- Philox4x32-10 */
+
+static void philox_block(uint32_t out[4], uint64_t seed, uint64_t stream,
+                         uint64_t block)
+{
+    uint32_t c[4] = {(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)stream,
+                     (uint32_t)(stream >> 32)};
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c[0];
+        uint64_t p1 = (uint64_t)0xCD9E8D57u * c[2];
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0;
+        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
+        c[1] = (uint32_t)p1;
+        c[3] = (uint32_t)p0;
+        c[0] = n0;
+        c[2] = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    memcpy(out, c, sizeof c);
+}
+
+void wts_philox_block(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t block)
+{
+    philox_block(out, seed, stream, block);
+}
+
+/* philox_block's rounds for WTS_PHILOX_LANES counters side by side, one
+ * array per word so that the compiler puts the lanes in vector registers:
+ * a block's rounds wait on each other's products, independent ones do
+ * not (2 to 3 times the blocks per second of one at a time). */
+void wts_philox_blocks(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
+                       const uint64_t block[WTS_PHILOX_LANES])
+{
+    enum { W = WTS_PHILOX_LANES };
+    uint32_t c0[W], c1[W], c2[W], c3[W];
+    for (int i = 0; i < W; i++) {
+        c0[i] = (uint32_t)block[i];
+        c1[i] = (uint32_t)(block[i] >> 32);
+        c2[i] = (uint32_t)stream;
+        c3[i] = (uint32_t)(stream >> 32);
+    }
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        for (int i = 0; i < W; i++) {
+            uint64_t p0 = (uint64_t)0xD2511F53u * c0[i];
+            uint64_t p1 = (uint64_t)0xCD9E8D57u * c2[i];
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[i] ^ k0;
+            uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[i] ^ k1;
+            c1[i] = (uint32_t)p1;
+            c3[i] = (uint32_t)p0;
+            c0[i] = n0;
+            c2[i] = n2;
+        }
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    for (int i = 0; i < W; i++) {
+        out[i][0] = c0[i];
+        out[i][1] = c1[i];
+        out[i][2] = c2[i];
+        out[i][3] = c3[i];
+    }
+}
+
+uint32_t wts_philox(uint64_t seed, uint64_t stream, uint64_t index)
+{
+    uint32_t b[4];
+    philox_block(b, seed, stream, index / 4);
+    return b[index % 4];
+}
+
+uint64_t wts_stream(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    return h;
+}
+
+/* Norm weights are 1 + 0.25 u, so that a wrong norm shows; the embedding
+ * is u; projections are u / sqrt(fan_in), PyTorch's default bound. */
+static void init_law(const char *name, int64_t fan_in, double *base, double *scale)
+{
+    if (strstr(name, "norm")) {
+        *base = 1.0;
+        *scale = 0.25;
+    } else if (strstr(name, "embed_tokens")) {
+        *base = 0.0;
+        *scale = 1.0;
+    } else {
+        *base = 0.0;
+        *scale = 1.0 / sqrt((double)fan_in);
+    }
+}
+
+/* A tensor's law as the generator applies it: in float when base and
+ * scale are floats, else in double. */
+typedef struct {
+    double base, scale;
+    float lo, sc;
+    bool exact;
+} law_t;
+
+static law_t law_of(const char *name, int64_t fan_in)
+{
+    law_t l;
+    init_law(name, fan_in, &l.base, &l.scale);
+    l.lo = (float)l.base;
+    l.sc = (float)l.scale;
+    l.exact = (double)l.lo == l.base && (double)l.sc == l.scale;
+    return l;
+}
+
+/* The element of a Philox word: its top 24 bits as u in [-1, 1), which a
+ * float holds exactly, through the law. The vector kernels do these
+ * operations in this order, unfused. */
+static float law_apply(const law_t *l, uint32_t word)
+{
+    double u = (double)(word >> 8) * 0x1p-23 - 1.0;
+    return l->exact ? l->lo + l->sc * (float)u : (float)(l->base + l->scale * u);
+}
+
+/* The reference: an element at a time. */
+static void gen_scalar(float *out, uint64_t seed, uint64_t stream, const law_t *l,
+                       int64_t offset, int64_t n, emu_dtype_t dt)
+{
+    for (int64_t i = 0; i < n;) {
+        uint64_t idx = (uint64_t)(offset + i);
+        uint32_t b[4];
+        philox_block(b, seed, stream, idx / 4);
+        for (unsigned j = (unsigned)(idx % 4); j < 4 && i < n; j++, i++)
+            out[i] = emu_dtype_round(dt, law_apply(l, b[j]));
+    }
+}
+
+/* ---- Kernels of whole blocks: out[4 i + j] is law_apply of word j of
+ * block `block + i`, i < nb, unrounded. They may write up to GEN_GROUP
+ * blocks past nb (out has room: the tile is whole groups). */
+enum { GEN_GROUP = 16, GEN_TILE = 1024 }; /* blocks of the widest kernel; floats per tile */
+typedef void gen_blocks_fn(float *out, uint64_t seed, uint64_t stream, uint64_t block, int64_t nb,
+                           const law_t *l);
+
+static void blocks_c(float *out, uint64_t seed, uint64_t stream, uint64_t block, int64_t nb,
+                     const law_t *l)
+{
+    enum { W = WTS_PHILOX_LANES };
+    for (int64_t b = 0; b < nb; b += W) {
+        uint64_t ctr[W];
+        uint32_t w[W][4];
+        for (int i = 0; i < W; i++) ctr[i] = block + (uint64_t)(b + i);
+        wts_philox_blocks(w, seed, stream, ctr);
+        for (int i = 0; i < 4 * W; i++) out[4 * b + i] = law_apply(l, w[i / 4][i % 4]);
+    }
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* The counters of blocks block .. block + lanes - 1: low and high words. */
+static void counters(uint32_t *lo, uint32_t *hi, uint64_t block, int lanes)
+{
+    for (int i = 0; i < lanes; i++) {
+        uint64_t x = block + (uint64_t)i;
+        lo[i] = (uint32_t)x;
+        hi[i] = (uint32_t)(x >> 32);
+    }
+}
+
+#define AVX2 __attribute__((target("avx2")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+/* Explicit round-to-nearest, as the default: these never fuse into FMAs. */
+#define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+/* Lane-wise 64-bit products a * m: their high and low words. */
+AVX512 static inline void mul_avx512(__m512i a, __m512i m, __m512i *hi, __m512i *lo)
+{
+    __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+/* philox_block's rounds, a block per lane: c[j] holds the lanes' word j. */
+AVX512 static void philox_avx512(__m512i c[4], uint64_t seed)
+{
+    __m512i k0 = _mm512_set1_epi32((int)(uint32_t)seed),
+            k1 = _mm512_set1_epi32((int)(uint32_t)(seed >> 32));
+    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u),
+                  w0 = _mm512_set1_epi32((int)0x9E3779B9u), w1 = _mm512_set1_epi32((int)0xBB67AE85u);
+    for (int r = 0; r < 10; r++) {
+        __m512i hi0, lo0, hi1, lo1;
+        mul_avx512(c[0], m0, &hi0, &lo0);
+        mul_avx512(c[2], m1, &hi1, &lo1);
+        c[0] = _mm512_ternarylogic_epi32(hi1, c[1], k0, 0x96); /* three-way xor */
+        c[2] = _mm512_ternarylogic_epi32(hi0, c[3], k1, 0x96);
+        c[1] = lo1;
+        c[3] = lo0;
+        k0 = _mm512_add_epi32(k0, w0);
+        k1 = _mm512_add_epi32(k1, w1);
+    }
+}
+
+/* The double law of 8 words' top bits k. */
+AVX512 static __m256 law_double_avx512(__m256i k, const law_t *l)
+{
+    __m512d u = _mm512_sub_round_pd(
+        _mm512_mul_round_pd(_mm512_cvtepi32_pd(k), _mm512_set1_pd(0x1p-23), RN),
+        _mm512_set1_pd(1.0), RN);
+    __m512d v = _mm512_add_round_pd(_mm512_set1_pd(l->base),
+                                    _mm512_mul_round_pd(_mm512_set1_pd(l->scale), u, RN), RN);
+    return _mm512_cvt_roundpd_ps(v, RN);
+}
+
+/* law_apply of 16 words. */
+AVX512 static __m512 law_avx512(__m512i w, const law_t *l)
+{
+    __m512i k = _mm512_srli_epi32(w, 8);
+    if (l->exact) {
+        __m512 u = _mm512_sub_round_ps(
+            _mm512_mul_round_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0x1p-23f), RN),
+            _mm512_set1_ps(1.0f), RN);
+        return _mm512_add_round_ps(_mm512_set1_ps(l->lo),
+                                   _mm512_mul_round_ps(_mm512_set1_ps(l->sc), u, RN), RN);
+    }
+    __m256 f0 = law_double_avx512(_mm512_castsi512_si256(k), l),
+           f1 = law_double_avx512(_mm512_extracti64x4_epi64(k, 1), l);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)),
+                                               _mm256_castps_pd(f1), 1));
+}
+
+/* c[j] holds word j of blocks 0..15; o[q] gets blocks 4q..4q+3 in order. */
+AVX512 static void transpose_avx512(const __m512i c[4], __m512i o[4])
+{
+    __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]),
+            t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+    /* u[r]'s 128-bit lane q: block 4q + r */
+    __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2),
+            u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+    __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44), v1 = _mm512_shuffle_i32x4(u2, u3, 0x44),
+            v2 = _mm512_shuffle_i32x4(u0, u1, 0xEE), v3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
+    o[0] = _mm512_shuffle_i32x4(v0, v1, 0x88);
+    o[1] = _mm512_shuffle_i32x4(v0, v1, 0xDD);
+    o[2] = _mm512_shuffle_i32x4(v2, v3, 0x88);
+    o[3] = _mm512_shuffle_i32x4(v2, v3, 0xDD);
+}
+
+AVX512 static void blocks_avx512(float *out, uint64_t seed, uint64_t stream, uint64_t block,
+                                 int64_t nb, const law_t *l)
+{
+    for (int64_t b = 0; b < nb; b += 16) {
+        uint32_t lo[16], hi[16];
+        counters(lo, hi, block + (uint64_t)b, 16);
+        __m512i c[4] = {_mm512_loadu_si512(lo), _mm512_loadu_si512(hi),
+                        _mm512_set1_epi32((int)(uint32_t)stream),
+                        _mm512_set1_epi32((int)(uint32_t)(stream >> 32))},
+                o[4];
+        philox_avx512(c, seed);
+        transpose_avx512(c, o);
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + 4 * b + 16 * q, law_avx512(o[q], l));
+    }
+}
+
+AVX2 static inline void mul_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
+{
+    __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+AVX2 static void philox_avx2(__m256i c[4], uint64_t seed)
+{
+    __m256i k0 = _mm256_set1_epi32((int)(uint32_t)seed),
+            k1 = _mm256_set1_epi32((int)(uint32_t)(seed >> 32));
+    const __m256i m0 = _mm256_set1_epi32((int)0xD2511F53u), m1 = _mm256_set1_epi32((int)0xCD9E8D57u),
+                  w0 = _mm256_set1_epi32((int)0x9E3779B9u), w1 = _mm256_set1_epi32((int)0xBB67AE85u);
+    for (int r = 0; r < 10; r++) {
+        __m256i hi0, lo0, hi1, lo1;
+        mul_avx2(c[0], m0, &hi0, &lo0);
+        mul_avx2(c[2], m1, &hi1, &lo1);
+        c[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), k0);
+        c[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), k1);
+        c[1] = lo1;
+        c[3] = lo0;
+        k0 = _mm256_add_epi32(k0, w0);
+        k1 = _mm256_add_epi32(k1, w1);
+    }
+}
+
+/* The double law of 4 words' top bits k. */
+AVX2 static __m128 law_double_avx2(__m128i k, const law_t *l)
+{
+    __m256d u = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(k), _mm256_set1_pd(0x1p-23)),
+                              _mm256_set1_pd(1.0));
+    return _mm256_cvtpd_ps(
+        _mm256_add_pd(_mm256_set1_pd(l->base), _mm256_mul_pd(_mm256_set1_pd(l->scale), u)));
+}
+
+/* law_apply of 8 words (no FMA in this target: nothing fuses). */
+AVX2 static __m256 law_avx2(__m256i w, const law_t *l)
+{
+    __m256i k = _mm256_srli_epi32(w, 8);
+    if (l->exact) {
+        __m256 u = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(0x1p-23f)),
+                                 _mm256_set1_ps(1.0f));
+        return _mm256_add_ps(_mm256_set1_ps(l->lo), _mm256_mul_ps(_mm256_set1_ps(l->sc), u));
+    }
+    __m128 f0 = law_double_avx2(_mm256_castsi256_si128(k), l),
+           f1 = law_double_avx2(_mm256_extracti128_si256(k, 1), l);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(f0), f1, 1);
+}
+
+/* c[j] holds word j of blocks 0..7; o[q] gets blocks 2q, 2q + 1. */
+AVX2 static void transpose_avx2(const __m256i c[4], __m256i o[4])
+{
+    __m256i t0 = _mm256_unpacklo_epi32(c[0], c[1]), t1 = _mm256_unpackhi_epi32(c[0], c[1]),
+            t2 = _mm256_unpacklo_epi32(c[2], c[3]), t3 = _mm256_unpackhi_epi32(c[2], c[3]);
+    /* u[r]'s 128-bit lane q: block 4q + r */
+    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2),
+            u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    o[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+    o[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+    o[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+    o[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+}
+
+AVX2 static void blocks_avx2(float *out, uint64_t seed, uint64_t stream, uint64_t block,
+                             int64_t nb, const law_t *l)
+{
+    for (int64_t b = 0; b < nb; b += 8) {
+        uint32_t lo[8], hi[8];
+        counters(lo, hi, block + (uint64_t)b, 8);
+        __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
+                        _mm256_loadu_si256((const __m256i *)hi),
+                        _mm256_set1_epi32((int)(uint32_t)stream),
+                        _mm256_set1_epi32((int)(uint32_t)(stream >> 32))},
+                o[4];
+        philox_avx2(c, seed);
+        transpose_avx2(c, o);
+        for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + 4 * b + 8 * q, law_avx2(o[q], l));
+    }
+}
+
+static gen_blocks_fn *const gen_blocks[EMU_SIMD__COUNT] = {
+    [EMU_SIMD_C] = blocks_c, [EMU_SIMD_AVX2] = blocks_avx2, [EMU_SIMD_AVX512] = blocks_avx512};
+#else
+static gen_blocks_fn *const gen_blocks[EMU_SIMD__COUNT] = {[EMU_SIMD_C] = blocks_c};
+#endif
+
+/* wts_generate's kernel: WTS_GEN_SCALAR, an emu_simd_t, or WTS_GEN_BEST. */
+static atomic_int gen_kernel = WTS_GEN_BEST;
+
+bool wts_generate_kernel(int k)
+{
+    bool ok = k == WTS_GEN_SCALAR || k == WTS_GEN_BEST ||
+              (k >= 0 && k < EMU_SIMD__COUNT && emu_simd_supported((emu_simd_t)k));
+    if (ok) atomic_store(&gen_kernel, k);
+    return ok;
+}
+
+/* Tiles of GEN_TILE floats from whole blocks, rounded while in cache and
+ * copied out: the tile absorbs unaligned offsets and short ends. */
+void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
+                  int64_t offset, int64_t n, emu_dtype_t dt)
+{
+    law_t l = law_of(name, fan_in);
+    uint64_t stream = wts_stream(name);
+    int k = atomic_load(&gen_kernel);
+    if (k == WTS_GEN_SCALAR) {
+        gen_scalar(out, seed, stream, &l, offset, n, dt);
+        return;
+    }
+    emu_simd_t simd = k == WTS_GEN_BEST ? emu_simd_best() : (emu_simd_t)k;
+    _Alignas(64) float tile[GEN_TILE];
+    for (int64_t i = 0; i < n;) {
+        uint64_t idx = (uint64_t)(offset + i);
+        int64_t skip = (int64_t)(idx % 4), m = n - i < GEN_TILE - skip ? n - i : GEN_TILE - skip;
+        gen_blocks[simd](tile, seed, stream, idx / 4, (skip + m + 3) / 4, &l);
+        emu_dtype_round_n_on(simd, dt, tile + skip, m);
+        memcpy(out + i, tile + skip, sizeof(float) * (size_t)m);
+        i += m;
+    }
+}
