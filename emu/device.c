@@ -23,6 +23,12 @@ static const char *const emu_mem_names[EMU_MEM__COUNT] = {
 
 const char *emu_kernel_name(emu_kernel_t k) { return emu_kernel_names[k]; }
 
+uint64_t emu_fnv1a(uint64_t h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+
 double emu_host_seconds(void)
 {
     struct timespec ts;

@@ -208,6 +208,12 @@ const char *emu_kernel_name(emu_kernel_t k);
  * virtual time). */
 double emu_host_seconds(void);
 
+/* FNV-1a over n bytes, continuing from h (EMU_FNV1A_INIT to begin): the
+ * streams of generated weights (by tensor name) and the fingerprints that
+ * refuse MPI processes running different jobs. */
+#define EMU_FNV1A_INIT 0xcbf29ce484222325ull
+uint64_t emu_fnv1a(uint64_t h, const void *p, size_t n);
+
 /* ---- A device spec: the budgets of one emulated GPU. */
 typedef struct {
     double peak_flops;   /* FLOP/s, dense fp16/bf16 */

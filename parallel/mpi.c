@@ -615,12 +615,6 @@ static bool launched_by_mpirun(void)
     return false;
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 moemu_status_t par_proc_init(int *argc, char ***argv)
 {
     if (!launched_by_mpirun()) return MOEMU_OK;
@@ -640,8 +634,8 @@ moemu_status_t par_proc_init(int *argc, char ***argv)
                           "thread support");
     MOEMU_CHECK(par_transport_register(&par_mpi_transport));
     /* the same command line everywhere, or processes would run different jobs */
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (int i = 1; i < *argc; i++) h = fnv(h, (*argv)[i], strlen((*argv)[i]) + 1);
+    uint64_t h = EMU_FNV1A_INIT;
+    for (int i = 1; i < *argc; i++) h = emu_fnv1a(h, (*argv)[i], strlen((*argv)[i]) + 1);
     return par_proc_agree(MOEMU_OK, h);
 }
 

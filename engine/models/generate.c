@@ -81,13 +81,7 @@ uint32_t wts_philox(uint64_t seed, uint64_t stream, uint64_t index)
     return b[index % 4];
 }
 
-uint64_t wts_stream(const char *name)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ull;
-    return h;
-}
+uint64_t wts_stream(const char *name) { return emu_fnv1a(EMU_FNV1A_INIT, name, strlen(name)); }
 
 /* Norm weights are 1 + 0.25 u, so that a wrong norm shows; the embedding
  * is u; projections are u / sqrt(fan_in), PyTorch's default bound. */

@@ -765,10 +765,9 @@ static uint64_t fingerprint(const run_t *D)
                    D->wl->decode, c->num_hidden_layers, c->hidden_size, c->vocab_size,
                    c->num_local_experts, c->dtype, D->w->n_floats};
     uint64_t h = wts_stream(canon) ^ wts_stream(c->name) * 3 ^ wts_stream(D->o->hw.name) * 5;
-    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ (uint64_t)v[i]) * 0x100000001b3ULL;
+    h = emu_fnv1a(h, v, sizeof v);
     for (int b = 0; b < D->wl->batch; b++)
-        for (int t = 0; t < D->wl->len[b]; t++)
-            h = (h ^ (uint64_t)D->wl->tokens[D->wl->start[b] + t]) * 0x100000001b3ULL;
+        h = emu_fnv1a(h, D->wl->tokens + D->wl->start[b], sizeof(int) * (size_t)D->wl->len[b]);
     return h;
 }
 
