@@ -90,7 +90,7 @@ struct emu_cluster {
     emu_dev_t *devs; /* ndev, one block */
 
     int host_cores;
-    void *hwloc;     /* hwloc_topology_t, NULL if unpinned */
+    void *hwloc;     /* the process's hwloc_topology_t (cluster.c), NULL if none */
 
     /* run state */
     pthread_mutex_t mu;   /* guards syncs, the failure reported, running */
