@@ -154,6 +154,36 @@ static bool capacity_holds_all(const int *idx, size_t n, int E, int64_t cap)
     return holds;
 }
 
+/* The ordered pass: the group's decisions dec (members' rows in member
+ * order) into group order, the first cap choices of each expert kept;
+ * member me's flags into keep, its drops counted. */
+static moemu_status_t capacity_ordered(uint8_t *keep, int64_t *dropped, const int *dec, int n,
+                                       const int *counts, const int *gpos, int T, int k,
+                                       int E, int64_t cap, int me)
+{
+    size_t all_n = (size_t)T * k;
+    int *group = malloc(sizeof(int) * (all_n + 1));
+    uint8_t *kall = malloc(all_n + 1);
+    if (!group || !kall) {
+        free(group);
+        free(kall);
+        return nomem((sizeof(int) + 1) * all_n, "the routing decisions of a group");
+    }
+    for (int64_t j = 0; j < T; j++) /* k is small: no memcpy call per token */
+        for (int s = 0; s < k; s++) group[(int64_t)gpos[j] * k + s] = dec[j * k + s];
+    layer_apply_capacity(kall, NULL, group, T, k, E, cap);
+    int64_t off = 0;
+    for (int q = 0; q < me; q++) off += counts[q];
+    for (int j = 0; j < n; j++)
+        for (int s = 0; s < k; s++) {
+            keep[j * k + s] = kall[(int64_t)gpos[off + j] * k + s];
+            *dropped += !keep[j * k + s];
+        }
+    free(group);
+    free(kall);
+    return MOEMU_OK;
+}
+
 moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
                                     int64_t *dropped, const int *idx, int n,
                                     const int *counts, const int *gpos, int T,
@@ -171,35 +201,19 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
         return moemu_fail(MOEMU_ERR_INTERNAL, "routing group of %d tokens split into %lld",
                           T, (long long)total);
     size_t all_n = (size_t)T * k;
-    int *all = malloc(sizeof(int) * (all_n + 1)), *group = malloc(sizeof(int) * (all_n + 1));
-    uint8_t *kall = malloc(all_n + 1);
-    if (!all || !group || !kall) {
-        free(all);
-        free(group);
-        free(kall);
-        return nomem(sizeof(int) * all_n * 2, "the routing decisions of a group");
-    }
-    moemu_status_t st = gather_rows(c, all, idx, counts, k, EMU_DTYPE_INT32, comm);
+    /* a group of one holds its decisions already: nothing to gather */
+    int *all = p > 1 ? malloc(sizeof(int) * (all_n + 1)) : NULL;
+    if (p > 1 && !all) return nomem(sizeof(int) * all_n, "the routing decisions of a group");
+    moemu_status_t st = p > 1 ? gather_rows(c, all, idx, counts, k, EMU_DTYPE_INT32, comm)
+                              : MOEMU_OK;
+    const int *dec = p > 1 ? all : idx;
     int64_t cap = layer_capacity(cf, T, k, E);
-    if (st == MOEMU_OK && capacity_holds_all(all, all_n, E, cap)) {
+    if (st == MOEMU_OK && capacity_holds_all(dec, all_n, E, cap))
         memset(keep, 1, (size_t)n * k); /* what the ordered pass would find */
-    } else if (st == MOEMU_OK) { /* routing is metadata: decided in dry runs too */
-        /* into group order, then the first cap choices of each expert */
-        for (int64_t j = 0; j < T; j++) /* k is small: no memcpy call per token */
-            for (int s = 0; s < k; s++) group[(int64_t)gpos[j] * k + s] = all[j * k + s];
-        layer_apply_capacity(kall, NULL, group, T, k, E, cap);
-        int64_t off = 0;
-        for (int q = 0; q < me; q++) off += counts[q];
-        for (int j = 0; j < n; j++)
-            for (int s = 0; s < k; s++) {
-                keep[j * k + s] = kall[(int64_t)gpos[off + j] * k + s];
-                *dropped += !keep[j * k + s];
-            }
-    }
+    else if (st == MOEMU_OK) /* routing is metadata: decided in dry runs too */
+        st = capacity_ordered(keep, dropped, dec, n, counts, gpos, T, k, E, cap, me);
     emu_charge(c->dev, EMU_KERNEL_ROUTER, (double)all_n, 8.0 * (double)all_n);
     free(all);
-    free(group);
-    free(kall);
     return st;
 }
 
