@@ -6,7 +6,8 @@
  * devices as coroutines on this thread (the default of a no-data run).
  * Checks first that both give the same report, bit for bit (its JSON),
  * then prints the wall and CPU seconds of each (best of --reps) and the
- * ratios threads / coroutines.
+ * ratios threads / coroutines; then the summary lines: each case's
+ * coroutines wall seconds against its aim, and case 16's ratio.
  *
  * Cases: "16", moe-10b-plan pp2-dp4-tp2-ep8 on 16 devices, batch 128 x
  * 1024 tokens, 16 generated, 8 micro-batches per replica; "1024", plan c
@@ -72,8 +73,10 @@ static moemu_status_t dry_once(const dry_case_t *k, const cfg_model_t *cfg, cons
     return *js ? MOEMU_OK : moemu_fail(MOEMU_ERR_NOMEM, "cannot write the report");
 }
 
-/* Both ways, reps times each; the reports must be the same. */
-static int bench_case(const dry_case_t *k, int reps, bool quick, const emu_hw_t *hw)
+/* Both ways, reps times each; the reports must be the same. wall[0] and
+ * wall[1]: the best wall seconds on threads and as coroutines. */
+static int bench_case(const dry_case_t *k, int reps, bool quick, const emu_hw_t *hw,
+                      double wall[2])
 {
     cfg_model_t cfg;
     wl_t wl;
@@ -81,7 +84,8 @@ static int bench_case(const dry_case_t *k, int reps, bool quick, const emu_hw_t 
     int len = quick ? k->prompt_len / 10 : k->prompt_len;
     wl_opts_t wo = {.batch = k->batch, .prompt_len = len, .decode = k->decode, .seed = 1};
     if (wl_make(&wl, &wo, &cfg) != MOEMU_OK) return fail();
-    double wall[2] = {1e30, 1e30}, cpu[2] = {1e30, 1e30};
+    double cpu[2] = {1e30, 1e30};
+    wall[0] = wall[1] = 1e30;
     char *ref = NULL;
     for (int i = 0; i < 2 * reps; i++) {
         bool threads = i % 2 == 0;
@@ -142,14 +146,25 @@ int main(int argc, char **argv)
     printf("%-5s %5s  %-24s %-14s %-11s %9s %9s\n", "case", "devs", "strategy", "batch x len",
            "devices as", "wall s", "CPU s");
     int rc = 0, ran = 0;
+    double wall[2][2];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0] && rc == 0; i++)
         if (!strcmp(which, "all") || !strcmp(which, cases[i].name)) {
-            rc = bench_case(&cases[i], reps, quick, &hw);
-            ran++;
+            rc = bench_case(&cases[i], reps, quick, &hw, wall[i]);
+            ran |= 1 << i;
         }
     if (!ran) {
         fprintf(stderr, "bench_dry: no case '%s' (16, 1024 or all)\n", which);
         return 2;
     }
-    return rc;
+    if (rc) return rc;
+    /* the aims are for the full workloads, not --quick's */
+    const char *q = quick ? " (quick)" : "";
+    if (ran & 1) {
+        printf("summary: dry run 16 devices, coroutines%s (s) | %.3f | 0.15\n", q, wall[0][1]);
+        printf("summary: dry run 16 devices, threads / coroutines%s | %.1f | 10\n", q,
+               wall[0][0] / wall[0][1]);
+    }
+    if (ran & 2)
+        printf("summary: dry run 1024 devices, coroutines%s (s) | %.3f | 3\n", q, wall[1][1]);
+    return 0;
 }

@@ -34,6 +34,28 @@ static int emu_hwloc_cores(hwloc_topology_t topo)
     return n;
 }
 
+/* The host's topology and cores, loaded once per process and kept: a
+ * sweep creates a cluster per candidate, and loading the topology (hwloc
+ * opens its plugins) cost as much as a small dry run. Consulting it from
+ * several threads is safe (hwloc's rule for a topology left unmodified). */
+static pthread_once_t host_once = PTHREAD_ONCE_INIT;
+static hwloc_topology_t host_topo;
+static int host_cores;
+
+static void host_load(void)
+{
+    hwloc_topology_t ht;
+    if (hwloc_topology_init(&ht) == 0) {
+        if (hwloc_topology_load(ht) == 0) host_topo = ht;
+        else hwloc_topology_destroy(ht);
+    }
+    host_cores = host_topo ? emu_hwloc_cores(host_topo) : 0;
+    if (host_cores <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        host_cores = n > 0 ? (int)n : 1;
+    }
+}
+
 moemu_status_t emu_cluster_create(const emu_spec_t *spec,
                                   const emu_topo_t *topo, int ndev,
                                   const emu_cluster_opts_t *opts,
@@ -94,16 +116,9 @@ moemu_status_t emu_cluster_create(const emu_spec_t *spec,
         dev->jitter_state = emu_splitmix(&seed);
     }
 
-    hwloc_topology_t ht;
-    if (hwloc_topology_init(&ht) == 0) {
-        if (hwloc_topology_load(ht) == 0) c->hwloc = ht;
-        else hwloc_topology_destroy(ht);
-    }
-    c->host_cores = c->hwloc ? emu_hwloc_cores(c->hwloc) : 0;
-    if (c->host_cores <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        c->host_cores = n > 0 ? (int)n : 1;
-    }
+    pthread_once(&host_once, host_load);
+    c->hwloc = host_topo;
+    c->host_cores = host_cores;
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -121,7 +136,6 @@ void emu_cluster_destroy(emu_cluster_t *c)
     /* a sync that outlives its cluster (a communicator destroyed late)
      * must not touch it */
     for (emu_sync_t *s = c->syncs; s; s = s->next) s->cluster = NULL;
-    if (c->hwloc) hwloc_topology_destroy(c->hwloc);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->pace_cv);
     emu_fibers_free(c);

@@ -358,12 +358,78 @@ static size_t emu_maps_take(emu_dev_t *dev, const void *p)
     return len;
 }
 
+/* Freed no-data mappings, kept for any device of any cluster of the
+ * process: a dry run frees and allocates the same buffers every layer, its
+ * devices in turn, and a sweep runs cluster after cluster. Reusing them
+ * spares mmap and munmap (which serialise device threads on the address
+ * space) and the page faults of touching fresh pages, costly on virtual
+ * machines. Lengths are rounded up to a size class (four per power of two)
+ * whose bin is a stack. What a buffer holds on reuse is stale: no-data
+ * buffers are written before they are read (their metadata) or never. */
+enum { POOL_CLASSES = 4 * 64, POOL_MAX = 16384 }; /* classes: see pool_class */
+
+static struct {
+    pthread_mutex_t mu;
+    struct emu_map *bin[POOL_CLASSES];
+    int n[POOL_CLASSES], cap[POOL_CLASSES], total;
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The class of a length and the class's length: up to 4 pages, each
+ * count of pages; above, the multiples of 2^(e-2) pages in (4, 8] x
+ * 2^(e-2), for 2^e < pages <= 2^(e+1). */
+static int pool_class(size_t len, size_t *class_len)
+{
+    size_t pages = (len + 4095) / 4096;
+    if (pages <= 4) {
+        *class_len = (pages ? pages : 1) * 4096;
+        return pages ? (int)pages - 1 : 0;
+    }
+    int e = 63 - __builtin_clzll((unsigned long long)(pages - 1));
+    size_t unit = (size_t)1 << (e - 2), q = (pages + unit - 1) / unit;
+    *class_len = q * unit * 4096;
+    return 4 * (e - 1) + (int)q - 5;
+}
+
+/* A kept mapping of class c, NULL if none. */
+static void *pool_take(int c)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&pool.mu);
+    if (pool.n[c] > 0) {
+        p = pool.bin[c][--pool.n[c]].p;
+        pool.total--;
+    }
+    pthread_mutex_unlock(&pool.mu);
+    return p;
+}
+
+/* Keep the mapping for reuse, or unmap it when the pool is full. */
+static void pool_give(void *p, size_t len)
+{
+    size_t class_len;
+    int c = pool_class(len, &class_len);
+    bool kept = false;
+    pthread_mutex_lock(&pool.mu);
+    if (class_len == len && pool.total < POOL_MAX) {
+        if (pool.n[c] == pool.cap[c]) {
+            int cap = pool.cap[c] ? 2 * pool.cap[c] : 16;
+            struct emu_map *b = realloc(pool.bin[c], sizeof *b * (size_t)cap);
+            if (b) pool.bin[c] = b, pool.cap[c] = cap;
+        }
+        if (pool.n[c] < pool.cap[c]) {
+            pool.bin[c][pool.n[c]++] = (struct emu_map){p, len};
+            pool.total++;
+            kept = true;
+        }
+    }
+    pthread_mutex_unlock(&pool.mu);
+    if (!kept) munmap(p, len);
+}
+
 static void emu_maps_unmap_all(emu_dev_t *dev)
 {
-    for (int i = 0; i < dev->nspare; i++) munmap(dev->spare[i].p, dev->spare[i].len);
-    dev->nspare = 0;
     for (size_t i = 0; i < dev->maps_cap; i++)
-        if (dev->maps[i].p) munmap(dev->maps[i].p, dev->maps[i].len);
+        if (dev->maps[i].p) pool_give(dev->maps[i].p, dev->maps[i].len);
     free(dev->maps);
     dev->maps = NULL;
     dev->nmaps = dev->maps_cap = 0;
@@ -373,21 +439,12 @@ static moemu_status_t emu_alloc_nodata(emu_dev_t *dev, emu_mem_t cat,
                                        size_t host_bytes, double dev_bytes,
                                        void **out)
 {
-    size_t len = host_bytes ? host_bytes : 1;
-    /* the smallest spare mapping that is large enough */
-    int best = -1;
-    for (int i = 0; i < dev->nspare; i++)
-        if (dev->spare[i].len >= len && (best < 0 || dev->spare[i].len < dev->spare[best].len))
-            best = i;
-    void *p;
-    if (best >= 0) {
-        p = dev->spare[best].p;
-        len = dev->spare[best].len;
-        dev->spare[best] = dev->spare[--dev->nspare];
-    } else {
+    size_t len;
+    int c = pool_class(host_bytes ? host_bytes : 1, &len);
+    void *p = pool_take(c);
+    if (!p)
         p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
-    }
     if (p == MAP_FAILED || !emu_maps_put(dev, p, len)) {
         int e = p == MAP_FAILED ? errno : ENOMEM;
         if (p != MAP_FAILED) munmap(p, len);
@@ -428,12 +485,8 @@ void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
 {
     if (!p) return;
     size_t len = emu_maps_take(dev, p);
-    if (len && dev->nspare < (int)(sizeof dev->spare / sizeof dev->spare[0]))
-        dev->spare[dev->nspare++] = (struct emu_map){p, len};
-    else if (len)
-        munmap(p, len);
-    else
-        free(p);
+    if (len) pool_give(p, len);
+    else free(p);
     emu_mem_release(dev, cat, dev_bytes);
 }
 

@@ -39,11 +39,6 @@ struct emu_dev {
     bool nodata;
     struct emu_map { void *p; size_t len; } *maps;
     size_t nmaps, maps_cap; /* maps_cap: 0 or a power of two */
-    /* no-data mappings freed and kept for the next emu_alloc: a dry run
-     * frees and allocates the same buffers every layer, and mmap/munmap
-     * pairs would serialise the device threads on the address space */
-    struct emu_map spare[8];
-    int nspare;
 
     /* jitter (emu_cluster_opts_t.jitter_us): the device's own generator,
      * touched by its thread only during runs */
@@ -95,7 +90,7 @@ struct emu_cluster {
     emu_dev_t *devs; /* ndev, one block */
 
     int host_cores;
-    void *hwloc;     /* hwloc_topology_t, NULL if unpinned */
+    void *hwloc;     /* the process's hwloc_topology_t (cluster.c), NULL if none */
 
     /* run state */
     pthread_mutex_t mu;   /* guards syncs, the failure reported, running */

@@ -17,14 +17,34 @@ static int64_t attn_first_key(int64_t qp, int64_t k0, int W)
     return W > 0 && qp - W + 1 > k0 ? qp - W + 1 : k0;
 }
 
+/* The sum of max(0, sl x + c) over x in [a, b], sl in {-1, 0, 1}. */
+static int64_t attn_ramp_sum(int64_t a, int64_t b, int sl, int64_t c)
+{
+    if (sl > 0) a = a > -c ? a : -c; /* x + c <= 0 below */
+    if (sl < 0) b = b < c ? b : c;   /* c - x <= 0 above */
+    if (b < a) return 0;
+    int64_t first = sl * a + c, last = sl * b + c;
+    if (sl == 0) return first > 0 ? (b - a + 1) * first : 0;
+    return (first + last) * (b - a + 1) / 2;
+}
+
 int64_t layer_attention_pairs_window(int T, int q0, int k0, int k1, int W)
 {
-    /* a query at qp sees keys attn_first_key..min(k1-1, qp) */
-    int64_t n = 0;
-    for (int t = 0; t < T; t++) {
-        int64_t qp = (int64_t)q0 + t, last = qp < k1 - 1 ? qp : k1 - 1;
-        int64_t first = attn_first_key(qp, k0, W);
-        if (last >= first) n += last - first + 1;
+    /* a query at qp sees keys attn_first_key..min(k1-1, qp): the count is
+     * linear in qp between the cuts k1 (last stops at k1 - 1) and k0 + W
+     * (first starts to move), summed in closed form on each piece */
+    int64_t lo = q0, end = (int64_t)q0 + T, n = 0;
+    int64_t cut[2] = {k1, W > 0 ? (int64_t)k0 + W : end};
+    if (cut[1] < cut[0]) cut[0] = cut[1], cut[1] = k1;
+    for (int i = 0; i <= 2 && lo < end; i++) {
+        int64_t hi = i < 2 && cut[i] < end ? cut[i] : end;
+        if (hi <= lo) continue;
+        bool moving_last = lo < k1, moving_first = W > 0 && lo >= (int64_t)k0 + W;
+        int sl = (moving_last ? 1 : 0) - (moving_first ? 1 : 0);
+        int64_t c = (moving_last ? 0 : (int64_t)k1 - 1) -
+                    (moving_first ? 1 - (int64_t)W : (int64_t)k0) + 1;
+        n += attn_ramp_sum(lo, hi - 1, sl, c);
+        lo = hi;
     }
     return n;
 }

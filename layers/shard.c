@@ -19,6 +19,13 @@ static int max_count(const int *counts, int p)
     return m;
 }
 
+static bool same_counts(const int *counts, int p)
+{
+    for (int q = 1; q < p; q++)
+        if (counts[q] != counts[0]) return false;
+    return true;
+}
+
 static moemu_status_t nomem(size_t bytes, const char *what)
 {
     return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %zu bytes for %s", bytes, what);
@@ -46,6 +53,13 @@ static moemu_status_t gather_rows(layer_ctx_t *c, void *out, const void *in,
     /* int32 rows are metadata (routing, counts): they travel even when the
      * math is skipped */
     bool data = c->math || dt == EMU_DTYPE_INT32;
+    if (data && !c->math && same_counts(counts, p)) {
+        /* no padding, and a no-data buffer only counts: straight from in
+         * to out (in place when in is our block of out) */
+        moemu_status_t st = par_allgather(in, out, n, dt, comm, c->dev);
+        emu_free(c->dev, EMU_MEM_COMM, buf, (double)(n * (p + 1)) * emu_dtype_bytes(dt));
+        return st;
+    }
     if (data) memcpy(send, in, 4 * (size_t)counts[me] * width);
     moemu_status_t st = par_allgather(send, buf, n, dt, comm, c->dev);
     if (st == MOEMU_OK && data) {
@@ -132,26 +146,92 @@ void layer_attention_merge(layer_ctx_t *c, float *out, float *lse_out, const flo
     }
 }
 
-/* Whether no expert receives more than cap of the n assignments idx:
- * then capacity keeps every one, in any order, and the group's order need
- * not be built (a large prefill group seldom fills an expert). Four
+/* cnt (E) = the assignments of each expert among idx (n). Four
  * histograms, summed at the end: consecutive counts of one expert do not
  * wait on each other. */
-static bool capacity_holds_all(const int *idx, size_t n, int E, int64_t cap)
+static moemu_status_t count_experts(const int *idx, size_t n, int E, int *cnt)
 {
-    if ((int64_t)n <= cap) return true;
-    int64_t small[4 * 64], *cnt = E <= 64 ? small : calloc(4 * (size_t)E, sizeof *cnt);
-    if (!cnt) return false; /* the ordered pass decides */
-    if (cnt == small) memset(small, 0, sizeof(int64_t) * 4 * (size_t)E);
+    int small[4 * 64], *h = E <= 64 ? small : calloc(4 * (size_t)E, sizeof *h);
+    if (!h) return nomem(sizeof(int) * 4 * (size_t)E, "the counts of the experts");
+    if (h == small) memset(small, 0, sizeof(int) * 4 * (size_t)E);
     size_t a = 0;
     for (; a + 4 <= n; a += 4)
-        for (int h = 0; h < 4; h++) cnt[(size_t)h * E + idx[a + h]]++;
-    for (; a < n; a++) cnt[idx[a]]++;
-    bool holds = true;
-    for (int e = 0; e < E && holds; e++)
-        holds = cnt[e] + cnt[E + e] + cnt[2 * E + e] + cnt[3 * E + e] <= cap;
-    if (cnt != small) free(cnt);
-    return holds;
+        for (int q = 0; q < 4; q++) h[(size_t)q * E + idx[a + q]]++;
+    for (; a < n; a++) h[idx[a]]++;
+    for (int e = 0; e < E; e++) cnt[e] = h[e] + h[E + e] + h[2 * E + e] + h[3 * E + e];
+    if (h != small) free(h);
+    return MOEMU_OK;
+}
+
+/* The group's decisions gathered: every member's rows (padded to the
+ * largest count, n ints), then the counts of its own choices per expert
+ * (E), which ride along uncharged so that each member counts its own
+ * rows only. *holds: no expert receives more than cap of the group's
+ * assignments (then capacity keeps every one, in any order, and the
+ * group's order need not be built: a large prefill group seldom fills an
+ * expert); otherwise *all (the caller frees it) holds the decisions in
+ * member order. */
+static moemu_status_t gather_decisions(layer_ctx_t *c, int **all, bool *holds, const int *idx,
+                                       const int *counts, int k, int E, int64_t cap,
+                                       par_comm_t *comm)
+{
+    int p = comm_size(comm), me = par_comm_rank(comm, c->dev);
+    size_t n = (size_t)max_count(counts, p) * k, blk = n + (size_t)E;
+    *holds = true;
+    if (n == 0) return MOEMU_OK; /* no member has a row: no gather */
+    double dev_bytes = (double)(n * (p + 1)) * emu_dtype_bytes(EMU_DTYPE_INT32);
+    int *buf;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(int) * blk * (p + 1), dev_bytes,
+                          (void **)&buf));
+    int *send = buf + blk * p;
+    size_t mine = (size_t)counts[me] * k;
+    memcpy(send, idx, sizeof(int) * mine);
+    moemu_status_t st = count_experts(idx, mine, E, send + n);
+    if (st == MOEMU_OK)
+        st = par_allgather_charged(send, buf, blk, n, EMU_DTYPE_INT32, comm, c->dev);
+    for (int e = 0; e < E && st == MOEMU_OK && *holds; e++) {
+        int64_t t = 0;
+        for (int q = 0; q < p; q++) t += buf[blk * q + n + e];
+        *holds = t <= cap;
+    }
+    if (st == MOEMU_OK && !*holds && !(*all = malloc(sizeof(int) * (n * p + 1))))
+        st = nomem(sizeof(int) * n * p, "the routing decisions of a group");
+    for (int q = 0, *o = *all; st == MOEMU_OK && !*holds && q < p; q++) {
+        memcpy(o, buf + blk * q, sizeof(int) * (size_t)counts[q] * k);
+        o += (size_t)counts[q] * k;
+    }
+    emu_free(c->dev, EMU_MEM_COMM, buf, dev_bytes);
+    return st;
+}
+
+/* The ordered pass: the group's decisions dec (members' rows in member
+ * order) into group order, the first cap choices of each expert kept;
+ * member me's flags into keep, its drops counted. */
+static moemu_status_t capacity_ordered(uint8_t *keep, int64_t *dropped, const int *dec, int n,
+                                       const int *counts, const int *gpos, int T, int k,
+                                       int E, int64_t cap, int me)
+{
+    size_t all_n = (size_t)T * k;
+    int *group = malloc(sizeof(int) * (all_n + 1));
+    uint8_t *kall = malloc(all_n + 1);
+    if (!group || !kall) {
+        free(group);
+        free(kall);
+        return nomem((sizeof(int) + 1) * all_n, "the routing decisions of a group");
+    }
+    for (int64_t j = 0; j < T; j++) /* k is small: no memcpy call per token */
+        for (int s = 0; s < k; s++) group[(int64_t)gpos[j] * k + s] = dec[j * k + s];
+    layer_apply_capacity(kall, NULL, group, T, k, E, cap);
+    int64_t off = 0;
+    for (int q = 0; q < me; q++) off += counts[q];
+    for (int j = 0; j < n; j++)
+        for (int s = 0; s < k; s++) {
+            keep[j * k + s] = kall[(int64_t)gpos[off + j] * k + s];
+            *dropped += !keep[j * k + s];
+        }
+    free(group);
+    free(kall);
+    return MOEMU_OK;
 }
 
 moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
@@ -171,35 +251,25 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
         return moemu_fail(MOEMU_ERR_INTERNAL, "routing group of %d tokens split into %lld",
                           T, (long long)total);
     size_t all_n = (size_t)T * k;
-    int *all = malloc(sizeof(int) * (all_n + 1)), *group = malloc(sizeof(int) * (all_n + 1));
-    uint8_t *kall = malloc(all_n + 1);
-    if (!all || !group || !kall) {
-        free(all);
-        free(group);
-        free(kall);
-        return nomem(sizeof(int) * all_n * 2, "the routing decisions of a group");
-    }
-    moemu_status_t st = gather_rows(c, all, idx, counts, k, EMU_DTYPE_INT32, comm);
     int64_t cap = layer_capacity(cf, T, k, E);
-    if (st == MOEMU_OK && capacity_holds_all(all, all_n, E, cap)) {
-        memset(keep, 1, (size_t)n * k); /* what the ordered pass would find */
-    } else if (st == MOEMU_OK) { /* routing is metadata: decided in dry runs too */
-        /* into group order, then the first cap choices of each expert */
-        for (int64_t j = 0; j < T; j++) /* k is small: no memcpy call per token */
-            for (int s = 0; s < k; s++) group[(int64_t)gpos[j] * k + s] = all[j * k + s];
-        layer_apply_capacity(kall, NULL, group, T, k, E, cap);
-        int64_t off = 0;
-        for (int q = 0; q < me; q++) off += counts[q];
-        for (int j = 0; j < n; j++)
-            for (int s = 0; s < k; s++) {
-                keep[j * k + s] = kall[(int64_t)gpos[off + j] * k + s];
-                *dropped += !keep[j * k + s];
-            }
+    int *all = NULL;
+    bool holds = (int64_t)all_n <= cap;
+    moemu_status_t st = MOEMU_OK;
+    if (p > 1) {
+        st = gather_decisions(c, &all, &holds, idx, counts, k, E, cap, comm);
+    } else if (!holds) { /* a group of one holds its decisions already */
+        int cnt[E];
+        st = count_experts(idx, all_n, E, cnt);
+        holds = true;
+        for (int e = 0; e < E && holds; e++) holds = cnt[e] <= cap;
     }
+    if (st == MOEMU_OK && holds)
+        memset(keep, 1, (size_t)n * k); /* what the ordered pass would find */
+    else if (st == MOEMU_OK) /* routing is metadata: decided in dry runs too */
+        st = capacity_ordered(keep, dropped, p > 1 ? all : idx, n, counts, gpos, T, k, E, cap,
+                              me);
     emu_charge(c->dev, EMU_KERNEL_ROUTER, (double)all_n, 8.0 * (double)all_n);
     free(all);
-    free(group);
-    free(kall);
     return st;
 }
 

@@ -421,6 +421,16 @@ moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
                              size_t sendcount, emu_dtype_t dtype,
                              par_comm_t *comm, emu_dev_t *dev)
 {
+    return par_allgather_charged(sendbuf, recvbuf, sendcount, sendcount, dtype, comm, dev);
+}
+
+moemu_status_t par_allgather_charged(const void *sendbuf, void *recvbuf, size_t sendcount,
+                                     size_t charged, emu_dtype_t dtype, par_comm_t *comm,
+                                     emu_dev_t *dev)
+{
+    if (charged > sendcount)
+        return moemu_fail(MOEMU_ERR_INVALID, "all-gather charged for %zu of %zu elements",
+                          charged, sendcount);
     par_slot_t a = {.kind = EMU_COLL_ALLGATHER, .send = sendbuf,
                     .recv = recvbuf, .count = sendcount, .dtype = dtype,
                     .root = -1};
@@ -431,7 +441,7 @@ moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
     MOEMU_CHECK(par_enter(comm, r, &a, dev));
     moemu_status_t st = par_move(comm, r, par_allgather_move);
     return par_leave(comm, r, dev, st, EMU_COLL_ALLGATHER, -1,
-                     (double)sendcount * comm->n * emu_dtype_bytes(dtype));
+                     (double)charged * comm->n * emu_dtype_bytes(dtype));
 }
 
 static void par_broadcast_move(par_comm_t *c, int r, const void *const *src,

@@ -109,6 +109,12 @@ moemu_status_t par_reduce_scatter(const void *sendbuf, void *recvbuf,
 moemu_status_t par_allgather(const void *sendbuf, void *recvbuf,
                              size_t sendcount, emu_dtype_t dtype,
                              par_comm_t *comm, emu_dev_t *dev);
+/* par_allgather charged (virtual time, bytes) as one of charged <=
+ * sendcount elements a member: the rest of each block is host metadata
+ * riding along, which the emulated collective does not carry. */
+moemu_status_t par_allgather_charged(const void *sendbuf, void *recvbuf, size_t sendcount,
+                                     size_t charged, emu_dtype_t dtype, par_comm_t *comm,
+                                     emu_dev_t *dev);
 /* recvbuf (count) = root's sendbuf (count). */
 moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
                              emu_dtype_t dtype, int root, par_comm_t *comm,

@@ -221,18 +221,30 @@ static void choose_uniform_lanes(const route_src_t *r, uint64_t stream, const in
         uniform_picks((const uint32_t (*)[4])b[t], k, r->E, idx + (size_t)t * k);
 }
 
-/* route_choose's replay for n tokens: a copy, but for the marks. */
+/* The expert of entry x, choice s of its token: a position the record
+ * never routed (it cannot happen for the same workload) falls back to
+ * expert s. */
+static int replay_entry(const route_src_t *r, int x, int s)
+{
+    return x == INT32_MIN ? s % r->E : replay_expert(x);
+}
+
+/* route_choose's replay for n tokens: a copy, but for the marks. Runs of
+ * consecutive positions of one sequence (a prefill's rows) are one span
+ * of the record: copied at once, then fixed where an entry is marked. */
 static void replay_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
                         int *idx)
 {
     int k = r->k;
     const int *base = r->replay + (size_t)layer * r->B * r->P * k;
-    for (int j = 0; j < n; j++) {
-        const int *rec = base + ((size_t)seq[j] * r->P + pos[j]) * k;
-        for (int s = 0; s < k; s++) {
-            int x = rec[s];
-            idx[(size_t)j * k + s] = x == INT32_MIN ? s % r->E : replay_expert(x);
-        }
+    for (int j = 0, m; j < n; j += m) {
+        for (m = 1; j + m < n && seq[j + m] == seq[j] && pos[j + m] == pos[j] + m; m++) {}
+        size_t len = (size_t)m * k;
+        int *out = idx + (size_t)j * k, marks = 0;
+        memcpy(out, base + ((size_t)seq[j] * r->P + pos[j]) * k, sizeof(int) * len);
+        for (size_t a = 0; a < len; a++) marks |= out[a]; /* negative if any is marked */
+        for (size_t a = 0; marks < 0 && a < len; a++)
+            out[a] = replay_entry(r, out[a], (int)(a % (size_t)k));
     }
 }
 
@@ -256,12 +268,7 @@ void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)
     int k = r->k, E = r->E;
     if (r->kind == ROUTE_REPLAY) {
         const int *rec = r->replay + (((size_t)layer * r->B + b) * r->P + pos) * k;
-        for (int j = 0; j < k; j++) {
-            int x = rec[j];
-            /* a position the record never routed (it cannot happen for the
-             * same workload) falls back to expert j */
-            idx[j] = x == INT32_MIN ? j % E : replay_expert(x);
-        }
+        for (int j = 0; j < k; j++) idx[j] = replay_entry(r, rec[j], j);
         return;
     }
     uint64_t stream = route_stream(r, layer), tok = route_token(b, pos);

@@ -71,8 +71,10 @@ typedef struct {
     int *kv_pos; /* the cached rows' positions: CP with sliding windows */
     /* the runner's rows, for Tmax rows and Ttot keys */
     int *seqbuf, *posbuf, *allseq, *allpos, *counts, *gpos, *ibuf;
+    int *gcounts; /* (cp * tp) the routing group's members' rows (host only) */
     int npass;   /* passes begun */
-    int cp_pass; /* the pass whose CP lists allseq and allpos hold, 0 none */
+    int cp_pass; /* the pass whose CP lists rows holds, 0 none */
+    int group_pass; /* the pass whose routing group rows holds, 0 none */
     void *block;
     double block_bytes;
 } worker_t;
@@ -123,28 +125,15 @@ static void pass_rows(const worker_t *v, const pass_t *ps, int cp, int tp, layer
     pass_ranges(v, ps, cp, tp, r);
 }
 
-/* Rows of CP rank cp in a prefill pass (pass_rows' r->n). */
-static int cp_count(const worker_t *v, const pass_t *ps, int cp)
-{
-    int n = 0;
-    for (int b = ps->b0; b < ps->b1; b++) {
-        int rg[2][2];
-        par_cp_ranges(v->D->wl->len[b], v->D->s->cp, cp, rg);
-        n += (rg[0][1] - rg[0][0]) + (rg[1][1] - rg[1][0]);
-    }
-    return n;
-}
-
-/* CP prefill: every CP rank's rows, for the keys and values it gathers.
- * The lists are the same in every layer of a pass: made in its first;
- * the counts, which group_rows shares, in every one. */
+/* CP prefill: every CP rank's rows, for the keys and values it gathers;
+ * the same in every layer of a pass, made in its first. */
 static void cp_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
-    bool made = v->cp_pass == v->npass;
+    if (v->cp_pass == v->npass) return;
     int tot = 0;
     for (int cp = 0; cp < v->D->s->cp; cp++) {
-        layer_rows_t t = {.n = made ? cp_count(v, ps, cp) : 0};
-        if (!made) pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
+        layer_rows_t t = {0};
+        pass_rows(v, ps, cp, v->sh.tp_rank, &t, v->allseq + tot, v->allpos + tot);
         v->counts[cp] = t.n;
         tot += t.n;
     }
@@ -155,12 +144,15 @@ static void cp_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 }
 
 /* Capacity: the routing group is this replica's micro-batch; every
- * member's routed tokens and their places in group order. A member's
- * rows depend on its CP rank only (its TP rank picks a range of them):
- * in a CP prefill they are the CP lists cp_rows made for this layer,
- * otherwise this device's own (in decode every CP rank has the same). */
+ * member's routed tokens and their places in group order, the same in
+ * every layer of a pass: made in its first. A member's rows depend on its
+ * CP rank only (its TP rank picks a range of them): in a CP prefill they
+ * are the CP lists of cp_rows, otherwise this device's own (in decode
+ * every CP rank has the same). */
 static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
 {
+    if (v->group_pass == v->npass) return;
+    v->group_pass = v->npass;
     const run_t *D = v->D;
     int CP = D->s->cp, TP = D->s->tp, first[CP], n[CP];
     bool lists = !ps->decode && CP > 1;
@@ -172,19 +164,18 @@ static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
     off[ps->b0] = 0;
     for (int b = ps->b0; b < ps->b1; b++) off[b + 1] = off[b] + (ps->decode ? 1 : D->wl->len[b]);
     int tot = 0;
-    /* counts may be the CP lists' cp_n: read into first and n above */
     for (int cp = 0; cp < CP; cp++) {
         layer_rows_t t = {.n = n[cp], .seq = (lists ? r->cp_seq : r->seq) + first[cp],
                           .pos = (lists ? r->cp_pos : r->pos) + first[cp]};
         for (int tp = 0; tp < TP; tp++) {
             pass_ranges(v, ps, cp, tp, &t);
-            v->counts[cp * TP + tp] = t.m1 - t.m0;
+            v->gcounts[cp * TP + tp] = t.m1 - t.m0;
             for (int j = t.m0; j < t.m1; j++)
                 v->gpos[tot++] = (int)(off[t.seq[j]] + (ps->decode ? 0 : t.pos[j]));
         }
     }
     r->group_T = (int)off[ps->b1];
-    r->group_n = v->counts;
+    r->group_n = v->gcounts;
     r->group_pos = v->gpos;
 }
 
@@ -223,7 +214,6 @@ static void routes_kept(const model_pass_t *mp, int64_t dropped)
 static moemu_status_t layer(worker_t *v, int l)
 {
     run_t *D = v->D;
-    /* the CP lists share buffers with the capacity's: made anew each layer */
     if (!v->ps->decode && D->s->cp > 1) cp_rows(v, v->ps, &v->rows);
     int i = (l - v->pl.par.layer0) * (v->rb1 - v->rb0);
     v->view.kv = (layer_kv_t){.base = v->kv, .off = v->kv_off + i, .cap = v->kv_cap + i,
@@ -352,6 +342,7 @@ static void dev_free(worker_t *v)
     free(v->kv_cap);
     free(v->kv_n);
     free(v->view.seqs);
+    free(v->gcounts);
 }
 
 /* First sequences of the routing groups of replicas [r0, r0 + n) of a
@@ -411,9 +402,11 @@ static moemu_status_t dev_schedule(worker_t *v)
     v->kv_cap = calloc(kvs, sizeof(int));
     v->kv_n = calloc(kvs, sizeof(int));
     v->view.seqs = calloc(2 * (size_t)nseq + 1, sizeof *v->view.seqs);
-    v->sched_bytes = sizeof(int) * (double)(v->nmb + nseq + 2) + 16.0 * (double)kvs +
-                     (double)sizeof *v->view.seqs * (2.0 * nseq + 1);
-    if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->view.seqs)
+    v->gcounts = calloc((size_t)s->cp * s->tp, sizeof(int));
+    v->sched_bytes = sizeof(int) * (double)(v->nmb + nseq + 2 + s->cp * s->tp) +
+                     16.0 * (double)kvs + (double)sizeof *v->view.seqs * (2.0 * nseq + 1);
+    if (!v->mb || !v->tok || !v->kv_off || !v->kv_cap || !v->kv_n || !v->view.seqs ||
+        !v->gcounts)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the schedule of %d sequences (%.0f "
                           "bytes)", nseq, v->sched_bytes);
     route_groups(B, D->route_dp, v->pl.par.dp * q, q, D->o->micro_batches, v->mb);
