@@ -5,7 +5,8 @@
 # this script only collects them. Run from the build directory.
 #
 # usage: bench/bench_all.sh [--runs N] [--quick] [--only NAME]
-#   --quick: one run of the short cases (a check that everything runs)
+#   --quick: one run of the short cases (a check that everything runs;
+#            the sweep without its whole space, which takes minutes)
 #   --only NAME: the benches whose name contains NAME
 set -eu
 runs=3 quick=0 only=
@@ -34,6 +35,11 @@ default_job() {
 
 benches=(default_job bench/bench_weights bench/bench_prefill bench/bench_decode
     bench/bench_overhead bench/bench_collectives bench/bench_dry bench/bench_sweep.sh)
+full_args() {
+    case $1 in
+        bench/bench_sweep.sh) echo --full ;;
+    esac
+}
 quick_args() {
     case $1 in
         bench/bench_dry) echo --quick ;;
@@ -62,7 +68,7 @@ for b in "${benches[@]}"; do
         [ -x "$exe" ] || exe=$srcdir/$b
         [ -x "$exe" ] || { echo "bench_all.sh: $b is not built; skipped" >&2; continue; }
     fi
-    args=
+    args=$(full_args "$b")
     [ $quick = 1 ] && args=$(quick_args "$b")
     for r in $(seq "$runs"); do
         echo "== $b $args (run $r of $runs)" >&2
