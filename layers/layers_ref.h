@@ -58,8 +58,9 @@ void ref_attention(double *out, double *lse, const float *q, const float *kc,
                    const float *vc, int T, int q0, int k0, int k1, int H,
                    int Hkv, int hd, int ldc);
 
-/* Number of visible (query, key) pairs of the call above. */
-int64_t ref_attention_pairs(int T, int q0, int k0, int k1);
+/* Number of visible (query, key) pairs of the call above; with a sliding
+ * window W > 0, a query at qp sees only keys past qp - W. */
+int64_t ref_attention_pairs(int T, int q0, int k0, int k1, int W);
 
 /* x (n) += y (n) in double: out (n) = x + y. */
 void ref_add(double *out, const float *x, const float *y, int64_t n);

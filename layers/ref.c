@@ -105,12 +105,12 @@ void ref_rope(double *out, const float *x, const int *pos, int T, int nh,
         }
 }
 
-int64_t ref_attention_pairs(int T, int q0, int k0, int k1)
+int64_t ref_attention_pairs(int T, int q0, int k0, int k1, int W)
 {
     int64_t n = 0;
     for (int t = 0; t < T; t++)
         for (int p = k0; p < k1; p++)
-            if (p <= q0 + t) n++;
+            if (p <= q0 + t && (W <= 0 || p > q0 + t - W)) n++;
     return n;
 }
 

@@ -208,8 +208,8 @@ Test(reference, hand_values)
     cr_assert_eq(ref_capacity(1.2, 100, 2, 16), 15);
     cr_assert_eq(ref_capacity(0.3, 10, 1, 3), 1);
     cr_assert_eq(ref_capacity(0, 10, 1, 3), INT64_MAX);
-    cr_assert_eq(ref_attention_pairs(3, 0, 0, 3), 6);
-    cr_assert_eq(ref_attention_pairs(7, 10, 13, 20), 10);
+    cr_assert_eq(ref_attention_pairs(3, 0, 0, 3, 0), 6);
+    cr_assert_eq(ref_attention_pairs(7, 10, 13, 20, 0), 10);
 }
 
 Test(reference, attention_merge_is_whole)
@@ -984,7 +984,7 @@ Test(attention, matches_reference_and_charges)
         check_empty_rows(what, out, rlse, T, H, hd);
 
         int64_t pairs = layer_attention_pairs(T, ac->q0, ac->k0, ac->k1);
-        int64_t rpairs = ref_attention_pairs(T, ac->q0, ac->k0, ac->k1);
+        int64_t rpairs = ref_attention_pairs(T, ac->q0, ac->k0, ac->k1, 0);
         cr_assert_eq(pairs, rpairs, "%s: layer_attention_pairs %lld, want "
                      "%lld", what, (long long)pairs, (long long)rpairs);
         const emu_kernel_stats_t *s = emu_dev_kernel_stats(dev, EMU_KERNEL_ATTN);
@@ -1015,9 +1015,25 @@ Test(attention, pairs_grid)
             for (int k0 = 0; k0 <= 9; k0 += 2)
                 for (int k1 = k0; k1 <= k0 + 8; k1 += 3)
                     cr_assert_eq(layer_attention_pairs(T, q0, k0, k1),
-                                 ref_attention_pairs(T, q0, k0, k1),
+                                 ref_attention_pairs(T, q0, k0, k1, 0),
                                  "pairs(T=%d, q0=%d, k0=%d, k1=%d)", T, q0, k0,
                                  k1);
+}
+
+/* The windowed count is a closed form over pieces of the query range:
+ * against the loop, with every cut (k1, k0 + W) before, inside and after
+ * the queries. */
+Test(attention, pairs_window_grid)
+{
+    for (int T = 0; T <= 9; T++)
+        for (int q0 = 0; q0 <= 12; q0 += 3)
+            for (int k0 = 0; k0 <= 10; k0 += 2)
+                for (int k1 = k0; k1 <= k0 + 14; k1 += 3)
+                    for (int W = 0; W <= 7; W++)
+                        cr_assert_eq(layer_attention_pairs_window(T, q0, k0, k1, W),
+                                     ref_attention_pairs(T, q0, k0, k1, W),
+                                     "pairs(T=%d, q0=%d, k0=%d, k1=%d, W=%d)", T, q0, k0,
+                                     k1, W);
 }
 
 /* Merge two partial attentions over disjoint key ranges by their lse. */
