@@ -16,6 +16,13 @@ AC_DEFUN([MOEMU_CHECK_DEPS], [
     [AC_MSG_ERROR([hwloc >= 2.0 not found: apt-get install libhwloc-dev])])
   PKG_CHECK_MODULES([JANSSON], [jansson >= 2.10], [],
     [AC_MSG_ERROR([jansson not found: apt-get install libjansson-dev])])
+  save_LIBS=$LIBS
+  AC_CHECK_HEADER([csv.h], [],
+    [AC_MSG_ERROR([libcsv not found: apt-get install libcsv-dev])])
+  AC_SEARCH_LIBS([csv_init], [csv], [],
+    [AC_MSG_ERROR([libcsv not found: apt-get install libcsv-dev])])
+  CSV_LIBS=$LIBS; LIBS=$save_LIBS
+  AC_SUBST([CSV_LIBS])
   PKG_CHECK_MODULES([CRITERION], [criterion], [],
     [AC_MSG_ERROR([Criterion (needed by make check) not found: apt-get install libcriterion-dev])])
 

@@ -18,6 +18,7 @@ static const struct {
     {"plan", cli_plan_main, "check a deployment plan's claims"},
     {"layout", cli_layout_main, "a parallel strategy's checks, device layout and groups"},
     {"sweep", cli_sweep_main, "every strategy on N devices, run dry, ranked, Pareto front"},
+    {"validate", cli_validate_main, "virtual time against published measurements"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,202 @@
+/* Validation against published measurements: the CSV's problems named at
+ * once, each metric read from the dry run's report, the summaries, and
+ * the comparison with a baseline. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/tools/outfile.h"
+#include "engine/tools/report.h"
+#include "engine/tools/validate.h"
+
+static char dir[64];
+
+static void setup(void)
+{
+    strcpy(dir, "/tmp/moemu-validate-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(validate, .init = setup, .fini = teardown);
+
+#define HEADER "id,use,source,engine,model,hw,dtype,strategy,batch,prompt_len,decode,metric,value,note\n"
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[2][128];
+    static int k;
+    char *p = path[k++ % 2];
+    snprintf(p, 128, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+Test(validate, every_problem_at_once)
+{
+    const char *p = write_file("bad.csv", HEADER
+        "a,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp1,0,16,4,latency_s,1,\n"
+        "b,train,s,vllm,tiny,card-400tf-64gb,int4,tp1,2,16,4,speed,-3,\n"
+        "a,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_ERR_INVALID);
+    const char *m = moemu_errmsg();
+    cr_assert(strstr(m, "line 2: batch '0' is not a whole number"), "%s", m);
+    cr_assert(strstr(m, "line 3: use 'train' is not fit or holdout"), "%s", m);
+    cr_assert(strstr(m, "line 3: dtype 'int4'"), "%s", m);
+    cr_assert(strstr(m, "line 3: metric 'speed'"), "%s", m);
+    cr_assert(strstr(m, "line 3: value '-3' is not a positive number"), "%s", m);
+    cr_assert(strstr(m, "line 4: 13 fields, the header has 14"), "%s", m);
+}
+
+Test(validate, header_and_format)
+{
+    val_set_t s;
+    const char *p = write_file("h.csv", "id,use,source,engine,model,hw,dtype,strategy,batch,"
+                                        "prompt_len,decode,metric,value,colour\n");
+    cr_assert_eq(val_load(&s, p), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "unknown column 'colour'"), "%s", moemu_errmsg());
+    cr_assert(strstr(moemu_errmsg(), "no column 'note'"), "%s", moemu_errmsg());
+    p = write_file("q.csv", HEADER "a,fit,\"unterminated,vllm\n");
+    cr_assert_eq(val_load(&s, p), MOEMU_ERR_FORMAT, "%s", moemu_errmsg());
+    p = write_file("dup.csv", HEADER
+        "a,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n"
+        "a,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n");
+    cr_assert_eq(val_load(&s, p), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "line 3: id 'a' is also on line 2"), "%s", moemu_errmsg());
+    cr_assert_eq(val_load(&s, "/nonexistent/m.csv"), MOEMU_ERR_IO);
+}
+
+/* Rows that cannot run are named together, before any runs. */
+Test(validate, rows_checked_before_running)
+{
+    const char *p = write_file("r.csv", HEADER
+        "a,fit,s,vllm,nosuch,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n"
+        "b,fit,s,vllm,tiny,nocard,bf16,tp1,2,16,4,latency_s,1,\n"
+        "c,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp3,2,16,4,latency_s,1,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    val_opts_t o = {.models = dir};
+    cr_assert_eq(val_run(&s, &o), MOEMU_ERR_INVALID);
+    const char *m = moemu_errmsg();
+    cr_assert(strstr(m, "3 rows cannot run"), "%s", m);
+    cr_assert(strstr(m, "line 2 (a):") && strstr(m, "nosuch.json"), "%s", m);
+    cr_assert(strstr(m, "line 3 (b):") && strstr(m, "nocard"), "%s", m);
+    cr_assert(strstr(m, "line 4 (c): strategy tp3"), "%s", m);
+    val_free(&s);
+}
+
+/* Each metric is the report's figure of the same dry run. */
+Test(validate, metrics_are_the_reports)
+{
+    const char *p = write_file("m.csv", HEADER
+        "e2e,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,latency_s,0.001,\n"
+        "ttft,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,ttft_ms,1,\n"
+        "tpot,holdout,s,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,tpot_ms,1,\n"
+        "tps,fit,t,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,out_tokens_per_s,1000,\n"
+        "tpsg,fit,t,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,out_tokens_per_s_per_gpu,1000,\n"
+        "f8,fit,t,trtllm,tiny,card-400tf-64gb,fp8,tp2,3,16,4,latency_s,1,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    val_opts_t o = {0};
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    cfg_store_dtype(&cfg);
+    cfg.dtype = EMU_DTYPE_BF16;
+    wl_t wl;
+    wl_opts_t wo = {.batch = 3, .prompt_len = 16, .decode = 4};
+    cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK);
+    runner_opts_t d = {.micro_batches = 1};
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &d.hw), MOEMU_OK);
+    cr_assert_eq(par_strategy_parse("tp2", &d.strategy), MOEMU_OK);
+    report_t r;
+    cr_assert_eq(report_dry_run(&r, &cfg, &wl, &d, "uniform", 0, false), MOEMU_OK);
+    cr_assert_eq(s.rows[0].moemu, r.e2e);
+    cr_assert_eq(s.rows[0].ratio, r.e2e / 0.001);
+    cr_assert_eq(s.rows[1].moemu, r.ttft_batch * 1e3);
+    cr_assert_eq(s.rows[2].moemu, r.tpot * 1e3);
+    cr_assert_eq(s.rows[3].moemu, 12 / r.e2e);
+    cr_assert_eq(s.rows[4].moemu, 12 / r.e2e / 2);
+    cr_assert(strstr(s.rows[5].skipped, "FP8"));
+    report_free(&r);
+    wl_free(&wl);
+
+    val_summary_t m;
+    val_summarize(&s, NULL, "t", NULL, &m);
+    cr_assert_eq(m.rows, 2);
+    cr_assert_eq(m.skipped, 1);
+    double lo = fmin(s.rows[3].ratio, s.rows[4].ratio), hi = fmax(s.rows[3].ratio, s.rows[4].ratio);
+    cr_assert_eq(m.low, lo);
+    cr_assert_eq(m.high, hi);
+    cr_assert_eq(m.median_err, (fabs(lo - 1) + fabs(hi - 1)) / 2);
+    cr_assert_eq(m.worst, fmax(hi, 1 / lo));
+    val_free(&s);
+}
+
+/* The median of an odd count is the middle error; the worst factor takes
+ * the side that is further off. */
+Test(validate, summary_by_hand)
+{
+    val_row_t rows[3] = {{.ratio = 0.5}, {.ratio = 1.1}, {.ratio = 1.3}};
+    for (int i = 0; i < 3; i++) strcpy(rows[i].use, i ? "fit" : "holdout");
+    val_set_t s = {.rows = rows, .n = 3};
+    val_summary_t m;
+    val_summarize(&s, NULL, NULL, NULL, &m);
+    cr_assert_float_eq(m.median_err, 0.3, 1e-12);
+    cr_assert_float_eq(m.worst, 2.0, 1e-12);
+    val_summarize(&s, "fit", NULL, NULL, &m);
+    cr_assert_float_eq(m.median_err, 0.2, 1e-12);
+    cr_assert_float_eq(m.worst, 1.3, 1e-12);
+}
+
+/* A baseline no worse passes; a better one fails the comparison; other
+ * rows are an error naming them. */
+Test(validate, against_baseline)
+{
+    const char *p = write_file("b.csv", HEADER
+        "x,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,0.01,\n"
+        "y,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp2,2,16,4,latency_s,0.01,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    val_opts_t o = {0};
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    char base[128];
+    snprintf(base, sizeof base, "%s/base.json", dir);
+    json_t *j = val_json(&s);
+    cr_assert_eq(outfile_json(base, j), MOEMU_OK);
+    bool worse = true;
+    FILE *null = fopen("/dev/null", "w");
+    cr_assert_eq(val_against(&s, base, null, &worse), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(!worse);
+    /* a baseline with a smaller median error: now is worse */
+    json_t *all = json_object_get(json_object_get(j, "summary"), "all");
+    val_summary_t now;
+    val_summarize(&s, NULL, NULL, NULL, &now);
+    cr_assert_gt(now.median_err, 0);
+    json_object_set_new(all, "median_error", json_real(now.median_err / 2));
+    cr_assert_eq(outfile_json(base, j), MOEMU_OK);
+    cr_assert_eq(val_against(&s, base, null, &worse), MOEMU_OK);
+    cr_assert(worse);
+    /* other rows */
+    json_array_remove(json_object_get(j, "rows"), 1);
+    cr_assert_eq(outfile_json(base, j), MOEMU_OK);
+    cr_assert_eq(val_against(&s, base, null, &worse), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "row 'y' is not in the baseline"), "%s", moemu_errmsg());
+    fclose(null);
+    json_decref(j);
+    val_free(&s);
+}
