@@ -430,7 +430,7 @@ moemu_status_t emu_topo_nodes(const emu_topo_t *t, int ndev, int *nodes);
  * with a name and a comment that cites the sources of the figures. */
 typedef struct {
     char name[64];
-    char comment[2048];
+    char comment[4096];
     emu_spec_t spec;
     emu_topo_t topo; /* nodes is 0 unless the file sets it */
 } emu_hw_t;

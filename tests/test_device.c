@@ -672,6 +672,32 @@ Test(presets, figures_outside_physical_ranges)
     }
 }
 
+/* The real cards carry their SMs and the products' tiles; the example
+ * plans' card (the golden figures') none: the plain roofline. */
+Test(presets, kernel_parameters)
+{
+    emu_hw_t hw;
+    cr_assert_eq(emu_hw_load("a100-80g", &hw), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(hw.spec.units, 108);
+    const emu_kernel_cost_t *e = &hw.spec.kernels[EMU_KERNEL_EXPERT];
+    cr_assert(e->set);
+    cr_assert_eq(e->nrow_tiles, 4);
+    cr_assert_eq(e->row_tiles[0], 16);
+    cr_assert_eq(e->row_tiles[3], 128);
+    cr_assert_eq(e->col_tile, 128);
+    cr_assert(e->overlap > 0 && e->overlap < 1);
+    cr_assert(!hw.spec.kernels[EMU_KERNEL_ATTN].set);
+    const char *hopper[] = {"h100-sxm", "h200", "h800"};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(emu_hw_load(hopper[i], &hw), MOEMU_OK, "%s", moemu_errmsg());
+        cr_assert_eq(hw.spec.units, 132, "%s", hopper[i]);
+        cr_assert_eq(hw.spec.kernels[EMU_KERNEL_GEMM].row_tiles[0], 64, "%s", hopper[i]);
+    }
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    cr_assert_eq(hw.spec.units, 0);
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) cr_assert(!hw.spec.kernels[k].set);
+}
+
 Test(presets, host)
 {
     emu_host_t h;
