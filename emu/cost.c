@@ -3,6 +3,7 @@
  * each member sends), the pairwise all-to-all's steps and the eager
  * message's departure and arrival. device.c and topo.c charge with these
  * and keep the books. docs/emulation.md derives each formula. */
+#include <math.h>
 #include <string.h>
 
 #include "emu/emu_impl.h"
@@ -22,6 +23,61 @@ double emu_kernel_time(const emu_spec_t *spec, double flops, double bytes)
 {
     bool compute_bound;
     return emu_cost_kernel(spec, flops, bytes, &compute_bound);
+}
+
+/* The row tile an engine picks for products of about m rows: the smallest
+ * that covers m, else the largest. */
+static int64_t emu_row_tile(const emu_kernel_cost_t *kc, int64_t m)
+{
+    for (int i = 0; i < kc->nrow_tiles; i++)
+        if (kc->row_tiles[i] >= m) return kc->row_tiles[i];
+    return kc->row_tiles[kc->nrow_tiles - 1];
+}
+
+/* The compute time of n products as tiles of tm x tn outputs spread over
+ * the units in waves: every wave takes one tile's time, a tile's FLOPs
+ * 2 tm tn k at peak*mfu/units. One row tile for the whole kernel, picked
+ * by the mean rows of its products (vLLM's fused_moe picks BLOCK_SIZE_M
+ * once per launch); where k differs, the mean tile. 0 when no product
+ * has work. */
+static double emu_cost_tiles(const emu_spec_t *spec, const emu_kernel_cost_t *kc,
+                             const emu_gemm_t *g, int n, double rate)
+{
+    int64_t rows = 0, used = 0;
+    for (int i = 0; i < n; i++)
+        if (g[i].m > 0 && g[i].n > 0 && g[i].k > 0) rows += g[i].m, used++;
+    if (used == 0) return 0;
+    int64_t tm = emu_row_tile(kc, (rows + used - 1) / used), tn = kc->col_tile;
+    double tiles = 0, tile_k = 0; /* tiles, and their depths summed */
+    for (int i = 0; i < n; i++) {
+        if (g[i].m <= 0 || g[i].n <= 0 || g[i].k <= 0) continue;
+        double t = (double)((g[i].m + tm - 1) / tm) * (double)((g[i].n + tn - 1) / tn);
+        tiles += t;
+        tile_k += t * (double)g[i].k;
+    }
+    double waves = ceil(tiles / spec->units);
+    return waves * (2.0 * (double)tm * (double)tn * (tile_k / tiles)) / (rate / spec->units);
+}
+
+double emu_cost_kernel_of(const emu_spec_t *spec, emu_kernel_t kind, const emu_gemm_t *g,
+                          int n, double flops, double bytes, bool *compute_bound)
+{
+    const emu_kernel_cost_t *kc = &spec->kernels[kind];
+    if (!kc->set) return emu_cost_kernel(spec, flops, bytes, compute_bound);
+    double rate = spec->peak_flops * (kc->mfu > 0 ? kc->mfu : spec->mfu);
+    bool tiled = g && n > 0 && kc->nrow_tiles > 0 && kc->col_tile > 0 && spec->units > 0;
+    double tc = tiled ? emu_cost_tiles(spec, kc, g, n, rate) : flops / rate;
+    double tm = bytes / (spec->mem_bw * spec->bw_util);
+    *compute_bound = tc >= tm;
+    double hi = *compute_bound ? tc : tm, lo = *compute_bound ? tm : tc;
+    return spec->launch_s + hi + (1.0 - kc->overlap) * lo;
+}
+
+double emu_kernel_time_of(const emu_spec_t *spec, emu_kernel_t kind, const emu_gemm_t *g,
+                          int n, double flops, double bytes)
+{
+    bool compute_bound;
+    return emu_cost_kernel_of(spec, kind, g, n, flops, bytes, &compute_bound);
 }
 
 /* ---- collectives: closed forms of the group size p, the bytes B and the

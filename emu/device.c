@@ -103,10 +103,10 @@ bool emu_dev_aborting(const emu_dev_t *dev)
     return dev->cluster && emu_cluster_aborting(dev->cluster);
 }
 
-void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
+/* Book a kernel of t seconds: counters, clock, trace, pace, jitter. */
+static void emu_book(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes, double t,
+                     bool compute_bound)
 {
-    bool compute_bound;
-    double t = emu_cost_kernel(&dev->spec, flops, bytes, &compute_bound);
     emu_kernel_stats_t *k = &dev->kernels[kind];
     k->flops += flops;
     k->bytes += bytes;
@@ -124,6 +124,19 @@ void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
         dev->jitter_n = 0;
         emu_dev_jitter(dev);
     }
+}
+
+void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes)
+{
+    emu_charge_gemm(dev, kind, NULL, 0, flops, bytes);
+}
+
+void emu_charge_gemm(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
+                     double flops, double bytes)
+{
+    bool compute_bound;
+    double t = emu_cost_kernel_of(&dev->spec, kind, g, n, flops, bytes, &compute_bound);
+    emu_book(dev, kind, flops, bytes, t, compute_bound);
 }
 
 /* ---- tracing */

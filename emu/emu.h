@@ -214,6 +214,19 @@ double emu_host_seconds(void);
 #define EMU_FNV1A_INIT 0xcbf29ce484222325ull
 uint64_t emu_fnv1a(uint64_t h, const void *p, size_t n);
 
+/* ---- How one kind of kernel runs on a device (the preset's
+ * "device.kernels.<kind>"). A kind not set costs the plain roofline. */
+#define EMU_ROW_TILES_MAX 8
+typedef struct {
+    bool set;
+    int nrow_tiles;                   /* 0: no tiles (needs col_tile too) */
+    int row_tiles[EMU_ROW_TILES_MAX]; /* output rows per tile, ascending */
+    int col_tile;                     /* output columns per tile; 0: none */
+    double overlap; /* of the smaller of compute and memory time hidden
+                       under the larger, [0, 1]; 1: the plain roofline */
+    double mfu;     /* the kind's own fraction of peak; 0: the device's */
+} emu_kernel_cost_t;
+
 /* ---- A device spec: the budgets of one emulated GPU. */
 typedef struct {
     double peak_flops;   /* FLOP/s, dense fp16/bf16 */
@@ -222,11 +235,25 @@ typedef struct {
     double bw_util;      /* achievable fraction of mem_bw, (0, 1] */
     double mem_capacity; /* bytes */
     double launch_s;     /* per-kernel launch overhead, seconds */
+    int units;           /* compute units (SMs) tiles spread over; 0: none */
+    emu_kernel_cost_t kernels[EMU_KERNEL__COUNT];
 } emu_spec_t;
 
 /* Virtual seconds a kernel costs on spec:
  * launch + max(flops / (peak*mfu), bytes / (bw*util)). */
 double emu_kernel_time(const emu_spec_t *spec, double flops, double bytes);
+
+/* One matrix product of a kernel: m x k times k x n. */
+typedef struct {
+    int64_t m, n, k;
+} emu_gemm_t;
+
+/* Virtual seconds a kernel of kind costs on spec (docs/emulation.md,
+ * "Kernels"): the plain roofline unless spec sets the kind; then its mfu,
+ * the partial overlap of compute and memory and, with tiles and units,
+ * the compute of the n products g (NULL: none) as tiles in waves. */
+double emu_kernel_time_of(const emu_spec_t *spec, emu_kernel_t kind, const emu_gemm_t *g,
+                          int n, double flops, double bytes);
 
 /* Memory categories counted against a device's capacity. */
 typedef enum {
@@ -264,6 +291,12 @@ const emu_spec_t *emu_dev_spec(const emu_dev_t *dev);
 double emu_dev_clock(const emu_dev_t *dev);
 /* Charge one kernel to the device's clock and counters. */
 void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes);
+/* The same for a kernel of n matrix products g (a grouped expert product
+ * is one kernel of one product per expert): timed by their shapes
+ * (emu_kernel_time_of). flops: the kernel's FLOPs, 2 m n k summed plus
+ * any epilogue it fuses (a bias). */
+void emu_charge_gemm(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
+                     double flops, double bytes);
 const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
                                                emu_kernel_t kind);
 
@@ -397,7 +430,7 @@ moemu_status_t emu_topo_nodes(const emu_topo_t *t, int ndev, int *nodes);
  * with a name and a comment that cites the sources of the figures. */
 typedef struct {
     char name[64];
-    char comment[2048];
+    char comment[4096];
     emu_spec_t spec;
     emu_topo_t topo; /* nodes is 0 unless the file sets it */
 } emu_hw_t;

@@ -174,6 +174,9 @@ void emu_fiber_yield(void);
 /* emu_kernel_time's figure; *compute_bound: the FLOP term is the larger. */
 double emu_cost_kernel(const emu_spec_t *spec, double flops, double bytes,
                        bool *compute_bound);
+/* emu_kernel_time_of's figure, *compute_bound as above. */
+double emu_cost_kernel_of(const emu_spec_t *spec, emu_kernel_t kind, const emu_gemm_t *g,
+                          int n, double flops, double bytes, bool *compute_bound);
 /* A collective's start: the latest of the members' clocks and own. */
 double emu_cost_start(const double *clocks, int p, double own);
 /* Pairwise all-to-all (emu_coll_alltoall's steps): the time of the

@@ -37,6 +37,60 @@ bad:
     return emu_json_bad(src, "comment", v, "must be a string or an array of strings");
 }
 
+/* "row_tiles": 1 to EMU_ROW_TILES_MAX tile heights, ascending. */
+static moemu_status_t hw_row_tiles(const emu_json_src_t *src, json_t *entry,
+                                   emu_kernel_cost_t *kc)
+{
+    json_t *arr = NULL;
+    char path[64];
+    MOEMU_CHECK(emu_json_arr(src, entry, "row_tiles", 0, &arr));
+    if (!arr) return MOEMU_OK;
+    size_t n = json_array_size(arr);
+    if (n < 1 || n > EMU_ROW_TILES_MAX)
+        return emu_json_bad(src, "row_tiles", arr, "must hold 1 to %d tile heights",
+                            EMU_ROW_TILES_MAX);
+    emu_json_src_t in = emu_json_in(src, "row_tiles", path, sizeof path);
+    for (size_t i = 0; i < n; i++) {
+        MOEMU_CHECK(emu_json_int_at(&in, arr, i, 1, 4096, &kc->row_tiles[i]));
+        if (i > 0 && kc->row_tiles[i] <= kc->row_tiles[i - 1])
+            return emu_json_bad(src, "row_tiles", arr, "must be in ascending order");
+    }
+    kc->nrow_tiles = (int)n;
+    return MOEMU_OK;
+}
+
+/* "kernels": {"<kind>": {"row_tiles", "col_tile", "overlap", "mfu"}},
+ * every key optional; a kind named is set (overlap 1 unless given). */
+static moemu_status_t hw_kernels(const emu_json_src_t *src, json_t *dev, emu_spec_t *s)
+{
+    json_t *kernels = NULL, *entry;
+    const char *kind;
+    char path[64], kpath[96];
+    MOEMU_CHECK(emu_json_obj(src, dev, "kernels", 0, &kernels));
+    if (!kernels) return MOEMU_OK;
+    emu_json_src_t in = emu_json_in(src, "kernels", path, sizeof path);
+    json_object_foreach(kernels, kind, entry) {
+        int k = 0;
+        while (k < EMU_KERNEL__COUNT && strcmp(kind, emu_kernel_name(k)) != 0) k++;
+        if (k == EMU_KERNEL__COUNT) {
+            char list[160] = "";
+            for (int j = 0, used = 0; j < EMU_KERNEL__COUNT; j++)
+                used += snprintf(list + used, sizeof list - (size_t)used, "%s%s", j ? ", " : "",
+                                 emu_kernel_name(j));
+            return emu_json_bad(&in, kind, NULL, "is not a kernel kind (%s)", list);
+        }
+        if (!json_is_object(entry)) return emu_json_bad(&in, kind, entry, "must be an object");
+        emu_kernel_cost_t *kc = &s->kernels[k];
+        emu_json_src_t ks = emu_json_in(&in, kind, kpath, sizeof kpath);
+        *kc = (emu_kernel_cost_t){.set = true, .overlap = 1.0};
+        MOEMU_CHECK(hw_row_tiles(&ks, entry, kc));
+        MOEMU_CHECK(emu_json_int(&ks, entry, "col_tile", 0, 1, 4096, &kc->col_tile));
+        MOEMU_CHECK(emu_json_num(&ks, entry, "overlap", 0, &kc->overlap));
+        MOEMU_CHECK(emu_json_num(&ks, entry, "mfu", 0, &kc->mfu));
+    }
+    return MOEMU_OK;
+}
+
 static moemu_status_t hw_device(const emu_json_src_t *src, json_t *root, emu_spec_t *s)
 {
     static const struct {
@@ -57,7 +111,8 @@ static moemu_status_t hw_device(const emu_json_src_t *src, json_t *root, emu_spe
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         MOEMU_CHECK(emu_json_num(&in, dev, keys[i].key, EMU_JSON_REQUIRED,
                                  (double *)((char *)s + keys[i].off)));
-    return MOEMU_OK;
+    MOEMU_CHECK(emu_json_int(&in, dev, "units", 0, 1, 1 << 20, &s->units));
+    return hw_kernels(&in, dev, s);
 }
 
 static moemu_status_t hw_topology(const emu_json_src_t *src, json_t *root, emu_topo_t *t)

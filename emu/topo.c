@@ -132,10 +132,47 @@ moemu_status_t emu_hw_plausible(const emu_hw_t *hw, const char *origin)
                       list);
 }
 
+/* One kind's parameters: in range, tiles in pairs and with units. */
+static moemu_status_t emu_kernel_cost_check(const emu_spec_t *s, int k, const char *origin)
+{
+    const emu_kernel_cost_t *kc = &s->kernels[k];
+    const char *kind = emu_kernel_name(k);
+    if (!(kc->overlap >= 0 && kc->overlap <= 1))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s.overlap must be in [0, 1] (got %g)",
+                          origin, kind, kc->overlap);
+    if (!(kc->mfu == 0 || (kc->mfu >= 1e-3 && kc->mfu <= 1)))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s.mfu must be in [0.001, 1] (got %g)",
+                          origin, kind, kc->mfu);
+    if (kc->nrow_tiles < 0 || kc->nrow_tiles > EMU_ROW_TILES_MAX)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s.row_tiles must hold 1 to %d tile "
+                          "heights (got %d)", origin, kind, EMU_ROW_TILES_MAX, kc->nrow_tiles);
+    for (int i = 0; i < kc->nrow_tiles; i++)
+        if (kc->row_tiles[i] < 1 || kc->row_tiles[i] > 4096 ||
+            (i > 0 && kc->row_tiles[i] <= kc->row_tiles[i - 1]))
+            return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s.row_tiles must ascend within "
+                              "[1, 4096] (got %d at %d)", origin, kind, kc->row_tiles[i], i);
+    if (kc->col_tile < 0 || kc->col_tile > 4096)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s.col_tile must be in [1, 4096] (got %d)",
+                          origin, kind, kc->col_tile);
+    if ((kc->nrow_tiles > 0) != (kc->col_tile > 0))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s needs both row_tiles and col_tile "
+                          "(tiles have two sides)", origin, kind);
+    if (kc->col_tile > 0 && s->units < 1)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.kernels.%s has tiles but device.units is not "
+                          "set (the compute units the tiles spread over)", origin, kind);
+    return MOEMU_OK;
+}
+
 moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin)
 {
-    return emu_check_bounds(s, emu_spec_bounds,
-                            sizeof emu_spec_bounds / sizeof emu_spec_bounds[0], origin);
+    MOEMU_CHECK(emu_check_bounds(s, emu_spec_bounds,
+                                 sizeof emu_spec_bounds / sizeof emu_spec_bounds[0], origin));
+    if (s->units < 0 || s->units > 1 << 20)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.units must be in [1, 1048576] (got %d)",
+                          origin, s->units);
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++)
+        if (s->kernels[k].set) MOEMU_CHECK(emu_kernel_cost_check(s, k, origin));
+    return MOEMU_OK;
 }
 
 moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin)

@@ -45,14 +45,17 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                         accumulate ? 1.0f : 0.0f, out, n_out);
         }
     }
-    emu_charge(c->dev, kind, wk.flops, wk.bytes);
+    emu_gemm_t g = {T, n_out, n_in};
+    emu_charge_gemm(c->dev, kind, &g, 1, wk.flops, wk.bytes);
 }
 
 void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int n, bool w_trans)
 {
     double s = (double)emu_dtype_size(c->dtype);
-    emu_charge(c->dev, EMU_KERNEL_GEMM, 2.0 * nb * T * m * n,
-               nb * (s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n));
+    emu_gemm_t shape[nb > 0 ? nb : 1];
+    for (int i = 0; i < nb; i++) shape[i] = (emu_gemm_t){T, n, m};
+    emu_charge_gemm(c->dev, EMU_KERNEL_GEMM, shape, nb, 2.0 * nb * T * m * n,
+                    nb * (s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n));
     if (!c->math || T == 0 || n == 0 || m == 0) return;
     for (int i = 0; i < nb; i++)
         layer_sgemm(w_trans, T, n, m, 1.0f, g->in + i * g->si, g->ldi, g->w + i * g->sw, g->ldw,

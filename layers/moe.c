@@ -154,23 +154,33 @@ static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int 
             for (int i = 0; i < d; i++) j->out[(size_t)r * d + i] += j->b2[i];
 }
 
-/* The charges of gpt-oss's experts: the gate/up product (2F wide), the
- * biases and clamped SwiGLU, the down product and its bias. */
-static void expert_oai_charge(layer_ctx_t *c, double rows, double experts, int d, int F,
-                              bool accumulate)
+/* The products of a grouped expert kernel: one per job, its rows times
+ * k x n weights. */
+static void expert_shapes(emu_gemm_t *g, const layer_expert_job_t *jobs, int njobs, int n, int k)
 {
-    double s = (double)emu_dtype_size(c->dtype), ws = layer_ewsize(c);
-    emu_charge(c->dev, EMU_KERNEL_EXPERT, 4.0 * rows * d * F,
-               s * (rows * d + 2.0 * rows * F) + ws * experts * 2.0 * F * d);
-    emu_charge(c->dev, EMU_KERNEL_EXPERT, 12.0 * rows * F,
-               s * (3.0 * rows * F + 2.0 * experts * F));
-    emu_charge(c->dev, EMU_KERNEL_EXPERT, 2.0 * rows * F * d + rows * d,
-               s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0) + experts * d) +
-                   ws * experts * d * F);
+    for (int i = 0; i < njobs; i++) g[i] = (emu_gemm_t){jobs[i].n, n, k};
 }
 
-/* Grouped experts: the work is charged per matrix over all jobs; then each
- * job runs its products. */
+/* The charges of gpt-oss's experts: the gate/up product (2F wide), the
+ * biases and clamped SwiGLU, the down product and its bias. */
+static void expert_oai_charge(layer_ctx_t *c, const layer_expert_job_t *jobs, int njobs,
+                              double rows, double experts, int d, int F, bool accumulate)
+{
+    double s = (double)emu_dtype_size(c->dtype), ws = layer_ewsize(c);
+    emu_gemm_t g[njobs];
+    expert_shapes(g, jobs, njobs, 2 * F, d);
+    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 4.0 * rows * d * F,
+                    s * (rows * d + 2.0 * rows * F) + ws * experts * 2.0 * F * d);
+    emu_charge(c->dev, EMU_KERNEL_EXPERT, 12.0 * rows * F,
+               s * (3.0 * rows * F + 2.0 * experts * F));
+    expert_shapes(g, jobs, njobs, d, F);
+    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 2.0 * rows * F * d + rows * d,
+                    s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0) + experts * d) +
+                        ws * experts * d * F);
+}
+
+/* Grouped experts: the work is charged per matrix over all jobs, timed by
+ * each job's rows; then each job runs its products. */
 LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs, int njobs,
                                   float *h, int d, int F, int ldw2, layer_act_t act,
                                   float limit, bool accumulate)
@@ -180,7 +190,7 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
         if (jobs[i].n > 0) rows += jobs[i].n, experts++;
     if (experts == 0) return;
     if (act == LAYER_ACT_SWIGLU_OAI) {
-        expert_oai_charge(c, rows, experts, d, F, accumulate);
+        expert_oai_charge(c, jobs, njobs, rows, experts, d, F, accumulate);
         for (int i = 0; i < njobs && c->math; i++)
             if (jobs[i].n > 0) expert_oai(&jobs[i], h, d, F, ldw2, limit, accumulate);
         return;
@@ -189,12 +199,15 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
     double ws = layer_ewsize(c);
     double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + rows * F) + ws * experts * F * d;
-    emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
-    if (silu) emu_charge(c->dev, EMU_KERNEL_EXPERT, in_flops, in_bytes);
+    emu_gemm_t g[njobs];
+    expert_shapes(g, jobs, njobs, F, d);
+    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+    if (silu) emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, (silu ? 6.0 : 8.0) * rows * F,
                (silu ? 3.0 : 2.0) * s * rows * F);
-    emu_charge(c->dev, EMU_KERNEL_EXPERT, 2.0 * rows * F * d,
-               s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0)) + ws * experts * d * F);
+    expert_shapes(g, jobs, njobs, d, F);
+    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 2.0 * rows * F * d,
+                    s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0)) + ws * experts * d * F);
     if (!c->math) return;
     for (int i = 0; i < njobs; i++) {
         const layer_expert_job_t *j = &jobs[i];

@@ -56,6 +56,115 @@ Test(kernel, charge_time_and_split)
     emu_dev_destroy(d);
 }
 
+/* A spec with tiles for gemm: 4 units of 12.5e12 FLOP/s (100e12 x 0.5),
+ * rows in tiles of 16, 32, 64 or 128, columns in tiles of 128. */
+static emu_spec_t tiled_spec(double overlap)
+{
+    emu_spec_t s = spec;
+    s.units = 4;
+    s.kernels[EMU_KERNEL_GEMM] = (emu_kernel_cost_t){
+        .set = true, .nrow_tiles = 4, .row_tiles = {16, 32, 64, 128}, .col_tile = 128,
+        .overlap = overlap};
+    return s;
+}
+
+/* One tile of tm x 128 outputs at depth k on one unit, in seconds. */
+static double tile_s(double tm, double k)
+{
+    return 2.0 * tm * 128 * k / 12.5e12;
+}
+
+static double gemm_s(const emu_spec_t *s, int64_t m, int64_t n, int64_t k, double bytes)
+{
+    emu_gemm_t g = {m, n, k};
+    return emu_kernel_time_of(s, EMU_KERNEL_GEMM, &g, 1, 2.0 * m * n * k, bytes);
+}
+
+Test(kernel, gemm_tiles_and_waves)
+{
+    emu_spec_t s = tiled_spec(1.0);
+    /* 130 rows take two tiles of 128, as 256 rows do: the same time */
+    ASSERT_NEAR(gemm_s(&s, 130, 128, 1024, 0), 1e-6 + tile_s(128, 1024));
+    cr_assert_eq(gemm_s(&s, 130, 128, 1024, 0), gemm_s(&s, 256, 128, 1024, 0));
+    /* the row tile: the smallest that covers m */
+    ASSERT_NEAR(gemm_s(&s, 1, 128, 1024, 0), 1e-6 + tile_s(16, 1024));
+    ASSERT_NEAR(gemm_s(&s, 17, 128, 1024, 0), 1e-6 + tile_s(32, 1024));
+    ASSERT_NEAR(gemm_s(&s, 64, 128, 1024, 0), 1e-6 + tile_s(64, 1024));
+    /* waves step at 4 tiles: 4 tiles are one wave, 5 are two, 8 two, 9 three */
+    ASSERT_NEAR(gemm_s(&s, 128, 4 * 128, 1024, 0), 1e-6 + tile_s(128, 1024));
+    ASSERT_NEAR(gemm_s(&s, 128, 4 * 128 + 1, 1024, 0), 1e-6 + 2 * tile_s(128, 1024));
+    ASSERT_NEAR(gemm_s(&s, 256, 4 * 128, 1024, 0), 1e-6 + 2 * tile_s(128, 1024));
+    ASSERT_NEAR(gemm_s(&s, 384, 3 * 128, 1024, 0), 1e-6 + 3 * tile_s(128, 1024));
+    /* a grouped product: one row tile for the kernel by the mean rows of
+     * its products (ceil(25 / 2) = 13: 16), each product's own tiles
+     * (2 + 1), the empty one none */
+    emu_gemm_t g[3] = {{20, 128, 1024}, {0, 128, 1024}, {5, 128, 1024}};
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g, 3, 2.0 * 25 * 128 * 1024, 0),
+                1e-6 + tile_s(16, 1024));
+    g[0].m = 60; /* mean 33: tiles of 64, 1 + 1, still one wave */
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g, 3, 0, 0), 1e-6 + tile_s(64, 1024));
+    /* nothing to compute: memory alone */
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g + 1, 1, 0, 1e6), 1e-6 + 2e-6);
+}
+
+Test(kernel, gemm_overlap)
+{
+    /* compute 1 tile of 128 x 128 x 1024 (2.68 us), memory 1e6 bytes at
+     * 0.5e12 B/s (2 us) */
+    double tc = tile_s(128, 1024), tm = 2e-6;
+    emu_spec_t s1 = tiled_spec(1.0), s0 = tiled_spec(0.0), sq = tiled_spec(0.25);
+    ASSERT_NEAR(gemm_s(&s1, 128, 128, 1024, 1e6), 1e-6 + tc);
+    ASSERT_NEAR(gemm_s(&s0, 128, 128, 1024, 1e6), 1e-6 + tc + tm);
+    ASSERT_NEAR(gemm_s(&sq, 128, 128, 1024, 1e6), 1e-6 + tc + 0.75 * tm);
+    /* memory the larger: the compute is the part hidden */
+    ASSERT_NEAR(gemm_s(&sq, 128, 128, 1024, 1e7), 1e-6 + 2e-5 + 0.75 * tc);
+    /* the split follows the larger term; the charge books the FLOPs given */
+    emu_dev_t *d;
+    cr_assert_eq(emu_dev_create(&s0, 0, false, &d), MOEMU_OK);
+    emu_gemm_t g = {128, 128, 1024};
+    emu_charge_gemm(d, EMU_KERNEL_GEMM, &g, 1, 5.0, 1e6);
+    const emu_kernel_stats_t *k = emu_dev_kernel_stats(d, EMU_KERNEL_GEMM);
+    ASSERT_NEAR(k->compute_time, 1e-6 + tc + tm);
+    cr_assert_eq(k->flops, 5.0);
+    cr_assert_eq(k->launches, 1);
+    /* a plain charge of a set kind: its overlap, no tiles */
+    emu_charge(d, EMU_KERNEL_GEMM, 1e8, 1e6);
+    ASSERT_NEAR(emu_dev_clock(d), 2e-6 + tc + tm + 1e8 / 50e12 + tm);
+    emu_dev_destroy(d);
+}
+
+Test(kernel, kind_mfu)
+{
+    emu_spec_t s = spec;
+    s.kernels[EMU_KERNEL_ATTN] = (emu_kernel_cost_t){.set = true, .overlap = 1, .mfu = 0.25};
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_ATTN, NULL, 0, 1e12, 0), 1e-6 + 0.04);
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, NULL, 0, 1e12, 0), 1e-6 + 0.02);
+}
+
+/* A kind the spec does not set costs today's roofline bit for bit,
+ * shapes or not, and so does overlap 1 without tiles. */
+Test(kernel, unset_kind_is_the_roofline)
+{
+    emu_spec_t s1 = spec;
+    s1.kernels[EMU_KERNEL_GEMM] = (emu_kernel_cost_t){.set = true, .overlap = 1};
+    const double fl[] = {0, 1, 3e9, 1e12, 7.77e14}, by[] = {0, 5, 1e6, 3.3e9, 1e12};
+    emu_gemm_t g = {130, 4096, 4096};
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 5; j++) {
+            double want = emu_kernel_time(&spec, fl[i], by[j]);
+            cr_assert_eq(emu_kernel_time_of(&spec, EMU_KERNEL_GEMM, &g, 1, fl[i], by[j]), want);
+            cr_assert_eq(emu_kernel_time_of(&s1, EMU_KERNEL_GEMM, NULL, 0, fl[i], by[j]), want);
+        }
+    emu_dev_t *a, *b;
+    cr_assert_eq(emu_dev_create(&spec, 0, false, &a), MOEMU_OK);
+    cr_assert_eq(emu_dev_create(&spec, 0, false, &b), MOEMU_OK);
+    emu_charge(a, EMU_KERNEL_EXPERT, 3e9, 1e6);
+    emu_charge_gemm(b, EMU_KERNEL_EXPERT, &g, 1, 3e9, 1e6);
+    cr_assert_eq(emu_dev_clock(a), emu_dev_clock(b));
+    emu_dev_destroy(a);
+    emu_dev_destroy(b);
+}
+
 /* ---- memory */
 
 Test(memory, categories_add_up_and_peak_is_kept)
@@ -529,12 +638,64 @@ Test(presets, figures_outside_physical_ranges)
                  "topology.intra_bw must be in [1e6, 1e14] B/s (got 1e-300)");
     expect_error("\"inter_lat\": 1e-5", "\"inter_lat\": 1e300", MOEMU_ERR_FORMAT,
                  "topology.inter_lat must be in [0, 0.1] s (got 1e+300)");
+    /* the kernels' parameters */
+    expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"units\": 0", MOEMU_ERR_FORMAT,
+                 "'device.units' = 0 is out of range");
+    expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"kernels\": {\"gem\": {}}",
+                 MOEMU_ERR_FORMAT, "'device.kernels.gem' is not a kernel kind (embed, norm,");
+    expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"kernels\": {\"gemm\": {\"overlap\": 1.5}}",
+                 MOEMU_ERR_FORMAT, "device.kernels.gemm.overlap must be in [0, 1] (got 1.5)");
+    expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"kernels\": {\"expert\": {\"mfu\": 2}}",
+                 MOEMU_ERR_FORMAT, "device.kernels.expert.mfu must be in [0.001, 1] (got 2)");
+    expect_error("\"launch_s\": 0",
+                 "\"launch_s\": 0, \"units\": 8, \"kernels\": {\"gemm\": {\"row_tiles\": [64, 32], "
+                 "\"col_tile\": 128}}",
+                 MOEMU_ERR_FORMAT, "'device.kernels.gemm.row_tiles' must be in ascending order");
+    expect_error("\"launch_s\": 0",
+                 "\"launch_s\": 0, \"units\": 8, \"kernels\": {\"gemm\": {\"row_tiles\": [0], "
+                 "\"col_tile\": 128}}",
+                 MOEMU_ERR_FORMAT, "'device.kernels.gemm.row_tiles[0]' = 0 is out of range");
+    expect_error("\"launch_s\": 0",
+                 "\"launch_s\": 0, \"units\": 8, \"kernels\": {\"gemm\": {\"col_tile\": 5000}}",
+                 MOEMU_ERR_FORMAT, "'device.kernels.gemm.col_tile' = 5000 is out of range");
+    expect_error("\"launch_s\": 0",
+                 "\"launch_s\": 0, \"units\": 8, \"kernels\": {\"gemm\": {\"row_tiles\": [16]}}",
+                 MOEMU_ERR_FORMAT, "device.kernels.gemm needs both row_tiles and col_tile");
+    expect_error("\"launch_s\": 0",
+                 "\"launch_s\": 0, \"kernels\": {\"gemm\": {\"row_tiles\": [16], \"col_tile\": 128}}",
+                 MOEMU_ERR_FORMAT, "device.kernels.gemm has tiles but device.units is not set");
     /* every built-in preset is within them */
     for (int i = 0; i < emu_hw_preset_count(); i++) {
         emu_hw_t hw;
         cr_expect_eq(emu_hw_load(emu_hw_preset_name(i), &hw), MOEMU_OK, "%s",
                      moemu_errmsg());
     }
+}
+
+/* The real cards carry their SMs and the products' tiles; the example
+ * plans' card (the golden figures') none: the plain roofline. */
+Test(presets, kernel_parameters)
+{
+    emu_hw_t hw;
+    cr_assert_eq(emu_hw_load("a100-80g", &hw), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(hw.spec.units, 108);
+    const emu_kernel_cost_t *e = &hw.spec.kernels[EMU_KERNEL_EXPERT];
+    cr_assert(e->set);
+    cr_assert_eq(e->nrow_tiles, 4);
+    cr_assert_eq(e->row_tiles[0], 16);
+    cr_assert_eq(e->row_tiles[3], 128);
+    cr_assert_eq(e->col_tile, 128);
+    cr_assert(e->overlap > 0 && e->overlap < 1);
+    cr_assert(!hw.spec.kernels[EMU_KERNEL_ATTN].set);
+    const char *hopper[] = {"h100-sxm", "h200", "h800"};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(emu_hw_load(hopper[i], &hw), MOEMU_OK, "%s", moemu_errmsg());
+        cr_assert_eq(hw.spec.units, 132, "%s", hopper[i]);
+        cr_assert_eq(hw.spec.kernels[EMU_KERNEL_GEMM].row_tiles[0], 64, "%s", hopper[i]);
+    }
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    cr_assert_eq(hw.spec.units, 0);
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) cr_assert(!hw.spec.kernels[k].set);
 }
 
 Test(presets, host)

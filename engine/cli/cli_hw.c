@@ -40,6 +40,28 @@ static void hw_header(void)
            "", "", "", "", "us", "", "GB/s", "us", "GB/s", "us");
 }
 
+/* The kinds priced by their own parameters (docs/emulation.md, "Matrix
+ * products by their shapes"), one line each. */
+static void hw_kernels(const emu_spec_t *s)
+{
+    if (s->units) printf("  compute units       %d\n", s->units);
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
+        const emu_kernel_cost_t *kc = &s->kernels[k];
+        if (!kc->set) continue;
+        char label[32];
+        snprintf(label, sizeof label, "%s kernels", emu_kernel_name(k));
+        printf("  %-19s ", label);
+        if (kc->nrow_tiles) {
+            printf("tiles of ");
+            for (int i = 0; i < kc->nrow_tiles; i++) printf("%s%d", i ? "/" : "", kc->row_tiles[i]);
+            printf(" rows x %d columns, ", kc->col_tile);
+        }
+        printf("overlap %.2f", kc->overlap);
+        if (kc->mfu > 0) printf(", MFU %.2f", kc->mfu);
+        printf("\n");
+    }
+}
+
 static void hw_detail(const emu_hw_t *h)
 {
     char cap[32];
@@ -53,6 +75,7 @@ static void hw_detail(const emu_hw_t *h)
            h->spec.mem_bw * h->spec.bw_util / 1e12);
     printf("  memory capacity     %s\n", emu_fmt_bytes(h->spec.mem_capacity, cap));
     printf("  kernel launch       %.1f us\n", h->spec.launch_s * 1e6);
+    hw_kernels(&h->spec);
     printf("  devices per node    %d", h->topo.devices_per_node);
     if (h->topo.nodes) printf(", %d nodes", h->topo.nodes);
     printf("\n  intra-node link     %.1f GB/s per direction, %.1f us\n",

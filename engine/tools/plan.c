@@ -307,7 +307,10 @@ static void hw_bounds(bounds_t *b, const plan_t *p, const cfg_figures_t *f, cons
                       int devices, double weights_dev)
 {
     const emu_spec_t *s = &p->hw.spec;
-    double rate = s->peak_flops * s->mfu * devices;
+    double mfu = s->mfu; /* a kind's own may be higher */
+    for (int k = 0; k < EMU_KERNEL__COUNT; k++)
+        if (s->kernels[k].set && s->kernels[k].mfu > mfu) mfu = s->kernels[k].mfu;
+    double rate = s->peak_flops * mfu * devices;
     double prefill = (double)wl_prompt_tokens(wl) * f->flops_per_token;
     double decode = (double)wl->batch * (wl->decode > 0 ? wl->decode - 1 : 0) * f->flops_per_token;
     b->ttft_min = prefill / rate;
