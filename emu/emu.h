@@ -449,6 +449,9 @@ moemu_status_t emu_hw_plausible(const emu_hw_t *hw, const char *origin);
 /* Parse JSON text; origin names it in messages. */
 moemu_status_t emu_hw_parse(const char *json, const char *origin,
                             emu_hw_t *out);
+/* The JSON document of a preset or file that emu_hw_load accepts, as
+ * written (comments and all); the caller decrefs it. */
+moemu_status_t emu_hw_json(const char *name_or_path, json_t **out);
 int emu_hw_preset_count(void);
 const char *emu_hw_preset_name(int i); /* built-in presets, in order */
 

@@ -167,7 +167,7 @@ static moemu_status_t hw_load_file(const char *path, emu_hw_t *out)
     /* the file's name without folder and extension names it by default */
     char base[64];
     const char *b = strrchr(path, '/');
-    snprintf(base, sizeof base, "%s", b ? b + 1 : path);
+    snprintf(base, sizeof base, "%.63s", b ? b + 1 : path); /* cut as names are */
     char *dot = strstr(base, ".json");
     if (dot && dot[5] == '\0') *dot = '\0';
     moemu_status_t st = hw_from_json(root, &src, base, out);
@@ -187,27 +187,30 @@ const char *emu_hw_preset_name(int i)
     return i >= 0 && i < emu_hw_preset_count() ? emu_hw_presets[i].name : NULL;
 }
 
-moemu_status_t emu_hw_load(const char *arg, emu_hw_t *out)
+/* Where arg's preset is: a file (its path into path), a built-in preset
+ * (its text into *text) or nowhere (false). */
+static bool hw_find(const char *arg, const char **text, char *path, size_t n)
 {
     size_t len = strlen(arg);
-    if (strchr(arg, '/') || (len > 5 && strcmp(arg + len - 5, ".json") == 0))
-        return hw_load_file(arg, out);
+    *text = NULL;
+    if (strchr(arg, '/') || (len > 5 && strcmp(arg + len - 5, ".json") == 0)) {
+        snprintf(path, n, "%s", arg);
+        return true;
+    }
     for (int i = 0; emu_hw_presets[i].name; i++)
         if (strcmp(arg, emu_hw_presets[i].name) == 0) {
-            char origin[128];
-            snprintf(origin, sizeof origin, "built-in preset hw/%s.json", arg);
-            MOEMU_CHECK(emu_hw_parse(emu_hw_presets[i].text, origin, out));
-            snprintf(out->name, sizeof out->name, "%s", arg);
-            return MOEMU_OK;
+            *text = emu_hw_presets[i].text;
+            return true;
         }
     /* a preset added to the installed data folder */
-    char path[4096];
-    snprintf(path, sizeof path, "%s/hw/%s.json", MOEMU_DATADIR, arg);
+    snprintf(path, n, "%s/hw/%s.json", MOEMU_DATADIR, arg);
     FILE *f = fopen(path, "rb");
-    if (f) {
-        fclose(f);
-        return hw_load_file(path, out);
-    }
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+static moemu_status_t hw_unknown(const char *arg)
+{
     char list[512] = "";
     size_t n = 0;
     for (int i = 0; emu_hw_presets[i].name && n < sizeof list; i++)
@@ -217,6 +220,32 @@ moemu_status_t emu_hw_load(const char *arg, emu_hw_t *out)
                       "unknown hardware preset '%s' (built in: %s; or give "
                       "the path of a JSON file)",
                       arg, list);
+}
+
+moemu_status_t emu_hw_load(const char *arg, emu_hw_t *out)
+{
+    const char *text;
+    char path[4096];
+    if (!hw_find(arg, &text, path, sizeof path)) return hw_unknown(arg);
+    if (!text) return hw_load_file(path, out);
+    char origin[128];
+    snprintf(origin, sizeof origin, "built-in preset hw/%s.json", arg);
+    MOEMU_CHECK(emu_hw_parse(text, origin, out));
+    snprintf(out->name, sizeof out->name, "%s", arg);
+    return MOEMU_OK;
+}
+
+moemu_status_t emu_hw_json(const char *arg, json_t **out)
+{
+    emu_hw_t hw;
+    MOEMU_CHECK(emu_hw_load(arg, &hw)); /* found, and valid */
+    const char *text;
+    char path[4096];
+    hw_find(arg, &text, path, sizeof path);
+    json_error_t je;
+    *out = text ? json_loads(text, 0, &je) : json_load_file(path, 0, &je);
+    if (!*out) return moemu_fail(MOEMU_ERR_IO, "%s: %s", text ? arg : path, je.text);
+    return MOEMU_OK;
 }
 
 moemu_status_t emu_host_query(emu_host_t *out)

@@ -200,3 +200,94 @@ Test(validate, against_baseline)
     json_decref(j);
     val_free(&s);
 }
+
+/* ---- calibration */
+
+#include "engine/tools/calibrate.h"
+
+/* card-400tf-64gb with its efficiency parameters replaced, as a file. */
+static const char *card_file(const char *name, double mfu, double bw, double launch)
+{
+    json_t *root;
+    cr_assert_eq(emu_hw_json("card-400tf-64gb", &root), MOEMU_OK, "%s", moemu_errmsg());
+    json_t *dev = json_object_get(root, "device");
+    json_object_set_new(dev, "mfu", json_real(mfu));
+    json_object_set_new(dev, "bw_util", json_real(bw));
+    json_object_set_new(dev, "launch_s", json_real(launch));
+    static char path[2][128];
+    static int k;
+    char *p = path[k++ % 2];
+    snprintf(p, 128, "%s/%s.json", dir, name);
+    cr_assert_eq(json_dump_file(root, p, 0), 0);
+    json_decref(root);
+    return p;
+}
+
+/* Figures made by a card of known parameters are fitted back to them
+ * from another start: a compute-bound prefill, a memory-bound decode and
+ * a launch-bound short one. */
+Test(validate, calibrate_recovers_parameters, .timeout = 300)
+{
+    const char *truth = card_file("truth", 0.35, 0.55, 3e-6);
+    const char *start = card_file("start", 0.6, 0.8, 8e-6);
+    char csv[4096];
+    int n = snprintf(csv, sizeof csv, HEADER);
+    const char *shapes[][5] = {{"pre", "8", "1024", "1", "ttft_ms"},
+                               {"dec", "2", "16", "6", "tpot_ms"},
+                               {"mid", "4", "64", "4", "latency_s"},
+                               {"hold", "16", "128", "2", "latency_s"}};
+    for (int i = 0; i < 4; i++)
+        n += snprintf(csv + n, sizeof csv - (size_t)n, "%s,%s,s,vllm,moe-10b-plan,%s,bf16,tp2,"
+                      "%s,%s,%s,%s,1,\n", shapes[i][0], i == 3 ? "holdout" : "fit", start,
+                      shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4]);
+    val_set_t s;
+    cr_assert_eq(val_load(&s, write_file("cal.csv", csv)), MOEMU_OK, "%s", moemu_errmsg());
+    /* the published figures: the true card's */
+    emu_hw_t hw;
+    cr_assert_eq(emu_hw_load(truth, &hw), MOEMU_OK);
+    val_opts_t o = {.hw = &hw};
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    for (int i = 0; i < s.n; i++) s.rows[i].published = s.rows[i].moemu;
+
+    cal_opts_t co = {.hw = start, .max_evals = 400};
+    cal_result_t r;
+    cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(r.fit, 3);
+    cr_assert_eq(r.holdout, 1);
+    cr_assert_eq(r.nparams, 3);
+    cr_assert_gt(r.loss_before, 1e-2);
+    cr_assert_lt(r.loss_after, 1e-5, "loss %g after %d runs", r.loss_after, r.evals);
+    double want[3] = {0.35, 0.55, 3e-6};
+    for (int i = 0; i < 3; i++)
+        cr_assert(fabs(cal_param(&r.after.spec, i) / want[i] - 1) < 0.02, "%s %g, want %g",
+                  cal_param_names[i], cal_param(&r.after.spec, i), want[i]);
+    /* the holdout row, not fitted, comes out right too */
+    cr_assert(fabs(r.rows.rows[3].ratio - 1) < 1e-3, "holdout ratio %g", r.rows.rows[3].ratio);
+
+    /* the written preset loads, with the fitted figures */
+    char out[128];
+    snprintf(out, sizeof out, "%s/fitted.json", dir);
+    cr_assert_eq(cal_write(&r, start, out), MOEMU_OK, "%s", moemu_errmsg());
+    emu_hw_t back;
+    cr_assert_eq(emu_hw_load(out, &back), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(back.spec.mfu, r.after.spec.mfu);
+    cr_assert(strstr(back.comment, "Calibrated by moemu calibrate"), "%s", back.comment);
+    cal_free(&r);
+    val_free(&s);
+}
+
+Test(validate, calibrate_needs_fit_rows)
+{
+    const char *p = write_file("nofit.csv", HEADER
+        "a,holdout,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n"
+        "b,fit,s,vllm,tiny,card-400tf-64gb,fp8,tp1,2,16,4,latency_s,1,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    cal_opts_t co = {.hw = "card-400tf-64gb"};
+    cal_result_t r;
+    cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "no fit row of card 'card-400tf-64gb'"), "%s",
+              moemu_errmsg());
+    cal_free(&r);
+    val_free(&s);
+}

@@ -18,6 +18,7 @@ int cli_check_main(int argc, char **argv);  /* moemu check */
 int cli_sweep_main(int argc, char **argv);  /* moemu sweep */
 int cli_plan_main(int argc, char **argv);   /* moemu plan */
 int cli_validate_main(int argc, char **argv); /* moemu validate */
+int cli_calibrate_main(int argc, char **argv); /* moemu calibrate */
 
 /* Exit statuses: 0 success, 1 a check that did not pass, 2 an error. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };

@@ -19,6 +19,7 @@ static const struct {
     {"layout", cli_layout_main, "a parallel strategy's checks, device layout and groups"},
     {"sweep", cli_sweep_main, "every strategy on N devices, run dry, ranked, Pareto front"},
     {"validate", cli_validate_main, "virtual time against published measurements"},
+    {"calibrate", cli_calibrate_main, "fit a card's efficiency to measured figures"},
 };
 
 static void usage(FILE *f)

@@ -281,7 +281,8 @@ static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_mod
     cfg_store_dtype(cfg);
     emu_dtype_parse(r->dtype, &cfg->dtype);
     *d = (runner_opts_t){.micro_batches = 1};
-    MOEMU_CHECK(emu_hw_load(r->hw, &d->hw));
+    if (o->hw) d->hw = *o->hw;
+    else MOEMU_CHECK(emu_hw_load(r->hw, &d->hw));
     MOEMU_CHECK(par_strategy_parse(r->strategy, &d->strategy));
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);

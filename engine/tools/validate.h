@@ -57,6 +57,7 @@ typedef struct {
     const char *models;  /* directory of NAME.json configs for rows whose
                             model is not a built-in name */
     const char *routing; /* the dry runs' router; NULL: uniform */
+    const emu_hw_t *hw;  /* not NULL: every row runs on it, not its preset */
     uint64_t seed;
     void (*progress)(void *arg, int done, int total);
     void *progress_arg;
