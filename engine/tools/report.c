@@ -426,10 +426,11 @@ static double coll_outside(const model_coll_t *c, int k)
     return c->passes > 0 ? (c->pass.calls[k] - c->layers_all.calls[k]) / c->passes : 0;
 }
 
-/* Bytes the device sent per call of kind k in its layers, the mean. */
-static double coll_bytes_per_call(const model_coll_t *c, int k)
+/* Bytes the device sent per call of kind k in its layers, the mean: of
+ * all of them (part 0), the dispatch's (1), the combine's (2). */
+static double coll_bytes_per_call(const model_coll_t *c, int k, int part)
 {
-    const layer_xfer_t *x = &c->layers_all;
+    const layer_xfer_t *x = part == 0 ? &c->layers_all : &c->moe[part - 1];
     return x->calls[k] > 0 ? x->bytes[k] / x->calls[k] : 0;
 }
 
@@ -488,11 +489,15 @@ static json_t *coll_json(const model_coll_t *c)
     for (int k = 0; k < EMU_COLL__COUNT; k++) {
         if (coll_per_layer(c, k, 0) > 0)
             json_object_set_new(kinds, emu_coll_name(k),
-                                json_pack("{s:f, s:f, s:f, s:f}", "calls",
+                                json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "calls",
                                           coll_per_layer(c, k, 0), "dispatch",
                                           coll_per_layer(c, k, 1), "combine",
                                           coll_per_layer(c, k, 2), "bytes_per_call",
-                                          coll_bytes_per_call(c, k)));
+                                          coll_bytes_per_call(c, k, 0),
+                                          "dispatch_bytes_per_call",
+                                          coll_bytes_per_call(c, k, 1),
+                                          "combine_bytes_per_call",
+                                          coll_bytes_per_call(c, k, 2)));
         if (coll_outside(c, k) > 0)
             json_object_set_new(outside, emu_coll_name(k), json_real(coll_outside(c, k)));
     }
