@@ -12,15 +12,15 @@ model="${MOEMU_SRCDIR:-.}/examples/models/Mixtral-8x7B-v0.1.json"
 tmp=$(mktemp -d /tmp/moemu-coll-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
-# vLLM (and, as far as the same layers go, TensorRT-LLM) for the same
-# devices; docs/report.md cites the code
+# What vLLM issues per layer on the same devices (docs/report.md cites
+# its code); - where it has no such configuration
 engine() {
     case $1 in
-    tp2-etp2) echo "TP 2: all-reduce 2 (o_proj, MoE output)" ;;
-    tp8-etp8) echo "TP 8: all-reduce 2 (o_proj, MoE output)" ;;
-    tp2-ep2) echo "TP 2 + expert parallel: all-reduce 2 (o_proj, MoE output)" ;;
-    dp2-ep2) echo "DP 2 + expert parallel: the EP group's dispatch and combine (backend's)" ;;
-    pp2) echo "PP 2: none (a send and a receive per stage boundary)" ;;
+    tp2-etp2) echo "TP 2: all-reduce 2 (o_proj; MoE output)" ;;
+    tp8-etp8) echo "TP 8: all-reduce 2 (o_proj; MoE output)" ;;
+    tp2-ep2) echo "TP 2, expert parallel: all-reduce 2 (o_proj; MoE output)" ;;
+    dp2-ep2) echo "DP 2, expert parallel: the EP group's dispatch and combine (its all2all backend's)" ;;
+    pp2) echo "PP 2: none (a send and a receive at the stage boundary)" ;;
     *) echo "-" ;;
     esac
 }
@@ -39,7 +39,7 @@ bytes='def kib: if . >= 1024 then "\((. / 102.4 | round) / 10) KiB" else "\(. | 
 outside='.report.communication.per_layer_and_pass.decode.outside_layers_per_pass
   | to_entries | map("\(.key) \(.value)") | join(", ") | if . == "" then "none" else . end'
 
-echo "| strategy | devices | collectives per layer and pass | bytes sent per call, decode (mean) | outside the layers, per decode pass | vLLM / TensorRT-LLM |"
+echo "| strategy | devices | collectives per layer and pass | bytes sent per call, decode (mean) | outside the layers, per decode pass | vLLM, same devices |"
 echo "|---|---|---|---|---|---|"
 for s in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2 pp2 cp2 tp8-etp8 tp2-etp2-ep4-dp4; do
     mark="" limit=""
