@@ -317,7 +317,8 @@ typedef struct {
 /* The device's totals so far: snapshots whose differences are what a
  * stretch of work issued. */
 void layer_xfer_now(layer_xfer_t *x, const emu_dev_t *dev);
-/* acc += what dev issued since the snapshot t0. */
+/* acc += t1 - t0, two snapshots; layer_xfer_since: from t0 to now. */
+void layer_xfer_add(layer_xfer_t *acc, const layer_xfer_t *t0, const layer_xfer_t *t1);
 void layer_xfer_since(layer_xfer_t *acc, const layer_xfer_t *t0, const emu_dev_t *dev);
 
 /* Experts as one device holds them: the full matrices of all E (host,

@@ -413,15 +413,20 @@ void layer_xfer_now(layer_xfer_t *x, const emu_dev_t *dev)
     }
 }
 
+void layer_xfer_add(layer_xfer_t *acc, const layer_xfer_t *t0, const layer_xfer_t *t1)
+{
+    acc->time += t1->time - t0->time;
+    for (int k = 0; k < EMU_COLL__COUNT; k++) {
+        acc->calls[k] += t1->calls[k] - t0->calls[k];
+        acc->bytes[k] += t1->bytes[k] - t0->bytes[k];
+    }
+}
+
 void layer_xfer_since(layer_xfer_t *acc, const layer_xfer_t *t0, const emu_dev_t *dev)
 {
     layer_xfer_t t1;
     layer_xfer_now(&t1, dev);
-    acc->time += t1.time - t0->time;
-    for (int k = 0; k < EMU_COLL__COUNT; k++) {
-        acc->calls[k] += t1.calls[k] - t0->calls[k];
-        acc->bytes[k] += t1.bytes[k] - t0->bytes[k];
-    }
+    layer_xfer_add(acc, t0, &t1);
 }
 
 /* What the collectives since t0 took and issued, added to the experts'

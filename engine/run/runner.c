@@ -304,13 +304,7 @@ static void count_layers(worker_t *v, const layer_xfer_t *t0, const layer_xfer_t
     c->passes++;
     c->layers = v->pl.par.layer1 - v->pl.par.layer0;
     layer_xfer_since(&c->layers_all, t0, v->dev);
-    for (int i = 0; i < 2; i++) {
-        c->moe[i].time += moe[i].time - moe0[i].time;
-        for (int k = 0; k < EMU_COLL__COUNT; k++) {
-            c->moe[i].calls[k] += moe[i].calls[k] - moe0[i].calls[k];
-            c->moe[i].bytes[k] += moe[i].bytes[k] - moe0[i].bytes[k];
-        }
-    }
+    for (int i = 0; i < 2; i++) layer_xfer_add(&c->moe[i], &moe0[i], &moe[i]);
 }
 
 static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
@@ -334,9 +328,8 @@ static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
     } else {
         MOEMU_CHECK(par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev));
     }
-    layer_xfer_t t0, moe0[2];
+    layer_xfer_t t0, moe0[2] = {D->out->moe_xfer[2 * v->rank], D->out->moe_xfer[2 * v->rank + 1]};
     layer_xfer_now(&t0, v->dev);
-    memcpy(moe0, D->out->moe_xfer + 2 * v->rank, sizeof moe0);
     for (int l = v->pl.par.layer0; l < v->pl.par.layer1; l++) {
         if (D->mo->progress && v->rank == 0)
             D->mo->progress(D->mo->progress_arg, ps->decode ? "decode" : "prefill",
