@@ -227,6 +227,19 @@ const emu_comm_stats_t *emu_dev_comm_stats(const emu_dev_t *dev,
     return &dev->comm[kind][link];
 }
 
+emu_comm_stats_t emu_dev_comm_kind(const emu_dev_t *dev, emu_coll_t kind)
+{
+    emu_comm_stats_t s = {0};
+    for (int l = 0; l < EMU_LINK__COUNT; l++) {
+        const emu_comm_stats_t *c = &dev->comm[kind][l];
+        s.calls += c->calls;
+        s.bytes += c->bytes;
+        s.time += c->time;
+        s.idle += c->idle;
+    }
+    return s;
+}
+
 double emu_dev_kernel_time(const emu_dev_t *dev)
 {
     double t = 0;

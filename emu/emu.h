@@ -695,6 +695,8 @@ typedef struct {
 
 const emu_comm_stats_t *emu_dev_comm_stats(const emu_dev_t *dev,
                                            emu_coll_t kind, emu_link_t link);
+/* The same summed over link classes. */
+emu_comm_stats_t emu_dev_comm_kind(const emu_dev_t *dev, emu_coll_t kind);
 /* The clock decomposes (up to rounding) as
  * clock = kernel_time + comm_time + idle_time. */
 double emu_dev_kernel_time(const emu_dev_t *dev);

@@ -306,6 +306,21 @@ moemu_status_t layer_capacity_group(layer_ctx_t *c, uint8_t *keep,
                                     const int *counts, const int *gpos, int T,
                                     int k, int E, double cf, par_comm_t *comm);
 
+/* A device's collectives: virtual seconds in them (waiting for the peers
+ * included), and calls and bytes sent per kind (emu_comm_stats_t's,
+ * summed over link classes). */
+typedef struct {
+    double time;
+    double calls[EMU_COLL__COUNT], bytes[EMU_COLL__COUNT];
+} layer_xfer_t;
+
+/* The device's totals so far: snapshots whose differences are what a
+ * stretch of work issued. */
+void layer_xfer_now(layer_xfer_t *x, const emu_dev_t *dev);
+/* acc += t1 - t0, two snapshots; layer_xfer_since: from t0 to now. */
+void layer_xfer_add(layer_xfer_t *acc, const layer_xfer_t *t0, const layer_xfer_t *t1);
+void layer_xfer_since(layer_xfer_t *acc, const layer_xfer_t *t0, const emu_dev_t *dev);
+
 /* Experts as one device holds them: the full matrices of all E (host,
  * Hugging Face layout), of which it computes experts [e0, e1) on the
  * intermediate slice [f0, f1). w3 is NULL with GELU. */
@@ -318,9 +333,8 @@ typedef struct {
     float limit;   /* LAYER_ACT_SWIGLU_OAI's clamp */
     int64_t *load; /* (E), if not NULL: += the rows each expert computed
                       here (counted on ETP rank 0) */
-    double *xfer;  /* (2), if not NULL: += the virtual seconds this device
-                      spent in the dispatch and in the combine (waiting
-                      for its peers included) */
+    layer_xfer_t *xfer; /* (2), if not NULL: += what this device spent
+                           and issued in the dispatch and in the combine */
 } layer_experts_t;
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):

@@ -403,17 +403,38 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     return MOEMU_OK;
 }
 
-/* The device's time in collectives (waiting included): what the report
- * splits into dispatch and combine, apart from the kernels around them. */
-static double xfer_now(const layer_ctx_t *c)
+void layer_xfer_now(layer_xfer_t *x, const emu_dev_t *dev)
 {
-    return emu_dev_comm_time(c->dev) + emu_dev_idle_time(c->dev);
+    x->time = emu_dev_comm_time(dev) + emu_dev_idle_time(dev);
+    for (int k = 0; k < EMU_COLL__COUNT; k++) {
+        emu_comm_stats_t s = emu_dev_comm_kind(dev, k);
+        x->calls[k] = (double)s.calls;
+        x->bytes[k] = s.bytes;
+    }
 }
 
-/* The time in collectives since t0, added to the experts' xfer[i]. */
-static void xfer_add(const moe_plan_t *m, int i, double t0)
+void layer_xfer_add(layer_xfer_t *acc, const layer_xfer_t *t0, const layer_xfer_t *t1)
 {
-    if (m->ex->xfer) m->ex->xfer[i] += xfer_now(m->c) - t0;
+    acc->time += t1->time - t0->time;
+    for (int k = 0; k < EMU_COLL__COUNT; k++) {
+        acc->calls[k] += t1->calls[k] - t0->calls[k];
+        acc->bytes[k] += t1->bytes[k] - t0->bytes[k];
+    }
+}
+
+void layer_xfer_since(layer_xfer_t *acc, const layer_xfer_t *t0, const emu_dev_t *dev)
+{
+    layer_xfer_t t1;
+    layer_xfer_now(&t1, dev);
+    layer_xfer_add(acc, t0, &t1);
+}
+
+/* What the collectives since t0 took and issued, added to the experts'
+ * xfer[i]: what the report splits into dispatch and combine, apart from
+ * the kernels around them. */
+static void xfer_add(const moe_plan_t *m, int i, const layer_xfer_t *t0)
+{
+    if (m->ex->xfer) layer_xfer_since(&m->ex->xfer[i], t0, m->c->dev);
 }
 
 /* 1. my kept choices by expert: a counting sort, stable in (row, slot);
@@ -528,7 +549,8 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     layer_ctx_t *c = m->c;
     int d = m->ex->d;
     MOEMU_CHECK(run_experts(c, m->outl, m->lists, m->lists_c, m->ETP, m->EP, m->Eper, m->ex));
-    double t0 = xfer_now(c);
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, c->dev);
     if (m->local) { /* the outputs already are in the order the rows were sent */
         MOEMU_CHECK(emu_mem_reserve(c->dev, EMU_MEM_COMM, m->sz * (double)m->sb));
         m->ret_held = true;
@@ -540,7 +562,7 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
                           (void **)&m->ret));
     moemu_status_t st = alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp,
                                   c->dtype, m->s->ep);
-    xfer_add(m, 1, t0);
+    xfer_add(m, 1, &t0);
     return st;
 }
 
@@ -593,12 +615,13 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
                     .local = !s->ep && !s->etp};
-    double t0 = xfer_now(c);
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, c->dev);
     moemu_status_t st = plan_sends(&m, idx, keep);
     if (st == MOEMU_OK) st = send_counts(&m);
     if (st == MOEMU_OK) st = send_rows(&m, x);
     if (st == MOEMU_OK) st = gather_lists(&m);
-    xfer_add(&m, 0, t0);
+    xfer_add(&m, 0, &t0);
     if (st == MOEMU_OK) st = compute_and_return(&m);
     if (st == MOEMU_OK) st = combine(&m, routed, w, keep);
     plan_free(&m);

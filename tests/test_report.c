@@ -1719,6 +1719,102 @@ ParameterizedTest(const dry_t *k, dry_run, equals_real_math)
     wl_free(&wl);
 }
 
+/* ---- collectives per layer and pass, from layers/blocks.c and shard.c */
+
+typedef struct {
+    emu_coll_t kind;
+    double calls, dispatch, combine;
+} coll_want_t;
+
+typedef struct {
+    char strategy[24];
+    int micro_batches;
+    coll_want_t layer[3];   /* per layer and pass, prefill and decode alike */
+    coll_want_t outside[2]; /* per pass: embedding, lm_head */
+} coll_case_t;
+
+/* small_cfg: no shared experts, no query/key norm, dropless (no gather of
+ * the routing decisions). Per layer:
+ * - tp2: attention's row-parallel output projection summed over TP, 1
+ *   all-reduce; EP = ETP = 1, so the experts are local (no dispatch or
+ *   combine); the routed rows of each TP rank's slice gathered over TP
+ *   (routed_back), 1 all-gather. Per pass, the embedding's all-reduce of
+ *   the vocabulary shards and lm_head's all-gather of the logits.
+ * - tp2-etp2: tp2's, and the ETP dispatch: the lists' counts and the rows
+ *   gathered over ETP (2 all-gathers), the partial outputs reduce-scattered
+ *   back (1 reduce-scatter, the combine).
+ * - tp2-sp-etp2: SP gathers the slices before attention (all-gather) and
+ *   reduce-scatters the output projection; the routed rows stay on their
+ *   slices (no routed_back gather); the ETP dispatch and combine as above.
+ * - dp2-ep2: no TP; the counts and the rows to their experts (2
+ *   all-to-alls) and the outputs back (1). */
+static const coll_case_t coll_cases[] = {
+    {"tp2", 2, {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}},
+     {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}}},
+    {"tp2-etp2", 1,
+     {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 3, 2, 0},
+      {EMU_COLL_REDUCE_SCATTER, 1, 0, 1}},
+     {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}}},
+    {"tp2-sp-etp2", 1, {{EMU_COLL_ALLGATHER, 3, 2, 0}, {EMU_COLL_REDUCE_SCATTER, 2, 0, 1}},
+     /* SP: the embedding reduce-scattered to the slices, lm_head gathers
+      * the slices and then the logits */
+     {{EMU_COLL_REDUCE_SCATTER, 1, 0, 0}, {EMU_COLL_ALLGATHER, 2, 0, 0}}},
+    {"dp2-ep2", 2, {{EMU_COLL_ALLTOALL, 3, 2, 1}}, {{0}}},
+};
+
+ParameterizedTestParameters(collectives, per_layer_and_pass)
+{
+    return cr_make_param_array(coll_case_t, (void *)coll_cases,
+                               sizeof coll_cases / sizeof coll_cases[0]);
+}
+
+/* want's entry of kind k (zeros when it lists none). */
+static coll_want_t coll_want(const coll_want_t *want, int n, int k)
+{
+    for (int i = 0; i < n; i++)
+        if (want[i].calls > 0 && (int)want[i].kind == k) return want[i];
+    return (coll_want_t){.kind = k};
+}
+
+/* The runner's counts of every device's prefill and decode passes, each
+ * kind, against the dataflow above: a change of what the layers issue
+ * shows here. */
+ParameterizedTest(const coll_case_t *k, collectives, per_layer_and_pass)
+{
+    cfg_model_t cfg;
+    small_cfg(&cfg, 3, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "5,9,7,6", 4);
+    runner_opts_t o = make_opts(k->strategy, k->micro_batches, round_hw(4));
+    run_t x;
+    run_start(&x, &cfg, &wl, &o, NULL, "uniform", false);
+    /* every device issues the same: device 0 is the report's */
+    cr_expect_eq(x.r.coll_dev, 0, "%s", k->strategy);
+    for (int d = 0; d < x.r.devices; d++)
+        for (int ph = 0; ph < 2; ph++) {
+            const model_coll_t *c = &x.out.coll[2 * d + ph];
+            const char *pass = ph ? "decode" : "prefill";
+            double passes = k->micro_batches * (ph ? wl.decode - 1 : 1), lp = 3 * passes;
+            cr_expect_eq(c->passes, passes, "%s device %d %s", k->strategy, d, pass);
+            cr_expect_eq(c->layers, 3, "%s device %d", k->strategy, d);
+            for (int kd = 0; kd < EMU_COLL__COUNT; kd++) {
+                coll_want_t w = coll_want(k->layer, 3, kd), wo = coll_want(k->outside, 2, kd);
+                const char *name = emu_coll_name(kd);
+                cr_expect_eq(c->layers_all.calls[kd], w.calls * lp, "%s device %d %s %s: %g "
+                             "calls in %g layer-passes", k->strategy, d, pass, name,
+                             c->layers_all.calls[kd], lp);
+                cr_expect_eq(c->moe[0].calls[kd], w.dispatch * lp, "%s device %d %s %s dispatch",
+                             k->strategy, d, pass, name);
+                cr_expect_eq(c->moe[1].calls[kd], w.combine * lp, "%s device %d %s %s combine",
+                             k->strategy, d, pass, name);
+                cr_expect_eq(c->pass.calls[kd] - c->layers_all.calls[kd], wo.calls * passes,
+                             "%s device %d %s %s outside the layers", k->strategy, d, pass, name);
+            }
+        }
+    run_free(&x, &o);
+    wl_free(&wl);
+}
+
 /* ---- replay records that do not fit the run */
 
 /* Save rec (shape [L, 1, P, 2]) to a temporary file; spec gets "replay:PATH". */

@@ -31,7 +31,7 @@ struct model_pass {
     const model_place_t *place;
     int layer;
     int64_t *load; /* (experts) rows each expert computed, this layer */
-    double *xfer;  /* (2) layer_experts_t's: dispatch and combine seconds */
+    layer_xfer_t *xfer; /* (2) layer_experts_t's: the dispatch's and combine's */
     void (*chosen)(const model_pass_t *p);
     void (*kept)(const model_pass_t *p, int64_t dropped);
     void *arg;

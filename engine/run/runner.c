@@ -295,7 +295,19 @@ static moemu_status_t head(worker_t *v, const pass_t *ps)
     return pick(v, ps, full, ld, nl);
 }
 
-static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
+/* The pass's collectives in the device's layers, from the snapshots
+ * taken before its first layer: all of them, and the MoE's. */
+static void count_layers(worker_t *v, const layer_xfer_t *t0, const layer_xfer_t *moe0)
+{
+    model_coll_t *c = &v->D->out->coll[2 * v->rank + (v->ps->decode ? 1 : 0)];
+    const layer_xfer_t *moe = v->D->out->moe_xfer + 2 * v->rank;
+    c->passes++;
+    c->layers = v->pl.par.layer1 - v->pl.par.layer0;
+    layer_xfer_since(&c->layers_all, t0, v->dev);
+    for (int i = 0; i < 2; i++) layer_xfer_add(&c->moe[i], &moe0[i], &moe[i]);
+}
+
+static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
 {
     run_t *D = v->D;
     /* a pass with no sequence still runs: its replica's experts serve the
@@ -316,6 +328,8 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
     } else {
         MOEMU_CHECK(par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev));
     }
+    layer_xfer_t t0, moe0[2] = {D->out->moe_xfer[2 * v->rank], D->out->moe_xfer[2 * v->rank + 1]};
+    layer_xfer_now(&t0, v->dev);
     for (int l = v->pl.par.layer0; l < v->pl.par.layer1; l++) {
         if (D->mo->progress && v->rank == 0)
             D->mo->progress(D->mo->progress_arg, ps->decode ? "decode" : "prefill",
@@ -326,9 +340,19 @@ static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
         MOEMU_CHECK(layer(v, l));
     }
     emu_dev_set_layer(v->dev, -1);
+    count_layers(v, &t0, moe0);
     if (v->stage < v->P - 1)
         return par_send(v->view.xr, (size_t)R * d, v->x.dtype, v->stage + 1, pp, v->dev);
     return head(v, ps);
+}
+
+static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
+{
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, v->dev);
+    moemu_status_t st = pass_body(v, ps);
+    layer_xfer_since(&v->D->out->coll[2 * v->rank + (ps->decode ? 1 : 0)].pass, &t0, v->dev);
+    return st;
 }
 
 static void dev_free(worker_t *v)
@@ -555,6 +579,7 @@ void model_out_free(model_out_t *out)
     free(out->expert_load);
     free(out->device_rows);
     free(out->moe_xfer);
+    free(out->coll);
     memset(out, 0, sizeof *out);
 }
 
@@ -611,7 +636,8 @@ static double out_bytes(const run_t *D)
     const cfg_model_t *c = D->c;
     double B = D->wl->batch, N = D->wl->decode, V = c->vocab_size;
     double out = B * (N > 0 ? N : 1) * (sizeof(int) + sizeof(double)) +
-                 8.0 * c->num_hidden_layers * c->num_local_experts + 8.0 * D->world;
+                 8.0 * c->num_hidden_layers * c->num_local_experts + 8.0 * D->world +
+                 2.0 * D->world * (sizeof(layer_xfer_t) + sizeof(model_coll_t));
     if (D->mo->prompt_logits) out += 4.0 * B * D->wl->max_len * V;
     if (D->mo->gen_logits) out += 4.0 * B * N * V;
     return out;
@@ -687,12 +713,13 @@ static moemu_status_t out_alloc(model_out_t *out, const run_t *D)
     out->token_time = calloc((size_t)B * (N > 0 ? N : 1), sizeof(double));
     out->expert_load = calloc((size_t)c->num_hidden_layers * c->num_local_experts, sizeof(int64_t));
     out->device_rows = calloc((size_t)D->world, sizeof(int64_t));
-    out->moe_xfer = calloc(2 * (size_t)D->world, sizeof(double));
+    out->moe_xfer = calloc(2 * (size_t)D->world, sizeof *out->moe_xfer);
+    out->coll = calloc(2 * (size_t)D->world, sizeof *out->coll);
     out->n_devices = D->world;
     if (D->mo->prompt_logits) out->prompt_logits = malloc(sizeof(float) * (size_t)B * wl->max_len * V);
     if (D->mo->gen_logits && N > 0) out->gen_logits = malloc(sizeof(float) * (size_t)B * N * V);
     if (!out->generated || !out->token_time || !out->expert_load || !out->device_rows ||
-        !out->moe_xfer ||
+        !out->moe_xfer || !out->coll ||
         (D->mo->prompt_logits && !out->prompt_logits) ||
         (D->mo->gen_logits && N > 0 && !out->gen_logits))
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the outputs of %d sequences "
@@ -764,6 +791,10 @@ static uint64_t fingerprint(const run_t *D)
     return h;
 }
 
+_Static_assert(sizeof(layer_xfer_t) % sizeof(double) == 0 &&
+                   sizeof(model_coll_t) % sizeof(double) == 0,
+               "merged as arrays of doubles");
+
 /* Every process's outputs made whole: each element was written by the
  * process of the device that computed it. */
 static moemu_status_t merge_outputs(model_out_t *out, run_t *D)
@@ -775,7 +806,11 @@ static moemu_status_t merge_outputs(model_out_t *out, run_t *D)
     MOEMU_CHECK(par_proc_merge(D->assign, (size_t)D->world, PAR_MERGE_I64_SUM));
     MOEMU_CHECK(par_proc_merge(D->dropped, (size_t)D->world, PAR_MERGE_I64_SUM));
     MOEMU_CHECK(par_proc_merge(D->load, (size_t)D->world * LE, PAR_MERGE_I64_SUM));
-    MOEMU_CHECK(par_proc_merge(out->moe_xfer, 2 * (size_t)D->world, PAR_MERGE_F64_SUM));
+    /* both are doubles only, each device's written by its process */
+    MOEMU_CHECK(par_proc_merge(out->moe_xfer, 2 * (size_t)D->world * sizeof *out->moe_xfer /
+                                                  sizeof(double), PAR_MERGE_F64_SUM));
+    MOEMU_CHECK(par_proc_merge(out->coll, 2 * (size_t)D->world * sizeof *out->coll /
+                                              sizeof(double), PAR_MERGE_F64_SUM));
     MOEMU_CHECK(par_proc_merge(out->generated, B * N, PAR_MERGE_I32_MAX));
     MOEMU_CHECK(par_proc_merge(out->token_time, B * N, PAR_MERGE_F64_SUM));
     MOEMU_CHECK(par_proc_merge(out->prompt_logits, B * wl->max_len * V, PAR_MERGE_F32_NAN));

@@ -28,6 +28,16 @@ typedef struct {
     void *progress_arg;
 } model_opts_t;
 
+/* One device's collectives over its passes of one kind (prefill, or
+ * decode steps), each pass one micro-batch: all that the passes issued
+ * (the embedding's, lm_head's and pipeline's included); of it, what its
+ * decoder layers issued, from the first one's start to the last one's
+ * end; of that, the MoE dispatch's and combine's (layer_experts_t.xfer). */
+typedef struct {
+    double passes, layers; /* passes of this kind; the device's layers */
+    layer_xfer_t pass, layers_all, moe[2];
+} model_coll_t;
+
 typedef struct {
     int *generated;       /* (batch, decode) greedy tokens */
     float *prompt_logits; /* (batch, max_len, V), NaN past a prompt's end */
@@ -38,8 +48,10 @@ typedef struct {
                              generated token was picked */
     int64_t *expert_load; /* (layers, experts) kept assignments computed */
     int64_t *device_rows; /* (devices) expert rows each device computed */
-    double *moe_xfer;     /* (devices, 2) virtual seconds in the MoE dispatch
-                             and combine, waiting for peers included */
+    layer_xfer_t *moe_xfer; /* (devices, 2) the MoE dispatch and combine:
+                               virtual seconds, waiting for peers
+                               included, and calls */
+    model_coll_t *coll;   /* (devices, 2) prefill passes, decode passes */
     int n_devices;
     double wall_prefill, wall_decode; /* host seconds, device 0's */
 } model_out_t;

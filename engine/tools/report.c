@@ -50,12 +50,36 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     }
     r->comm_time += v->comm;
     for (int k = 0; k < EMU_KERNEL__COUNT; k++) r->kernel_time[k] += emu_dev_kernel_stats(d, k)->time;
-    double xd = out->moe_xfer ? out->moe_xfer[2 * i] : 0, xc = out->moe_xfer ? out->moe_xfer[2 * i + 1] : 0;
+    double xd = out->moe_xfer ? out->moe_xfer[2 * i].time : 0,
+           xc = out->moe_xfer ? out->moe_xfer[2 * i + 1].time : 0;
     r->dispatch += xd;
     r->combine += xc;
     r->other_comm += v->comm + v->idle - xd - xc;
     v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
     r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
+}
+
+/* Calls in a device's layers per (layer x pass), over both kinds of
+ * pass. */
+static double layer_calls(const model_coll_t *c)
+{
+    double calls = 0, lp = 0;
+    for (int ph = 0; ph < 2; ph++) {
+        for (int k = 0; k < EMU_COLL__COUNT; k++) calls += c[ph].layers_all.calls[k];
+        lp += c[ph].layers * c[ph].passes;
+    }
+    return lp > 0 ? calls / lp : 0;
+}
+
+/* The device whose layers issue the most calls per layer and pass (the
+ * lowest rank of equals), and its counts. */
+static void build_coll(report_t *r, const model_out_t *out)
+{
+    if (!out->coll) return;
+    for (int i = 1; i < r->devices; i++)
+        if (layer_calls(out->coll + 2 * i) > layer_calls(out->coll + 2 * r->coll_dev))
+            r->coll_dev = i;
+    memcpy(r->coll, out->coll + 2 * r->coll_dev, sizeof r->coll);
 }
 
 /* Latency from the tokens' times, throughput from it. */
@@ -268,6 +292,7 @@ moemu_status_t report_build(report_t *r, emu_cluster_t *cl, const model_out_t *o
     build_latency(r, out);
     build_overlap(r, per_stage);
     build_load(r, out, cfg);
+    build_coll(r, out);
     r->t1 = t1;
     if (t1 > 0 && r->e2e > 0) {
         r->speedup = t1 / r->e2e;
@@ -383,6 +408,103 @@ static void print_parts(const report_t *r, FILE *f)
                 clocks > 0 ? 100 * p[i].sum / clocks : 0);
 }
 
+/* ---- Collectives per layer and pass (docs/report.md) */
+
+/* Calls of kind k per (layer x pass) of c: part 0 all in the layers, 1
+ * the MoE dispatch's, 2 the combine's. */
+static double coll_per_layer(const model_coll_t *c, int k, int part)
+{
+    double lp = c->layers * c->passes;
+    const layer_xfer_t *x = part == 0 ? &c->layers_all : &c->moe[part - 1];
+    return lp > 0 ? x->calls[k] / lp : 0;
+}
+
+/* Calls of kind k outside the layers (embedding, lm_head, pipeline) per
+ * pass. */
+static double coll_outside(const model_coll_t *c, int k)
+{
+    return c->passes > 0 ? (c->pass.calls[k] - c->layers_all.calls[k]) / c->passes : 0;
+}
+
+/* Bytes the device sent per call of kind k in its layers, the mean: of
+ * all of them (part 0), the dispatch's (1), the combine's (2). */
+static double coll_bytes_per_call(const model_coll_t *c, int k, int part)
+{
+    const layer_xfer_t *x = part == 0 ? &c->layers_all : &c->moe[part - 1];
+    return x->calls[k] > 0 ? x->bytes[k] / x->calls[k] : 0;
+}
+
+/* A count: whole when it is, else with one decimal. */
+static const char *fmt_count(double x, char buf[32])
+{
+    snprintf(buf, 32, fabs(x - round(x)) < 1e-9 ? "%.0f" : "%.1f", x);
+    return buf;
+}
+
+/* "all-gather 3 (dispatch 2), reduce-scatter 1 (combine 1)", or "none". */
+static void fmt_coll(const model_coll_t *c, char *buf, size_t n)
+{
+    static const char *part[] = {"dispatch", "combine"};
+    size_t at = 0;
+    char a[32];
+    buf[0] = 0;
+    for (int k = 0; k < EMU_COLL__COUNT && at < n; k++) {
+        double x = coll_per_layer(c, k, 0);
+        if (x == 0) continue;
+        at += (size_t)snprintf(buf + at, n - at, "%s%s %s", at ? ", " : "", emu_coll_name(k),
+                               fmt_count(x, a));
+        int open = 0;
+        for (int i = 0; i < 2 && at < n; i++) {
+            double y = coll_per_layer(c, k, i + 1);
+            if (y == 0) continue;
+            at += (size_t)snprintf(buf + at, n - at, "%s%s %s", open++ ? ", " : " (", part[i],
+                                   fmt_count(y, a));
+        }
+        if (open && at < n) at += (size_t)snprintf(buf + at, n - at, ")");
+    }
+    if (!at) snprintf(buf, n, "none");
+}
+
+/* One line for prefill and decode when they issue the same, else one
+ * each. */
+static void print_coll(const report_t *r, FILE *f)
+{
+    const model_coll_t *c = r->coll;
+    if (c[0].passes + c[1].passes == 0) return;
+    char p[512], d[512];
+    fmt_coll(&c[0], p, sizeof p);
+    fmt_coll(&c[1], d, sizeof d);
+    fprintf(f, "  collectives per layer and pass (one device, %d: calls in its %.0f layers / "
+               "(layers x passes); embedding, lm_head and pipeline not counted)\n",
+            r->coll_dev, c[0].layers > c[1].layers ? c[0].layers : c[1].layers);
+    if (c[1].passes == 0) fprintf(f, "    prefill: %s\n", p);
+    else if (c[0].passes == 0) fprintf(f, "    decode: %s\n", d);
+    else if (!strcmp(p, d)) fprintf(f, "    prefill and decode: %s\n", p);
+    else fprintf(f, "    prefill: %s\n    decode:  %s\n", p, d);
+}
+
+static json_t *coll_json(const model_coll_t *c)
+{
+    json_t *kinds = json_object(), *outside = json_object();
+    for (int k = 0; k < EMU_COLL__COUNT; k++) {
+        if (coll_per_layer(c, k, 0) > 0)
+            json_object_set_new(kinds, emu_coll_name(k),
+                                json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "calls",
+                                          coll_per_layer(c, k, 0), "dispatch",
+                                          coll_per_layer(c, k, 1), "combine",
+                                          coll_per_layer(c, k, 2), "bytes_per_call",
+                                          coll_bytes_per_call(c, k, 0),
+                                          "dispatch_bytes_per_call",
+                                          coll_bytes_per_call(c, k, 1),
+                                          "combine_bytes_per_call",
+                                          coll_bytes_per_call(c, k, 2)));
+        if (coll_outside(c, k) > 0)
+            json_object_set_new(outside, emu_coll_name(k), json_real(coll_outside(c, k)));
+    }
+    return json_pack("{s:f, s:o, s:o}", "passes", c->passes, "per_layer", kinds,
+                     "outside_layers_per_pass", outside);
+}
+
 void report_print(const report_t *r, FILE *f)
 {
     char a[32], b[32], c[32], d[32], e[32], g[32];
@@ -423,6 +545,7 @@ void report_print(const report_t *r, FILE *f)
             fprintf(f, "  %-14s %-10s %10.0f %11s %11.3f\n", emu_coll_name(k), emu_link_name(l),
                     m->calls, emu_fmt_bytes(m->bytes, a), 1e3 * m->time);
         }
+    print_coll(r, f);
     fprintf(f, "  communication not overlapped by computation: %.1f%% of end to end "
                "(mean over devices; max %.1f%%)\n", 100 * r->exposed_comm_mean,
             100 * r->exposed_comm_max);
@@ -506,8 +629,18 @@ json_t *report_json(const report_t *r)
         (json_int_t)r->dropped, "busiest_device", r->busiest, "busiest_vs_mean",
         r->busiest_vs_mean,
         "scaling", "one_device_s", r->t1, "speedup", r->speedup, "efficiency", r->efficiency);
-    if (root) json_object_set_new(root, "time_per_device_s", parts);
-    else json_decref(parts);
+    json_t *coll = json_pack("{s:i, s:f, s:o, s:o}", "device", r->coll_dev, "layers",
+                             r->coll[0].layers > r->coll[1].layers ? r->coll[0].layers
+                                                                   : r->coll[1].layers,
+                             "prefill", coll_json(&r->coll[0]), "decode",
+                             coll_json(&r->coll[1]));
+    if (root) {
+        json_object_set_new(root, "time_per_device_s", parts);
+        json_object_set_new(json_object_get(root, "communication"), "per_layer_and_pass", coll);
+    } else {
+        json_decref(parts);
+        json_decref(coll);
+    }
     return root;
 }
 

@@ -45,6 +45,11 @@ typedef struct {
     double comm_bytes, comm_time;    /* summed over devices */
     double exposed_comm_mean, exposed_comm_max; /* comm / e2e per device */
     double *bubble;                  /* (stages) */
+    /* collectives per layer and pass of one device: the one with the most
+     * calls in its layers per (its layers x its passes); its prefill and
+     * decode passes (docs/report.md) */
+    int coll_dev;
+    model_coll_t coll[2];
     /* expert load */
     const int64_t *load;             /* (layers, experts), the run's */
     int64_t *load_owned;             /* the same, when the report owns it */
