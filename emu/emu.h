@@ -452,6 +452,20 @@ moemu_status_t emu_hw_parse(const char *json, const char *origin,
 /* The JSON document of a preset or file that emu_hw_load accepts, as
  * written (comments and all); the caller decrefs it. */
 moemu_status_t emu_hw_json(const char *name_or_path, json_t **out);
+/* ---- Engine profiles: how a serving stack runs on each card, as the
+ * efficiency parameters fitted for it (hw/engines/NAME.json, built in, or
+ * a path): {"name", "comment", "cards": {"<preset name>": {"mfu",
+ * "bw_util", "launch_s", "overlap", "comment"}}}. emu_engine_apply puts
+ * the entry of hw's card over hw's device (overlap: every kernel kind the
+ * preset sets), checked as a preset's figures are, and names hw
+ * "<card>+<profile name>" (reports say what ran); *found is false (hw
+ * untouched) when the profile has no entry for the card. An unknown
+ * profile is MOEMU_ERR_INVALID naming the built-in ones. */
+moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found);
+/* The profile's JSON as written; the caller decrefs it. */
+moemu_status_t emu_engine_json(const char *engine, json_t **out);
+/* The built-in profiles' names, NULL past the last. */
+const char *emu_engine_name(int i);
 int emu_hw_preset_count(void);
 const char *emu_hw_preset_name(int i); /* built-in presets, in order */
 

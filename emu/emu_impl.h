@@ -111,6 +111,8 @@ typedef struct {
 } emu_hw_text_t;
 
 extern const emu_hw_text_t emu_hw_presets[]; /* ends with {NULL, NULL} */
+/* The built-in engine profiles, from hw/engines/NAME.json. */
+extern const emu_hw_text_t emu_engine_profiles[]; /* ends with {NULL, NULL} */
 
 /* Common to device.c and cluster.c. */
 void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,

@@ -248,6 +248,86 @@ moemu_status_t emu_hw_json(const char *arg, json_t **out)
     return MOEMU_OK;
 }
 
+/* ---- engine profiles */
+
+const char *emu_engine_name(int i)
+{
+    for (int k = 0; k <= i; k++)
+        if (!emu_engine_profiles[k].name) return NULL;
+    return emu_engine_profiles[i].name;
+}
+
+moemu_status_t emu_engine_json(const char *engine, json_t **out)
+{
+    json_error_t je;
+    size_t len = strlen(engine);
+    if (strchr(engine, '/') || (len > 5 && strcmp(engine + len - 5, ".json") == 0)) {
+        *out = json_load_file(engine, JSON_REJECT_DUPLICATES, &je);
+        if (!*out) return moemu_fail(MOEMU_ERR_FORMAT, "engine profile %s: %s (line %d)", engine,
+                                     je.text, je.line);
+        return MOEMU_OK;
+    }
+    char list[256] = "";
+    size_t n = 0;
+    for (int i = 0; emu_engine_profiles[i].name; i++) {
+        if (strcmp(engine, emu_engine_profiles[i].name) == 0) {
+            *out = json_loads(emu_engine_profiles[i].text, JSON_REJECT_DUPLICATES, &je);
+            if (!*out) return moemu_fail(MOEMU_ERR_FORMAT, "engine profile %s: %s", engine, je.text);
+            return MOEMU_OK;
+        }
+        if (n < sizeof list)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "",
+                                  emu_engine_profiles[i].name);
+    }
+    return moemu_fail(MOEMU_ERR_INVALID, "unknown engine profile '%s' (built in: %s; or give the "
+                      "path of a JSON file)", engine, list);
+}
+
+/* The card entry e over hw's device. */
+static moemu_status_t engine_card(const emu_json_src_t *src, json_t *e, emu_hw_t *hw)
+{
+    emu_spec_t s = hw->spec;
+    double overlap = -1;
+    MOEMU_CHECK(emu_json_num(src, e, "mfu", EMU_JSON_REQUIRED, &s.mfu));
+    MOEMU_CHECK(emu_json_num(src, e, "bw_util", EMU_JSON_REQUIRED, &s.bw_util));
+    MOEMU_CHECK(emu_json_num(src, e, "launch_s", EMU_JSON_REQUIRED, &s.launch_s));
+    MOEMU_CHECK(emu_json_num(src, e, "overlap", 0, &overlap));
+    if (overlap != -1 && !(overlap >= 0 && overlap <= 1))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: %s.overlap must be in [0, 1] (got %g)",
+                          src->origin, src->path, overlap);
+    for (int k = 0; overlap != -1 && k < EMU_KERNEL__COUNT; k++)
+        if (s.kernels[k].set) s.kernels[k].overlap = overlap;
+    MOEMU_CHECK(emu_spec_check(&s, src->origin));
+    hw->spec = s;
+    return MOEMU_OK;
+}
+
+moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found)
+{
+    json_t *root;
+    *found = false;
+    MOEMU_CHECK(emu_engine_json(engine, &root));
+    char origin[320], path[96];
+    snprintf(origin, sizeof origin, "engine profile %s", engine);
+    snprintf(path, sizeof path, "cards.%s", hw->name);
+    emu_json_src_t src = {.origin = origin, .noun = "profile key", .path = path};
+    json_t *cards = json_object_get(root, "cards"), *e = json_object_get(cards, hw->name);
+    moemu_status_t st = MOEMU_OK;
+    if (!json_is_object(cards))
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: no object \"cards\"", origin);
+    else if (e && !json_is_object(e))
+        st = moemu_fail(MOEMU_ERR_FORMAT, "%s: %s must be an object", origin, path);
+    else if (e && (st = engine_card(&src, e, hw)) == MOEMU_OK) {
+        *found = true;
+        const char *pn = json_string_value(json_object_get(root, "name"));
+        char name[sizeof hw->name];
+        snprintf(name, sizeof name, "%.31s+%.31s", hw->name, pn ? pn : engine);
+        memcpy(hw->name, name, sizeof name);
+    }
+    json_decref(root);
+    return st;
+}
+
 moemu_status_t emu_host_query(emu_host_t *out)
 {
     memset(out, 0, sizeof *out);

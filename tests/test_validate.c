@@ -267,7 +267,7 @@ Test(validate, calibrate_recovers_parameters, .timeout = 300)
     /* the written preset loads, with the fitted figures */
     char out[128];
     snprintf(out, sizeof out, "%s/fitted.json", dir);
-    cr_assert_eq(cal_write(&r, start, out), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(cal_write(&r, &co, out), MOEMU_OK, "%s", moemu_errmsg());
     emu_hw_t back;
     cr_assert_eq(emu_hw_load(out, &back), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(back.spec.mfu, r.after.spec.mfu);
@@ -288,6 +288,121 @@ Test(validate, calibrate_needs_fit_rows)
     cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_ERR_INVALID);
     cr_assert(strstr(moemu_errmsg(), "no fit row of card 'card-400tf-64gb'"), "%s",
               moemu_errmsg());
+    cal_free(&r);
+    val_free(&s);
+}
+
+/* ---- engine profiles */
+
+Test(validate, engine_profile_applied)
+{
+    emu_hw_t hw, before;
+    cr_assert_eq(emu_hw_load("a100-80g", &hw), MOEMU_OK);
+    before = hw;
+    json_t *root;
+    cr_assert_eq(emu_engine_json("vllm", &root), MOEMU_OK, "%s", moemu_errmsg());
+    json_t *card = json_object_get(json_object_get(root, "cards"), "a100-80g");
+    cr_assert_not_null(card, "hw/engines/vllm.json has no a100-80g entry");
+    bool found;
+    cr_assert_eq(emu_engine_apply("vllm", &hw, &found), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(found);
+    cr_assert_str_eq(hw.name, "a100-80g+vllm");
+    cr_assert_eq(hw.spec.mfu, json_number_value(json_object_get(card, "mfu")));
+    cr_assert_eq(hw.spec.launch_s, json_number_value(json_object_get(card, "launch_s")));
+    cr_assert_eq(hw.spec.kernels[EMU_KERNEL_EXPERT].overlap,
+                 json_number_value(json_object_get(card, "overlap")));
+    cr_assert_eq(hw.spec.peak_flops, before.spec.peak_flops); /* the card's own stays */
+    json_decref(root);
+
+    /* a card the profile lacks: untouched */
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    before = hw;
+    cr_assert_eq(emu_engine_apply("vllm", &hw, &found), MOEMU_OK);
+    cr_assert(!found);
+    cr_assert_eq(memcmp(&hw, &before, sizeof hw), 0);
+}
+
+Test(validate, engine_profile_errors)
+{
+    emu_hw_t hw;
+    bool found;
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    cr_assert_eq(emu_engine_apply("nosuch", &hw, &found), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "unknown engine profile 'nosuch' (built in: vllm, trtllm"),
+              "%s", moemu_errmsg());
+    const char *p = write_file("bad.json", "{\"name\": \"x\", \"cards\": {\"card-400tf-64gb\": "
+                                           "{\"mfu\": 0.5, \"bw_util\": 0.8, \"launch_s\": 0, "
+                                           "\"overlap\": 1.5}}}");
+    cr_assert_eq(emu_engine_apply(p, &hw, &found), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "overlap must be in [0, 1] (got 1.5)"), "%s", moemu_errmsg());
+    p = write_file("bad2.json", "{\"name\": \"x\", \"cards\": {\"card-400tf-64gb\": "
+                                "{\"mfu\": 2, \"bw_util\": 0.8, \"launch_s\": 0}}}");
+    cr_assert_eq(emu_engine_apply(p, &hw, &found), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "mfu"), "%s", moemu_errmsg());
+    p = write_file("bad3.json", "{\"name\": \"x\", \"cards\": {\"card-400tf-64gb\": "
+                                "{\"mfu\": 0.5, \"launch_s\": 0}}}");
+    cr_assert_neq(emu_engine_apply(p, &hw, &found), MOEMU_OK);
+    cr_assert(strstr(moemu_errmsg(), "bw_util"), "%s", moemu_errmsg());
+}
+
+/* A row of an engine with figures for its card runs on them (marked); the
+ * presets alone give another figure. */
+Test(validate, rows_use_engine_profiles)
+{
+    const char *p = write_file("e.csv", HEADER
+        "v,fit,s,vllm,moe-10b-plan,a100-80g,bf16,tp2,4,64,4,latency_s,1,\n"
+        "o,fit,s,other,moe-10b-plan,a100-80g,bf16,tp2,4,64,4,latency_s,1,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    val_opts_t o = {0};
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(s.rows[0].profiled);
+    cr_assert(!s.rows[1].profiled);
+    cr_assert_neq(s.rows[0].moemu, s.rows[1].moemu);
+    double with = s.rows[0].moemu;
+    o.presets_only = true;
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(!s.rows[0].profiled);
+    cr_assert_eq(s.rows[0].moemu, s.rows[1].moemu);
+    cr_assert_neq(s.rows[0].moemu, with);
+    val_free(&s);
+}
+
+/* Calibrating for an engine writes its profile with the card's entry. */
+Test(validate, calibrate_writes_profile)
+{
+    const char *prof = write_file("eng.json", "{\"name\": \"eng\", \"comment\": \"test\", "
+                                              "\"cards\": {}}");
+    const char *p = write_file("c.csv", HEADER
+        "a,fit,s,eng,moe-10b-plan,card-400tf-64gb,bf16,tp1,2,64,4,latency_s,0.01,\n"
+        "b,fit,s,other,moe-10b-plan,card-400tf-64gb,bf16,tp1,2,64,4,latency_s,0.01,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    cal_opts_t co = {.hw = "card-400tf-64gb", .engine = prof, .max_evals = 8};
+    cal_result_t r;
+    cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(r.rows.n, 1, "only the engine's rows");
+    char out[128];
+    snprintf(out, sizeof out, "%s/eng-out.json", dir);
+    cr_assert_eq(cal_write(&r, &co, out), MOEMU_OK, "%s", moemu_errmsg());
+    emu_hw_t hw;
+    bool found;
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
+    cr_assert_eq(emu_engine_apply(out, &hw, &found), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(found);
+    cr_assert_eq(hw.spec.mfu, r.after.spec.mfu);
+    cr_assert_str_eq(hw.name, "card-400tf-64gb+eng");
+    /* again from the profile written: the card's entry is replaced, not
+     * written under the applied name */
+    co.engine = out;
+    cal_free(&r);
+    cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(cal_write(&r, &co, out), MOEMU_OK, "%s", moemu_errmsg());
+    json_t *root;
+    cr_assert_eq(emu_engine_json(out, &root), MOEMU_OK);
+    cr_assert_eq(json_object_size(json_object_get(root, "cards")), 1);
+    cr_assert_not_null(json_object_get(json_object_get(root, "cards"), "card-400tf-64gb"));
+    json_decref(root);
     cal_free(&r);
     val_free(&s);
 }

@@ -19,7 +19,7 @@ static const char calibrate_help[] =
     "\n";
 
 typedef struct {
-    const char *models, *out;
+    const char *models, *out, *engine;
     int max_evals;
 } calibrate_cli_t;
 
@@ -27,6 +27,9 @@ typedef struct {
 
 static const cli_opt_t calibrate_options[] = {
     {.name = "hw", .type = CLI_SHARED, .help = "the card (preset or JSON file): its rows are fitted"},
+    {.name = "engine", .arg = "NAME|FILE", .type = CLI_STR, .off = CO(engine),
+     .help = "fit the rows of this engine, from its profile's figures for the card,\n"
+             "and write the profile (hw/engines/NAME.json) with the card's entry set"},
     {.name = "models", .arg = "DIR", .type = CLI_STR, .off = CO(models),
      .help = "directory of the rows' model configs, NAME.json (e.g. examples/models)"},
     {.name = "routing", .type = CLI_SHARED,
@@ -35,7 +38,7 @@ static const cli_opt_t calibrate_options[] = {
     {.name = "max-runs", .arg = "N", .type = CLI_INT, .off = CO(max_evals), .lo = 1,
      .hi = 100000, .help = "runs of the fit rows at most (default 300)"},
     {.name = "out", .arg = "FILE", .type = CLI_STR, .off = CO(out),
-     .help = "write the calibrated preset (JSON) to FILE"},
+     .help = "write the calibrated preset, or with --engine the profile, to FILE"},
     {.name = NULL},
 };
 
@@ -70,14 +73,14 @@ int cli_calibrate_main(int argc, char **argv)
     if (cli_outputs_check(&sh, outs, 1, &in) != MOEMU_OK) return cli_error();
     val_set_t all;
     if (val_load(&all, argv[first]) != MOEMU_OK) return cli_error();
-    cal_opts_t o = {.hw = sh.hw, .max_evals = c.max_evals,
+    cal_opts_t o = {.hw = sh.hw, .engine = c.engine, .max_evals = c.max_evals,
                     .run = {.models = c.models, .routing = sh.routing, .seed = sh.seed}};
     cal_result_t r;
     moemu_status_t st = cal_fit(&r, &all, &o);
     val_free(&all);
     if (st == MOEMU_OK) {
         cal_print(&r, stdout);
-        if (c.out) st = cal_write(&r, sh.hw, c.out);
+        if (c.out) st = cal_write(&r, &o, c.out);
     }
     cal_free(&r);
     return st == MOEMU_OK ? CLI_EXIT_OK : cli_error();

@@ -48,6 +48,8 @@ const cli_opt_t cli_shared_options[] = {
      .help = "micro-batches per DP replica (default 1)"},
     {.name = "hw", .arg = "NAME|FILE", .type = CLI_STR, .off = SH(hw),
      .help = "hardware preset or JSON file (default\n" CLI_DEFAULT_HW "; `moemu hw` lists them)"},
+    {.name = "engine", .arg = "NAME|FILE", .type = CLI_STR, .off = SH(engine),
+     .help = "an engine profile's figures for the card over the\npreset's (vllm, trtllm: hw/engines)"},
     {.name = "nodes", .arg = "K", .type = CLI_INT, .off = SH(nodes), .lo = 1,
      .hi = CLI_MAX_COUNT, .help = "nodes (default: as many as the devices need)"},
     {.name = "devices-per-node", .arg = "D", .type = CLI_INT, .off = SH(devices_per_node),

@@ -139,8 +139,10 @@ static moemu_status_t nm_step(fit_ctx_t *x, simplex_t *s)
     return MOEMU_OK;
 }
 
-/* The card's rows (FP8 left out: skipped anyway) into r->rows. */
-static moemu_status_t card_rows(cal_result_t *r, const val_set_t *all, const char *card)
+/* The card's rows of engine (NULL: any; FP8 left out: skipped anyway)
+ * into r->rows. */
+static moemu_status_t card_rows(cal_result_t *r, const val_set_t *all, const char *card,
+                                const char *engine)
 {
     r->rows.rows = calloc((size_t)(all->n ? all->n : 1), sizeof *r->rows.rows);
     r->before_moemu = calloc((size_t)(all->n ? all->n : 1), sizeof *r->before_moemu);
@@ -149,14 +151,16 @@ static moemu_status_t card_rows(cal_result_t *r, const val_set_t *all, const cha
     snprintf(r->rows.path, sizeof r->rows.path, "%s", all->path);
     for (int i = 0; i < all->n; i++) {
         const val_row_t *w = &all->rows[i];
-        if (strcmp(w->hw, card) || !strcmp(w->dtype, "fp8")) continue;
+        if (strcmp(w->hw, card) || !strcmp(w->dtype, "fp8") || (engine && strcmp(w->engine, engine)))
+            continue;
         r->rows.rows[r->rows.n++] = *w;
         if (!strcmp(w->use, "fit")) r->fit++;
         else r->holdout++;
     }
     if (r->fit == 0)
-        return moemu_fail(MOEMU_ERR_INVALID, "%s: no fit row of card '%s' (FP8 rows left out) "
-                          "to calibrate on", all->path, card);
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: no fit row of card '%s'%s%s (FP8 rows left "
+                          "out) to calibrate on", all->path, card, engine ? " and engine " : "",
+                          engine ? engine : "");
     return MOEMU_OK;
 }
 
@@ -165,8 +169,20 @@ moemu_status_t cal_fit(cal_result_t *r, const val_set_t *all, const cal_opts_t *
     *r = (cal_result_t){0};
     fit_ctx_t x = {.r = r, .o = o};
     MOEMU_CHECK(emu_hw_load(o->hw, &x.hw));
+    snprintf(r->card, sizeof r->card, "%s", x.hw.name);
+    char engine[64];
+    if (o->engine) {
+        /* the rows name the engine as its profile does */
+        json_t *root;
+        MOEMU_CHECK(emu_engine_json(o->engine, &root));
+        const char *name = json_string_value(json_object_get(root, "name"));
+        snprintf(engine, sizeof engine, "%s", name ? name : o->engine);
+        json_decref(root);
+        bool found;
+        MOEMU_CHECK(emu_engine_apply(o->engine, &x.hw, &found));
+    }
     r->before = x.hw;
-    MOEMU_CHECK(card_rows(r, all, o->hw));
+    MOEMU_CHECK(card_rows(r, all, o->hw, o->engine ? engine : NULL));
     r->nparams = first_kind(&x.hw.spec) < 0 ? 3 : 4;
     simplex_t s = {.np = r->nparams};
     for (int k = 0; k < s.np; k++) s.u[0][k] = to_coord(k, cal_param(&x.hw.spec, k));
@@ -244,31 +260,58 @@ void cal_print(const cal_result_t *r, FILE *f)
     }
 }
 
-moemu_status_t cal_write(const cal_result_t *r, const char *card, const char *path)
+/* "Calibrated by moemu calibrate from ...: what was fitted to what, and
+ * the median errors before and after." */
+static void fit_note(const cal_result_t *r, const cal_opts_t *o, char *line, size_t n)
 {
-    json_t *root;
-    MOEMU_CHECK(emu_hw_json(card, &root));
-    json_t *dev = json_object_get(root, "device"), *kinds = json_object_get(dev, "kernels"), *k;
-    for (int i = 0; i < 3; i++)
-        json_object_set_new(dev, cal_param_names[i], json_real(cal_param(&r->after.spec, i)));
-    const char *kind;
-    if (r->nparams > 3)
-        json_object_foreach(kinds, kind, k)
-            json_object_set_new(k, "overlap", json_real(cal_param(&r->after.spec, 3)));
-    char name[96], line[1024];
-    snprintf(name, sizeof name, "%s-calibrated", r->before.name);
-    json_object_set_new(root, "name", json_string(name));
     val_summary_t fb, fa, hb, ha;
     summary_of(r, "fit", true, &fb);
     summary_of(r, "fit", false, &fa);
     summary_of(r, "holdout", true, &hb);
     summary_of(r, "holdout", false, &ha);
-    snprintf(line, sizeof line, "Calibrated by moemu calibrate from %s: mfu, bw_util, "
-             "launch_s%s fitted to its %d fit rows of %s (median error %.1f%% -> %.1f%%); its %d "
-             "holdout rows: median error %.1f%% -> %.1f%%.", r->rows.path,
-             r->nparams > 3 ? " and the kernel kinds' overlap" : "", r->fit,
-             r->before.name, 100 * fb.median_err, 100 * fa.median_err, r->holdout,
-             100 * hb.median_err, 100 * ha.median_err);
+    snprintf(line, n, "Calibrated by moemu calibrate from %s: mfu, bw_util, launch_s%s fitted "
+             "to its %d fit rows of %s%s%s (median error %.1f%% -> %.1f%%); its %d holdout rows: "
+             "median error %.1f%% -> %.1f%%.", r->rows.path,
+             r->nparams > 3 ? " and the kernel kinds' overlap" : "", r->fit, r->card,
+             o->engine ? " and engine " : "", o->engine ? o->engine : "", 100 * fb.median_err,
+             100 * fa.median_err, r->holdout, 100 * hb.median_err, 100 * ha.median_err);
+}
+
+/* The fitted parameters into obj (a preset's device or a profile's card). */
+static void put_params(const cal_result_t *r, json_t *obj)
+{
+    for (int i = 0; i < 3; i++)
+        json_object_set_new(obj, cal_param_names[i], json_real(cal_param(&r->after.spec, i)));
+}
+
+static json_t *profile_json(const cal_result_t *r, const cal_opts_t *o, const char *note,
+                            moemu_status_t *st)
+{
+    json_t *root;
+    if ((*st = emu_engine_json(o->engine, &root)) != MOEMU_OK) return NULL;
+    json_t *cards = json_object_get(root, "cards"), *e = json_object();
+    if (!json_is_object(cards)) json_object_set_new(root, "cards", cards = json_object());
+    put_params(r, e);
+    if (r->nparams > 3) json_object_set_new(e, "overlap", json_real(cal_param(&r->after.spec, 3)));
+    json_object_set_new(e, "comment", json_string(note));
+    json_object_set_new(cards, r->card, e);
+    return root;
+}
+
+static json_t *preset_json(const cal_result_t *r, const cal_opts_t *o, const char *note,
+                           moemu_status_t *st)
+{
+    json_t *root;
+    if ((*st = emu_hw_json(o->hw, &root)) != MOEMU_OK) return NULL;
+    json_t *dev = json_object_get(root, "device"), *kinds = json_object_get(dev, "kernels"), *k;
+    put_params(r, dev);
+    const char *kind;
+    if (r->nparams > 3)
+        json_object_foreach(kinds, kind, k)
+            json_object_set_new(k, "overlap", json_real(cal_param(&r->after.spec, 3)));
+    char name[96];
+    snprintf(name, sizeof name, "%s-calibrated", r->card);
+    json_object_set_new(root, "name", json_string(name));
     json_t *c = json_object_get(root, "comment");
     if (json_is_string(c)) {
         json_t *arr = json_array();
@@ -277,8 +320,18 @@ moemu_status_t cal_write(const cal_result_t *r, const char *card, const char *pa
     } else if (!json_is_array(c)) {
         json_object_set_new(root, "comment", c = json_array());
     }
-    json_array_append_new(c, json_string(line));
-    moemu_status_t st = outfile_json(path, root);
+    json_array_append_new(c, json_string(note));
+    return root;
+}
+
+moemu_status_t cal_write(const cal_result_t *r, const cal_opts_t *o, const char *path)
+{
+    char note[1024];
+    fit_note(r, o, note, sizeof note);
+    moemu_status_t st;
+    json_t *root = o->engine ? profile_json(r, o, note, &st) : preset_json(r, o, note, &st);
+    if (!root) return st;
+    st = outfile_json(path, root);
     json_decref(root);
     return st;
 }

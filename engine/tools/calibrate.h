@@ -11,6 +11,9 @@
 
 typedef struct {
     const char *hw;  /* the card: its rows and its preset (name or file) */
+    const char *engine; /* NULL: every engine's rows, on the preset; else
+                           that engine's rows, from its profile's figures
+                           for the card (if any), fitted into its profile */
     val_opts_t run;  /* the dry runs' options (run.hw is set here) */
     int max_evals;   /* runs of the fit rows at most; 0: 300 */
 } cal_opts_t;
@@ -18,7 +21,8 @@ typedef struct {
 #define CAL_PARAMS 4 /* mfu, bw_util, launch_s, overlap: at most */
 
 typedef struct {
-    emu_hw_t before, after;
+    char card[64];           /* the preset's name */
+    emu_hw_t before, after;  /* with the engine's figures, if any */
     val_set_t rows;          /* the card's rows, with the fitted figures */
     double *before_moemu;    /* (rows.n) each row's figure with the preset */
     double loss_before, loss_after; /* mean of log(ratio)^2 over fit rows */
@@ -41,8 +45,10 @@ void cal_free(cal_result_t *r);
 /* The parameters before and after, each row before and after, and the
  * summaries of the fit and holdout rows before and after. */
 void cal_print(const cal_result_t *r, FILE *f);
-/* The card's preset with the fitted parameters, named NAME-calibrated,
- * a comment line saying how it was fitted, written to path. */
-moemu_status_t cal_write(const cal_result_t *r, const char *card, const char *path);
+/* With o->engine, the engine's profile with the card's entry set to the
+ * fitted parameters and a comment saying how they were fitted; else the
+ * card's preset with them, named NAME-calibrated and the comment added.
+ * Written to path. */
+moemu_status_t cal_write(const cal_result_t *r, const cal_opts_t *o, const char *path);
 
 #endif

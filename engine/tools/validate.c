@@ -265,10 +265,19 @@ void val_free(val_set_t *s)
 
 /* ---- running the rows */
 
-/* Row r's model (its dtype applied), card and strategy into cfg and d:
- * what its dry run needs, or the first problem. */
+/* Whether engine names a built-in profile. */
+static bool has_profile(const char *engine)
+{
+    for (int i = 0; emu_engine_name(i); i++)
+        if (!strcmp(engine, emu_engine_name(i))) return true;
+    return false;
+}
+
+/* Row r's model (its dtype applied), card (its engine's figures over it
+ * when there are: *profiled) and strategy into cfg and d: what its dry
+ * run needs, or the first problem. */
 static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_model_t *cfg,
-                                runner_opts_t *d)
+                                runner_opts_t *d, bool *profiled)
 {
     char path[1024];
     bool builtin = false;
@@ -281,8 +290,14 @@ static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_mod
     cfg_store_dtype(cfg);
     emu_dtype_parse(r->dtype, &cfg->dtype);
     *d = (runner_opts_t){.micro_batches = 1};
-    if (o->hw) d->hw = *o->hw;
-    else MOEMU_CHECK(emu_hw_load(r->hw, &d->hw));
+    *profiled = false;
+    if (o->hw) {
+        d->hw = *o->hw;
+    } else {
+        MOEMU_CHECK(emu_hw_load(r->hw, &d->hw));
+        if (!o->presets_only && has_profile(r->engine))
+            MOEMU_CHECK(emu_engine_apply(r->engine, &d->hw, profiled));
+    }
     MOEMU_CHECK(par_strategy_parse(r->strategy, &d->strategy));
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
@@ -308,7 +323,7 @@ static moemu_status_t row_run(val_row_t *r, const val_opts_t *o)
 {
     cfg_model_t cfg;
     runner_opts_t d;
-    MOEMU_CHECK(row_setup(r, o, &cfg, &d));
+    MOEMU_CHECK(row_setup(r, o, &cfg, &d, &r->profiled));
     wl_t wl;
     wl_opts_t wo = {.batch = r->batch, .prompt_len = r->prompt_len, .decode = r->decode,
                     .seed = o->seed};
@@ -343,7 +358,8 @@ moemu_status_t val_run(val_set_t *s, const val_opts_t *o)
         }
         cfg_model_t cfg;
         runner_opts_t d;
-        if (row_setup(r, o, &cfg, &d) != MOEMU_OK)
+        bool profiled;
+        if (row_setup(r, o, &cfg, &d, &profiled) != MOEMU_OK)
             moemu_problem(&pb, "line %d (%s): %s", r->line, r->id, moemu_errmsg());
     }
     if (pb.n)
@@ -438,6 +454,7 @@ static json_t *row_json(const val_row_t *r)
         json_object_set_new(j, "moemu", json_real(r->moemu));
         json_object_set_new(j, "ratio", json_real(r->ratio));
         json_object_set_new(j, "fits", json_boolean(!r->no_fit));
+        json_object_set_new(j, "engine_profile", json_boolean(r->profiled));
     }
     return j;
 }
@@ -514,7 +531,8 @@ static void row_line(FILE *f, const val_row_t *r, bool md)
 {
     char fig[32] = "-", ratio[32] = "-";
     if (!r->skipped[0]) {
-        snprintf(fig, sizeof fig, "%.4g%s", r->moemu, r->no_fit ? "*" : "");
+        snprintf(fig, sizeof fig, "%.4g%s%s", r->moemu, r->profiled ? "+" : "",
+                 r->no_fit ? "*" : "");
         snprintf(ratio, sizeof ratio, "%.3f", r->ratio);
     }
     if (md)
@@ -534,7 +552,8 @@ void val_print(const val_set_t *s, FILE *f)
     fprintf(f, "%-34s %-7s %-20s %-9s %-11s %-20s %-16s %10s %10s %6s\n", "id", "use", "model",
             "hw", "strategy", "batch x in / out", "metric", "published", "moemu", "ratio");
     for (int i = 0; i < s->n; i++) row_line(f, &s->rows[i], false);
-    fprintf(f, "(* does not fit the devices' memory in moemu: run without the limit)\n\n");
+    fprintf(f, "(+ on the card's figures of the row's engine profile, hw/engines; * does not "
+               "fit the devices' memory in moemu: run without the limit)\n\n");
     fprintf(f, "  %-52s %5s %7s %12s %7s %7s %7s\n", "of the rows", "ran", "skipped", "median |err|",
             "lowest", "highest", "worst");
     summaries(s, f, false);
@@ -549,7 +568,9 @@ moemu_status_t val_markdown(FILE *f, const void *set)
             "--json docs/validation.json`; do not edit by hand. Each row is a "
             "published measurement with a fixed batch and fixed lengths (the CSV's format is in "
             "docs/report.md, Validation), repeated as a dry run with uniform routing on the "
-            "card's preset. The ratio is moemu / published: below 1, moemu is faster than the "
+            "card's preset, with the figures of the row's engine profile for that card where "
+            "hw/engines has them (marked +; fitted by `moemu calibrate --engine` to the rows "
+            "marked fit, so the holdout rows are the test of the fit). The ratio is moemu / published: below 1, moemu is faster than the "
             "measured engine; for the throughputs, above 1. The error is |ratio - 1|; the "
             "worst factor is max(highest, 1 / lowest). `make check` fails when the median "
             "error or the worst factor of all rows grows past docs/validation.json's.\n\n",
@@ -561,8 +582,9 @@ moemu_status_t val_markdown(FILE *f, const void *set)
                "| metric | published | moemu | ratio | |\n"
                "|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n");
     for (int i = 0; i < s->n; i++) row_line(f, &s->rows[i], true);
-    fprintf(f, "\n\\* does not fit the devices' memory in moemu; the figure is a run without "
-               "the limit.\n");
+    fprintf(f, "\n\\+ on the card's figures of the row's engine profile (hw/engines/ENGINE.json); "
+               "\\* does not fit the devices' memory in moemu, the figure is a run without the "
+               "limit.\n");
     return ferror(f) ? MOEMU_ERR_IO : MOEMU_OK;
 }
 

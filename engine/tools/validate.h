@@ -35,6 +35,7 @@ typedef struct {
     /* after val_run */
     char skipped[160];      /* why the row was not run ("" when it was) */
     bool no_fit;            /* ran only without the devices' memory limit */
+    bool profiled;          /* ran with its engine's figures for its card */
     double moemu, ratio;    /* moemu's figure; moemu / published */
 } val_row_t;
 
@@ -58,13 +59,16 @@ typedef struct {
                             model is not a built-in name */
     const char *routing; /* the dry runs' router; NULL: uniform */
     const emu_hw_t *hw;  /* not NULL: every row runs on it, not its preset */
+    bool presets_only;   /* the cards' presets alone, without the rows'
+                            engine profiles */
     uint64_t seed;
     void (*progress)(void *arg, int done, int total);
     void *progress_arg;
 } val_opts_t;
 
 /* Every row as a dry run of its model, card, strategy and workload: its
- * figure and ratio. FP8 rows are skipped (moemu does not model FP8
+ * figure and ratio. The card is its preset with, when a built-in engine
+ * profile of the row's engine has figures for the card, those over it. FP8 rows are skipped (moemu does not model FP8
  * compute), saying so in the row. A run that does not fit the devices'
  * memory is run again without the limit and marked no_fit. Models,
  * cards and strategies are checked first, every problem at once. */
