@@ -462,6 +462,16 @@ printf '{"model": "tiny", "strategy": "tp2", "devices": 2, "workload": {"batch":
 expect 1 "off by a factor" "$moemu" plan "$tmp/plan.json" --no-check --json "$tmp/plan.out"
 grep -q '"verdict": "holds"' "$tmp/plan.out" && ok || bad "plan JSON lacks a claim that holds"
 expect 2 "give one plan file" "$moemu" plan
+# validate, calibrate and engine profiles
+expect 2 "give one measurements CSV" "$moemu" validate
+expect 2 "give one measurements CSV and --hw" "$moemu" calibrate "$tmp/none.csv"
+expect 2 "cannot open" "$moemu" validate "$tmp/none.csv"
+expect 2 "the profile has no figures for card 'h200' (fit them: moemu calibrate" \
+    "$moemu" run --model tiny --strategy tp2 --hw h200 --engine vllm --math skip
+expect 2 "unknown engine profile 'nosuch' (built in: vllm, trtllm" \
+    "$moemu" run --model tiny --strategy tp2 --hw a100-80g --engine nosuch --math skip
+expect 0 "of a100-80g+trtllm" \
+    "$moemu" run --model tiny --strategy tp2 --hw a100-80g --engine trtllm --math skip
 expect 2 "plan key 'model' is required but missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
 
 echo "$pass passed, $fail failed"

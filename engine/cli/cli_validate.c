@@ -10,16 +10,20 @@ static const char validate_help[] =
     "usage: moemu validate MEASUREMENTS.csv [OPTIONS]\n"
     "\n"
     "Repeat every published measurement of the CSV (model, card, strategy, a\n"
-    "fixed batch and lengths, one figure: latency_s, ttft_ms, tpot_ms or\n"
-    "out_tokens_per_s) as a dry run and print moemu's figure, the ratio moemu /\n"
-    "published, and the median error and worst ratios over all rows, the fit\n"
-    "and holdout rows, each card and each source. docs/report.md (Validation)\n"
-    "describes the CSV; docs/validation.md is the table of hw/measurements.csv.\n"
-    "Exit status 0, 1 when worse than --baseline, 2 on an error.\n"
+    "fixed batch and lengths, one figure: latency_s, ttft_ms, tpot_ms,\n"
+    "out_tokens_per_s or out_tokens_per_s_per_gpu) as a dry run and print\n"
+    "moemu's figure, the ratio moemu / published, and the median error and\n"
+    "worst ratios over all rows, the fit and holdout rows, each card and each\n"
+    "source. A row runs on its card's preset with its engine's profile\n"
+    "(hw/engines) where that has figures for the card. docs/report.md\n"
+    "(Validation) describes the CSV; docs/validation.md is the table of\n"
+    "hw/measurements.csv. Exit status 0, 1 when worse than --baseline, 2 on an\n"
+    "error.\n"
     "\n";
 
 typedef struct {
     const char *models, *markdown, *baseline;
+    bool presets_only;
 } validate_cli_t;
 
 #define VO(field) offsetof(validate_cli_t, field)
@@ -30,6 +34,8 @@ static const cli_opt_t validate_options[] = {
     {.name = "routing", .type = CLI_SHARED,
      .help = "the dry runs' router: uniform (default) or zipf:S"},
     CLI_USE("seed"),
+    {.name = "presets-only", .type = CLI_SET, .off = VO(presets_only),
+     .help = "every row on its card's preset, without its engine's profile"},
     {.name = "json", .type = CLI_SHARED, .help = "every row and the summaries as JSON"},
     {.name = "markdown", .arg = "FILE", .type = CLI_STR, .off = VO(markdown),
      .help = "the same as a Markdown page (docs/validation.md)"},
@@ -58,7 +64,7 @@ static int validate(const cli_shared_t *sh, const validate_cli_t *v, const char 
     val_set_t s;
     if (val_load(&s, csv) != MOEMU_OK) return cli_error();
     val_opts_t o = {.models = v->models, .routing = sh->routing, .seed = sh->seed,
-                    .progress = progress};
+                    .presets_only = v->presets_only, .progress = progress};
     moemu_status_t st = val_run(&s, &o);
     cli_progress_done();
     bool worse = false;
