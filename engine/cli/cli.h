@@ -20,6 +20,10 @@ int cli_plan_main(int argc, char **argv);   /* moemu plan */
 int cli_validate_main(int argc, char **argv); /* moemu validate */
 int cli_calibrate_main(int argc, char **argv); /* moemu calibrate */
 
+/* validate's and calibrate's rows have workloads of their own: a replay
+ * record cannot match them (MOEMU_ERR_INVALID naming cmd). */
+moemu_status_t cli_rows_routing(const char *cmd, const char *routing);
+
 /* Exit statuses: 0 success, 1 a check that did not pass, 2 an error. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_MISMATCH = 1, CLI_EXIT_ERROR = 2 };
 

@@ -63,11 +63,7 @@ int cli_calibrate_main(int argc, char **argv)
                                       "moemu calibrate --help)");
         return cli_error();
     }
-    if (sh.routing && strncmp(sh.routing, "replay:", 7) == 0) {
-        moemu_fail(MOEMU_ERR_INVALID, "moemu calibrate: --routing replay cannot match every "
-                                      "row's workload; use uniform or zipf:S");
-        return cli_error();
-    }
+    if (cli_rows_routing("moemu calibrate", sh.routing) != MOEMU_OK) return cli_error();
     const outfile_arg_t outs[] = {{.flag = "--out", .path = c.out}};
     const outfile_arg_t in = {.flag = "the measurements", .path = argv[first]};
     if (cli_outputs_check(&sh, outs, 1, &in) != MOEMU_OK) return cli_error();

@@ -85,6 +85,13 @@ static int validate(const cli_shared_t *sh, const validate_cli_t *v, const char 
     return worse ? CLI_EXIT_MISMATCH : CLI_EXIT_OK;
 }
 
+moemu_status_t cli_rows_routing(const char *cmd, const char *routing)
+{
+    if (!routing || strncmp(routing, "replay:", 7) != 0) return MOEMU_OK;
+    return moemu_fail(MOEMU_ERR_INVALID, "%s: --routing replay cannot match every row's "
+                      "workload; use uniform or zipf:S", cmd);
+}
+
 int cli_validate_main(int argc, char **argv)
 {
     cli_shared_t sh;
@@ -105,11 +112,7 @@ int cli_validate_main(int argc, char **argv)
                                       "validate --help)");
         return cli_error();
     }
-    if (sh.routing && strncmp(sh.routing, "replay:", 7) == 0) {
-        moemu_fail(MOEMU_ERR_INVALID, "moemu validate: --routing replay cannot match every "
-                                      "row's workload; use uniform or zipf:S");
-        return cli_error();
-    }
+    if (cli_rows_routing("moemu validate", sh.routing) != MOEMU_OK) return cli_error();
     if (check_paths(&sh, &v, argv[first]) != MOEMU_OK) return cli_error();
     return validate(&sh, &v, argv[first]);
 }

@@ -49,7 +49,11 @@ static void field_cb(void *s, size_t len, void *arg)
     csv_ctx_t *x = arg;
     int at = x->nf++;
     if (!x->header_done) {
-        if (at >= (int)(sizeof x->col / sizeof x->col[0])) return;
+        if (at >= (int)(sizeof x->col / sizeof x->col[0])) {
+            if (at == (int)(sizeof x->col / sizeof x->col[0]))
+                moemu_problem(x->pb, "line 1: more than %d columns", at);
+            return;
+        }
         int c = 0;
         while (c < COL__COUNT && (strlen(col_names[c]) != len || memcmp(col_names[c], s, len)))
             c++;
