@@ -745,8 +745,10 @@ moemu_status_t layer_moe_capacity(layer_view_t *v, double cf, int64_t *dropped)
     if (cf <= 0.0)
         return layer_capacity_group(v->x, v->keep, dropped, v->idx, nM, NULL, NULL, 0, v->dm->k,
                                     v->dm->E, 0.0, NULL);
+    /* replicated rows: this rank holds its replica's whole routing group */
     return layer_capacity_group(v->x, v->keep, dropped, v->idx, nM, r->group_n, r->group_pos,
-                                r->group_T, v->dm->k, v->dm->E, cf, v->sh->replica);
+                                r->group_T, v->dm->k, v->dm->E, cf,
+                                v->sh->moe_replicated ? NULL : v->sh->replica);
 }
 
 /* The routed outputs of the M rows back to every row of R: over the CP
@@ -768,7 +770,7 @@ static moemu_status_t routed_back(layer_view_t *v)
         MOEMU_CHECK(layer_gather_rows(v->x, v->moe + (size_t)a * d, v->moe + (size_t)r->m0 * d,
                                       cnt, d, sh->cp));
     }
-    if (!sh->sp && sh->tp_size > 1) {
+    if (!sh->sp && sh->tp_size > 1 && !sh->moe_replicated) {
         tp_counts(v, TA, cnt);
         MOEMU_CHECK(layer_gather_rows(v->x, v->moe, v->moe + (size_t)a * d, cnt, d, sh->tp));
     }

@@ -273,6 +273,9 @@ typedef struct {
     int tp_size, tp_rank, cp_size, cp_rank;
     int ep_size, ep_rank, etp_size, etp_rank, replica_size, replica_rank;
     bool sp;
+    /* par_moe_replicated: every TP rank routes all the rows, computes its
+     * experts' slice of them and the TP group all-reduces the outputs */
+    bool moe_replicated;
 } layer_shard_t;
 
 /* Rows of width floats from every member, in rank order: member q gives

@@ -607,11 +607,78 @@ static void plan_free(moe_plan_t *m)
     free(m->lcount);
 }
 
+/* The local choices' outputs out (nloc rows, in the order of
+ * m->order[first...]) weighted into routed in choice order, as combine
+ * does; a choice of another rank's expert contributes 0 here. */
+static moemu_status_t combine_local(moe_plan_t *m, float *routed, const float *out,
+                                    const float *w, int64_t first, int64_t nloc)
+{
+    layer_ctx_t *c = m->c;
+    int d = m->ex->d, k = m->ex->k, n = m->n;
+    if (c->math) {
+        int64_t *slot_of = malloc(sizeof(int64_t) * ((size_t)n * k + 1));
+        if (!slot_of) return nomem(sizeof(int64_t) * (size_t)n * k, "the combination");
+        for (int64_t a = 0; a < (int64_t)n * k; a++) slot_of[a] = -1;
+        for (int64_t i = 0; i < nloc; i++) slot_of[m->order[first + i]] = i;
+        for (int t = 0; t < n; t++) {
+            float *o = routed + (int64_t)t * d;
+            memset(o, 0, sizeof(float) * d);
+            for (int64_t a = (int64_t)t * k; a < (int64_t)(t + 1) * k; a++)
+                for (int i = 0; slot_of[a] >= 0 && i < d; i++)
+                    o[i] += w[a] * out[slot_of[a] * d + i];
+        }
+        free(slot_of);
+    }
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 2.0 * (double)nloc * d,
+               m->sz * ((double)nloc * d + (double)n * d));
+    return MOEMU_OK;
+}
+
+/* Tokens replicated over the TP group (vLLM's and TensorRT-LLM's TP MoE):
+ * this rank's experts [e0, e1) on its slice [f0, f1) for the kept choices
+ * of all n rows, weighted into routed (zero where no local expert was
+ * chosen), then one all-reduce over TP: no dispatch at all. */
+static moemu_status_t routed_replicated(moe_plan_t *m, float *routed, const float *x,
+                                        const float *w)
+{
+    layer_ctx_t *c = m->c;
+    const layer_experts_t *ex = m->ex;
+    int d = ex->d, k = ex->k, n = m->n;
+    int64_t first = 0, nloc = 0;
+    for (int e = 0; e < ex->e0; e++) first += m->sendc[e];
+    for (int e = ex->e0; e < ex->e1; e++) nloc += m->sendc[e];
+    if (ex->load && m->s->etp_rank == 0)
+        for (int e = ex->e0; e < ex->e1; e++) ex->load[e] += m->sendc[e];
+    m->lb = (size_t)nloc * d;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * m->lb + 1),
+                          2.0 * m->sz * (double)m->lb, &m->lists_mem));
+    float *rows = m->lists_mem, *out = rows + m->lb;
+    if (c->math)
+        for (int64_t i = 0; i < nloc; i++)
+            memcpy(rows + i * d, x + (int64_t)(m->order[first + i] / k) * d, sizeof(float) * d);
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * m->sz * (double)nloc * d);
+    MOEMU_CHECK(run_experts(c, out, rows, m->sendc + ex->e0, 1, 1, ex->e1 - ex->e0, ex));
+    MOEMU_CHECK(combine_local(m, routed, out, w, first, nloc));
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, c->dev);
+    moemu_status_t st = layer_allreduce(c, routed, (int64_t)n * d, m->s->tp);
+    xfer_add(m, 1, &t0);
+    return st;
+}
+
 moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
                                 const layer_experts_t *ex)
 {
+    if (s->moe_replicated) {
+        moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = 1, .ETP = 1, .Eper = ex->E,
+                        .sz = (double)emu_dtype_size(c->dtype)};
+        moemu_status_t st = plan_sends(&m, idx, keep);
+        if (st == MOEMU_OK) st = routed_replicated(&m, routed, x, w);
+        plan_free(&m);
+        return st;
+    }
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
                     .local = !s->ep && !s->etp};

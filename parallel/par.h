@@ -192,6 +192,12 @@ moemu_status_t par_strategy_set_pp_layers(par_strategy_t *s, const char *list);
  * the device count. */
 moemu_status_t par_strategy_validate(const par_strategy_t *s,
                                      const par_dims_t *m, int devices);
+/* Whether the MoE layers run with the tokens replicated over the TP group:
+ * TP > 1 without SP or CP, and EP x ETP = TP, so that the MoE group is the
+ * TP group. Each TP rank then routes every row, computes its experts'
+ * slice of them, and one all-reduce over TP sums the outputs, as vLLM and
+ * TensorRT-LLM run what they call TP N for an MoE (docs/strategies.md). */
+bool par_moe_replicated(const par_strategy_t *s);
 /* Canonical form, re-parseable: pp dp cp tp sp ep etp edp in this order,
  * '-'-joined, degrees of 1 left out ("tp1" when nothing else is left, and
  * before "sp"), "sp" when on, an uneven split as "pp3=6/5/5", edp only

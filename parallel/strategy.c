@@ -430,3 +430,8 @@ report:
     par_strategy_format(s, canon, sizeof canon);
     return moemu_fail(MOEMU_ERR_INVALID, "strategy %s: %s", canon, p.buf);
 }
+
+bool par_moe_replicated(const par_strategy_t *s)
+{
+    return s->tp > 1 && !s->sp && s->cp == 1 && s->ep * s->etp == s->tp;
+}

@@ -1740,20 +1740,24 @@ typedef struct {
  *   combine); the routed rows of each TP rank's slice gathered over TP
  *   (routed_back), 1 all-gather. Per pass, the embedding's all-reduce of
  *   the vocabulary shards and lm_head's all-gather of the logits.
- * - tp2-etp2: tp2's, and the ETP dispatch: the lists' counts and the rows
- *   gathered over ETP (2 all-gathers), the partial outputs reduce-scattered
- *   back (1 reduce-scatter, the combine).
+ * - tp2-etp2 and tp2-ep2: EP x ETP = TP without SP, so the tokens are
+ *   replicated over TP (par_moe_replicated): attention's all-reduce, then
+ *   each rank's experts on its slice for every row and one all-reduce of
+ *   the outputs (the combine), as vLLM issues: 2 all-reduces, no
+ *   dispatch, no routed_back gather.
  * - tp2-sp-etp2: SP gathers the slices before attention (all-gather) and
  *   reduce-scatters the output projection; the routed rows stay on their
- *   slices (no routed_back gather); the ETP dispatch and combine as above.
+ *   slices (no routed_back gather); the ETP dispatch (the lists' counts
+ *   and rows gathered over ETP, 2 all-gathers) and combine (the partial
+ *   outputs reduce-scattered back, 1).
  * - dp2-ep2: no TP; the counts and the rows to their experts (2
  *   all-to-alls) and the outputs back (1). */
 static const coll_case_t coll_cases[] = {
     {"tp2", 2, {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}},
      {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}}},
-    {"tp2-etp2", 1,
-     {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 3, 2, 0},
-      {EMU_COLL_REDUCE_SCATTER, 1, 0, 1}},
+    {"tp2-etp2", 1, {{EMU_COLL_ALLREDUCE, 2, 0, 1}},
+     {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}}},
+    {"tp2-ep2", 1, {{EMU_COLL_ALLREDUCE, 2, 0, 1}},
      {{EMU_COLL_ALLREDUCE, 1, 0, 0}, {EMU_COLL_ALLGATHER, 1, 0, 0}}},
     {"tp2-sp-etp2", 1, {{EMU_COLL_ALLGATHER, 3, 2, 0}, {EMU_COLL_REDUCE_SCATTER, 2, 0, 1}},
      /* SP: the embedding reduce-scattered to the slices, lm_head gathers

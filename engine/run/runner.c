@@ -90,6 +90,10 @@ static void pass_ranges(const worker_t *v, const pass_t *ps, int cp, int tp, lay
     r->r1 = s->sp ? z : r->n;
     r->m0 = a;
     r->m1 = z;
+    if (par_moe_replicated(s)) { /* every TP rank routes every row */
+        r->m0 = 0;
+        r->m1 = r->n;
+    }
     if (ps->decode && s->cp > 1) {
         int c0, c1;
         par_sp_range(z - a, s->cp, cp, &c0, &c1);
@@ -169,6 +173,7 @@ static void group_rows(worker_t *v, const pass_t *ps, layer_rows_t *r)
                           .pos = (lists ? r->cp_pos : r->pos) + first[cp]};
         for (int tp = 0; tp < TP; tp++) {
             pass_ranges(v, ps, cp, tp, &t);
+            if (v->sh.moe_replicated && tp > 0) t.m1 = t.m0; /* rank 0's rows are all */
             v->gcounts[cp * TP + tp] = t.m1 - t.m0;
             for (int j = t.m0; j < t.m1; j++)
                 v->gpos[tot++] = (int)(off[t.seq[j]] + (ps->decode ? 0 : t.pos[j]));
@@ -198,6 +203,7 @@ static void routes_kept(const model_pass_t *mp, int64_t dropped)
     run_t *D = v->D;
     const layer_rows_t *r = &v->rows;
     int k = v->pl.dims.k, nM = r->m1 - r->m0, l = mp->layer;
+    if (v->sh.moe_replicated && v->sh.tp_rank > 0) return; /* TP rank 0 counts them */
     D->dropped[v->rank] += dropped;
     D->assign[v->rank] += (int64_t)nM * k;
     if (!D->mo->route) return;
@@ -399,7 +405,8 @@ static void dev_shard(worker_t *v)
                             .cp_size = s->cp, .cp_rank = p->cp, .ep_size = s->ep,
                             .ep_rank = p->ep, .etp_size = s->etp, .etp_rank = p->etp,
                             .replica_size = s->cp * s->tp,
-                            .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp};
+                            .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp,
+                            .moe_replicated = par_moe_replicated(s)};
     v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry,
                          .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->dispatch_fp8,
                          .ewsize = D->c->mxfp4 ? cfg_expert_weight_size(D->c) : 0};
