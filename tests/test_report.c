@@ -1895,3 +1895,40 @@ Test(routing, replay_refuses_a_token_half_routed)
     unlink(path);
     wl_free(&wl);
 }
+
+/* route_choose_rows remembers its last draws: the same rows again give
+ * the same choices, which are route_choose's; other rows of the same count
+ * and layer, or another layer, are drawn anew, not taken from the memo. */
+Test(routing, rows_memo_is_exact)
+{
+    cfg_model_t cfg;
+    small_cfg(&cfg, 2, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "60,60", 2);
+    const char *specs[] = {"uniform", "zipf:1"};
+    for (int s = 0; s < 2; s++) {
+        route_src_t r;
+        cr_assert_eq(route_open(&r, specs[s], &cfg, &wl, 3), MOEMU_OK, "%s", moemu_errmsg());
+        int n = 120, k = r.k, seq[120], pos[120], a[240], b[240], c[240], one[8];
+        for (int i = 0; i < n; i++) seq[i] = i % 2, pos[i] = i / 2;
+        route_choose_rows(&r, 1, seq, pos, n, a);
+        route_choose_rows(&r, 1, seq, pos, n, b); /* from the memo */
+        cr_assert_eq(memcmp(a, b, sizeof(int) * (size_t)n * k), 0, "%s", specs[s]);
+        for (int i = 0; i < n; i++) {
+            route_choose(&r, 1, seq[i], pos[i], one);
+            cr_assert_eq(memcmp(one, a + i * k, sizeof(int) * k), 0, "%s row %d", specs[s], i);
+        }
+        pos[n - 1] += 1; /* one row differs: drawn anew */
+        route_choose_rows(&r, 1, seq, pos, n, c);
+        route_choose(&r, 1, seq[n - 1], pos[n - 1], one);
+        cr_assert_eq(memcmp(one, c + (n - 1) * k, sizeof(int) * k), 0, "%s", specs[s]);
+        route_choose_rows(&r, 0, seq, pos, n, c); /* another layer */
+        for (int i = 0; i < n; i++) {
+            route_choose(&r, 0, seq[i], pos[i], one);
+            cr_assert_eq(memcmp(one, c + i * k, sizeof(int) * k), 0, "%s layer 0 row %d",
+                         specs[s], i);
+        }
+        route_close(&r);
+    }
+    wl_free(&wl);
+}

@@ -1,5 +1,6 @@
 /* Routing sources for dry runs. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,92 @@ static moemu_status_t replay_check(const route_src_t *r, const char *spec)
     return MOEMU_OK;
 }
 
+/* ---- the memo of route_choose_rows: every TP rank of a replicated MoE
+ * routes the same rows, and the draws dominated such dry runs */
+
+#define ROUTE_MEMO_ENTRIES 4
+#define ROUTE_MEMO_MIN_ROWS 64 /* fewer rows draw faster than they compare */
+
+struct route_memo {
+    pthread_mutex_t lock;
+    struct {
+        int layer, n, cap;
+        int *seq, *pos, *idx;
+        uint64_t used;
+    } e[ROUTE_MEMO_ENTRIES];
+    uint64_t clock;
+};
+
+static moemu_status_t memo_open(route_src_t *r)
+{
+    r->memo = calloc(1, sizeof *r->memo);
+    if (!r->memo) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the routing memo");
+    pthread_mutex_init(&r->memo->lock, NULL);
+    return MOEMU_OK;
+}
+
+static void memo_close(route_memo_t *m)
+{
+    if (!m) return;
+    for (int i = 0; i < ROUTE_MEMO_ENTRIES; i++) {
+        free(m->e[i].seq);
+        free(m->e[i].idx);
+    }
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+/* Copy a remembered draw of these rows into idx: whether there was one. */
+static bool memo_get(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                     int *idx)
+{
+    route_memo_t *m = r->memo;
+    bool hit = false;
+    pthread_mutex_lock(&m->lock);
+    for (int i = 0; i < ROUTE_MEMO_ENTRIES && !hit; i++) {
+        if (m->e[i].layer != layer || m->e[i].n != n || !m->e[i].seq) continue;
+        if (memcmp(m->e[i].seq, seq, sizeof(int) * (size_t)n) ||
+            memcmp(m->e[i].pos, pos, sizeof(int) * (size_t)n))
+            continue;
+        memcpy(idx, m->e[i].idx, sizeof(int) * (size_t)n * r->k);
+        m->e[i].used = ++m->clock;
+        hit = true;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return hit;
+}
+
+/* Remember a draw in the least recently used entry (none when out of
+ * host memory: the memo only saves time). */
+static void memo_put(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
+                     const int *idx)
+{
+    route_memo_t *m = r->memo;
+    pthread_mutex_lock(&m->lock);
+    int v = 0;
+    for (int i = 1; i < ROUTE_MEMO_ENTRIES; i++)
+        if (m->e[i].used < m->e[v].used) v = i;
+    if (m->e[v].cap < n) {
+        free(m->e[v].seq);
+        free(m->e[v].idx);
+        m->e[v].seq = malloc(sizeof(int) * 2 * (size_t)n);
+        m->e[v].idx = malloc(sizeof(int) * (size_t)n * r->k);
+        m->e[v].cap = m->e[v].seq && m->e[v].idx ? n : 0;
+    }
+    if (m->e[v].cap >= n) {
+        m->e[v].pos = m->e[v].seq + n;
+        memcpy(m->e[v].seq, seq, sizeof(int) * (size_t)n);
+        memcpy(m->e[v].pos, pos, sizeof(int) * (size_t)n);
+        memcpy(m->e[v].idx, idx, sizeof(int) * (size_t)n * r->k);
+        m->e[v].layer = layer;
+        m->e[v].n = n;
+        m->e[v].used = ++m->clock;
+    } else {
+        m->e[v].n = -1;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
 moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *cfg,
                           const wl_t *wl, uint64_t seed)
 {
@@ -77,7 +164,7 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
     r->seed = seed;
     if (strcmp(spec, "uniform") == 0) {
         r->kind = ROUTE_UNIFORM;
-        return MOEMU_OK;
+        return memo_open(r);
     }
     if (strncmp(spec, "zipf:", 5) == 0) {
         char *end;
@@ -108,7 +195,9 @@ moemu_status_t route_open(route_src_t *r, const char *spec, const cfg_model_t *c
                 perm[q] = t;
             }
         }
-        return MOEMU_OK;
+        moemu_status_t st = memo_open(r);
+        if (st != MOEMU_OK) route_close(r);
+        return st;
     }
     if (strncmp(spec, "replay:", 7) == 0) {
         const char *path = spec + 7;
@@ -151,6 +240,7 @@ int *route_record_new(const cfg_model_t *cfg, const wl_t *wl, size_t *count)
 
 void route_close(route_src_t *r)
 {
+    memo_close(r->memo);
     if (!r->borrowed) free(r->replay);
     free(r->cdf);
     free(r->perm);
@@ -255,12 +345,15 @@ void route_choose_rows(const route_src_t *r, int layer, const int *seq, const in
         replay_rows(r, layer, seq, pos, n, idx);
         return;
     }
+    bool memo = r->memo && n >= ROUTE_MEMO_MIN_ROWS;
+    if (memo && memo_get(r, layer, seq, pos, n, idx)) return;
     int j = 0;
     if (r->kind == ROUTE_UNIFORM)
         for (; j + WTS_PHILOX_LANES <= n; j += WTS_PHILOX_LANES)
             choose_uniform_lanes(r, route_stream(r, layer), seq + j, pos + j,
                                  idx + (size_t)j * r->k);
     for (; j < n; j++) route_choose(r, layer, seq[j], pos[j], idx + (size_t)j * r->k);
+    if (memo) memo_put(r, layer, seq, pos, n, idx);
 }
 
 void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx)

@@ -8,6 +8,8 @@
 
 typedef enum { ROUTE_UNIFORM = 0, ROUTE_ZIPF, ROUTE_REPLAY } route_kind_t;
 
+typedef struct route_memo route_memo_t;
+
 typedef struct {
     route_kind_t kind;
     double zipf_s;     /* skew of ROUTE_ZIPF */
@@ -17,6 +19,9 @@ typedef struct {
     double *cdf;       /* ROUTE_ZIPF: (E) cumulative popularity by rank */
     int *perm;         /* ROUTE_ZIPF: (L, E) expert of each popularity rank */
     bool borrowed;     /* replay points at the caller's record */
+    /* the last draws of route_choose_rows, for the devices that route the
+     * same rows (TP ranks with the tokens replicated); NULL for replay */
+    route_memo_t *memo;
 } route_src_t;
 
 /* "uniform", "zipf:S" (S >= 0) or "replay:FILE" (a route_save record of
@@ -38,7 +43,8 @@ int *route_record_new(const cfg_model_t *cfg, const wl_t *wl, size_t *count);
  * (seed, layer, b, pos). */
 void route_choose(const route_src_t *r, int layer, int b, int pos, int *idx);
 /* route_choose for n tokens (seq[i], pos[i]), their choices at idx + i * k:
- * the same decisions, drawn several tokens at a time. */
+ * the same decisions, drawn several tokens at a time; a call with the
+ * same rows as one of the last few copies their draws. Thread-safe. */
 void route_choose_rows(const route_src_t *r, int layer, const int *seq, const int *pos, int n,
                        int *idx);
 
