@@ -406,3 +406,25 @@ Test(validate, calibrate_writes_profile)
     cal_free(&r);
     val_free(&s);
 }
+
+/* A row that does not fit the devices' memory runs without the limit and
+ * is marked; the mark is the run's, not left from an earlier one. */
+Test(validate, no_fit_marked_per_run)
+{
+    const char *p = write_file("f.csv", HEADER
+        "a,fit,s,vllm,moe-10b-plan,card-400tf-64gb,bf16,tp1,2,64,4,latency_s,1,\n");
+    val_set_t s;
+    cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
+    emu_hw_t small;
+    cr_assert_eq(emu_hw_load("card-400tf-64gb", &small), MOEMU_OK);
+    small.spec.mem_capacity = 1e6;
+    val_opts_t o = {.hw = &small};
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(s.rows[0].no_fit);
+    double unlimited = s.rows[0].moemu;
+    o.hw = NULL;
+    cr_assert_eq(val_run(&s, &o), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert(!s.rows[0].no_fit);
+    cr_assert_eq(s.rows[0].moemu, unlimited, "the limit moves no figure");
+    val_free(&s);
+}

@@ -597,14 +597,10 @@ static moemu_status_t dry_run(eval_t *e)
     MOEMU_CHECK(wl_make(&wl, &p->wl, e->cfg));
     runner_opts_t d = {.strategy = e->run, .micro_batches = p->micro_batches, .hw = p->hw};
     report_t rep;
-    moemu_status_t st = report_dry_run(&rep, e->cfg, &wl, &d, routing, p->wl.seed, true);
-    bool fits = st == MOEMU_OK;
-    char capacity_note[512] = "";
-    if (st == MOEMU_ERR_OOM) {
-        snprintf(capacity_note, sizeof capacity_note, "%s", moemu_errmsg());
-        d.cluster.no_limit = true;
-        st = report_dry_run(&rep, e->cfg, &wl, &d, routing, p->wl.seed, true);
-    }
+    char capacity_note[512];
+    moemu_status_t st = report_dry_run_unlimited(&rep, e->cfg, &wl, &d, routing, p->wl.seed,
+                                                 true, capacity_note, sizeof capacity_note);
+    bool fits = !capacity_note[0];
     if (st != MOEMU_OK) {
         wl_free(&wl);
         return st;

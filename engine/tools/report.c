@@ -371,6 +371,20 @@ moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *w
     return st;
 }
 
+moemu_status_t report_dry_run_unlimited(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
+                                        const runner_opts_t *o, const char *routing,
+                                        uint64_t seed, bool scaling, char *oom, size_t n)
+{
+    oom[0] = '\0';
+    moemu_status_t st = report_dry_run(r, cfg, wl, o, routing, seed, scaling);
+    if (st != MOEMU_ERR_OOM) return st;
+    snprintf(oom, n, "%s", moemu_errmsg());
+    moemu_errclear();
+    runner_opts_t d = *o;
+    d.cluster.no_limit = true;
+    return report_dry_run(r, cfg, wl, &d, routing, seed, scaling);
+}
+
 static const char *gb(double bytes, char buf[32])
 {
     snprintf(buf, 32, "%.2f", bytes / 1e9);

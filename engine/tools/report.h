@@ -87,6 +87,12 @@ moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
 moemu_status_t report_dry_run(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
                               const runner_opts_t *o, const char *routing, uint64_t seed,
                               bool scaling);
+/* report_dry_run, and where a device runs out of memory, the same again
+ * without the devices' memory limit: oom (n bytes) receives the message
+ * of the run that did not fit, "" when it fit. */
+moemu_status_t report_dry_run_unlimited(report_t *r, const cfg_model_t *cfg, const wl_t *wl,
+                                        const runner_opts_t *o, const char *routing,
+                                        uint64_t seed, bool scaling, char *oom, size_t n);
 void report_print(const report_t *r, FILE *f);
 json_t *report_json(const report_t *r);
 moemu_status_t report_csv(const report_t *r, const char *path);

@@ -334,13 +334,10 @@ static moemu_status_t row_run(val_row_t *r, const val_opts_t *o)
     MOEMU_CHECK(wl_make(&wl, &wo, &cfg));
     const char *routing = o->routing ? o->routing : "uniform";
     report_t rep;
-    moemu_status_t st = report_dry_run(&rep, &cfg, &wl, &d, routing, o->seed, false);
-    if (st == MOEMU_ERR_OOM) {
-        moemu_errclear();
-        r->no_fit = true;
-        d.cluster.no_limit = true;
-        st = report_dry_run(&rep, &cfg, &wl, &d, routing, o->seed, false);
-    }
+    char oom[512];
+    moemu_status_t st = report_dry_run_unlimited(&rep, &cfg, &wl, &d, routing, o->seed, false,
+                                                 oom, sizeof oom);
+    r->no_fit = oom[0] != '\0';
     wl_free(&wl);
     MOEMU_CHECK(st);
     r->moemu = row_figure(r->metric, &rep, r);
