@@ -340,6 +340,9 @@ void emu_dev_run(emu_cluster_t *c, emu_dev_t *dev, emu_dev_fn fn, void *arg)
     emu_self = dev;
     moemu_status_t st = fn(dev, arg);
     emu_self = NULL;
+    /* a run ends when its communication has: the clock includes it */
+    emu_dev_comm_wait(dev);
+    emu_dev_set_async(dev, false);
     if (st != MOEMU_OK) {
         const char *m = moemu_errmsg();
         snprintf(dev->errmsg, sizeof dev->errmsg, "%s",

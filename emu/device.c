@@ -175,9 +175,8 @@ const char *emu_span_name(const emu_span_t *s)
     }
 }
 
-void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
-                  emu_link_t link, double start, double end, double flops,
-                  double bytes)
+emu_span_t *emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind, emu_link_t link,
+                         double start, double end, double flops, double bytes)
 {
     if (dev->nspans == dev->spans_cap) {
         size_t cap = dev->spans_cap ? 2 * dev->spans_cap : 1024;
@@ -186,7 +185,7 @@ void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
                             : NULL;
         if (!s) {
             dev->spans_lost++;
-            return;
+            return NULL;
         }
         dev->spans = s;
         dev->spans_cap = cap;
@@ -195,6 +194,7 @@ void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
         .start = start, .end = end, .flops = flops, .bytes = bytes,
         .layer = dev->layer, .cat = (uint8_t)cat, .kind = (uint8_t)kind,
         .link = (uint8_t)link};
+    return &dev->spans[dev->nspans - 1];
 }
 
 void emu_dev_set_trace(emu_dev_t *dev, bool on) { dev->trace = on; }
@@ -525,6 +525,8 @@ typedef struct {
     double mem[EMU_MEM__COUNT], mem_peak[EMU_MEM__COUNT], mem_total_peak;
     emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
     double egress_free[EMU_LINK__COUNT];
+    double comm_clock;
+    emu_overlap_t overlap;
     uint64_t nspans, spans_lost;
 } emu_figures_t;
 
@@ -533,6 +535,7 @@ size_t emu_dev_export(const emu_dev_t *dev, void *buf, size_t cap)
     size_t need = sizeof(emu_figures_t) + dev->nspans * sizeof(emu_span_t);
     if (need > cap) return need;
     emu_figures_t f = {.clock = dev->clock, .mem_total_peak = dev->mem_total_peak,
+                       .comm_clock = dev->comm_clock, .overlap = dev->overlap,
                        .nspans = dev->nspans, .spans_lost = dev->spans_lost};
     memcpy(f.kernels, dev->kernels, sizeof f.kernels);
     memcpy(f.mem, dev->mem, sizeof f.mem);
@@ -562,6 +565,8 @@ moemu_status_t emu_dev_import(emu_dev_t *dev, const void *buf, size_t n)
     dev->nspans = dev->spans_cap = f.nspans;
     dev->spans_lost = f.spans_lost;
     dev->clock = f.clock;
+    dev->comm_clock = f.comm_clock;
+    dev->overlap = f.overlap;
     dev->mem_total_peak = f.mem_total_peak;
     memcpy(dev->kernels, f.kernels, sizeof f.kernels);
     memcpy(dev->mem, f.mem, sizeof f.mem);

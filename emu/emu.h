@@ -227,7 +227,22 @@ typedef struct {
     double mfu;     /* the kind's own fraction of peak; 0: the device's */
 } emu_kernel_cost_t;
 
-/* ---- A device spec: the budgets of one emulated GPU. */
+/* What the software stack runs beside its communication (an engine
+ * profile's "overlap", or --overlap; emu.h, "Streams"). */
+typedef enum {
+    EMU_OVERLAP_NONE = 0,
+    /* Megatron-Core's --moe-shared-expert-overlap: the shared experts
+     * compute while the routed tokens' all-to-all is in flight */
+    EMU_OVERLAP_SHARED_EXPERTS,
+    EMU_OVERLAP__COUNT
+} emu_overlap_mode_t;
+
+const char *emu_overlap_name(emu_overlap_mode_t m); /* "none", "shared-experts" */
+/* false (and *out untouched) for a name that is none of them */
+bool emu_overlap_parse(const char *s, emu_overlap_mode_t *out);
+
+/* ---- A device spec: the budgets of one emulated GPU, and what its
+ * software stack overlaps. */
 typedef struct {
     double peak_flops;   /* FLOP/s, dense fp16/bf16 */
     double mfu;          /* achievable fraction of peak_flops, (0, 1] */
@@ -237,6 +252,7 @@ typedef struct {
     double launch_s;     /* per-kernel launch overhead, seconds */
     int units;           /* compute units (SMs) tiles spread over; 0: none */
     emu_kernel_cost_t kernels[EMU_KERNEL__COUNT];
+    emu_overlap_mode_t overlap;
 } emu_spec_t;
 
 /* Virtual seconds a kernel costs on spec:
@@ -341,7 +357,11 @@ bool emu_dev_nodata(const emu_dev_t *dev);
  * when > 0), and the communication itself (only when it takes time; sends
  * take none). A device's spans never overlap, are in time order, and tile
  * its clock from the first recorded span on: each starts where the
- * previous ended and the last ends at the clock. Spans belong with the
+ * previous ended and the last ends at the clock. The exception is a
+ * collective that ran beside computation or queued behind one that did:
+ * its spans (waiting for the group, communicating) are on stream 1, in
+ * time order there, and the compute stream shows only its own wait for
+ * them (idle, named after the last). Spans belong with the
  * clock: they carry over from run to run, and go with the device. */
 typedef enum {
     EMU_SPAN_KERNEL = 0,
@@ -363,6 +383,8 @@ typedef struct {
     uint8_t kind;      /* kernels: emu_kernel_t; comm, idle: emu_coll_t */
     uint8_t link;      /* comm, idle: emu_link_t of the collective (the
                         * group's class; a recv: the pair's); kernels: 0 */
+    uint8_t stream;    /* 0: the compute stream; 1: the communication
+                        * stream (emu.h, "Streams") */
 } emu_span_t;
 
 /* The span's name as the trace shows it: the kernel kind ("gemm"), the
@@ -454,14 +476,18 @@ moemu_status_t emu_hw_parse(const char *json, const char *origin,
 moemu_status_t emu_hw_json(const char *name_or_path, json_t **out);
 /* ---- Engine profiles: how a serving stack runs on each card, as the
  * efficiency parameters fitted for it (hw/engines/NAME.json, built in, or
- * a path): {"name", "comment", "cards": {"<preset name>": {"mfu",
- * "bw_util", "launch_s", "overlap", "comment"}}}. emu_engine_apply puts
- * the entry of hw's card over hw's device (overlap: every kernel kind the
- * preset sets), checked as a preset's figures are, and names hw
+ * a path): {"name", "comment", "overlap" (optional: an emu_overlap_mode_t
+ * name), "cards": {"<preset name>": {"mfu", "bw_util", "launch_s",
+ * "overlap", "comment"}}}. emu_engine_apply puts the entry of hw's card
+ * over hw's device (a card's overlap: every kernel kind the preset sets;
+ * the profile's: the spec's mode), checked as a preset's figures are, and names hw
  * "<card>+<profile name>" (reports say what ran); *found is false (hw
  * untouched) when the profile has no entry for the card. An unknown
  * profile is MOEMU_ERR_INVALID naming the built-in ones. */
 moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found);
+/* spec's overlap set by name; origin names the source ("--overlap", a
+ * profile) in the message, which lists the modes, when there is no such. */
+moemu_status_t emu_overlap_set(const char *name, const char *origin, emu_spec_t *spec);
 /* The profile's JSON as written; the caller decrefs it. */
 moemu_status_t emu_engine_json(const char *engine, json_t **out);
 /* The built-in profiles' names, NULL past the last. */
@@ -712,10 +738,39 @@ const emu_comm_stats_t *emu_dev_comm_stats(const emu_dev_t *dev,
 /* The same summed over link classes. */
 emu_comm_stats_t emu_dev_comm_kind(const emu_dev_t *dev, emu_coll_t kind);
 /* The clock decomposes (up to rounding) as
- * clock = kernel_time + comm_time + idle_time. */
+ * clock = kernel_time + comm_time + idle_time - overlap.comm - overlap.idle
+ * (emu_dev_overlap; both 0 unless collectives ran asynchronously). */
 double emu_dev_kernel_time(const emu_dev_t *dev);
 double emu_dev_comm_time(const emu_dev_t *dev);
 double emu_dev_idle_time(const emu_dev_t *dev);
+
+/* ---- Streams. A device has a compute stream, whose time is its clock,
+ * and a communication stream on which its collectives run one after
+ * another in the order issued (NCCL on its own CUDA stream). A member is
+ * ready for a collective at the later of its clock (its data exists then)
+ * and the end of its previous collective; the collective starts when the
+ * last member is ready. By default the compute stream waits for each
+ * collective at once, so nothing overlaps and the clock is the
+ * collective's end. Collectives issued while emu_dev_set_async is on do
+ * not make it wait: kernels charged meanwhile run beside them, until
+ * emu_dev_comm_wait (the event that the consumer of their results waits
+ * on). A collective issued synchronously behind asynchronous ones waits
+ * for them too, as a stream does. Sends and receives stay on the compute
+ * stream (pipeline stages exchange activations between layers). */
+void emu_dev_set_async(emu_dev_t *dev, bool on);
+/* The compute stream waits for every collective issued: the clock becomes
+ * the communication stream's end if that is later. */
+void emu_dev_comm_wait(emu_dev_t *dev);
+/* When the device is ready for its next collective: max(clock, the end
+ * of its last collective). The collectives module publishes it. */
+double emu_dev_comm_ready(const emu_dev_t *dev);
+/* The communication stream's time that ran while the compute stream did
+ * its own work, never waited for: its communication and its waiting for
+ * other members of a group. */
+typedef struct {
+    double comm, idle;
+} emu_overlap_t;
+emu_overlap_t emu_dev_overlap(const emu_dev_t *dev);
 
 /* ---- Charging communication, for the collectives module. Every member
  * of a group passes the same arrival clocks (clocks[i] of group member i,

@@ -10,6 +10,10 @@
 
 #include "emu/emu.h"
 
+/* Collectives a device may have in flight before its compute stream waits
+ * for them regardless (a bound, not a model: the layers issue a few). */
+#define EMU_PENDING_MAX 16
+
 struct emu_dev {
     emu_spec_t spec;
     int rank;
@@ -26,6 +30,15 @@ struct emu_dev {
     int node, local_rank;
     emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
     double egress_free[EMU_LINK__COUNT]; /* eager sends queue behind */
+
+    /* the communication stream (emu.h, "Streams"): where its last
+     * collective ends, the segments issued since the compute stream last
+     * waited for it, and what of its time ran beside the compute stream */
+    double comm_clock;
+    bool async;
+    int npending;
+    struct emu_seg { double ready, start, end; uint8_t kind, link; } pending[EMU_PENDING_MAX];
+    emu_overlap_t overlap;
 
     /* tracing: spans[0..nspans), grown by doubling */
     bool trace;
@@ -119,11 +132,11 @@ void emu_dev_init(emu_dev_t *dev, const emu_spec_t *spec, int rank,
                   bool no_limit);
 /* Free what a device owns (spans, no-data mappings), not the device. */
 void emu_dev_fini(emu_dev_t *dev);
-/* With dev->trace set: append a span [start, end) tagged with the device's
- * layer. A span the host has no memory for is counted in spans_lost. */
-void emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind,
-                  emu_link_t link, double start, double end, double flops,
-                  double bytes);
+/* With dev->trace set: append a span [start, end) of stream 0 tagged
+ * with the device's layer and return it. A span the host has no memory
+ * for is counted in spans_lost (NULL). */
+emu_span_t *emu_span_add(emu_dev_t *dev, emu_span_cat_t cat, int kind, emu_link_t link,
+                         double start, double end, double flops, double bytes);
 /* After dev's clock moved: sleep while the cluster paces and the wall
  * time since the run started is below pace x the virtual time of the run. */
 void emu_dev_pace(emu_dev_t *dev);

@@ -191,14 +191,91 @@ moemu_status_t emu_topo_check(const emu_topo_t *t, const char *origin)
 
 /* ---- charging a device */
 
-/* The spans of a communication charge: idle over [t0, start), then the
- * communication over [start, clock); each only when it takes time. */
-static void emu_trace_comm(emu_dev_t *dev, emu_coll_t kind, emu_link_t link,
-                           double t0, double start, double bytes)
+/* The spans of a communication charge on stream: idle over [t0, start),
+ * then the communication over [start, end); each only when it takes time. */
+static void emu_trace_comm(emu_dev_t *dev, emu_coll_t kind, emu_link_t link, double t0,
+                           double start, double end, double bytes, int stream)
 {
-    if (start > t0) emu_span_add(dev, EMU_SPAN_IDLE, kind, link, t0, start, 0, 0);
-    if (dev->clock > start)
-        emu_span_add(dev, EMU_SPAN_COMM, kind, link, start, dev->clock, 0, bytes);
+    emu_span_t *s;
+    if (start > t0 && (s = emu_span_add(dev, EMU_SPAN_IDLE, kind, link, t0, start, 0, 0)))
+        s->stream = (uint8_t)stream;
+    if (end > start && (s = emu_span_add(dev, EMU_SPAN_COMM, kind, link, start, end, 0, bytes)))
+        s->stream = (uint8_t)stream;
+}
+
+/* A collective on the communication stream from ready (emu_dev_comm_ready)
+ * through start (the group's) to end. With nothing in flight and the
+ * device synchronous this is one stream, as it always was: the clock moves
+ * to the end. Otherwise it joins the stream's pending segments, and a
+ * synchronous one makes the compute stream wait for all of them. */
+static void emu_stream_book(emu_dev_t *dev, emu_coll_t kind, emu_link_t link, double ready,
+                            double start, double end, double sent)
+{
+    dev->comm_clock = end;
+    if (!dev->async && dev->npending == 0) {
+        double t0 = dev->clock;
+        dev->clock = end;
+        if (dev->trace) emu_trace_comm(dev, kind, link, t0, start, end, sent, 0);
+        emu_dev_pace(dev);
+        return;
+    }
+    dev->pending[dev->npending++] =
+        (struct emu_seg){ready, start, end, (uint8_t)kind, (uint8_t)link};
+    if (dev->trace) emu_trace_comm(dev, kind, link, ready, start, end, sent, 1);
+    if (!dev->async || dev->npending == EMU_PENDING_MAX) emu_dev_comm_wait(dev);
+}
+
+double emu_dev_comm_ready(const emu_dev_t *dev)
+{
+    return dev->comm_clock > dev->clock ? dev->comm_clock : dev->clock;
+}
+
+void emu_dev_set_async(emu_dev_t *dev, bool on) { dev->async = on; }
+
+/* The length of [a, b) inside [lo, hi). */
+static double emu_inside(double a, double b, double lo, double hi)
+{
+    double x = a > lo ? a : lo, y = b < hi ? b : hi;
+    return y > x ? y - x : 0;
+}
+
+/* The compute stream waits over [t0, t1): that part of the pending
+ * segments was exposed, the rest ran beside its kernels. */
+void emu_dev_comm_wait(emu_dev_t *dev)
+{
+    if (dev->npending == 0) return;
+    double t0 = dev->clock, t1 = emu_dev_comm_ready(dev);
+    for (int i = 0; i < dev->npending; i++) {
+        const struct emu_seg *g = &dev->pending[i];
+        dev->overlap.idle += g->start - g->ready - emu_inside(g->ready, g->start, t0, t1);
+        dev->overlap.comm += g->end - g->start - emu_inside(g->start, g->end, t0, t1);
+    }
+    const struct emu_seg *last = &dev->pending[dev->npending - 1];
+    dev->npending = 0;
+    if (t1 <= t0) return;
+    if (dev->trace) emu_span_add(dev, EMU_SPAN_IDLE, last->kind, last->link, t0, t1, 0, 0);
+    dev->clock = t1;
+    emu_dev_pace(dev);
+}
+
+emu_overlap_t emu_dev_overlap(const emu_dev_t *dev) { return dev->overlap; }
+
+static const char *const emu_overlap_names[EMU_OVERLAP__COUNT] = {
+    [EMU_OVERLAP_NONE] = "none", [EMU_OVERLAP_SHARED_EXPERTS] = "shared-experts"};
+
+const char *emu_overlap_name(emu_overlap_mode_t m)
+{
+    return (unsigned)m < EMU_OVERLAP__COUNT ? emu_overlap_names[m] : "?";
+}
+
+bool emu_overlap_parse(const char *s, emu_overlap_mode_t *out)
+{
+    for (int m = 0; s && m < EMU_OVERLAP__COUNT; m++)
+        if (!strcmp(s, emu_overlap_names[m])) {
+            *out = (emu_overlap_mode_t)m;
+            return true;
+        }
+    return false;
 }
 
 double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
@@ -209,17 +286,15 @@ double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,
     emu_comm_stats_t *st = &dev->comm[kind][link];
     st->calls++;
     if (bytes <= 0 && kind != EMU_COLL_BARRIER) return 0;
-    double start = emu_cost_start(clocks, p, dev->clock);
+    double ready = emu_dev_comm_ready(dev);
+    double start = emu_cost_start(clocks, p, ready);
     double t = emu_coll_cost(kind, algo, p, bytes, emu_topo_lat(&dev->topo, link),
                              emu_topo_bw(&dev->topo, link));
     double sent = emu_coll_sent(kind, algo, p, me, root, bytes);
-    double t0 = dev->clock;
-    st->idle += start - dev->clock;
+    st->idle += start - ready;
     st->time += t;
     st->bytes += sent;
-    dev->clock = start + t;
-    if (dev->trace) emu_trace_comm(dev, kind, link, t0, start, sent);
-    emu_dev_pace(dev);
+    emu_stream_book(dev, kind, link, ready, start, start + t, sent);
     return t;
 }
 
@@ -296,11 +371,12 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
 
     double mine[EMU_LINK__COUNT];
     double tmax = emu_a2a_time(dev, ranks, p, me, bytes, mine);
-    double start = emu_cost_start(clocks, p, dev->clock);
+    double ready = emu_dev_comm_ready(dev);
+    double start = emu_cost_start(clocks, p, ready);
     /* waiting for the slowest member's exchanges is part of the
      * collective: it goes to the group's class */
     mine[glink] += tmax - (mine[EMU_LINK_INTRA] + mine[EMU_LINK_INTER]);
-    dev->comm[EMU_COLL_ALLTOALL][glink].idle += start - dev->clock;
+    dev->comm[EMU_COLL_ALLTOALL][glink].idle += start - ready;
     for (int l = 0; l < EMU_LINK__COUNT; l++)
         dev->comm[EMU_COLL_ALLTOALL][l].time += mine[l];
     double sent = 0;
@@ -310,10 +386,7 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
                 .bytes += bytes[(size_t)me * p + j];
             sent += bytes[(size_t)me * p + j];
         }
-    double t0 = dev->clock;
-    dev->clock = start + tmax;
-    if (dev->trace) emu_trace_comm(dev, EMU_COLL_ALLTOALL, glink, t0, start, sent);
-    emu_dev_pace(dev);
+    emu_stream_book(dev, EMU_COLL_ALLTOALL, glink, ready, start, start + tmax, sent);
     return tmax;
 }
 
@@ -340,7 +413,7 @@ void emu_p2p_recv(emu_dev_t *dev, int peer_rank, emu_msg_time_t t)
     st->time += end - start;
     double t0 = dev->clock;
     dev->clock = end;
-    if (dev->trace) emu_trace_comm(dev, EMU_COLL_RECV, l, t0, start, t.bytes);
+    if (dev->trace) emu_trace_comm(dev, EMU_COLL_RECV, l, t0, start, end, t.bytes, 0);
     emu_dev_pace(dev);
 }
 

@@ -184,8 +184,25 @@ static moemu_status_t emu_tw_other(const emu_dev_t *const *devs, int n,
     return MOEMU_OK;
 }
 
+/* The thread of device d's stream: R+1 for compute, EMU_TID_COMM+R+1 for
+ * communication, listed under it. */
+#define EMU_TID_COMM (1 << 24)
+static int emu_tid(const emu_dev_t *d, int stream)
+{
+    return (stream ? EMU_TID_COMM : 0) + d->rank + 1;
+}
+
+static bool emu_has_stream1(const emu_dev_t *d)
+{
+    for (size_t k = 0; k < d->nspans; k++)
+        if (d->spans[k].stream) return true;
+    return false;
+}
+
 /* Metadata: node N is process N+1 ("node N"), device R its thread R+1
- * ("device R"); Perfetto keeps pid and tid 0 for the idle task. */
+ * ("device R") and, when some of its collectives ran beside computation,
+ * its communication stream ("device R comm"); Perfetto keeps pid and
+ * tid 0 for the idle task. */
 static void emu_tw_names(emu_tw_t *w, const emu_dev_t *const *devs, int n,
                          bool *seen)
 {
@@ -204,6 +221,11 @@ static void emu_tw_names(emu_tw_t *w, const emu_dev_t *const *devs, int n,
                     0);
         emu_tw_meta(w, "thread_sort_index", d->node + 1, d->rank + 1,
                     "sort_index", NULL, d->rank);
+        if (!emu_has_stream1(d)) continue;
+        snprintf(name, sizeof name, "device %d comm", d->rank);
+        emu_tw_meta(w, "thread_name", d->node + 1, emu_tid(d, 1), "name", name, 0);
+        emu_tw_meta(w, "thread_sort_index", d->node + 1, emu_tid(d, 1), "sort_index", NULL,
+                    d->rank);
     }
 }
 
@@ -240,7 +262,7 @@ moemu_status_t emu_trace_dump_devs(const emu_dev_t *const *devs, int n,
         emu_tw_names(&w, devs, n, seen);
         for (int i = 0; i < n; i++)
             for (size_t k = 0; k < devs[i]->nspans; k++)
-                emu_tw_span(&w, devs[i]->node + 1, devs[i]->rank + 1,
+                emu_tw_span(&w, devs[i]->node + 1, emu_tid(devs[i], devs[i]->spans[k].stream),
                             &devs[i]->spans[k]);
         fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":%s}\n",
                 other);

@@ -794,12 +794,13 @@ static void mlp_gate(layer_view_t *v, float *out, const float *gate)
                2.0 * R * d * emu_dtype_size(x->dtype));
 }
 
-moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
+/* The MLPs of layer_mlp_block into v->sh_out, not yet added, on the
+ * rows of A in na (gathered over TP with SP). */
+static moemu_status_t mlp_compute(layer_view_t *v, const layer_mlp_t *m)
 {
     const layer_rows_t *r = v->r;
     layer_ctx_t *x = v->x;
-    int d = v->dm->d, TA = r->n, R = r->r1 - r->r0, Fl = m->f1 - m->f0;
-    if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
+    int d = v->dm->d, TA = r->n, Fl = m->f1 - m->f0;
     if (x->math) memset(v->sh_out, 0, sizeof(float) * (size_t)TA * d);
     layer_expert_job_t jobs[m->S];
     for (int j = 0; j < m->S; j++)
@@ -811,8 +812,26 @@ moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out
     layer_expert_group(&xs, jobs, m->S, v->parts, d, Fl, m->F, m->act, 0.0f, true);
     MOEMU_CHECK(tp_sum(v, v->sh_out));
     if (m->gate) mlp_gate(v, v->sh_out, m->gate);
-    layer_add(x, out, v->sh_out, (int64_t)R * d);
     return MOEMU_OK;
+}
+
+moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out)
+{
+    if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
+    MOEMU_CHECK(mlp_compute(v, m));
+    layer_add(v->x, out, v->sh_out, (int64_t)(v->r->r1 - v->r->r0) * v->dm->d);
+    return MOEMU_OK;
+}
+
+typedef struct {
+    layer_view_t *v;
+    const layer_mlp_t *m;
+} shared_t;
+
+static moemu_status_t shared_beside(void *arg)
+{
+    shared_t *a = arg;
+    return mlp_compute(a->v, a->m);
 }
 
 moemu_status_t layer_dense_block(layer_view_t *v, const float *norm, const layer_mlp_t *m)
@@ -831,11 +850,21 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
 {
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
+    /* Megatron's shared-expert overlap: they compute while the routed rows
+     * travel (their SP gather first, as its pre_forward_comm), and their
+     * output waits in sh_out (the sum is the same) */
+    shared_t sa = {v, mlp};
+    layer_beside_t beside = {shared_beside, &sa};
+    bool over = mlp->S > 0 && layer_moe_dispatches(v->sh) &&
+                emu_dev_spec(v->x->dev)->overlap == EMU_OVERLAP_SHARED_EXPERTS;
+    if (over && v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     MOEMU_CHECK(layer_moe_routed(v->x, v->sh, v->moe + (size_t)r->m0 * d,
-                                 v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex));
+                                 v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex,
+                                 over ? &beside : NULL));
     MOEMU_CHECK(routed_back(v));
     float *moeR = v->moe + (size_t)r->r0 * d;
-    if (mlp->S > 0) MOEMU_CHECK(layer_mlp_block(v, mlp, moeR));
+    if (over) layer_add(v->x, moeR, v->sh_out, (int64_t)R * d);
+    else if (mlp->S > 0) MOEMU_CHECK(layer_mlp_block(v, mlp, moeR));
     layer_axpy(v->x, v->xr, moeR, (int64_t)R * d, v->dm->resid_mult);
     return MOEMU_OK;
 }

@@ -340,16 +340,29 @@ typedef struct {
                            and issued in the dispatch and in the combine */
 } layer_experts_t;
 
+/* Work for the compute stream while the routed rows are in flight (an
+ * engine's overlap, emu.h "Streams"); fn's status is the call's. */
+typedef struct {
+    moemu_status_t (*fn)(void *arg);
+    void *arg;
+} layer_beside_t;
+
+/* Whether the routed experts of s dispatch rows to other ranks (EP or ETP
+ * groups, the tokens not replicated over TP): what an overlap can hide. */
+bool layer_moe_dispatches(const layer_shard_t *s);
+
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):
  * each kept choice travels over the EP group to the rank holding its
  * expert (counts first, then rows, with all-to-all), is gathered over the
  * ETP group, computed on each member's intermediate slice, reduced back,
  * and returned; routed (n, d) = sum over kept choices, in choice order, of
- * w * expert(x). */
+ * w * expert(x). beside (may be NULL) runs once: while the rows travel,
+ * where they do (they go asynchronously then, and the compute stream
+ * waits for them after it), otherwise first. */
 moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
-                                const layer_experts_t *ex);
+                                const layer_experts_t *ex, const layer_beside_t *beside);
 
 /* ---- Sharded blocks (layers/blocks.c): one rank's part of a layer in one
  * pass, called by the runner through a family's layer. Every collective

@@ -666,15 +666,36 @@ static moemu_status_t routed_replicated(moe_plan_t *m, float *routed, const floa
     return st;
 }
 
+bool layer_moe_dispatches(const layer_shard_t *s)
+{
+    return !s->moe_replicated && (s->ep || s->etp);
+}
+
+/* 3-4 with beside run while the rows travel (emu.h, "Streams") */
+static moemu_status_t dispatch_rows(moe_plan_t *m, const float *x, const layer_beside_t *beside,
+                                    const layer_xfer_t *t0)
+{
+    emu_dev_t *dev = m->c->dev;
+    emu_dev_set_async(dev, beside != NULL);
+    moemu_status_t st = send_rows(m, x);
+    if (st == MOEMU_OK) st = gather_lists(m);
+    emu_dev_set_async(dev, false);
+    xfer_add(m, 0, t0);
+    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
+    emu_dev_comm_wait(dev);
+    return st;
+}
+
 moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
-                                const layer_experts_t *ex)
+                                const layer_experts_t *ex, const layer_beside_t *beside)
 {
     if (s->moe_replicated) {
         moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = 1, .ETP = 1, .Eper = ex->E,
                         .sz = (double)emu_dtype_size(c->dtype)};
-        moemu_status_t st = plan_sends(&m, idx, keep);
+        moemu_status_t st = beside ? beside->fn(beside->arg) : MOEMU_OK;
+        if (st == MOEMU_OK) st = plan_sends(&m, idx, keep);
         if (st == MOEMU_OK) st = routed_replicated(&m, routed, x, w);
         plan_free(&m);
         return st;
@@ -686,9 +707,8 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
     layer_xfer_now(&t0, c->dev);
     moemu_status_t st = plan_sends(&m, idx, keep);
     if (st == MOEMU_OK) st = send_counts(&m);
-    if (st == MOEMU_OK) st = send_rows(&m, x);
-    if (st == MOEMU_OK) st = gather_lists(&m);
-    xfer_add(&m, 0, &t0);
+    if (st == MOEMU_OK) st = dispatch_rows(&m, x, beside, &t0);
+    else xfer_add(&m, 0, &t0);
     if (st == MOEMU_OK) st = compute_and_return(&m);
     if (st == MOEMU_OK) st = combine(&m, routed, w, keep);
     plan_free(&m);

@@ -159,7 +159,7 @@ static moemu_status_t par_enter(par_comm_t *c, int r, const par_slot_t *a,
                                 emu_dev_t *dev)
 {
     par_slot_t mine = *a;
-    mine.clock = emu_dev_clock(dev);
+    mine.clock = emu_dev_comm_ready(dev);
     mine.nodata = par_skip_payload(dev, a->dtype);
     MOEMU_CHECK(c->tp->gather(c->ts, c, r, &mine));
     moemu_status_t st = par_agree(c, r);

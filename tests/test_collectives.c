@@ -724,6 +724,81 @@ Test(virtual_time, send_recv_one_hop_eager)
     emu_cluster_destroy(c);
 }
 
+/* Streams: device r computes r ms, issues an all-reduce asynchronously,
+ * computes k seconds beside it, then waits; a synchronous all-gather
+ * issued after a second asynchronous all-reduce waits for both. */
+typedef struct {
+    par_comm_t *comm;
+    float *buf[2];
+    double k; /* flops of the kernel beside */
+} st_t;
+
+static moemu_status_t vt_stream_fn(emu_dev_t *dev, void *arg)
+{
+    st_t *a = arg;
+    int r = emu_dev_rank(dev);
+    stagger(dev, r);
+    emu_dev_set_async(dev, true);
+    MOEMU_CHECK(par_allreduce(a->buf[r], a->buf[r], 1000000, EMU_DTYPE_FP32, PAR_OP_SUM,
+                              a->comm, dev));
+    emu_dev_set_async(dev, false);
+    emu_charge(dev, EMU_KERNEL_GEMM, a->k, 0);
+    emu_dev_comm_wait(dev);
+    double mid = emu_dev_clock(dev);
+    emu_dev_set_async(dev, true);
+    MOEMU_CHECK(par_allreduce(a->buf[r], a->buf[r], 1000000, EMU_DTYPE_FP32, PAR_OP_SUM,
+                              a->comm, dev));
+    emu_dev_set_async(dev, false);
+    MOEMU_CHECK(par_allgather(a->buf[r], a->buf[r == 0], 500000, EMU_DTYPE_FP32, a->comm, dev));
+    /* the all-gather queued behind the all-reduce and was waited for */
+    return emu_dev_clock(dev) > mid ? MOEMU_OK : MOEMU_ERR_INVALID;
+}
+
+Test(virtual_time, streams_overlap)
+{
+    emu_cluster_opts_t o = {.trace = true};
+    emu_cluster_t *c;
+    cr_assert_eq(emu_cluster_create(&spec, &topo4, 2, &o, &c), MOEMU_OK);
+    st_t a = {.k = spec.peak_flops * spec.mfu * 20e-6};
+    cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
+    for (int r = 0; r < 2; r++) a.buf[r] = calloc(1000000, 4);
+    cr_assert_eq(emu_cluster_run(c, vt_stream_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
+    double t1 = staggered_clock(&spec, 1), kb = emu_kernel_time(&spec, a.k, 0);
+    double ar = 2 * 1e-6 + 4e6 / 100e9, ag = 1e-6 + 2e6 / 100e9;
+    emu_dev_t *d0 = emu_cluster_dev(c, 0), *d1 = emu_cluster_dev(c, 1);
+    /* device 0 computed beside its wait for device 1, device 1 beside the
+     * communication itself; both end with it */
+    emu_overlap_t o0 = emu_dev_overlap(d0), o1 = emu_dev_overlap(d1);
+    ASSERT_NEAR(o0.idle, kb);
+    ASSERT_NEAR(o0.comm, 0);
+    ASSERT_NEAR(o1.idle, 0);
+    ASSERT_NEAR(o1.comm, kb);
+    for (int r = 0; r < 2; r++) {
+        emu_dev_t *d = emu_cluster_dev(c, r);
+        emu_overlap_t ov = emu_dev_overlap(d);
+        ASSERT_NEAR(emu_dev_clock(d), t1 + 2 * ar + ag);
+        ASSERT_NEAR(emu_dev_kernel_time(d) + emu_dev_comm_time(d) + emu_dev_idle_time(d) -
+                        ov.comm - ov.idle,
+                    emu_dev_clock(d));
+        /* stream 0 tiles the clock; stream 1 holds the collectives */
+        double end0 = 0, end1 = 0, comm1 = 0;
+        for (size_t i = 0; i < emu_dev_span_count(d); i++) {
+            const emu_span_t *s = emu_dev_span(d, i);
+            double *end = s->stream ? &end1 : &end0;
+            ASSERT_NEAR(s->start, *end == 0 && s->stream ? s->start : *end);
+            *end = s->end;
+            if (s->stream) comm1 += s->cat == EMU_SPAN_COMM ? s->end - s->start : 0;
+            else cr_assert(s->cat != EMU_SPAN_COMM, "device %d: comm on stream 0", r);
+        }
+        ASSERT_NEAR(end0, emu_dev_clock(d));
+        ASSERT_NEAR(end1, emu_dev_clock(d));
+        ASSERT_NEAR(comm1, 2 * ar + ag);
+    }
+    for (int r = 0; r < 2; r++) free(a.buf[r]);
+    par_comm_destroy(a.comm);
+    emu_cluster_destroy(c);
+}
+
 typedef struct {
     par_comm_t *comm, *solo;
     float *buf[8], *big[8];

@@ -51,6 +51,7 @@ typedef struct {
     int devices, micro_batches; /* 0: not given; 1 */
     const char *hw;      /* default CLI_DEFAULT_HW */
     const char *engine;  /* --engine: a profile's figures over the card's */
+    const char *overlap; /* --overlap: over the profile's (NULL: its) */
     int nodes, devices_per_node; /* 0: the preset's */
     const char *routing;
     const char *json, *csv;
@@ -115,12 +116,11 @@ moemu_status_t cli_flag_names(moemu_status_t st, const cli_opt_t *opts);
 
 /* The model of --model with --weight-dtype applied. */
 moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh);
-/* A hardware preset or file with --nodes / --devices-per-node applied (0:
- * the preset's) and engine's figures for it (NULL: none; a profile
- * without the card is an error), checked to hold devices; *used (may be
- * NULL) receives the nodes they occupy. */
-moemu_status_t cli_load_hw(const char *name, const char *engine, int nodes, int devices_per_node,
-                           int devices, emu_hw_t *out, int *used);
+/* A hardware preset or file with sh's --nodes / --devices-per-node
+ * applied (0: the preset's), the figures of --engine for it (a profile
+ * without the card is an error) and --overlap, checked to hold devices;
+ * *used (may be NULL) receives the nodes they occupy. */
+moemu_status_t cli_load_hw(const cli_shared_t *sh, int devices, emu_hw_t *out, int *used);
 /* moemu sweep's parts that are the command's, not the library's: worker
  * processes (a sweep_exec_fn; arg points to the int count of workers) and
  * the gnuplot plot (FILE.svg or FILE.png, complete or not at all; title

@@ -51,18 +51,19 @@ moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh)
     return MOEMU_OK;
 }
 
-moemu_status_t cli_load_hw(const char *name, const char *engine, int nodes, int devices_per_node,
-                           int devices, emu_hw_t *out, int *used)
+moemu_status_t cli_load_hw(const cli_shared_t *sh, int devices, emu_hw_t *out, int *used)
 {
-    MOEMU_CHECK(emu_hw_load(name, out));
+    const char *engine = sh->engine;
+    MOEMU_CHECK(emu_hw_load(sh->hw, out));
     bool found = false;
     if (engine) MOEMU_CHECK(emu_engine_apply(engine, out, &found));
     if (engine && !found)
         return moemu_fail(MOEMU_ERR_INVALID, "--engine %s: the profile has no figures for card "
                           "'%s' (fit them: moemu calibrate MEASUREMENTS.csv --engine %s --hw %s "
-                          "--out FILE)", engine, out->name, engine, name);
-    if (devices_per_node) out->topo.devices_per_node = devices_per_node;
-    if (nodes) out->topo.nodes = nodes;
+                          "--out FILE)", engine, out->name, engine, sh->hw);
+    if (sh->overlap) MOEMU_CHECK(emu_overlap_set(sh->overlap, "--overlap", &out->spec));
+    if (sh->devices_per_node) out->topo.devices_per_node = sh->devices_per_node;
+    if (sh->nodes) out->topo.nodes = sh->nodes;
     int n;
     return emu_topo_nodes(&out->topo, devices, used ? used : &n);
 }

@@ -327,8 +327,7 @@ static moemu_status_t layout_build(layout_t *L, const layout_opts_t *o)
     L->world = devices;
     L->edp = par_strategy_edp(&L->s);
 
-    MOEMU_CHECK(cli_load_hw(o->hw, NULL, o->nodes, o->devices_per_node, devices, &L->hw,
-                            &L->nodes));
+    MOEMU_CHECK(cli_load_hw(o, devices, &L->hw, &L->nodes));
     L->topo = L->hw.topo;
 
     L->place = calloc((size_t)devices, sizeof *L->place);

@@ -50,6 +50,11 @@ const cli_opt_t cli_shared_options[] = {
      .help = "hardware preset or JSON file (default\n" CLI_DEFAULT_HW "; `moemu hw` lists them)"},
     {.name = "engine", .arg = "NAME|FILE", .type = CLI_STR, .off = SH(engine),
      .help = "an engine profile's figures for the card over the\npreset's (vllm, trtllm: hw/engines)"},
+    {.name = "overlap", .arg = "MODE", .type = CLI_STR, .off = SH(overlap),
+     .help = "what runs beside communication: none, or\n"
+             "shared-experts (Megatron's: the shared experts\n"
+             "compute while the routed rows travel); default: the\n"
+             "engine profile's, else none"},
     {.name = "nodes", .arg = "K", .type = CLI_INT, .off = SH(nodes), .lo = 1,
      .hi = CLI_MAX_COUNT, .help = "nodes (default: as many as the devices need)"},
     {.name = "devices-per-node", .arg = "D", .type = CLI_INT, .off = SH(devices_per_node),

@@ -76,7 +76,8 @@ static const cli_opt_t run_options[] = {
     {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
-    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
+    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("nodes"),
+    CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     CLI_USE("devices-per-process"),
     {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
      .help = "lift the devices' memory capacity"},
@@ -188,8 +189,7 @@ static moemu_status_t strategy_setup(runner_opts_t *d, const run_opts_t *o, cons
     family_of(cfg)->dims(cfg, &dims);
     int world = par_strategy_world(&d->strategy);
     MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->sh.devices ? o->sh.devices : world));
-    MOEMU_CHECK(cli_load_hw(o->sh.hw, o->sh.engine, o->sh.nodes, o->sh.devices_per_node, world,
-                            &d->hw, NULL));
+    MOEMU_CHECK(cli_load_hw(&o->sh, world, &d->hw, NULL));
     d->micro_batches = o->sh.micro_batches;
     d->dispatch_fp8 = o->sh.dispatch_fp8;
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
@@ -224,8 +224,7 @@ static void print_kv_sharing(const cfg_model_t *c, const par_strategy_t *s)
 static moemu_status_t one_device_setup(runner_opts_t *d, const run_opts_t *o)
 {
     emu_hw_t hw;
-    MOEMU_CHECK(cli_load_hw(o->sh.hw, o->sh.engine, o->sh.nodes, o->sh.devices_per_node, 1, &hw,
-                            NULL));
+    MOEMU_CHECK(cli_load_hw(&o->sh, 1, &hw, NULL));
     runner_opts_one_device(d, &hw, 1, 1);
     return MOEMU_OK;
 }

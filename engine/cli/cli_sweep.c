@@ -78,7 +78,7 @@ static moemu_status_t parse_micro(const char *s, void *values)
 
 static const cli_opt_t sweep_options[] = {
     CLI_HEAD("model and devices:"),
-    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"),
+    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices every strategy uses (required)"},
     CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     CLI_HEAD("workload (as in moemu run):"),
@@ -285,8 +285,7 @@ static int run(const sweep_cli_t *o)
     moemu_status_t st = cli_load_model(&cfg, &o->sh);
     if (st == MOEMU_OK) st = cli_flag_names(wl_make(&wl, &o->sh.wl, &cfg), sweep_options);
     if (st == MOEMU_OK)
-        st = cli_load_hw(o->sh.hw, o->sh.engine, o->sh.nodes, o->sh.devices_per_node,
-                         o->sh.devices, &hw, NULL);
+        st = cli_load_hw(&o->sh, o->sh.devices, &hw, NULL);
     if (st != MOEMU_OK) goto fail;
     /* a plot that cannot be drawn fails before the long part */
     if (o->plot && (st = cli_sweep_plot_check(o->plot)) != MOEMU_OK) goto fail;

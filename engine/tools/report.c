@@ -33,6 +33,9 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     v->bytes = sum_kernels(d, 3);
     v->comm = emu_dev_comm_time(d);
     v->idle = emu_dev_idle_time(d);
+    emu_overlap_t ov = emu_dev_overlap(d);
+    v->overlapped = ov.comm + ov.idle;
+    v->overlapped_comm = ov.comm;
     v->mfu = v->clock > 0 ? v->flops / (v->clock * sp->peak_flops) : 0;
     v->bw_util = v->clock > 0 ? v->bytes / (v->clock * sp->mem_bw) : 0;
     for (int m = 0; m < EMU_MEM__COUNT; m++) v->mem[m] = emu_mem_peak(d, m);
@@ -55,6 +58,7 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     r->dispatch += xd;
     r->combine += xc;
     r->other_comm += v->comm + v->idle - xd - xc;
+    r->overlapped += v->overlapped;
     v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
     r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
 }
@@ -107,15 +111,15 @@ static void build_latency(report_t *r, const model_out_t *out)
         r->total_tpms = (double)(r->prompt_tokens + r->generated_tokens) / (1e3 * r->e2e);
 }
 
-/* Communication that nothing overlapped (moemu's devices run one stream,
- * so all of it), and the bubbles: waiting for the previous stage, and done
- * before the end. */
+/* Communication that no computation overlapped (all of it unless the
+ * engine overlaps, emu.h "Streams"), and the bubbles: waiting for the
+ * previous stage, and done before the end. */
 static void build_overlap(report_t *r, int per_stage)
 {
     int n = r->devices;
     r->exposed_comm_mean = 0;
     for (int i = 0; i < n && r->e2e > 0; i++) {
-        double f = r->dev[i].comm / r->e2e;
+        double f = (r->dev[i].comm - r->dev[i].overlapped_comm) / r->e2e;
         r->exposed_comm_mean += f / n;
         r->exposed_comm_max = f > r->exposed_comm_max ? f : r->exposed_comm_max;
     }
@@ -218,7 +222,8 @@ static moemu_status_t check_dev_figures(const report_dev_t *v, int i)
 {
     const figure_t f[] = {
         {"clock_s", v->clock}, {"compute_s", v->compute}, {"memory_s", v->memory},
-        {"comm_s", v->comm}, {"idle_s", v->idle}, {"flops", v->flops}, {"bytes", v->bytes},
+        {"comm_s", v->comm}, {"idle_s", v->idle}, {"overlapped_s", v->overlapped},
+        {"flops", v->flops}, {"bytes", v->bytes},
         {"mfu", v->mfu}, {"bw_util", v->bw_util}, {"memory_bytes.peak", v->mem_peak},
         {"memory_bytes.capacity", v->capacity},
     };
@@ -405,13 +410,14 @@ static int report_parts(const report_t *r, report_part_t *p)
     p[n++] = (report_part_t){"moe dispatch", r->dispatch};
     p[n++] = (report_part_t){"moe combine", r->combine};
     p[n++] = (report_part_t){"other comm+idle", r->other_comm};
+    if (r->overlapped > 0) p[n++] = (report_part_t){"beside kernels", -r->overlapped};
     return n;
 }
 
 /* Each part's mean per device and share of the mean clock. */
 static void print_parts(const report_t *r, FILE *f)
 {
-    report_part_t p[EMU_KERNEL__COUNT + 3];
+    report_part_t p[EMU_KERNEL__COUNT + 4];
     int n = report_parts(r, p);
     double clocks = 0;
     for (int i = 0; i < r->devices; i++) clocks += r->dev[i].clock;
@@ -591,11 +597,12 @@ json_t *report_json(const report_t *r)
         json_object_set_new(mem, "peak", json_real(v->mem_peak));
         json_object_set_new(mem, "capacity", json_real(v->capacity));
         json_array_append_new(
-            devs, json_pack("{s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:o, "
-                            "s:I}",
+            devs, json_pack("{s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
+                            "s:o, s:I}",
                             "rank", v->rank, "node", v->node, "stage", v->stage, "clock_s",
                             v->clock, "compute_s", v->compute, "memory_s", v->memory, "comm_s",
-                            v->comm, "idle_s", v->idle, "flops", v->flops, "bytes", v->bytes,
+                            v->comm, "idle_s", v->idle, "overlapped_s", v->overlapped,
+                            "flops", v->flops, "bytes", v->bytes,
                             "mfu", v->mfu, "bw_util", v->bw_util, "memory_bytes", mem,
                             "expert_rows", (json_int_t)v->expert_rows));
     }
@@ -614,7 +621,7 @@ json_t *report_json(const report_t *r)
     }
     for (int s = 0; s < r->stages; s++) json_array_append_new(bubble, json_real(r->bubble[s]));
     for (int b = 0; b < r->batch; b++) json_array_append_new(ttft, json_real(r->ttft[b]));
-    report_part_t p[EMU_KERNEL__COUNT + 3];
+    report_part_t p[EMU_KERNEL__COUNT + 4];
     json_t *parts = json_object();
     for (int i = 0, n = report_parts(r, p); i < n; i++)
         json_object_set_new(parts, p[i].name, json_real(p[i].sum / r->devices));
@@ -663,15 +670,16 @@ static moemu_status_t fill_csv(FILE *f, const void *arg)
     const report_t *r = arg;
     fprintf(f, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,flops,bytes,mfu,"
                "bw_util,weights_bytes,kv_bytes,activations_bytes,comm_bytes,other_bytes,"
-               "peak_bytes,capacity_bytes,expert_rows\n");
+               "peak_bytes,capacity_bytes,expert_rows,overlapped_s\n");
     for (int i = 0; i < r->devices; i++) {
         const report_dev_t *v = &r->dev[i];
         fprintf(f, "%d,%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.9g,%.9g,%.9g,%.9g,"
-                   "%.9g,%.9g,%.9g,%lld\n",
+                   "%.9g,%.9g,%.9g,%lld,%.9g\n",
                 v->rank, v->node, v->stage, v->clock, v->compute, v->memory, v->comm, v->idle,
                 v->flops, v->bytes, v->mfu, v->bw_util, v->mem[EMU_MEM_WEIGHTS],
                 v->mem[EMU_MEM_KV], v->mem[EMU_MEM_ACT], v->mem[EMU_MEM_COMM],
-                v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows);
+                v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows,
+                v->overlapped);
     }
     return MOEMU_OK;
 }

@@ -14,6 +14,9 @@ typedef struct {
     int rank, node, stage;
     double clock;                    /* virtual seconds */
     double compute, memory, comm, idle; /* clock = compute + memory + comm + idle */
+    double overlapped;               /* of comm + idle, what ran beside the
+                                      * kernels (emu_dev_overlap): subtract */
+    double overlapped_comm;          /* its communication alone */
     double flops, bytes;             /* kernels' */
     double mfu, bw_util;             /* achieved: flops / (clock * peak), ... */
     double mem[EMU_MEM__COUNT];      /* peak per category, bytes */
@@ -40,10 +43,12 @@ typedef struct {
     report_comm_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
     /* where the time goes, summed over devices: each kernel kind, the MoE
      * dispatch and combine (their collectives, waiting included), and the
-     * other collectives and waiting; together the devices' clocks */
-    double kernel_time[EMU_KERNEL__COUNT], dispatch, combine, other_comm;
+     * other collectives and waiting, less what of those ran beside the
+     * kernels; together the devices' clocks */
+    double kernel_time[EMU_KERNEL__COUNT], dispatch, combine, other_comm, overlapped;
     double comm_bytes, comm_time;    /* summed over devices */
-    double exposed_comm_mean, exposed_comm_max; /* comm / e2e per device */
+    double exposed_comm_mean, exposed_comm_max; /* (comm - overlapped_comm) / e2e
+                                                 * per device */
     double *bubble;                  /* (stages) */
     /* collectives per layer and pass of one device: the one with the most
      * calls in its layers per (its layers x its passes); its prefill and
