@@ -139,6 +139,17 @@ void emu_charge_gemm(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int
     emu_book(dev, kind, flops, bytes, t, compute_bound);
 }
 
+void emu_charge_gemm_fp8(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
+                         double flops, double bytes)
+{
+    emu_spec_t s = dev->spec;
+    if (s.peak_flops_fp8 > 0) s.peak_flops = s.peak_flops_fp8;
+    bool compute_bound;
+    double t = emu_cost_kernel_of(&s, kind, g, n, flops, bytes, &compute_bound);
+    dev->kernels[kind].fp8_flops += flops;
+    emu_book(dev, kind, flops, bytes, t, compute_bound);
+}
+
 /* ---- tracing */
 
 static const char *const emu_span_cat_names[EMU_SPAN__COUNT] = {

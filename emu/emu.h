@@ -245,6 +245,7 @@ bool emu_overlap_parse(const char *s, emu_overlap_mode_t *out);
  * software stack overlaps. */
 typedef struct {
     double peak_flops;   /* FLOP/s, dense fp16/bf16 */
+    double peak_flops_fp8; /* FLOP/s, dense FP8 (e4m3) Tensor Core; 0: none */
     double mfu;          /* achievable fraction of peak_flops, (0, 1] */
     double mem_bw;       /* bytes/s */
     double bw_util;      /* achievable fraction of mem_bw, (0, 1] */
@@ -293,6 +294,7 @@ typedef struct {
     double time;         /* virtual seconds charged, launch included */
     double compute_time; /* of which compute-bound */
     double memory_time;  /* of which bandwidth-bound */
+    double fp8_flops;    /* of flops, computed in FP8 (emu_charge_gemm_fp8) */
     uint64_t launches;
 } emu_kernel_stats_t;
 
@@ -313,6 +315,11 @@ void emu_charge(emu_dev_t *dev, emu_kernel_t kind, double flops, double bytes);
  * any epilogue it fuses (a bias). */
 void emu_charge_gemm(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
                      double flops, double bytes);
+/* The same for products computed in FP8 (e4m3 operands, fp32 sums): at
+ * peak_flops_fp8 instead of peak_flops (the dtype's, on a card without
+ * one; callers refuse FP8 there first). */
+void emu_charge_gemm_fp8(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
+                         double flops, double bytes);
 const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
                                                emu_kernel_t kind);
 

@@ -112,6 +112,7 @@ static moemu_status_t hw_device(const emu_json_src_t *src, json_t *root, emu_spe
         MOEMU_CHECK(emu_json_num(&in, dev, keys[i].key, EMU_JSON_REQUIRED,
                                  (double *)((char *)s + keys[i].off)));
     MOEMU_CHECK(emu_json_int(&in, dev, "units", 0, 1, 1 << 20, &s->units));
+    MOEMU_CHECK(emu_json_num(&in, dev, "peak_flops_fp8", 0, &s->peak_flops_fp8));
     return hw_kernels(&in, dev, s);
 }
 

@@ -170,6 +170,10 @@ moemu_status_t emu_spec_check(const emu_spec_t *s, const char *origin)
     if (s->units < 0 || s->units > 1 << 20)
         return moemu_fail(MOEMU_ERR_INVALID, "%s: device.units must be in [1, 1048576] (got %d)",
                           origin, s->units);
+    if (s->peak_flops_fp8 != 0 && !(s->peak_flops_fp8 >= 1e9 && s->peak_flops_fp8 <= 1e18))
+        return moemu_fail(MOEMU_ERR_INVALID, "%s: device.peak_flops_fp8 must be in [1e9, 1e18] "
+                          "FLOP/s, or absent for a card without FP8 (got %g)", origin,
+                          s->peak_flops_fp8);
     for (int k = 0; k < EMU_KERNEL__COUNT; k++)
         if (s->kernels[k].set) MOEMU_CHECK(emu_kernel_cost_check(s, k, origin));
     return MOEMU_OK;

@@ -157,10 +157,10 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
 }
 
 /* The work of one sequence: 2 (hd + vd) FLOPs per visible pair and head
- * (QK^T and PV); q, out and the keys and values up to the last query read
- * once. */
-static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd, emu_dtype_t dt,
-                      double *flops, double *bytes)
+ * (QK^T and PV); q, out (in the dtype) and the keys and values up to the
+ * last query (in the cache's) read once. */
+static void attn_work(const layer_ctx_t *c, const layer_attn_seq_t *s, int H, int Hkv, int hd,
+                      int vd, double *flops, double *bytes)
 {
     int64_t pairs = layer_attention_pairs_window(s->T, s->q0, s->k0, s->k1, s->window);
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
@@ -173,14 +173,15 @@ static void attn_work(const layer_attn_seq_t *s, int H, int Hkv, int hd, int vd,
         nk = (double)pairs / (s->T > 0 ? s->T : 1);
     }
     *flops += 2.0 * (hd + vd) * H * (double)pairs;
-    *bytes += (double)emu_dtype_size(dt) * ((double)s->T * H * (hd + vd) + nk * Hkv * (hd + vd));
+    *bytes += (double)emu_dtype_size(c->dtype) * s->T * H * (hd + vd) +
+              layer_kvsize(c) * nk * Hkv * (hd + vd);
 }
 
 void layer_attention_batch_v(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
                              int hd, int vd, float scale)
 {
     double flops = 0, bytes = 0;
-    for (int i = 0; i < n; i++) attn_work(&s[i], H, Hkv, hd, vd, c->dtype, &flops, &bytes);
+    for (int i = 0; i < n; i++) attn_work(c, &s[i], H, Hkv, hd, vd, &flops, &bytes);
     if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
     if (c->math)
         for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd, vd, scale);

@@ -160,8 +160,9 @@ static moemu_status_t prefill_seqs(layer_view_t *v, int *ns_out, int W)
             .k1 = t1 - t0, .ldc = cap, .window = W};
         t0 = t1;
     }
-    double sz = (double)emu_dtype_size(v->x->dtype);
-    emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * TA * kvl * hd);
+    /* the new rows read in the dtype, written in the cache's */
+    double sz = (double)emu_dtype_size(v->x->dtype) + layer_kvsize(v->x);
+    emu_charge(v->x->dev, EMU_KERNEL_ELEMWISE, 0.0, sz * kv_parts(v) * TA * kvl * hd);
     *ns_out = ns;
     return MOEMU_OK;
 }
@@ -321,8 +322,8 @@ static moemu_status_t attend_decode(layer_view_t *v, int window)
             .kpos = kpos};
     }
     layer_attention_batch(x, v->seqs, ns, Hl, kvl, hd, v->dm->attn_scale);
-    double sz = (double)emu_dtype_size(x->dtype);
-    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * kv_parts(v) * sz * TA * kvl * hd / CP);
+    double sz = (double)emu_dtype_size(x->dtype) + layer_kvsize(x);
+    emu_charge(x->dev, EMU_KERNEL_ELEMWISE, 0.0, sz * kv_parts(v) * TA * kvl * hd / CP);
     if (CP == 1) return MOEMU_OK;
     for (int cp = 0; cp < CP; cp++) cnt[cp] = TA;
     MOEMU_CHECK(layer_gather_rows(x, v->parts, v->att, cnt, qd, v->sh->cp));

@@ -21,7 +21,35 @@ typedef struct {
                           1 x 128 scales (DeepSeek-V3's); values unchanged */
     double ewsize;     /* bytes a stored routed-expert weight takes when they
                           differ from wsize's (MXFP4); 0: wsize's */
+    bool fp8_gemm;     /* products with FP8-stored weights (wsize set) run in
+                          FP8: layer_fp8 */
+    double kvsize;     /* bytes of a cached key or value element when they
+                          differ from dtype's (an FP8 KV cache: 1); 0: dtype's */
 } layer_ctx_t;
+
+/* Bytes of one cached key or value element. */
+static inline double layer_kvsize(const layer_ctx_t *c)
+{
+    return c->kvsize > 0 ? c->kvsize : (double)emu_dtype_size(c->dtype);
+}
+
+/* Bytes of an FP8 activation with its share of the 4-byte scale of its
+ * 1 x 128 group (DeepSeek-V3's and DeepGEMM's activation quantization). */
+#define LAYER_FP8_ACT (1.0 + 4.0 / 128)
+
+/* Whether a product with c's FP8 weights (ewsize: the routed experts', of
+ * MXFP4 or FP8) runs in FP8: its input quantized per 1 x 128 group
+ * (layer_fp8_quant), read as LAYER_FP8_ACT bytes, at the card's FP8 peak
+ * (emu_charge_gemm_fp8); the math stays fp32 on the host. */
+static inline bool layer_fp8(const layer_ctx_t *c, bool experts)
+{
+    return c->fp8_gemm && c->wsize > 0 && !(experts && c->ewsize > 0);
+}
+
+/* The quantization of n activations to FP8 for such a product: a pass that
+ * reads them in the dtype and writes e4m3 with the groups' scales
+ * (vLLM's per_token_group_quant_fp8), charged as kind. */
+void layer_fp8_quant(layer_ctx_t *c, emu_kernel_t kind, double n);
 
 /* Bytes of one stored weight element. */
 static inline double layer_wsize(const layer_ctx_t *c)

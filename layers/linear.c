@@ -29,13 +29,25 @@ layer_work_t layer_linear_work(int T, int n_in, int n_out, emu_dtype_t dt)
     };
 }
 
+void layer_fp8_quant(layer_ctx_t *c, emu_kernel_t kind, double n)
+{
+    /* an absolute maximum, a scale and a conversion per value */
+    emu_charge(c->dev, kind, 3.0 * n, n * ((double)emu_dtype_size(c->dtype) + LAYER_FP8_ACT));
+}
+
 void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   const float *in, const float *w, int T, int n_in, int n_out,
                   int ldw, bool accumulate)
 {
+    double s = (double)emu_dtype_size(c->dtype);
+    bool fp8 = layer_fp8(c, false);
     layer_work_t wk = layer_linear_work(T, n_in, n_out, c->dtype);
-    wk.bytes += (layer_wsize(c) - (double)emu_dtype_size(c->dtype)) * n_in * n_out;
-    if (accumulate) wk.bytes += (double)emu_dtype_size(c->dtype) * T * n_out;
+    wk.bytes += (layer_wsize(c) - s) * n_in * n_out;
+    if (accumulate) wk.bytes += s * T * n_out;
+    if (fp8) {
+        layer_fp8_quant(c, kind, (double)T * n_in);
+        wk.bytes -= (s - LAYER_FP8_ACT) * T * n_in;
+    }
     if (c->math && T > 0 && n_out > 0) {
         if (n_in == 0) {
             if (!accumulate)
@@ -46,7 +58,7 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
         }
     }
     emu_gemm_t g = {T, n_out, n_in};
-    emu_charge_gemm(c->dev, kind, &g, 1, wk.flops, wk.bytes);
+    (fp8 ? emu_charge_gemm_fp8 : emu_charge_gemm)(c->dev, kind, &g, 1, wk.flops, wk.bytes);
 }
 
 void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int n, bool w_trans)

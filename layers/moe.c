@@ -195,19 +195,25 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
             if (jobs[i].n > 0) expert_oai(&jobs[i], h, d, F, ldw2, limit, accumulate);
         return;
     }
-    bool silu = act == LAYER_ACT_SILU;
+    bool silu = act == LAYER_ACT_SILU, fp8 = layer_fp8(c, true);
+    /* the products' inputs: in FP8, quantized first (the activation's
+     * quantization fused into it, as vLLM's silu_and_mul_quant) */
+    double a = fp8 ? LAYER_FP8_ACT : s;
+    void (*gemm)(emu_dev_t *, emu_kernel_t, const emu_gemm_t *, int, double, double) =
+        fp8 ? emu_charge_gemm_fp8 : emu_charge_gemm;
+    if (fp8) layer_fp8_quant(c, EMU_KERNEL_EXPERT, rows * d);
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
     double ws = layer_ewsize(c);
-    double in_flops = 2.0 * rows * d * F, in_bytes = s * (rows * d + rows * F) + ws * experts * F * d;
+    double in_flops = 2.0 * rows * d * F, in_bytes = a * rows * d + s * rows * F + ws * experts * F * d;
     emu_gemm_t g[njobs];
     expert_shapes(g, jobs, njobs, F, d);
-    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
-    if (silu) emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+    gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+    if (silu) gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
     emu_charge(c->dev, EMU_KERNEL_EXPERT, (silu ? 6.0 : 8.0) * rows * F,
-               (silu ? 3.0 : 2.0) * s * rows * F);
+               ((silu ? 2.0 : 1.0) * s + a) * rows * F);
     expert_shapes(g, jobs, njobs, d, F);
-    emu_charge_gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 2.0 * rows * F * d,
-                    s * (rows * F + rows * d * (accumulate ? 2.0 : 1.0)) + ws * experts * d * F);
+    gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 2.0 * rows * F * d,
+         a * rows * F + s * rows * d * (accumulate ? 2.0 : 1.0) + ws * experts * d * F);
     if (!c->math) return;
     for (int i = 0; i < njobs; i++) {
         const layer_expert_job_t *j = &jobs[i];

@@ -379,6 +379,32 @@ a2a() { tr -d ' \n' <"$1" | sed 's/.*"collective":"all-to-all",[^}]*"bytes":\([0
 awk -v a="$(a2a "$tmp/disp_fp8.json")" -v b="$(a2a "$tmp/disp_dtype.json")" \
     'BEGIN { exit !(a > 0 && a < 0.8 * b) }' && ok || bad "FP8 dispatch bytes not fewer"
 grep -q "MoE dispatch counted in fp8" "$tmp/disp_fp8.txt" && ok || bad "fp8 dispatch not said"
+# FP8 products and KV cache: the same tokens, half the cache and, where the
+# products are large (a long prefill), a faster run; refused on a card
+# without FP8 and for weights not stored in FP8
+mx="${MOEMU_SRCDIR:-.}/examples/models/Mixtral-8x7B-v0.1.json"
+for x in "dtype" "fp8 --kv-dtype fp8"; do
+    "$moemu" run --model tiny --strategy tp2 --decode 3 --hw h100-sxm --weight-dtype fp8 \
+        --compute-dtype $x --json "$tmp/c8_${x%% *}.json" >"$tmp/c8_${x%% *}.txt" 2>&1 ||
+        bad "compute $x"
+    "$moemu" run --model "$mx" --strategy tp2-etp2 --hw h100-sxm --math skip --batch 4 \
+        --prompt-len 2048 --decode 1 --compute-dtype $x --json "$tmp/m8_${x%% *}.json" \
+        >/dev/null 2>&1 || bad "Mixtral compute $x"
+done
+e2e() { tr -d ' \n' <"$1" | grep -o '"e2e_s":[0-9.e+-]*' | head -1 | cut -d: -f2; }
+kvb() { tr -d ' \n' <"$1" | grep -o '"kv-cache":[0-9.e+-]*' | head -1 | cut -d: -f2; }
+[ "$(tok "$tmp/c8_dtype.json")" = "$(tok "$tmp/c8_fp8.json")" ] && ok ||
+    bad "FP8 products changed the tokens"
+awk -v a="$(e2e "$tmp/m8_fp8.json")" -v b="$(e2e "$tmp/m8_dtype.json")" \
+    'BEGIN { exit !(a > 0 && a < b) }' && ok || bad "FP8 products not faster"
+awk -v a="$(kvb "$tmp/c8_fp8.json")" -v b="$(kvb "$tmp/c8_dtype.json")" \
+    'BEGIN { exit !(a > 0 && a == b / 2) }' && ok || bad "FP8 KV cache not half"
+grep -q "products of the fp8 weights in fp8 at 1979 TFLOP/s" "$tmp/c8_fp8.txt" && ok ||
+    bad "FP8 products not said"
+expect 2 "a100-80g has no FP8 Tensor Cores" "$moemu" run --model tiny --hw a100-80g \
+    --compute-dtype fp8 --math skip
+expect 2 "FP8 computation needs the weights stored in FP8" "$moemu" run --model tiny \
+    --hw h100-sxm --weight-dtype dtype --compute-dtype fp8 --math skip
 # what TP cannot split of the KV cache is said: MLA's latent, few kv heads
 expect 0 "kv cache the MLA latent, 576 values a token and layer, held whole by each of the 2 ranks" \
     "$moemu" run --model "${MOEMU_SRCDIR:-.}/examples/models/DeepSeek-V2-Lite.json" \

@@ -141,6 +141,27 @@ Test(kernel, kind_mfu)
     ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, NULL, 0, 1e12, 0), 1e-6 + 0.02);
 }
 
+/* An FP8 product runs at peak_flops_fp8 and counts its FLOPs as FP8; on a
+ * card without FP8 at the dtype's peak. */
+Test(kernel, fp8_products)
+{
+    emu_spec_t s = spec;
+    s.peak_flops_fp8 = 2 * s.peak_flops;
+    emu_dev_t *d;
+    cr_assert_eq(emu_dev_create(&s, 0, false, &d), MOEMU_OK);
+    emu_charge_gemm_fp8(d, EMU_KERNEL_GEMM, NULL, 0, 1e12, 1e6);
+    ASSERT_NEAR(emu_dev_clock(d), 1e-6 + 0.01);
+    ASSERT_NEAR(emu_dev_kernel_stats(d, EMU_KERNEL_GEMM)->fp8_flops, 1e12);
+    emu_charge_gemm(d, EMU_KERNEL_GEMM, NULL, 0, 1e12, 1e6);
+    ASSERT_NEAR(emu_dev_clock(d), 2e-6 + 0.03);
+    ASSERT_NEAR(emu_dev_kernel_stats(d, EMU_KERNEL_GEMM)->fp8_flops, 1e12);
+    emu_dev_destroy(d);
+    cr_assert_eq(emu_dev_create(&spec, 0, false, &d), MOEMU_OK);
+    emu_charge_gemm_fp8(d, EMU_KERNEL_GEMM, NULL, 0, 1e12, 1e6);
+    ASSERT_NEAR(emu_dev_clock(d), 1e-6 + 0.02);
+    emu_dev_destroy(d);
+}
+
 /* A kind the spec does not set costs today's roofline bit for bit,
  * shapes or not, and so does overlap 1 without tiles. */
 Test(kernel, unset_kind_is_the_roofline)
@@ -514,6 +535,10 @@ Test(presets, built_in_figures)
     cr_assert_eq(emu_hw_load("h200", &hw), MOEMU_OK);
     ASSERT_NEAR(hw.spec.mem_bw, 4.8e12);
     ASSERT_NEAR(hw.spec.mem_capacity, 141e9);
+    /* FP8 Tensor Cores: twice BF16 on Hopper, none on the A100 */
+    ASSERT_NEAR(hw.spec.peak_flops_fp8, 1979e12);
+    cr_assert_eq(emu_hw_load("a100-80g", &hw), MOEMU_OK);
+    cr_assert_eq(hw.spec.peak_flops_fp8, 0);
 
     for (int i = 0; i < emu_hw_preset_count(); i++) {
         cr_assert_eq(emu_hw_load(emu_hw_preset_name(i), &hw), MOEMU_OK);
@@ -638,6 +663,8 @@ Test(presets, figures_outside_physical_ranges)
                  "topology.intra_bw must be in [1e6, 1e14] B/s (got 1e-300)");
     expect_error("\"inter_lat\": 1e-5", "\"inter_lat\": 1e300", MOEMU_ERR_FORMAT,
                  "topology.inter_lat must be in [0, 0.1] s (got 1e+300)");
+    expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"peak_flops_fp8\": 1e30",
+                 MOEMU_ERR_FORMAT, "device.peak_flops_fp8 must be in [1e9, 1e18] FLOP/s, or absent");
     /* the kernels' parameters */
     expect_error("\"launch_s\": 0", "\"launch_s\": 0, \"units\": 0", MOEMU_ERR_FORMAT,
                  "'device.units' = 0 is out of range");

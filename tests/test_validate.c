@@ -85,13 +85,15 @@ Test(validate, rows_checked_before_running)
     const char *p = write_file("r.csv", HEADER
         "a,fit,s,vllm,nosuch,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n"
         "b,fit,s,vllm,tiny,nocard,bf16,tp1,2,16,4,latency_s,1,\n"
-        "c,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp3,2,16,4,latency_s,1,\n");
+        "c,fit,s,vllm,tiny,card-400tf-64gb,bf16,tp3,2,16,4,latency_s,1,\n"
+        "d,fit,s,trtllm,tiny,a100-80g,fp8,tp1,2,16,4,latency_s,1,\n");
     val_set_t s;
     cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
     val_opts_t o = {.models = dir};
     cr_assert_eq(val_run(&s, &o), MOEMU_ERR_INVALID);
     const char *m = moemu_errmsg();
-    cr_assert(strstr(m, "3 rows cannot run"), "%s", m);
+    cr_assert(strstr(m, "4 rows cannot run"), "%s", m);
+    cr_assert(strstr(m, "line 5 (d): a100-80g") && strstr(m, "has no FP8 Tensor Cores"), "%s", m);
     cr_assert(strstr(m, "line 2 (a):") && strstr(m, "nosuch.json"), "%s", m);
     cr_assert(strstr(m, "line 3 (b):") && strstr(m, "nocard"), "%s", m);
     cr_assert(strstr(m, "line 4 (c): strategy tp3"), "%s", m);
@@ -107,7 +109,7 @@ Test(validate, metrics_are_the_reports)
         "tpot,holdout,s,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,tpot_ms,1,\n"
         "tps,fit,t,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,out_tokens_per_s,1000,\n"
         "tpsg,fit,t,vllm,tiny,card-400tf-64gb,bf16,tp2,3,16,4,out_tokens_per_s_per_gpu,1000,\n"
-        "f8,fit,t,trtllm,tiny,card-400tf-64gb,fp8,tp2,3,16,4,latency_s,1,\n");
+        "f8,fit,u,sglang,tiny,h100-sxm,fp8,tp2,3,16,4,latency_s,1,\n");
     val_set_t s;
     cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
     val_opts_t o = {0};
@@ -131,14 +133,19 @@ Test(validate, metrics_are_the_reports)
     cr_assert_eq(s.rows[2].moemu, r.tpot * 1e3);
     cr_assert_eq(s.rows[3].moemu, 12 / r.e2e);
     cr_assert_eq(s.rows[4].moemu, 12 / r.e2e / 2);
-    cr_assert(strstr(s.rows[5].skipped, "FP8"));
+    report_free(&r);
+    /* an FP8 row: weights, products and KV cache in FP8 */
+    cfg_store_fp8(&cfg);
+    d.prec = (run_prec_t){.compute = RUN_COMPUTE_FP8, .kv_fp8 = true};
+    cr_assert_eq(emu_hw_load("h100-sxm", &d.hw), MOEMU_OK);
+    cr_assert_eq(report_dry_run(&r, &cfg, &wl, &d, "uniform", 0, false), MOEMU_OK);
+    cr_assert_eq(s.rows[5].moemu, r.e2e);
     report_free(&r);
     wl_free(&wl);
 
     val_summary_t m;
     val_summarize(&s, NULL, "t", NULL, &m);
     cr_assert_eq(m.rows, 2);
-    cr_assert_eq(m.skipped, 1);
     double lo = fmin(s.rows[3].ratio, s.rows[4].ratio), hi = fmax(s.rows[3].ratio, s.rows[4].ratio);
     cr_assert_eq(m.low, lo);
     cr_assert_eq(m.high, hi);
@@ -280,7 +287,7 @@ Test(validate, calibrate_needs_fit_rows)
 {
     const char *p = write_file("nofit.csv", HEADER
         "a,holdout,s,vllm,tiny,card-400tf-64gb,bf16,tp1,2,16,4,latency_s,1,\n"
-        "b,fit,s,vllm,tiny,card-400tf-64gb,fp8,tp1,2,16,4,latency_s,1,\n");
+        "b,fit,s,vllm,tiny,a100-80g,bf16,tp1,2,16,4,latency_s,1,\n");
     val_set_t s;
     cr_assert_eq(val_load(&s, p), MOEMU_OK, "%s", moemu_errmsg());
     cal_opts_t co = {.hw = "card-400tf-64gb"};

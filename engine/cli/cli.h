@@ -57,6 +57,8 @@ typedef struct {
     const char *json, *csv;
     int weight_store;    /* --weight-dtype: 0 as the config says, 1 fp8, 2 dtype */
     int dispatch_fp8;    /* --dispatch-dtype: 0 the model's dtype, 1 fp8 */
+    int compute;         /* --compute-dtype: a run_compute_t */
+    int kv_fp8;          /* --kv-dtype: 0 the model's dtype, 1 fp8 */
     bool strict;         /* --strict: warnings are errors */
     int devices_per_process; /* under mpirun; 0: an even split */
 } cli_shared_t;
@@ -114,7 +116,10 @@ void cli_help(FILE *f, const cli_opt_t *opts);
  * Returns st. */
 moemu_status_t cli_flag_names(moemu_status_t st, const cli_opt_t *opts);
 
-/* The model of --model with --weight-dtype applied. */
+/* The precision options of sh as the runner takes them. */
+run_prec_t cli_prec(const cli_shared_t *sh);
+/* The model of --model with --weight-dtype applied (FP8 for
+ * --compute-dtype fp8 unless it says otherwise). */
 moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh);
 /* A hardware preset or file with sh's --nodes / --devices-per-node
  * applied (0: the preset's), the figures of --engine for it (a profile

@@ -43,10 +43,17 @@ moemu_status_t cli_parse_u64(const char *flag, const char *s, uint64_t *out)
     return MOEMU_OK;
 }
 
+run_prec_t cli_prec(const cli_shared_t *sh)
+{
+    return (run_prec_t){.dispatch_fp8 = sh->dispatch_fp8, .compute = (run_compute_t)sh->compute,
+                        .kv_fp8 = sh->kv_fp8};
+}
+
 moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh)
 {
     MOEMU_CHECK(cfg_load(c, sh->model));
-    if (sh->weight_store == 1) cfg_store_fp8(c);
+    if (sh->weight_store == 1 || (sh->weight_store == 0 && sh->compute == RUN_COMPUTE_FP8))
+        cfg_store_fp8(c);
     if (sh->weight_store == 2) cfg_store_dtype(c);
     return MOEMU_OK;
 }

@@ -70,6 +70,10 @@ static void hw_detail(const emu_hw_t *h)
            "(%.1f TFLOP/s achieved)\n",
            h->spec.peak_flops / 1e12, h->spec.mfu,
            h->spec.peak_flops * h->spec.mfu / 1e12);
+    if (h->spec.peak_flops_fp8 > 0)
+        printf("  peak fp8            %.1f TFLOP/s dense\n", h->spec.peak_flops_fp8 / 1e12);
+    else
+        printf("  peak fp8            none (no FP8 Tensor Cores: --compute-dtype fp8 refused)\n");
     printf("  memory bandwidth    %.3f TB/s at %.0f%% (%.3f TB/s achieved)\n",
            h->spec.mem_bw / 1e12, h->spec.bw_util * 100,
            h->spec.mem_bw * h->spec.bw_util / 1e12);

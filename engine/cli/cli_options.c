@@ -76,6 +76,19 @@ const cli_opt_t cli_shared_options[] = {
              "(default) or in fp8 e4m3 with a scale per 128 values,\n"
              "as DeepSeek-V3 dispatches (the combine stays in the\n"
              "dtype; the values are not rounded)"},
+    {.name = "compute-dtype", .arg = "auto|dtype|fp8", .type = CLI_CHOICE,
+     .choices = "auto|dtype|fp8", .off = SH(compute),
+     .help = "what the products of FP8-stored weights compute in:\n"
+             "FP8 at the card's FP8 peak where it has FP8 Tensor\n"
+             "Cores, else the dtype (auto, default); the dtype\n"
+             "(weight-only FP8); or FP8 (stores the weights in\n"
+             "fp8 unless --weight-dtype says otherwise; refused\n"
+             "on a card without FP8, such as a100-80g)"},
+    {.name = "kv-dtype", .arg = "dtype|fp8", .type = CLI_CHOICE, .choices = "dtype|fp8",
+     .off = SH(kv_fp8),
+     .help = "the KV cache in the model's dtype (default) or in\n"
+             "fp8 e4m3, one byte a value (its capacity and reads;\n"
+             "the values are not rounded)"},
     {.name = "strict", .type = CLI_SET, .off = SH(strict),
      .help = "every warning is an error (exit 2): keys a config\n"
              "holds that moemu does not read, implausible values\n"

@@ -77,7 +77,8 @@ static const cli_opt_t run_options[] = {
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
     CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("nodes"),
-    CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
+    CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"), CLI_USE("compute-dtype"),
+    CLI_USE("kv-dtype"),
     CLI_USE("devices-per-process"),
     {.name = "no-memory-limit", .type = CLI_SET, .off = RUN(no_memory_limit),
      .help = "lift the devices' memory capacity"},
@@ -191,7 +192,7 @@ static moemu_status_t strategy_setup(runner_opts_t *d, const run_opts_t *o, cons
     MOEMU_CHECK(par_strategy_validate(&d->strategy, &dims, o->sh.devices ? o->sh.devices : world));
     MOEMU_CHECK(cli_load_hw(&o->sh, world, &d->hw, NULL));
     d->micro_batches = o->sh.micro_batches;
-    d->dispatch_fp8 = o->sh.dispatch_fp8;
+    d->prec = cli_prec(&o->sh);
     d->cluster = (emu_cluster_opts_t){.no_limit = o->no_memory_limit, .pace = o->pace};
     return MOEMU_OK;
 }
@@ -220,12 +221,32 @@ static void print_kv_sharing(const cfg_model_t *c, const par_strategy_t *s)
                c->num_key_value_heads, s->tp, s->tp / c->num_key_value_heads);
 }
 
+/* What the products of FP8 weights and the KV cache run in, where that is
+ * not simply the model's dtype: a line, and the JSON's compute_dtype and
+ * kv_dtype. */
+static void print_precision(json_t *js, const cfg_model_t *cfg, const runner_opts_t *d)
+{
+    const char *dt = emu_dtype_name(cfg->dtype);
+    bool fp8 = runner_fp8(cfg, d);
+    if (fp8)
+        printf("compute  products of the fp8 weights in fp8 at %.0f TFLOP/s dense, their inputs "
+               "quantized per 1 x 128 (the values are not rounded)\n",
+               d->hw.spec.peak_flops_fp8 / 1e12);
+    else if (cfg->fp8_block_r > 0)
+        printf("compute  products of the fp8 weights in %s (weight-only: widened first)%s\n", dt,
+               d->hw.spec.peak_flops_fp8 > 0 ? "" : ", the card has no FP8 Tensor Cores");
+    if (d->prec.kv_fp8) printf("kv cache fp8 e4m3, one byte a value (the values are not rounded)\n");
+    json_object_set_new(js, "compute_dtype", json_string(fp8 ? "fp8" : dt));
+    json_object_set_new(js, "kv_dtype", json_string(d->prec.kv_fp8 ? "fp8" : dt));
+}
+
 /* No strategy: one device of the --hw kind, no memory limit. */
 static moemu_status_t one_device_setup(runner_opts_t *d, const run_opts_t *o)
 {
     emu_hw_t hw;
     MOEMU_CHECK(cli_load_hw(&o->sh, 1, &hw, NULL));
     runner_opts_one_device(d, &hw, 1, 1);
+    d->prec = cli_prec(&o->sh);
     return MOEMU_OK;
 }
 
@@ -472,6 +493,7 @@ static int run(const run_opts_t *o)
     printf("\n");
     printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
            "sequence\n", wl.batch, min_len, wl.max_len, (long long)wl_prompt_tokens(&wl), wl.decode);
+    print_precision(js, &cfg, &dopt);
     json_object_set_new(js, "model", json_string(cfg.name));
     json_object_set_new(js, "weight_dtype",
                         json_string(cfg.fp8_block_r > 0 ? "fp8" : emu_dtype_name(cfg.dtype)));
@@ -481,10 +503,10 @@ static int run(const run_opts_t *o)
         printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s\n", canon,
                par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
                dopt.micro_batches == 1 ? "" : "es",
-               dopt.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "",
+               dopt.prec.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "",
                o->dry ? ", dry run (--math skip)" : "");
         json_object_set_new(js, "strategy", json_string(canon));
-        json_object_set_new(js, "dispatch_dtype", json_string(dopt.dispatch_fp8
+        json_object_set_new(js, "dispatch_dtype", json_string(dopt.prec.dispatch_fp8
                                                                   ? "fp8"
                                                                   : emu_dtype_name(cfg.dtype)));
         print_kv_sharing(&cfg, &dopt.strategy);

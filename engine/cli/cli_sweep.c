@@ -78,9 +78,11 @@ static moemu_status_t parse_micro(const char *s, void *values)
 
 static const cli_opt_t sweep_options[] = {
     CLI_HEAD("model and devices:"),
-    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"),
+    CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"),
+    CLI_USE("overlap"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices every strategy uses (required)"},
     CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
+    CLI_USE("compute-dtype"), CLI_USE("kv-dtype"),
     CLI_HEAD("workload (as in moemu run):"),
     {.name = "batch", .type = CLI_SHARED,
      .help = "sequences (default 4, or as many as --prompt-lens give)"},
@@ -309,7 +311,7 @@ static int run(const sweep_cli_t *o)
     sweep_opts_t so = {.enumerate = o->en, .ttft_max = o->ttft_max,
                        .memory_headroom = o->headroom, .objective = o->objective,
                        .routing = o->sh.routing, .seed = o->sh.seed,
-                       .dispatch_fp8 = o->sh.dispatch_fp8, .progress = progress,
+                       .prec = cli_prec(&o->sh), .progress = progress,
                        .progress_arg = &pr, .max_device_runs = o->max_runs};
     /* worker processes even for one job: the parent then waits in poll
      * and shows progress while a long candidate runs */

@@ -408,8 +408,9 @@ static void dev_shard(worker_t *v)
                             .replica_rank = p->cp * s->tp + p->tp, .sp = s->sp,
                             .moe_replicated = par_moe_replicated(s)};
     v->x = (layer_ctx_t){.dev = v->dev, .dtype = D->c->dtype, .math = !D->o->dry,
-                         .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->dispatch_fp8,
-                         .ewsize = D->c->mxfp4 ? cfg_expert_weight_size(D->c) : 0};
+                         .wsize = cfg_weight_size(D->c), .dispatch_fp8 = D->o->prec.dispatch_fp8,
+                         .ewsize = D->c->mxfp4 ? cfg_expert_weight_size(D->c) : 0,
+                         .fp8_gemm = runner_fp8(D->c, D->o), .kvsize = D->o->prec.kv_fp8 ? 1.0 : 0};
     v->view = (layer_view_t){.x = &v->x, .sh = &v->sh, .dm = &v->pl.dims, .r = &v->rows};
     v->P = s->pp;
     v->stage = p->pp;
@@ -474,7 +475,7 @@ static moemu_status_t dev_cache(worker_t *v)
     const cfg_model_t *c = v->D->c;
     int64_t devf, kvf = dev_cache_layout(v, &devf),
                   row = (v->pl.dims.kv_shared ? 1 : 2) * (int64_t)v->pl.dims.kvl * v->pl.dims.hd;
-    v->kv_bytes = (double)emu_dtype_size(c->dtype) * (double)devf;
+    v->kv_bytes = layer_kvsize(&v->x) * (double)devf;
     if (v->D->s->cp > 1 && c->num_sliding_layers > 0 &&
         !(v->kv_pos = malloc(sizeof(int) * (size_t)(kvf / row + 1))))
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the positions of %lld cached rows",
@@ -611,7 +612,23 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
                           "DP = %d", D->route_dp, o->strategy.dp);
     if (o->dry && !o->routing)
         return moemu_fail(MOEMU_ERR_INVALID, "a dry run needs a routing source");
-    return MOEMU_OK;
+    if (o->prec.compute != RUN_COMPUTE_FP8) return MOEMU_OK;
+    moemu_problems_t pr = {0};
+    if (D->c->fp8_block_r <= 0)
+        moemu_problem(&pr, "FP8 computation needs the weights stored in FP8 (an FP8 checkpoint, "
+                      "or --weight-dtype fp8); %s stores them in %s", D->c->name,
+                      emu_dtype_name(D->c->dtype));
+    if (o->hw.spec.peak_flops_fp8 <= 0)
+        moemu_problem(&pr, "%s has no FP8 Tensor Cores (its preset sets no "
+                      "device.peak_flops_fp8): FP8 computation needs a card that has them, such "
+                      "as h100-sxm, h200 or h800", o->hw.name);
+    return pr.n ? moemu_fail_problems(MOEMU_ERR_INVALID, &pr, "--compute-dtype fp8") : MOEMU_OK;
+}
+
+bool runner_fp8(const cfg_model_t *c, const runner_opts_t *o)
+{
+    if (o->prec.compute == RUN_COMPUTE_FP8) return true;
+    return o->prec.compute == RUN_COMPUTE_AUTO && c->fp8_block_r > 0 && o->hw.spec.peak_flops_fp8 > 0;
 }
 
 /* ---- What the run takes of the host, counted before any of it is taken */

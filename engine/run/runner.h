@@ -56,6 +56,22 @@ typedef struct {
     double wall_prefill, wall_decode; /* host seconds, device 0's */
 } model_out_t;
 
+/* What the products of FP8-stored weights compute in. */
+typedef enum {
+    RUN_COMPUTE_AUTO = 0, /* FP8 where the card has FP8 Tensor Cores, else
+                             the dtype (weight-only FP8, widened first) */
+    RUN_COMPUTE_DTYPE,    /* the dtype always */
+    RUN_COMPUTE_FP8,      /* FP8; refused without FP8 weights or a card
+                             with FP8 Tensor Cores */
+} run_compute_t;
+
+/* Where the emulated engine leaves the model's dtype. */
+typedef struct {
+    bool dispatch_fp8;     /* layer_ctx_t's: the dispatch counted in FP8 */
+    run_compute_t compute; /* what the products of FP8-stored weights run in */
+    bool kv_fp8;           /* the KV cache in FP8 e4m3: one byte a value */
+} run_prec_t;
+
 typedef struct {
     par_strategy_t strategy;
     int micro_batches;       /* per DP replica, >= 1 */
@@ -72,8 +88,13 @@ typedef struct {
      * set); the router's decisions come from routing. */
     bool dry;
     const route_src_t *routing;
-    bool dispatch_fp8;       /* layer_ctx_t's: the dispatch counted in FP8 */
+    run_prec_t prec;
 } runner_opts_t;
+
+/* Whether the run's products with FP8-stored weights compute in FP8:
+ * asked for (RUN_COMPUTE_FP8) or, by default, where the weights are stored
+ * in FP8 and the card has FP8 Tensor Cores. */
+bool runner_fp8(const cfg_model_t *c, const runner_opts_t *o);
 
 /* The one-device strategy on hw's device, no memory limit, routing in
  * the groups of DP = route_dp replicas x micro_batches. */

@@ -63,7 +63,7 @@ static moemu_status_t loss_at(fit_ctx_t *x, const double *u, double *loss)
     int n = 0;
     for (int i = 0; i < x->r->rows.n; i++) {
         const val_row_t *w = &x->r->rows.rows[i];
-        if (strcmp(w->use, "fit") || w->skipped[0]) continue;
+        if (strcmp(w->use, "fit")) continue;
         sum += log(w->ratio) * log(w->ratio);
         n++;
     }
@@ -139,8 +139,7 @@ static moemu_status_t nm_step(fit_ctx_t *x, simplex_t *s)
     return MOEMU_OK;
 }
 
-/* The card's rows of engine (NULL: any; FP8 left out: skipped anyway)
- * into r->rows. */
+/* The card's rows of engine (NULL: any) into r->rows. */
 static moemu_status_t card_rows(cal_result_t *r, const val_set_t *all, const char *card,
                                 const char *engine)
 {
@@ -151,7 +150,7 @@ static moemu_status_t card_rows(cal_result_t *r, const val_set_t *all, const cha
     snprintf(r->rows.path, sizeof r->rows.path, "%s", all->path);
     for (int i = 0; i < all->n; i++) {
         const val_row_t *w = &all->rows[i];
-        if (strcmp(w->hw, card) || !strcmp(w->dtype, "fp8") || (engine && strcmp(w->engine, engine)))
+        if (strcmp(w->hw, card) || (engine && strcmp(w->engine, engine)))
             continue;
         r->rows.rows[r->rows.n++] = *w;
         if (!strcmp(w->use, "fit")) r->fit++;

@@ -164,7 +164,7 @@ moemu_status_t check_run_against(check_t *c, const wts_t *w, const wl_t *wl,
                               base->dp, o->strategy.dp);
         }
         one.strategy = *base;
-        one.dispatch_fp8 = o->dispatch_fp8;
+        one.prec = o->prec;
     }
     model_opts_t mb = {.prompt_logits = true, .gen_logits = true, .route = route,
                        .progress = progress};

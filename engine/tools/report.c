@@ -13,7 +13,7 @@ static double sum_kernels(const emu_dev_t *d, int what)
     for (int k = 0; k < EMU_KERNEL__COUNT; k++) {
         const emu_kernel_stats_t *st = emu_dev_kernel_stats(d, k);
         s += what == 0 ? st->compute_time : what == 1 ? st->memory_time
-             : what == 2 ? st->flops : st->bytes;
+             : what == 2 ? st->flops : what == 3 ? st->bytes : st->fp8_flops;
     }
     return s;
 }
@@ -36,7 +36,11 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     emu_overlap_t ov = emu_dev_overlap(d);
     v->overlapped = ov.comm + ov.idle;
     v->overlapped_comm = ov.comm;
-    v->mfu = v->clock > 0 ? v->flops / (v->clock * sp->peak_flops) : 0;
+    /* FP8 FLOPs count against the FP8 peak */
+    double f8 = sum_kernels(d, 4);
+    v->mfu = v->clock <= 0 ? 0
+             : f8 > 0  ? ((v->flops - f8) / sp->peak_flops + f8 / sp->peak_flops_fp8) / v->clock
+                       : v->flops / (v->clock * sp->peak_flops);
     v->bw_util = v->clock > 0 ? v->bytes / (v->clock * sp->mem_bw) : 0;
     for (int m = 0; m < EMU_MEM__COUNT; m++) v->mem[m] = emu_mem_peak(d, m);
     v->mem_peak = emu_mem_total_peak(d);

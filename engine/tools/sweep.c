@@ -87,7 +87,7 @@ typedef struct sweep_ctx {
     route_src_t table; /* its decisions, precomputed once, replayed */
     int *record;       /* the table's storage */
     const route_src_t *route;
-    bool dispatch_fp8;
+    run_prec_t prec;
 } sweep_ctx_t;
 
 /* Every decision the runs will ask for, computed once: the decisions
@@ -135,7 +135,7 @@ static moemu_status_t run_one(sweep_row_t *row, sweep_ctx_t *x)
      * not depend on it */
     runner_opts_t d = {.strategy = row->strategy, .micro_batches = row->micro_batches,
                      .hw = *x->hw, .cluster = {.nodata = true, .no_pin = true}, .dry = true,
-                     .routing = x->route, .dispatch_fp8 = x->dispatch_fp8};
+                     .routing = x->route, .prec = x->prec};
     model_opts_t mo = {0};
     model_out_t out;
     emu_cluster_t *cl;
@@ -377,7 +377,7 @@ moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
     out->objective = o->objective;
     MOEMU_CHECK(check_opts(o));
     MOEMU_CHECK(enumerate_rows(out, cfg, wl, devices, o));
-    sweep_ctx_t x = {.cfg = cfg, .wl = wl, .hw = hw, .dispatch_fp8 = o->dispatch_fp8};
+    sweep_ctx_t x = {.cfg = cfg, .wl = wl, .hw = hw, .prec = o->prec};
     moemu_status_t st = wts_address_only(&x.w, cfg);
     if (st == MOEMU_OK)
         st = route_open(&x.src, o->routing ? o->routing : "uniform", cfg, wl, o->seed);

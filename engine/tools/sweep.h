@@ -108,7 +108,7 @@ struct sweep_opts {
     void *exec_arg;
     const char *routing;        /* route_open's spec; NULL: uniform */
     uint64_t seed;              /* the routing's seed */
-    bool dispatch_fp8;          /* runner_opts_t's */
+    run_prec_t prec;            /* runner_opts_t's */
     sweep_progress_fn progress; /* may be NULL */
     void *progress_arg;
 };

@@ -292,8 +292,13 @@ static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_mod
     snprintf(path, sizeof path, "%s/%s.json", o->models ? o->models : ".", r->model);
     MOEMU_CHECK(cfg_load(cfg, builtin ? r->model : path));
     cfg_store_dtype(cfg);
-    emu_dtype_parse(r->dtype, &cfg->dtype);
     *d = (runner_opts_t){.micro_batches = 1};
+    if (!strcmp(r->dtype, "fp8")) { /* weights, products and KV cache (val.h) */
+        cfg_store_fp8(cfg);
+        d->prec = (run_prec_t){.compute = RUN_COMPUTE_FP8, .kv_fp8 = true};
+    } else {
+        emu_dtype_parse(r->dtype, &cfg->dtype);
+    }
     *profiled = false;
     if (o->hw) {
         d->hw = *o->hw;
@@ -302,6 +307,9 @@ static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_mod
         if (!o->presets_only && has_profile(r->engine))
             MOEMU_CHECK(emu_engine_apply(r->engine, &d->hw, profiled));
     }
+    if (d->prec.compute == RUN_COMPUTE_FP8 && d->hw.spec.peak_flops_fp8 <= 0)
+        return moemu_fail(MOEMU_ERR_INVALID, "%s has no FP8 Tensor Cores for a row of dtype fp8",
+                          r->hw);
     MOEMU_CHECK(par_strategy_parse(r->strategy, &d->strategy));
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
@@ -352,11 +360,6 @@ moemu_status_t val_run(val_set_t *s, const val_opts_t *o)
     moemu_problems_t pb = {.lines = true};
     for (int i = 0; i < s->n; i++) {
         val_row_t *r = &s->rows[i];
-        r->skipped[0] = '\0';
-        if (!strcmp(r->dtype, "fp8")) {
-            snprintf(r->skipped, sizeof r->skipped, "FP8 compute is not modelled");
-            continue;
-        }
         cfg_model_t cfg;
         runner_opts_t d;
         bool profiled;
@@ -368,7 +371,7 @@ moemu_status_t val_run(val_set_t *s, const val_opts_t *o)
                                    pb.n, pb.n == 1 ? "" : "s");
     for (int i = 0; i < s->n; i++) {
         val_row_t *r = &s->rows[i];
-        moemu_status_t st = r->skipped[0] ? MOEMU_OK : row_run(r, o);
+        moemu_status_t st = row_run(r, o);
         if (st != MOEMU_OK)
             return moemu_fail(st, "%s line %d (%s): %s", s->path, r->line, r->id,
                               moemu_errmsg());
@@ -398,10 +401,6 @@ void val_summarize(const val_set_t *s, const char *use, const char *source, cons
     for (int i = 0; i < s->n; i++) {
         const val_row_t *r = &s->rows[i];
         if (!matches(use, r->use) || !matches(source, r->source) || !matches(hw, r->hw)) continue;
-        if (r->skipped[0]) {
-            out->skipped++;
-            continue;
-        }
         if (err) err[out->rows] = fabs(r->ratio - 1);
         out->rows++;
         out->low = fmin(out->low, r->ratio);
@@ -437,7 +436,7 @@ static void each_distinct(const val_set_t *s, size_t off,
 
 static json_t *summary_json(const val_summary_t *m)
 {
-    return json_pack("{s:i, s:i, s:f, s:f, s:f, s:f}", "rows", m->rows, "skipped", m->skipped,
+    return json_pack("{s:i, s:f, s:f, s:f, s:f}", "rows", m->rows,
                      "median_error", m->median_err, "lowest_ratio", m->low, "highest_ratio",
                      m->high, "worst_factor", m->worst);
 }
@@ -449,14 +448,10 @@ static json_t *row_json(const val_row_t *r)
                           "model", r->model, "hw", r->hw, "strategy", r->strategy, "batch",
                           r->batch, "prompt_len", r->prompt_len, "decode", r->decode, "metric",
                           val_metric_name(r->metric), "published", r->published);
-    if (r->skipped[0]) {
-        json_object_set_new(j, "skipped", json_string(r->skipped));
-    } else {
-        json_object_set_new(j, "moemu", json_real(r->moemu));
-        json_object_set_new(j, "ratio", json_real(r->ratio));
-        json_object_set_new(j, "fits", json_boolean(!r->no_fit));
-        json_object_set_new(j, "engine_profile", json_boolean(r->profiled));
-    }
+    json_object_set_new(j, "moemu", json_real(r->moemu));
+    json_object_set_new(j, "ratio", json_real(r->ratio));
+    json_object_set_new(j, "fits", json_boolean(!r->no_fit));
+    json_object_set_new(j, "engine_profile", json_boolean(r->profiled));
     return j;
 }
 
@@ -488,10 +483,10 @@ static void summary_line(FILE *f, const char *what, const val_summary_t *m, bool
         snprintf(nums, sizeof nums, "%.1f%% | %.3f | %.3f | %.2f", 100 * m->median_err, m->low,
                  m->high, m->worst);
     if (md) {
-        fprintf(f, "| %s | %d | %d | %s |\n", what, m->rows, m->skipped, nums);
+        fprintf(f, "| %s | %d | %s |\n", what, m->rows, nums);
         return;
     }
-    fprintf(f, "  %-52.52s %5d %7d", short_source(what), m->rows, m->skipped);
+    fprintf(f, "  %-52.52s %5d", short_source(what), m->rows);
     if (m->rows)
         fprintf(f, " %11.1f%% %7.3f %7.3f %7.2f\n", 100 * m->median_err, m->low, m->high,
                 m->worst);
@@ -530,22 +525,17 @@ static void summaries(const val_set_t *s, FILE *f, bool md)
 
 static void row_line(FILE *f, const val_row_t *r, bool md)
 {
-    char fig[32] = "-", ratio[32] = "-";
-    if (!r->skipped[0]) {
-        snprintf(fig, sizeof fig, "%.4g%s%s", r->moemu, r->profiled ? "+" : "",
-                 r->no_fit ? "*" : "");
-        snprintf(ratio, sizeof ratio, "%.3f", r->ratio);
-    }
+    char fig[32], ratio[32];
+    snprintf(fig, sizeof fig, "%.4g%s%s", r->moemu, r->profiled ? "+" : "", r->no_fit ? "*" : "");
+    snprintf(ratio, sizeof ratio, "%.3f", r->ratio);
     if (md)
-        fprintf(f, "| %s | %s | [%s](%s) | %s | %s | %s | %d x %d / %d | %s | %.4g | %s | %s | %s |\n",
+        fprintf(f, "| %s | %s | [%s](%s) | %s | %s | %s | %d x %d / %d | %s | %.4g | %s | %s |\n",
                 r->id, r->use, r->engine, r->source, r->model, r->hw, r->strategy, r->batch,
-                r->prompt_len, r->decode, val_metric_name(r->metric), r->published, fig, ratio,
-                r->skipped[0] ? r->skipped : "");
+                r->prompt_len, r->decode, val_metric_name(r->metric), r->published, fig, ratio);
     else
-        fprintf(f, "%-34.34s %-7s %-20.20s %-9s %-11.11s %4d x %5d / %4d %-16s %10.4g %10s %6s%s%s\n",
+        fprintf(f, "%-34.34s %-7s %-20.20s %-9s %-11.11s %4d x %5d / %4d %-16s %10.4g %10s %6s\n",
                 r->id, r->use, r->model, r->hw, r->strategy, r->batch, r->prompt_len, r->decode,
-                val_metric_name(r->metric), r->published, fig, ratio,
-                r->skipped[0] ? "  skipped: " : "", r->skipped);
+                val_metric_name(r->metric), r->published, fig, ratio);
 }
 
 void val_print(const val_set_t *s, FILE *f)
@@ -555,8 +545,8 @@ void val_print(const val_set_t *s, FILE *f)
     for (int i = 0; i < s->n; i++) row_line(f, &s->rows[i], false);
     fprintf(f, "(+ on the card's figures of the row's engine profile, hw/engines; * does not "
                "fit the devices' memory in moemu: run without the limit)\n\n");
-    fprintf(f, "  %-52s %5s %7s %12s %7s %7s %7s\n", "of the rows", "ran", "skipped", "median |err|",
-            "lowest", "highest", "worst");
+    fprintf(f, "  %-52s %5s %12s %7s %7s %7s\n", "of the rows", "rows", "median |err|", "lowest",
+            "highest", "worst");
     summaries(s, f, false);
 }
 
@@ -571,17 +561,20 @@ moemu_status_t val_markdown(FILE *f, const void *set)
             "docs/report.md, Validation), repeated as a dry run with uniform routing on the "
             "card's preset, with the figures of the row's engine profile for that card where "
             "hw/engines has them (marked +; fitted by `moemu calibrate --engine` to the rows "
-            "marked fit, so the holdout rows are the test of the fit). The ratio is moemu / published: below 1, moemu is faster than the "
+            "marked fit, so the holdout rows are the test of the fit). Rows of dtype fp8 run "
+            "with the weights, the products and the KV cache in FP8 (`--weight-dtype fp8 "
+            "--compute-dtype fp8 --kv-dtype fp8`). The ratio is moemu / published: below 1, "
+            "moemu is faster than the "
             "measured engine; for the throughputs, above 1. The error is |ratio - 1|; the "
             "worst factor is max(highest, 1 / lowest). `make check` fails when the median "
             "error or the worst factor of all rows grows past docs/validation.json's.\n\n",
             s->path, s->models[0] ? s->models : ".");
-    fprintf(f, "## Summary\n\n| of the rows | ran | skipped | median error | lowest | highest | worst "
-               "factor |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "## Summary\n\n| of the rows | rows | median error | lowest | highest | worst "
+               "factor |\n|---|---:|---:|---:|---:|---:|\n");
     summaries(s, f, true);
     fprintf(f, "\n## Rows\n\n| id | use | source | model | card | strategy | batch x in / out "
-               "| metric | published | moemu | ratio | |\n"
-               "|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n");
+               "| metric | published | moemu | ratio |\n"
+               "|---|---|---|---|---|---|---|---|---:|---:|---:|\n");
     for (int i = 0; i < s->n; i++) row_line(f, &s->rows[i], true);
     fprintf(f, "\n\\+ on the card's figures of the row's engine profile (hw/engines/ENGINE.json); "
                "\\* does not fit the devices' memory in moemu, the figure is a run without the "

@@ -33,7 +33,6 @@ typedef struct {
     val_metric_t metric;
     double published;
     /* after val_run */
-    char skipped[160];      /* why the row was not run ("" when it was) */
     bool no_fit;            /* ran only without the devices' memory limit */
     bool profiled;          /* ran with its engine's figures for its card */
     double moemu, ratio;    /* moemu's figure; moemu / published */
@@ -68,15 +67,16 @@ typedef struct {
 
 /* Every row as a dry run of its model, card, strategy and workload: its
  * figure and ratio. The card is its preset with, when a built-in engine
- * profile of the row's engine has figures for the card, those over it. FP8 rows are skipped (moemu does not model FP8
- * compute), saying so in the row. A run that does not fit the devices'
+ * profile of the row's engine has figures for the card, those over it.
+ * A row of dtype fp8 runs with the weights, products and KV cache in FP8
+ * (on a card with FP8 Tensor Cores). A run that does not fit the devices'
  * memory is run again without the limit and marked no_fit. Models,
  * cards and strategies are checked first, every problem at once. */
 moemu_status_t val_run(val_set_t *s, const val_opts_t *o);
 
 /* The summary of the rows that ran among those matching (NULL: any). */
 typedef struct {
-    int rows, skipped;
+    int rows;
     double median_err;  /* median of |ratio - 1| */
     double low, high;   /* the smallest and largest ratio */
     double worst;       /* max(high, 1 / low): the worst factor */
