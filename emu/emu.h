@@ -227,19 +227,40 @@ typedef struct {
     double mfu;     /* the kind's own fraction of peak; 0: the device's */
 } emu_kernel_cost_t;
 
-/* What the software stack runs beside its communication (an engine
- * profile's "overlap", or --overlap; emu.h, "Streams"). */
+/* How the software stack runs what the strategy asks: the choices of an
+ * engine profile (its "overlap" and "dispatcher"), or of --overlap and
+ * --dispatcher. */
 typedef enum {
     EMU_OVERLAP_NONE = 0,
     /* Megatron-Core's --moe-shared-expert-overlap: the shared experts
-     * compute while the routed tokens' all-to-all is in flight */
+     * compute while the routed tokens' all-to-all is in flight (emu.h,
+     * "Streams") */
     EMU_OVERLAP_SHARED_EXPERTS,
     EMU_OVERLAP__COUNT
 } emu_overlap_mode_t;
 
-const char *emu_overlap_name(emu_overlap_mode_t m); /* "none", "shared-experts" */
-/* false (and *out untouched) for a name that is none of them */
-bool emu_overlap_parse(const char *s, emu_overlap_mode_t *out);
+typedef enum {
+    EMU_DISPATCH_ALLTOALL = 0, /* counts, then rows, all-to-all over EP */
+    /* Megatron-Core's --moe-token-dispatcher-type allgather: every EP
+     * member gathers the group's rows and choices, computes its experts on
+     * all of them, and a reduce-scatter sums the outputs back */
+    EMU_DISPATCH_ALLGATHER,
+    EMU_DISPATCH__COUNT
+} emu_dispatcher_t;
+
+typedef struct {
+    emu_overlap_mode_t overlap;
+    emu_dispatcher_t dispatcher;
+} emu_stack_t;
+
+/* Set choice key ("overlap": "none", "shared-experts"; "dispatcher":
+ * "all-to-all", "all-gather") to the value named; MOEMU_ERR_INVALID, the
+ * message beginning with origin and listing the values, when the key or
+ * the value (NULL: not a string) is none of them. */
+moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,
+                             const char *origin);
+/* The name of the value of choice key in s. */
+const char *emu_stack_name(const emu_stack_t *s, const char *key);
 
 /* ---- A device spec: the budgets of one emulated GPU, and what its
  * software stack overlaps. */
@@ -253,7 +274,7 @@ typedef struct {
     double launch_s;     /* per-kernel launch overhead, seconds */
     int units;           /* compute units (SMs) tiles spread over; 0: none */
     emu_kernel_cost_t kernels[EMU_KERNEL__COUNT];
-    emu_overlap_mode_t overlap;
+    emu_stack_t stack;
 } emu_spec_t;
 
 /* Virtual seconds a kernel costs on spec:
@@ -483,18 +504,15 @@ moemu_status_t emu_hw_parse(const char *json, const char *origin,
 moemu_status_t emu_hw_json(const char *name_or_path, json_t **out);
 /* ---- Engine profiles: how a serving stack runs on each card, as the
  * efficiency parameters fitted for it (hw/engines/NAME.json, built in, or
- * a path): {"name", "comment", "overlap" (optional: an emu_overlap_mode_t
- * name), "cards": {"<preset name>": {"mfu", "bw_util", "launch_s",
- * "overlap", "comment"}}}. emu_engine_apply puts the entry of hw's card
- * over hw's device (a card's overlap: every kernel kind the preset sets;
- * the profile's: the spec's mode), checked as a preset's figures are, and names hw
+ * a path): {"name", "comment", "overlap" and "dispatcher" (optional: the
+ * emu_stack_t choices), "cards": {"<preset name>": {"mfu", "bw_util",
+ * "launch_s", "overlap", "comment"}}}. emu_engine_apply puts the entry of
+ * hw's card over hw's device (a card's overlap: every kernel kind the
+ * preset sets) with the profile's choices, checked as a preset's figures are, and names hw
  * "<card>+<profile name>" (reports say what ran); *found is false (hw
  * untouched) when the profile has no entry for the card. An unknown
  * profile is MOEMU_ERR_INVALID naming the built-in ones. */
 moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found);
-/* spec's overlap set by name; origin names the source ("--overlap", a
- * profile) in the message, which lists the modes, when there is no such. */
-moemu_status_t emu_overlap_set(const char *name, const char *origin, emu_spec_t *spec);
 /* The profile's JSON as written; the caller decrefs it. */
 moemu_status_t emu_engine_json(const char *engine, json_t **out);
 /* The built-in profiles' names, NULL past the last. */

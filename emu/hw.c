@@ -303,25 +303,18 @@ static moemu_status_t engine_card(const emu_json_src_t *src, json_t *e, emu_hw_t
     return MOEMU_OK;
 }
 
-moemu_status_t emu_overlap_set(const char *name, const char *origin, emu_spec_t *spec)
+/* The profile's choices (optional: how the stack runs a strategy) over
+ * hw's device. */
+static moemu_status_t engine_stack(const char *origin, const json_t *root, emu_hw_t *hw)
 {
-    if (emu_overlap_parse(name, &spec->overlap)) return MOEMU_OK;
-    char list[128] = "";
-    for (int m = 0; m < EMU_OVERLAP__COUNT; m++)
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", m ? ", " : "",
-                 emu_overlap_name((emu_overlap_mode_t)m));
-    return moemu_fail(MOEMU_ERR_INVALID, "%s: '%s' is not a mode of overlap (%s)", origin,
-                      name ? name : "(not a string)", list);
-}
-
-/* The profile's "overlap" (optional: what the stack runs beside its
- * communication) over hw's device. */
-static moemu_status_t engine_overlap(const char *origin, const json_t *root, emu_hw_t *hw)
-{
-    json_t *o = json_object_get(root, "overlap");
-    char what[400];
-    snprintf(what, sizeof what, "%s, key overlap", origin);
-    return o ? emu_overlap_set(json_string_value(o), what, &hw->spec) : MOEMU_OK;
+    static const char *const keys[] = {"overlap", "dispatcher"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        json_t *o = json_object_get(root, keys[i]);
+        char what[400];
+        snprintf(what, sizeof what, "%s, key %s", origin, keys[i]);
+        if (o) MOEMU_CHECK(emu_stack_set(&hw->spec.stack, keys[i], json_string_value(o), what));
+    }
+    return MOEMU_OK;
 }
 
 moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found)
@@ -340,7 +333,7 @@ moemu_status_t emu_engine_apply(const char *engine, emu_hw_t *hw, bool *found)
     else if (e && !json_is_object(e))
         st = moemu_fail(MOEMU_ERR_FORMAT, "%s: %s must be an object", origin, path);
     else if (e && (st = engine_card(&src, e, hw)) == MOEMU_OK &&
-             (st = engine_overlap(origin, root, hw)) == MOEMU_OK) {
+             (st = engine_stack(origin, root, hw)) == MOEMU_OK) {
         *found = true;
         const char *pn = json_string_value(json_object_get(root, "name"));
         char name[sizeof hw->name];

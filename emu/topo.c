@@ -264,22 +264,51 @@ void emu_dev_comm_wait(emu_dev_t *dev)
 
 emu_overlap_t emu_dev_overlap(const emu_dev_t *dev) { return dev->overlap; }
 
-static const char *const emu_overlap_names[EMU_OVERLAP__COUNT] = {
-    [EMU_OVERLAP_NONE] = "none", [EMU_OVERLAP_SHARED_EXPERTS] = "shared-experts"};
+/* Each choice of emu_stack_t: its key, where it lies, its values' names. */
+static const struct {
+    const char *key;
+    size_t off;
+    int count;
+    const char *const *names;
+} emu_choices[] = {
+    {"overlap", offsetof(emu_stack_t, overlap), EMU_OVERLAP__COUNT,
+     (const char *const[]){"none", "shared-experts"}},
+    {"dispatcher", offsetof(emu_stack_t, dispatcher), EMU_DISPATCH__COUNT,
+     (const char *const[]){"all-to-all", "all-gather"}},
+};
+#define EMU_CHOICES (int)(sizeof emu_choices / sizeof emu_choices[0])
 
-const char *emu_overlap_name(emu_overlap_mode_t m)
+static int emu_choice(const char *key)
 {
-    return (unsigned)m < EMU_OVERLAP__COUNT ? emu_overlap_names[m] : "?";
+    for (int i = 0; i < EMU_CHOICES; i++)
+        if (!strcmp(key, emu_choices[i].key)) return i;
+    return -1;
 }
 
-bool emu_overlap_parse(const char *s, emu_overlap_mode_t *out)
+moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,
+                             const char *origin)
 {
-    for (int m = 0; s && m < EMU_OVERLAP__COUNT; m++)
-        if (!strcmp(s, emu_overlap_names[m])) {
-            *out = (emu_overlap_mode_t)m;
-            return true;
+    int c = emu_choice(key);
+    if (c < 0) return moemu_fail(MOEMU_ERR_INVALID, "%s: no choice '%s' of a stack", origin, key);
+    char list[160] = "";
+    for (int v = 0; v < emu_choices[c].count; v++) {
+        if (value && !strcmp(value, emu_choices[c].names[v])) {
+            *(int *)((char *)s + emu_choices[c].off) = v;
+            return MOEMU_OK;
         }
-    return false;
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", v ? ", " : "",
+                 emu_choices[c].names[v]);
+    }
+    return moemu_fail(MOEMU_ERR_INVALID, "%s: %s '%s' is none of: %s", origin, key,
+                      value ? value : "(not a string)", list);
+}
+
+const char *emu_stack_name(const emu_stack_t *s, const char *key)
+{
+    int c = emu_choice(key);
+    if (c < 0) return "?";
+    int v = *(const int *)((const char *)s + emu_choices[c].off);
+    return v >= 0 && v < emu_choices[c].count ? emu_choices[c].names[v] : "?";
 }
 
 double emu_coll_charge(emu_dev_t *dev, emu_coll_t kind, int algo,

@@ -634,16 +634,14 @@ static moemu_status_t combine_local(moe_plan_t *m, float *routed, const float *o
     return MOEMU_OK;
 }
 
-/* Tokens replicated over the TP group (vLLM's and TensorRT-LLM's TP MoE):
- * this rank's experts [e0, e1) on its slice [f0, f1) for the kept choices
- * of all n rows, weighted into routed (zero where no local expert was
- * chosen), then one all-reduce over TP: no dispatch at all. */
-static moemu_status_t routed_replicated(moe_plan_t *m, float *routed, const float *x,
-                                        const float *w)
+/* This rank's experts [e0, e1) on its slice [f0, f1) for the kept choices
+ * of all n rows that it holds, weighted into routed (zero where no local
+ * expert was chosen): the rows replicated over TP, or gathered over EP. */
+static moemu_status_t routed_local(moe_plan_t *m, float *routed, const float *x, const float *w)
 {
     layer_ctx_t *c = m->c;
     const layer_experts_t *ex = m->ex;
-    int d = ex->d, k = ex->k, n = m->n;
+    int d = ex->d, k = ex->k;
     int64_t first = 0, nloc = 0;
     for (int e = 0; e < ex->e0; e++) first += m->sendc[e];
     for (int e = ex->e0; e < ex->e1; e++) nloc += m->sendc[e];
@@ -658,17 +656,109 @@ static moemu_status_t routed_replicated(moe_plan_t *m, float *routed, const floa
             memcpy(rows + i * d, x + (int64_t)(m->order[first + i] / k) * d, sizeof(float) * d);
     emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * m->sz * (double)nloc * d);
     MOEMU_CHECK(run_experts(c, out, rows, m->sendc + ex->e0, 1, 1, ex->e1 - ex->e0, ex));
-    MOEMU_CHECK(combine_local(m, routed, out, w, first, nloc));
+    return combine_local(m, routed, out, w, first, nloc);
+}
+
+/* Tokens replicated over the TP group (vLLM's and TensorRT-LLM's TP MoE):
+ * the local experts on every row, then one all-reduce over TP: no
+ * dispatch at all. */
+static moemu_status_t routed_replicated(moe_plan_t *m, float *routed, const float *x,
+                                        const float *w)
+{
+    MOEMU_CHECK(routed_local(m, routed, x, w));
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, m->c->dev);
+    moemu_status_t st = layer_allreduce(m->c, routed, (int64_t)m->n * m->ex->d, m->s->tp);
+    xfer_add(m, 1, &t0);
+    return st;
+}
+
+/* The all-gather dispatcher's buffers: the group's rows, choices and
+ * weights, and their outputs. */
+typedef struct {
+    int *cnt;        /* (EP) rows of each member */
+    int *idx;        /* (N * k) the group's choices, dropped ones as -1 - e */
+    uint8_t *keep;   /* (N * k) */
+    float *x, *w, *out; /* (N, d), (N * k), (N, d) */
+    void *mem;
+    double dev_bytes;
+    int N;
+} gathered_t;
+
+/* Every member's rows, choices and weights, in rank order. */
+static moemu_status_t gather_group(layer_ctx_t *c, const layer_shard_t *s, gathered_t *g,
+                                   const float *x, const int *idx, const float *w,
+                                   const uint8_t *keep, int n, int k, int d)
+{
+    int P = s->ep_size > 1 ? s->ep_size : 1, kc[P];
+    for (int q = 0; q < P; q++) kc[q] = 1;
+    MOEMU_CHECK(gather_rows(c, g->cnt, &n, kc, 1, EMU_DTYPE_INT32, s->ep));
+    g->N = 0;
+    for (int q = 0; q < P; q++) g->N += g->cnt[q], kc[q] = g->cnt[q] * k;
+    size_t N = (size_t)g->N, host = 2 * N * d + N * k + 1;
+    g->dev_bytes = 2.0 * (double)emu_dtype_size(c->dtype) * (double)N * d + 4.0 * (double)N * k;
+    int *mine = malloc(sizeof(int) * ((size_t)n * k + 1));
+    g->idx = malloc(sizeof(int) * (N * k + 1));
+    g->keep = malloc(N * k + 1);
+    if (!mine || !g->idx || !g->keep) {
+        free(mine);
+        return nomem(sizeof(int) * N * k, "the gathered choices");
+    }
+    moemu_status_t st = emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * host, g->dev_bytes, &g->mem);
+    for (int64_t a = 0; a < (int64_t)n * k; a++) mine[a] = keep[a] ? idx[a] : -1 - idx[a];
+    if (st == MOEMU_OK) {
+        g->x = g->mem;
+        g->out = g->x + N * d;
+        g->w = g->out + N * d;
+        st = gather_rows(c, g->idx, mine, kc, 1, EMU_DTYPE_INT32, s->ep);
+    }
+    free(mine);
+    if (st == MOEMU_OK) st = gather_rows(c, g->w, w, kc, 1, EMU_DTYPE_FP32, s->ep);
+    if (st == MOEMU_OK) st = layer_gather_rows(c, g->x, x, g->cnt, d, s->ep);
+    for (size_t a = 0; st == MOEMU_OK && a < N * k; a++) {
+        g->keep[a] = g->idx[a] >= 0;
+        if (g->idx[a] < 0) g->idx[a] = -1 - g->idx[a];
+    }
+    return st;
+}
+
+/* Megatron's all-gather dispatcher (emu_dispatcher_t): the EP group's rows
+ * gathered, this member's experts on all of them, the outputs summed back
+ * to their rows' members by a reduce-scatter: no all-to-all. */
+static moemu_status_t routed_allgather(layer_ctx_t *c, const layer_shard_t *s, float *routed,
+                                       const float *x, const int *idx, const float *w,
+                                       const uint8_t *keep, int n, const layer_experts_t *ex)
+{
+    int cnt[s->ep_size];
+    gathered_t g = {.cnt = cnt};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
-    moemu_status_t st = layer_allreduce(c, routed, (int64_t)n * d, m->s->tp);
-    xfer_add(m, 1, &t0);
+    moe_plan_t m = {.c = c, .s = s, .ex = ex, .EP = 1, .ETP = 1, .Eper = ex->E,
+                    .sz = (double)emu_dtype_size(c->dtype)};
+    moemu_status_t st = gather_group(c, s, &g, x, idx, w, keep, n, ex->k, ex->d);
+    m.n = g.N;
+    xfer_add(&m, 0, &t0);
+    if (st == MOEMU_OK) st = plan_sends(&m, g.idx, g.keep);
+    if (st == MOEMU_OK) st = routed_local(&m, g.out, g.x, g.w);
+    layer_xfer_now(&t0, c->dev);
+    if (st == MOEMU_OK) st = layer_reduce_scatter_rows(c, routed, g.out, cnt, ex->d, s->ep);
+    xfer_add(&m, 1, &t0);
+    plan_free(&m);
+    if (g.mem) emu_free(c->dev, EMU_MEM_ACT, g.mem, g.dev_bytes);
+    free(g.idx);
+    free(g.keep);
     return st;
 }
 
 bool layer_moe_dispatches(const layer_shard_t *s)
 {
     return !s->moe_replicated && (s->ep || s->etp);
+}
+
+bool layer_moe_allgather(const layer_ctx_t *c, const layer_shard_t *s)
+{
+    return !s->moe_replicated && s->ep && s->etp_size == 1 &&
+           emu_dev_spec(c->dev)->stack.dispatcher == EMU_DISPATCH_ALLGATHER;
 }
 
 /* 3-4 with beside run while the rows travel (emu.h, "Streams") */
@@ -699,6 +789,10 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
         if (st == MOEMU_OK) st = routed_replicated(&m, routed, x, w);
         plan_free(&m);
         return st;
+    }
+    if (layer_moe_allgather(c, s)) {
+        moemu_status_t st = beside ? beside->fn(beside->arg) : MOEMU_OK;
+        return st == MOEMU_OK ? routed_allgather(c, s, routed, x, idx, w, keep, n, ex) : st;
     }
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),

@@ -500,15 +500,19 @@ expect 0 "of a100-80g+trtllm" \
     "$moemu" run --model tiny --strategy tp2 --hw a100-80g --engine trtllm --math skip
 # overlap: a mode that is none, from the flag and from a profile; the
 # shared experts beside the dispatch make a second stream in the trace
-expect 2 "--overlap: 'bogus' is not a mode of overlap (none, shared-experts)" \
+expect 2 "--overlap: overlap 'bogus' is none of: none, shared-experts" \
     "$moemu" run --model tiny --overlap bogus --math skip
 printf '{"name":"x","overlap":3,"cards":{"card-400tf-64gb":{"mfu":0.5,"bw_util":0.5,"launch_s":0}}}' >"$tmp/ov.json"
-expect 2 "key overlap: '(not a string)' is not a mode of overlap" \
+expect 2 "key overlap: overlap '(not a string)' is none of: none, shared-experts" \
     "$moemu" run --model tiny --engine "$tmp/ov.json" --math skip
 expect 0 "communication not overlapped" "$moemu" run \
     --model "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" --strategy dp2-ep2 --math skip \
     --batch 2 --prompt-len 16 --decode 2 --overlap shared-experts --trace "$tmp/ov.trace"
 grep -q '"device 1 comm"' "$tmp/ov.trace" && ok || bad "the overlap trace lacks the comm stream"
+expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather" \
+    "$moemu" run --model tiny --dispatcher x --math skip
+expect 0 "all-gather 4 (dispatch 4)" "$moemu" run --model tiny --strategy dp2-ep2 \
+    --dispatcher all-gather --math skip --batch 2 --prompt-len 8 --decode 2
 expect 2 "plan key 'model' is required but missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"
 
 echo "$pass passed, $fail failed"

@@ -446,7 +446,7 @@ Test(conformance, shared_expert_overlap)
                 runner_opts_t o = {.micro_batches = 1};
                 cr_assert_eq(par_strategy_parse(strat[s], &o.strategy), MOEMU_OK);
                 cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
-                o.hw.spec.overlap = ov ? EMU_OVERLAP_SHARED_EXPERTS : EMU_OVERLAP_NONE;
+                o.hw.spec.stack.overlap = ov ? EMU_OVERLAP_SHARED_EXPERTS : EMU_OVERLAP_NONE;
                 cr_assert_eq(check_run(&c[ov], &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s",
                              moemu_errmsg());
                 cr_expect(c[ov].r.pass, "%s on %s, overlap %d", strat[s], what, ov);
@@ -460,6 +460,48 @@ Test(conformance, shared_expert_overlap)
             cr_expect_lt(t1, t0, "%s on %s: %g s with overlap, %g without", strat[s], what, t1, t0);
             cr_expect_gt(hid.comm + hid.idle, 0, "%s on %s", strat[s], what);
             for (int ov = 0; ov < 2; ov++) check_free(&c[ov]);
+            wts_free(&w);
+            wl_free(&wl);
+        }
+}
+
+/* Megatron's all-gather dispatcher computes the same function: every
+ * strategy whose experts dispatch equals one device, with no all-to-all
+ * (with ETP > 1 the all-to-all dispatcher runs). */
+Test(conformance, allgather_dispatcher)
+{
+    static const int mods[] = {0, 2, 6}; /* tiny, qwen2_moe, deepseek_v3 */
+    static const char *const strat[] = {"dp2-ep2", "dp2-tp2-ep4", "cp2-tp2-ep4",
+                                        "tp2-sp-ep2-dp2", "dp2-tp4-ep8", "dp2-tp2-ep2-etp2"};
+    for (size_t m = 0; m < sizeof mods / sizeof *mods; m++)
+        for (size_t s = 0; s < sizeof strat / sizeof *strat; s++) {
+            cfg_model_t cfg;
+            const char *what = models[mods[m]].name;
+            if (!models[mods[m]].json) cr_assert_eq(cfg_load(&cfg, what), MOEMU_OK);
+            else cr_assert_eq(cfg_parse(&cfg, models[mods[m]].json, what), MOEMU_OK);
+            cfg.capacity_factor = s % 2 ? 1.0 : 0.0;
+            wts_t w;
+            cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
+            wl_opts_t wo = {.lens = "7,12,5", .decode = 4, .seed = 5};
+            wl_t wl;
+            cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+            runner_opts_t o = {.micro_batches = 1};
+            cr_assert_eq(par_strategy_parse(strat[s], &o.strategy), MOEMU_OK);
+            cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+            o.hw.topo.devices_per_node = 4;
+            o.hw.spec.stack.dispatcher = EMU_DISPATCH_ALLGATHER;
+            check_t c;
+            cr_assert_eq(check_run(&c, &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s", moemu_errmsg());
+            cr_expect(c.r.pass, "%s on %s: rel L2 %g", strat[s], what, c.r.rel_l2);
+            cr_expect_eq(c.r.first_seq, -1, "%s on %s: tokens differ", strat[s], what);
+            cr_expect_eq(c.r.route_differ, 0, "%s on %s", strat[s], what);
+            cr_expect_eq(c.r.dropped_strategy, c.r.dropped_base, "%s on %s", strat[s], what);
+            emu_comm_stats_t a2a = emu_dev_comm_kind(emu_cluster_dev(c.cluster, 0),
+                                                     EMU_COLL_ALLTOALL);
+            bool etp = o.strategy.etp > 1;
+            cr_expect_eq(a2a.calls > 0, etp, "%s on %s: %llu all-to-all calls", strat[s], what,
+                         (unsigned long long)a2a.calls);
+            check_free(&c);
             wts_free(&w);
             wl_free(&wl);
         }

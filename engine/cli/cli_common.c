@@ -68,7 +68,10 @@ moemu_status_t cli_load_hw(const cli_shared_t *sh, int devices, emu_hw_t *out, i
         return moemu_fail(MOEMU_ERR_INVALID, "--engine %s: the profile has no figures for card "
                           "'%s' (fit them: moemu calibrate MEASUREMENTS.csv --engine %s --hw %s "
                           "--out FILE)", engine, out->name, engine, sh->hw);
-    if (sh->overlap) MOEMU_CHECK(emu_overlap_set(sh->overlap, "--overlap", &out->spec));
+    if (sh->overlap)
+        MOEMU_CHECK(emu_stack_set(&out->spec.stack, "overlap", sh->overlap, "--overlap"));
+    if (sh->dispatcher)
+        MOEMU_CHECK(emu_stack_set(&out->spec.stack, "dispatcher", sh->dispatcher, "--dispatcher"));
     if (sh->devices_per_node) out->topo.devices_per_node = sh->devices_per_node;
     if (sh->nodes) out->topo.nodes = sh->nodes;
     int n;

@@ -76,7 +76,8 @@ static const cli_opt_t run_options[] = {
     {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
-    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("nodes"),
+    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("dispatcher"),
+    CLI_USE("nodes"),
     CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"), CLI_USE("compute-dtype"),
     CLI_USE("kv-dtype"),
     CLI_USE("devices-per-process"),
@@ -500,11 +501,17 @@ static int run(const run_opts_t *o)
     if (o->sh.strategy) {
         char canon[PAR_STRATEGY_STRLEN];
         par_strategy_format(&dopt.strategy, canon, sizeof canon);
-        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s\n", canon,
-               par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
+        const emu_stack_t *sk = &dopt.hw.spec.stack;
+        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s%s%s%s%s\n",
+               canon, par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
                dopt.micro_batches == 1 ? "" : "es",
                dopt.prec.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "",
+               sk->dispatcher ? ", dispatcher " : "",
+               sk->dispatcher ? emu_stack_name(sk, "dispatcher") : "",
+               sk->overlap ? ", overlap " : "", sk->overlap ? emu_stack_name(sk, "overlap") : "",
                o->dry ? ", dry run (--math skip)" : "");
+        json_object_set_new(js, "dispatcher", json_string(emu_stack_name(sk, "dispatcher")));
+        json_object_set_new(js, "overlap", json_string(emu_stack_name(sk, "overlap")));
         json_object_set_new(js, "strategy", json_string(canon));
         json_object_set_new(js, "dispatch_dtype", json_string(dopt.prec.dispatch_fp8
                                                                   ? "fp8"

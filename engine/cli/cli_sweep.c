@@ -79,7 +79,7 @@ static moemu_status_t parse_micro(const char *s, void *values)
 static const cli_opt_t sweep_options[] = {
     CLI_HEAD("model and devices:"),
     CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"),
-    CLI_USE("overlap"),
+    CLI_USE("overlap"), CLI_USE("dispatcher"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices every strategy uses (required)"},
     CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     CLI_USE("compute-dtype"), CLI_USE("kv-dtype"),
