@@ -334,13 +334,6 @@ static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, i
     }
 }
 
-/* Run the local experts over the ETP members' lists: rows (ntot, d) made of
- * list i's rows (counts lc[i * EP * Eper + q * Eper + j] for source q and
- * expert j, in (q, j) order). out (ntot, d) gets each row's partial output
- * on this member's intermediate slice. Rows from several lists or sources
- * are gathered in expert order first (and scattered back), as a grouped
- * GEMM needs; rows from one source already are in that order, so a device
- * without expert parallelism pays no permutation of its own. */
 /* Expert e's job on this member's intermediate slice [f0, f1): its
  * weights' rows (or gpt-oss's columns) and biases. */
 static layer_expert_job_t expert_job(const layer_experts_t *ex, int e, float *out,
@@ -357,6 +350,13 @@ static layer_expert_job_t expert_job(const layer_experts_t *ex, int e, float *ou
                                 .w2 = ex->w2[e] + f0, .n = n};
 }
 
+/* Run the local experts over the ETP members' lists: rows (ntot, d) made of
+ * list i's rows (counts lc[i * EP * Eper + q * Eper + j] for source q and
+ * expert j, in (q, j) order). out (ntot, d) gets each row's partial output
+ * on this member's intermediate slice. Rows from several lists or sources
+ * are gathered in expert order first (and scattered back), as a grouped
+ * GEMM needs; rows from one source already are in that order, so a device
+ * without expert parallelism pays no permutation of its own. */
 static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
                                   const int *lc, int nlists, int EP, int Eper,
                                   const layer_experts_t *ex)

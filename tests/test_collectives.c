@@ -729,7 +729,7 @@ Test(virtual_time, send_recv_one_hop_eager)
  * issued after a second asynchronous all-reduce waits for both. */
 typedef struct {
     par_comm_t *comm;
-    float *buf[2];
+    float *buf[2], *out[2];
     double k; /* flops of the kernel beside */
 } st_t;
 
@@ -749,7 +749,7 @@ static moemu_status_t vt_stream_fn(emu_dev_t *dev, void *arg)
     MOEMU_CHECK(par_allreduce(a->buf[r], a->buf[r], 1000000, EMU_DTYPE_FP32, PAR_OP_SUM,
                               a->comm, dev));
     emu_dev_set_async(dev, false);
-    MOEMU_CHECK(par_allgather(a->buf[r], a->buf[r == 0], 500000, EMU_DTYPE_FP32, a->comm, dev));
+    MOEMU_CHECK(par_allgather(a->buf[r], a->out[r], 500000, EMU_DTYPE_FP32, a->comm, dev));
     /* the all-gather queued behind the all-reduce and was waited for */
     return emu_dev_clock(dev) > mid ? MOEMU_OK : MOEMU_ERR_INVALID;
 }
@@ -761,7 +761,10 @@ Test(virtual_time, streams_overlap)
     cr_assert_eq(emu_cluster_create(&spec, &topo4, 2, &o, &c), MOEMU_OK);
     st_t a = {.k = spec.peak_flops * spec.mfu * 20e-6};
     cr_assert_eq(par_comm_create_world(c, &a.comm), MOEMU_OK);
-    for (int r = 0; r < 2; r++) a.buf[r] = calloc(1000000, 4);
+    for (int r = 0; r < 2; r++) {
+        a.buf[r] = calloc(1000000, 4);
+        a.out[r] = calloc(1000000, 4);
+    }
     cr_assert_eq(emu_cluster_run(c, vt_stream_fn, &a), MOEMU_OK, "%s", moemu_errmsg());
     double t1 = staggered_clock(&spec, 1), kb = emu_kernel_time(&spec, a.k, 0);
     double ar = 2 * 1e-6 + 4e6 / 100e9, ag = 1e-6 + 2e6 / 100e9;
@@ -794,7 +797,10 @@ Test(virtual_time, streams_overlap)
         ASSERT_NEAR(end1, emu_dev_clock(d));
         ASSERT_NEAR(comm1, 2 * ar + ag);
     }
-    for (int r = 0; r < 2; r++) free(a.buf[r]);
+    for (int r = 0; r < 2; r++) {
+        free(a.buf[r]);
+        free(a.out[r]);
+    }
     par_comm_destroy(a.comm);
     emu_cluster_destroy(c);
 }
