@@ -245,6 +245,10 @@ typedef enum {
      * member gathers the group's rows and choices, computes its experts on
      * all of them, and a reduce-scatter sums the outputs back */
     EMU_DISPATCH_ALLGATHER,
+    /* DeepEP's normal mode: each row goes once to each member holding one
+     * of its choices, and one row per (row, member) comes back, the
+     * member's experts' outputs summed there */
+    EMU_DISPATCH_DEEPEP,
     EMU_DISPATCH__COUNT
 } emu_dispatcher_t;
 
@@ -254,7 +258,7 @@ typedef struct {
 } emu_stack_t;
 
 /* Set choice key ("overlap": "none", "shared-experts"; "dispatcher":
- * "all-to-all", "all-gather") to the value named; MOEMU_ERR_INVALID, the
+ * "all-to-all", "all-gather", "deepep") to the value named; MOEMU_ERR_INVALID, the
  * message beginning with origin and listing the values, when the key or
  * the value (NULL: not a string) is none of them. */
 moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,

@@ -274,7 +274,7 @@ static const struct {
     {"overlap", offsetof(emu_stack_t, overlap), EMU_OVERLAP__COUNT,
      (const char *const[]){"none", "shared-experts"}},
     {"dispatcher", offsetof(emu_stack_t, dispatcher), EMU_DISPATCH__COUNT,
-     (const char *const[]){"all-to-all", "all-gather"}},
+     (const char *const[]){"all-to-all", "all-gather", "deepep"}},
 };
 #define EMU_CHOICES (int)(sizeof emu_choices / sizeof emu_choices[0])
 

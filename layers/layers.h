@@ -378,10 +378,9 @@ typedef struct {
 /* Whether the routed experts of s dispatch rows to other ranks (EP or ETP
  * groups, the tokens not replicated over TP): what an overlap can hide. */
 bool layer_moe_dispatches(const layer_shard_t *s);
-/* Whether they go by the all-gather dispatcher (emu_dispatcher_t, the
- * device's stack): over an EP group without ETP (with ETP > 1, the
- * all-to-all dispatcher runs). */
-bool layer_moe_allgather(const layer_ctx_t *c, const layer_shard_t *s);
+/* The dispatcher they go by: the device's stack's (emu_dispatcher_t) over
+ * an EP group without ETP; otherwise (ETP > 1, no EP group) all-to-all. */
+emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s);
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):
  * each kept choice travels over the EP group to the rank holding its

@@ -755,10 +755,10 @@ bool layer_moe_dispatches(const layer_shard_t *s)
     return !s->moe_replicated && (s->ep || s->etp);
 }
 
-bool layer_moe_allgather(const layer_ctx_t *c, const layer_shard_t *s)
+emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s)
 {
-    return !s->moe_replicated && s->ep && s->etp_size == 1 &&
-           emu_dev_spec(c->dev)->stack.dispatcher == EMU_DISPATCH_ALLGATHER;
+    bool own = !s->moe_replicated && s->ep && s->etp_size == 1;
+    return own ? emu_dev_spec(c->dev)->stack.dispatcher : EMU_DISPATCH_ALLTOALL;
 }
 
 /* 3-4 with beside run while the rows travel (emu.h, "Streams") */
@@ -776,6 +776,206 @@ static moemu_status_t dispatch_rows(moe_plan_t *m, const float *x, const layer_b
     return st;
 }
 
+/* DeepEP's normal-mode dispatch and combine (emu_dispatcher_t): each row
+ * travels once to each EP member holding one of its kept choices, with
+ * its choices there (local expert, or -1, and weight per slot); the member
+ * runs its experts on them and sums each row's weighted outputs in slot
+ * order; one row per (row, member) comes back, and the rows sum them in
+ * rank order. */
+typedef struct {
+    layer_ctx_t *c;
+    const layer_shard_t *s;
+    const layer_experts_t *ex;
+    int P, Eper, k, d, n;
+    int64_t nsend, nrecv, nent; /* rows sent, received; (row, slot) entries here */
+    int *src;                   /* (nsend) the row each sent row is */
+    /* (nsend, 2k) and (nrecv, 2k): each slot's local expert (or -1), then
+     * each slot's weight (a float's bits): one message with the rows'
+     * choices, which travel even when the math is skipped */
+    int32_t *smeta, *rmeta;
+    int *sn, *rn;               /* (P) rows to and from each member */
+    size_t *cnt;                /* (4 P) the all-to-alls' counts and offsets */
+    float *sx, *rx, *ret, *back; /* rows sent, received, reduced, returned */
+    double comm_bytes;
+    void *comm;
+} deep_t;
+
+/* 1. the rows for each member, with their choices there */
+static moemu_status_t deep_plan(deep_t *g, const int *idx, const float *w, const uint8_t *keep)
+{
+    int P = g->P, k = g->k, n = g->n;
+    /* the next candidate row's slots are written before it is kept */
+    int64_t most = (int64_t)n * (P < k ? P : k) + 1;
+    g->src = malloc(sizeof(int) * (size_t)most);
+    g->smeta = malloc(sizeof(int32_t) * (size_t)(most * 2 * k));
+    if (!g->src || !g->smeta) return nomem(sizeof(int) * (size_t)most * k, "the dispatch");
+    for (int q = 0; q < P; q++) {
+        g->sn[q] = 0;
+        for (int t = 0; t < n; t++) {
+            bool any = false;
+            int32_t *meta = g->smeta + g->nsend * 2 * k;
+            for (int j = 0; j < k; j++) {
+                int64_t a = (int64_t)t * k + j;
+                bool here = keep[a] && idx[a] / g->Eper == q;
+                float wj = here ? w[a] : 0.0f;
+                meta[j] = here ? idx[a] - q * g->Eper : -1;
+                memcpy(&meta[k + j], &wj, sizeof wj);
+                any |= here;
+            }
+            if (!any) continue;
+            g->src[g->nsend++] = t;
+            g->sn[q]++;
+        }
+    }
+    return MOEMU_OK;
+}
+
+/* counts of width values a row, in the all-to-all's offsets */
+static void deep_counts(deep_t *g, int width)
+{
+    size_t *sc = g->cnt, *sd = sc + g->P, *rc = sd + g->P, *rd = rc + g->P;
+    for (int q = 0; q < g->P; q++) {
+        sc[q] = (size_t)g->sn[q] * width;
+        rc[q] = (size_t)g->rn[q] * width;
+        sd[q] = q ? sd[q - 1] + sc[q - 1] : 0;
+        rd[q] = q ? rd[q - 1] + rc[q - 1] : 0;
+    }
+}
+
+/* 2. the rows, their choices and weights to their members */
+static moemu_status_t deep_dispatch(deep_t *g, const float *x)
+{
+    layer_ctx_t *c = g->c;
+    int P = g->P, k = g->k, d = g->d;
+    MOEMU_CHECK(par_alltoall(g->sn, g->rn, 1, EMU_DTYPE_INT32, g->s->ep, c->dev));
+    for (int q = 0; q < P; q++) g->nrecv += g->rn[q];
+    g->rmeta = malloc(sizeof(int32_t) * (size_t)(g->nrecv * 2 * k + 1));
+    if (!g->rmeta) return nomem(sizeof(int32_t) * (size_t)g->nrecv * 2 * k, "the dispatch");
+    size_t host = 2 * (size_t)(g->nsend + g->nrecv) * d + 1;
+    g->comm_bytes = 2.0 * (double)emu_dtype_size(c->dtype) * (double)(g->nsend + g->nrecv) * d;
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * host, g->comm_bytes, &g->comm));
+    g->sx = g->comm;
+    g->rx = g->sx + (size_t)g->nsend * d;
+    g->ret = g->rx + (size_t)g->nrecv * d;
+    g->back = g->ret + (size_t)g->nrecv * d;
+    if (c->math)
+        for (int64_t i = 0; i < g->nsend; i++)
+            memcpy(g->sx + i * d, x + (int64_t)g->src[i] * d, sizeof(float) * d);
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0,
+               2.0 * emu_dtype_size(c->dtype) * (double)g->nsend * d);
+    size_t *sc = g->cnt, *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    deep_counts(g, 2 * k);
+    MOEMU_CHECK(par_alltoallv(g->smeta, sc, sd, g->rmeta, rc, rd, EMU_DTYPE_INT32, g->s->ep,
+                              c->dev));
+    deep_counts(g, d);
+    return alltoallv(c, g->sx, sc, sd, g->rx, rc, rd, dispatch_dtype(c), g->s->ep);
+}
+
+/* 3. the local experts on the received rows' choices, in (source, expert)
+ * order, and each row's weighted sum in slot order into ret */
+static moemu_status_t deep_compute(deep_t *g)
+{
+    layer_ctx_t *c = g->c;
+    const layer_experts_t *ex = g->ex;
+    int P = g->P, Eper = g->Eper, k = g->k, d = g->d;
+    int lc[P * Eper];
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)(g->nrecv * k + 1));
+    int *ent = malloc(sizeof(int) * (size_t)(g->nrecv * k + 1));
+    if (!pos || !ent) {
+        free(pos);
+        free(ent);
+        return nomem(sizeof(int64_t) * (size_t)g->nrecv * k, "the experts' lists");
+    }
+    for (int64_t a = 0; a < g->nrecv * k; a++) pos[a] = -1;
+    for (int q = 0, r0 = 0; q < P; r0 += g->rn[q++])
+        for (int j = 0; j < Eper; j++) {
+            lc[q * Eper + j] = 0;
+            for (int r = r0; r < r0 + g->rn[q]; r++)
+                for (int sl = 0; sl < k; sl++)
+                    if (g->rmeta[(int64_t)r * 2 * k + sl] == j) {
+                        pos[(int64_t)r * k + sl] = g->nent;
+                        ent[g->nent++] = r;
+                        lc[q * Eper + j]++;
+                    }
+        }
+    if (ex->load)
+        for (int i = 0; i < P * Eper; i++) ex->load[ex->e0 + i % Eper] += lc[i];
+    double ab = 2.0 * emu_dtype_size(c->dtype) * (double)g->nent * d;
+    float *lists = NULL;
+    moemu_status_t st = emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * (size_t)g->nent * d + 1),
+                                  ab, (void **)&lists);
+    float *outl = lists ? lists + (size_t)g->nent * d : NULL;
+    if (st == MOEMU_OK && c->math)
+        for (int64_t e = 0; e < g->nent; e++)
+            memcpy(lists + e * d, g->rx + (int64_t)ent[e] * d, sizeof(float) * d);
+    if (st == MOEMU_OK) st = run_experts(c, outl, lists, lc, 1, P, Eper, ex);
+    if (st == MOEMU_OK && c->math)
+        for (int64_t r = 0; r < g->nrecv; r++) {
+            float *o = g->ret + r * d;
+            memset(o, 0, sizeof(float) * d);
+            for (int sl = 0; sl < k; sl++) {
+                int64_t e = pos[r * k + sl];
+                float wj;
+                memcpy(&wj, &g->rmeta[r * 2 * k + k + sl], sizeof wj);
+                for (int i = 0; e >= 0 && i < d; i++) o[i] += wj * outl[e * d + i];
+            }
+        }
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 2.0 * (double)g->nent * d,
+               emu_dtype_size(c->dtype) * (double)(g->nent + g->nrecv) * d);
+    if (lists) emu_free(c->dev, EMU_MEM_ACT, lists, ab);
+    free(pos);
+    free(ent);
+    return st;
+}
+
+/* 4. one row per (row, member) back, summed in rank order */
+static moemu_status_t deep_combine(deep_t *g, float *routed)
+{
+    layer_ctx_t *c = g->c;
+    int P = g->P, d = g->d;
+    size_t *sc = g->cnt, *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    deep_counts(g, d);
+    MOEMU_CHECK(alltoallv(c, g->ret, rc, rd, g->back, sc, sd, c->dtype, g->s->ep));
+    if (c->math) {
+        memset(routed, 0, sizeof(float) * (size_t)g->n * d);
+        for (int64_t i = 0; i < g->nsend; i++)
+            for (int j = 0; j < d; j++) routed[(int64_t)g->src[i] * d + j] += g->back[i * d + j];
+    }
+    emu_charge(c->dev, EMU_KERNEL_ELEMWISE, (double)g->nsend * d,
+               emu_dtype_size(c->dtype) * (double)(g->nsend + g->n) * d);
+    return MOEMU_OK;
+}
+
+static moemu_status_t routed_deepep(layer_ctx_t *c, const layer_shard_t *s, float *routed,
+                                    const float *x, const int *idx, const float *w,
+                                    const uint8_t *keep, int n, const layer_experts_t *ex,
+                                    const layer_beside_t *beside)
+{
+    int P = s->ep_size > 1 ? s->ep_size : 1, sn[P], rn[P];
+    size_t cnt[4 * P];
+    deep_t g = {.c = c, .s = s, .ex = ex, .P = P, .Eper = ex->E / P, .k = ex->k, .d = ex->d,
+                .n = n, .sn = sn, .rn = rn, .cnt = cnt};
+    moe_plan_t m = {.c = c, .ex = ex};
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, c->dev);
+    moemu_status_t st = deep_plan(&g, idx, w, keep);
+    emu_dev_set_async(c->dev, beside != NULL);
+    if (st == MOEMU_OK) st = deep_dispatch(&g, x);
+    emu_dev_set_async(c->dev, false);
+    xfer_add(&m, 0, &t0);
+    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
+    emu_dev_comm_wait(c->dev);
+    if (st == MOEMU_OK) st = deep_compute(&g);
+    layer_xfer_now(&t0, c->dev);
+    if (st == MOEMU_OK) st = deep_combine(&g, routed);
+    xfer_add(&m, 1, &t0);
+    if (g.comm) emu_free(c->dev, EMU_MEM_COMM, g.comm, g.comm_bytes);
+    free(g.src);
+    free(g.smeta);
+    free(g.rmeta);
+    return st;
+}
+
 moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
@@ -790,7 +990,10 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
         plan_free(&m);
         return st;
     }
-    if (layer_moe_allgather(c, s)) {
+    emu_dispatcher_t how = layer_moe_dispatcher(c, s);
+    if (how == EMU_DISPATCH_DEEPEP)
+        return routed_deepep(c, s, routed, x, idx, w, keep, n, ex, beside);
+    if (how == EMU_DISPATCH_ALLGATHER) {
         moemu_status_t st = beside ? beside->fn(beside->arg) : MOEMU_OK;
         return st == MOEMU_OK ? routed_allgather(c, s, routed, x, idx, w, keep, n, ex) : st;
     }

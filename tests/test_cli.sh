@@ -509,7 +509,7 @@ expect 0 "communication not overlapped" "$moemu" run \
     --model "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" --strategy dp2-ep2 --math skip \
     --batch 2 --prompt-len 16 --decode 2 --overlap shared-experts --trace "$tmp/ov.trace"
 grep -q '"device 1 comm"' "$tmp/ov.trace" && ok || bad "the overlap trace lacks the comm stream"
-expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather" \
+expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather, deepep" \
     "$moemu" run --model tiny --dispatcher x --math skip
 expect 0 "all-gather 4 (dispatch 4)" "$moemu" run --model tiny --strategy dp2-ep2 \
     --dispatcher all-gather --math skip --batch 2 --prompt-len 8 --decode 2

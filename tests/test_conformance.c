@@ -465,14 +465,16 @@ Test(conformance, shared_expert_overlap)
         }
 }
 
-/* Megatron's all-gather dispatcher computes the same function: every
- * strategy whose experts dispatch equals one device, with no all-to-all
- * (with ETP > 1 the all-to-all dispatcher runs). */
-Test(conformance, allgather_dispatcher)
+/* Megatron's all-gather dispatcher and DeepEP's compute the same
+ * function: every strategy whose experts dispatch equals one device; the
+ * all-gather one with no all-to-all (with ETP > 1 the all-to-all
+ * dispatcher runs). */
+Test(conformance, dispatchers)
 {
     static const int mods[] = {0, 2, 6}; /* tiny, qwen2_moe, deepseek_v3 */
     static const char *const strat[] = {"dp2-ep2", "dp2-tp2-ep4", "cp2-tp2-ep4",
                                         "tp2-sp-ep2-dp2", "dp2-tp4-ep8", "dp2-tp2-ep2-etp2"};
+    for (int disp = EMU_DISPATCH_ALLGATHER; disp <= EMU_DISPATCH_DEEPEP; disp++)
     for (size_t m = 0; m < sizeof mods / sizeof *mods; m++)
         for (size_t s = 0; s < sizeof strat / sizeof *strat; s++) {
             cfg_model_t cfg;
@@ -489,17 +491,18 @@ Test(conformance, allgather_dispatcher)
             cr_assert_eq(par_strategy_parse(strat[s], &o.strategy), MOEMU_OK);
             cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
             o.hw.topo.devices_per_node = 4;
-            o.hw.spec.stack.dispatcher = EMU_DISPATCH_ALLGATHER;
+            o.hw.spec.stack.dispatcher = (emu_dispatcher_t)disp;
             check_t c;
             cr_assert_eq(check_run(&c, &w, &wl, &o, 1e-5, NULL), MOEMU_OK, "%s", moemu_errmsg());
-            cr_expect(c.r.pass, "%s on %s: rel L2 %g", strat[s], what, c.r.rel_l2);
+            cr_expect(c.r.pass, "%s on %s, dispatcher %d: rel L2 %g", strat[s], what, disp,
+                      c.r.rel_l2);
             cr_expect_eq(c.r.first_seq, -1, "%s on %s: tokens differ", strat[s], what);
             cr_expect_eq(c.r.route_differ, 0, "%s on %s", strat[s], what);
             cr_expect_eq(c.r.dropped_strategy, c.r.dropped_base, "%s on %s", strat[s], what);
             emu_comm_stats_t a2a = emu_dev_comm_kind(emu_cluster_dev(c.cluster, 0),
                                                      EMU_COLL_ALLTOALL);
-            bool etp = o.strategy.etp > 1;
-            cr_expect_eq(a2a.calls > 0, etp, "%s on %s: %llu all-to-all calls", strat[s], what,
+            bool want = disp == EMU_DISPATCH_DEEPEP || o.strategy.etp > 1;
+            cr_expect_eq(a2a.calls > 0, want, "%s on %s: %llu all-to-all calls", strat[s], what,
                          (unsigned long long)a2a.calls);
             check_free(&c);
             wts_free(&w);

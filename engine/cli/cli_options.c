@@ -56,10 +56,12 @@ const cli_opt_t cli_shared_options[] = {
              "compute while the routed rows travel); default: the\n"
              "engine profile's, else none"},
     {.name = "dispatcher", .arg = "KIND", .type = CLI_STR, .off = SH(dispatcher),
-     .help = "how tokens reach their experts: all-to-all, or\n"
+     .help = "how tokens reach their experts: all-to-all,\n"
              "all-gather (Megatron's: the EP group gathers every\n"
-             "row, a reduce-scatter sums the outputs back);\n"
-             "default: the engine profile's, else all-to-all"},
+             "row, a reduce-scatter sums the outputs back), or\n"
+             "deepep (DeepEP's normal mode: a row once to each\n"
+             "member holding one of its choices); default: the\n"
+             "engine profile's, else all-to-all"},
     {.name = "nodes", .arg = "K", .type = CLI_INT, .off = SH(nodes), .lo = 1,
      .hi = CLI_MAX_COUNT, .help = "nodes (default: as many as the devices need)"},
     {.name = "devices-per-node", .arg = "D", .type = CLI_INT, .off = SH(devices_per_node),
