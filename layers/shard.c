@@ -800,32 +800,36 @@ typedef struct {
     void *comm;
 } deep_t;
 
-/* 1. the rows for each member, with their choices there */
+/* 1. the rows for each member, with their choices there: a counting sort
+ * of the (row, member) pairs by member, rows ascending within each */
 static moemu_status_t deep_plan(deep_t *g, const int *idx, const float *w, const uint8_t *keep)
 {
-    int P = g->P, k = g->k, n = g->n;
-    /* the next candidate row's slots are written before it is kept */
-    int64_t most = (int64_t)n * (P < k ? P : k) + 1;
-    g->src = malloc(sizeof(int) * (size_t)most);
-    g->smeta = malloc(sizeof(int32_t) * (size_t)(most * 2 * k));
-    if (!g->src || !g->smeta) return nomem(sizeof(int) * (size_t)most * k, "the dispatch");
+    int P = g->P, k = g->k, n = g->n, last[P];
+    int64_t next[P], at[P];
+    for (int q = 0; q < P; q++) last[q] = -1, g->sn[q] = 0;
+    for (int64_t a = 0; a < (int64_t)n * k; a++) {
+        int q = idx[a] / g->Eper, t = (int)(a / k);
+        if (keep[a] && last[q] != t) last[q] = t, g->sn[q]++;
+    }
     for (int q = 0; q < P; q++) {
-        g->sn[q] = 0;
-        for (int t = 0; t < n; t++) {
-            bool any = false;
-            int32_t *meta = g->smeta + g->nsend * 2 * k;
-            for (int j = 0; j < k; j++) {
-                int64_t a = (int64_t)t * k + j;
-                bool here = keep[a] && idx[a] / g->Eper == q;
-                float wj = here ? w[a] : 0.0f;
-                meta[j] = here ? idx[a] - q * g->Eper : -1;
-                memcpy(&meta[k + j], &wj, sizeof wj);
-                any |= here;
-            }
-            if (!any) continue;
-            g->src[g->nsend++] = t;
-            g->sn[q]++;
+        next[q] = q ? next[q - 1] + g->sn[q - 1] : 0;
+        last[q] = -1;
+    }
+    g->nsend = next[P - 1] + g->sn[P - 1];
+    g->src = malloc(sizeof(int) * (size_t)(g->nsend + 1));
+    g->smeta = malloc(sizeof(int32_t) * (size_t)(g->nsend * 2 * k + 1));
+    if (!g->src || !g->smeta) return nomem(sizeof(int) * (size_t)g->nsend * k, "the dispatch");
+    for (int64_t a = 0; a < (int64_t)n * k; a++) {
+        int q = idx[a] / g->Eper, t = (int)(a / k), j = (int)(a % k);
+        if (!keep[a]) continue;
+        if (last[q] != t) { /* the row's first choice on q: its row there */
+            last[q] = t;
+            at[q] = next[q]++;
+            g->src[at[q]] = t;
+            for (int sl = 0; sl < 2 * k; sl++) g->smeta[at[q] * 2 * k + sl] = sl < k ? -1 : 0;
         }
+        g->smeta[at[q] * 2 * k + j] = idx[a] - q * g->Eper;
+        memcpy(&g->smeta[at[q] * 2 * k + k + j], &w[a], sizeof(float));
     }
     return MOEMU_OK;
 }
@@ -878,7 +882,11 @@ static moemu_status_t deep_compute(deep_t *g)
     layer_ctx_t *c = g->c;
     const layer_experts_t *ex = g->ex;
     int P = g->P, Eper = g->Eper, k = g->k, d = g->d;
-    int lc[P * Eper];
+    /* a counting sort of the (row, slot) entries by (source, expert), rows
+     * ascending within each; bucket Eper of each source holds the slots
+     * without a local expert (-1), sorted nowhere: no branch on them */
+    int B = Eper + 1, lc[P * Eper], cnt[P * B];
+    int64_t next[P * B];
     int64_t *pos = malloc(sizeof(int64_t) * (size_t)(g->nrecv * k + 1));
     int *ent = malloc(sizeof(int) * (size_t)(g->nrecv * k + 1));
     if (!pos || !ent) {
@@ -886,18 +894,30 @@ static moemu_status_t deep_compute(deep_t *g)
         free(ent);
         return nomem(sizeof(int64_t) * (size_t)g->nrecv * k, "the experts' lists");
     }
-    for (int64_t a = 0; a < g->nrecv * k; a++) pos[a] = -1;
-    for (int q = 0, r0 = 0; q < P; r0 += g->rn[q++])
+    memset(cnt, 0, sizeof cnt);
+    for (int q = 0, r = 0; q < P; q++)
+        for (int r1 = r + g->rn[q]; r < r1; r++)
+            for (int sl = 0; sl < k; sl++) {
+                int j = g->rmeta[(int64_t)r * 2 * k + sl];
+                cnt[q * B + (j >= 0 ? j : Eper)]++;
+            }
+    g->nent = 0;
+    for (int q = 0; q < P; q++) {
         for (int j = 0; j < Eper; j++) {
-            lc[q * Eper + j] = 0;
-            for (int r = r0; r < r0 + g->rn[q]; r++)
-                for (int sl = 0; sl < k; sl++)
-                    if (g->rmeta[(int64_t)r * 2 * k + sl] == j) {
-                        pos[(int64_t)r * k + sl] = g->nent;
-                        ent[g->nent++] = r;
-                        lc[q * Eper + j]++;
-                    }
+            next[q * B + j] = g->nent;
+            g->nent += lc[q * Eper + j] = cnt[q * B + j];
         }
+        next[q * B + Eper] = -1;
+    }
+    for (int q = 0, r = 0; q < P; q++)
+        for (int r1 = r + g->rn[q]; r < r1; r++)
+            for (int sl = 0; sl < k; sl++) {
+                int j = g->rmeta[(int64_t)r * 2 * k + sl], b = q * B + (j >= 0 ? j : Eper);
+                int64_t e = next[b];
+                next[b] += j >= 0;
+                pos[(int64_t)r * k + sl] = e;
+                ent[e >= 0 ? e : g->nrecv * k] = r; /* the last slot: a sink */
+            }
     if (ex->load)
         for (int i = 0; i < P * Eper; i++) ex->load[ex->e0 + i % Eper] += lc[i];
     double ab = 2.0 * emu_dtype_size(c->dtype) * (double)g->nent * d;
