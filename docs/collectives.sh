@@ -4,7 +4,8 @@
 # generated, each strategy's report (its text line and its JSON
 # communication.per_layer_and_pass) as one Markdown row. A strategy whose
 # weights do not fit 80 GB runs with --no-memory-limit (marked *): its
-# collectives are what they would be. Run from the build directory:
+# collectives are what they would be. A strategy written S/D runs S with
+# --dispatcher D. Run from the build directory:
 #   sh docs/collectives.sh > table.md
 set -eu
 moemu="${MOEMU_BUILDDIR:-.}/moemu"
@@ -41,8 +42,10 @@ outside='.report.communication.per_layer_and_pass.decode.outside_layers_per_pass
 
 echo "| strategy | devices | collectives per layer and pass | bytes sent per call, decode (mean) | outside the layers, per decode pass | vLLM, same devices |"
 echo "|---|---|---|---|---|---|"
-for s in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2 pp2 cp2 tp8-etp8 tp2-etp2-ep4-dp4; do
-    mark="" limit=""
+for sd in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2-ep2/all-gather dp2-ep2/deepep dp2 pp2 \
+    cp2 tp8-etp8 tp2-etp2-ep4-dp4; do
+    s=${sd%/*} disp=all-to-all mark="" limit=""
+    [ "$s" = "$sd" ] || disp=${sd#*/}
     if ! "$moemu" layout --model "$model" --strategy "$s" --hw a100-80g >/dev/null 2>&1; then
         echo "$s: not a valid strategy for the model" >&2
         exit 1
@@ -50,7 +53,8 @@ for s in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2 pp2 cp2 tp8-etp8 tp2-etp2-
     run() {
         # shellcheck disable=SC2086
         "$moemu" run --model "$model" --strategy "$s" --hw a100-80g --math skip --batch 8 \
-            --prompt-len 1000 --decode 50 --json "$tmp/r.json" $limit >"$tmp/r.txt" 2>&1
+            --prompt-len 1000 --decode 50 --dispatcher "$disp" --json "$tmp/r.json" $limit \
+            >"$tmp/r.txt" 2>&1
     }
     if ! run; then
         mark="*" limit="--no-memory-limit"
@@ -59,6 +63,7 @@ for s in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2 pp2 cp2 tp8-etp8 tp2-etp2-
     lines=$(sed -n '/collectives per layer and pass/{n;p;n;p;}' "$tmp/r.txt" |
         grep -E '^    (prefill|decode)' | sed 's/^ *//' | paste -sd ';' - | sed 's/;/; /g; s/  */ /g')
     devices=$(jq '.report.devices' "$tmp/r.json")
-    echo "| $s$mark | $devices | $lines | $(jq -r "$bytes" "$tmp/r.json") |" \
-        "$(jq -r "$outside" "$tmp/r.json") | $(engine "$s") |"
+    [ "$s" = "$sd" ] && eng=$(engine "$s") || eng=-
+    echo "| $sd$mark | $devices | $lines | $(jq -r "$bytes" "$tmp/r.json") |" \
+        "$(jq -r "$outside" "$tmp/r.json") | $eng |"
 done
