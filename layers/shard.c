@@ -790,10 +790,12 @@ typedef struct {
     int64_t nsend, nrecv, nent; /* rows sent, received; (row, slot) entries here */
     int *src;                   /* (nsend) the row each sent row is */
     /* (nsend, 2k) and (nrecv, 2k): each slot's local expert (or -1), then
-     * each slot's weight (a float's bits): one message with the rows'
-     * choices, which travel even when the math is skipped */
+     * each slot's weight (a float's bits): one message of 4-byte values */
     int32_t *smeta, *rmeta;
     int *sn, *rn;               /* (P) rows to and from each member */
+    /* (P, 1 + Eper): to and from each member, its rows and the choices of
+     * each of its experts (DeepEP's notify_dispatch) */
+    int *scount, *rcount;
     size_t *cnt;                /* (4 P) the all-to-alls' counts and offsets */
     float *sx, *rx, *ret, *back; /* rows sent, received, reduced, returned */
     double comm_bytes;
@@ -807,10 +809,14 @@ static moemu_status_t deep_plan(deep_t *g, const int *idx, const float *w, const
     int P = g->P, k = g->k, n = g->n, last[P];
     int64_t next[P], at[P];
     for (int q = 0; q < P; q++) last[q] = -1, g->sn[q] = 0;
+    memset(g->scount, 0, sizeof(int) * (size_t)P * (g->Eper + 1));
     for (int64_t a = 0; a < (int64_t)n * k; a++) {
         int q = idx[a] / g->Eper, t = (int)(a / k);
-        if (keep[a] && last[q] != t) last[q] = t, g->sn[q]++;
+        if (!keep[a]) continue;
+        g->scount[q * (g->Eper + 1) + 1 + idx[a] % g->Eper]++;
+        if (last[q] != t) last[q] = t, g->sn[q]++;
     }
+    for (int q = 0; q < P; q++) g->scount[q * (g->Eper + 1)] = g->sn[q];
     for (int q = 0; q < P; q++) {
         next[q] = q ? next[q - 1] + g->sn[q - 1] : 0;
         last[q] = -1;
@@ -819,7 +825,8 @@ static moemu_status_t deep_plan(deep_t *g, const int *idx, const float *w, const
     g->src = malloc(sizeof(int) * (size_t)(g->nsend + 1));
     g->smeta = malloc(sizeof(int32_t) * (size_t)(g->nsend * 2 * k + 1));
     if (!g->src || !g->smeta) return nomem(sizeof(int) * (size_t)g->nsend * k, "the dispatch");
-    for (int64_t a = 0; a < (int64_t)n * k; a++) {
+    /* the rows and their choices: the math's (a dry run counts them) */
+    for (int64_t a = 0; g->c->math && a < (int64_t)n * k; a++) {
         int q = idx[a] / g->Eper, t = (int)(a / k), j = (int)(a % k);
         if (!keep[a]) continue;
         if (last[q] != t) { /* the row's first choice on q: its row there */
@@ -851,8 +858,9 @@ static moemu_status_t deep_dispatch(deep_t *g, const float *x)
 {
     layer_ctx_t *c = g->c;
     int P = g->P, k = g->k, d = g->d;
-    MOEMU_CHECK(par_alltoall(g->sn, g->rn, 1, EMU_DTYPE_INT32, g->s->ep, c->dev));
-    for (int q = 0; q < P; q++) g->nrecv += g->rn[q];
+    MOEMU_CHECK(par_alltoall(g->scount, g->rcount, (size_t)g->Eper + 1, EMU_DTYPE_INT32,
+                             g->s->ep, c->dev));
+    for (int q = 0; q < P; q++) g->nrecv += g->rn[q] = g->rcount[q * (g->Eper + 1)];
     g->rmeta = malloc(sizeof(int32_t) * (size_t)(g->nrecv * 2 * k + 1));
     if (!g->rmeta) return nomem(sizeof(int32_t) * (size_t)g->nrecv * 2 * k, "the dispatch");
     size_t host = 2 * (size_t)(g->nsend + g->nrecv) * d + 1;
@@ -869,7 +877,8 @@ static moemu_status_t deep_dispatch(deep_t *g, const float *x)
                2.0 * emu_dtype_size(c->dtype) * (double)g->nsend * d);
     size_t *sc = g->cnt, *sd = sc + P, *rc = sd + P, *rd = rc + P;
     deep_counts(g, 2 * k);
-    MOEMU_CHECK(par_alltoallv(g->smeta, sc, sd, g->rmeta, rc, rd, EMU_DTYPE_INT32, g->s->ep,
+    /* as 4-byte floats: what a dry run skips with the rows' payload */
+    MOEMU_CHECK(par_alltoallv(g->smeta, sc, sd, g->rmeta, rc, rd, EMU_DTYPE_FP32, g->s->ep,
                               c->dev));
     deep_counts(g, d);
     return alltoallv(c, g->sx, sc, sd, g->rx, rc, rd, dispatch_dtype(c), g->s->ep);
@@ -882,41 +891,31 @@ static moemu_status_t deep_compute(deep_t *g)
     layer_ctx_t *c = g->c;
     const layer_experts_t *ex = g->ex;
     int P = g->P, Eper = g->Eper, k = g->k, d = g->d;
-    /* a counting sort of the (row, slot) entries by (source, expert), rows
-     * ascending within each; bucket Eper of each source holds the slots
-     * without a local expert (-1), sorted nowhere: no branch on them */
-    int B = Eper + 1, lc[P * Eper], cnt[P * B];
-    int64_t next[P * B];
-    int64_t *pos = malloc(sizeof(int64_t) * (size_t)(g->nrecv * k + 1));
-    int *ent = malloc(sizeof(int) * (size_t)(g->nrecv * k + 1));
+    /* the entries (row, slot) by (source, expert), rows ascending within
+     * each: the counts came with the rows', the places only for the math */
+    int lc[P * Eper];
+    int64_t next[P * Eper];
+    g->nent = 0;
+    for (int q = 0; q < P; q++)
+        for (int j = 0; j < Eper; j++) {
+            next[q * Eper + j] = g->nent;
+            g->nent += lc[q * Eper + j] = g->rcount[q * (Eper + 1) + 1 + j];
+        }
+    size_t nslot = c->math ? (size_t)g->nrecv * k : 0;
+    int64_t *pos = malloc(sizeof(int64_t) * (nslot + 1));
+    int *ent = malloc(sizeof(int) * ((size_t)g->nent + 1));
     if (!pos || !ent) {
         free(pos);
         free(ent);
-        return nomem(sizeof(int64_t) * (size_t)g->nrecv * k, "the experts' lists");
+        return nomem(sizeof(int64_t) * nslot, "the experts' lists");
     }
-    memset(cnt, 0, sizeof cnt);
-    for (int q = 0, r = 0; q < P; q++)
+    for (int q = 0, r = 0; c->math && q < P; q++)
         for (int r1 = r + g->rn[q]; r < r1; r++)
             for (int sl = 0; sl < k; sl++) {
                 int j = g->rmeta[(int64_t)r * 2 * k + sl];
-                cnt[q * B + (j >= 0 ? j : Eper)]++;
-            }
-    g->nent = 0;
-    for (int q = 0; q < P; q++) {
-        for (int j = 0; j < Eper; j++) {
-            next[q * B + j] = g->nent;
-            g->nent += lc[q * Eper + j] = cnt[q * B + j];
-        }
-        next[q * B + Eper] = -1;
-    }
-    for (int q = 0, r = 0; q < P; q++)
-        for (int r1 = r + g->rn[q]; r < r1; r++)
-            for (int sl = 0; sl < k; sl++) {
-                int j = g->rmeta[(int64_t)r * 2 * k + sl], b = q * B + (j >= 0 ? j : Eper);
-                int64_t e = next[b];
-                next[b] += j >= 0;
+                int64_t e = j >= 0 ? next[q * Eper + j]++ : -1;
                 pos[(int64_t)r * k + sl] = e;
-                ent[e >= 0 ? e : g->nrecv * k] = r; /* the last slot: a sink */
+                if (e >= 0) ent[e] = r;
             }
     if (ex->load)
         for (int i = 0; i < P * Eper; i++) ex->load[ex->e0 + i % Eper] += lc[i];
@@ -971,10 +970,11 @@ static moemu_status_t routed_deepep(layer_ctx_t *c, const layer_shard_t *s, floa
                                     const uint8_t *keep, int n, const layer_experts_t *ex,
                                     const layer_beside_t *beside)
 {
-    int P = s->ep_size > 1 ? s->ep_size : 1, sn[P], rn[P];
+    int P = s->ep_size > 1 ? s->ep_size : 1, Eper = ex->E / P, sn[P], rn[P];
+    int scount[P * (Eper + 1)], rcount[P * (Eper + 1)];
     size_t cnt[4 * P];
-    deep_t g = {.c = c, .s = s, .ex = ex, .P = P, .Eper = ex->E / P, .k = ex->k, .d = ex->d,
-                .n = n, .sn = sn, .rn = rn, .cnt = cnt};
+    deep_t g = {.c = c, .s = s, .ex = ex, .P = P, .Eper = Eper, .k = ex->k, .d = ex->d,
+                .n = n, .sn = sn, .rn = rn, .scount = scount, .rcount = rcount, .cnt = cnt};
     moe_plan_t m = {.c = c, .ex = ex};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
