@@ -856,7 +856,7 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
      * output waits in sh_out (the sum is the same) */
     shared_t sa = {v, mlp};
     layer_beside_t beside = {shared_beside, &sa};
-    bool over = mlp->S > 0 && layer_moe_dispatches(v->sh) && layer_moe_dispatcher(v->x, v->sh) != EMU_DISPATCH_ALLGATHER &&
+    bool over = mlp->S > 0 && layer_moe_in_flight(v->x, v->sh) &&
                 emu_dev_spec(v->x->dev)->stack.overlap == EMU_OVERLAP_SHARED_EXPERTS;
     if (over && v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     MOEMU_CHECK(layer_moe_routed(v->x, v->sh, v->moe + (size_t)r->m0 * d,

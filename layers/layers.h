@@ -375,12 +375,14 @@ typedef struct {
     void *arg;
 } layer_beside_t;
 
-/* Whether the routed experts of s dispatch rows to other ranks (EP or ETP
- * groups, the tokens not replicated over TP): what an overlap can hide. */
-bool layer_moe_dispatches(const layer_shard_t *s);
-/* The dispatcher they go by: the device's stack's (emu_dispatcher_t) over
- * an EP group without ETP; otherwise (ETP > 1, no EP group) all-to-all. */
+/* The dispatcher the routed experts of s go by on c's device: its stack's
+ * (emu_dispatcher_t) over an EP group without ETP; otherwise (ETP > 1, no
+ * EP group, tokens replicated over TP) all-to-all. */
 emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s);
+/* Whether their rows travel to other ranks while layer_moe_routed's beside
+ * runs (an all-to-all or DeepEP dispatch over EP or ETP groups): what an
+ * overlap can hide. Otherwise beside runs before the routed experts. */
+bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s);
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):
  * each kept choice travels over the EP group to the rank holding its

@@ -204,7 +204,8 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
     if (fp8) layer_fp8_quant(c, EMU_KERNEL_EXPERT, rows * d);
     /* w1 (and w3): rows x d in, F x d weights, rows x F out */
     double ws = layer_ewsize(c);
-    double in_flops = 2.0 * rows * d * F, in_bytes = a * rows * d + s * rows * F + ws * experts * F * d;
+    double in_flops = 2.0 * rows * d * F;
+    double in_bytes = a * rows * d + s * rows * F + ws * experts * F * d;
     emu_gemm_t g[njobs];
     expert_shapes(g, jobs, njobs, F, d);
     gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);

@@ -750,30 +750,45 @@ static moemu_status_t routed_allgather(layer_ctx_t *c, const layer_shard_t *s, f
     return st;
 }
 
-bool layer_moe_dispatches(const layer_shard_t *s)
-{
-    return !s->moe_replicated && (s->ep || s->etp);
-}
-
 emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s)
 {
     bool own = !s->moe_replicated && s->ep && s->etp_size == 1;
     return own ? emu_dev_spec(c->dev)->stack.dispatcher : EMU_DISPATCH_ALLTOALL;
 }
 
-/* 3-4 with beside run while the rows travel (emu.h, "Streams") */
+bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s)
+{
+    return !s->moe_replicated && (s->ep || s->etp) &&
+           layer_moe_dispatcher(c, s) != EMU_DISPATCH_ALLGATHER;
+}
+
+/* The dispatch's collectives issued between in_flight and landed go
+ * asynchronously when beside is given (emu.h, "Streams"); landed counts
+ * them from t0 as the dispatch, runs beside while they travel and makes
+ * the compute stream wait for them. Returns st, or beside's failure. */
+static void in_flight(layer_ctx_t *c, const layer_beside_t *beside)
+{
+    emu_dev_set_async(c->dev, beside != NULL);
+}
+
+static moemu_status_t landed(moe_plan_t *m, moemu_status_t st, const layer_beside_t *beside,
+                             const layer_xfer_t *t0)
+{
+    emu_dev_set_async(m->c->dev, false);
+    xfer_add(m, 0, t0);
+    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
+    emu_dev_comm_wait(m->c->dev);
+    return st;
+}
+
+/* 3-4, with beside while the rows travel */
 static moemu_status_t dispatch_rows(moe_plan_t *m, const float *x, const layer_beside_t *beside,
                                     const layer_xfer_t *t0)
 {
-    emu_dev_t *dev = m->c->dev;
-    emu_dev_set_async(dev, beside != NULL);
+    in_flight(m->c, beside);
     moemu_status_t st = send_rows(m, x);
     if (st == MOEMU_OK) st = gather_lists(m);
-    emu_dev_set_async(dev, false);
-    xfer_add(m, 0, t0);
-    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
-    emu_dev_comm_wait(dev);
-    return st;
+    return landed(m, st, beside, t0);
 }
 
 /* DeepEP's normal-mode dispatch and combine (emu_dispatcher_t): each row
@@ -792,7 +807,6 @@ typedef struct {
     /* (nsend, 2k) and (nrecv, 2k): each slot's local expert (or -1), then
      * each slot's weight (a float's bits): one message of 4-byte values */
     int32_t *smeta, *rmeta;
-    int *sn, *rn;               /* (P) rows to and from each member */
     /* (P, 1 + Eper): to and from each member, its rows and the choices of
      * each of its experts (DeepEP's notify_dispatch) */
     int *scount, *rcount;
@@ -806,22 +820,22 @@ typedef struct {
  * of the (row, member) pairs by member, rows ascending within each */
 static moemu_status_t deep_plan(deep_t *g, const int *idx, const float *w, const uint8_t *keep)
 {
-    int P = g->P, k = g->k, n = g->n, last[P];
+    int P = g->P, k = g->k, n = g->n, B = g->Eper + 1, last[P];
     int64_t next[P], at[P];
-    for (int q = 0; q < P; q++) last[q] = -1, g->sn[q] = 0;
-    memset(g->scount, 0, sizeof(int) * (size_t)P * (g->Eper + 1));
+    for (int q = 0; q < P; q++) last[q] = -1;
+    memset(g->scount, 0, sizeof(int) * (size_t)P * B);
     for (int64_t a = 0; a < (int64_t)n * k; a++) {
         int q = idx[a] / g->Eper, t = (int)(a / k);
         if (!keep[a]) continue;
-        g->scount[q * (g->Eper + 1) + 1 + idx[a] % g->Eper]++;
-        if (last[q] != t) last[q] = t, g->sn[q]++;
+        g->scount[q * B + 1 + idx[a] % g->Eper]++;
+        if (last[q] != t) last[q] = t, g->scount[q * B]++;
     }
-    for (int q = 0; q < P; q++) g->scount[q * (g->Eper + 1)] = g->sn[q];
+    g->nsend = 0;
     for (int q = 0; q < P; q++) {
-        next[q] = q ? next[q - 1] + g->sn[q - 1] : 0;
+        next[q] = g->nsend;
+        g->nsend += g->scount[q * B];
         last[q] = -1;
     }
-    g->nsend = next[P - 1] + g->sn[P - 1];
     g->src = malloc(sizeof(int) * (size_t)(g->nsend + 1));
     g->smeta = malloc(sizeof(int32_t) * (size_t)(g->nsend * 2 * k + 1));
     if (!g->src || !g->smeta) return nomem(sizeof(int) * (size_t)g->nsend * k, "the dispatch");
@@ -846,8 +860,8 @@ static void deep_counts(deep_t *g, int width)
 {
     size_t *sc = g->cnt, *sd = sc + g->P, *rc = sd + g->P, *rd = rc + g->P;
     for (int q = 0; q < g->P; q++) {
-        sc[q] = (size_t)g->sn[q] * width;
-        rc[q] = (size_t)g->rn[q] * width;
+        sc[q] = (size_t)g->scount[q * (g->Eper + 1)] * width;
+        rc[q] = (size_t)g->rcount[q * (g->Eper + 1)] * width;
         sd[q] = q ? sd[q - 1] + sc[q - 1] : 0;
         rd[q] = q ? rd[q - 1] + rc[q - 1] : 0;
     }
@@ -860,7 +874,7 @@ static moemu_status_t deep_dispatch(deep_t *g, const float *x)
     int P = g->P, k = g->k, d = g->d;
     MOEMU_CHECK(par_alltoall(g->scount, g->rcount, (size_t)g->Eper + 1, EMU_DTYPE_INT32,
                              g->s->ep, c->dev));
-    for (int q = 0; q < P; q++) g->nrecv += g->rn[q] = g->rcount[q * (g->Eper + 1)];
+    for (int q = 0; q < P; q++) g->nrecv += g->rcount[q * (g->Eper + 1)];
     g->rmeta = malloc(sizeof(int32_t) * (size_t)(g->nrecv * 2 * k + 1));
     if (!g->rmeta) return nomem(sizeof(int32_t) * (size_t)g->nrecv * 2 * k, "the dispatch");
     size_t host = 2 * (size_t)(g->nsend + g->nrecv) * d + 1;
@@ -910,7 +924,7 @@ static moemu_status_t deep_compute(deep_t *g)
         return nomem(sizeof(int64_t) * nslot, "the experts' lists");
     }
     for (int q = 0, r = 0; c->math && q < P; q++)
-        for (int r1 = r + g->rn[q]; r < r1; r++)
+        for (int r1 = r + g->rcount[q * (Eper + 1)]; r < r1; r++)
             for (int sl = 0; sl < k; sl++) {
                 int j = g->rmeta[(int64_t)r * 2 * k + sl];
                 int64_t e = j >= 0 ? next[q * Eper + j]++ : -1;
@@ -921,8 +935,9 @@ static moemu_status_t deep_compute(deep_t *g)
         for (int i = 0; i < P * Eper; i++) ex->load[ex->e0 + i % Eper] += lc[i];
     double ab = 2.0 * emu_dtype_size(c->dtype) * (double)g->nent * d;
     float *lists = NULL;
-    moemu_status_t st = emu_alloc(c->dev, EMU_MEM_ACT, sizeof(float) * (2 * (size_t)g->nent * d + 1),
-                                  ab, (void **)&lists);
+    moemu_status_t st = emu_alloc(c->dev, EMU_MEM_ACT,
+                                  sizeof(float) * (2 * (size_t)g->nent * d + 1), ab,
+                                  (void **)&lists);
     float *outl = lists ? lists + (size_t)g->nent * d : NULL;
     if (st == MOEMU_OK && c->math)
         for (int64_t e = 0; e < g->nent; e++)
@@ -970,21 +985,18 @@ static moemu_status_t routed_deepep(layer_ctx_t *c, const layer_shard_t *s, floa
                                     const uint8_t *keep, int n, const layer_experts_t *ex,
                                     const layer_beside_t *beside)
 {
-    int P = s->ep_size > 1 ? s->ep_size : 1, Eper = ex->E / P, sn[P], rn[P];
+    int P = s->ep_size > 1 ? s->ep_size : 1, Eper = ex->E / P;
     int scount[P * (Eper + 1)], rcount[P * (Eper + 1)];
     size_t cnt[4 * P];
     deep_t g = {.c = c, .s = s, .ex = ex, .P = P, .Eper = Eper, .k = ex->k, .d = ex->d,
-                .n = n, .sn = sn, .rn = rn, .scount = scount, .rcount = rcount, .cnt = cnt};
+                .n = n, .scount = scount, .rcount = rcount, .cnt = cnt};
     moe_plan_t m = {.c = c, .ex = ex};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
     moemu_status_t st = deep_plan(&g, idx, w, keep);
-    emu_dev_set_async(c->dev, beside != NULL);
+    in_flight(c, beside);
     if (st == MOEMU_OK) st = deep_dispatch(&g, x);
-    emu_dev_set_async(c->dev, false);
-    xfer_add(&m, 0, &t0);
-    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
-    emu_dev_comm_wait(c->dev);
+    st = landed(&m, st, beside, &t0);
     if (st == MOEMU_OK) st = deep_compute(&g);
     layer_xfer_now(&t0, c->dev);
     if (st == MOEMU_OK) st = deep_combine(&g, routed);

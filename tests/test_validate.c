@@ -93,7 +93,8 @@ Test(validate, rows_checked_before_running)
     cr_assert_eq(val_run(&s, &o), MOEMU_ERR_INVALID);
     const char *m = moemu_errmsg();
     cr_assert(strstr(m, "4 rows cannot run"), "%s", m);
-    cr_assert(strstr(m, "line 5 (d): a100-80g") && strstr(m, "has no FP8 Tensor Cores"), "%s", m);
+    cr_assert(strstr(m, "line 5 (d): --compute-dtype fp8: a100-80g+trtllm has no FP8 Tensor Cores"), "%s",
+              m);
     cr_assert(strstr(m, "line 2 (a):") && strstr(m, "nosuch.json"), "%s", m);
     cr_assert(strstr(m, "line 3 (b):") && strstr(m, "nocard"), "%s", m);
     cr_assert(strstr(m, "line 4 (c): strategy tp3"), "%s", m);

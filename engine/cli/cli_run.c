@@ -236,7 +236,8 @@ static void print_precision(json_t *js, const cfg_model_t *cfg, const runner_opt
     else if (cfg->fp8_block_r > 0)
         printf("compute  products of the fp8 weights in %s (weight-only: widened first)%s\n", dt,
                d->hw.spec.peak_flops_fp8 > 0 ? "" : ", the card has no FP8 Tensor Cores");
-    if (d->prec.kv_fp8) printf("kv cache fp8 e4m3, one byte a value (the values are not rounded)\n");
+    if (d->prec.kv_fp8)
+        printf("kv cache fp8 e4m3, one byte a value (the values are not rounded)\n");
     json_object_set_new(js, "compute_dtype", json_string(fp8 ? "fp8" : dt));
     json_object_set_new(js, "kv_dtype", json_string(d->prec.kv_fp8 ? "fp8" : dt));
 }

@@ -612,12 +612,17 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
                           "DP = %d", D->route_dp, o->strategy.dp);
     if (o->dry && !o->routing)
         return moemu_fail(MOEMU_ERR_INVALID, "a dry run needs a routing source");
+    return runner_check_prec(D->c, o);
+}
+
+moemu_status_t runner_check_prec(const cfg_model_t *c, const runner_opts_t *o)
+{
     if (o->prec.compute != RUN_COMPUTE_FP8) return MOEMU_OK;
     moemu_problems_t pr = {0};
-    if (D->c->fp8_block_r <= 0)
+    if (c->fp8_block_r <= 0)
         moemu_problem(&pr, "FP8 computation needs the weights stored in FP8 (an FP8 checkpoint, "
-                      "or --weight-dtype fp8); %s stores them in %s", D->c->name,
-                      emu_dtype_name(D->c->dtype));
+                      "or --weight-dtype fp8); %s stores them in %s", c->name,
+                      emu_dtype_name(c->dtype));
     if (o->hw.spec.peak_flops_fp8 <= 0)
         moemu_problem(&pr, "%s has no FP8 Tensor Cores (its preset sets no "
                       "device.peak_flops_fp8): FP8 computation needs a card that has them, such "
@@ -628,7 +633,8 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
 bool runner_fp8(const cfg_model_t *c, const runner_opts_t *o)
 {
     if (o->prec.compute == RUN_COMPUTE_FP8) return true;
-    return o->prec.compute == RUN_COMPUTE_AUTO && c->fp8_block_r > 0 && o->hw.spec.peak_flops_fp8 > 0;
+    return o->prec.compute == RUN_COMPUTE_AUTO && c->fp8_block_r > 0 &&
+           o->hw.spec.peak_flops_fp8 > 0;
 }
 
 /* ---- What the run takes of the host, counted before any of it is taken */

@@ -95,6 +95,10 @@ typedef struct {
  * asked for (RUN_COMPUTE_FP8) or, by default, where the weights are stored
  * in FP8 and the card has FP8 Tensor Cores. */
 bool runner_fp8(const cfg_model_t *c, const runner_opts_t *o);
+/* RUN_COMPUTE_FP8 asked of weights not stored in FP8 or of a card without
+ * FP8 Tensor Cores: MOEMU_ERR_INVALID naming both problems where both
+ * hold. The runner checks it; callers that check rows first call it. */
+moemu_status_t runner_check_prec(const cfg_model_t *c, const runner_opts_t *o);
 
 /* The one-device strategy on hw's device, no memory limit, routing in
  * the groups of DP = route_dp replicas x micro_batches. */

@@ -307,9 +307,7 @@ static moemu_status_t row_setup(const val_row_t *r, const val_opts_t *o, cfg_mod
         if (!o->presets_only && has_profile(r->engine))
             MOEMU_CHECK(emu_engine_apply(r->engine, &d->hw, profiled));
     }
-    if (d->prec.compute == RUN_COMPUTE_FP8 && d->hw.spec.peak_flops_fp8 <= 0)
-        return moemu_fail(MOEMU_ERR_INVALID, "%s has no FP8 Tensor Cores for a row of dtype fp8",
-                          r->hw);
+    MOEMU_CHECK(runner_check_prec(cfg, d));
     MOEMU_CHECK(par_strategy_parse(r->strategy, &d->strategy));
     par_dims_t dims;
     family_of(cfg)->dims(cfg, &dims);
