@@ -263,6 +263,8 @@ typedef struct {
  * the value (NULL: not a string) is none of them. */
 moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,
                              const char *origin);
+/* The choices' keys, NULL past the last. */
+const char *emu_stack_key(int i);
 /* The name of the value of choice key in s. */
 const char *emu_stack_name(const emu_stack_t *s, const char *key);
 

@@ -307,12 +307,12 @@ static moemu_status_t engine_card(const emu_json_src_t *src, json_t *e, emu_hw_t
  * hw's device. */
 static moemu_status_t engine_stack(const char *origin, const json_t *root, emu_hw_t *hw)
 {
-    static const char *const keys[] = {"overlap", "dispatcher"};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        json_t *o = json_object_get(root, keys[i]);
+    for (int i = 0; emu_stack_key(i); i++) {
+        const char *key = emu_stack_key(i);
+        json_t *o = json_object_get(root, key);
         char what[400];
-        snprintf(what, sizeof what, "%s, key %s", origin, keys[i]);
-        if (o) MOEMU_CHECK(emu_stack_set(&hw->spec.stack, keys[i], json_string_value(o), what));
+        snprintf(what, sizeof what, "%s, key %s", origin, key);
+        if (o) MOEMU_CHECK(emu_stack_set(&hw->spec.stack, key, json_string_value(o), what));
     }
     return MOEMU_OK;
 }

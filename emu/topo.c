@@ -303,6 +303,11 @@ moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,
                       value ? value : "(not a string)", list);
 }
 
+const char *emu_stack_key(int i)
+{
+    return i >= 0 && i < EMU_CHOICES ? emu_choices[i].key : NULL;
+}
+
 const char *emu_stack_name(const emu_stack_t *s, const char *key)
 {
     int c = emu_choice(key);
