@@ -60,6 +60,7 @@ void emu_dev_fini(emu_dev_t *dev)
     dev->spans = NULL;
     dev->nspans = dev->spans_cap = 0;
     emu_maps_unmap_all(dev);
+    emu_lanes_free(dev);
 }
 
 moemu_status_t emu_dev_create(const emu_spec_t *spec, int rank, bool no_limit,

@@ -236,6 +236,11 @@ typedef enum {
      * compute while the routed tokens' all-to-all is in flight (emu.h,
      * "Streams") */
     EMU_OVERLAP_SHARED_EXPERTS,
+    /* DeepSeek's and SGLang's two-batch overlap (--enable-two-batch-overlap):
+     * micro-batches run two at a time as lanes of each device, one's
+     * dispatch and combine in flight while the other computes, the shared
+     * experts beside the dispatch ("Lanes") */
+    EMU_OVERLAP_TWO_BATCH,
     EMU_OVERLAP__COUNT
 } emu_overlap_mode_t;
 
@@ -257,7 +262,7 @@ typedef struct {
     emu_dispatcher_t dispatcher;
 } emu_stack_t;
 
-/* Set choice key ("overlap": "none", "shared-experts"; "dispatcher":
+/* Set choice key ("overlap": "none", "shared-experts", "two-batch"; "dispatcher":
  * "all-to-all", "all-gather", "deepep") to the value named; MOEMU_ERR_INVALID, the
  * message beginning with origin and listing the values, when the key or
  * the value (NULL: not a string) is none of them. */
@@ -792,6 +797,11 @@ void emu_dev_set_async(emu_dev_t *dev, bool on);
 /* The compute stream waits for every collective issued: the clock becomes
  * the communication stream's end if that is later. */
 void emu_dev_comm_wait(emu_dev_t *dev);
+/* A mark on the communication stream: the collectives issued so far. */
+uint64_t emu_dev_comm_mark(const emu_dev_t *dev);
+/* The compute stream waits for the collectives issued before mark only
+ * (an event recorded after them); later ones stay in flight. */
+void emu_dev_comm_wait_mark(emu_dev_t *dev, uint64_t mark);
 /* When the device is ready for its next collective: max(clock, the end
  * of its last collective). The collectives module publishes it. */
 double emu_dev_comm_ready(const emu_dev_t *dev);
@@ -802,6 +812,25 @@ typedef struct {
     double comm, idle;
 } emu_overlap_t;
 emu_overlap_t emu_dev_overlap(const emu_dev_t *dev);
+
+/* ---- Lanes: micro-batches that take turns on one device, as DeepSeek's
+ * and SGLang's two-batch overlap runs them: while one lane's collectives
+ * travel, the other computes. Each lane runs fn(args[i]) on a stack of
+ * its own on the device's thread (or coroutine), lane 0 first; a lane
+ * gives the device to the next lane not done at emu_dev_lane_yield, and
+ * gets it back when that one yields or ends. The turns are fixed by the
+ * code, not by the host, so the virtual time is deterministic. The lanes
+ * share the device's clock and streams: a lane waits for its own
+ * collectives with emu_dev_comm_wait_mark. Returns when every lane is
+ * done: the first lane's own failure (before a peer's "stopped"); a
+ * failing lane aborts the run so that the others do not wait for it. */
+#define EMU_LANES_MAX 2
+typedef moemu_status_t (*emu_lane_fn)(void *arg);
+moemu_status_t emu_dev_lanes(emu_dev_t *dev, int n, emu_lane_fn fn, void *const *args);
+/* From a lane: let the next lane run until it yields or ends; returns at
+ * once when none other is left or no lanes run. */
+void emu_dev_lane_yield(emu_dev_t *dev);
+bool emu_dev_in_lanes(const emu_dev_t *dev);
 
 /* ---- Charging communication, for the collectives module. Every member
  * of a group passes the same arrival clocks (clocks[i] of group member i,

@@ -35,6 +35,7 @@ struct emu_dev {
      * collective ends, the segments issued since the compute stream last
      * waited for it, and what of its time ran beside the compute stream */
     double comm_clock;
+    uint64_t comm_seq; /* collectives booked on the stream, ever */
     bool async;
     int npending;
     struct emu_seg { double ready, start, end; uint8_t kind, link; } pending[EMU_PENDING_MAX];
@@ -65,10 +66,12 @@ struct emu_dev {
     char errmsg[1024];
     double run_clock0;           /* clock when the current run started */
     pthread_t thread;
+    struct emu_lanes *lanes;     /* NULL until a run takes lanes (fiber.c) */
 };
 
 typedef struct emu_fiber emu_fiber_t;
 typedef struct emu_sched emu_sched_t;
+typedef struct emu_lanes emu_lanes_t;
 
 struct emu_sync {
     pthread_mutex_t mu;
@@ -184,6 +187,8 @@ void emu_fiber_wait(emu_sync_t *s);
 void emu_fiber_wake(emu_sync_t *s);
 /* From a coroutine: let every runnable one have its turn first (jitter). */
 void emu_fiber_yield(void);
+/* Unmap the stacks of dev's lanes (emu_dev_fini). */
+void emu_lanes_free(emu_dev_t *dev);
 
 /* cost.c: the formulas device.c and topo.c charge with. */
 /* emu_kernel_time's figure; *compute_bound: the FLOP term is the larger. */

@@ -1,5 +1,6 @@
 /* Devices as coroutines: a run that moves no data takes its devices in
- * turns on the calling thread instead of one thread each.
+ * turns on the calling thread instead of one thread each. (At the end, a
+ * device's lanes: coroutines of one device, emu.h "Lanes".)
  *
  * Why: a dry run's devices do little but meet in collectives. As threads,
  * every meeting is a trip through the kernel (a futex wait per member, a
@@ -85,6 +86,20 @@ struct emu_sched {
 };
 
 _Thread_local emu_sched_t *emu_sched_self;
+
+/* A device's lanes (emu.h, "Lanes"; below) */
+struct emu_lanes {
+    emu_sched_t own;                /* the thread's, when no scheduler runs */
+    emu_sched_t *k;                 /* own or the run's */
+    emu_fiber_t *caller;            /* who called emu_dev_lanes */
+    emu_fiber_t fib[EMU_LANES_MAX]; /* stacks mapped once, kept */
+    int layer[EMU_LANES_MAX];       /* the device's layer tag, per lane */
+    moemu_status_t st[EMU_LANES_MAX];
+    int n, cur;
+    bool active;
+    emu_lane_fn fn;
+    void *const *args;
+};
 
 /* ---- switching */
 
@@ -225,8 +240,8 @@ static moemu_status_t emu_fiber_map(emu_fiber_t *f, int rank)
     return MOEMU_OK;
 }
 
-/* f ready to start at emu_fiber_entry on its stack. */
-static void emu_fiber_prepare(emu_fiber_t *f)
+/* f ready to start at entry on its stack. */
+static void emu_fiber_prepare(emu_fiber_t *f, void (*entry)(void))
 {
 #ifdef EMU_ASAN
     /* a previous run's fiber never returned from its entry: its frames'
@@ -238,14 +253,14 @@ static void emu_fiber_prepare(emu_fiber_t *f)
     f->uc.uc_stack.ss_sp = f->stack;
     f->uc.uc_stack.ss_size = f->stack_len;
     f->uc.uc_link = NULL;
-    makecontext(&f->uc, emu_fiber_entry, 0);
+    makecontext(&f->uc, entry, 0);
 #else
     /* what emu_fiber_jump pops: six registers, then the address `ret`
-     * goes to; above it a return address emu_fiber_entry never uses,
+     * goes to; above it a return address entry never uses,
      * which leaves the stack aligned as after a call */
     void **sp = (void **)(((uintptr_t)f->stack + f->stack_len) & ~(uintptr_t)15);
     *--sp = NULL;
-    *--sp = (void *)(uintptr_t)emu_fiber_entry;
+    *--sp = (void *)(uintptr_t)entry;
     for (int i = 0; i < 6; i++) *--sp = NULL;
     f->sp = sp;
 #endif
@@ -364,7 +379,7 @@ static void emu_sched_start(emu_sched_t *k)
 #ifdef EMU_TSAN
         f->tsan = __tsan_create_fiber(0);
 #endif
-        emu_fiber_prepare(f);
+        emu_fiber_prepare(f, emu_fiber_entry);
         emu_sched_push(k, f);
     }
 }
@@ -377,6 +392,7 @@ static void emu_sched_end(emu_sched_t *k)
     for (int d = 0; d < c->ndev; d++) {
         emu_fiber_t *f = &c->fibers[d];
         if (!f->done) atomic_store(&c->devs[d].done, true);
+        if (c->devs[d].lanes) c->devs[d].lanes->active = false; /* left waiting too */
 #ifdef EMU_TSAN
         __tsan_destroy_fiber(f->tsan);
         f->tsan = NULL;
@@ -405,3 +421,140 @@ moemu_status_t emu_fibers_run(emu_cluster_t *c, emu_dev_fn fn, void *arg)
     if (k.msg[0]) return moemu_fail(MOEMU_ERR_INVALID, "%s", k.msg);
     return MOEMU_OK;
 }
+
+/* ---- lanes: micro-batches taking turns on one device (emu.h, "Lanes")
+ *
+ * Each lane is a fiber with the device's own emu_self. On a device
+ * thread the lanes switch through a scheduler of their own (own), which
+ * the syncs never see: a lane that waits in a collective blocks the
+ * thread, as the device would. In a coroutine run they are fibers of the
+ * run's scheduler, so a lane that waits lets other devices run, and the
+ * one woken is the lane that waited. */
+
+/* The lane after i that is not done, i itself if none is, -1 if i is. */
+static int emu_lane_next(const emu_lanes_t *L, int i)
+{
+    for (int s = 1; s <= L->n; s++) {
+        int j = (i + s) % L->n;
+        if (!L->fib[j].done) return j;
+    }
+    return -1;
+}
+
+/* Give the device from lane i to lane j, or to the caller (j < 0). The
+ * device's layer tag travels with its lane (the trace's layer column). */
+static void emu_lane_switch(emu_lanes_t *L, emu_dev_t *dev, int i, int j)
+{
+    L->layer[i] = dev->layer;
+    L->cur = j;
+    emu_fiber_switch(L->k, &L->fib[i], j < 0 ? L->caller : &L->fib[j]);
+    dev->layer = L->layer[i];
+}
+
+static void emu_lane_entry(void)
+{
+    emu_dev_t *dev = emu_self;
+    emu_lanes_t *L = dev->lanes;
+    int i = L->cur;
+    emu_fiber_arrived(L->k);
+    moemu_status_t st = L->fn(L->args[i]);
+    L->st[i] = st;
+    /* the others could wait for this lane's collectives for ever */
+    if (st != MOEMU_OK && dev->cluster) emu_cluster_abort(dev->cluster);
+    L->fib[i].done = true;
+    int j = emu_lane_next(L, i);
+    emu_lane_switch(L, dev, i, j == i ? -1 : j);
+    abort(); /* a lane that is done is never switched to */
+}
+
+static moemu_status_t emu_lanes_get(emu_dev_t *dev)
+{
+    if (dev->lanes) return MOEMU_OK;
+    emu_lanes_t *L = calloc(1, sizeof *L);
+    if (!L) return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate lanes for device %d", dev->rank);
+    dev->lanes = L;
+    for (int i = 0; i < EMU_LANES_MAX; i++) {
+        L->fib[i].dev = dev;
+        moemu_status_t st = emu_fiber_map(&L->fib[i], dev->rank);
+        if (st != MOEMU_OK) {
+            emu_lanes_free(dev);
+            return st;
+        }
+    }
+    return MOEMU_OK;
+}
+
+void emu_lanes_free(emu_dev_t *dev)
+{
+    emu_lanes_t *L = dev->lanes;
+    for (int i = 0; L && i < EMU_LANES_MAX; i++)
+        if (L->fib[i].map) munmap(L->fib[i].map, L->fib[i].map_len);
+    free(L);
+    dev->lanes = NULL;
+}
+
+/* Lane i's failure as the run's: a lane's own failure before a peer's
+ * "stopped", then the first lane. */
+static moemu_status_t emu_lanes_status(emu_lanes_t *L)
+{
+    int f = -1;
+    for (int i = 0; i < L->n; i++)
+        if (L->st[i] != MOEMU_OK && (f < 0 || (L->st[f] == MOEMU_ERR_PEER &&
+                                               L->st[i] != MOEMU_ERR_PEER)))
+            f = i;
+    return f < 0 ? MOEMU_OK : moemu_fail(L->st[f], "%s", L->fib[f].err);
+}
+
+moemu_status_t emu_dev_lanes(emu_dev_t *dev, int n, emu_lane_fn fn, void *const *args)
+{
+    if (n < 1 || n > EMU_LANES_MAX || (dev->lanes && dev->lanes->active))
+        return moemu_fail(MOEMU_ERR_INVALID, "device %d: %d lanes (1 to %d, not nested)",
+                          dev->rank, n, EMU_LANES_MAX);
+    if (n == 1) return fn(args[0]);
+    MOEMU_CHECK(emu_lanes_get(dev));
+    emu_lanes_t *L = dev->lanes;
+    char *err = emu_err_redirect(NULL); /* the caller's buffer, to put back */
+    emu_err_redirect(err);
+    L->k = emu_sched_self ? emu_sched_self : &L->own;
+    if (!emu_sched_self) {
+        L->own = (emu_sched_t){.c = dev->cluster};
+        L->own.cur = &L->own.main;
+#ifdef EMU_TSAN
+        L->own.main.tsan = __tsan_get_current_fiber();
+#endif
+    }
+    L->caller = L->k->cur;
+    L->n = n, L->fn = fn, L->args = args, L->active = true;
+    for (int i = 0; i < n; i++) {
+        emu_fiber_t *f = &L->fib[i];
+        f->done = false;
+        f->asan_fake = NULL;
+        f->err[0] = '\0';
+        L->st[i] = MOEMU_OK;
+        L->layer[i] = dev->layer;
+#ifdef EMU_TSAN
+        f->tsan = __tsan_create_fiber(0);
+#endif
+        emu_fiber_prepare(f, emu_lane_entry);
+    }
+    L->cur = 0;
+    emu_fiber_switch(L->k, L->caller, &L->fib[0]);
+    /* every lane is done: the caller's device and messages again */
+    L->active = false;
+    emu_self = dev;
+    emu_err_redirect(err);
+#ifdef EMU_TSAN
+    for (int i = 0; i < n; i++) __tsan_destroy_fiber(L->fib[i].tsan);
+#endif
+    return emu_lanes_status(L);
+}
+
+void emu_dev_lane_yield(emu_dev_t *dev)
+{
+    emu_lanes_t *L = dev->lanes;
+    if (!L || !L->active) return;
+    int i = L->cur, j = emu_lane_next(L, i);
+    if (j != i) emu_lane_switch(L, dev, i, j);
+}
+
+bool emu_dev_in_lanes(const emu_dev_t *dev) { return dev->lanes && dev->lanes->active; }

@@ -216,6 +216,7 @@ static void emu_stream_book(emu_dev_t *dev, emu_coll_t kind, emu_link_t link, do
                             double start, double end, double sent)
 {
     dev->comm_clock = end;
+    dev->comm_seq++;
     if (!dev->async && dev->npending == 0) {
         double t0 = dev->clock;
         dev->clock = end;
@@ -243,23 +244,36 @@ static double emu_inside(double a, double b, double lo, double hi)
     return y > x ? y - x : 0;
 }
 
-/* The compute stream waits over [t0, t1): that part of the pending
- * segments was exposed, the rest ran beside its kernels. */
-void emu_dev_comm_wait(emu_dev_t *dev)
+/* The compute stream waits for the first r pending segments, over [t0,
+ * t1): that part of them was exposed, the rest ran beside its kernels.
+ * The stream runs in order, so the segments left start after t1. */
+static void emu_comm_retire(emu_dev_t *dev, int r)
 {
-    if (dev->npending == 0) return;
-    double t0 = dev->clock, t1 = emu_dev_comm_ready(dev);
-    for (int i = 0; i < dev->npending; i++) {
+    if (r <= 0) return;
+    double t0 = dev->clock, t1 = dev->pending[r - 1].end;
+    if (r == dev->npending) t1 = emu_dev_comm_ready(dev);
+    for (int i = 0; i < r; i++) {
         const struct emu_seg *g = &dev->pending[i];
         dev->overlap.idle += g->start - g->ready - emu_inside(g->ready, g->start, t0, t1);
         dev->overlap.comm += g->end - g->start - emu_inside(g->start, g->end, t0, t1);
     }
-    const struct emu_seg *last = &dev->pending[dev->npending - 1];
-    dev->npending = 0;
+    const struct emu_seg last = dev->pending[r - 1];
+    dev->npending -= r;
+    memmove(dev->pending, dev->pending + r, sizeof dev->pending[0] * (size_t)dev->npending);
     if (t1 <= t0) return;
-    if (dev->trace) emu_span_add(dev, EMU_SPAN_IDLE, last->kind, last->link, t0, t1, 0, 0);
+    if (dev->trace) emu_span_add(dev, EMU_SPAN_IDLE, last.kind, last.link, t0, t1, 0, 0);
     dev->clock = t1;
     emu_dev_pace(dev);
+}
+
+void emu_dev_comm_wait(emu_dev_t *dev) { emu_comm_retire(dev, dev->npending); }
+
+uint64_t emu_dev_comm_mark(const emu_dev_t *dev) { return dev->comm_seq; }
+
+void emu_dev_comm_wait_mark(emu_dev_t *dev, uint64_t mark)
+{
+    uint64_t later = dev->comm_seq - mark; /* issued since the mark */
+    emu_comm_retire(dev, later >= (uint64_t)dev->npending ? 0 : dev->npending - (int)later);
 }
 
 emu_overlap_t emu_dev_overlap(const emu_dev_t *dev) { return dev->overlap; }
@@ -272,7 +286,7 @@ static const struct {
     const char *const *names;
 } emu_choices[] = {
     {"overlap", offsetof(emu_stack_t, overlap), EMU_OVERLAP__COUNT,
-     (const char *const[]){"none", "shared-experts"}},
+     (const char *const[]){"none", "shared-experts", "two-batch"}},
     {"dispatcher", offsetof(emu_stack_t, dispatcher), EMU_DISPATCH__COUNT,
      (const char *const[]){"all-to-all", "all-gather", "deepep"}},
 };

@@ -824,15 +824,27 @@ moemu_status_t layer_mlp_block(layer_view_t *v, const layer_mlp_t *m, float *out
     return MOEMU_OK;
 }
 
+/* The work beside the routed rows' journey: the shared experts (over),
+ * and with two-batch overlap the other lane's turn (lanes). */
 typedef struct {
     layer_view_t *v;
     const layer_mlp_t *m;
-} shared_t;
+    bool over, lanes;
+} beside_t;
 
-static moemu_status_t shared_beside(void *arg)
+static moemu_status_t beside_rows(void *arg)
 {
-    shared_t *a = arg;
-    return mlp_compute(a->v, a->m);
+    beside_t *a = arg;
+    if (a->over) MOEMU_CHECK(mlp_compute(a->v, a->m));
+    if (a->lanes) emu_dev_lane_yield(a->v->x->dev);
+    return MOEMU_OK;
+}
+
+static moemu_status_t beside_back(void *arg)
+{
+    beside_t *a = arg;
+    emu_dev_lane_yield(a->v->x->dev);
+    return MOEMU_OK;
 }
 
 moemu_status_t layer_dense_block(layer_view_t *v, const float *norm, const layer_mlp_t *m)
@@ -853,15 +865,18 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
     /* Megatron's shared-expert overlap: they compute while the routed rows
      * travel (their SP gather first, as its pre_forward_comm), and their
-     * output waits in sh_out (the sum is the same) */
-    shared_t sa = {v, mlp};
-    layer_beside_t beside = {shared_beside, &sa};
-    bool over = mlp->S > 0 && layer_moe_in_flight(v->x, v->sh) &&
-                emu_dev_spec(v->x->dev)->stack.overlap == EMU_OVERLAP_SHARED_EXPERTS;
+     * output waits in sh_out (the sum is the same). Two-batch overlap
+     * runs them there too (SGLang's order), then gives the device to the
+     * other lane while the rows travel and again while they come back. */
+    bool fly = layer_moe_in_flight(v->x, v->sh), lanes = fly && emu_dev_in_lanes(v->x->dev);
+    bool over = mlp->S > 0 && fly &&
+                (lanes || emu_dev_spec(v->x->dev)->stack.overlap == EMU_OVERLAP_SHARED_EXPERTS);
+    beside_t sa = {v, mlp, over, lanes};
+    layer_beside_t beside = {beside_rows, lanes ? beside_back : NULL, &sa};
     if (over && v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     MOEMU_CHECK(layer_moe_routed(v->x, v->sh, v->moe + (size_t)r->m0 * d,
                                  v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex,
-                                 over ? &beside : NULL));
+                                 over || lanes ? &beside : NULL));
     MOEMU_CHECK(routed_back(v));
     float *moeR = v->moe + (size_t)r->r0 * d;
     if (over) layer_add(v->x, moeR, v->sh_out, (int64_t)R * d);

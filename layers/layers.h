@@ -369,9 +369,12 @@ typedef struct {
 } layer_experts_t;
 
 /* Work for the compute stream while the routed rows are in flight (an
- * engine's overlap, emu.h "Streams"); fn's status is the call's. */
+ * engine's overlap, emu.h "Streams"): fn while they travel to the
+ * experts, back (may be NULL) while the outputs travel back; their status
+ * is the call's. */
 typedef struct {
     moemu_status_t (*fn)(void *arg);
+    moemu_status_t (*back)(void *arg);
     void *arg;
 } layer_beside_t;
 
@@ -391,7 +394,8 @@ bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s);
  * and returned; routed (n, d) = sum over kept choices, in choice order, of
  * w * expert(x). beside (may be NULL) runs once: while the rows travel,
  * where they do (they go asynchronously then, and the compute stream
- * waits for them after it), otherwise first. */
+ * waits for them after it), otherwise first; its back, where the rows
+ * travel, while the outputs travel back. */
 moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,

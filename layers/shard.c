@@ -296,6 +296,7 @@ typedef struct {
     bool local, ret_held;
     float *sendbuf, *recvbuf, *lists, *outl, *ret;
     void *lists_mem;
+    const layer_beside_t *beside; /* work while the rows travel, or NULL */
 } moe_plan_t;
 /* The dispatch's rows travel in FP8 where the context says so (counted so;
  * the values are the dtype's), the combine's in the dtype. */
@@ -437,6 +438,34 @@ static void xfer_add(const moe_plan_t *m, int i, const layer_xfer_t *t0)
     if (m->ex->xfer) layer_xfer_since(&m->ex->xfer[i], t0, m->c->dev);
 }
 
+/* The collectives issued between in_flight and landed go asynchronously
+ * when m->beside has work for their wait (emu.h, "Streams"): fn for the
+ * dispatch (i = 0), back for the combine (1). landed counts them from t0
+ * as the dispatch or the combine, runs that work while they travel and
+ * makes the compute stream wait for them, not for what the work issued
+ * (another lane's). Returns st, or the work's failure. */
+static moemu_status_t (*beside_work(const moe_plan_t *m, int i))(void *)
+{
+    return !m->beside ? NULL : i == 0 ? m->beside->fn : m->beside->back;
+}
+
+static void in_flight(const moe_plan_t *m, int i)
+{
+    emu_dev_set_async(m->c->dev, beside_work(m, i) != NULL);
+}
+
+static moemu_status_t landed(moe_plan_t *m, int i, moemu_status_t st, const layer_xfer_t *t0)
+{
+    emu_dev_t *dev = m->c->dev;
+    moemu_status_t (*work)(void *) = beside_work(m, i);
+    emu_dev_set_async(dev, false);
+    uint64_t mark = emu_dev_comm_mark(dev);
+    xfer_add(m, i, t0);
+    if (st == MOEMU_OK && work) st = work(m->beside->arg);
+    emu_dev_comm_wait_mark(dev, mark);
+    return st;
+}
+
 /* 1. my kept choices by expert: a counting sort, stable in (row, slot);
  * the choices are metadata, planned even when math is skipped */
 static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *keep)
@@ -560,10 +589,10 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
     MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
     MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
                           (void **)&m->ret));
+    in_flight(m, 1);
     moemu_status_t st = alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp,
                                   c->dtype, m->s->ep);
-    xfer_add(m, 1, &t0);
-    return st;
+    return landed(m, 1, st, &t0);
 }
 
 /* 8. combine in choice order; a dropped choice contributes 0 */
@@ -762,33 +791,13 @@ bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s)
            layer_moe_dispatcher(c, s) != EMU_DISPATCH_ALLGATHER;
 }
 
-/* The dispatch's collectives issued between in_flight and landed go
- * asynchronously when beside is given (emu.h, "Streams"); landed counts
- * them from t0 as the dispatch, runs beside while they travel and makes
- * the compute stream wait for them. Returns st, or beside's failure. */
-static void in_flight(layer_ctx_t *c, const layer_beside_t *beside)
-{
-    emu_dev_set_async(c->dev, beside != NULL);
-}
-
-static moemu_status_t landed(moe_plan_t *m, moemu_status_t st, const layer_beside_t *beside,
-                             const layer_xfer_t *t0)
-{
-    emu_dev_set_async(m->c->dev, false);
-    xfer_add(m, 0, t0);
-    if (st == MOEMU_OK && beside) st = beside->fn(beside->arg);
-    emu_dev_comm_wait(m->c->dev);
-    return st;
-}
-
 /* 3-4, with beside while the rows travel */
-static moemu_status_t dispatch_rows(moe_plan_t *m, const float *x, const layer_beside_t *beside,
-                                    const layer_xfer_t *t0)
+static moemu_status_t dispatch_rows(moe_plan_t *m, const float *x, const layer_xfer_t *t0)
 {
-    in_flight(m->c, beside);
+    in_flight(m, 0);
     moemu_status_t st = send_rows(m, x);
     if (st == MOEMU_OK) st = gather_lists(m);
-    return landed(m, st, beside, t0);
+    return landed(m, 0, st, t0);
 }
 
 /* DeepEP's normal-mode dispatch and combine (emu_dispatcher_t): each row
@@ -963,13 +972,17 @@ static moemu_status_t deep_compute(deep_t *g)
 }
 
 /* 4. one row per (row, member) back, summed in rank order */
-static moemu_status_t deep_combine(deep_t *g, float *routed)
+static moemu_status_t deep_combine(deep_t *g, moe_plan_t *m, float *routed)
 {
     layer_ctx_t *c = g->c;
     int P = g->P, d = g->d;
     size_t *sc = g->cnt, *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    layer_xfer_t t0;
+    layer_xfer_now(&t0, c->dev);
     deep_counts(g, d);
-    MOEMU_CHECK(alltoallv(c, g->ret, rc, rd, g->back, sc, sd, c->dtype, g->s->ep));
+    in_flight(m, 1);
+    moemu_status_t st = alltoallv(c, g->ret, rc, rd, g->back, sc, sd, c->dtype, g->s->ep);
+    MOEMU_CHECK(landed(m, 1, st, &t0));
     if (c->math) {
         memset(routed, 0, sizeof(float) * (size_t)g->n * d);
         for (int64_t i = 0; i < g->nsend; i++)
@@ -990,17 +1003,15 @@ static moemu_status_t routed_deepep(layer_ctx_t *c, const layer_shard_t *s, floa
     size_t cnt[4 * P];
     deep_t g = {.c = c, .s = s, .ex = ex, .P = P, .Eper = Eper, .k = ex->k, .d = ex->d,
                 .n = n, .scount = scount, .rcount = rcount, .cnt = cnt};
-    moe_plan_t m = {.c = c, .ex = ex};
+    moe_plan_t m = {.c = c, .ex = ex, .beside = beside};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
     moemu_status_t st = deep_plan(&g, idx, w, keep);
-    in_flight(c, beside);
+    in_flight(&m, 0);
     if (st == MOEMU_OK) st = deep_dispatch(&g, x);
-    st = landed(&m, st, beside, &t0);
+    st = landed(&m, 0, st, &t0);
     if (st == MOEMU_OK) st = deep_compute(&g);
-    layer_xfer_now(&t0, c->dev);
-    if (st == MOEMU_OK) st = deep_combine(&g, routed);
-    xfer_add(&m, 1, &t0);
+    if (st == MOEMU_OK) st = deep_combine(&g, &m, routed);
     if (g.comm) emu_free(c->dev, EMU_MEM_COMM, g.comm, g.comm_bytes);
     free(g.src);
     free(g.smeta);
@@ -1031,12 +1042,12 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
     }
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
-                    .local = !s->ep && !s->etp};
+                    .local = !s->ep && !s->etp, .beside = beside};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
     moemu_status_t st = plan_sends(&m, idx, keep);
     if (st == MOEMU_OK) st = send_counts(&m);
-    if (st == MOEMU_OK) st = dispatch_rows(&m, x, beside, &t0);
+    if (st == MOEMU_OK) st = dispatch_rows(&m, x, &t0);
     else xfer_add(&m, 0, &t0);
     if (st == MOEMU_OK) st = compute_and_return(&m);
     if (st == MOEMU_OK) st = combine(&m, routed, w, keep);

@@ -500,15 +500,31 @@ expect 0 "of a100-80g+trtllm" \
     "$moemu" run --model tiny --strategy tp2 --hw a100-80g --engine trtllm --math skip
 # overlap: a mode that is none, from the flag and from a profile; the
 # shared experts beside the dispatch make a second stream in the trace
-expect 2 "--overlap: overlap 'bogus' is none of: none, shared-experts" \
+expect 2 "--overlap: overlap 'bogus' is none of: none, shared-experts, two-batch" \
     "$moemu" run --model tiny --overlap bogus --math skip
 printf '{"name":"x","overlap":3,"cards":{"card-400tf-64gb":{"mfu":0.5,"bw_util":0.5,"launch_s":0}}}' >"$tmp/ov.json"
-expect 2 "key overlap: overlap '(not a string)' is none of: none, shared-experts" \
+expect 2 "key overlap: overlap '(not a string)' is none of: none, shared-experts, two-batch" \
     "$moemu" run --model tiny --engine "$tmp/ov.json" --math skip
 expect 0 "communication not overlapped" "$moemu" run \
     --model "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" --strategy dp2-ep2 --math skip \
     --batch 2 --prompt-len 16 --decode 2 --overlap shared-experts --trace "$tmp/ov.trace"
 grep -q '"device 1 comm"' "$tmp/ov.trace" && ok || bad "the overlap trace lacks the comm stream"
+# two-batch overlap: both of its conditions refused at once; a dry run
+# whose lanes hide most of the dispatch and combine, the same twice
+expect 2 "in pairs, and --micro-batches is 1 (give 2 or more); it runs on one" "$moemu" run --model tiny --strategy pp2-dp2-ep2 \
+    --overlap two-batch --math skip
+expect 2 "and the strategy has PP = 2" "$moemu" run --model tiny --strategy pp2-dp2-ep2 \
+    --overlap two-batch --math skip
+tbo() {
+    "$moemu" run --model "${MOEMU_SRCDIR:-.}/examples/models/DeepSeek-V2-Lite.json" --math skip \
+        --strategy dp4-ep4 --hw h800 --batch 8 --prompt-len 64 --decode 3 --micro-batches 2 "$@" |
+        grep -E 'end to end|beside kernels'
+}
+tbo_a=$(tbo --overlap two-batch) tbo_b=$(tbo --overlap two-batch) tbo_none=$(tbo)
+if [ "$tbo_a" != "$tbo_b" ]; then bad "two-batch overlap not deterministic: $tbo_a / $tbo_b"
+elif ! printf '%s' "$tbo_a" | grep -q 'beside kernels *-'; then bad "nothing beside kernels: $tbo_a"
+elif [ "$tbo_a" = "$tbo_none" ]; then bad "two-batch overlap changed nothing"
+else ok; fi
 expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather, deepep" \
     "$moemu" run --model tiny --dispatcher x --math skip
 expect 0 "all-gather 4 (dispatch 4)" "$moemu" run --model tiny --strategy dp2-ep2 \

@@ -51,10 +51,13 @@ const cli_opt_t cli_shared_options[] = {
     {.name = "engine", .arg = "NAME|FILE", .type = CLI_STR, .off = SH(engine),
      .help = "an engine profile's figures for the card over the\npreset's (vllm, trtllm: hw/engines)"},
     {.name = "overlap", .arg = "MODE", .type = CLI_STR, .off = SH(overlap),
-     .help = "what runs beside communication: none, or\n"
+     .help = "what runs beside communication: none,\n"
              "shared-experts (Megatron's: the shared experts\n"
-             "compute while the routed rows travel); default: the\n"
-             "engine profile's, else none"},
+             "compute while the routed rows travel), or two-batch\n"
+             "(SGLang's and DeepSeek's: micro-batches in pairs,\n"
+             "one computes while the other's rows travel; PP = 1,\n"
+             "--micro-batches 2 or more); default: the engine\n"
+             "profile's, else none"},
     {.name = "dispatcher", .arg = "KIND", .type = CLI_STR, .off = SH(dispatcher),
      .help = "how tokens reach their experts: all-to-all,\n"
              "all-gather (Megatron's: the EP group gathers every\n"

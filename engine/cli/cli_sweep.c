@@ -296,6 +296,11 @@ static int run(const sweep_cli_t *o)
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
     printf("sweep    %s on %d devices of %s (%d per node), dry runs\n", cfg.name, o->sh.devices,
            hw.name, hw.topo.devices_per_node);
+    const emu_stack_t *sk = &hw.spec.stack;
+    if (sk->overlap || sk->dispatcher)
+        printf("stack    dispatcher %s, overlap %s%s\n", emu_stack_name(sk, "dispatcher"),
+               emu_stack_name(sk, "overlap"), sk->overlap == EMU_OVERLAP_TWO_BATCH
+               ? " (PP = 1 only, micro-batches in pairs: x2)" : "");
     printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
            "sequence, routing %s\n", wl.batch, min_len, wl.max_len,
            (long long)wl_prompt_tokens(&wl), wl.decode, o->sh.routing ? o->sh.routing : "uniform");

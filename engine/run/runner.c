@@ -301,19 +301,22 @@ static moemu_status_t head(worker_t *v, const pass_t *ps)
     return pick(v, ps, full, ld, nl);
 }
 
-/* The pass's collectives in the device's layers, from the snapshots
- * taken before its first layer: all of them, and the MoE's. */
-static void count_layers(worker_t *v, const layer_xfer_t *t0, const layer_xfer_t *moe0)
+/* The passes' collectives in the device's layers, from the snapshots
+ * taken before their first layer: all of them, and the MoE's. */
+static void count_layers(worker_t *v, int passes, const layer_xfer_t *t0,
+                         const layer_xfer_t *moe0)
 {
     model_coll_t *c = &v->D->out->coll[2 * v->rank + (v->ps->decode ? 1 : 0)];
     const layer_xfer_t *moe = v->D->out->moe_xfer + 2 * v->rank;
-    c->passes++;
+    c->passes += passes;
     c->layers = v->pl.par.layer1 - v->pl.par.layer0;
     layer_xfer_since(&c->layers_all, t0, v->dev);
     for (int i = 0; i < 2; i++) layer_xfer_add(&c->moe[i], &moe0[i], &moe[i]);
 }
 
-static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
+/* A pass's rows and its input: the tokens' embedding on the first stage,
+ * the previous stage's output on the others. */
+static moemu_status_t pass_begin(worker_t *v, const pass_t *ps)
 {
     run_t *D = v->D;
     /* a pass with no sequence still runs: its replica's experts serve the
@@ -326,16 +329,20 @@ static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
     v->ps = ps;
     int R = r->r1 - r->r0, d = v->pl.dims.d;
     par_comm_t *pp = D->comm[v->rank * C__COUNT + C_PP];
-    if (v->stage == 0) {
-        if (ps->decode && v->P > 1)
-            MOEMU_CHECK(par_recv(v->tok + ps->b0 - v->rb0, (size_t)(ps->b1 - ps->b0),
-                                 EMU_DTYPE_INT32, v->P - 1, pp, v->dev));
-        MOEMU_CHECK(embed(v, ps));
-    } else {
-        MOEMU_CHECK(par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev));
-    }
-    layer_xfer_t t0, moe0[2] = {D->out->moe_xfer[2 * v->rank], D->out->moe_xfer[2 * v->rank + 1]};
-    layer_xfer_now(&t0, v->dev);
+    if (v->stage > 0)
+        return par_recv(v->view.xr, (size_t)R * d, v->x.dtype, v->stage - 1, pp, v->dev);
+    if (ps->decode && v->P > 1)
+        MOEMU_CHECK(par_recv(v->tok + ps->b0 - v->rb0, (size_t)(ps->b1 - ps->b0),
+                             EMU_DTYPE_INT32, v->P - 1, pp, v->dev));
+    return embed(v, ps);
+}
+
+/* The layers the device holds (a lane of emu_dev_lanes). */
+static moemu_status_t pass_layers(void *arg)
+{
+    worker_t *v = arg;
+    run_t *D = v->D;
+    const pass_t *ps = v->ps;
     for (int l = v->pl.par.layer0; l < v->pl.par.layer1; l++) {
         if (D->mo->progress && v->rank == 0)
             D->mo->progress(D->mo->progress_arg, ps->decode ? "decode" : "prefill",
@@ -346,17 +353,34 @@ static moemu_status_t pass_body(worker_t *v, const pass_t *ps)
         MOEMU_CHECK(layer(v, l));
     }
     emu_dev_set_layer(v->dev, -1);
-    count_layers(v, &t0, moe0);
-    if (v->stage < v->P - 1)
-        return par_send(v->view.xr, (size_t)R * d, v->x.dtype, v->stage + 1, pp, v->dev);
-    return head(v, ps);
+    return MOEMU_OK;
 }
 
-static moemu_status_t run_pass(worker_t *v, const pass_t *ps)
+/* The output on to the next stage, or the logits on the last. */
+static moemu_status_t pass_end(worker_t *v)
 {
-    layer_xfer_t t0;
+    const layer_rows_t *r = &v->rows;
+    size_t n = (size_t)(r->r1 - r->r0) * v->pl.dims.d;
+    if (v->stage < v->P - 1)
+        return par_send(v->view.xr, n, v->x.dtype, v->stage + 1,
+                        v->D->comm[v->rank * C__COUNT + C_PP], v->dev);
+    return head(v, v->ps);
+}
+
+/* Passes ps[0..n) of the same kind, one per lane: their layers as lanes
+ * of the device with two-batch overlap (n = 2), each begun and ended in
+ * turn. */
+static moemu_status_t run_passes(worker_t *const *lane, const pass_t *ps, int n)
+{
+    worker_t *v = lane[0];
+    layer_xfer_t t0, l0, *moe = v->D->out->moe_xfer + 2 * v->rank, moe0[2] = {moe[0], moe[1]};
     layer_xfer_now(&t0, v->dev);
-    moemu_status_t st = pass_body(v, ps);
+    moemu_status_t st = MOEMU_OK;
+    for (int i = 0; st == MOEMU_OK && i < n; i++) st = pass_begin(lane[i], &ps[i]);
+    layer_xfer_now(&l0, v->dev);
+    if (st == MOEMU_OK) st = emu_dev_lanes(v->dev, n, pass_layers, (void *const *)lane);
+    if (st == MOEMU_OK) count_layers(v, n, &l0, moe0);
+    for (int i = 0; st == MOEMU_OK && i < n; i++) st = pass_end(lane[i]);
     layer_xfer_since(&v->D->out->coll[2 * v->rank + (ps->decode ? 1 : 0)].pass, &t0, v->dev);
     return st;
 }
@@ -548,27 +572,64 @@ static moemu_status_t dev_setup(worker_t *v)
     return dev_scratch(v);
 }
 
+/* The second lane of two-batch overlap: the device's place, cache and
+ * schedule shared, its own rows and scratch (a second micro-batch's
+ * activations, counted as the device's). */
+static moemu_status_t lane_setup(worker_t *b, const worker_t *a)
+{
+    *b = *a;
+    b->view = (layer_view_t){.x = &b->x, .sh = &b->sh, .dm = &b->pl.dims, .r = &b->rows};
+    b->block = NULL;
+    int nseq = a->rb1 - a->rb0;
+    b->view.seqs = calloc(2 * (size_t)nseq + 1, sizeof *b->view.seqs);
+    b->gcounts = calloc((size_t)a->D->s->cp * a->D->s->tp, sizeof(int));
+    if (!b->view.seqs || !b->gcounts)
+        return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate a second lane of %d sequences",
+                          nseq);
+    return dev_scratch(b);
+}
+
+static void lane_free(worker_t *b)
+{
+    if (b->block) emu_free(b->dev, EMU_MEM_ACT, b->block, b->block_bytes);
+    free(b->view.seqs);
+    free(b->gcounts);
+}
+
+/* Every pass of the replica's micro-batches, n at a time (lanes). */
+static moemu_status_t dev_passes(worker_t *const *lane, int n, bool decode, int step)
+{
+    const worker_t *v = lane[0];
+    moemu_status_t st = MOEMU_OK;
+    for (int m = 0; st == MOEMU_OK && m < v->nmb; m += n) {
+        int k = v->nmb - m < n ? v->nmb - m : n;
+        pass_t ps[EMU_LANES_MAX];
+        for (int i = 0; i < k; i++)
+            ps[i] = (pass_t){.b0 = v->mb[m + i], .b1 = v->mb[m + i + 1], .decode = decode,
+                             .step = step};
+        st = run_passes(lane, ps, k);
+    }
+    return st;
+}
+
 static moemu_status_t dev_main(emu_dev_t *dev, void *arg)
 {
     run_t *D = arg;
-    worker_t v = {.D = D, .dev = dev, .rank = emu_dev_rank(dev)};
+    worker_t v = {.D = D, .dev = dev, .rank = emu_dev_rank(dev)}, v2 = {0};
+    worker_t *const lane[EMU_LANES_MAX] = {&v, &v2};
+    int n = emu_dev_spec(dev)->stack.overlap == EMU_OVERLAP_TWO_BATCH ? 2 : 1;
     moemu_status_t st = dev_setup(&v);
+    if (st == MOEMU_OK && n == 2) st = lane_setup(&v2, &v);
     int N = D->wl->decode;
     double t0 = emu_host_seconds();
-    for (int m = 0; st == MOEMU_OK && m < v.nmb; m++) {
-        pass_t ps = {.b0 = v.mb[m], .b1 = v.mb[m + 1]};
-        st = run_pass(&v, &ps);
-    }
+    if (st == MOEMU_OK) st = dev_passes(lane, n, false, 0);
     double t1 = emu_host_seconds();
-    for (int step = 1; step < N && st == MOEMU_OK; step++)
-        for (int m = 0; st == MOEMU_OK && m < v.nmb; m++) {
-            pass_t ps = {.b0 = v.mb[m], .b1 = v.mb[m + 1], .decode = true, .step = step};
-            st = run_pass(&v, &ps);
-        }
+    for (int step = 1; step < N && st == MOEMU_OK; step++) st = dev_passes(lane, n, true, step);
     if (v.rank == 0) {
         D->out->wall_prefill = t1 - t0;
         D->out->wall_decode = emu_host_seconds() - t1;
     }
+    if (n == 2) lane_free(&v2);
     dev_free(&v);
     return st;
 }
@@ -599,6 +660,20 @@ void runner_opts_one_device(runner_opts_t *o, const emu_hw_t *hw, int route_dp, 
 }
 
 /* The options against the model: every problem of the strategy at once. */
+/* Two-batch overlap pairs each replica's micro-batches on one stage. */
+static moemu_status_t check_lanes(const runner_opts_t *o)
+{
+    if (o->hw.spec.stack.overlap != EMU_OVERLAP_TWO_BATCH) return MOEMU_OK;
+    moemu_problems_t pr = {0};
+    if (o->micro_batches < 2)
+        moemu_problem(&pr, "it runs a replica's micro-batches in pairs, and --micro-batches is "
+                      "%d (give 2 or more)", o->micro_batches);
+    if (o->strategy.pp > 1)
+        moemu_problem(&pr, "it runs on one pipeline stage, as SGLang's does, and the strategy "
+                      "has PP = %d", o->strategy.pp);
+    return pr.n ? moemu_fail_problems(MOEMU_ERR_INVALID, &pr, "two-batch overlap") : MOEMU_OK;
+}
+
 static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
 {
     par_dims_t dims;
@@ -612,6 +687,7 @@ static moemu_status_t check_opts(run_t *D, const runner_opts_t *o)
                           "DP = %d", D->route_dp, o->strategy.dp);
     if (o->dry && !o->routing)
         return moemu_fail(MOEMU_ERR_INVALID, "a dry run needs a routing source");
+    MOEMU_CHECK(check_lanes(o));
     return runner_check_prec(D->c, o);
 }
 
@@ -651,8 +727,9 @@ static moemu_status_t dev_host_bytes(run_t *D, int rank, double *bytes, int *row
     if (st == MOEMU_OK) {
         scratch_t z;
         dev_scratch_size(&v, &z);
+        int lanes = D->o->hw.spec.stack.overlap == EMU_OVERLAP_TWO_BATCH ? 2 : 1;
         *bytes = v.sched_bytes + sizeof(float) * (double)(dev_cache_layout(&v, NULL) + 1) +
-                 (double)z.bytes;
+                 lanes * (double)z.bytes;
         *rows = z.Ttot > z.Tmax ? z.Ttot : z.Tmax;
     }
     dev_free(&v);

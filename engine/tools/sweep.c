@@ -57,6 +57,10 @@ static int mb_add(int *mb, int n, int m, int cap)
 int sweep_micro_batches(const par_strategy_t *s, int B, const sweep_opts_t *o, int *mb)
 {
     int n = 0;
+    if (o->pairs) {
+        mb[n++] = 2; /* a replica of fewer sequences runs empty passes */
+        return n;
+    }
     mb[n++] = 1;
     if (s->pp < 2) return n;
     int cap = B / (s->dp > 0 ? s->dp : 1); /* the smallest replica's sequences */
@@ -376,6 +380,12 @@ moemu_status_t sweep_run(sweep_t *out, const cfg_model_t *cfg, const wl_t *wl,
     memset(out, 0, sizeof *out);
     out->objective = o->objective;
     MOEMU_CHECK(check_opts(o));
+    sweep_opts_t po = *o;
+    if (hw->spec.stack.overlap == EMU_OVERLAP_TWO_BATCH) {
+        po.pairs = true;
+        po.enumerate.max_pp = 1;
+        o = &po;
+    }
     MOEMU_CHECK(enumerate_rows(out, cfg, wl, devices, o));
     sweep_ctx_t x = {.cfg = cfg, .wl = wl, .hw = hw, .prec = o->prec};
     moemu_status_t st = wts_address_only(&x.w, cfg);

@@ -63,7 +63,8 @@ typedef void (*sweep_progress_fn)(void *arg, int done, int total, const sweep_ro
 
 /* The micro-batch counts tried for a strategy with PP > 1 (PP = 1 runs
  * 1 only). Counts over the sequences of the smallest DP replica are left
- * out; 1 is always tried. */
+ * out; 1 is always tried. Under two-batch overlap (emu_stack_t), which
+ * pairs micro-batches on one stage: PP = 1 only, at 2. */
 typedef enum {
     SWEEP_MB_POW2 = 0, /* 1, 2, 4, 8, ... */
     SWEEP_MB_PP,       /* 1, PP and 2*PP */
@@ -109,6 +110,8 @@ struct sweep_opts {
     const char *routing;        /* route_open's spec; NULL: uniform */
     uint64_t seed;              /* the routing's seed */
     run_prec_t prec;            /* runner_opts_t's */
+    bool pairs;                 /* set by sweep_run under two-batch
+                                   overlap: PP = 1 at 2 micro-batches */
     sweep_progress_fn progress; /* may be NULL */
     void *progress_arg;
 };
