@@ -257,13 +257,26 @@ typedef enum {
     EMU_DISPATCH__COUNT
 } emu_dispatcher_t;
 
+/* How many kernels a layer launches for its projections. */
+typedef enum {
+    /* one per weight matrix, as Hugging Face transformers runs them */
+    EMU_KERNELS_SEPARATE = 0,
+    /* q, k and v as one product, and gate and up as one (vLLM's
+     * QKVParallelLinear and MergedColumnParallelLinear, fused_moe's w13,
+     * TensorRT-LLM's and Megatron-Core's fused QKV and fc1) */
+    EMU_KERNELS_FUSED,
+    EMU_KERNELS__COUNT
+} emu_kernels_mode_t;
+
 typedef struct {
     emu_overlap_mode_t overlap;
     emu_dispatcher_t dispatcher;
+    emu_kernels_mode_t kernels;
 } emu_stack_t;
 
 /* Set choice key ("overlap": "none", "shared-experts", "two-batch"; "dispatcher":
- * "all-to-all", "all-gather", "deepep") to the value named; MOEMU_ERR_INVALID, the
+ * "all-to-all", "all-gather", "deepep"; "kernels": "separate", "fused") to the
+ * value named; MOEMU_ERR_INVALID, the
  * message beginning with origin and listing the values, when the key or
  * the value (NULL: not a string) is none of them. */
 moemu_status_t emu_stack_set(emu_stack_t *s, const char *key, const char *value,

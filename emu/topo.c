@@ -289,6 +289,8 @@ static const struct {
      (const char *const[]){"none", "shared-experts", "two-batch"}},
     {"dispatcher", offsetof(emu_stack_t, dispatcher), EMU_DISPATCH__COUNT,
      (const char *const[]){"all-to-all", "all-gather", "deepep"}},
+    {"kernels", offsetof(emu_stack_t, kernels), EMU_KERNELS__COUNT,
+     (const char *const[]){"separate", "fused"}},
 };
 #define EMU_CHOICES (int)(sizeof emu_choices / sizeof emu_choices[0])
 

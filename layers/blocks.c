@@ -405,6 +405,15 @@ static moemu_status_t qk_norm_width(layer_view_t *v, const layer_attn_w_t *w)
     return MOEMU_OK;
 }
 
+/* One projection of T rows of d to n, charged here unless a fused kernel
+ * charged it. */
+static void proj(layer_ctx_t *x, bool charged, float *out, const float *in, const float *w,
+                 int T, int d, int n)
+{
+    if (!charged) layer_linear_charge(x, EMU_KERNEL_GEMM, T, d, n, false);
+    layer_linear_math(x, out, in, w, T, d, n, d, false);
+}
+
 /* q, k, v of A from the normalised rows: the rank's heads' columns, their
  * biases, the query/key norm and the clamp, in Hugging Face's order. */
 static moemu_status_t qkv(layer_view_t *v, const layer_attn_w_t *w)
@@ -413,9 +422,11 @@ static moemu_status_t qkv(layer_view_t *v, const layer_attn_w_t *w)
     layer_ctx_t *x = v->x;
     int d = dm->d, hd = dm->hd, TA = v->r->n, qd = dm->Hl * hd, kvd = dm->kvl * hd;
     size_t q0 = (size_t)dm->head0 * hd, k0 = (size_t)dm->kv_head0 * hd;
-    layer_linear(x, EMU_KERNEL_GEMM, v->q, v->na, w->wq + q0 * d, TA, d, qd, d, false);
-    layer_linear(x, EMU_KERNEL_GEMM, v->kk, v->na, w->wk + k0 * d, TA, d, kvd, d, false);
-    layer_linear(x, EMU_KERNEL_GEMM, v->vv, v->na, w->wv + k0 * d, TA, d, kvd, d, false);
+    bool fused = layer_fused(x); /* one product of qd + 2 kvd columns */
+    if (fused) layer_linear_charge(x, EMU_KERNEL_GEMM, TA, d, qd + 2 * kvd, false);
+    proj(x, fused, v->q, v->na, w->wq + q0 * d, TA, d, qd);
+    proj(x, fused, v->kk, v->na, w->wk + k0 * d, TA, d, kvd);
+    proj(x, fused, v->vv, v->na, w->wv + k0 * d, TA, d, kvd);
     if (w->bq) {
         layer_bias(x, v->q, w->bq + q0, TA, qd);
         layer_bias(x, v->kk, w->bk + k0, TA, kvd);

@@ -88,6 +88,16 @@ double layer_blas_resident(int rows);
 void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
                   const float *in, const float *w, int T, int n_in, int n_out,
                   int ldw, bool accumulate);
+/* Its two halves: the kernel's charge (an FP8 product's quantization
+ * too), and the math alone (for products one fused kernel charges). */
+void layer_linear_charge(layer_ctx_t *c, emu_kernel_t kind, int T, int n_in, int n_out,
+                         bool accumulate);
+void layer_linear_math(const layer_ctx_t *c, float *out, const float *in, const float *w, int T,
+                       int n_in, int n_out, int ldw, bool accumulate);
+/* Whether the device's stack launches q, k, v as one product and gate,
+ * up as one (emu_kernels_mode_t). The math stays a product per matrix:
+ * the same bits either way. */
+bool layer_fused(const layer_ctx_t *c);
 
 /* nb products out_i (T, n) = in_i (T, m) @ w_i, w_i (m, n) or, with
  * w_trans, (n, m) used as its transpose; each with its row stride (a slice

@@ -35,9 +35,8 @@ void layer_fp8_quant(layer_ctx_t *c, emu_kernel_t kind, double n)
     emu_charge(c->dev, kind, 3.0 * n, n * ((double)emu_dtype_size(c->dtype) + LAYER_FP8_ACT));
 }
 
-void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
-                  const float *in, const float *w, int T, int n_in, int n_out,
-                  int ldw, bool accumulate)
+void layer_linear_charge(layer_ctx_t *c, emu_kernel_t kind, int T, int n_in, int n_out,
+                         bool accumulate)
 {
     double s = (double)emu_dtype_size(c->dtype);
     bool fp8 = layer_fp8(c, false);
@@ -48,17 +47,34 @@ void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
         layer_fp8_quant(c, kind, (double)T * n_in);
         wk.bytes -= (s - LAYER_FP8_ACT) * T * n_in;
     }
-    if (c->math && T > 0 && n_out > 0) {
-        if (n_in == 0) {
-            if (!accumulate)
-                for (int64_t i = 0; i < (int64_t)T * n_out; i++) out[i] = 0.0f;
-        } else {
-            layer_sgemm(true, T, n_out, n_in, 1.0f, in, n_in, w, ldw,
-                        accumulate ? 1.0f : 0.0f, out, n_out);
-        }
-    }
     emu_gemm_t g = {T, n_out, n_in};
     (fp8 ? emu_charge_gemm_fp8 : emu_charge_gemm)(c->dev, kind, &g, 1, wk.flops, wk.bytes);
+}
+
+void layer_linear_math(const layer_ctx_t *c, float *out, const float *in, const float *w, int T,
+                       int n_in, int n_out, int ldw, bool accumulate)
+{
+    if (!c->math || T <= 0 || n_out <= 0) return;
+    if (n_in == 0) {
+        if (!accumulate)
+            for (int64_t i = 0; i < (int64_t)T * n_out; i++) out[i] = 0.0f;
+        return;
+    }
+    layer_sgemm(true, T, n_out, n_in, 1.0f, in, n_in, w, ldw, accumulate ? 1.0f : 0.0f, out,
+                n_out);
+}
+
+void layer_linear(layer_ctx_t *c, emu_kernel_t kind, float *out,
+                  const float *in, const float *w, int T, int n_in, int n_out,
+                  int ldw, bool accumulate)
+{
+    layer_linear_charge(c, kind, T, n_in, n_out, accumulate);
+    layer_linear_math(c, out, in, w, T, n_in, n_out, ldw, accumulate);
+}
+
+bool layer_fused(const layer_ctx_t *c)
+{
+    return emu_dev_spec(c->dev)->stack.kernels == EMU_KERNELS_FUSED;
 }
 
 void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int n, bool w_trans)

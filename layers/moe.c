@@ -207,9 +207,14 @@ LAYER_HOT void layer_expert_group(layer_ctx_t *c, const layer_expert_job_t *jobs
     double in_flops = 2.0 * rows * d * F;
     double in_bytes = a * rows * d + s * rows * F + ws * experts * F * d;
     emu_gemm_t g[njobs];
-    expert_shapes(g, jobs, njobs, F, d);
-    gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
-    if (silu) gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+    if (silu && layer_fused(c)) { /* gate and up as one product of 2F columns */
+        expert_shapes(g, jobs, njobs, 2 * F, d);
+        gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, 2.0 * in_flops, 2.0 * in_bytes - a * rows * d);
+    } else {
+        expert_shapes(g, jobs, njobs, F, d);
+        gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+        if (silu) gemm(c->dev, EMU_KERNEL_EXPERT, g, njobs, in_flops, in_bytes);
+    }
     emu_charge(c->dev, EMU_KERNEL_EXPERT, (silu ? 6.0 : 8.0) * rows * F,
                ((silu ? 2.0 : 1.0) * s + a) * rows * F);
     expert_shapes(g, jobs, njobs, d, F);

@@ -525,6 +525,18 @@ if [ "$tbo_a" != "$tbo_b" ]; then bad "two-batch overlap not deterministic: $tbo
 elif ! printf '%s' "$tbo_a" | grep -q 'beside kernels *-'; then bad "nothing beside kernels: $tbo_a"
 elif [ "$tbo_a" = "$tbo_none" ]; then bad "two-batch overlap changed nothing"
 else ok; fi
+# fused projections: fewer kernels, the same tokens
+kern() {
+    "$moemu" run --model tiny --strategy dp2-ep2 --batch 2 --prompt-len 8 --decode 3 \
+        --kernels "$1" --json "$tmp/k$1.json" | grep 'end to end'
+}
+kern_s=$(kern separate) kern_f=$(kern fused)
+tok_s=$(tok "$tmp/kseparate.json") tok_f=$(tok "$tmp/kfused.json")
+if [ -z "$tok_s" ] || [ "$tok_s" != "$tok_f" ]; then bad "fused kernels moved the tokens: $tok_s / $tok_f"
+elif [ "$kern_s" = "$kern_f" ]; then bad "fused kernels took the same time: $kern_s"
+else ok; fi
+expect 2 "--kernels: kernels 'x' is none of: separate, fused" \
+    "$moemu" run --model tiny --kernels x --math skip
 expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather, deepep" \
     "$moemu" run --model tiny --dispatcher x --math skip
 expect 0 "all-gather 4 (dispatch 4)" "$moemu" run --model tiny --strategy dp2-ep2 \

@@ -53,6 +53,7 @@ typedef struct {
     const char *engine;  /* --engine: a profile's figures over the card's */
     const char *overlap; /* --overlap: over the profile's (NULL: its) */
     const char *dispatcher; /* --dispatcher: over the profile's (NULL: its) */
+    const char *kernels; /* --kernels: over the profile's (NULL: its) */
     int nodes, devices_per_node; /* 0: the preset's */
     const char *routing;
     const char *json, *csv;
@@ -124,10 +125,13 @@ run_prec_t cli_prec(const cli_shared_t *sh);
 moemu_status_t cli_load_model(cfg_model_t *c, const cli_shared_t *sh);
 /* A hardware preset or file with sh's --nodes / --devices-per-node
  * applied (0: the preset's), the figures of --engine for it (a profile
- * without the card is an error), --overlap and --dispatcher, checked to
+ * without the card is an error), --overlap, --dispatcher and --kernels, checked to
  * hold devices;
  * *used (may be NULL) receives the nodes they occupy. */
 moemu_status_t cli_load_hw(const cli_shared_t *sh, int devices, emu_hw_t *out, int *used);
+/* The stack's choices that are not the default, as ", key value" each
+ * ("" when none), into buf. */
+void cli_stack_text(const emu_stack_t *sk, char *buf, size_t n);
 /* moemu sweep's parts that are the command's, not the library's: worker
  * processes (a sweep_exec_fn; arg points to the int count of workers) and
  * the gnuplot plot (FILE.svg or FILE.png, complete or not at all; title

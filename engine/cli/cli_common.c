@@ -72,6 +72,8 @@ moemu_status_t cli_load_hw(const cli_shared_t *sh, int devices, emu_hw_t *out, i
         MOEMU_CHECK(emu_stack_set(&out->spec.stack, "overlap", sh->overlap, "--overlap"));
     if (sh->dispatcher)
         MOEMU_CHECK(emu_stack_set(&out->spec.stack, "dispatcher", sh->dispatcher, "--dispatcher"));
+    if (sh->kernels)
+        MOEMU_CHECK(emu_stack_set(&out->spec.stack, "kernels", sh->kernels, "--kernels"));
     if (sh->devices_per_node) out->topo.devices_per_node = sh->devices_per_node;
     if (sh->nodes) out->topo.nodes = sh->nodes;
     int n;
@@ -163,4 +165,16 @@ void cli_progress_done(void)
 {
     if (progress_shown) fprintf(stderr, "\r%60s\r", "");
     progress_shown = false;
+}
+
+void cli_stack_text(const emu_stack_t *sk, char *buf, size_t n)
+{
+    const emu_stack_t plain = {0};
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; emu_stack_key(i) && len < n; i++) {
+        const char *k = emu_stack_key(i), *v = emu_stack_name(sk, k);
+        if (strcmp(v, emu_stack_name(&plain, k)) != 0)
+            len += (size_t)snprintf(buf + len, n - len, ", %s %s", k, v);
+    }
 }

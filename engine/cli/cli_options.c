@@ -65,6 +65,12 @@ const cli_opt_t cli_shared_options[] = {
              "deepep (DeepEP's normal mode: a row once to each\n"
              "member holding one of its choices); default: the\n"
              "engine profile's, else all-to-all"},
+    {.name = "kernels", .arg = "MODE", .type = CLI_STR, .off = SH(kernels),
+     .help = "kernels launched for the projections: separate (one\n"
+             "per weight matrix, as Hugging Face runs them) or\n"
+             "fused (q, k and v as one product, gate and up as one,\n"
+             "as vLLM, TensorRT-LLM and Megatron-Core launch them);\n"
+             "default: the engine profile's, else separate"},
     {.name = "nodes", .arg = "K", .type = CLI_INT, .off = SH(nodes), .lo = 1,
      .hi = CLI_MAX_COUNT, .help = "nodes (default: as many as the devices need)"},
     {.name = "devices-per-node", .arg = "D", .type = CLI_INT, .off = SH(devices_per_node),

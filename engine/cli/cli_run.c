@@ -76,7 +76,7 @@ static const cli_opt_t run_options[] = {
     {.name = "json", .type = CLI_SHARED, .help = "the generated token ids and the summary"},
     CLI_HEAD("emulated devices:"),
     CLI_USE("strategy"), CLI_USE("devices"), CLI_USE("pp-layers"), CLI_USE("micro-batches"),
-    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("dispatcher"),
+    CLI_USE("hw"), CLI_USE("engine"), CLI_USE("overlap"), CLI_USE("dispatcher"), CLI_USE("kernels"),
     CLI_USE("nodes"),
     CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"), CLI_USE("compute-dtype"),
     CLI_USE("kv-dtype"),
@@ -503,16 +503,15 @@ static int run(const run_opts_t *o)
         char canon[PAR_STRATEGY_STRLEN];
         par_strategy_format(&dopt.strategy, canon, sizeof canon);
         const emu_stack_t *sk = &dopt.hw.spec.stack;
-        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s%s%s%s%s\n",
+        char stack[160];
+        cli_stack_text(sk, stack, sizeof stack);
+        for (int i = 0; emu_stack_key(i); i++)
+            json_object_set_new(js, emu_stack_key(i), json_string(emu_stack_name(sk, emu_stack_key(i))));
+        printf("strategy %s on %d devices of %s, %d micro-batch%s per replica%s%s%s\n",
                canon, par_strategy_world(&dopt.strategy), dopt.hw.name, dopt.micro_batches,
                dopt.micro_batches == 1 ? "" : "es",
-               dopt.prec.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "",
-               sk->dispatcher ? ", dispatcher " : "",
-               sk->dispatcher ? emu_stack_name(sk, "dispatcher") : "",
-               sk->overlap ? ", overlap " : "", sk->overlap ? emu_stack_name(sk, "overlap") : "",
+               dopt.prec.dispatch_fp8 ? ", MoE dispatch counted in fp8" : "", stack,
                o->dry ? ", dry run (--math skip)" : "");
-        json_object_set_new(js, "dispatcher", json_string(emu_stack_name(sk, "dispatcher")));
-        json_object_set_new(js, "overlap", json_string(emu_stack_name(sk, "overlap")));
         json_object_set_new(js, "strategy", json_string(canon));
         json_object_set_new(js, "dispatch_dtype", json_string(dopt.prec.dispatch_fp8
                                                                   ? "fp8"

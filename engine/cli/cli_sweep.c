@@ -79,7 +79,7 @@ static moemu_status_t parse_micro(const char *s, void *values)
 static const cli_opt_t sweep_options[] = {
     CLI_HEAD("model and devices:"),
     CLI_USE("model"), CLI_USE("weight-dtype"), CLI_USE("strict"), CLI_USE("hw"), CLI_USE("engine"),
-    CLI_USE("overlap"), CLI_USE("dispatcher"),
+    CLI_USE("overlap"), CLI_USE("dispatcher"), CLI_USE("kernels"),
     {.name = "devices", .type = CLI_SHARED, .help = "devices every strategy uses (required)"},
     CLI_USE("nodes"), CLI_USE("devices-per-node"), CLI_USE("dispatch-dtype"),
     CLI_USE("compute-dtype"), CLI_USE("kv-dtype"),
@@ -296,11 +296,11 @@ static int run(const sweep_cli_t *o)
     for (int b = 0; b < wl.batch; b++) min_len = wl.len[b] < min_len ? wl.len[b] : min_len;
     printf("sweep    %s on %d devices of %s (%d per node), dry runs\n", cfg.name, o->sh.devices,
            hw.name, hw.topo.devices_per_node);
-    const emu_stack_t *sk = &hw.spec.stack;
-    if (sk->overlap || sk->dispatcher)
-        printf("stack    dispatcher %s, overlap %s%s\n", emu_stack_name(sk, "dispatcher"),
-               emu_stack_name(sk, "overlap"), sk->overlap == EMU_OVERLAP_TWO_BATCH
-               ? " (PP = 1 only, micro-batches in pairs: x2)" : "");
+    char stack[160];
+    cli_stack_text(&hw.spec.stack, stack, sizeof stack);
+    if (stack[0])
+        printf("stack    %s%s\n", stack + 2, hw.spec.stack.overlap == EMU_OVERLAP_TWO_BATCH
+               ? "; two-batch overlap: PP = 1 only, micro-batches in pairs (x2)" : "");
     printf("workload batch %d, prompts of %d..%d tokens (%lld in all), %d generated per "
            "sequence, routing %s\n", wl.batch, min_len, wl.max_len,
            (long long)wl_prompt_tokens(&wl), wl.decode, o->sh.routing ? o->sh.routing : "uniform");
