@@ -465,6 +465,21 @@ Test(conformance, shared_expert_overlap)
         }
 }
 
+/* Model i of models[] with capacity factor cap, its weights and a
+ * workload of prompt lengths lens, 4 tokens generated; returns its name. */
+static const char *drop_job(int i, double cap, const char *lens, cfg_model_t *cfg, wts_t *w,
+                            wl_t *wl)
+{
+    const char *what = models[i].name;
+    if (!models[i].json) cr_assert_eq(cfg_load(cfg, what), MOEMU_OK);
+    else cr_assert_eq(cfg_parse(cfg, models[i].json, what), MOEMU_OK);
+    cfg->capacity_factor = cap;
+    cr_assert_eq(wts_generate_all(w, cfg, 3), MOEMU_OK);
+    wl_opts_t wo = {.lens = lens, .decode = 4, .seed = 5};
+    cr_assert_eq(wl_make(wl, &wo, cfg), MOEMU_OK, "%s", moemu_errmsg());
+    return what;
+}
+
 /* Two-batch overlap moves time, never the function: micro-batches taken
  * two at a time as lanes of each device give the same logits bit for bit
  * as the same micro-batches one after the other, in less time, with
@@ -479,15 +494,9 @@ Test(conformance, two_batch_overlap)
     for (size_t m = 0; m < sizeof mods / sizeof *mods; m++)
         for (size_t s = 0; s < sizeof strat / sizeof *strat; s++) {
             cfg_model_t cfg;
-            const char *what = models[mods[m]].name;
-            if (!models[mods[m]].json) cr_assert_eq(cfg_load(&cfg, what), MOEMU_OK);
-            else cr_assert_eq(cfg_parse(&cfg, models[mods[m]].json, what), MOEMU_OK);
-            cfg.capacity_factor = s % 2 ? 1.0 : 0.0;
             wts_t w;
-            cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
-            wl_opts_t wo = {.lens = "7,12,5,9", .decode = 4, .seed = 5};
             wl_t wl;
-            cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+            const char *what = drop_job(mods[m], s % 2 ? 1.0 : 0.0, "7,12,5,9", &cfg, &w, &wl);
             check_t c[3];
             for (int i = 0; i < 3; i++) {
                 runner_opts_t o = {.micro_batches = 2};
@@ -534,15 +543,9 @@ Test(conformance, dispatchers)
     for (size_t m = 0; m < sizeof mods / sizeof *mods; m++)
         for (size_t s = 0; s < sizeof strat / sizeof *strat; s++) {
             cfg_model_t cfg;
-            const char *what = models[mods[m]].name;
-            if (!models[mods[m]].json) cr_assert_eq(cfg_load(&cfg, what), MOEMU_OK);
-            else cr_assert_eq(cfg_parse(&cfg, models[mods[m]].json, what), MOEMU_OK);
-            cfg.capacity_factor = s % 2 ? 1.0 : 0.0;
             wts_t w;
-            cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK);
-            wl_opts_t wo = {.lens = "7,12,5", .decode = 4, .seed = 5};
             wl_t wl;
-            cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+            const char *what = drop_job(mods[m], s % 2 ? 1.0 : 0.0, "7,12,5", &cfg, &w, &wl);
             runner_opts_t o = {.micro_batches = 1};
             cr_assert_eq(par_strategy_parse(strat[s], &o.strategy), MOEMU_OK);
             cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
