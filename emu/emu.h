@@ -305,9 +305,10 @@ typedef struct {
  * launch + max(flops / (peak*mfu), bytes / (bw*util)). */
 double emu_kernel_time(const emu_spec_t *spec, double flops, double bytes);
 
-/* One matrix product of a kernel: m x k times k x n. */
+/* One matrix product of a kernel: m x k times k x n; count of them (0 or
+ * 1: one), as attention's heads are. */
 typedef struct {
-    int64_t m, n, k;
+    int64_t m, n, k, count;
 } emu_gemm_t;
 
 /* Virtual seconds a kernel of kind costs on spec (docs/emulation.md,

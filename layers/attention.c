@@ -158,9 +158,13 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
 
 /* The work of one sequence: 2 (hd + vd) FLOPs per visible pair and head
  * (QK^T and PV); q, out (in the dtype) and the keys and values up to the
- * last query (in the cache's) read once. */
+ * last query (in the cache's) read once. Its products *g as a
+ * FlashAttention kernel tiles them: per head, the queries against the
+ * keys each sees on the mean; one query (decode) per key/value head,
+ * with the query heads that share it as its rows, as FlashDecoding and
+ * FlashMLA pack them. */
 static void attn_work(const layer_ctx_t *c, const layer_attn_seq_t *s, int H, int Hkv, int hd,
-                      int vd, double *flops, double *bytes)
+                      int vd, double *flops, double *bytes, emu_gemm_t *g)
 {
     int64_t pairs = layer_attention_pairs_window(s->T, s->q0, s->k0, s->k1, s->window);
     int kend = s->q0 + s->T < s->k1 ? s->q0 + s->T : s->k1; /* later keys: unseen */
@@ -175,14 +179,29 @@ static void attn_work(const layer_ctx_t *c, const layer_attn_seq_t *s, int H, in
     *flops += 2.0 * (hd + vd) * H * (double)pairs;
     *bytes += (double)emu_dtype_size(c->dtype) * s->T * H * (hd + vd) +
               layer_kvsize(c) * nk * Hkv * (hd + vd);
+    int64_t seen = s->T > 0 ? (pairs + s->T - 1) / s->T : 0;
+    bool packed = s->T == 1 && Hkv > 0;
+    *g = (emu_gemm_t){.m = packed ? H / Hkv : s->T, .n = seen, .k = hd + vd,
+                      .count = packed ? Hkv : H};
+}
+
+/* The kernel of n sequences, charged by its products' shapes. */
+static void attn_charge(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv, int hd,
+                        int vd)
+{
+    double flops = 0, bytes = 0;
+    emu_gemm_t few[64] = {{0}}, one, *g = n <= 64 ? few : malloc(sizeof *g * (size_t)n);
+    for (int i = 0; i < n; i++) attn_work(c, &s[i], H, Hkv, hd, vd, &flops, &bytes, g ? &g[i] : &one);
+    /* without room for the shapes, which only refine the time: the plain charge */
+    if (g) emu_charge_gemm(c->dev, EMU_KERNEL_ATTN, g, n, flops, bytes);
+    else emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
+    if (g != few) free(g);
 }
 
 void layer_attention_batch_v(layer_ctx_t *c, const layer_attn_seq_t *s, int n, int H, int Hkv,
                              int hd, int vd, float scale)
 {
-    double flops = 0, bytes = 0;
-    for (int i = 0; i < n; i++) attn_work(c, &s[i], H, Hkv, hd, vd, &flops, &bytes);
-    if (n > 0) emu_charge(c->dev, EMU_KERNEL_ATTN, flops, bytes);
+    if (n > 0) attn_charge(c, s, n, H, Hkv, hd, vd);
     if (c->math)
         for (int i = 0; i < n; i++) attn_compute(&s[i], H, Hkv, hd, vd, scale);
 }

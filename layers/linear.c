@@ -47,7 +47,7 @@ void layer_linear_charge(layer_ctx_t *c, emu_kernel_t kind, int T, int n_in, int
         layer_fp8_quant(c, kind, (double)T * n_in);
         wk.bytes -= (s - LAYER_FP8_ACT) * T * n_in;
     }
-    emu_gemm_t g = {T, n_out, n_in};
+    emu_gemm_t g = {T, n_out, n_in, 1};
     (fp8 ? emu_charge_gemm_fp8 : emu_charge_gemm)(c->dev, kind, &g, 1, wk.flops, wk.bytes);
 }
 
@@ -81,7 +81,7 @@ void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int
 {
     double s = (double)emu_dtype_size(c->dtype);
     emu_gemm_t shape[nb > 0 ? nb : 1];
-    for (int i = 0; i < nb; i++) shape[i] = (emu_gemm_t){T, n, m};
+    for (int i = 0; i < nb; i++) shape[i] = (emu_gemm_t){T, n, m, 1};
     emu_charge_gemm(c->dev, EMU_KERNEL_GEMM, shape, nb, 2.0 * nb * T * m * n,
                     nb * (s * ((double)T * m + (double)T * n) + layer_wsize(c) * m * n));
     if (!c->math || T == 0 || n == 0 || m == 0) return;

@@ -158,7 +158,7 @@ static void expert_oai(const layer_expert_job_t *j, float *h, int d, int F, int 
  * k x n weights. */
 static void expert_shapes(emu_gemm_t *g, const layer_expert_job_t *jobs, int njobs, int n, int k)
 {
-    for (int i = 0; i < njobs; i++) g[i] = (emu_gemm_t){jobs[i].n, n, k};
+    for (int i = 0; i < njobs; i++) g[i] = (emu_gemm_t){jobs[i].n, n, k, 1};
 }
 
 /* The charges of gpt-oss's experts: the gate/up product (2F wide), the

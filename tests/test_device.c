@@ -76,7 +76,7 @@ static double tile_s(double tm, double k)
 
 static double gemm_s(const emu_spec_t *s, int64_t m, int64_t n, int64_t k, double bytes)
 {
-    emu_gemm_t g = {m, n, k};
+    emu_gemm_t g = {m, n, k, 1};
     return emu_kernel_time_of(s, EMU_KERNEL_GEMM, &g, 1, 2.0 * m * n * k, bytes);
 }
 
@@ -98,13 +98,19 @@ Test(kernel, gemm_tiles_and_waves)
     /* a grouped product: one row tile for the kernel by the mean rows of
      * its products (ceil(25 / 2) = 13: 16), each product's own tiles
      * (2 + 1), the empty one none */
-    emu_gemm_t g[3] = {{20, 128, 1024}, {0, 128, 1024}, {5, 128, 1024}};
+    emu_gemm_t g[3] = {{20, 128, 1024, 1}, {0, 128, 1024, 1}, {5, 128, 1024, 1}};
     ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g, 3, 2.0 * 25 * 128 * 1024, 0),
                 1e-6 + tile_s(16, 1024));
     g[0].m = 60; /* mean 33: tiles of 64, 1 + 1, still one wave */
     ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g, 3, 0, 0), 1e-6 + tile_s(64, 1024));
     /* nothing to compute: memory alone */
     ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, g + 1, 1, 0, 1e6), 1e-6 + 2e-6);
+    /* a product counted 5 times is 5 products: 5 tiles, two waves */
+    emu_gemm_t five = {128, 128, 1024, 5}, each[5];
+    for (int i = 0; i < 5; i++) each[i] = (emu_gemm_t){128, 128, 1024, 1};
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, &five, 1, 0, 0),
+                emu_kernel_time_of(&s, EMU_KERNEL_GEMM, each, 5, 0, 0));
+    ASSERT_NEAR(emu_kernel_time_of(&s, EMU_KERNEL_GEMM, &five, 1, 0, 0), 1e-6 + 2 * tile_s(128, 1024));
 }
 
 Test(kernel, gemm_overlap)
@@ -121,7 +127,7 @@ Test(kernel, gemm_overlap)
     /* the split follows the larger term; the charge books the FLOPs given */
     emu_dev_t *d;
     cr_assert_eq(emu_dev_create(&s0, 0, false, &d), MOEMU_OK);
-    emu_gemm_t g = {128, 128, 1024};
+    emu_gemm_t g = {128, 128, 1024, 1};
     emu_charge_gemm(d, EMU_KERNEL_GEMM, &g, 1, 5.0, 1e6);
     const emu_kernel_stats_t *k = emu_dev_kernel_stats(d, EMU_KERNEL_GEMM);
     ASSERT_NEAR(k->compute_time, 1e-6 + tc + tm);
@@ -169,7 +175,7 @@ Test(kernel, unset_kind_is_the_roofline)
     emu_spec_t s1 = spec;
     s1.kernels[EMU_KERNEL_GEMM] = (emu_kernel_cost_t){.set = true, .overlap = 1};
     const double fl[] = {0, 1, 3e9, 1e12, 7.77e14}, by[] = {0, 5, 1e6, 3.3e9, 1e12};
-    emu_gemm_t g = {130, 4096, 4096};
+    emu_gemm_t g = {130, 4096, 4096, 1};
     for (int i = 0; i < 5; i++)
         for (int j = 0; j < 5; j++) {
             double want = emu_kernel_time(&spec, fl[i], by[j]);
@@ -713,12 +719,16 @@ Test(presets, kernel_parameters)
     cr_assert_eq(e->row_tiles[3], 128);
     cr_assert_eq(e->col_tile, 128);
     cr_assert_eq(e->overlap, 1.0); /* as calibration found it (the preset's comment) */
-    cr_assert(!hw.spec.kernels[EMU_KERNEL_ATTN].set);
+    /* attention: FlashAttention-2's key blocks of 64 on A100, FA3's 128 on Hopper */
+    cr_assert(hw.spec.kernels[EMU_KERNEL_ATTN].set);
+    cr_assert_eq(hw.spec.kernels[EMU_KERNEL_ATTN].col_tile, 64);
+    cr_assert(!hw.spec.kernels[EMU_KERNEL_ROUTER].set);
     const char *hopper[] = {"h100-sxm", "h200", "h800"};
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(emu_hw_load(hopper[i], &hw), MOEMU_OK, "%s", moemu_errmsg());
         cr_assert_eq(hw.spec.units, 132, "%s", hopper[i]);
         cr_assert_eq(hw.spec.kernels[EMU_KERNEL_GEMM].row_tiles[0], 64, "%s", hopper[i]);
+        cr_assert_eq(hw.spec.kernels[EMU_KERNEL_ATTN].col_tile, 128, "%s", hopper[i]);
     }
     cr_assert_eq(emu_hw_load("card-400tf-64gb", &hw), MOEMU_OK);
     cr_assert_eq(hw.spec.units, 0);

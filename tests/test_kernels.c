@@ -803,6 +803,33 @@ Test(attention, scale_is_the_scores_factor)
     free(q), free(q2), free(k), free(v), free(o1), free(o2);
 }
 
+/* Attention priced by its shape (a preset's kernels.attention): a decode
+ * step packs the query heads of a key/value head as one product's rows,
+ * a prefill tiles each head's queries against the keys each sees. */
+Test(attention, priced_by_shape)
+{
+    emu_spec_t spec = {.peak_flops = 4e12, .mfu = 1, .mem_bw = 1e15, .bw_util = 1,
+                       .mem_capacity = 80e9, .units = 4};
+    spec.kernels[EMU_KERNEL_ATTN] = (emu_kernel_cost_t){
+        .set = true, .nrow_tiles = 2, .row_tiles = {64, 128}, .col_tile = 64, .overlap = 1};
+    emu_dev_t *dev = NULL;
+    cr_assert_eq(emu_dev_create(&spec, 0, true, &dev), MOEMU_OK);
+    layer_ctx_t c = ctx_of(dev, false);
+    double tile = 2.0 * 64 * 64 * 32 / (4e12 / 4); /* 64 x 64 outputs, hd + vd = 32 */
+    /* decode: 1 query, H 8 over Hkv 2, 300 keys: 2 products of 4 x 300, each
+     * 1 x 5 tiles of 64 x 64: 10 tiles on 4 units, 3 waves */
+    layer_attn_seq_t d = {.T = 1, .q0 = 299, .k1 = 300, .ldc = 300};
+    layer_attention_batch(&c, &d, 1, 8, 2, 16, 0.25f);
+    cr_assert_float_eq(emu_dev_clock(dev), 3 * tile, 1e-15);
+    /* prefill: 128 queries, causal, 2 heads: each sees 64.5 keys on the mean
+     * (65 columns: 2 tiles of 64) in one row tile of 128: 4 tiles, 1 wave */
+    double t0 = emu_dev_clock(dev);
+    layer_attn_seq_t p = {.T = 128, .k1 = 128, .ldc = 128};
+    layer_attention_batch(&c, &p, 1, 2, 2, 16, 0.25f);
+    cr_assert_float_eq(emu_dev_clock(dev) - t0, 2.0 * 128 * 64 * 32 / (4e12 / 4), 1e-15);
+    emu_dev_destroy(dev);
+}
+
 /* Values narrower than the keys (MLA's decompressed prefill: 192-wide
  * keys, 128-wide values): the same as values zero-padded to the keys'
  * width, charged 2 (hd + vd) FLOPs a pair and head. */
