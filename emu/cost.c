@@ -40,21 +40,23 @@ static int64_t emu_row_tile(const emu_kernel_cost_t *kc, int64_t m)
  * by the mean rows of its products (vLLM's fused_moe picks BLOCK_SIZE_M
  * once per launch); where k differs, the mean tile. 0 when no product
  * has work. */
+/* How many of product g there are (count 0 or 1: one). */
+static double emu_gemm_count(const emu_gemm_t *g) { return g->count > 1 ? (double)g->count : 1.0; }
+
 static double emu_cost_tiles(const emu_spec_t *spec, const emu_kernel_cost_t *kc,
                              const emu_gemm_t *g, int n, double rate)
 {
     double rows = 0, used = 0;
-    for (int i = 0; i < n; i++) {
-        double c = g[i].count > 1 ? (double)g[i].count : 1.0;
-        if (g[i].m > 0 && g[i].n > 0 && g[i].k > 0) rows += c * (double)g[i].m, used += c;
-    }
+    for (int i = 0; i < n; i++)
+        if (g[i].m > 0 && g[i].n > 0 && g[i].k > 0)
+            rows += emu_gemm_count(&g[i]) * (double)g[i].m, used += emu_gemm_count(&g[i]);
     if (used == 0) return 0;
     int64_t tm = emu_row_tile(kc, (int64_t)ceil(rows / used)), tn = kc->col_tile;
     double tiles = 0, tile_k = 0; /* tiles, and their depths summed */
     for (int i = 0; i < n; i++) {
         if (g[i].m <= 0 || g[i].n <= 0 || g[i].k <= 0) continue;
         double t = (double)((g[i].m + tm - 1) / tm) * (double)((g[i].n + tn - 1) / tn) *
-                   (g[i].count > 1 ? (double)g[i].count : 1.0);
+                   emu_gemm_count(&g[i]);
         tiles += t;
         tile_k += t * (double)g[i].k;
     }

@@ -462,8 +462,7 @@ static void emu_lane_entry(void)
     /* the others could wait for this lane's collectives for ever */
     if (st != MOEMU_OK && dev->cluster) emu_cluster_abort(dev->cluster);
     L->fib[i].done = true;
-    int j = emu_lane_next(L, i);
-    emu_lane_switch(L, dev, i, j == i ? -1 : j);
+    emu_lane_switch(L, dev, i, emu_lane_next(L, i)); /* -1, the caller, when all are done */
     abort(); /* a lane that is done is never switched to */
 }
 

@@ -572,6 +572,12 @@ static moemu_status_t dev_setup(worker_t *v)
     return dev_scratch(v);
 }
 
+/* The lanes a device runs its micro-batches in: 2 with two-batch overlap. */
+static int lanes_of(const emu_spec_t *spec)
+{
+    return spec->stack.overlap == EMU_OVERLAP_TWO_BATCH ? EMU_LANES_MAX : 1;
+}
+
 /* The second lane of two-batch overlap: the device's place, cache and
  * schedule shared, its own rows and scratch (a second micro-batch's
  * activations, counted as the device's). */
@@ -617,7 +623,7 @@ static moemu_status_t dev_main(emu_dev_t *dev, void *arg)
     run_t *D = arg;
     worker_t v = {.D = D, .dev = dev, .rank = emu_dev_rank(dev)}, v2 = {0};
     worker_t *const lane[EMU_LANES_MAX] = {&v, &v2};
-    int n = emu_dev_spec(dev)->stack.overlap == EMU_OVERLAP_TWO_BATCH ? 2 : 1;
+    int n = lanes_of(emu_dev_spec(dev));
     moemu_status_t st = dev_setup(&v);
     if (st == MOEMU_OK && n == 2) st = lane_setup(&v2, &v);
     int N = D->wl->decode;
@@ -663,7 +669,7 @@ void runner_opts_one_device(runner_opts_t *o, const emu_hw_t *hw, int route_dp, 
 /* Two-batch overlap pairs each replica's micro-batches on one stage. */
 static moemu_status_t check_lanes(const runner_opts_t *o)
 {
-    if (o->hw.spec.stack.overlap != EMU_OVERLAP_TWO_BATCH) return MOEMU_OK;
+    if (lanes_of(&o->hw.spec) == 1) return MOEMU_OK;
     moemu_problems_t pr = {0};
     if (o->micro_batches < 2)
         moemu_problem(&pr, "it runs a replica's micro-batches in pairs, and --micro-batches is "
@@ -727,7 +733,7 @@ static moemu_status_t dev_host_bytes(run_t *D, int rank, double *bytes, int *row
     if (st == MOEMU_OK) {
         scratch_t z;
         dev_scratch_size(&v, &z);
-        int lanes = D->o->hw.spec.stack.overlap == EMU_OVERLAP_TWO_BATCH ? 2 : 1;
+        int lanes = lanes_of(&D->o->hw.spec);
         *bytes = v.sched_bytes + sizeof(float) * (double)(dev_cache_layout(&v, NULL) + 1) +
                  lanes * (double)z.bytes;
         *rows = z.Ttot > z.Tmax ? z.Ttot : z.Tmax;
