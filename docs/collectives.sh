@@ -42,7 +42,8 @@ outside='.report.communication.per_layer_and_pass.decode.outside_layers_per_pass
 
 echo "| strategy | devices | collectives per layer and pass | bytes sent per call, decode (mean) | outside the layers, per decode pass | vLLM, same devices |"
 echo "|---|---|---|---|---|---|"
-for sd in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2-ep2/all-gather dp2-ep2/deepep dp2 pp2 \
+for sd in tp2 tp2-etp2 tp2-ep2 tp2-sp-etp2 dp2-ep2 dp2-ep2/all-gather dp2-ep2/deepep dp2-ep2/deepep-ll \
+    dp2-ep2/deepep-auto dp2 pp2 \
     cp2 tp8-etp8 tp2-etp2-ep4-dp4; do
     s=${sd%/*} disp=all-to-all mark="" limit=""
     [ "$s" = "$sd" ] || disp=${sd#*/}

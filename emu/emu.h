@@ -254,6 +254,14 @@ typedef enum {
      * of its choices, and one row per (row, member) comes back, the
      * member's experts' outputs summed there */
     EMU_DISPATCH_DEEPEP,
+    /* DeepEP's low-latency mode: each row goes to each expert it chose,
+     * the counts in band with the rows (no exchange of its own, no host
+     * synchronisation), and each choice's output comes back to be
+     * weighted at its row; buffers of a fixed size */
+    EMU_DISPATCH_DEEPEP_LL,
+    /* SGLang's --deepep-mode auto: the normal mode in prefill, the
+     * low-latency one in decode */
+    EMU_DISPATCH_DEEPEP_AUTO,
     EMU_DISPATCH__COUNT
 } emu_dispatcher_t;
 

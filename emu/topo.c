@@ -288,7 +288,7 @@ static const struct {
     {"overlap", offsetof(emu_stack_t, overlap), EMU_OVERLAP__COUNT,
      (const char *const[]){"none", "shared-experts", "two-batch"}},
     {"dispatcher", offsetof(emu_stack_t, dispatcher), EMU_DISPATCH__COUNT,
-     (const char *const[]){"all-to-all", "all-gather", "deepep"}},
+     (const char *const[]){"all-to-all", "all-gather", "deepep", "deepep-ll", "deepep-auto"}},
     {"kernels", offsetof(emu_stack_t, kernels), EMU_KERNELS__COUNT,
      (const char *const[]){"separate", "fused"}},
 };

@@ -879,13 +879,13 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
      * output waits in sh_out (the sum is the same). Two-batch overlap
      * runs them there too (SGLang's order), then gives the device to the
      * other lane while the rows travel and again while they come back. */
-    bool fly = layer_moe_in_flight(v->x, v->sh), lanes = fly && emu_dev_in_lanes(v->x->dev);
+    bool fly = layer_moe_in_flight(v->x, v->sh, r->decode), lanes = fly && emu_dev_in_lanes(v->x->dev);
     bool over = mlp->S > 0 && fly &&
                 (lanes || emu_dev_spec(v->x->dev)->stack.overlap == EMU_OVERLAP_SHARED_EXPERTS);
     beside_t sa = {v, mlp, over, lanes};
     layer_beside_t beside = {beside_rows, lanes ? beside_back : NULL, &sa};
     if (over && v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
-    MOEMU_CHECK(layer_moe_routed(v->x, v->sh, v->moe + (size_t)r->m0 * d,
+    MOEMU_CHECK(layer_moe_routed(v->x, v->sh, r->decode, v->moe + (size_t)r->m0 * d,
                                  v->na + (size_t)r->m0 * d, v->idx, v->wts, v->keep, nM, ex,
                                  over || lanes ? &beside : NULL));
     MOEMU_CHECK(routed_back(v));

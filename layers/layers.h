@@ -388,25 +388,29 @@ typedef struct {
     void *arg;
 } layer_beside_t;
 
-/* The dispatcher the routed experts of s go by on c's device: its stack's
- * (emu_dispatcher_t) over an EP group without ETP; otherwise (ETP > 1, no
- * EP group, tokens replicated over TP) all-to-all. */
-emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s);
+/* The dispatcher the routed experts of s go by on c's device in a
+ * prefill or a decode pass: its stack's (emu_dispatcher_t; deepep-auto
+ * resolved to the normal or the low-latency mode) over an EP group
+ * without ETP; otherwise (ETP > 1, no EP group, tokens replicated over
+ * TP) all-to-all. */
+emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s,
+                                      bool decode);
 /* Whether their rows travel to other ranks while layer_moe_routed's beside
  * runs (an all-to-all or DeepEP dispatch over EP or ETP groups): what an
  * overlap can hide. Otherwise beside runs before the routed experts. */
-bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s);
+bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s, bool decode);
 
 /* The routed experts of n rows x (n, d) with choices idx, w, keep (n, k):
  * each kept choice travels over the EP group to the rank holding its
  * expert (counts first, then rows, with all-to-all), is gathered over the
  * ETP group, computed on each member's intermediate slice, reduced back,
  * and returned; routed (n, d) = sum over kept choices, in choice order, of
- * w * expert(x). beside (may be NULL) runs once: while the rows travel,
+ * w * expert(x); decode: the pass is a decode step (the dispatcher's
+ * choice, above). beside (may be NULL) runs once: while the rows travel,
  * where they do (they go asynchronously then, and the compute stream
  * waits for them after it), otherwise first; its back, where the rows
  * travel, while the outputs travel back. */
-moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
+moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s, bool decode,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
                                 const layer_experts_t *ex, const layer_beside_t *beside);

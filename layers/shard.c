@@ -2,7 +2,8 @@
  * attention, capacity over a routing group spread across devices, and the
  * expert-parallel dispatch (Megatron-Core's all-to-all token dispatcher:
  * counts, then rows, over the EP group; all-gather and reduce-scatter over
- * the ETP group). */
+ * the ETP group; DeepEP's low-latency mode is it with the counts in band;
+ * Megatron's all-gather dispatcher and DeepEP's normal mode). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,6 +298,10 @@ typedef struct {
     float *sendbuf, *recvbuf, *lists, *outl, *ret;
     void *lists_mem;
     const layer_beside_t *beside; /* work while the rows travel, or NULL */
+    /* DeepEP's low-latency mode: the counts in band, the send, receive
+     * and return buffers inside one of ll_bytes (ll_buffer_bytes) */
+    bool ll;
+    double ll_bytes;
 } moe_plan_t;
 /* The dispatch's rows travel in FP8 where the context says so (counted so;
  * the values are the dtype's), the combine's in the dtype. */
@@ -509,6 +514,58 @@ static moemu_status_t send_counts(moe_plan_t *m)
     return MOEMU_OK;
 }
 
+/* DeepEP's low-latency buffer (LowLatencyLayout, csrc/legacy/config.hpp):
+ * send, receive and signal buffers, each twice (odd and even calls), for
+ * at most T tokens a rank, hidden d and E experts; a dispatch message is
+ * a row in the dtype (sz bytes a value; or FP8 and its scales) after a
+ * 16-byte header, a combine message a row and its 128-value groups' 4
+ * bytes. Held by every EP member, whatever it receives. */
+static double ll_buffer_bytes(double T, double d, double E, double sz)
+{
+    double groups = ceil(d / 128), dmsg = 16 + fmax(sz * d, d + 4 * groups),
+           cmsg = 4 * groups + sz * d;
+    double send = fmax(T * dmsg, E * T * cmsg), recv = E * T * fmax(dmsg, cmsg);
+    return 2 * (send + recv + 128 * ceil(4 * E / 128));
+}
+
+/* 2, DeepEP's low-latency mode: the counts per (peer, local expert) come
+ * in band with the rows (each expert's count signalled after its rows),
+ * with each member's row count, which sizes the buffers: the most rows a
+ * member dispatches in this call (an engine sizes them once, for its
+ * largest batch) */
+static moemu_status_t ll_counts(moe_plan_t *m)
+{
+    int EP = m->EP, Eper = m->Eper, B = Eper + 1, most = 0;
+    int *snd = malloc(2 * sizeof(int) * (size_t)EP * B), *rcv = snd ? snd + EP * B : NULL;
+    if (!snd) return nomem(2 * sizeof(int) * (size_t)EP * B, "the dispatch counts");
+    for (int q = 0; q < EP; q++) {
+        memcpy(snd + q * B, m->sendc + q * Eper, sizeof(int) * (size_t)Eper);
+        snd[q * B + Eper] = m->n;
+    }
+    moemu_status_t st = par_alltoall_inband(snd, rcv, (size_t)B, EMU_DTYPE_INT32, m->s->ep,
+                                            m->c->dev);
+    for (int q = 0; st == MOEMU_OK && q < EP; q++) {
+        memcpy(m->recvc + q * Eper, rcv + q * B, sizeof(int) * (size_t)Eper);
+        for (int j = 0; j < Eper; j++) m->nrecv += rcv[q * B + j];
+        most = rcv[q * B + Eper] > most ? rcv[q * B + Eper] : most;
+    }
+    free(snd);
+    /* two lanes in flight at once use its two halves (DeepEP's odd and
+     * even calls, there for two-batch overlap): half each */
+    m->ll_bytes = ll_buffer_bytes(most, m->ex->d, m->ex->E, m->sz) /
+                  (emu_dev_in_lanes(m->c->dev) ? 2 : 1);
+    return st;
+}
+
+/* The device bytes of the rows' send and receive buffers, and of the
+ * returned outputs' */
+static double send_dev_bytes(const moe_plan_t *m)
+{
+    return m->ll ? m->ll_bytes : m->sz * (double)(m->sb + m->rb);
+}
+
+static double ret_dev_bytes(const moe_plan_t *m) { return m->ll ? 0 : m->sz * (double)m->sb; }
+
 /* 3. rows, grouped by destination then expert */
 static moemu_status_t send_rows(moe_plan_t *m, const float *x)
 {
@@ -517,8 +574,8 @@ static moemu_status_t send_rows(moe_plan_t *m, const float *x)
     m->sb = (size_t)m->nsend * d;
     m->rb = (size_t)m->nrecv * d;
     size_t host = m->local ? m->sb : m->sb + m->rb;
-    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (host + 1),
-                          m->sz * (double)(m->sb + m->rb), (void **)&m->sendbuf));
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (host + 1), send_dev_bytes(m),
+                          (void **)&m->sendbuf));
     m->recvbuf = m->local ? m->sendbuf : m->sendbuf + m->sb;
     if (c->math)
         for (int64_t i = 0; i < m->nsend; i++)
@@ -587,7 +644,7 @@ static moemu_status_t compute_and_return(moe_plan_t *m)
         return MOEMU_OK;
     }
     MOEMU_CHECK(layer_reduce_scatter_rows(c, m->recvbuf, m->outl, m->lcount, d, m->s->etp));
-    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), m->sz * (double)m->sb,
+    MOEMU_CHECK(emu_alloc(c->dev, EMU_MEM_COMM, sizeof(float) * (m->sb + 1), ret_dev_bytes(m),
                           (void **)&m->ret));
     in_flight(m, 1);
     moemu_status_t st = alltoallv(c, m->recvbuf, m->rcnt, m->rdsp, m->ret, m->scnt, m->sdsp,
@@ -625,9 +682,9 @@ static void plan_free(moe_plan_t *m)
 {
     emu_dev_t *dev = m->c->dev;
     if (m->ret_held) emu_mem_release(dev, EMU_MEM_COMM, m->sz * (double)m->sb);
-    else if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, m->sz * (double)m->sb);
+    else if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, ret_dev_bytes(m));
     if (m->lists_mem) emu_free(dev, EMU_MEM_ACT, m->lists_mem, 2.0 * m->sz * (double)m->lb);
-    if (m->sendbuf) emu_free(dev, EMU_MEM_COMM, m->sendbuf, m->sz * (double)(m->sb + m->rb));
+    if (m->sendbuf) emu_free(dev, EMU_MEM_COMM, m->sendbuf, send_dev_bytes(m));
     free(m->sendc);
     free(m->recvc);
     free(m->lists_c);
@@ -779,16 +836,20 @@ static moemu_status_t routed_allgather(layer_ctx_t *c, const layer_shard_t *s, f
     return st;
 }
 
-emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s)
+emu_dispatcher_t layer_moe_dispatcher(const layer_ctx_t *c, const layer_shard_t *s,
+                                      bool decode)
 {
     bool own = !s->moe_replicated && s->ep && s->etp_size == 1;
-    return own ? emu_dev_spec(c->dev)->stack.dispatcher : EMU_DISPATCH_ALLTOALL;
+    emu_dispatcher_t how = own ? emu_dev_spec(c->dev)->stack.dispatcher : EMU_DISPATCH_ALLTOALL;
+    if (how == EMU_DISPATCH_DEEPEP_AUTO)
+        how = decode ? EMU_DISPATCH_DEEPEP_LL : EMU_DISPATCH_DEEPEP;
+    return how;
 }
 
-bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s)
+bool layer_moe_in_flight(const layer_ctx_t *c, const layer_shard_t *s, bool decode)
 {
     return !s->moe_replicated && (s->ep || s->etp) &&
-           layer_moe_dispatcher(c, s) != EMU_DISPATCH_ALLGATHER;
+           layer_moe_dispatcher(c, s, decode) != EMU_DISPATCH_ALLGATHER;
 }
 
 /* 3-4, with beside while the rows travel */
@@ -1019,7 +1080,7 @@ static moemu_status_t routed_deepep(layer_ctx_t *c, const layer_shard_t *s, floa
     return st;
 }
 
-moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
+moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s, bool decode,
                                 float *routed, const float *x, const int *idx,
                                 const float *w, const uint8_t *keep, int n,
                                 const layer_experts_t *ex, const layer_beside_t *beside)
@@ -1033,7 +1094,7 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
         plan_free(&m);
         return st;
     }
-    emu_dispatcher_t how = layer_moe_dispatcher(c, s);
+    emu_dispatcher_t how = layer_moe_dispatcher(c, s, decode);
     if (how == EMU_DISPATCH_DEEPEP)
         return routed_deepep(c, s, routed, x, idx, w, keep, n, ex, beside);
     if (how == EMU_DISPATCH_ALLGATHER) {
@@ -1042,11 +1103,12 @@ moemu_status_t layer_moe_routed(layer_ctx_t *c, const layer_shard_t *s,
     }
     moe_plan_t m = {.c = c, .s = s, .ex = ex, .n = n, .EP = s->ep_size, .ETP = s->etp_size,
                     .Eper = ex->E / s->ep_size, .sz = (double)emu_dtype_size(c->dtype),
-                    .local = !s->ep && !s->etp, .beside = beside};
+                    .local = !s->ep && !s->etp, .beside = beside,
+                    .ll = how == EMU_DISPATCH_DEEPEP_LL};
     layer_xfer_t t0;
     layer_xfer_now(&t0, c->dev);
     moemu_status_t st = plan_sends(&m, idx, keep);
-    if (st == MOEMU_OK) st = send_counts(&m);
+    if (st == MOEMU_OK) st = m.ll ? ll_counts(&m) : send_counts(&m);
     if (st == MOEMU_OK) st = dispatch_rows(&m, x, &t0);
     else xfer_add(&m, 0, &t0);
     if (st == MOEMU_OK) st = compute_and_return(&m);

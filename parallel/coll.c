@@ -524,7 +524,7 @@ static void par_a2a_move(par_comm_t *c, int r, const void *const *src,
 }
 
 static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
-                              const char *what)
+                              const char *what, bool charged)
 {
     int r;
     size_t sendn = 0, recvn = 0;
@@ -552,7 +552,7 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
     }
     if (st == MOEMU_OK) st = par_move(comm, r, par_a2a_move);
     comm->tp->close(comm->ts, comm, r);
-    if (st == MOEMU_OK)
+    if (st == MOEMU_OK && charged)
         emu_coll_alltoall(dev, comm->granks, comm->n, r, clocks, bytes);
     free(bytes);
     if (clocks != small) free(clocks);
@@ -566,7 +566,16 @@ moemu_status_t par_alltoall(const void *sendbuf, void *recvbuf, size_t count,
     par_slot_t a = {.kind = EMU_COLL_ALLTOALL, .send = sendbuf,
                     .recv = recvbuf, .count = count, .dtype = dtype,
                     .root = -1};
-    return par_a2a(&a, comm, dev, "all-to-all");
+    return par_a2a(&a, comm, dev, "all-to-all", true);
+}
+
+moemu_status_t par_alltoall_inband(const void *sendbuf, void *recvbuf, size_t count,
+                                   emu_dtype_t dtype, par_comm_t *comm, emu_dev_t *dev)
+{
+    par_slot_t a = {.kind = EMU_COLL_ALLTOALL, .send = sendbuf,
+                    .recv = recvbuf, .count = count, .dtype = dtype,
+                    .root = -1};
+    return par_a2a(&a, comm, dev, "all-to-all (in band)", false);
 }
 
 moemu_status_t par_alltoallv(const void *sendbuf, const size_t *sendcounts,
@@ -582,7 +591,7 @@ moemu_status_t par_alltoallv(const void *sendbuf, const size_t *sendcounts,
                     .recv = recvbuf, .dtype = dtype, .root = -1,
                     .scounts = sendcounts, .sdispls = sdispls,
                     .rcounts = recvcounts, .rdispls = rdispls};
-    return par_a2a(&a, comm, dev, "all-to-all-v");
+    return par_a2a(&a, comm, dev, "all-to-all-v", true);
 }
 
 /* ---- barrier and point to point */

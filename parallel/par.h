@@ -124,6 +124,12 @@ moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
 moemu_status_t par_alltoall(const void *sendbuf, void *recvbuf, size_t count,
                             emu_dtype_t dtype, par_comm_t *comm,
                             emu_dev_t *dev);
+/* par_alltoall of values that travel in band with the next collective
+ * (DeepEP low-latency's count signals, written after each expert's rows
+ * in the same kernel): moved, but neither charged nor waited for, so
+ * the members' clocks do not meet. */
+moemu_status_t par_alltoall_inband(const void *sendbuf, void *recvbuf, size_t count,
+                                   emu_dtype_t dtype, par_comm_t *comm, emu_dev_t *dev);
 /* Per-peer counts and displacements (elements), as MPI_Alltoallv: to rank
  * q go sendcounts[q] elements from sendbuf + sdispls[q]; from rank q come
  * recvcounts[q] elements to recvbuf + rdispls[q]. recvcounts[q] on rank r

@@ -537,8 +537,27 @@ elif [ "$kern_s" = "$kern_f" ]; then bad "fused kernels took the same time: $ker
 else ok; fi
 expect 2 "--kernels: kernels 'x' is none of: separate, fused" \
     "$moemu" run --model tiny --kernels x --math skip
-expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather, deepep" \
+expect 2 "--dispatcher: dispatcher 'x' is none of: all-to-all, all-gather, deepep, deepep-ll, deepep-auto" \
     "$moemu" run --model tiny --dispatcher x --math skip
+# DeepEP's low-latency mode sends the counts in band: no all-to-all of
+# their own (the all-to-all dispatcher's dispatch is 2); deepep-auto is it
+# in decode only
+ll() { "$moemu" run --model tiny --strategy dp2-ep2 --batch 2 --prompt-len 8 --decode 2 \
+    --math skip --dispatcher "$@"; }
+expect 0 "prefill and decode: all-to-all 2 (dispatch 1, combine 1)" ll deepep-ll
+expect 0 "decode:  all-to-all 2 (dispatch 1, combine 1)" ll deepep-auto
+expect 0 "prefill: all-to-all 4 (dispatch 3, combine 1)" ll deepep-auto
+# and holds DeepEP's buffer, as LowLatencyLayout (csrc/legacy/config.hpp)
+# sizes it: tiny (hidden 64, 8 experts, fp16), 8 rows a rank; a dispatch
+# message of 16 + max(2 x 64, 64 + 4) bytes, a combine one of 4 + 2 x 64;
+# send max(8 x dispatch, 8 x 8 x combine), receive 8 x 8 x max of both,
+# 128 of signals, each twice
+dmsg=$((16 + 2 * 64)) cmsg=$((4 + 2 * 64))
+send=$((8 * dmsg > 64 * cmsg ? 8 * dmsg : 64 * cmsg))
+want_ll=$((2 * (send + 64 * (dmsg > cmsg ? dmsg : cmsg) + 128)))
+ll deepep-ll --json "$tmp/ll.json" >/dev/null
+got_ll=$(tr -d ' \n' <"$tmp/ll.json" | sed 's/.*"comm-buffers":\([0-9.]*\).*/\1/')
+if [ "${got_ll%.0}" = "$want_ll" ]; then ok; else bad "deepep-ll buffer: $got_ll bytes, DeepEP's $want_ll"; fi
 expect 0 "all-gather 4 (dispatch 4)" "$moemu" run --model tiny --strategy dp2-ep2 \
     --dispatcher all-gather --math skip --batch 2 --prompt-len 8 --decode 2
 expect 2 "plan key 'model' is required but missing" sh -c "echo '{}' > $tmp/p0.json && $moemu plan $tmp/p0.json"

@@ -53,6 +53,9 @@ for s in tp2 pp2-tp2-ep2 dp2-tp2-ep4 pp2-dp2-sp-tp2-ep2 cp2-tp2-ep2 dp4-ep4 tp4-
 done
 same_as_one_process 3 check $wl --strategy pp2-dp2-tp2-ep2 --micro-batches 2
 same_as_one_process 2 check $wl --strategy dp2-tp2-ep2 --devices-per-process 3
+# DeepEP's low-latency mode: its counts move between processes uncharged
+same_as_one_process 2 check $wl --strategy dp4-ep4 --dispatcher deepep-ll --micro-batches 2 \
+    --overlap two-batch
 # a Hugging Face family (Qwen1.5-MoE's config, shrunk): shared experts and their gate
 python3 - "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" >"$tmp/qwen.json" <<'EOF'
 import json, sys

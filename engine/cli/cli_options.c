@@ -63,8 +63,12 @@ const cli_opt_t cli_shared_options[] = {
              "all-gather (Megatron's: the EP group gathers every\n"
              "row, a reduce-scatter sums the outputs back), or\n"
              "deepep (DeepEP's normal mode: a row once to each\n"
-             "member holding one of its choices); default: the\n"
-             "engine profile's, else all-to-all"},
+             "member holding one of its choices), deepep-ll (its\n"
+             "low-latency mode: a row to each chosen expert, the\n"
+             "counts in band, no host synchronisation) or\n"
+             "deepep-auto (SGLang's: normal in prefill, low-latency\n"
+             "in decode); default: the engine profile's, else\n"
+             "all-to-all"},
     {.name = "kernels", .arg = "MODE", .type = CLI_STR, .off = SH(kernels),
      .help = "kernels launched for the projections: separate (one\n"
              "per weight matrix, as Hugging Face runs them) or\n"
