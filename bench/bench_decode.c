@@ -11,8 +11,10 @@
  * The bytes a step reads are those its kernels charge (weights, KV cache
  * and activations, counted by the engine in the emulated dtype), taken as
  * the difference of a run generating 1 + N tokens and one generating 1,
- * divided by N, and scaled from the emulated dtype to the bytes the host
- * holds the weights in (at batch 1 the weights are nearly all of it). The step's time is device 0's host wall
+ * divided by N, and turned from the emulated dtype into the bytes the host
+ * holds the weights in (at batch 1 the weights are nearly all of it): an
+ * fp16 or bf16 model's matrices packed in the dtype, lm_head in fp32
+ * (docs/weights.md), an fp32 model all in fp32. The step's time is device 0's host wall
  * time of the N decode steps over N. Each figure is the best of --reps.
  *
  * usage: bench_decode [--model M] [--batch B] [--prompt-len L]
@@ -78,11 +80,14 @@ static double copy_bandwidth(int threads, int reps)
     return 2.0 * COPY_BYTES / best;
 }
 
-/* Bytes per element of the host's copy of the weights. */
-static double host_elem_bytes(const wts_t *w)
+/* The host's bytes for b bytes the engine charged in the emulated dtype
+ * per step: packed, the same but for lm_head, read whole in fp32 each
+ * step; else every byte widened to fp32. */
+static double host_bytes(const wts_t *w, double b)
 {
-    (void)w;
-    return sizeof(float);
+    double sz = (double)emu_dtype_size(w->cfg.dtype);
+    if (!w->packed) return b * sizeof(float) / sz;
+    return b + (sizeof(float) - sz) * (double)w->cfg.vocab_size * w->cfg.hidden_size;
 }
 
 static double charged_bytes(const emu_dev_t *dev)
@@ -168,8 +173,7 @@ int main(int argc, char **argv)
     }
     /* the engine counts bytes in the emulated dtype; the host reads the
      * weights in the dtype it holds them in */
-    double scale = host_elem_bytes(&w) / (double)emu_dtype_size(cfg.dtype);
-    double step = wall / steps, read = scale * (bn - b1) / steps, ideal = read / bw;
+    double step = wall / steps, read = host_bytes(&w, (bn - b1) / steps), ideal = read / bw;
     printf("%-34s %12s\n", "figure", "value");
     printf("%-34s %12.3f\n", "decode step, ms", 1e3 * step);
     printf("%-34s %12.1f\n", "bytes read per step, MB", read / 1e6);

@@ -2,9 +2,9 @@
  *
  * Times wts_generate_all of a model (default moe-10b-plan, as `moemu run`
  * generates it: fresh memory, every host core) and, alternating with it in
- * the same run, a memset of freshly mapped memory of (a) the fp32 bytes
- * moemu holds the weights in on the host and (b) the bytes of the same
- * weights in the emulated dtype (both on one thread, as a plain memset;
+ * the same run, a memset of freshly mapped memory of (a) the bytes of the
+ * weights in fp32 and (b) their bytes in the emulated dtype, which moemu
+ * holds an fp16 or bf16 model's matrices in (both on one thread, as a plain memset;
  * (a) also on every core, for reference); then the generation on the scalar
  * reference kernel (an element at a time, what every run did before the
  * vector kernels), after checking that it gives the same bits. Each figure
@@ -91,14 +91,16 @@ enum { GEN, SCALAR, SET32, SETDT, SET32_ALL, FIGURES };
 
 /* One repetition: the vector generation, both memsets, the scalar one;
  * the first also checks that the scalar one gives the same bits. */
-static int rep(const cfg_model_t *cfg, bool check, double best[FIGURES], size_t *floats_out)
+static int rep(const cfg_model_t *cfg, bool check, double best[FIGURES], size_t *floats_out,
+               double *held)
 {
     wts_t w, ref;
     double t;
     if (generate(&w, cfg, WTS_GEN_BEST, &t) != MOEMU_OK) return fail();
     keep_best(&best[GEN], t);
-    size_t floats = (size_t)w.n_floats;
+    size_t floats = (size_t)(w.n_floats + w.n_packed);
     *floats_out = floats;
+    *held = 4.0 * (double)w.n_floats + 2.0 * (double)w.n_packed;
     if (!check) wts_free(&w);
     double t32 = memset_fresh(4 * floats, 1),
            tdt = memset_fresh(emu_dtype_size(cfg->dtype) * floats, 1),
@@ -113,7 +115,8 @@ static int rep(const cfg_model_t *cfg, bool check, double best[FIGURES], size_t 
     if (generate(&ref, cfg, WTS_GEN_SCALAR, &t) != MOEMU_OK) return fail();
     keep_best(&best[SCALAR], t);
     if (check) {
-        bool same = memcmp(w.block, ref.block, 4 * floats) == 0;
+        bool same = memcmp(w.block, ref.block, 4 * (size_t)w.n_floats) == 0 &&
+                    (!w.n_packed || memcmp(w.packed, ref.packed, 2 * (size_t)w.n_packed) == 0);
         wts_free(&w);
         if (!same) {
             fprintf(stderr, "bench_weights: the %s kernel's weights differ from the scalar "
@@ -148,8 +151,9 @@ int main(int argc, char **argv)
     if (cfg_load(&cfg, model) != MOEMU_OK) return fail();
     double best[FIGURES] = {1e30, 1e30, 1e30, 1e30, 1e30};
     size_t n = 0;
+    double held = 0;
     for (int i = 0; i < reps; i++) {
-        int rc = rep(&cfg, i == 0, best, &n);
+        int rc = rep(&cfg, i == 0, best, &n, &held);
         if (rc) return rc;
     }
     double floats = (double)n, b32 = 4 * floats, bdt = (double)emu_dtype_size(cfg.dtype) * floats;
@@ -161,7 +165,7 @@ int main(int argc, char **argv)
     snprintf(what[SET32], 64, "memset of the fp32 bytes");
     snprintf(what[SETDT], 64, "memset of the %s bytes", dt);
     snprintf(what[SET32_ALL], 64, "the same on %ld threads", cores);
-    const double bytes[FIGURES] = {b32, b32, b32, bdt, b32};
+    const double bytes[FIGURES] = {held, held, b32, bdt, b32};
     printf("%s: %.3g weights, %s; generation on the %ld host cores, memset on one; best of %d\n",
            model, floats, dt, cores, reps);
     printf("%-34s %9s %9s %9s\n", "", "GB", "s", "GB/s");

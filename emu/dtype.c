@@ -242,3 +242,113 @@ void emu_dtype_round_n(emu_dtype_t dt, float *p, int64_t n)
 {
     emu_dtype_round_n_on(emu_simd_best(), dt, p, n);
 }
+
+/* ---- Packed 16-bit storage of values already in the dtype (fp16 or
+ * bf16): their bits, and back; exact both ways. */
+
+static void pack_n_c(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n)
+{
+    if (dt == EMU_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) out[i] = (uint16_t)(f32_bits(in[i]) >> 16);
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = emu_f32_to_f16(in[i]);
+}
+
+static void widen_n_c(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
+{
+    if (dt == EMU_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) out[i] = bits_f32((uint32_t)in[i] << 16);
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = emu_f16_to_f32(in[i]);
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+__attribute__((target("avx2,f16c"))) static void pack_f16_avx2(uint16_t *out, const float *in,
+                                                              int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+__attribute__((target("avx2,f16c"))) static void widen_f16_avx2(float *out, const uint16_t *in,
+                                                               int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i))));
+}
+
+__attribute__((target("avx2"))) static void widen_bf16_avx2(float *out, const uint16_t *in,
+                                                            int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(in + i)));
+        _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
+    }
+}
+
+__attribute__((target("avx512f"))) static void widen_f16_avx512(float *out, const uint16_t *in,
+                                                                 int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16)
+        _mm512_storeu_ps(out + i,
+                         _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(in + i))));
+}
+
+__attribute__((target("avx512f"))) static void widen_bf16_avx512(float *out, const uint16_t *in,
+                                                                  int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(in + i)));
+        _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+    }
+}
+
+/* The whole vectors of 8 on AVX2 (fp16's pack and widening, bf16's
+ * widening; of 16 on AVX-512 for the widening, the hot one), the rest in
+ * C; bf16's pack vectorizes as C. */
+static int64_t pack_simd(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n)
+{
+    if (dt != EMU_DTYPE_FP16 || emu_simd_best() == EMU_SIMD_C) return 0;
+    pack_f16_avx2(out, in, n - n % 8);
+    return n - n % 8;
+}
+
+static int64_t widen_simd(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
+{
+    emu_simd_t k = emu_simd_best();
+    if (k == EMU_SIMD_C) return 0;
+    if (k == EMU_SIMD_AVX512) {
+        if (dt == EMU_DTYPE_FP16) widen_f16_avx512(out, in, n - n % 16);
+        else widen_bf16_avx512(out, in, n - n % 16);
+        return n - n % 16;
+    }
+    if (dt == EMU_DTYPE_FP16) widen_f16_avx2(out, in, n - n % 8);
+    else widen_bf16_avx2(out, in, n - n % 8);
+    return n - n % 8;
+}
+#else
+static int64_t pack_simd(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n)
+{
+    (void)dt, (void)out, (void)in, (void)n;
+    return 0;
+}
+
+static int64_t widen_simd(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
+{
+    (void)dt, (void)out, (void)in, (void)n;
+    return 0;
+}
+#endif
+
+void emu_dtype_pack_n(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n)
+{
+    int64_t done = n > 0 ? pack_simd(dt, out, in, n) : 0;
+    pack_n_c(dt, out + done, in + done, n - done);
+}
+
+void emu_dtype_widen_n(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
+{
+    int64_t done = n > 0 ? widen_simd(dt, out, in, n) : 0;
+    widen_n_c(dt, out + done, in + done, n - done);
+}

@@ -678,8 +678,10 @@ moemu_status_t layer_embed_block(layer_view_t *v, const float *table, const int 
     if (x->math)
         for (int t = 0; t < TA; t++) {
             float *row = v->o + (size_t)t * d;
-            if (tok[t] >= v0 && tok[t] < v1)
-                memcpy(row, table + (size_t)tok[t] * d, sizeof(float) * d);
+            if (tok[t] >= v0 && tok[t] < v1) {
+                const float *w = table + (size_t)tok[t] * d;
+                if (!layer_weights_read(row, w, d)) memcpy(row, w, sizeof(float) * d);
+            }
             else
                 memset(row, 0, sizeof(float) * d); /* another rank's row */
         }

@@ -10,7 +10,8 @@ void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,
     if (c->math)
         for (int t = 0; t < T; t++) {
             const float *row = emb + (int64_t)tok[t] * d;
-            for (int i = 0; i < d; i++) out[(int64_t)t * d + i] = row[i];
+            if (!layer_weights_read(out + (int64_t)t * d, row, d))
+                for (int i = 0; i < d; i++) out[(int64_t)t * d + i] = row[i];
         }
     emu_charge(c->dev, EMU_KERNEL_EMBED, 0.0,
                2.0 * T * d * emu_dtype_size(c->dtype));

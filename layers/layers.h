@@ -71,6 +71,23 @@ static inline double layer_ewsize(const layer_ctx_t *c)
 typedef enum { LAYER_ACT_SILU = 0, LAYER_ACT_GELU, LAYER_ACT_SWIGLU_OAI } layer_act_t;
 #define LAYER_OAI_ALPHA 1.702f
 
+/* ---- Weights held packed on the host (engine/models/weights.c): the
+ * matrices of an fp16 or bf16 model keep fp32 addresses [lo, hi), which
+ * nothing maps, and their values lie at the same index in packed, as dt's
+ * 16 bits. The layers widen what they read (exactly): a product's weight
+ * operand whole (so that OpenBLAS sees the call it would see in fp32),
+ * into one of a buffer per host core, each of the largest matrix's
+ * floats, which layer_packed_add allocates (MOEMU_ERR_NOMEM, naming
+ * them); the last region removed frees them. */
+moemu_status_t layer_packed_add(const float *lo, const float *hi, const uint16_t *packed,
+                                emu_dtype_t dt, int64_t largest);
+void layer_packed_remove(const float *lo);
+/* How many buffers layer_packed_add allocates: the host's cores. */
+int layer_packed_buffers(void);
+/* out[0..n) = the n weights at w, widened, when w is packed (true); false,
+ * and nothing written, when it is not. */
+bool layer_weights_read(float *out, const float *w, int64_t n);
+
 /* The work of each kernel, for callers that account without computing. */
 typedef struct {
     double flops, bytes;

@@ -11,6 +11,14 @@
  * (emu_blas_enter), the one way the layers call BLAS. */
 void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
+/* The same on B as it stands (never packed). */
+void layer_sgemm_blas(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc);
+/* layer_sgemm when B is packed (layer_packed_add): B widened whole into a
+ * scratch buffer, then the same call; false, and nothing done, when B is
+ * not packed. */
+bool layer_packed_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc);
 
 /* Hot loops built twice on x86-64, for AVX2 and the baseline, the better
  * picked at load time (GCC's target_clones): the same results either way,

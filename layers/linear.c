@@ -7,6 +7,13 @@
 void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc)
 {
+    if (!layer_packed_sgemm(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        layer_sgemm_blas(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void layer_sgemm_blas(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc)
+{
     emu_blas_enter();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
                 alpha, A, lda, B, ldb, beta, C, ldc);

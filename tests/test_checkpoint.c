@@ -990,6 +990,7 @@ Test(ckpt, mxfp4_experts_load_exactly)
     cr_assert_eq(cfg_parse(&cfg, MX_JSON(64), "oss"), MOEMU_OK, "%s", moemu_errmsg());
     wts_t g, w;
     cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&g), MOEMU_OK, "%s", moemu_errmsg());
     mx_t mx[3] = {mx_make(mx_gu0, 4, 64, 128, 11), mx_make(mx_dn0, 4, 64, 64, 12),
                   mx_make(mx_gu1, 4, 64, 128, 13)};
     static mxck_t c;
@@ -1054,6 +1055,7 @@ Test(ckpt, mxfp4_experts_load_boxes)
     cr_assert_eq(cfg_parse(&cfg, MX_JSON(64), "oss"), MOEMU_OK, "%s", moemu_errmsg());
     wts_t g, w;
     cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&g), MOEMU_OK, "%s", moemu_errmsg());
     mx_t mx[2] = {mx_make(mx_gu1, 4, 64, 128, 21), mx_make(mx_dn1, 4, 64, 64, 22)};
     static mxck_t c;
     memset(&c, 0, sizeof c);
@@ -1137,6 +1139,7 @@ Test(ckpt, mxfp4_problems_reported_at_once)
     cr_assert_eq(cfg_parse(&cfg, MX_JSON(48), "oss"), MOEMU_OK, "%s", moemu_errmsg());
     wts_t g, w;
     cr_assert_eq(wts_generate_all(&g, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&g), MOEMU_OK, "%s", moemu_errmsg());
     static mxck_t c;
     memset(&c, 0, sizeof c);
     const char *skip[4] = {mx_gu0, mx_dn0, mx_gu1, mx_dn1};

@@ -402,6 +402,7 @@ Test(conformance, every_family_from_its_sharded_checkpoint)
         snprintf(ck, sizeof ck, "%s/%s", dir, models[i].name);
         cr_assert_eq(wts_dump(&w, ck, 8000), MOEMU_OK, "%s: %s", ck, moemu_errmsg());
         cr_assert_eq(wts_load(&r, &cfg, ck), MOEMU_OK, "%s: %s", ck, moemu_errmsg());
+        cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
         cr_assert_eq(memcmp(r.block, w.block, sizeof(float) * (size_t)w.n_floats), 0,
                      "%s: the checkpoint does not load back bit for bit", models[i].name);
         wl_opts_t wo = {.lens = "6,9", .decode = 4, .seed = 5};
@@ -461,6 +462,47 @@ Test(conformance, shared_expert_overlap)
             cr_expect_gt(hid.comm + hid.idle, 0, "%s on %s", strat[s], what);
             for (int ov = 0; ov < 2; ov++) check_free(&c[ov]);
             wts_free(&w);
+            wl_free(&wl);
+        }
+}
+
+/* Weights held packed in their dtype compute what the same weights in
+ * fp32 compute, bit for bit, on one device and sharded: every product's
+ * weight operand is widened whole (layers/packed.c), so that OpenBLAS
+ * sees the calls it sees with fp32 weights. Every family, its embedding,
+ * MLA's absorbed products and gpt-oss's (in, out) experts among them. */
+Test(conformance, packed_weights_same_bits)
+{
+    static const char *const strat[] = {"dp2-tp2-ep2", "pp2-tp2-sp-ep2"};
+    for (size_t m = 0; m < N_MODELS; m++)
+        for (size_t s = 0; s < sizeof strat / sizeof *strat; s++) {
+            cfg_model_t cfg;
+            if (!models[m].json) cr_assert_eq(cfg_load(&cfg, models[m].name), MOEMU_OK);
+            else cr_assert_eq(cfg_parse(&cfg, models[m].json, models[m].name), MOEMU_OK);
+            wts_t w[2];
+            for (int i = 0; i < 2; i++)
+                cr_assert_eq(wts_generate_all(&w[i], &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
+            cr_assert_not_null(w[0].packed, "%s: generated %s weights are packed",
+                               models[m].name, emu_dtype_name(cfg.dtype));
+            cr_assert_eq(wts_unpack(&w[1]), MOEMU_OK, "%s", moemu_errmsg());
+            wl_opts_t wo = {.lens = "7,12,5,9", .decode = 3, .seed = 5};
+            wl_t wl;
+            cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+            check_t c[2];
+            for (int i = 0; i < 2; i++) {
+                runner_opts_t o = {.micro_batches = 2};
+                cr_assert_eq(par_strategy_parse(strat[s], &o.strategy), MOEMU_OK);
+                cr_assert_eq(emu_hw_load("card-400tf-64gb", &o.hw), MOEMU_OK);
+                cr_assert_eq(check_run(&c[i], &w[i], &wl, &o, 1e-5, NULL), MOEMU_OK, "%s",
+                             moemu_errmsg());
+            }
+            size_t n = (size_t)wl.batch * wl.decode * cfg.vocab_size;
+            cr_expect_eq(memcmp(c[0].base.gen_logits, c[1].base.gen_logits, n * sizeof(float)),
+                         0, "%s: one device's logits moved", models[m].name);
+            cr_expect_eq(memcmp(c[0].strategy.gen_logits, c[1].strategy.gen_logits,
+                                n * sizeof(float)),
+                         0, "%s on %s: logits moved", models[m].name, strat[s]);
+            for (int i = 0; i < 2; i++) check_free(&c[i]), wts_free(&w[i]);
             wl_free(&wl);
         }
 }

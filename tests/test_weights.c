@@ -187,6 +187,11 @@ static void roundtrip(const char *json)
     snprintf(path, sizeof path, "%s/w.safetensors", dir);
     cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_OK, "%s", moemu_errmsg());
+    /* generated fp16 and bf16 weights are packed (dumped from there), the
+     * loaded ones fp32: the same values */
+    cr_assert_eq(w.packed != NULL, cfg.dtype != EMU_DTYPE_FP32);
+    cr_assert_null(r.packed);
+    cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
     int n = wts_tensor_count(&w), seen = 0;
     for (int i = 0; i < n; i++) {
         wts_tensor_t a, b;
@@ -309,6 +314,8 @@ Test(weights, fp8_storage_rounds_dumps_and_loads_exactly)
     wts_t w, p, r;
     cr_assert_eq(wts_generate_all(&w, &cfg, 3), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(wts_generate_all(&p, &plain, 3), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_null(w.packed, "FP8 weights are never packed");
+    cr_assert_eq(wts_unpack(&p), MOEMU_OK, "%s", moemu_errmsg());
     char path[128];
     snprintf(path, sizeof path, "%s/fp8.safetensors", dir);
     cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());

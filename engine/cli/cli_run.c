@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "engine/cli/cli.h"
@@ -281,6 +282,17 @@ static void print_summary(const char *label, const wl_t *wl, const model_out_t *
                (long long)out->dropped, (long long)out->assignments);
 }
 
+/* The process's peak resident memory so far, the weights' generation
+ * included: a figure of the host, not of a device. */
+static void print_host_memory(const wts_t *w)
+{
+    struct rusage u;
+    if (getrusage(RUSAGE_SELF, &u) != 0) return;
+    double peak = 1024.0 * (double)u.ru_maxrss; /* Linux counts KiB */
+    printf("host     %.3f GB resident at most (the process's peak; the weights' matrices held "
+           "in %s)\n", peak / 1e9, w->packed ? emu_dtype_name(w->cfg.dtype) : "fp32");
+}
+
 /* Print the comparison and add it to js. */
 static void report_check(const check_result_t *r, const char *against, const wl_t *wl,
                          const model_out_t *base, const model_out_t *str, json_t *js)
@@ -414,32 +426,49 @@ static moemu_status_t local_boxes(const run_opts_t *o, const cfg_model_t *cfg,
     return st;
 }
 
-/* Host bytes of the weights' boxes in fp32. */
-static double boxes_bytes(const cfg_model_t *cfg, const wts_box_t *boxes)
+/* Host bytes of the weights' boxes, loaded (fp32) or generated (the
+ * packed tensors in 2 bytes). */
+static double boxes_bytes(const cfg_model_t *cfg, const wts_box_t *boxes, bool loaded)
 {
     wts_t lay;
-    if (wts_address_only(&lay, cfg) != MOEMU_OK) return wts_host_bytes(cfg);
+    if (wts_address_only(&lay, cfg) != MOEMU_OK) return wts_host_bytes(cfg, loaded);
     double n = 0;
-    for (int i = 0; i < lay.n_list; i++) n += (double)wts_box_elems(&boxes[i]);
+    for (int i = 0; i < lay.n_list; i++)
+        n += (lay.list[i].packed && !loaded ? 2.0 : 4.0) * (double)wts_box_elems(&boxes[i]);
     wts_free(&lay);
-    return 4.0 * n;
+    return n;
 }
 
 static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, const wl_t *wl,
                                 const runner_opts_t *d, const wts_box_t *boxes)
 {
     emu_need_t need = {.hint = o->dry ? NULL : "; a dry run (--math skip) holds no weights"};
-    double w = o->dry ? 0 : boxes ? boxes_bytes(cfg, boxes) : wts_host_bytes(cfg), rec = 4.0 * cfg->num_hidden_layers *
+    bool loaded = o->sh.weights != NULL;
+    double w = o->dry ? 0 : boxes ? boxes_bytes(cfg, boxes, loaded) : wts_host_bytes(cfg, loaded),
+           rec = 4.0 * cfg->num_hidden_layers *
         wl->batch * runner_route_positions(wl) * cfg->num_experts_per_tok;
     emu_need_add(&need, "weights", w, w);
+    double widen = o->dry ? 0 : wts_widen_bytes(cfg, loaded);
+    emu_need_add(&need, "weight widening", widen, widen);
     int records = o->check ? 3 : o->sh.strategy && (!o->dry || o->record_routing) ? 1 : 0;
     emu_need_add(&need, "routing records", records * rec, records * rec);
-    model_opts_t mo = {.prompt_logits = o->dump_logits || o->check, .gen_logits = o->check};
+    if (o->check) {
+        MOEMU_CHECK(check_host_need(&need, cfg, wl, d));
+        return emu_need_check(&need, NULL, "moemu check");
+    }
+    model_opts_t mo = {.prompt_logits = o->dump_logits != NULL};
     MOEMU_CHECK(runner_host_need(&need, cfg, wl, d, &mo));
-    runner_opts_t one;
-    runner_opts_one_device(&one, &d->hw, d->strategy.dp, d->micro_batches);
-    if (o->check) MOEMU_CHECK(runner_host_need(&need, cfg, wl, &one, &mo));
-    return emu_need_check(&need, NULL, o->check ? "moemu check" : "moemu run");
+    if (o->sh.strategy) { /* the report's one-device reference: a dry run */
+        runner_opts_t one;
+        runner_opts_one_device(&one, &d->hw, d->strategy.dp, d->micro_batches);
+        route_src_t src; /* its shape only: the record it replays is not made yet */
+        route_replay_record(&src, NULL, cfg, wl);
+        one.dry = true;
+        one.cluster.nodata = true;
+        one.routing = d->routing ? d->routing : &src;
+        MOEMU_CHECK(runner_host_need(&need, cfg, wl, &one, &mo));
+    }
+    return emu_need_check(&need, NULL, "moemu run");
 }
 
 static int run(const run_opts_t *o)
@@ -572,6 +601,7 @@ static int run(const run_opts_t *o)
             goto fail;
     }
     if (!o->dry) json_object_set_new(js, "generated", generated_json(&wl, shown));
+    if (!o->dry) print_host_memory(&w);
     rc = CLI_EXIT_OK;
     if (o->check) {
         char canon[PAR_STRATEGY_STRLEN];

@@ -1,4 +1,5 @@
-/* Generated and loaded weights. Every tensor lives in one fp32 block. */
+/* Generated and loaded weights: the tensors in one fp32 block, or a
+ * generated fp16 or bf16 model's matrices packed in the dtype. */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,6 +12,7 @@
 
 #include "engine/models/family.h"
 #include "engine/models/checkpoint.h"
+#include "layers/layers.h"
 
 /* ---- The layout: every tensor in one block, named as the family names
  * it. One walk serves both passes: counting (no block yet) and placing. */
@@ -18,9 +20,12 @@
 typedef struct {
     wts_t *w;
     const wts_names_t *nm;
-    uintptr_t base; /* where the block begins; 0 when counting */
-    int64_t floats; /* placed so far */
-    int n;          /* named tensors so far */
+    uintptr_t base;  /* where the block begins; 0 when counting */
+    uintptr_t pbase; /* where the packed tensors' addresses begin */
+    bool pack;       /* the matrices packed (wts_packs) */
+    int64_t floats, packed; /* elements placed so far, in each */
+    int n;           /* named tensors so far */
+    int64_t largest; /* elements of the largest packed tensor */
 } walk_t;
 
 /* Each kind's name in wts_names_t. */
@@ -70,25 +75,41 @@ static bool kept_in_dtype(wts_kind_t kind)
            kind == WTS_GATE_UP_BIAS || kind == WTS_DOWN_BIAS;
 }
 
+/* The matrices, packed in a model that packs: what the layers read
+ * through products and the embedding's rows (layer_packed_add), not the
+ * vectors and gpt-oss's expert biases, which they read as they lie; nor
+ * lm_head (or the embedding tied to it): every decode step reads all of
+ * it, larger than the caches, and widening it each time would double
+ * that step's memory traffic, for a few percent of a model's weights. */
+static bool packed_kind(const cfg_model_t *c, wts_kind_t kind, int ndim)
+{
+    if (kind == WTS_LM_HEAD || (kind == WTS_EMBED && c->tie_word_embeddings)) return false;
+    return ndim >= 2 && kind != WTS_GATE_UP_BIAS && kind != WTS_DOWN_BIAS;
+}
+
 /* The next tensor of ndim dimensions (shape a, b, c), of the kind given,
- * named with the layer l and expert j: its place in the block (NULL when
- * counting). */
+ * named with the layer l and expert j: its place in the block, or its
+ * address among the packed ones (NULL when counting). */
 static float *take(walk_t *k, wts_kind_t kind, int l, int j, int ndim, int64_t a, int64_t b,
                    int64_t c)
 {
     const char *fmt = name_of(k->nm, kind);
     int64_t n = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
-    float *p = k->base ? (float *)(k->base + sizeof(float) * (uintptr_t)k->floats) : NULL;
+    bool packed = k->pack && packed_kind(&k->w->cfg, kind, ndim);
+    int64_t *at = packed ? &k->packed : &k->floats;
+    uintptr_t base = packed ? k->pbase : k->base;
+    float *p = k->base ? (float *)(base + sizeof(float) * (uintptr_t)*at) : NULL;
     if (p && fmt) {
         wts_tensor_t *t = &k->w->list[k->n];
         bool top = kind == WTS_EMBED || kind == WTS_FINAL_NORM || kind == WTS_LM_HEAD;
         *t = (wts_tensor_t){.ndim = ndim, .shape = {a, b, c}, .data = p,
                             .fan_in = ndim == 1 ? a : ndim == 2 ? b : c,
                             .fp8 = k->w->cfg.fp8_block_r > 0 && ndim >= 2 && !kept_in_dtype(kind),
-                            .kind = kind, .layer = top ? -1 : l, .expert = j};
+                            .packed = packed, .kind = kind, .layer = top ? -1 : l, .expert = j};
         snprintf(t->name, sizeof t->name, fmt, l, j);
     }
-    k->floats += n;
+    if (packed && n > k->largest) k->largest = n;
+    *at += n;
     k->n += fmt != NULL;
     return p;
 }
@@ -392,7 +413,41 @@ static int64_t count_floats(const cfg_model_t *c)
     return f.total;
 }
 
-double wts_host_bytes(const cfg_model_t *cfg) { return 4.0 * (double)count_floats(cfg); }
+bool wts_packs(const cfg_model_t *c)
+{
+    /* the packed tensors' addresses need a 64-bit space (packed_range) */
+    return (c->dtype == EMU_DTYPE_FP16 || c->dtype == EMU_DTYPE_BF16) && c->fp8_block_r <= 0 &&
+           !c->mxfp4 && sizeof(uintptr_t) >= 8;
+}
+
+double wts_host_bytes(const cfg_model_t *cfg, bool loaded)
+{
+    wts_t lay;
+    if (loaded || wts_address_only(&lay, cfg) != MOEMU_OK) return 4.0 * (double)count_floats(cfg);
+    double b = 4.0 * (double)lay.n_floats + 2.0 * (double)lay.n_packed;
+    wts_free(&lay);
+    return b;
+}
+
+double wts_widen_bytes(const cfg_model_t *cfg, bool loaded)
+{
+    wts_t lay;
+    if (loaded || !wts_packs(cfg) || wts_address_only(&lay, cfg) != MOEMU_OK) return 0;
+    double b = 4.0 * layer_packed_buffers() * (double)(lay.largest_packed + 1);
+    wts_free(&lay);
+    return b;
+}
+
+const uint16_t *wts_packed_at(const wts_t *w, const float *p)
+{
+    return w->packed + (p - w->shadow);
+}
+
+void wts_tensor_read(const wts_t *w, const wts_tensor_t *t, int64_t off, int64_t n, float *out)
+{
+    if (t->packed) emu_dtype_widen_n(w->cfg.dtype, out, wts_packed_at(w, t->data + off), n);
+    else memcpy(out, t->data + off, sizeof(float) * (size_t)n);
+}
 
 /* mem bytes of host memory and as of address space for the weights. */
 static moemu_status_t check_host(double mem, double as, const char *what)
@@ -415,26 +470,30 @@ moemu_status_t wts_check_host_memory(double bytes, const char *what)
  * memory, no address space, and a stray access faults at once. */
 #define WTS_NOWHERE (sizeof(uintptr_t) >= 8 ? (uintptr_t)1 << 48 : (uintptr_t)1 << 20)
 
-/* Every tensor placed in a block at base (the walk's placing pass). */
-static void place(wts_t *w, uintptr_t base)
+/* Every tensor placed in a block at base, the packed ones' addresses
+ * from pbase (the walk's placing pass). */
+static void place(wts_t *w, uintptr_t base, uintptr_t pbase)
 {
-    walk_t k = {.w = w, .nm = family_of(&w->cfg)->names, .base = base};
+    walk_t k = {.w = w, .nm = family_of(&w->cfg)->names, .base = base, .pbase = pbase,
+                .pack = w->n_packed > 0};
     walk(&k);
 }
 
 /* The layout without a block: the tensors listed and placed at
- * WTS_NOWHERE. */
-static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg)
+ * WTS_NOWHERE, with pack the packed ones' addresses after the others'. */
+static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg, bool pack)
 {
     memset(w, 0, sizeof *w);
     w->cfg = *cfg;
     w->address_only = true;
     int L = cfg->num_hidden_layers, E = cfg->num_local_experts, S = cfg->num_shared_experts;
     int64_t n = count_floats(cfg);
-    walk_t k = {.w = w, .nm = family_of(cfg)->names};
+    walk_t k = {.w = w, .nm = family_of(cfg)->names, .pack = pack};
     w->layers = calloc((size_t)L, sizeof *w->layers);
     if (w->layers) walk(&k); /* counting: no block yet */
-    w->n_floats = n;
+    w->n_floats = k.floats;
+    w->n_packed = k.packed;
+    w->largest_packed = k.largest;
     w->ptrs = calloc((size_t)L * (5 * E + 3 * S) + 1, sizeof(float *));
     w->list = calloc((size_t)k.n + 1, sizeof *w->list);
     if (!w->layers || !w->ptrs || !w->list) {
@@ -442,10 +501,10 @@ static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg)
         return moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the layout of %s's %d tensors",
                           cfg->name, k.n);
     }
-    if (k.floats != n) {
+    if (k.floats + k.packed != n) {
         wts_free(w);
-        return moemu_fail(MOEMU_ERR_INTERNAL, "weight layout holds %lld floats, expected %lld",
-                          (long long)k.floats, (long long)n);
+        return moemu_fail(MOEMU_ERR_INTERNAL, "weight layout holds %lld values, expected %lld",
+                          (long long)(k.floats + k.packed), (long long)n);
     }
     w->n_list = k.n;
     float **pp = w->ptrs;
@@ -453,22 +512,22 @@ static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg)
         w->layers[l] = (wts_layer_t){.w1 = pp, .w2 = pp + E, .w3 = pp + 2 * E, .sw1 = pp + 3 * E,
                                      .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S,
                                      .b13 = pp + 3 * E + 3 * S, .b2 = pp + 4 * E + 3 * S};
-    place(w, WTS_NOWHERE);
+    place(w, WTS_NOWHERE, WTS_NOWHERE + sizeof(float) * (uintptr_t)w->n_floats);
     return MOEMU_OK;
 }
 
-/* Floats of the boxes that generation fills (widened to FP8 blocks), or
- * with rows that loading reads (whole rows); the whole model without
- * boxes. */
-static double boxes_floats(const wts_t *w, const wts_box_t *boxes, bool rows)
+/* Host bytes of the boxes that generation fills (widened to FP8
+ * blocks), or with rows that loading reads (whole rows); the whole
+ * model without boxes. */
+static double boxes_bytes(const wts_t *w, const wts_box_t *boxes, bool rows)
 {
-    if (!boxes) return (double)w->n_floats;
     double n = 0;
     for (int i = 0; i < w->n_list; i++) {
-        wts_box_t b = boxes[i];
-        if (rows) b.c0 = 0, b.c1 = wts_tensor_cols(&w->list[i]);
-        else wts_box_generated(w, i, &boxes[i], &b);
-        n += (double)wts_box_elems(&b);
+        const wts_tensor_t *t = &w->list[i];
+        wts_box_t b = box_whole(t);
+        if (boxes && rows) b = boxes[i], b.c0 = 0, b.c1 = wts_tensor_cols(t);
+        else if (boxes) wts_box_generated(w, i, &boxes[i], &b);
+        n += (t->packed ? 2.0 : 4.0) * (double)wts_box_elems(&b);
     }
     return n;
 }
@@ -485,9 +544,8 @@ static double boxes_floats(const wts_t *w, const wts_box_t *boxes, bool rows)
  * first touch of 4 KiB pages was most of the time of generating (a fault
  * per 1024 floats); a sparse block (a device's boxes) keeps small pages,
  * which hold only what is written. */
-static float *block_map(int64_t n, bool whole)
+static void *block_map(size_t len, bool whole)
 {
-    size_t len = sizeof(float) * (size_t)n;
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (p == MAP_FAILED) return NULL;
@@ -513,31 +571,49 @@ static moemu_status_t check_boxes(const wts_t *w, const wts_box_t *boxes)
     return MOEMU_OK;
 }
 
-/* The layout in a block of host memory, checked first against the host
- * for the boxes' floats (boxes_floats) and the whole block's address
- * space. */
-static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, const wts_box_t *boxes,
-                                bool rows)
+/* The packed tensors' addresses: a range of WTS_NOWHERE's space of its
+ * own, so that the layers tell each model's packed weights apart
+ * (layer_packed_add); as unmapped as WTS_NOWHERE. */
+static uintptr_t packed_range(void)
 {
-    MOEMU_CHECK(wts_layout(w, cfg));
-    double all = (double)w->n_floats, need = boxes_floats(w, boxes, rows);
+    static atomic_uint next;
+    return WTS_NOWHERE + ((uintptr_t)(1 + atomic_fetch_add(&next, 1) % 32768) << 44);
+}
+
+/* The layout in host memory (with pack, the matrices packed), checked
+ * first against the host for the boxes' bytes (boxes_bytes) and the whole
+ * blocks' address space. */
+static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, const wts_box_t *boxes,
+                                bool rows, bool pack)
+{
+    MOEMU_CHECK(wts_layout(w, cfg, pack));
+    double all = boxes_bytes(w, NULL, false), need = boxes_bytes(w, boxes, rows);
+    const char *in = w->n_packed ? emu_dtype_name(cfg->dtype) : "fp32";
     char what[160];
     if (boxes)
-        snprintf(what, sizeof what, "model %s (%.3g of its %.3g parameters in fp32)", cfg->name,
-                 need, all);
+        snprintf(what, sizeof what, "model %s (%.3g of its %.3g GB in %s)", cfg->name, need / 1e9,
+                 all / 1e9, in);
     else
-        snprintf(what, sizeof what, "model %s (%.3g parameters in fp32)", cfg->name, all);
+        snprintf(what, sizeof what, "model %s (%.3g GB in %s)", cfg->name, all / 1e9, in);
     moemu_status_t st = check_boxes(w, boxes);
-    if (st == MOEMU_OK) st = check_host(4.0 * need, 4.0 * all, what);
-    if (st == MOEMU_OK && !(w->block = block_map(w->n_floats, !boxes)))
-        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot map %.2f GB for the weights of %s", 4.0 * all / 1e9,
+    if (st == MOEMU_OK) st = check_host(need, all, what);
+    size_t fb = sizeof(float) * (size_t)w->n_floats, pb = 2 * (size_t)w->n_packed;
+    if (st == MOEMU_OK && (!(w->block = block_map(fb, !boxes)) ||
+                           (pb && !(w->packed = block_map(pb, !boxes)))))
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot map %.2f GB for the weights of %s", all / 1e9,
                         cfg->name);
+    if (st == MOEMU_OK && pb) {
+        w->shadow = (float *)packed_range();
+        st = layer_packed_add(w->shadow, w->shadow + w->n_packed, w->packed, cfg->dtype,
+                              w->largest_packed);
+        if (st != MOEMU_OK) w->shadow = NULL;
+    }
     if (st != MOEMU_OK) {
         wts_free(w);
         return st;
     }
     w->address_only = false;
-    place(w, (uintptr_t)w->block);
+    place(w, (uintptr_t)w->block, pb ? (uintptr_t)w->shadow : 0);
     return MOEMU_OK;
 }
 
@@ -562,19 +638,34 @@ static int64_t chunk_rows(const wts_box_t *b)
     return width >= GEN_CHUNK ? 1 : GEN_CHUNK / width;
 }
 
+/* Elements [at, at + n) of tensor t; a packed one's a piece at a time
+ * through a buffer that stays in the core's cache. */
+static void gen_span(const gen_job_t *job, const wts_tensor_t *t, int64_t at, int64_t n)
+{
+    emu_dtype_t dt = job->w->cfg.dtype;
+    if (!t->packed) {
+        wts_generate(t->data + at, job->seed, t->name, t->fan_in, at, n, dt);
+        return;
+    }
+    float buf[4096];
+    uint16_t *out = (uint16_t *)wts_packed_at(job->w, t->data + at);
+    for (int64_t i = 0; i < n; i += 4096) {
+        int64_t m = n - i < 4096 ? n - i : 4096;
+        wts_generate(buf, job->seed, t->name, t->fan_in, at + i, m, dt);
+        emu_dtype_pack_n(dt, out + i, buf, m);
+    }
+}
+
 /* Rows [r0, r1) of box b of tensor t: one run when b spans whole rows. */
 static void gen_rows(const gen_job_t *job, const wts_tensor_t *t, const wts_box_t *b, int64_t r0,
                      int64_t r1)
 {
     int64_t C = wts_tensor_cols(t), width = b->c1 - b->c0;
-    emu_dtype_t dt = job->w->cfg.dtype;
     if (width == C) {
-        wts_generate(t->data + r0 * C, job->seed, t->name, t->fan_in, r0 * C, (r1 - r0) * C, dt);
+        gen_span(job, t, r0 * C, (r1 - r0) * C);
         return;
     }
-    for (int64_t r = r0; r < r1; r++)
-        wts_generate(t->data + r * C + b->c0, job->seed, t->name, t->fan_in, r * C + b->c0,
-                     width, dt);
+    for (int64_t r = r0; r < r1; r++) gen_span(job, t, r * C + b->c0, width);
 }
 
 static void *gen_worker(void *arg)
@@ -623,7 +714,7 @@ static moemu_status_t gen_run(const wts_t *w, uint64_t seed, const wts_box_t *bo
 moemu_status_t wts_generate_boxes(wts_t *w, const cfg_model_t *cfg, uint64_t seed,
                                   const wts_box_t *boxes)
 {
-    MOEMU_CHECK(wts_alloc(w, cfg, boxes, false));
+    MOEMU_CHECK(wts_alloc(w, cfg, boxes, false, wts_packs(cfg)));
     wts_box_t *fill = calloc((size_t)w->n_list + 1, sizeof *fill);
     moemu_status_t st = fill ? MOEMU_OK
                              : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the boxes of %s",
@@ -688,7 +779,7 @@ moemu_status_t wts_load_boxes(wts_t *w, const cfg_model_t *cfg, const char *path
     MOEMU_CHECK(ckpt_open(path, &ck));
     ckpt_want_t *want = NULL;
     ckpt_rows_t *rows = NULL;
-    moemu_status_t st = wts_alloc(w, cfg, boxes, true);
+    moemu_status_t st = wts_alloc(w, cfg, boxes, true, false);
     if (st == MOEMU_OK) st = load_plan(w, boxes, &want, &rows);
     ckpt_read_opts_t o = {.ignore = mtp_layer, .arg = (void *)cfg, .block_r = cfg->fp8_block_r,
                           .block_c = cfg->fp8_block_c, .rows = rows};
@@ -706,14 +797,24 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path)
 }
 
 /* Tensor t as a checkpoint stores it: ts[0] (and with FP8, its scales
- * ts[1]); *m becomes the entries used. Fails only when out of memory. */
+ * ts[1]); *m becomes the entries used, own[0..*m) what the caller frees
+ * after (a packed tensor widened, FP8's values and scales). Fails only
+ * when out of memory. */
 static bool dump_entry(const wts_t *w, const wts_tensor_t *t, st_dtype_t dt,
-                       st_write_tensor_t *ts, st_dtype_t *dts, char *sname, size_t cap, int *m)
+                       st_write_tensor_t *ts, st_dtype_t *dts, void **own, char *sname,
+                       size_t cap, int *m)
 {
     ts[0] = (st_write_tensor_t){.name = t->name, .ndim = t->ndim, .data = t->data};
     for (int j = 0; j < t->ndim; j++) ts[0].shape[j] = t->shape[j];
     dts[0] = dt;
     *m = 1;
+    if (t->packed) {
+        int64_t n = wts_tensor_rows(t) * wts_tensor_cols(t);
+        float *x = own[0] = malloc(sizeof(float) * (size_t)(n + 1));
+        if (!x) return false;
+        wts_tensor_read(w, t, 0, n, x);
+        ts[0].data = x;
+    }
     if (!t->fp8) return true;
     fp8_grid_t g = fp8_grid(w, t);
     wts_box_t all = box_whole(t);
@@ -723,6 +824,7 @@ static bool dump_entry(const wts_t *w, const wts_tensor_t *t, st_dtype_t dt,
         return false;
     }
     fp8_apply(t, &g, &all, sc, q, false);
+    own[0] = q, own[1] = sc;
     snprintf(sname, cap, "%s_scale_inv", t->name);
     ts[0].data = q, dts[0] = ST_F8_E4M3;
     ts[1] = (st_write_tensor_t){.name = sname, .ndim = t->ndim, .data = sc};
@@ -738,29 +840,46 @@ moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes)
     int n = wts_tensor_count(w), m = 0;
     st_write_tensor_t *ts = calloc(2 * (size_t)n + 1, sizeof *ts);
     st_dtype_t *dts = calloc(2 * (size_t)n + 1, sizeof *dts);
+    void **own = calloc(2 * (size_t)n + 1, sizeof *own);
     char(*names)[160] = calloc((size_t)n + 1, sizeof *names);
     st_dtype_t dt = w->cfg.dtype == EMU_DTYPE_FP16   ? ST_F16
                     : w->cfg.dtype == EMU_DTYPE_BF16 ? ST_BF16
                                                      : ST_F32;
-    bool ok = ts && dts && names;
-    for (int i = 0, used; ok && i < n; i++, m += used)
-        ok = dump_entry(w, &w->list[i], dt, ts + m, dts + m, names[i], sizeof names[i], &used);
+    bool ok = ts && dts && own && names;
+    for (int i = 0, used = 0; ok && i < n; i++, m += used)
+        ok = dump_entry(w, &w->list[i], dt, ts + m, dts + m, own + m, names[i], sizeof names[i],
+                        &used);
     moemu_status_t st = ok ? ckpt_write_dtypes(path, ts, m, dts, shard_bytes)
                            : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the checkpoint of %s",
                                         w->cfg.name);
-    for (int i = 0; i < m; i++)
-        if (dts[i] == ST_F8_E4M3 || (i && dts[i - 1] == ST_F8_E4M3)) free((void *)ts[i].data);
-    free(ts), free(dts), free(names);
+    for (int i = 0; own && i < 2 * n; i++) free(own[i]);
+    free(ts), free(dts), free(own), free(names);
     return st;
+}
+
+moemu_status_t wts_unpack(wts_t *w)
+{
+    if (!w->packed) return MOEMU_OK;
+    wts_t u;
+    MOEMU_CHECK(wts_alloc(&u, &w->cfg, NULL, true, false));
+    for (int i = 0; i < w->n_list; i++) {
+        const wts_tensor_t *t = &w->list[i];
+        wts_tensor_read(w, t, 0, wts_tensor_rows(t) * wts_tensor_cols(t), u.list[i].data);
+    }
+    wts_free(w);
+    *w = u;
+    return MOEMU_OK;
 }
 
 moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg)
 {
-    return wts_layout(w, cfg);
+    return wts_layout(w, cfg, wts_packs(cfg));
 }
 
 void wts_free(wts_t *w)
 {
+    if (w->shadow) layer_packed_remove(w->shadow);
+    if (w->packed) munmap(w->packed, 2 * (size_t)w->n_packed);
     if (w->block) munmap(w->block, sizeof(float) * (size_t)w->n_floats);
     free(w->layers);
     free(w->ptrs);

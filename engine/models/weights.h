@@ -1,6 +1,8 @@
-/* weights: the model's tensors in fp32 on the host, generated from a seed
- * or loaded from safetensors with the family's Hugging Face names, and the
- * counter-based generator behind both the weights and seeded workloads. */
+/* weights: the model's tensors on the host, generated from a seed or
+ * loaded from safetensors with the family's Hugging Face names, and the
+ * counter-based generator behind both the weights and seeded workloads.
+ * They are fp32, but a generated fp16 or bf16 model (wts_packs) holds its
+ * matrices packed in the dtype: half the bytes, the same values. */
 #ifndef MOEMU_WEIGHTS_H
 #define MOEMU_WEIGHTS_H
 
@@ -82,6 +84,8 @@ typedef struct {
     bool fp8;   /* a linear layer's weight: FP8 e4m3 with block scales in a
                    model whose weights are FP8 (the embedding, lm_head,
                    norms, biases and routers stay in the dtype) */
+    bool packed;/* held packed: data is an address that nothing maps, the
+                   values at wts_packed_at (read them with wts_tensor_read) */
     wts_kind_t kind;
     int layer;  /* its layer, -1 for the embedding, final norm and lm_head */
     int expert; /* a routed or shared expert's index, else 0 */
@@ -127,8 +131,14 @@ typedef struct {
     float *final_norm; /* (d) */
     float *lm_head;    /* (V, d); equals embed when tied */
     wts_layer_t *layers;
-    float *block;      /* one anonymous mapping holding every tensor */
+    float *block;      /* one anonymous mapping holding every tensor not packed */
     int64_t n_floats;
+    /* the packed tensors: their values, n_packed 16-bit ones in the dtype,
+     * and the fp32 addresses they have (shadow, where nothing is mapped;
+     * registered with layer_packed_add) */
+    uint16_t *packed;
+    float *shadow;
+    int64_t n_packed, largest_packed;
     float **ptrs;      /* the per-expert pointer arrays */
     wts_tensor_t *list;/* every named tensor, in checkpoint order */
     int n_list;
@@ -175,6 +185,11 @@ moemu_status_t wts_load(wts_t *w, const cfg_model_t *cfg, const char *path);
  * finite. Every other element is 0, as in wts_generate_boxes. */
 moemu_status_t wts_load_boxes(wts_t *w, const cfg_model_t *cfg, const char *path,
                               const wts_box_t *boxes);
+/* Every tensor of w in fp32 in one block, as a loaded model holds them,
+ * for callers that read the tensors' data directly: the same values; the
+ * tensors move. MOEMU_ERR_NOMEM (w unchanged) when the host lacks the
+ * memory. */
+moemu_status_t wts_unpack(wts_t *w);
 /* The layout without the values, for dry runs: tensors at addresses that
  * nothing maps, never to be read or written, so that the weights take no
  * host memory and no address space. */
@@ -185,10 +200,21 @@ moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes);
 void wts_free(wts_t *w);
 
-/* Host bytes the fp32 weights need, and a check of bytes against the
- * host's memory and address space (emu_need_check) that names both
- * figures and the limit. */
-double wts_host_bytes(const cfg_model_t *cfg);
+/* Whether a generated model of cfg packs its matrices: fp16 or bf16,
+ * without FP8 or MXFP4 weights. A loaded one never does (a checkpoint may
+ * hold values its dtype cannot). */
+bool wts_packs(const cfg_model_t *cfg);
+/* Host bytes of the buffers that widen packed weights for the products
+ * (layer_packed_add: a host core's each, of the largest matrix). */
+double wts_widen_bytes(const cfg_model_t *cfg, bool loaded);
+/* Where the values of a packed tensor's address p lie. */
+const uint16_t *wts_packed_at(const wts_t *w, const float *p);
+/* Elements [off, off + n) of t, packed or not, as fp32 into out. */
+void wts_tensor_read(const wts_t *w, const wts_tensor_t *t, int64_t off, int64_t n, float *out);
+/* Host bytes the weights need, generated (packed where wts_packs) or
+ * loaded; and a check of bytes against the host's memory and address
+ * space (emu_need_check) that names both figures and the limit. */
+double wts_host_bytes(const cfg_model_t *cfg, bool loaded);
 moemu_status_t wts_check_host_memory(double bytes, const char *what);
 
 #endif

@@ -202,6 +202,16 @@ void check_free(check_t *c)
     c->route_strategy = NULL;
 }
 
+moemu_status_t check_host_need(emu_need_t *need, const cfg_model_t *cfg, const wl_t *wl,
+                               const runner_opts_t *o)
+{
+    model_opts_t mo = {.prompt_logits = true, .gen_logits = true};
+    MOEMU_CHECK(runner_host_need(need, cfg, wl, o, &mo));
+    runner_opts_t one;
+    runner_opts_one_device(&one, &o->hw, o->strategy.dp, o->micro_batches);
+    return runner_host_need(need, cfg, wl, &one, &mo);
+}
+
 moemu_status_t check_run(check_t *c, const wts_t *w, const wl_t *wl, const runner_opts_t *o,
                          double rtol, void (*progress)(void *, const char *, int, int, int, int))
 {

@@ -51,6 +51,11 @@ moemu_status_t check_run_against(check_t *c, const wts_t *w, const wl_t *wl,
                                  double rtol,
                                  void (*progress)(void *, const char *, int, int, int, int));
 void check_free(check_t *c);
+/* What check_run of o on wl takes of the host besides the weights, added
+ * to need: the strategy's devices and the one-device baseline's, with
+ * their outputs (runner_host_need). */
+moemu_status_t check_host_need(emu_need_t *need, const cfg_model_t *cfg, const wl_t *wl,
+                               const runner_opts_t *o);
 
 /* "PASS", or "FAIL" with the reason when it is no comparison at all (no
  * logit compared, a logit that is not finite), written into buf. */

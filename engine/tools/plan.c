@@ -408,20 +408,41 @@ static int nearest(const par_strategy_t *stated, const par_dims_t *dims, int dev
     return got;
 }
 
-/* The largest number of layers whose fp32 weights fit in half the host's
- * available memory (at least min_layers), for the real-math check. */
-static int host_layers(const cfg_model_t *cfg, int min_layers)
+/* The model of cfg cut to its first l layers, and sd for it (an even
+ * split of the layers kept over the stages). */
+static void cut_layers(cfg_model_t *c, runner_opts_t *sd, int l)
 {
-    cfg_model_t one = *cfg;
-    one.num_hidden_layers = 1;
-    double per = wts_host_bytes(&one), base;
-    one.num_hidden_layers = 2;
-    per = wts_host_bytes(&one) - per;
-    base = wts_host_bytes(cfg) - per * cfg->num_hidden_layers;
+    if (l == c->num_hidden_layers) return;
+    c->num_hidden_layers = l;
+    sd->strategy.n_pp_layers = 0;
+}
+
+/* Whether the real-math check of sd on wl, for cfg, fits this host: its
+ * generated weights, their widening and both runs (check_host_need). */
+static moemu_status_t check_fits(const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *sd)
+{
+    emu_need_t need = {0};
+    double w = wts_host_bytes(cfg, false), widen = wts_widen_bytes(cfg, false);
+    emu_need_add(&need, "weights", w, w);
+    emu_need_add(&need, "weight widening", widen, widen);
+    MOEMU_CHECK(check_host_need(&need, cfg, wl, sd));
+    char what[64];
+    snprintf(what, sizeof what, "the check on %d layers", cfg->num_hidden_layers);
+    return emu_need_check(&need, NULL, what);
+}
+
+/* The most layers (at least min_layers) whose check fits this host; when
+ * the whole model's does not, why, into why[0..n). */
+static int host_layers(const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *sd,
+                       int min_layers, char *why, size_t n)
+{
+    why[0] = '\0';
     for (int l = cfg->num_hidden_layers; l > min_layers; l--) {
-        char what[32];
-        snprintf(what, sizeof what, "%d layers", l);
-        if (wts_check_host_memory(2.0 * (base + per * l), what) == MOEMU_OK) return l;
+        cfg_model_t c = *cfg;
+        runner_opts_t o = *sd;
+        cut_layers(&c, &o, l);
+        if (check_fits(&c, wl, &o) == MOEMU_OK) return l;
+        if (!why[0]) snprintf(why, n, "%s", moemu_errmsg());
     }
     moemu_errclear();
     return min_layers;
@@ -628,28 +649,26 @@ static moemu_status_t numbers(eval_t *e)
     const plan_t *p = e->p;
     const par_strategy_t *run = &e->run;
     cfg_model_t small = *e->cfg;
-    int L = host_layers(e->cfg, run->pp), Lall = e->cfg->num_hidden_layers;
-    par_strategy_t srun = *run;
-    if (L < Lall) {
-        small.num_hidden_layers = L;
-        srun.n_pp_layers = 0; /* an even split of the layers kept */
-    }
     int B = run->dp * p->micro_batches < 8 ? run->dp * p->micro_batches : 8;
     if (B < run->dp) B = run->dp;
     wl_opts_t wo = {.batch = B, .prompt_len = 16, .decode = 4, .seed = p->wl.seed};
     wl_t swl;
     wts_t w;
     MOEMU_CHECK(wl_make(&swl, &wo, &small));
+    runner_opts_t sd = {.strategy = *run, .micro_batches = p->micro_batches, .hw = p->hw,
+                        .cluster = {.no_limit = true}};
+    char why[512];
+    int L = host_layers(e->cfg, &swl, &sd, run->pp, why, sizeof why),
+        Lall = e->cfg->num_hidden_layers;
+    cut_layers(&small, &sd, L);
     fprintf(e->f, "numbers  %s in real math: batch %d, prompts of 16, 4 generated, %d of %d "
-                  "layers%s\n", e->runs, B, L, Lall,
-            L < Lall ? " (the whole model does not fit this host's memory)" : "");
+                  "layers\n", e->runs, B, L, Lall);
+    if (L < Lall) fprintf(e->f, "  the whole model's check does not fit this host: %s\n", why);
     moemu_status_t st = wts_generate_all(&w, &small, p->wl.seed);
     if (st != MOEMU_OK) {
         wl_free(&swl);
         return st;
     }
-    runner_opts_t sd = {.strategy = srun, .micro_batches = p->micro_batches, .hw = p->hw,
-                        .cluster = {.no_limit = true}};
     check_t c;
     st = check_run(&c, &w, &swl, &sd, 1e-5, e->o->progress);
     if (st == MOEMU_OK) {
