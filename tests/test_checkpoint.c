@@ -1003,6 +1003,7 @@ Test(ckpt, mxfp4_experts_load_exactly)
     cr_assert(exists(tpath("oss/model.safetensors.index.json")));
 
     cr_assert_eq(wts_load(&w, &cfg, tpath("oss")), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
     int n = wts_tensor_count(&w), decoded = 0;
     cr_assert_eq(n, wts_tensor_count(&g));
     for (int i = 0; i < n; i++) {
@@ -1070,6 +1071,7 @@ Test(ckpt, mxfp4_experts_load_boxes)
     int one = 1;
     wts_boxes_for(&g, &s, &one, 1, b);
     cr_assert_eq(wts_load_boxes(&w, &cfg, tpath("oss"), b), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
     int decoded = 0;
     for (int i = 0; i < w.n_list; i++) {
         const wts_tensor_t *t = &w.list[i];

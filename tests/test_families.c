@@ -372,6 +372,7 @@ Test(families, sharded_checkpoint_round_trip_and_the_wrong_family)
     snprintf(index, sizeof index, "%s/model.safetensors.index.json", path);
     cr_assert_eq(wts_load(&r, &c, index), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&r), MOEMU_OK, "%s", moemu_errmsg());
     cr_expect_eq(memcmp(r.block, w.block, sizeof(float) * (size_t)w.n_floats), 0,
                  "bit for bit (bf16 weights)");
     wts_free(&r);

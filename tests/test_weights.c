@@ -187,11 +187,12 @@ static void roundtrip(const char *json)
     snprintf(path, sizeof path, "%s/w.safetensors", dir);
     cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(wts_load(&r, &cfg, path), MOEMU_OK, "%s", moemu_errmsg());
-    /* generated fp16 and bf16 weights are packed (dumped from there), the
-     * loaded ones fp32: the same values */
+    /* fp16 and bf16 weights are packed, generated and dumped from there,
+     * then loaded from the dtype the dump stores them in: the same values */
     cr_assert_eq(w.packed != NULL, cfg.dtype != EMU_DTYPE_FP32);
-    cr_assert_null(r.packed);
+    cr_assert_eq(r.packed != NULL, cfg.dtype != EMU_DTYPE_FP32);
     cr_assert_eq(wts_unpack(&w), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_unpack(&r), MOEMU_OK, "%s", moemu_errmsg());
     int n = wts_tensor_count(&w), seen = 0;
     for (int i = 0; i < n; i++) {
         wts_tensor_t a, b;
@@ -223,6 +224,31 @@ Test(weights, dump_and_load_fp32_gelu_shared)
 {
     roundtrip("{" BASE ",\"dtype\":\"fp32\",\"hidden_act\":\"gelu\",\"num_shared_experts\":2,"
               "\"shared_expert_intermediate_size\":8}");
+}
+
+/* A checkpoint's tensors stored in the model's dtype load packed; those
+ * stored otherwise (F32 ones into a bf16 model) stay fp32, values as
+ * stored, which the dtype may not hold. */
+Test(weights, load_packs_what_the_dtype_holds)
+{
+    cfg_model_t f32, bf16;
+    cr_assert_eq(cfg_parse(&f32, "{" BASE ",\"dtype\":\"fp32\"}", "a"), MOEMU_OK);
+    bf16 = f32;
+    bf16.dtype = EMU_DTYPE_BF16;
+    wts_t w, r;
+    cr_assert_eq(wts_generate_all(&w, &f32, 1), MOEMU_OK);
+    char path[128];
+    snprintf(path, sizeof path, "%s/f32.safetensors", dir);
+    cr_assert_eq(wts_dump(&w, path, 0), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_eq(wts_load(&r, &bf16, path), MOEMU_OK, "%s", moemu_errmsg());
+    cr_assert_null(r.packed);
+    cr_assert_eq(memcmp(r.block, w.block, sizeof(float) * (size_t)w.n_floats), 0);
+    bool rounds = false; /* the F32 values are not all bf16 ones */
+    for (int64_t i = 0; i < w.n_floats; i++)
+        rounds |= emu_dtype_round(EMU_DTYPE_BF16, w.block[i]) != w.block[i];
+    cr_assert(rounds);
+    wts_free(&r);
+    wts_free(&w);
 }
 
 Test(weights, load_errors_name_the_tensor)

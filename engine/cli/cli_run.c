@@ -426,15 +426,15 @@ static moemu_status_t local_boxes(const run_opts_t *o, const cfg_model_t *cfg,
     return st;
 }
 
-/* Host bytes of the weights' boxes, loaded (fp32) or generated (the
- * packed tensors in 2 bytes). */
-static double boxes_bytes(const cfg_model_t *cfg, const wts_box_t *boxes, bool loaded)
+/* Host bytes of the weights' boxes, generated or loaded from checkpoint
+ * (the packed tensors in 2 bytes, wts_layout_of). */
+static double boxes_bytes(const cfg_model_t *cfg, const wts_box_t *boxes, const char *checkpoint)
 {
     wts_t lay;
-    if (wts_address_only(&lay, cfg) != MOEMU_OK) return wts_host_bytes(cfg, loaded);
+    if (wts_layout_of(&lay, cfg, checkpoint) != MOEMU_OK) return wts_host_bytes(cfg, checkpoint);
     double n = 0;
     for (int i = 0; i < lay.n_list; i++)
-        n += (lay.list[i].packed && !loaded ? 2.0 : 4.0) * (double)wts_box_elems(&boxes[i]);
+        n += (lay.list[i].packed ? 2.0 : 4.0) * (double)wts_box_elems(&boxes[i]);
     wts_free(&lay);
     return n;
 }
@@ -443,12 +443,12 @@ static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, con
                                 const runner_opts_t *d, const wts_box_t *boxes)
 {
     emu_need_t need = {.hint = o->dry ? NULL : "; a dry run (--math skip) holds no weights"};
-    bool loaded = o->sh.weights != NULL;
-    double w = o->dry ? 0 : boxes ? boxes_bytes(cfg, boxes, loaded) : wts_host_bytes(cfg, loaded),
+    const char *ck = o->sh.weights;
+    double w = o->dry ? 0 : boxes ? boxes_bytes(cfg, boxes, ck) : wts_host_bytes(cfg, ck),
            rec = 4.0 * cfg->num_hidden_layers *
         wl->batch * runner_route_positions(wl) * cfg->num_experts_per_tok;
     emu_need_add(&need, "weights", w, w);
-    double widen = o->dry ? 0 : wts_widen_bytes(cfg, loaded);
+    double widen = o->dry ? 0 : wts_widen_bytes(cfg, ck);
     emu_need_add(&need, "weight widening", widen, widen);
     int records = o->check ? 3 : o->sh.strategy && (!o->dry || o->record_routing) ? 1 : 0;
     emu_need_add(&need, "routing records", records * rec, records * rec);

@@ -1030,17 +1030,19 @@ static void ckpt_find_all(const ckpt_t *ck, const ckpt_want_t *want, int n, bool
 {
     for (int w = 0; w < n; w++) {
         int i = ckpt_index(ck, want[w].name);
-        if (i < 0) {
-            if (!ckpt_read_mxfp4(ck, &want[w], used, fd))
-                ckpt_list_add(&fd->missing, "'%s'%s", want[w].name, "");
+        if (i < 0 && !ckpt_read_mxfp4(ck, &want[w], used, fd)) {
+            ckpt_list_add(&fd->missing, "'%s'%s", want[w].name, "");
             continue;
         }
-        used[i] = true;
-        if (!ckpt_fits(ck, i, &want[w], fd)) continue;
-        if (ck->ents[i].t->dtype == ST_F8_E4M3)
-            ckpt_read_fp8(ck, i, &want[w], used, fd);
-        else
-            ckpt_read_one(ck, i, &want[w], fd);
+        if (i >= 0) {
+            used[i] = true;
+            if (!ckpt_fits(ck, i, &want[w], fd)) continue;
+            if (ck->ents[i].t->dtype == ST_F8_E4M3)
+                ckpt_read_fp8(ck, i, &want[w], used, fd);
+            else
+                ckpt_read_one(ck, i, &want[w], fd);
+        }
+        if (fd->o->read) fd->o->read(w, fd->o->read_arg);
     }
     if (fd->misfit > 2 * CKPT_NAMED)
         moemu_problem(&fd->p, "and %d more tensors of the wrong shape or dtype",

@@ -128,6 +128,11 @@ typedef struct {
      * in), the only ones checked finite; r0 == r1: the tensor is checked
      * (present, shape, dtype, its scales or MXFP4 parts) but not read */
     const ckpt_rows_t *rows;
+    /* NULL, or called with want w's index once its values are in its out
+     * (and checked), before the next want is read: wants may share one
+     * out that read moves elsewhere */
+    void (*read)(int w, void *arg);
+    void *read_arg;
     /* out */
     int ignored;            /* tensors left out by ignore */
     int64_t ignored_bytes;  /* their stored bytes */

@@ -23,6 +23,8 @@ typedef struct {
     uintptr_t base;  /* where the block begins; 0 when counting */
     uintptr_t pbase; /* where the packed tensors' addresses begin */
     bool pack;       /* the matrices packed (wts_packs) */
+    const bool *keep32; /* NULL, or per named tensor: kept in fp32 all the same
+                           (a checkpoint stores it otherwise than the dtype) */
     int64_t floats, packed; /* elements placed so far, in each */
     int n;           /* named tensors so far */
     int64_t largest; /* elements of the largest packed tensor */
@@ -95,7 +97,8 @@ static float *take(walk_t *k, wts_kind_t kind, int l, int j, int ndim, int64_t a
 {
     const char *fmt = name_of(k->nm, kind);
     int64_t n = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
-    bool packed = k->pack && packed_kind(&k->w->cfg, kind, ndim);
+    bool packed = k->pack && packed_kind(&k->w->cfg, kind, ndim) &&
+                  !(fmt && k->keep32 && k->keep32[k->n]);
     int64_t *at = packed ? &k->packed : &k->floats;
     uintptr_t base = packed ? k->pbase : k->base;
     float *p = k->base ? (float *)(base + sizeof(float) * (uintptr_t)*at) : NULL;
@@ -420,20 +423,21 @@ bool wts_packs(const cfg_model_t *c)
            !c->mxfp4 && sizeof(uintptr_t) >= 8;
 }
 
-double wts_host_bytes(const cfg_model_t *cfg, bool loaded)
+double wts_host_bytes(const cfg_model_t *cfg, const char *checkpoint)
 {
     wts_t lay;
-    if (loaded || wts_address_only(&lay, cfg) != MOEMU_OK) return 4.0 * (double)count_floats(cfg);
+    if (wts_layout_of(&lay, cfg, checkpoint) != MOEMU_OK) return 4.0 * (double)count_floats(cfg);
     double b = 4.0 * (double)lay.n_floats + 2.0 * (double)lay.n_packed;
+    if (checkpoint && lay.n_packed) b += 4.0 * (double)(lay.largest_packed + 1); /* load_pack's */
     wts_free(&lay);
     return b;
 }
 
-double wts_widen_bytes(const cfg_model_t *cfg, bool loaded)
+double wts_widen_bytes(const cfg_model_t *cfg, const char *checkpoint)
 {
     wts_t lay;
-    if (loaded || !wts_packs(cfg) || wts_address_only(&lay, cfg) != MOEMU_OK) return 0;
-    double b = 4.0 * layer_packed_buffers() * (double)(lay.largest_packed + 1);
+    if (!wts_packs(cfg) || wts_layout_of(&lay, cfg, checkpoint) != MOEMU_OK) return 0;
+    double b = lay.n_packed ? 4.0 * layer_packed_buffers() * (double)(lay.largest_packed + 1) : 0;
     wts_free(&lay);
     return b;
 }
@@ -471,24 +475,26 @@ moemu_status_t wts_check_host_memory(double bytes, const char *what)
 #define WTS_NOWHERE (sizeof(uintptr_t) >= 8 ? (uintptr_t)1 << 48 : (uintptr_t)1 << 20)
 
 /* Every tensor placed in a block at base, the packed ones' addresses
- * from pbase (the walk's placing pass). */
-static void place(wts_t *w, uintptr_t base, uintptr_t pbase)
+ * from pbase (the walk's placing pass, with the counting pass's pack and
+ * keep32). */
+static void place(wts_t *w, uintptr_t base, uintptr_t pbase, const bool *keep32)
 {
     walk_t k = {.w = w, .nm = family_of(&w->cfg)->names, .base = base, .pbase = pbase,
-                .pack = w->n_packed > 0};
+                .pack = w->n_packed > 0, .keep32 = keep32};
     walk(&k);
 }
 
 /* The layout without a block: the tensors listed and placed at
- * WTS_NOWHERE, with pack the packed ones' addresses after the others'. */
-static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg, bool pack)
+ * WTS_NOWHERE, with pack the packed ones' addresses after the others'
+ * (but those keep32 keeps in fp32, if not NULL). */
+static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg, bool pack, const bool *keep32)
 {
     memset(w, 0, sizeof *w);
     w->cfg = *cfg;
     w->address_only = true;
     int L = cfg->num_hidden_layers, E = cfg->num_local_experts, S = cfg->num_shared_experts;
     int64_t n = count_floats(cfg);
-    walk_t k = {.w = w, .nm = family_of(cfg)->names, .pack = pack};
+    walk_t k = {.w = w, .nm = family_of(cfg)->names, .pack = pack, .keep32 = keep32};
     w->layers = calloc((size_t)L, sizeof *w->layers);
     if (w->layers) walk(&k); /* counting: no block yet */
     w->n_floats = k.floats;
@@ -512,7 +518,7 @@ static moemu_status_t wts_layout(wts_t *w, const cfg_model_t *cfg, bool pack)
         w->layers[l] = (wts_layer_t){.w1 = pp, .w2 = pp + E, .w3 = pp + 2 * E, .sw1 = pp + 3 * E,
                                      .sw2 = pp + 3 * E + S, .sw3 = pp + 3 * E + 2 * S,
                                      .b13 = pp + 3 * E + 3 * S, .b2 = pp + 4 * E + 3 * S};
-    place(w, WTS_NOWHERE, WTS_NOWHERE + sizeof(float) * (uintptr_t)w->n_floats);
+    place(w, WTS_NOWHERE, WTS_NOWHERE + sizeof(float) * (uintptr_t)w->n_floats, keep32);
     return MOEMU_OK;
 }
 
@@ -584,10 +590,11 @@ static uintptr_t packed_range(void)
  * first against the host for the boxes' bytes (boxes_bytes) and the whole
  * blocks' address space. */
 static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, const wts_box_t *boxes,
-                                bool rows, bool pack)
+                                bool rows, bool pack, const bool *keep32)
 {
-    MOEMU_CHECK(wts_layout(w, cfg, pack));
+    MOEMU_CHECK(wts_layout(w, cfg, pack, keep32));
     double all = boxes_bytes(w, NULL, false), need = boxes_bytes(w, boxes, rows);
+    if (rows && w->n_packed) need += 4.0 * (double)(w->largest_packed + 1); /* load_pack's */
     const char *in = w->n_packed ? emu_dtype_name(cfg->dtype) : "fp32";
     char what[160];
     if (boxes)
@@ -613,7 +620,7 @@ static moemu_status_t wts_alloc(wts_t *w, const cfg_model_t *cfg, const wts_box_
         return st;
     }
     w->address_only = false;
-    place(w, (uintptr_t)w->block, pb ? (uintptr_t)w->shadow : 0);
+    place(w, (uintptr_t)w->block, pb ? (uintptr_t)w->shadow : 0, keep32);
     return MOEMU_OK;
 }
 
@@ -714,7 +721,7 @@ static moemu_status_t gen_run(const wts_t *w, uint64_t seed, const wts_box_t *bo
 moemu_status_t wts_generate_boxes(wts_t *w, const cfg_model_t *cfg, uint64_t seed,
                                   const wts_box_t *boxes)
 {
-    MOEMU_CHECK(wts_alloc(w, cfg, boxes, false, wts_packs(cfg)));
+    MOEMU_CHECK(wts_alloc(w, cfg, boxes, false, wts_packs(cfg), NULL));
     wts_box_t *fill = calloc((size_t)w->n_list + 1, sizeof *fill);
     moemu_status_t st = fill ? MOEMU_OK
                              : moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate the boxes of %s",
@@ -748,8 +755,58 @@ static bool mtp_layer(const char *name, void *arg)
 
 /* What to read of w's tensors: the wants and, with boxes, each one's rows
  * (NULL without); both the caller's. */
-static moemu_status_t load_plan(const wts_t *w, const wts_box_t *boxes, ckpt_want_t **want,
-                                ckpt_rows_t **rows)
+/* The tensors a load keeps in fp32, per tensor of lay's list (NULL out of
+ * memory): all but those the checkpoint stores in the model's dtype,
+ * which packing keeps exactly. */
+static bool *load_keep32(const wts_t *lay, const ckpt_t *ck)
+{
+    bool *keep = malloc((size_t)lay->n_list + 1);
+    st_dtype_t dt = lay->cfg.dtype == EMU_DTYPE_FP16 ? ST_F16 : ST_BF16;
+    for (int i = 0; keep && i < lay->n_list; i++) {
+        int j = ckpt_index(ck, lay->list[i].name);
+        keep[i] = j < 0 || ckpt_at(ck, j)->dtype != dt;
+    }
+    return keep;
+}
+
+moemu_status_t wts_layout_of(wts_t *w, const cfg_model_t *cfg, const char *checkpoint)
+{
+    if (!checkpoint || !wts_packs(cfg)) return wts_layout(w, cfg, checkpoint == NULL, NULL);
+    ckpt_t *ck;
+    MOEMU_CHECK(ckpt_open(checkpoint, &ck));
+    wts_t lay;
+    moemu_status_t st = wts_layout(&lay, cfg, false, NULL);
+    bool *keep = st == MOEMU_OK ? load_keep32(&lay, ck) : NULL;
+    if (st == MOEMU_OK) wts_free(&lay);
+    if (st == MOEMU_OK && !keep) st = moemu_fail(MOEMU_ERR_NOMEM, "out of memory");
+    if (st == MOEMU_OK) st = wts_layout(w, cfg, true, keep);
+    free(keep);
+    ckpt_close(ck);
+    return st;
+}
+
+/* A packed tensor's values, read into a staging buffer (its want's out),
+ * packed into place as each is read: its rows of the box, or whole. */
+typedef struct {
+    const wts_t *w;
+    const float *stage;
+    const ckpt_rows_t *rows;
+} load_pack_t;
+
+static void load_pack(int i, void *arg)
+{
+    const load_pack_t *a = arg;
+    const wts_tensor_t *t = &a->w->list[i];
+    if (!t->packed) return;
+    int64_t C = wts_tensor_cols(t), r0 = a->rows ? a->rows[i].r0 : 0,
+            r1 = a->rows ? a->rows[i].r1 : wts_tensor_rows(t);
+    if (r1 > r0)
+        emu_dtype_pack_n(a->w->cfg.dtype, (uint16_t *)wts_packed_at(a->w, t->data + r0 * C),
+                         a->stage + r0 * C, (r1 - r0) * C);
+}
+
+static moemu_status_t load_plan(const wts_t *w, const wts_box_t *boxes, float *stage,
+                                ckpt_want_t **want, ckpt_rows_t **rows)
 {
     *want = calloc((size_t)w->n_list + 1, sizeof **want);
     *rows = boxes ? calloc((size_t)w->n_list + 1, sizeof **rows) : NULL;
@@ -762,7 +819,7 @@ static moemu_status_t load_plan(const wts_t *w, const wts_box_t *boxes, ckpt_wan
     for (int i = 0; i < w->n_list; i++) {
         const wts_tensor_t *t = &w->list[i];
         (*want)[i] = (ckpt_want_t){.name = t->name, .ndim = t->ndim, .shape = t->shape,
-                                   .out = t->data};
+                                   .out = t->packed ? stage : t->data};
         if (boxes) (*rows)[i] = box_empty(&boxes[i]) ? (ckpt_rows_t){0, 0}
                                                      : (ckpt_rows_t){boxes[i].r0, boxes[i].r1};
     }
@@ -779,14 +836,31 @@ moemu_status_t wts_load_boxes(wts_t *w, const cfg_model_t *cfg, const char *path
     MOEMU_CHECK(ckpt_open(path, &ck));
     ckpt_want_t *want = NULL;
     ckpt_rows_t *rows = NULL;
-    moemu_status_t st = wts_alloc(w, cfg, boxes, true, false);
-    if (st == MOEMU_OK) st = load_plan(w, boxes, &want, &rows);
+    float *stage = NULL;
+    bool *keep = NULL;
+    moemu_status_t st = MOEMU_OK;
+    if (wts_packs(cfg) && (st = wts_layout(w, cfg, false, NULL)) == MOEMU_OK) {
+        keep = load_keep32(w, ck); /* the tensors stored in the dtype: packed */
+        wts_free(w);
+        if (!keep) st = moemu_fail(MOEMU_ERR_NOMEM, "out of memory for the tensors of %s",
+                                   cfg->name);
+    }
+    if (st == MOEMU_OK) st = wts_alloc(w, cfg, boxes, true, wts_packs(cfg), keep);
+    if (st == MOEMU_OK && w->n_packed &&
+        !(stage = malloc(sizeof(float) * (size_t)(w->largest_packed + 1))))
+        st = moemu_fail(MOEMU_ERR_NOMEM, "cannot allocate %.3g GB to load %s",
+                        4e-9 * (double)w->largest_packed, cfg->name);
+    if (st == MOEMU_OK) st = load_plan(w, boxes, stage, &want, &rows);
+    load_pack_t lp = {w, stage, rows};
     ckpt_read_opts_t o = {.ignore = mtp_layer, .arg = (void *)cfg, .block_r = cfg->fp8_block_r,
-                          .block_c = cfg->fp8_block_c, .rows = rows};
+                          .block_c = cfg->fp8_block_c, .rows = rows, .read = load_pack,
+                          .read_arg = &lp};
     if (st == MOEMU_OK) st = ckpt_read_all_opts(ck, want, w->n_list, cfg->name, &o);
     if (st != MOEMU_OK && w->block) wts_free(w);
     free(want);
     free(rows);
+    free(stage);
+    free(keep);
     ckpt_close(ck);
     return st;
 }
@@ -861,7 +935,7 @@ moemu_status_t wts_unpack(wts_t *w)
 {
     if (!w->packed) return MOEMU_OK;
     wts_t u;
-    MOEMU_CHECK(wts_alloc(&u, &w->cfg, NULL, true, false));
+    MOEMU_CHECK(wts_alloc(&u, &w->cfg, NULL, true, false, NULL));
     for (int i = 0; i < w->n_list; i++) {
         const wts_tensor_t *t = &w->list[i];
         wts_tensor_read(w, t, 0, wts_tensor_rows(t) * wts_tensor_cols(t), u.list[i].data);
@@ -873,7 +947,7 @@ moemu_status_t wts_unpack(wts_t *w)
 
 moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg)
 {
-    return wts_layout(w, cfg, wts_packs(cfg));
+    return wts_layout(w, cfg, wts_packs(cfg), NULL);
 }
 
 void wts_free(wts_t *w)

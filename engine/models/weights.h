@@ -200,21 +200,28 @@ moemu_status_t wts_address_only(wts_t *w, const cfg_model_t *cfg);
 moemu_status_t wts_dump(const wts_t *w, const char *path, int64_t shard_bytes);
 void wts_free(wts_t *w);
 
-/* Whether a generated model of cfg packs its matrices: fp16 or bf16,
- * without FP8 or MXFP4 weights. A loaded one never does (a checkpoint may
- * hold values its dtype cannot). */
+/* Whether a model of cfg packs its matrices: fp16 or bf16, without FP8
+ * or MXFP4 weights. Generated, it packs them all; loaded, those its
+ * checkpoint stores in the dtype (the others, F32 ones for instance, may
+ * hold values the dtype cannot: they stay fp32). */
 bool wts_packs(const cfg_model_t *cfg);
+/* The layout (wts_address_only's) as a model of cfg generated
+ * (checkpoint NULL) or loaded from checkpoint holds it: which tensors are
+ * packed, n_floats, n_packed, largest_packed. */
+moemu_status_t wts_layout_of(wts_t *w, const cfg_model_t *cfg, const char *checkpoint);
 /* Host bytes of the buffers that widen packed weights for the products
- * (layer_packed_add: a host core's each, of the largest matrix). */
-double wts_widen_bytes(const cfg_model_t *cfg, bool loaded);
+ * (layer_packed_add: a host core's each, of the largest matrix), the
+ * model generated (checkpoint NULL) or loaded. */
+double wts_widen_bytes(const cfg_model_t *cfg, const char *checkpoint);
 /* Where the values of a packed tensor's address p lie. */
 const uint16_t *wts_packed_at(const wts_t *w, const float *p);
 /* Elements [off, off + n) of t, packed or not, as fp32 into out. */
 void wts_tensor_read(const wts_t *w, const wts_tensor_t *t, int64_t off, int64_t n, float *out);
-/* Host bytes the weights need, generated (packed where wts_packs) or
- * loaded; and a check of bytes against the host's memory and address
- * space (emu_need_check) that names both figures and the limit. */
-double wts_host_bytes(const cfg_model_t *cfg, bool loaded);
+/* Host bytes the weights need, generated (checkpoint NULL) or loaded
+ * (packed as wts_layout_of says, with loading's staging buffer); and a
+ * check of bytes against the host's memory and address space
+ * (emu_need_check) that names both figures and the limit. */
+double wts_host_bytes(const cfg_model_t *cfg, const char *checkpoint);
 moemu_status_t wts_check_host_memory(double bytes, const char *what);
 
 #endif

@@ -422,7 +422,7 @@ static void cut_layers(cfg_model_t *c, runner_opts_t *sd, int l)
 static moemu_status_t check_fits(const cfg_model_t *cfg, const wl_t *wl, const runner_opts_t *sd)
 {
     emu_need_t need = {0};
-    double w = wts_host_bytes(cfg, false), widen = wts_widen_bytes(cfg, false);
+    double w = wts_host_bytes(cfg, NULL), widen = wts_widen_bytes(cfg, NULL);
     emu_need_add(&need, "weights", w, w);
     emu_need_add(&need, "weight widening", widen, widen);
     MOEMU_CHECK(check_host_need(&need, cfg, wl, sd));
