@@ -51,6 +51,8 @@ static bool scratch_reserve(size_t n)
     }
     for (int i = 0; ok && i < n_scratch; i++)
         if (scratch[i].cap < n) {
+            while (scratch[i].busy) /* another model's product is in it */
+                pthread_cond_wait(&scratch_free, &scratch_lock);
             float *b = malloc(sizeof(float) * n); /* touched only where widened */
             if (!b) ok = false;
             else free(scratch[i].buf), scratch[i].buf = b, scratch[i].cap = n;
@@ -151,7 +153,7 @@ static void scratch_give(scratch_t *s)
 {
     pthread_mutex_lock(&scratch_lock);
     s->busy = false;
-    pthread_cond_signal(&scratch_free);
+    pthread_cond_broadcast(&scratch_free); /* a taker and a reserver may both wait */
     pthread_mutex_unlock(&scratch_lock);
 }
 
