@@ -78,8 +78,9 @@ mpi 4 "$moemu" run --model tiny --batch 16 --prompt-len 8 --decode 2 --strategy 
 [ "$(figures "$tmp/w1.json")" = "$(figures "$tmp/w4.json")" ] || bad "64 devices: figures differ"
 echo "ok: 64 devices over 4 processes"
 
-# each process holds its devices' share of the weights: peak resident
-# memory within 1.2 x (weights / K) plus what a run of the tiny model takes
+# each process holds its devices' share of the weights, in their dtype
+# (fp16: docs/weights.md): peak resident memory within 1.2 x (the weights'
+# bytes / K) plus what a run of the tiny model takes
 python3 - "${MOEMU_SRCDIR:-.}/examples/models/Qwen1.5-MoE-A2.7B.json" >"$tmp/mem.json" <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
@@ -88,7 +89,7 @@ c.update(hidden_size=512, intermediate_size=1024, moe_intermediate_size=1024,
          num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, vocab_size=1000)
 print(json.dumps(c))
 EOF
-params=$("$moemu" info --model "$tmp/mem.json" | awk '$1 == "parameters" {print $2}')
+wbytes=$("$moemu" info --model "$tmp/mem.json" | awk '$1 == "weight" && $2 == "bytes" {print $3}')
 mem="run --batch 1 --prompt-len 8 --decode 2 --strategy pp4"
 # each process's peak into a file of its own (stderr lines would interleave)
 peak() { local out=$1; shift; sh -c 'exec /usr/bin/time -f "rss %M" -o "$0.$$" "$@"' "$out" "$@"; }
@@ -99,7 +100,7 @@ for k in 1 2 4; do
         >/dev/null 2>&1 || bad "K=$k: the run failed"
     [ "$(cat "$tmp/rss$k".* | grep -c '^rss')" = "$k" ] || bad "K=$k: not $k peaks"
     cat "$tmp/rss$k".* >"$tmp/rss$k"
-    share=$((params * 4 / k))
+    share=$((wbytes / k))
     awk -v share="$share" -v fixed="$fixed" -v k="$k" '/^rss/ {
             rss = $2 * 1024; ok = rss <= 1.2 * share + fixed
             printf "%s: K=%d process peak %.1f MB, its weights %.1f MB + fixed %.1f MB\n",
