@@ -453,11 +453,10 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
     layer_ctx_t *x = v->x;
     int d = dm->d, hd = dm->hd, TA = r->n, R = r->r1 - r->r0, qd = dm->Hl * hd;
 
-    layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
+    layer_rmsnorm_pending(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps, &v->resid);
     if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     MOEMU_CHECK(qkv(v, w));
-    layer_rope(x, v->q, r->pos, TA, dm->Hl, hd, &dm->rope);
-    layer_rope(x, v->kk, r->pos, TA, dm->kvl, hd, &dm->rope);
+    layer_rope_qk(x, v->q, dm->Hl, v->kk, dm->kvl, r->pos, TA, hd, &dm->rope);
     if (r->decode) {
         MOEMU_CHECK(attend_decode(v, w->window));
     } else {
@@ -472,7 +471,7 @@ moemu_status_t layer_attention_block(layer_view_t *v, const layer_attn_w_t *w)
                  dm->H * hd, false);
     MOEMU_CHECK(tp_sum(v, v->o));
     if (w->bo) layer_bias(x, v->o, w->bo, R, d); /* once, on the summed rows */
-    layer_axpy(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult);
+    layer_residual(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult, &v->resid);
     return MOEMU_OK;
 }
 
@@ -637,7 +636,7 @@ moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
     layer_ctx_t *x = v->x;
     int d = dm->d, TA = r->n, R = r->r1 - r->r0, Hl = dm->Hl, vd = dm->vd;
     mla_buf_t b = mla_bufs(v);
-    layer_rmsnorm(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps);
+    layer_rmsnorm_pending(x, v->na + (size_t)r->r0 * d, v->xr, w->norm, R, d, dm->eps, &v->resid);
     if (v->sh->sp) MOEMU_CHECK(sp_gather(v, v->na));
     mla_query_raw(v, w, &b);
     mla_latent(v, w, &b);
@@ -645,7 +644,7 @@ moemu_status_t layer_mla_block(layer_view_t *v, const layer_mla_w_t *w)
     layer_linear(x, EMU_KERNEL_GEMM, v->o, b.ocat, w->wo + (size_t)dm->head0 * vd, TA, Hl * vd, d,
                  dm->H * vd, false);
     MOEMU_CHECK(tp_sum(v, v->o));
-    layer_axpy(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult);
+    layer_residual(x, v->xr, v->o, (int64_t)R * d, dm->resid_mult, &v->resid);
     return MOEMU_OK;
 }
 
@@ -746,7 +745,7 @@ void layer_moe_route(layer_view_t *v, const float *norm, const float *gate, laye
 {
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0, nM = r->m1 - r->m0;
-    layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
+    layer_rmsnorm_pending(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps, &v->resid);
     layer_ctx_t rx = dtype_weights(v->x);
     layer_router(&rx, v->idx, v->wts, v->rlog, v->na + (size_t)r->m0 * d, gate, nM, d, v->dm->E,
                  v->dm->k, how, g);
@@ -865,10 +864,10 @@ moemu_status_t layer_dense_block(layer_view_t *v, const float *norm, const layer
     const layer_rows_t *r = v->r;
     int d = v->dm->d, R = r->r1 - r->r0;
     float *out = v->moe + (size_t)r->r0 * d;
-    layer_rmsnorm(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps);
+    layer_rmsnorm_pending(v->x, v->na + (size_t)r->r0 * d, v->xr, norm, R, d, v->dm->eps, &v->resid);
     if (v->x->math) memset(out, 0, sizeof(float) * (size_t)R * d);
     MOEMU_CHECK(layer_mlp_block(v, m, out));
-    layer_axpy(v->x, v->xr, out, (int64_t)R * d, v->dm->resid_mult);
+    layer_residual(v->x, v->xr, out, (int64_t)R * d, v->dm->resid_mult, &v->resid);
     return MOEMU_OK;
 }
 
@@ -894,6 +893,6 @@ moemu_status_t layer_moe_block(layer_view_t *v, const layer_experts_t *ex, const
     float *moeR = v->moe + (size_t)r->r0 * d;
     if (over) layer_add(v->x, moeR, v->sh_out, (int64_t)R * d);
     else if (mlp->S > 0) MOEMU_CHECK(layer_mlp_block(v, mlp, moeR));
-    layer_axpy(v->x, v->xr, moeR, (int64_t)R * d, v->dm->resid_mult);
+    layer_residual(v->x, v->xr, moeR, (int64_t)R * d, v->dm->resid_mult, &v->resid);
     return MOEMU_OK;
 }

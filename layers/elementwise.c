@@ -17,21 +17,42 @@ void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,
                2.0 * T * d * emu_dtype_size(c->dtype));
 }
 
+/* RMSNorm's kernel, which with added > 0 also made a residual update of
+ * that many values (vLLM's fused_add_rms_norm: it reads the update and the
+ * residual, writes the residual and the normed rows, in one launch). */
+static void rmsnorm_charge(layer_ctx_t *c, int T, int d, double added)
+{
+    double s = (double)emu_dtype_size(c->dtype);
+    emu_charge(c->dev, EMU_KERNEL_NORM, 4.0 * T * d + added,
+               s * (2.0 * T * d + d + 2.0 * added));
+}
+
+static void rmsnorm_math(float *out, const float *in, const float *w, int T, int d, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        const float *x = in + (int64_t)t * d;
+        float *y = out + (int64_t)t * d;
+        /* the sum of squares in double: the mean is then exact to fp32 */
+        double ss = 0.0;
+        for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / d + eps));
+        for (int i = 0; i < d; i++) y[i] = x[i] * r * w[i];
+    }
+}
+
 void layer_rmsnorm(layer_ctx_t *c, float *out, const float *in, const float *w,
                    int T, int d, float eps)
 {
-    if (c->math)
-        for (int t = 0; t < T; t++) {
-            const float *x = in + (int64_t)t * d;
-            float *y = out + (int64_t)t * d;
-            /* the sum of squares in double: the mean is then exact to fp32 */
-            double ss = 0.0;
-            for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
-            float r = (float)(1.0 / sqrt(ss / d + eps));
-            for (int i = 0; i < d; i++) y[i] = x[i] * r * w[i];
-        }
-    double s = (double)emu_dtype_size(c->dtype);
-    emu_charge(c->dev, EMU_KERNEL_NORM, 4.0 * T * d, s * (2.0 * T * d + d));
+    if (c->math) rmsnorm_math(out, in, w, T, d, eps);
+    rmsnorm_charge(c, T, d, 0);
+}
+
+void layer_rmsnorm_pending(layer_ctx_t *c, float *out, const float *in, const float *w, int T,
+                           int d, float eps, int64_t *pending)
+{
+    if (c->math) rmsnorm_math(out, in, w, T, d, eps);
+    rmsnorm_charge(c, T, d, (double)*pending);
+    *pending = 0;
 }
 
 static double yarn_mscale(double scale, double m)
@@ -138,30 +159,49 @@ static void rope_head(float *v, const float *cs, const float *sn, int half,
         }
 }
 
+static void rope_math(float *x, const int *pos, int T, int nh, int hd, const layer_rope_t *r)
+{
+    int rd = r->dim > 0 ? r->dim : hd, half = rd / 2, n1 = half > 0 ? half : 1;
+    double inv[n1];
+    layer_rope_freqs(r, hd, inv);
+    float cs[n1], sn[n1];
+    float af = r->attention_factor ? (float)r->attention_factor : 1.0f;
+    int last = -1;
+    for (int t = 0; t < T; t++) {
+        if (pos[t] != last) {
+            rope_table(cs, sn, inv, half, pos[t], af);
+            last = pos[t];
+        }
+        for (int h = 0; h < nh; h++)
+            rope_head(x + ((int64_t)t * nh + h) * hd, cs, sn, half, r->interleave);
+    }
+}
+
+/* The kernel rotating nh heads of T rows: only the rotated dims are read
+ * and written. */
+static void rope_charge(layer_ctx_t *c, int T, int nh, int hd, const layer_rope_t *r)
+{
+    double n = (double)T * nh * (r->dim > 0 ? r->dim : hd);
+    emu_charge(c->dev, EMU_KERNEL_ROPE, 3.0 * n, 2.0 * n * emu_dtype_size(c->dtype));
+}
+
 void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
                 const layer_rope_t *r)
 {
-    int rd = r->dim > 0 ? r->dim : hd, half = rd / 2, n1 = half > 0 ? half : 1;
-    if (c->math) {
-        double inv[n1];
-        layer_rope_freqs(r, hd, inv);
-        float cs[n1], sn[n1];
-        float af = r->attention_factor ? (float)r->attention_factor : 1.0f;
-        int last = -1;
-        for (int t = 0; t < T; t++) {
-            if (pos[t] != last) {
-                rope_table(cs, sn, inv, half, pos[t], af);
-                last = pos[t];
-            }
-            for (int h = 0; h < nh; h++)
-                rope_head(x + ((int64_t)t * nh + h) * hd, cs, sn, half,
-                          r->interleave);
-        }
+    if (c->math) rope_math(x, pos, T, nh, hd, r);
+    rope_charge(c, T, nh, hd, r);
+}
+
+void layer_rope_qk(layer_ctx_t *c, float *q, int nq, float *k, int nk, const int *pos, int T,
+                   int hd, const layer_rope_t *r)
+{
+    if (c->math) rope_math(q, pos, T, nq, hd, r), rope_math(k, pos, T, nk, hd, r);
+    if (layer_fused(c)) {
+        rope_charge(c, T, nq + nk, hd, r);
+        return;
     }
-    /* only the rotated dims are read and written */
-    double n = (double)T * nh * rd;
-    emu_charge(c->dev, EMU_KERNEL_ROPE, 3.0 * n,
-               2.0 * n * emu_dtype_size(c->dtype));
+    rope_charge(c, T, nq, hd, r);
+    rope_charge(c, T, nk, hd, r);
 }
 
 void layer_add(layer_ctx_t *c, float *x, const float *y, int64_t n)
@@ -170,6 +210,25 @@ void layer_add(layer_ctx_t *c, float *x, const float *y, int64_t n)
         for (int64_t i = 0; i < n; i++) x[i] += y[i];
     emu_charge(c->dev, EMU_KERNEL_ELEMWISE, (double)n,
                3.0 * n * emu_dtype_size(c->dtype));
+}
+
+void layer_residual(layer_ctx_t *c, float *x, const float *y, int64_t n, float a,
+                    int64_t *pending)
+{
+    if (!layer_fused(c)) {
+        layer_axpy(c, x, y, n, a);
+        return;
+    }
+    for (int64_t i = 0; c->math && i < n; i++) x[i] += a == 1.0f ? y[i] : a * y[i];
+    *pending += n;
+}
+
+void layer_residual_flush(layer_ctx_t *c, int64_t *pending)
+{
+    if (*pending > 0)
+        emu_charge(c->dev, EMU_KERNEL_ELEMWISE, (double)*pending,
+                   3.0 * (double)*pending * emu_dtype_size(c->dtype));
+    *pending = 0;
 }
 
 void layer_axpy(layer_ctx_t *c, float *x, const float *y, int64_t n, float a)

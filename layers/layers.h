@@ -132,6 +132,18 @@ void layer_gemm(layer_ctx_t *c, const layer_gemm_t *g, int nb, int T, int m, int
 void layer_embed(layer_ctx_t *c, float *out, const int *tok, const float *emb,
                  int T, int d);
 
+/* The residual stream's update x (n) += a y at a block's end (a == 1:
+ * layer_add's bits, else layer_axpy's): a kernel of its own, or with
+ * fused kernels (layer_fused) part of the next block's norm, as vLLM's
+ * fused_add_rms_norm, until then counted in *pending. */
+void layer_residual(layer_ctx_t *c, float *x, const float *y, int64_t n, float a,
+                    int64_t *pending);
+/* The pending update as a kernel of its own (none pending: nothing). */
+void layer_residual_flush(layer_ctx_t *c, int64_t *pending);
+/* layer_rmsnorm whose kernel also makes the pending update (one launch
+ * reading and writing both); *pending becomes 0. */
+void layer_rmsnorm_pending(layer_ctx_t *c, float *out, const float *in, const float *w, int T,
+                           int d, float eps, int64_t *pending);
 /* out (T, d) = in / sqrt(mean(in^2) + eps) * w (d). out may equal in. */
 void layer_rmsnorm(layer_ctx_t *c, float *out, const float *in, const float *w,
                    int T, int d, float eps);
@@ -177,6 +189,10 @@ void layer_rope_freqs(const layer_rope_t *r, int hd, double *inv);
  * rotated in place: DeepSeek's apply_rotary_pos_emb_interleave moves the
  * pairs to halves first, a permutation shared by q and k, so q.k is the
  * same. rd must be even and <= hd. */
+/* layer_rope of nq heads of q and nk of k: one kernel with fused kernels
+ * (vLLM's rotary_embedding takes both), else one each. */
+void layer_rope_qk(layer_ctx_t *c, float *q, int nq, float *k, int nk, const int *pos, int T,
+                   int hd, const layer_rope_t *r);
 void layer_rope(layer_ctx_t *c, float *x, const int *pos, int T, int nh, int hd,
                 const layer_rope_t *r);
 
@@ -513,6 +529,8 @@ typedef struct {
     uint8_t *keep;           /* (Tmax, k) */
     layer_attn_seq_t *seqs;  /* (2 * sequences) */
     int Ttot;
+    int64_t resid;           /* xr's update pending for the next norm
+                                (layer_residual) */
 } layer_view_t;
 
 /* The floats and ints of a view's scratch for passes of at most Tmax rows,

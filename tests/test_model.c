@@ -444,3 +444,48 @@ Test(model, route_groups_must_fit_the_replicas)
     wl_free(&wl);
     fixture_free(&f);
 }
+
+/* Fused kernels launch fewer elementwise kernels and compute the same:
+ * per layer and pass, the residual update goes into the next norm (one
+ * launch fewer per block, but the stage's last, which is its own) and
+ * the rotary embedding of q and k is one kernel instead of two; the
+ * tokens are the same. */
+Test(model, fused_elementwise_kernels)
+{
+    cfg_model_t cfg;
+    cr_assert_eq(cfg_load(&cfg, "tiny"), MOEMU_OK);
+    wts_t w;
+    cr_assert_eq(wts_generate_all(&w, &cfg, 5), MOEMU_OK, "%s", moemu_errmsg());
+    wl_opts_t wo = {.lens = "7,3", .decode = 3, .seed = 5};
+    wl_t wl;
+    cr_assert_eq(wl_make(&wl, &wo, &cfg), MOEMU_OK, "%s", moemu_errmsg());
+    uint64_t launches[2][EMU_KERNEL__COUNT];
+    int tokens[2][6];
+    for (int f = 0; f < 2; f++) {
+        runner_opts_t one;
+        emu_hw_t hw;
+        cr_assert_eq(emu_hw_load("a100-80g", &hw), MOEMU_OK);
+        hw.spec.stack.kernels = f ? EMU_KERNELS_FUSED : EMU_KERNELS_SEPARATE;
+        runner_opts_one_device(&one, &hw, 1, 1);
+        model_opts_t mo = {0};
+        model_out_t out;
+        emu_cluster_t *cl;
+        cr_assert_eq(runner_generate(&out, &cl, &w, &wl, &one, &mo), MOEMU_OK, "%s",
+                     moemu_errmsg());
+        for (int k = 0; k < EMU_KERNEL__COUNT; k++)
+            launches[f][k] = emu_dev_kernel_stats(emu_cluster_dev(cl, 0), k)->launches;
+        memcpy(tokens[f], out.generated, sizeof tokens[f]);
+        model_out_free(&out);
+        emu_cluster_destroy(cl);
+    }
+    int L = cfg.num_hidden_layers, passes = wl.decode; /* a prefill, then decode - 1 steps */
+    cr_expect_eq(memcmp(tokens[0], tokens[1], sizeof tokens[0]), 0, "the tokens moved");
+    cr_expect_eq(launches[0][EMU_KERNEL_ROPE] - launches[1][EMU_KERNEL_ROPE],
+                 (uint64_t)(L * passes), "one rotary kernel per layer and pass");
+    /* two updates per layer, all in a norm but the last one */
+    cr_expect_eq(launches[0][EMU_KERNEL_ELEMWISE] - launches[1][EMU_KERNEL_ELEMWISE],
+                 (uint64_t)((2 * L - 1) * passes), "the residual updates in the norms");
+    cr_expect_eq(launches[0][EMU_KERNEL_NORM], launches[1][EMU_KERNEL_NORM]);
+    wl_free(&wl);
+    wts_free(&w);
+}

@@ -352,6 +352,8 @@ static moemu_status_t pass_layers(void *arg)
         emu_dev_set_layer(v->dev, l);
         MOEMU_CHECK(layer(v, l));
     }
+    /* the last layer's residual update, which no norm of this stage makes */
+    layer_residual_flush(&v->x, &v->view.resid);
     emu_dev_set_layer(v->dev, -1);
     return MOEMU_OK;
 }
