@@ -543,7 +543,7 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
     MOEMU_CHECK(par_enter(comm, r, a, dev));
     moemu_status_t st = par_a2a_agree(comm, what);
     double small[64], *clocks = NULL, *bytes = NULL;
-    if (st == MOEMU_OK) {
+    if (st == MOEMU_OK && charged) {
         bytes = par_a2a_bytes(comm);
         clocks = par_clocks(comm, small, 64);
         if (!bytes || !clocks)
@@ -559,23 +559,28 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
     return st;
 }
 
-moemu_status_t par_alltoall(const void *sendbuf, void *recvbuf, size_t count,
-                            emu_dtype_t dtype, par_comm_t *comm,
-                            emu_dev_t *dev)
+/* Equal blocks, charged or in band. */
+static moemu_status_t par_a2a_equal(const void *sendbuf, void *recvbuf, size_t count,
+                                    emu_dtype_t dtype, par_comm_t *comm, emu_dev_t *dev,
+                                    bool charged)
 {
     par_slot_t a = {.kind = EMU_COLL_ALLTOALL, .send = sendbuf,
                     .recv = recvbuf, .count = count, .dtype = dtype,
                     .root = -1};
-    return par_a2a(&a, comm, dev, "all-to-all", true);
+    return par_a2a(&a, comm, dev, charged ? "all-to-all" : "all-to-all (in band)", charged);
+}
+
+moemu_status_t par_alltoall(const void *sendbuf, void *recvbuf, size_t count,
+                            emu_dtype_t dtype, par_comm_t *comm,
+                            emu_dev_t *dev)
+{
+    return par_a2a_equal(sendbuf, recvbuf, count, dtype, comm, dev, true);
 }
 
 moemu_status_t par_alltoall_inband(const void *sendbuf, void *recvbuf, size_t count,
                                    emu_dtype_t dtype, par_comm_t *comm, emu_dev_t *dev)
 {
-    par_slot_t a = {.kind = EMU_COLL_ALLTOALL, .send = sendbuf,
-                    .recv = recvbuf, .count = count, .dtype = dtype,
-                    .root = -1};
-    return par_a2a(&a, comm, dev, "all-to-all (in band)", false);
+    return par_a2a_equal(sendbuf, recvbuf, count, dtype, comm, dev, false);
 }
 
 moemu_status_t par_alltoallv(const void *sendbuf, const size_t *sendcounts,

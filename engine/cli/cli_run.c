@@ -458,16 +458,8 @@ static moemu_status_t preflight(const run_opts_t *o, const cfg_model_t *cfg, con
     }
     model_opts_t mo = {.prompt_logits = o->dump_logits != NULL};
     MOEMU_CHECK(runner_host_need(&need, cfg, wl, d, &mo));
-    if (o->sh.strategy) { /* the report's one-device reference: a dry run */
-        runner_opts_t one;
-        runner_opts_one_device(&one, &d->hw, d->strategy.dp, d->micro_batches);
-        route_src_t src; /* its shape only: the record it replays is not made yet */
-        route_replay_record(&src, NULL, cfg, wl);
-        one.dry = true;
-        one.cluster.nodata = true;
-        one.routing = d->routing ? d->routing : &src;
-        MOEMU_CHECK(runner_host_need(&need, cfg, wl, &one, &mo));
-    }
+    if (o->sh.strategy) /* the report's one-device reference */
+        MOEMU_CHECK(report_one_device_need(&need, cfg, wl, d, mo.prompt_logits));
     return emu_need_check(&need, NULL, "moemu run");
 }
 

@@ -755,18 +755,27 @@ static bool mtp_layer(const char *name, void *arg)
 
 /* What to read of w's tensors: the wants and, with boxes, each one's rows
  * (NULL without); both the caller's. */
-/* The tensors a load keeps in fp32, per tensor of lay's list (NULL out of
- * memory): all but those the checkpoint stores in the model's dtype,
- * which packing keeps exactly. */
-static bool *load_keep32(const wts_t *lay, const ckpt_t *ck)
+/* The tensors a load of cfg from ck keeps in fp32, per tensor of the
+ * layout's list, into *keep (the caller frees it): all but those ck
+ * stores in the model's dtype, which packing keeps exactly; NULL when the
+ * model does not pack. */
+static moemu_status_t load_keep32(const cfg_model_t *cfg, const ckpt_t *ck, bool **keep)
 {
-    bool *keep = malloc((size_t)lay->n_list + 1);
-    st_dtype_t dt = lay->cfg.dtype == EMU_DTYPE_FP16 ? ST_F16 : ST_BF16;
-    for (int i = 0; keep && i < lay->n_list; i++) {
-        int j = ckpt_index(ck, lay->list[i].name);
-        keep[i] = j < 0 || ckpt_at(ck, j)->dtype != dt;
+    *keep = NULL;
+    if (!wts_packs(cfg)) return MOEMU_OK;
+    wts_t lay;
+    MOEMU_CHECK(wts_layout(&lay, cfg, false, NULL));
+    st_dtype_t dt = cfg->dtype == EMU_DTYPE_FP16 ? ST_F16 : ST_BF16;
+    *keep = malloc((size_t)lay.n_list + 1);
+    for (int i = 0; *keep && i < lay.n_list; i++) {
+        int j = ckpt_index(ck, lay.list[i].name);
+        (*keep)[i] = j < 0 || ckpt_at(ck, j)->dtype != dt;
     }
-    return keep;
+    int n = lay.n_list;
+    wts_free(&lay);
+    return *keep ? MOEMU_OK
+                 : moemu_fail(MOEMU_ERR_NOMEM, "out of memory for the %d tensors of %s", n,
+                              cfg->name);
 }
 
 moemu_status_t wts_layout_of(wts_t *w, const cfg_model_t *cfg, const char *checkpoint)
@@ -774,11 +783,8 @@ moemu_status_t wts_layout_of(wts_t *w, const cfg_model_t *cfg, const char *check
     if (!checkpoint || !wts_packs(cfg)) return wts_layout(w, cfg, checkpoint == NULL, NULL);
     ckpt_t *ck;
     MOEMU_CHECK(ckpt_open(checkpoint, &ck));
-    wts_t lay;
-    moemu_status_t st = wts_layout(&lay, cfg, false, NULL);
-    bool *keep = st == MOEMU_OK ? load_keep32(&lay, ck) : NULL;
-    if (st == MOEMU_OK) wts_free(&lay);
-    if (st == MOEMU_OK && !keep) st = moemu_fail(MOEMU_ERR_NOMEM, "out of memory");
+    bool *keep;
+    moemu_status_t st = load_keep32(cfg, ck, &keep);
     if (st == MOEMU_OK) st = wts_layout(w, cfg, true, keep);
     free(keep);
     ckpt_close(ck);
@@ -837,14 +843,8 @@ moemu_status_t wts_load_boxes(wts_t *w, const cfg_model_t *cfg, const char *path
     ckpt_want_t *want = NULL;
     ckpt_rows_t *rows = NULL;
     float *stage = NULL;
-    bool *keep = NULL;
-    moemu_status_t st = MOEMU_OK;
-    if (wts_packs(cfg) && (st = wts_layout(w, cfg, false, NULL)) == MOEMU_OK) {
-        keep = load_keep32(w, ck); /* the tensors stored in the dtype: packed */
-        wts_free(w);
-        if (!keep) st = moemu_fail(MOEMU_ERR_NOMEM, "out of memory for the tensors of %s",
-                                   cfg->name);
-    }
+    bool *keep;
+    moemu_status_t st = load_keep32(cfg, ck, &keep);
     if (st == MOEMU_OK) st = wts_alloc(w, cfg, boxes, true, wts_packs(cfg), keep);
     if (st == MOEMU_OK && w->n_packed &&
         !(stage = malloc(sizeof(float) * (size_t)(w->largest_packed + 1))))

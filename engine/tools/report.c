@@ -322,13 +322,32 @@ void report_free(report_t *r)
     memset(r, 0, sizeof *r);
 }
 
+/* The reference's run: one device of main's kind, a dry run in main's
+ * routing groups. */
+static void one_device_opts(runner_opts_t *o, const runner_opts_t *main)
+{
+    runner_opts_one_device(o, &main->hw, main->strategy.dp, main->micro_batches);
+    o->cluster.nodata = true;
+    o->dry = true;
+}
+
+moemu_status_t report_one_device_need(emu_need_t *need, const cfg_model_t *cfg, const wl_t *wl,
+                                      const runner_opts_t *main, bool prompt_logits)
+{
+    runner_opts_t o;
+    one_device_opts(&o, main);
+    route_src_t src; /* its shape only: the record it replays is not made yet */
+    route_replay_record(&src, NULL, cfg, wl);
+    o.routing = main->routing ? main->routing : &src;
+    model_opts_t mo = {.prompt_logits = prompt_logits};
+    return runner_host_need(need, cfg, wl, &o, &mo);
+}
+
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
                                  const runner_opts_t *main, int *record, bool prompt_logits)
 {
     runner_opts_t o;
-    runner_opts_one_device(&o, &main->hw, main->strategy.dp, main->micro_batches);
-    o.cluster.nodata = true;
-    o.dry = true;
+    one_device_opts(&o, main);
     route_src_t src;
     if (record) route_replay_record(&src, record, &w->cfg, wl);
     /* a dry run's source is a function of the token: the same choices as

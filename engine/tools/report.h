@@ -85,6 +85,10 @@ void report_free(report_t *r);
  * run did. */
 moemu_status_t report_one_device(double *t1, const wts_t *w, const wl_t *wl,
                                  const runner_opts_t *o, int *record, bool prompt_logits);
+/* What report_one_device will take of the host, added to need
+ * (runner_host_need), before the run that makes its record. */
+moemu_status_t report_one_device_need(emu_need_t *need, const cfg_model_t *cfg, const wl_t *wl,
+                                      const runner_opts_t *o, bool prompt_logits);
 
 /* A whole dry run of wl under o (o->dry, routing and nodata are set here;
  * routing is a route_open spec, seed its seed) and its report; with
