@@ -111,8 +111,9 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
             int kfirst = sq->kpos ? k0 : (int)attn_first_key(q0 + t0, k0, W);
             for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
                 int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
-                layer_sgemm(true, rows, nk_b, hd, scale, Q, hd, K + (size_t)(kb - k0) * hd, hd,
-                            0.0f, S, nk_b);
+                /* the cache, never packed, through BLAS at any row count */
+                layer_sgemm_blas(true, rows, nk_b, hd, scale, Q, hd,
+                                 K + (size_t)(kb - k0) * hd, hd, 0.0f, S, nk_b);
                 for (int r = 0; r < rows; r++) {
                     float *sr = S + (size_t)r * nk_b, mx, sum;
                     int qp = q0 + t0 + r % nq;
@@ -140,8 +141,8 @@ LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, i
                     if (corr != 1.0f)
                         for (int i = 0; i < vd; i++) O[(size_t)r * vd + i] *= corr;
                 }
-                layer_sgemm(false, rows, vd, nk_b, 1.0f, S, nk_b, V + (size_t)(kb - k0) * vd, vd,
-                            1.0f, O, vd);
+                layer_sgemm_blas(false, rows, vd, nk_b, 1.0f, S, nk_b,
+                                 V + (size_t)(kb - k0) * vd, vd, 1.0f, O, vd);
             }
             for (int j = 0; j < G; j++)
                 for (int i = 0; i < nq; i++) {

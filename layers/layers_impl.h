@@ -6,18 +6,32 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "emu/emu.h"
+
 /* C (M, N) = alpha A (M, K) B + beta C, row-major, B (K, N) or with
- * trans_b (N, K): OpenBLAS's sgemm behind the gate of BLAS callers
- * (emu_blas_enter), the one way the layers call BLAS. */
+ * trans_b (N, K), B a weight (packed or not): products of at most
+ * LAYER_SKINNY_M rows by layer_skinny_sgemm, the others by OpenBLAS's
+ * sgemm. */
 void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
-/* The same on B as it stands (never packed). */
+/* OpenBLAS's sgemm on B as it stands (never packed), behind the gate of
+ * BLAS callers (emu_blas_enter), the one way the layers call BLAS. */
 void layer_sgemm_blas(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc);
 /* layer_sgemm when B is packed (layer_packed_add): B widened whole into a
  * scratch buffer, then the same call; false, and nothing done, when B is
  * not packed. */
 bool layer_packed_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc);
+/* Where the values of p lie when it is packed: *q and *dt; false when not. */
+bool layer_packed_find(const float *p, const uint16_t **q, emu_dtype_t *dt);
+
+/* Products of at most LAYER_SKINNY_M rows (decode): each weight read
+ * once, packed or not, its sums in an order fixed by K alone
+ * (layers/skinny.c), spread over helper threads when the device's BLAS
+ * may use more than one. */
+enum { LAYER_SKINNY_M = 8 };
+void layer_skinny_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc);
 
 /* Hot loops built twice on x86-64, for AVX2 and the baseline, the better

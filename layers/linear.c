@@ -7,7 +7,9 @@
 void layer_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (!layer_packed_sgemm(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    if (M <= LAYER_SKINNY_M)
+        layer_skinny_sgemm(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (!layer_packed_sgemm(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
         layer_sgemm_blas(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

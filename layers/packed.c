@@ -108,8 +108,7 @@ void layer_packed_remove(const float *lo)
     if (n == 0) scratch_release();
 }
 
-/* Where the values of p lie when packed: *q and *dt. */
-static bool packed_find(const float *p, const uint16_t **q, emu_dtype_t *dt)
+bool layer_packed_find(const float *p, const uint16_t **q, emu_dtype_t *dt)
 {
     if (atomic_load_explicit(&n_regions, memory_order_relaxed) == 0) return false;
     bool found = false;
@@ -128,7 +127,7 @@ bool layer_weights_read(float *out, const float *w, int64_t n)
 {
     const uint16_t *q;
     emu_dtype_t dt;
-    if (!packed_find(w, &q, &dt)) return false;
+    if (!layer_packed_find(w, &q, &dt)) return false;
     emu_dtype_widen_n(dt, out, q, n);
     return true;
 }
@@ -162,7 +161,7 @@ bool layer_packed_sgemm(bool trans_b, int M, int N, int K, float alpha, const fl
 {
     const uint16_t *q;
     emu_dtype_t dt;
-    if (!packed_find(B, &q, &dt)) return false;
+    if (!layer_packed_find(B, &q, &dt)) return false;
     /* B whole, as the operand OpenBLAS would have read: its sums depend on
      * the shapes it is given, never on the operand's leading dimension */
     int rows = trans_b ? N : K, cols = trans_b ? K : N;

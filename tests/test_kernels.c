@@ -11,6 +11,7 @@
  * The bound grows with the reduction length: 1e-5 up to a few hundred
  * terms, 3e-5 to 1e-4 for thousands. With `--verbose` each case logs its
  * worst element; a failure prints it. */
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -371,6 +372,102 @@ Test(linear, more_threads_than_blas_serves)
     free(w);
     free(want);
     free(out);
+}
+
+/* Products of at most 8 rows (decode) sum in an order fixed by K alone,
+ * whatever the host's vector width or threads (layers/skinny.c): with the
+ * weights as (n_out, n_in), k padded with zeros to a multiple of 64 and
+ * summed by fmaf in lane k mod 64, the lanes then halved in place; with
+ * them as (n_in, n_out), k in order. Written out here from that
+ * definition, and compared bit for bit. */
+static float skinny_dot(const float *a, const float *w, int K)
+{
+    float s[64] = {0};
+    for (int k = 0; k < (K + 63) / 64 * 64; k++)
+        s[k % 64] = k < K ? fmaf(a[k], w[k], s[k % 64]) : fmaf(0.0f, 0.0f, s[k % 64]);
+    for (int h = 32; h > 0; h /= 2)
+        for (int u = 0; u < h; u++) s[u] += s[u + h];
+    return s[0];
+}
+
+typedef struct {
+    int T, K, N;
+    const float *in, *w;
+    float *out;
+} skinny_t;
+
+static void *skinny_run(void *arg)
+{
+    skinny_t *k = arg;
+    emu_dev_t *dev = dev_new();
+    layer_ctx_t c = ctx_of(dev, true);
+    layer_linear(&c, EMU_KERNEL_GEMM, k->out, k->in, k->w, k->T, k->K, k->N, k->K, false);
+    emu_dev_destroy(dev);
+    return NULL;
+}
+
+Test(linear, few_rows_sum_in_a_fixed_order)
+{
+    static const int Ts[] = {1, 3, 8}, Ks[] = {1, 17, 64, 100, 512, 1000}, Ns[] = {1, 5, 70};
+    rng_t r = {77};
+    int blas = openblas_get_num_threads();
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t ki = 0; ki < 6; ki++)
+            for (size_t ni = 0; ni < 3; ni++) {
+                int T = Ts[ti], K = Ks[ki], N = Ns[ni];
+                float *in = NEW(float, T * K), *w = NEW(float, N * K), *out = NEW(float, T * N);
+                float *wt = NEW(float, N * K), *gout = NEW(float, T * N);
+                fill(&r, in, (size_t)T * K, 1);
+                fill(&r, w, (size_t)N * K, 1);
+                skinny_run(&(skinny_t){T, K, N, in, w, out});
+                for (int t = 0; t < T; t++)
+                    for (int n = 0; n < N; n++) {
+                        float want = skinny_dot(in + (size_t)t * K, w + (size_t)n * K, K);
+                        cr_assert(memcmp(&out[t * N + n], &want, 4) == 0,
+                                  "T=%d K=%d N=%d: out[%d][%d] = %a, the order gives %a", T, K,
+                                  N, t, n, out[t * N + n], want);
+                    }
+                /* the same weights as (K, N): k in order */
+                for (int n = 0; n < N; n++)
+                    for (int k = 0; k < K; k++) wt[(size_t)k * N + n] = w[(size_t)n * K + k];
+                emu_dev_t *dev = dev_new();
+                layer_ctx_t c = ctx_of(dev, true);
+                layer_gemm_t g = {.out = gout, .in = in, .w = wt, .ldo = N, .ldi = K, .ldw = N};
+                layer_gemm(&c, &g, 1, T, K, N, false);
+                emu_dev_destroy(dev);
+                for (int t = 0; t < T; t++)
+                    for (int n = 0; n < N; n++) {
+                        float want = 0.0f;
+                        for (int k = 0; k < K; k++)
+                            want = fmaf(in[(size_t)t * K + k], w[(size_t)n * K + k], want);
+                        cr_assert(memcmp(&gout[t * N + n], &want, 4) == 0,
+                                  "(K, N) T=%d K=%d N=%d: out[%d][%d] = %a, the order gives %a",
+                                  T, K, N, t, n, gout[t * N + n], want);
+                    }
+                free(in), free(w), free(out), free(wt), free(gout);
+            }
+    /* large enough to share with the helper threads, from several callers
+     * at once (one shares, the others work alone): the same bits */
+    enum { CALLERS = 4, BT = 2, BK = 512, BN = 1536 };
+    float *in = NEW(float, BT * BK), *w = NEW(float, BN * BK), *want = NEW(float, BT * BN);
+    float *out = NEW(float, CALLERS * BT * BN);
+    fill(&r, in, BT * BK, 1);
+    fill(&r, w, (size_t)BN * BK, 1);
+    openblas_set_num_threads(1);
+    skinny_run(&(skinny_t){BT, BK, BN, in, w, want});
+    openblas_set_num_threads(2);
+    pthread_t th[CALLERS];
+    skinny_t k[CALLERS];
+    for (int i = 0; i < CALLERS; i++) {
+        k[i] = (skinny_t){BT, BK, BN, in, w, out + (size_t)i * BT * BN};
+        cr_assert_eq(pthread_create(&th[i], NULL, skinny_run, &k[i]), 0);
+    }
+    for (int i = 0; i < CALLERS; i++) pthread_join(th[i], NULL);
+    openblas_set_num_threads(blas);
+    for (int i = 0; i < CALLERS; i++)
+        cr_assert_eq(memcmp(out + (size_t)i * BT * BN, want, sizeof(float) * BT * BN), 0,
+                     "caller %d's product differs from one thread's", i);
+    free(in), free(w), free(want), free(out);
 }
 
 Test(embed, copies_rows_and_charges)
