@@ -151,11 +151,23 @@ void emu_charge_gemm_fp8(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g,
     emu_book(dev, kind, flops, bytes, t, compute_bound);
 }
 
+void emu_charge_host(emu_dev_t *dev, int sequences)
+{
+    double t = dev->spec.host_seq_s * sequences, t0 = dev->clock;
+    if (!(t > 0)) return;
+    dev->host_time += t;
+    dev->clock += t;
+    if (dev->trace) emu_span_add(dev, EMU_SPAN_HOST, 0, EMU_LINK_INTRA, t0, dev->clock, 0, 0);
+    emu_dev_pace(dev);
+}
+
+double emu_dev_host_time(const emu_dev_t *dev) { return dev->host_time; }
+
 /* ---- tracing */
 
 static const char *const emu_span_cat_names[EMU_SPAN__COUNT] = {
     [EMU_SPAN_KERNEL] = "kernel", [EMU_SPAN_COMM] = "comm",
-    [EMU_SPAN_IDLE] = "idle",
+    [EMU_SPAN_IDLE] = "idle", [EMU_SPAN_HOST] = "host",
 };
 
 static const char *const emu_wait_names[EMU_COLL__COUNT] = {
@@ -183,6 +195,7 @@ const char *emu_span_name(const emu_span_t *s)
         return s->kind < EMU_COLL__COUNT ? emu_coll_name(s->kind) : "?";
     case EMU_SPAN_IDLE:
         return s->kind < EMU_COLL__COUNT ? emu_wait_names[s->kind] : "?";
+    case EMU_SPAN_HOST: return "scheduling and sampling";
     default: return "?";
     }
 }
@@ -532,7 +545,7 @@ void emu_free(emu_dev_t *dev, emu_mem_t cat, void *p, double dev_bytes)
 
 /* What a device's figures are, without its place or run state. */
 typedef struct {
-    double clock;
+    double clock, host_time;
     emu_kernel_stats_t kernels[EMU_KERNEL__COUNT];
     double mem[EMU_MEM__COUNT], mem_peak[EMU_MEM__COUNT], mem_total_peak;
     emu_comm_stats_t comm[EMU_COLL__COUNT][EMU_LINK__COUNT];
@@ -546,7 +559,8 @@ size_t emu_dev_export(const emu_dev_t *dev, void *buf, size_t cap)
 {
     size_t need = sizeof(emu_figures_t) + dev->nspans * sizeof(emu_span_t);
     if (need > cap) return need;
-    emu_figures_t f = {.clock = dev->clock, .mem_total_peak = dev->mem_total_peak,
+    emu_figures_t f = {.clock = dev->clock, .host_time = dev->host_time,
+                       .mem_total_peak = dev->mem_total_peak,
                        .comm_clock = dev->comm_clock, .overlap = dev->overlap,
                        .nspans = dev->nspans, .spans_lost = dev->spans_lost};
     memcpy(f.kernels, dev->kernels, sizeof f.kernels);
@@ -577,6 +591,7 @@ moemu_status_t emu_dev_import(emu_dev_t *dev, const void *buf, size_t n)
     dev->nspans = dev->spans_cap = f.nspans;
     dev->spans_lost = f.spans_lost;
     dev->clock = f.clock;
+    dev->host_time = f.host_time;
     dev->comm_clock = f.comm_clock;
     dev->overlap = f.overlap;
     dev->mem_total_peak = f.mem_total_peak;

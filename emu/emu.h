@@ -308,6 +308,9 @@ typedef struct {
     double bw_util;      /* achievable fraction of mem_bw, (0, 1] */
     double mem_capacity; /* bytes */
     double launch_s;     /* per-kernel launch overhead, seconds */
+    double host_seq_s;   /* the serving engine's host work per sequence and
+                          * forward pass (scheduling, sampling), seconds,
+                          * the device waiting; 0: none */
     int units;           /* compute units (SMs) tiles spread over; 0: none */
     emu_kernel_cost_t kernels[EMU_KERNEL__COUNT];
     emu_stack_t stack;
@@ -378,6 +381,11 @@ void emu_charge_gemm(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int
  * one; callers refuse FP8 there first). */
 void emu_charge_gemm_fp8(emu_dev_t *dev, emu_kernel_t kind, const emu_gemm_t *g, int n,
                          double flops, double bytes);
+/* The serving engine's host work for a pass of sequences sequences:
+ * spec.host_seq_s each, the device waiting (nothing when 0). */
+void emu_charge_host(emu_dev_t *dev, int sequences);
+/* The virtual seconds charged so. */
+double emu_dev_host_time(const emu_dev_t *dev);
 const emu_kernel_stats_t *emu_dev_kernel_stats(const emu_dev_t *dev,
                                                emu_kernel_t kind);
 
@@ -432,10 +440,12 @@ typedef enum {
     EMU_SPAN_KERNEL = 0,
     EMU_SPAN_COMM,
     EMU_SPAN_IDLE,
+    EMU_SPAN_HOST, /* the engine's host work (emu_charge_host) */
     EMU_SPAN__COUNT
 } emu_span_cat_t;
 
-const char *emu_span_cat_name(emu_span_cat_t c); /* "kernel", "comm", "idle" */
+/* "kernel", "comm", "idle", "host" */
+const char *emu_span_cat_name(emu_span_cat_t c);
 
 typedef struct {
     double start, end; /* virtual seconds; the duration is end - start */

@@ -19,6 +19,7 @@ struct emu_dev {
     int rank;
     bool no_limit;
     double clock; /* virtual seconds */
+    double host_time; /* of it, the engine's host work */
     emu_kernel_stats_t kernels[EMU_KERNEL__COUNT];
     double mem[EMU_MEM__COUNT];
     double mem_peak[EMU_MEM__COUNT];

@@ -113,6 +113,7 @@ static moemu_status_t hw_device(const emu_json_src_t *src, json_t *root, emu_spe
                                  (double *)((char *)s + keys[i].off)));
     MOEMU_CHECK(emu_json_int(&in, dev, "units", 0, 1, 1 << 20, &s->units));
     MOEMU_CHECK(emu_json_num(&in, dev, "peak_flops_fp8", 0, &s->peak_flops_fp8));
+    MOEMU_CHECK(emu_json_num(&in, dev, "host_seq_s", 0, &s->host_seq_s));
     return hw_kernels(&in, dev, s);
 }
 
@@ -292,6 +293,7 @@ static moemu_status_t engine_card(const emu_json_src_t *src, json_t *e, emu_hw_t
     MOEMU_CHECK(emu_json_num(src, e, "mfu", EMU_JSON_REQUIRED, &s.mfu));
     MOEMU_CHECK(emu_json_num(src, e, "bw_util", EMU_JSON_REQUIRED, &s.bw_util));
     MOEMU_CHECK(emu_json_num(src, e, "launch_s", EMU_JSON_REQUIRED, &s.launch_s));
+    MOEMU_CHECK(emu_json_num(src, e, "host_seq_s", 0, &s.host_seq_s));
     MOEMU_CHECK(emu_json_num(src, e, "overlap", 0, &overlap));
     if (overlap != -1 && !(overlap >= 0 && overlap <= 1))
         return moemu_fail(MOEMU_ERR_INVALID, "%s: %s.overlap must be in [0, 1] (got %g)",

@@ -80,6 +80,7 @@ static const emu_bound_t emu_spec_bounds[] = {
     {"device.mem_capacity", offsetof(emu_spec_t, mem_capacity), 1e3, 1e14, "[1e3, 1e14] B",
      1e9, 1e13},
     {"device.launch_s", offsetof(emu_spec_t, launch_s), 0, 1e-2, "[0, 0.01] s", 0, 1e-3},
+    {"device.host_seq_s", offsetof(emu_spec_t, host_seq_s), 0, 0.1, "[0, 0.1] s", 0, 1e-3},
 };
 
 static const emu_bound_t emu_topo_bounds[] = {

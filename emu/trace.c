@@ -142,7 +142,7 @@ static void emu_tw_span(emu_tw_t *w, int pid, int tid, const emu_span_t *s)
         q = emu_put_str(q, ",\"layer\":");
         q = emu_put_i64(q, s->layer);
     }
-    if (s->cat != EMU_SPAN_KERNEL && s->link < EMU_LINK__COUNT) {
+    if ((s->cat == EMU_SPAN_COMM || s->cat == EMU_SPAN_IDLE) && s->link < EMU_LINK__COUNT) {
         q = emu_put_str(q, ",\"link\":\"");
         q = emu_put_str(q, emu_link_name((emu_link_t)s->link));
         *q++ = '"';

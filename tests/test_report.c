@@ -1221,14 +1221,14 @@ ParameterizedTest(const addup_t *k, add_up, strategies)
     int n = r->devices, B = wl.batch, N = wl.decode;
     cr_assert_eq(n, par_strategy_world(&o.strategy));
 
-    /* per device: clock = compute + memory + comm + idle */
+    /* per device: clock = compute + memory + comm + idle + host */
     double e2e = 0, comm_time = 0, weights = 0;
     for (int i = 0; i < n; i++) {
         const report_dev_t *v = &r->dev[i];
         emu_dev_t *d = emu_cluster_dev(x.cl, i);
-        cr_expect(REL(v->clock, v->compute + v->memory + v->comm + v->idle, 1e-9),
+        cr_expect(REL(v->clock, v->compute + v->memory + v->comm + v->idle + v->host, 1e-9),
                   "%s: device %d clock %.17g, parts add to %.17g", label, i, v->clock,
-                  v->compute + v->memory + v->comm + v->idle);
+                  v->compute + v->memory + v->comm + v->idle + v->host);
         cr_expect(REL(v->compute + v->memory, emu_dev_kernel_time(d), 1e-9), "%s", label);
         cr_expect_eq(v->comm, emu_dev_comm_time(d), "%s", label);
         cr_expect_eq(v->idle, emu_dev_idle_time(d), "%s", label);
@@ -1409,9 +1409,10 @@ static void check_trace(const run_t *x, const runner_opts_t *o, const char *labe
         int ci = !strcmp(c, "kernel") ? EMU_SPAN_KERNEL
                  : !strcmp(c, "comm") ? EMU_SPAN_COMM
                  : !strcmp(c, "idle") ? EMU_SPAN_IDLE
+                 : !strcmp(c, "host") ? EMU_SPAN_HOST
                                       : -1;
         cr_assert_geq(ci, 0, "%s: category %s", label, c);
-        if (ci != EMU_SPAN_KERNEL) {
+        if (ci == EMU_SPAN_COMM || ci == EMU_SPAN_IDLE) {
             const char *link = json_string_value(json_object_get(args, "link"));
             cr_expect(link && (!strcmp(link, "intra-node") || !strcmp(link, "inter-node")),
                       "%s: event %zu", label, i);
@@ -1440,6 +1441,7 @@ static void check_trace(const run_t *x, const runner_opts_t *o, const char *labe
                   1e6 * (v->compute + v->memory));
         cr_expect(fabs(cat[d][EMU_SPAN_COMM] - 1e6 * v->comm) <= tol, "%s: device %d comm", label, d);
         cr_expect(fabs(cat[d][EMU_SPAN_IDLE] - 1e6 * v->idle) <= tol, "%s: device %d idle", label, d);
+        cr_expect(fabs(cat[d][EMU_SPAN_HOST] - 1e6 * v->host) <= tol, "%s: device %d host", label, d);
         double dev_end = last[d] / 1000.0, us = 1e6 * v->clock;
         cr_expect(fabs(dev_end - us) <= 1e-9 * us + 5e-4, "%s: device %d ends at %.4f us, clock %.4f",
                   label, d, dev_end, us);
@@ -1503,6 +1505,46 @@ Test(trace, closed_form_pipeline)
     run_start(&x, &cfg, &wl, &o, NULL, NULL, false);
     check_trace(&x, &o, "small pp2");
     run_free(&x, &o);
+    wl_free(&wl);
+}
+
+/* The engine's host work (an engine profile's host_seq_s): each pass
+ * waits host_seq_s per sequence where its tokens are picked, so a run of
+ * B sequences and N tokens each is B N host_seq_s longer, the first
+ * tokens B host_seq_s later; the trace shows it. */
+Test(trace, host_work_per_sequence_and_pass)
+{
+    cfg_model_t cfg;
+    small_cfg(&cfg, 2, 0);
+    wl_t wl;
+    make_wl(&wl, &cfg, "3,5,2,4", 3);
+    const double h = 1e-3;
+    const int B = 4, N = 3;
+    const char *strategies[] = {"tp2", "pp2"};
+    for (int s = 0; s < 2; s++) {
+        report_t r[2];
+        run_t x[2];
+        for (int with = 0; with < 2; with++) {
+            emu_hw_t hw = round_hw(2);
+            hw.spec.host_seq_s = with ? h : 0;
+            runner_opts_t o = make_opts(strategies[s], 1, hw);
+            o.cluster.trace = true;
+            run_start(&x[with], &cfg, &wl, &o, NULL, NULL, false);
+            check_trace(&x[with], &o, strategies[s]);
+            r[with] = x[with].r;
+        }
+        for (int d = 0; d < 2; d++) {
+            bool picks = s == 0 || d == 1; /* tp: both ranks; pp: the last stage */
+            cr_expect(REL(r[1].dev[d].host, picks ? h * B * N : 0, 1e-12), "%s device %d host %g",
+                      strategies[s], d, r[1].dev[d].host);
+            cr_expect_eq(r[0].dev[d].host, 0);
+        }
+        cr_expect(REL(r[1].e2e - r[0].e2e, h * B * N, 1e-9), "%s: e2e %g -> %g", strategies[s],
+                  r[0].e2e, r[1].e2e);
+        cr_expect(REL(r[1].ttft_batch - r[0].ttft_batch, h * B, 1e-9), "%s: ttft %g -> %g",
+                  strategies[s], r[0].ttft_batch, r[1].ttft_batch);
+        for (int with = 0; with < 2; with++) run_free(&x[with], NULL);
+    }
     wl_free(&wl);
 }
 

@@ -263,6 +263,7 @@ Test(validate, calibrate_recovers_parameters, .timeout = 300)
     cr_assert_eq(r.fit, 3);
     cr_assert_eq(r.holdout, 1);
     cr_assert_eq(r.nparams, 3);
+    cr_assert(!cal_fitted(&r, CAL_HOST), "a card's preset leaves the engine's host work alone");
     cr_assert_gt(r.loss_before, 1e-2);
     cr_assert_lt(r.loss_after, 1e-5, "loss %g after %d runs", r.loss_after, r.evals);
     double want[3] = {0.35, 0.55, 3e-6};
@@ -317,6 +318,8 @@ Test(validate, engine_profile_applied)
     cr_assert_str_eq(hw.name, "a100-80g+vllm");
     cr_assert_eq(hw.spec.mfu, json_number_value(json_object_get(card, "mfu")));
     cr_assert_eq(hw.spec.launch_s, json_number_value(json_object_get(card, "launch_s")));
+    cr_assert_gt(hw.spec.host_seq_s, 0);
+    cr_assert_eq(hw.spec.host_seq_s, json_number_value(json_object_get(card, "host_seq_s")));
     cr_assert_eq(hw.spec.kernels[EMU_KERNEL_EXPERT].overlap,
                  json_number_value(json_object_get(card, "overlap")));
     cr_assert_eq(hw.spec.peak_flops, before.spec.peak_flops); /* the card's own stays */
@@ -351,6 +354,12 @@ Test(validate, engine_profile_errors)
                                 "{\"mfu\": 0.5, \"launch_s\": 0}}}");
     cr_assert_neq(emu_engine_apply(p, &hw, &found), MOEMU_OK);
     cr_assert(strstr(moemu_errmsg(), "bw_util"), "%s", moemu_errmsg());
+    p = write_file("bad4.json", "{\"name\": \"x\", \"cards\": {\"card-400tf-64gb\": "
+                                "{\"mfu\": 0.5, \"bw_util\": 0.8, \"launch_s\": 0, "
+                                "\"host_seq_s\": 0.5}}}");
+    cr_assert_eq(emu_engine_apply(p, &hw, &found), MOEMU_ERR_INVALID);
+    cr_assert(strstr(moemu_errmsg(), "host_seq_s must be in [0, 0.1] s (got 0.5)"), "%s",
+              moemu_errmsg());
 }
 
 /* A row of an engine with figures for its card runs on them (marked); the
@@ -390,6 +399,7 @@ Test(validate, calibrate_writes_profile)
     cal_result_t r;
     cr_assert_eq(cal_fit(&r, &s, &co), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert_eq(r.rows.n, 1, "only the engine's rows");
+    cr_assert(cal_fitted(&r, CAL_HOST), "the engine's host work is fitted with it");
     char out[128];
     snprintf(out, sizeof out, "%s/eng-out.json", dir);
     cr_assert_eq(cal_write(&r, &co, out), MOEMU_OK, "%s", moemu_errmsg());
@@ -399,6 +409,7 @@ Test(validate, calibrate_writes_profile)
     cr_assert_eq(emu_engine_apply(out, &hw, &found), MOEMU_OK, "%s", moemu_errmsg());
     cr_assert(found);
     cr_assert_eq(hw.spec.mfu, r.after.spec.mfu);
+    cr_assert_eq(hw.spec.host_seq_s, r.after.spec.host_seq_s);
     cr_assert_str_eq(hw.name, "card-400tf-64gb+eng");
     /* again from the profile written: the card's entry is replaced, not
      * written under the applied name */

@@ -79,6 +79,9 @@ static void hw_detail(const emu_hw_t *h)
            h->spec.mem_bw * h->spec.bw_util / 1e12);
     printf("  memory capacity     %s\n", emu_fmt_bytes(h->spec.mem_capacity, cap));
     printf("  kernel launch       %.1f us\n", h->spec.launch_s * 1e6);
+    if (h->spec.host_seq_s > 0)
+        printf("  host per sequence   %.1f us each pass (the engine's scheduling and sampling)\n",
+               h->spec.host_seq_s * 1e6);
     hw_kernels(&h->spec);
     printf("  devices per node    %d", h->topo.devices_per_node);
     if (h->topo.nodes) printf(", %d nodes", h->topo.nodes);

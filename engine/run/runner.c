@@ -255,6 +255,8 @@ static moemu_status_t pick(worker_t *v, const pass_t *ps, const float *full, siz
     model_out_t *out = D->out;
     int V = D->c->vocab_size, N = D->wl->decode, Lmax = D->wl->max_len, nb = ps->b1 - ps->b0;
     bool math = v->x.math;
+    /* the engine's scheduling and sampling of them, before the tokens exist */
+    emu_charge_host(v->dev, nb);
     /* next tokens: -1 where another CP rank knows it */
     for (int i = 0; i < nb; i++) v->ibuf[nl + i] = -1;
     bool writer = v->sh.tp_rank == 0 && (!ps->decode || v->sh.cp_rank == 0);

@@ -7,10 +7,12 @@
 #include "engine/tools/calibrate.h"
 #include "engine/tools/outfile.h"
 
-const char *const cal_param_names[CAL_PARAMS] = {"mfu", "bw_util", "launch_s", "overlap"};
+const char *const cal_param_names[CAL_PARAMS] = {"mfu", "bw_util", "launch_s", "overlap",
+                                                  "host_seq_s"};
 
 /* Each parameter's range: the fit moves within it. */
-static const double lo[CAL_PARAMS] = {0.01, 0.01, 0, 0}, hi[CAL_PARAMS] = {1, 1, 100e-6, 1};
+static const double lo[CAL_PARAMS] = {0.01, 0.01, 0, 0, 0},
+                    hi[CAL_PARAMS] = {1, 1, 100e-6, 1, 1e-3};
 
 /* The first kernel kind the preset sets, or -1. */
 static int first_kind(const emu_spec_t *s)
@@ -22,17 +24,30 @@ static int first_kind(const emu_spec_t *s)
 
 double cal_param(const emu_spec_t *s, int i)
 {
-    if (i == 3) return first_kind(s) < 0 ? NAN : s->kernels[first_kind(s)].overlap;
-    return i == 0 ? s->mfu : i == 1 ? s->bw_util : s->launch_s;
+    switch (i) {
+    case CAL_MFU: return s->mfu;
+    case CAL_BW_UTIL: return s->bw_util;
+    case CAL_LAUNCH: return s->launch_s;
+    case CAL_OVERLAP: return first_kind(s) < 0 ? NAN : s->kernels[first_kind(s)].overlap;
+    default: return s->host_seq_s;
+    }
 }
 
 static void set_param(emu_spec_t *s, int i, double v)
 {
-    if (i == 0) s->mfu = v;
-    if (i == 1) s->bw_util = v;
-    if (i == 2) s->launch_s = v;
-    for (int k = 0; i == 3 && k < EMU_KERNEL__COUNT; k++)
+    if (i == CAL_MFU) s->mfu = v;
+    if (i == CAL_BW_UTIL) s->bw_util = v;
+    if (i == CAL_LAUNCH) s->launch_s = v;
+    if (i == CAL_HOST) s->host_seq_s = v;
+    for (int k = 0; i == CAL_OVERLAP && k < EMU_KERNEL__COUNT; k++)
         if (s->kernels[k].set) s->kernels[k].overlap = v;
+}
+
+bool cal_fitted(const cal_result_t *r, int i)
+{
+    for (int j = 0; j < r->nparams; j++)
+        if (r->param[j] == i) return true;
+    return false;
 }
 
 /* Unbounded coordinates u <-> the parameter lo + (hi - lo) * sigmoid(u). */
@@ -54,7 +69,10 @@ typedef struct {
 /* The fit rows' mean squared log ratio at coordinates u. */
 static moemu_status_t loss_at(fit_ctx_t *x, const double *u, double *loss)
 {
-    for (int i = 0; i < x->r->nparams; i++) set_param(&x->hw.spec, i, to_param(i, u[i]));
+    for (int j = 0; j < x->r->nparams; j++) {
+        int i = x->r->param[j];
+        set_param(&x->hw.spec, i, to_param(i, u[j]));
+    }
     val_opts_t run = x->o->run;
     run.hw = &x->hw;
     MOEMU_CHECK(val_run(&x->r->rows, &run));
@@ -182,9 +200,14 @@ moemu_status_t cal_fit(cal_result_t *r, const val_set_t *all, const cal_opts_t *
     }
     r->before = x.hw;
     MOEMU_CHECK(card_rows(r, all, o->hw, o->engine ? engine : NULL));
-    r->nparams = first_kind(&x.hw.spec) < 0 ? 3 : 4;
+    /* the overlap where the preset has kernel kinds; the host's work where
+     * an engine's rows are fitted: it is the engine's */
+    for (int i = 0; i < CAL_PARAMS; i++)
+        if ((i != CAL_OVERLAP || first_kind(&x.hw.spec) >= 0) && (i != CAL_HOST || o->engine))
+            r->param[r->nparams++] = i;
     simplex_t s = {.np = r->nparams};
-    for (int k = 0; k < s.np; k++) s.u[0][k] = to_coord(k, cal_param(&x.hw.spec, k));
+    for (int k = 0; k < s.np; k++)
+        s.u[0][k] = to_coord(r->param[k], cal_param(&x.hw.spec, r->param[k]));
     MOEMU_CHECK(loss_at(&x, s.u[0], &s.f[0]));
     r->loss_before = s.f[0];
     for (int i = 0; i < r->rows.n; i++) r->before_moemu[i] = r->rows.rows[i].moemu;
@@ -233,9 +256,11 @@ void cal_print(const cal_result_t *r, FILE *f)
     fprintf(f, "calibrate %s on %s: %d rows (%d fit, %d holdout), %d runs of the rows\n",
             r->before.name, r->rows.path, r->rows.n, r->fit, r->holdout, r->evals);
     fprintf(f, "  %-10s %12s %12s\n", "parameter", "preset", "fitted");
-    for (int i = 0; i < r->nparams; i++)
+    for (int j = 0; j < r->nparams; j++) {
+        int i = r->param[j];
         fprintf(f, "  %-10s %12.4g %12.4g\n", cal_param_names[i], cal_param(&r->before.spec, i),
                 cal_param(&r->after.spec, i));
+    }
     fprintf(f, "  mean squared log ratio of the fit rows: %.4g -> %.4g\n\n", r->loss_before,
             r->loss_after);
     fprintf(f, "%-34s %-7s %-24s %10s %10s %7s %10s %7s\n", "id", "use", "metric", "published",
@@ -268,19 +293,26 @@ static void fit_note(const cal_result_t *r, const cal_opts_t *o, char *line, siz
     summary_of(r, "fit", false, &fa);
     summary_of(r, "holdout", true, &hb);
     summary_of(r, "holdout", false, &ha);
+    bool ov = cal_fitted(r, CAL_OVERLAP), host = cal_fitted(r, CAL_HOST);
     snprintf(line, n, "Calibrated by moemu calibrate from %s: mfu, bw_util, launch_s%s fitted "
              "to its %d fit rows of %s%s%s (median error %.1f%% -> %.1f%%); its %d holdout rows: "
              "median error %.1f%% -> %.1f%%.", r->rows.path,
-             r->nparams > 3 ? " and the kernel kinds' overlap" : "", r->fit, r->card,
+             ov && host ? ", the kernel kinds' overlap and host_seq_s"
+             : ov       ? " and the kernel kinds' overlap"
+             : host     ? " and host_seq_s"
+                        : "", r->fit, r->card,
              o->engine ? " and engine " : "", o->engine ? o->engine : "", 100 * fb.median_err,
              100 * fa.median_err, r->holdout, 100 * hb.median_err, 100 * ha.median_err);
 }
 
-/* The fitted parameters into obj (a preset's device or a profile's card). */
-static void put_params(const cal_result_t *r, json_t *obj)
+/* The fitted parameters into obj (a preset's device or a profile's card)
+ * but the overlap, which a preset keeps per kernel kind. */
+static void put_params(const cal_result_t *r, json_t *obj, bool overlap)
 {
-    for (int i = 0; i < 3; i++)
-        json_object_set_new(obj, cal_param_names[i], json_real(cal_param(&r->after.spec, i)));
+    for (int j = 0; j < r->nparams; j++)
+        if (r->param[j] != CAL_OVERLAP || overlap)
+            json_object_set_new(obj, cal_param_names[r->param[j]],
+                                json_real(cal_param(&r->after.spec, r->param[j])));
 }
 
 static json_t *profile_json(const cal_result_t *r, const cal_opts_t *o, const char *note,
@@ -290,8 +322,7 @@ static json_t *profile_json(const cal_result_t *r, const cal_opts_t *o, const ch
     if ((*st = emu_engine_json(o->engine, &root)) != MOEMU_OK) return NULL;
     json_t *cards = json_object_get(root, "cards"), *e = json_object();
     if (!json_is_object(cards)) json_object_set_new(root, "cards", cards = json_object());
-    put_params(r, e);
-    if (r->nparams > 3) json_object_set_new(e, "overlap", json_real(cal_param(&r->after.spec, 3)));
+    put_params(r, e, true);
     json_object_set_new(e, "comment", json_string(note));
     json_object_set_new(cards, r->card, e);
     return root;
@@ -303,11 +334,11 @@ static json_t *preset_json(const cal_result_t *r, const cal_opts_t *o, const cha
     json_t *root;
     if ((*st = emu_hw_json(o->hw, &root)) != MOEMU_OK) return NULL;
     json_t *dev = json_object_get(root, "device"), *kinds = json_object_get(dev, "kernels"), *k;
-    put_params(r, dev);
+    put_params(r, dev, false);
     const char *kind;
-    if (r->nparams > 3)
+    if (cal_fitted(r, CAL_OVERLAP))
         json_object_foreach(kinds, kind, k)
-            json_object_set_new(k, "overlap", json_real(cal_param(&r->after.spec, 3)));
+            json_object_set_new(k, "overlap", json_real(cal_param(&r->after.spec, CAL_OVERLAP)));
     char name[96];
     snprintf(name, sizeof name, "%s-calibrated", r->card);
     json_object_set_new(root, "name", json_string(name));

@@ -18,7 +18,8 @@ typedef struct {
     int max_evals;   /* runs of the fit rows at most; 0: 300 */
 } cal_opts_t;
 
-#define CAL_PARAMS 4 /* mfu, bw_util, launch_s, overlap: at most */
+/* The parameters a fit can move, in the order printed. */
+enum { CAL_MFU, CAL_BW_UTIL, CAL_LAUNCH, CAL_OVERLAP, CAL_HOST, CAL_PARAMS };
 
 typedef struct {
     char card[64];           /* the preset's name */
@@ -27,18 +28,23 @@ typedef struct {
     double *before_moemu;    /* (rows.n) each row's figure with the preset */
     double loss_before, loss_after; /* mean of log(ratio)^2 over fit rows */
     int evals, fit, holdout;
-    int nparams;             /* 3, or 4 when the preset sets kernel kinds */
+    int param[CAL_PARAMS];   /* the parameters fitted: mfu, bw_util,
+                                launch_s; the overlap when the preset sets
+                                kernel kinds; host_seq_s with an engine */
+    int nparams;
 } cal_result_t;
 
 /* Names of the parameters, in their order. */
 extern const char *const cal_param_names[CAL_PARAMS];
 /* A parameter of spec by index (overlap: the first kind set's). */
 double cal_param(const emu_spec_t *spec, int i);
+/* Whether r's fit moved parameter i. */
+bool cal_fitted(const cal_result_t *r, int i);
 
 /* Fit o->hw's parameters to the fit rows of that card in all (others
  * ignored, FP8 rows left out): Nelder-Mead on the mean squared log ratio,
  * each parameter within its range (mfu, bw_util in [0.01, 1], launch_s
- * in [0, 100 us], overlap in [0, 1]). MOEMU_ERR_INVALID when the card has no fit
+ * in [0, 100 us], overlap in [0, 1], host_seq_s in [0, 1 ms]). MOEMU_ERR_INVALID when the card has no fit
  * row. Free with cal_free. */
 moemu_status_t cal_fit(cal_result_t *r, const val_set_t *all, const cal_opts_t *o);
 void cal_free(cal_result_t *r);

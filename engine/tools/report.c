@@ -33,6 +33,7 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     v->bytes = sum_kernels(d, 3);
     v->comm = emu_dev_comm_time(d);
     v->idle = emu_dev_idle_time(d);
+    v->host = emu_dev_host_time(d);
     emu_overlap_t ov = emu_dev_overlap(d);
     v->overlapped = ov.comm + ov.idle;
     v->overlapped_comm = ov.comm;
@@ -63,6 +64,7 @@ static void build_dev(report_t *r, emu_dev_t *d, int i, int per_stage, const mod
     r->combine += xc;
     r->other_comm += v->comm + v->idle - xd - xc;
     r->overlapped += v->overlapped;
+    r->host += v->host;
     v->expert_rows = out->device_rows ? out->device_rows[i] : 0;
     r->e2e = v->clock > r->e2e ? v->clock : r->e2e;
 }
@@ -226,8 +228,8 @@ static moemu_status_t check_dev_figures(const report_dev_t *v, int i)
 {
     const figure_t f[] = {
         {"clock_s", v->clock}, {"compute_s", v->compute}, {"memory_s", v->memory},
-        {"comm_s", v->comm}, {"idle_s", v->idle}, {"overlapped_s", v->overlapped},
-        {"flops", v->flops}, {"bytes", v->bytes},
+        {"comm_s", v->comm}, {"idle_s", v->idle}, {"host_s", v->host},
+        {"overlapped_s", v->overlapped}, {"flops", v->flops}, {"bytes", v->bytes},
         {"mfu", v->mfu}, {"bw_util", v->bw_util}, {"memory_bytes.peak", v->mem_peak},
         {"memory_bytes.capacity", v->capacity},
     };
@@ -433,6 +435,7 @@ static int report_parts(const report_t *r, report_part_t *p)
     p[n++] = (report_part_t){"moe dispatch", r->dispatch};
     p[n++] = (report_part_t){"moe combine", r->combine};
     p[n++] = (report_part_t){"other comm+idle", r->other_comm};
+    if (r->host > 0) p[n++] = (report_part_t){"host", r->host};
     if (r->overlapped > 0) p[n++] = (report_part_t){"beside kernels", -r->overlapped};
     return n;
 }
@@ -440,12 +443,13 @@ static int report_parts(const report_t *r, report_part_t *p)
 /* Each part's mean per device and share of the mean clock. */
 static void print_parts(const report_t *r, FILE *f)
 {
-    report_part_t p[EMU_KERNEL__COUNT + 4];
+    report_part_t p[EMU_KERNEL__COUNT + 5];
     int n = report_parts(r, p);
     double clocks = 0;
     for (int i = 0; i < r->devices; i++) clocks += r->dev[i].clock;
     fprintf(f, "where the time goes (mean per device; kernels by kind, then the MoE dispatch and "
-               "combine all-to-all with their waiting, then the other collectives and waiting)\n");
+               "combine all-to-all with their waiting, then the other collectives and waiting, "
+               "then the engine's host work)\n");
     for (int i = 0; i < n; i++)
         fprintf(f, "  %-16s %12.3f ms %6.1f%%\n", p[i].name, 1e3 * p[i].sum / r->devices,
                 clocks > 0 ? 100 * p[i].sum / clocks : 0);
@@ -566,16 +570,16 @@ void report_print(const report_t *r, FILE *f)
             r->decode_tpms / r->devices);
     fprintf(f, "  all tokens                   %10.2f  %10.3f\n", r->total_tpms,
             r->total_tpms / r->devices);
-    fprintf(f, "devices (ms; clock = compute + memory + comm + idle; memory in GB)\n");
-    fprintf(f, "  %4s %4s %5s %10s %9s %9s %9s %9s %6s %6s %8s %8s %8s %8s %8s %8s\n", "dev",
-            "node", "stage", "clock", "compute", "memory", "comm", "idle", "MFU", "BW", "weights",
-            "kv", "act", "comm", "peak", "capacity");
+    fprintf(f, "devices (ms; clock = compute + memory + comm + idle + host; memory in GB)\n");
+    fprintf(f, "  %4s %4s %5s %10s %9s %9s %9s %9s %9s %6s %6s %8s %8s %8s %8s %8s %8s\n",
+            "dev", "node", "stage", "clock", "compute", "memory", "comm", "idle", "host", "MFU",
+            "BW", "weights", "kv", "act", "comm", "peak", "capacity");
     for (int i = 0; i < r->devices; i++) {
         const report_dev_t *v = &r->dev[i];
-        fprintf(f, "  %4d %4d %5d %10.3f %9.3f %9.3f %9.3f %9.3f %5.1f%% %5.1f%% %8s %8s %8s "
-                   "%8s %8s %8s\n",
+        fprintf(f, "  %4d %4d %5d %10.3f %9.3f %9.3f %9.3f %9.3f %9.3f %5.1f%% %5.1f%% %8s %8s "
+                   "%8s %8s %8s %8s\n",
                 v->rank, v->node, v->stage, 1e3 * v->clock, 1e3 * v->compute, 1e3 * v->memory,
-                1e3 * v->comm, 1e3 * v->idle, 100 * v->mfu, 100 * v->bw_util,
+                1e3 * v->comm, 1e3 * v->idle, 1e3 * v->host, 100 * v->mfu, 100 * v->bw_util,
                 gb(v->mem[EMU_MEM_WEIGHTS], a), gb(v->mem[EMU_MEM_KV], b),
                 gb(v->mem[EMU_MEM_ACT], c), gb(v->mem[EMU_MEM_COMM], d), gb(v->mem_peak, e),
                 gb(v->capacity, g));
@@ -621,10 +625,11 @@ json_t *report_json(const report_t *r)
         json_object_set_new(mem, "capacity", json_real(v->capacity));
         json_array_append_new(
             devs, json_pack("{s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
-                            "s:o, s:I}",
+                            "s:f, s:o, s:I}",
                             "rank", v->rank, "node", v->node, "stage", v->stage, "clock_s",
                             v->clock, "compute_s", v->compute, "memory_s", v->memory, "comm_s",
-                            v->comm, "idle_s", v->idle, "overlapped_s", v->overlapped,
+                            v->comm, "idle_s", v->idle, "host_s", v->host, "overlapped_s",
+                            v->overlapped,
                             "flops", v->flops, "bytes", v->bytes,
                             "mfu", v->mfu, "bw_util", v->bw_util, "memory_bytes", mem,
                             "expert_rows", (json_int_t)v->expert_rows));
@@ -644,7 +649,7 @@ json_t *report_json(const report_t *r)
     }
     for (int s = 0; s < r->stages; s++) json_array_append_new(bubble, json_real(r->bubble[s]));
     for (int b = 0; b < r->batch; b++) json_array_append_new(ttft, json_real(r->ttft[b]));
-    report_part_t p[EMU_KERNEL__COUNT + 4];
+    report_part_t p[EMU_KERNEL__COUNT + 5];
     json_t *parts = json_object();
     for (int i = 0, n = report_parts(r, p); i < n; i++)
         json_object_set_new(parts, p[i].name, json_real(p[i].sum / r->devices));
@@ -693,16 +698,16 @@ static moemu_status_t fill_csv(FILE *f, const void *arg)
     const report_t *r = arg;
     fprintf(f, "rank,node,stage,clock_s,compute_s,memory_s,comm_s,idle_s,flops,bytes,mfu,"
                "bw_util,weights_bytes,kv_bytes,activations_bytes,comm_bytes,other_bytes,"
-               "peak_bytes,capacity_bytes,expert_rows,overlapped_s\n");
+               "peak_bytes,capacity_bytes,expert_rows,overlapped_s,host_s\n");
     for (int i = 0; i < r->devices; i++) {
         const report_dev_t *v = &r->dev[i];
         fprintf(f, "%d,%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g,%.9g,%.9g,%.9g,%.9g,"
-                   "%.9g,%.9g,%.9g,%lld,%.9g\n",
+                   "%.9g,%.9g,%.9g,%lld,%.9g,%.9g\n",
                 v->rank, v->node, v->stage, v->clock, v->compute, v->memory, v->comm, v->idle,
                 v->flops, v->bytes, v->mfu, v->bw_util, v->mem[EMU_MEM_WEIGHTS],
                 v->mem[EMU_MEM_KV], v->mem[EMU_MEM_ACT], v->mem[EMU_MEM_COMM],
                 v->mem[EMU_MEM_OTHER], v->mem_peak, v->capacity, (long long)v->expert_rows,
-                v->overlapped);
+                v->overlapped, v->host);
     }
     return MOEMU_OK;
 }

@@ -13,7 +13,8 @@
 typedef struct {
     int rank, node, stage;
     double clock;                    /* virtual seconds */
-    double compute, memory, comm, idle; /* clock = compute + memory + comm + idle */
+    double compute, memory, comm, idle, host; /* their sum: the clock */
+    /* host: the serving engine's host work (emu_charge_host) */
     double overlapped;               /* of comm + idle, what ran beside the
                                       * kernels (emu_dev_overlap): subtract */
     double overlapped_comm;          /* its communication alone */
@@ -45,7 +46,7 @@ typedef struct {
      * dispatch and combine (their collectives, waiting included), and the
      * other collectives and waiting, less what of those ran beside the
      * kernels; together the devices' clocks */
-    double kernel_time[EMU_KERNEL__COUNT], dispatch, combine, other_comm, overlapped;
+    double kernel_time[EMU_KERNEL__COUNT], dispatch, combine, other_comm, overlapped, host;
     double comm_bytes, comm_time;    /* summed over devices */
     double exposed_comm_mean, exposed_comm_max; /* (comm - overlapped_comm) / e2e
                                                  * per device */
