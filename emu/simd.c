@@ -1,4 +1,6 @@
 /* Which vector kernels the host's CPU runs (emu_simd_t). */
+#include <stdatomic.h>
+
 #include "emu/emu.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -30,12 +32,18 @@ bool emu_simd_supported(emu_simd_t k)
 #endif
 }
 
+/* Found once: CPUID traps to the hypervisor in a virtual machine, and
+ * kernels ask per call (the router per 8 tokens). */
 emu_simd_t emu_simd_best(void)
 {
-    static const emu_simd_t widest_first[] = {EMU_SIMD_AVX512, EMU_SIMD_AVX2};
-    for (size_t i = 0; i < sizeof widest_first / sizeof widest_first[0]; i++)
-        if (emu_simd_supported(widest_first[i])) return widest_first[i];
-    return EMU_SIMD_C;
+    static atomic_int best = -1;
+    int b = atomic_load_explicit(&best, memory_order_relaxed);
+    if (b >= 0) return (emu_simd_t)b;
+    b = emu_simd_supported(EMU_SIMD_AVX512) ? EMU_SIMD_AVX512
+        : emu_simd_supported(EMU_SIMD_AVX2) ? EMU_SIMD_AVX2
+                                            : EMU_SIMD_C;
+    atomic_store_explicit(&best, b, memory_order_relaxed);
+    return (emu_simd_t)b;
 }
 
 const char *emu_simd_name(emu_simd_t k)

@@ -35,7 +35,6 @@ enum {
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define SKINNY_X86 1
 #endif
@@ -241,12 +240,9 @@ static void dot_init(void)
 {
     dot = dot_portable, dot4 = dot4_each;
 #if SKINNY_X86
-    /* F16C from cpuid: clang's __builtin_cpu_supports does not know it */
-    unsigned a, b, c, d;
-    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) dot = dot_avx512, dot4 = dot4_avx512;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+    if (emu_simd_supported(EMU_SIMD_AVX512)) dot = dot_avx512, dot4 = dot4_avx512;
+    else if (emu_simd_supported(EMU_SIMD_AVX2) && __builtin_cpu_supports("fma")) /* and F16C */
         dot = dot_avx2;
 #endif
 }

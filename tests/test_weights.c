@@ -96,6 +96,24 @@ static void same_as_reference(int k, uint64_t seed, const char *name, int64_t fa
     free(got);
 }
 
+/* The lanes' kernel (the router's draws) against one block at a time:
+ * random counters, seeds and streams, high words included. */
+Test(weights, philox_lanes_equal_blocks)
+{
+    uint64_t s = 7;
+    for (int c = 0; c < 1000; c++) {
+        uint64_t seed = draw(&s), stream = draw(&s), block[WTS_PHILOX_LANES];
+        for (int i = 0; i < WTS_PHILOX_LANES; i++)
+            block[i] = c % 2 ? draw(&s) : (uint64_t)c * WTS_PHILOX_LANES + (uint64_t)i;
+        uint32_t out[WTS_PHILOX_LANES][4], one[4];
+        wts_philox_blocks(out, seed, stream, block);
+        for (int i = 0; i < WTS_PHILOX_LANES; i++) {
+            wts_philox_block(one, seed, stream, block[i]);
+            cr_assert_eq(memcmp(out[i], one, sizeof one), 0, "counter %d, lane %d", c, i);
+        }
+    }
+}
+
 Test(weights, kernels_equal_the_reference)
 {
     const char *names[] = {"model.layers.1.input_layernorm.weight", "model.embed_tokens.weight",

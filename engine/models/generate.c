@@ -40,8 +40,8 @@ void wts_philox_block(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t 
  * array per word so that the compiler puts the lanes in vector registers:
  * a block's rounds wait on each other's products, independent ones do
  * not (2 to 3 times the blocks per second of one at a time). */
-void wts_philox_blocks(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
-                       const uint64_t block[WTS_PHILOX_LANES])
+static void philox_blocks_c(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
+                            const uint64_t block[WTS_PHILOX_LANES])
 {
     enum { W = WTS_PHILOX_LANES };
     uint32_t c0[W], c1[W], c2[W], c3[W];
@@ -154,7 +154,7 @@ static void blocks_c(float *out, uint64_t seed, uint64_t stream, uint64_t block,
         uint64_t ctr[W];
         uint32_t w[W][4];
         for (int i = 0; i < W; i++) ctr[i] = block + (uint64_t)(b + i);
-        wts_philox_blocks(w, seed, stream, ctr);
+        philox_blocks_c(w, seed, stream, ctr);
         for (int i = 0; i < 4 * W; i++) out[4 * b + i] = law_apply(l, w[i / 4][i % 4]);
     }
 }
@@ -347,8 +347,41 @@ AVX2 static void blocks_avx2(float *out, uint64_t seed, uint64_t stream, uint64_
 
 static gen_blocks_fn *const gen_blocks[EMU_SIMD__COUNT] = {
     [EMU_SIMD_C] = blocks_c, [EMU_SIMD_AVX2] = blocks_avx2, [EMU_SIMD_AVX512] = blocks_avx512};
+
+/* The blocks of counters block[], a lane each (8: one AVX2 vector). */
+AVX2 static void philox_blocks_avx2(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed,
+                                    uint64_t stream, const uint64_t block[WTS_PHILOX_LANES])
+{
+    _Static_assert(WTS_PHILOX_LANES == 8, "one AVX2 vector of lanes");
+    uint32_t lo[8], hi[8];
+    for (int i = 0; i < 8; i++) {
+        lo[i] = (uint32_t)block[i];
+        hi[i] = (uint32_t)(block[i] >> 32);
+    }
+    __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
+                    _mm256_loadu_si256((const __m256i *)hi),
+                    _mm256_set1_epi32((int)(uint32_t)stream),
+                    _mm256_set1_epi32((int)(uint32_t)(stream >> 32))},
+            o[4];
+    philox_avx2(c, seed);
+    transpose_avx2(c, o);
+    for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)out[2 * q], o[q]);
+}
+
+void wts_philox_blocks(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
+                       const uint64_t block[WTS_PHILOX_LANES])
+{
+    if (emu_simd_best() != EMU_SIMD_C) philox_blocks_avx2(out, seed, stream, block);
+    else philox_blocks_c(out, seed, stream, block);
+}
 #else
 static gen_blocks_fn *const gen_blocks[EMU_SIMD__COUNT] = {[EMU_SIMD_C] = blocks_c};
+
+void wts_philox_blocks(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, uint64_t stream,
+                       const uint64_t block[WTS_PHILOX_LANES])
+{
+    philox_blocks_c(out, seed, stream, block);
+}
 #endif
 
 /* wts_generate's kernel: WTS_GEN_SCALAR, an emu_simd_t, or WTS_GEN_BEST. */
