@@ -322,8 +322,9 @@ static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t 
 }
 
 /* Where each expert's rows start in lists of counts lc (nlists * EP blocks
- * of Eper experts, in (list, source, expert) order): at (ntot) receives,
- * expert after expert, the row of each, and jobs[j].n the count. */
+ * of Eper experts, in (list, source, expert) order): at (ntot; NULL:
+ * not wanted) receives, expert after expert, the row of each, and
+ * jobs[j].n the count. */
 static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, int nlists,
                          int EP, int Eper)
 {
@@ -333,7 +334,8 @@ static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, i
         for (int i = 0; i < nlists * EP; i++) {
             int64_t off = base;
             for (int jj = 0; jj < j; jj++) off += lc[i * Eper + jj];
-            for (int r = 0; r < lc[i * Eper + j]; r++) at[ne++] = off + r;
+            for (int r = 0; at && r < lc[i * Eper + j]; r++) at[ne + r] = off + r;
+            ne += lc[i * Eper + j];
             for (int jj = 0; jj < Eper; jj++) base += lc[i * Eper + jj];
         }
         jobs[j] = (layer_expert_job_t){.n = (int)(ne - first)};
@@ -381,9 +383,10 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     size_t nrows = sorted ? 0 : 2 * (size_t)ntot * d;
     size_t nf = c->math ? nrows + 2 * (size_t)maxe * Floc : 0;
     float *buf = c->math ? malloc(sizeof(float) * nf) : NULL;
-    int64_t *at = malloc(sizeof(int64_t) * (size_t)ntot);
+    /* where each row goes: only rows that move need it */
+    int64_t *at = c->math && !sorted ? malloc(sizeof(int64_t) * (size_t)ntot) : NULL;
     layer_expert_job_t *jobs = malloc(sizeof *jobs * (size_t)Eper);
-    if ((c->math && !buf) || !at || !jobs) {
+    if ((c->math && !buf) || (c->math && !sorted && !at) || !jobs) {
         free(buf);
         free(at);
         free(jobs);
