@@ -321,25 +321,20 @@ static moemu_status_t alltoallv(layer_ctx_t *c, const float *send, const size_t 
     return par_alltoallv(send, scnt, sdsp, recv, rcnt, rdsp, dt, comm, c->dev);
 }
 
-/* Where each expert's rows start in lists of counts lc (nlists * EP blocks
- * of Eper experts, in (list, source, expert) order): at (ntot; NULL:
- * not wanted) receives, expert after expert, the row of each, and
- * jobs[j].n the count. */
-static void expert_order(int64_t *at, layer_expert_job_t *jobs, const int *lc, int nlists,
-                         int EP, int Eper)
+/* Where each expert's rows are in lists of counts lc (nlists * EP blocks
+ * of Eper experts, in (list, source, expert) order): at (ntot) receives,
+ * expert after expert, the row of each. */
+static void expert_order(int64_t *at, const int *lc, int nlists, int EP, int Eper)
 {
     int64_t ne = 0;
-    for (int j = 0; j < Eper; j++) {
-        int64_t first = ne, base = 0;
-        for (int i = 0; i < nlists * EP; i++) {
+    for (int j = 0; j < Eper; j++)
+        for (int i = 0, base = 0; i < nlists * EP; i++) {
+            const int *li = lc + (size_t)i * Eper;
             int64_t off = base;
-            for (int jj = 0; jj < j; jj++) off += lc[i * Eper + jj];
-            for (int r = 0; at && r < lc[i * Eper + j]; r++) at[ne + r] = off + r;
-            ne += lc[i * Eper + j];
-            for (int jj = 0; jj < Eper; jj++) base += lc[i * Eper + jj];
+            for (int jj = 0; jj < j; jj++) off += li[jj];
+            for (int r = 0; r < li[j]; r++) at[ne++] = off + r;
+            for (int jj = 0; jj < Eper; jj++) base += li[jj];
         }
-        jobs[j] = (layer_expert_job_t){.n = (int)(ne - first)};
-    }
 }
 
 /* Expert e's job on this member's intermediate slice [f0, f1): its
@@ -370,23 +365,27 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
                                   const layer_experts_t *ex)
 {
     int d = ex->d, Floc = ex->f1 - ex->f0;
-    bool sorted = nlists * EP == 1;
+    bool sorted = nlists * EP == 1, move = c->math && !sorted; /* gathered and scattered */
+    layer_expert_job_t *jobs = calloc((size_t)Eper, sizeof *jobs);
+    if (!jobs) return nomem(sizeof *jobs * (size_t)Eper, "the experts' jobs");
     int64_t ntot = 0, maxe = 0;
-    for (int i = 0; i < nlists * EP * Eper; i++) ntot += lc[i];
     for (int j = 0; j < Eper; j++) {
         int64_t ne = 0;
         for (int i = 0; i < nlists * EP; i++) ne += lc[i * Eper + j];
+        jobs[j].n = (int)ne;
+        ntot += ne;
         maxe = ne > maxe ? ne : maxe;
     }
-    if (ntot == 0) return MOEMU_OK;
+    if (ntot == 0) {
+        free(jobs);
+        return MOEMU_OK;
+    }
     /* the rows on the host only when the math runs: a dry run needs counts */
     size_t nrows = sorted ? 0 : 2 * (size_t)ntot * d;
     size_t nf = c->math ? nrows + 2 * (size_t)maxe * Floc : 0;
     float *buf = c->math ? malloc(sizeof(float) * nf) : NULL;
-    /* where each row goes: only rows that move need it */
-    int64_t *at = c->math && !sorted ? malloc(sizeof(int64_t) * (size_t)ntot) : NULL;
-    layer_expert_job_t *jobs = malloc(sizeof *jobs * (size_t)Eper);
-    if ((c->math && !buf) || (c->math && !sorted && !at) || !jobs) {
+    int64_t *at = move ? malloc(sizeof(int64_t) * (size_t)ntot) : NULL; /* where each goes */
+    if ((c->math && !buf) || (move && !at)) {
         free(buf);
         free(at);
         free(jobs);
@@ -394,16 +393,16 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     }
     float *h = buf ? buf + nrows : NULL;
     float *xe = sorted ? (float *)rows : buf, *ye = sorted ? out : buf ? buf + (size_t)ntot * d : NULL;
-    expert_order(at, jobs, lc, nlists, EP, Eper);
+    if (move) expert_order(at, lc, nlists, EP, Eper);
     double sz = (double)emu_dtype_size(c->dtype);
-    if (!sorted && c->math)
+    if (move)
         for (int64_t r = 0; r < ntot; r++) memcpy(xe + r * d, rows + at[r] * d, sizeof(float) * d);
     if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
     int64_t first = 0;
     for (int j = 0; j < Eper && c->math; first += jobs[j++].n)
         jobs[j] = expert_job(ex, ex->e0 + j, ye + first * d, xe + first * d, jobs[j].n);
     layer_expert_group(c, jobs, Eper, h, d, Floc, ex->F, ex->act, ex->limit, false);
-    if (!sorted && c->math)
+    if (move)
         for (int64_t r = 0; r < ntot; r++) memcpy(out + at[r] * d, ye + r * d, sizeof(float) * d);
     if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
     free(buf);
