@@ -328,19 +328,27 @@ AVX2 static void transpose_avx2(const __m256i c[4], __m256i o[4])
     o[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
 }
 
+/* The 8 blocks of counters lo, hi (low and high words): o[q] gets blocks
+ * 2q, 2q + 1. */
+AVX2 static void philox8_avx2(const uint32_t lo[8], const uint32_t hi[8], uint64_t seed,
+                              uint64_t stream, __m256i o[4])
+{
+    __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
+                    _mm256_loadu_si256((const __m256i *)hi),
+                    _mm256_set1_epi32((int)(uint32_t)stream),
+                    _mm256_set1_epi32((int)(uint32_t)(stream >> 32))};
+    philox_avx2(c, seed);
+    transpose_avx2(c, o);
+}
+
 AVX2 static void blocks_avx2(float *out, uint64_t seed, uint64_t stream, uint64_t block,
                              int64_t nb, const law_t *l)
 {
     for (int64_t b = 0; b < nb; b += 8) {
         uint32_t lo[8], hi[8];
+        __m256i o[4];
         counters(lo, hi, block + (uint64_t)b, 8);
-        __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
-                        _mm256_loadu_si256((const __m256i *)hi),
-                        _mm256_set1_epi32((int)(uint32_t)stream),
-                        _mm256_set1_epi32((int)(uint32_t)(stream >> 32))},
-                o[4];
-        philox_avx2(c, seed);
-        transpose_avx2(c, o);
+        philox8_avx2(lo, hi, seed, stream, o);
         for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + 4 * b + 8 * q, law_avx2(o[q], l));
     }
 }
@@ -354,17 +362,12 @@ AVX2 static void philox_blocks_avx2(uint32_t out[WTS_PHILOX_LANES][4], uint64_t 
 {
     _Static_assert(WTS_PHILOX_LANES == 8, "one AVX2 vector of lanes");
     uint32_t lo[8], hi[8];
+    __m256i o[4];
     for (int i = 0; i < 8; i++) {
         lo[i] = (uint32_t)block[i];
         hi[i] = (uint32_t)(block[i] >> 32);
     }
-    __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
-                    _mm256_loadu_si256((const __m256i *)hi),
-                    _mm256_set1_epi32((int)(uint32_t)stream),
-                    _mm256_set1_epi32((int)(uint32_t)(stream >> 32))},
-            o[4];
-    philox_avx2(c, seed);
-    transpose_avx2(c, o);
+    philox8_avx2(lo, hi, seed, stream, o);
     for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)out[2 * q], o[q]);
 }
 
