@@ -9,7 +9,11 @@
 #include "layers/layers.h"
 #include "layers/layers_impl.h"
 
-enum { ATTN_ROWS = 128, ATTN_KB = 256 }; /* stacked query rows, keys a block */
+enum {
+    ATTN_ROWS = 128, /* stacked query rows */
+    ATTN_KB = 256,   /* keys a block */
+    ATTN_SHARE_FLOPS = 1 << 21, /* a sequence's, worth waking helpers for */
+};
 
 /* The first key a query at qp sees: k0, or its window's start. */
 static int64_t attn_first_key(int64_t qp, int64_t k0, int W)
@@ -76,85 +80,118 @@ static bool attn_row_masked(float *sr, int n, const int *kpos, int qp, int W, fl
     return true;
 }
 
-LAYER_HOT static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd, int vd,
-                                   float scale)
+/* One sequence's attention, split in tasks: a kv head's block of queries each. */
+typedef struct {
+    const layer_attn_seq_t *sq;
+    int H, Hkv, hd, vd, QB, blocks; /* blocks of queries */
+    float scale;
+} attn_job_t;
+
+/* K's rows [0, n) transposed into KT (hd, n): the products' B as (K, N) */
+static void attn_transpose(float *KT, const float *K, int n, int hd)
 {
-    float *out = sq->out, *lse = sq->lse;
-    const float *q = sq->q, *kc = sq->kc, *vc = sq->vc;
-    int T = sq->T, q0 = sq->q0, k0 = sq->k0, k1 = sq->k1, ldc = sq->ldc, W = sq->window;
-    if (T == 0) return;
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < hd; d++) KT[(size_t)d * n + j] = K[(size_t)j * hd + d];
+}
 
-    int G = H / Hkv;                 /* query heads per kv head */
-    int QB = ATTN_ROWS / G > 0 ? ATTN_ROWS / G : 1; /* queries per block */
-    if (QB > T) QB = T;
-    int R = G * QB;                  /* stacked rows: (head in group, query) */
-    /* on the stack: at most 256 x (hd + vd + 258) floats, no failure path */
-    float buf[(size_t)R * (hd + vd) + (size_t)R * ATTN_KB + 2 * (size_t)R];
-    float *Q = buf, *O = Q + (size_t)R * hd, *S = O + (size_t)R * vd;
-    float *m = S + (size_t)R * ATTN_KB, *l = m + R;
-
-    for (int g = 0; g < Hkv; g++) {
-        const float *K = kc + (size_t)g * ldc * hd, *V = vc + (size_t)g * ldc * vd;
-        for (int t0 = 0; t0 < T; t0 += QB) {
-            int nq = T - t0 < QB ? T - t0 : QB;
-            int rows = G * nq;
-            for (int j = 0; j < G; j++)
-                for (int i = 0; i < nq; i++)
-                    memcpy(Q + ((size_t)j * nq + i) * hd,
-                           q + ((size_t)(t0 + i) * H + g * G + j) * hd,
-                           sizeof(float) * hd);
-            memset(O, 0, sizeof(float) * rows * vd);
-            for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
-            int qlast = q0 + t0 + nq - 1;
-            /* positions in any order: every row is read, masked by them */
-            int kend = sq->kpos || qlast + 1 >= k1 ? k1 : qlast + 1;
-            int kfirst = sq->kpos ? k0 : (int)attn_first_key(q0 + t0, k0, W);
-            for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
-                int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
-                /* the cache, never packed, through BLAS at any row count */
-                layer_sgemm_blas(true, rows, nk_b, hd, scale, Q, hd,
-                                 K + (size_t)(kb - k0) * hd, hd, 0.0f, S, nk_b);
-                for (int r = 0; r < rows; r++) {
-                    float *sr = S + (size_t)r * nk_b, mx, sum;
-                    int qp = q0 + t0 + r % nq;
-                    int vis = qp - kb + 1; /* keys kb + lo..qp visible */
-                    int lo = (int)(attn_first_key(qp, kb, W) - kb);
-                    if (vis > nk_b) vis = nk_b;
-                    bool any = sq->kpos ? attn_row_masked(sr, nk_b, sq->kpos + (kb - k0), qp, W,
-                                                          m[r], &mx, &sum)
-                                        : vis > lo;
-                    if (!any) { /* no key of this block is visible */
-                        memset(sr, 0, sizeof(float) * nk_b);
-                        continue;
-                    }
-                    if (!sq->kpos) {
-                        mx = layer_row_max(sr + lo, vis - lo, m[r]);
-                        for (int j = lo; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
-                        sum = layer_row_sum(sr + lo, vis - lo);
-                        for (int j = 0; j < lo; j++) sr[j] = 0.0f;
-                        for (int j = vis; j < nk_b; j++) sr[j] = 0.0f;
-                    }
-                    /* m[r] = -inf: nothing accumulated yet, corr = 0 */
-                    float corr = m[r] == -INFINITY ? 0.0f : layer_exp(m[r] - mx);
-                    l[r] = l[r] * corr + sum;
-                    m[r] = mx;
-                    if (corr != 1.0f)
-                        for (int i = 0; i < vd; i++) O[(size_t)r * vd + i] *= corr;
-                }
-                layer_sgemm_blas(false, rows, vd, nk_b, 1.0f, S, nk_b,
-                                 V + (size_t)(kb - k0) * vd, vd, 1.0f, O, vd);
-            }
-            for (int j = 0; j < G; j++)
-                for (int i = 0; i < nq; i++) {
-                    int r = j * nq + i;
-                    size_t t = (size_t)(t0 + i), h = (size_t)g * G + j;
-                    float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-                    float *dst = out + (t * H + h) * vd;
-                    for (int e = 0; e < vd; e++) dst[e] = O[(size_t)r * vd + e] * inv;
-                    if (lse) lse[t * H + h] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
-                }
+/* The scores S (rows, n) of keys kb.. against queries q0.. (row r: query
+ * r mod nq) turned into exp(s - max) where visible, 0 elsewhere; the
+ * running max m, sum l and output O (rows, vd) rescaled to the new max. */
+LAYER_HOT static void attn_softmax_block(const layer_attn_seq_t *sq, float *S, int rows, int n,
+                                         int nq, int q0, int kb, float *m, float *l, float *O,
+                                         int vd)
+{
+    int W = sq->window;
+    for (int r = 0; r < rows; r++) {
+        float *sr = S + (size_t)r * n, mx, sum;
+        int qp = q0 + r % nq;
+        int vis = qp - kb + 1; /* keys kb + lo..qp visible */
+        int lo = (int)(attn_first_key(qp, kb, W) - kb);
+        if (vis > n) vis = n;
+        bool any = sq->kpos ? attn_row_masked(sr, n, sq->kpos + (kb - sq->k0), qp, W, m[r], &mx,
+                                              &sum)
+                            : vis > lo;
+        if (!any) { /* no key of this block is visible */
+            memset(sr, 0, sizeof(float) * n);
+            continue;
         }
+        if (!sq->kpos) {
+            mx = layer_row_max(sr + lo, vis - lo, m[r]);
+            for (int j = lo; j < vis; j++) sr[j] = layer_exp(sr[j] - mx);
+            sum = layer_row_sum(sr + lo, vis - lo);
+            for (int j = 0; j < lo; j++) sr[j] = 0.0f;
+            for (int j = vis; j < n; j++) sr[j] = 0.0f;
+        }
+        /* m[r] = -inf: nothing accumulated yet, corr = 0 */
+        float corr = m[r] == -INFINITY ? 0.0f : layer_exp(m[r] - mx);
+        l[r] = l[r] * corr + sum;
+        m[r] = mx;
+        if (corr != 1.0f)
+            for (int i = 0; i < vd; i++) O[(size_t)r * vd + i] *= corr;
     }
+}
+
+static void attn_task(void *arg, int task)
+{
+    const attn_job_t *a = arg;
+    const layer_attn_seq_t *sq = a->sq;
+    float *out = sq->out, *lse = sq->lse;
+    const float *q = sq->q;
+    int H = a->H, hd = a->hd, vd = a->vd, G = H / a->Hkv, QB = a->QB;
+    int q0 = sq->q0, k0 = sq->k0, k1 = sq->k1, W = sq->window;
+    int g = task / a->blocks, t0 = task % a->blocks * QB;
+    int nq = sq->T - t0 < QB ? sq->T - t0 : QB;
+    int rows = G * nq; /* stacked: (head in group, query) */
+    /* on the stack: at most 256 x (hd + vd + 258) + hd x 256 floats, no
+     * failure path */
+    float buf[(size_t)rows * (hd + vd) + (size_t)rows * ATTN_KB + 2 * (size_t)rows +
+              (size_t)hd * ATTN_KB];
+    float *Q = buf, *O = Q + (size_t)rows * hd, *S = O + (size_t)rows * vd;
+    float *m = S + (size_t)rows * ATTN_KB, *l = m + rows, *KT = l + rows;
+    const float *K = sq->kc + (size_t)g * sq->ldc * hd, *V = sq->vc + (size_t)g * sq->ldc * vd;
+
+    for (int j = 0; j < G; j++)
+        for (int i = 0; i < nq; i++)
+            memcpy(Q + ((size_t)j * nq + i) * hd, q + ((size_t)(t0 + i) * H + g * G + j) * hd,
+                   sizeof(float) * hd);
+    memset(O, 0, sizeof(float) * rows * vd);
+    for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    int qlast = q0 + t0 + nq - 1;
+    /* positions in any order: every row is read, masked by them */
+    int kend = sq->kpos || qlast + 1 >= k1 ? k1 : qlast + 1;
+    int kfirst = sq->kpos ? k0 : (int)attn_first_key(q0 + t0, k0, W);
+    for (int kb = kfirst; kb < kend; kb += ATTN_KB) {
+        int nk_b = kend - kb < ATTN_KB ? kend - kb : ATTN_KB;
+        attn_transpose(KT, K + (size_t)(kb - k0) * hd, nk_b, hd);
+        layer_inorder_sgemm(rows, nk_b, hd, a->scale, Q, hd, KT, nk_b, 0.0f, S, nk_b);
+        attn_softmax_block(sq, S, rows, nk_b, nq, q0 + t0, kb, m, l, O, vd);
+        layer_inorder_sgemm(rows, vd, nk_b, 1.0f, S, nk_b, V + (size_t)(kb - k0) * vd, vd, 1.0f,
+                            O, vd);
+    }
+    for (int j = 0; j < G; j++)
+        for (int i = 0; i < nq; i++) {
+            int r = j * nq + i;
+            size_t t = (size_t)(t0 + i), h = (size_t)g * G + j;
+            float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+            float *dst = out + (t * H + h) * vd;
+            for (int e = 0; e < vd; e++) dst[e] = O[(size_t)r * vd + e] * inv;
+            if (lse) lse[t * H + h] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+        }
+}
+
+/* A sequence's tasks, spread over the device's threads when they carry
+ * more than waking a helper costs (tens of microseconds). Each writes its
+ * own outputs, whose sums do not depend on who ran it. */
+static void attn_compute(const layer_attn_seq_t *sq, int H, int Hkv, int hd, int vd, float scale)
+{
+    if (sq->T == 0) return;
+    double flops = 2.0 * (hd + vd) * H *
+                   (double)layer_attention_pairs_window(sq->T, sq->q0, sq->k0, sq->k1, sq->window);
+    int G = H / Hkv, QB = ATTN_ROWS / G > 0 ? ATTN_ROWS / G : 1; /* queries per block */
+    if (QB > sq->T) QB = sq->T;
+    attn_job_t job = {sq, H, Hkv, hd, vd, QB, (sq->T + QB - 1) / QB, scale};
+    layer_par_for(Hkv * job.blocks, flops >= ATTN_SHARE_FLOPS ? layer_threads() - 1 : 0,
+                  attn_task, &job);
 }
 
 /* The work of one sequence: 2 (hd + vd) FLOPs per visible pair and head

@@ -33,6 +33,17 @@ bool layer_packed_find(const float *p, const uint16_t **q, emu_dtype_t *dt);
 enum { LAYER_SKINNY_M = 8 };
 void layer_skinny_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc);
+/* C (M, N) = alpha A (M, K) B (K, N) + beta C, B in fp32, on the calling
+ * thread: each output sums k in order by fused multiply-adds, as
+ * layer_skinny_sgemm without trans_b, whatever M, the host's vector width
+ * or the caller's split of the rows (attention's products). */
+void layer_inorder_sgemm(int M, int N, int K, float alpha, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc);
+/* Threads a device's products may use: its share of OpenBLAS's. */
+int layer_threads(void);
+/* fn(arg, t) for t < tasks, in any order, by the caller and at most
+ * `helpers` of the host's helper threads when no other caller has them. */
+void layer_par_for(int tasks, int helpers, void (*fn)(void *arg, int task), void *arg);
 
 /* Hot loops built twice on x86-64, for AVX2 and the baseline, the better
  * picked at load time (GCC's target_clones): the same results either way,

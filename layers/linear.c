@@ -22,6 +22,8 @@ void layer_sgemm_blas(bool trans_b, int M, int N, int K, float alpha, const floa
     emu_blas_leave();
 }
 
+int layer_threads(void) { return openblas_get_num_threads(); }
+
 double layer_blas_resident(int rows)
 {
     /* OpenBLAS's x86-64 sgemm packs a P x Q block of one operand (the

@@ -13,7 +13,6 @@
  *   instruction); then the lanes are halved in place down to one;
  * - without (B is K x N), each output sums k in order, by fmaf. */
 #define _GNU_SOURCE /* sched_getaffinity, pthread_attr_setaffinity_np */
-#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -234,6 +233,45 @@ static void dot4_each(const float *a, const wrow_t *w, int K, float *out, ptrdif
     for (int r = 0; r < 4; r++) out[r] = dot(a, w[r], K);
 }
 
+/* The 8 x 32 tile of layer_inorder_sgemm at (A, B, C) in AVX-512
+ * registers: its sums those of skinny_nn (k in order, fused), alpha and
+ * beta applied unfused, as store does. */
+typedef void tile_fn(int K, const float *A, int lda, const float *B, int ldb, float alpha,
+                     float beta, float *C, int ldc);
+enum { TILE_M = LAYER_SKINNY_M, TILE_N = 32 };
+static tile_fn *tile;
+
+#if SKINNY_X86
+#define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+__attribute__((target("avx512f"))) static void tile_avx512(int K, const float *A, int lda,
+                                                            const float *B, int ldb, float alpha,
+                                                            float beta, float *C, int ldc)
+{
+    __m512 c[TILE_M][2];
+#pragma GCC unroll 8
+    for (int m = 0; m < TILE_M; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 8
+        for (int m = 0; m < TILE_M; m++) {
+            __m512 a = _mm512_set1_ps(A[(size_t)m * lda + k]);
+            c[m][0] = _mm512_fmadd_ps(a, b0, c[m][0]);
+            c[m][1] = _mm512_fmadd_ps(a, b1, c[m][1]);
+        }
+    }
+    __m512 al = _mm512_set1_ps(alpha), be = _mm512_set1_ps(beta);
+    for (int m = 0; m < TILE_M; m++)
+        for (int h = 0; h < 2; h++) {
+            float *p = C + (size_t)m * ldc + 16 * h;
+            __m512 v = _mm512_mul_round_ps(al, c[m][h], RN);
+            if (beta != 0.0f) /* beta 0 never reads C */
+                v = _mm512_add_round_ps(v, _mm512_mul_round_ps(be, _mm512_loadu_ps(p), RN), RN);
+            _mm512_storeu_ps(p, v);
+        }
+}
+#endif
+
 /* the widest this host runs: each gives the same bits */
 static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
 static void dot_init(void)
@@ -241,7 +279,8 @@ static void dot_init(void)
     dot = dot_portable, dot4 = dot4_each;
 #if SKINNY_X86
     __builtin_cpu_init();
-    if (emu_simd_supported(EMU_SIMD_AVX512)) dot = dot_avx512, dot4 = dot4_avx512;
+    if (emu_simd_supported(EMU_SIMD_AVX512))
+        dot = dot_avx512, dot4 = dot4_avx512, tile = tile_avx512;
     else if (emu_simd_supported(EMU_SIMD_AVX2) && __builtin_cpu_supports("fma")) /* and F16C */
         dot = dot_avx2;
 #endif
@@ -264,9 +303,6 @@ typedef struct {
     const uint16_t *q;
     emu_dtype_t dt;
     float *C;
-    int blocks;
-    int helpers; /* that may join: BLAS's threads less the caller */
-    atomic_int next;
 } job_t;
 
 /* Outputs [n0, n1) with B (N, K): a dot product each */
@@ -323,19 +359,33 @@ static void skinny_nn(const job_t *j, int n0, int n1)
             store(&j->C[(size_t)m * j->ldc + n0 + i], j->alpha, acc[m][i], j->beta);
 }
 
-/* Take blocks of j until none is left. */
-static void job_work(job_t *j)
+/* Block b of product j: NT_BLOCK of B's rows or NN_BLOCK of its columns */
+static void job_block(void *arg, int b)
 {
+    const job_t *j = arg;
     int per = j->trans_b ? NT_BLOCK : NN_BLOCK;
-    for (int b; (b = atomic_fetch_add(&j->next, 1)) < j->blocks;) {
-        int n0 = b * per, n1 = n0 + per < j->N ? n0 + per : j->N;
-        (j->trans_b ? skinny_nt : skinny_nn)(j, n0, n1);
-    }
+    int n0 = b * per, n1 = n0 + per < j->N ? n0 + per : j->N;
+    (j->trans_b ? skinny_nt : skinny_nn)(j, n0, n1);
 }
 
-/* Helper threads that share a product's blocks with its caller, one
- * product at a time: a caller that finds them busy (another device's
- * product) works alone, which is as fast when every core has a device.
+/* Tasks that a caller and helper threads take in any order */
+typedef struct {
+    void (*fn)(void *arg, int task);
+    void *arg;
+    int tasks;
+    int helpers; /* that may join */
+    atomic_int next;
+} par_t;
+
+static void par_work(par_t *p)
+{
+    for (int t; (t = atomic_fetch_add(&p->next, 1)) < p->tasks;) p->fn(p->arg, t);
+}
+
+/* Helper threads that share a caller's tasks (a product's blocks, a
+ * sequence's attention heads), one caller at a time: a caller that finds
+ * them busy (another device's) works alone, which is as fast when every
+ * core has a device.
  * A decode step is a few hundred products of tens of microseconds each,
  * so the helpers wait for the next one spinning (yielding the core to
  * any thread that wants it) before they sleep, as OpenBLAS's threads do.
@@ -344,8 +394,8 @@ static void job_work(job_t *j)
 enum { SPIN_YIELDS = 2000 };
 static struct {
     pthread_mutex_t owner; /* held by the caller whose product they share */
-    _Atomic(job_t *) cur;  /* that product */
-    atomic_ulong gen;      /* products posted so far */
+    _Atomic(par_t *) cur;  /* its tasks */
+    atomic_ulong gen;      /* task lists posted so far */
     atomic_int active;     /* helpers that may be reading cur */
     atomic_int sleepers;
     pthread_mutex_t lock;  /* for the sleepers */
@@ -381,8 +431,8 @@ static void *helper_main(void *arg)
         /* active before cur, against job_share's cur before active: a
          * helper that reads a product is counted before it can end */
         atomic_fetch_add(&pool.active, 1);
-        job_t *j = atomic_load(&pool.cur);
-        if (j && id < j->helpers) job_work(j);
+        par_t *p = atomic_load(&pool.cur);
+        if (p && id < p->helpers) par_work(p);
         atomic_fetch_sub(&pool.active, 1);
     }
     return NULL;
@@ -410,41 +460,62 @@ static void pool_start(void)
     pool.pid = getpid();
 }
 
-/* j's blocks by the caller and whichever helpers come */
-static void job_share(job_t *j)
+/* p's tasks by the caller and whichever helpers come */
+static void par_share(par_t *p)
 {
-    atomic_store(&pool.cur, j);
+    atomic_store(&pool.cur, p);
     atomic_fetch_add(&pool.gen, 1);
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.lock);
         pthread_cond_broadcast(&pool.work);
         pthread_mutex_unlock(&pool.lock);
     }
-    job_work(j);
+    par_work(p);
     atomic_store(&pool.cur, NULL);
-    /* every block is taken: those inside finish theirs */
+    /* every task is taken: those inside finish theirs */
     while (atomic_load(&pool.active) > 0) sched_yield();
+}
+
+void layer_par_for(int tasks, int helpers, void (*fn)(void *arg, int task), void *arg)
+{
+    par_t p = {fn, arg, tasks, helpers, 0};
+    if (tasks > 1 && helpers > 0) {
+        pthread_once(&pool_once, pool_start);
+        if (pool.helpers > 0 && pool.pid == getpid() && pthread_mutex_trylock(&pool.owner) == 0) {
+            par_share(&p);
+            pthread_mutex_unlock(&pool.owner);
+            return;
+        }
+    }
+    par_work(&p);
 }
 
 void layer_skinny_sgemm(bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc)
 {
     pthread_once(&dot_once, dot_init);
-    job_t j = {trans_b, M, N, K, lda, ldb, ldc, alpha, beta, A, B, NULL, EMU_DTYPE_FP32, C,
-               0, openblas_get_num_threads() - 1, 0};
+    job_t j = {trans_b, M, N, K, lda, ldb, ldc, alpha, beta, A, B, NULL, EMU_DTYPE_FP32, C};
     layer_packed_find(B, &j.q, &j.dt);
     int per = trans_b ? NT_BLOCK : NN_BLOCK;
-    j.blocks = (N + per - 1) / per;
     /* helpers only where the weights take longer to read than to wake them
      * (tens of microseconds), and only as many threads as BLAS may use */
     double bytes = (double)N * K * (j.q ? 2 : 4);
-    if (j.blocks > 1 && bytes >= SHARE_BYTES && j.helpers > 0) {
-        pthread_once(&pool_once, pool_start);
-        if (pool.helpers > 0 && pool.pid == getpid() && pthread_mutex_trylock(&pool.owner) == 0) {
-            job_share(&j);
-            pthread_mutex_unlock(&pool.owner);
-            return;
-        }
+    layer_par_for((N + per - 1) / per, bytes >= SHARE_BYTES ? layer_threads() - 1 : 0, job_block,
+                  &j);
+}
+
+void layer_inorder_sgemm(int M, int N, int K, float alpha, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc)
+{
+    pthread_once(&dot_once, dot_init);
+    for (int r0 = 0; r0 < M; r0 += TILE_M) {
+        int rows = M - r0 < TILE_M ? M - r0 : TILE_M, n0 = 0;
+        const float *a = A + (size_t)r0 * lda;
+        float *c = C + (size_t)r0 * ldc;
+        if (tile && rows == TILE_M)
+            for (; n0 + TILE_N <= N; n0 += TILE_N)
+                tile(K, a, lda, B + n0, ldb, alpha, beta, c + n0, ldc);
+        job_t j = {false, rows, N, K, lda, ldb, ldc, alpha, beta, a, B, NULL, EMU_DTYPE_FP32, c};
+        for (; n0 < N; n0 += NN_BLOCK) skinny_nn(&j, n0, n0 + NN_BLOCK < N ? n0 + NN_BLOCK : N);
     }
-    job_work(&j);
 }

@@ -1132,6 +1132,50 @@ Test(attention, matches_reference_and_charges)
     }
 }
 
+/* Attention's products sum in an order fixed by the keys alone
+ * (layer_inorder_sgemm, layers/skinny.c): the same bits whether a
+ * sequence's heads run on one thread or are shared with helper threads,
+ * and whether its queries come together (blocks of many rows) or one at
+ * a time (decode, a row per head). */
+Test(attention, sums_fixed_by_the_keys_alone)
+{
+    static const attn_case_t cases[] = {
+        {300, 400, 0, 700, 4, 2, 40, 13, 0}, /* crosses blocks; hd not of 32 */
+        {200, 0, 0, 200, 8, 8, 64, 0, 0},    /* causal prefill */
+    };
+    rng_t r = {8};
+    int blas = openblas_get_num_threads();
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const attn_case_t *ac = &cases[ci];
+        int T = ac->T, H = ac->H, hd = ac->hd, ldc;
+        float *q, *kc, *vc;
+        attn_data(&r, ac, &q, &kc, &vc, &ldc);
+        size_t no = (size_t)T * H * hd;
+        float *one = NEW(float, no), *shared = NEW(float, no), *each = NEW(float, no);
+        emu_dev_t *dev = dev_new();
+        layer_ctx_t c = ctx_of(dev, true);
+        openblas_set_num_threads(1);
+        layer_attention(&c, one, NULL, q, kc, vc, T, ac->q0, ac->k0, ac->k1, H, ac->Hkv, hd, ldc);
+        openblas_set_num_threads(2);
+        layer_attention(&c, shared, NULL, q, kc, vc, T, ac->q0, ac->k0, ac->k1, H, ac->Hkv, hd,
+                        ldc);
+        for (int t = 0; t < T; t++)
+            layer_attention(&c, each + (size_t)t * H * hd, NULL, q + (size_t)t * H * hd, kc, vc,
+                            1, ac->q0 + t, ac->k0, ac->k1, H, ac->Hkv, hd, ldc);
+        openblas_set_num_threads(blas);
+        for (size_t i = 0; i < no; i++) {
+            cr_assert(memcmp(&shared[i], &one[i], 4) == 0,
+                      "case %zu: output %zu is %a on two threads, %a on one", ci, i, shared[i],
+                      one[i]);
+            cr_assert(memcmp(&each[i], &one[i], 4) == 0,
+                      "case %zu: output %zu is %a a query at a time, %a all at once", ci, i,
+                      each[i], one[i]);
+        }
+        emu_dev_destroy(dev);
+        free(q), free(kc), free(vc), free(one), free(shared), free(each);
+    }
+}
+
 Test(attention, pairs_grid)
 {
     for (int T = 0; T <= 5; T++)
