@@ -92,6 +92,19 @@ static void same_as_reference(int k, uint64_t seed, const char *name, int64_t fa
                  k == WTS_GEN_BEST ? "best" : emu_simd_name((emu_simd_t)k), name,
                  (long long)fan_in, (long long)offset, (long long)n, emu_dtype_name(dt));
     cr_assert_eq(got[n], -7.0f, "wrote past the end");
+    if (dt == EMU_DTYPE_FP16 || dt == EMU_DTYPE_BF16) { /* and straight into 16 bits */
+        uint16_t *pw = malloc(2 * (size_t)(n + 1)), *pg = malloc(2 * (size_t)(n + 1));
+        emu_dtype_pack_n(dt, pw, want, n);
+        cr_assert(wts_generate_kernel(k));
+        pg[n] = 0x1234;
+        wts_generate_packed(pg, seed, name, fan_in, offset, n, dt);
+        cr_assert(wts_generate_kernel(WTS_GEN_BEST));
+        cr_assert_eq(memcmp(pg, pw, 2 * (size_t)n), 0, "packed: [%lld, +%lld) in %s differs",
+                     (long long)offset, (long long)n, emu_dtype_name(dt));
+        cr_assert_eq(pg[n], 0x1234, "packed: wrote past the end");
+        free(pw);
+        free(pg);
+    }
     free(want);
     free(got);
 }

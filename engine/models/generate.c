@@ -399,25 +399,39 @@ bool wts_generate_kernel(int k)
 }
 
 /* Tiles of GEN_TILE floats from whole blocks, rounded while in cache and
- * copied out: the tile absorbs unaligned offsets and short ends. */
-void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
-                  int64_t offset, int64_t n, emu_dtype_t dt)
+ * copied out to out32 (fp32) or packed into out16: the tile absorbs
+ * unaligned offsets and short ends. */
+static void gen_tiles(float *out32, uint16_t *out16, uint64_t seed, const char *name,
+                      int64_t fan_in, int64_t offset, int64_t n, emu_dtype_t dt)
 {
     law_t l = law_of(name, fan_in);
     uint64_t stream = wts_stream(name);
     int k = atomic_load(&gen_kernel);
-    if (k == WTS_GEN_SCALAR) {
-        gen_scalar(out, seed, stream, &l, offset, n, dt);
-        return;
-    }
-    emu_simd_t simd = k == WTS_GEN_BEST ? emu_simd_best() : (emu_simd_t)k;
+    emu_simd_t simd = k < 0 ? emu_simd_best() : (emu_simd_t)k;
     _Alignas(64) float tile[GEN_TILE];
     for (int64_t i = 0; i < n;) {
         uint64_t idx = (uint64_t)(offset + i);
         int64_t skip = (int64_t)(idx % 4), m = n - i < GEN_TILE - skip ? n - i : GEN_TILE - skip;
-        gen_blocks[simd](tile, seed, stream, idx / 4, (skip + m + 3) / 4, &l);
-        emu_dtype_round_n_on(simd, dt, tile + skip, m);
-        memcpy(out + i, tile + skip, sizeof(float) * (size_t)m);
+        if (k == WTS_GEN_SCALAR) {
+            gen_scalar(tile + skip, seed, stream, &l, offset + i, m, dt);
+        } else {
+            gen_blocks[simd](tile, seed, stream, idx / 4, (skip + m + 3) / 4, &l);
+            emu_dtype_round_n_on(simd, dt, tile + skip, m);
+        }
+        if (out16) emu_dtype_pack_n(dt, out16 + i, tile + skip, m);
+        else memcpy(out32 + i, tile + skip, sizeof(float) * (size_t)m);
         i += m;
     }
+}
+
+void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in, int64_t offset,
+                  int64_t n, emu_dtype_t dt)
+{
+    gen_tiles(out, NULL, seed, name, fan_in, offset, n, dt);
+}
+
+void wts_generate_packed(uint16_t *out, uint64_t seed, const char *name, int64_t fan_in,
+                         int64_t offset, int64_t n, emu_dtype_t dt)
+{
+    gen_tiles(NULL, out, seed, name, fan_in, offset, n, dt);
 }

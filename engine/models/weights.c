@@ -645,22 +645,15 @@ static int64_t chunk_rows(const wts_box_t *b)
     return width >= GEN_CHUNK ? 1 : GEN_CHUNK / width;
 }
 
-/* Elements [at, at + n) of tensor t; a packed one's a piece at a time
- * through a buffer that stays in the core's cache. */
+/* Elements [at, at + n) of tensor t, packed or not. */
 static void gen_span(const gen_job_t *job, const wts_tensor_t *t, int64_t at, int64_t n)
 {
     emu_dtype_t dt = job->w->cfg.dtype;
-    if (!t->packed) {
+    if (t->packed)
+        wts_generate_packed((uint16_t *)wts_packed_at(job->w, t->data + at), job->seed, t->name,
+                            t->fan_in, at, n, dt);
+    else
         wts_generate(t->data + at, job->seed, t->name, t->fan_in, at, n, dt);
-        return;
-    }
-    float buf[4096];
-    uint16_t *out = (uint16_t *)wts_packed_at(job->w, t->data + at);
-    for (int64_t i = 0; i < n; i += 4096) {
-        int64_t m = n - i < 4096 ? n - i : 4096;
-        wts_generate(buf, job->seed, t->name, t->fan_in, at + i, m, dt);
-        emu_dtype_pack_n(dt, out + i, buf, m);
-    }
 }
 
 /* Rows [r0, r1) of box b of tensor t: one run when b spans whole rows. */

@@ -30,6 +30,9 @@ uint64_t wts_stream(const char *name);
  * same elements of the whole tensor. */
 void wts_generate(float *out, uint64_t seed, const char *name, int64_t fan_in,
                   int64_t offset, int64_t n, emu_dtype_t dt);
+/* The same values as their 16 bits in dt (fp16 or bf16: emu_dtype_pack_n). */
+void wts_generate_packed(uint16_t *out, uint64_t seed, const char *name, int64_t fan_in,
+                         int64_t offset, int64_t n, emu_dtype_t dt);
 /* The kernel wts_generate runs, for tests and benches: WTS_GEN_SCALAR
  * (the reference: an element at a time), an emu_simd_t, or WTS_GEN_BEST
  * (the default, emu_simd_best). For the whole process; false, and nothing
