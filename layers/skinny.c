@@ -1,4 +1,6 @@
-/* Products of a few rows (decode, and experts that received few tokens).
+/* Products of a few rows (decode, and experts that received few tokens),
+ * attention's products in the same order of sums (layer_inorder_sgemm),
+ * and the helper threads that share a device's work (layer_par_for).
  *
  * OpenBLAS's sgemm copies the whole weight operand into its packed panels
  * before it multiplies, whatever M is: at M = 1 that is three passes over
@@ -393,7 +395,7 @@ static void par_work(par_t *p)
  * process that started them (a fork's child works alone). */
 enum { SPIN_YIELDS = 2000 };
 static struct {
-    pthread_mutex_t owner; /* held by the caller whose product they share */
+    pthread_mutex_t owner; /* held by the caller whose tasks they share */
     _Atomic(par_t *) cur;  /* its tasks */
     atomic_ulong gen;      /* task lists posted so far */
     atomic_int active;     /* helpers that may be reading cur */
@@ -429,7 +431,7 @@ static void *helper_main(void *arg)
         helper_wait(seen);
         seen = atomic_load(&pool.gen);
         /* active before cur, against job_share's cur before active: a
-         * helper that reads a product is counted before it can end */
+         * helper that reads a task list is counted before it can end */
         atomic_fetch_add(&pool.active, 1);
         par_t *p = atomic_load(&pool.cur);
         if (p && id < p->helpers) par_work(p);
