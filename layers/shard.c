@@ -328,7 +328,7 @@ static void expert_order(int64_t *at, const int *lc, int nlists, int EP, int Epe
 {
     int64_t ne = 0;
     for (int j = 0; j < Eper; j++)
-        for (int i = 0, base = 0; i < nlists * EP; i++) {
+        for (int64_t i = 0, base = 0; i < nlists * EP; i++) {
             const int *li = lc + (size_t)i * Eper;
             int64_t off = base;
             for (int jj = 0; jj < j; jj++) off += li[jj];
