@@ -44,8 +44,8 @@ bool cal_fitted(const cal_result_t *r, int i);
 /* Fit o->hw's parameters to the fit rows of that card in all (others
  * ignored, FP8 rows left out): Nelder-Mead on the mean squared log ratio,
  * each parameter within its range (mfu, bw_util in [0.01, 1], launch_s
- * in [0, 100 us], overlap in [0, 1], host_seq_s in [0, 1 ms]). MOEMU_ERR_INVALID when the card has no fit
- * row. Free with cal_free. */
+ * in [0, 100 us], overlap in [0, 1], host_seq_s in [0, 1 ms]).
+ * MOEMU_ERR_INVALID when the card has no fit row. Free with cal_free. */
 moemu_status_t cal_fit(cal_result_t *r, const val_set_t *all, const cal_opts_t *o);
 void cal_free(cal_result_t *r);
 /* The parameters before and after, each row before and after, and the
