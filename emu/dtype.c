@@ -263,12 +263,32 @@ static void widen_n_c(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+/* fp16's packing: NaNs as emu_f32_to_f16 gives them (the sign, quiet,
+ * no payload), through the conversion of the fp32 quiet NaN. */
 __attribute__((target("avx2,f16c"))) static void pack_f16_avx2(uint16_t *out, const float *in,
                                                               int64_t n)
 {
-    for (int64_t i = 0; i < n; i += 8)
-        _mm_storeu_si128((__m128i *)(out + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+    const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 x = _mm256_loadu_ps(in + i);
+        __m256 nan = _mm256_or_ps(_mm256_and_ps(x, sign), qnan);
+        x = _mm256_blendv_ps(x, nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
+__attribute__((target("avx512f"))) static void pack_f16_avx512(uint16_t *out, const float *in,
+                                                                int64_t n)
+{
+    const __m512i qnan = _mm512_set1_epi32(0x7fc00000), sign = _mm512_set1_epi32((int)0x80000000u);
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 x = _mm512_loadu_ps(in + i);
+        __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), qnan);
+        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x,
+                                 _mm512_castsi512_ps(nan));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
 }
 
 __attribute__((target("avx2,f16c"))) static void widen_f16_avx2(float *out, const uint16_t *in,
@@ -305,11 +325,16 @@ __attribute__((target("avx512f"))) static void widen_bf16_avx512(float *out, con
 }
 
 /* The whole vectors of 8 on AVX2 (fp16's pack and widening, bf16's
- * widening; of 16 on AVX-512 for the widening, the hot one), the rest in
- * C; bf16's pack vectorizes as C. */
+ * widening; of 16 on AVX-512), the rest in C; bf16's pack vectorizes as
+ * C. */
 static int64_t pack_simd(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n)
 {
-    if (dt != EMU_DTYPE_FP16 || emu_simd_best() == EMU_SIMD_C) return 0;
+    emu_simd_t k = emu_simd_best();
+    if (dt != EMU_DTYPE_FP16 || k == EMU_SIMD_C) return 0;
+    if (k == EMU_SIMD_AVX512) {
+        pack_f16_avx512(out, in, n - n % 16);
+        return n - n % 16;
+    }
     pack_f16_avx2(out, in, n - n % 8);
     return n - n % 8;
 }

@@ -176,7 +176,8 @@ void emu_dtype_round_n(emu_dtype_t dt, float *p, int64_t n);
 /* The same on kernel k, which the CPU must support: for tests and benches. */
 void emu_dtype_round_n_on(emu_simd_t k, emu_dtype_t dt, float *p, int64_t n);
 /* Values already in dt (fp16 or bf16) as their 16 bits, and back: exact
- * both ways, on the widest vector kernel the CPU has. */
+ * both ways, on the widest vector kernel the CPU has. fp16's packing takes
+ * any value: its conversion rounds as emu_dtype_round does. */
 void emu_dtype_pack_n(emu_dtype_t dt, uint16_t *out, const float *in, int64_t n);
 void emu_dtype_widen_n(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n);
 uint16_t emu_f32_to_f16(float x);

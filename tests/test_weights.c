@@ -193,6 +193,34 @@ Test(weights, round_n_equals_round)
     free(bits);
 }
 
+/* fp16's packing rounds any value as emu_f32_to_f16 (the generator packs
+ * unrounded values): random bit patterns and the edges, ends off and on
+ * the vectors. */
+Test(weights, f16_pack_rounds_any_value)
+{
+    enum { N = 1 << 16 };
+    static const uint32_t edges[] = {0x33000000, 0x33000001, 0x387fe000, 0x387ff000, 0x477fefff,
+                                     0x477ff000, 0x7f800000, 0x7fc00000, 0xffc12345, 0x3f801000,
+                                     0x3f803000, 0x80000001};
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *got = malloc(2 * N);
+    uint64_t s = 7;
+    for (int i = 0; i < N; i++) {
+        uint32_t b = i < (int)(sizeof edges / sizeof *edges) ? edges[i] : (uint32_t)draw(&s);
+        memcpy(&x[i], &b, 4);
+    }
+    for (int64_t n = N - 17; n <= N; n += 17) {
+        got[n - 1] = 0x1234;
+        emu_dtype_pack_n(EMU_DTYPE_FP16, got, x, n - 1);
+        cr_assert_eq(got[n - 1], 0x1234, "wrote past the end");
+        for (int64_t i = 0; i < n - 1; i++)
+            cr_assert_eq(got[i], emu_f32_to_f16(x[i]), "%g packs to 0x%04x, not 0x%04x", x[i],
+                         got[i], emu_f32_to_f16(x[i]));
+    }
+    free(x);
+    free(got);
+}
+
 Test(weights, init_laws)
 {
     float v[4096];

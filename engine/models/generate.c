@@ -102,8 +102,8 @@ static void init_law(const char *name, int64_t fan_in, double *base, double *sca
 /* A tensor's law as the generator applies it: in float when base and
  * scale are floats, else in double. */
 typedef struct {
-    double base, scale;
-    float lo, sc;
+    double base, scale, scale23;
+    float lo, sc, sc23;
     bool exact;
 } law_t;
 
@@ -114,6 +114,10 @@ static law_t law_of(const char *name, int64_t fan_in)
     l.lo = (float)l.base;
     l.sc = (float)l.scale;
     l.exact = (double)l.lo == l.base && (double)l.sc == l.scale;
+    /* the vector kernels' scales: u is j 2^-23 for an integer j, so scale
+     * times u is scale23 times j, the same product and rounding */
+    l.scale23 = l.scale * 0x1p-23;
+    l.sc23 = l.sc * 0x1p-23f;
     return l;
 }
 
@@ -177,90 +181,80 @@ static void counters(uint32_t *lo, uint32_t *hi, uint64_t block, int lanes)
 /* Explicit round-to-nearest, as the default: these never fuse into FMAs. */
 #define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
-/* Lane-wise 64-bit products a * m: their high and low words. */
-AVX512 static inline void mul_avx512(__m512i a, __m512i m, __m512i *hi, __m512i *lo)
+/* Philox's round keys of a seed: word 0's, then word 1's. */
+static void round_keys(uint32_t key[2][10], uint64_t seed)
 {
-    __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
-
-/* philox_block's rounds, a block per lane: c[j] holds the lanes' word j. */
-AVX512 static void philox_avx512(__m512i c[4], uint64_t seed)
-{
-    __m512i k0 = _mm512_set1_epi32((int)(uint32_t)seed),
-            k1 = _mm512_set1_epi32((int)(uint32_t)(seed >> 32));
-    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u),
-                  w0 = _mm512_set1_epi32((int)0x9E3779B9u), w1 = _mm512_set1_epi32((int)0xBB67AE85u);
-    for (int r = 0; r < 10; r++) {
-        __m512i hi0, lo0, hi1, lo1;
-        mul_avx512(c[0], m0, &hi0, &lo0);
-        mul_avx512(c[2], m1, &hi1, &lo1);
-        c[0] = _mm512_ternarylogic_epi32(hi1, c[1], k0, 0x96); /* three-way xor */
-        c[2] = _mm512_ternarylogic_epi32(hi0, c[3], k1, 0x96);
-        c[1] = lo1;
-        c[3] = lo0;
-        k0 = _mm512_add_epi32(k0, w0);
-        k1 = _mm512_add_epi32(k1, w1);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+        key[0][r] = k0;
+        key[1][r] = k1;
     }
 }
 
-/* The double law of 8 words' top bits k. */
-AVX512 static __m256 law_double_avx512(__m256i k, const law_t *l)
+/* philox_block's rounds for 8 blocks, a block per 64-bit lane: x holds
+ * words 0 and 1 (low, high), y words 2 and 3. One product gives a word's
+ * both halves; the xors go into the high halves, and a rotation swaps
+ * them into place. */
+AVX512 static void philox_avx512(__m512i *x, __m512i *y, const uint32_t key[2][10])
 {
-    __m512d u = _mm512_sub_round_pd(
-        _mm512_mul_round_pd(_mm512_cvtepi32_pd(k), _mm512_set1_pd(0x1p-23), RN),
-        _mm512_set1_pd(1.0), RN);
-    __m512d v = _mm512_add_round_pd(_mm512_set1_pd(l->base),
-                                    _mm512_mul_round_pd(_mm512_set1_pd(l->scale), u, RN), RN);
-    return _mm512_cvt_roundpd_ps(v, RN);
+    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; r++) {
+        __m512i p0 = _mm512_mul_epu32(*x, m0), p1 = _mm512_mul_epu32(*y, m1),
+                k0 = _mm512_set1_epi32((int)key[0][r]), k1 = _mm512_set1_epi32((int)key[1][r]);
+        /* high halves: hi1 ^ word 1 ^ k0 and hi0 ^ word 3 ^ k1 */
+        p1 = _mm512_mask_ternarylogic_epi32(p1, 0xAAAA, *x, k0, 0x96);
+        p0 = _mm512_mask_ternarylogic_epi32(p0, 0xAAAA, *y, k1, 0x96);
+        *x = _mm512_ror_epi64(p1, 32);
+        *y = _mm512_ror_epi64(p0, 32);
+    }
 }
 
-/* law_apply of 16 words. */
+/* The double law of 8 words' j. */
+AVX512 static __m256 law_double_avx512(__m256i j, const law_t *l)
+{
+    __m512d v = _mm512_mul_round_pd(_mm512_cvtepi32_pd(j), _mm512_set1_pd(l->scale23), RN);
+    return _mm512_cvt_roundpd_ps(_mm512_add_round_pd(_mm512_set1_pd(l->base), v, RN), RN);
+}
+
+/* law_apply of 16 words, u as j 2^-23 (law_of). */
 AVX512 static __m512 law_avx512(__m512i w, const law_t *l)
 {
-    __m512i k = _mm512_srli_epi32(w, 8);
-    if (l->exact) {
-        __m512 u = _mm512_sub_round_ps(
-            _mm512_mul_round_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0x1p-23f), RN),
-            _mm512_set1_ps(1.0f), RN);
-        return _mm512_add_round_ps(_mm512_set1_ps(l->lo),
-                                   _mm512_mul_round_ps(_mm512_set1_ps(l->sc), u, RN), RN);
-    }
-    __m256 f0 = law_double_avx512(_mm512_castsi512_si256(k), l),
-           f1 = law_double_avx512(_mm512_extracti64x4_epi64(k, 1), l);
+    __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(w, 8), _mm512_set1_epi32(1 << 23));
+    if (l->exact)
+        return _mm512_add_round_ps(
+            _mm512_set1_ps(l->lo),
+            _mm512_mul_round_ps(_mm512_set1_ps(l->sc23), _mm512_cvtepi32_ps(j), RN), RN);
+    __m256 f0 = law_double_avx512(_mm512_castsi512_si256(j), l),
+           f1 = law_double_avx512(_mm512_extracti64x4_epi64(j, 1), l);
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)),
                                                _mm256_castps_pd(f1), 1));
 }
 
-/* c[j] holds word j of blocks 0..15; o[q] gets blocks 4q..4q+3 in order. */
-AVX512 static void transpose_avx512(const __m512i c[4], __m512i o[4])
+/* 16 blocks (x, y: 0..7; x2, y2: 8..15), 4 each in o[q] in order */
+AVX512 static void interleave_avx512(__m512i x, __m512i y, __m512i x2, __m512i y2, __m512i o[4])
 {
-    __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]),
-            t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
-    /* u[r]'s 128-bit lane q: block 4q + r */
-    __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2),
-            u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-    __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44), v1 = _mm512_shuffle_i32x4(u2, u3, 0x44),
-            v2 = _mm512_shuffle_i32x4(u0, u1, 0xEE), v3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
-    o[0] = _mm512_shuffle_i32x4(v0, v1, 0x88);
-    o[1] = _mm512_shuffle_i32x4(v0, v1, 0xDD);
-    o[2] = _mm512_shuffle_i32x4(v2, v3, 0x88);
-    o[3] = _mm512_shuffle_i32x4(v2, v3, 0xDD);
+    const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0),
+                  last = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    o[0] = _mm512_permutex2var_epi64(x, first, y);
+    o[1] = _mm512_permutex2var_epi64(x, last, y);
+    o[2] = _mm512_permutex2var_epi64(x2, first, y2);
+    o[3] = _mm512_permutex2var_epi64(x2, last, y2);
 }
 
 AVX512 static void blocks_avx512(float *out, uint64_t seed, uint64_t stream, uint64_t block,
                                  int64_t nb, const law_t *l)
 {
+    uint32_t key[2][10];
+    round_keys(key, seed);
+    const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),
+                  ys = _mm512_set1_epi64((long long)stream);
     for (int64_t b = 0; b < nb; b += 16) {
-        uint32_t lo[16], hi[16];
-        counters(lo, hi, block + (uint64_t)b, 16);
-        __m512i c[4] = {_mm512_loadu_si512(lo), _mm512_loadu_si512(hi),
-                        _mm512_set1_epi32((int)(uint32_t)stream),
-                        _mm512_set1_epi32((int)(uint32_t)(stream >> 32))},
-                o[4];
-        philox_avx512(c, seed);
-        transpose_avx512(c, o);
+        __m512i x = _mm512_add_epi64(_mm512_set1_epi64((long long)(block + (uint64_t)b)), lane),
+                x2 = _mm512_add_epi64(x, _mm512_set1_epi64(8)), y = ys, y2 = ys, o[4];
+        philox_avx512(&x, &y, key);
+        philox_avx512(&x2, &y2, key);
+        interleave_avx512(x, y, x2, y2, o);
         for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + 4 * b + 16 * q, law_avx512(o[q], l));
     }
 }
@@ -291,26 +285,23 @@ AVX2 static void philox_avx2(__m256i c[4], uint64_t seed)
     }
 }
 
-/* The double law of 4 words' top bits k. */
-AVX2 static __m128 law_double_avx2(__m128i k, const law_t *l)
+/* The double law of 4 words' j. */
+AVX2 static __m128 law_double_avx2(__m128i j, const law_t *l)
 {
-    __m256d u = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(k), _mm256_set1_pd(0x1p-23)),
-                              _mm256_set1_pd(1.0));
-    return _mm256_cvtpd_ps(
-        _mm256_add_pd(_mm256_set1_pd(l->base), _mm256_mul_pd(_mm256_set1_pd(l->scale), u)));
+    __m256d v = _mm256_mul_pd(_mm256_cvtepi32_pd(j), _mm256_set1_pd(l->scale23));
+    return _mm256_cvtpd_ps(_mm256_add_pd(_mm256_set1_pd(l->base), v));
 }
 
-/* law_apply of 8 words (no FMA in this target: nothing fuses). */
+/* law_apply of 8 words, u as j 2^-23 (law_of; no FMA in this target:
+ * nothing fuses). */
 AVX2 static __m256 law_avx2(__m256i w, const law_t *l)
 {
-    __m256i k = _mm256_srli_epi32(w, 8);
-    if (l->exact) {
-        __m256 u = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(0x1p-23f)),
-                                 _mm256_set1_ps(1.0f));
-        return _mm256_add_ps(_mm256_set1_ps(l->lo), _mm256_mul_ps(_mm256_set1_ps(l->sc), u));
-    }
-    __m128 f0 = law_double_avx2(_mm256_castsi256_si128(k), l),
-           f1 = law_double_avx2(_mm256_extracti128_si256(k, 1), l);
+    __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(w, 8), _mm256_set1_epi32(1 << 23));
+    if (l->exact)
+        return _mm256_add_ps(_mm256_set1_ps(l->lo),
+                             _mm256_mul_ps(_mm256_set1_ps(l->sc23), _mm256_cvtepi32_ps(j)));
+    __m128 f0 = law_double_avx2(_mm256_castsi256_si128(j), l),
+           f1 = law_double_avx2(_mm256_extracti128_si256(j, 1), l);
     return _mm256_insertf128_ps(_mm256_castps128_ps256(f0), f1, 1);
 }
 
@@ -416,7 +407,8 @@ static void gen_tiles(float *out32, uint16_t *out16, uint64_t seed, const char *
             gen_scalar(tile + skip, seed, stream, &l, offset + i, m, dt);
         } else {
             gen_blocks[simd](tile, seed, stream, idx / 4, (skip + m + 3) / 4, &l);
-            emu_dtype_round_n_on(simd, dt, tile + skip, m);
+            if (!out16 || dt != EMU_DTYPE_FP16) /* fp16's packing rounds */
+                emu_dtype_round_n_on(simd, dt, tile + skip, m);
         }
         if (out16) emu_dtype_pack_n(dt, out16 + i, tile + skip, m);
         else memcpy(out32 + i, tile + skip, sizeof(float) * (size_t)m);
