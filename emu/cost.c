@@ -292,26 +292,35 @@ static double emu_a2a_row(const emu_topo_t *t, const int *ranks, const int *node
     return tr;
 }
 
-double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
-                             const double *bytes, double mine[EMU_LINK__COUNT])
-{
-    for (int l = 0; l < EMU_LINK__COUNT; l++) mine[l] = 0;
-    return emu_a2a_row(t, ranks, NULL, p, r, bytes, mine);
-}
-
-double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
-                         const double *bytes, double mine[EMU_LINK__COUNT])
+/* The slowest row's time; row r's classes into rows[r] when rows is not
+ * NULL, else member me's into mine. */
+static double emu_a2a_rows(const emu_topo_t *t, const int *ranks, int p, int me,
+                           const double *bytes, double mine[EMU_LINK__COUNT],
+                           double (*rows)[EMU_LINK__COUNT])
 {
     int buf[EMU_A2A_NODES];
     const int *nodes = p <= EMU_A2A_NODES ? buf : NULL;
     for (int r = 0; nodes && r < p; r++) buf[r] = emu_topo_node(t, ranks[r]);
     double tmax = 0;
-    for (int l = 0; l < EMU_LINK__COUNT; l++) mine[l] = 0;
     for (int r = 0; r < p; r++) {
-        double tr = emu_a2a_row(t, ranks, nodes, p, r, bytes, r == me ? mine : NULL);
+        double *m = rows ? rows[r] : r == me ? mine : NULL;
+        for (int l = 0; m && l < EMU_LINK__COUNT; l++) m[l] = 0;
+        double tr = emu_a2a_row(t, ranks, nodes, p, r, bytes, m);
         if (tr > tmax) tmax = tr;
     }
     return tmax;
+}
+
+double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
+                         const double *bytes, double mine[EMU_LINK__COUNT])
+{
+    return emu_a2a_rows(t, ranks, p, me, bytes, mine, NULL);
+}
+
+double emu_cost_alltoall_rows(const emu_topo_t *t, const int *ranks, int p,
+                              const double *bytes, double (*rows)[EMU_LINK__COUNT])
+{
+    return emu_a2a_rows(t, ranks, p, 0, bytes, NULL, rows);
 }
 
 /* ---- eager messages */

@@ -87,13 +87,15 @@ struct emu_sync {
 /* An all-to-all's time, the largest of its members' sums of steps: a pure
  * function of the members and the bytes matrix that every member computes
  * alike, p^2 steps each. In a coroutine run the members take turns on
- * one thread, so the first to charge keeps the result here and the others
- * find it (topo.c); the cluster's topology is the same for all. */
+ * one thread, so the first to charge keeps the result here, with every
+ * member's steps by class, and the others find theirs (topo.c); the
+ * cluster's topology is the same for all. */
 typedef struct {
     int p;
     size_t cap;      /* p of the arrays below */
     int *ranks;      /* p */
     double *bytes;   /* p * p */
+    double (*rows)[EMU_LINK__COUNT]; /* p: each member's steps by class */
     double tmax;
 } emu_a2a_memo_t;
 
@@ -205,10 +207,10 @@ double emu_cost_start(const double *clocks, int p, double own);
  * class l. */
 double emu_cost_alltoall(const emu_topo_t *t, const int *ranks, int p, int me,
                          const double *bytes, double mine[EMU_LINK__COUNT]);
-/* Member r's steps alone: their sum, and in mine each class's (what
- * emu_cost_alltoall gives for me = r, without the other rows). */
-double emu_cost_alltoall_row(const emu_topo_t *t, const int *ranks, int p, int r,
-                             const double *bytes, double mine[EMU_LINK__COUNT]);
+/* Every member's steps: the slowest member's time, and in rows[r] what
+ * emu_cost_alltoall gives in mine for me = r. */
+double emu_cost_alltoall_rows(const emu_topo_t *t, const int *ranks, int p,
+                              const double *bytes, double (*rows)[EMU_LINK__COUNT]);
 /* An eager send at clock over a link free from *link_free (moved on to
  * when this message stops holding it). */
 emu_msg_time_t emu_cost_send(double clock, double *link_free, double alpha,

@@ -370,23 +370,27 @@ static bool emu_a2a_memo_has(const emu_a2a_memo_t *m, const int *ranks, int p,
            !memcmp(m->bytes, bytes, sizeof(double) * (size_t)p * p);
 }
 
-/* Keep tmax in m; without memory for it, m is left empty. */
-static void emu_a2a_memo_put(emu_a2a_memo_t *m, const int *ranks, int p, const double *bytes,
-                             double tmax)
+/* Fill m with the all-to-all of bytes between ranks and its time; false
+ * (m left empty) without memory for it. */
+static bool emu_a2a_memo_put(emu_a2a_memo_t *m, const emu_topo_t *t, const int *ranks, int p,
+                             const double *bytes)
 {
     m->p = 0;
     if ((size_t)p > m->cap) {
         free(m->ranks);
         free(m->bytes);
+        free(m->rows);
         m->ranks = malloc(sizeof(int) * (size_t)p);
         m->bytes = malloc(sizeof(double) * (size_t)p * p);
-        m->cap = m->ranks && m->bytes ? (size_t)p : 0;
-        if (!m->cap) return;
+        m->rows = malloc(sizeof *m->rows * (size_t)p);
+        m->cap = m->ranks && m->bytes && m->rows ? (size_t)p : 0;
+        if (!m->cap) return false;
     }
     memcpy(m->ranks, ranks, sizeof(int) * (size_t)p);
     memcpy(m->bytes, bytes, sizeof(double) * (size_t)p * p);
-    m->tmax = tmax;
+    m->tmax = emu_cost_alltoall_rows(t, ranks, p, bytes, m->rows);
     m->p = p;
+    return true;
 }
 
 void emu_a2a_memos_free(emu_cluster_t *c)
@@ -394,6 +398,7 @@ void emu_a2a_memos_free(emu_cluster_t *c)
     for (int i = 0; i < EMU_A2A_MEMOS; i++) {
         free(c->a2a_memo[i].ranks);
         free(c->a2a_memo[i].bytes);
+        free(c->a2a_memo[i].rows);
         c->a2a_memo[i] = (emu_a2a_memo_t){0};
     }
 }
@@ -403,13 +408,12 @@ static double emu_a2a_time(const emu_dev_t *dev, const int *ranks, int p, int me
                            const double *bytes, double mine[EMU_LINK__COUNT])
 {
     emu_a2a_memo_t *m = emu_a2a_memo(dev, ranks);
-    if (m && emu_a2a_memo_has(m, ranks, p, bytes)) {
-        emu_cost_alltoall_row(&dev->topo, ranks, p, me, bytes, mine);
+    if (m && (emu_a2a_memo_has(m, ranks, p, bytes) ||
+              emu_a2a_memo_put(m, &dev->topo, ranks, p, bytes))) {
+        memcpy(mine, m->rows[me], sizeof m->rows[me]);
         return m->tmax;
     }
-    double tmax = emu_cost_alltoall(&dev->topo, ranks, p, me, bytes, mine);
-    if (m) emu_a2a_memo_put(m, ranks, p, bytes, tmax);
-    return tmax;
+    return emu_cost_alltoall(&dev->topo, ranks, p, me, bytes, mine);
 }
 
 double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
