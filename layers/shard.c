@@ -288,7 +288,8 @@ typedef struct {
     int *recvc;    /* (EP * Eper) rows from source q for local expert j */
     int *lists_c;  /* (ETP * EP * Eper) recvc of every ETP member */
     int *lcount;   /* (ETP) rows of each ETP member's list */
-    size_t *scnt, *sdsp, *rcnt, *rdsp; /* (EP) all-to-all counts, in floats */
+    size_t *scnt, *sdsp, *rcnt, *rdsp; /* (EP) all-to-all counts, in floats; scnt
+                                        * heads the block of the arrays above */
     int64_t nsend, nrecv, nlist;
     size_t sb, rb, lb;
     /* local: no EP or ETP group, so the exchanges would be copies onto
@@ -353,6 +354,9 @@ static layer_expert_job_t expert_job(const layer_experts_t *ex, int e, float *ou
                                 .w2 = ex->w2[e] + f0, .n = n};
 }
 
+/* Local experts whose jobs fit on the stack (a dry run asks per layer). */
+#define LAYER_JOBS_SMALL 32
+
 /* Run the local experts over the ETP members' lists: rows (ntot, d) made of
  * list i's rows (counts lc[i * EP * Eper + q * Eper + j] for source q and
  * expert j, in (q, j) order). out (ntot, d) gets each row's partial output
@@ -366,8 +370,10 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
 {
     int d = ex->d, Floc = ex->f1 - ex->f0;
     bool sorted = nlists * EP == 1, move = c->math && !sorted; /* gathered and scattered */
-    layer_expert_job_t *jobs = calloc((size_t)Eper, sizeof *jobs);
+    layer_expert_job_t small[LAYER_JOBS_SMALL];
+    layer_expert_job_t *jobs = Eper <= LAYER_JOBS_SMALL ? small : calloc((size_t)Eper, sizeof *jobs);
     if (!jobs) return nomem(sizeof *jobs * (size_t)Eper, "the experts' jobs");
+    if (jobs == small) memset(small, 0, sizeof *jobs * (size_t)Eper);
     int64_t ntot = 0, maxe = 0;
     for (int j = 0; j < Eper; j++) {
         int64_t ne = 0;
@@ -377,7 +383,7 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
         maxe = ne > maxe ? ne : maxe;
     }
     if (ntot == 0) {
-        free(jobs);
+        if (jobs != small) free(jobs);
         return MOEMU_OK;
     }
     /* the rows on the host only when the math runs: a dry run needs counts */
@@ -388,7 +394,7 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     if ((c->math && !buf) || (move && !at)) {
         free(buf);
         free(at);
-        free(jobs);
+        if (jobs != small) free(jobs);
         return nomem(sizeof(float) * nf, "the experts' rows");
     }
     float *h = buf ? buf + nrows : NULL;
@@ -407,7 +413,7 @@ static moemu_status_t run_experts(layer_ctx_t *c, float *out, const float *rows,
     if (!sorted) emu_charge(c->dev, EMU_KERNEL_ELEMWISE, 0.0, 2.0 * sz * (double)ntot * d);
     free(buf);
     free(at);
-    free(jobs);
+    if (jobs != small) free(jobs);
     return MOEMU_OK;
 }
 
@@ -474,24 +480,27 @@ static moemu_status_t landed(moe_plan_t *m, int i, moemu_status_t st, const laye
 }
 
 /* 1. my kept choices by expert: a counting sort, stable in (row, slot);
- * the choices are metadata, planned even when math is skipped */
+ * the choices are metadata, planned even when math is skipped. The plan's
+ * arrays share one block (m->scnt's), the counts zeroed, the order not:
+ * a dry run plans every layer of every pass. */
 static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *keep)
 {
     int E = m->ex->E, k = m->ex->k, EP = m->EP, n = m->n;
-    m->sendc = calloc((size_t)E + 1, sizeof(int));
-    m->recvc = calloc((size_t)EP * m->Eper + 1, sizeof(int));
-    m->lists_c = calloc((size_t)m->ETP * EP * m->Eper + 1, sizeof(int));
-    m->order = malloc(sizeof(int) * ((size_t)n * k + 1));
-    m->scnt = calloc(4 * (size_t)EP, sizeof(size_t));
-    m->lcount = calloc((size_t)m->ETP, sizeof(int));
-    int *next = malloc(sizeof(int) * (size_t)(E + 1));
-    if (!m->sendc || !m->recvc || !m->lists_c || !m->order || !m->scnt || !m->lcount || !next) {
-        free(next);
-        return nomem(sizeof(int) * (size_t)n * k, "the dispatch plan");
-    }
+    size_t nsc = 4 * (size_t)EP, nrc = (size_t)EP * m->Eper, nlc = (size_t)m->ETP * nrc;
+    size_t nint = (size_t)E + 1 + nrc + 1 + nlc + 1 + (size_t)m->ETP + (size_t)E + 1;
+    size_t zeroed = sizeof(size_t) * nsc + sizeof(int) * nint;
+    size_t bytes = zeroed + sizeof(int) * ((size_t)n * k + 1);
+    if (!(m->scnt = malloc(bytes))) return nomem(bytes, "the dispatch plan");
+    memset(m->scnt, 0, zeroed);
     m->sdsp = m->scnt + EP;
     m->rcnt = m->sdsp + EP;
     m->rdsp = m->rcnt + EP;
+    m->sendc = (int *)(m->scnt + nsc);
+    m->recvc = m->sendc + E + 1;
+    m->lists_c = m->recvc + nrc + 1;
+    m->lcount = m->lists_c + nlc + 1;
+    int *next = m->lcount + m->ETP;
+    m->order = next + E + 1;
     for (int64_t a = 0; a < (int64_t)n * k; a++) m->sendc[idx[a]] += keep[a];
     /* the order only moves rows: a dry run needs the counts alone */
     next[0] = 0;
@@ -499,7 +508,6 @@ static moemu_status_t plan_sends(moe_plan_t *m, const int *idx, const uint8_t *k
     if (m->c->math)
         for (int64_t a = 0; a < (int64_t)n * k; a++)
             if (keep[a]) m->order[next[idx[a]]++] = (int)a;
-    free(next);
     for (int e = 0; e < E; e++) m->nsend += m->sendc[e];
     return MOEMU_OK;
 }
@@ -687,12 +695,7 @@ static void plan_free(moe_plan_t *m)
     else if (m->ret) emu_free(dev, EMU_MEM_COMM, m->ret, ret_dev_bytes(m));
     if (m->lists_mem) emu_free(dev, EMU_MEM_ACT, m->lists_mem, 2.0 * m->sz * (double)m->lb);
     if (m->sendbuf) emu_free(dev, EMU_MEM_COMM, m->sendbuf, send_dev_bytes(m));
-    free(m->sendc);
-    free(m->recvc);
-    free(m->lists_c);
-    free(m->order);
-    free(m->scnt);
-    free(m->lcount);
+    free(m->scnt); /* and the plan's other arrays (plan_sends) */
 }
 
 /* The local choices' outputs out (nloc rows, in the order of

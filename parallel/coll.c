@@ -477,31 +477,30 @@ moemu_status_t par_broadcast(const void *sendbuf, void *recvbuf, size_t count,
 
 /* ---- all-to-all */
 
-/* Every member checks the whole matrix: all reach the same verdict. */
-static moemu_status_t par_a2a_agree(const par_comm_t *c, const char *what)
-{
-    for (int i = 0; i < c->n; i++)
-        for (int j = 0; j < c->n; j++)
-            if (a2a_scount(&c->slots[i], j) != a2a_rcount(&c->slots[j], i))
-                return moemu_fail(MOEMU_ERR_INVALID,
-                                  "%s: rank %d (device %d) sends %zu elements "
-                                  "to rank %d (device %d), which expects %zu",
-                                  what, i, c->granks[i],
-                                  a2a_scount(&c->slots[i], j), j,
-                                  c->granks[j], a2a_rcount(&c->slots[j], i));
-    return MOEMU_OK;
-}
+/* Members whose bytes matrix fits on the stack. */
+#define PAR_A2A_SMALL 16
 
-/* The bytes from member i to member j at [i * p + j], for the charge. */
-static double *par_a2a_bytes(const par_comm_t *c)
+/* Every member checks the whole matrix: all reach the same verdict. With
+ * bytes (or NULL), the bytes from member i to member j at [i * p + j],
+ * for the charge, in the same pass. */
+static moemu_status_t par_a2a_agree(const par_comm_t *c, const char *what, double *bytes)
 {
     size_t p = (size_t)c->n;
-    double *bytes = malloc(p * p * sizeof *bytes);
     double w = emu_dtype_bytes(c->slots[0].dtype);
-    for (size_t i = 0; bytes && i < p; i++)
-        for (size_t j = 0; j < p; j++)
-            bytes[i * p + j] = w * a2a_scount(&c->slots[i], (int)j);
-    return bytes;
+    for (size_t i = 0; i < p; i++) {
+        const par_slot_t *s = &c->slots[i];
+        for (size_t j = 0; j < p; j++) {
+            size_t n = a2a_scount(s, (int)j);
+            if (n != a2a_rcount(&c->slots[j], (int)i))
+                return moemu_fail(MOEMU_ERR_INVALID,
+                                  "%s: rank %zu (device %d) sends %zu elements "
+                                  "to rank %zu (device %d), which expects %zu",
+                                  what, i, c->granks[i], n, j, c->granks[j],
+                                  a2a_rcount(&c->slots[j], (int)i));
+            if (bytes) bytes[i * p + j] = w * n;
+        }
+    }
+    return MOEMU_OK;
 }
 
 /* Pull what each member sends us. */
@@ -541,20 +540,24 @@ static moemu_status_t par_a2a(par_slot_t *a, par_comm_t *comm, emu_dev_t *dev,
                           "same (all-to-all is never in place)",
                           what, emu_dev_rank(dev));
     MOEMU_CHECK(par_enter(comm, r, a, dev));
-    moemu_status_t st = par_a2a_agree(comm, what);
-    double small[64], *clocks = NULL, *bytes = NULL;
-    if (st == MOEMU_OK && charged) {
-        bytes = par_a2a_bytes(comm);
+    /* the usual groups' tables on the stack: every member of every
+     * all-to-all makes them */
+    double small[64], bsmall[PAR_A2A_SMALL * PAR_A2A_SMALL], *clocks = NULL, *bytes = NULL;
+    moemu_status_t st = MOEMU_OK;
+    if (charged) {
+        size_t p = (size_t)comm->n;
+        bytes = p <= PAR_A2A_SMALL ? bsmall : malloc(p * p * sizeof *bytes);
         clocks = par_clocks(comm, small, 64);
         if (!bytes || !clocks)
             st = moemu_fail(MOEMU_ERR_NOMEM, "%s: no memory for %d members",
                             what, comm->n);
     }
+    if (st == MOEMU_OK) st = par_a2a_agree(comm, what, bytes);
     if (st == MOEMU_OK) st = par_move(comm, r, par_a2a_move);
     comm->tp->close(comm->ts, comm, r);
     if (st == MOEMU_OK && charged)
         emu_coll_alltoall(dev, comm->granks, comm->n, r, clocks, bytes);
-    free(bytes);
+    if (bytes != bsmall) free(bytes);
     if (clocks != small) free(clocks);
     return st;
 }
