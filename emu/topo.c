@@ -26,26 +26,33 @@ const char *emu_link_name(emu_link_t l) { return emu_link_names[l]; }
 
 const char *emu_coll_name(emu_coll_t k) { return emu_coll_names[k]; }
 
-int emu_topo_node(const emu_topo_t *t, int rank)
+/* emu_topo_node's and emu_topo_link's bodies, static so that the lookups
+ * in this file inline them (calls of an exported function within the
+ * library go through the PLT): every collective asks for its members'
+ * nodes. */
+static inline int topo_node(const emu_topo_t *t, int rank)
 {
-    /* every collective asks for its members' nodes: a shift, not a
-     * division, for the usual power-of-two node (ranks are >= 0) */
+    /* a shift, not a division, for the usual power-of-two node (ranks
+     * are >= 0) */
     int dpn = t->devices_per_node;
     if (dpn > 0 && (dpn & (dpn - 1)) == 0) return rank >> __builtin_ctz((unsigned)dpn);
     return rank / dpn;
 }
 
-emu_link_t emu_topo_link(const emu_topo_t *t, int a, int b)
+int emu_topo_node(const emu_topo_t *t, int rank) { return topo_node(t, rank); }
+
+static inline emu_link_t topo_link(const emu_topo_t *t, int a, int b)
 {
-    return emu_topo_node(t, a) == emu_topo_node(t, b) ? EMU_LINK_INTRA
-                                                      : EMU_LINK_INTER;
+    return topo_node(t, a) == topo_node(t, b) ? EMU_LINK_INTRA : EMU_LINK_INTER;
 }
+
+emu_link_t emu_topo_link(const emu_topo_t *t, int a, int b) { return topo_link(t, a, b); }
 
 emu_link_t emu_topo_group_link(const emu_topo_t *t, const int *ranks, int n)
 {
+    int node0 = n > 0 ? topo_node(t, ranks[0]) : 0;
     for (int i = 1; i < n; i++)
-        if (emu_topo_node(t, ranks[i]) != emu_topo_node(t, ranks[0]))
-            return EMU_LINK_INTER;
+        if (topo_node(t, ranks[i]) != node0) return EMU_LINK_INTER;
     return EMU_LINK_INTRA;
 }
 
@@ -441,7 +448,7 @@ double emu_coll_alltoall(emu_dev_t *dev, const int *ranks, int p, int me,
     double sent = 0;
     for (int j = 0; j < p; j++)
         if (j != me) {
-            dev->comm[EMU_COLL_ALLTOALL][emu_topo_link(t, ranks[me], ranks[j])]
+            dev->comm[EMU_COLL_ALLTOALL][topo_link(t, ranks[me], ranks[j])]
                 .bytes += bytes[(size_t)me * p + j];
             sent += bytes[(size_t)me * p + j];
         }
