@@ -276,20 +276,27 @@ AVX2 static inline void mul_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
     *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-AVX2 static void philox_avx2(__m256i c[4], uint64_t seed)
+/* philox_block's rounds for n sets of 8 blocks, a block per lane: c[s][j]
+ * holds set s's word j. Sets side by side, as a block's rounds wait on
+ * each other. */
+AVX2 __attribute__((always_inline)) static inline void philox_avx2(__m256i (*c)[4], int n,
+                                                                  uint64_t seed)
 {
     __m256i k0 = _mm256_set1_epi32((int)(uint32_t)seed),
             k1 = _mm256_set1_epi32((int)(uint32_t)(seed >> 32));
     const __m256i m0 = _mm256_set1_epi32((int)0xD2511F53u), m1 = _mm256_set1_epi32((int)0xCD9E8D57u),
                   w0 = _mm256_set1_epi32((int)0x9E3779B9u), w1 = _mm256_set1_epi32((int)0xBB67AE85u);
     for (int r = 0; r < 10; r++) {
-        __m256i hi0, lo0, hi1, lo1;
-        mul_avx2(c[0], m0, &hi0, &lo0);
-        mul_avx2(c[2], m1, &hi1, &lo1);
-        c[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), k0);
-        c[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), k1);
-        c[1] = lo1;
-        c[3] = lo0;
+#pragma GCC unroll 2
+        for (int s = 0; s < n; s++) {
+            __m256i hi0, lo0, hi1, lo1;
+            mul_avx2(c[s][0], m0, &hi0, &lo0);
+            mul_avx2(c[s][2], m1, &hi1, &lo1);
+            c[s][0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[s][1]), k0);
+            c[s][2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[s][3]), k1);
+            c[s][1] = lo1;
+            c[s][3] = lo0;
+        }
         k0 = _mm256_add_epi32(k0, w0);
         k1 = _mm256_add_epi32(k1, w1);
     }
@@ -329,28 +336,33 @@ AVX2 static void transpose_avx2(const __m256i c[4], __m256i o[4])
     o[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
 }
 
-/* The 8 blocks of counters lo, hi (low and high words): o[q] gets blocks
- * 2q, 2q + 1. */
-AVX2 static void philox8_avx2(const uint32_t lo[8], const uint32_t hi[8], uint64_t seed,
-                              uint64_t stream, __m256i o[4])
+/* The 8 n blocks of counters lo, hi (low and high words), n at most 2:
+ * o[q] gets blocks 2q, 2q + 1. */
+AVX2 __attribute__((always_inline)) static inline void philox8_avx2(const uint32_t *lo,
+                                                                   const uint32_t *hi, int n,
+                                                                   uint64_t seed, uint64_t stream,
+                                                                   __m256i (*o)[4])
 {
-    __m256i c[4] = {_mm256_loadu_si256((const __m256i *)lo),
-                    _mm256_loadu_si256((const __m256i *)hi),
-                    _mm256_set1_epi32((int)(uint32_t)stream),
-                    _mm256_set1_epi32((int)(uint32_t)(stream >> 32))};
-    philox_avx2(c, seed);
-    transpose_avx2(c, o);
+    __m256i c[2][4];
+    for (int s = 0; s < n; s++) {
+        c[s][0] = _mm256_loadu_si256((const __m256i *)(lo + 8 * s));
+        c[s][1] = _mm256_loadu_si256((const __m256i *)(hi + 8 * s));
+        c[s][2] = _mm256_set1_epi32((int)(uint32_t)stream);
+        c[s][3] = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
+    }
+    philox_avx2(c, n, seed);
+    for (int s = 0; s < n; s++) transpose_avx2(c[s], o[s]);
 }
 
 AVX2 static void blocks_avx2(float *out, uint64_t seed, uint64_t stream, uint64_t block,
                              int64_t nb, const law_t *l)
 {
-    for (int64_t b = 0; b < nb; b += 8) {
-        uint32_t lo[8], hi[8];
-        __m256i o[4];
-        counters(lo, hi, block + (uint64_t)b, 8);
-        philox8_avx2(lo, hi, seed, stream, o);
-        for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + 4 * b + 8 * q, law_avx2(o[q], l));
+    for (int64_t b = 0; b < nb; b += 16, out += 64) {
+        uint32_t lo[16], hi[16];
+        __m256i o[2][4];
+        counters(lo, hi, block + (uint64_t)b, 16);
+        philox8_avx2(lo, hi, 2, seed, stream, o);
+        for (int q = 0; q < 8; q++) _mm256_storeu_ps(out + 8 * q, law_avx2(o[q / 4][q % 4], l));
     }
 }
 
@@ -368,7 +380,7 @@ AVX2 static void philox_blocks_avx2(uint32_t out[WTS_PHILOX_LANES][4], uint64_t 
         lo[i] = (uint32_t)block[i];
         hi[i] = (uint32_t)(block[i] >> 32);
     }
-    philox8_avx2(lo, hi, seed, stream, o);
+    philox8_avx2(lo, hi, 1, seed, stream, &o);
     for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)out[2 * q], o[q]);
 }
 
