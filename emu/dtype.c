@@ -176,17 +176,32 @@ __attribute__((target("avx2"))) static void bf16_round_avx2(float *p, int64_t n)
     bf16_round_c(p, n);
 }
 
-/* p[0..n) to fp16 and back; n a multiple of 8. */
-__attribute__((target("avx2,f16c"))) static void f16_round_avx2(float *p, int64_t n)
+/* x's fp16 bits as emu_f32_to_f16 gives them: NaNs with their sign,
+ * quiet, no payload, through the conversion of the fp32 quiet NaN. */
+#define F16_AVX2 __attribute__((target("avx2,f16c"), always_inline)) static inline
+F16_AVX2 __m128i f16_bits_avx2(__m256 x)
 {
     const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256 x = _mm256_loadu_ps(p + i);
-        __m256 y = _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-        __m256 nan = _mm256_or_ps(_mm256_and_ps(x, sign), qnan);
-        _mm256_storeu_ps(p + i, _mm256_blendv_ps(y, nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
-    }
+    __m256 nan = _mm256_or_ps(_mm256_and_ps(x, sign), qnan);
+    x = _mm256_blendv_ps(x, nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+}
+
+#define F16_AVX512 __attribute__((target("avx512f"), always_inline)) static inline
+F16_AVX512 __m256i f16_bits_avx512(__m512 x)
+{
+    const __m512i qnan = _mm512_set1_epi32(0x7fc00000), sign = _mm512_set1_epi32((int)0x80000000u);
+    __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), qnan);
+    x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x, _mm512_castsi512_ps(nan));
+    return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+}
+
+/* p[0..n) to fp16 and back; n a multiple of 8. */
+__attribute__((target("avx2,f16c"))) static void f16_round_avx2(float *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(p + i, _mm256_cvtph_ps(f16_bits_avx2(_mm256_loadu_ps(p + i))));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void bf16_round_avx512(float *p,
@@ -199,14 +214,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void bf16_round_avx5
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void f16_round_avx512(float *p,
                                                                                    int64_t n)
 {
-    const __m512i qnan = _mm512_set1_epi32(0x7fc00000), sign = _mm512_set1_epi32((int)0x80000000u);
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 x = _mm512_loadu_ps(p + i);
-        __m512 y = _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-        __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), qnan);
-        __mmask16 m = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-        _mm512_storeu_ps(p + i, _mm512_mask_blend_ps(m, y, _mm512_castsi512_ps(nan)));
-    }
+    for (int64_t i = 0; i < n; i += 16)
+        _mm512_storeu_ps(p + i, _mm512_cvtph_ps(f16_bits_avx512(_mm512_loadu_ps(p + i))));
 }
 
 /* Kernel k's rounding of whole vectors of `lanes`, the rest in C; false
@@ -263,32 +272,18 @@ static void widen_n_c(emu_dtype_t dt, float *out, const uint16_t *in, int64_t n)
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-/* fp16's packing: NaNs as emu_f32_to_f16 gives them (the sign, quiet,
- * no payload), through the conversion of the fp32 quiet NaN. */
 __attribute__((target("avx2,f16c"))) static void pack_f16_avx2(uint16_t *out, const float *in,
                                                               int64_t n)
 {
-    const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
-    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256 x = _mm256_loadu_ps(in + i);
-        __m256 nan = _mm256_or_ps(_mm256_and_ps(x, sign), qnan);
-        x = _mm256_blendv_ps(x, nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-    }
+    for (int64_t i = 0; i < n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i), f16_bits_avx2(_mm256_loadu_ps(in + i)));
 }
 
 __attribute__((target("avx512f"))) static void pack_f16_avx512(uint16_t *out, const float *in,
                                                                 int64_t n)
 {
-    const __m512i qnan = _mm512_set1_epi32(0x7fc00000), sign = _mm512_set1_epi32((int)0x80000000u);
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 x = _mm512_loadu_ps(in + i);
-        __m512i nan = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), sign), qnan);
-        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x,
-                                 _mm512_castsi512_ps(nan));
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-    }
+    for (int64_t i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), f16_bits_avx512(_mm512_loadu_ps(in + i)));
 }
 
 __attribute__((target("avx2,f16c"))) static void widen_f16_avx2(float *out, const uint16_t *in,
