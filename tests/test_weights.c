@@ -202,18 +202,21 @@ Test(weights, f16_pack_rounds_any_value)
     static const uint32_t edges[] = {0x33000000, 0x33000001, 0x387fe000, 0x387ff000, 0x477fefff,
                                      0x477ff000, 0x7f800000, 0x7fc00000, 0xffc12345, 0x3f801000,
                                      0x3f803000, 0x80000001};
+    /* whole vectors of 16 and of 8, and tails of 1, 7 and 15 in C */
+    static const int64_t lens[] = {N, N - 8, N - 1, N - 9, N - 15};
     float *x = malloc(sizeof(float) * N);
-    uint16_t *got = malloc(2 * N);
+    uint16_t *got = malloc(2 * (N + 1));
     uint64_t s = 7;
     for (int i = 0; i < N; i++) {
         uint32_t b = i < (int)(sizeof edges / sizeof *edges) ? edges[i] : (uint32_t)draw(&s);
         memcpy(&x[i], &b, 4);
     }
-    for (int64_t n = N - 17; n <= N; n += 17) {
-        got[n - 1] = 0x1234;
-        emu_dtype_pack_n(EMU_DTYPE_FP16, got, x, n - 1);
-        cr_assert_eq(got[n - 1], 0x1234, "wrote past the end");
-        for (int64_t i = 0; i < n - 1; i++)
+    for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
+        int64_t n = lens[t];
+        got[n] = 0x1234;
+        emu_dtype_pack_n(EMU_DTYPE_FP16, got, x, n);
+        cr_assert_eq(got[n], 0x1234, "wrote past the end of %lld", (long long)n);
+        for (int64_t i = 0; i < n; i++)
             cr_assert_eq(got[i], emu_f32_to_f16(x[i]), "%g packs to 0x%04x, not 0x%04x", x[i],
                          got[i], emu_f32_to_f16(x[i]));
     }

@@ -10,6 +10,13 @@
 
 /* ---- Philox4x32-10 */
 
+/* Its round multipliers and key increments (Salmon et al., SC 2011), for
+ * the reference and every kernel. */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
 static void philox_block(uint32_t out[4], uint64_t seed, uint64_t stream,
                          uint64_t block)
 {
@@ -17,16 +24,16 @@ static void philox_block(uint32_t out[4], uint64_t seed, uint64_t stream,
                      (uint32_t)(stream >> 32)};
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c[0];
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c[2];
+        uint64_t p0 = (uint64_t)PHILOX_M0 * c[0];
+        uint64_t p1 = (uint64_t)PHILOX_M1 * c[2];
         uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0;
         uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
         c[1] = (uint32_t)p1;
         c[3] = (uint32_t)p0;
         c[0] = n0;
         c[2] = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
     memcpy(out, c, sizeof c);
 }
@@ -54,8 +61,8 @@ static void philox_blocks_c(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, ui
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int r = 0; r < 10; r++) {
         for (int i = 0; i < W; i++) {
-            uint64_t p0 = (uint64_t)0xD2511F53u * c0[i];
-            uint64_t p1 = (uint64_t)0xCD9E8D57u * c2[i];
+            uint64_t p0 = (uint64_t)PHILOX_M0 * c0[i];
+            uint64_t p1 = (uint64_t)PHILOX_M1 * c2[i];
             uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[i] ^ k0;
             uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[i] ^ k1;
             c1[i] = (uint32_t)p1;
@@ -63,8 +70,8 @@ static void philox_blocks_c(uint32_t out[WTS_PHILOX_LANES][4], uint64_t seed, ui
             c0[i] = n0;
             c2[i] = n2;
         }
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
     for (int i = 0; i < W; i++) {
         out[i][0] = c0[i];
@@ -185,7 +192,7 @@ static void counters(uint32_t *lo, uint32_t *hi, uint64_t block, int lanes)
 static void round_keys(uint32_t key[2][10], uint64_t seed)
 {
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+    for (int r = 0; r < 10; r++, k0 += PHILOX_W0, k1 += PHILOX_W1) {
         key[0][r] = k0;
         key[1][r] = k1;
     }
@@ -199,7 +206,7 @@ static void round_keys(uint32_t key[2][10], uint64_t seed)
  * of one vector at a time). */
 AVX512 static void philox_avx512(__m512i x[8], __m512i y[8], const uint32_t key[2][10])
 {
-    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
+    const __m512i m0 = _mm512_set1_epi64(PHILOX_M0), m1 = _mm512_set1_epi64(PHILOX_M1);
 #pragma GCC unroll 10
     for (int r = 0; r < 10; r++) {
         __m512i k0 = _mm512_set1_epi32((int)key[0][r]), k1 = _mm512_set1_epi32((int)key[1][r]);
@@ -264,7 +271,8 @@ AVX512 static void blocks_avx512(float *out, uint64_t seed, uint64_t stream, uin
         philox_avx512(x, y, key);
         for (int h = 0; h < 4; h++) {
             interleave_avx512(x[2 * h], y[2 * h], x[2 * h + 1], y[2 * h + 1], o);
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + 64 * h + 16 * q, law_avx512(o[q], l));
+            for (int q = 0; q < 4; q++)
+                _mm512_storeu_ps(out + 64 * h + 16 * q, law_avx512(o[q], l));
         }
     }
 }
@@ -284,8 +292,8 @@ AVX2 __attribute__((always_inline)) static inline void philox_avx2(__m256i (*c)[
 {
     __m256i k0 = _mm256_set1_epi32((int)(uint32_t)seed),
             k1 = _mm256_set1_epi32((int)(uint32_t)(seed >> 32));
-    const __m256i m0 = _mm256_set1_epi32((int)0xD2511F53u), m1 = _mm256_set1_epi32((int)0xCD9E8D57u),
-                  w0 = _mm256_set1_epi32((int)0x9E3779B9u), w1 = _mm256_set1_epi32((int)0xBB67AE85u);
+    const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1),
+                  w0 = _mm256_set1_epi32((int)PHILOX_W0), w1 = _mm256_set1_epi32((int)PHILOX_W1);
     for (int r = 0; r < 10; r++) {
 #pragma GCC unroll 2
         for (int s = 0; s < n; s++) {
