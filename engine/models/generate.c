@@ -201,7 +201,8 @@ static void round_keys(uint32_t key[2][10], uint64_t seed)
 /* philox_block's rounds for 8 vectors of 8 blocks, a block per 64-bit
  * lane: x holds words 0 and 1 (low, high), y words 2 and 3. One product
  * gives a word's both halves; the xors go into the high halves, and a
- * rotation swaps them into place. Eight vectors side by side, as a
+ * shuffle swaps them into place (a rotation would too, but on the ports
+ * of the products: 8% slower). Eight vectors side by side, as a
  * block's rounds wait on each other (2 to 3 times the blocks per second
  * of one vector at a time). */
 AVX512 static void philox_avx512(__m512i x[8], __m512i y[8], const uint32_t key[2][10])
@@ -216,8 +217,8 @@ AVX512 static void philox_avx512(__m512i x[8], __m512i y[8], const uint32_t key[
             /* high halves: hi1 ^ word 1 ^ k0 and hi0 ^ word 3 ^ k1 */
             p1 = _mm512_mask_ternarylogic_epi32(p1, 0xAAAA, x[g], k0, 0x96);
             p0 = _mm512_mask_ternarylogic_epi32(p0, 0xAAAA, y[g], k1, 0x96);
-            x[g] = _mm512_ror_epi64(p1, 32);
-            y[g] = _mm512_ror_epi64(p0, 32);
+            x[g] = _mm512_shuffle_epi32(p1, _MM_PERM_CDAB);
+            y[g] = _mm512_shuffle_epi32(p0, _MM_PERM_CDAB);
         }
     }
 }
